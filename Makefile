@@ -1,0 +1,51 @@
+# chatd — the two commands a fresh machine needs are `make run` and `make test`.
+#
+#   make run     build and start the daemon on its embedded default configuration
+#   make test    rustfmt check, clippy -D warnings, every test in the workspace
+#   make lint    only the rustfmt and clippy checks
+#   make bench   the benchmarks, written up in bench/RESULTS.md
+#   make fuzz    the cargo-fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
+#
+# CARGO_TARGET_DIR is honoured; .ci/run points it at a persistent folder under ~/.cache.
+
+CARGO ?= cargo
+FUZZ_SECONDS ?= 60
+CHATD_ARGS ?=
+
+.PHONY: all run test lint fmt-check clippy unit bench fuzz bootstrap clean
+
+all: test
+
+# What a fresh Debian machine lacks for this workspace: libclang for bindgen (rocksdb's
+# build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds.
+BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake
+bootstrap:
+	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
+
+run: bootstrap
+	$(CARGO) run --release -p chatd --bin chatd -- $(CHATD_ARGS)
+
+test: bootstrap lint unit
+
+lint: fmt-check clippy
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --all-targets --locked
+	$(CARGO) test --workspace --doc --locked
+
+bench: bootstrap
+	./bench/codec.sh
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/decode
+	cd fuzz && $(CARGO) +nightly fuzz run decode corpus/decode seeds/decode -- -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,55 @@
+//! # chat-protocol — chatd wire protocol v1
+//!
+//! The one definition of what travels between a chatd client and the daemon: identifiers,
+//! every client request and server frame, the framing, the codec, the limits and the stable
+//! error codes. docs/PROTOCOL.md is the normative description; its byte-level test vectors
+//! are checked against this crate by `tests/vectors.rs`.
+//!
+//! This crate is sans-IO, in the manner of quinn-proto: no sockets, no async runtime, no
+//! clock. The daemon and the SDK do the I/O and call in with bytes:
+//!
+//! - encode with [`encode_frame`] (appends a frame to a buffer you reuse);
+//! - decode from a stream by feeding chunks to a [`FrameDecoder`] and pulling frames, or a
+//!   whole datagram with [`decode_datagram`];
+//! - check names and limits with [`names`] and [`limits`] before sending or when serving.
+//!
+//! Decoding never panics and never allocates more than the frame limit of its direction,
+//! whatever the input: oversize length prefixes are rejected from their first four bytes,
+//! and every container length inside a body is charged against the limit before allocation.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod codec;
+pub mod codes;
+mod frame;
+mod ids;
+pub mod limits;
+pub mod names;
+mod server;
+
+pub use client::{
+    Auth, ClientFrame, ContentType, Cursor, Hello, HistoryFrom, HistoryQuery, Marker, Order,
+    Request, Resume, Role, SendMessage, TypingUpdate, UserRef, VersionRange,
+};
+pub use codes::{ErrorCode, GoodbyeCode};
+pub use frame::{
+    DecodeError, EncodeError, Frame, FrameDecoder, LENGTH_PREFIX, PROTOCOL_VERSION,
+    decode_datagram, decode_frame, encode_frame, encode_frame_to_vec, frame_size,
+};
+pub use ids::{ConversationId, DeviceId, OpId, RequestId, RoomId, Seq, Timestamp, UserId};
+pub use server::{
+    ConversationPage, ConversationSummary, Entry, ErrorBody, Event, Gap, Goodbye, HelloOk,
+    HistoryPage, Limits, Member, MemberPage, MembershipChange, MembershipEvent, Message,
+    PresenceInfo, PresenceStatus, Receipt, Response, RoomInfo, SendAck, ServerFrame, Session,
+    TokenGrant, TypingEvent, UserInfo,
+};
+
+/// The version range this crate speaks, for `Hello::versions`.
+pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
+    min: PROTOCOL_VERSION,
+    max: PROTOCOL_VERSION,
+};
+
+#[cfg(test)]
+mod proptests;

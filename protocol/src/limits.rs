@@ -1,0 +1,61 @@
+//! Protocol ceilings: the largest values any v1 peer must accept.
+//!
+//! The daemon may configure tighter limits (it announces its own in `HelloOk::limits`) but
+//! never looser ones. Frame limits are enforced by the decoder before it allocates; the
+//! field limits below are checked by the daemon, which answers a violation with a typed
+//! error (`INVALID_REQUEST`, `BODY_TOO_LARGE`, ...) and keeps the connection.
+
+/// Largest frame a client may send (length prefix value: version byte + body).
+/// Client frames are small; the largest is a send with a maximal body.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+/// Largest frame the daemon may send. Sized for a history page of [`MAX_PAGE`] entries with
+/// bodies of [`MAX_BODY`] bytes each.
+pub const MAX_SERVER_FRAME: usize = 2 * 1024 * 1024;
+
+/// Largest message body in bytes.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Most entries in one history page, and most items in any other paged listing.
+pub const MAX_PAGE: u16 = 100;
+
+/// Longest user name in bytes. Rules: see `names`.
+pub const MAX_USER_NAME: usize = 32;
+
+/// Shortest user name in bytes.
+pub const MIN_USER_NAME: usize = 3;
+
+/// Longest room name in bytes.
+pub const MAX_ROOM_NAME: usize = 64;
+
+/// Shortest password in bytes.
+pub const MIN_PASSWORD: usize = 8;
+
+/// Longest password in bytes.
+pub const MAX_PASSWORD: usize = 256;
+
+/// Longest access token in bytes.
+pub const MAX_TOKEN: usize = 512;
+
+/// Longest client software name in the hello.
+pub const MAX_CLIENT_NAME: usize = 64;
+
+/// Longest human-readable reason in an error or goodbye frame, in bytes.
+pub const MAX_REASON: usize = 256;
+
+/// Most per-conversation cursors in one resume.
+pub const MAX_RESUME_CURSORS: usize = 1024;
+
+/// Most users named in one lookup or presence subscription change.
+pub const MAX_USERS_PER_REQUEST: usize = 256;
+
+/// How long a typing indicator lasts unless refreshed, in milliseconds.
+pub const TYPING_TTL_MS: u32 = 6_000;
+
+// A full history page must fit a server frame: every entry's in-memory size is charged to the
+// decode limit, so keep generous headroom per entry for the fixed fields.
+const _: () = assert!(MAX_PAGE as usize * (MAX_BODY + 512) <= MAX_SERVER_FRAME);
+// A maximal send must fit a client frame.
+const _: () = assert!(MAX_BODY + 512 <= MAX_CLIENT_FRAME);
+// Frame lengths travel in a u32.
+const _: () = assert!(MAX_SERVER_FRAME <= u32::MAX as usize);

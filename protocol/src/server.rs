@@ -1,0 +1,445 @@
+//! Frames the daemon sends: [`ServerFrame`] and everything inside it.
+//!
+//! As in `client`, declaration order is wire order. Events for one conversation arrive in
+//! sequence order on the session stream; `Typing` and `Presence` events may also arrive as
+//! QUIC datagrams, unordered and unreliable.
+
+use crate::client::{ContentType, Marker, Role};
+use crate::codec::{Decode, Encode};
+use crate::codes::{ErrorCode, GoodbyeCode};
+use crate::ids::{ConversationId, DeviceId, OpId, RequestId, RoomId, Seq, Timestamp, UserId};
+
+/// Every frame the daemon sends.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ServerFrame {
+    /// 0. The answer to `Hello`; the first frame the daemon sends.
+    HelloOk(HelloOk),
+    /// 1. A request succeeded.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The result.
+        response: Response,
+    },
+    /// 2. A request (or, with `id: None`, the hello or the connection) failed.
+    Error {
+        /// The failed request's id; `None` when the failure is not tied to a request.
+        id: Option<RequestId>,
+        /// What went wrong.
+        error: ErrorBody,
+    },
+    /// 3. Something happened that the client did not ask for in this exchange.
+    Event(Event),
+    /// 4. The daemon is closing the connection, and why. The QUIC close follows.
+    Goodbye(Goodbye),
+}
+
+/// The negotiated session parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HelloOk {
+    /// The version both sides now speak; every later frame carries it.
+    pub version: u8,
+    /// Daemon software and version, for logs (`"chatd/0.1.0"`).
+    pub server: String,
+    /// `Some` when the hello authenticated the connection.
+    pub session: Option<Session>,
+    /// The limits this daemon enforces.
+    pub limits: Limits,
+    /// The daemon's clock, for the client's skew estimate.
+    pub server_time: Timestamp,
+}
+
+/// Who the connection is authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Session {
+    /// The user.
+    pub user: UserId,
+    /// The user's name.
+    pub name: String,
+    /// The device from the hello.
+    pub device: DeviceId,
+    /// When the token expires; the daemon closes the session then (`TOKEN_EXPIRED`).
+    pub expires_at: Timestamp,
+}
+
+/// The limits a daemon enforces: never above the protocol ceilings in `limits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Limits {
+    /// Largest client frame (length prefix value).
+    pub max_frame: u32,
+    /// Largest message body.
+    pub max_body: u32,
+    /// Largest page (history, members, conversations).
+    pub max_page: u16,
+    /// Sustained sends per second per user.
+    pub send_rate: u32,
+    /// Sends a user may burst above the sustained rate.
+    pub send_burst: u32,
+    /// Requests a connection may have unanswered at once.
+    pub max_in_flight: u32,
+    /// Rooms one user may belong to.
+    pub max_rooms_per_user: u32,
+    /// Members one room may have.
+    pub max_room_members: u32,
+    /// Most entries replayed per conversation on resume before a `Gap` is announced.
+    pub max_resume_gap: u32,
+    /// A connection with no traffic for this long is closed (milliseconds).
+    pub idle_timeout_ms: u32,
+    /// An anonymous connection is closed after this long (milliseconds).
+    pub auth_timeout_ms: u32,
+    /// How long a typing indicator lasts unless refreshed (milliseconds).
+    pub typing_ttl_ms: u32,
+}
+
+/// A failure: stable code, human-readable reason, and when to retry if retrying can help.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ErrorBody {
+    /// The stable code; see `codes::ERROR_CODES`.
+    pub code: ErrorCode,
+    /// For humans; at most `limits::MAX_REASON` bytes. Do not parse it.
+    pub reason: String,
+    /// Wait at least this long before retrying (milliseconds).
+    pub retry_after_ms: Option<u32>,
+}
+
+/// Sent just before the daemon closes the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Goodbye {
+    /// Why; also the QUIC application close code.
+    pub code: GoodbyeCode,
+    /// For humans.
+    pub reason: String,
+}
+
+/// The success result of a request. Each request's doc names which variant it gets.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Response {
+    /// 0. Done, nothing to report.
+    Ok,
+    /// 1. The connection is now authenticated.
+    Session(Session),
+    /// 2. An access token.
+    Token(TokenGrant),
+    /// 3. Answer to `Ping`.
+    Pong {
+        /// The daemon's clock.
+        server_time: Timestamp,
+    },
+    /// 4. Resolved users.
+    Users(Vec<UserInfo>),
+    /// 5. A room's public description.
+    Room(RoomInfo),
+    /// 6. A page of a room's members.
+    Members(MemberPage),
+    /// 7. A page of the user's conversations.
+    Conversations(ConversationPage),
+    /// 8. A message is durably stored.
+    Sent(SendAck),
+    /// 9. A page of a conversation's log.
+    History(HistoryPage),
+    /// 10. Presence of the users just subscribed to.
+    Presence(Vec<PresenceInfo>),
+}
+
+/// An access token and what it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TokenGrant {
+    /// The account.
+    pub user: UserId,
+    /// Present it in `Auth::token`.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+}
+
+/// A user's id and name.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserInfo {
+    /// The id.
+    pub user: UserId,
+    /// The name.
+    pub name: String,
+}
+
+/// A room as anyone who may see it sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RoomInfo {
+    /// The id (its conversation is `ConversationId::Room(room)`).
+    pub room: RoomId,
+    /// The unique name.
+    pub name: String,
+    /// Whether joining needs an invitation.
+    pub invite_only: bool,
+    /// The owner.
+    pub owner: UserId,
+    /// How many members it has.
+    pub members: u32,
+}
+
+/// One member of a room.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Member {
+    /// Who.
+    pub user: UserId,
+    /// Their name.
+    pub name: String,
+    /// Their role.
+    pub role: Role,
+}
+
+/// A page of members.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MemberPage {
+    /// The room.
+    pub room: RoomId,
+    /// Members in ascending user id order.
+    pub members: Vec<Member>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<UserId>,
+}
+
+/// One of the user's conversations, with where the user stands in it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The room name, or the other user's name (your own for notes).
+    pub title: String,
+    /// The user's role, for rooms.
+    pub role: Option<Role>,
+    /// The newest sequence number.
+    pub head: Seq,
+    /// The user's delivered marker.
+    pub delivered: Seq,
+    /// The user's read marker.
+    pub read: Seq,
+}
+
+/// A page of conversations.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ConversationPage {
+    /// In ascending conversation id order.
+    pub conversations: Vec<ConversationSummary>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<ConversationId>,
+}
+
+/// The ack of a send: the message is durably stored under `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SendAck {
+    /// Where it was stored.
+    pub conversation: ConversationId,
+    /// The send's op id.
+    pub op: OpId,
+    /// Its sequence number.
+    pub seq: Seq,
+    /// The daemon's timestamp of the message.
+    pub ts: Timestamp,
+    /// `true` when this op id was already stored: this is the original ack, repeated.
+    pub duplicate: bool,
+}
+
+/// A page of a conversation's log.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HistoryPage {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// In the requested order; contiguous sequence numbers.
+    pub entries: Vec<Entry>,
+    /// The conversation's newest sequence number when the page was read.
+    pub head: Seq,
+    /// Whether more entries exist beyond this page in the paging direction.
+    pub more: bool,
+}
+
+/// One entry of a conversation's log.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Entry {
+    /// 0. A message.
+    Message(Message),
+    /// 1. A membership change (rooms only).
+    Membership(MembershipEvent),
+}
+
+impl Entry {
+    /// The entry's position in its conversation.
+    #[must_use]
+    pub fn seq(&self) -> Seq {
+        match self {
+            Entry::Message(m) => m.seq,
+            Entry::Membership(m) => m.seq,
+        }
+    }
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Message {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Its position.
+    pub seq: Seq,
+    /// When the daemon stored it.
+    pub ts: Timestamp,
+    /// Who sent it.
+    pub sender: UserId,
+    /// The sender's op id (lets the sender's devices recognise their own sends).
+    pub op: OpId,
+    /// How to interpret `body`.
+    pub content_type: ContentType,
+    /// The entry it answers.
+    pub reply_to: Option<Seq>,
+    /// The content.
+    pub body: Vec<u8>,
+}
+
+/// A membership change, stored in the room's log like a message.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MembershipEvent {
+    /// The room's conversation.
+    pub conversation: ConversationId,
+    /// Its position.
+    pub seq: Seq,
+    /// When.
+    pub ts: Timestamp,
+    /// Who did it.
+    pub actor: UserId,
+    /// Whom it concerns (equal to `actor` for joins and leaves).
+    pub subject: UserId,
+    /// What changed.
+    pub change: MembershipChange,
+}
+
+/// What a membership event did.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum MembershipChange {
+    /// 0. The room was created (always `Seq(1)`); the actor is the owner.
+    Created {
+        /// The room name.
+        name: String,
+        /// Whether joining needs an invitation.
+        invite_only: bool,
+    },
+    /// 1. The subject joined.
+    Joined,
+    /// 2. The subject left.
+    Left,
+    /// 3. The subject was invited.
+    Invited,
+    /// 4. The subject was removed.
+    Kicked,
+    /// 5. The subject was removed and barred.
+    Banned,
+    /// 6. The subject's ban was lifted.
+    Unbanned,
+    /// 7. The subject's role changed.
+    RoleChanged(Role),
+}
+
+/// A receipt marker moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Receipt {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Whose marker.
+    pub user: UserId,
+    /// Which marker.
+    pub marker: Marker,
+    /// Its new value.
+    pub seq: Seq,
+}
+
+/// Online or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum PresenceStatus {
+    /// 0. No connected device.
+    Offline,
+    /// 1. At least one connected device.
+    Online,
+}
+
+/// A user's presence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PresenceInfo {
+    /// Who.
+    pub user: UserId,
+    /// Online or offline.
+    pub status: PresenceStatus,
+    /// When their last device disconnected; `None` if never seen or online.
+    pub last_seen: Option<Timestamp>,
+}
+
+/// Someone is typing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TypingEvent {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Who.
+    pub user: UserId,
+    /// `false`: stopped typing.
+    pub active: bool,
+    /// Hide the indicator after this long unless refreshed (milliseconds).
+    pub expires_in_ms: u32,
+}
+
+/// Entries of one conversation that a catch-up skipped because there were too many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Gap {
+    /// Where.
+    pub conversation: ConversationId,
+    /// First skipped sequence number.
+    pub from: Seq,
+    /// Last skipped sequence number; page history for `from..=to`.
+    pub to: Seq,
+}
+
+/// Pushed to the client, unasked.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Event {
+    /// 0. A new message in one of the user's conversations.
+    Message(Message),
+    /// 1. A membership change in one of the user's rooms.
+    Membership(MembershipEvent),
+    /// 2. A member's delivered or read marker moved.
+    Receipt(Receipt),
+    /// 3. A followed user went online or offline.
+    Presence(PresenceInfo),
+    /// 4. Someone is typing (usually a datagram).
+    Typing(TypingEvent),
+    /// 5. The catch-up requested by `Auth::resume` or `Sync` is complete; live events follow.
+    CaughtUp {
+        /// How many entries the catch-up sent.
+        replayed: u32,
+    },
+    /// 6. Part of a catch-up was skipped; page it through history. Never silent.
+    Gap(Gap),
+    /// 7. This connection's outgoing queue overflowed: live pushes are suspended until the
+    ///    client pages what it missed through history and sends `Sync`.
+    Lagged,
+}

@@ -1,0 +1,399 @@
+//! The byte-level test vectors of docs/PROTOCOL.md are exactly what this crate encodes and
+//! decodes. Every vector below must appear in the document under its name, byte for byte,
+//! and the document must hold no vector this file does not know.
+//!
+//! To print the vectors after a deliberate change of the wire format (a new protocol
+//! version): `cargo test -p chat-protocol --test protocol -- --ignored --nocapture print_vectors`.
+
+use chat_protocol::*;
+
+/// One vector: its name in PROTOCOL.md and the frame it encodes.
+enum Vector {
+    Client(&'static str, ClientFrame),
+    Server(&'static str, ServerFrame),
+}
+
+const DEVICE: DeviceId = DeviceId(0x0102_0304_0506_0708);
+const TS: Timestamp = Timestamp(1_795_000_000_000);
+const ALICE: UserId = UserId(1);
+const BOB: UserId = UserId(2);
+const ROOM: RoomId = RoomId(5);
+
+fn request(id: u32, request: Request) -> ClientFrame {
+    ClientFrame::Request {
+        id: RequestId(id),
+        request,
+    }
+}
+
+fn response(id: u32, response: Response) -> ServerFrame {
+    ServerFrame::Response {
+        id: RequestId(id),
+        response,
+    }
+}
+
+fn hello_message() -> Message {
+    Message {
+        conversation: ConversationId::Room(ROOM),
+        seq: Seq(43),
+        ts: TS,
+        sender: ALICE,
+        op: OpId(77),
+        content_type: ContentType::TEXT,
+        reply_to: Some(Seq(42)),
+        body: b"hello".to_vec(),
+    }
+}
+
+fn vectors() -> Vec<Vector> {
+    use Vector::{Client, Server};
+    let dm = ConversationId::direct(BOB, ALICE);
+    vec![
+        Client(
+            "hello-anonymous",
+            ClientFrame::Hello(Hello {
+                versions: SUPPORTED_VERSIONS,
+                client: "chat/0.1".into(),
+                device: DEVICE,
+                auth: None,
+            }),
+        ),
+        Client(
+            "hello-token-resume",
+            ClientFrame::Hello(Hello {
+                versions: VersionRange { min: 1, max: 1 },
+                client: "sdk".into(),
+                device: DeviceId(9),
+                auth: Some(Auth {
+                    token: "tok".into(),
+                    resume: Some(Resume {
+                        cursors: vec![
+                            Cursor {
+                                conversation: ConversationId::Room(ROOM),
+                                seq: Seq(42),
+                            },
+                            Cursor {
+                                conversation: dm,
+                                seq: Seq(300),
+                            },
+                        ],
+                    }),
+                }),
+            }),
+        ),
+        Client(
+            "register",
+            request(
+                1,
+                Request::Register {
+                    name: "alice".into(),
+                    password: "hunter22".into(),
+                },
+            ),
+        ),
+        Client("ping", request(7, Request::Ping)),
+        Client(
+            "send-text",
+            request(
+                2,
+                Request::Send(SendMessage {
+                    conversation: ConversationId::Room(ROOM),
+                    op: OpId(77),
+                    content_type: ContentType::TEXT,
+                    reply_to: Some(Seq(42)),
+                    body: b"hello".to_vec(),
+                }),
+            ),
+        ),
+        Client(
+            "history-before",
+            request(
+                3,
+                Request::History(HistoryQuery {
+                    conversation: dm,
+                    from: HistoryFrom::Before(Seq(100)),
+                    limit: 50,
+                    order: Order::NewestFirst,
+                }),
+            ),
+        ),
+        Client(
+            "mark-read",
+            request(
+                4,
+                Request::Mark {
+                    conversation: ConversationId::Room(ROOM),
+                    marker: Marker::Read,
+                    seq: Seq(43),
+                },
+            ),
+        ),
+        Client(
+            "typing-datagram",
+            ClientFrame::Typing(TypingUpdate {
+                conversation: ConversationId::Notes(ALICE),
+                active: true,
+            }),
+        ),
+        Server(
+            "hello-ok",
+            ServerFrame::HelloOk(HelloOk {
+                version: 1,
+                server: "chatd/0.1.0".into(),
+                session: Some(Session {
+                    user: ALICE,
+                    name: "alice".into(),
+                    device: DeviceId(9),
+                    expires_at: Timestamp(1_795_086_400_000),
+                }),
+                limits: Limits {
+                    max_frame: 65_536,
+                    max_body: 16_384,
+                    max_page: 100,
+                    send_rate: 20,
+                    send_burst: 40,
+                    max_in_flight: 64,
+                    max_rooms_per_user: 1_000,
+                    max_room_members: 10_000,
+                    max_resume_gap: 1_000,
+                    idle_timeout_ms: 60_000,
+                    auth_timeout_ms: 10_000,
+                    typing_ttl_ms: 6_000,
+                },
+                server_time: TS,
+            }),
+        ),
+        Server(
+            "sent",
+            response(
+                2,
+                Response::Sent(SendAck {
+                    conversation: ConversationId::Room(ROOM),
+                    op: OpId(77),
+                    seq: Seq(43),
+                    ts: TS,
+                    duplicate: false,
+                }),
+            ),
+        ),
+        Server(
+            "error-rate-limited",
+            ServerFrame::Error {
+                id: Some(RequestId(2)),
+                error: ErrorBody {
+                    code: ErrorCode::RATE_LIMITED,
+                    reason: "slow down".into(),
+                    retry_after_ms: Some(250),
+                },
+            },
+        ),
+        Server(
+            "event-message",
+            ServerFrame::Event(Event::Message(hello_message())),
+        ),
+        Server(
+            "event-joined",
+            ServerFrame::Event(Event::Membership(MembershipEvent {
+                conversation: ConversationId::Room(ROOM),
+                seq: Seq(44),
+                ts: TS,
+                actor: BOB,
+                subject: BOB,
+                change: MembershipChange::Joined,
+            })),
+        ),
+        Server(
+            "event-receipt",
+            ServerFrame::Event(Event::Receipt(Receipt {
+                conversation: dm,
+                user: BOB,
+                marker: Marker::Delivered,
+                seq: Seq(300),
+            })),
+        ),
+        Server(
+            "history-page",
+            response(
+                3,
+                Response::History(HistoryPage {
+                    conversation: ConversationId::Room(ROOM),
+                    entries: vec![
+                        Entry::Membership(MembershipEvent {
+                            conversation: ConversationId::Room(ROOM),
+                            seq: Seq(1),
+                            ts: TS,
+                            actor: ALICE,
+                            subject: ALICE,
+                            change: MembershipChange::Created {
+                                name: "general".into(),
+                                invite_only: false,
+                            },
+                        }),
+                        Entry::Message(hello_message()),
+                    ],
+                    head: Seq(44),
+                    more: false,
+                }),
+            ),
+        ),
+        Server(
+            "event-gap",
+            ServerFrame::Event(Event::Gap(Gap {
+                conversation: dm,
+                from: Seq(301),
+                to: Seq(5_000),
+            })),
+        ),
+        Server(
+            "event-caught-up",
+            ServerFrame::Event(Event::CaughtUp { replayed: 2 }),
+        ),
+        Server("event-lagged", ServerFrame::Event(Event::Lagged)),
+        Server(
+            "goodbye",
+            ServerFrame::Goodbye(Goodbye {
+                code: GoodbyeCode::SHUTTING_DOWN,
+                reason: "restart".into(),
+            }),
+        ),
+    ]
+}
+
+impl Vector {
+    fn name(&self) -> &'static str {
+        match self {
+            Vector::Client(name, _) | Vector::Server(name, _) => name,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Vector::Client(_, f) => encode_frame_to_vec(f).unwrap(),
+            Vector::Server(_, f) => encode_frame_to_vec(f).unwrap(),
+        }
+    }
+
+    /// Decodes `bytes` as this vector's direction and compares with its frame.
+    fn decodes_from(&self, bytes: &[u8]) -> bool {
+        match self {
+            Vector::Client(_, f) => decode_datagram::<ClientFrame>(bytes).as_ref() == Ok(f),
+            Vector::Server(_, f) => decode_datagram::<ServerFrame>(bytes).as_ref() == Ok(f),
+        }
+    }
+
+    fn debug(&self) -> String {
+        match self {
+            Vector::Client(_, f) => format!("{f:?}"),
+            Vector::Server(_, f) => format!("{f:?}"),
+        }
+    }
+}
+
+/// The vectors in PROTOCOL.md: every fenced block opened with "```hex vector=NAME".
+fn document_vectors() -> Vec<(String, Vec<u8>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path).expect("docs/PROTOCOL.md is readable");
+    let mut found = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.trim().strip_prefix("```hex vector=") else {
+            continue;
+        };
+        let hex: String = lines
+            .by_ref()
+            .take_while(|l| l.trim() != "```")
+            .flat_map(|l| l.split('#').next().unwrap_or("").chars())
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let bytes = hex::decode(&hex).unwrap_or_else(|e| panic!("vector {name}: bad hex: {e}"));
+        found.push((name.to_owned(), bytes));
+    }
+    found
+}
+
+/// Space-separated hex, 16 bytes a line.
+fn hex_lines(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|line| {
+            line.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn protocol_md_vectors_match_the_crate() {
+    let document = document_vectors();
+    let known = vectors();
+    assert!(known.len() >= 10);
+    for vector in &known {
+        let in_doc: Vec<_> = document
+            .iter()
+            .filter(|(name, _)| name == vector.name())
+            .collect();
+        assert_eq!(
+            in_doc.len(),
+            1,
+            "vector {} must appear exactly once in PROTOCOL.md",
+            vector.name()
+        );
+        let doc_bytes = &in_doc[0].1;
+        let encoded = vector.encode();
+        assert_eq!(
+            hex_lines(doc_bytes),
+            hex_lines(&encoded),
+            "vector {}: PROTOCOL.md differs from what the crate encodes",
+            vector.name()
+        );
+        assert!(
+            vector.decodes_from(doc_bytes),
+            "vector {}: does not decode to {}",
+            vector.name(),
+            vector.debug()
+        );
+    }
+    for (name, _) in &document {
+        assert!(
+            known.iter().any(|v| v.name() == name),
+            "PROTOCOL.md has unknown vector {name}"
+        );
+    }
+}
+
+#[test]
+fn protocol_md_lists_every_code() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let errors = codes::ERROR_CODES
+        .iter()
+        .map(|(code, name, _)| (code.0, *name));
+    let goodbyes = codes::GOODBYE_CODES
+        .iter()
+        .map(|(code, name, _)| (code.0, *name));
+    for (code, name) in errors.chain(goodbyes) {
+        let row = format!("| {code} | `{name}` |");
+        assert!(
+            doc.contains(&row),
+            "PROTOCOL.md lacks the row starting {row}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "prints the vectors for PROTOCOL.md; run by hand after a deliberate wire change"]
+fn print_vectors() {
+    for vector in vectors() {
+        println!(
+            "{}\n{}\n```hex vector={}\n{}\n```\n",
+            vector.name(),
+            vector.debug(),
+            vector.name(),
+            hex_lines(&vector.encode())
+        );
+    }
+}
