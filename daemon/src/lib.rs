@@ -1,18 +1,35 @@
 //! # chatd — the chat daemon
 //!
-//! Will hold the server: one pinned `shard-N` thread per core, each with a tokio-uring
-//! runtime and a quinn endpoint on the shared UDP port (SO_REUSEPORT); conversations and
-//! connection registries owned by exactly one shard; crossbeam queues between shards; a
-//! storage thread that group-commits RocksDB write batches; the outbox and its AMQP bridge.
-//! `main.rs` only wires; tests drive the library entry `run(config, shutdown)`.
+//! The server, as a library: `main.rs` only parses flags and wires these pieces, and tests
+//! drive the same entry points.
 //!
-//! Today it holds only what the daemon announces about itself: the wire protocol it speaks
-//! comes from `chat-protocol`. The server arrives with the daemon core issue (see README).
+//! - [`config`]: the one configuration struct, its embedded commented default, layering of
+//!   file, `CHATD_*` environment and flags, and validation before anything is bound.
+//! - [`token`]: HS256 JWT access tokens, minted and verified with the configured keys.
+//! - [`tls`]: the certificate (configured, or a generated development one) and the rustls
+//!   server configuration (TLS 1.3, ALPN `chat/1`, ring).
+//!
+//! Still to come with the daemon-core issue: the shards (one pinned `shard-N` thread per
+//! core with its tokio-uring runtime and quinn endpoint), the storage pipeline, and the
+//! library entry `run(config, shutdown)`.
 
 #![forbid(unsafe_code)]
+
+pub mod config;
+mod fsutil;
+pub mod tls;
+pub mod token;
 
 /// The daemon's name and version as sent in `HelloOk::server`.
 pub const SERVER_NAME: &str = concat!("chatd/", env!("CARGO_PKG_VERSION"));
 
 /// The protocol versions this daemon speaks.
 pub const PROTOCOL_VERSIONS: chat_protocol::VersionRange = chat_protocol::SUPPORTED_VERSIONS;
+
+/// Seconds since the Unix epoch, by the system clock.
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,17 +1,136 @@
-//! The `chatd` binary: wires configuration, signals and the library's `run`.
+//! The `chatd` binary: parses flags, loads and validates configuration (exit code 64 when it
+//! is wrong, before anything is bound), and hands over to the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use chatd::config::{Config, Overrides};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit code for bad configuration or usage (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code when a needed resource is unavailable (sysexits EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// chatd: a sharded QUIC chat daemon.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default when no command is given).
+    Run(RunArgs),
+    /// Print the embedded default configuration, every field commented.
+    GenerateConfig,
+    /// Mint an access token for a user with the configured signing key.
+    Token(TokenArgs),
+}
+
+/// Where the configuration comes from.
+#[derive(clap::Args, Default)]
+struct ConfigArgs {
+    /// Configuration file (TOML); fields it leaves out keep their defaults.
+    #[arg(long, short, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (RocksDB, development certificate, generated token secret).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// UDP address to listen on.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Number of shards (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The user name the token is for.
+    #[arg(long)]
+    user: String,
+    /// Lifetime in seconds (default: auth.token_ttl_secs).
+    #[arg(long)]
+    ttl: Option<u64>,
+}
+
+fn load(args: &ConfigArgs, overrides: Overrides) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..overrides
+    };
+    // CHATD_CONFIG is a flag's variable, not a configuration field.
+    let env = std::env::vars().filter(|(k, _)| k != "CHATD_CONFIG");
+    Config::load(args.config.as_deref(), env, &overrides).map_err(|e| {
+        eprintln!("chatd: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn data_dir(config: &Config) -> PathBuf {
+    config.data_dir(std::env::var("STATE_DIRECTORY").ok().as_deref())
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "{}: speaks chat protocol v{}..=v{}; the server itself is not implemented yet \
-         (see README.md, \"Status\")",
-        chatd::SERVER_NAME,
-        chatd::PROTOCOL_VERSIONS.min,
-        chatd::PROTOCOL_VERSIONS.max
-    );
-    ExitCode::from(69) // EX_UNAVAILABLE
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::GenerateConfig => {
+            print!("{}", chatd::config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Token(args) => token(&args).unwrap_or_else(|code| code),
+        Command::Run(args) => {
+            let overrides = Overrides {
+                listen: args.listen,
+                shards: args.shards,
+                data_dir: None,
+            };
+            let config = match load(&args.config, overrides) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            eprintln!(
+                "{}: configuration valid (data in {}); the server itself is not implemented yet \
+                 (see README.md, \"Status\")",
+                chatd::SERVER_NAME,
+                data_dir(&config).display()
+            );
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+fn token(args: &TokenArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config, Overrides::default())?;
+    if let Err(code) = chat_protocol::names::check_user_name(&args.user) {
+        eprintln!(
+            "chatd: {:?}: {}",
+            args.user,
+            code.description().unwrap_or("invalid user name")
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    let keys = chatd::token::Keys::load(&config.auth, &data_dir(&config)).map_err(|e| {
+        eprintln!("chatd: {e}");
+        ExitCode::from(EXIT_UNAVAILABLE)
+    })?;
+    let now = chatd::unix_now();
+    let ttl = args.ttl.unwrap_or(config.auth.token_ttl_secs);
+    println!("{}", keys.mint(&args.user, now, now.saturating_add(ttl)));
+    Ok(ExitCode::SUCCESS)
 }

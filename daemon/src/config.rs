@@ -1,0 +1,546 @@
+//! Configuration: one serde struct with defaults, read from the embedded `chatd.toml`, an
+//! optional file, `CHATD_*` environment variables and command-line flags, in that order of
+//! precedence (later wins), and validated before any port is bound.
+//!
+//! `Config::load` does the layering; `Config::validate` checks every rule and reports all
+//! problems at once. `main.rs` exits with code 64 (EX_USAGE) when either fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The commented default configuration, printed by `chatd generate-config`.
+pub const DEFAULT_TOML: &str = include_str!("../chatd.toml");
+
+/// Prefix of environment variables that override configuration fields.
+pub const ENV_PREFIX: &str = "CHATD_";
+
+/// Everything the daemon can be told. Field docs match `chatd.toml`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address of the QUIC endpoint; every shard binds it with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Data directory; empty: `$STATE_DIRECTORY`, else `./chatd-data` (see [`Config::data_dir`]).
+    pub data_dir: PathBuf,
+    /// Number of shards; 0 = one per available core.
+    pub shards: usize,
+    /// Seconds a SIGTERM waits for connections to close and storage to flush.
+    pub shutdown_grace_secs: u64,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log: String,
+    /// TLS certificate and key.
+    pub tls: TlsConfig,
+    /// Tokens and authentication.
+    pub auth: AuthConfig,
+    /// The storage pipeline.
+    pub storage: StorageConfig,
+    /// Per-connection, per-user and per-room limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty with `key`: a generated development certificate.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of minted tokens, in seconds.
+    pub token_ttl_secs: u64,
+    /// Seconds before an unauthenticated connection is closed.
+    pub auth_timeout_secs: u64,
+    /// Signing keys: the first signs, all verify. Empty: a generated local secret.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key id, carried in the token header (`kid`).
+    pub id: String,
+    /// The HMAC-SHA256 secret as hex, at least 32 bytes.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// When an acknowledged write is durable.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync'd before the ack (group-committed).
+    Fsync,
+    /// In the WAL in the page cache before the ack: survives a crash of the daemon only.
+    Buffered,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// What an ack guarantees.
+    pub durability: Durability,
+    /// Most write batches merged into one group commit.
+    pub max_group_commit: usize,
+    /// Requests waiting for the storage thread before sends get `OVERLOADED`.
+    pub queue_depth: usize,
+    /// Recent (sender, op id) pairs remembered per conversation for deduplication.
+    pub dedupe_window: usize,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message body in bytes.
+    pub max_body: usize,
+    /// Requests one connection may have unanswered.
+    pub max_in_flight: u32,
+    /// Rooms one user may belong to.
+    pub max_rooms_per_user: u32,
+    /// Members one room may have.
+    pub max_room_members: u32,
+    /// Frames queued for one connection.
+    pub outgoing_queue: usize,
+    /// Idle timeout in seconds.
+    pub idle_timeout_secs: u64,
+    /// Keep-alive interval in seconds.
+    pub keep_alive_secs: u64,
+    /// Connections one shard accepts.
+    pub max_connections_per_shard: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: PathBuf::new(),
+            shards: 0,
+            shutdown_grace_secs: 10,
+            log: "info".into(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl_secs: 86_400,
+            auth_timeout_secs: 10,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::Fsync,
+            max_group_commit: 256,
+            queue_depth: 16_384,
+            dedupe_window: 1_024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body: chat_protocol::limits::MAX_BODY,
+            max_in_flight: 64,
+            max_rooms_per_user: 1_000,
+            max_room_members: 10_000,
+            outgoing_queue: 1_024,
+            idle_timeout_secs: 60,
+            keep_alive_secs: 15,
+            max_connections_per_shard: 100_000,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML (file, embedded default or environment) does not parse into the struct.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the bad input came from.
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Rules broken by the merged configuration, one per line.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Overrides from the command line, applied last.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--shards`
+    pub shards: Option<usize>,
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `CHATD_*` variables from `env`, then `overrides`;
+    /// validated.
+    ///
+    /// # Errors
+    /// An unreadable file, TOML that does not fit, an unknown `CHATD_*` variable, or a broken
+    /// rule.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, Error> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_TOML).map_err(|e| Error::Parse {
+            origin: "embedded chatd.toml".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: toml::Table = toml::from_str(&text).map_err(|e| Error::Parse {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut table, from_file);
+        }
+        apply_env(&mut table, env)?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Parse {
+                    origin: "configuration".into(),
+                    message: e.to_string(),
+                })?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        if let Some(shards) = overrides.shards {
+            config.shards = shards;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule; reports all broken ones.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] listing each problem.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_owned());
+            }
+        };
+        check(
+            self.shards <= 1024,
+            "shards must be at most 1024 (0 = one per core)",
+        );
+        check(
+            self.shutdown_grace_secs >= 1,
+            "shutdown_grace_secs must be at least 1",
+        );
+        check(
+            self.tls.cert.as_os_str().is_empty() == self.tls.key.as_os_str().is_empty(),
+            "tls.cert and tls.key must both be set or both be empty",
+        );
+        check(
+            self.auth.token_ttl_secs >= 60,
+            "auth.token_ttl_secs must be at least 60",
+        );
+        check(
+            self.auth.auth_timeout_secs >= 1,
+            "auth.auth_timeout_secs must be at least 1",
+        );
+        for key in &self.auth.keys {
+            check(
+                !key.id.is_empty()
+                    && key.id.len() <= 64
+                    && key.id.bytes().all(|b| b.is_ascii_graphic()),
+                "auth.keys: an id is 1 to 64 printable ASCII characters",
+            );
+            check(
+                hex::decode(&key.secret).is_ok_and(|s| s.len() >= 32),
+                "auth.keys: a secret is at least 32 bytes written as hex (64+ hex digits)",
+            );
+        }
+        let ids: std::collections::HashSet<_> = self.auth.keys.iter().map(|k| &k.id).collect();
+        check(
+            ids.len() == self.auth.keys.len(),
+            "auth.keys: key ids must be unique",
+        );
+        check(
+            (1..=4096).contains(&self.storage.max_group_commit),
+            "storage.max_group_commit must be 1 to 4096",
+        );
+        check(
+            self.storage.queue_depth >= 16,
+            "storage.queue_depth must be at least 16",
+        );
+        check(
+            (1..=1_000_000).contains(&self.storage.dedupe_window),
+            "storage.dedupe_window must be 1 to 1000000",
+        );
+        let limits = &self.limits;
+        check(
+            (1..=chat_protocol::limits::MAX_BODY).contains(&limits.max_body),
+            "limits.max_body must be 1 to 16384 (the protocol ceiling)",
+        );
+        check(
+            limits.max_in_flight >= 1,
+            "limits.max_in_flight must be at least 1",
+        );
+        check(
+            limits.max_rooms_per_user >= 1,
+            "limits.max_rooms_per_user must be at least 1",
+        );
+        check(
+            limits.max_room_members >= 2,
+            "limits.max_room_members must be at least 2",
+        );
+        check(
+            limits.outgoing_queue >= 16,
+            "limits.outgoing_queue must be at least 16",
+        );
+        check(
+            limits.idle_timeout_secs >= 5,
+            "limits.idle_timeout_secs must be at least 5",
+        );
+        check(
+            limits.keep_alive_secs >= 1 && limits.keep_alive_secs < limits.idle_timeout_secs,
+            "limits.keep_alive_secs must be at least 1 and below limits.idle_timeout_secs",
+        );
+        check(
+            limits.max_connections_per_shard >= 1,
+            "limits.max_connections_per_shard must be at least 1",
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// The data directory: the configured one, else `$STATE_DIRECTORY` (set by systemd's
+    /// `StateDirectory=`; the first entry when it lists several), else `./chatd-data`.
+    #[must_use]
+    pub fn data_dir(&self, state_directory: Option<&str>) -> PathBuf {
+        if !self.data_dir.as_os_str().is_empty() {
+            return self.data_dir.clone();
+        }
+        match state_directory
+            .and_then(|dirs| dirs.split(':').next())
+            .filter(|d| !d.is_empty())
+        {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from("chatd-data"),
+        }
+    }
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, other values replace.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `CHATD_<SECTION>_<FIELD>` and `CHATD_<FIELD>` variables. A value is read as a
+/// TOML value when it parses as one (numbers, booleans, arrays), else as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), Error> {
+    let mut unknown = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        if matches!(table.get(&rest), Some(v) if !v.is_table()) {
+            table.insert(rest, value);
+            continue;
+        }
+        let section = table.iter_mut().find_map(|(section, v)| {
+            let field = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let t = v.as_table_mut()?;
+            t.contains_key(field).then(|| (t, field.to_owned()))
+        });
+        match section {
+            Some((t, field)) => {
+                t.insert(field, value);
+            }
+            None => unknown.push(name),
+        }
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(
+            unknown
+                .into_iter()
+                .map(|n| format!("{n} does not name a configuration field"))
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_equals_the_struct_default() {
+        let loaded = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chatd.toml");
+        std::fs::write(
+            &file,
+            "shards = 3\n[limits]\nmax_body = 100\nmax_in_flight = 8\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("CHATD_LIMITS_MAX_BODY", "200"),
+                ("CHATD_LISTEN", "0.0.0.0:5000"),
+                ("OTHER", "x"),
+            ]),
+            &Overrides {
+                shards: Some(2),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.limits.max_body, 200);
+        assert_eq!(config.limits.max_in_flight, 8);
+        assert_eq!(config.listen, "0.0.0.0:5000".parse().unwrap());
+    }
+
+    #[test]
+    fn mistakes_are_reported_not_ignored() {
+        let unknown_env = Config::load(
+            None,
+            env(&[("CHATD_LIMITS_MAX_BODDY", "1")]),
+            &Overrides::default(),
+        );
+        assert!(
+            unknown_env
+                .unwrap_err()
+                .to_string()
+                .contains("CHATD_LIMITS_MAX_BODDY")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chatd.toml");
+        std::fs::write(&file, "[limits]\nmax_bodyy = 1\n").unwrap();
+        let err = Config::load(Some(&file), Vec::new(), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_bodyy"), "{err}");
+
+        let bad = Config::load(
+            None,
+            env(&[
+                ("CHATD_LIMITS_MAX_BODY", "100000"),
+                ("CHATD_TLS_CERT", "/x.pem"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("max_body") && bad.contains("tls.cert"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn data_dir_falls_back_to_systemd_then_cwd() {
+        let config = Config::default();
+        assert_eq!(config.data_dir(None), PathBuf::from("chatd-data"));
+        assert_eq!(
+            config.data_dir(Some("/var/lib/chatd:/x")),
+            PathBuf::from("/var/lib/chatd")
+        );
+        let set = Config {
+            data_dir: "/srv/chat".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            set.data_dir(Some("/var/lib/chatd")),
+            PathBuf::from("/srv/chat")
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let key = KeyConfig {
+            id: "k".into(),
+            secret: "ab".repeat(32),
+        };
+        assert!(!format!("{key:?}").contains("abab"));
+    }
+}

@@ -1,0 +1,190 @@
+//! TLS for the QUIC endpoint: the configured certificate, or a self-signed development
+//! certificate generated once into `DATA_DIR/tls/`.
+//!
+//! TLS 1.3 only, ALPN `chat/1`, the ring crypto provider (passed explicitly, not left to
+//! whichever provider a dependency happens to enable).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest as _, Sha256};
+
+use crate::config::TlsConfig;
+
+/// The ALPN protocol id of chat protocol v1.
+pub const ALPN: &[u8] = b"chat/1";
+
+/// Why the TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A PEM file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The development certificate could not be generated or stored.
+    #[error("generating the development certificate in {path}: {message}")]
+    Generate {
+        /// Where it was to be stored.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// rustls refused the certificate or key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A loaded certificate chain and key, with where they came from.
+pub struct Identity {
+    /// Certificate chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The certificate file (the generated one, or the configured one).
+    pub cert_path: PathBuf,
+    /// Whether it was generated for development.
+    pub generated: bool,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cert_path", &self.cert_path)
+            .field("generated", &self.generated)
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// SHA-256 of the leaf certificate (DER), as lowercase hex: what a client pins.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        self.certs
+            .first()
+            .map(|c| hex::encode(Sha256::digest(c.as_ref())))
+            .unwrap_or_default()
+    }
+}
+
+/// The configured certificate and key, or the development certificate in
+/// `data_dir/tls/{cert,key}.pem`, generated on first use.
+///
+/// # Errors
+/// Unreadable or invalid PEM files, or a failure to generate or store the development pair.
+pub fn load_identity(config: &TlsConfig, data_dir: &Path) -> Result<Identity, Error> {
+    if config.cert.as_os_str().is_empty() {
+        let dir = data_dir.join("tls");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        if !cert_path.exists() || !key_path.exists() {
+            generate_dev_certificate(&cert_path, &key_path)?;
+        }
+        let mut identity = read_pair(&cert_path, &key_path)?;
+        identity.generated = true;
+        Ok(identity)
+    } else {
+        read_pair(&config.cert, &config.key)
+    }
+}
+
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<Identity, Error> {
+    let pem_error = |path: &Path, message: String| Error::Pem {
+        path: path.to_owned(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(cert_path, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_error(cert_path, "no certificate in the file".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem_error(key_path, e.to_string()))?;
+    Ok(Identity {
+        certs,
+        key,
+        cert_path: cert_path.to_owned(),
+        generated: false,
+    })
+}
+
+fn generate_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<(), Error> {
+    let fail = |message: String| Error::Generate {
+        path: cert_path.to_owned(),
+        message,
+    };
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
+    crate::fsutil::write_private(key_path, certified.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    crate::fsutil::write_private(cert_path, certified.cert.pem().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// The rustls server configuration: TLS 1.3 only, ALPN `chat/1`, ring provider.
+///
+/// # Errors
+/// When rustls refuses the certificate or key.
+pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_certificate_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_identity(&TlsConfig::default(), dir.path()).unwrap();
+        assert!(first.generated);
+        assert_eq!(first.cert_path, dir.path().join("tls/cert.pem"));
+        let second = load_identity(&TlsConfig::default(), dir.path()).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        assert_eq!(first.fingerprint().len(), 64);
+        server_config(&second).unwrap();
+    }
+
+    #[test]
+    fn configured_files_are_used_and_bad_ones_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = load_identity(&TlsConfig::default(), dir.path()).unwrap();
+        let configured = TlsConfig {
+            cert: dir.path().join("tls/cert.pem"),
+            key: dir.path().join("tls/key.pem"),
+        };
+        let loaded = load_identity(&configured, Path::new("/nonexistent")).unwrap();
+        assert!(!loaded.generated);
+        assert_eq!(loaded.fingerprint(), generated.fingerprint());
+
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let broken = TlsConfig {
+            cert: dir.path().join("empty.pem"),
+            key: configured.key.clone(),
+        };
+        assert!(
+            load_identity(&broken, dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("empty.pem")
+        );
+    }
+}
