@@ -103,6 +103,9 @@ pub struct StorageConfig {
     pub queue_depth: usize,
     /// Recent (sender, op id) pairs remembered per conversation for deduplication.
     pub dedupe_window: usize,
+    /// Conversations a shard keeps in memory; idle ones beyond this are dropped and reloaded
+    /// from disk when next used.
+    pub cached_conversations: usize,
 }
 
 /// `[limits]`
@@ -160,6 +163,7 @@ impl Default for StorageConfig {
             max_group_commit: 256,
             queue_depth: 16_384,
             dedupe_window: 1_024,
+            cached_conversations: 100_000,
         }
     }
 }
@@ -321,6 +325,10 @@ impl Config {
         check(
             (1..=1_000_000).contains(&self.storage.dedupe_window),
             "storage.dedupe_window must be 1 to 1000000",
+        );
+        check(
+            self.storage.cached_conversations >= 16,
+            "storage.cached_conversations must be at least 16",
         );
         let limits = &self.limits;
         check(

@@ -14,11 +14,20 @@
 //! library entry `run(config, shutdown)`.
 
 #![forbid(unsafe_code)]
+#![allow(unreachable_pub)] // crate-private modules keep `pub(crate)`-style `pub` items
 
 pub mod config;
 mod fsutil;
+mod inbox;
+mod pool;
+mod runtime;
+pub mod server;
+mod shard;
+pub mod store;
 pub mod tls;
 pub mod token;
+
+pub use server::{Daemon, run};
 
 /// The daemon's name and version as sent in `HelloOk::server`.
 pub const SERVER_NAME: &str = concat!("chatd/", env!("CARGO_PKG_VERSION"));

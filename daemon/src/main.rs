@@ -100,19 +100,75 @@ fn main() -> ExitCode {
                 shards: args.shards,
                 data_dir: None,
             };
-            let config = match load(&args.config, overrides) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            eprintln!(
-                "{}: configuration valid (data in {}); the server itself is not implemented yet \
-                 (see README.md, \"Status\")",
-                chatd::SERVER_NAME,
-                data_dir(&config).display()
-            );
-            ExitCode::from(EXIT_UNAVAILABLE)
+            match load(&args.config, overrides) {
+                Ok(config) => serve(config),
+                Err(code) => code,
+            }
         }
     }
+}
+
+/// How a signal asked the daemon to stop.
+enum Stop {
+    /// SIGTERM: drain connections within the grace period.
+    Graceful,
+    /// SIGINT: close connections at once (storage is still flushed).
+    Fast,
+}
+
+fn serve(config: Config) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chatd: cannot start the signal runtime: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("chatd: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let daemon = match chatd::Daemon::start(config) {
+            Ok(daemon) => daemon,
+            Err(e) => {
+                eprintln!("chatd: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let stop = tokio::select! {
+            _ = term.recv() => Stop::Graceful,
+            _ = int.recv() => Stop::Fast,
+        };
+        match stop {
+            Stop::Graceful => {
+                tracing::info!("SIGTERM: draining connections");
+                daemon.stop();
+            }
+            Stop::Fast => {
+                tracing::info!("SIGINT: closing connections now");
+                daemon.stop_fast();
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn token(args: &TokenArgs) -> Result<ExitCode, ExitCode> {

@@ -279,6 +279,31 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// Appends the entry's encoding (the same bytes it has inside a frame) to `out`; storage
+    /// keeps log entries in this form.
+    pub fn encode_to(&self, out: &mut Vec<u8>) {
+        // Encoding into a Vec cannot fail for protocol types.
+        let _ = crate::codec::encode_into(self, out);
+    }
+
+    /// Decodes an entry written by [`Entry::encode_to`].
+    ///
+    /// # Errors
+    /// [`crate::DecodeError::Invalid`] when the bytes are not exactly one entry.
+    pub fn decode_from(bytes: &[u8]) -> Result<Entry, crate::DecodeError> {
+        crate::codec::decode_value::<Entry, { crate::limits::MAX_SERVER_FRAME }>(bytes)
+            .map_err(crate::DecodeError::Invalid)
+    }
+
+    /// The conversation the entry belongs to.
+    #[must_use]
+    pub fn conversation(&self) -> ConversationId {
+        match self {
+            Entry::Message(m) => m.conversation,
+            Entry::Membership(m) => m.conversation,
+        }
+    }
+
     /// The entry's position in its conversation.
     #[must_use]
     pub fn seq(&self) -> Seq {

@@ -1,0 +1,363 @@
+//! Start-up and shutdown: opens storage, binds one UDP socket per shard on the shared port
+//! (SO_REUSEPORT), starts the storage thread, the read pool and the `shard-N` threads, and tells
+//! systemd when it is ready. [`Daemon::stop`] drains: goodbyes to every connection, in-flight
+//! commits finished, the WAL synced.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::shard::{self, ShardMsg, Shared};
+use crate::store::{self, Store};
+use crate::{inbox, tls, token};
+
+/// Capacity of each shard's inbox.
+const INBOX_CAPACITY: usize = 65_536;
+/// Threads of the read pool.
+const READ_THREADS: usize = 2;
+/// UDP socket buffer size asked for (the kernel may cap it at net.core.[rw]mem_max).
+const UDP_BUFFER: usize = 8 << 20;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory could not be created.
+    #[error("data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Store(#[from] store::Error),
+    /// TLS setup failed.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::Error),
+    /// Token keys could not be loaded.
+    #[error("tokens: {0}")]
+    Keys(#[from] token::KeyError),
+    /// The UDP port could not be bound.
+    #[error("cannot bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// A thread could not be started, or QUIC refused the configuration.
+    #[error("start-up: {0}")]
+    Start(String),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    cert_path: std::path::PathBuf,
+    shards: Vec<JoinHandle<()>>,
+    storage: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
+    watchdog_stop: Arc<AtomicBool>,
+}
+
+impl Daemon {
+    /// Opens storage, binds the port and starts every thread. Returns once the daemon accepts
+    /// connections.
+    ///
+    /// # Errors
+    /// When storage, TLS, keys or the port are not available.
+    pub fn start(config: Config) -> Result<Daemon, Error> {
+        let data_dir = config.data_dir(std::env::var("STATE_DIRECTORY").ok().as_deref());
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::DataDir(data_dir.clone(), e))?;
+        let identity = tls::load_identity(&config.tls, &data_dir)?;
+        if identity.generated {
+            tracing::info!(
+                cert = %identity.cert_path.display(),
+                sha256 = %identity.fingerprint(),
+                "using the generated development certificate; clients trust it with --ca {}",
+                identity.cert_path.display()
+            );
+        }
+        let quic_config = quic_server_config(&config, &identity)?;
+        let keys = token::Keys::load(&config.auth, &data_dir)?;
+        let store = Store::open(&data_dir.join("db"))?;
+        let shard_count = match config.shards {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        };
+        let sockets = bind(config.listen, shard_count)?;
+        let local_addr = sockets[0]
+            .local_addr()
+            .map_err(|e| Error::Bind(config.listen, e))?;
+
+        let (writer, storage) = store::writer::spawn(
+            store.clone(),
+            config.storage.durability,
+            config.storage.max_group_commit,
+            config.storage.queue_depth,
+        )
+        .map_err(|e| Error::Start(e.to_string()))?;
+        let (reads, readers) =
+            crate::pool::ReadPool::start(&store, READ_THREADS, config.storage.queue_depth)
+                .map_err(|e| Error::Start(e.to_string()))?;
+        let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
+            .map(|_| inbox::inbox(INBOX_CAPACITY))
+            .unzip();
+        let shared = Arc::new(Shared {
+            limits: wire_limits(&config),
+            next_user_id: AtomicU64::new(store.max_user_id()? + 1),
+            next_room_id: AtomicU64::new(store.max_room_id()? + 1),
+            keys,
+            writer,
+            reads,
+            inboxes,
+            shutting_down: AtomicBool::new(false),
+            fast_stop: AtomicBool::new(false),
+            heartbeats: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
+            connections: (0..shard_count)
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+            started: Instant::now(),
+            config,
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut shards = Vec::with_capacity(shard_count);
+        for (id, (receiver, socket)) in receivers.into_iter().zip(sockets).enumerate() {
+            let shared = Arc::clone(&shared);
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let quic_config = Arc::clone(&quic_config);
+            let handle = std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    shard::run(id, shared, receiver, socket, quic_config);
+                })
+                .map_err(|e| Error::Start(e.to_string()))?;
+            shards.push(handle);
+        }
+        tracing::info!(%local_addr, shards = shard_count, "chatd is listening");
+        let watchdog_stop = Arc::new(AtomicBool::new(false));
+        start_watchdog(&shared, &watchdog_stop);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        Ok(Daemon {
+            shared,
+            local_addr,
+            cert_path: identity.cert_path,
+            shards,
+            storage: Some(storage),
+            readers,
+            watchdog_stop,
+        })
+    }
+
+    /// The bound UDP address (useful with port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open connections per shard.
+    #[must_use]
+    pub fn connections_per_shard(&self) -> Vec<usize> {
+        self.shared
+            .connections
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The certificate the daemon presents (PEM), for clients to trust.
+    #[must_use]
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.cert_path
+    }
+
+    /// Fast stop: goodbye to every connection without waiting for them; commits already
+    /// with the storage thread still finish and the WAL is synced.
+    pub fn stop_fast(self) {
+        self.shared.fast_stop.store(true, Ordering::Release);
+        self.stop();
+    }
+
+    /// Graceful stop: goodbye to every connection, wait (up to the grace period) for them to
+    /// close and for in-flight commits, then stop storage after syncing the WAL.
+    pub fn stop(mut self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.watchdog_stop.store(true, Ordering::Release);
+        self.shared.shutting_down.store(true, Ordering::Release);
+        for inbox in &self.shared.inboxes {
+            let mut msg = ShardMsg::Shutdown;
+            while let Err(back) = inbox.push(msg) {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for handle in self.shards.drain(..) {
+            let _ = handle.join();
+        }
+        // The last references to the writer and the pool go with `shared`; their threads then
+        // drain what is queued and exit.
+        let grace = Duration::from_secs(self.shared.config.shutdown_grace_secs);
+        let storage = self.storage.take();
+        let readers = std::mem::take(&mut self.readers);
+        drop(self);
+        let deadline = Instant::now() + grace;
+        for handle in storage.into_iter().chain(readers) {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::warn!("a storage thread did not stop within the grace period");
+            }
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then stops it gracefully.
+///
+/// # Errors
+/// When the daemon cannot start.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let daemon = Daemon::start(config)?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    daemon.stop();
+    Ok(())
+}
+
+fn wire_limits(config: &Config) -> chat_protocol::Limits {
+    let l = &config.limits;
+    let secs_ms = |s: u64| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX);
+    chat_protocol::Limits {
+        max_frame: u32::try_from(chat_protocol::limits::MAX_CLIENT_FRAME).unwrap_or(u32::MAX),
+        max_body: u32::try_from(l.max_body).unwrap_or(u32::MAX),
+        max_page: chat_protocol::limits::MAX_PAGE,
+        send_rate: 0,
+        send_burst: 0,
+        max_in_flight: l.max_in_flight,
+        max_rooms_per_user: l.max_rooms_per_user,
+        max_room_members: l.max_room_members,
+        max_resume_gap: 0,
+        idle_timeout_ms: secs_ms(l.idle_timeout_secs),
+        auth_timeout_ms: secs_ms(config.auth.auth_timeout_secs),
+        typing_ttl_ms: chat_protocol::limits::TYPING_TTL_MS,
+    }
+}
+
+fn quic_server_config(
+    config: &Config,
+    identity: &tls::Identity,
+) -> Result<Arc<quinn::ServerConfig>, Error> {
+    let rustls = tls::server_config(identity)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls)
+        .map_err(|e| Error::Start(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = Duration::from_secs(config.limits.idle_timeout_secs);
+    transport
+        .max_idle_timeout(Some(
+            idle.try_into()
+                .map_err(|_| Error::Start("idle timeout too large".into()))?,
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(config.limits.keep_alive_secs)))
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((256u32 * 1024).into())
+        .receive_window((512u32 * 1024).into())
+        .send_window(2 * 1024 * 1024)
+        .datagram_receive_buffer_size(Some(64 * 1024));
+    server.transport_config(Arc::new(transport));
+    // SO_REUSEPORT steers by address: a migrated connection would reach another shard.
+    server.migration(false);
+    Ok(Arc::new(server))
+}
+
+/// Binds `count` UDP sockets to `addr` with SO_REUSEPORT (the first one picks the port when
+/// `addr` has port 0), with large buffers.
+fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut sockets: Vec<UdpSocket> = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(|e| Error::Bind(addr, e))?;
+        socket
+            .set_reuse_port(true)
+            .map_err(|e| Error::Bind(addr, e))?;
+        if addr.is_ipv6() {
+            socket
+                .set_only_v6(false)
+                .map_err(|e| Error::Bind(addr, e))?;
+        }
+        for (set, get, name) in [
+            (
+                Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+                Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+                "receive",
+            ),
+            (
+                Socket::set_send_buffer_size,
+                Socket::send_buffer_size,
+                "send",
+            ),
+        ] {
+            let _ = set(&socket, UDP_BUFFER);
+            // Linux reports double the usable size.
+            if get(&socket).map_or(0, |n| n / 2) < UDP_BUFFER && sockets.is_empty() {
+                tracing::warn!(
+                    wanted = UDP_BUFFER,
+                    got = get(&socket).unwrap_or(0) / 2,
+                    "the kernel caps the UDP {name} buffer; raise net.core.rmem_max / wmem_max (see systemd/)"
+                );
+            }
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| Error::Bind(addr, e))?;
+        socket
+            .bind(&bound.into())
+            .map_err(|e| Error::Bind(bound, e))?;
+        let socket: UdpSocket = socket.into();
+        if sockets.is_empty() {
+            bound = socket.local_addr().map_err(|e| Error::Bind(addr, e))?;
+        }
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Pings systemd's watchdog at half its interval while every shard's loop keeps turning.
+fn start_watchdog(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let interval = Duration::from_micros(usec / 2);
+    let shared = Arc::clone(shared);
+    let stop = Arc::clone(stop);
+    let spawned = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(interval);
+                let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let limit = u64::try_from(interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1000);
+                let alive = shared
+                    .heartbeats
+                    .iter()
+                    .all(|hb| now.saturating_sub(hb.load(Ordering::Acquire)) < limit);
+                if alive {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("a shard stopped turning; withholding the watchdog ping");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the watchdog thread");
+    }
+}

@@ -1,0 +1,307 @@
+//! Accounts: register, log in, and authenticate a connection with a token.
+//!
+//! Password hashing (argon2id) and account reads run on the read pool; account creation goes
+//! through the storage thread with the name claimed by `unless_exists`, so two registrations of
+//! one name cannot both succeed. A valid token for a name without an account creates the
+//! account (without a password): the app backend that minted it vouches for the user.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use chat_protocol::{ErrorCode, RequestId, Response, Timestamp, TokenGrant, UserId};
+
+use super::{
+    ConnId, Done, DoneThen, Origin, Shard, ShardMsg, Shared, error, error_body, now_ms, response,
+};
+use crate::store::writer::{Batch, Completion as _, WriteError};
+use crate::store::{Cf, UserRecord, keys, to_json};
+
+/// A successful authentication.
+pub(crate) struct Authenticated {
+    pub(crate) user: UserId,
+    pub(crate) name: String,
+    /// Token expiry, seconds since the epoch.
+    pub(crate) expires_at: u64,
+}
+
+/// An account write in flight.
+pub(crate) enum AccountWrite {
+    /// `Register`: answer with a token.
+    Register { origin: Origin, record: UserRecord },
+    /// First use of a backend-minted token: finish authenticating.
+    Provision {
+        shard: usize,
+        conn: ConnId,
+        request: Option<RequestId>,
+        name: String,
+        expires_at: u64,
+    },
+}
+
+fn new_user_id(shared: &Shared) -> UserId {
+    UserId(shared.next_user_id.fetch_add(1, Ordering::AcqRel))
+}
+
+fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
+    let now = crate::unix_now();
+    let expires_at = now.saturating_add(shared.config.auth.token_ttl_secs);
+    TokenGrant {
+        user,
+        token: shared.keys.mint(name, now, expires_at),
+        expires_at: Timestamp(expires_at.saturating_mul(1000)),
+    }
+}
+
+/// Authenticates connection `conn` of this shard with `token`; the result comes back as
+/// `ShardMsg::Authenticated`.
+pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestId>, token: &str) {
+    let claims = match shard.shared.keys.verify(token, crate::unix_now()) {
+        Ok(claims) => claims,
+        Err(e) => {
+            let result = Err(error_body(e.code(), ""));
+            return shard.send(
+                shard.id,
+                ShardMsg::Authenticated {
+                    conn,
+                    request,
+                    result,
+                },
+            );
+        }
+    };
+    let shared = Arc::clone(&shard.shared);
+    let id = shard.id;
+    let submitted = shard.shared.reads.submit(move |store| {
+        let result = match store.user_by_name(&claims.user) {
+            Ok(Some(record)) => Ok(Authenticated {
+                user: record.id,
+                name: record.name,
+                expires_at: claims.expires_at,
+            }),
+            Ok(None) => {
+                return provision(&shared, id, conn, request, claims.user, claims.expires_at);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                Err(error_body(ErrorCode::UNAVAILABLE, ""))
+            }
+        };
+        shared.push_blocking(
+            id,
+            ShardMsg::Authenticated {
+                conn,
+                request,
+                result,
+            },
+        );
+    });
+    if !submitted {
+        let result = Err(error_body(ErrorCode::OVERLOADED, ""));
+        shard.send(
+            shard.id,
+            ShardMsg::Authenticated {
+                conn,
+                request,
+                result,
+            },
+        );
+    }
+}
+
+/// Creates the account of a token's user (on the read pool thread).
+fn provision(
+    shared: &Arc<Shared>,
+    shard: usize,
+    conn: ConnId,
+    request: Option<RequestId>,
+    name: String,
+    expires_at: u64,
+) {
+    let record = UserRecord {
+        id: new_user_id(shared),
+        name: name.clone(),
+        password_hash: None,
+        created_at: now_ms(),
+    };
+    let batch = account_batch(&record);
+    let write = AccountWrite::Provision {
+        shard,
+        conn,
+        request,
+        name,
+        expires_at,
+    };
+    let done = Done {
+        shared: Arc::clone(shared),
+        shard,
+        then: DoneThen::Account(write),
+    };
+    if let Err(done) = shared.writer.submit(batch, done) {
+        done.complete(Err(WriteError::Storage("storage queue full".into())));
+    }
+}
+
+fn account_batch(record: &UserRecord) -> Batch {
+    let mut batch = Batch {
+        unless_exists: Some((Cf::UserNames, record.name.clone().into_bytes())),
+        ..Batch::default()
+    };
+    batch.put(
+        Cf::UserNames,
+        record.name.clone().into_bytes(),
+        keys::id(record.id.0).to_vec(),
+    );
+    batch.put(Cf::Users, keys::id(record.id.0).to_vec(), to_json(record));
+    batch
+}
+
+/// Called on the storage thread when an account write finished.
+pub(crate) fn account_written(
+    shared: &Arc<Shared>,
+    write: AccountWrite,
+    result: Result<(), WriteError>,
+) {
+    match write {
+        AccountWrite::Register { origin, record } => {
+            let frame = match result {
+                Ok(()) => response(
+                    origin.request,
+                    Response::Token(grant(shared, record.id, &record.name)),
+                ),
+                Err(WriteError::Exists) => error(origin.request, ErrorCode::USERNAME_TAKEN, ""),
+                Err(WriteError::Storage(e)) => {
+                    tracing::error!(error = %e, "account write failed");
+                    error(origin.request, ErrorCode::UNAVAILABLE, "")
+                }
+            };
+            shared.reply_blocking(&origin, frame);
+        }
+        AccountWrite::Provision {
+            shard,
+            conn,
+            request,
+            name,
+            expires_at,
+        } => {
+            let result = match result {
+                Ok(()) | Err(WriteError::Exists) => {
+                    // Exists: another connection provisioned it first; read it on the pool.
+                    let shared2 = Arc::clone(shared);
+                    let submitted = shared.reads.submit(move |store| {
+                        let result = match store.user_by_name(&name) {
+                            Ok(Some(r)) => Ok(Authenticated {
+                                user: r.id,
+                                name: r.name,
+                                expires_at,
+                            }),
+                            _ => Err(error_body(ErrorCode::UNAVAILABLE, "")),
+                        };
+                        shared2.push_blocking(
+                            shard,
+                            ShardMsg::Authenticated {
+                                conn,
+                                request,
+                                result,
+                            },
+                        );
+                    });
+                    if submitted {
+                        return;
+                    }
+                    Err(error_body(ErrorCode::OVERLOADED, ""))
+                }
+                Err(WriteError::Storage(e)) => {
+                    tracing::error!(error = %e, "account write failed");
+                    Err(error_body(ErrorCode::UNAVAILABLE, ""))
+                }
+            };
+            shared.push_blocking(
+                shard,
+                ShardMsg::Authenticated {
+                    conn,
+                    request,
+                    result,
+                },
+            );
+        }
+    }
+}
+
+/// `Register`: validates, then hashes and stores on the pool.
+pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: String) {
+    if let Err(code) = chat_protocol::names::check_user_name(&name)
+        .and(chat_protocol::names::check_password(&password))
+    {
+        return shard.reply(&origin, error(origin.request, code, ""));
+    }
+    let shared = Arc::clone(&shard.shared);
+    let submitted = shard.shared.reads.submit(move |_store| {
+        let mut salt_bytes = [0u8; 16];
+        let salt = getrandom::fill(&mut salt_bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|()| SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string()));
+        let hashed = salt.and_then(|salt| {
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| e.to_string())
+        });
+        let hash = match hashed {
+            Ok(hash) => hash,
+            Err(e) => {
+                tracing::error!(error = %e, "password hashing failed");
+                return shared
+                    .reply_blocking(&origin, error(origin.request, ErrorCode::INTERNAL, ""));
+            }
+        };
+        let record = UserRecord {
+            id: new_user_id(&shared),
+            name,
+            password_hash: Some(hash),
+            created_at: now_ms(),
+        };
+        let batch = account_batch(&record);
+        let done = Done {
+            shared: Arc::clone(&shared),
+            shard: origin.at.shard,
+            then: DoneThen::Account(AccountWrite::Register { origin, record }),
+        };
+        if let Err(done) = shared.writer.submit(batch, done) {
+            done.complete(Err(WriteError::Storage("storage queue full".into())));
+        }
+    });
+    if !submitted {
+        shard.reply(&origin, error(origin.request, ErrorCode::OVERLOADED, ""));
+    }
+}
+
+/// `Login`: checks the password on the pool and answers with a token.
+pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: String) {
+    let shared = Arc::clone(&shard.shared);
+    let submitted = shard.shared.reads.submit(move |store| {
+        let frame = match store.user_by_name(&name) {
+            Ok(None) => error(origin.request, ErrorCode::UNKNOWN_USER, ""),
+            Ok(Some(record)) => match record.password_hash.as_deref().map(PasswordHash::new) {
+                Some(Ok(hash)) if Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() => {
+                    response(origin.request, Response::Token(grant(&shared, record.id, &record.name)))
+                }
+                Some(Ok(_)) => error(origin.request, ErrorCode::WRONG_PASSWORD, ""),
+                None => error(origin.request, ErrorCode::WRONG_PASSWORD, "this account signs in with tokens from its app, not a password"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, user = %record.id, "stored password hash does not parse");
+                    error(origin.request, ErrorCode::INTERNAL, "")
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                error(origin.request, ErrorCode::UNAVAILABLE, "")
+            }
+        };
+        shared.reply_blocking(&origin, frame);
+    });
+    if !submitted {
+        shard.reply(&origin, error(origin.request, ErrorCode::OVERLOADED, ""));
+    }
+}

@@ -1,0 +1,755 @@
+//! Connections: accepting QUIC connections, reading frames from the session stream, gating
+//! requests by authentication state, and writing responses and events through a bounded
+//! per-connection queue.
+//!
+//! Each connection has two tasks on its shard: the reader (decodes frames with a bounded
+//! `FrameDecoder`, dispatches requests) and the writer (drains the outgoing queue into the
+//! stream). Responses are bounded by `max_in_flight`; events by `outgoing_queue`: a client that
+//! does not read is sent `Lagged` and gets no more live events, so its queue stays bounded.
+//! A malformed or oversize frame closes that connection only.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chat_protocol::{
+    ClientFrame, ConversationId, ConversationPage, ConversationSummary, DecodeError, DeviceId,
+    ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk, Request,
+    RequestId, Response, RoomId, Seq, ServerFrame, Session, Timestamp, UserId, UserInfo, UserRef,
+};
+
+use super::accounts::{self, Authenticated};
+use super::owner::{self, Op, RoomAction};
+use super::registry;
+use super::{ConnId, ConnRef, Origin, Shard, ShardMsg, encode, error, error_frame, response};
+use crate::runtime::spawn_local;
+
+/// The connections of one shard.
+pub(crate) struct Connections {
+    next: u64,
+    max: usize,
+    map: HashMap<ConnId, Rc<Conn>>,
+    shutdown_started: Option<Instant>,
+}
+
+impl Connections {
+    pub(crate) fn new(max: usize) -> Connections {
+        Connections {
+            next: 1,
+            max,
+            map: HashMap::new(),
+            shutdown_started: None,
+        }
+    }
+}
+
+struct Conn {
+    id: ConnId,
+    quic: quinn::Connection,
+    state: RefCell<ConnState>,
+    out: RefCell<Outgoing>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct ConnState {
+    hello: Option<DeviceId>,
+    session: Option<Authenticated>,
+    authenticating: bool,
+    in_flight: u32,
+}
+
+#[derive(Default)]
+struct Outgoing {
+    /// Frames to write, with whether each is an event (counted against the queue limit).
+    frames: VecDeque<(Bytes, bool)>,
+    events: usize,
+    lagged: bool,
+    /// Set with the goodbye: the writer finishes the stream after it and closes.
+    closing: Option<GoodbyeCode>,
+}
+
+impl Conn {
+    fn push(&self, frame: Bytes, event: bool) {
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_some() {
+            return;
+        }
+        out.events += usize::from(event);
+        out.frames.push_back((frame, event));
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    fn session(&self) -> Option<(UserId, DeviceId)> {
+        let state = self.state.borrow();
+        Some((state.session.as_ref()?.user, state.hello?))
+    }
+
+    /// Queues a goodbye and closes once it is written.
+    fn goodbye(&self, code: GoodbyeCode, reason: &str) {
+        let frame = encode(&ServerFrame::Goodbye(Goodbye {
+            code,
+            reason: reason.to_owned(),
+        }));
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_none() {
+            out.frames.push_back((frame, false));
+            out.closing = Some(code);
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+}
+
+fn get(shard: &Shard, conn: ConnId) -> Option<Rc<Conn>> {
+    shard.conns.borrow().map.get(&conn).cloned()
+}
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let conns = shard.conns.borrow();
+        if conns.shutdown_started.is_some() || conns.map.len() >= conns.max {
+            drop(conns);
+            incoming.refuse();
+            continue;
+        }
+        drop(conns);
+        spawn_local(serve(Rc::clone(&shard), incoming));
+    }
+}
+
+async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
+    let quic = match incoming.await {
+        Ok(quic) => quic,
+        Err(e) => return tracing::debug!(error = %e, "handshake failed"),
+    };
+    let id = {
+        let mut conns = shard.conns.borrow_mut();
+        let id = ConnId(conns.next);
+        conns.next += 1;
+        id
+    };
+    let conn = Rc::new(Conn {
+        id,
+        quic: quic.clone(),
+        state: RefCell::default(),
+        out: RefCell::default(),
+        wake: tokio::sync::Notify::new(),
+    });
+    shard.conns.borrow_mut().map.insert(id, Rc::clone(&conn));
+    shard.shared.connections[shard.id].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let auth_timeout = Duration::from_secs(shard.shared.config.auth.auth_timeout_secs);
+    match tokio::time::timeout(auth_timeout, quic.accept_bi()).await {
+        Ok(Ok((send, recv))) => {
+            spawn_local(write_loop(Rc::clone(&conn), send));
+            read_loop(&shard, &conn, recv, Instant::now() + auth_timeout).await;
+        }
+        Ok(Err(_)) => {}
+        Err(_) => quic.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream"),
+    }
+    shard.conns.borrow_mut().map.remove(&id);
+    shard.shared.connections[shard.id].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    let session = conn.session();
+    if let Some((user, device)) = session {
+        let at = ConnRef {
+            shard: shard.id,
+            conn: id,
+        };
+        shard.send(
+            shard.shared.registry_of(user),
+            ShardMsg::Registry(registry::Op::Offline { user, device, at }),
+        );
+    }
+    // Let the writer flush a goodbye, then make sure the connection is gone.
+    conn.wake.notify_one();
+}
+
+fn close_code(code: GoodbyeCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(u32::from(code.0))
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    mut recv: quinn::RecvStream,
+    auth_deadline: Instant,
+) {
+    let mut decoder = FrameDecoder::<ClientFrame>::new();
+    loop {
+        let unauthenticated = conn.state.borrow().session.is_none();
+        let chunk = tokio::select! {
+            chunk = recv.read_chunk(decoder.space(), true) => chunk,
+            () = tokio::time::sleep_until(auth_deadline.into()), if unauthenticated => {
+                conn.push(encode(&error_frame(None, ErrorCode::AUTH_TIMEOUT, "")), false);
+                conn.goodbye(GoodbyeCode::AUTH_TIMEOUT, "authentication did not complete in time");
+                return;
+            }
+        };
+        let bytes = match chunk {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) | Err(_) => return,
+        };
+        if let Err(e) = decoder.push(&bytes) {
+            return violation(conn, &e);
+        }
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if !frame_arrived(shard, conn, frame) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return violation(conn, &e),
+            }
+        }
+        if conn.out.borrow().closing.is_some() {
+            return;
+        }
+    }
+}
+
+/// A frame that cannot be decoded: tell the client why and close this connection only.
+fn violation(conn: &Conn, e: &DecodeError) {
+    let (code, goodbye) = match e {
+        DecodeError::TooLarge { .. } => {
+            (ErrorCode::FRAME_TOO_LARGE, GoodbyeCode::PROTOCOL_VIOLATION)
+        }
+        DecodeError::UnsupportedVersion(_) => (
+            ErrorCode::UNSUPPORTED_VERSION,
+            GoodbyeCode::UNSUPPORTED_VERSION,
+        ),
+        _ => (ErrorCode::MALFORMED_FRAME, GoodbyeCode::PROTOCOL_VIOLATION),
+    };
+    let mut reason = e.to_string();
+    reason.truncate(chat_protocol::limits::MAX_REASON);
+    conn.push(encode(&error_frame(None, code, &reason)), false);
+    conn.goodbye(goodbye, "protocol violation");
+}
+
+fn unexpected(conn: &Conn, what: &str) -> bool {
+    conn.push(
+        encode(&error_frame(None, ErrorCode::UNEXPECTED_FRAME, what)),
+        false,
+    );
+    conn.goodbye(GoodbyeCode::PROTOCOL_VIOLATION, "protocol violation");
+    false
+}
+
+/// Handles one decoded frame; `false` when the connection is closing.
+fn frame_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: ClientFrame) -> bool {
+    let has_hello = conn.state.borrow().hello.is_some();
+    match frame {
+        ClientFrame::Hello(hello) if !has_hello => hello_arrived(shard, conn, hello),
+        ClientFrame::Hello(_) => unexpected(conn, "a second hello"),
+        ClientFrame::Request { .. } | ClientFrame::Typing(_) if !has_hello => {
+            unexpected(conn, "hello must come first")
+        }
+        ClientFrame::Request { id, request } => {
+            let mut state = conn.state.borrow_mut();
+            if state.in_flight >= shard.shared.config.limits.max_in_flight {
+                drop(state);
+                conn.push(error(id, ErrorCode::TOO_MANY_IN_FLIGHT, ""), false);
+                return true;
+            }
+            state.in_flight += 1;
+            drop(state);
+            request_arrived(shard, conn, id, request);
+            true
+        }
+        // Typing indicators arrive with the continuity features; until then they are dropped.
+        ClientFrame::Typing(_) => true,
+    }
+}
+
+fn hello_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, hello: Hello) -> bool {
+    let ours = crate::PROTOCOL_VERSIONS;
+    if hello.versions.min > ours.max
+        || hello.versions.max < ours.min
+        || hello.versions.min > hello.versions.max
+    {
+        conn.push(
+            encode(&error_frame(
+                None,
+                ErrorCode::UNSUPPORTED_VERSION,
+                "this daemon speaks version 1",
+            )),
+            false,
+        );
+        conn.goodbye(
+            GoodbyeCode::UNSUPPORTED_VERSION,
+            "no protocol version in common",
+        );
+        return false;
+    }
+    conn.state.borrow_mut().hello = Some(hello.device);
+    match hello.auth {
+        None => conn.push(hello_ok(shard, None), false),
+        Some(auth) => {
+            if auth.resume.is_some() {
+                // Resume arrives with the continuity features; say so rather than skip silently.
+                conn.push(hello_ok(shard, None), false);
+                conn.push(
+                    encode(&error_frame(
+                        None,
+                        ErrorCode::INVALID_REQUEST,
+                        "resume is not supported yet",
+                    )),
+                    false,
+                );
+                return true;
+            }
+            conn.state.borrow_mut().authenticating = true;
+            accounts::authenticate(shard, conn.id, None, &auth.token);
+        }
+    }
+    true
+}
+
+fn hello_ok(shard: &Shard, session: Option<Session>) -> Bytes {
+    encode(&ServerFrame::HelloOk(HelloOk {
+        version: chat_protocol::PROTOCOL_VERSION,
+        server: crate::SERVER_NAME.to_owned(),
+        session,
+        limits: shard.shared.limits,
+        server_time: super::now_ms(),
+    }))
+}
+
+/// The result of authenticating a connection of this shard.
+pub(crate) fn authenticated(
+    shard: &Rc<Shard>,
+    conn_id: ConnId,
+    request: Option<RequestId>,
+    result: Result<Authenticated, ErrorBody>,
+) {
+    let Some(conn) = get(shard, conn_id) else {
+        return;
+    };
+    let Some(device) = conn.state.borrow().hello else {
+        return;
+    };
+    conn.state.borrow_mut().authenticating = false;
+    match result {
+        Ok(auth) => {
+            let session = Session {
+                user: auth.user,
+                name: auth.name.clone(),
+                device,
+                expires_at: Timestamp(auth.expires_at.saturating_mul(1000)),
+            };
+            let at = ConnRef {
+                shard: shard.id,
+                conn: conn_id,
+            };
+            shard.send(
+                shard.shared.registry_of(auth.user),
+                ShardMsg::Registry(registry::Op::Online {
+                    user: auth.user,
+                    device,
+                    at,
+                }),
+            );
+            conn.state.borrow_mut().session = Some(auth);
+            match request {
+                None => conn.push(hello_ok(shard, Some(session)), false),
+                Some(id) => reply(shard, conn_id, response(id, Response::Session(session))),
+            }
+        }
+        Err(body) => match request {
+            None => {
+                conn.push(hello_ok(shard, None), false);
+                conn.push(
+                    encode(&ServerFrame::Error {
+                        id: None,
+                        error: body,
+                    }),
+                    false,
+                );
+            }
+            Some(id) => reply(
+                shard,
+                conn_id,
+                encode(&ServerFrame::Error {
+                    id: Some(id),
+                    error: body,
+                }),
+            ),
+        },
+    }
+}
+
+fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: Request) {
+    let at = ConnRef {
+        shard: shard.id,
+        conn: conn.id,
+    };
+    let answer = |frame: Bytes| reply(shard, conn.id, frame);
+    let fail = |code: ErrorCode, reason: &str| answer(error(id, code, reason));
+    let user = match conn.session() {
+        Some((user, _)) => user,
+        None => {
+            let origin = Origin {
+                at,
+                request: id,
+                user: UserId(0),
+            };
+            return match request {
+                Request::Ping => answer(response(
+                    id,
+                    Response::Pong {
+                        server_time: super::now_ms(),
+                    },
+                )),
+                Request::Register { name, password } => {
+                    accounts::register(shard, origin, name, password)
+                }
+                Request::Login { name, password } => accounts::login(shard, origin, name, password),
+                Request::Authenticate(_) if conn.state.borrow().authenticating => {
+                    fail(
+                        ErrorCode::UNEXPECTED_FRAME,
+                        "authentication already in progress",
+                    );
+                }
+                Request::Authenticate(auth) if auth.resume.is_some() => {
+                    fail(ErrorCode::INVALID_REQUEST, "resume is not supported yet");
+                }
+                Request::Authenticate(auth) => {
+                    conn.state.borrow_mut().authenticating = true;
+                    accounts::authenticate(shard, conn.id, Some(id), &auth.token);
+                }
+                _ => fail(ErrorCode::NOT_AUTHENTICATED, ""),
+            };
+        }
+    };
+    let origin = Origin {
+        at,
+        request: id,
+        user,
+    };
+    let to_owner = |conversation: ConversationId, op: Op| {
+        shard.send(
+            shard.shared.owner_of(conversation),
+            ShardMsg::Conversation { conversation, op },
+        );
+    };
+    let room_op = |room: RoomId, action: RoomAction| {
+        to_owner(ConversationId::Room(room), Op::Room { origin, action })
+    };
+    match request {
+        Request::Ping => answer(response(
+            id,
+            Response::Pong {
+                server_time: super::now_ms(),
+            },
+        )),
+        Request::Authenticate(_) => fail(ErrorCode::ALREADY_AUTHENTICATED, ""),
+        Request::Register { name, password } => accounts::register(shard, origin, name, password),
+        Request::Login { name, password } => accounts::login(shard, origin, name, password),
+        Request::Send(message) => {
+            if message.body.len() > shard.shared.config.limits.max_body {
+                return fail(ErrorCode::BODY_TOO_LARGE, "");
+            }
+            if !owner::valid_content(message.content_type, &message.body) {
+                return fail(
+                    ErrorCode::INVALID_CONTENT,
+                    "text content types need UTF-8 bodies",
+                );
+            }
+            to_owner(message.conversation, Op::Send { origin, message });
+        }
+        Request::History(query) => to_owner(query.conversation, Op::History { origin, query }),
+        Request::CreateRoom { name, invite_only } => {
+            if let Err(code) = chat_protocol::names::check_room_name(&name) {
+                return fail(code, "");
+            }
+            let room = RoomId(
+                shard
+                    .shared
+                    .next_room_id
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel),
+            );
+            to_owner(
+                ConversationId::Room(room),
+                Op::Create {
+                    origin,
+                    name,
+                    invite_only,
+                },
+            );
+        }
+        Request::JoinRoom { room } => room_op(room, RoomAction::Join),
+        Request::LeaveRoom { room } => room_op(room, RoomAction::Leave),
+        Request::Invite { room, user } => room_op(room, RoomAction::Invite(user)),
+        Request::Kick { room, user } => room_op(room, RoomAction::Kick(user)),
+        Request::Ban { room, user } => room_op(room, RoomAction::Ban(user)),
+        Request::Unban { room, user } => room_op(room, RoomAction::Unban(user)),
+        Request::SetRole { room, user, role } => room_op(room, RoomAction::SetRole(user, role)),
+        Request::Members { room, after, limit } => {
+            room_op(room, RoomAction::Members { after, limit })
+        }
+        Request::FindRoom { name } => {
+            // Resolve the name on the pool; the room's owner shard answers with its live state.
+            let shared = Arc::clone(&shard.shared);
+            read_then(shard, origin, move |store| {
+                Ok(match store.room_by_name(&name)? {
+                    None => Err(error(id, ErrorCode::UNKNOWN_ROOM, "")),
+                    Some(record) => {
+                        let conversation = ConversationId::Room(record.id);
+                        let op = Op::Room {
+                            origin,
+                            action: RoomAction::Info,
+                        };
+                        shared.push_blocking(
+                            shared.owner_of(conversation),
+                            ShardMsg::Conversation { conversation, op },
+                        );
+                        Ok(())
+                    }
+                })
+            });
+        }
+        Request::LookupUsers(refs) => {
+            if refs.len() > chat_protocol::limits::MAX_USERS_PER_REQUEST {
+                return fail(ErrorCode::INVALID_REQUEST, "too many users in one lookup");
+            }
+            read(shard, origin, move |store| {
+                let mut users = Vec::with_capacity(refs.len());
+                for r in refs {
+                    let record = match r {
+                        UserRef::Id(id) => store.user(id)?,
+                        UserRef::Name(name) => store.user_by_name(&name)?,
+                    };
+                    if let Some(record) = record {
+                        users.push(UserInfo {
+                            user: record.id,
+                            name: record.name,
+                        });
+                    }
+                }
+                Ok(response(id, Response::Users(users)))
+            });
+        }
+        Request::Conversations { after, limit } => {
+            if limit == 0 || limit > shard.shared.limits.max_page {
+                return fail(ErrorCode::INVALID_REQUEST, "limit must be 1 to max_page");
+            }
+            read(shard, origin, move |store| {
+                let (ids, more) = store.user_conversations(user, after, usize::from(limit))?;
+                let mut conversations = Vec::with_capacity(ids.len());
+                for c in &ids {
+                    let (title, role) = match *c {
+                        ConversationId::Room(room) => {
+                            let name = store.room(room)?.map(|r| r.name).unwrap_or_default();
+                            let role = match store.member_state(room, user)? {
+                                Some(crate::store::MemberState::Member(role)) => Some(role),
+                                _ => None,
+                            };
+                            (name, role)
+                        }
+                        ConversationId::Direct { low, high } => {
+                            let peer = if low == user { high } else { low };
+                            (store.user(peer)?.map(|r| r.name).unwrap_or_default(), None)
+                        }
+                        ConversationId::Notes(owner) => {
+                            (store.user(owner)?.map(|r| r.name).unwrap_or_default(), None)
+                        }
+                    };
+                    let head = store.head(*c)?;
+                    conversations.push(ConversationSummary {
+                        conversation: *c,
+                        title,
+                        role,
+                        head,
+                        delivered: Seq(0),
+                        read: Seq(0),
+                    });
+                }
+                let next = if more { ids.last().copied() } else { None };
+                Ok(response(
+                    id,
+                    Response::Conversations(ConversationPage {
+                        conversations,
+                        next,
+                    }),
+                ))
+            });
+        }
+        Request::Mark { .. } | Request::Presence { .. } | Request::Sync(_) => {
+            fail(
+                ErrorCode::INVALID_REQUEST,
+                "receipts, presence and sync are not supported yet",
+            );
+        }
+    }
+}
+
+/// Runs a read on the pool and answers with the frame it builds.
+fn read(
+    shard: &Shard,
+    origin: Origin,
+    job: impl FnOnce(&crate::store::Store) -> Result<Bytes, crate::store::Error> + Send + 'static,
+) {
+    read_then(shard, origin, move |store| job(store).map(Err));
+}
+
+/// Runs a job on the pool; `Ok(Err(frame))` answers with `frame`, `Ok(Ok(()))` means the job
+/// passed the request on and someone else answers.
+fn read_then(
+    shard: &Shard,
+    origin: Origin,
+    job: impl FnOnce(&crate::store::Store) -> Result<Result<(), Bytes>, crate::store::Error>
+    + Send
+    + 'static,
+) {
+    let shared = Arc::clone(&shard.shared);
+    let submitted = shard.shared.reads.submit(move |store| {
+        let frame = match job(store) {
+            Ok(Ok(())) => return,
+            Ok(Err(frame)) => frame,
+            Err(e) => {
+                tracing::error!(error = %e, "read failed");
+                error(
+                    origin.request,
+                    ErrorCode::UNAVAILABLE,
+                    "storage unavailable",
+                )
+            }
+        };
+        shared.reply_blocking(&origin, frame);
+    });
+    if !submitted {
+        reply(
+            shard,
+            origin.at.conn,
+            error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
+        );
+    }
+}
+
+/// A response or error for a request of a local connection.
+pub(crate) fn reply(shard: &Shard, conn: ConnId, frame: Bytes) {
+    if let Some(conn) = get(shard, conn) {
+        let mut state = conn.state.borrow_mut();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        drop(state);
+        conn.push(frame, false);
+    }
+}
+
+/// An event for local connections; a connection whose event queue is full lags.
+pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes) {
+    let limit = shard.shared.config.limits.outgoing_queue;
+    for id in conns {
+        let Some(conn) = get(shard, *id) else {
+            continue;
+        };
+        let mut out = conn.out.borrow_mut();
+        if out.lagged {
+            continue;
+        }
+        if out.events >= limit {
+            out.lagged = true;
+            drop(out);
+            conn.push(encode(&ServerFrame::Event(Event::Lagged)), false);
+            continue;
+        }
+        drop(out);
+        conn.push(frame.clone(), true);
+    }
+}
+
+/// The inbox overflowed: some events for this shard's connections were dropped, so every
+/// connection lags (it must catch up through history).
+pub(crate) fn inbox_overflowed(shard: &Shard) {
+    tracing::warn!(
+        shard = shard.id,
+        "inbox overflowed; connections are told they lag"
+    );
+    let conns: Vec<_> = shard.conns.borrow().map.values().cloned().collect();
+    for conn in conns {
+        let mut out = conn.out.borrow_mut();
+        if !out.lagged {
+            out.lagged = true;
+            drop(out);
+            conn.push(encode(&ServerFrame::Event(Event::Lagged)), false);
+        }
+    }
+}
+
+/// Closes a local connection with a goodbye.
+pub(crate) fn close(shard: &Shard, conn: ConnId, code: GoodbyeCode, reason: &str) {
+    if let Some(conn) = get(shard, conn) {
+        conn.goodbye(code, reason);
+    }
+}
+
+/// Starts the shutdown: refuse new connections, say goodbye to every connection.
+pub(crate) fn shutdown(shard: &Shard) {
+    let conns: Vec<_> = {
+        let mut all = shard.conns.borrow_mut();
+        all.shutdown_started.get_or_insert_with(Instant::now);
+        all.map.values().cloned().collect()
+    };
+    for conn in conns {
+        conn.goodbye(GoodbyeCode::SHUTTING_DOWN, "the daemon is shutting down");
+    }
+}
+
+/// Whether a shutting-down shard is done: no connections left (or the grace period is over)
+/// and no commits of its conversations in flight.
+pub(crate) fn finished(shard: &Shard) -> bool {
+    let conns = shard.conns.borrow();
+    let Some(started) = conns.shutdown_started else {
+        return false;
+    };
+    if shard
+        .shared
+        .fast_stop
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        return owner::idle(shard) || started.elapsed() >= Duration::from_secs(1);
+    }
+    let grace = Duration::from_secs(shard.shared.config.shutdown_grace_secs);
+    (conns.map.is_empty() && owner::idle(shard)) || started.elapsed() >= grace
+}
+
+async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    let closing = loop {
+        let closing = {
+            let mut out = conn.out.borrow_mut();
+            while batch.len() < 64 {
+                let Some((frame, event)) = out.frames.pop_front() else {
+                    break;
+                };
+                out.events -= usize::from(event);
+                batch.push(frame);
+            }
+            out.closing
+        };
+        if batch.is_empty() {
+            if let Some(code) = closing {
+                break Some(code);
+            }
+            tokio::select! {
+                () = conn.wake.notified() => continue,
+                _ = conn.quic.closed() => break None,
+            }
+        }
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            break None;
+        }
+        batch.clear();
+    };
+    if let Some(code) = closing {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        conn.quic.close(close_code(code), b"goodbye");
+    }
+}

@@ -1,0 +1,396 @@
+//! Shards: one pinned thread per core (`shard-N`), each running its own event loop with its
+//! own quinn endpoint on the shared UDP port, owning:
+//!
+//! - the connections the kernel steered to its socket ([`conn`]);
+//! - the conversations whose id hashes to it ([`owner`]): sequence counter, membership,
+//!   deduplication window, in-flight commits;
+//! - the device registries of the users whose id hashes to it ([`registry`]).
+//!
+//! Shards share nothing mutable. They talk through [`Inbox`]es (bounded lock-free queues with
+//! one wake-up per batch) carrying [`ShardMsg`]; blocking work goes to the read pool and the
+//! storage thread, whose results come back through the same inboxes.
+
+pub(crate) mod accounts;
+pub(crate) mod conn;
+pub(crate) mod owner;
+pub(crate) mod registry;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::UdpSocket;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::{
+    ConversationId, ErrorBody, ErrorCode, GoodbyeCode, RequestId, Response, ServerFrame, UserId,
+    encode_frame_to_vec,
+};
+
+use crate::config::Config;
+use crate::inbox::{Inbox, Receiver};
+use crate::pool::ReadPool;
+use crate::store::writer::{Completion, WriteError, Writer};
+use crate::token::Keys;
+
+/// Index of a shard.
+pub(crate) type ShardId = usize;
+
+/// A connection, unique within its shard for the daemon's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ConnId(pub(crate) u64);
+
+/// Where a connection lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ConnRef {
+    pub(crate) shard: ShardId,
+    pub(crate) conn: ConnId,
+}
+
+/// Who asked, and where the answer goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Origin {
+    pub(crate) at: ConnRef,
+    pub(crate) request: RequestId,
+    pub(crate) user: UserId,
+}
+
+/// Everything shards send each other, and what the read pool and storage thread send back.
+pub(crate) enum ShardMsg {
+    /// A response or error frame for a request of a local connection.
+    Reply { conn: ConnId, frame: Bytes },
+    /// Event frames for local connections.
+    Deliver { conns: Vec<ConnId>, frame: Bytes },
+    /// Close a local connection with a goodbye.
+    Close {
+        conn: ConnId,
+        code: GoodbyeCode,
+        reason: &'static str,
+    },
+    /// The result of authenticating a local connection.
+    Authenticated {
+        conn: ConnId,
+        request: Option<RequestId>,
+        result: Result<accounts::Authenticated, ErrorBody>,
+    },
+    /// For the conversation's owner.
+    Conversation {
+        conversation: ConversationId,
+        op: owner::Op,
+    },
+    /// A conversation's stored state arrived from the read pool.
+    Loaded {
+        conversation: ConversationId,
+        result: Result<Option<owner::Loaded>, String>,
+    },
+    /// For the registry owner of a user.
+    Registry(registry::Op),
+    /// Fan an event out to the connected devices of `users` that this shard's registry owns.
+    Fanout {
+        users: Arc<[UserId]>,
+        frame: Bytes,
+        except: Option<ConnRef>,
+    },
+    /// Stop: close connections with `SHUTTING_DOWN` and exit once drained.
+    Shutdown,
+}
+
+/// What every shard shares, read-only after start-up (plus atomic id counters).
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) keys: Keys,
+    pub(crate) writer: Writer<Done>,
+    pub(crate) reads: ReadPool,
+    pub(crate) inboxes: Vec<Inbox<ShardMsg>>,
+    pub(crate) next_user_id: AtomicU64,
+    pub(crate) next_room_id: AtomicU64,
+    pub(crate) limits: chat_protocol::Limits,
+    pub(crate) shutting_down: AtomicBool,
+    /// Stop without waiting for connections to close.
+    pub(crate) fast_stop: AtomicBool,
+    /// Per shard: milliseconds since start of its last loop turn, for the watchdog.
+    pub(crate) heartbeats: Vec<AtomicU64>,
+    /// Per shard: open connections.
+    pub(crate) connections: Vec<std::sync::atomic::AtomicUsize>,
+    pub(crate) started: std::time::Instant,
+}
+
+impl Shared {
+    /// The shard that owns a conversation.
+    pub(crate) fn owner_of(&self, c: ConversationId) -> ShardId {
+        self.place(&crate::store::keys::conversation(c))
+    }
+
+    /// The shard that owns a user's device registry.
+    pub(crate) fn registry_of(&self, user: UserId) -> ShardId {
+        self.place(&user.0.to_le_bytes())
+    }
+
+    /// The shard for a key: FNV-1a modulo the shard count.
+    fn place(&self, key: &[u8]) -> ShardId {
+        let shards = self.inboxes.len() as u64; // usize always fits in u64
+        usize::try_from(fnv1a(key) % shards).unwrap_or(0)
+    }
+
+    /// Pushes from a non-shard thread (read pool, storage): waits for room, since these
+    /// messages (replies, commit results) must not be lost. Gives up only at shutdown.
+    pub(crate) fn push_blocking(&self, shard: ShardId, mut msg: ShardMsg) {
+        let mut spins = 0u32;
+        loop {
+            match self.inboxes[shard].push(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
+            }
+            if self.shutting_down.load(Ordering::Acquire) && spins > 10_000 {
+                tracing::warn!(
+                    shard,
+                    "dropping a message for a shard that is shutting down"
+                );
+                return;
+            }
+            spins += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Replies to a request from a non-shard thread.
+    pub(crate) fn reply_blocking(&self, origin: &Origin, frame: Bytes) {
+        self.push_blocking(
+            origin.at.shard,
+            ShardMsg::Reply {
+                conn: origin.at.conn,
+                frame,
+            },
+        );
+    }
+}
+
+/// FNV-1a: a small, stable hash for placing conversations and users on shards.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A completed write, routed back to the shard that asked for it.
+pub(crate) struct Done {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) shard: ShardId,
+    pub(crate) then: DoneThen,
+}
+
+/// What the completed write was for.
+pub(crate) enum DoneThen {
+    /// A write of a conversation's owner.
+    Conversation(ConversationId),
+    /// An account creation (register, or first sight of a backend-minted token).
+    Account(accounts::AccountWrite),
+}
+
+impl Completion for Done {
+    fn complete(self, result: Result<(), WriteError>) {
+        let msg = match self.then {
+            DoneThen::Conversation(conversation) => ShardMsg::Conversation {
+                conversation,
+                op: owner::Op::Committed(result),
+            },
+            DoneThen::Account(write) => {
+                accounts::account_written(&self.shared, write, result);
+                return;
+            }
+        };
+        self.shared.push_blocking(self.shard, msg);
+    }
+}
+
+/// Encodes a server frame. Frames the daemon builds always fit; if one ever does not, the
+/// client gets an `INTERNAL` error instead of a broken stream.
+pub(crate) fn encode(frame: &ServerFrame) -> Bytes {
+    match encode_frame_to_vec(frame) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "a server frame failed to encode");
+            let id = match frame {
+                ServerFrame::Response { id, .. } => Some(*id),
+                _ => None,
+            };
+            encode(&error_frame(id, ErrorCode::INTERNAL, "response too large"))
+        }
+    }
+}
+
+/// A `Response` frame.
+pub(crate) fn response(id: RequestId, response: Response) -> Bytes {
+    encode(&ServerFrame::Response { id, response })
+}
+
+/// An `Error` frame (not encoded).
+pub(crate) fn error_frame(id: Option<RequestId>, code: ErrorCode, reason: &str) -> ServerFrame {
+    ServerFrame::Error {
+        id,
+        error: error_body(code, reason),
+    }
+}
+
+/// An error body with the code's standard text when `reason` is empty.
+pub(crate) fn error_body(code: ErrorCode, reason: &str) -> ErrorBody {
+    let reason = if reason.is_empty() {
+        code.description().unwrap_or("error")
+    } else {
+        reason
+    };
+    ErrorBody {
+        code,
+        reason: reason.to_owned(),
+        retry_after_ms: None,
+    }
+}
+
+/// An encoded `Error` frame answering request `id`.
+pub(crate) fn error(id: RequestId, code: ErrorCode, reason: &str) -> Bytes {
+    encode(&error_frame(Some(id), code, reason))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> chat_protocol::Timestamp {
+    chat_protocol::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    )
+}
+
+/// The shard's own state, reachable from every task on its thread.
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conns: RefCell<conn::Connections>,
+    pub(crate) owner: RefCell<owner::Conversations>,
+    pub(crate) registry: RefCell<registry::Registry>,
+    /// Messages to other shards that found their inbox full and must not be lost (replies,
+    /// commits); retried at every loop turn. Bounded by the requests in flight.
+    retry: RefCell<VecDeque<(ShardId, ShardMsg)>>,
+}
+
+impl Shard {
+    /// Sends to a shard (possibly this one). Replies are kept and retried when the target
+    /// inbox is full; event fan-out is dropped and the target learns of the overflow.
+    pub(crate) fn send(&self, target: ShardId, msg: ShardMsg) {
+        if let Err(msg) = self.shared.inboxes[target].push(msg) {
+            match msg {
+                ShardMsg::Fanout { .. } | ShardMsg::Deliver { .. } => {}
+                msg => self.retry.borrow_mut().push_back((target, msg)),
+            }
+        }
+    }
+
+    /// Replies to a request.
+    pub(crate) fn reply(&self, origin: &Origin, frame: Bytes) {
+        self.send(
+            origin.at.shard,
+            ShardMsg::Reply {
+                conn: origin.at.conn,
+                frame,
+            },
+        );
+    }
+
+    fn flush_retries(&self) {
+        let pending = std::mem::take(&mut *self.retry.borrow_mut());
+        for (target, msg) in pending {
+            self.send(target, msg);
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Reply { conn, frame } => conn::reply(self, conn, frame),
+            ShardMsg::Deliver { conns, frame } => conn::deliver(self, &conns, &frame),
+            ShardMsg::Close { conn, code, reason } => conn::close(self, conn, code, reason),
+            ShardMsg::Authenticated {
+                conn,
+                request,
+                result,
+            } => conn::authenticated(self, conn, request, result),
+            ShardMsg::Conversation { conversation, op } => owner::handle(self, conversation, op),
+            ShardMsg::Loaded {
+                conversation,
+                result,
+            } => owner::loaded(self, conversation, result),
+            ShardMsg::Registry(op) => registry::handle(self, op),
+            ShardMsg::Fanout {
+                users,
+                frame,
+                except,
+            } => registry::fanout(self, &users, &frame, except),
+            ShardMsg::Shutdown => conn::shutdown(self),
+        }
+    }
+}
+
+/// Runs shard `id` on the current thread until shutdown: accepts connections on `socket` and
+/// serves its inbox.
+pub(crate) fn run(
+    id: ShardId,
+    shared: Arc<Shared>,
+    mut inbox: Receiver<ShardMsg>,
+    socket: UdpSocket,
+    tls: Arc<quinn::ServerConfig>,
+) {
+    crate::runtime::block_on(async move {
+        let endpoint = match quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some((*tls).clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        ) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot start the QUIC endpoint");
+                return;
+            }
+        };
+        let shard = Rc::new(Shard {
+            id,
+            shared: Arc::clone(&shared),
+            conns: RefCell::new(conn::Connections::new(
+                shared.config.limits.max_connections_per_shard,
+            )),
+            owner: RefCell::new(owner::Conversations::default()),
+            registry: RefCell::new(registry::Registry::default()),
+            retry: RefCell::new(VecDeque::new()),
+        });
+        crate::runtime::spawn_local(conn::accept_loop(Rc::clone(&shard), endpoint.clone()));
+        let mut batch = Vec::with_capacity(1024);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                overflowed = inbox.recv_batch(&mut batch) => {
+                    if overflowed {
+                        conn::inbox_overflowed(&shard);
+                    }
+                    for msg in batch.drain(..) {
+                        shard.handle(msg);
+                    }
+                    owner::evict_idle(&shard, shared.config.storage.cached_conversations);
+                }
+                _ = tick.tick() => {}
+            }
+            shard.flush_retries();
+            let elapsed = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            shared.heartbeats[id].store(elapsed, Ordering::Release);
+            if conn::finished(&shard) {
+                break;
+            }
+        }
+        endpoint.close(
+            quinn::VarInt::from_u32(u32::from(GoodbyeCode::SHUTTING_DOWN.0)),
+            b"shutting down",
+        );
+        let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+        let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+    });
+}

@@ -1,0 +1,978 @@
+//! Conversation ownership: the shard that owns a conversation orders it.
+//!
+//! Per conversation the owner keeps a [`State`]: the committed head, the deduplication window
+//! of recent (sender, op id) pairs, the room's membership, and the audience (who receives its
+//! events). Operations that add log entries are validated against the state, applied to it,
+//! and queued; while one commit of the conversation is with the storage thread, later entries
+//! wait in `queued` and go together in the next commit. Sequence numbers are assigned when a
+//! commit is submitted, contiguous from the committed head, so a failed commit leaves no hole:
+//! the owner answers `UNAVAILABLE` to everything pending and forgets the conversation, which is
+//! reloaded from disk on next use.
+//!
+//! Only after a commit returns does the owner ack the sender and fan the event out (one
+//! `Fanout` per registry shard of the audience), so nothing is visible before it is durable.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use chat_protocol::{
+    ContentType, ConversationId, Entry, ErrorCode, Event, HistoryPage, HistoryQuery, Member,
+    MemberPage, MembershipChange, MembershipEvent, Message, OpId, Response, Role, RoomId, RoomInfo,
+    SendAck, SendMessage, Seq, ServerFrame, Timestamp, UserId,
+};
+
+use super::{Done, DoneThen, Origin, Shard, ShardId, ShardMsg, encode, error, now_ms, response};
+use crate::store::writer::{Batch, WriteError};
+use crate::store::{Cf, ConversationSnapshot, MemberState, RoomRecord, keys, to_json};
+
+/// Operations for a conversation's owner.
+pub(crate) enum Op {
+    /// Post a message.
+    Send {
+        origin: Origin,
+        message: SendMessage,
+    },
+    /// Read a page (membership is checked here, the read runs on the pool).
+    History { origin: Origin, query: HistoryQuery },
+    /// Create a room (the conversation is new).
+    Create {
+        origin: Origin,
+        name: String,
+        invite_only: bool,
+    },
+    /// A membership operation on a room.
+    Room { origin: Origin, action: RoomAction },
+    /// The storage thread finished this conversation's commit.
+    Committed(Result<(), WriteError>),
+}
+
+/// Membership operations.
+pub(crate) enum RoomAction {
+    Join,
+    Leave,
+    Invite(UserId),
+    Kick(UserId),
+    Ban(UserId),
+    Unban(UserId),
+    SetRole(UserId, Role),
+    Members {
+        after: Option<UserId>,
+        limit: u16,
+    },
+    /// The room's public description (for `FindRoom`).
+    Info,
+}
+
+/// What the read pool found for a conversation.
+pub(crate) struct Loaded {
+    pub(crate) snapshot: ConversationSnapshot,
+}
+
+/// The conversations this shard owns.
+#[derive(Default)]
+pub(crate) struct Conversations {
+    slots: HashMap<ConversationId, Slot>,
+}
+
+enum Slot {
+    /// Waiting for the read pool; operations wait with it.
+    Loading(Vec<Op>),
+    Ready(Box<State>),
+}
+
+struct Room {
+    record: RoomRecord,
+    /// Members, invitations and bans, ordered by user id (for member pages).
+    people: BTreeMap<UserId, MemberState>,
+    member_count: u32,
+}
+
+impl Room {
+    fn role(&self, user: UserId) -> Option<Role> {
+        match self.people.get(&user) {
+            Some(MemberState::Member(role)) => Some(*role),
+            _ => None,
+        }
+    }
+
+    fn owner(&self) -> UserId {
+        self.people
+            .iter()
+            .find_map(|(u, s)| (*s == MemberState::Member(Role::Owner)).then_some(*u))
+            .unwrap_or_default()
+    }
+
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            room: self.record.id,
+            name: self.record.name.clone(),
+            invite_only: self.record.invite_only,
+            owner: self.owner(),
+            members: self.member_count,
+        }
+    }
+}
+
+/// An entry waiting for its commit.
+struct Pending {
+    origin: Origin,
+    entry: Entry,
+    /// Who receives the event: the audience when the entry was queued, plus anyone it
+    /// concerns who is not (an invited, kicked or banned user).
+    audience: Arc<[UserId]>,
+    /// The response to send to `origin` once committed; `None` for a send (the ack is built
+    /// from the assigned sequence number).
+    reply: Option<Response>,
+    /// Duplicate sends that arrived while this one was pending: they get its ack.
+    waiters: Vec<Origin>,
+}
+
+struct State {
+    id: ConversationId,
+    committed: Seq,
+    dedupe: HashMap<(UserId, OpId), (Seq, Timestamp)>,
+    dedupe_order: VecDeque<(UserId, OpId)>,
+    /// Entries in the commit with the storage thread, in sequence order.
+    committing: Vec<Pending>,
+    /// Entries waiting for the next commit.
+    queued: Vec<Pending>,
+    /// Extra writes of the queued entries (membership rows, conversation lists).
+    queued_batch: Batch,
+    room: Option<Room>,
+    audience: Arc<[UserId]>,
+}
+
+impl State {
+    fn from_snapshot(id: ConversationId, snapshot: ConversationSnapshot) -> State {
+        let room = snapshot.room.map(|(record, people)| {
+            let people: BTreeMap<_, _> = people.into_iter().collect();
+            let member_count = people
+                .values()
+                .filter(|s| matches!(s, MemberState::Member(_)))
+                .count();
+            Room {
+                record,
+                people,
+                member_count: u32::try_from(member_count).unwrap_or(u32::MAX),
+            }
+        });
+        let mut state = State {
+            id,
+            committed: snapshot.head,
+            dedupe: HashMap::new(),
+            dedupe_order: VecDeque::new(),
+            committing: Vec::new(),
+            queued: Vec::new(),
+            queued_batch: Batch::default(),
+            room,
+            audience: Arc::from(Vec::new()),
+        };
+        // Oldest first, so the newest stay when the window is full.
+        for (sender, op, seq, ts) in snapshot.recent.into_iter().rev() {
+            state.remember(sender, op, seq, ts, usize::MAX);
+        }
+        state.refresh_audience();
+        state
+    }
+
+    fn remember(&mut self, sender: UserId, op: OpId, seq: Seq, ts: Timestamp, window: usize) {
+        if self.dedupe.insert((sender, op), (seq, ts)).is_none() {
+            self.dedupe_order.push_back((sender, op));
+        }
+        while self.dedupe_order.len() > window {
+            if let Some(old) = self.dedupe_order.pop_front() {
+                self.dedupe.remove(&old);
+            }
+        }
+    }
+
+    fn refresh_audience(&mut self) {
+        self.audience = match (self.id, &self.room) {
+            (ConversationId::Direct { low, high }, _) => Arc::from(vec![low, high]),
+            (ConversationId::Notes(user), _) => Arc::from(vec![user]),
+            (ConversationId::Room(_), Some(room)) => room
+                .people
+                .iter()
+                .filter_map(|(u, s)| matches!(s, MemberState::Member(_)).then_some(*u))
+                .collect(),
+            (ConversationId::Room(_), None) => Arc::from(Vec::new()),
+        };
+    }
+
+    fn is_member(&self, user: UserId) -> bool {
+        match &self.room {
+            Some(room) => room.role(user).is_some(),
+            None => self.id.is_direct_member(user),
+        }
+    }
+
+    /// The next sequence number a queued entry will get.
+    fn next_seq(&self) -> Seq {
+        Seq(self.committed.0 + (self.committing.len() + self.queued.len()) as u64 + 1)
+    }
+
+    fn pending_send(&mut self, sender: UserId, op: OpId) -> Option<&mut Pending> {
+        self.committing
+            .iter_mut()
+            .chain(self.queued.iter_mut())
+            .find(|p| matches!(&p.entry, Entry::Message(m) if m.sender == sender && m.op == op))
+    }
+}
+
+/// Entry point for operations on a conversation owned by this shard.
+pub(crate) fn handle(shard: &Rc<Shard>, conversation: ConversationId, op: Op) {
+    let mut conversations = shard.owner.borrow_mut();
+    match conversations.slots.get_mut(&conversation) {
+        Some(Slot::Ready(state)) => {
+            let state = &mut **state;
+            match op {
+                Op::Committed(result) => {
+                    let failed = committed(shard, state, result);
+                    if failed {
+                        conversations.slots.remove(&conversation);
+                    }
+                }
+                op => apply(shard, state, op),
+            }
+            if let Some(Slot::Ready(state)) = conversations.slots.get_mut(&conversation) {
+                submit(shard, state);
+            }
+        }
+        Some(Slot::Loading(waiting)) => waiting.push(op),
+        None => match op {
+            Op::Create {
+                origin,
+                name,
+                invite_only,
+            } => {
+                let mut state = State::from_snapshot(conversation, ConversationSnapshot::default());
+                create_room(&mut state, origin, name, invite_only);
+                submit(shard, &mut state);
+                conversations
+                    .slots
+                    .insert(conversation, Slot::Ready(Box::new(state)));
+            }
+            Op::Committed(_) => {
+                tracing::warn!(%conversation, "commit result for an unknown conversation")
+            }
+            op => {
+                conversations
+                    .slots
+                    .insert(conversation, Slot::Loading(vec![op]));
+                drop(conversations);
+                start_load(shard, conversation);
+            }
+        },
+    }
+}
+
+fn start_load(shard: &Rc<Shard>, conversation: ConversationId) {
+    let shared = Arc::clone(&shard.shared);
+    let id = shard.id;
+    let window = shard.shared.config.storage.dedupe_window;
+    let submitted = shard.shared.reads.submit(move |store| {
+        let result = (|| {
+            // Direct conversations exist between existing users only.
+            if let ConversationId::Direct { low, high } = conversation {
+                if store.user(low)?.is_none() || store.user(high)?.is_none() {
+                    return Ok(None);
+                }
+            }
+            Ok(store
+                .load_conversation(conversation, window)?
+                .map(|snapshot| Loaded { snapshot }))
+        })()
+        .map_err(|e: crate::store::Error| e.to_string());
+        shared.push_blocking(
+            id,
+            ShardMsg::Loaded {
+                conversation,
+                result,
+            },
+        );
+    });
+    if !submitted {
+        loaded(shard, conversation, Err("the read pool is full".into()));
+    }
+}
+
+/// The read pool loaded a conversation: replay the operations that waited for it.
+pub(crate) fn loaded(
+    shard: &Rc<Shard>,
+    conversation: ConversationId,
+    result: Result<Option<Loaded>, String>,
+) {
+    let waiting = match shard.owner.borrow_mut().slots.remove(&conversation) {
+        Some(Slot::Loading(waiting)) => waiting,
+        Some(ready) => {
+            shard.owner.borrow_mut().slots.insert(conversation, ready);
+            return;
+        }
+        None => return,
+    };
+    let (code, reason) = match result {
+        Ok(Some(loaded)) => {
+            let state = State::from_snapshot(conversation, loaded.snapshot);
+            shard
+                .owner
+                .borrow_mut()
+                .slots
+                .insert(conversation, Slot::Ready(Box::new(state)));
+            for op in waiting {
+                handle(shard, conversation, op);
+            }
+            return;
+        }
+        Ok(None) => match conversation {
+            ConversationId::Room(_) => (ErrorCode::UNKNOWN_ROOM, ""),
+            _ => (ErrorCode::UNKNOWN_USER, "the other user does not exist"),
+        },
+        Err(e) => {
+            tracing::error!(%conversation, error = %e, "loading a conversation failed");
+            (ErrorCode::UNAVAILABLE, "storage unavailable")
+        }
+    };
+    for op in waiting {
+        if let Some(origin) = op_origin(&op) {
+            shard.reply(origin, error(origin.request, code, reason));
+        }
+    }
+}
+
+fn op_origin(op: &Op) -> Option<&Origin> {
+    match op {
+        Op::Send { origin, .. }
+        | Op::History { origin, .. }
+        | Op::Create { origin, .. }
+        | Op::Room { origin, .. } => Some(origin),
+        Op::Committed(_) => None,
+    }
+}
+
+fn apply(shard: &Rc<Shard>, state: &mut State, op: Op) {
+    match op {
+        Op::Send { origin, message } => send(shard, state, origin, message),
+        Op::History { origin, query } => history(shard, state, origin, query),
+        Op::Room { origin, action } => room_action(shard, state, origin, action),
+        Op::Create { origin, .. } => {
+            shard.reply(
+                &origin,
+                error(origin.request, ErrorCode::INTERNAL, "room id collision"),
+            );
+        }
+        Op::Committed(_) => {}
+    }
+}
+
+fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessage) {
+    let reply_error = |code, reason| shard.reply(&origin, error(origin.request, code, reason));
+    if !state.is_member(origin.user) {
+        return reply_error(ErrorCode::NOT_MEMBER, "");
+    }
+    if let Some(&(seq, ts)) = state.dedupe.get(&(origin.user, message.op)) {
+        let ack = SendAck {
+            conversation: state.id,
+            op: message.op,
+            seq,
+            ts,
+            duplicate: true,
+        };
+        return shard.reply(&origin, response(origin.request, Response::Sent(ack)));
+    }
+    if let Some(pending) = state.pending_send(origin.user, message.op) {
+        pending.waiters.push(origin);
+        return;
+    }
+    if let Some(reply_to) = message.reply_to {
+        if reply_to == Seq(0) || reply_to >= state.next_seq() {
+            return reply_error(ErrorCode::UNKNOWN_MESSAGE, "");
+        }
+    }
+    let seq = state.next_seq();
+    if seq == Seq(1) && state.room.is_none() {
+        // First entry of a direct or notes conversation: list it for its members.
+        for user in state.audience.iter() {
+            state.queued_batch.put(
+                Cf::UserConversations,
+                keys::user_conversation(*user, state.id).to_vec(),
+                Vec::new(),
+            );
+        }
+    }
+    let entry = Entry::Message(Message {
+        conversation: state.id,
+        seq,
+        ts: now_ms(),
+        sender: origin.user,
+        op: message.op,
+        content_type: message.content_type,
+        reply_to: message.reply_to,
+        body: message.body,
+    });
+    let audience = Arc::clone(&state.audience);
+    state.queued.push(Pending {
+        origin,
+        entry,
+        audience,
+        reply: None,
+        waiters: Vec::new(),
+    });
+}
+
+fn history(shard: &Rc<Shard>, state: &State, origin: Origin, query: HistoryQuery) {
+    if !state.is_member(origin.user) {
+        return shard.reply(&origin, error(origin.request, ErrorCode::NOT_MEMBER, ""));
+    }
+    let max_page = usize::from(shard.shared.limits.max_page);
+    let limit = usize::from(query.limit);
+    if limit == 0 || limit > max_page {
+        return shard.reply(
+            &origin,
+            error(
+                origin.request,
+                ErrorCode::INVALID_REQUEST,
+                "limit must be 1 to max_page",
+            ),
+        );
+    }
+    let head = state.committed;
+    let shared = Arc::clone(&shard.shared);
+    let submitted = shard.shared.reads.submit(move |store| {
+        let frame = match store.history(query.conversation, query.from, limit, query.order, head) {
+            Ok((entries, more)) => response(
+                origin.request,
+                Response::History(HistoryPage {
+                    conversation: query.conversation,
+                    entries,
+                    head,
+                    more,
+                }),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "history read failed");
+                error(
+                    origin.request,
+                    ErrorCode::UNAVAILABLE,
+                    "storage unavailable",
+                )
+            }
+        };
+        shared.reply_blocking(&origin, frame);
+    });
+    if !submitted {
+        shard.reply(
+            &origin,
+            error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
+        );
+    }
+}
+
+fn create_room(state: &mut State, origin: Origin, name: String, invite_only: bool) {
+    let ConversationId::Room(room_id) = state.id else {
+        return;
+    };
+    let now = now_ms();
+    let record = RoomRecord {
+        id: room_id,
+        name: name.clone(),
+        invite_only,
+        created_at: now,
+    };
+    let batch = &mut state.queued_batch;
+    batch.unless_exists = Some((Cf::RoomNames, name.clone().into_bytes()));
+    batch.put(
+        Cf::RoomNames,
+        name.clone().into_bytes(),
+        keys::id(room_id.0).to_vec(),
+    );
+    batch.put(Cf::Rooms, keys::id(room_id.0).to_vec(), to_json(&record));
+    let owner = MemberState::Member(Role::Owner);
+    batch.put(
+        Cf::Members,
+        keys::member(room_id, origin.user).to_vec(),
+        vec![owner.to_byte()],
+    );
+    batch.put(
+        Cf::UserConversations,
+        keys::user_conversation(origin.user, state.id).to_vec(),
+        Vec::new(),
+    );
+    let mut people = BTreeMap::new();
+    people.insert(origin.user, owner);
+    state.room = Some(Room {
+        record,
+        people,
+        member_count: 1,
+    });
+    state.refresh_audience();
+    let info = state.room.as_ref().map(Room::info);
+    queue_membership(
+        state,
+        origin,
+        origin.user,
+        MembershipChange::Created { name, invite_only },
+        info.map(Response::Room),
+        None,
+    );
+}
+
+fn queue_membership(
+    state: &mut State,
+    origin: Origin,
+    subject: UserId,
+    change: MembershipChange,
+    reply: Option<Response>,
+    also_notify: Option<UserId>,
+) {
+    let entry = Entry::Membership(MembershipEvent {
+        conversation: state.id,
+        seq: state.next_seq(),
+        ts: now_ms(),
+        actor: origin.user,
+        subject,
+        change,
+    });
+    let audience = match also_notify {
+        Some(extra) if !state.audience.contains(&extra) => {
+            state.audience.iter().copied().chain([extra]).collect()
+        }
+        _ => Arc::clone(&state.audience),
+    };
+    state.queued.push(Pending {
+        origin,
+        entry,
+        audience,
+        reply: Some(reply.unwrap_or(Response::Ok)),
+        waiters: Vec::new(),
+    });
+}
+
+fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: RoomAction) {
+    let reply_error =
+        |code: ErrorCode, reason: &str| shard.reply(&origin, error(origin.request, code, reason));
+    let ConversationId::Room(room_id) = state.id else {
+        return reply_error(ErrorCode::UNKNOWN_ROOM, "");
+    };
+    let max_members = shard.shared.config.limits.max_room_members;
+    let Some(room) = state.room.as_mut() else {
+        return reply_error(ErrorCode::UNKNOWN_ROOM, "");
+    };
+    let actor_role = room.role(origin.user);
+    let rank = |role: Option<Role>| role.map_or(0, |r| r as u8 + 1);
+    let set = |batch: &mut Batch, user: UserId, member: Option<MemberState>| match member {
+        Some(s) => batch.put(
+            Cf::Members,
+            keys::member(room_id, user).to_vec(),
+            vec![s.to_byte()],
+        ),
+        None => batch.delete(Cf::Members, keys::member(room_id, user).to_vec()),
+    };
+    let listed = |batch: &mut Batch, user: UserId, yes: bool| {
+        let key = keys::user_conversation(user, ConversationId::Room(room_id)).to_vec();
+        if yes {
+            batch.put(Cf::UserConversations, key, Vec::new())
+        } else {
+            batch.delete(Cf::UserConversations, key)
+        }
+    };
+    let (subject, change, notify_extra) = match action {
+        RoomAction::Members { after, limit } => {
+            if actor_role.is_none() {
+                return reply_error(ErrorCode::NOT_MEMBER, "");
+            }
+            if limit == 0 || limit > shard.shared.limits.max_page {
+                return reply_error(ErrorCode::INVALID_REQUEST, "limit must be 1 to max_page");
+            }
+            let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let mut page: Vec<(UserId, Role)> = room
+                .people
+                .range((start, std::ops::Bound::Unbounded))
+                .filter_map(|(u, s)| match s {
+                    MemberState::Member(role) => Some((*u, *role)),
+                    _ => None,
+                })
+                .take(usize::from(limit) + 1)
+                .collect();
+            let next = (page.len() > usize::from(limit)).then(|| {
+                page.truncate(usize::from(limit));
+                page.last().map(|(u, _)| *u)
+            });
+            return members_page(shard, origin, room_id, page, next.flatten());
+        }
+        RoomAction::Info => {
+            return shard.reply(
+                &origin,
+                response(origin.request, Response::Room(room.info())),
+            );
+        }
+        RoomAction::Join => {
+            match room.people.get(&origin.user) {
+                Some(MemberState::Member(_)) => return reply_error(ErrorCode::ALREADY_MEMBER, ""),
+                Some(MemberState::Banned) => return reply_error(ErrorCode::BANNED, ""),
+                Some(MemberState::Invited) => {}
+                None if room.record.invite_only => {
+                    return reply_error(ErrorCode::INVITE_REQUIRED, "");
+                }
+                None => {}
+            }
+            if room.member_count >= max_members {
+                return reply_error(ErrorCode::ROOM_FULL, "");
+            }
+            room.people
+                .insert(origin.user, MemberState::Member(Role::Member));
+            room.member_count += 1;
+            set(
+                &mut state.queued_batch,
+                origin.user,
+                Some(MemberState::Member(Role::Member)),
+            );
+            listed(&mut state.queued_batch, origin.user, true);
+            (origin.user, MembershipChange::Joined, None)
+        }
+        RoomAction::Leave => {
+            match actor_role {
+                None => return reply_error(ErrorCode::NOT_MEMBER, ""),
+                Some(Role::Owner) => {
+                    return reply_error(
+                        ErrorCode::FORBIDDEN,
+                        "the owner must transfer ownership before leaving",
+                    );
+                }
+                Some(_) => {}
+            }
+            room.people.remove(&origin.user);
+            room.member_count -= 1;
+            set(&mut state.queued_batch, origin.user, None);
+            listed(&mut state.queued_batch, origin.user, false);
+            (origin.user, MembershipChange::Left, Some(origin.user))
+        }
+        RoomAction::Invite(user)
+        | RoomAction::Kick(user)
+        | RoomAction::Ban(user)
+        | RoomAction::Unban(user)
+        | RoomAction::SetRole(user, _) => {
+            if actor_role.is_none() {
+                return reply_error(ErrorCode::NOT_MEMBER, "");
+            }
+            let target = room.people.get(&user).copied();
+            let target_role = room.role(user);
+            let outranks = rank(actor_role) > rank(target_role);
+            match action {
+                RoomAction::Invite(_) => {
+                    if rank(actor_role) < rank(Some(Role::Admin)) {
+                        return reply_error(
+                            ErrorCode::FORBIDDEN,
+                            "only admins and the owner invite",
+                        );
+                    }
+                    match target {
+                        Some(MemberState::Member(_)) => {
+                            return reply_error(ErrorCode::ALREADY_MEMBER, "");
+                        }
+                        Some(MemberState::Banned) => {
+                            return reply_error(ErrorCode::BANNED, "the user is banned");
+                        }
+                        _ => {}
+                    }
+                    room.people.insert(user, MemberState::Invited);
+                    set(&mut state.queued_batch, user, Some(MemberState::Invited));
+                    (user, MembershipChange::Invited, Some(user))
+                }
+                RoomAction::Kick(_) | RoomAction::Ban(_) => {
+                    let ban = matches!(action, RoomAction::Ban(_));
+                    if rank(actor_role) < rank(Some(Role::Admin))
+                        || !outranks
+                        || user == origin.user
+                    {
+                        return reply_error(ErrorCode::FORBIDDEN, "");
+                    }
+                    if target_role.is_none() && !ban {
+                        return reply_error(ErrorCode::NOT_MEMBER, "the user is not a member");
+                    }
+                    if target_role.is_some() {
+                        room.member_count -= 1;
+                        listed(&mut state.queued_batch, user, false);
+                    }
+                    if ban {
+                        room.people.insert(user, MemberState::Banned);
+                        set(&mut state.queued_batch, user, Some(MemberState::Banned));
+                        (user, MembershipChange::Banned, Some(user))
+                    } else {
+                        room.people.remove(&user);
+                        set(&mut state.queued_batch, user, None);
+                        (user, MembershipChange::Kicked, Some(user))
+                    }
+                }
+                RoomAction::Unban(_) => {
+                    if rank(actor_role) < rank(Some(Role::Admin)) {
+                        return reply_error(ErrorCode::FORBIDDEN, "");
+                    }
+                    if target != Some(MemberState::Banned) {
+                        return reply_error(ErrorCode::INVALID_REQUEST, "the user is not banned");
+                    }
+                    room.people.remove(&user);
+                    set(&mut state.queued_batch, user, None);
+                    (user, MembershipChange::Unbanned, Some(user))
+                }
+                RoomAction::SetRole(_, role) => {
+                    if actor_role != Some(Role::Owner) {
+                        return reply_error(ErrorCode::FORBIDDEN, "only the owner sets roles");
+                    }
+                    if target_role.is_none() {
+                        return reply_error(ErrorCode::NOT_MEMBER, "the user is not a member");
+                    }
+                    if user == origin.user {
+                        return reply_error(
+                            ErrorCode::INVALID_REQUEST,
+                            "the owner cannot change their own role",
+                        );
+                    }
+                    room.people.insert(user, MemberState::Member(role));
+                    set(
+                        &mut state.queued_batch,
+                        user,
+                        Some(MemberState::Member(role)),
+                    );
+                    if role == Role::Owner {
+                        room.people
+                            .insert(origin.user, MemberState::Member(Role::Admin));
+                        set(
+                            &mut state.queued_batch,
+                            origin.user,
+                            Some(MemberState::Member(Role::Admin)),
+                        );
+                    }
+                    (user, MembershipChange::RoleChanged(role), None)
+                }
+                RoomAction::Join
+                | RoomAction::Leave
+                | RoomAction::Members { .. }
+                | RoomAction::Info => return,
+            }
+        }
+    };
+    let reply = match change {
+        MembershipChange::Joined => state.room.as_ref().map(|r| Response::Room(r.info())),
+        _ => None,
+    };
+    // Joins notify the new audience (including the joiner); departures the old one plus the
+    // departed, via `notify_extra`.
+    state.refresh_audience();
+    queue_membership(state, origin, subject, change, reply, notify_extra);
+}
+
+fn members_page(
+    shard: &Rc<Shard>,
+    origin: Origin,
+    room: RoomId,
+    page: Vec<(UserId, Role)>,
+    next: Option<UserId>,
+) {
+    let shared = Arc::clone(&shard.shared);
+    let submitted = shard.shared.reads.submit(move |store| {
+        let mut members = Vec::with_capacity(page.len());
+        for (user, role) in page {
+            match store.user(user) {
+                Ok(Some(record)) => members.push(Member {
+                    user,
+                    name: record.name,
+                    role,
+                }),
+                Ok(None) => members.push(Member {
+                    user,
+                    name: String::new(),
+                    role,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "member name lookup failed");
+                    return shared.reply_blocking(
+                        &origin,
+                        error(origin.request, ErrorCode::UNAVAILABLE, ""),
+                    );
+                }
+            }
+        }
+        shared.reply_blocking(
+            &origin,
+            response(
+                origin.request,
+                Response::Members(MemberPage {
+                    room,
+                    members,
+                    next,
+                }),
+            ),
+        );
+    });
+    if !submitted {
+        shard.reply(
+            &origin,
+            error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
+        );
+    }
+}
+
+/// Submits the queued entries as one commit when none is in flight.
+fn submit(shard: &Rc<Shard>, state: &mut State) {
+    if !state.committing.is_empty() || state.queued.is_empty() {
+        return;
+    }
+    let mut batch = std::mem::take(&mut state.queued_batch);
+    let mut encoded = Vec::with_capacity(256);
+    for pending in &state.queued {
+        encoded.clear();
+        pending.entry.encode_to(&mut encoded);
+        batch.put(
+            Cf::Log,
+            keys::log(state.id, pending.entry.seq()).to_vec(),
+            encoded.clone(),
+        );
+    }
+    state.committing = std::mem::take(&mut state.queued);
+    let done = Done {
+        shared: Arc::clone(&shard.shared),
+        shard: shard.id,
+        then: DoneThen::Conversation(state.id),
+    };
+    if let Err(done) = shard.shared.writer.submit(batch, done) {
+        drop(done);
+        // The storage queue is full: nothing was written; fail this commit like a write error.
+        fail_pending(shard, state, ErrorCode::OVERLOADED, "storage queue full");
+    }
+}
+
+/// The commit came back. Returns whether the conversation must be forgotten (write failed).
+fn committed(shard: &Rc<Shard>, state: &mut State, result: Result<(), WriteError>) -> bool {
+    match result {
+        Ok(()) => {
+            let window = shard.shared.config.storage.dedupe_window;
+            for pending in std::mem::take(&mut state.committing) {
+                state.committed = pending.entry.seq();
+                publish(shard, state, pending, window);
+            }
+            false
+        }
+        Err(WriteError::Exists) => {
+            // Only room creation claims a name; the room does not exist after all.
+            for pending in std::mem::take(&mut state.committing) {
+                shard.reply(
+                    &pending.origin,
+                    error(pending.origin.request, ErrorCode::ROOM_NAME_TAKEN, ""),
+                );
+            }
+            fail_pending(shard, state, ErrorCode::UNKNOWN_ROOM, "");
+            true
+        }
+        Err(WriteError::Storage(e)) => {
+            tracing::error!(conversation = %state.id, error = %e, "commit failed");
+            fail_pending(shard, state, ErrorCode::UNAVAILABLE, "storage write failed");
+            true
+        }
+    }
+}
+
+fn fail_pending(shard: &Rc<Shard>, state: &mut State, code: ErrorCode, reason: &str) {
+    for pending in state.committing.drain(..).chain(state.queued.drain(..)) {
+        for origin in std::iter::once(&pending.origin).chain(&pending.waiters) {
+            shard.reply(origin, error(origin.request, code, reason));
+        }
+    }
+    state.queued_batch = Batch::default();
+}
+
+/// Acks and fans out one committed entry.
+fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize) {
+    let Pending {
+        origin,
+        entry,
+        audience,
+        reply,
+        waiters,
+    } = pending;
+    // The sending connection has the ack instead of the message event; membership events go
+    // to every connection of the audience, the actor's included, so its log has no hole.
+    let except = matches!(entry, Entry::Message(_)).then_some(origin.at);
+    let event = match entry {
+        Entry::Message(m) => {
+            state.remember(m.sender, m.op, m.seq, m.ts, window);
+            let ack = SendAck {
+                conversation: m.conversation,
+                op: m.op,
+                seq: m.seq,
+                ts: m.ts,
+                duplicate: false,
+            };
+            shard.reply(&origin, response(origin.request, Response::Sent(ack)));
+            for waiter in &waiters {
+                shard.reply(
+                    waiter,
+                    response(
+                        waiter.request,
+                        Response::Sent(SendAck {
+                            duplicate: true,
+                            ..ack
+                        }),
+                    ),
+                );
+            }
+            Event::Message(m)
+        }
+        Entry::Membership(m) => {
+            shard.reply(
+                &origin,
+                response(origin.request, reply.unwrap_or(Response::Ok)),
+            );
+            Event::Membership(m)
+        }
+    };
+    let frame = encode(&ServerFrame::Event(event));
+    let mut shards: Vec<ShardId> = audience
+        .iter()
+        .map(|u| shard.shared.registry_of(*u))
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    for target in shards {
+        shard.send(
+            target,
+            ShardMsg::Fanout {
+                users: Arc::clone(&audience),
+                frame: frame.clone(),
+                except,
+            },
+        );
+    }
+}
+
+/// Whether a body fits its content type (text types must be UTF-8).
+pub(crate) fn valid_content(content_type: ContentType, body: &[u8]) -> bool {
+    !content_type.is_text() || std::str::from_utf8(body).is_ok()
+}
+
+/// Drops idle conversations beyond `cap` (none with commits in flight).
+pub(crate) fn evict_idle(shard: &Shard, cap: usize) {
+    let mut conversations = shard.owner.borrow_mut();
+    let excess = conversations.slots.len().saturating_sub(cap);
+    if excess == 0 {
+        return;
+    }
+    let idle: Vec<ConversationId> = conversations
+        .slots
+        .iter()
+        .filter(|(_, slot)| matches!(slot, Slot::Ready(s) if s.committing.is_empty() && s.queued.is_empty()))
+        .map(|(c, _)| *c)
+        .take(excess)
+        .collect();
+    for c in idle {
+        conversations.slots.remove(&c);
+    }
+}
+
+/// Whether no conversation of this shard has a commit in flight or queued.
+pub(crate) fn idle(shard: &Shard) -> bool {
+    shard.owner.borrow().slots.values().all(|slot| match slot {
+        Slot::Ready(s) => s.committing.is_empty() && s.queued.is_empty(),
+        Slot::Loading(waiting) => waiting.is_empty(),
+    })
+}

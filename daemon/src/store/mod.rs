@@ -1,0 +1,480 @@
+//! Storage: RocksDB in the data directory, written by one storage thread that group-commits
+//! ([`writer`]), read by a small pool of blocking threads ([`ReadPool`]). Shards never call
+//! RocksDB on their event loops.
+//!
+//! [`Store`] wraps the database and knows the column families and key layouts ([`keys`]);
+//! its read methods block and are meant for the read pool and for start-up.
+
+pub mod keys;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chat_protocol::{
+    ConversationId, Entry, HistoryFrom, OpId, Order, Role, RoomId, Seq, Timestamp, UserId,
+};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
+use serde::{Deserialize, Serialize};
+
+/// The column families, in creation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// user id -> [`UserRecord`]
+    Users,
+    /// user name -> user id
+    UserNames,
+    /// room id -> [`RoomRecord`]
+    Rooms,
+    /// room name -> room id
+    RoomNames,
+    /// room id · user id -> [`MemberState`]
+    Members,
+    /// user id · conversation -> ()
+    UserConversations,
+    /// conversation · seq -> entry
+    Log,
+}
+
+impl Cf {
+    const ALL: [Cf; 7] = [
+        Cf::Users,
+        Cf::UserNames,
+        Cf::Rooms,
+        Cf::RoomNames,
+        Cf::Members,
+        Cf::UserConversations,
+        Cf::Log,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Users => "users",
+            Cf::UserNames => "user_names",
+            Cf::Rooms => "rooms",
+            Cf::RoomNames => "room_names",
+            Cf::Members => "members",
+            Cf::UserConversations => "user_conversations",
+            Cf::Log => "log",
+        }
+    }
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value does not parse: the database is damaged or from an unknown version.
+    #[error("corrupt record in {cf:?}: {message}")]
+    Corrupt {
+        /// Where.
+        cf: Cf,
+        /// What.
+        message: String,
+    },
+    /// A column family is missing (cannot happen after a successful open).
+    #[error("column family {0:?} missing")]
+    MissingCf(Cf),
+}
+
+/// An account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Its id.
+    pub id: UserId,
+    /// Its name.
+    pub name: String,
+    /// argon2id PHC string; `None` for accounts created by a backend-minted token.
+    pub password_hash: Option<String>,
+    /// Creation time, ms since the epoch.
+    pub created_at: Timestamp,
+}
+
+/// A room's fixed facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    /// Its id.
+    pub id: RoomId,
+    /// Its unique name.
+    pub name: String,
+    /// Whether joining needs an invitation.
+    pub invite_only: bool,
+    /// Creation time, ms since the epoch.
+    pub created_at: Timestamp,
+}
+
+/// A user's standing in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// A member with a role.
+    Member(Role),
+    /// Invited, not yet joined.
+    Invited,
+    /// Banned: cannot join.
+    Banned,
+}
+
+impl MemberState {
+    /// One byte on disk.
+    #[must_use]
+    pub fn to_byte(self) -> u8 {
+        match self {
+            MemberState::Member(Role::Member) => 0,
+            MemberState::Member(Role::Admin) => 1,
+            MemberState::Member(Role::Owner) => 2,
+            MemberState::Invited => 3,
+            MemberState::Banned => 4,
+        }
+    }
+
+    fn from_byte(b: &[u8]) -> Option<MemberState> {
+        Some(match b {
+            [0] => MemberState::Member(Role::Member),
+            [1] => MemberState::Member(Role::Admin),
+            [2] => MemberState::Member(Role::Owner),
+            [3] => MemberState::Invited,
+            [4] => MemberState::Banned,
+            _ => return None,
+        })
+    }
+}
+
+/// What a conversation's owner shard needs to take over a conversation.
+#[derive(Debug, Default)]
+pub struct ConversationSnapshot {
+    /// The last stored sequence number.
+    pub head: Seq,
+    /// (sender, op) of the most recent messages, newest first, for deduplication.
+    pub recent: Vec<(UserId, OpId, Seq, Timestamp)>,
+    /// For rooms: the record and every member, invitation and ban.
+    pub room: Option<(RoomRecord, Vec<(UserId, MemberState)>)>,
+}
+
+/// The database. Cheap to clone; shared by the storage thread and the read pool.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `dir`.
+    ///
+    /// # Errors
+    /// When RocksDB cannot open it (permissions, another process holds the lock, corruption).
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_background_jobs(2);
+        options.set_bytes_per_sync(1 << 20);
+        // The storage thread is the only writer: no need for RocksDB's writer queue.
+        options.set_unordered_write(false);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(cf.name(), cf_options)
+        });
+        let db = DB::open_cf_descriptors(&options, dir, cfs)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    pub(crate) fn cf(&self, cf: Cf) -> Result<&ColumnFamily, Error> {
+        self.db.cf_handle(cf.name()).ok_or(Error::MissingCf(cf))
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(cf)?, key)?)
+    }
+
+    fn json<T: for<'de> Deserialize<'de>>(cf: Cf, bytes: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            cf,
+            message: e.to_string(),
+        })
+    }
+
+    /// The highest id stored in `cf` (keys are big-endian ids), 0 when empty.
+    fn max_id(&self, cf: Cf) -> Result<u64, Error> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(cf)?);
+        iter.seek_to_last();
+        iter.status()?;
+        Ok(iter.key().and_then(keys::parse_id).unwrap_or(0))
+    }
+
+    /// The highest user id in use.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn max_user_id(&self) -> Result<u64, Error> {
+        self.max_id(Cf::Users)
+    }
+
+    /// The highest room id in use.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn max_room_id(&self) -> Result<u64, Error> {
+        self.max_id(Cf::Rooms)
+    }
+
+    /// The account with this name.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, Error> {
+        match self.get(Cf::UserNames, name.as_bytes())? {
+            Some(id) => self.user(UserId(keys::parse_id(&id).unwrap_or(0))),
+            None => Ok(None),
+        }
+    }
+
+    /// The account with this id.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, Error> {
+        self.get(Cf::Users, &keys::id(id.0))?
+            .map(|v| Self::json(Cf::Users, &v))
+            .transpose()
+    }
+
+    /// The room with this id.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn room(&self, id: RoomId) -> Result<Option<RoomRecord>, Error> {
+        self.get(Cf::Rooms, &keys::id(id.0))?
+            .map(|v| Self::json(Cf::Rooms, &v))
+            .transpose()
+    }
+
+    /// The room with this name.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn room_by_name(&self, name: &str) -> Result<Option<RoomRecord>, Error> {
+        match self.get(Cf::RoomNames, name.as_bytes())? {
+            Some(id) => self.room(RoomId(keys::parse_id(&id).unwrap_or(0))),
+            None => Ok(None),
+        }
+    }
+
+    /// Everything a conversation's owner needs: head, recent ops, room state. `None` for a
+    /// room that does not exist.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt records.
+    pub fn load_conversation(
+        &self,
+        c: ConversationId,
+        dedupe_window: usize,
+    ) -> Result<Option<ConversationSnapshot>, Error> {
+        let room = match c {
+            ConversationId::Room(id) => match self.room(id)? {
+                Some(record) => Some((record, self.room_members(id)?)),
+                None => return Ok(None),
+            },
+            _ => None,
+        };
+        let mut snapshot = ConversationSnapshot {
+            room,
+            ..ConversationSnapshot::default()
+        };
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
+        iter.seek_for_prev(keys::log(c, Seq(u64::MAX)));
+        let mut first = true;
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let Some(seq) = keys::log_seq(c, key) else {
+                break;
+            };
+            if first {
+                snapshot.head = seq;
+                first = false;
+            }
+            if snapshot.recent.len() >= dedupe_window {
+                break;
+            }
+            if let Entry::Message(m) = decode_entry(value)? {
+                snapshot.recent.push((m.sender, m.op, m.seq, m.ts));
+            }
+            iter.prev();
+        }
+        iter.status()?;
+        Ok(Some(snapshot))
+    }
+
+    fn room_members(&self, room: RoomId) -> Result<Vec<(UserId, MemberState)>, Error> {
+        let prefix = keys::id(room.0);
+        let mut members = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(Cf::Members)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let user = keys::parse_id(&key[8..]).map(UserId);
+            let state = MemberState::from_byte(&value);
+            match (user, state) {
+                (Some(user), Some(state)) => members.push((user, state)),
+                _ => {
+                    return Err(Error::Corrupt {
+                        cf: Cf::Members,
+                        message: "bad member entry".into(),
+                    });
+                }
+            }
+        }
+        Ok(members)
+    }
+
+    /// A page of a conversation's log, at most `limit` entries, none beyond `head`.
+    /// Returns the entries in the requested order and whether more exist past the page.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt entries.
+    pub fn history(
+        &self,
+        c: ConversationId,
+        from: HistoryFrom,
+        limit: usize,
+        order: Order,
+        head: Seq,
+    ) -> Result<(Vec<Entry>, bool), Error> {
+        let (start, forward) = match from {
+            HistoryFrom::Latest => (head, false),
+            HistoryFrom::Before(s) => (Seq(s.0.saturating_sub(1).min(head.0)), false),
+            HistoryFrom::After(s) => (s.next(), true),
+        };
+        let mut entries = Vec::with_capacity(limit.min(128));
+        let mut more = false;
+        if start.0 >= 1 && start <= head {
+            let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
+            if forward {
+                iter.seek(keys::log(c, start));
+            } else {
+                iter.seek_for_prev(keys::log(c, start));
+            }
+            while iter.valid() {
+                let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                    break;
+                };
+                let Some(seq) = keys::log_seq(c, key) else {
+                    break;
+                };
+                if seq > head || seq == Seq(0) {
+                    break;
+                }
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                entries.push(decode_entry(value)?);
+                if forward { iter.next() } else { iter.prev() }
+            }
+            iter.status()?;
+        }
+        let ascending = forward;
+        if (order == Order::OldestFirst) != ascending {
+            entries.reverse();
+        }
+        Ok((entries, more))
+    }
+
+    /// A user's conversations after `after`, at most `limit`, and whether more exist.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn user_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: usize,
+    ) -> Result<(Vec<ConversationId>, bool), Error> {
+        let prefix = keys::id(user.0);
+        let start = match after {
+            Some(c) => {
+                let mut k = keys::user_conversation(user, c).to_vec();
+                k.push(0); // strictly after
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(Cf::UserConversations)?,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            if let Some(c) = keys::parse_conversation(&key[8..]) {
+                out.push(c);
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// The last stored sequence number of a conversation.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn head(&self, c: ConversationId) -> Result<Seq, Error> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
+        iter.seek_for_prev(keys::log(c, Seq(u64::MAX)));
+        iter.status()?;
+        Ok(iter
+            .key()
+            .and_then(|k| keys::log_seq(c, k))
+            .unwrap_or(Seq(0)))
+    }
+
+    /// The state of `user` in `room`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn member_state(&self, room: RoomId, user: UserId) -> Result<Option<MemberState>, Error> {
+        Ok(self
+            .get(Cf::Members, &keys::member(room, user))?
+            .and_then(|v| MemberState::from_byte(&v)))
+    }
+
+    /// Flushes the WAL to disk (at shutdown).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn sync(&self) -> Result<(), Error> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+/// Decodes a stored log entry.
+fn decode_entry(bytes: &[u8]) -> Result<Entry, Error> {
+    Entry::decode_from(bytes).map_err(|e| Error::Corrupt {
+        cf: Cf::Log,
+        message: e.to_string(),
+    })
+}
+
+/// Serializes a record for storage.
+#[must_use]
+pub fn to_json<T: Serialize>(record: &T) -> Vec<u8> {
+    // Plain structs of strings and integers always serialize.
+    serde_json::to_vec(record).unwrap_or_default()
+}

@@ -1,0 +1,212 @@
+//! The storage thread: the only writer of the database. It group-commits: it takes every
+//! request queued (up to `max_group_commit`), puts them into one RocksDB `WriteBatch`, writes
+//! it with one WAL append and (under `fsync` durability) one fsync, then completes each
+//! request in order. A shard learns of its commit only after that write returned, so nothing
+//! is visible before it is durable.
+//!
+//! Requests come over a bounded crossbeam channel; the thread blocks on it (it is not an
+//! event loop). Shards use `try_send` and answer `OVERLOADED` when it is full. The thread ends
+//! when every sender is gone, after syncing the WAL.
+
+use std::collections::HashSet;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use rocksdb::{WriteBatch, WriteOptions};
+
+use super::{Cf, Store};
+use crate::config::Durability;
+
+/// One key/value to write.
+#[derive(Debug)]
+pub struct Put {
+    /// Column family.
+    pub cf: Cf,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// One key to delete.
+#[derive(Debug)]
+pub struct Delete {
+    /// Column family.
+    pub cf: Cf,
+    /// Key.
+    pub key: Vec<u8>,
+}
+
+/// Writes that commit together or not at all.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Keys to write.
+    pub puts: Vec<Put>,
+    /// Keys to delete.
+    pub deletes: Vec<Delete>,
+    /// Commit only if this key is absent in its column family (and not claimed by an earlier
+    /// request of the same group): how unique names are claimed.
+    pub unless_exists: Option<(Cf, Vec<u8>)>,
+}
+
+impl Batch {
+    /// Adds a put.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.puts.push(Put {
+            cf,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.deletes.push(Delete {
+            cf,
+            key: key.into(),
+        });
+    }
+}
+
+/// Why a write did not commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// `unless_exists` found the key.
+    #[error("the key exists")]
+    Exists,
+    /// RocksDB failed the write; nothing of the group was committed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// What the storage thread calls when a request is done. Implemented by the shards, which
+/// push the result into their inbox.
+pub trait Completion: Send + 'static {
+    /// Called once, on the storage thread, after the group's write returned.
+    fn complete(self, result: Result<(), WriteError>);
+}
+
+struct Request<C> {
+    batch: Batch,
+    done: C,
+}
+
+/// The sending side of the storage thread's queue.
+pub struct Writer<C> {
+    tx: Sender<Request<C>>,
+}
+
+impl<C> Clone for Writer<C> {
+    fn clone(&self) -> Self {
+        Writer {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<C: Completion> Writer<C> {
+    /// Queues a batch without blocking.
+    ///
+    /// # Errors
+    /// Gives the completion back when the queue is full or the thread is gone.
+    pub fn submit(&self, batch: Batch, done: C) -> Result<(), C> {
+        self.tx
+            .try_send(Request { batch, done })
+            .map_err(|e| match e {
+                TrySendError::Full(r) | TrySendError::Disconnected(r) => r.done,
+            })
+    }
+}
+
+/// Starts the storage thread. It runs until every [`Writer`] clone is dropped.
+///
+/// # Errors
+/// When the thread cannot be spawned.
+pub fn spawn<C: Completion>(
+    store: Store,
+    durability: Durability,
+    max_group: usize,
+    queue_depth: usize,
+) -> std::io::Result<(Writer<C>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = bounded(queue_depth);
+    let handle = std::thread::Builder::new()
+        .name("storage".into())
+        .spawn(move || run(&store, durability, max_group, &rx))?;
+    Ok((Writer { tx }, handle))
+}
+
+fn run<C: Completion>(
+    store: &Store,
+    durability: Durability,
+    max_group: usize,
+    rx: &Receiver<Request<C>>,
+) {
+    let mut options = WriteOptions::default();
+    options.set_sync(durability == Durability::Fsync);
+    let mut group = Vec::with_capacity(max_group);
+    let mut results = Vec::with_capacity(max_group);
+    let mut claimed = HashSet::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_group(store, &options, &mut group, &mut results, &mut claimed);
+        // Every request is completed exactly once, whatever happened to the group.
+        for (i, request) in group.drain(..).enumerate() {
+            request.done.complete(match &outcome {
+                Ok(()) => results.get(i).cloned().unwrap_or(Ok(())),
+                Err(e) => Err(e.clone()),
+            });
+        }
+        results.clear();
+        claimed.clear();
+    }
+    if let Err(e) = store.sync() {
+        tracing::error!(error = %e, "syncing the WAL at shutdown failed");
+    }
+}
+
+/// Builds one `WriteBatch` from the group and writes it. `results` gets one entry per request
+/// (a refused `unless_exists` is that request's own failure, not the group's).
+fn write_group<C>(
+    store: &Store,
+    options: &WriteOptions,
+    group: &mut [Request<C>],
+    results: &mut Vec<Result<(), WriteError>>,
+    claimed: &mut HashSet<(Cf, Vec<u8>)>,
+) -> Result<(), WriteError> {
+    let storage = |e: super::Error| WriteError::Storage(e.to_string());
+    let mut batch = WriteBatch::default();
+    for request in group.iter_mut() {
+        if let Some((cf, key)) = request.batch.unless_exists.take() {
+            let exists = claimed.contains(&(cf, key.clone()))
+                || store
+                    .db()
+                    .get_pinned_cf(store.cf(cf).map_err(storage)?, &key)
+                    .map_err(|e| storage(e.into()))?
+                    .is_some();
+            if exists {
+                results.push(Err(WriteError::Exists));
+                continue;
+            }
+            claimed.insert((cf, key));
+        }
+        for put in &request.batch.puts {
+            batch.put_cf(store.cf(put.cf).map_err(storage)?, &put.key, &put.value);
+        }
+        for delete in &request.batch.deletes {
+            batch.delete_cf(store.cf(delete.cf).map_err(storage)?, &delete.key);
+        }
+        results.push(Ok(()));
+    }
+    if !batch.is_empty() {
+        store
+            .db()
+            .write_opt(batch, options)
+            .map_err(|e| storage(e.into()))?;
+    }
+    Ok(())
+}

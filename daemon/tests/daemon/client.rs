@@ -1,0 +1,239 @@
+//! A minimal test client on chat-protocol and quinn: enough to drive the daemon frame by frame
+//! (the SDK will replace it for higher-level tests).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_protocol::*;
+
+/// How long a test waits for any expected frame before failing.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Client {
+    _conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder<ServerFrame>,
+    next_id: u32,
+    /// Events that arrived while waiting for a response.
+    pub events: VecDeque<Event>,
+    /// Frames other than responses and events that arrived while waiting.
+    pub other: VecDeque<ServerFrame>,
+    _endpoint: quinn::Endpoint,
+}
+
+pub fn client_config(cert: &Path) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cert).unwrap();
+    for c in rustls_pemfile_certs(&pem) {
+        roots.add(c).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"chat/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(Result::unwrap)
+        .collect()
+}
+
+impl Client {
+    /// Connects and opens the session stream (no hello yet).
+    pub async fn connect(addr: SocketAddr, cert: &Path) -> Client {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client_config(cert));
+        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Client {
+            _conn: conn,
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            other: VecDeque::new(),
+            _endpoint: endpoint,
+        }
+    }
+
+    /// Connects and says hello with `token`; returns the client and the session.
+    pub async fn login(
+        addr: SocketAddr,
+        cert: &Path,
+        token: &str,
+        device: u64,
+    ) -> (Client, Session) {
+        let mut client = Client::connect(addr, cert).await;
+        let ok = client.hello(Some(token), device).await;
+        let session = ok
+            .session
+            .unwrap_or_else(|| panic!("hello did not authenticate: {:?}", client.other));
+        (client, session)
+    }
+
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn write(&mut self, frame: &ClientFrame) {
+        let bytes = encode_frame_to_vec(frame).unwrap();
+        self.send.write_all(&bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` when the stream ended.
+    pub async fn next_frame(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return Some(frame);
+            }
+            let chunk =
+                tokio::time::timeout(WAIT, self.recv.read_chunk(self.decoder.space(), true))
+                    .await
+                    .expect("timed out waiting for a frame");
+            match chunk {
+                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes).unwrap(),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn hello(&mut self, token: Option<&str>, device: u64) -> HelloOk {
+        let auth = token.map(|t| Auth {
+            token: t.to_owned(),
+            resume: None,
+        });
+        self.write(&ClientFrame::Hello(Hello {
+            versions: SUPPORTED_VERSIONS,
+            client: "test".into(),
+            device: DeviceId(device),
+            auth,
+        }))
+        .await;
+        loop {
+            match self
+                .next_frame()
+                .await
+                .expect("stream ended before HelloOk")
+            {
+                ServerFrame::HelloOk(ok) => return ok,
+                other => self.other.push_back(other),
+            }
+        }
+    }
+
+    /// Sends a request and waits for its answer; events meanwhile are kept in `events`.
+    pub async fn request(&mut self, request: Request) -> Result<Response, ErrorBody> {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.write(&ClientFrame::Request { id, request }).await;
+        loop {
+            match self
+                .next_frame()
+                .await
+                .expect("stream ended before the response")
+            {
+                ServerFrame::Response { id: got, response } if got == id => return Ok(response),
+                ServerFrame::Error {
+                    id: Some(got),
+                    error,
+                } if got == id => return Err(error),
+                ServerFrame::Event(event) => self.events.push_back(event),
+                other => self.other.push_back(other),
+            }
+        }
+    }
+
+    pub async fn ok(&mut self, request: Request) -> Response {
+        let desc = format!("{request:?}");
+        self.request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{desc} failed: {e:?}"))
+    }
+
+    pub async fn code(&mut self, request: Request) -> ErrorCode {
+        let desc = format!("{request:?}");
+        match self.request(request).await {
+            Err(e) => e.code,
+            Ok(r) => panic!("{desc} succeeded with {r:?}"),
+        }
+    }
+
+    /// The next event (buffered ones first).
+    pub async fn event(&mut self) -> Event {
+        if let Some(event) = self.events.pop_front() {
+            return event;
+        }
+        loop {
+            match self
+                .next_frame()
+                .await
+                .expect("stream ended while waiting for an event")
+            {
+                ServerFrame::Event(event) => return event,
+                other => self.other.push_back(other),
+            }
+        }
+    }
+
+    /// The next message event, skipping others.
+    pub async fn message(&mut self) -> Message {
+        loop {
+            if let Event::Message(m) = self.event().await {
+                return m;
+            }
+        }
+    }
+
+    pub async fn send_text(
+        &mut self,
+        conversation: ConversationId,
+        op: u64,
+        text: &str,
+    ) -> SendAck {
+        match self
+            .ok(Request::Send(SendMessage {
+                conversation,
+                op: OpId(op),
+                content_type: ContentType::TEXT,
+                reply_to: None,
+                body: text.as_bytes().to_vec(),
+            }))
+            .await
+        {
+            Response::Sent(ack) => ack,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn history(
+        &mut self,
+        conversation: ConversationId,
+        from: HistoryFrom,
+        limit: u16,
+    ) -> HistoryPage {
+        match self
+            .ok(Request::History(HistoryQuery {
+                conversation,
+                from,
+                limit,
+                order: Order::OldestFirst,
+            }))
+            .await
+        {
+            Response::History(page) => page,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

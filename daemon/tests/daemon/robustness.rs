@@ -1,0 +1,102 @@
+//! Bad input closes only the connection that sent it; everyone else keeps chatting.
+
+use chat_protocol::*;
+
+use crate::TestDaemon;
+use crate::client::Client;
+
+/// Reads until the stream ends; returns the error codes and goodbye codes seen.
+async fn drain(client: &mut Client) -> (Vec<ErrorCode>, Vec<GoodbyeCode>) {
+    let mut seen = (Vec::new(), Vec::new());
+    while let Some(frame) = client.next_frame().await {
+        match frame {
+            ServerFrame::Error { id: None, error } => seen.0.push(error.code),
+            ServerFrame::Goodbye(g) => seen.1.push(g.code),
+            _ => {}
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_frames_close_only_their_connection() {
+    let daemon = TestDaemon::start();
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    let (mut bob, b) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
+    let dm = ConversationId::direct(a.user, b.user);
+
+    // A frame with a valid header and a body that is not a ClientFrame.
+    let (mut garbage, _) =
+        Client::login(daemon.addr, &daemon.cert, &daemon.token("mallory"), 1).await;
+    garbage
+        .write_raw(&[5, 0, 0, 0, 1, 0xee, 0xee, 0xee, 0xee])
+        .await;
+    assert_eq!(
+        drain(&mut garbage).await,
+        (
+            vec![ErrorCode::MALFORMED_FRAME],
+            vec![GoodbyeCode::PROTOCOL_VIOLATION]
+        )
+    );
+
+    // A length prefix above the client frame limit, before any hello.
+    let mut huge = Client::connect(daemon.addr, &daemon.cert).await;
+    huge.write_raw(&u32::MAX.to_le_bytes()).await;
+    assert_eq!(
+        drain(&mut huge).await,
+        (
+            vec![ErrorCode::FRAME_TOO_LARGE],
+            vec![GoodbyeCode::PROTOCOL_VIOLATION]
+        )
+    );
+
+    // An unknown protocol version.
+    let mut future = Client::connect(daemon.addr, &daemon.cert).await;
+    future.write_raw(&[4, 0, 0, 0, 9, 1, 1, 3]).await;
+    assert_eq!(
+        drain(&mut future).await,
+        (
+            vec![ErrorCode::UNSUPPORTED_VERSION],
+            vec![GoodbyeCode::UNSUPPORTED_VERSION]
+        )
+    );
+
+    // A request before the hello.
+    let mut rude = Client::connect(daemon.addr, &daemon.cert).await;
+    rude.write(&ClientFrame::Request {
+        id: RequestId(1),
+        request: Request::Ping,
+    })
+    .await;
+    assert_eq!(
+        drain(&mut rude).await,
+        (
+            vec![ErrorCode::UNEXPECTED_FRAME],
+            vec![GoodbyeCode::PROTOCOL_VIOLATION]
+        )
+    );
+
+    // Alice and Bob did not notice.
+    assert_eq!(alice.send_text(dm, 1, "still here").await.seq, Seq(1));
+    assert_eq!(bob.message().await.body, b"still here");
+    // Bad requests get typed errors and keep the connection.
+    let big = Request::Send(SendMessage {
+        conversation: dm,
+        op: OpId(2),
+        content_type: ContentType::BINARY,
+        reply_to: None,
+        body: vec![0; 16_385],
+    });
+    assert_eq!(alice.code(big).await, ErrorCode::BODY_TOO_LARGE);
+    let history = HistoryQuery {
+        conversation: dm,
+        from: HistoryFrom::Latest,
+        limit: 0,
+        order: Order::OldestFirst,
+    };
+    assert_eq!(
+        alice.code(Request::History(history)).await,
+        ErrorCode::INVALID_REQUEST
+    );
+    assert_eq!(alice.send_text(dm, 3, "and still").await.seq, Seq(2));
+}
