@@ -309,7 +309,7 @@ fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
                 tracing::warn!(
                     wanted = UDP_BUFFER,
                     got = get(&socket).unwrap_or(0) / 2,
-                    "the kernel caps the UDP {name} buffer; raise net.core.rmem_max / wmem_max (see systemd/)"
+                    "the kernel caps the UDP {name} buffer; raise the sysctls net.core.rmem_max and net.core.wmem_max"
                 );
             }
         }

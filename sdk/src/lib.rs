@@ -1,11 +1,688 @@
 //! # chat-sdk — the Rust client for chatd
 //!
-//! Will hold the async client (tokio + quinn on `chat-protocol`): connecting with a trust
-//! choice, register / login / hello, one typed method per request, a stream of typed events,
-//! reconnect with backoff and gapless resume from persisted cursors, typing over datagrams;
-//! and the `chat` command-line client built on it. Nothing of that exists yet; the wire types
-//! are re-exported so that dependants already name them through the SDK.
+//! An async client (tokio + quinn) built on `chat-protocol`: connect with a [`Trust`] choice,
+//! register or log in, say hello with a token, then call one typed method per request and read
+//! a stream of typed events.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chat_sdk::Error> {
+//! use chat_sdk::{Client, Options, Trust};
+//! use chat_sdk::protocol::ConversationId;
+//!
+//! let mut options = Options::new("127.0.0.1:4433", Trust::CaFile("chatd-data/tls/cert.pem".into()));
+//! let anonymous = Client::connect(&options).await?;
+//! let grant = anonymous.login("alice", "correct horse").await?;
+//! options.token = Some(grant.token);
+//! let alice = Client::connect(&options).await?;
+//! let me = alice.session().expect("authenticated").user;
+//! alice.send_text(ConversationId::Notes(me), "buy milk").await?;
+//! while let Some(event) = alice.next_event().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! One background task per connection owns the QUIC stream: it writes requests, matches
+//! responses to them by request id, and queues events (at most [`EVENT_BUFFER`]; an
+//! application that falls further behind gets `Event::Lagged`, like a lagging connection gets
+//! from the daemon, and catches up through history).
+//!
+//! Not yet here: automatic reconnect with resume, typing over datagrams (they arrive with the
+//! daemon's continuity features).
 
 #![forbid(unsafe_code)]
 
+mod trust;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use chat_protocol::{
+    Auth, ClientFrame, ContentType, ConversationId, ConversationPage, DeviceId, ErrorBody,
+    ErrorCode, Event, FrameDecoder, Goodbye, Hello, HelloOk, HistoryFrom, HistoryPage,
+    HistoryQuery, Limits, MemberPage, OpId, Order, Request, RequestId, Response, Role, RoomId,
+    RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Session, Timestamp, TokenGrant, UserId,
+    UserInfo, UserRef, encode_frame_to_vec,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Unpacks the expected response variant or reports what came instead.
+macro_rules! expect_response {
+    ($response:expr, $pattern:pat => $value:expr) => {
+        match $response {
+            $pattern => Ok($value),
+            other => Err(Error::Protocol(format!("unexpected response {other:?}"))),
+        }
+    };
+}
+
 pub use chat_protocol as protocol;
+pub use trust::Trust;
+
+/// Events buffered for the application before it is told it lags.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// Requests queued for the connection task.
+const REQUEST_BUFFER: usize = 256;
+
+/// What can go wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad options (address, trust file, fingerprint).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The QUIC/TLS connection could not be established.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The daemon answered with an error.
+    #[error("{code}: {reason}")]
+    Server {
+        /// The stable wire code.
+        code: ErrorCode,
+        /// The daemon's explanation.
+        reason: String,
+        /// When retrying can help: wait this long.
+        retry_after_ms: Option<u32>,
+    },
+    /// The connection closed (with the daemon's goodbye, when it sent one).
+    #[error("connection closed{}", .0.as_ref().map(|g| format!(": {} ({})", g.reason, g.code)).unwrap_or_default())]
+    Closed(Option<Goodbye>),
+    /// The daemon sent something this client cannot decode or did not expect.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The wire error code, for errors the daemon sent.
+    #[must_use]
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<ErrorBody> for Error {
+    fn from(body: ErrorBody) -> Self {
+        Error::Server {
+            code: body.code,
+            reason: body.reason,
+            retry_after_ms: body.retry_after_ms,
+        }
+    }
+}
+
+/// How to reach and trust the daemon, and who this device is.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `HOST:PORT` of the daemon's UDP endpoint.
+    pub server: String,
+    /// Which certificate to accept.
+    pub trust: Trust,
+    /// This device (keep it stable per installation).
+    pub device: DeviceId,
+    /// An access token: hello authenticates with it. `None`: anonymous (register, log in).
+    pub token: Option<String>,
+    /// Client software name sent in the hello.
+    pub client_name: String,
+}
+
+impl Options {
+    /// Options with a random device id and no token.
+    #[must_use]
+    pub fn new(server: impl Into<String>, trust: Trust) -> Options {
+        Options {
+            server: server.into(),
+            trust,
+            device: DeviceId(random_u64()),
+            token: None,
+            client_name: concat!("chat-sdk/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// A random `u64` from the OS (device ids, op ids).
+#[must_use]
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // The OS generator does not fail on supported platforms; a zero id still works.
+    let _ = getrandom(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+fn getrandom(bytes: &mut [u8]) -> Result<(), rustls::Error> {
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(bytes)
+        .map_err(|_| rustls::Error::FailedToGetRandomBytes)
+}
+
+type Reply = oneshot::Sender<Result<Response, ErrorBody>>;
+
+enum Command {
+    Request { request: Request, reply: Reply },
+}
+
+/// A connection to the daemon.
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    hello: HelloOk,
+    goodbye: watch::Receiver<Option<Goodbye>>,
+    connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Client {
+    /// Connects, says hello (with `options.token` when set) and starts the connection task.
+    ///
+    /// # Errors
+    /// Bad options, an unreachable daemon or refused certificate, no common protocol version.
+    /// A refused token is [`Error::Server`] with its code.
+    pub async fn connect(options: &Options) -> Result<Client, Error> {
+        let addr = resolve(&options.server)?;
+        let host = options
+            .server
+            .rsplit_once(':')
+            .map_or(options.server.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|e| Error::Config(format!("{e}")))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| Error::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(trust::client_config(&options.trust)?);
+        let connection = endpoint
+            .connect(addr, host)
+            .map_err(|e| Error::Connect(e.to_string()))?
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let hello = ClientFrame::Hello(Hello {
+            versions: chat_protocol::SUPPORTED_VERSIONS,
+            client: options.client_name.clone(),
+            device: options.device,
+            auth: options.token.clone().map(|token| Auth {
+                token,
+                resume: None,
+            }),
+        });
+        write_frame(&mut send, &hello).await?;
+        let mut decoder = FrameDecoder::<ServerFrame>::new();
+        let hello_ok = match read_frame(&mut recv, &mut decoder).await? {
+            ServerFrame::HelloOk(ok) => ok,
+            ServerFrame::Error { error, .. } => return Err(error.into()),
+            ServerFrame::Goodbye(goodbye) => return Err(Error::Closed(Some(goodbye))),
+            other => return Err(Error::Protocol(format!("expected HelloOk, got {other:?}"))),
+        };
+        if options.token.is_some() && hello_ok.session.is_none() {
+            // The daemon explains why in an error frame right after the HelloOk.
+            return Err(match read_frame(&mut recv, &mut decoder).await? {
+                ServerFrame::Error { error, .. } => error.into(),
+                other => Error::Protocol(format!("hello did not authenticate: {other:?}")),
+            });
+        }
+        let (commands, command_rx) = mpsc::channel(REQUEST_BUFFER);
+        let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
+        let (goodbye_tx, goodbye) = watch::channel(None);
+        tokio::spawn(drive(send, recv, decoder, command_rx, event_tx, goodbye_tx));
+        Ok(Client {
+            commands,
+            events: tokio::sync::Mutex::new(events),
+            hello: hello_ok,
+            goodbye,
+            connection,
+            _endpoint: endpoint,
+        })
+    }
+
+    /// Who the connection is authenticated as, if the hello carried a valid token.
+    #[must_use]
+    pub fn session(&self) -> Option<&Session> {
+        self.hello.session.as_ref()
+    }
+
+    /// The limits the daemon enforces.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.hello.limits
+    }
+
+    /// The daemon's goodbye, once it said one.
+    #[must_use]
+    pub fn goodbye(&self) -> Option<Goodbye> {
+        self.goodbye.borrow().clone()
+    }
+
+    /// Sends any request and waits for its response.
+    ///
+    /// # Errors
+    /// [`Error::Server`] with the daemon's code, or [`Error::Closed`].
+    pub async fn request(&self, request: Request) -> Result<Response, Error> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Request { request, reply })
+            .await
+            .is_err()
+        {
+            return Err(Error::Closed(self.goodbye()));
+        }
+        match answer.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(body)) => Err(body.into()),
+            Err(_) => Err(Error::Closed(self.goodbye())),
+        }
+    }
+
+    /// The next event; `None` once the connection is closed and every event was read.
+    pub async fn next_event(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Closes the connection (code 0) and waits, briefly, until the daemon has been told.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self._endpoint.wait_idle(),
+        )
+        .await;
+    }
+
+    /// Creates an account; returns a token for it.
+    ///
+    /// # Errors
+    /// `USERNAME_TAKEN`, `INVALID_USERNAME`, `INVALID_PASSWORD`, or a connection error.
+    pub async fn register(&self, name: &str, password: &str) -> Result<TokenGrant, Error> {
+        let request = Request::Register {
+            name: name.into(),
+            password: password.into(),
+        };
+        expect_response!(self.request(request).await?, Response::Token(grant) => grant)
+    }
+
+    /// Exchanges a password for a token.
+    ///
+    /// # Errors
+    /// `WRONG_PASSWORD`, `UNKNOWN_USER`, or a connection error.
+    pub async fn login(&self, name: &str, password: &str) -> Result<TokenGrant, Error> {
+        let request = Request::Login {
+            name: name.into(),
+            password: password.into(),
+        };
+        expect_response!(self.request(request).await?, Response::Token(grant) => grant)
+    }
+
+    /// Authenticates an anonymous connection.
+    ///
+    /// # Errors
+    /// A token error code, or a connection error.
+    pub async fn authenticate(&self, token: &str) -> Result<Session, Error> {
+        let request = Request::Authenticate(Auth {
+            token: token.into(),
+            resume: None,
+        });
+        expect_response!(self.request(request).await?, Response::Session(session) => session)
+    }
+
+    /// Round trip; returns the daemon's clock.
+    ///
+    /// # Errors
+    /// A connection error.
+    pub async fn ping(&self) -> Result<Timestamp, Error> {
+        expect_response!(self.request(Request::Ping).await?, Response::Pong { server_time } => server_time)
+    }
+
+    /// Posts a message with a fresh op id. Retrying a failed call with [`Client::send_with_op`]
+    /// and the same op id stores it at most once.
+    ///
+    /// # Errors
+    /// `NOT_MEMBER`, `BODY_TOO_LARGE`, `INVALID_CONTENT`, `RATE_LIMITED`, or a connection error.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        content_type: ContentType,
+        body: Vec<u8>,
+        reply_to: Option<Seq>,
+    ) -> Result<SendAck, Error> {
+        self.send_with_op(
+            conversation,
+            OpId(random_u64()),
+            content_type,
+            body,
+            reply_to,
+        )
+        .await
+    }
+
+    /// Posts a message with a given op id (idempotent per sender and op id).
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn send_with_op(
+        &self,
+        conversation: ConversationId,
+        op: OpId,
+        content_type: ContentType,
+        body: Vec<u8>,
+        reply_to: Option<Seq>,
+    ) -> Result<SendAck, Error> {
+        let request = Request::Send(SendMessage {
+            conversation,
+            op,
+            content_type,
+            reply_to,
+            body,
+        });
+        expect_response!(self.request(request).await?, Response::Sent(ack) => ack)
+    }
+
+    /// Posts a UTF-8 text message.
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn send_text(
+        &self,
+        conversation: ConversationId,
+        text: &str,
+    ) -> Result<SendAck, Error> {
+        self.send(
+            conversation,
+            ContentType::TEXT,
+            text.as_bytes().to_vec(),
+            None,
+        )
+        .await
+    }
+
+    /// Reads one page of a conversation's log.
+    ///
+    /// # Errors
+    /// `NOT_MEMBER`, `INVALID_REQUEST` (limit), or a connection error.
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        from: HistoryFrom,
+        limit: u16,
+        order: Order,
+    ) -> Result<HistoryPage, Error> {
+        let request = Request::History(HistoryQuery {
+            conversation,
+            from,
+            limit,
+            order,
+        });
+        expect_response!(self.request(request).await?, Response::History(page) => page)
+    }
+
+    /// Creates a room; the caller becomes its owner.
+    ///
+    /// # Errors
+    /// `ROOM_NAME_TAKEN`, `INVALID_ROOM_NAME`, or a connection error.
+    pub async fn create_room(&self, name: &str, invite_only: bool) -> Result<RoomInfo, Error> {
+        let request = Request::CreateRoom {
+            name: name.into(),
+            invite_only,
+        };
+        expect_response!(self.request(request).await?, Response::Room(info) => info)
+    }
+
+    /// Finds a room by name.
+    ///
+    /// # Errors
+    /// `UNKNOWN_ROOM`, or a connection error.
+    pub async fn find_room(&self, name: &str) -> Result<RoomInfo, Error> {
+        expect_response!(self.request(Request::FindRoom { name: name.into() }).await?, Response::Room(info) => info)
+    }
+
+    /// Joins a room.
+    ///
+    /// # Errors
+    /// `INVITE_REQUIRED`, `BANNED`, `ALREADY_MEMBER`, `ROOM_FULL`, `UNKNOWN_ROOM`, or a
+    /// connection error.
+    pub async fn join_room(&self, room: RoomId) -> Result<RoomInfo, Error> {
+        expect_response!(self.request(Request::JoinRoom { room }).await?, Response::Room(info) => info)
+    }
+
+    /// Leaves a room.
+    ///
+    /// # Errors
+    /// `NOT_MEMBER`, `FORBIDDEN` (the owner), or a connection error.
+    pub async fn leave_room(&self, room: RoomId) -> Result<(), Error> {
+        expect_response!(self.request(Request::LeaveRoom { room }).await?, Response::Ok => ())
+    }
+
+    /// Invites a user to a room.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `ALREADY_MEMBER`, `BANNED`, or a connection error.
+    pub async fn invite(&self, room: RoomId, user: UserId) -> Result<(), Error> {
+        expect_response!(self.request(Request::Invite { room, user }).await?, Response::Ok => ())
+    }
+
+    /// Removes a member from a room.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_MEMBER`, or a connection error.
+    pub async fn kick(&self, room: RoomId, user: UserId) -> Result<(), Error> {
+        expect_response!(self.request(Request::Kick { room, user }).await?, Response::Ok => ())
+    }
+
+    /// Removes a user from a room and bars them.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, or a connection error.
+    pub async fn ban(&self, room: RoomId, user: UserId) -> Result<(), Error> {
+        expect_response!(self.request(Request::Ban { room, user }).await?, Response::Ok => ())
+    }
+
+    /// Lifts a ban.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `INVALID_REQUEST` (not banned), or a connection error.
+    pub async fn unban(&self, room: RoomId, user: UserId) -> Result<(), Error> {
+        expect_response!(self.request(Request::Unban { room, user }).await?, Response::Ok => ())
+    }
+
+    /// Sets a member's role (owner only; `Owner` transfers ownership).
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_MEMBER`, or a connection error.
+    pub async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> Result<(), Error> {
+        expect_response!(self.request(Request::SetRole { room, user, role }).await?, Response::Ok => ())
+    }
+
+    /// A page of a room's members.
+    ///
+    /// # Errors
+    /// `NOT_MEMBER`, or a connection error.
+    pub async fn members(
+        &self,
+        room: RoomId,
+        after: Option<UserId>,
+        limit: u16,
+    ) -> Result<MemberPage, Error> {
+        expect_response!(self.request(Request::Members { room, after, limit }).await?, Response::Members(page) => page)
+    }
+
+    /// A page of the user's conversations.
+    ///
+    /// # Errors
+    /// A connection error.
+    pub async fn conversations(
+        &self,
+        after: Option<ConversationId>,
+        limit: u16,
+    ) -> Result<ConversationPage, Error> {
+        expect_response!(self.request(Request::Conversations { after, limit }).await?, Response::Conversations(page) => page)
+    }
+
+    /// Resolves users by id or name; unknown ones are left out.
+    ///
+    /// # Errors
+    /// A connection error.
+    pub async fn lookup_users(&self, users: Vec<UserRef>) -> Result<Vec<UserInfo>, Error> {
+        expect_response!(self.request(Request::LookupUsers(users)).await?, Response::Users(users) => users)
+    }
+
+    /// Resolves one user name to its id.
+    ///
+    /// # Errors
+    /// `UNKNOWN_USER` when there is no such user, or a connection error.
+    pub async fn user_id(&self, name: &str) -> Result<UserId, Error> {
+        self.lookup_users(vec![UserRef::Name(name.into())])
+            .await?
+            .first()
+            .map(|u| u.user)
+            .ok_or_else(|| Error::Server {
+                code: ErrorCode::UNKNOWN_USER,
+                reason: format!("no user named {name}"),
+                retry_after_ms: None,
+            })
+    }
+}
+
+fn resolve(server: &str) -> Result<SocketAddr, Error> {
+    server
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("{server}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("{server}: no address")))
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &ClientFrame) -> Result<(), Error> {
+    let bytes = encode_frame_to_vec(frame).map_err(|e| Error::Protocol(e.to_string()))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder<ServerFrame>,
+) -> Result<ServerFrame, Error> {
+    loop {
+        if let Some(frame) = decoder
+            .next_frame()
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            return Ok(frame);
+        }
+        match recv.read_chunk(decoder.space(), true).await {
+            Ok(Some(chunk)) => decoder
+                .push(&chunk.bytes)
+                .map_err(|e| Error::Protocol(e.to_string()))?,
+            Ok(None) | Err(_) => return Err(Error::Closed(None)),
+        }
+    }
+}
+
+/// The connection task: writes requests, reads frames, answers requests, queues events.
+async fn drive(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder<ServerFrame>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    goodbye: watch::Sender<Option<Goodbye>>,
+) {
+    let next_id = AtomicU32::new(1);
+    let mut pending: HashMap<RequestId, Reply> = HashMap::new();
+    let mut lagged = false;
+    loop {
+        // Frames already buffered first.
+        let frame = match decoder.next_frame() {
+            Ok(Some(frame)) => Some(frame),
+            Ok(None) => None,
+            Err(_) => break,
+        };
+        if let Some(frame) = frame {
+            match frame {
+                ServerFrame::Response { id, response } => {
+                    if let Some(reply) = pending.remove(&id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                ServerFrame::Error {
+                    id: Some(id),
+                    error,
+                } => {
+                    if let Some(reply) = pending.remove(&id) {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                ServerFrame::Error { id: None, .. } | ServerFrame::HelloOk(_) => {}
+                ServerFrame::Goodbye(g) => {
+                    let _ = goodbye.send(Some(g));
+                }
+                ServerFrame::Event(event) => {
+                    if lagged && events.try_send(Event::Lagged).is_ok() {
+                        lagged = false;
+                    }
+                    if !lagged && events.try_send(event).is_err() {
+                        lagged = true;
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(Command::Request { request, reply }) = command else { break };
+                let id = RequestId(next_id.fetch_add(1, Ordering::Relaxed));
+                if let Err(e) = write_frame(&mut send, &ClientFrame::Request { id, request }).await {
+                    let _ = reply.send(Err(ErrorBody { code: ErrorCode::UNAVAILABLE, reason: e.to_string(), retry_after_ms: None }));
+                    break;
+                }
+                pending.insert(id, reply);
+            }
+            chunk = recv.read_chunk(decoder.space(), true) => match chunk {
+                Ok(Some(chunk)) => {
+                    if decoder.push(&chunk.bytes).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    // Pending requests learn of the close when their reply sender is dropped.
+    drop(pending);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let hex64 = "ab".repeat(32);
+        assert!(matches!(Trust::fingerprint(&hex64), Ok(Trust::Fingerprint(f)) if f == [0xab; 32]));
+        let colons = vec!["ab"; 32].join(":");
+        assert!(Trust::fingerprint(&colons).is_ok());
+        assert!(Trust::fingerprint("abcd").is_err());
+    }
+
+    #[test]
+    fn server_errors_keep_their_code() {
+        let e: Error = ErrorBody {
+            code: ErrorCode::NOT_MEMBER,
+            reason: "no".into(),
+            retry_after_ms: None,
+        }
+        .into();
+        assert_eq!(e.code(), Some(ErrorCode::NOT_MEMBER));
+        assert_eq!(Error::Closed(None).code(), None);
+    }
+}

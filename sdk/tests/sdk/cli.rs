@@ -1,0 +1,167 @@
+//! The `chat` CLI end to end: two users register, create and join a room, exchange messages,
+//! page history, and `listen --count` sees exactly what was sent.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::TestDaemon;
+
+fn chat(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat"));
+    command
+        .env("CHAT_SERVER", daemon.addr.to_string())
+        .env("CHAT_CA", &daemon.cert)
+        .env("CHAT_PROFILE", daemon.path().join(profile))
+        .env_remove("CHAT_PASSWORD")
+        .arg("--json")
+        .args(args);
+    command
+}
+
+fn run(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Vec<Value> {
+    let output = chat(daemon, profile, args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "chat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    lines(&output)
+}
+
+fn lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn bodies(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(|v| v["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn two_users_chat_through_the_cli() {
+    let daemon = TestDaemon::start();
+    let registered = run(
+        &daemon,
+        "alice",
+        &["register", "alice", "--password", "correct horse"],
+    );
+    assert_eq!(registered[0]["type"], "registered");
+    run(
+        &daemon,
+        "bob",
+        &["register", "bob", "--password", "battery staple"],
+    );
+    // Login again from another profile keeps working the same way.
+    run(
+        &daemon,
+        "bob2",
+        &["login", "bob", "--password", "battery staple"],
+    );
+    let who = run(&daemon, "bob2", &["whoami"]);
+    assert_eq!(who[0]["name"], "bob");
+
+    run(&daemon, "alice", &["room", "create", "general"]);
+    run(&daemon, "bob", &["room", "join", "general"]);
+    let members = run(&daemon, "bob", &["room", "members", "general"]);
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+
+    // Bob listens for three messages; Alice sends them once he is listening.
+    let mut listener = chat(
+        &daemon,
+        "bob",
+        &["listen", "#general", "--count", "3", "--timeout", "60"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(listener.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap()["type"],
+        "listening"
+    );
+    let sent: Vec<String> = (1..=3).map(|n| format!("message {n}")).collect();
+    let mut seqs = Vec::new();
+    for text in &sent {
+        let ack = run(&daemon, "alice", &["send", "#general", text]);
+        seqs.push(ack[0]["seq"].as_u64().unwrap());
+    }
+    let status = listener.wait().unwrap();
+    assert!(status.success());
+    let rest: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        bodies(&rest),
+        sent,
+        "listen --count 3 saw exactly what was sent"
+    );
+    for (event, seq) in rest.iter().filter(|v| v["type"] == "message").zip(&seqs) {
+        assert_eq!(
+            (
+                event["seq"].as_u64().unwrap(),
+                event["sender"].as_str().unwrap()
+            ),
+            (*seq, "alice")
+        );
+        assert_eq!(event["conversation"], "#general");
+        assert!(event["ts"].as_u64().is_some());
+    }
+
+    // History pages: everything, then a bounded page after a sequence number.
+    let all = run(&daemon, "bob", &["history", "#general"]);
+    assert_eq!(all.len(), 5); // created, joined, three messages
+    assert_eq!(bodies(&all), sent);
+    let tail = run(
+        &daemon,
+        "bob",
+        &["history", "#general", "--after", "3", "--limit", "1"],
+    );
+    assert_eq!(bodies(&tail), ["message 2"]);
+
+    // Direct messages and notes to self.
+    run(&daemon, "alice", &["send", "@bob", "psst"]);
+    assert_eq!(
+        bodies(&run(&daemon, "bob", &["history", "@alice"])),
+        ["psst"]
+    );
+    run(&daemon, "alice", &["send", "@alice", "note"]);
+    assert_eq!(
+        bodies(&run(&daemon, "alice", &["history", "@alice"])),
+        ["note"]
+    );
+    let rooms = run(&daemon, "bob", &["rooms"]);
+    assert_eq!(rooms.len(), 2);
+
+    // Errors: non-zero exit, a message on stderr with the wire code.
+    let output = chat(&daemon, "bob", &["send", "#nowhere", "x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error: Value = serde_json::from_slice(&output.stderr).unwrap();
+    assert_eq!(
+        (error["code"].as_u64(), error["name"].as_str()),
+        (Some(305), Some("UNKNOWN_ROOM"))
+    );
+    let output = chat(&daemon, "nobody", &["whoami"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(Path::new(&daemon.path().join("bob/session.json")).exists());
+}

@@ -1,0 +1,137 @@
+//! The SDK round trip: register, log in, hello with the token, rooms, messages, events,
+//! history; trust by CA file and by fingerprint; typed errors.
+
+use chat_sdk::protocol::*;
+use chat_sdk::{Client, Error, Trust};
+
+use crate::TestDaemon;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_round_trip() {
+    let daemon = TestDaemon::start();
+    let anonymous = Client::connect(&daemon.options()).await.unwrap();
+    assert!(anonymous.session().is_none());
+    let alice_token = anonymous
+        .register("alice", "correct horse")
+        .await
+        .unwrap()
+        .token;
+    let bob_token = anonymous
+        .register("bob", "battery staple")
+        .await
+        .unwrap()
+        .token;
+    let err = anonymous.login("alice", "wrong horse").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::WRONG_PASSWORD));
+    let relogin = anonymous.login("alice", "correct horse").await.unwrap();
+
+    let alice = Client::connect(&chat_sdk::Options {
+        token: Some(relogin.token),
+        ..daemon.options()
+    })
+    .await
+    .unwrap();
+    let bob = Client::connect(&chat_sdk::Options {
+        token: Some(bob_token),
+        ..daemon.options()
+    })
+    .await
+    .unwrap();
+    assert_eq!(alice.session().unwrap().name, "alice");
+    let _ = alice_token;
+
+    let room = alice.create_room("general", false).await.unwrap();
+    let found = bob.find_room("general").await.unwrap();
+    assert_eq!((found.room, found.members), (room.room, 1));
+    bob.join_room(room.room).await.unwrap();
+    let conversation = ConversationId::Room(room.room);
+    let ack = alice.send_text(conversation, "hello").await.unwrap();
+
+    // Bob sees his join, then the message.
+    let mut got = None;
+    while let Some(event) = bob.next_event().await {
+        if let Event::Message(m) = event {
+            got = Some(m);
+            break;
+        }
+    }
+    let got = got.unwrap();
+    assert_eq!(
+        (got.seq, got.body.as_slice(), got.sender),
+        (ack.seq, &b"hello"[..], alice.session().unwrap().user)
+    );
+
+    let page = bob
+        .history(conversation, HistoryFrom::Latest, 10, Order::OldestFirst)
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 3); // created, joined, message
+    let members = bob.members(room.room, None, 10).await.unwrap();
+    assert_eq!(members.members.len(), 2);
+    assert_eq!(
+        bob.user_id("alice").await.unwrap(),
+        alice.session().unwrap().user
+    );
+    assert_eq!(
+        bob.user_id("nobody").await.unwrap_err().code(),
+        Some(ErrorCode::UNKNOWN_USER)
+    );
+
+    // An idempotent retry.
+    let op = OpId(7);
+    let first = alice
+        .send_with_op(conversation, op, ContentType::TEXT, b"once".to_vec(), None)
+        .await
+        .unwrap();
+    let again = alice
+        .send_with_op(conversation, op, ContentType::TEXT, b"once".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+
+    // A typed error from a request keeps the connection.
+    let outsider = ConversationId::Room(RoomId(999));
+    assert_eq!(
+        alice.send_text(outsider, "x").await.unwrap_err().code(),
+        Some(ErrorCode::UNKNOWN_ROOM)
+    );
+    assert!(alice.ping().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_by_fingerprint_and_refusals() {
+    let daemon = TestDaemon::start();
+    let pem = std::fs::read(&daemon.cert).unwrap();
+    use rustls_pki::pem::PemObject as _;
+    let der = rustls_pki::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap();
+    let fingerprint = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(der.as_ref()))
+    };
+    let pinned = chat_sdk::Options {
+        trust: Trust::fingerprint(&fingerprint).unwrap(),
+        ..daemon.options()
+    };
+    assert!(Client::connect(&pinned).await.unwrap().ping().await.is_ok());
+
+    let wrong = chat_sdk::Options {
+        trust: Trust::Fingerprint([7; 32]),
+        ..daemon.options()
+    };
+    assert!(matches!(
+        Client::connect(&wrong).await,
+        Err(Error::Connect(_))
+    ));
+
+    let bad_token = chat_sdk::Options {
+        token: Some("nonsense".into()),
+        ..daemon.options()
+    };
+    let err = Client::connect(&bad_token).await.err().unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::TOKEN_MALFORMED));
+}
+
+use rustls::pki_types as rustls_pki;
