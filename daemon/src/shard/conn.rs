@@ -496,7 +496,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
         Request::FindRoom { name } => {
             // Resolve the name on the pool; the room's owner shard answers with its live state.
             let shared = Arc::clone(&shard.shared);
-            read_then(shard, origin, move |store| {
+            shard.read_then(origin, move |store| {
                 Ok(match store.room_by_name(&name)? {
                     None => Err(error(id, ErrorCode::UNKNOWN_ROOM, "")),
                     Some(record) => {
@@ -518,7 +518,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             if refs.len() > chat_protocol::limits::MAX_USERS_PER_REQUEST {
                 return fail(ErrorCode::INVALID_REQUEST, "too many users in one lookup");
             }
-            read(shard, origin, move |store| {
+            shard.read(origin, move |store| {
                 let mut users = Vec::with_capacity(refs.len());
                 for r in refs {
                     let record = match r {
@@ -539,7 +539,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             if limit == 0 || limit > shard.shared.limits.max_page {
                 return fail(ErrorCode::INVALID_REQUEST, "limit must be 1 to max_page");
             }
-            read(shard, origin, move |store| {
+            shard.read(origin, move |store| {
                 let (ids, more) = store.user_conversations(user, after, usize::from(limit))?;
                 let mut conversations = Vec::with_capacity(ids.len());
                 for c in &ids {
@@ -586,49 +586,6 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 "receipts, presence and sync are not supported yet",
             );
         }
-    }
-}
-
-/// Runs a read on the pool and answers with the frame it builds.
-fn read(
-    shard: &Shard,
-    origin: Origin,
-    job: impl FnOnce(&crate::store::Store) -> Result<Bytes, crate::store::Error> + Send + 'static,
-) {
-    read_then(shard, origin, move |store| job(store).map(Err));
-}
-
-/// Runs a job on the pool; `Ok(Err(frame))` answers with `frame`, `Ok(Ok(()))` means the job
-/// passed the request on and someone else answers.
-fn read_then(
-    shard: &Shard,
-    origin: Origin,
-    job: impl FnOnce(&crate::store::Store) -> Result<Result<(), Bytes>, crate::store::Error>
-    + Send
-    + 'static,
-) {
-    let shared = Arc::clone(&shard.shared);
-    let submitted = shard.shared.reads.submit(move |store| {
-        let frame = match job(store) {
-            Ok(Ok(())) => return,
-            Ok(Err(frame)) => frame,
-            Err(e) => {
-                tracing::error!(error = %e, "read failed");
-                error(
-                    origin.request,
-                    ErrorCode::UNAVAILABLE,
-                    "storage unavailable",
-                )
-            }
-        };
-        shared.reply_blocking(&origin, frame);
-    });
-    if !submitted {
-        reply(
-            shard,
-            origin.at.conn,
-            error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
-        );
     }
 }
 

@@ -297,6 +297,49 @@ impl Shard {
         );
     }
 
+    /// Runs a read on the pool and answers `origin` with the frame it builds.
+    pub(crate) fn read(
+        &self,
+        origin: Origin,
+        job: impl FnOnce(&crate::store::Store) -> Result<Bytes, crate::store::Error> + Send + 'static,
+    ) {
+        self.read_then(origin, move |store| job(store).map(Err));
+    }
+
+    /// Runs a job on the pool: `Ok(Err(frame))` answers `origin` with `frame`; `Ok(Ok(()))`
+    /// means the job passed the request on and someone else answers; a storage error answers
+    /// `UNAVAILABLE`. A full pool answers `OVERLOADED` at once.
+    pub(crate) fn read_then(
+        &self,
+        origin: Origin,
+        job: impl FnOnce(&crate::store::Store) -> Result<Result<(), Bytes>, crate::store::Error>
+        + Send
+        + 'static,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let submitted = self.shared.reads.submit(move |store| {
+            let frame = match job(store) {
+                Ok(Ok(())) => return,
+                Ok(Err(frame)) => frame,
+                Err(e) => {
+                    tracing::error!(error = %e, "read failed");
+                    error(
+                        origin.request,
+                        ErrorCode::UNAVAILABLE,
+                        "storage unavailable",
+                    )
+                }
+            };
+            shared.reply_blocking(&origin, frame);
+        });
+        if !submitted {
+            self.reply(
+                &origin,
+                error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
+            );
+        }
+    }
+
     fn flush_retries(&self) {
         let pending = std::mem::take(&mut *self.retry.borrow_mut());
         for (target, msg) in pending {

@@ -437,35 +437,17 @@ fn history(shard: &Rc<Shard>, state: &State, origin: Origin, query: HistoryQuery
         );
     }
     let head = state.committed;
-    let shared = Arc::clone(&shard.shared);
-    let submitted = shard.shared.reads.submit(move |store| {
-        let frame = match store.history(query.conversation, query.from, limit, query.order, head) {
-            Ok((entries, more)) => response(
-                origin.request,
-                Response::History(HistoryPage {
-                    conversation: query.conversation,
-                    entries,
-                    head,
-                    more,
-                }),
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "history read failed");
-                error(
-                    origin.request,
-                    ErrorCode::UNAVAILABLE,
-                    "storage unavailable",
-                )
-            }
+    shard.read(origin, move |store| {
+        let (entries, more) =
+            store.history(query.conversation, query.from, limit, query.order, head)?;
+        let page = HistoryPage {
+            conversation: query.conversation,
+            entries,
+            head,
+            more,
         };
-        shared.reply_blocking(&origin, frame);
+        Ok(response(origin.request, Response::History(page)))
     });
-    if !submitted {
-        shard.reply(
-            &origin,
-            error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
-        );
-    }
 }
 
 fn create_room(state: &mut State, origin: Origin, name: String, invite_only: bool) {
@@ -769,48 +751,24 @@ fn members_page(
     page: Vec<(UserId, Role)>,
     next: Option<UserId>,
 ) {
-    let shared = Arc::clone(&shard.shared);
-    let submitted = shard.shared.reads.submit(move |store| {
+    shard.read(origin, move |store| {
         let mut members = Vec::with_capacity(page.len());
         for (user, role) in page {
-            match store.user(user) {
-                Ok(Some(record)) => members.push(Member {
-                    user,
-                    name: record.name,
-                    role,
-                }),
-                Ok(None) => members.push(Member {
-                    user,
-                    name: String::new(),
-                    role,
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, "member name lookup failed");
-                    return shared.reply_blocking(
-                        &origin,
-                        error(origin.request, ErrorCode::UNAVAILABLE, ""),
-                    );
-                }
-            }
+            let name = store
+                .user(user)?
+                .map(|record| record.name)
+                .unwrap_or_default();
+            members.push(Member { user, name, role });
         }
-        shared.reply_blocking(
-            &origin,
-            response(
-                origin.request,
-                Response::Members(MemberPage {
-                    room,
-                    members,
-                    next,
-                }),
-            ),
-        );
+        Ok(response(
+            origin.request,
+            Response::Members(MemberPage {
+                room,
+                members,
+                next,
+            }),
+        ))
     });
-    if !submitted {
-        shard.reply(
-            &origin,
-            error(origin.request, ErrorCode::OVERLOADED, "read pool full"),
-        );
-    }
 }
 
 /// Submits the queued entries as one commit when none is in flight.
