@@ -7,8 +7,13 @@
 //! *before* draining, so a push racing with the drain is either drained now or wakes it again:
 //! nothing is left behind. The consumer never blocks its thread: it awaits.
 //!
-//! When the queue is full, [`Inbox::push`] gives the item back; the caller decides (answer
-//! `OVERLOADED`, or mark the destination lagged). Nothing grows without bound.
+//! When the queue is full, [`Inbox::push`] gives the item back; the caller decides (keep it
+//! for a retry, answer `OVERLOADED`, or tell the recipients they lag). Nothing grows without
+//! bound.
+//!
+//! The `scheduled` flag and the queue are accessed with sequentially consistent ordering: the
+//! consumer's "clear the flag, then look at the queue" must not be reordered against the
+//! producer's "push, then set the flag", or a wake-up could be lost.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -27,8 +32,6 @@ struct Inner<T> {
     queue: ArrayQueue<T>,
     waker: AtomicWaker,
     scheduled: AtomicBool,
-    /// Set when a push found the queue full; cleared by the consumer when it handles it.
-    overflowed: AtomicBool,
 }
 
 /// The receiving side, owned by one event loop.
@@ -50,7 +53,6 @@ pub fn inbox<T>(capacity: usize) -> (Inbox<T>, Receiver<T>) {
         queue: ArrayQueue::new(capacity.max(1)),
         waker: AtomicWaker::new(),
         scheduled: AtomicBool::new(false),
-        overflowed: AtomicBool::new(false),
     });
     (
         Inbox {
@@ -64,55 +66,43 @@ impl<T> Inbox<T> {
     /// Queues `item` and wakes the consumer if it is not already scheduled.
     ///
     /// # Errors
-    /// Gives `item` back when the inbox is full, and records the overflow for the consumer.
+    /// Gives `item` back when the inbox is full.
     pub fn push(&self, item: T) -> Result<(), T> {
-        if let Err(item) = self.inner.queue.push(item) {
-            self.inner.overflowed.store(true, Ordering::Release);
-            self.wake();
-            return Err(item);
-        }
-        self.wake();
-        Ok(())
-    }
-
-    fn wake(&self) {
-        if !self.inner.scheduled.swap(true, Ordering::AcqRel) {
+        self.inner.queue.push(item)?;
+        if !self.inner.scheduled.swap(true, Ordering::SeqCst) {
             self.inner.waker.wake();
         }
+        Ok(())
     }
 }
 
 impl<T> Receiver<T> {
-    /// Waits until at least one item is queued (or an overflow was recorded), then moves
-    /// everything queued into `batch`. Returns whether an overflow happened since the last call.
-    pub async fn recv_batch(&mut self, batch: &mut Vec<T>) -> bool {
+    /// Waits until at least one item is queued, then moves everything queued into `batch`.
+    pub async fn recv_batch(&mut self, batch: &mut Vec<T>) {
         let inner = &*self.inner;
         poll_fn(|cx| {
             inner.waker.register(cx.waker());
-            if inner.queue.is_empty() && !inner.overflowed.load(Ordering::Acquire) {
-                inner.scheduled.store(false, Ordering::Release);
-                // A push between the check and the store above set `scheduled` before we
-                // cleared it and did not wake us: look once more.
-                if inner.queue.is_empty() && !inner.overflowed.load(Ordering::Acquire) {
+            if inner.queue.is_empty() {
+                inner.scheduled.store(false, Ordering::SeqCst);
+                // A push between the check and the store above saw `scheduled` still set and
+                // did not wake us: look once more.
+                if inner.queue.is_empty() {
                     return Poll::Pending;
                 }
             }
             Poll::Ready(())
         })
         .await;
-        self.drain(batch)
+        self.drain(batch);
     }
 
-    /// Moves everything queued into `batch` without waiting; returns whether an overflow was
-    /// recorded.
-    pub fn drain(&mut self, batch: &mut Vec<T>) -> bool {
+    /// Moves everything queued into `batch` without waiting.
+    pub fn drain(&mut self, batch: &mut Vec<T>) {
         let inner = &*self.inner;
-        inner.scheduled.store(false, Ordering::Release);
-        let overflowed = inner.overflowed.swap(false, Ordering::AcqRel);
+        inner.scheduled.store(false, Ordering::SeqCst);
         while let Some(item) = inner.queue.pop() {
             batch.push(item);
         }
-        overflowed
     }
 }
 
@@ -172,17 +162,17 @@ mod tests {
     }
 
     #[test]
-    fn a_full_inbox_gives_the_item_back_and_reports_the_overflow() {
+    fn a_full_inbox_gives_the_item_back() {
         let (tx, mut rx) = inbox::<u8>(2);
         tx.push(1).unwrap();
         tx.push(2).unwrap();
         assert_eq!(tx.push(3), Err(3));
         let mut batch = Vec::new();
-        assert!(block_on(rx.recv_batch(&mut batch)));
+        block_on(rx.recv_batch(&mut batch));
         assert_eq!(batch, [1, 2]);
         tx.push(4).unwrap();
         batch.clear();
-        assert!(!block_on(rx.recv_batch(&mut batch)));
+        block_on(rx.recv_batch(&mut batch));
         assert_eq!(batch, [4]);
     }
 }

@@ -107,6 +107,7 @@ impl Daemon {
             reads,
             inboxes,
             shutting_down: AtomicBool::new(false),
+            exited: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
             fast_stop: AtomicBool::new(false),
             heartbeats: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             connections: (0..shard_count)
@@ -117,26 +118,26 @@ impl Daemon {
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::with_capacity(shard_count);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         for (id, (receiver, socket)) in receivers.into_iter().zip(sockets).enumerate() {
             let shared = Arc::clone(&shared);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let quic_config = Arc::clone(&quic_config);
+            let started = started_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    shard::run(id, shared, receiver, socket, quic_config);
+                    shard::run(id, shared, receiver, socket, quic_config, started);
                 })
                 .map_err(|e| Error::Start(e.to_string()))?;
             shards.push(handle);
         }
-        tracing::info!(%local_addr, shards = shard_count, "chatd is listening");
+        drop(started_tx);
         let watchdog_stop = Arc::new(AtomicBool::new(false));
-        start_watchdog(&shared, &watchdog_stop);
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        Ok(Daemon {
+        let daemon = Daemon {
             shared,
             local_addr,
             cert_path: identity.cert_path,
@@ -144,7 +145,23 @@ impl Daemon {
             storage: Some(storage),
             readers,
             watchdog_stop,
-        })
+        };
+        // Every shard reports whether its endpoint is up; one that is not fails the start.
+        let failure = (0..shard_count)
+            .map(|_| {
+                started_rx
+                    .recv()
+                    .unwrap_or_else(|_| Err("a shard thread died".into()))
+            })
+            .find_map(Result::err);
+        if let Some(reason) = failure {
+            daemon.stop_fast();
+            return Err(Error::Start(reason));
+        }
+        tracing::info!(%local_addr, shards = shard_count, "chatd is listening");
+        start_watchdog(&daemon.shared, &daemon.watchdog_stop);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        Ok(daemon)
     }
 
     /// The bound UDP address (useful with port 0).
@@ -182,9 +199,12 @@ impl Daemon {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         self.watchdog_stop.store(true, Ordering::Release);
         self.shared.shutting_down.store(true, Ordering::Release);
-        for inbox in &self.shared.inboxes {
+        for (inbox, exited) in self.shared.inboxes.iter().zip(&self.shared.exited) {
             let mut msg = ShardMsg::Shutdown;
             while let Err(back) = inbox.push(msg) {
+                if exited.load(Ordering::Acquire) {
+                    break;
+                }
                 msg = back;
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -329,19 +349,26 @@ fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
 }
 
 /// Pings systemd's watchdog at half its interval while every shard's loop keeps turning.
+/// The thread holds only a weak reference, so it never keeps the daemon's state alive.
 fn start_watchdog(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return;
     }
     let interval = Duration::from_micros(usec / 2);
-    let shared = Arc::clone(shared);
+    let shared = Arc::downgrade(shared);
     let stop = Arc::clone(stop);
     let spawned = std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
+            loop {
                 std::thread::sleep(interval);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
                 let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let limit = u64::try_from(interval.as_millis())
                     .unwrap_or(u64::MAX)

@@ -46,12 +46,25 @@ impl Connections {
     }
 }
 
+/// What a queued frame is, for the limits that apply to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Answers a request: counted in `in_flight` until written.
+    Reply,
+    /// A pushed event: counted against `outgoing_queue`.
+    Event,
+    /// Hello, goodbye, connection-level errors: a handful per connection.
+    Control,
+}
+
 struct Conn {
     id: ConnId,
     quic: quinn::Connection,
     state: RefCell<ConnState>,
     out: RefCell<Outgoing>,
     wake: tokio::sync::Notify,
+    /// Signalled when a reply leaves the queue (a request slot frees up).
+    slot: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -65,7 +78,7 @@ struct ConnState {
 #[derive(Default)]
 struct Outgoing {
     /// Frames to write, with whether each is an event (counted against the queue limit).
-    frames: VecDeque<(Bytes, bool)>,
+    frames: VecDeque<(Bytes, Kind)>,
     events: usize,
     lagged: bool,
     /// Set with the goodbye: the writer finishes the stream after it and closes.
@@ -73,15 +86,26 @@ struct Outgoing {
 }
 
 impl Conn {
-    fn push(&self, frame: Bytes, event: bool) {
+    fn push(&self, frame: Bytes, kind: Kind) {
         let mut out = self.out.borrow_mut();
         if out.closing.is_some() {
             return;
         }
-        out.events += usize::from(event);
-        out.frames.push_back((frame, event));
+        out.events += usize::from(kind == Kind::Event);
+        out.frames.push_back((frame, kind));
         drop(out);
         self.wake.notify_one();
+    }
+
+    /// Marks the connection lagged: it gets `Lagged` once and no more live events.
+    fn lag(&self) {
+        let mut out = self.out.borrow_mut();
+        if out.lagged {
+            return;
+        }
+        out.lagged = true;
+        drop(out);
+        self.push(encode(&ServerFrame::Event(Event::Lagged)), Kind::Control);
     }
 
     fn session(&self) -> Option<(UserId, DeviceId)> {
@@ -97,7 +121,7 @@ impl Conn {
         }));
         let mut out = self.out.borrow_mut();
         if out.closing.is_none() {
-            out.frames.push_back((frame, false));
+            out.frames.push_back((frame, Kind::Control));
             out.closing = Some(code);
         }
         drop(out);
@@ -140,6 +164,7 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
         state: RefCell::default(),
         out: RefCell::default(),
         wake: tokio::sync::Notify::new(),
+        slot: tokio::sync::Notify::new(),
     });
     shard.conns.borrow_mut().map.insert(id, Rc::clone(&conn));
     shard.shared.connections[shard.id].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -165,8 +190,9 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
             ShardMsg::Registry(registry::Op::Offline { user, device, at }),
         );
     }
-    // Let the writer flush a goodbye, then make sure the connection is gone.
-    conn.wake.notify_one();
+    // The session is over: if nobody said goodbye yet (the client ended or reset its stream),
+    // the writer says it and closes the connection, so no connection outlives its session.
+    conn.goodbye(GoodbyeCode::NORMAL, "session stream closed");
 }
 
 fn close_code(code: GoodbyeCode) -> quinn::VarInt {
@@ -185,7 +211,7 @@ async fn read_loop(
         let chunk = tokio::select! {
             chunk = recv.read_chunk(decoder.space(), true) => chunk,
             () = tokio::time::sleep_until(auth_deadline.into()), if unauthenticated => {
-                conn.push(encode(&error_frame(None, ErrorCode::AUTH_TIMEOUT, "")), false);
+                conn.push(encode(&error_frame(None, ErrorCode::AUTH_TIMEOUT, "")), Kind::Control);
                 conn.goodbye(GoodbyeCode::AUTH_TIMEOUT, "authentication did not complete in time");
                 return;
             }
@@ -200,6 +226,11 @@ async fn read_loop(
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
+                    if matches!(frame, ClientFrame::Request { .. })
+                        && !request_slot(shard, conn).await
+                    {
+                        return;
+                    }
                     if !frame_arrived(shard, conn, frame) {
                         return;
                     }
@@ -212,6 +243,20 @@ async fn read_loop(
             return;
         }
     }
+}
+
+/// Waits until the connection has fewer than `max_in_flight` unanswered requests: a client
+/// that does not read its responses stops being read (QUIC flow control then slows it), so
+/// its queue of responses stays bounded. `false` when the connection closed meanwhile.
+async fn request_slot(shard: &Shard, conn: &Conn) -> bool {
+    let max = shard.shared.config.limits.max_in_flight;
+    while conn.state.borrow().in_flight >= max {
+        tokio::select! {
+            () = conn.slot.notified() => {}
+            _ = conn.quic.closed() => return false,
+        }
+    }
+    true
 }
 
 /// A frame that cannot be decoded: tell the client why and close this connection only.
@@ -228,14 +273,14 @@ fn violation(conn: &Conn, e: &DecodeError) {
     };
     let mut reason = e.to_string();
     reason.truncate(chat_protocol::limits::MAX_REASON);
-    conn.push(encode(&error_frame(None, code, &reason)), false);
+    conn.push(encode(&error_frame(None, code, &reason)), Kind::Control);
     conn.goodbye(goodbye, "protocol violation");
 }
 
 fn unexpected(conn: &Conn, what: &str) -> bool {
     conn.push(
         encode(&error_frame(None, ErrorCode::UNEXPECTED_FRAME, what)),
-        false,
+        Kind::Control,
     );
     conn.goodbye(GoodbyeCode::PROTOCOL_VIOLATION, "protocol violation");
     false
@@ -251,14 +296,7 @@ fn frame_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: ClientFrame) -> bool
             unexpected(conn, "hello must come first")
         }
         ClientFrame::Request { id, request } => {
-            let mut state = conn.state.borrow_mut();
-            if state.in_flight >= shard.shared.config.limits.max_in_flight {
-                drop(state);
-                conn.push(error(id, ErrorCode::TOO_MANY_IN_FLIGHT, ""), false);
-                return true;
-            }
-            state.in_flight += 1;
-            drop(state);
+            conn.state.borrow_mut().in_flight += 1;
             request_arrived(shard, conn, id, request);
             true
         }
@@ -279,7 +317,7 @@ fn hello_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, hello: Hello) -> bool {
                 ErrorCode::UNSUPPORTED_VERSION,
                 "this daemon speaks version 1",
             )),
-            false,
+            Kind::Control,
         );
         conn.goodbye(
             GoodbyeCode::UNSUPPORTED_VERSION,
@@ -289,18 +327,18 @@ fn hello_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, hello: Hello) -> bool {
     }
     conn.state.borrow_mut().hello = Some(hello.device);
     match hello.auth {
-        None => conn.push(hello_ok(shard, None), false),
+        None => conn.push(hello_ok(shard, None), Kind::Control),
         Some(auth) => {
             if auth.resume.is_some() {
                 // Resume arrives with the continuity features; say so rather than skip silently.
-                conn.push(hello_ok(shard, None), false);
+                conn.push(hello_ok(shard, None), Kind::Control);
                 conn.push(
                     encode(&error_frame(
                         None,
                         ErrorCode::INVALID_REQUEST,
                         "resume is not supported yet",
                     )),
-                    false,
+                    Kind::Control,
                 );
                 return true;
             }
@@ -357,19 +395,19 @@ pub(crate) fn authenticated(
             );
             conn.state.borrow_mut().session = Some(auth);
             match request {
-                None => conn.push(hello_ok(shard, Some(session)), false),
+                None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
                 Some(id) => reply(shard, conn_id, response(id, Response::Session(session))),
             }
         }
         Err(body) => match request {
             None => {
-                conn.push(hello_ok(shard, None), false);
+                conn.push(hello_ok(shard, None), Kind::Control);
                 conn.push(
                     encode(&ServerFrame::Error {
                         id: None,
                         error: body,
                     }),
-                    false,
+                    Kind::Control,
                 );
             }
             Some(id) => reply(
@@ -589,13 +627,11 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
     }
 }
 
-/// A response or error for a request of a local connection.
+/// A response or error for a request of a local connection. It counts as in flight until
+/// the writer has taken it.
 pub(crate) fn reply(shard: &Shard, conn: ConnId, frame: Bytes) {
     if let Some(conn) = get(shard, conn) {
-        let mut state = conn.state.borrow_mut();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        drop(state);
-        conn.push(frame, false);
+        conn.push(frame, Kind::Reply);
     }
 }
 
@@ -606,35 +642,23 @@ pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes) {
         let Some(conn) = get(shard, *id) else {
             continue;
         };
-        let mut out = conn.out.borrow_mut();
-        if out.lagged {
-            continue;
+        let (lagged, full) = {
+            let out = conn.out.borrow();
+            (out.lagged, out.events >= limit)
+        };
+        if full {
+            conn.lag();
+        } else if !lagged {
+            conn.push(frame.clone(), Kind::Event);
         }
-        if out.events >= limit {
-            out.lagged = true;
-            drop(out);
-            conn.push(encode(&ServerFrame::Event(Event::Lagged)), false);
-            continue;
-        }
-        drop(out);
-        conn.push(frame.clone(), true);
     }
 }
 
-/// The inbox overflowed: some events for this shard's connections were dropped, so every
-/// connection lags (it must catch up through history).
-pub(crate) fn inbox_overflowed(shard: &Shard) {
-    tracing::warn!(
-        shard = shard.id,
-        "inbox overflowed; connections are told they lag"
-    );
-    let conns: Vec<_> = shard.conns.borrow().map.values().cloned().collect();
-    for conn in conns {
-        let mut out = conn.out.borrow_mut();
-        if !out.lagged {
-            out.lagged = true;
-            drop(out);
-            conn.push(encode(&ServerFrame::Event(Event::Lagged)), false);
+/// Events for these local connections were lost on the way (a full inbox): they lag.
+pub(crate) fn lag(shard: &Shard, conns: &[ConnId]) {
+    for id in conns {
+        if let Some(conn) = get(shard, *id) {
+            conn.lag();
         }
     }
 }
@@ -676,20 +700,34 @@ pub(crate) fn finished(shard: &Shard) -> bool {
     (conns.map.is_empty() && owner::idle(shard)) || started.elapsed() >= grace
 }
 
+/// Writes queued frames in batches. Ends after the goodbye (finishing the stream and closing
+/// the connection with its code), or when the stream or connection fails (then it closes the
+/// connection, so nothing lingers).
 async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
     let closing = loop {
-        let closing = {
+        let (closing, replies) = {
             let mut out = conn.out.borrow_mut();
+            let mut replies = 0u32;
             while batch.len() < 64 {
-                let Some((frame, event)) = out.frames.pop_front() else {
+                let Some((frame, kind)) = out.frames.pop_front() else {
                     break;
                 };
-                out.events -= usize::from(event);
+                match kind {
+                    Kind::Event => out.events -= 1,
+                    Kind::Reply => replies += 1,
+                    Kind::Control => {}
+                }
                 batch.push(frame);
             }
-            out.closing
+            (out.closing, replies)
         };
+        if replies > 0 {
+            let mut state = conn.state.borrow_mut();
+            state.in_flight = state.in_flight.saturating_sub(replies);
+            drop(state);
+            conn.slot.notify_one();
+        }
         if batch.is_empty() {
             if let Some(code) = closing {
                 break Some(code);
@@ -704,9 +742,13 @@ async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
         }
         batch.clear();
     };
-    if let Some(code) = closing {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-        conn.quic.close(close_code(code), b"goodbye");
-    }
+    let code = match closing {
+        Some(code) => {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            code
+        }
+        None => GoodbyeCode::NORMAL,
+    };
+    conn.quic.close(close_code(code), b"goodbye");
 }

@@ -93,6 +93,13 @@ pub(crate) enum ShardMsg {
         frame: Bytes,
         except: Option<ConnRef>,
     },
+    /// A `Fanout` for these users could not be queued: their connections must learn they lag.
+    LagUsers {
+        users: Arc<[UserId]>,
+        except: Option<ConnRef>,
+    },
+    /// A `Deliver` for these local connections could not be queued: they lag.
+    LagConns { conns: Vec<ConnId> },
     /// Stop: close connections with `SHUTTING_DOWN` and exit once drained.
     Shutdown,
 }
@@ -108,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) next_room_id: AtomicU64,
     pub(crate) limits: chat_protocol::Limits,
     pub(crate) shutting_down: AtomicBool,
+    /// Per shard: its thread has left its loop (nothing will drain its inbox again).
+    pub(crate) exited: Vec<AtomicBool>,
     /// Stop without waiting for connections to close.
     pub(crate) fast_stop: AtomicBool,
     /// Per shard: milliseconds since start of its last loop turn, for the watchdog.
@@ -135,22 +144,18 @@ impl Shared {
     }
 
     /// Pushes from a non-shard thread (read pool, storage): waits for room, since these
-    /// messages (replies, commit results) must not be lost. Gives up only at shutdown.
+    /// messages (replies, commit results) must not be lost. Gives up only when the target
+    /// shard has exited.
     pub(crate) fn push_blocking(&self, shard: ShardId, mut msg: ShardMsg) {
-        let mut spins = 0u32;
         loop {
             match self.inboxes[shard].push(msg) {
                 Ok(()) => return,
                 Err(back) => msg = back,
             }
-            if self.shutting_down.load(Ordering::Acquire) && spins > 10_000 {
-                tracing::warn!(
-                    shard,
-                    "dropping a message for a shard that is shutting down"
-                );
+            if self.exited[shard].load(Ordering::Acquire) {
+                tracing::warn!(shard, "dropping a message for a shard that has stopped");
                 return;
             }
-            spins += 1;
             std::thread::sleep(Duration::from_micros(50));
         }
     }
@@ -275,15 +280,27 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    /// Sends to a shard (possibly this one). Replies are kept and retried when the target
-    /// inbox is full; event fan-out is dropped and the target learns of the overflow.
+    /// Sends to a shard (possibly this one), in order per target: while older messages for
+    /// the target wait in the retry queue, new ones queue behind them. When the target inbox is
+    /// full, replies and commands are kept for a retry; an event (`Fanout`, `Deliver`) is
+    /// replaced by the much smaller news that its recipients lag, so they catch up through
+    /// history instead of missing it silently.
     pub(crate) fn send(&self, target: ShardId, msg: ShardMsg) {
-        if let Err(msg) = self.shared.inboxes[target].push(msg) {
-            match msg {
-                ShardMsg::Fanout { .. } | ShardMsg::Deliver { .. } => {}
-                msg => self.retry.borrow_mut().push_back((target, msg)),
+        let mut retry = self.retry.borrow_mut();
+        let msg = if retry.iter().any(|(t, _)| *t == target) {
+            msg
+        } else {
+            match self.shared.inboxes[target].push(msg) {
+                Ok(()) => return,
+                Err(msg) => msg,
             }
-        }
+        };
+        let kept = match msg {
+            ShardMsg::Fanout { users, except, .. } => ShardMsg::LagUsers { users, except },
+            ShardMsg::Deliver { conns, .. } => ShardMsg::LagConns { conns },
+            msg => msg,
+        };
+        retry.push_back((target, kept));
     }
 
     /// Replies to a request.
@@ -340,11 +357,23 @@ impl Shard {
         }
     }
 
+    /// Retries queued messages in order; a target whose inbox is still full keeps the rest of
+    /// its messages queued behind the first refused one.
     fn flush_retries(&self) {
-        let pending = std::mem::take(&mut *self.retry.borrow_mut());
-        for (target, msg) in pending {
-            self.send(target, msg);
+        let mut retry = self.retry.borrow_mut();
+        let mut blocked: Vec<ShardId> = Vec::new();
+        let mut kept = VecDeque::with_capacity(retry.len());
+        for (target, msg) in retry.drain(..) {
+            if blocked.contains(&target) {
+                kept.push_back((target, msg));
+                continue;
+            }
+            if let Err(msg) = self.shared.inboxes[target].push(msg) {
+                blocked.push(target);
+                kept.push_back((target, msg));
+            }
         }
+        *retry = kept;
     }
 
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
@@ -368,6 +397,8 @@ impl Shard {
                 frame,
                 except,
             } => registry::fanout(self, &users, &frame, except),
+            ShardMsg::LagUsers { users, except } => registry::lag(self, &users, except),
+            ShardMsg::LagConns { conns } => conn::lag(self, &conns),
             ShardMsg::Shutdown => conn::shutdown(self),
         }
     }
@@ -375,13 +406,16 @@ impl Shard {
 
 /// Runs shard `id` on the current thread until shutdown: accepts connections on `socket` and
 /// serves its inbox.
+/// `started` receives `Ok` once the endpoint is up, or why it could not start.
 pub(crate) fn run(
     id: ShardId,
     shared: Arc<Shared>,
     mut inbox: Receiver<ShardMsg>,
     socket: UdpSocket,
     tls: Arc<quinn::ServerConfig>,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
+    let on_exit = Arc::clone(&shared);
     crate::runtime::block_on(async move {
         let endpoint = match quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -391,10 +425,13 @@ pub(crate) fn run(
         ) {
             Ok(endpoint) => endpoint,
             Err(e) => {
-                tracing::error!(shard = id, error = %e, "cannot start the QUIC endpoint");
+                let _ = started.send(Err(format!(
+                    "shard {id}: cannot start the QUIC endpoint: {e}"
+                )));
                 return;
             }
         };
+        let _ = started.send(Ok(()));
         let shard = Rc::new(Shard {
             id,
             shared: Arc::clone(&shared),
@@ -411,10 +448,7 @@ pub(crate) fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                overflowed = inbox.recv_batch(&mut batch) => {
-                    if overflowed {
-                        conn::inbox_overflowed(&shard);
-                    }
+                () = inbox.recv_batch(&mut batch) => {
                     for msg in batch.drain(..) {
                         shard.handle(msg);
                     }
@@ -436,4 +470,5 @@ pub(crate) fn run(
         let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
         let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
     });
+    on_exit.exited[id].store(true, Ordering::Release);
 }

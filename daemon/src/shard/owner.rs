@@ -122,7 +122,8 @@ struct Pending {
     /// concerns who is not (an invited, kicked or banned user).
     audience: Arc<[UserId]>,
     /// The response to send to `origin` once committed; `None` for a send (the ack is built
-    /// from the assigned sequence number).
+    /// from the assigned sequence number) and for an entry that follows another of the same
+    /// request (one answer per request).
     reply: Option<Response>,
     /// Duplicate sends that arrived while this one was pending: they get its ack.
     waiters: Vec<Origin>,
@@ -226,17 +227,17 @@ pub(crate) fn handle(shard: &Rc<Shard>, conversation: ConversationId, op: Op) {
     match conversations.slots.get_mut(&conversation) {
         Some(Slot::Ready(state)) => {
             let state = &mut **state;
-            match op {
-                Op::Committed(result) => {
-                    let failed = committed(shard, state, result);
-                    if failed {
-                        conversations.slots.remove(&conversation);
-                    }
+            let forget = match op {
+                Op::Committed(result) => committed(shard, state, result) || !submit(shard, state),
+                op => {
+                    apply(shard, state, op);
+                    !submit(shard, state)
                 }
-                op => apply(shard, state, op),
-            }
-            if let Some(Slot::Ready(state)) = conversations.slots.get_mut(&conversation) {
-                submit(shard, state);
+            };
+            if forget {
+                // A write failed or could not be queued: the state in memory may be ahead of
+                // the disk. Forget it; the next operation reloads what is stored.
+                conversations.slots.remove(&conversation);
             }
         }
         Some(Slot::Loading(waiting)) => waiting.push(op),
@@ -246,12 +247,8 @@ pub(crate) fn handle(shard: &Rc<Shard>, conversation: ConversationId, op: Op) {
                 name,
                 invite_only,
             } => {
-                let mut state = State::from_snapshot(conversation, ConversationSnapshot::default());
-                create_room(&mut state, origin, name, invite_only);
-                submit(shard, &mut state);
-                conversations
-                    .slots
-                    .insert(conversation, Slot::Ready(Box::new(state)));
+                drop(conversations);
+                create(shard, conversation, origin, name, invite_only);
             }
             Op::Committed(_) => {
                 tracing::warn!(%conversation, "commit result for an unknown conversation")
@@ -264,6 +261,25 @@ pub(crate) fn handle(shard: &Rc<Shard>, conversation: ConversationId, op: Op) {
                 start_load(shard, conversation);
             }
         },
+    }
+}
+
+/// Starts a new room's conversation with its creation entry.
+fn create(
+    shard: &Rc<Shard>,
+    conversation: ConversationId,
+    origin: Origin,
+    name: String,
+    invite_only: bool,
+) {
+    let mut state = State::from_snapshot(conversation, ConversationSnapshot::default());
+    create_room(&mut state, origin, name, invite_only);
+    if submit(shard, &mut state) {
+        shard
+            .owner
+            .borrow_mut()
+            .slots
+            .insert(conversation, Slot::Ready(Box::new(state)));
     }
 }
 
@@ -303,7 +319,8 @@ pub(crate) fn loaded(
     conversation: ConversationId,
     result: Result<Option<Loaded>, String>,
 ) {
-    let waiting = match shard.owner.borrow_mut().slots.remove(&conversation) {
+    let removed = shard.owner.borrow_mut().slots.remove(&conversation);
+    let waiting = match removed {
         Some(Slot::Loading(waiting)) => waiting,
         Some(ready) => {
             shard.owner.borrow_mut().slots.insert(conversation, ready);
@@ -324,10 +341,37 @@ pub(crate) fn loaded(
             }
             return;
         }
-        Ok(None) => match conversation {
-            ConversationId::Room(_) => (ErrorCode::UNKNOWN_ROOM, ""),
-            _ => (ErrorCode::UNKNOWN_USER, "the other user does not exist"),
-        },
+        Ok(None) => {
+            // A room that does not exist yet may be the one being created: someone asked for
+            // the next room id while its creation waited behind the load.
+            let mut waiting = waiting.into_iter();
+            let mut refused = Vec::new();
+            for op in waiting.by_ref() {
+                if let Op::Create {
+                    origin,
+                    name,
+                    invite_only,
+                } = op
+                {
+                    create(shard, conversation, origin, name, invite_only);
+                    break;
+                }
+                refused.push(op);
+            }
+            for op in waiting {
+                handle(shard, conversation, op);
+            }
+            let (code, reason) = match conversation {
+                ConversationId::Room(_) => (ErrorCode::UNKNOWN_ROOM, ""),
+                _ => (ErrorCode::UNKNOWN_USER, "the other user does not exist"),
+            };
+            for op in refused {
+                if let Some(origin) = op_origin(&op) {
+                    shard.reply(origin, error(origin.request, code, reason));
+                }
+            }
+            return;
+        }
         Err(e) => {
             tracing::error!(%conversation, error = %e, "loading a conversation failed");
             (ErrorCode::UNAVAILABLE, "storage unavailable")
@@ -525,7 +569,7 @@ fn queue_membership(
         origin,
         entry,
         audience,
-        reply: Some(reply.unwrap_or(Response::Ok)),
+        reply,
         waiters: Vec::new(),
     });
 }
@@ -640,6 +684,14 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
             let target = room.people.get(&user).copied();
             let target_role = room.role(user);
             let outranks = rank(actor_role) > rank(target_role);
+            // Invitations and bans are rows too: at most twice the member limit per room.
+            let crowded = room.people.len() >= 2 * max_members as usize && target.is_none();
+            if crowded && matches!(action, RoomAction::Invite(_) | RoomAction::Ban(_)) {
+                return reply_error(
+                    ErrorCode::ROOM_FULL,
+                    "too many invitations and bans in this room",
+                );
+            }
             match action {
                 RoomAction::Invite(_) => {
                     if rank(actor_role) < rank(Some(Role::Admin)) {
@@ -741,7 +793,20 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
     // Joins notify the new audience (including the joiner); departures the old one plus the
     // departed, via `notify_extra`.
     state.refresh_audience();
-    queue_membership(state, origin, subject, change, reply, notify_extra);
+    let transfer = change == MembershipChange::RoleChanged(Role::Owner);
+    queue_membership(
+        state,
+        origin,
+        subject,
+        change,
+        Some(reply.unwrap_or(Response::Ok)),
+        notify_extra,
+    );
+    if transfer {
+        // The previous owner is now an admin: say so in the log too (one answer only).
+        let demoted = MembershipChange::RoleChanged(Role::Admin);
+        queue_membership(state, origin, origin.user, demoted, None, None);
+    }
 }
 
 fn members_page(
@@ -771,10 +836,12 @@ fn members_page(
     });
 }
 
-/// Submits the queued entries as one commit when none is in flight.
-fn submit(shard: &Rc<Shard>, state: &mut State) {
+/// Submits the queued entries as one commit when none is in flight. Returns `false` when the
+/// storage queue refused it: every pending entry was answered `OVERLOADED` and the caller
+/// must forget the conversation (its state in memory is ahead of the disk).
+fn submit(shard: &Rc<Shard>, state: &mut State) -> bool {
     if !state.committing.is_empty() || state.queued.is_empty() {
-        return;
+        return true;
     }
     let mut batch = std::mem::take(&mut state.queued_batch);
     let mut encoded = Vec::with_capacity(256);
@@ -793,11 +860,11 @@ fn submit(shard: &Rc<Shard>, state: &mut State) {
         shard: shard.id,
         then: DoneThen::Conversation(state.id),
     };
-    if let Err(done) = shard.shared.writer.submit(batch, done) {
-        drop(done);
-        // The storage queue is full: nothing was written; fail this commit like a write error.
+    if shard.shared.writer.submit(batch, done).is_err() {
         fail_pending(shard, state, ErrorCode::OVERLOADED, "storage queue full");
+        return false;
     }
+    true
 }
 
 /// The commit came back. Returns whether the conversation must be forgotten (write failed).
@@ -877,10 +944,9 @@ fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize
             Event::Message(m)
         }
         Entry::Membership(m) => {
-            shard.reply(
-                &origin,
-                response(origin.request, reply.unwrap_or(Response::Ok)),
-            );
+            if let Some(reply) = reply {
+                shard.reply(&origin, response(origin.request, reply));
+            }
             Event::Membership(m)
         }
     };

@@ -78,27 +78,9 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
 }
 
 /// Sends `frame` to every connected device of the users in `users` that this shard's registry
-/// owns, except the connection `except`.
+/// owns, except the connection `except`: one `Deliver` per connection shard.
 pub(crate) fn fanout(shard: &Rc<Shard>, users: &[UserId], frame: &Bytes, except: Option<ConnRef>) {
-    let mut targets: Vec<(ShardId, Vec<ConnId>)> = Vec::new();
-    {
-        let registry = shard.registry.borrow();
-        for user in users {
-            if shard.shared.registry_of(*user) != shard.id {
-                continue;
-            }
-            for (_, at) in registry.users.get(user).into_iter().flatten() {
-                if Some(*at) == except {
-                    continue;
-                }
-                match targets.iter_mut().find(|(s, _)| *s == at.shard) {
-                    Some((_, conns)) => conns.push(at.conn),
-                    None => targets.push((at.shard, vec![at.conn])),
-                }
-            }
-        }
-    }
-    for (target, conns) in targets {
+    for (target, conns) in connections(shard, users, except) {
         shard.send(
             target,
             ShardMsg::Deliver {
@@ -107,4 +89,36 @@ pub(crate) fn fanout(shard: &Rc<Shard>, users: &[UserId], frame: &Bytes, except:
             },
         );
     }
+}
+
+/// An event for `users` was lost on the way here: tells their connections they lag.
+pub(crate) fn lag(shard: &Rc<Shard>, users: &[UserId], except: Option<ConnRef>) {
+    for (target, conns) in connections(shard, users, except) {
+        shard.send(target, ShardMsg::LagConns { conns });
+    }
+}
+
+/// The connections of the users this registry owns among `users`, grouped by shard.
+fn connections(
+    shard: &Shard,
+    users: &[UserId],
+    except: Option<ConnRef>,
+) -> Vec<(ShardId, Vec<ConnId>)> {
+    let mut targets: Vec<(ShardId, Vec<ConnId>)> = Vec::new();
+    let registry = shard.registry.borrow();
+    for user in users {
+        if shard.shared.registry_of(*user) != shard.id {
+            continue;
+        }
+        for (_, at) in registry.users.get(user).into_iter().flatten() {
+            if Some(*at) == except {
+                continue;
+            }
+            match targets.iter_mut().find(|(s, _)| *s == at.shard) {
+                Some((_, conns)) => conns.push(at.conn),
+                None => targets.push((at.shard, vec![at.conn])),
+            }
+        }
+    }
+    targets
 }

@@ -394,4 +394,29 @@ async fn room_rights_are_enforced() {
             ..
         })
     ));
+    // The ownership transfer is two entries: the new owner, and the old owner made admin.
+    let roles: Vec<(UserId, Role)> = page
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Membership(MembershipEvent {
+                subject,
+                change: MembershipChange::RoleChanged(role),
+                ..
+            }) => Some((*subject, *role)),
+            _ => None,
+        })
+        .collect();
+    let owner_id = match &page.entries[0] {
+        Entry::Membership(m) => m.actor,
+        Entry::Message(_) => unreachable!(),
+    };
+    assert_eq!(
+        roles,
+        [
+            (member_id, Role::Admin),
+            (member_id, Role::Owner),
+            (owner_id, Role::Admin)
+        ]
+    );
 }

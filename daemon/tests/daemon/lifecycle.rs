@@ -40,6 +40,12 @@ async fn acked_messages_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_says_goodbye_and_exits_zero() {
     let temp = tempfile::tempdir().unwrap();
+    // Play systemd: the daemon reports READY=1 and STOPPING=1 on NOTIFY_SOCKET.
+    let notify_path = temp.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let port = {
         // Find a free UDP port for the child.
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -57,6 +63,7 @@ async fn sigterm_says_goodbye_and_exits_zero() {
         ])
         .arg(temp.path())
         .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -76,6 +83,7 @@ async fn sigterm_says_goodbye_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut client = client.expect("the daemon did not come up");
+    assert_eq!(notification(&notify), "READY=1");
     let ok = client.hello(None, 1).await;
     assert!(ok.session.is_none());
 
@@ -96,6 +104,13 @@ async fn sigterm_says_goodbye_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "chatd exited with {exit:?}");
+    assert_eq!(notification(&notify), "STOPPING=1");
+}
+
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("no sd_notify message");
+    String::from_utf8_lossy(&buf[..n]).trim().to_owned()
 }
 
 async fn try_connect(addr: std::net::SocketAddr, cert: &std::path::Path) -> Result<Client, ()> {
