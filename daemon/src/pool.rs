@@ -1,6 +1,7 @@
-//! The read pool: a few named threads (`storage-read-N`) that run blocking work off the
-//! shards' event loops: RocksDB reads (history pages, account and room lookups, loading a
-//! conversation) and password hashing (argon2id takes tens of milliseconds by design).
+//! Blocking pools: a few named threads that run blocking work off the shards' event loops.
+//! The daemon runs two: `storage-read-N` for RocksDB reads (history pages, account and room
+//! lookups, loading a conversation) and `password-N` for argon2id, which takes tens of
+//! milliseconds by design and must not hold up reads.
 //!
 //! Jobs are closures that push their own result to the shard that asked. The queue is bounded;
 //! a shard whose job is refused answers `OVERLOADED`.
@@ -18,8 +19,9 @@ pub(crate) struct ReadPool {
 }
 
 impl ReadPool {
-    /// Starts `threads` workers sharing a queue of `depth` jobs.
+    /// Starts `threads` workers named `NAME-i` sharing a queue of `depth` jobs.
     pub(crate) fn start(
+        name: &str,
         store: &Store,
         threads: usize,
         depth: usize,
@@ -31,7 +33,7 @@ impl ReadPool {
             let store = store.clone();
             handles.push(
                 std::thread::Builder::new()
-                    .name(format!("storage-read-{i}"))
+                    .name(format!("{name}-{i}"))
                     .spawn(move || {
                         while let Ok(job) = rx.recv() {
                             job(&store);

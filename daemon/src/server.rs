@@ -18,6 +18,10 @@ use crate::{inbox, tls, token};
 const INBOX_CAPACITY: usize = 65_536;
 /// Threads of the read pool.
 const READ_THREADS: usize = 2;
+/// Threads hashing and checking passwords.
+const PASSWORD_THREADS: usize = 1;
+/// Password jobs waiting; beyond this, register and login get OVERLOADED.
+const PASSWORD_QUEUE: usize = 64;
 /// UDP socket buffer size asked for (the kernel may cap it at net.core.[rw]mem_max).
 const UDP_BUFFER: usize = 8 << 20;
 
@@ -92,9 +96,17 @@ impl Daemon {
             config.storage.queue_depth,
         )
         .map_err(|e| Error::Start(e.to_string()))?;
-        let (reads, readers) =
-            crate::pool::ReadPool::start(&store, READ_THREADS, config.storage.queue_depth)
+        let (reads, readers) = crate::pool::ReadPool::start(
+            "storage-read",
+            &store,
+            READ_THREADS,
+            config.storage.queue_depth,
+        )
+        .map_err(|e| Error::Start(e.to_string()))?;
+        let (passwords, hashers) =
+            crate::pool::ReadPool::start("password", &store, PASSWORD_THREADS, PASSWORD_QUEUE)
                 .map_err(|e| Error::Start(e.to_string()))?;
+        let readers: Vec<_> = readers.into_iter().chain(hashers).collect();
         let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
             .map(|_| inbox::inbox(INBOX_CAPACITY))
             .unzip();
@@ -105,6 +117,7 @@ impl Daemon {
             keys,
             writer,
             reads,
+            passwords,
             inboxes,
             shutting_down: AtomicBool::new(false),
             exited: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),

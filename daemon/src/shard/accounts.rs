@@ -237,7 +237,7 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
         return shard.reply(&origin, error(origin.request, code, ""));
     }
     let shared = Arc::clone(&shard.shared);
-    let submitted = shard.shared.reads.submit(move |_store| {
+    let submitted = shard.shared.passwords.submit(move |_store| {
         let mut salt_bytes = [0u8; 16];
         let salt = getrandom::fill(&mut salt_bytes)
             .map_err(|e| e.to_string())
@@ -280,7 +280,7 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
 /// `Login`: checks the password on the pool and answers with a token.
 pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: String) {
     let shared = Arc::clone(&shard.shared);
-    let submitted = shard.shared.reads.submit(move |store| {
+    let submitted = shard.shared.passwords.submit(move |store| {
         let frame = match store.user_by_name(&name) {
             Ok(None) => error(origin.request, ErrorCode::UNKNOWN_USER, ""),
             Ok(Some(record)) => match record.password_hash.as_deref().map(PasswordHash::new) {

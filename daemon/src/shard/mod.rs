@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) keys: Keys,
     pub(crate) writer: Writer<Done>,
     pub(crate) reads: ReadPool,
+    /// Password hashing and verification.
+    pub(crate) passwords: ReadPool,
     pub(crate) inboxes: Vec<Inbox<ShardMsg>>,
     pub(crate) next_user_id: AtomicU64,
     pub(crate) next_room_id: AtomicU64,
