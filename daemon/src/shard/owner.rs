@@ -707,7 +707,11 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
                         Some(MemberState::Banned) => {
                             return reply_error(ErrorCode::BANNED, "the user is banned");
                         }
-                        _ => {}
+                        // Already invited: nothing changes, nothing is logged.
+                        Some(MemberState::Invited) => {
+                            return shard.reply(&origin, response(origin.request, Response::Ok));
+                        }
+                        None => {}
                     }
                     room.people.insert(user, MemberState::Invited);
                     set(&mut state.queued_batch, user, Some(MemberState::Invited));
@@ -721,8 +725,12 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
                     {
                         return reply_error(ErrorCode::FORBIDDEN, "");
                     }
-                    if target_role.is_none() && !ban {
+                    // Kicking an invited user withdraws the invitation.
+                    if target.is_none() && !ban {
                         return reply_error(ErrorCode::NOT_MEMBER, "the user is not a member");
+                    }
+                    if target == Some(MemberState::Banned) {
+                        return shard.reply(&origin, response(origin.request, Response::Ok));
                     }
                     if target_role.is_some() {
                         room.member_count -= 1;
@@ -761,6 +769,9 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
                             ErrorCode::INVALID_REQUEST,
                             "the owner cannot change their own role",
                         );
+                    }
+                    if target_role == Some(role) {
+                        return shard.reply(&origin, response(origin.request, Response::Ok));
                     }
                     room.people.insert(user, MemberState::Member(role));
                     set(

@@ -372,6 +372,38 @@ async fn room_rights_are_enforced() {
         outsider.ok(Request::JoinRoom { room: secret }).await,
         Response::Room(_)
     ));
+    // Repeating an invitation changes nothing; kicking an invited user withdraws it.
+    let (mut guest, guest_id) = user(&daemon, "guest", 1).await;
+    let head = |page: HistoryPage| page.head;
+    let before = head(
+        member
+            .history(ConversationId::Room(secret), HistoryFrom::Latest, 1)
+            .await,
+    );
+    for _ in 0..2 {
+        member
+            .ok(Request::Invite {
+                room: secret,
+                user: guest_id,
+            })
+            .await;
+    }
+    let after = head(
+        member
+            .history(ConversationId::Room(secret), HistoryFrom::Latest, 1)
+            .await,
+    );
+    assert_eq!(after.0, before.0 + 1, "one invitation, one log entry");
+    member
+        .ok(Request::Kick {
+            room: secret,
+            user: guest_id,
+        })
+        .await;
+    assert_eq!(
+        guest.code(Request::JoinRoom { room: secret }).await,
+        ErrorCode::INVITE_REQUIRED
+    );
     assert_eq!(
         outsider
             .code(Request::JoinRoom {
