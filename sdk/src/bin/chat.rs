@@ -22,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// chat: talk to a chatd daemon from the command line.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = ADDRESSES)]
+#[command(version, long_about = None, after_help = ADDRESSES)]
 struct Cli {
     /// Daemon address.
     #[arg(
