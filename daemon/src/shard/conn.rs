@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chat_protocol::{
     ClientFrame, ConversationId, ConversationPage, ConversationSummary, DecodeError, DeviceId,
     ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk, Request,
-    RequestId, Response, RoomId, Seq, ServerFrame, Session, Timestamp, UserId, UserInfo, UserRef,
+    RequestId, Response, RoomId, ServerFrame, Session, Timestamp, UserId, UserInfo, UserRef,
 };
 
 use super::accounts::{self, Authenticated};
@@ -599,13 +599,14 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                         }
                     };
                     let head = store.head(*c)?;
+                    let (delivered, read) = store.marks(*c, user)?;
                     conversations.push(ConversationSummary {
                         conversation: *c,
                         title,
                         role,
                         head,
-                        delivered: Seq(0),
-                        read: Seq(0),
+                        delivered,
+                        read,
                     });
                 }
                 let next = if more { ids.last().copied() } else { None };
@@ -618,10 +619,22 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 ))
             });
         }
-        Request::Mark { .. } | Request::Presence { .. } | Request::Sync(_) => {
+        Request::Mark {
+            conversation,
+            marker,
+            seq,
+        } => to_owner(
+            conversation,
+            Op::Mark {
+                origin,
+                marker,
+                seq,
+            },
+        ),
+        Request::Presence { .. } | Request::Sync(_) => {
             fail(
                 ErrorCode::INVALID_REQUEST,
-                "receipts, presence and sync are not supported yet",
+                "presence and sync are not supported yet",
             );
         }
     }

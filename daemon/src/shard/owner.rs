@@ -17,9 +17,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use chat_protocol::{
-    ContentType, ConversationId, Entry, ErrorCode, Event, HistoryPage, HistoryQuery, Member,
-    MemberPage, MembershipChange, MembershipEvent, Message, OpId, Response, Role, RoomId, RoomInfo,
-    SendAck, SendMessage, Seq, ServerFrame, Timestamp, UserId,
+    ContentType, ConversationId, Entry, ErrorCode, Event, HistoryPage, HistoryQuery, Marker,
+    Member, MemberPage, MembershipChange, MembershipEvent, Message, OpId, Receipt, Response, Role,
+    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Timestamp, UserId,
 };
 
 use super::{Done, DoneThen, Origin, Shard, ShardId, ShardMsg, encode, error, now_ms, response};
@@ -43,6 +43,12 @@ pub(crate) enum Op {
     },
     /// A membership operation on a room.
     Room { origin: Origin, action: RoomAction },
+    /// Move the sender's delivered or read marker.
+    Mark {
+        origin: Origin,
+        marker: Marker,
+        seq: Seq,
+    },
     /// The storage thread finished this conversation's commit.
     Committed(Result<(), WriteError>),
 }
@@ -140,6 +146,11 @@ struct State {
     queued: Vec<Pending>,
     /// Extra writes of the queued entries (membership rows, conversation lists).
     queued_batch: Batch,
+    /// Marker moves waiting for the next commit, and those in the commit in flight.
+    queued_receipts: Vec<(Origin, Receipt)>,
+    committing_receipts: Vec<(Origin, Receipt)>,
+    /// Every member's (delivered, read) markers.
+    marks: HashMap<UserId, (Seq, Seq)>,
     room: Option<Room>,
     audience: Arc<[UserId]>,
 }
@@ -166,6 +177,13 @@ impl State {
             committing: Vec::new(),
             queued: Vec::new(),
             queued_batch: Batch::default(),
+            queued_receipts: Vec::new(),
+            committing_receipts: Vec::new(),
+            marks: snapshot
+                .marks
+                .iter()
+                .map(|(u, d, r)| (*u, (*d, *r)))
+                .collect(),
             room,
             audience: Arc::from(Vec::new()),
         };
@@ -199,6 +217,16 @@ impl State {
                 .collect(),
             (ConversationId::Room(_), None) => Arc::from(Vec::new()),
         };
+    }
+
+    /// A commit of this conversation is with the storage thread.
+    fn committing_now(&self) -> bool {
+        !self.committing.is_empty() || !self.committing_receipts.is_empty()
+    }
+
+    /// Nothing in flight and nothing queued.
+    fn idle(&self) -> bool {
+        !self.committing_now() && self.queued.is_empty() && self.queued_receipts.is_empty()
     }
 
     fn is_member(&self, user: UserId) -> bool {
@@ -389,7 +417,8 @@ fn op_origin(op: &Op) -> Option<&Origin> {
         Op::Send { origin, .. }
         | Op::History { origin, .. }
         | Op::Create { origin, .. }
-        | Op::Room { origin, .. } => Some(origin),
+        | Op::Room { origin, .. }
+        | Op::Mark { origin, .. } => Some(origin),
         Op::Committed(_) => None,
     }
 }
@@ -399,6 +428,11 @@ fn apply(shard: &Rc<Shard>, state: &mut State, op: Op) {
         Op::Send { origin, message } => send(shard, state, origin, message),
         Op::History { origin, query } => history(shard, state, origin, query),
         Op::Room { origin, action } => room_action(shard, state, origin, action),
+        Op::Mark {
+            origin,
+            marker,
+            seq,
+        } => mark(shard, state, origin, marker, seq),
         Op::Create { origin, .. } => {
             shard.reply(
                 &origin,
@@ -851,7 +885,7 @@ fn members_page(
 /// storage queue refused it: every pending entry was answered `OVERLOADED` and the caller
 /// must forget the conversation (its state in memory is ahead of the disk).
 fn submit(shard: &Rc<Shard>, state: &mut State) -> bool {
-    if !state.committing.is_empty() || state.queued.is_empty() {
+    if state.committing_now() || (state.queued.is_empty() && state.queued_receipts.is_empty()) {
         return true;
     }
     let mut batch = std::mem::take(&mut state.queued_batch);
@@ -866,6 +900,7 @@ fn submit(shard: &Rc<Shard>, state: &mut State) -> bool {
         );
     }
     state.committing = std::mem::take(&mut state.queued);
+    state.committing_receipts = std::mem::take(&mut state.queued_receipts);
     let done = Done {
         shared: Arc::clone(&shard.shared),
         shard: shard.id,
@@ -886,6 +921,15 @@ fn committed(shard: &Rc<Shard>, state: &mut State, result: Result<(), WriteError
             for pending in std::mem::take(&mut state.committing) {
                 state.committed = pending.entry.seq();
                 publish(shard, state, pending, window);
+            }
+            for (origin, receipt) in std::mem::take(&mut state.committing_receipts) {
+                shard.reply(&origin, response(origin.request, Response::Ok));
+                fan_out(
+                    shard,
+                    &state.audience,
+                    &Event::Receipt(receipt),
+                    Some(origin.at),
+                );
             }
             false
         }
@@ -913,6 +957,13 @@ fn fail_pending(shard: &Rc<Shard>, state: &mut State, code: ErrorCode, reason: &
         for origin in std::iter::once(&pending.origin).chain(&pending.waiters) {
             shard.reply(origin, error(origin.request, code, reason));
         }
+    }
+    for (origin, _) in state
+        .committing_receipts
+        .drain(..)
+        .chain(state.queued_receipts.drain(..))
+    {
+        shard.reply(&origin, error(origin.request, code, reason));
     }
     state.queued_batch = Batch::default();
 }
@@ -961,7 +1012,13 @@ fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize
             Event::Membership(m)
         }
     };
-    let frame = encode(&ServerFrame::Event(event));
+    fan_out(shard, &audience, &event, except);
+}
+
+/// Encodes `event` once and sends it to the registry shard of every user in `audience`, for
+/// their connected devices except `except`.
+fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: &Event, except: Option<super::ConnRef>) {
+    let frame = encode(&ServerFrame::Event(event.clone()));
     let mut shards: Vec<ShardId> = audience
         .iter()
         .map(|u| shard.shared.registry_of(*u))
@@ -972,12 +1029,52 @@ fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize
         shard.send(
             target,
             ShardMsg::Fanout {
-                users: Arc::clone(&audience),
+                users: Arc::clone(audience),
                 frame: frame.clone(),
                 except,
             },
         );
     }
+}
+
+/// `Mark`: moves the sender's marker; a value at or below the stored one changes nothing.
+/// Reading up to a sequence number implies having received it, so `Read` moves `Delivered` too.
+fn mark(shard: &Rc<Shard>, state: &mut State, origin: Origin, marker: Marker, seq: Seq) {
+    if !state.is_member(origin.user) {
+        return shard.reply(&origin, error(origin.request, ErrorCode::NOT_MEMBER, ""));
+    }
+    if seq > state.committed {
+        return shard.reply(
+            &origin,
+            error(
+                origin.request,
+                ErrorCode::INVALID_REQUEST,
+                "beyond the conversation's newest entry",
+            ),
+        );
+    }
+    let current = state.marks.get(&origin.user).copied().unwrap_or_default();
+    let next = match marker {
+        Marker::Delivered => (current.0.max(seq), current.1),
+        Marker::Read => (current.0.max(seq), current.1.max(seq)),
+    };
+    if next == current {
+        return shard.reply(&origin, response(origin.request, Response::Ok));
+    }
+    state.marks.insert(origin.user, next);
+    let key = keys::marker(state.id, origin.user).to_vec();
+    state.queued_batch.put(
+        Cf::Markers,
+        key,
+        crate::store::encode_marks(next.0, next.1).to_vec(),
+    );
+    let receipt = Receipt {
+        conversation: state.id,
+        user: origin.user,
+        marker,
+        seq,
+    };
+    state.queued_receipts.push((origin, receipt));
 }
 
 /// Whether a body fits its content type (text types must be UTF-8).
@@ -995,7 +1092,7 @@ pub(crate) fn evict_idle(shard: &Shard, cap: usize) {
     let idle: Vec<ConversationId> = conversations
         .slots
         .iter()
-        .filter(|(_, slot)| matches!(slot, Slot::Ready(s) if s.committing.is_empty() && s.queued.is_empty()))
+        .filter(|(_, slot)| matches!(slot, Slot::Ready(s) if s.idle()))
         .map(|(c, _)| *c)
         .take(excess)
         .collect();
@@ -1007,7 +1104,7 @@ pub(crate) fn evict_idle(shard: &Shard, cap: usize) {
 /// Whether no conversation of this shard has a commit in flight or queued.
 pub(crate) fn idle(shard: &Shard) -> bool {
     shard.owner.borrow().slots.values().all(|slot| match slot {
-        Slot::Ready(s) => s.committing.is_empty() && s.queued.is_empty(),
+        Slot::Ready(s) => s.idle(),
         Slot::Loading(waiting) => waiting.is_empty(),
     })
 }

@@ -11,6 +11,7 @@
 //! | `members` | room id (8) · user id (8) | `MemberState` (1 byte) |
 //! | `user_conversations` | user id (8) · conversation (17) | empty |
 //! | `log` | conversation (17) · seq (8) | `Entry` in wire encoding |
+//! | `markers` | conversation (17) · user id (8) | delivered seq (8) · read seq (8) |
 
 use chat_protocol::{ConversationId, RoomId, Seq, UserId};
 
@@ -66,6 +67,15 @@ pub fn log_seq(c: ConversationId, key: &[u8]) -> Option<Seq> {
         return None;
     }
     Some(Seq(u64::from_be_bytes(seq.try_into().ok()?)))
+}
+
+/// A `markers` key: a conversation's markers are contiguous.
+#[must_use]
+pub fn marker(c: ConversationId, user: UserId) -> [u8; CONVERSATION_LEN + 8] {
+    let mut key = [0u8; CONVERSATION_LEN + 8];
+    key[..CONVERSATION_LEN].copy_from_slice(&conversation(c));
+    key[CONVERSATION_LEN..].copy_from_slice(&user.0.to_be_bytes());
+    key
 }
 
 /// A big-endian id.

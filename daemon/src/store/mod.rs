@@ -34,10 +34,12 @@ pub enum Cf {
     UserConversations,
     /// conversation · seq -> entry
     Log,
+    /// conversation · user id -> delivered seq (8) · read seq (8)
+    Markers,
 }
 
 impl Cf {
-    const ALL: [Cf; 7] = [
+    const ALL: [Cf; 8] = [
         Cf::Users,
         Cf::UserNames,
         Cf::Rooms,
@@ -45,6 +47,7 @@ impl Cf {
         Cf::Members,
         Cf::UserConversations,
         Cf::Log,
+        Cf::Markers,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Cf {
             Cf::Members => "members",
             Cf::UserConversations => "user_conversations",
             Cf::Log => "log",
+            Cf::Markers => "markers",
         }
     }
 }
@@ -150,6 +154,8 @@ pub struct ConversationSnapshot {
     pub recent: Vec<(UserId, OpId, Seq, Timestamp)>,
     /// For rooms: the record and every member, invitation and ban.
     pub room: Option<(RoomRecord, Vec<(UserId, MemberState)>)>,
+    /// Every member's (delivered, read) markers.
+    pub marks: Vec<(UserId, Seq, Seq)>,
 }
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
@@ -285,6 +291,7 @@ impl Store {
         };
         let mut snapshot = ConversationSnapshot {
             room,
+            marks: self.conversation_marks(c)?,
             ..ConversationSnapshot::default()
         };
         let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
@@ -454,6 +461,46 @@ impl Store {
             .and_then(|v| MemberState::from_byte(&v)))
     }
 
+    /// Every member's (delivered, read) markers in a conversation.
+    fn conversation_marks(&self, c: ConversationId) -> Result<Vec<(UserId, Seq, Seq)>, Error> {
+        let prefix = keys::conversation(c);
+        let mut marks = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(Cf::Markers)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let user = keys::parse_id(&key[keys::CONVERSATION_LEN..]).map(UserId);
+            match (user, parse_marks(&value)) {
+                (Some(user), Some((delivered, read))) => marks.push((user, delivered, read)),
+                _ => {
+                    return Err(Error::Corrupt {
+                        cf: Cf::Markers,
+                        message: "bad marker entry".into(),
+                    });
+                }
+            }
+        }
+        Ok(marks)
+    }
+
+    /// A user's (delivered, read) markers in a conversation; zeros when never set.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt entry.
+    pub fn marks(&self, c: ConversationId, user: UserId) -> Result<(Seq, Seq), Error> {
+        match self.get(Cf::Markers, &keys::marker(c, user))? {
+            None => Ok((Seq(0), Seq(0))),
+            Some(value) => parse_marks(&value).ok_or_else(|| Error::Corrupt {
+                cf: Cf::Markers,
+                message: "bad marker entry".into(),
+            }),
+        }
+    }
+
     /// Flushes the WAL to disk (at shutdown).
     ///
     /// # Errors
@@ -462,6 +509,23 @@ impl Store {
         self.db.flush_wal(true)?;
         Ok(())
     }
+}
+
+/// The stored form of a user's markers: delivered then read, big-endian.
+#[must_use]
+pub fn encode_marks(delivered: Seq, read: Seq) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&delivered.0.to_be_bytes());
+    value[8..].copy_from_slice(&read.0.to_be_bytes());
+    value
+}
+
+fn parse_marks(value: &[u8]) -> Option<(Seq, Seq)> {
+    let value: &[u8; 16] = value.try_into().ok()?;
+    Some((
+        Seq(keys::parse_id(&value[..8])?),
+        Seq(keys::parse_id(&value[8..])?),
+    ))
 }
 
 /// Decodes a stored log entry.

@@ -11,6 +11,7 @@ mod auth;
 mod client;
 mod conversations;
 mod lifecycle;
+mod receipts;
 mod robustness;
 
 use std::net::SocketAddr;
