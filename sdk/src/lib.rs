@@ -41,9 +41,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chat_protocol::{
     Auth, ClientFrame, ContentType, ConversationId, ConversationPage, DeviceId, ErrorBody,
     ErrorCode, Event, FrameDecoder, Goodbye, Hello, HelloOk, HistoryFrom, HistoryPage,
-    HistoryQuery, Limits, MemberPage, OpId, Order, Request, RequestId, Response, Role, RoomId,
-    RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Session, Timestamp, TokenGrant, UserId,
-    UserInfo, UserRef, encode_frame_to_vec,
+    HistoryQuery, Limits, Marker, MemberPage, OpId, Order, Request, RequestId, Response, Role,
+    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Session, Timestamp, TokenGrant,
+    UserId, UserInfo, UserRef, encode_frame_to_vec,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -424,6 +424,20 @@ impl Client {
             order,
         });
         expect_response!(self.request(request).await?, Response::History(page) => page)
+    }
+
+    /// Moves this user's delivered or read marker in a conversation (a lower value is
+    /// ignored; reading implies delivery).
+    ///
+    /// # Errors
+    /// `NOT_MEMBER`, `INVALID_REQUEST` (beyond the newest entry), or a connection error.
+    pub async fn mark(
+        &self,
+        conversation: ConversationId,
+        marker: Marker,
+        seq: Seq,
+    ) -> Result<(), Error> {
+        expect_response!(self.request(Request::Mark { conversation, marker, seq }).await?, Response::Ok => ())
     }
 
     /// Creates a room; the caller becomes its owner.

@@ -102,6 +102,13 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u16,
     },
+    /// Set your read marker: you have read TARGET up to SEQ.
+    Read {
+        /// @NAME or #ROOM.
+        target: String,
+        /// The last sequence number read.
+        seq: u64,
+    },
     /// List your conversations.
     Rooms,
     /// Manage rooms.
@@ -410,6 +417,18 @@ impl App {
                     );
                 }
             }
+            Command::Read { target, seq } => {
+                let (client, saved) = self.connect().await?;
+                let conversation = resolve(&client, &saved, target).await?;
+                client
+                    .mark(conversation, chat_sdk::protocol::Marker::Read, Seq(*seq))
+                    .await?;
+                client.close().await;
+                self.print(
+                    json!({ "type": "read", "conversation": target, "seq": seq }),
+                    || format!("read {target} up to {seq}"),
+                );
+            }
             Command::Rooms => {
                 let (client, _) = self.connect().await?;
                 let mut after = None;
@@ -421,8 +440,8 @@ impl App {
                             _ => format!("@{}", c.title),
                         };
                         self.print(
-                            json!({ "type": "conversation", "conversation": address, "head": c.head, "role": c.role.map(|r| format!("{r:?}").to_lowercase()) }),
-                            || format!("{address}\t{} messages{}", c.head, c.role.map(|r| format!("\t{r:?}").to_lowercase()).unwrap_or_default()),
+                            json!({ "type": "conversation", "conversation": address, "head": c.head, "delivered": c.delivered, "read": c.read, "role": c.role.map(|r| format!("{r:?}").to_lowercase()) }),
+                            || format!("{address}\t{} entries, {} unread{}", c.head, c.head.0.saturating_sub(c.read.0), c.role.map(|r| format!("\t{r:?}").to_lowercase()).unwrap_or_default()),
                         );
                     }
                     match page.next {

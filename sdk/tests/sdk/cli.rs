@@ -148,8 +148,17 @@ fn two_users_chat_through_the_cli() {
         bodies(&run(&daemon, "alice", &["history", "@alice"])),
         ["note"]
     );
+    run(&daemon, "bob", &["read", "#general", "4"]);
     let rooms = run(&daemon, "bob", &["rooms"]);
     assert_eq!(rooms.len(), 2);
+    let general = rooms
+        .iter()
+        .find(|r| r["conversation"] == "#general")
+        .unwrap();
+    assert_eq!(
+        (general["head"].as_u64(), general["read"].as_u64()),
+        (Some(5), Some(4))
+    );
 
     // Errors: non-zero exit, a message on stderr with the wire code.
     let output = chat(&daemon, "bob", &["send", "#nowhere", "x"])
