@@ -43,7 +43,7 @@ use chat_protocol::{
     ErrorCode, Event, FrameDecoder, Goodbye, Hello, HelloOk, HistoryFrom, HistoryPage,
     HistoryQuery, Limits, Marker, MemberPage, OpId, Order, Request, RequestId, Response, Role,
     RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Session, Timestamp, TokenGrant,
-    UserId, UserInfo, UserRef, encode_frame_to_vec,
+    TypingUpdate, UserId, UserInfo, UserRef, decode_datagram, encode_frame_to_vec,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -163,7 +163,12 @@ fn getrandom(bytes: &mut [u8]) -> Result<(), rustls::Error> {
 type Reply = oneshot::Sender<Result<Response, ErrorBody>>;
 
 enum Command {
-    Request { request: Request, reply: Reply },
+    Request {
+        request: Request,
+        reply: Reply,
+    },
+    /// A typing update for the stream (when the connection has no datagrams).
+    Typing(TypingUpdate),
 }
 
 /// A connection to the daemon.
@@ -235,7 +240,15 @@ impl Client {
         let (commands, command_rx) = mpsc::channel(REQUEST_BUFFER);
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
         let (goodbye_tx, goodbye) = watch::channel(None);
-        tokio::spawn(drive(send, recv, decoder, command_rx, event_tx, goodbye_tx));
+        tokio::spawn(drive(
+            connection.clone(),
+            send,
+            recv,
+            decoder,
+            command_rx,
+            event_tx,
+            goodbye_tx,
+        ));
         Ok(Client {
             commands,
             events: tokio::sync::Mutex::new(events),
@@ -426,6 +439,34 @@ impl Client {
         expect_response!(self.request(request).await?, Response::History(page) => page)
     }
 
+    /// Says that this user is typing in a conversation (`active`), or stopped. Sent as a QUIC
+    /// datagram (unreliable, never stored); repeat it before the typing TTL runs out.
+    ///
+    /// # Errors
+    /// A connection error.
+    pub async fn typing(&self, conversation: ConversationId, active: bool) -> Result<(), Error> {
+        let update = TypingUpdate {
+            conversation,
+            active,
+        };
+        let frame = encode_frame_to_vec(&ClientFrame::Typing(update))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if self
+            .connection
+            .max_datagram_size()
+            .is_some_and(|max| frame.len() <= max)
+        {
+            return self
+                .connection
+                .send_datagram(frame.into())
+                .map_err(|e| Error::Connect(e.to_string()));
+        }
+        self.commands
+            .send(Command::Typing(update))
+            .await
+            .map_err(|_| Error::Closed(self.goodbye()))
+    }
+
     /// Moves this user's delivered or read marker in a conversation (a lower value is
     /// ignored; reading implies delivery).
     ///
@@ -602,8 +643,20 @@ async fn read_frame(
     }
 }
 
+/// Queues an event for the application; when it falls [`EVENT_BUFFER`] behind it gets
+/// `Lagged` (once) and events are dropped until there is room again.
+fn queue_event(events: &mpsc::Sender<Event>, lagged: &mut bool, event: Event) {
+    if *lagged && events.try_send(Event::Lagged).is_ok() {
+        *lagged = false;
+    }
+    if !*lagged && events.try_send(event).is_err() {
+        *lagged = true;
+    }
+}
+
 /// The connection task: writes requests, reads frames, answers requests, queues events.
 async fn drive(
+    connection: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut decoder: FrameDecoder<ServerFrame>,
@@ -640,20 +693,22 @@ async fn drive(
                 ServerFrame::Goodbye(g) => {
                     let _ = goodbye.send(Some(g));
                 }
-                ServerFrame::Event(event) => {
-                    if lagged && events.try_send(Event::Lagged).is_ok() {
-                        lagged = false;
-                    }
-                    if !lagged && events.try_send(event).is_err() {
-                        lagged = true;
-                    }
-                }
+                ServerFrame::Event(event) => queue_event(&events, &mut lagged, event),
             }
             continue;
         }
         tokio::select! {
             command = commands.recv() => {
-                let Some(Command::Request { request, reply }) = command else { break };
+                let (request, reply) = match command {
+                    Some(Command::Request { request, reply }) => (request, reply),
+                    Some(Command::Typing(update)) => {
+                        if write_frame(&mut send, &ClientFrame::Typing(update)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => break,
+                };
                 let id = RequestId(next_id.fetch_add(1, Ordering::Relaxed));
                 if let Err(e) = write_frame(&mut send, &ClientFrame::Request { id, request }).await {
                     let _ = reply.send(Err(ErrorBody { code: ErrorCode::UNAVAILABLE, reason: e.to_string(), retry_after_ms: None }));
@@ -661,6 +716,17 @@ async fn drive(
                 }
                 pending.insert(id, reply);
             }
+            datagram = connection.read_datagram() => match datagram {
+                // Datagrams are the ephemeral lane (typing): never worth a lag.
+                Ok(bytes) => {
+                    if let Ok(ServerFrame::Event(event)) = decode_datagram::<ServerFrame>(&bytes) {
+                        if !lagged {
+                            let _ = events.try_send(event);
+                        }
+                    }
+                }
+                Err(_) => break,
+            },
             chunk = recv.read_chunk(decoder.space(), true) => match chunk {
                 Ok(Some(chunk)) => {
                     if decoder.push(&chunk.bytes).is_err() {

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use chat_protocol::{
     ClientFrame, ConversationId, ConversationPage, ConversationSummary, DecodeError, DeviceId,
     ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk, Request,
-    RequestId, Response, RoomId, ServerFrame, Session, Timestamp, UserId, UserInfo, UserRef,
+    RequestId, Response, RoomId, ServerFrame, Session, Timestamp, TypingUpdate, UserId, UserInfo,
+    UserRef,
 };
 
 use super::accounts::{self, Authenticated};
@@ -65,6 +66,8 @@ struct Conn {
     wake: tokio::sync::Notify,
     /// Signalled when a reply leaves the queue (a request slot frees up).
     slot: tokio::sync::Notify,
+    /// Typing updates accepted in the current one-second window: (window start, count).
+    typing: std::cell::Cell<(Instant, u32)>,
 }
 
 #[derive(Default)]
@@ -165,6 +168,7 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
         out: RefCell::default(),
         wake: tokio::sync::Notify::new(),
         slot: tokio::sync::Notify::new(),
+        typing: std::cell::Cell::new((Instant::now(), 0)),
     });
     shard.conns.borrow_mut().map.insert(id, Rc::clone(&conn));
     shard.shared.connections[shard.id].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -172,6 +176,7 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
     match tokio::time::timeout(auth_timeout, quic.accept_bi()).await {
         Ok(Ok((send, recv))) => {
             spawn_local(write_loop(Rc::clone(&conn), send));
+            spawn_local(datagram_loop(Rc::clone(&shard), Rc::clone(&conn)));
             read_loop(&shard, &conn, recv, Instant::now() + auth_timeout).await;
         }
         Ok(Err(_)) => {}
@@ -300,8 +305,66 @@ fn frame_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: ClientFrame) -> bool
             request_arrived(shard, conn, id, request);
             true
         }
-        // Typing indicators arrive with the continuity features; until then they are dropped.
-        ClientFrame::Typing(_) => true,
+        ClientFrame::Typing(update) => {
+            typing_arrived(shard, conn, update);
+            true
+        }
+    }
+}
+
+/// Most typing updates a connection may send per second; more are dropped.
+const TYPING_PER_SECOND: u32 = 10;
+
+/// A typing update (from a datagram or the stream): passed to the conversation's owner,
+/// which checks membership and fans it out. Never answered, never stored.
+fn typing_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, update: TypingUpdate) {
+    let Some((user, _)) = conn.session() else {
+        return;
+    };
+    let (start, count) = conn.typing.get();
+    let now = Instant::now();
+    let (start, count) = if now.duration_since(start) >= Duration::from_secs(1) {
+        (now, 0)
+    } else {
+        (start, count)
+    };
+    if count >= TYPING_PER_SECOND {
+        return;
+    }
+    conn.typing.set((start, count + 1));
+    let origin = Origin {
+        at: ConnRef {
+            shard: shard.id,
+            conn: conn.id,
+        },
+        request: RequestId(0),
+        user,
+    };
+    let conversation = update.conversation;
+    let op = Op::Typing {
+        origin,
+        active: update.active,
+    };
+    shard.send(
+        shard.shared.owner_of(conversation),
+        ShardMsg::Conversation { conversation, op },
+    );
+}
+
+/// Reads the ephemeral lane: datagrams carry typing updates only; anything else, or a
+/// datagram that does not decode, is dropped (the lane is unreliable by design).
+async fn datagram_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
+    loop {
+        let datagram = tokio::select! {
+            d = conn.quic.read_datagram() => d,
+            _ = conn.quic.closed() => return,
+        };
+        let Ok(bytes) = datagram else { return };
+        if let Ok(ClientFrame::Typing(update)) =
+            chat_protocol::decode_datagram::<ClientFrame>(&bytes)
+        {
+            typing_arrived(&shard, &conn, update);
+        }
     }
 }
 
@@ -648,20 +711,32 @@ pub(crate) fn reply(shard: &Shard, conn: ConnId, frame: Bytes) {
     }
 }
 
-/// An event for local connections; a connection whose event queue is full lags.
-pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes) {
+/// An event for local connections; a connection whose event queue is full lags. Ephemeral
+/// events go as datagrams when the connection takes them, else on the stream while there is
+/// room; they never make a connection lag.
+pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes, ephemeral: bool) {
     let limit = shard.shared.config.limits.outgoing_queue;
     for id in conns {
         let Some(conn) = get(shard, *id) else {
             continue;
         };
+        if ephemeral
+            && conn
+                .quic
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() <= max)
+        {
+            // Unreliable by design: a full datagram buffer drops it.
+            let _ = conn.quic.send_datagram(frame.clone());
+            continue;
+        }
         let (lagged, full) = {
             let out = conn.out.borrow();
             (out.lagged, out.events >= limit)
         };
-        if full {
+        if full && !ephemeral {
             conn.lag();
-        } else if !lagged {
+        } else if !lagged && !full {
             conn.push(frame.clone(), Kind::Event);
         }
     }

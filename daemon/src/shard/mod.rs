@@ -62,7 +62,13 @@ pub(crate) enum ShardMsg {
     /// A response or error frame for a request of a local connection.
     Reply { conn: ConnId, frame: Bytes },
     /// Event frames for local connections.
-    Deliver { conns: Vec<ConnId>, frame: Bytes },
+    /// `ephemeral` events (typing) go as QUIC datagrams when the connection takes them, and
+    /// are dropped rather than lagging anyone when a queue is full.
+    Deliver {
+        conns: Vec<ConnId>,
+        frame: Bytes,
+        ephemeral: bool,
+    },
     /// Close a local connection with a goodbye.
     Close {
         conn: ConnId,
@@ -92,6 +98,7 @@ pub(crate) enum ShardMsg {
         users: Arc<[UserId]>,
         frame: Bytes,
         except: Option<ConnRef>,
+        ephemeral: bool,
     },
     /// A `Fanout` for these users could not be queued: their connections must learn they lag.
     LagUsers {
@@ -298,6 +305,13 @@ impl Shard {
             }
         };
         let kept = match msg {
+            // Ephemeral events are not worth keeping or lagging for.
+            ShardMsg::Fanout {
+                ephemeral: true, ..
+            }
+            | ShardMsg::Deliver {
+                ephemeral: true, ..
+            } => return,
             ShardMsg::Fanout { users, except, .. } => ShardMsg::LagUsers { users, except },
             ShardMsg::Deliver { conns, .. } => ShardMsg::LagConns { conns },
             msg => msg,
@@ -381,7 +395,11 @@ impl Shard {
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Reply { conn, frame } => conn::reply(self, conn, frame),
-            ShardMsg::Deliver { conns, frame } => conn::deliver(self, &conns, &frame),
+            ShardMsg::Deliver {
+                conns,
+                frame,
+                ephemeral,
+            } => conn::deliver(self, &conns, &frame, ephemeral),
             ShardMsg::Close { conn, code, reason } => conn::close(self, conn, code, reason),
             ShardMsg::Authenticated {
                 conn,
@@ -398,7 +416,10 @@ impl Shard {
                 users,
                 frame,
                 except,
-            } => registry::fanout(self, &users, &frame, except),
+                ephemeral,
+            } => {
+                registry::fanout(self, &users, &frame, except, ephemeral);
+            }
             ShardMsg::LagUsers { users, except } => registry::lag(self, &users, except),
             ShardMsg::LagConns { conns } => conn::lag(self, &conns),
             ShardMsg::Shutdown => conn::shutdown(self),

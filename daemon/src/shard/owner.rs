@@ -19,7 +19,7 @@ use std::sync::Arc;
 use chat_protocol::{
     ContentType, ConversationId, Entry, ErrorCode, Event, HistoryPage, HistoryQuery, Marker,
     Member, MemberPage, MembershipChange, MembershipEvent, Message, OpId, Receipt, Response, Role,
-    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Timestamp, UserId,
+    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Timestamp, TypingEvent, UserId,
 };
 
 use super::{Done, DoneThen, Origin, Shard, ShardId, ShardMsg, encode, error, now_ms, response};
@@ -43,6 +43,8 @@ pub(crate) enum Op {
     },
     /// A membership operation on a room.
     Room { origin: Origin, action: RoomAction },
+    /// Someone is typing (or stopped): pushed to the other members, never stored.
+    Typing { origin: Origin, active: bool },
     /// Move the sender's delivered or read marker.
     Mark {
         origin: Origin,
@@ -419,7 +421,7 @@ fn op_origin(op: &Op) -> Option<&Origin> {
         | Op::Create { origin, .. }
         | Op::Room { origin, .. }
         | Op::Mark { origin, .. } => Some(origin),
-        Op::Committed(_) => None,
+        Op::Committed(_) | Op::Typing { .. } => None,
     }
 }
 
@@ -433,6 +435,7 @@ fn apply(shard: &Rc<Shard>, state: &mut State, op: Op) {
             marker,
             seq,
         } => mark(shard, state, origin, marker, seq),
+        Op::Typing { origin, active } => typing(shard, state, &origin, active),
         Op::Create { origin, .. } => {
             shard.reply(
                 &origin,
@@ -1032,9 +1035,25 @@ fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: &Event, except: Optio
                 users: Arc::clone(audience),
                 frame: frame.clone(),
                 except,
+                ephemeral: matches!(event, Event::Typing(_)),
             },
         );
     }
+}
+
+/// `Typing`: members only; fanned out as an ephemeral event (a datagram where possible),
+/// expiring on the clients after the typing TTL. Nothing is stored or answered.
+fn typing(shard: &Rc<Shard>, state: &State, origin: &Origin, active: bool) {
+    if !state.is_member(origin.user) {
+        return;
+    }
+    let event = Event::Typing(TypingEvent {
+        conversation: state.id,
+        user: origin.user,
+        active,
+        expires_in_ms: chat_protocol::limits::TYPING_TTL_MS,
+    });
+    fan_out(shard, &state.audience, &event, Some(origin.at));
 }
 
 /// `Mark`: moves the sender's marker; a value at or below the stored one changes nothing.

@@ -79,13 +79,20 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
 
 /// Sends `frame` to every connected device of the users in `users` that this shard's registry
 /// owns, except the connection `except`: one `Deliver` per connection shard.
-pub(crate) fn fanout(shard: &Rc<Shard>, users: &[UserId], frame: &Bytes, except: Option<ConnRef>) {
+pub(crate) fn fanout(
+    shard: &Rc<Shard>,
+    users: &[UserId],
+    frame: &Bytes,
+    except: Option<ConnRef>,
+    ephemeral: bool,
+) {
     for (target, conns) in connections(shard, users, except) {
         shard.send(
             target,
             ShardMsg::Deliver {
                 conns,
                 frame: frame.clone(),
+                ephemeral,
             },
         );
     }

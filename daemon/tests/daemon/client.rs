@@ -13,7 +13,7 @@ use chat_protocol::*;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Client {
-    _conn: quinn::Connection,
+    pub conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     decoder: FrameDecoder<ServerFrame>,
@@ -57,7 +57,7 @@ impl Client {
         let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
         Client {
-            _conn: conn,
+            conn,
             send,
             recv,
             decoder: FrameDecoder::new(),

@@ -13,6 +13,7 @@ mod conversations;
 mod lifecycle;
 mod receipts;
 mod robustness;
+mod typing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

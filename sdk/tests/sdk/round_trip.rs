@@ -96,6 +96,25 @@ async fn sdk_round_trip() {
         Some(ErrorCode::UNKNOWN_ROOM)
     );
     assert!(alice.ping().await.is_ok());
+
+    // Typing goes out as a datagram and arrives as an event (retried: datagrams may drop).
+    let mut typed = None;
+    'attempts: for _ in 0..50 {
+        alice.typing(conversation, true).await.unwrap();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), bob.next_event()).await
+        {
+            if let Event::Typing(t) = event {
+                typed = Some(t);
+                break 'attempts;
+            }
+        }
+    }
+    let typed = typed.expect("a typing event arrived");
+    assert_eq!(
+        (typed.user, typed.active, typed.conversation),
+        (alice.session().unwrap().user, true, conversation)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
