@@ -122,6 +122,10 @@ pub struct LimitsConfig {
     pub max_room_members: u32,
     /// Frames queued for one connection.
     pub outgoing_queue: usize,
+    /// Entries replayed per conversation on resume before a `Gap` is announced.
+    pub max_resume_gap: u32,
+    /// Entries replayed in all on one resume.
+    pub max_replay: u32,
     /// Idle timeout in seconds.
     pub idle_timeout_secs: u64,
     /// Keep-alive interval in seconds.
@@ -176,6 +180,8 @@ impl Default for LimitsConfig {
             max_rooms_per_user: 1_000,
             max_room_members: 10_000,
             outgoing_queue: 1_024,
+            max_resume_gap: 1_000,
+            max_replay: 20_000,
             idle_timeout_secs: 60,
             keep_alive_secs: 15,
             max_connections_per_shard: 100_000,
@@ -350,6 +356,14 @@ impl Config {
         check(
             limits.outgoing_queue >= 16,
             "limits.outgoing_queue must be at least 16",
+        );
+        check(
+            limits.max_resume_gap >= 1,
+            "limits.max_resume_gap must be at least 1",
+        );
+        check(
+            limits.max_replay >= limits.max_resume_gap,
+            "limits.max_replay must be at least limits.max_resume_gap",
         );
         check(
             limits.idle_timeout_secs >= 5,

@@ -272,7 +272,7 @@ fn wire_limits(config: &Config) -> chat_protocol::Limits {
         max_in_flight: l.max_in_flight,
         max_rooms_per_user: l.max_rooms_per_user,
         max_room_members: l.max_room_members,
-        max_resume_gap: 0,
+        max_resume_gap: l.max_resume_gap,
         idle_timeout_ms: secs_ms(l.idle_timeout_secs),
         auth_timeout_ms: secs_ms(config.auth.auth_timeout_secs),
         typing_ttl_ms: chat_protocol::limits::TYPING_TTL_MS,

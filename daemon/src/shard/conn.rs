@@ -17,16 +17,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chat_protocol::{
     ClientFrame, ConversationId, ConversationPage, ConversationSummary, DecodeError, DeviceId,
-    ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk, Request,
-    RequestId, Response, RoomId, ServerFrame, Session, Timestamp, TypingUpdate, UserId, UserInfo,
-    UserRef,
+    Entry, ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk,
+    Request, RequestId, Response, Resume, RoomId, ServerFrame, Session, Timestamp, TypingUpdate,
+    UserId, UserInfo, UserRef,
 };
 
 use super::accounts::{self, Authenticated};
 use super::owner::{self, Op, RoomAction};
 use super::registry;
-use super::{ConnId, ConnRef, Origin, Shard, ShardMsg, encode, error, error_frame, response};
+use super::{
+    ConnId, ConnRef, Origin, Position, Shard, ShardMsg, encode, error, error_frame, response,
+};
 use crate::runtime::spawn_local;
+use crate::store::ReplayItem;
 
 /// The connections of one shard.
 pub(crate) struct Connections {
@@ -76,6 +79,11 @@ struct ConnState {
     session: Option<Authenticated>,
     authenticating: bool,
     in_flight: u32,
+    /// The resume of the hello or `Authenticate` being authenticated.
+    resume: Option<Resume>,
+    /// While a catch-up runs: live log events that arrived meanwhile, delivered after the
+    /// replay (without what the replay already held).
+    catching_up: Option<Vec<(Position, Bytes)>>,
 }
 
 #[derive(Default)]
@@ -392,20 +400,10 @@ fn hello_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, hello: Hello) -> bool {
     match hello.auth {
         None => conn.push(hello_ok(shard, None), Kind::Control),
         Some(auth) => {
-            if auth.resume.is_some() {
-                // Resume arrives with the continuity features; say so rather than skip silently.
-                conn.push(hello_ok(shard, None), Kind::Control);
-                conn.push(
-                    encode(&error_frame(
-                        None,
-                        ErrorCode::INVALID_REQUEST,
-                        "resume is not supported yet",
-                    )),
-                    Kind::Control,
-                );
-                return true;
-            }
-            conn.state.borrow_mut().authenticating = true;
+            let mut state = conn.state.borrow_mut();
+            state.authenticating = true;
+            state.resume = auth.resume;
+            drop(state);
             accounts::authenticate(shard, conn.id, None, &auth.token);
         }
     }
@@ -460,6 +458,10 @@ pub(crate) fn authenticated(
             match request {
                 None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
                 Some(id) => reply(shard, conn_id, response(id, Response::Session(session))),
+            }
+            let resume = conn.state.borrow_mut().resume.take();
+            if let Some(resume) = resume {
+                catch_up(shard, &conn, resume, request);
             }
         }
         Err(body) => match request {
@@ -517,11 +519,11 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                         "authentication already in progress",
                     );
                 }
-                Request::Authenticate(auth) if auth.resume.is_some() => {
-                    fail(ErrorCode::INVALID_REQUEST, "resume is not supported yet");
-                }
                 Request::Authenticate(auth) => {
-                    conn.state.borrow_mut().authenticating = true;
+                    let mut state = conn.state.borrow_mut();
+                    state.authenticating = true;
+                    state.resume = auth.resume;
+                    drop(state);
                     accounts::authenticate(shard, conn.id, Some(id), &auth.token);
                 }
                 _ => fail(ErrorCode::NOT_AUTHENTICATED, ""),
@@ -694,13 +696,145 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 seq,
             },
         ),
-        Request::Presence { .. } | Request::Sync(_) => {
-            fail(
-                ErrorCode::INVALID_REQUEST,
-                "presence and sync are not supported yet",
-            );
+        Request::Sync(resume) => {
+            if conn.state.borrow().catching_up.is_some() {
+                return fail(ErrorCode::INVALID_REQUEST, "a catch-up is already running");
+            }
+            if catch_up(shard, conn, resume, Some(id)) {
+                answer(response(id, Response::Ok));
+            }
+        }
+        Request::Presence { .. } => {
+            fail(ErrorCode::INVALID_REQUEST, "presence is not supported yet")
         }
     }
+}
+
+/// Starts a catch-up: live log events are held back while the read pool collects what the
+/// device missed (after its cursors, else after the user's delivered markers); `replay`
+/// then sends it, the held-back events that the replay did not already hold, and `CaughtUp`.
+/// Returns `false` (after answering with an error) when it cannot start.
+fn catch_up(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    resume: Resume,
+    request: Option<RequestId>,
+) -> bool {
+    let refuse = |code: ErrorCode, reason: &str| {
+        match request {
+            Some(id) => reply(shard, conn.id, error(id, code, reason)),
+            None => conn.push(encode(&error_frame(None, code, reason)), Kind::Control),
+        }
+        false
+    };
+    if resume.cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS {
+        return refuse(ErrorCode::INVALID_REQUEST, "too many resume cursors");
+    }
+    let Some((user, _)) = conn.session() else {
+        return refuse(ErrorCode::NOT_AUTHENTICATED, "");
+    };
+    conn.state.borrow_mut().catching_up = Some(Vec::new());
+    // A catch-up also ends a lag: live events flow again after it.
+    conn.out.borrow_mut().lagged = false;
+    let cursors: std::collections::HashMap<_, _> = resume
+        .cursors
+        .iter()
+        .map(|c| (c.conversation, c.seq))
+        .collect();
+    let limits = &shard.shared.config.limits;
+    let (per_conversation, total) = (
+        u64::from(limits.max_resume_gap),
+        u64::from(limits.max_replay),
+    );
+    let shared = Arc::clone(&shard.shared);
+    let (shard_id, conn_id) = (shard.id, conn.id);
+    let submitted = shard.shared.reads.submit(move |store| {
+        let items = match store.catch_up(user, &cursors, per_conversation, total) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "catch-up read failed");
+                let frame = encode(&error_frame(
+                    None,
+                    ErrorCode::UNAVAILABLE,
+                    "catch-up failed; page history",
+                ));
+                return shared.push_blocking(
+                    shard_id,
+                    ShardMsg::Replay {
+                        conn: conn_id,
+                        frames: vec![(None, frame)],
+                        replayed: 0,
+                    },
+                );
+            }
+        };
+        let mut replayed = 0u32;
+        let frames = items
+            .into_iter()
+            .map(|item| match item {
+                ReplayItem::Gap(gap) => (None, encode(&ServerFrame::Event(Event::Gap(gap)))),
+                ReplayItem::Entry(entry) => {
+                    replayed += 1;
+                    let position = Some((entry.conversation(), entry.seq()));
+                    let event = match entry {
+                        Entry::Message(m) => Event::Message(m),
+                        Entry::Membership(m) => Event::Membership(m),
+                    };
+                    (position, encode(&ServerFrame::Event(event)))
+                }
+            })
+            .collect();
+        shared.push_blocking(
+            shard_id,
+            ShardMsg::Replay {
+                conn: conn_id,
+                frames,
+                replayed,
+            },
+        );
+    });
+    if !submitted {
+        conn.state.borrow_mut().catching_up = None;
+        return refuse(ErrorCode::OVERLOADED, "read pool full");
+    }
+    true
+}
+
+/// The replay of a catch-up arrived: send it, then the live events held back meanwhile that
+/// it did not already hold, then `CaughtUp`.
+pub(crate) fn replay(
+    shard: &Shard,
+    conn: ConnId,
+    frames: Vec<(Option<Position>, Bytes)>,
+    replayed: u32,
+) {
+    let Some(conn) = get(shard, conn) else { return };
+    let held = conn
+        .state
+        .borrow_mut()
+        .catching_up
+        .take()
+        .unwrap_or_default();
+    let mut last: std::collections::HashMap<ConversationId, chat_protocol::Seq> =
+        std::collections::HashMap::new();
+    for (position, frame) in frames {
+        if let Some((c, seq)) = position {
+            last.insert(c, seq);
+        }
+        conn.push(frame, Kind::Control);
+    }
+    let lagged = conn.out.borrow().lagged;
+    if !lagged {
+        for ((c, seq), frame) in held {
+            if last.get(&c).is_none_or(|l| seq > *l) {
+                conn.push(frame, Kind::Event);
+            }
+        }
+    }
+    conn.push(
+        encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
+        Kind::Control,
+    );
 }
 
 /// A response or error for a request of a local connection. It counts as in flight until
@@ -714,7 +848,13 @@ pub(crate) fn reply(shard: &Shard, conn: ConnId, frame: Bytes) {
 /// An event for local connections; a connection whose event queue is full lags. Ephemeral
 /// events go as datagrams when the connection takes them, else on the stream while there is
 /// room; they never make a connection lag.
-pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes, ephemeral: bool) {
+pub(crate) fn deliver(
+    shard: &Shard,
+    conns: &[ConnId],
+    frame: &Bytes,
+    ephemeral: bool,
+    entry: Option<Position>,
+) {
     let limit = shard.shared.config.limits.outgoing_queue;
     for id in conns {
         let Some(conn) = get(shard, *id) else {
@@ -729,6 +869,20 @@ pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes, ephemeral:
             // Unreliable by design: a full datagram buffer drops it.
             let _ = conn.quic.send_datagram(frame.clone());
             continue;
+        }
+        if let Some(position) = entry {
+            let mut state = conn.state.borrow_mut();
+            if let Some(held) = state.catching_up.as_mut() {
+                if held.len() < limit {
+                    held.push((position, frame.clone()));
+                    continue;
+                }
+                // Too much arrived during the catch-up: this connection lags.
+                state.catching_up = Some(Vec::new());
+                drop(state);
+                conn.lag();
+                continue;
+            }
         }
         let (lagged, full) = {
             let out = conn.out.borrow();

@@ -38,6 +38,9 @@ use crate::token::Keys;
 /// Index of a shard.
 pub(crate) type ShardId = usize;
 
+/// A log position: (conversation, sequence number).
+pub(crate) type Position = (ConversationId, chat_protocol::Seq);
+
 /// A connection, unique within its shard for the daemon's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ConnId(pub(crate) u64);
@@ -64,10 +67,13 @@ pub(crate) enum ShardMsg {
     /// Event frames for local connections.
     /// `ephemeral` events (typing) go as QUIC datagrams when the connection takes them, and
     /// are dropped rather than lagging anyone when a queue is full.
+    /// `entry` is the log position of a message or membership event (connections that are
+    /// catching up use it to drop what their replay already holds).
     Deliver {
         conns: Vec<ConnId>,
         frame: Bytes,
         ephemeral: bool,
+        entry: Option<Position>,
     },
     /// Close a local connection with a goodbye.
     Close {
@@ -99,6 +105,14 @@ pub(crate) enum ShardMsg {
         frame: Bytes,
         except: Option<ConnRef>,
         ephemeral: bool,
+        entry: Option<Position>,
+    },
+    /// The replay of a catch-up, encoded on the read pool: gaps and entries in order, then the
+    /// number of entries replayed.
+    Replay {
+        conn: ConnId,
+        frames: Vec<(Option<Position>, Bytes)>,
+        replayed: u32,
     },
     /// A `Fanout` for these users could not be queued: their connections must learn they lag.
     LagUsers {
@@ -399,7 +413,13 @@ impl Shard {
                 conns,
                 frame,
                 ephemeral,
-            } => conn::deliver(self, &conns, &frame, ephemeral),
+                entry,
+            } => conn::deliver(self, &conns, &frame, ephemeral, entry),
+            ShardMsg::Replay {
+                conn,
+                frames,
+                replayed,
+            } => conn::replay(self, conn, frames, replayed),
             ShardMsg::Close { conn, code, reason } => conn::close(self, conn, code, reason),
             ShardMsg::Authenticated {
                 conn,
@@ -417,8 +437,9 @@ impl Shard {
                 frame,
                 except,
                 ephemeral,
+                entry,
             } => {
-                registry::fanout(self, &users, &frame, except, ephemeral);
+                registry::fanout(self, &users, &frame, except, ephemeral, entry);
             }
             ShardMsg::LagUsers { users, except } => registry::lag(self, &users, except),
             ShardMsg::LagConns { conns } => conn::lag(self, &conns),

@@ -1021,6 +1021,11 @@ fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize
 /// Encodes `event` once and sends it to the registry shard of every user in `audience`, for
 /// their connected devices except `except`.
 fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: &Event, except: Option<super::ConnRef>) {
+    let entry = match event {
+        Event::Message(m) => Some((m.conversation, m.seq)),
+        Event::Membership(m) => Some((m.conversation, m.seq)),
+        _ => None,
+    };
     let frame = encode(&ServerFrame::Event(event.clone()));
     let mut shards: Vec<ShardId> = audience
         .iter()
@@ -1036,6 +1041,7 @@ fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: &Event, except: Optio
                 frame: frame.clone(),
                 except,
                 ephemeral: matches!(event, Event::Typing(_)),
+                entry,
             },
         );
     }

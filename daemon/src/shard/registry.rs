@@ -85,6 +85,7 @@ pub(crate) fn fanout(
     frame: &Bytes,
     except: Option<ConnRef>,
     ephemeral: bool,
+    entry: Option<super::Position>,
 ) {
     for (target, conns) in connections(shard, users, except) {
         shard.send(
@@ -93,6 +94,7 @@ pub(crate) fn fanout(
                 conns,
                 frame: frame.clone(),
                 ephemeral,
+                entry,
             },
         );
     }

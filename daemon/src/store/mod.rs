@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chat_protocol::{
-    ConversationId, Entry, HistoryFrom, OpId, Order, Role, RoomId, Seq, Timestamp, UserId,
+    ConversationId, Entry, Gap, HistoryFrom, OpId, Order, Role, RoomId, Seq, Timestamp, UserId,
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use serde::{Deserialize, Serialize};
@@ -156,6 +156,15 @@ pub struct ConversationSnapshot {
     pub room: Option<(RoomRecord, Vec<(UserId, MemberState)>)>,
     /// Every member's (delivered, read) markers.
     pub marks: Vec<(UserId, Seq, Seq)>,
+}
+
+/// One item of a catch-up, in the order the client must see them.
+#[derive(Debug)]
+pub enum ReplayItem {
+    /// Entries skipped because there were too many: page them through history.
+    Gap(Gap),
+    /// An entry the device missed.
+    Entry(Entry),
 }
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
@@ -459,6 +468,63 @@ impl Store {
         Ok(self
             .get(Cf::Members, &keys::member(room, user))?
             .and_then(|v| MemberState::from_byte(&v)))
+    }
+
+    /// What a device missed: for every conversation of `user`, the entries after its cursor
+    /// (`cursors`, else the user's delivered marker), oldest first. At most `per_conversation`
+    /// entries of one conversation and `total` in all are returned; the older entries beyond
+    /// that are announced as a [`ReplayItem::Gap`] before the entries that follow them.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt entries.
+    pub fn catch_up(
+        &self,
+        user: UserId,
+        cursors: &std::collections::HashMap<ConversationId, Seq>,
+        per_conversation: u64,
+        total: u64,
+    ) -> Result<Vec<ReplayItem>, Error> {
+        let mut items = Vec::new();
+        let mut left = total;
+        let mut after = None;
+        loop {
+            let (conversations, more) = self.user_conversations(user, after, 1024)?;
+            for c in &conversations {
+                let from = match cursors.get(c) {
+                    Some(seq) => *seq,
+                    None => self.marks(*c, user)?.0,
+                };
+                let head = self.head(*c)?;
+                if head <= from {
+                    continue;
+                }
+                let missing = head.0 - from.0;
+                let n = missing.min(per_conversation).min(left);
+                if n < missing {
+                    items.push(ReplayItem::Gap(Gap {
+                        conversation: *c,
+                        from: from.next(),
+                        to: Seq(head.0 - n),
+                    }));
+                }
+                if n > 0 {
+                    let limit = usize::try_from(n).unwrap_or(usize::MAX);
+                    let (entries, _) = self.history(
+                        *c,
+                        HistoryFrom::After(Seq(head.0 - n)),
+                        limit,
+                        Order::OldestFirst,
+                        head,
+                    )?;
+                    items.extend(entries.into_iter().map(ReplayItem::Entry));
+                    left -= n;
+                }
+            }
+            match (more, conversations.last()) {
+                (true, Some(last)) => after = Some(*last),
+                _ => return Ok(items),
+            }
+        }
     }
 
     /// Every member's (delivered, read) markers in a conversation.

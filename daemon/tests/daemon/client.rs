@@ -114,6 +114,27 @@ impl Client {
             token: t.to_owned(),
             resume: None,
         });
+        self.hello_with(auth, device).await
+    }
+
+    /// Connects and says hello with a token and a resume.
+    pub async fn resume(
+        addr: SocketAddr,
+        cert: &Path,
+        token: &str,
+        device: u64,
+        cursors: Vec<Cursor>,
+    ) -> (Client, Session) {
+        let mut client = Client::connect(addr, cert).await;
+        let auth = Auth {
+            token: token.to_owned(),
+            resume: Some(Resume { cursors }),
+        };
+        let ok = client.hello_with(Some(auth), device).await;
+        (client, ok.session.expect("resume hello authenticates"))
+    }
+
+    pub async fn hello_with(&mut self, auth: Option<Auth>, device: u64) -> HelloOk {
         self.write(&ClientFrame::Hello(Hello {
             versions: SUPPORTED_VERSIONS,
             client: "test".into(),

@@ -12,6 +12,7 @@ mod client;
 mod conversations;
 mod lifecycle;
 mod receipts;
+mod resume;
 mod robustness;
 mod typing;
 
