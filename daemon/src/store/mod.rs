@@ -329,21 +329,36 @@ impl Store {
         Ok(Some(snapshot))
     }
 
+    /// Calls `each` with the key suffix (after `prefix`) and value of every entry of `cf` from
+    /// `start` on whose key starts with `prefix`, until `each` returns `Ok(false)`.
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            let Some(suffix) = key.strip_prefix(prefix) else {
+                break;
+            };
+            if !each(suffix, &value)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn room_members(&self, room: RoomId) -> Result<Vec<(UserId, MemberState)>, Error> {
         let prefix = keys::id(room.0);
         let mut members = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(Cf::Members)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let user = keys::parse_id(&key[8..]).map(UserId);
-            let state = MemberState::from_byte(&value);
-            match (user, state) {
-                (Some(user), Some(state)) => members.push((user, state)),
+        self.scan(Cf::Members, &prefix, &prefix, |user, state| {
+            match (keys::parse_id(user), MemberState::from_byte(state)) {
+                (Some(user), Some(state)) => members.push((UserId(user), state)),
                 _ => {
                     return Err(Error::Corrupt {
                         cf: Cf::Members,
@@ -351,7 +366,8 @@ impl Store {
                     });
                 }
             }
-        }
+            Ok(true)
+        })?;
         Ok(members)
     }
 
@@ -427,23 +443,16 @@ impl Store {
             }
             None => prefix.to_vec(),
         };
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(Cf::UserConversations)?,
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (key, _) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        let (mut out, mut more) = (Vec::new(), false);
+        self.scan(Cf::UserConversations, &prefix, &start, |conversation, _| {
             if out.len() == limit {
-                return Ok((out, true));
+                more = true;
+                return Ok(false);
             }
-            if let Some(c) = keys::parse_conversation(&key[8..]) {
-                out.push(c);
-            }
-        }
-        Ok((out, false))
+            out.extend(keys::parse_conversation(conversation));
+            Ok(true)
+        })?;
+        Ok((out, more))
     }
 
     /// The last stored sequence number of a conversation.
@@ -531,17 +540,11 @@ impl Store {
     fn conversation_marks(&self, c: ConversationId) -> Result<Vec<(UserId, Seq, Seq)>, Error> {
         let prefix = keys::conversation(c);
         let mut marks = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(Cf::Markers)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let user = keys::parse_id(&key[keys::CONVERSATION_LEN..]).map(UserId);
-            match (user, parse_marks(&value)) {
-                (Some(user), Some((delivered, read))) => marks.push((user, delivered, read)),
+        self.scan(Cf::Markers, &prefix, &prefix, |user, value| {
+            match (keys::parse_id(user), parse_marks(value)) {
+                (Some(user), Some((delivered, read))) => {
+                    marks.push((UserId(user), delivered, read))
+                }
                 _ => {
                     return Err(Error::Corrupt {
                         cf: Cf::Markers,
@@ -549,7 +552,8 @@ impl Store {
                     });
                 }
             }
-        }
+            Ok(true)
+        })?;
         Ok(marks)
     }
 

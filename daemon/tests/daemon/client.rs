@@ -238,6 +238,20 @@ impl Client {
         }
     }
 
+    /// The first page of this user's conversations.
+    pub async fn conversations(&mut self) -> Vec<ConversationSummary> {
+        match self
+            .ok(Request::Conversations {
+                after: None,
+                limit: 100,
+            })
+            .await
+        {
+            Response::Conversations(page) => page.conversations,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     pub async fn history(
         &mut self,
         conversation: ConversationId,

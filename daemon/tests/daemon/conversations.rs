@@ -56,21 +56,10 @@ async fn direct_messages_and_notes_to_self() {
     assert_eq!(bob.code(send(notes, 9, "x")).await, ErrorCode::NOT_MEMBER);
 
     // Both see the conversation in their list.
-    let Response::Conversations(page) = bob
-        .ok(Request::Conversations {
-            after: None,
-            limit: 10,
-        })
-        .await
-    else {
-        panic!()
-    };
-    assert_eq!(page.conversations.len(), 1);
+    let conversations = bob.conversations().await;
+    assert_eq!(conversations.len(), 1);
     assert_eq!(
-        (
-            page.conversations[0].title.as_str(),
-            page.conversations[0].head
-        ),
+        (conversations[0].title.as_str(), conversations[0].head),
         ("alice", Seq(2))
     );
 

@@ -23,16 +23,8 @@ fn mark(conversation: ConversationId, marker: Marker, seq: u64) -> Request {
 }
 
 async fn marks(client: &mut Client) -> (Seq, Seq) {
-    let Response::Conversations(page) = client
-        .ok(Request::Conversations {
-            after: None,
-            limit: 10,
-        })
-        .await
-    else {
-        panic!()
-    };
-    (page.conversations[0].delivered, page.conversations[0].read)
+    let conversations = client.conversations().await;
+    (conversations[0].delivered, conversations[0].read)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
