@@ -120,6 +120,10 @@ pub struct LimitsConfig {
     pub max_rooms_per_user: u32,
     /// Members one room may have.
     pub max_room_members: u32,
+    /// Sustained sends per second per user.
+    pub send_rate: u32,
+    /// Sends a user may burst above the sustained rate.
+    pub send_burst: u32,
     /// Frames queued for one connection.
     pub outgoing_queue: usize,
     /// Entries replayed per conversation on resume before a `Gap` is announced.
@@ -179,6 +183,8 @@ impl Default for LimitsConfig {
             max_in_flight: 64,
             max_rooms_per_user: 1_000,
             max_room_members: 10_000,
+            send_rate: 20,
+            send_burst: 40,
             outgoing_queue: 1_024,
             max_resume_gap: 1_000,
             max_replay: 20_000,
@@ -356,6 +362,11 @@ impl Config {
         check(
             limits.outgoing_queue >= 16,
             "limits.outgoing_queue must be at least 16",
+        );
+        check(limits.send_rate >= 1, "limits.send_rate must be at least 1");
+        check(
+            limits.send_burst >= 1,
+            "limits.send_burst must be at least 1",
         );
         check(
             limits.max_resume_gap >= 1,

@@ -564,7 +564,12 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                     "text content types need UTF-8 bodies",
                 );
             }
-            to_owner(message.conversation, Op::Send { origin, message });
+            // The user's registry shard charges the rate limit, then passes it on.
+            let registry = shard.shared.registry_of(origin.user);
+            shard.send(
+                registry,
+                ShardMsg::Registry(registry::Op::Send { origin, message }),
+            );
         }
         Request::History(query) => to_owner(query.conversation, Op::History { origin, query }),
         Request::CreateRoom { name, invite_only } => {

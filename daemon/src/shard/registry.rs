@@ -5,11 +5,15 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use chat_protocol::{DeviceId, GoodbyeCode, UserId};
 
-use super::{ConnId, ConnRef, Shard, ShardId, ShardMsg};
+use chat_protocol::{
+    DeviceId, ErrorBody, ErrorCode, GoodbyeCode, SendMessage, ServerFrame, UserId,
+};
+
+use super::{ConnId, ConnRef, Origin, Shard, ShardId, ShardMsg, encode};
 
 /// Most connected devices per user; a further one replaces the oldest.
 pub(crate) const MAX_DEVICES_PER_USER: usize = 32;
@@ -28,12 +32,49 @@ pub(crate) enum Op {
         device: DeviceId,
         at: ConnRef,
     },
+    /// A send of `origin.user`: charged to the user's rate limit, then passed to the
+    /// conversation's owner, or refused with `RATE_LIMITED` and when to retry.
+    Send {
+        origin: Origin,
+        message: SendMessage,
+    },
+}
+
+/// A token bucket: `send_burst` tokens, refilled at `send_rate` per second.
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    /// Takes a token, or says how many milliseconds until one is there.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), u32> {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = ((1.0 - self.tokens) / rate * 1000.0).ceil();
+        // At most a few seconds for any sane rate; saturate rather than wrap.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        // non-negative, below u32::MAX
+        let wait = if wait >= f64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            wait as u32
+        };
+        Err(wait)
+    }
 }
 
 /// The registries this shard owns.
 #[derive(Default)]
 pub(crate) struct Registry {
     users: HashMap<UserId, Vec<(DeviceId, ConnRef)>>,
+    /// Send rate buckets of the users with a connected device (dropped with the last one).
+    buckets: HashMap<UserId, Bucket>,
 }
 
 /// Applies a registry change.
@@ -71,6 +112,42 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 devices.retain(|entry| *entry != (device, at));
                 if devices.is_empty() {
                     registry.users.remove(&user);
+                    registry.buckets.remove(&user);
+                }
+            }
+        }
+        Op::Send { origin, message } => {
+            let limits = &shard.shared.config.limits;
+            let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
+            let now = Instant::now();
+            let bucket = registry.buckets.entry(origin.user).or_insert(Bucket {
+                tokens: burst,
+                refilled: now,
+            });
+            match bucket.take(now, rate, burst) {
+                Ok(()) => {
+                    drop(registry);
+                    let conversation = message.conversation;
+                    let op = super::owner::Op::Send { origin, message };
+                    shard.send(
+                        shard.shared.owner_of(conversation),
+                        ShardMsg::Conversation { conversation, op },
+                    );
+                }
+                Err(wait_ms) => {
+                    drop(registry);
+                    let error = ErrorBody {
+                        code: ErrorCode::RATE_LIMITED,
+                        reason: format!("at most {} messages per second", limits.send_rate),
+                        retry_after_ms: Some(wait_ms),
+                    };
+                    shard.reply(
+                        &origin,
+                        encode(&ServerFrame::Error {
+                            id: Some(origin.request),
+                            error,
+                        }),
+                    );
                 }
             }
         }

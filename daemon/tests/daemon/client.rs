@@ -52,8 +52,22 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 impl Client {
     /// Connects and opens the session stream (no hello yet).
     pub async fn connect(addr: SocketAddr, cert: &Path) -> Client {
+        Client::connect_with(addr, cert, None).await
+    }
+
+    /// Like `connect`, with a given receive window for the session stream (a small one makes
+    /// a client that reads slowly).
+    pub async fn connect_with(addr: SocketAddr, cert: &Path, stream_window: Option<u32>) -> Client {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(client_config(cert));
+        let mut config = client_config(cert);
+        if let Some(window) = stream_window {
+            let mut transport = quinn::TransportConfig::default();
+            transport
+                .stream_receive_window(window.into())
+                .receive_window(window.into());
+            config.transport_config(Arc::new(transport));
+        }
+        endpoint.set_default_client_config(config);
         let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
         Client {

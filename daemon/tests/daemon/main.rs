@@ -11,6 +11,7 @@ mod auth;
 mod client;
 mod conversations;
 mod lifecycle;
+mod limits;
 mod receipts;
 mod resume;
 mod robustness;
