@@ -582,7 +582,9 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                     .next_room_id
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel),
             );
-            to_owner(
+            within_room_limit(
+                shard,
+                origin,
                 ConversationId::Room(room),
                 Op::Create {
                     origin,
@@ -591,7 +593,13 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 },
             );
         }
-        Request::JoinRoom { room } => room_op(room, RoomAction::Join),
+        Request::JoinRoom { room } => {
+            let op = Op::Room {
+                origin,
+                action: RoomAction::Join,
+            };
+            within_room_limit(shard, origin, ConversationId::Room(room), op);
+        }
         Request::LeaveRoom { room } => room_op(room, RoomAction::Leave),
         Request::Invite { room, user } => room_op(room, RoomAction::Invite(user)),
         Request::Kick { room, user } => room_op(room, RoomAction::Kick(user)),
@@ -713,6 +721,23 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             fail(ErrorCode::INVALID_REQUEST, "presence is not supported yet")
         }
     }
+}
+
+/// Passes `op` (a room creation or join) to the room's owner if the user is in fewer than
+/// `max_rooms_per_user` rooms, counted on the read pool when the request arrives.
+fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId, op: Op) {
+    let max = shard.shared.config.limits.max_rooms_per_user;
+    let shared = Arc::clone(&shard.shared);
+    shard.read_then(origin, move |store| {
+        if store.room_count(origin.user, max)? >= max {
+            return Ok(Err(error(origin.request, ErrorCode::TOO_MANY_ROOMS, "")));
+        }
+        shared.push_blocking(
+            shared.owner_of(conversation),
+            ShardMsg::Conversation { conversation, op },
+        );
+        Ok(Ok(()))
+    });
 }
 
 /// Starts a catch-up: live log events are held back while the read pool collects what the

@@ -455,6 +455,22 @@ impl Store {
         Ok((out, more))
     }
 
+    /// How many rooms `user` is in, counting no further than `max`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn room_count(&self, user: UserId, max: u32) -> Result<u32, Error> {
+        // Rooms sort after direct and notes conversations: start at the first room key.
+        let prefix = keys::id(user.0);
+        let start = keys::user_conversation(user, ConversationId::Room(RoomId(0)));
+        let mut count = 0;
+        self.scan(Cf::UserConversations, &prefix, &start, |_, _| {
+            count += 1;
+            Ok(count < max)
+        })?;
+        Ok(count)
+    }
+
     /// The last stored sequence number of a conversation.
     ///
     /// # Errors

@@ -123,3 +123,51 @@ async fn a_client_that_stops_reading_lags_and_catches_up() {
     alice.send_text(dm, total + 2, "live again").await;
     assert_eq!(bob.message().await.seq, Seq(total + 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_per_user_are_limited() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut config = test_config(temp.path());
+    config.limits.max_rooms_per_user = 2;
+    let daemon = TestDaemon::start_in(temp.path(), config);
+    let (mut alice, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    let (mut bob, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
+    let create = |name: &str| Request::CreateRoom {
+        name: name.into(),
+        invite_only: false,
+    };
+    let Response::Room(one) = alice.ok(create("one")).await else {
+        panic!()
+    };
+    alice.ok(create("two")).await;
+    assert_eq!(alice.code(create("three")).await, ErrorCode::TOO_MANY_ROOMS);
+    let Response::Room(bobs) = bob.ok(create("bobs")).await else {
+        panic!()
+    };
+    assert_eq!(
+        alice.code(Request::JoinRoom { room: bobs.room }).await,
+        ErrorCode::TOO_MANY_ROOMS
+    );
+    // Leaving makes room. (An owner transfers ownership first.)
+    bob.ok(Request::JoinRoom { room: one.room }).await;
+    let bob_id = bob
+        .ok(Request::LookupUsers(vec![UserRef::Name("bob".into())]))
+        .await;
+    let Response::Users(users) = bob_id else {
+        panic!()
+    };
+    alice
+        .ok(Request::SetRole {
+            room: one.room,
+            user: users[0].user,
+            role: Role::Owner,
+        })
+        .await;
+    alice.ok(Request::LeaveRoom { room: one.room }).await;
+    assert!(matches!(
+        alice.ok(Request::JoinRoom { room: bobs.room }).await,
+        Response::Room(_)
+    ));
+    // Direct conversations do not count.
+    assert_eq!(alice.conversations().await.len(), 2);
+}

@@ -10,6 +10,7 @@
 mod auth;
 mod client;
 mod conversations;
+mod history;
 mod lifecycle;
 mod limits;
 mod receipts;
