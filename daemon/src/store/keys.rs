@@ -53,9 +53,14 @@ pub fn parse_conversation(key: &[u8]) -> Option<ConversationId> {
 /// A log entry's key.
 #[must_use]
 pub fn log(c: ConversationId, seq: Seq) -> [u8; CONVERSATION_LEN + 8] {
+    conversation_then(c, seq.0)
+}
+
+/// A conversation key followed by a big-endian `u64`.
+fn conversation_then(c: ConversationId, n: u64) -> [u8; CONVERSATION_LEN + 8] {
     let mut key = [0u8; CONVERSATION_LEN + 8];
     key[..CONVERSATION_LEN].copy_from_slice(&conversation(c));
-    key[CONVERSATION_LEN..].copy_from_slice(&seq.0.to_be_bytes());
+    key[CONVERSATION_LEN..].copy_from_slice(&n.to_be_bytes());
     key
 }
 
@@ -72,10 +77,7 @@ pub fn log_seq(c: ConversationId, key: &[u8]) -> Option<Seq> {
 /// A `markers` key: a conversation's markers are contiguous.
 #[must_use]
 pub fn marker(c: ConversationId, user: UserId) -> [u8; CONVERSATION_LEN + 8] {
-    let mut key = [0u8; CONVERSATION_LEN + 8];
-    key[..CONVERSATION_LEN].copy_from_slice(&conversation(c));
-    key[CONVERSATION_LEN..].copy_from_slice(&user.0.to_be_bytes());
-    key
+    conversation_then(c, user.0)
 }
 
 /// A big-endian id.

@@ -180,10 +180,9 @@ async fn a_backend_minted_token_creates_the_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_connection_is_closed_after_the_timeout() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut config = crate::test_config(temp.path());
-    config.auth.auth_timeout_secs = 1;
-    let daemon = TestDaemon::start_in(temp.path(), config);
+    let daemon = TestDaemon::start_with(|c| {
+        c.auth.auth_timeout_secs = 1;
+    });
     let mut client = Client::connect(daemon.addr, &daemon.cert).await;
     client.hello(None, 1).await;
     let mut saw = (false, false);

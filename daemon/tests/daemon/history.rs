@@ -8,11 +8,10 @@ use crate::client::Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_never_skip_or_repeat_while_a_writer_appends() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut config = crate::test_config(temp.path());
-    config.limits.send_rate = 100_000;
-    config.limits.send_burst = 100_000;
-    let daemon = TestDaemon::start_in(temp.path(), config);
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.send_rate = 100_000;
+        c.limits.send_burst = 100_000;
+    });
     let (mut reader, r) =
         Client::login(daemon.addr, &daemon.cert, &daemon.token("reader"), 1).await;
     let (mut writer, w) =

@@ -3,16 +3,15 @@
 
 use chat_protocol::*;
 
+use crate::TestDaemon;
 use crate::client::Client;
-use crate::{TestDaemon, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_rate_limited_and_others_are_not() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut config = test_config(temp.path());
-    config.limits.send_rate = 1;
-    config.limits.send_burst = 5;
-    let daemon = TestDaemon::start_in(temp.path(), config);
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.send_rate = 1;
+        c.limits.send_burst = 5;
+    });
     let (mut flood, f) = Client::login(daemon.addr, &daemon.cert, &daemon.token("flood"), 1).await;
     let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
     let (mut bob, b) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
@@ -53,12 +52,11 @@ async fn a_flooding_client_is_rate_limited_and_others_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_lags_and_catches_up() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut config = test_config(temp.path());
-    config.limits.outgoing_queue = 16;
-    config.limits.send_rate = 100_000;
-    config.limits.send_burst = 100_000;
-    let daemon = TestDaemon::start_in(temp.path(), config);
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.outgoing_queue = 16;
+        c.limits.send_rate = 100_000;
+        c.limits.send_burst = 100_000;
+    });
     let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
     // Bob's stream window is tiny: once it is full, what the daemon sends him queues up.
     let mut bob = Client::connect_with(daemon.addr, &daemon.cert, Some(2_048)).await;
@@ -126,10 +124,9 @@ async fn a_client_that_stops_reading_lags_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_per_user_are_limited() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut config = test_config(temp.path());
-    config.limits.max_rooms_per_user = 2;
-    let daemon = TestDaemon::start_in(temp.path(), config);
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.max_rooms_per_user = 2;
+    });
     let (mut alice, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
     let (mut bob, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
     let create = |name: &str| Request::CreateRoom {

@@ -45,8 +45,15 @@ pub fn test_config(dir: &Path) -> Config {
 
 impl TestDaemon {
     pub fn start() -> TestDaemon {
+        TestDaemon::start_with(|_| {})
+    }
+
+    /// A daemon on a temp dir with the test configuration changed by `change`.
+    pub fn start_with(change: impl FnOnce(&mut Config)) -> TestDaemon {
         let temp = tempfile::tempdir().unwrap();
-        let mut daemon = TestDaemon::start_in(temp.path(), test_config(temp.path()));
+        let mut config = test_config(temp.path());
+        change(&mut config);
+        let mut daemon = TestDaemon::start_in(temp.path(), config);
         daemon._temp = Some(temp);
         daemon
     }

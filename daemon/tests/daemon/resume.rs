@@ -161,11 +161,10 @@ async fn an_offline_user_gets_everything_since_their_delivered_marker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_above_the_bound_is_announced() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut config = test_config(temp.path());
-    config.limits.max_resume_gap = 5;
-    config.limits.max_replay = 5;
-    let daemon = TestDaemon::start_in(temp.path(), config);
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.max_resume_gap = 5;
+        c.limits.max_replay = 5;
+    });
     let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
     let notes = ConversationId::Notes(a.user);
     for op in 1..=20 {
