@@ -136,6 +136,11 @@ pub struct LimitsConfig {
     pub keep_alive_secs: u64,
     /// Connections one shard accepts.
     pub max_connections_per_shard: usize,
+    /// Users one connection may follow the presence of.
+    pub max_presence_subscriptions: usize,
+    /// Least time between two presence events about the same user, in milliseconds; changes
+    /// within it are coalesced.
+    pub presence_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -191,6 +196,8 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 60,
             keep_alive_secs: 15,
             max_connections_per_shard: 100_000,
+            max_presence_subscriptions: 1_024,
+            presence_interval_ms: 1_000,
         }
     }
 }
@@ -387,6 +394,14 @@ impl Config {
         check(
             limits.max_connections_per_shard >= 1,
             "limits.max_connections_per_shard must be at least 1",
+        );
+        check(
+            limits.max_presence_subscriptions >= 1,
+            "limits.max_presence_subscriptions must be at least 1",
+        );
+        check(
+            (100..=60_000).contains(&limits.presence_interval_ms),
+            "limits.presence_interval_ms must be 100 to 60000",
         );
         if problems.is_empty() {
             Ok(())

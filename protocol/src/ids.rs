@@ -72,6 +72,11 @@ impl Seq {
 /// A conversation: the unit of ordering. Every conversation has its own log of entries
 /// numbered by [`Seq`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum ConversationId {
     /// A one-to-one conversation between two different users, `low < high`.
     /// Build it with [`ConversationId::direct`], which orders the pair.

@@ -22,30 +22,42 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One background task per connection owns the QUIC stream: it writes requests, matches
+//! One background task per client owns the QUIC connection: it writes requests, matches
 //! responses to them by request id, and queues events (at most [`EVENT_BUFFER`]; an
 //! application that falls further behind gets `Event::Lagged`, like a lagging connection gets
 //! from the daemon, and catches up through history).
 //!
-//! Not yet here: automatic reconnect with resume, typing over datagrams (they arrive with the
-//! daemon's continuity features).
+//! ## Never losing the thread
+//!
+//! The client keeps a cursor per conversation: the last sequence number it handed to the
+//! application ([`Client::cursors`]), optionally persisted in [`Options::cursor_file`]. With
+//! [`Options::reconnect`] set (and a token), a lost connection is replaced automatically, with
+//! exponential backoff and jitter; the new hello resumes from the cursors, so the daemon sends
+//! exactly what was missed (or a `Gap` to page through history), then `CaughtUp`. Entries at
+//! or before a cursor are never handed out twice. Requests that were unanswered when the
+//! connection dropped are sent again if repeating them is safe — reads, marks, presence, and
+//! sends, which keep their op id so the daemon stores them once — and fail with
+//! [`Error::Interrupted`] otherwise (room changes, registration). [`Client::status`] tells
+//! whether the client is connected.
 
 #![forbid(unsafe_code)]
 
+mod driver;
 mod trust;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use chat_protocol::{
-    Auth, ClientFrame, ContentType, ConversationId, ConversationPage, DeviceId, ErrorBody,
-    ErrorCode, Event, FrameDecoder, Goodbye, Hello, HelloOk, HistoryFrom, HistoryPage,
-    HistoryQuery, Limits, Marker, MemberPage, OpId, Order, Request, RequestId, Response, Role,
-    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Session, Timestamp, TokenGrant,
-    TypingUpdate, UserId, UserInfo, UserRef, decode_datagram, encode_frame_to_vec,
+    Auth, ContentType, ConversationId, ConversationPage, Cursor, DeviceId, ErrorBody, ErrorCode,
+    Event, Goodbye, HelloOk, HistoryFrom, HistoryPage, HistoryQuery, Limits, Marker, MemberPage,
+    OpId, Order, PresenceInfo, Request, Response, Resume, Role, RoomId, RoomInfo, SendAck,
+    SendMessage, Seq, Session, Timestamp, TokenGrant, TypingUpdate, UserId, UserInfo, UserRef,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+
+use driver::{Command, Dial, Driver};
 
 /// Unpacks the expected response variant or reports what came instead.
 macro_rules! expect_response {
@@ -92,6 +104,12 @@ pub enum Error {
     /// The daemon sent something this client cannot decode or did not expect.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The connection dropped before the answer came, and the request is not one that is
+    /// safe to repeat: it may or may not have taken effect.
+    #[error(
+        "the connection dropped before the answer; the request may or may not have taken effect"
+    )]
+    Interrupted,
 }
 
 impl Error {
@@ -128,6 +146,55 @@ pub struct Options {
     pub token: Option<String>,
     /// Client software name sent in the hello.
     pub client_name: String,
+    /// Reconnect automatically when the connection is lost (needs `token`). `None`: a lost
+    /// connection ends the client.
+    pub reconnect: Option<Reconnect>,
+    /// Where the per-conversation cursors are kept between runs. When the file holds cursors,
+    /// the first hello resumes from them too, so what arrived while the program was not
+    /// running is delivered first.
+    pub cursor_file: Option<PathBuf>,
+}
+
+/// How to reconnect: exponential backoff from `initial_delay` to `max_delay`, each wait
+/// shortened by a random 0-50 % so clients of a restarted daemon do not return all at once.
+#[derive(Clone, Debug)]
+pub struct Reconnect {
+    /// The first wait.
+    pub initial_delay: Duration,
+    /// The longest wait.
+    pub max_delay: Duration,
+    /// Stop trying after this long without a connection; `None`: never. A refused token
+    /// (expired, unknown key, ...) stops at once.
+    pub give_up_after: Option<Duration>,
+    /// How long one attempt may take (a daemon that is down does not answer at all).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Reconnect {
+    /// 100 ms doubling up to 5 s, 5 s per attempt; never gives up.
+    fn default() -> Self {
+        Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            give_up_after: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The state of a client's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Connected and authenticated (or anonymous).
+    Connected,
+    /// The connection was lost; trying again (attempt number, from 1).
+    Reconnecting {
+        /// How many attempts so far, counting the one under way.
+        attempt: u32,
+    },
+    /// Closed for good: by [`Client::close`], or the connection was lost and reconnecting is
+    /// off or gave up.
+    Closed,
 }
 
 impl Options {
@@ -140,6 +207,8 @@ impl Options {
             device: DeviceId(random_u64()),
             token: None,
             client_name: concat!("chat-sdk/", env!("CARGO_PKG_VERSION")).into(),
+            reconnect: None,
+            cursor_file: None,
         }
     }
 }
@@ -160,33 +229,24 @@ fn getrandom(bytes: &mut [u8]) -> Result<(), rustls::Error> {
         .map_err(|_| rustls::Error::FailedToGetRandomBytes)
 }
 
-type Reply = oneshot::Sender<Result<Response, ErrorBody>>;
-
-enum Command {
-    Request {
-        request: Request,
-        reply: Reply,
-    },
-    /// A typing update for the stream (when the connection has no datagrams).
-    Typing(TypingUpdate),
-}
-
-/// A connection to the daemon.
+/// A connection to the daemon (and, with [`Options::reconnect`], its replacements).
 pub struct Client {
     commands: mpsc::Sender<Command>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     hello: HelloOk,
     goodbye: watch::Receiver<Option<Goodbye>>,
-    connection: quinn::Connection,
-    _endpoint: quinn::Endpoint,
+    status: watch::Receiver<Status>,
 }
 
 impl Client {
     /// Connects, says hello (with `options.token` when set) and starts the connection task.
+    /// With a cursor file holding cursors, the hello resumes from them. With reconnecting on
+    /// and no stored cursors, the cursors start at the heads of the user's conversations, so a
+    /// later resume asks only for what is new.
     ///
     /// # Errors
-    /// Bad options, an unreachable daemon or refused certificate, no common protocol version.
-    /// A refused token is [`Error::Server`] with its code.
+    /// Bad options, an unreadable cursor file, an unreachable daemon or refused certificate,
+    /// no common protocol version. A refused token is [`Error::Server`] with its code.
     pub async fn connect(options: &Options) -> Result<Client, Error> {
         let addr = resolve(&options.server)?;
         let host = options
@@ -204,59 +264,73 @@ impl Client {
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| Error::Connect(e.to_string()))?;
         endpoint.set_default_client_config(trust::client_config(&options.trust)?);
-        let connection = endpoint
-            .connect(addr, host)
-            .map_err(|e| Error::Connect(e.to_string()))?
-            .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
-        let hello = ClientFrame::Hello(Hello {
-            versions: chat_protocol::SUPPORTED_VERSIONS,
-            client: options.client_name.clone(),
-            device: options.device,
-            auth: options.token.clone().map(|token| Auth {
-                token,
-                resume: None,
-            }),
-        });
-        write_frame(&mut send, &hello).await?;
-        let mut decoder = FrameDecoder::<ServerFrame>::new();
-        let hello_ok = match read_frame(&mut recv, &mut decoder).await? {
-            ServerFrame::HelloOk(ok) => ok,
-            ServerFrame::Error { error, .. } => return Err(error.into()),
-            ServerFrame::Goodbye(goodbye) => return Err(Error::Closed(Some(goodbye))),
-            other => return Err(Error::Protocol(format!("expected HelloOk, got {other:?}"))),
+        let stored = match &options.cursor_file {
+            Some(path) => driver::load_cursor_file(path)?,
+            None => Vec::new(),
         };
-        if options.token.is_some() && hello_ok.session.is_none() {
-            // The daemon explains why in an error frame right after the HelloOk.
-            return Err(match read_frame(&mut recv, &mut decoder).await? {
-                ServerFrame::Error { error, .. } => error.into(),
-                other => Error::Protocol(format!("hello did not authenticate: {other:?}")),
-            });
-        }
+        let dial = Dial {
+            endpoint,
+            addr,
+            host: host.to_owned(),
+            client_name: options.client_name.clone(),
+            device: options.device,
+            token: options.token.clone(),
+        };
+        let resume = (!stored.is_empty()).then(|| Resume {
+            cursors: stored.clone(),
+        });
+        let (live, hello) = dial.connect(resume).await?;
         let (commands, command_rx) = mpsc::channel(REQUEST_BUFFER);
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
         let (goodbye_tx, goodbye) = watch::channel(None);
-        tokio::spawn(drive(
-            connection.clone(),
-            send,
-            recv,
-            decoder,
-            command_rx,
-            event_tx,
-            goodbye_tx,
-        ));
-        Ok(Client {
+        let (status_tx, status) = watch::channel(Status::Connected);
+        let baseline = options.reconnect.is_some() && hello.session.is_some() && stored.is_empty();
+        let driver = Driver::new(
+            dial,
+            options,
+            stored.iter().map(|c| (c.conversation, c.seq)).collect(),
+            driver::Channels {
+                commands: command_rx,
+                events: event_tx,
+                goodbye: goodbye_tx,
+                status: status_tx,
+            },
+        );
+        tokio::spawn(driver.run(live));
+        let client = Client {
             commands,
             events: tokio::sync::Mutex::new(events),
-            hello: hello_ok,
+            hello,
             goodbye,
-            connection,
-            _endpoint: endpoint,
-        })
+            status,
+        };
+        if baseline {
+            client.start_cursors_at_heads().await?;
+        }
+        Ok(client)
+    }
+
+    /// Sets the cursor of every conversation of the user without one to its head.
+    async fn start_cursors_at_heads(&self) -> Result<(), Error> {
+        let mut after = None;
+        let mut heads = Vec::new();
+        loop {
+            let page = self.conversations(after, self.limits().max_page).await?;
+            heads.extend(page.conversations.iter().map(|c| Cursor {
+                conversation: c.conversation,
+                seq: c.head,
+            }));
+            match page.next {
+                Some(next) if heads.len() < chat_protocol::limits::MAX_RESUME_CURSORS => {
+                    after = Some(next);
+                }
+                _ => break,
+            }
+        }
+        self.commands
+            .send(Command::Baseline(heads))
+            .await
+            .map_err(|_| Error::Closed(self.goodbye()))
     }
 
     /// Who the connection is authenticated as, if the hello carried a valid token.
@@ -277,6 +351,32 @@ impl Client {
         self.goodbye.borrow().clone()
     }
 
+    /// The connection's state now.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// A receiver of the connection's state, to wait for changes
+    /// (`watch::Receiver::changed`).
+    #[must_use]
+    pub fn status_changes(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// The per-conversation cursors: the last sequence number handed to the application.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the client is closed.
+    pub async fn cursors(&self) -> Result<Vec<Cursor>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Cursors(reply))
+            .await
+            .map_err(|_| Error::Closed(self.goodbye()))?;
+        answer.await.map_err(|_| Error::Closed(self.goodbye()))
+    }
+
     /// Sends any request and waits for its response.
     ///
     /// # Errors
@@ -291,11 +391,9 @@ impl Client {
         {
             return Err(Error::Closed(self.goodbye()));
         }
-        match answer.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(body)) => Err(body.into()),
-            Err(_) => Err(Error::Closed(self.goodbye())),
-        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Error::Closed(self.goodbye())))
     }
 
     /// The next event; `None` once the connection is closed and every event was read.
@@ -304,13 +402,12 @@ impl Client {
     }
 
     /// Closes the connection (code 0) and waits, briefly, until the daemon has been told.
+    /// The cursor file, if any, is written first.
     pub async fn close(self) {
-        self.connection.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            self._endpoint.wait_idle(),
-        )
-        .await;
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
     }
 
     /// Creates an account; returns a token for it.
@@ -449,18 +546,6 @@ impl Client {
             conversation,
             active,
         };
-        let frame = encode_frame_to_vec(&ClientFrame::Typing(update))
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        if self
-            .connection
-            .max_datagram_size()
-            .is_some_and(|max| frame.len() <= max)
-        {
-            return self
-                .connection
-                .send_datagram(frame.into())
-                .map_err(|e| Error::Connect(e.to_string()));
-        }
         self.commands
             .send(Command::Typing(update))
             .await
@@ -608,137 +693,33 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Changes which users' presence this connection follows (yourself, users you have a
+    /// direct conversation with, members of your rooms); returns the current state of the
+    /// newly followed users. Changes then arrive as `Event::Presence`.
+    ///
+    /// # Errors
+    /// `FORBIDDEN` (a user you share no conversation with: nothing changes),
+    /// `INVALID_REQUEST` (too many users), or a connection error.
+    pub async fn presence(
+        &self,
+        subscribe: Vec<UserId>,
+        unsubscribe: Vec<UserId>,
+    ) -> Result<Vec<PresenceInfo>, Error> {
+        let request = Request::Presence {
+            subscribe,
+            unsubscribe,
+        };
+        expect_response!(self.request(request).await?, Response::Presence(states) => states)
+    }
+}
+
 fn resolve(server: &str) -> Result<SocketAddr, Error> {
     server
         .to_socket_addrs()
         .map_err(|e| Error::Config(format!("{server}: {e}")))?
         .next()
         .ok_or_else(|| Error::Config(format!("{server}: no address")))
-}
-
-async fn write_frame(send: &mut quinn::SendStream, frame: &ClientFrame) -> Result<(), Error> {
-    let bytes = encode_frame_to_vec(frame).map_err(|e| Error::Protocol(e.to_string()))?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| Error::Connect(e.to_string()))
-}
-
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    decoder: &mut FrameDecoder<ServerFrame>,
-) -> Result<ServerFrame, Error> {
-    loop {
-        if let Some(frame) = decoder
-            .next_frame()
-            .map_err(|e| Error::Protocol(e.to_string()))?
-        {
-            return Ok(frame);
-        }
-        match recv.read_chunk(decoder.space(), true).await {
-            Ok(Some(chunk)) => decoder
-                .push(&chunk.bytes)
-                .map_err(|e| Error::Protocol(e.to_string()))?,
-            Ok(None) | Err(_) => return Err(Error::Closed(None)),
-        }
-    }
-}
-
-/// Queues an event for the application; when it falls [`EVENT_BUFFER`] behind it gets
-/// `Lagged` (once) and events are dropped until there is room again.
-fn queue_event(events: &mpsc::Sender<Event>, lagged: &mut bool, event: Event) {
-    if *lagged && events.try_send(Event::Lagged).is_ok() {
-        *lagged = false;
-    }
-    if !*lagged && events.try_send(event).is_err() {
-        *lagged = true;
-    }
-}
-
-/// The connection task: writes requests, reads frames, answers requests, queues events.
-async fn drive(
-    connection: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    mut decoder: FrameDecoder<ServerFrame>,
-    mut commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
-    goodbye: watch::Sender<Option<Goodbye>>,
-) {
-    let next_id = AtomicU32::new(1);
-    let mut pending: HashMap<RequestId, Reply> = HashMap::new();
-    let mut lagged = false;
-    loop {
-        // Frames already buffered first.
-        let frame = match decoder.next_frame() {
-            Ok(Some(frame)) => Some(frame),
-            Ok(None) => None,
-            Err(_) => break,
-        };
-        if let Some(frame) = frame {
-            match frame {
-                ServerFrame::Response { id, response } => {
-                    if let Some(reply) = pending.remove(&id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-                ServerFrame::Error {
-                    id: Some(id),
-                    error,
-                } => {
-                    if let Some(reply) = pending.remove(&id) {
-                        let _ = reply.send(Err(error));
-                    }
-                }
-                ServerFrame::Error { id: None, .. } | ServerFrame::HelloOk(_) => {}
-                ServerFrame::Goodbye(g) => {
-                    let _ = goodbye.send(Some(g));
-                }
-                ServerFrame::Event(event) => queue_event(&events, &mut lagged, event),
-            }
-            continue;
-        }
-        tokio::select! {
-            command = commands.recv() => {
-                let (request, reply) = match command {
-                    Some(Command::Request { request, reply }) => (request, reply),
-                    Some(Command::Typing(update)) => {
-                        if write_frame(&mut send, &ClientFrame::Typing(update)).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    None => break,
-                };
-                let id = RequestId(next_id.fetch_add(1, Ordering::Relaxed));
-                if let Err(e) = write_frame(&mut send, &ClientFrame::Request { id, request }).await {
-                    let _ = reply.send(Err(ErrorBody { code: ErrorCode::UNAVAILABLE, reason: e.to_string(), retry_after_ms: None }));
-                    break;
-                }
-                pending.insert(id, reply);
-            }
-            datagram = connection.read_datagram() => match datagram {
-                // Datagrams are the ephemeral lane (typing): never worth a lag.
-                Ok(bytes) => {
-                    if let Ok(ServerFrame::Event(event)) = decode_datagram::<ServerFrame>(&bytes) {
-                        if !lagged {
-                            let _ = events.try_send(event);
-                        }
-                    }
-                }
-                Err(_) => break,
-            },
-            chunk = recv.read_chunk(decoder.space(), true) => match chunk {
-                Ok(Some(chunk)) => {
-                    if decoder.push(&chunk.bytes).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
-            },
-        }
-    }
-    // Pending requests learn of the close when their reply sender is dropped.
-    drop(pending);
 }
 
 #[cfg(test)]

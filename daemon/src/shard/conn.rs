@@ -84,6 +84,8 @@ struct ConnState {
     /// While a catch-up runs: live log events that arrived meanwhile, delivered after the
     /// replay (without what the replay already held).
     catching_up: Option<Vec<(Position, Bytes)>>,
+    /// The users whose presence this connection follows.
+    presence: std::collections::HashSet<UserId>,
 }
 
 #[derive(Default)]
@@ -202,6 +204,8 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
             shard.shared.registry_of(user),
             ShardMsg::Registry(registry::Op::Offline { user, device, at }),
         );
+        let followed = std::mem::take(&mut conn.state.borrow_mut().presence);
+        unwatch(&shard, at, followed.into_iter().collect());
     }
     // The session is over: if nobody said goodbye yet (the client ended or reset its stream),
     // the writer says it and closes the connection, so no connection outlives its session.
@@ -717,10 +721,118 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 answer(response(id, Response::Ok));
             }
         }
-        Request::Presence { .. } => {
-            fail(ErrorCode::INVALID_REQUEST, "presence is not supported yet")
+        Request::Presence {
+            subscribe,
+            unsubscribe,
+        } => {
+            let max = chat_protocol::limits::MAX_USERS_PER_REQUEST;
+            if subscribe.len() > max || unsubscribe.len() > max {
+                return fail(
+                    ErrorCode::INVALID_REQUEST,
+                    "at most 256 users per presence change",
+                );
+            }
+            // Who may be followed is checked on the pool; the change is applied here after.
+            let shared = Arc::clone(&shard.shared);
+            shard.read_then(origin, move |store| {
+                if let Some(other) = store.presence_forbidden(user, &subscribe)? {
+                    let reason = format!("you share no conversation with user {}", other.0);
+                    return Ok(Err(error(id, ErrorCode::FORBIDDEN, &reason)));
+                }
+                shared.push_blocking(
+                    origin.at.shard,
+                    ShardMsg::Presence {
+                        origin,
+                        subscribe,
+                        unsubscribe,
+                    },
+                );
+                Ok(Ok(()))
+            });
         }
     }
+}
+
+/// Applies a checked presence change of a local connection: unsubscribes first, then
+/// subscribes (a user in both lists stays followed), and answers with the current state of
+/// the subscribed users, gathered from their registry shards.
+pub(crate) fn presence(
+    shard: &Rc<Shard>,
+    origin: Origin,
+    mut subscribe: Vec<UserId>,
+    unsubscribe: Vec<UserId>,
+) {
+    let Some(conn) = get(shard, origin.at.conn) else {
+        return;
+    };
+    let limit = shard.shared.config.limits.max_presence_subscriptions;
+    let mut state = conn.state.borrow_mut();
+    let mut followed = state.presence.clone();
+    for user in &unsubscribe {
+        followed.remove(user);
+    }
+    followed.extend(subscribe.iter().copied());
+    if followed.len() > limit {
+        drop(state);
+        let reason = format!("at most {limit} presence subscriptions per connection");
+        return reply(
+            shard,
+            conn.id,
+            error(origin.request, ErrorCode::INVALID_REQUEST, &reason),
+        );
+    }
+    let dropped: Vec<UserId> = state.presence.difference(&followed).copied().collect();
+    state.presence = followed;
+    drop(state);
+    unwatch(shard, origin.at, dropped);
+    subscribe.sort_unstable();
+    subscribe.dedup();
+    if subscribe.is_empty() {
+        return reply(
+            shard,
+            conn.id,
+            response(origin.request, Response::Presence(Vec::new())),
+        );
+    }
+    let groups = by_registry(shard, subscribe.iter().copied());
+    let gather = registry::PresenceGather::new(origin, subscribe.len(), groups.len());
+    for (target, users) in groups {
+        let gather = Arc::clone(&gather);
+        shard.send(
+            target,
+            ShardMsg::Registry(registry::Op::Watch {
+                users,
+                at: origin.at,
+                gather,
+            }),
+        );
+    }
+}
+
+/// Tells the registry shards of `users` that connection `at` no longer follows them.
+fn unwatch(shard: &Shard, at: ConnRef, users: Vec<UserId>) {
+    for (target, users) in by_registry(shard, users) {
+        shard.send(
+            target,
+            ShardMsg::Registry(registry::Op::Unwatch { users, at }),
+        );
+    }
+}
+
+/// Users grouped by the shard that owns their registry.
+fn by_registry(
+    shard: &Shard,
+    users: impl IntoIterator<Item = UserId>,
+) -> Vec<(super::ShardId, Vec<UserId>)> {
+    let mut groups: Vec<(super::ShardId, Vec<UserId>)> = Vec::new();
+    for user in users {
+        let target = shard.shared.registry_of(user);
+        match groups.iter_mut().find(|(s, _)| *s == target) {
+            Some((_, users)) => users.push(user),
+            None => groups.push((target, vec![user])),
+        }
+    }
+    groups
 }
 
 /// Passes `op` (a room creation or join) to the room's owner if the user is in fewer than

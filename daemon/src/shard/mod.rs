@@ -121,6 +121,12 @@ pub(crate) enum ShardMsg {
     },
     /// A `Deliver` for these local connections could not be queued: they lag.
     LagConns { conns: Vec<ConnId> },
+    /// A presence change of a local connection, checked on the read pool.
+    Presence {
+        origin: Origin,
+        subscribe: Vec<UserId>,
+        unsubscribe: Vec<UserId>,
+    },
     /// Stop: close connections with `SHUTTING_DOWN` and exit once drained.
     Shutdown,
 }
@@ -443,6 +449,11 @@ impl Shard {
             }
             ShardMsg::LagUsers { users, except } => registry::lag(self, &users, except),
             ShardMsg::LagConns { conns } => conn::lag(self, &conns),
+            ShardMsg::Presence {
+                origin,
+                subscribe,
+                unsubscribe,
+            } => conn::presence(self, origin, subscribe, unsubscribe),
             ShardMsg::Shutdown => conn::shutdown(self),
         }
     }
@@ -500,6 +511,7 @@ pub(crate) fn run(
                 }
                 _ = tick.tick() => {}
             }
+            registry::flush_presence(&shard);
             shard.flush_retries();
             let elapsed = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared.heartbeats[id].store(elapsed, Ordering::Release);

@@ -2,21 +2,35 @@
 //! devices, wherever those connections live. Fan-out of an event goes through the registry
 //! shards of its audience; each turns "these users" into "these connections", grouped into
 //! one `Deliver` per connection shard.
+//!
+//! The registry also owns its users' presence: online while a device is connected, else
+//! offline since the last device left (`last_seen`). Connections follow the presence of
+//! chosen users (`Watch`); a change is published to them at the next flush, at most once per
+//! `presence_interval_ms` per user and only if the state differs from the last one published,
+//! so flapping connections and users in many rooms do not cause event storms.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use chat_protocol::{
-    DeviceId, ErrorBody, ErrorCode, GoodbyeCode, SendMessage, ServerFrame, UserId,
+    DeviceId, ErrorBody, ErrorCode, Event, GoodbyeCode, PresenceInfo, PresenceStatus, Response,
+    SendMessage, ServerFrame, Timestamp, UserId,
 };
+use crossbeam_queue::ArrayQueue;
 
-use super::{ConnId, ConnRef, Origin, Shard, ShardId, ShardMsg, encode};
+use super::{ConnId, ConnRef, Origin, Shard, ShardId, ShardMsg, encode, now_ms, response};
 
 /// Most connected devices per user; a further one replaces the oldest.
 pub(crate) const MAX_DEVICES_PER_USER: usize = 32;
+
+/// Most last-seen times one registry shard remembers; the oldest is forgotten first (that
+/// user then reads as offline with no last-seen time).
+pub(crate) const MAX_LAST_SEEN: usize = 1_000_000;
 
 /// Registry changes.
 pub(crate) enum Op {
@@ -38,6 +52,65 @@ pub(crate) enum Op {
         origin: Origin,
         message: SendMessage,
     },
+    /// Connection `at` follows the presence of `users` (all owned by this registry); the
+    /// current state of each goes into `gather`.
+    Watch {
+        users: Vec<UserId>,
+        at: ConnRef,
+        gather: Arc<PresenceGather>,
+    },
+    /// Connection `at` no longer follows `users`.
+    Unwatch { users: Vec<UserId>, at: ConnRef },
+}
+
+/// The answer to one `Presence` request, collected from the registry shards of its users:
+/// each adds the states it owns; the last one to finish replies.
+pub(crate) struct PresenceGather {
+    origin: Origin,
+    /// Registry shards that have not answered yet.
+    pending: AtomicUsize,
+    infos: ArrayQueue<PresenceInfo>,
+}
+
+impl PresenceGather {
+    /// A gather for `users` users from `shards` registry shards (both at least 1).
+    pub(crate) fn new(origin: Origin, users: usize, shards: usize) -> Arc<PresenceGather> {
+        Arc::new(PresenceGather {
+            origin,
+            pending: AtomicUsize::new(shards),
+            infos: ArrayQueue::new(users.max(1)),
+        })
+    }
+
+    /// Adds this shard's states; the last shard sends the response.
+    fn add(&self, shard: &Shard, infos: impl IntoIterator<Item = PresenceInfo>) {
+        for info in infos {
+            // Never full: sized for every user of the request.
+            let _ = self.infos.push(info);
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut all = Vec::with_capacity(self.infos.len());
+            while let Some(info) = self.infos.pop() {
+                all.push(info);
+            }
+            all.sort_unstable_by_key(|info| info.user);
+            shard.reply(
+                &self.origin,
+                response(self.origin.request, Response::Presence(all)),
+            );
+        }
+    }
+}
+
+/// The followers of one user's presence.
+struct Watched {
+    conns: Vec<ConnRef>,
+    /// The state the followers were last told.
+    published: PresenceStatus,
+    /// When it was published (or the first follower subscribed).
+    published_at: Instant,
+    /// In `Registry::dirty`.
+    dirty: bool,
 }
 
 /// A token bucket: `send_burst` tokens, refilled at `send_rate` per second.
@@ -75,6 +148,115 @@ pub(crate) struct Registry {
     users: HashMap<UserId, Vec<(DeviceId, ConnRef)>>,
     /// Send rate buckets of the users with a connected device (dropped with the last one).
     buckets: HashMap<UserId, Bucket>,
+    presence: PresenceTable,
+}
+
+/// Presence bookkeeping of a registry shard: last-seen times, followers, pending changes.
+/// Time is passed in, so the coalescing rules are tested without clocks.
+#[derive(Default)]
+struct PresenceTable {
+    /// When each offline user's last device disconnected, oldest first in `seen_order`;
+    /// at most `MAX_LAST_SEEN`.
+    last_seen: HashMap<UserId, Timestamp>,
+    seen_order: BTreeSet<(Timestamp, UserId)>,
+    /// Users whose presence someone follows.
+    watched: HashMap<UserId, Watched>,
+    /// Watched users whose state changed since it was last published.
+    dirty: Vec<UserId>,
+}
+
+impl PresenceTable {
+    /// A user's presence, given whether a device of theirs is connected.
+    fn state(&self, user: UserId, online: bool) -> PresenceInfo {
+        PresenceInfo {
+            user,
+            status: if online {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            },
+            last_seen: if online {
+                None
+            } else {
+                self.last_seen.get(&user).copied()
+            },
+        }
+    }
+
+    /// Notes that `user` came online (`offline_at` is `None`) or went offline.
+    fn changed(&mut self, user: UserId, offline_at: Option<Timestamp>) {
+        if let Some(old) = self.last_seen.remove(&user) {
+            self.seen_order.remove(&(old, user));
+        }
+        if let Some(at) = offline_at {
+            if self.last_seen.len() >= MAX_LAST_SEEN {
+                if let Some((_, oldest)) = self.seen_order.pop_first() {
+                    self.last_seen.remove(&oldest);
+                }
+            }
+            self.last_seen.insert(user, at);
+            self.seen_order.insert((at, user));
+        }
+        if let Some(watched) = self.watched.get_mut(&user) {
+            if !watched.dirty {
+                watched.dirty = true;
+                self.dirty.push(user);
+            }
+        }
+    }
+
+    /// Connection `at` follows `user`, whose state is `info`.
+    fn watch(&mut self, info: PresenceInfo, at: ConnRef, now: Instant) {
+        let watched = self.watched.entry(info.user).or_insert_with(|| Watched {
+            conns: Vec::new(),
+            published: info.status,
+            published_at: now,
+            dirty: false,
+        });
+        if !watched.conns.contains(&at) {
+            watched.conns.push(at);
+        }
+    }
+
+    /// Connection `at` no longer follows `user`.
+    fn unwatch(&mut self, user: UserId, at: ConnRef) {
+        if let Some(watched) = self.watched.get_mut(&user) {
+            watched.conns.retain(|c| *c != at);
+            if watched.conns.is_empty() {
+                self.watched.remove(&user);
+            }
+        }
+    }
+
+    /// The changes due at `now`: for each changed watched user last published at least
+    /// `interval` ago, the new state and its followers if it differs from the published one.
+    /// Changes not yet due stay pending.
+    fn due(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        online: impl Fn(UserId) -> bool,
+    ) -> Vec<(PresenceInfo, Vec<ConnRef>)> {
+        let mut due = Vec::new();
+        for user in std::mem::take(&mut self.dirty) {
+            let info = self.state(user, online(user));
+            let Some(watched) = self.watched.get_mut(&user) else {
+                continue; // nobody follows them any more
+            };
+            if now.saturating_duration_since(watched.published_at) < interval {
+                self.dirty.push(user);
+                continue;
+            }
+            watched.dirty = false;
+            if info.status == watched.published {
+                continue; // flapped back within the interval: nothing to tell
+            }
+            watched.published = info.status;
+            watched.published_at = now;
+            due.push((info, watched.conns.clone()));
+        }
+        due
+    }
 }
 
 /// Applies a registry change.
@@ -94,7 +276,11 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             if devices.len() >= MAX_DEVICES_PER_USER {
                 replaced.push(devices.remove(0).1);
             }
+            let came_online = devices.is_empty();
             devices.push((device, at));
+            if came_online {
+                registry.presence.changed(user, None);
+            }
             drop(registry);
             for old in replaced {
                 shard.send(
@@ -113,7 +299,25 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 if devices.is_empty() {
                     registry.users.remove(&user);
                     registry.buckets.remove(&user);
+                    registry.presence.changed(user, Some(now_ms()));
                 }
+            }
+        }
+        Op::Watch { users, at, gather } => {
+            let now = Instant::now();
+            let mut infos = Vec::with_capacity(users.len());
+            for user in users {
+                let online = registry.users.contains_key(&user);
+                let info = registry.presence.state(user, online);
+                registry.presence.watch(info, at, now);
+                infos.push(info);
+            }
+            drop(registry);
+            gather.add(shard, infos);
+        }
+        Op::Unwatch { users, at } => {
+            for user in users {
+                registry.presence.unwatch(user, at);
             }
         }
         Op::Send { origin, message } => {
@@ -154,6 +358,36 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
     }
 }
 
+/// Publishes the presence changes that are due: for each changed watched user last
+/// published at least `presence_interval_ms` ago, the new state if it differs from the
+/// published one. Called at every turn of the shard's loop.
+pub(crate) fn flush_presence(shard: &Rc<Shard>) {
+    let mut registry = shard.registry.borrow_mut();
+    if registry.presence.dirty.is_empty() {
+        return;
+    }
+    let interval = Duration::from_millis(shard.shared.config.limits.presence_interval_ms);
+    let Registry {
+        users, presence, ..
+    } = &mut *registry;
+    let due = presence.due(Instant::now(), interval, |user| users.contains_key(&user));
+    drop(registry);
+    for (info, conns) in due {
+        let frame = encode(&ServerFrame::Event(Event::Presence(info)));
+        for (target, conns) in by_shard(conns) {
+            shard.send(
+                target,
+                ShardMsg::Deliver {
+                    conns,
+                    frame: frame.clone(),
+                    ephemeral: false,
+                    entry: None,
+                },
+            );
+        }
+    }
+}
+
 /// Sends `frame` to every connected device of the users in `users` that this shard's registry
 /// owns, except the connection `except`: one `Deliver` per connection shard.
 pub(crate) fn fanout(
@@ -190,21 +424,117 @@ fn connections(
     users: &[UserId],
     except: Option<ConnRef>,
 ) -> Vec<(ShardId, Vec<ConnId>)> {
-    let mut targets: Vec<(ShardId, Vec<ConnId>)> = Vec::new();
     let registry = shard.registry.borrow();
-    for user in users {
-        if shard.shared.registry_of(*user) != shard.id {
-            continue;
-        }
-        for (_, at) in registry.users.get(user).into_iter().flatten() {
-            if Some(*at) == except {
-                continue;
-            }
-            match targets.iter_mut().find(|(s, _)| *s == at.shard) {
-                Some((_, conns)) => conns.push(at.conn),
-                None => targets.push((at.shard, vec![at.conn])),
-            }
+    by_shard(
+        users
+            .iter()
+            .filter(|user| shard.shared.registry_of(**user) == shard.id)
+            .flat_map(|user| registry.users.get(user).into_iter().flatten())
+            .map(|(_, at)| *at)
+            .filter(|at| Some(*at) != except),
+    )
+}
+
+/// Connections grouped by the shard they live on.
+pub(crate) fn by_shard(conns: impl IntoIterator<Item = ConnRef>) -> Vec<(ShardId, Vec<ConnId>)> {
+    let mut targets: Vec<(ShardId, Vec<ConnId>)> = Vec::new();
+    for at in conns {
+        match targets.iter_mut().find(|(s, _)| *s == at.shard) {
+            Some((_, conns)) => conns.push(at.conn),
+            None => targets.push((at.shard, vec![at.conn])),
         }
     }
     targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn conn(n: u64) -> ConnRef {
+        ConnRef {
+            shard: 0,
+            conn: ConnId(n),
+        }
+    }
+
+    /// A table where `alice` (online at t0) is followed by connection 1.
+    fn followed(alice: UserId, t0: Instant) -> PresenceTable {
+        let mut table = PresenceTable::default();
+        let info = table.state(alice, true);
+        table.watch(info, conn(1), t0);
+        table
+    }
+
+    #[test]
+    fn a_change_is_published_once_to_the_followers() {
+        let (alice, t0) = (UserId(7), Instant::now());
+        let mut table = followed(alice, t0);
+        table.watch(table.state(alice, true), conn(2), t0);
+        table.changed(alice, Some(Timestamp(5_000)));
+        let due = table.due(t0 + SECOND, SECOND, |_| false);
+        assert_eq!(due.len(), 1);
+        let (info, conns) = &due[0];
+        assert_eq!(info.status, PresenceStatus::Offline);
+        assert_eq!(info.last_seen, Some(Timestamp(5_000)));
+        assert_eq!(conns, &vec![conn(1), conn(2)]);
+        // Nothing more until the next change.
+        assert!(table.due(t0 + 5 * SECOND, SECOND, |_| false).is_empty());
+    }
+
+    #[test]
+    fn changes_within_the_interval_are_coalesced() {
+        let (alice, t0) = (UserId(7), Instant::now());
+        let mut table = followed(alice, t0);
+        // Offline and back within the interval: held back, then nothing to tell.
+        table.changed(alice, Some(Timestamp(1)));
+        assert!(table.due(t0 + SECOND / 2, SECOND, |_| false).is_empty());
+        table.changed(alice, None);
+        assert!(table.due(t0 + SECOND, SECOND, |_| true).is_empty());
+        // A hundred flaps ending offline: one event, the last state.
+        for i in 0..100 {
+            table.changed(alice, Some(Timestamp(i)));
+            table.changed(alice, None);
+        }
+        table.changed(alice, Some(Timestamp(100)));
+        let due = table.due(t0 + 2 * SECOND, SECOND, |_| false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.last_seen, Some(Timestamp(100)));
+    }
+
+    #[test]
+    fn one_event_per_interval_per_user_at_most() {
+        let (alice, t0) = (UserId(7), Instant::now());
+        let mut table = followed(alice, t0);
+        table.changed(alice, Some(Timestamp(1)));
+        assert_eq!(table.due(t0 + SECOND, SECOND, |_| false).len(), 1);
+        // Back online right after: due only a full interval after the last event.
+        table.changed(alice, None);
+        assert!(
+            table
+                .due(t0 + SECOND + SECOND / 2, SECOND, |_| true)
+                .is_empty()
+        );
+        let due = table.due(t0 + 2 * SECOND, SECOND, |_| true);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.status, PresenceStatus::Online);
+        assert_eq!(due[0].0.last_seen, None);
+    }
+
+    #[test]
+    fn unfollowed_users_are_forgotten_and_changes_of_others_ignored() {
+        let (alice, bob, t0) = (UserId(7), UserId(8), Instant::now());
+        let mut table = followed(alice, t0);
+        table.changed(bob, Some(Timestamp(3)));
+        assert!(table.dirty.is_empty(), "nobody follows bob");
+        table.unwatch(alice, conn(1));
+        assert!(table.watched.is_empty());
+        table.changed(alice, Some(Timestamp(4)));
+        assert!(table.due(t0 + 2 * SECOND, SECOND, |_| false).is_empty());
+        // Last-seen is still known to a new follower.
+        assert_eq!(table.state(bob, false).last_seen, Some(Timestamp(3)));
+        assert_eq!(table.state(bob, true).last_seen, None);
+    }
 }

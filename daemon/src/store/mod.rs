@@ -471,6 +471,44 @@ impl Store {
         Ok(count)
     }
 
+    /// The first of `others` whose presence `user` may not follow, if any. A user may follow
+    /// themselves, anyone they have a direct conversation with, and the members of the rooms
+    /// they are in (at most `max_rooms_per_user` rooms are looked at per user).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn presence_forbidden(
+        &self,
+        user: UserId,
+        others: &[UserId],
+    ) -> Result<Option<UserId>, Error> {
+        let prefix = keys::id(user.0);
+        let start = keys::user_conversation(user, ConversationId::Room(RoomId(0)));
+        let mut rooms = Vec::new();
+        self.scan(Cf::UserConversations, &prefix, &start, |suffix, _| {
+            if let Some(ConversationId::Room(room)) = keys::parse_conversation(suffix) {
+                rooms.push(room);
+            }
+            Ok(true)
+        })?;
+        'others: for &other in others {
+            if other == user {
+                continue;
+            }
+            let direct = keys::user_conversation(user, ConversationId::direct(user, other));
+            if self.get(Cf::UserConversations, &direct)?.is_some() {
+                continue;
+            }
+            for &room in &rooms {
+                if let Some(MemberState::Member(_)) = self.member_state(room, other)? {
+                    continue 'others;
+                }
+            }
+            return Ok(Some(other));
+        }
+        Ok(None)
+    }
+
     /// The last stored sequence number of a conversation.
     ///
     /// # Errors

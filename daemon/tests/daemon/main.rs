@@ -13,6 +13,7 @@ mod conversations;
 mod history;
 mod lifecycle;
 mod limits;
+mod presence;
 mod receipts;
 mod resume;
 mod robustness;

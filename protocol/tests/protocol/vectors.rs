@@ -257,6 +257,56 @@ fn vectors() -> Vec<Vector> {
                 reason: "restart".into(),
             }),
         ),
+        Client(
+            "sync",
+            request(
+                6,
+                Request::Sync(Resume {
+                    cursors: vec![Cursor {
+                        conversation: dm,
+                        seq: Seq(300),
+                    }],
+                }),
+            ),
+        ),
+        Client(
+            "presence-follow",
+            request(
+                7,
+                Request::Presence {
+                    subscribe: vec![BOB],
+                    unsubscribe: vec![],
+                },
+            ),
+        ),
+        Server(
+            "presence-state",
+            response(
+                7,
+                Response::Presence(vec![PresenceInfo {
+                    user: BOB,
+                    status: PresenceStatus::Offline,
+                    last_seen: Some(TS),
+                }]),
+            ),
+        ),
+        Server(
+            "event-presence",
+            ServerFrame::Event(Event::Presence(PresenceInfo {
+                user: BOB,
+                status: PresenceStatus::Online,
+                last_seen: None,
+            })),
+        ),
+        Server(
+            "event-typing",
+            ServerFrame::Event(Event::Typing(TypingEvent {
+                conversation: dm,
+                user: BOB,
+                active: true,
+                expires_in_ms: limits::TYPING_TTL_MS,
+            })),
+        ),
     ]
 }
 

@@ -1,7 +1,9 @@
 //! `chat`: the command-line client for chatd, built on chat-sdk.
 //!
 //! Conversation addresses: `@NAME` is the direct conversation with NAME (your own name: notes
-//! to self), `#ROOM` is a room. The token and the device id are kept in the profile directory.
+//! to self), `#ROOM` is a room. The token, the device id and the cursors of `listen --resume`
+//! are kept in the profile directory. `listen` and `shell` reconnect by themselves and resume
+//! without a gap.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -9,10 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chat_sdk::protocol::{
-    ConversationId, Entry, ErrorCode, Event, HistoryFrom, MembershipChange, Message, Order, RoomId,
-    Seq, UserId,
+    ConversationId, Entry, ErrorCode, Event, HistoryFrom, Marker, MembershipChange, Message, Order,
+    PresenceStatus, RoomId, Seq, UserId,
 };
-use chat_sdk::{Client, Error, Options, Trust};
+use chat_sdk::{Client, Error, Options, Reconnect, Status, Trust};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -77,7 +79,7 @@ enum Command {
         /// The text.
         text: String,
     },
-    /// Print events as they arrive.
+    /// Print events as they arrive; reconnects by itself without losing any.
     Listen {
         /// Only these conversations (@NAME or #ROOM); all when none.
         targets: Vec<String>,
@@ -87,6 +89,19 @@ enum Command {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
+        /// First print what arrived since the last `listen --resume` with this profile
+        /// (cursors kept in PROFILE/cursors.json).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Chat interactively in one conversation: typed lines are sent; messages, receipts,
+    /// typing and presence are shown as they arrive. `/quit` or end of input exits.
+    Shell {
+        /// @NAME or #ROOM.
+        target: String,
+        /// Entries of history shown first.
+        #[arg(long, default_value_t = 20)]
+        last: u16,
     },
     /// Print a page of a conversation's history (oldest first).
     History {
@@ -296,20 +311,36 @@ impl App {
 
     async fn connect(&self) -> Result<(Client, Saved), Failure> {
         let saved = self.saved()?;
-        let client = Client::connect(&self.options(Some(saved.token.clone()))?)
-            .await
-            .map_err(|e| {
-                let relogin = matches!(e.code(), Some(c) if (200..300).contains(&c.0));
-                Failure {
-                    message: if relogin {
-                        format!("{e}; run `chat login {}` again", saved.name)
-                    } else {
-                        e.to_string()
-                    },
-                    code: e.code(),
-                }
-            })?;
-        Ok((client, saved))
+        let options = self.options(Some(saved.token.clone()))?;
+        Ok((self.connect_with(&saved, &options).await?, saved))
+    }
+
+    /// Connects for a long session: reconnects by itself, resuming from the cursors (kept in
+    /// the profile when `keep_cursors`).
+    async fn connect_resilient(&self, keep_cursors: bool) -> Result<(Client, Saved), Failure> {
+        let saved = self.saved()?;
+        let mut options = self.options(Some(saved.token.clone()))?;
+        options.reconnect = Some(Reconnect::default());
+        if keep_cursors {
+            std::fs::create_dir_all(&self.profile)
+                .map_err(|e| Failure::from(format!("profile {}: {e}", self.profile.display())))?;
+            options.cursor_file = Some(self.profile.join("cursors.json"));
+        }
+        Ok((self.connect_with(&saved, &options).await?, saved))
+    }
+
+    async fn connect_with(&self, saved: &Saved, options: &Options) -> Result<Client, Failure> {
+        Client::connect(options).await.map_err(|e| {
+            let relogin = matches!(e.code(), Some(c) if (200..300).contains(&c.0));
+            Failure {
+                message: if relogin {
+                    format!("{e}; run `chat login {}` again", saved.name)
+                } else {
+                    e.to_string()
+                },
+                code: e.code(),
+            }
+        })
     }
 
     fn print(&self, value: serde_json::Value, human: impl FnOnce() -> String) {
@@ -375,20 +406,25 @@ impl App {
                 targets,
                 count,
                 timeout,
+                resume,
             } => {
-                let (client, saved) = self.connect().await?;
+                let (client, saved) = self.connect_resilient(*resume).await?;
                 let mut only = Vec::new();
                 for t in targets {
                     only.push((resolve(&client, &saved, t).await?, t.clone()));
                 }
                 let listen = self.listen(&client, &only, *count);
-                match timeout {
-                    Some(secs) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(*secs), listen).await;
-                    }
-                    None => listen.await?,
-                }
+                let result = match timeout {
+                    Some(secs) => tokio::time::timeout(Duration::from_secs(*secs), listen)
+                        .await
+                        .unwrap_or(Ok(())),
+                    None => listen.await,
+                };
+                // Closing writes the cursors of `--resume`.
+                client.close().await;
+                result?;
             }
+            Command::Shell { target, last } => self.shell(target, *last).await?,
             Command::History {
                 target,
                 before,
@@ -539,10 +575,28 @@ impl App {
         if count == Some(0) {
             return Ok(());
         }
-        while let Some(event) = client.next_event().await {
+        let mut status = client.status_changes();
+        loop {
+            let event = tokio::select! {
+                event = client.next_event() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *status.borrow_and_update();
+                    self.print_status(now);
+                    continue;
+                }
+            };
             let conversation = match &event {
                 Event::Message(m) => Some(m.conversation),
                 Event::Membership(m) => Some(m.conversation),
+                Event::Receipt(r) => Some(r.conversation),
+                Event::Typing(t) => Some(t.conversation),
+                Event::Gap(g) => Some(g.conversation),
                 _ => None,
             };
             if let Some(c) = conversation {
@@ -557,28 +611,15 @@ impl App {
                 },
                 None => String::new(),
             };
-            match event {
-                Event::Message(m) => {
-                    self.print_entry(client, &mut names, &label, &Entry::Message(m))
-                        .await;
-                    messages += 1;
-                    if count.is_some_and(|n| messages >= n) {
-                        return Ok(());
-                    }
-                }
-                Event::Membership(m) => {
-                    self.print_entry(client, &mut names, &label, &Entry::Membership(m))
-                        .await
-                }
-                Event::Lagged => self.print(json!({ "type": "lagged" }), || {
-                    "(lagged: some events were skipped; see history)".into()
-                }),
-                other => self.print(
-                    json!({ "type": "event", "event": format!("{other:?}") }),
-                    || format!("{other:?}"),
-                ),
-            }
+            let is_message = matches!(event, Event::Message(_));
+            self.print_event(client, &mut names, &label, event).await;
             let _ = std::io::stdout().flush();
+            if is_message {
+                messages += 1;
+                if count.is_some_and(|n| messages >= n) {
+                    return Ok(());
+                }
+            }
         }
         Err(Failure::from(format!(
             "connection closed{}",
@@ -587,6 +628,195 @@ impl App {
                 .map(|g| format!(": {}", g.reason))
                 .unwrap_or_default()
         )))
+    }
+
+    /// Says that the connection was lost or is back (stderr, or a JSON line).
+    fn print_status(&self, status: Status) {
+        let (kind, text) = match status {
+            Status::Connected => ("reconnected", "(reconnected; resuming)".to_owned()),
+            Status::Reconnecting { attempt } => (
+                "reconnecting",
+                format!("(connection lost; reconnecting, attempt {attempt})"),
+            ),
+            Status::Closed => ("closed", "(connection closed)".to_owned()),
+        };
+        if self.cli.json {
+            println!("{}", json!({ "type": kind }));
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    /// Prints one event, labelled with its conversation's address.
+    async fn print_event(&self, client: &Client, names: &mut Names, label: &str, event: Event) {
+        match event {
+            Event::Message(m) => {
+                self.print_entry(client, names, label, &Entry::Message(m))
+                    .await;
+            }
+            Event::Membership(m) => {
+                self.print_entry(client, names, label, &Entry::Membership(m))
+                    .await;
+            }
+            Event::Receipt(r) => {
+                let user = names.name(client, r.user).await;
+                let marker = match r.marker {
+                    Marker::Delivered => "delivered",
+                    Marker::Read => "read",
+                };
+                self.print(
+                    json!({ "type": "receipt", "conversation": label, "user": user, "marker": marker, "seq": r.seq }),
+                    || format!("{label} ({user} {marker} up to #{})", r.seq),
+                );
+            }
+            Event::Typing(t) => {
+                let user = names.name(client, t.user).await;
+                self.print(
+                    json!({ "type": "typing", "conversation": label, "user": user, "active": t.active, "expires_in_ms": t.expires_in_ms }),
+                    || {
+                        if t.active {
+                            format!("{label} ({user} is typing…)")
+                        } else {
+                            format!("{label} ({user} stopped typing)")
+                        }
+                    },
+                );
+            }
+            Event::Presence(p) => {
+                let user = names.name(client, p.user).await;
+                let online = p.status == PresenceStatus::Online;
+                self.print(
+                    json!({ "type": "presence", "user": user, "online": online, "last_seen": p.last_seen }),
+                    || {
+                        if online {
+                            format!("({user} is online)")
+                        } else {
+                            format!("({user} is offline)")
+                        }
+                    },
+                );
+            }
+            Event::CaughtUp { replayed } => self.print(
+                json!({ "type": "caught_up", "replayed": replayed }),
+                || format!("(caught up: {replayed} missed entries replayed)"),
+            ),
+            Event::Gap(g) => self.print(
+                json!({ "type": "gap", "conversation": label, "from": g.from, "to": g.to }),
+                || {
+                    format!(
+                        "{label} (entries #{} to #{} were not replayed; see `chat history {label} --after {}`)",
+                        g.from,
+                        g.to,
+                        g.from.0.saturating_sub(1)
+                    )
+                },
+            ),
+            Event::Lagged => self.print(json!({ "type": "lagged" }), || {
+                "(lagged: some events were skipped; see history)".into()
+            }),
+        }
+    }
+
+    /// `chat shell TARGET`.
+    async fn shell(&self, target: &str, last: u16) -> Result<(), Failure> {
+        use tokio::io::AsyncBufReadExt as _;
+        let (client, saved) = self.connect_resilient(false).await?;
+        let conversation = resolve(&client, &saved, target).await?;
+        let mut names = Names::default();
+        if last > 0 {
+            let page = client
+                .history(conversation, HistoryFrom::Latest, last, Order::OldestFirst)
+                .await?;
+            for entry in &page.entries {
+                self.print_entry(&client, &mut names, target, entry).await;
+            }
+            if page.head > Seq(0) {
+                client.mark(conversation, Marker::Read, page.head).await?;
+            }
+        }
+        // In a direct conversation, show whether the other side is there.
+        let peer = match conversation {
+            ConversationId::Direct { low, high } => {
+                Some(if low == saved.user { high } else { low })
+            }
+            _ => None,
+        };
+        if let Some(peer) = peer {
+            for state in client.presence(vec![peer], Vec::new()).await? {
+                self.print_event(&client, &mut names, target, Event::Presence(state))
+                    .await;
+            }
+        }
+        if !self.cli.json {
+            eprintln!("chatting in {target}: type a line to send it, /quit to leave");
+        }
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut status = client.status_changes();
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let line = match line {
+                        Ok(Some(line)) => line,
+                        Ok(None) => break,
+                        Err(e) => return Err(Failure::from(format!("reading input: {e}"))),
+                    };
+                    let text = line.trim();
+                    if text == "/quit" {
+                        break;
+                    }
+                    if text.is_empty() {
+                        continue;
+                    }
+                    // A failed send is reported and the shell goes on.
+                    match client.send_text(conversation, text).await {
+                        Ok(ack) if self.cli.json => println!("{}", json!({ "type": "ack", "conversation": target, "seq": ack.seq, "ts": ack.ts })),
+                        Ok(_) => {}
+                        Err(e) => self.print(
+                            json!({ "type": "error", "code": e.code().map(|c| c.0), "reason": e.to_string() }),
+                            || format!("(not sent: {e})"),
+                        ),
+                    }
+                }
+                event = client.next_event() => {
+                    let Some(event) = event else { break };
+                    let relevant = match &event {
+                        Event::Message(m) => m.conversation == conversation,
+                        Event::Membership(m) => m.conversation == conversation,
+                        Event::Receipt(r) => r.conversation == conversation && r.user != saved.user,
+                        Event::Typing(t) => t.conversation == conversation,
+                        Event::Gap(g) => g.conversation == conversation,
+                        Event::Presence(p) => Some(p.user) == peer,
+                        Event::CaughtUp { .. } => false,
+                        Event::Lagged => true,
+                    };
+                    if !relevant {
+                        continue;
+                    }
+                    // What others write here is read as soon as it is shown.
+                    let read = match &event {
+                        Event::Message(m) if m.sender != saved.user => Some(m.seq),
+                        _ => None,
+                    };
+                    self.print_event(&client, &mut names, target, event).await;
+                    if let Some(seq) = read {
+                        let _ = client.mark(conversation, Marker::Read, seq).await;
+                    }
+                }
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *status.borrow_and_update();
+                    self.print_status(now);
+                    if now == Status::Closed {
+                        break;
+                    }
+                }
+            }
+            let _ = std::io::stdout().flush();
+        }
+        client.close().await;
+        Ok(())
     }
 
     async fn print_entry(

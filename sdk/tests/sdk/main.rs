@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cli;
+mod reconnect;
 mod round_trip;
 
 use std::path::{Path, PathBuf};
@@ -20,13 +21,8 @@ pub struct TestDaemon {
 impl TestDaemon {
     pub fn start() -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = chatd::config::Config {
-            data_dir: dir.path().to_owned(),
-            shards: 2,
-            ..Default::default()
-        };
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        let daemon = chatd::Daemon::start(config).unwrap();
+        let daemon =
+            chatd::Daemon::start(config(dir.path(), "127.0.0.1:0".parse().unwrap())).unwrap();
         TestDaemon {
             addr: daemon.local_addr(),
             cert: daemon.cert_path().to_owned(),
@@ -35,12 +31,32 @@ impl TestDaemon {
         }
     }
 
+    /// Stops the daemon gracefully (clients get a goodbye), then starts it again on the same
+    /// data and address.
+    pub fn restart(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop();
+        }
+        let daemon = chatd::Daemon::start(config(self.dir.path(), self.addr)).unwrap();
+        assert_eq!(daemon.local_addr(), self.addr);
+        self.daemon = Some(daemon);
+    }
+
     pub fn options(&self) -> Options {
         Options::new(self.addr.to_string(), Trust::CaFile(self.cert.clone()))
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+fn config(dir: &Path, listen: std::net::SocketAddr) -> chatd::config::Config {
+    chatd::config::Config {
+        data_dir: dir.to_owned(),
+        shards: 2,
+        listen,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,600 @@
+//! The connection task: owns the QUIC connection, writes requests and matches their answers,
+//! queues events for the application, keeps the per-conversation cursors, and — when
+//! reconnecting is enabled — replaces a lost connection with a new one that resumes from the
+//! cursors, resending the requests that are safe to repeat.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chat_protocol::{
+    Auth, ClientFrame, ConversationId, Cursor, ErrorCode, Event, FrameDecoder, Goodbye, Hello,
+    HelloOk, Request, RequestId, Response, Resume, Seq, ServerFrame, TypingUpdate, decode_datagram,
+    encode_frame_to_vec,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{Error, Reconnect, Status};
+
+/// Where a request's answer goes.
+pub(crate) type Reply = oneshot::Sender<Result<Response, Error>>;
+
+/// What the [`crate::Client`] asks of its connection task.
+pub(crate) enum Command {
+    Request {
+        request: Request,
+        reply: Reply,
+    },
+    /// A typing update: a datagram when the connection takes them, else on the stream.
+    Typing(TypingUpdate),
+    /// Cursors of conversations seen for the first time (their heads at connect): kept unless
+    /// an event already moved them further.
+    Baseline(Vec<Cursor>),
+    /// The current cursors.
+    Cursors(oneshot::Sender<Vec<Cursor>>),
+    /// Close the connection and stop; answered once the daemon has been told.
+    Close(oneshot::Sender<()>),
+}
+
+/// One established connection: the hello is done.
+pub(crate) struct Live {
+    pub(crate) connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder<ServerFrame>,
+}
+
+/// How to (re)connect.
+pub(crate) struct Dial {
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) addr: SocketAddr,
+    pub(crate) host: String,
+    pub(crate) client_name: String,
+    pub(crate) device: chat_protocol::DeviceId,
+    pub(crate) token: Option<String>,
+}
+
+impl Dial {
+    /// Connects and says hello; `resume` asks for what was missed after the cursors.
+    pub(crate) async fn connect(&self, resume: Option<Resume>) -> Result<(Live, HelloOk), Error> {
+        let connection = self
+            .endpoint
+            .connect(self.addr, &self.host)
+            .map_err(|e| Error::Connect(e.to_string()))?
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let hello = ClientFrame::Hello(Hello {
+            versions: chat_protocol::SUPPORTED_VERSIONS,
+            client: self.client_name.clone(),
+            device: self.device,
+            auth: self.token.clone().map(|token| Auth { token, resume }),
+        });
+        write_frame(&mut send, &hello).await?;
+        let mut decoder = FrameDecoder::<ServerFrame>::new();
+        let hello_ok = match read_frame(&mut recv, &mut decoder).await? {
+            ServerFrame::HelloOk(ok) => ok,
+            ServerFrame::Error { error, .. } => return Err(error.into()),
+            ServerFrame::Goodbye(goodbye) => return Err(Error::Closed(Some(goodbye))),
+            other => return Err(Error::Protocol(format!("expected HelloOk, got {other:?}"))),
+        };
+        if self.token.is_some() && hello_ok.session.is_none() {
+            // The daemon explains why in an error frame right after the HelloOk.
+            return Err(match read_frame(&mut recv, &mut decoder).await? {
+                ServerFrame::Error { error, .. } => error.into(),
+                other => Error::Protocol(format!("hello did not authenticate: {other:?}")),
+            });
+        }
+        Ok((
+            Live {
+                connection,
+                send,
+                recv,
+                decoder,
+            },
+            hello_ok,
+        ))
+    }
+}
+
+/// Whether a request may be sent again after the connection carrying it was lost before the
+/// answer came: reads, marks (monotone), presence changes and sends (deduplicated by their op
+/// id). Room changes and account creation are not: their caller gets
+/// [`Error::Interrupted`].
+fn repeatable(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Ping
+            | Request::Login { .. }
+            | Request::LookupUsers(_)
+            | Request::FindRoom { .. }
+            | Request::Members { .. }
+            | Request::Conversations { .. }
+            | Request::Send(_)
+            | Request::History(_)
+            | Request::Mark { .. }
+            | Request::Presence { .. }
+    )
+}
+
+/// Why [`Driver::serve`] returned.
+enum Ended {
+    /// The application closed the client (or dropped it).
+    ByClient(Option<oneshot::Sender<()>>),
+    /// The connection was lost.
+    Lost,
+}
+
+/// The task's ends of the channels to its [`crate::Client`].
+pub(crate) struct Channels {
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) goodbye: watch::Sender<Option<Goodbye>>,
+    pub(crate) status: watch::Sender<Status>,
+}
+
+/// The connection task's state, which outlives each connection.
+pub(crate) struct Driver {
+    pub(crate) dial: Dial,
+    pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) goodbye: watch::Sender<Option<Goodbye>>,
+    pub(crate) status: watch::Sender<Status>,
+    /// The last sequence number handed to the application per conversation.
+    pub(crate) cursors: HashMap<ConversationId, Seq>,
+    pub(crate) cursor_file: Option<PathBuf>,
+    /// The application fell [`crate::EVENT_BUFFER`] behind: events are dropped until it
+    /// has read `Lagged`.
+    lagged: bool,
+    cursors_changed: bool,
+    next_id: u32,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        dial: Dial,
+        options: &crate::Options,
+        cursors: HashMap<ConversationId, Seq>,
+        channels: Channels,
+    ) -> Driver {
+        Driver {
+            dial,
+            reconnect: options.reconnect.clone(),
+            commands: channels.commands,
+            events: channels.events,
+            goodbye: channels.goodbye,
+            status: channels.status,
+            cursors,
+            cursor_file: options.cursor_file.clone(),
+            lagged: false,
+            cursors_changed: false,
+            next_id: 1,
+        }
+    }
+
+    /// Serves `live`, then its replacements, until the client closes or reconnecting gives
+    /// up.
+    pub(crate) async fn run(mut self, mut live: Live) {
+        let mut resend: Vec<(Request, Reply)> = Vec::new();
+        loop {
+            let (ended, unanswered) = self.serve(&mut live, resend).await;
+            self.save_cursors();
+            let can_reconnect = self.reconnect.is_some() && self.dial.token.is_some();
+            let done = match ended {
+                Ended::ByClient(done) => {
+                    live.connection.close(0u32.into(), b"bye");
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        self.dial.endpoint.wait_idle(),
+                    )
+                    .await;
+                    Some(done)
+                }
+                Ended::Lost if !can_reconnect => Some(None),
+                Ended::Lost => None,
+            };
+            if let Some(done) = done {
+                for (_, reply) in unanswered {
+                    let _ = reply.send(Err(Error::Closed(self.goodbye.borrow().clone())));
+                }
+                let _ = self.status.send(Status::Closed);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            resend = Vec::new();
+            for (request, reply) in unanswered {
+                if repeatable(&request) {
+                    resend.push((request, reply));
+                } else {
+                    let _ = reply.send(Err(Error::Interrupted));
+                }
+            }
+            match self.redial().await {
+                Some(next) => live = next,
+                None => {
+                    for (_, reply) in resend {
+                        let _ = reply.send(Err(Error::Closed(self.goodbye.borrow().clone())));
+                    }
+                    let _ = self.status.send(Status::Closed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Connects again with backoff, resuming from the cursors; `None` when it gives up (a
+    /// refused token, or `give_up_after` passed).
+    async fn redial(&mut self) -> Option<Live> {
+        let reconnect = self.reconnect.clone()?;
+        let started = Instant::now();
+        let mut delay = reconnect.initial_delay;
+        for attempt in 1u32.. {
+            let _ = self.status.send(Status::Reconnecting { attempt });
+            // Jitter: 50-100% of the delay, so a restarted daemon is not hit all at once.
+            let jitter =
+                0.5 + f64::from(u32::try_from(crate::random_u64() % 1000).unwrap_or(0)) / 2000.0;
+            tokio::time::sleep(delay.mul_f64(jitter)).await;
+            let resume = Resume {
+                cursors: self.resume_cursors(),
+            };
+            let attempt = self.dial.connect(Some(resume));
+            match tokio::time::timeout(reconnect.connect_timeout, attempt)
+                .await
+                .unwrap_or_else(|_| Err(Error::Connect("timed out".into())))
+            {
+                Ok((live, _)) => {
+                    let _ = self.goodbye.send(None);
+                    let _ = self.status.send(Status::Connected);
+                    return Some(live);
+                }
+                Err(Error::Server { code, .. }) if fatal(code) => return None,
+                Err(_) => {}
+            }
+            if reconnect
+                .give_up_after
+                .is_some_and(|limit| started.elapsed() >= limit)
+            {
+                return None;
+            }
+            delay = (delay * 2).min(reconnect.max_delay);
+        }
+        None
+    }
+
+    /// The cursors to resume from: all of them, or the most advanced ones when there are
+    /// more than a resume may carry.
+    fn resume_cursors(&self) -> Vec<Cursor> {
+        let mut cursors = cursor_list(&self.cursors);
+        if cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS {
+            cursors.sort_by_key(|c| std::cmp::Reverse(c.seq));
+            cursors.truncate(chat_protocol::limits::MAX_RESUME_CURSORS);
+        }
+        cursors
+    }
+
+    /// Serves one connection until it is lost or the client closes; returns the requests
+    /// still unanswered, in the order they were sent.
+    async fn serve(
+        &mut self,
+        live: &mut Live,
+        resend: Vec<(Request, Reply)>,
+    ) -> (Ended, Vec<(Request, Reply)>) {
+        let mut pending: Vec<(RequestId, Request, Reply)> = Vec::new();
+        for (request, reply) in resend {
+            let id = self.id();
+            let frame = ClientFrame::Request {
+                id,
+                request: request.clone(),
+            };
+            pending.push((id, request, reply));
+            if write_frame(&mut live.send, &frame).await.is_err() {
+                return (Ended::Lost, unanswered(pending));
+            }
+        }
+        let mut save = tokio::time::interval(Duration::from_secs(1));
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Frames already buffered first.
+            match live.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    self.frame(frame, &mut pending);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(_) => return (Ended::Lost, unanswered(pending)),
+            }
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Request { request, reply }) => {
+                        let id = self.id();
+                        let frame = ClientFrame::Request { id, request: request.clone() };
+                        pending.push((id, request, reply));
+                        if write_frame(&mut live.send, &frame).await.is_err() {
+                            return (Ended::Lost, unanswered(pending));
+                        }
+                    }
+                    Some(Command::Typing(update)) => {
+                        if send_typing(live, update).await.is_err() {
+                            return (Ended::Lost, unanswered(pending));
+                        }
+                    }
+                    Some(Command::Baseline(cursors)) => {
+                        for cursor in cursors {
+                            self.cursors.entry(cursor.conversation).or_insert(cursor.seq);
+                        }
+                        self.cursors_changed = true;
+                    }
+                    Some(Command::Cursors(reply)) => {
+                        let _ = reply.send(cursor_list(&self.cursors));
+                    }
+                    Some(Command::Close(done)) => {
+                        return (Ended::ByClient(Some(done)), unanswered(pending));
+                    }
+                    None => return (Ended::ByClient(None), unanswered(pending)),
+                },
+                datagram = live.connection.read_datagram() => match datagram {
+                    // Datagrams are the ephemeral lane (typing): never worth a lag.
+                    Ok(bytes) => {
+                        if let Ok(ServerFrame::Event(event)) = decode_datagram::<ServerFrame>(&bytes) {
+                            if !self.lagged {
+                                let _ = self.events.try_send(event);
+                            }
+                        }
+                    }
+                    Err(_) => return (Ended::Lost, unanswered(pending)),
+                },
+                chunk = live.recv.read_chunk(live.decoder.space(), true) => match chunk {
+                    Ok(Some(chunk)) => {
+                        if live.decoder.push(&chunk.bytes).is_err() {
+                            return (Ended::Lost, unanswered(pending));
+                        }
+                    }
+                    Ok(None) | Err(_) => return (Ended::Lost, unanswered(pending)),
+                },
+                _ = save.tick(), if self.cursor_file.is_some() => self.save_cursors(),
+            }
+        }
+    }
+
+    fn id(&mut self) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// Handles one frame from the daemon.
+    fn frame(&mut self, frame: ServerFrame, pending: &mut Vec<(RequestId, Request, Reply)>) {
+        let (id, answer) = match frame {
+            ServerFrame::Response { id, response } => (id, Ok(response)),
+            ServerFrame::Error {
+                id: Some(id),
+                error,
+            } => (id, Err(Error::from(error))),
+            ServerFrame::Error { id: None, .. } | ServerFrame::HelloOk(_) => return,
+            ServerFrame::Goodbye(g) => {
+                let _ = self.goodbye.send(Some(g));
+                return;
+            }
+            ServerFrame::Event(event) => return self.event(event),
+        };
+        if let Some(at) = pending.iter().position(|(p, _, _)| *p == id) {
+            let (_, _, reply) = pending.remove(at);
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Passes an event to the application, unless it is a log entry at or before the
+    /// conversation's cursor (a repeat after a resume); moves the cursor.
+    fn event(&mut self, event: Event) {
+        let position = match &event {
+            Event::Message(m) => Some((m.conversation, m.seq)),
+            Event::Membership(m) => Some((m.conversation, m.seq)),
+            _ => None,
+        };
+        if let Some((conversation, seq)) = position {
+            let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
+            if seq <= *cursor {
+                return;
+            }
+            *cursor = seq;
+            self.cursors_changed = true;
+        }
+        if self.lagged && self.events.try_send(Event::Lagged).is_ok() {
+            self.lagged = false;
+        }
+        if !self.lagged && self.events.try_send(event).is_err() {
+            self.lagged = true;
+        }
+    }
+
+    /// Writes the cursors to the cursor file, if there is one and they changed.
+    fn save_cursors(&mut self) {
+        let Some(path) = &self.cursor_file else {
+            return;
+        };
+        if !self.cursors_changed {
+            return;
+        }
+        match save_cursor_file(path, &cursor_list(&self.cursors)) {
+            Ok(()) => self.cursors_changed = false,
+            Err(e) => eprintln!("chat-sdk: cannot save cursors to {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Token and version refusals: reconnecting cannot help.
+fn fatal(code: ErrorCode) -> bool {
+    [
+        ErrorCode::TOKEN_EXPIRED,
+        ErrorCode::TOKEN_INVALID,
+        ErrorCode::TOKEN_UNKNOWN_KEY,
+        ErrorCode::TOKEN_MALFORMED,
+        ErrorCode::UNKNOWN_USER,
+        ErrorCode::UNSUPPORTED_VERSION,
+    ]
+    .contains(&code)
+}
+
+fn unanswered(pending: Vec<(RequestId, Request, Reply)>) -> Vec<(Request, Reply)> {
+    pending
+        .into_iter()
+        .map(|(_, r, reply)| (r, reply))
+        .collect()
+}
+
+fn cursor_list(cursors: &HashMap<ConversationId, Seq>) -> Vec<Cursor> {
+    let mut list: Vec<Cursor> = cursors
+        .iter()
+        .map(|(conversation, seq)| Cursor {
+            conversation: *conversation,
+            seq: *seq,
+        })
+        .collect();
+    list.sort_by_key(|c| c.conversation);
+    list
+}
+
+async fn send_typing(live: &mut Live, update: TypingUpdate) -> Result<(), Error> {
+    let frame = encode_frame_to_vec(&ClientFrame::Typing(update))
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    if live
+        .connection
+        .max_datagram_size()
+        .is_some_and(|max| frame.len() <= max)
+    {
+        // Unreliable by design: a full datagram buffer drops it.
+        let _ = live.connection.send_datagram(frame.into());
+        return Ok(());
+    }
+    write_frame(&mut live.send, &ClientFrame::Typing(update)).await
+}
+
+/// The cursors of a cursor file: a JSON list of `{"conversation": .., "seq": ..}`. A missing
+/// file is no cursors.
+///
+/// # Errors
+/// The file exists but cannot be read or parsed.
+pub(crate) fn load_cursor_file(path: &std::path::Path) -> Result<Vec<Cursor>, Error> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Config(format!("{}: {e}", path.display()))),
+    };
+    let saved: Vec<SavedCursor> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    Ok(saved
+        .into_iter()
+        .map(|c| Cursor {
+            // A hand-edited file may name a direct conversation's pair in either order.
+            conversation: match c.conversation {
+                ConversationId::Direct { low, high } => ConversationId::direct(low, high),
+                other => other,
+            },
+            seq: c.seq,
+        })
+        .collect())
+}
+
+/// Writes a cursor file atomically (a temp file renamed over it).
+fn save_cursor_file(path: &std::path::Path, cursors: &[Cursor]) -> std::io::Result<()> {
+    let saved: Vec<SavedCursor> = cursors
+        .iter()
+        .map(|c| SavedCursor {
+            conversation: c.conversation,
+            seq: c.seq,
+        })
+        .collect();
+    let json = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedCursor {
+    conversation: ConversationId,
+    seq: Seq,
+}
+
+pub(crate) async fn write_frame(
+    send: &mut quinn::SendStream,
+    frame: &ClientFrame,
+) -> Result<(), Error> {
+    let bytes = encode_frame_to_vec(frame).map_err(|e| Error::Protocol(e.to_string()))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder<ServerFrame>,
+) -> Result<ServerFrame, Error> {
+    loop {
+        if let Some(frame) = decoder
+            .next_frame()
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            return Ok(frame);
+        }
+        match recv.read_chunk(decoder.space(), true).await {
+            Ok(Some(chunk)) => decoder
+                .push(&chunk.bytes)
+                .map_err(|e| Error::Protocol(e.to_string()))?,
+            Ok(None) | Err(_) => return Err(Error::Closed(None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_protocol::{RoomId, UserId};
+
+    #[test]
+    fn only_safe_requests_are_repeated() {
+        assert!(repeatable(&Request::Ping));
+        assert!(repeatable(&Request::Send(chat_protocol::SendMessage {
+            conversation: ConversationId::Notes(UserId(1)),
+            op: chat_protocol::OpId(9),
+            content_type: chat_protocol::ContentType::TEXT,
+            reply_to: None,
+            body: Vec::new(),
+        })));
+        assert!(!repeatable(&Request::JoinRoom { room: RoomId(1) }));
+        assert!(!repeatable(&Request::Register {
+            name: "a".into(),
+            password: "b".into()
+        }));
+    }
+
+    #[test]
+    fn cursor_files_round_trip_and_a_missing_one_is_empty() {
+        let dir = std::env::temp_dir().join(format!("chat-sdk-cursors-{}", crate::random_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cursors.json");
+        assert!(load_cursor_file(&path).unwrap().is_empty());
+        let cursors = vec![
+            Cursor {
+                conversation: ConversationId::direct(UserId(1), UserId(2)),
+                seq: Seq(7),
+            },
+            Cursor {
+                conversation: ConversationId::Room(RoomId(3)),
+                seq: Seq(0),
+            },
+        ];
+        save_cursor_file(&path, &cursors).unwrap();
+        assert_eq!(load_cursor_file(&path).unwrap(), cursors);
+        std::fs::write(&path, b"not json").unwrap();
+        assert!(matches!(load_cursor_file(&path), Err(Error::Config(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,196 @@
+//! Reconnect in the middle of a stream: the daemon restarts while one user sends and another
+//! listens; both clients reconnect by themselves, the interrupted send is retried with its op
+//! id, and the listener sees every message exactly once, in order.
+
+use std::time::Duration;
+
+use chat_sdk::protocol::*;
+use chat_sdk::{Client, Options, Reconnect, Status};
+
+use crate::TestDaemon;
+
+const MESSAGES: u64 = 120;
+
+fn resilient(daemon: &TestDaemon, token: String) -> Options {
+    Options {
+        token: Some(token),
+        reconnect: Some(Reconnect {
+            initial_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            give_up_after: Some(Duration::from_secs(60)),
+            connect_timeout: Duration::from_secs(1),
+        }),
+        ..daemon.options()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
+    let mut daemon = TestDaemon::start();
+    let anonymous = Client::connect(&daemon.options()).await.unwrap();
+    let alice_token = anonymous
+        .register("alice", "correct horse")
+        .await
+        .unwrap()
+        .token;
+    let bob_token = anonymous
+        .register("bob", "battery staple")
+        .await
+        .unwrap()
+        .token;
+    anonymous.close().await;
+
+    let alice = Client::connect(&resilient(&daemon, alice_token))
+        .await
+        .unwrap();
+    let bob = Client::connect(&resilient(&daemon, bob_token))
+        .await
+        .unwrap();
+    let dm = ConversationId::direct(alice.session().unwrap().user, bob.session().unwrap().user);
+    // Bob's cursor of the conversation starts with its first message.
+    alice.send_text(dm, "before").await.unwrap();
+    let first = loop {
+        if let Some(Event::Message(m)) = bob.next_event().await {
+            break m;
+        }
+    };
+    assert_eq!(first.seq, Seq(1));
+
+    // Alice sends in the background, each send waiting for its ack.
+    let (acked_tx, mut acked) = tokio::sync::mpsc::unbounded_channel();
+    let sender = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            // Keep the op id across rate-limit retries, as an application would.
+            let op = OpId(chat_sdk::random_u64());
+            let body = format!("m{i}").into_bytes();
+            let ack = loop {
+                match alice
+                    .send_with_op(dm, op, ContentType::TEXT, body.clone(), None)
+                    .await
+                {
+                    Ok(ack) => break ack,
+                    Err(chat_sdk::Error::Server {
+                        code: ErrorCode::RATE_LIMITED,
+                        retry_after_ms: Some(ms),
+                        ..
+                    }) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
+                    Err(e) => panic!("send {i}: {e}"),
+                }
+            };
+            acked_tx.send(ack).unwrap();
+        }
+        alice
+    });
+
+    // Restart the daemon once a third of the messages are acknowledged.
+    let mut acks = Vec::new();
+    while acks.len() < usize::try_from(MESSAGES / 3).unwrap() {
+        acks.push(acked.recv().await.unwrap());
+    }
+    let mut status = bob.status_changes();
+    daemon.restart();
+    // Bob noticed (his state changed) and came back.
+    status.changed().await.unwrap();
+    while *status.borrow_and_update() != Status::Connected {
+        status.changed().await.unwrap();
+    }
+    let alice = sender.await.unwrap();
+    while let Ok(ack) = acked.try_recv() {
+        acks.push(ack);
+    }
+    assert_eq!(acks.len(), usize::try_from(MESSAGES).unwrap());
+    // Every send stored once: acks are 2..=MESSAGES+1 in order.
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(
+            ack.seq,
+            Seq(u64::try_from(i).unwrap() + 2),
+            "ack {i}: {ack:?}"
+        );
+    }
+
+    // Bob's stream: every message after "before", once, in order; no gap announced.
+    let mut next = 2u64;
+    while next <= MESSAGES + 1 {
+        let event = tokio::time::timeout(Duration::from_secs(30), bob.next_event())
+            .await
+            .expect("bob's stream stalled")
+            .expect("bob's client closed");
+        match event {
+            Event::Message(m) => {
+                assert_eq!(m.seq, Seq(next), "out of order or repeated");
+                assert_eq!(m.body, format!("m{}", next - 2).into_bytes());
+                next += 1;
+            }
+            Event::Gap(gap) => panic!("unexpected gap {gap:?}"),
+            Event::Lagged => panic!("bob lagged"),
+            _ => {}
+        }
+    }
+    let cursors = bob.cursors().await.unwrap();
+    assert_eq!(
+        cursors,
+        vec![Cursor {
+            conversation: dm,
+            seq: Seq(MESSAGES + 1)
+        }]
+    );
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_file_delivers_what_arrived_while_away() {
+    let daemon = TestDaemon::start();
+    let anonymous = Client::connect(&daemon.options()).await.unwrap();
+    let alice_token = anonymous
+        .register("alice", "correct horse")
+        .await
+        .unwrap()
+        .token;
+    let bob_token = anonymous
+        .register("bob", "battery staple")
+        .await
+        .unwrap()
+        .token;
+    let file = daemon.path().join("bob-cursors.json");
+    let bob_options = Options {
+        cursor_file: Some(file.clone()),
+        ..resilient(&daemon, bob_token)
+    };
+    let alice = Client::connect(&resilient(&daemon, alice_token))
+        .await
+        .unwrap();
+    let dm = ConversationId::direct(alice.session().unwrap().user, UserId(2));
+    alice.send_text(dm, "one").await.unwrap();
+
+    // Bob's first run starts at the heads: "one" is old news; "two" arrives live.
+    let bob = Client::connect(&bob_options).await.unwrap();
+    assert_eq!(bob.session().unwrap().user, UserId(2));
+    alice.send_text(dm, "two").await.unwrap();
+    let seen = loop {
+        if let Some(Event::Message(m)) = bob.next_event().await {
+            break m;
+        }
+    };
+    assert_eq!(seen.body, b"two");
+    bob.close().await;
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains("\"seq\": 2"), "{saved}");
+
+    // While bob is away: three more. His next run gets exactly those, then CaughtUp.
+    for text in ["three", "four", "five"] {
+        alice.send_text(dm, text).await.unwrap();
+    }
+    let bob = Client::connect(&bob_options).await.unwrap();
+    let mut bodies = Vec::new();
+    loop {
+        match bob.next_event().await.unwrap() {
+            Event::Message(m) => bodies.push(String::from_utf8(m.body).unwrap()),
+            Event::CaughtUp { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(bodies, ["three", "four", "five"]);
+    bob.close().await;
+    alice.close().await;
+}
