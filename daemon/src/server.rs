@@ -126,6 +126,9 @@ impl Daemon {
             connections: (0..shard_count)
                 .map(|_| std::sync::atomic::AtomicUsize::new(0))
                 .collect(),
+            event_queue_peak: (0..shard_count)
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
             started: Instant::now(),
             config,
         });
@@ -191,6 +194,18 @@ impl Daemon {
             .iter()
             .map(|c| c.load(Ordering::Acquire))
             .collect()
+    }
+
+    /// The most events ever queued for any one connection (each connection's queue is
+    /// bounded by `limits.outgoing_queue`; beyond it the connection lags).
+    #[must_use]
+    pub fn event_queue_peak(&self) -> usize {
+        self.shared
+            .event_queue_peak
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The certificate the daemon presents (PEM), for clients to trust.

@@ -967,9 +967,14 @@ pub(crate) fn replay(
     }
     let lagged = conn.out.borrow().lagged;
     if !lagged {
+        let limit = shard.shared.config.limits.outgoing_queue;
         for ((c, seq), frame) in held {
             if last.get(&c).is_none_or(|l| seq > *l) {
-                conn.push(frame, Kind::Event);
+                if conn.out.borrow().events >= limit {
+                    conn.lag();
+                    break;
+                }
+                push_event(shard, &conn, frame);
             }
         }
     }
@@ -1033,9 +1038,16 @@ pub(crate) fn deliver(
         if full && !ephemeral {
             conn.lag();
         } else if !lagged && !full {
-            conn.push(frame.clone(), Kind::Event);
+            push_event(shard, &conn, frame.clone());
         }
     }
+}
+
+/// Queues an event (the caller checked the queue limit) and records the shard's peak.
+fn push_event(shard: &Shard, conn: &Conn, frame: Bytes) {
+    conn.push(frame, Kind::Event);
+    let queued = conn.out.borrow().events;
+    shard.shared.event_queue_peak[shard.id].fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Events for these local connections were lost on the way (a full inbox): they lag.

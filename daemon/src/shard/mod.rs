@@ -152,6 +152,9 @@ pub(crate) struct Shared {
     pub(crate) heartbeats: Vec<AtomicU64>,
     /// Per shard: open connections.
     pub(crate) connections: Vec<std::sync::atomic::AtomicUsize>,
+    /// Per shard: the most events ever queued for one of its connections (a gauge of the
+    /// `outgoing_queue` bound).
+    pub(crate) event_queue_peak: Vec<std::sync::atomic::AtomicUsize>,
     pub(crate) started: std::time::Instant,
 }
 

@@ -90,6 +90,12 @@ async fn a_client_that_stops_reading_lags_and_catches_up() {
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
         "in order, no gap before the lag"
     );
+    // The daemon queued at most `outgoing_queue` events for him, however many were sent.
+    let peak = daemon.event_queue_peak();
+    assert!(
+        (1..=16).contains(&peak),
+        "peak event queue {peak}, bound 16"
+    );
     alice.send_text(dm, total + 1, "after the lag").await;
     // He pages the rest through history, then syncs; the live stream resumes.
     let mut last = *seqs.last().unwrap();

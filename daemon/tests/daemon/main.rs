@@ -82,6 +82,10 @@ impl TestDaemon {
         self.daemon.as_ref().unwrap().connections_per_shard()
     }
 
+    pub fn event_queue_peak(&self) -> usize {
+        self.daemon.as_ref().unwrap().event_queue_peak()
+    }
+
     /// Stops the daemon gracefully (blocking).
     pub fn stop(&mut self) {
         if let Some(daemon) = self.daemon.take() {
