@@ -38,6 +38,41 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Per-connection, per-user and per-room limits.
     pub limits: LimitsConfig,
+    /// The outbox and the AMQP bridge.
+    pub bridge: BridgeConfig,
+}
+
+/// `[bridge]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// AMQP URL of the broker; empty: no outbox and no bridge.
+    pub amqp_url: String,
+    /// The durable topic exchange events are published to.
+    pub exchange: String,
+    /// Seconds a confirmed event stays in the outbox (for `chatd bridge replay`).
+    pub retention_secs: u64,
+    /// Events published and not yet confirmed, at most.
+    pub max_unconfirmed: usize,
+}
+
+impl BridgeConfig {
+    /// Whether the outbox is written and the bridge runs.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        !self.amqp_url.is_empty()
+    }
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            amqp_url: String::new(),
+            exchange: "chatd.events".into(),
+            retention_secs: 7 * 86_400,
+            max_unconfirmed: 256,
+        }
+    }
 }
 
 /// `[tls]`
@@ -155,6 +190,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            bridge: BridgeConfig::default(),
         }
     }
 }
@@ -394,6 +430,19 @@ impl Config {
         check(
             limits.max_connections_per_shard >= 1,
             "limits.max_connections_per_shard must be at least 1",
+        );
+        let bridge = &self.bridge;
+        check(
+            bridge.amqp_url.is_empty() || bridge.amqp_url.starts_with("amqp://"),
+            "bridge.amqp_url must be empty or an amqp:// URL (amqps is not supported yet)",
+        );
+        check(
+            !bridge.exchange.is_empty() && bridge.exchange.len() <= 255,
+            "bridge.exchange must be 1 to 255 bytes",
+        );
+        check(
+            (1..=65_535).contains(&bridge.max_unconfirmed),
+            "bridge.max_unconfirmed must be 1 to 65535",
         );
         check(
             limits.max_presence_subscriptions >= 1,

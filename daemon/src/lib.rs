@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![allow(unreachable_pub)] // crate-private modules keep `pub(crate)`-style `pub` items
 
+pub mod bridge;
 pub mod config;
 mod fsutil;
 mod inbox;

@@ -57,6 +57,8 @@ pub struct Daemon {
     storage: Option<JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
     watchdog_stop: Arc<AtomicBool>,
+    bridge: Option<crate::bridge::Bridge>,
+    bridge_stats: Arc<crate::bridge::BridgeStats>,
 }
 
 impl Daemon {
@@ -89,13 +91,30 @@ impl Daemon {
             .local_addr()
             .map_err(|e| Error::Bind(config.listen, e))?;
 
+        let outbox = Arc::new(store::writer::OutboxHead::default());
+        outbox.seq.store(store.outbox_last()?, Ordering::Release);
         let (writer, storage) = store::writer::spawn(
             store.clone(),
             config.storage.durability,
             config.storage.max_group_commit,
             config.storage.queue_depth,
+            Arc::clone(&outbox),
         )
         .map_err(|e| Error::Start(e.to_string()))?;
+        let bridge_stats = Arc::new(crate::bridge::BridgeStats::default());
+        let bridge = if config.bridge.enabled() {
+            Some(
+                crate::bridge::Bridge::start(
+                    store.clone(),
+                    config.bridge.clone(),
+                    Arc::clone(&outbox),
+                    Arc::clone(&bridge_stats),
+                )
+                .map_err(|e| Error::Start(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let (reads, readers) = crate::pool::ReadPool::start(
             "storage-read",
             &store,
@@ -130,6 +149,8 @@ impl Daemon {
                 .map(|_| std::sync::atomic::AtomicUsize::new(0))
                 .collect(),
             started: Instant::now(),
+            outbox,
+            online: papaya::HashSet::new(),
             config,
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -161,6 +182,8 @@ impl Daemon {
             storage: Some(storage),
             readers,
             watchdog_stop,
+            bridge,
+            bridge_stats,
         };
         // Every shard reports whether its endpoint is up; one that is not fails the start.
         let failure = (0..shard_count)
@@ -194,6 +217,18 @@ impl Daemon {
             .iter()
             .map(|c| c.load(Ordering::Acquire))
             .collect()
+    }
+
+    /// The outbox's newest event seq (0 when the bridge is off or nothing happened yet).
+    #[must_use]
+    pub fn outbox_head(&self) -> u64 {
+        self.shared.outbox.seq.load(Ordering::Acquire)
+    }
+
+    /// The bridge's counters: confirmed cursor, connection state.
+    #[must_use]
+    pub fn bridge_stats(&self) -> &crate::bridge::BridgeStats {
+        &self.bridge_stats
     }
 
     /// The most events ever queued for any one connection (each connection's queue is
@@ -239,6 +274,9 @@ impl Daemon {
         }
         for handle in self.shards.drain(..) {
             let _ = handle.join();
+        }
+        if let Some(bridge) = self.bridge.take() {
+            bridge.stop();
         }
         // The last references to the writer and the pool go with `shared`; their threads then
         // drain what is queued and exit.

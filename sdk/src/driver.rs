@@ -342,11 +342,10 @@ impl Driver {
                 datagram = live.connection.read_datagram() => match datagram {
                     // Datagrams are the ephemeral lane (typing): never worth a lag.
                     Ok(bytes) => {
-                        if let Ok(ServerFrame::Event(event)) = decode_datagram::<ServerFrame>(&bytes) {
-                            if !self.lagged {
+                        if let Ok(ServerFrame::Event(event)) = decode_datagram::<ServerFrame>(&bytes)
+                            && !self.lagged {
                                 let _ = self.events.try_send(event);
                             }
-                        }
                     }
                     Err(_) => return (Ended::Lost, unanswered(pending)),
                 },

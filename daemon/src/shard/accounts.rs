@@ -125,7 +125,7 @@ fn provision(
         password_hash: None,
         created_at: now_ms(),
     };
-    let batch = account_batch(&record);
+    let batch = account_batch(shared, &record);
     let write = AccountWrite::Provision {
         shard,
         conn,
@@ -143,7 +143,7 @@ fn provision(
     }
 }
 
-fn account_batch(record: &UserRecord) -> Batch {
+fn account_batch(shared: &Shared, record: &UserRecord) -> Batch {
     let mut batch = Batch {
         unless_exists: Some((Cf::UserNames, record.name.clone().into_bytes())),
         ..Batch::default()
@@ -154,6 +154,12 @@ fn account_batch(record: &UserRecord) -> Batch {
         keys::id(record.id.0).to_vec(),
     );
     batch.put(Cf::Users, keys::id(record.id.0).to_vec(), to_json(record));
+    if shared.config.bridge.enabled() {
+        batch.event(crate::store::outbox::Event::UserRegistered {
+            user: record.id,
+            name: record.name.clone(),
+        });
+    }
     batch
 }
 
@@ -262,7 +268,7 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
             password_hash: Some(hash),
             created_at: now_ms(),
         };
-        let batch = account_batch(&record);
+        let batch = account_batch(&shared, &record);
         let done = Done {
             shared: Arc::clone(&shared),
             shard: origin.at.shard,

@@ -156,12 +156,22 @@ pub(crate) struct Shared {
     /// `outgoing_queue` bound).
     pub(crate) event_queue_peak: Vec<std::sync::atomic::AtomicUsize>,
     pub(crate) started: std::time::Instant,
+    /// The outbox's newest event seq and the bridge's wake-up.
+    pub(crate) outbox: Arc<crate::store::writer::OutboxHead>,
+    /// Users with a connected device, kept by their registry shards while the bridge is on
+    /// (for the offline recipients of `message.created`). Lock-free reads from any shard.
+    pub(crate) online: papaya::HashSet<UserId>,
 }
 
 impl Shared {
     /// The shard that owns a conversation.
     pub(crate) fn owner_of(&self, c: ConversationId) -> ShardId {
         self.place(&crate::store::keys::conversation(c))
+    }
+
+    /// Whether a user has a connected device (tracked only while the bridge is on).
+    pub(crate) fn is_online(&self, user: UserId) -> bool {
+        self.online.pin().contains(&user)
     }
 
     /// The shard that owns a user's device registry.

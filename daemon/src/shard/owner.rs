@@ -24,7 +24,7 @@ use chat_protocol::{
 
 use super::{Done, DoneThen, Origin, Shard, ShardId, ShardMsg, encode, error, now_ms, response};
 use crate::store::writer::{Batch, WriteError};
-use crate::store::{Cf, ConversationSnapshot, MemberState, RoomRecord, keys, to_json};
+use crate::store::{Cf, ConversationSnapshot, MemberState, RoomRecord, keys, outbox, to_json};
 
 /// Operations for a conversation's owner.
 pub(crate) enum Op {
@@ -155,10 +155,12 @@ struct State {
     marks: HashMap<UserId, (Seq, Seq)>,
     room: Option<Room>,
     audience: Arc<[UserId]>,
+    /// Whether commits carry outbox events (the bridge is configured).
+    outbox: bool,
 }
 
 impl State {
-    fn from_snapshot(id: ConversationId, snapshot: ConversationSnapshot) -> State {
+    fn from_snapshot(id: ConversationId, snapshot: ConversationSnapshot, outbox: bool) -> State {
         let room = snapshot.room.map(|(record, people)| {
             let people: BTreeMap<_, _> = people.into_iter().collect();
             let member_count = people
@@ -188,6 +190,7 @@ impl State {
                 .collect(),
             room,
             audience: Arc::from(Vec::new()),
+            outbox,
         };
         // Oldest first, so the newest stay when the window is full.
         for (sender, op, seq, ts) in snapshot.recent.into_iter().rev() {
@@ -302,7 +305,11 @@ fn create(
     name: String,
     invite_only: bool,
 ) {
-    let mut state = State::from_snapshot(conversation, ConversationSnapshot::default());
+    let mut state = State::from_snapshot(
+        conversation,
+        ConversationSnapshot::default(),
+        shard.shared.config.bridge.enabled(),
+    );
     create_room(&mut state, origin, name, invite_only);
     if submit(shard, &mut state) {
         shard
@@ -320,10 +327,10 @@ fn start_load(shard: &Rc<Shard>, conversation: ConversationId) {
     let submitted = shard.shared.reads.submit(move |store| {
         let result = (|| {
             // Direct conversations exist between existing users only.
-            if let ConversationId::Direct { low, high } = conversation {
-                if store.user(low)?.is_none() || store.user(high)?.is_none() {
-                    return Ok(None);
-                }
+            if let ConversationId::Direct { low, high } = conversation
+                && (store.user(low)?.is_none() || store.user(high)?.is_none())
+            {
+                return Ok(None);
             }
             Ok(store
                 .load_conversation(conversation, window)?
@@ -360,7 +367,8 @@ pub(crate) fn loaded(
     };
     let (code, reason) = match result {
         Ok(Some(loaded)) => {
-            let state = State::from_snapshot(conversation, loaded.snapshot);
+            let outbox = shard.shared.config.bridge.enabled();
+            let state = State::from_snapshot(conversation, loaded.snapshot, outbox);
             shard
                 .owner
                 .borrow_mut()
@@ -465,10 +473,10 @@ fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessa
         pending.waiters.push(origin);
         return;
     }
-    if let Some(reply_to) = message.reply_to {
-        if reply_to == Seq(0) || reply_to >= state.next_seq() {
-            return reply_error(ErrorCode::UNKNOWN_MESSAGE, "");
-        }
+    if let Some(reply_to) = message.reply_to
+        && (reply_to == Seq(0) || reply_to >= state.next_seq())
+    {
+        return reply_error(ErrorCode::UNKNOWN_MESSAGE, "");
     }
     let seq = state.next_seq();
     if seq == Seq(1) && state.room.is_none() {
@@ -480,6 +488,26 @@ fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessa
                 Vec::new(),
             );
         }
+    }
+    if state.outbox {
+        let offline_recipients = state
+            .audience
+            .iter()
+            .filter(|user| **user != origin.user && !shard.shared.is_online(**user))
+            .copied()
+            .collect();
+        state.queued_batch.event(outbox::Event::MessageCreated {
+            conversation: state.id.into(),
+            message: outbox::MessageBody::new(
+                seq,
+                origin.user,
+                message.op.0,
+                message.content_type,
+                message.reply_to,
+                &message.body,
+            ),
+            offline_recipients,
+        });
     }
     let entry = Entry::Message(Message {
         conversation: state.id,
@@ -588,6 +616,25 @@ fn queue_membership(
     reply: Option<Response>,
     also_notify: Option<UserId>,
 ) {
+    if state.outbox {
+        if let (MembershipChange::Created { name, invite_only }, ConversationId::Room(room)) =
+            (&change, state.id)
+        {
+            state.queued_batch.event(outbox::Event::RoomCreated {
+                room,
+                name: name.clone(),
+                invite_only: *invite_only,
+                owner: origin.user,
+            });
+        }
+        state.queued_batch.event(outbox::Event::MembershipChanged {
+            conversation: state.id.into(),
+            entry_seq: state.next_seq(),
+            actor: origin.user,
+            subject,
+            change: outbox::Change::from(&change),
+        });
+    }
     let entry = Entry::Membership(MembershipEvent {
         conversation: state.id,
         seq: state.next_seq(),
@@ -1093,6 +1140,14 @@ fn mark(shard: &Rc<Shard>, state: &mut State, origin: Origin, marker: Marker, se
         key,
         crate::store::encode_marks(next.0, next.1).to_vec(),
     );
+    if state.outbox {
+        state.queued_batch.event(outbox::Event::MarkerMoved {
+            conversation: state.id.into(),
+            user: origin.user,
+            marker: marker.into(),
+            up_to: seq,
+        });
+    }
     let receipt = Receipt {
         conversation: state.id,
         user: origin.user,

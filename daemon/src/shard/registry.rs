@@ -189,19 +189,19 @@ impl PresenceTable {
             self.seen_order.remove(&(old, user));
         }
         if let Some(at) = offline_at {
-            if self.last_seen.len() >= MAX_LAST_SEEN {
-                if let Some((_, oldest)) = self.seen_order.pop_first() {
-                    self.last_seen.remove(&oldest);
-                }
+            if self.last_seen.len() >= MAX_LAST_SEEN
+                && let Some((_, oldest)) = self.seen_order.pop_first()
+            {
+                self.last_seen.remove(&oldest);
             }
             self.last_seen.insert(user, at);
             self.seen_order.insert((at, user));
         }
-        if let Some(watched) = self.watched.get_mut(&user) {
-            if !watched.dirty {
-                watched.dirty = true;
-                self.dirty.push(user);
-            }
+        if let Some(watched) = self.watched.get_mut(&user)
+            && !watched.dirty
+        {
+            watched.dirty = true;
+            self.dirty.push(user);
         }
     }
 
@@ -280,6 +280,9 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             devices.push((device, at));
             if came_online {
                 registry.presence.changed(user, None);
+                if shard.shared.config.bridge.enabled() {
+                    shard.shared.online.pin().insert(user);
+                }
             }
             drop(registry);
             for old in replaced {
@@ -300,6 +303,9 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     registry.users.remove(&user);
                     registry.buckets.remove(&user);
                     registry.presence.changed(user, Some(now_ms()));
+                    if shard.shared.config.bridge.enabled() {
+                        shard.shared.online.pin().remove(&user);
+                    }
                 }
             }
         }

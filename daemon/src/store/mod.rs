@@ -6,6 +6,7 @@
 //! its read methods block and are meant for the read pool and for start-up.
 
 pub mod keys;
+pub mod outbox;
 pub mod writer;
 
 use std::path::Path;
@@ -36,10 +37,14 @@ pub enum Cf {
     Log,
     /// conversation · user id -> delivered seq (8) · read seq (8)
     Markers,
+    /// event seq (8) -> [`outbox::Record`] JSON: every committed event, for the bridge
+    Outbox,
+    /// name -> value: the bridge's confirmed cursor
+    Meta,
 }
 
 impl Cf {
-    const ALL: [Cf; 8] = [
+    const ALL: [Cf; 10] = [
         Cf::Users,
         Cf::UserNames,
         Cf::Rooms,
@@ -48,6 +53,8 @@ impl Cf {
         Cf::UserConversations,
         Cf::Log,
         Cf::Markers,
+        Cf::Outbox,
+        Cf::Meta,
     ];
 
     fn name(self) -> &'static str {
@@ -60,6 +67,8 @@ impl Cf {
             Cf::UserConversations => "user_conversations",
             Cf::Log => "log",
             Cf::Markers => "markers",
+            Cf::Outbox => "outbox",
+            Cf::Meta => "meta",
         }
     }
 }
@@ -623,6 +632,74 @@ impl Store {
                 message: "bad marker entry".into(),
             }),
         }
+    }
+
+    /// The last event seq the outbox ever numbered: the larger of its newest entry and the
+    /// bridge's cursor (entries behind the cursor may have been pruned).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn outbox_last(&self) -> Result<u64, Error> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Outbox)?);
+        iter.seek_to_last();
+        let last = iter.key().and_then(outbox::parse_key).unwrap_or(0);
+        iter.status()?;
+        Ok(last.max(self.bridge_cursor()?))
+    }
+
+    /// The last event seq the broker confirmed (0: none).
+    ///
+    /// # Errors
+    /// RocksDB errors, or a cursor that is not 8 bytes.
+    pub fn bridge_cursor(&self) -> Result<u64, Error> {
+        match self.get(Cf::Meta, outbox::CURSOR_KEY)? {
+            None => Ok(0),
+            Some(v) => outbox::parse_key(&v).ok_or(Error::Corrupt {
+                cf: Cf::Meta,
+                message: "bridge cursor is not 8 bytes".into(),
+            }),
+        }
+    }
+
+    /// Moves the bridge's cursor. The bridge thread writes it directly (not through the
+    /// storage thread): it is the only writer of this key, and losing the latest value in a
+    /// crash only republishes events, which consumers deduplicate.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn set_bridge_cursor(&self, seq: u64) -> Result<(), Error> {
+        self.db
+            .put_cf(self.cf(Cf::Meta)?, outbox::CURSOR_KEY, outbox::key(seq))?;
+        Ok(())
+    }
+
+    /// Up to `limit` outbox entries after `after`, oldest first: (seq, stored JSON).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        let start = outbox::key(after.saturating_add(1));
+        self.scan(Cf::Outbox, &[], &start, |key, value| {
+            if let Some(seq) = outbox::parse_key(key) {
+                out.push((seq, value.to_vec()));
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes the outbox entries up to and including `seq`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn prune_outbox(&self, seq: u64) -> Result<(), Error> {
+        self.db.delete_range_cf(
+            self.cf(Cf::Outbox)?,
+            outbox::key(0),
+            outbox::key(seq.saturating_add(1)),
+        )?;
+        Ok(())
     }
 
     /// Flushes the WAL to disk (at shutdown).

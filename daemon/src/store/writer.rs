@@ -13,8 +13,18 @@ use std::collections::HashSet;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use rocksdb::{WriteBatch, WriteOptions};
 
-use super::{Cf, Store};
+use super::{Cf, Store, outbox};
 use crate::config::Durability;
+
+/// The outbox's newest event seq, published by the storage thread after each commit, and a
+/// wake-up for the bridge.
+#[derive(Default)]
+pub struct OutboxHead {
+    /// The last committed event seq (0: none yet).
+    pub seq: std::sync::atomic::AtomicU64,
+    /// Notified after every commit that added events.
+    pub notify: tokio::sync::Notify,
+}
 
 /// One key/value to write.
 #[derive(Debug)]
@@ -46,6 +56,8 @@ pub struct Batch {
     /// Commit only if this key is absent in its column family (and not claimed by an earlier
     /// request of the same group): how unique names are claimed.
     pub unless_exists: Option<(Cf, Vec<u8>)>,
+    /// Events for the outbox, numbered by the storage thread when the batch commits.
+    pub events: Vec<outbox::Event>,
 }
 
 impl Batch {
@@ -56,6 +68,11 @@ impl Batch {
             key: key.into(),
             value: value.into(),
         });
+    }
+
+    /// Adds an outbox event.
+    pub fn event(&mut self, event: outbox::Event) {
+        self.events.push(event);
     }
 
     /// Adds a delete.
@@ -126,11 +143,12 @@ pub fn spawn<C: Completion>(
     durability: Durability,
     max_group: usize,
     queue_depth: usize,
+    outbox: std::sync::Arc<OutboxHead>,
 ) -> std::io::Result<(Writer<C>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = bounded(queue_depth);
     let handle = std::thread::Builder::new()
         .name("storage".into())
-        .spawn(move || run(&store, durability, max_group, &rx))?;
+        .spawn(move || run(&store, durability, max_group, &rx, &outbox))?;
     Ok((Writer { tx }, handle))
 }
 
@@ -139,7 +157,9 @@ fn run<C: Completion>(
     durability: Durability,
     max_group: usize,
     rx: &Receiver<Request<C>>,
+    outbox: &OutboxHead,
 ) {
+    use std::sync::atomic::Ordering;
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::Fsync);
     let mut group = Vec::with_capacity(max_group);
@@ -153,7 +173,21 @@ fn run<C: Completion>(
                 Err(_) => break,
             }
         }
-        let outcome = write_group(store, &options, &mut group, &mut results, &mut claimed);
+        let before = outbox.seq.load(Ordering::Acquire);
+        let mut next_event = before;
+        let outcome = write_group(
+            store,
+            &options,
+            &mut group,
+            &mut results,
+            &mut claimed,
+            &mut next_event,
+        );
+        // Event numbers are taken only by a group that committed: no gaps.
+        if outcome.is_ok() && next_event != before {
+            outbox.seq.store(next_event, Ordering::Release);
+            outbox.notify.notify_one();
+        }
         // Every request is completed exactly once, whatever happened to the group.
         for (i, request) in group.drain(..).enumerate() {
             request.done.complete(match &outcome {
@@ -177,7 +211,9 @@ fn write_group<C>(
     group: &mut [Request<C>],
     results: &mut Vec<Result<(), WriteError>>,
     claimed: &mut HashSet<(Cf, Vec<u8>)>,
+    next_event: &mut u64,
 ) -> Result<(), WriteError> {
+    let ts = crate::shard::now_ms();
     let storage = |e: super::Error| WriteError::Storage(e.to_string());
     let mut batch = WriteBatch::default();
     for request in group.iter_mut() {
@@ -199,6 +235,21 @@ fn write_group<C>(
         }
         for delete in &request.batch.deletes {
             batch.delete_cf(store.cf(delete.cf).map_err(storage)?, &delete.key);
+        }
+        for event in request.batch.events.drain(..) {
+            *next_event += 1;
+            let record = outbox::Record {
+                seq: *next_event,
+                ts,
+                event,
+            };
+            let json =
+                serde_json::to_vec(&record).map_err(|e| WriteError::Storage(e.to_string()))?;
+            batch.put_cf(
+                store.cf(Cf::Outbox).map_err(storage)?,
+                outbox::key(*next_event),
+                json,
+            );
         }
         results.push(Ok(()));
     }

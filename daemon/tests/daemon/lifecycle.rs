@@ -72,13 +72,12 @@ async fn sigterm_says_goodbye_and_exits_zero() {
     // Wait for the daemon to come up: the certificate appears, then a hello is answered.
     let mut client = None;
     for _ in 0..200 {
-        if cert.exists() {
-            if let Ok(Ok(c)) =
+        if cert.exists()
+            && let Ok(Ok(c)) =
                 tokio::time::timeout(Duration::from_secs(2), try_connect(addr, &cert)).await
-            {
-                client = Some(c);
-                break;
-            }
+        {
+            client = Some(c);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

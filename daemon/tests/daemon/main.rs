@@ -8,6 +8,7 @@
 )]
 
 mod auth;
+mod bridge;
 mod client;
 mod conversations;
 mod history;
@@ -80,6 +81,19 @@ impl TestDaemon {
 
     pub fn connections_per_shard(&self) -> Vec<usize> {
         self.daemon.as_ref().unwrap().connections_per_shard()
+    }
+
+    pub fn outbox_head(&self) -> u64 {
+        self.daemon.as_ref().unwrap().outbox_head()
+    }
+
+    pub fn bridge_connections(&self) -> u64 {
+        self.daemon
+            .as_ref()
+            .unwrap()
+            .bridge_stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn event_queue_peak(&self) -> usize {

@@ -274,10 +274,10 @@ impl App {
 
     fn device(&self) -> Result<chat_sdk::protocol::DeviceId, Failure> {
         let path = self.profile.join("device");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(id) = text.trim().parse() {
-                return Ok(chat_sdk::protocol::DeviceId(id));
-            }
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(id) = text.trim().parse()
+        {
+            return Ok(chat_sdk::protocol::DeviceId(id));
         }
         let id = chat_sdk::random_u64();
         self.write_profile("device", id.to_string().as_bytes())?;
@@ -599,10 +599,11 @@ impl App {
                 Event::Gap(g) => Some(g.conversation),
                 _ => None,
             };
-            if let Some(c) = conversation {
-                if !only.is_empty() && !only.iter().any(|(o, _)| *o == c) {
-                    continue;
-                }
+            if let Some(c) = conversation
+                && !only.is_empty()
+                && !only.iter().any(|(o, _)| *o == c)
+            {
+                continue;
             }
             let label = match conversation {
                 Some(c) => match only.iter().find(|(o, _)| *o == c) {

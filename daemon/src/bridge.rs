@@ -1,0 +1,339 @@
+//! The AMQP bridge: a dedicated thread (`bridge`) with its own tokio runtime that publishes
+//! the outbox to RabbitMQ in event-seq order, with publisher confirms.
+//!
+//! It publishes up to `max_unconfirmed` events, waits for their confirms, and only then moves
+//! its persisted cursor (`Cf::Meta`). A lost connection, a nack or a daemon crash leaves the
+//! cursor where it was, and the events after it are published again: at-least-once, in order,
+//! never a gap; consumers deduplicate on the seq (docs/EVENTS.md). While the broker is away
+//! chat goes on and the backlog waits on disk; the bridge reconnects with backoff and logs the
+//! backlog every 10 seconds. Confirmed events older than `retention_secs` are pruned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+
+use crate::config::BridgeConfig;
+use crate::store::outbox::Record;
+use crate::store::writer::OutboxHead;
+use crate::store::{self, Store};
+
+/// What the bridge reports, for logs, tests and operators.
+#[derive(Default)]
+pub struct BridgeStats {
+    /// The last event seq the broker confirmed.
+    pub confirmed: AtomicU64,
+    /// Whether a broker connection is up.
+    pub connected: AtomicBool,
+    /// Connections made (the first one included).
+    pub connections: AtomicU64,
+}
+
+/// The running bridge thread.
+pub(crate) struct Bridge {
+    stop: Arc<tokio::sync::Notify>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bridge {
+    /// Starts the bridge thread.
+    pub(crate) fn start(
+        store: Store,
+        config: BridgeConfig,
+        head: Arc<OutboxHead>,
+        stats: Arc<BridgeStats>,
+    ) -> std::io::Result<Bridge> {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (stop2, stopping2) = (Arc::clone(&stop), Arc::clone(&stopping));
+        let thread = std::thread::Builder::new()
+            .name("bridge".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the bridge cannot start its runtime");
+                        return;
+                    }
+                };
+                let bridge = Publisher {
+                    store,
+                    config,
+                    head,
+                    stats,
+                    stop: stop2,
+                    stopping: stopping2,
+                };
+                runtime.block_on(bridge.run());
+            })?;
+        Ok(Bridge {
+            stop,
+            stopping,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the bridge (what is not confirmed yet goes out after the next start).
+    pub(crate) fn stop(mut self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("storage: {0}")]
+    Store(#[from] store::Error),
+    #[error("the broker refused event {0}")]
+    Nacked(u64),
+    #[error("the connection is no longer up")]
+    Lost,
+    #[error("{0} took too long")]
+    TimedOut(&'static str),
+    #[error("outbox entry {0} does not parse: {1}")]
+    Corrupt(u64, String),
+}
+
+struct Publisher {
+    store: Store,
+    config: BridgeConfig,
+    head: Arc<OutboxHead>,
+    stats: Arc<BridgeStats>,
+    stop: Arc<tokio::sync::Notify>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// Backoff between connection attempts.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(10);
+/// Longest wait for a connection, and for the confirms of one window of events.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the backlog is logged while it is not empty, and the outbox pruned.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Publisher {
+    async fn run(self) {
+        let mut confirmed = match self.store.bridge_cursor() {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(error = %e, "the bridge cannot read its cursor; not publishing");
+                return;
+            }
+        };
+        self.stats.confirmed.store(confirmed, Ordering::Release);
+        let mut delay = FIRST_DELAY;
+        let mut reported = Instant::now();
+        while !self.stopping.load(Ordering::Acquire) {
+            match self.connect().await {
+                Ok((connection, channel)) => {
+                    delay = FIRST_DELAY;
+                    self.stats.connections.fetch_add(1, Ordering::AcqRel);
+                    self.stats.connected.store(true, Ordering::Release);
+                    tracing::info!(
+                        exchange = %self.config.exchange,
+                        backlog = self.backlog(confirmed),
+                        "bridge connected to the broker"
+                    );
+                    let ended = self.publish(&connection, &channel, &mut confirmed).await;
+                    self.stats.connected.store(false, Ordering::Release);
+                    match ended {
+                        Ok(()) => {
+                            let _ = connection.close(200, "chatd stopping".into()).await;
+                            return;
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            backlog = self.backlog(confirmed),
+                            "bridge lost the broker; the backlog waits in the outbox"
+                        ),
+                    }
+                }
+                Err(e) => {
+                    if reported.elapsed() >= REPORT_EVERY {
+                        reported = Instant::now();
+                        tracing::warn!(
+                            error = %e,
+                            backlog = self.backlog(confirmed),
+                            "bridge backlog: the broker is unreachable"
+                        );
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.stop.notified() => {}
+            }
+            delay = (delay * 2).min(MAX_DELAY);
+        }
+    }
+
+    /// Committed events not yet confirmed.
+    fn backlog(&self, confirmed: u64) -> u64 {
+        self.head
+            .seq
+            .load(Ordering::Acquire)
+            .saturating_sub(confirmed)
+    }
+
+    /// Connects, enables confirms, declares the exchange; bounded by [`CONNECT_TIMEOUT`] (a
+    /// connection cut in the middle of the handshake must not hang the bridge).
+    async fn connect(&self) -> Result<(Connection, Channel), Failure> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.try_connect())
+            .await
+            .unwrap_or(Err(Failure::TimedOut("connecting")))
+    }
+
+    async fn try_connect(&self) -> Result<(Connection, Channel), Failure> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("chatd-bridge".into());
+        let connection = Connection::connect(&self.config.amqp_url, properties).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .exchange_declare(
+                self.config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((connection, channel))
+    }
+
+    /// Publishes until stopped (`Ok`) or the session fails.
+    async fn publish(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        confirmed: &mut u64,
+    ) -> Result<(), Failure> {
+        let mut last_prune = Instant::now();
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // Noticed while idle too, so the backlog of the next commits is not held up.
+            if !connection.status().connected() {
+                return Err(Failure::Lost);
+            }
+            let head = self.head.seq.load(Ordering::Acquire);
+            if head <= *confirmed {
+                if last_prune.elapsed() >= REPORT_EVERY {
+                    last_prune = Instant::now();
+                    self.prune(*confirmed)?;
+                }
+                // Wait for the next commit with events (or check again: a wake-up may have
+                // come before this wait started).
+                tokio::select! {
+                    () = self.head.notify.notified() => {}
+                    () = self.stop.notified() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            let entries = self
+                .store
+                .outbox_after(*confirmed, self.config.max_unconfirmed)?;
+            let mut confirms = Vec::with_capacity(entries.len());
+            for (seq, json) in &entries {
+                let record: Record = serde_json::from_slice(json)
+                    .map_err(|e| Failure::Corrupt(*seq, e.to_string()))?;
+                let confirm = channel
+                    .basic_publish(
+                        self.config.exchange.as_str().into(),
+                        record.event.routing_key().as_str().into(),
+                        BasicPublishOptions::default(),
+                        json,
+                        properties(&record),
+                    )
+                    .await?;
+                confirms.push((*seq, confirm));
+            }
+            let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+            for (seq, confirm) in confirms {
+                let confirmation = tokio::time::timeout_at(deadline, confirm)
+                    .await
+                    .map_err(|_| Failure::TimedOut("the broker's confirms"))??;
+                match confirmation {
+                    Confirmation::Nack(_) => return Err(Failure::Nacked(seq)),
+                    Confirmation::Ack(_) | Confirmation::NotRequested => *confirmed = seq,
+                }
+            }
+            self.store.set_bridge_cursor(*confirmed)?;
+            self.stats.confirmed.store(*confirmed, Ordering::Release);
+        }
+    }
+
+    /// Deletes confirmed events older than the retention time.
+    fn prune(&self, confirmed: u64) -> Result<(), Failure> {
+        let retention_ms = self.config.retention_secs.saturating_mul(1000);
+        let cutoff = crate::shard::now_ms().0.saturating_sub(retention_ms);
+        let mut last_old = None;
+        let mut after = 0;
+        'scan: loop {
+            let entries = self.store.outbox_after(after, 1024)?;
+            let Some((last, _)) = entries.last() else {
+                break;
+            };
+            after = *last;
+            for (seq, json) in &entries {
+                let record: Record = serde_json::from_slice(json)
+                    .map_err(|e| Failure::Corrupt(*seq, e.to_string()))?;
+                if *seq > confirmed || record.ts.0 >= cutoff {
+                    break 'scan;
+                }
+                last_old = Some(*seq);
+            }
+        }
+        if let Some(seq) = last_old {
+            self.store.prune_outbox(seq)?;
+            tracing::debug!(up_to = seq, "pruned the outbox");
+        }
+        Ok(())
+    }
+}
+
+/// The AMQP properties of an event: persistent, JSON, its seq as `message_id` and header.
+fn properties(record: &Record) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("x-chatd-seq"),
+        AMQPValue::LongLongInt(i64::try_from(record.seq).unwrap_or(i64::MAX)),
+    );
+    let kind = record
+        .event
+        .routing_key()
+        .splitn(3, '.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(record.seq.to_string().as_str().into())
+        .with_type(kind.as_str().into())
+        .with_app_id("chatd".into())
+        .with_timestamp(record.ts.0 / 1000)
+        .with_headers(headers)
+}

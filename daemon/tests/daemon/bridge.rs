@@ -1,0 +1,488 @@
+//! The AMQP bridge against the real RabbitMQ on 127.0.0.1:5672 (`CHATD_TEST_AMQP_URL` to
+//! point elsewhere): every committed event arrives in order with none missing; broker
+//! connections cut mid-run lose nothing (a deduplicating consumer sees each event once); a
+//! daemon killed with a backlog publishes it after the restart. These tests fail, rather
+//! than skip, when the broker is not there.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chat_protocol::*;
+use futures_lite::StreamExt as _;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::{TestDaemon, test_config};
+
+fn amqp_url() -> String {
+    std::env::var("CHATD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A fresh exchange name per test, so runs and tests do not see each other's events.
+fn unique_exchange(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("chatd.test.{test}.{nanos}")
+}
+
+/// One published event as a consumer sees it.
+#[derive(Debug)]
+struct Received {
+    seq: u64,
+    routing_key: String,
+    body: Value,
+    header_seq: Option<i64>,
+    persistent: bool,
+}
+
+/// A queue bound to everything on an exchange; deliveries are auto-acked.
+struct Consumer {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    exchange: String,
+    deliveries: lapin::Consumer,
+    /// Deliveries seen, duplicates included.
+    received: usize,
+}
+
+impl Consumer {
+    async fn bind(exchange: &str) -> Consumer {
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                .await
+                .expect("RabbitMQ must answer on 127.0.0.1:5672 (rabbitmq-server -detached)");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                // As the bridge declares it (a mismatch is a channel error).
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let deliveries = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Consumer {
+            _connection: connection,
+            channel,
+            exchange: exchange.to_owned(),
+            deliveries,
+            received: 0,
+        }
+    }
+
+    /// Deletes the test's exchange (the queue goes with the connection).
+    async fn finish(self) {
+        self.channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Receives until every event up to `head` was seen; returns the first delivery of each
+    /// seq, deduplicating on it as docs/EVENTS.md tells consumers to. Fails if one takes
+    /// longer than 30 s to arrive.
+    async fn until(&mut self, head: u64) -> BTreeMap<u64, Received> {
+        let mut seen = BTreeMap::new();
+        let mut highest = 0;
+        while (seen.len() as u64) < head {
+            let delivery = tokio::time::timeout(Duration::from_secs(30), self.deliveries.next())
+                .await
+                .unwrap_or_else(|_| panic!("no event for 30 s; have {} of {head}", seen.len()))
+                .expect("consumer ended")
+                .expect("delivery failed");
+            self.received += 1;
+            let properties = &delivery.properties;
+            let seq: u64 = properties
+                .message_id()
+                .as_ref()
+                .expect("message_id")
+                .as_str()
+                .parse()
+                .unwrap();
+            // In order: a new event is the next one; anything lower is a redelivery.
+            if seq <= highest {
+                continue;
+            }
+            assert_eq!(
+                seq,
+                highest + 1,
+                "event {seq} arrived after {highest}: a gap"
+            );
+            highest = seq;
+            let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+            assert_eq!(body["seq"], seq, "payload seq matches message_id");
+            let header_seq = properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-chatd-seq"))
+                .and_then(lapin::types::AMQPValue::as_long_long_int);
+            seen.insert(
+                seq,
+                Received {
+                    seq,
+                    routing_key: delivery.routing_key.to_string(),
+                    body,
+                    header_seq,
+                    persistent: *properties.delivery_mode() == Some(2),
+                },
+            );
+        }
+        seen
+    }
+}
+
+fn with_bridge(exchange: &str) -> impl FnOnce(&mut chatd::config::Config) + '_ {
+    move |c| {
+        c.bridge.amqp_url = amqp_url();
+        c.bridge.exchange = exchange.to_owned();
+        c.limits.presence_interval_ms = 100;
+        c.limits.send_rate = 10_000;
+        c.limits.send_burst = 10_000;
+    }
+}
+
+async fn login(daemon: &TestDaemon, name: &str) -> (Client, UserId) {
+    let (client, session) = Client::login(daemon.addr, &daemon.cert, &daemon.token(name), 1).await;
+    (client, session.user)
+}
+
+/// Waits until the outbox head stops moving (every commit of the run is numbered).
+async fn settled_head(daemon: &TestDaemon) -> u64 {
+    // Bounded by the test's own commits: they stop, so the head stops.
+    let mut head = daemon.outbox_head();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = daemon.outbox_head();
+        if now == head {
+            return head;
+        }
+        head = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_committed_event_arrives_in_order() {
+    let exchange = unique_exchange("order");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let daemon = TestDaemon::start_with(with_bridge(&exchange));
+    let (mut alice, a) = login(&daemon, "alice").await;
+    let (mut bob, b) = login(&daemon, "bob").await;
+    let (mut carol, c) = login(&daemon, "carol").await;
+    let Response::Room(room) = alice
+        .ok(Request::CreateRoom {
+            name: "news".into(),
+            invite_only: false,
+        })
+        .await
+    else {
+        panic!("no room")
+    };
+    bob.ok(Request::JoinRoom { room: room.room }).await;
+    carol.ok(Request::JoinRoom { room: room.room }).await;
+    // Carol goes away; once alice sees her offline, a message to the room lists her.
+    alice
+        .ok(Request::Presence {
+            subscribe: vec![c],
+            unsubscribe: vec![],
+        })
+        .await;
+    carol.conn.close(0u32.into(), b"bye");
+    drop(carol);
+    loop {
+        if let Event::Presence(p) = alice.event().await
+            && p.user == c
+            && p.status == PresenceStatus::Offline
+        {
+            break;
+        }
+    }
+    let news = ConversationId::Room(room.room);
+    let hello = alice.send_text(news, 1, "hello").await;
+    bob.ok(Request::Mark {
+        conversation: news,
+        marker: Marker::Read,
+        seq: hello.seq,
+    })
+    .await;
+    let dm = ConversationId::direct(a, b);
+    alice.send_text(dm, 2, "psst").await;
+
+    let head = settled_head(&daemon).await;
+    // 3 accounts, room created + its creation entry, 2 joins, 2 messages, 1 mark.
+    assert_eq!(head, 10, "events numbered without gaps");
+    let events = consumer.until(head).await;
+    let kinds: Vec<&str> = events
+        .values()
+        .map(|e| e.body["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "user.registered",
+            "user.registered",
+            "user.registered",
+            "room.created",
+            "membership.changed",
+            "membership.changed",
+            "membership.changed",
+            "message.created",
+            "marker.moved",
+            "message.created",
+        ]
+    );
+    for event in events.values() {
+        assert!(event.persistent, "event {} not persistent", event.seq);
+        assert_eq!(event.header_seq, Some(i64::try_from(event.seq).unwrap()));
+    }
+    let hello_event = &events[&8];
+    assert_eq!(hello_event.routing_key, "message.created.room");
+    assert_eq!(hello_event.body["message"]["text"], "hello");
+    assert_eq!(hello_event.body["message"]["seq"], hello.seq.0);
+    assert_eq!(
+        hello_event.body["offline_recipients"],
+        serde_json::json!([c.0]),
+        "carol was offline, bob was not"
+    );
+    assert_eq!(events[&9].routing_key, "marker.moved.read");
+    assert_eq!(events[&9].body["up_to"], hello.seq.0);
+    assert_eq!(events[&10].routing_key, "message.created.direct");
+    assert_eq!(
+        events[&10].body["offline_recipients"],
+        serde_json::json!([])
+    );
+    assert_eq!(events[&4].body["name"], "news");
+    assert_eq!(events[&1].body["name"], "alice");
+    consumer.finish().await;
+}
+
+/// A TCP proxy that can cut every connection through it at once.
+struct FaultProxy {
+    port: u16,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    async fn start(upstream: std::net::SocketAddr) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cuts, watch) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watch.clone();
+                cut.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {} // both sockets drop: a hard cut
+                    }
+                });
+            }
+        });
+        FaultProxy { port, cuts }
+    }
+
+    fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_broker_connections_lose_and_duplicate_nothing_after_dedup() {
+    let exchange = unique_exchange("cuts");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let through_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
+    let daemon = TestDaemon::start_with(|c| {
+        with_bridge(&exchange)(c);
+        c.bridge.amqp_url = through_proxy;
+        c.bridge.max_unconfirmed = 8;
+    });
+    let (mut alice, a) = login(&daemon, "alice").await;
+    let notes = ConversationId::Notes(a);
+    let cuts = 4;
+    let mut op = 0;
+    for round in 1..=cuts {
+        // Cut in the middle of a stream of commits: some are in flight, the next ones
+        // wait while the bridge reconnects.
+        for i in 0..50 {
+            op += 1;
+            alice.send_text(notes, op, &format!("note {op}")).await;
+            if i == 25 {
+                proxy.cut();
+            }
+        }
+        let waited = std::time::Instant::now();
+        while daemon.bridge_connections() < round + 1 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "the bridge did not reconnect after cut {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let head = settled_head(&daemon).await;
+    assert_eq!(head, 1 + op, "the account and every note");
+    let events = consumer.until(head).await;
+    assert_eq!(events.len() as u64, head);
+    for (seq, event) in events.iter().skip(1) {
+        assert_eq!(
+            event.body["message"]["text"],
+            format!("note {}", seq - 1),
+            "event {seq}"
+        );
+    }
+    assert!(
+        consumer.received as u64 >= head,
+        "deduplication only drops repeats"
+    );
+    eprintln!(
+        "{} deliveries for {head} events over {} connections",
+        consumer.received,
+        daemon.bridge_connections()
+    );
+    consumer.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_survives_sigkill_and_is_published_after_restart() {
+    let exchange = unique_exchange("sigkill");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let temp = tempfile::tempdir().unwrap();
+    // The broker is unreachable for the first daemon: its events stay in the outbox.
+    let dead_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "run",
+            "--listen",
+            &addr.to_string(),
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(temp.path())
+        .env_remove("RUST_LOG")
+        .env(
+            "CHATD_BRIDGE_AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:{dead_port}/%2f"),
+        )
+        .env("CHATD_BRIDGE_EXCHANGE", &exchange)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cert = temp.path().join("tls/cert.pem");
+    let secret = temp.path().join("auth/secret");
+    for _ in 0..400 {
+        if cert.exists() && secret.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys =
+        chatd::token::Keys::load(&chatd::config::AuthConfig::default(), temp.path()).unwrap();
+    let now = chatd::unix_now();
+    let token = keys.mint("alice", now, now + 3600);
+    let mut alice = None;
+    for _ in 0..100 {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut client = Client::connect(addr, &cert).await;
+            let ok = client.hello(Some(&token), 1).await;
+            (client, ok)
+        })
+        .await;
+        if let Ok((client, ok)) = attempt {
+            alice = Some((client, ok.session.unwrap().user));
+            break;
+        }
+    }
+    let (mut alice, a) = alice.expect("the daemon did not come up");
+    let notes = ConversationId::Notes(a);
+    for op in 1..=30 {
+        alice.send_text(notes, op, &format!("note {op}")).await;
+    }
+    // Every note is acknowledged, so committed; the broker has seen none of them.
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+
+    let mut config = test_config(temp.path());
+    with_bridge(&exchange)(&mut config);
+    let daemon = TestDaemon::start_in(temp.path(), config);
+    assert_eq!(
+        daemon.outbox_head(),
+        31,
+        "the account and 30 notes are in the outbox"
+    );
+    let events = consumer.until(31).await;
+    assert_eq!(events[&1].body["type"], "user.registered");
+    for seq in 2..=31u64 {
+        assert_eq!(
+            events[&seq].body["message"]["text"],
+            format!("note {}", seq - 1)
+        );
+    }
+    drop(daemon);
+    consumer.finish().await;
+}
