@@ -140,7 +140,7 @@ impl Publisher {
         let mut delay = FIRST_DELAY;
         let mut reported = Instant::now();
         while !self.stopping.load(Ordering::Acquire) {
-            match self.connect().await {
+            match open(&self.config).await {
                 Ok((connection, channel)) => {
                     delay = FIRST_DELAY;
                     self.stats.connections.fetch_add(1, Ordering::AcqRel);
@@ -191,36 +191,6 @@ impl Publisher {
             .saturating_sub(confirmed)
     }
 
-    /// Connects, enables confirms, declares the exchange; bounded by [`CONNECT_TIMEOUT`] (a
-    /// connection cut in the middle of the handshake must not hang the bridge).
-    async fn connect(&self) -> Result<(Connection, Channel), Failure> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.try_connect())
-            .await
-            .unwrap_or(Err(Failure::TimedOut("connecting")))
-    }
-
-    async fn try_connect(&self) -> Result<(Connection, Channel), Failure> {
-        let properties =
-            ConnectionProperties::default().with_connection_name("chatd-bridge".into());
-        let connection = Connection::connect(&self.config.amqp_url, properties).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .exchange_declare(
-                self.config.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((connection, channel))
-    }
-
     /// Publishes until stopped (`Ok`) or the session fails.
     async fn publish(
         &self,
@@ -237,12 +207,12 @@ impl Publisher {
             if !connection.status().connected() {
                 return Err(Failure::Lost);
             }
+            if last_prune.elapsed() >= REPORT_EVERY {
+                last_prune = Instant::now();
+                self.prune(*confirmed)?;
+            }
             let head = self.head.seq.load(Ordering::Acquire);
             if head <= *confirmed {
-                if last_prune.elapsed() >= REPORT_EVERY {
-                    last_prune = Instant::now();
-                    self.prune(*confirmed)?;
-                }
                 // Wait for the next commit with events (or check again: a wake-up may have
                 // come before this wait started).
                 tokio::select! {
@@ -255,31 +225,13 @@ impl Publisher {
             let entries = self
                 .store
                 .outbox_after(*confirmed, self.config.max_unconfirmed)?;
-            let mut confirms = Vec::with_capacity(entries.len());
-            for (seq, json) in &entries {
-                let record: Record = serde_json::from_slice(json)
-                    .map_err(|e| Failure::Corrupt(*seq, e.to_string()))?;
-                let confirm = channel
-                    .basic_publish(
-                        self.config.exchange.as_str().into(),
-                        record.event.routing_key().as_str().into(),
-                        BasicPublishOptions::default(),
-                        json,
-                        properties(&record),
-                    )
-                    .await?;
-                confirms.push((*seq, confirm));
-            }
-            let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-            for (seq, confirm) in confirms {
-                let confirmation = tokio::time::timeout_at(deadline, confirm)
-                    .await
-                    .map_err(|_| Failure::TimedOut("the broker's confirms"))??;
-                match confirmation {
-                    Confirmation::Nack(_) => return Err(Failure::Nacked(seq)),
-                    Confirmation::Ack(_) | Confirmation::NotRequested => *confirmed = seq,
-                }
-            }
+            let Some(last) = publish_window(channel, &self.config.exchange, &entries).await? else {
+                // Numbered but not readable yet (cannot happen: the head moves after the
+                // write); do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            *confirmed = last;
             self.store.set_bridge_cursor(*confirmed)?;
             self.stats.confirmed.store(*confirmed, Ordering::Release);
         }
@@ -312,6 +264,110 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// Connects, enables confirms, declares the exchange; bounded by [`CONNECT_TIMEOUT`] (a
+/// connection cut in the middle of the handshake must not hang the bridge).
+async fn open(config: &BridgeConfig) -> Result<(Connection, Channel), Failure> {
+    tokio::time::timeout(CONNECT_TIMEOUT, try_open(config))
+        .await
+        .unwrap_or(Err(Failure::TimedOut("connecting")))
+}
+
+async fn try_open(config: &BridgeConfig) -> Result<(Connection, Channel), Failure> {
+    let properties = ConnectionProperties::default().with_connection_name("chatd-bridge".into());
+    let connection = Connection::connect(&config.amqp_url, properties).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((connection, channel))
+}
+
+/// Publishes a window of outbox entries and waits for every confirm; returns the last seq
+/// (all confirmed), or `None` for an empty window.
+async fn publish_window(
+    channel: &Channel,
+    exchange: &str,
+    entries: &[(u64, Vec<u8>)],
+) -> Result<Option<u64>, Failure> {
+    let mut confirms = Vec::with_capacity(entries.len());
+    for (seq, json) in entries {
+        let record: Record =
+            serde_json::from_slice(json).map_err(|e| Failure::Corrupt(*seq, e.to_string()))?;
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                record.event.routing_key().as_str().into(),
+                BasicPublishOptions::default(),
+                json,
+                properties(&record),
+            )
+            .await?;
+        confirms.push((*seq, confirm));
+    }
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    let mut last = None;
+    for (seq, confirm) in confirms {
+        let confirmation = tokio::time::timeout_at(deadline, confirm)
+            .await
+            .map_err(|_| Failure::TimedOut("the broker's confirms"))??;
+        match confirmation {
+            Confirmation::Nack(_) => return Err(Failure::Nacked(seq)),
+            Confirmation::Ack(_) | Confirmation::NotRequested => last = Some(seq),
+        }
+    }
+    Ok(last)
+}
+
+/// `chatd bridge replay`: republishes the outbox entries `from..=to` still retained (with
+/// their original seq) and returns how many went out, each confirmed. Works beside a running
+/// daemon, on a read-only view of its database.
+///
+/// # Errors
+/// The broker or the outbox cannot be read or refuses an event.
+pub fn replay(
+    store: &Store,
+    config: &BridgeConfig,
+    from: u64,
+    to: Option<u64>,
+) -> Result<u64, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let (connection, channel) = open(config).await.map_err(|e| e.to_string())?;
+        let mut after = from.saturating_sub(1);
+        let mut published = 0;
+        loop {
+            let mut entries = store
+                .outbox_after(after, config.max_unconfirmed)
+                .map_err(|e| e.to_string())?;
+            entries.retain(|(seq, _)| to.is_none_or(|to| *seq <= to));
+            let Some(last) = publish_window(&channel, &config.exchange, &entries)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                break;
+            };
+            published += entries.len() as u64;
+            after = last;
+        }
+        let _ = connection.close(200, "replay done".into()).await;
+        Ok(published)
+    })
 }
 
 /// The AMQP properties of an event: persistent, JSON, its seq as `message_id` and header.

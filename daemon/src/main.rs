@@ -32,6 +32,28 @@ enum Command {
     GenerateConfig,
     /// Mint an access token for a user with the configured signing key.
     Token(TokenArgs),
+    /// The AMQP bridge.
+    #[command(subcommand)]
+    Bridge(BridgeCommand),
+}
+
+#[derive(Subcommand)]
+enum BridgeCommand {
+    /// Republish retained outbox events (with their original seq) to the configured
+    /// exchange, e.g. for a new consumer; works while the daemon runs.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// First event seq to publish.
+    #[arg(long)]
+    from: u64,
+    /// Last event seq to publish (default: the newest).
+    #[arg(long)]
+    to: Option<u64>,
 }
 
 /// Where the configuration comes from.
@@ -94,6 +116,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token(args) => token(&args).unwrap_or_else(|code| code),
+        Command::Bridge(BridgeCommand::Replay(args)) => replay(&args).unwrap_or_else(|code| code),
         Command::Run(args) => {
             let overrides = Overrides {
                 listen: args.listen,
@@ -189,4 +212,27 @@ fn token(args: &TokenArgs) -> Result<ExitCode, ExitCode> {
     let ttl = args.ttl.unwrap_or(config.auth.token_ttl_secs);
     println!("{}", keys.mint(&args.user, now, now.saturating_add(ttl)));
     Ok(ExitCode::SUCCESS)
+}
+
+fn replay(args: &ReplayArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config, Overrides::default())?;
+    if !config.bridge.enabled() {
+        eprintln!("chatd: bridge.amqp_url is not set (CHATD_BRIDGE_AMQP_URL)");
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    let dir = data_dir(&config).join("db");
+    let store = chatd::store::Store::open_read_only(&dir).map_err(|e| {
+        eprintln!("chatd: {}: {e}", dir.display());
+        ExitCode::from(EXIT_UNAVAILABLE)
+    })?;
+    match chatd::bridge::replay(&store, &config.bridge, args.from, args.to) {
+        Ok(n) => {
+            println!("republished {n} events to {}", config.bridge.exchange);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("chatd: replay: {e}");
+            Err(ExitCode::from(EXIT_UNAVAILABLE))
+        }
+    }
 }

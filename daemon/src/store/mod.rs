@@ -205,6 +205,18 @@ impl Store {
         Ok(Store { db: Arc::new(db) })
     }
 
+    /// Opens an existing database read-only, beside a daemon that may be running on it (it
+    /// sees what was written when it opened).
+    ///
+    /// # Errors
+    /// When RocksDB cannot open it.
+    pub fn open_read_only(dir: &Path) -> Result<Store, Error> {
+        let options = Options::default();
+        let names = Cf::ALL.iter().map(|cf| cf.name());
+        let db = DB::open_cf_for_read_only(&options, dir, names, false)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
     pub(crate) fn cf(&self, cf: Cf) -> Result<&ColumnFamily, Error> {
         self.db.cf_handle(cf.name()).ok_or(Error::MissingCf(cf))
     }

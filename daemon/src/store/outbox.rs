@@ -164,8 +164,9 @@ pub struct MessageBody {
     pub seq: Seq,
     /// Who sent it.
     pub sender: UserId,
-    /// The sender's operation id (deduplication key with the sender).
-    pub op: u64,
+    /// The sender's operation id (deduplication key with the sender), in decimal: a random
+    /// 64-bit number that JSON numbers (doubles) cannot hold exactly.
+    pub op: String,
     /// Content type number (0 text, 1 markdown, ...; PROTOCOL.md).
     pub content_type: u16,
     /// The message it answers, if any.
@@ -199,7 +200,7 @@ impl MessageBody {
         MessageBody {
             seq,
             sender,
-            op,
+            op: op.to_string(),
             content_type: content_type.0,
             reply_to,
             text,
@@ -325,7 +326,7 @@ mod tests {
             serde_json::json!({
                 "seq": 7, "ts": 1_795_000_000_000u64, "type": "message.created",
                 "conversation": { "kind": "room", "room": 5 },
-                "message": { "seq": 43, "sender": 1, "op": 77, "content_type": 0,
+                "message": { "seq": 43, "sender": 1, "op": "77", "content_type": 0,
                              "reply_to": null, "text": "hello" },
                 "offline_recipients": [2]
             })

@@ -116,6 +116,24 @@ impl Consumer {
         }
     }
 
+    /// The seq of the next delivery, whatever it is.
+    async fn next_seq(&mut self) -> u64 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), self.deliveries.next())
+            .await
+            .expect("no delivery for 30 s")
+            .expect("consumer ended")
+            .expect("delivery failed");
+        self.received += 1;
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .expect("message_id")
+            .as_str()
+            .parse()
+            .unwrap()
+    }
+
     /// Deletes the test's exchange (the queue goes with the connection).
     async fn finish(self) {
         self.channel
@@ -483,6 +501,24 @@ async fn a_backlog_survives_sigkill_and_is_published_after_restart() {
             format!("note {}", seq - 1)
         );
     }
+
+    // `chatd bridge replay` republishes retained events with their original numbers, beside
+    // the running daemon.
+    let store = chatd::store::Store::open_read_only(&temp.path().join("db")).unwrap();
+    let mut bridge = test_config(temp.path()).bridge;
+    bridge.amqp_url = amqp_url();
+    bridge.exchange.clone_from(&exchange);
+    let replayed =
+        tokio::task::spawn_blocking(move || chatd::bridge::replay(&store, &bridge, 5, Some(8)))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(replayed, 4);
+    let mut again = Vec::new();
+    while again.len() < 4 {
+        again.push(consumer.next_seq().await);
+    }
+    assert_eq!(again, [5, 6, 7, 8]);
     drop(daemon);
     consumer.finish().await;
 }

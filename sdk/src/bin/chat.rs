@@ -391,6 +391,7 @@ impl App {
                     format!("{} (id {}) on {}", session.name, session.user, self.cli.server)
                 });
                 let _ = saved;
+                client.close().await;
             }
             Command::Send { target, text } => {
                 let (client, saved) = self.connect().await?;
@@ -452,6 +453,7 @@ impl App {
                         page.entries.last().map_or(0, |e| e.seq().0)
                     );
                 }
+                client.close().await;
             }
             Command::Read { target, seq } => {
                 let (client, saved) = self.connect().await?;
@@ -485,17 +487,22 @@ impl App {
                         None => break,
                     }
                 }
+                client.close().await;
             }
-            Command::Room(command) => self.room(command).await?,
+            Command::Room(command) => {
+                // Closed either way, so the daemon sees this device leave at once.
+                let (client, _) = self.connect().await?;
+                let result = self.room(&client, command).await;
+                client.close().await;
+                result?;
+            }
         }
         Ok(())
     }
 
-    async fn room(&self, command: &RoomCommand) -> Result<(), Failure> {
-        let (client, _) = self.connect().await?;
+    async fn room(&self, client: &Client, command: &RoomCommand) -> Result<(), Failure> {
         let find = |name: &str| {
             let name = name.trim_start_matches('#').to_owned();
-            let client = &client;
             async move { client.find_room(&name).await.map(|r| r.room) }
         };
         let (verb, name, user) = match command {

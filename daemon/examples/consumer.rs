@@ -1,0 +1,130 @@
+//! An example consumer of chatd's AMQP events (docs/EVENTS.md): binds a queue to the exchange
+//! and prints every event once, deduplicating redeliveries by the event sequence number.
+//!
+//! ```sh
+//! cargo run -p chatd --example consumer -- --bind 'message.created.#' --bind 'room.created'
+//! ```
+//!
+//! With `--queue NAME` the queue is durable and survives the consumer; with `--state FILE`
+//! the highest processed seq is kept in FILE, so a restarted consumer skips what it already
+//! printed. Events are acknowledged after they are printed (at-least-once).
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use futures_lite::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+
+#[derive(Parser)]
+struct Args {
+    /// The broker.
+    #[arg(
+        long,
+        env = "CHATD_BRIDGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    url: String,
+    /// The exchange chatd publishes to.
+    #[arg(long, default_value = "chatd.events")]
+    exchange: String,
+    /// A durable queue to use; default: an exclusive queue that goes with the consumer.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Routing key patterns to bind (default: everything).
+    #[arg(long = "bind", default_value = "#")]
+    patterns: Vec<String>,
+    /// File keeping the highest processed seq across runs.
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let mut highest: u64 = match &args.state {
+        Some(path) => std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    };
+    let connection =
+        lapin::Connection::connect(&args.url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            args.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let options = match &args.queue {
+        Some(_) => QueueDeclareOptions::durable(),
+        None => QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+    };
+    let name = args.queue.clone().unwrap_or_default();
+    let queue = channel
+        .queue_declare(name.as_str().into(), options, FieldTable::default())
+        .await?;
+    for pattern in &args.patterns {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                args.exchange.as_str().into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.name().clone(),
+            "chatd-example-consumer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    eprintln!(
+        "consuming {} from {} (after seq {highest})",
+        args.patterns.join(", "),
+        args.exchange
+    );
+    while let Some(delivery) = deliveries.next().await {
+        let delivery = delivery?;
+        let seq: u64 = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse().ok())
+            .unwrap_or(0);
+        // Events arrive in seq order; a seq at or below the highest seen is a redelivery.
+        if seq > highest {
+            highest = seq;
+            println!(
+                "{seq}\t{}\t{}",
+                delivery.routing_key,
+                String::from_utf8_lossy(&delivery.data)
+            );
+            if let Some(path) = &args.state {
+                std::fs::write(path, highest.to_string())?;
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
