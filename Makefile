@@ -3,7 +3,7 @@
 #   make run     build and start the daemon on its embedded default configuration
 #   make test    rustfmt check, clippy -D warnings, every test in the workspace
 #   make lint    only the rustfmt and clippy checks
-#   make bench   the benchmarks, written up in bench/RESULTS.md
+#   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ)
 #   make fuzz    the cargo-fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #
 # CARGO_TARGET_DIR is honoured; .ci/run points it at a persistent folder under ~/.cache.
@@ -41,6 +41,7 @@ unit:
 
 bench: bootstrap
 	./bench/codec.sh
+	./bench/bridge.sh
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
