@@ -142,7 +142,7 @@ impl Publisher {
         while !self.stopping.load(Ordering::Acquire) {
             match open(&self.config).await {
                 Ok((connection, channel)) => {
-                    delay = FIRST_DELAY;
+                    let before = confirmed;
                     self.stats.connections.fetch_add(1, Ordering::AcqRel);
                     self.stats.connected.store(true, Ordering::Release);
                     tracing::info!(
@@ -152,6 +152,11 @@ impl Publisher {
                     );
                     let ended = self.publish(&connection, &channel, &mut confirmed).await;
                     self.stats.connected.store(false, Ordering::Release);
+                    // Back off from scratch only after progress: a broker that accepts the
+                    // connection but refuses an event is not retried every 100 ms.
+                    if confirmed > before {
+                        delay = FIRST_DELAY;
+                    }
                     match ended {
                         Ok(()) => {
                             let _ = connection.close(200, "chatd stopping".into()).await;
@@ -225,15 +230,29 @@ impl Publisher {
             let entries = self
                 .store
                 .outbox_after(*confirmed, self.config.max_unconfirmed)?;
-            let Some(last) = publish_window(channel, &self.config.exchange, &entries).await? else {
+            if entries.is_empty() {
                 // Numbered but not readable yet (cannot happen: the head moves after the
                 // write); do not spin.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
+            }
+            let before = *confirmed;
+            let mut acked = *confirmed;
+            // A stop does not wait for a window (what is unconfirmed goes out next time).
+            let outcome = tokio::select! {
+                outcome = publish_window(channel, &self.config.exchange, &entries, &mut acked) => Some(outcome),
+                () = self.stop.notified() => None,
             };
-            *confirmed = last;
-            self.store.set_bridge_cursor(*confirmed)?;
-            self.stats.confirmed.store(*confirmed, Ordering::Release);
+            // Everything acknowledged before a nack or a failure counts.
+            if acked > before {
+                *confirmed = acked;
+                self.store.set_bridge_cursor(*confirmed)?;
+                self.stats.confirmed.store(*confirmed, Ordering::Release);
+            }
+            match outcome {
+                None => return Ok(()),
+                Some(outcome) => outcome?,
+            }
         }
     }
 
@@ -295,13 +314,14 @@ async fn try_open(config: &BridgeConfig) -> Result<(Connection, Channel), Failur
     Ok((connection, channel))
 }
 
-/// Publishes a window of outbox entries and waits for every confirm; returns the last seq
-/// (all confirmed), or `None` for an empty window.
+/// Publishes a window of outbox entries and waits for the confirms in order, moving `acked`
+/// to each confirmed seq; stops at the first nack or failure.
 async fn publish_window(
     channel: &Channel,
     exchange: &str,
     entries: &[(u64, Vec<u8>)],
-) -> Result<Option<u64>, Failure> {
+    acked: &mut u64,
+) -> Result<(), Failure> {
     let mut confirms = Vec::with_capacity(entries.len());
     for (seq, json) in entries {
         let record: Record =
@@ -318,17 +338,16 @@ async fn publish_window(
         confirms.push((*seq, confirm));
     }
     let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-    let mut last = None;
     for (seq, confirm) in confirms {
         let confirmation = tokio::time::timeout_at(deadline, confirm)
             .await
             .map_err(|_| Failure::TimedOut("the broker's confirms"))??;
         match confirmation {
             Confirmation::Nack(_) => return Err(Failure::Nacked(seq)),
-            Confirmation::Ack(_) | Confirmation::NotRequested => last = Some(seq),
+            Confirmation::Ack(_) | Confirmation::NotRequested => *acked = seq,
         }
     }
-    Ok(last)
+    Ok(())
 }
 
 /// `chatd bridge replay`: republishes the outbox entries `from..=to` still retained (with
@@ -356,14 +375,13 @@ pub fn replay(
                 .outbox_after(after, config.max_unconfirmed)
                 .map_err(|e| e.to_string())?;
             entries.retain(|(seq, _)| to.is_none_or(|to| *seq <= to));
-            let Some(last) = publish_window(&channel, &config.exchange, &entries)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
+            if entries.is_empty() {
                 break;
-            };
+            }
+            publish_window(&channel, &config.exchange, &entries, &mut after)
+                .await
+                .map_err(|e| e.to_string())?;
             published += entries.len() as u64;
-            after = last;
         }
         let _ = connection.close(200, "replay done".into()).await;
         Ok(published)

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chat_protocol::{
-    Auth, ClientFrame, ConversationId, Cursor, ErrorCode, Event, FrameDecoder, Goodbye, Hello,
-    HelloOk, Request, RequestId, Response, Resume, Seq, ServerFrame, TypingUpdate, decode_datagram,
-    encode_frame_to_vec,
+    Auth, ClientFrame, ConversationId, Cursor, ErrorCode, Event, FrameDecoder, Goodbye,
+    GoodbyeCode, Hello, HelloOk, Request, RequestId, Response, Resume, Seq, ServerFrame,
+    TypingUpdate, decode_datagram, encode_frame_to_vec,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -121,6 +121,9 @@ fn repeatable(request: &Request) -> bool {
     )
 }
 
+/// How many acknowledged own entries are remembered.
+const OWN_ACKS: usize = 1024;
+
 /// Why [`Driver::serve`] returned.
 enum Ended {
     /// The application closed the client (or dropped it).
@@ -132,6 +135,8 @@ enum Ended {
 /// The task's ends of the channels to its [`crate::Client`].
 pub(crate) struct Channels {
     pub(crate) commands: mpsc::Receiver<Command>,
+    /// Notified by [`crate::Client::close`], so a close is seen while reconnecting too.
+    pub(crate) closing: std::sync::Arc<tokio::sync::Notify>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) goodbye: watch::Sender<Option<Goodbye>>,
     pub(crate) status: watch::Sender<Status>,
@@ -142,9 +147,13 @@ pub(crate) struct Driver {
     pub(crate) dial: Dial,
     pub(crate) reconnect: Option<Reconnect>,
     pub(crate) commands: mpsc::Receiver<Command>,
+    closing: std::sync::Arc<tokio::sync::Notify>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) goodbye: watch::Sender<Option<Goodbye>>,
     pub(crate) status: watch::Sender<Status>,
+    /// Entries this client sent and had acknowledged (most recent `OWN_ACKS`): a resume
+    /// replays them (the sending connection never got them as events); they are skipped.
+    own: std::collections::VecDeque<(ConversationId, Seq)>,
     /// The last sequence number handed to the application per conversation.
     pub(crate) cursors: HashMap<ConversationId, Seq>,
     pub(crate) cursor_file: Option<PathBuf>,
@@ -166,6 +175,8 @@ impl Driver {
             dial,
             reconnect: options.reconnect.clone(),
             commands: channels.commands,
+            closing: channels.closing,
+            own: std::collections::VecDeque::new(),
             events: channels.events,
             goodbye: channels.goodbye,
             status: channels.status,
@@ -184,7 +195,13 @@ impl Driver {
         loop {
             let (ended, unanswered) = self.serve(&mut live, resend).await;
             self.save_cursors();
-            let can_reconnect = self.reconnect.is_some() && self.dial.token.is_some();
+            // Replaced by the same device elsewhere, or told it broke the protocol: coming
+            // back would only repeat it.
+            let final_goodbye = self.goodbye.borrow().as_ref().is_some_and(|g| {
+                [GoodbyeCode::REPLACED, GoodbyeCode::PROTOCOL_VIOLATION].contains(&g.code)
+            });
+            let can_reconnect =
+                self.reconnect.is_some() && self.dial.token.is_some() && !final_goodbye;
             let done = match ended {
                 Ended::ByClient(done) => {
                     live.connection.close(0u32.into(), b"bye");
@@ -236,19 +253,27 @@ impl Driver {
         let started = Instant::now();
         let mut delay = reconnect.initial_delay;
         for attempt in 1u32.. {
+            if self.commands.is_closed() {
+                return None; // the client is gone
+            }
             let _ = self.status.send(Status::Reconnecting { attempt });
             // Jitter: 50-100% of the delay, so a restarted daemon is not hit all at once.
             let jitter =
                 0.5 + f64::from(u32::try_from(crate::random_u64() % 1000).unwrap_or(0)) / 2000.0;
-            tokio::time::sleep(delay.mul_f64(jitter)).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+                () = self.closing.notified() => return None,
+            }
             let resume = Resume {
                 cursors: self.resume_cursors(),
             };
-            let attempt = self.dial.connect(Some(resume));
-            match tokio::time::timeout(reconnect.connect_timeout, attempt)
-                .await
-                .unwrap_or_else(|_| Err(Error::Connect("timed out".into())))
-            {
+            let attempt =
+                tokio::time::timeout(reconnect.connect_timeout, self.dial.connect(Some(resume)));
+            let outcome = tokio::select! {
+                outcome = attempt => outcome.unwrap_or_else(|_| Err(Error::Connect("timed out".into()))),
+                () = self.closing.notified() => return None,
+            };
+            match outcome {
                 Ok((live, _)) => {
                     let _ = self.goodbye.send(None);
                     let _ = self.status.send(Status::Connected);
@@ -371,7 +396,15 @@ impl Driver {
     /// Handles one frame from the daemon.
     fn frame(&mut self, frame: ServerFrame, pending: &mut Vec<(RequestId, Request, Reply)>) {
         let (id, answer) = match frame {
-            ServerFrame::Response { id, response } => (id, Ok(response)),
+            ServerFrame::Response { id, response } => {
+                if let Response::Sent(ack) = &response {
+                    if self.own.len() >= OWN_ACKS {
+                        self.own.pop_front();
+                    }
+                    self.own.push_back((ack.conversation, ack.seq));
+                }
+                (id, Ok(response))
+            }
             ServerFrame::Error {
                 id: Some(id),
                 error,
@@ -404,6 +437,9 @@ impl Driver {
             }
             *cursor = seq;
             self.cursors_changed = true;
+            if self.own.contains(&(conversation, seq)) {
+                return; // the application has the ack of its own message
+            }
         }
         if self.lagged && self.events.try_send(Event::Lagged).is_ok() {
             self.lagged = false;

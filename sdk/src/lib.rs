@@ -236,6 +236,7 @@ pub struct Client {
     hello: HelloOk,
     goodbye: watch::Receiver<Option<Goodbye>>,
     status: watch::Receiver<Status>,
+    closing: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Client {
@@ -284,6 +285,7 @@ impl Client {
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
         let (goodbye_tx, goodbye) = watch::channel(None);
         let (status_tx, status) = watch::channel(Status::Connected);
+        let closing = std::sync::Arc::new(tokio::sync::Notify::new());
         let baseline = options.reconnect.is_some() && hello.session.is_some() && stored.is_empty();
         let driver = Driver::new(
             dial,
@@ -291,6 +293,7 @@ impl Client {
             stored.iter().map(|c| (c.conversation, c.seq)).collect(),
             driver::Channels {
                 commands: command_rx,
+                closing: std::sync::Arc::clone(&closing),
                 events: event_tx,
                 goodbye: goodbye_tx,
                 status: status_tx,
@@ -303,6 +306,7 @@ impl Client {
             hello,
             goodbye,
             status,
+            closing,
         };
         if baseline {
             client.start_cursors_at_heads().await?;
@@ -404,6 +408,8 @@ impl Client {
     /// Closes the connection (code 0) and waits, briefly, until the daemon has been told.
     /// The cursor file, if any, is written first.
     pub async fn close(self) {
+        // Heard even while the client is reconnecting and not reading commands.
+        self.closing.notify_one();
         let (done, closed) = oneshot::channel();
         if self.commands.send(Command::Close(done)).await.is_ok() {
             let _ = closed.await;

@@ -7,7 +7,12 @@
 //! `cargo run --release -p chat-bench --bin bridge -- [--events N]` (bench/bridge.sh wraps
 //! it and writes bench/RESULTS.md). Needs RabbitMQ on 127.0.0.1:5672; targets only
 //! 127.0.0.1 and stops by itself.
-#![allow(clippy::print_stdout, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::print_stdout,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -65,7 +70,11 @@ async fn declare(channel: &lapin::Channel, exchange: &str) {
         .await
         .unwrap();
     channel
-        .queue_declare(exchange.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .queue_declare(
+            exchange.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     channel
@@ -207,7 +216,10 @@ fn main() {
     let started = Instant::now();
     let daemon = chatd::Daemon::start(config).unwrap();
     while daemon.bridge_stats().confirmed.load(Ordering::Acquire) < events {
-        assert!(started.elapsed() < Duration::from_secs(600), "the bridge stalled");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the bridge stalled"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let bridge = events as f64 / started.elapsed().as_secs_f64();

@@ -104,10 +104,10 @@ impl PresenceGather {
 
 /// The followers of one user's presence.
 struct Watched {
-    conns: Vec<ConnRef>,
-    /// The state the followers were last told.
-    published: PresenceStatus,
-    /// When it was published (or the first follower subscribed).
+    /// Each follower with the state it was last told (followers who subscribed at different
+    /// times may have been told different states).
+    conns: Vec<(ConnRef, PresenceStatus)>,
+    /// When a change was last published (or the first follower subscribed).
     published_at: Instant,
     /// In `Registry::dirty`.
     dirty: bool,
@@ -209,19 +209,20 @@ impl PresenceTable {
     fn watch(&mut self, info: PresenceInfo, at: ConnRef, now: Instant) {
         let watched = self.watched.entry(info.user).or_insert_with(|| Watched {
             conns: Vec::new(),
-            published: info.status,
             published_at: now,
             dirty: false,
         });
-        if !watched.conns.contains(&at) {
-            watched.conns.push(at);
+        // The answer tells it the current state.
+        match watched.conns.iter_mut().find(|(c, _)| *c == at) {
+            Some((_, told)) => *told = info.status,
+            None => watched.conns.push((at, info.status)),
         }
     }
 
     /// Connection `at` no longer follows `user`.
     fn unwatch(&mut self, user: UserId, at: ConnRef) {
         if let Some(watched) = self.watched.get_mut(&user) {
-            watched.conns.retain(|c| *c != at);
+            watched.conns.retain(|(c, _)| *c != at);
             if watched.conns.is_empty() {
                 self.watched.remove(&user);
             }
@@ -229,7 +230,7 @@ impl PresenceTable {
     }
 
     /// The changes due at `now`: for each changed watched user last published at least
-    /// `interval` ago, the new state and its followers if it differs from the published one.
+    /// `interval` ago, the new state and the followers who were told another one.
     /// Changes not yet due stay pending.
     fn due(
         &mut self,
@@ -248,12 +249,18 @@ impl PresenceTable {
                 continue;
             }
             watched.dirty = false;
-            if info.status == watched.published {
+            let mut told = Vec::new();
+            for (conn, last) in &mut watched.conns {
+                if *last != info.status {
+                    *last = info.status;
+                    told.push(*conn);
+                }
+            }
+            if told.is_empty() {
                 continue; // flapped back within the interval: nothing to tell
             }
-            watched.published = info.status;
             watched.published_at = now;
-            due.push((info, watched.conns.clone()));
+            due.push((info, told));
         }
         due
     }
@@ -527,6 +534,24 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0.status, PresenceStatus::Online);
         assert_eq!(due[0].0.last_seen, None);
+    }
+
+    #[test]
+    fn a_late_follower_is_told_what_differs_from_its_answer() {
+        let (alice, t0) = (UserId(7), Instant::now());
+        let mut table = followed(alice, t0);
+        table.changed(alice, Some(Timestamp(1)));
+        assert_eq!(table.due(t0 + SECOND, SECOND, |_| false).len(), 1);
+        // Back online (held back); a second follower subscribes and is answered "online".
+        table.changed(alice, None);
+        table.watch(table.state(alice, true), conn(2), t0 + SECOND);
+        // Offline again before the interval ends: follower 1 was last told offline (nothing
+        // to tell), follower 2 was told online and must hear of it.
+        table.changed(alice, Some(Timestamp(2)));
+        let due = table.due(t0 + 2 * SECOND, SECOND, |_| false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.status, PresenceStatus::Offline);
+        assert_eq!(due[0].1, vec![conn(2)]);
     }
 
     #[test]
