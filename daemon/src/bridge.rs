@@ -121,9 +121,9 @@ struct Publisher {
 /// Backoff between connection attempts.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(10);
-/// Longest wait for a connection, and for the confirms of one window of events.
+/// Longest wait for a connection, and for publishing one window of events and its confirms.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the backlog is logged while it is not empty, and the outbox pruned.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -322,22 +322,25 @@ async fn publish_window(
     entries: &[(u64, Vec<u8>)],
     acked: &mut u64,
 ) -> Result<(), Failure> {
+    // One deadline for the window, sends included: a send on a connection that died under
+    // it may never complete.
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     let mut confirms = Vec::with_capacity(entries.len());
     for (seq, json) in entries {
         let record: Record =
             serde_json::from_slice(json).map_err(|e| Failure::Corrupt(*seq, e.to_string()))?;
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                record.event.routing_key().as_str().into(),
-                BasicPublishOptions::default(),
-                json,
-                properties(&record),
-            )
-            .await?;
+        let publish = channel.basic_publish(
+            exchange.into(),
+            record.event.routing_key().as_str().into(),
+            BasicPublishOptions::default(),
+            json,
+            properties(&record),
+        );
+        let confirm = tokio::time::timeout_at(deadline, publish)
+            .await
+            .map_err(|_| Failure::TimedOut("publishing"))??;
         confirms.push((*seq, confirm));
     }
-    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     for (seq, confirm) in confirms {
         let confirmation = tokio::time::timeout_at(deadline, confirm)
             .await

@@ -358,6 +358,11 @@ impl FaultProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_broker_connections_lose_and_duplicate_nothing_after_dedup() {
+    // The bridge's log, shown if the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("chatd=debug,lapin=info")
+        .with_test_writer()
+        .try_init();
     let exchange = unique_exchange("cuts");
     let mut consumer = Consumer::bind(&exchange).await;
     let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
@@ -372,6 +377,16 @@ async fn cut_broker_connections_lose_and_duplicate_nothing_after_dedup() {
     let cuts = 4;
     let mut op = 0;
     for round in 1..=cuts {
+        // The bridge is up on its `round`-th connection (on a loaded machine the first one
+        // can take a while).
+        let waited = std::time::Instant::now();
+        while !(daemon.bridge_connected() && daemon.bridge_connections() >= round) {
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "the bridge did not connect (round {round})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // Cut in the middle of a stream of commits: some are in flight, the next ones
         // wait while the bridge reconnects.
         for i in 0..50 {

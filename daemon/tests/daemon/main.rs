@@ -96,6 +96,15 @@ impl TestDaemon {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    pub fn bridge_connected(&self) -> bool {
+        self.daemon
+            .as_ref()
+            .unwrap()
+            .bridge_stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn event_queue_peak(&self) -> usize {
         self.daemon.as_ref().unwrap().event_queue_peak()
     }
