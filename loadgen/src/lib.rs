@@ -1,9 +1,10 @@
 //! # chat-loadgen — load generator and correctness checker
 //!
-//! Will hold the open-loop load generator (`dm`, `rooms`, `fanout`, `idle`, `churn`
-//! scenarios; sends scheduled at the target rate and latency measured from the scheduled
-//! time; HdrHistogram percentiles) and the checker that proves every acked message reached
-//! every online member exactly once and in order. Its binary arrives with the load-generator
-//! issue; nothing of it exists yet.
+//! The checker that proves every acked message reached every online member exactly once and
+//! in order is here ([`check`]). Still to come: the open-loop load generator (`dm`, `rooms`,
+//! `fanout`, `idle`, `churn` scenarios; sends scheduled at the target rate and latency
+//! measured from the scheduled time; HdrHistogram percentiles) and its binary.
 
 #![forbid(unsafe_code)]
+
+pub mod check;
