@@ -154,6 +154,8 @@ pub(crate) struct Driver {
     /// Entries this client sent and had acknowledged (most recent `OWN_ACKS`): a resume
     /// replays them (the sending connection never got them as events); they are skipped.
     own: std::collections::VecDeque<(ConversationId, Seq)>,
+    /// Users whose presence the application follows (answered `Presence` requests).
+    followed: std::collections::BTreeSet<chat_protocol::UserId>,
     /// The last sequence number handed to the application per conversation.
     pub(crate) cursors: HashMap<ConversationId, Seq>,
     pub(crate) cursor_file: Option<PathBuf>,
@@ -177,6 +179,7 @@ impl Driver {
             commands: channels.commands,
             closing: channels.closing,
             own: std::collections::VecDeque::new(),
+            followed: std::collections::BTreeSet::new(),
             events: channels.events,
             goodbye: channels.goodbye,
             status: channels.status,
@@ -227,6 +230,9 @@ impl Driver {
             }
             resend = Vec::new();
             for (request, reply) in unanswered {
+                if reply.is_closed() {
+                    continue; // nobody waits for it (or it is a re-follow, redone below)
+                }
                 if repeatable(&request) {
                     resend.push((request, reply));
                 } else {
@@ -234,7 +240,12 @@ impl Driver {
                 }
             }
             match self.redial().await {
-                Some(next) => live = next,
+                Some(next) => {
+                    live = next;
+                    let mut again = self.refollow();
+                    again.append(&mut resend);
+                    resend = again;
+                }
                 None => {
                     for (_, reply) in resend {
                         let _ = reply.send(Err(Error::Closed(self.goodbye.borrow().clone())));
@@ -417,9 +428,48 @@ impl Driver {
             ServerFrame::Event(event) => return self.event(event),
         };
         if let Some(at) = pending.iter().position(|(p, _, _)| *p == id) {
-            let (_, _, reply) = pending.remove(at);
+            let (_, request, reply) = pending.remove(at);
+            if let (
+                Request::Presence {
+                    subscribe,
+                    unsubscribe,
+                },
+                Ok(Response::Presence(states)),
+            ) = (&request, &answer)
+            {
+                for user in unsubscribe {
+                    self.followed.remove(user);
+                }
+                self.followed.extend(subscribe.iter().copied());
+                if reply.is_closed() {
+                    // The driver's own re-subscription after a reconnect: the application
+                    // learns the states as events.
+                    for state in states {
+                        self.event(Event::Presence(*state));
+                    }
+                }
+            }
             let _ = reply.send(answer);
         }
+    }
+
+    /// Requests that follow again, on a new connection, the users followed on the old one
+    /// (following belongs to a connection); answered into events.
+    fn refollow(&self) -> Vec<(Request, Reply)> {
+        let users: Vec<_> = self.followed.iter().copied().collect();
+        users
+            .chunks(chat_protocol::limits::MAX_USERS_PER_REQUEST)
+            .map(|chunk| {
+                let (reply, _) = oneshot::channel();
+                (
+                    Request::Presence {
+                        subscribe: chunk.to_vec(),
+                        unsubscribe: Vec::new(),
+                    },
+                    reply,
+                )
+            })
+            .collect()
     }
 
     /// Passes an event to the application, unless it is a log entry at or before the

@@ -37,8 +37,9 @@
 //! or before a cursor are never handed out twice. Requests that were unanswered when the
 //! connection dropped are sent again if repeating them is safe — reads, marks, presence, and
 //! sends, which keep their op id so the daemon stores them once — and fail with
-//! [`Error::Interrupted`] otherwise (room changes, registration). [`Client::status`] tells
-//! whether the client is connected.
+//! [`Error::Interrupted`] otherwise (room changes, registration). Followed presence is
+//! followed again, and the current states arrive as `Event::Presence`. [`Client::status`]
+//! tells whether the client is connected.
 
 #![forbid(unsafe_code)]
 

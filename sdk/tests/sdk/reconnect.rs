@@ -56,6 +56,11 @@ async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
     };
     assert_eq!(first.seq, Seq(1));
 
+    // Bob follows alice; following belongs to a connection, so the client follows her again
+    // after reconnecting and reports her state then.
+    let alice_id = alice.session().unwrap().user;
+    bob.presence(vec![alice_id], vec![]).await.unwrap();
+
     // Alice sends in the background, each send waiting for its ack.
     let (acked_tx, mut acked) = tokio::sync::mpsc::unbounded_channel();
     let sender = tokio::spawn(async move {
@@ -108,8 +113,10 @@ async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
         );
     }
 
-    // Bob's stream: every message after "before", once, in order; no gap announced.
+    // Bob's stream: every message after "before", once, in order; no gap announced; and
+    // alice's presence again after the reconnect.
     let mut next = 2u64;
+    let mut presence_after_restart = false;
     while next <= MESSAGES + 1 {
         let event = tokio::time::timeout(Duration::from_secs(30), bob.next_event())
             .await
@@ -121,10 +128,20 @@ async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
                 assert_eq!(m.body, format!("m{}", next - 2).into_bytes());
                 next += 1;
             }
+            Event::Presence(p) if p.user == alice_id => presence_after_restart = true,
             Event::Gap(gap) => panic!("unexpected gap {gap:?}"),
             Event::Lagged => panic!("bob lagged"),
             _ => {}
         }
+    }
+    // The re-follow answer is queued right after the resume's replay; it may trail the
+    // last message.
+    while !presence_after_restart {
+        let event = tokio::time::timeout(Duration::from_secs(30), bob.next_event())
+            .await
+            .expect("no presence after the reconnect")
+            .expect("bob's client closed");
+        presence_after_restart = matches!(event, Event::Presence(p) if p.user == alice_id);
     }
     let cursors = bob.cursors().await.unwrap();
     assert_eq!(
