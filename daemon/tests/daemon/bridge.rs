@@ -5,7 +5,7 @@
 //! than skip, when the broker is not there.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use chat_protocol::*;
@@ -438,31 +438,14 @@ async fn a_backlog_survives_sigkill_and_is_published_after_restart() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let port = {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap().port()
-    };
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "run",
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(temp.path())
-        .env_remove("RUST_LOG")
-        .env(
-            "CHATD_BRIDGE_AMQP_URL",
-            format!("amqp://guest:guest@127.0.0.1:{dead_port}/%2f"),
-        )
-        .env("CHATD_BRIDGE_EXCHANGE", &exchange)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let broker = format!("amqp://guest:guest@127.0.0.1:{dead_port}/%2f");
+    let (mut child, addr) = crate::spawn_chatd(
+        temp.path(),
+        &[
+            ("CHATD_BRIDGE_AMQP_URL", &broker),
+            ("CHATD_BRIDGE_EXCHANGE", &exchange),
+        ],
+    );
     let cert = temp.path().join("tls/cert.pem");
     let secret = temp.path().join("auth/secret");
     for _ in 0..400 {

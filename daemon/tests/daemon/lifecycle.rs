@@ -1,6 +1,6 @@
 //! Restarts and signals: acked messages survive, deduplication survives, SIGTERM exits 0.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use chat_protocol::*;
@@ -46,28 +46,8 @@ async fn sigterm_says_goodbye_and_exits_zero() {
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let port = {
-        // Find a free UDP port for the child.
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap().port()
-    };
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "run",
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(temp.path())
-        .env_remove("RUST_LOG")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let notify_env = notify_path.to_str().unwrap().to_owned();
+    let (mut child, addr) = crate::spawn_chatd(temp.path(), &[("NOTIFY_SOCKET", &notify_env)]);
     let cert = temp.path().join("tls/cert.pem");
     // Wait for the daemon to come up: the certificate appears, then a hello is answered.
     let mut client = None;

@@ -124,3 +124,30 @@ impl Drop for TestDaemon {
         }
     }
 }
+
+/// Starts the `chatd` binary on `dir`, on a free UDP port of 127.0.0.1 with 2 shards, with
+/// extra environment `env`; returns the child and its address. Output is discarded.
+pub fn spawn_chatd(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, SocketAddr) {
+    let port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "run",
+            "--listen",
+            &addr.to_string(),
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, addr)
+}

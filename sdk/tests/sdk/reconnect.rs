@@ -24,21 +24,19 @@ fn resilient(daemon: &TestDaemon, token: String) -> Options {
     }
 }
 
+/// Tokens of two new accounts, alice and bob.
+async fn register_alice_and_bob(daemon: &TestDaemon) -> (String, String) {
+    let anonymous = Client::connect(&daemon.options()).await.unwrap();
+    let alice = anonymous.register("alice", "correct horse").await.unwrap();
+    let bob = anonymous.register("bob", "battery staple").await.unwrap();
+    anonymous.close().await;
+    (alice.token, bob.token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
     let mut daemon = TestDaemon::start();
-    let anonymous = Client::connect(&daemon.options()).await.unwrap();
-    let alice_token = anonymous
-        .register("alice", "correct horse")
-        .await
-        .unwrap()
-        .token;
-    let bob_token = anonymous
-        .register("bob", "battery staple")
-        .await
-        .unwrap()
-        .token;
-    anonymous.close().await;
+    let (alice_token, bob_token) = register_alice_and_bob(&daemon).await;
 
     let alice = Client::connect(&resilient(&daemon, alice_token))
         .await
@@ -158,17 +156,7 @@ async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_file_delivers_what_arrived_while_away() {
     let daemon = TestDaemon::start();
-    let anonymous = Client::connect(&daemon.options()).await.unwrap();
-    let alice_token = anonymous
-        .register("alice", "correct horse")
-        .await
-        .unwrap()
-        .token;
-    let bob_token = anonymous
-        .register("bob", "battery staple")
-        .await
-        .unwrap()
-        .token;
+    let (alice_token, bob_token) = register_alice_and_bob(&daemon).await;
     let file = daemon.path().join("bob-cursors.json");
     let bob_options = Options {
         cursor_file: Some(file.clone()),
