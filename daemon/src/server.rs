@@ -313,7 +313,9 @@ pub async fn run(
     Ok(())
 }
 
-fn wire_limits(config: &Config) -> chat_protocol::Limits {
+/// The limits a daemon with `config` announces in `HelloOk`.
+#[must_use]
+pub fn wire_limits(config: &Config) -> chat_protocol::Limits {
     let l = &config.limits;
     let secs_ms = |s: u64| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX);
     chat_protocol::Limits {
@@ -332,7 +334,13 @@ fn wire_limits(config: &Config) -> chat_protocol::Limits {
     }
 }
 
-fn quic_server_config(
+/// The quinn server configuration of every shard: TLS from `identity`, one bidirectional
+/// stream per connection, the flow-control windows and timeouts of `config`. Public so the
+/// bench relay (the floor) runs on exactly the same QUIC and TLS settings.
+///
+/// # Errors
+/// When rustls or quinn refuse the certificate or a value.
+pub fn quic_server_config(
     config: &Config,
     identity: &tls::Identity,
 ) -> Result<Arc<quinn::ServerConfig>, Error> {
@@ -361,8 +369,11 @@ fn quic_server_config(
 }
 
 /// Binds `count` UDP sockets to `addr` with SO_REUSEPORT (the first one picks the port when
-/// `addr` has port 0), with large buffers.
-fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
+/// `addr` has port 0), with large buffers. Public for the bench relay, as above.
+///
+/// # Errors
+/// When a socket cannot be created or bound.
+pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut sockets: Vec<UdpSocket> = Vec::with_capacity(count);
     let mut bound = addr;

@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 mod driver;
+pub mod token;
 mod trust;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -71,7 +72,7 @@ macro_rules! expect_response {
 }
 
 pub use chat_protocol as protocol;
-pub use trust::Trust;
+pub use trust::{Trust, quic_client_config};
 
 /// Events buffered for the application before it is told it lags.
 pub const EVENT_BUFFER: usize = 4096;
@@ -265,7 +266,7 @@ impl Client {
         .map_err(|e| Error::Config(format!("{e}")))?;
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| Error::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(trust::client_config(&options.trust)?);
+        endpoint.set_default_client_config(trust::quic_client_config(&options.trust)?);
         let stored = match &options.cursor_file {
             Some(path) => driver::load_cursor_file(path)?,
             None => Vec::new(),

@@ -41,7 +41,13 @@ impl Trust {
     }
 }
 
-pub(crate) fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, Error> {
+/// The quinn client configuration the SDK connects with: TLS 1.3 only (rustls with the ring
+/// provider), ALPN `chat/1`, and `trust` deciding which certificates are accepted. For tools
+/// that drive many connections on their own endpoints (the load generator).
+///
+/// # Errors
+/// [`Error::Config`] when the trust file cannot be read or holds no usable certificate.
+pub fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Scenario benchmarks: chatd against the floor (bench/src/bin/relay.rs, a bare QUIC relay
+# with chatd's QUIC and TLS settings), both driven by chat-loadgen on this machine, in the
+# same run. For each scenario and each target it starts a fresh server (chatd on a temp data
+# dir), finds the highest sustainable rate (--find-max), then measures latency at half of it;
+# `idle` holds 10,000 authenticated connections and reads the server's memory. Results go to
+# bench/results/*.json (+ .hgrm percentile distributions); bench/report.py then draws the
+# latency-versus-throughput plot and rewrites the scenario section of bench/RESULTS.md.
+#
+#   bench/run.sh                  # every standard scenario: dm rooms10 rooms100 fanout1000 idle10k
+#   bench/run.sh dm rooms10       # some of them
+#   BENCH_STEP_SECONDS=5 BENCH_MAX_P99_MS=20 bench/run.sh   # the defaults
+#
+# Only 127.0.0.1 is targeted; every run stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+step_seconds="${BENCH_STEP_SECONDS:-5}"
+max_p99_ms="${BENCH_MAX_P99_MS:-20}"
+results=bench/results
+mkdir -p "$results"
+
+cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
+  -p chat-bench --bin relay
+chatd_bin="$target_dir/release/chatd"
+loadgen_bin="$target_dir/release/chat-loadgen"
+relay_bin="$target_dir/release/relay"
+
+scenarios=("$@")
+[ ${#scenarios[@]} -eq 0 ] && scenarios=(dm rooms10 rooms100 fanout1000 idle10k)
+
+# The load generator's arguments for each scenario: clients, shape, the starting rate.
+scenario_args() {
+  case "$1" in
+    dm) echo "dm --clients 1000 --rate 1000" ;;
+    rooms10) echo "rooms --clients 1000 --room-size 10 --rate 500" ;;
+    rooms100) echo "rooms --clients 1000 --room-size 100 --rate 50" ;;
+    fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2 --rate 5" ;;
+    idle10k) echo "idle --clients 10000 --ramp-up 20 --handshake-concurrency 128" ;;
+    *) echo "unknown scenario $1 (dm rooms10 rooms100 fanout1000 idle10k)" >&2; return 1 ;;
+  esac
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+server_pid=""
+server_dir=""
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+  [ -n "$server_dir" ] && rm -rf "$server_dir"
+  server_dir=""
+}
+trap stop_server EXIT
+
+# start_server chatd|floor: a fresh server on a free port; sets server_pid, port, server_dir.
+start_server() {
+  server_dir="$(mktemp -d)"
+  port="$(free_port)"
+  if [ "$1" = chatd ]; then
+    # The per-user send rate limit (20/s by default) would cap senders long before the
+    # engine: lifted, so the benchmark measures the daemon, not its policy.
+    env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
+      CHATD_LOG='warn,chatd::server=info' "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
+      >"$server_dir.log" 2>&1 &
+  else
+    "$relay_bin" --listen "127.0.0.1:$port" --threads 2 --data-dir "$server_dir" \
+      >"$server_dir.log" 2>&1 &
+  fi
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    [ -s "$server_dir/tls/cert.pem" ] && grep -q "listening" "$server_dir.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  sleep 0.5
+  kill -0 "$server_pid" || { cat "$server_dir.log"; echo "bench: $1 did not start" >&2; exit 1; }
+}
+
+# loadgen TARGET OUT ARGS...: runs the load generator against the running server.
+loadgen() {
+  local target="$1" out="$2"
+  shift 2
+  local auth=()
+  [ "$target" = chatd ] && auth=(--token-secret-file "$server_dir/auth/secret")
+  "$loadgen_bin" "$@" --target "$target" --server "127.0.0.1:$port" \
+    --ca "$server_dir/tls/cert.pem" "${auth[@]}" --server-pid "$server_pid" \
+    --json-out "$out" --quiet | tee "${out%.json}.txt"
+}
+
+for scenario in "${scenarios[@]}"; do
+  read -r -a args <<<"$(scenario_args "$scenario")"
+  for target in chatd floor; do
+    echo "=== $scenario against $target"
+    if [ "$scenario" = idle10k ]; then
+      start_server "$target"
+      loadgen "$target" "$results/$scenario-$target.json" "${args[@]}" --duration 5 || true
+      stop_server
+      continue
+    fi
+    start_server "$target"
+    loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" --find-max \
+      --max-p99-ms "$max_p99_ms" --duration "$step_seconds" --warm-up 2 --drain 5 || true
+    stop_server
+    max="$(jq -r '.max_sustainable_rate // empty' "$results/$scenario-$target-max.json")"
+    if [ -z "$max" ]; then
+      echo "bench: no sustainable rate for $scenario against $target" >&2
+      continue
+    fi
+    half="$(python3 -c "print(max(1.0, $max / 2))")"
+    start_server "$target"
+    loadgen "$target" "$results/$scenario-$target-half.json" "${args[@]}" --rate "$half" \
+      --duration 10 --warm-up 2 --drain 10 || true
+    stop_server
+  done
+done
+
+python3 bench/report.py "$results" bench/RESULTS.md "bench/run.sh $*"

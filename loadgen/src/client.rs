@@ -1,0 +1,753 @@
+//! One simulated client: a QUIC connection speaking chat-protocol, driven by commands
+//! (scheduled sends, setup requests) and measuring what comes back.
+//!
+//! Each client is one task on a client thread. Inside it, a reader and a writer run
+//! concurrently over the session stream and share the connection's bookkeeping (requests in
+//! flight, cursors) through an uncontended lock that is never held across an await. The
+//! task reconnects after a churn request or a lost connection, resuming from the cursors of
+//! what it received, and resends the sends that were unanswered with their op ids, as a real
+//! client does; the daemon deduplicates them.
+//!
+//! A send's op id is its scheduled time on the run's [`Clock`](crate::metrics::Clock), and
+//! its body starts with the same eight bytes: any recipient computes the latency from the
+//! schedule, not from when the send actually left (no coordinated omission), and a body that
+//! does not match its op id is counted as corrupted.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_protocol::{
+    Auth, ClientFrame, ContentType, ConversationId, Cursor, DeviceId, ErrorBody, Event,
+    FrameDecoder, Hello, OpId, Request, RequestId, Response, Resume, SUPPORTED_VERSIONS,
+    SendMessage, Seq, ServerFrame, encode_frame,
+};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::check::ClientId;
+use crate::metrics::{self, Clock, Record, record_latency};
+
+/// Commands a client's queue holds at most; a full queue drops the send (counted).
+pub(crate) const QUEUE: usize = 4096;
+
+/// How a client proves who it is.
+#[derive(Clone, Debug)]
+pub(crate) enum Credentials {
+    /// A minted token.
+    Token(String),
+    /// Register this name with a password on the first connection, then use the token.
+    Register(String),
+    /// The floor: any token is accepted.
+    Floor,
+}
+
+/// What the coordinator and the scheduler hold of a client.
+pub(crate) struct Shared {
+    /// The client's number.
+    pub id: ClientId,
+    /// Its command queue.
+    pub commands: mpsc::Sender<Command>,
+    /// Its user id once the first hello succeeded (0 before).
+    pub user: AtomicU64,
+    /// Asks the client to disconnect and resume.
+    pub churn: Notify,
+}
+
+/// What a client is asked to do.
+pub(crate) enum Command {
+    /// Post a message scheduled at `op` (nanoseconds on the run clock).
+    Send {
+        /// Where.
+        conversation: ConversationId,
+        /// The scheduled time, used as op id.
+        op: OpId,
+    },
+    /// A setup request; the answer goes to `reply`.
+    Request {
+        /// What to ask.
+        request: Request,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+}
+
+/// What every client of a run shares.
+pub(crate) struct Context {
+    /// The run clock.
+    pub clock: Clock,
+    /// The server.
+    pub server: SocketAddr,
+    /// The certificate name.
+    pub server_name: String,
+    /// Message body size.
+    pub size: usize,
+    /// Whether deliveries are recorded for the checker (not against the floor).
+    pub check: bool,
+    /// How long a churned client stays away.
+    pub churn_pause: Duration,
+    /// Becomes `true` when the run is over.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Why a session ended.
+enum Outcome {
+    Stop,
+    Churn,
+    Lost,
+}
+
+/// A request in flight.
+enum Pending {
+    Send(ConversationId, OpId),
+    Request(oneshot::Sender<Result<Response, String>>),
+    Sync,
+}
+
+/// The bookkeeping of one connection, shared by its reader and writer.
+struct ConnState {
+    pending: HashMap<RequestId, Pending>,
+    next_id: u32,
+    positions: Positions,
+    /// Between a resume (or `Sync`) and `CaughtUp`: deliveries are replays.
+    catching_up: bool,
+    /// A `Lagged` arrived: the writer sends `Sync`.
+    need_sync: bool,
+}
+
+impl ConnState {
+    fn id(&mut self) -> RequestId {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        RequestId(self.next_id)
+    }
+}
+
+/// Own sends remembered after their ack, at most.
+const OWN_ACKS: usize = 4096;
+
+/// Where the client is in each conversation, kept across reconnects.
+///
+/// The cursor (what a resume starts after) is the end of the contiguous run of entries
+/// received: pushes move it, and the client's own acked sends fill in (an ack can overtake
+/// a push of an earlier entry, so an ack alone never moves the cursor past a hole). Own
+/// acked sends are remembered so that their replay after a resume is recognised and not
+/// counted as a second delivery, as the SDK does.
+#[derive(Default)]
+struct Positions {
+    cursors: HashMap<ConversationId, Seq>,
+    own: HashSet<(ConversationId, Seq)>,
+    own_order: VecDeque<(ConversationId, Seq)>,
+}
+
+impl Positions {
+    /// A push of entry `seq` arrived; whether it is a replay of an own acked send.
+    fn pushed(&mut self, conversation: ConversationId, seq: Seq) -> bool {
+        let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
+        *cursor = (*cursor).max(seq);
+        self.fill(conversation);
+        self.own.contains(&(conversation, seq))
+    }
+
+    /// An own send was acked as entry `seq`.
+    fn acked(&mut self, conversation: ConversationId, seq: Seq) {
+        if self.own.insert((conversation, seq)) {
+            self.own_order.push_back((conversation, seq));
+            if self.own_order.len() > OWN_ACKS
+                && let Some(oldest) = self.own_order.pop_front()
+            {
+                self.own.remove(&oldest);
+            }
+        }
+        self.fill(conversation);
+    }
+
+    /// Moves the cursor over own acked sends that directly follow it.
+    fn fill(&mut self, conversation: ConversationId) {
+        let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
+        while self.own.contains(&(conversation, Seq(cursor.0 + 1))) {
+            cursor.0 += 1;
+        }
+    }
+
+    fn resume(&self) -> Resume {
+        Resume {
+            cursors: self
+                .cursors
+                .iter()
+                .filter(|(_, seq)| seq.0 > 0)
+                .take(chat_protocol::limits::MAX_RESUME_CURSORS)
+                .map(|(conversation, seq)| Cursor {
+                    conversation: *conversation,
+                    seq: *seq,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An established session.
+struct Live {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder<ServerFrame>,
+    max_in_flight: usize,
+    /// The hello asked for a catch-up (the daemon ends it with `CaughtUp`).
+    resumed: bool,
+}
+
+/// Runs client `shared.id` until the run stops. `ready` gets its user id after the first
+/// hello, or why it could not connect (then the task ends).
+pub(crate) async fn run(
+    context: Arc<Context>,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut credentials: Credentials,
+    mut commands: mpsc::Receiver<Command>,
+    ready: oneshot::Sender<Result<(), String>>,
+) {
+    let mut ready = Some(ready);
+    let mut stop = context.stop.clone();
+    let mut positions = Positions::default();
+    let mut resend: VecDeque<Command> = VecDeque::new();
+    let mut resume: Option<Resume> = None;
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let device = u64::from(shared.id) + 1;
+        let connected = tokio::select! {
+            result = connect(&context, &endpoint, &mut credentials, resume.take(), device) => result,
+            _ = stop.changed() => return,
+        };
+        let (live, user) = match connected {
+            Ok(live) => live,
+            Err(e) => {
+                metrics::with(|m| m.connect_failures += 1);
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+                failures += 1;
+                let backoff = Duration::from_millis(50 << failures.min(6));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                resume = Some(positions.resume());
+                continue;
+            }
+        };
+        failures = 0;
+        shared.user.store(user, Ordering::Release);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+        let state = Mutex::new(ConnState {
+            pending: HashMap::new(),
+            next_id: 0,
+            positions: std::mem::take(&mut positions),
+            catching_up: live.resumed,
+            need_sync: false,
+        });
+        let outcome = session(
+            &context,
+            &shared,
+            live,
+            &state,
+            &mut commands,
+            &mut resend,
+            &mut stop,
+        )
+        .await;
+        let state = state.into_inner();
+        positions = state.positions;
+        for (_, pending) in state.pending {
+            match pending {
+                Pending::Send(conversation, op) => {
+                    resend.push_back(Command::Send { conversation, op });
+                }
+                Pending::Request(reply) => {
+                    let _ = reply.send(Err("the connection was lost".into()));
+                }
+                Pending::Sync => {}
+            }
+        }
+        match outcome {
+            Outcome::Stop => return,
+            Outcome::Churn => {
+                tokio::select! {
+                    () = tokio::time::sleep(context.churn_pause) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Outcome::Lost => metrics::with(|m| m.disconnects += 1),
+        }
+        resume = Some(positions.resume());
+    }
+}
+
+/// Connects, says hello (registering first when asked), and returns the session and the
+/// user id; records the handshake time.
+async fn connect(
+    context: &Context,
+    endpoint: &quinn::Endpoint,
+    credentials: &mut Credentials,
+    resume: Option<Resume>,
+    device: u64,
+) -> Result<(Live, u64), String> {
+    let started = Instant::now();
+    let connection = endpoint
+        .connect(context.server, &context.server_name)
+        .map_err(|e| format!("connect: {e}"))?
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| format!("open stream: {e}"))?;
+    let token = match credentials {
+        Credentials::Token(token) => Some(token.clone()),
+        Credentials::Floor => Some("floor".to_owned()),
+        Credentials::Register(_) => None,
+    };
+    let mut live = Live {
+        connection,
+        send,
+        recv,
+        decoder: FrameDecoder::new(),
+        max_in_flight: 1,
+        resumed: resume.is_some(),
+    };
+    let hello = ClientFrame::Hello(Hello {
+        versions: SUPPORTED_VERSIONS,
+        client: concat!("chat-loadgen/", env!("CARGO_PKG_VERSION")).into(),
+        device: DeviceId(device),
+        auth: token.map(|token| Auth {
+            token,
+            resume: resume.clone(),
+        }),
+    });
+    write(&mut live.send, &hello).await?;
+    let ok = match next_frame(&mut live).await? {
+        ServerFrame::HelloOk(ok) => ok,
+        ServerFrame::Error { error, .. } => return Err(describe(&error)),
+        other => return Err(format!("unexpected answer to hello: {other:?}")),
+    };
+    let session = match (ok.session, credentials.clone()) {
+        (Some(session), _) => session,
+        (None, Credentials::Register(name)) => {
+            let Response::Token(grant) = exchange(
+                &mut live,
+                Request::Register {
+                    name,
+                    password: "chat-loadgen-password".into(),
+                },
+            )
+            .await?
+            else {
+                return Err("register: unexpected answer".into());
+            };
+            *credentials = Credentials::Token(grant.token.clone());
+            let Response::Session(session) = exchange(
+                &mut live,
+                Request::Authenticate(Auth {
+                    token: grant.token,
+                    resume,
+                }),
+            )
+            .await?
+            else {
+                return Err("authenticate: unexpected answer".into());
+            };
+            session
+        }
+        (None, _) => return Err("the hello did not authenticate".into()),
+    };
+    live.max_in_flight = usize::try_from(ok.limits.max_in_flight)
+        .unwrap_or(1)
+        .clamp(1, 1 << 20);
+    let elapsed = started.elapsed();
+    metrics::with(|m| {
+        m.connects += 1;
+        let us = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        m.handshake.saturating_record(us);
+    });
+    Ok((live, session.user.0))
+}
+
+/// One request during the handshake, answered before anything else can arrive.
+async fn exchange(live: &mut Live, request: Request) -> Result<Response, String> {
+    write(
+        &mut live.send,
+        &ClientFrame::Request {
+            id: RequestId(u32::MAX),
+            request,
+        },
+    )
+    .await?;
+    loop {
+        match next_frame(live).await? {
+            ServerFrame::Response { response, .. } => return Ok(response),
+            ServerFrame::Error { error, .. } => return Err(describe(&error)),
+            ServerFrame::Event(_) => {}
+            other => return Err(format!("unexpected frame: {other:?}")),
+        }
+    }
+}
+
+fn describe(error: &ErrorBody) -> String {
+    format!("{}: {}", error.code, error.reason)
+}
+
+async fn write(send: &mut quinn::SendStream, frame: &ClientFrame) -> Result<(), String> {
+    let mut buf = Vec::new();
+    encode_frame(frame, &mut buf).map_err(|e| format!("encode: {e}"))?;
+    send.write_all(&buf)
+        .await
+        .map_err(|e| format!("write: {e}"))
+}
+
+async fn next_frame(live: &mut Live) -> Result<ServerFrame, String> {
+    loop {
+        if let Some(frame) = live
+            .decoder
+            .next_frame()
+            .map_err(|e| format!("decode: {e}"))?
+        {
+            return Ok(frame);
+        }
+        match live.recv.read_chunk(live.decoder.space(), true).await {
+            Ok(Some(chunk)) => live
+                .decoder
+                .push(&chunk.bytes)
+                .map_err(|e| format!("decode: {e}"))?,
+            Ok(None) => return Err("the server closed the stream".into()),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// Runs one connection until the run stops, a churn is asked for, or it is lost.
+async fn session(
+    context: &Context,
+    shared: &Shared,
+    live: Live,
+    state: &Mutex<ConnState>,
+    commands: &mut mpsc::Receiver<Command>,
+    resend: &mut VecDeque<Command>,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let Live {
+        connection,
+        mut send,
+        mut recv,
+        mut decoder,
+        max_in_flight,
+        resumed: _,
+    } = live;
+    let room = Notify::new();
+    let wake = Notify::new();
+    let outcome = tokio::select! {
+        outcome = reader(context, shared, &mut recv, &mut decoder, state, &room, &wake) => outcome,
+        outcome = writer(context, &mut send, commands, resend, state, &room, &wake, max_in_flight) => outcome,
+        () = shared.churn.notified() => Outcome::Churn,
+        _ = stop.changed() => Outcome::Stop,
+    };
+    connection.close(0u32.into(), b"bye");
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn writer(
+    context: &Context,
+    send: &mut quinn::SendStream,
+    commands: &mut mpsc::Receiver<Command>,
+    resend: &mut VecDeque<Command>,
+    state: &Mutex<ConnState>,
+    room: &Notify,
+    wake: &Notify,
+    max_in_flight: usize,
+) -> Outcome {
+    let mut buf = Vec::with_capacity(context.size + 64);
+    loop {
+        let sync = {
+            let mut state = state.lock();
+            if state.need_sync {
+                state.need_sync = false;
+                state.catching_up = true;
+                Some(state.positions.resume())
+            } else {
+                None
+            }
+        };
+        let command = if let Some(resume) = sync {
+            Some(Err(resume))
+        } else if let Some(command) = resend.pop_front() {
+            Some(Ok(command))
+        } else {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => Some(Ok(command)),
+                    None => return Outcome::Stop,
+                },
+                () = wake.notified() => None,
+            }
+        };
+        let Some(command) = command else { continue };
+        // Wait for room under the daemon's in-flight limit.
+        loop {
+            let notified = room.notified();
+            if state.lock().pending.len() < max_in_flight {
+                break;
+            }
+            notified.await;
+        }
+        let frame = {
+            let mut state = state.lock();
+            let id = state.id();
+            match command {
+                Ok(Command::Send { conversation, op }) => {
+                    state.pending.insert(id, Pending::Send(conversation, op));
+                    ClientFrame::Request {
+                        id,
+                        request: Request::Send(SendMessage {
+                            conversation,
+                            op,
+                            content_type: ContentType::BINARY,
+                            reply_to: None,
+                            body: body(op, context.size),
+                        }),
+                    }
+                }
+                Ok(Command::Request { request, reply }) => {
+                    state.pending.insert(id, Pending::Request(reply));
+                    ClientFrame::Request { id, request }
+                }
+                Err(resume) => {
+                    state.pending.insert(id, Pending::Sync);
+                    ClientFrame::Request {
+                        id,
+                        request: Request::Sync(resume),
+                    }
+                }
+            }
+        };
+        let is_send = matches!(
+            frame,
+            ClientFrame::Request {
+                request: Request::Send(_),
+                ..
+            }
+        );
+        buf.clear();
+        if encode_frame(&frame, &mut buf).is_err() || send.write_all(&buf).await.is_err() {
+            return Outcome::Lost;
+        }
+        if is_send {
+            metrics::with(|m| m.sends += 1);
+        }
+    }
+}
+
+/// A message body: the op id's eight bytes, then filler up to `size`.
+fn body(op: OpId, size: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(&op.0.to_le_bytes());
+    body.resize(size.max(8), b'.');
+    body
+}
+
+async fn reader(
+    context: &Context,
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder<ServerFrame>,
+    state: &Mutex<ConnState>,
+    room: &Notify,
+    wake: &Notify,
+) -> Outcome {
+    loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if !handle(context, shared, frame, state, room, wake) {
+                        return Outcome::Lost;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return Outcome::Lost,
+            }
+        }
+        match recv.read_chunk(decoder.space(), true).await {
+            Ok(Some(chunk)) => {
+                if decoder.push(&chunk.bytes).is_err() {
+                    return Outcome::Lost;
+                }
+            }
+            Ok(None) | Err(_) => return Outcome::Lost,
+        }
+    }
+}
+
+/// Handles one frame; `false` when the server said goodbye.
+fn handle(
+    context: &Context,
+    shared: &Shared,
+    frame: ServerFrame,
+    state: &Mutex<ConnState>,
+    room: &Notify,
+    wake: &Notify,
+) -> bool {
+    match frame {
+        ServerFrame::Response { id, response } => {
+            let pending = state.lock().pending.remove(&id);
+            room.notify_one();
+            match (pending, response) {
+                (Some(Pending::Send(conversation, op)), Response::Sent(ack)) => {
+                    state.lock().positions.acked(conversation, ack.seq);
+                    let now = context.clock.now();
+                    metrics::with(|m| {
+                        m.acks += 1;
+                        if context.clock.measured(op.0) {
+                            record_latency(&mut m.ack, op.0, now);
+                        }
+                        if context.check {
+                            // A repeated ack (a resend after a reconnect) is the same entry.
+                            m.records.push(Record::Acked {
+                                sender: shared.id,
+                                conversation,
+                                seq: ack.seq,
+                                first: !ack.duplicate,
+                            });
+                        }
+                    });
+                }
+                (Some(Pending::Request(reply)), response) => {
+                    let _ = reply.send(Ok(response));
+                }
+                _ => {}
+            }
+        }
+        ServerFrame::Error { id, error } => {
+            metrics::with(|m| *m.errors.entry(error.code.0).or_default() += 1);
+            if let Some(id) = id {
+                let pending = state.lock().pending.remove(&id);
+                room.notify_one();
+                if let Some(Pending::Request(reply)) = pending {
+                    let _ = reply.send(Err(describe(&error)));
+                }
+            }
+        }
+        ServerFrame::Event(event) => event_arrived(context, shared, event, state, wake),
+        ServerFrame::Goodbye(_) => return false,
+        ServerFrame::HelloOk(_) => {}
+    }
+    true
+}
+
+fn event_arrived(
+    context: &Context,
+    shared: &Shared,
+    event: Event,
+    state: &Mutex<ConnState>,
+    wake: &Notify,
+) {
+    match event {
+        Event::Message(message) => {
+            let now = context.clock.now();
+            let scheduled = message.op.0;
+            let intact = message.body.get(..8) == Some(&scheduled.to_le_bytes()[..]);
+            let (live, own_replay) = {
+                let mut state = state.lock();
+                let own = state.positions.pushed(message.conversation, message.seq);
+                (!state.catching_up, own)
+            };
+            if own_replay {
+                // The replay of an own send whose ack already counted as its delivery.
+                return;
+            }
+            metrics::with(|m| {
+                if !intact {
+                    m.corrupted += 1;
+                }
+                if live {
+                    m.deliveries += 1;
+                    if context.clock.measured(scheduled) {
+                        record_latency(&mut m.delivery, scheduled, now);
+                    }
+                } else {
+                    m.replayed += 1;
+                }
+                if context.check {
+                    m.records.push(Record::Delivered(
+                        shared.id,
+                        message.conversation,
+                        message.seq,
+                    ));
+                }
+            });
+        }
+        Event::Membership(event) => {
+            state.lock().positions.pushed(event.conversation, event.seq);
+        }
+        Event::CaughtUp { .. } => state.lock().catching_up = false,
+        Event::Lagged => {
+            metrics::with(|m| m.lagged += 1);
+            state.lock().need_sync = true;
+            wake.notify_one();
+        }
+        Event::Gap(_) => metrics::with(|m| m.gaps_announced += 1),
+        Event::Receipt(_) | Event::Presence(_) | Event::Typing(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_protocol::RoomId;
+
+    const ROOM: ConversationId = ConversationId::Room(RoomId(1));
+
+    #[test]
+    fn an_ack_ahead_of_a_hole_does_not_move_the_cursor_past_it() {
+        let mut positions = Positions::default();
+        assert!(!positions.pushed(ROOM, Seq(1)));
+        positions.acked(ROOM, Seq(3)); // overtook the push of 2
+        assert_eq!(positions.cursors[&ROOM], Seq(1));
+        assert!(!positions.pushed(ROOM, Seq(2)));
+        assert_eq!(
+            positions.cursors[&ROOM],
+            Seq(3),
+            "2 arrived: 3 was already had"
+        );
+        positions.acked(ROOM, Seq(4));
+        assert_eq!(positions.cursors[&ROOM], Seq(4));
+        // After a resume from 1, the replay of 3 is recognised as the own send.
+        assert!(positions.pushed(ROOM, Seq(3)));
+        assert_eq!(positions.resume().cursors.len(), 1);
+    }
+
+    #[test]
+    fn own_acks_are_remembered_within_a_bound() {
+        let mut positions = Positions::default();
+        for seq in 1..=(OWN_ACKS as u64 + 10) {
+            positions.acked(ROOM, Seq(seq));
+        }
+        assert_eq!(positions.own.len(), OWN_ACKS);
+        assert_eq!(positions.own_order.len(), OWN_ACKS);
+        assert_eq!(positions.cursors[&ROOM], Seq(OWN_ACKS as u64 + 10));
+    }
+
+    #[test]
+    fn a_body_carries_its_op_id() {
+        let body = body(OpId(0x0102_0304_0506_0708), 100);
+        assert_eq!(body.len(), 100);
+        assert_eq!(body[..8], 0x0102_0304_0506_0708u64.to_le_bytes());
+    }
+}

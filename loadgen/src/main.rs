@@ -1,0 +1,50 @@
+//! `chat-loadgen`: parses the options, runs the load test, prints the table, writes the JSON.
+//! Exit codes: 0 correct, 1 the check failed (lost, duplicated or reordered messages), 2 the
+//! run could not be carried out (options, setup), 64 bad command line.
+
+use std::process::ExitCode;
+
+use chat_loadgen::{Options, run};
+use clap::Parser as _;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chat-loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let json_out = options.json_out.clone();
+    let summary = match runtime.block_on(run(options)) {
+        Ok(summary) => summary,
+        Err(chat_loadgen::Error::Options(e)) => {
+            eprintln!("chat-loadgen: {e}");
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            eprintln!("chat-loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", summary.table());
+    if let Some(path) = json_out {
+        if let Err(e) = summary.write(&path) {
+            eprintln!("chat-loadgen: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!("results: {}", path.display());
+    }
+    if summary.correct {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
