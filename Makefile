@@ -3,7 +3,8 @@
 #   make run     build and start the daemon on its embedded default configuration
 #   make test    rustfmt check, clippy -D warnings, every test in the workspace
 #   make lint    only the rustfmt and clippy checks
-#   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ)
+#   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
+#                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)
 #   make fuzz    the cargo-fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
 #
 # CARGO_TARGET_DIR is honoured; .ci/run points it at a persistent folder under ~/.cache.
@@ -42,6 +43,8 @@ unit:
 bench: bootstrap
 	./bench/codec.sh
 	./bench/bridge.sh
+	./bench/bridge-outage.sh
+	./bench/run.sh
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

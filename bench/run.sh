@@ -42,67 +42,23 @@ scenario_args() {
   esac
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-server_pid=""
-server_dir=""
-stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
-  [ -n "$server_dir" ] && rm -rf "$server_dir"
-  server_dir=""
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 trap stop_server EXIT
-
-# start_server chatd|floor: a fresh server on a free port; sets server_pid, port, server_dir.
-start_server() {
-  server_dir="$(mktemp -d)"
-  port="$(free_port)"
-  if [ "$1" = chatd ]; then
-    # The per-user send rate limit (20/s by default) would cap senders long before the
-    # engine: lifted, so the benchmark measures the daemon, not its policy.
-    env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
-      CHATD_LOG='warn,chatd::server=info' "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
-      >"$server_dir.log" 2>&1 &
-  else
-    "$relay_bin" --listen "127.0.0.1:$port" --threads 2 --data-dir "$server_dir" \
-      >"$server_dir.log" 2>&1 &
-  fi
-  server_pid=$!
-  for _ in $(seq 1 100); do
-    [ -s "$server_dir/tls/cert.pem" ] && grep -q "listening" "$server_dir.log" 2>/dev/null && break
-    sleep 0.1
-  done
-  sleep 0.5
-  kill -0 "$server_pid" || { cat "$server_dir.log"; echo "bench: $1 did not start" >&2; exit 1; }
-}
-
-# loadgen TARGET OUT ARGS...: runs the load generator against the running server.
-loadgen() {
-  local target="$1" out="$2"
-  shift 2
-  local auth=()
-  [ "$target" = chatd ] && auth=(--token-secret-file "$server_dir/auth/secret")
-  "$loadgen_bin" "$@" --target "$target" --server "127.0.0.1:$port" \
-    --ca "$server_dir/tls/cert.pem" "${auth[@]}" --server-pid "$server_pid" \
-    --json-out "$out" --quiet | tee "${out%.json}.txt"
-}
 
 for scenario in "${scenarios[@]}"; do
   read -r -a args <<<"$(scenario_args "$scenario")"
   for target in chatd floor; do
     echo "=== $scenario against $target"
+    rm -f "$results/$scenario-$target".* "$results/$scenario-$target"-*
     if [ "$scenario" = idle10k ]; then
       start_server "$target"
-      loadgen "$target" "$results/$scenario-$target.json" "${args[@]}" --duration 5 || true
+      run_loadgen "$target" "$results/$scenario-$target.json" "${args[@]}" --duration 5 || true
       stop_server
       continue
     fi
     start_server "$target"
-    loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" --find-max \
+    run_loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" --find-max \
       --max-p99-ms "$max_p99_ms" --duration "$step_seconds" --warm-up 2 --drain 5 || true
     stop_server
     max="$(jq -r '.max_sustainable_rate // empty' "$results/$scenario-$target-max.json")"
@@ -112,7 +68,7 @@ for scenario in "${scenarios[@]}"; do
     fi
     half="$(python3 -c "print(max(1.0, $max / 2))")"
     start_server "$target"
-    loadgen "$target" "$results/$scenario-$target-half.json" "${args[@]}" --rate "$half" \
+    run_loadgen "$target" "$results/$scenario-$target-half.json" "${args[@]}" --rate "$half" \
       --duration 10 --warm-up 2 --drain 10 || true
     stop_server
   done

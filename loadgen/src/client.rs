@@ -142,8 +142,12 @@ struct Positions {
 }
 
 impl Positions {
-    /// A push of entry `seq` arrived; whether it is a replay of an own acked send.
+    /// A push of entry `seq` arrived; whether it is a replay of an own acked send. `Seq(0)`
+    /// (the floor numbers nothing) is no position.
     fn pushed(&mut self, conversation: ConversationId, seq: Seq) -> bool {
+        if seq.0 == 0 {
+            return false;
+        }
         let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
         *cursor = (*cursor).max(seq);
         self.fill(conversation);
@@ -152,6 +156,9 @@ impl Positions {
 
     /// An own send was acked as entry `seq`.
     fn acked(&mut self, conversation: ConversationId, seq: Seq) {
+        if seq.0 == 0 {
+            return;
+        }
         if self.own.insert((conversation, seq)) {
             self.own_order.push_back((conversation, seq));
             if self.own_order.len() > OWN_ACKS
@@ -731,6 +738,17 @@ mod tests {
         // After a resume from 1, the replay of 3 is recognised as the own send.
         assert!(positions.pushed(ROOM, Seq(3)));
         assert_eq!(positions.resume().cursors.len(), 1);
+    }
+
+    #[test]
+    fn unnumbered_entries_are_no_positions() {
+        let mut positions = Positions::default();
+        positions.acked(ROOM, Seq(0));
+        assert!(
+            !positions.pushed(ROOM, Seq(0)),
+            "the floor's pushes are never own replays"
+        );
+        assert!(positions.resume().cursors.is_empty());
     }
 
     #[test]

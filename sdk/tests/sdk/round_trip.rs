@@ -154,3 +154,23 @@ async fn trust_by_fingerprint_and_refusals() {
 }
 
 use rustls::pki_types as rustls_pki;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_with_the_sdk_is_accepted_and_a_wrong_secret_is_not() {
+    let daemon = TestDaemon::start();
+    let secret = std::fs::read_to_string(daemon.path().join("auth/secret")).unwrap();
+    let key = chat_sdk::token::SigningKey::from_hex("local", &secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut options = daemon.options();
+    options.token = Some(key.mint("carol", now, now + 60));
+    let carol = Client::connect(&options).await.unwrap();
+    assert_eq!(carol.session().unwrap().name, "carol");
+
+    let wrong = chat_sdk::token::SigningKey::from_hex("local", &"11".repeat(32)).unwrap();
+    options.token = Some(wrong.mint("carol", now, now + 60));
+    let refused = Client::connect(&options).await.err().unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::TOKEN_INVALID), "{refused}");
+}

@@ -1,0 +1,65 @@
+# Helpers shared by the scenario scripts (bench/run.sh, bench/bridge-outage.sh): start a
+# fresh server on a free loopback port, drive it with chat-loadgen, stop it. Source it after
+# setting chatd_bin, loadgen_bin and relay_bin.
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+server_pid=""
+server_dir=""
+port=""
+
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+  if [ -n "$server_dir" ]; then
+    rm -rf "$server_dir" "$server_dir.log"
+  fi
+  server_dir=""
+}
+
+# start_server chatd|floor [ENV=VALUE...]: a fresh server (chatd on a new temp data dir, 2
+# shards; the relay with 2 threads); sets server_pid, server_dir and port.
+start_server() {
+  local target="$1"
+  shift
+  server_dir="$(mktemp -d)"
+  port="$(free_port)"
+  if [ "$target" = chatd ]; then
+    # The per-user send rate limit (20/s by default) would cap senders long before the
+    # engine: lifted, so the benchmarks measure the daemon, not its policy.
+    env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
+      CHATD_LOG='warn,chatd::server=info' "$@" \
+      "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
+      >"$server_dir.log" 2>&1 &
+  else
+    "$relay_bin" --listen "127.0.0.1:$port" --threads 2 --data-dir "$server_dir" \
+      >"$server_dir.log" 2>&1 &
+  fi
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "listening" "$server_dir.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  if ! kill -0 "$server_pid" 2>/dev/null || ! grep -q "listening" "$server_dir.log"; then
+    cat "$server_dir.log" >&2
+    echo "bench: $target did not start" >&2
+    exit 1
+  fi
+}
+
+# run_loadgen chatd|floor OUT.json ARGS...: chat-loadgen against the running server; the
+# table goes to the terminal and to OUT.txt.
+run_loadgen() {
+  local target="$1" out="$2"
+  shift 2
+  local auth=()
+  [ "$target" = chatd ] && auth=(--token-secret-file "$server_dir/auth/secret")
+  "$loadgen_bin" "$@" --target "$target" --server "127.0.0.1:$port" \
+    --ca "$server_dir/tls/cert.pem" "${auth[@]}" --server-pid "$server_pid" \
+    --json-out "$out" --quiet | tee "${out%.json}.txt"
+}
