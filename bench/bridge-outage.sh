@@ -21,6 +21,8 @@ relay_bin=""
 source bench/lib.sh
 trap stop_server EXIT
 
+timeout 2 bash -c '</dev/tcp/127.0.0.1/5672' 2>/dev/null ||
+  { echo "bench: RabbitMQ does not answer on 127.0.0.1:5672 (rabbitmq-server -detached)" >&2; exit 1; }
 unreachable_port="$(free_port)"
 declare -A broker=(
   [off]=""
@@ -33,7 +35,7 @@ for run in 1 2 3; do
     echo "=== run $run, bridge $mode"
     start_server chatd "CHATD_BRIDGE_AMQP_URL=${broker[$mode]}"
     run_loadgen chatd "$results/outage-$mode-$run.json" dm --clients 200 --rate "$rate" \
-      --warm-up 2 --duration 10 --drain 10
+      --warm-up 2 --duration 10 --drain 10 || echo "bench: run $run ($mode) failed its check" >&2
     stop_server
   done
 done

@@ -53,13 +53,18 @@ start_server() {
 }
 
 # run_loadgen chatd|floor OUT.json ARGS...: chat-loadgen against the running server; the
-# table goes to the terminal and to OUT.txt.
+# table goes to the terminal and to OUT.txt. Returns the load generator's exit code; when it
+# is not 0, the server's log is kept as OUT.server.log.
 run_loadgen() {
   local target="$1" out="$2"
   shift 2
   local auth=()
   [ "$target" = chatd ] && auth=(--token-secret-file "$server_dir/auth/secret")
+  local status=0
   "$loadgen_bin" "$@" --target "$target" --server "127.0.0.1:$port" \
     --ca "$server_dir/tls/cert.pem" "${auth[@]}" --server-pid "$server_pid" \
-    --json-out "$out" --quiet | tee "${out%.json}.txt"
+    --json-out "$out" --quiet >"${out%.json}.txt" || status=$?
+  cat "${out%.json}.txt"
+  [ "$status" -eq 0 ] || cp "$server_dir.log" "${out%.json}.server.log" 2>/dev/null || true
+  return "$status"
 }

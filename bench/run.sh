@@ -30,15 +30,25 @@ relay_bin="$target_dir/release/relay"
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(dm rooms10 rooms100 fanout1000 idle10k)
 
-# The load generator's arguments for each scenario: clients, shape, the starting rate.
+# The load generator's arguments for each scenario (clients and shape), and the rate
+# --find-max starts from.
 scenario_args() {
   case "$1" in
-    dm) echo "dm --clients 1000 --rate 1000" ;;
-    rooms10) echo "rooms --clients 1000 --room-size 10 --rate 500" ;;
-    rooms100) echo "rooms --clients 1000 --room-size 100 --rate 50" ;;
-    fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2 --rate 5" ;;
+    dm) echo "dm --clients 1000" ;;
+    rooms10) echo "rooms --clients 1000 --room-size 10" ;;
+    rooms100) echo "rooms --clients 1000 --room-size 100" ;;
+    fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2" ;;
     idle10k) echo "idle --clients 10000 --ramp-up 20 --handshake-concurrency 128" ;;
     *) echo "unknown scenario $1 (dm rooms10 rooms100 fanout1000 idle10k)" >&2; return 1 ;;
+  esac
+}
+start_rate() {
+  case "$1" in
+    dm) echo 1000 ;;
+    rooms10) echo 500 ;;
+    rooms100) echo 50 ;;
+    fanout1000) echo 5 ;;
+    *) echo 1 ;;
   esac
 }
 
@@ -46,6 +56,9 @@ scenario_args() {
 source bench/lib.sh
 trap stop_server EXIT
 
+for scenario in "${scenarios[@]}"; do
+  scenario_args "$scenario" >/dev/null || exit 64
+done
 for scenario in "${scenarios[@]}"; do
   read -r -a args <<<"$(scenario_args "$scenario")"
   for target in chatd floor; do
@@ -58,10 +71,11 @@ for scenario in "${scenarios[@]}"; do
       continue
     fi
     start_server "$target"
-    run_loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" --find-max \
+    run_loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" \
+      --rate "$(start_rate "$scenario")" --find-max \
       --max-p99-ms "$max_p99_ms" --duration "$step_seconds" --warm-up 2 --drain 5 || true
     stop_server
-    max="$(jq -r '.max_sustainable_rate // empty' "$results/$scenario-$target-max.json")"
+    max="$(jq -r '.max_sustainable_rate // empty' "$results/$scenario-$target-max.json" 2>/dev/null || true)"
     if [ -z "$max" ]; then
       echo "bench: no sustainable rate for $scenario against $target" >&2
       continue

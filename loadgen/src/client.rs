@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_protocol::{
@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub user: AtomicU64,
     /// Asks the client to disconnect and resume.
     pub churn: Notify,
+    /// Sends queued or in flight and not yet answered (acked or refused): the scheduler adds,
+    /// the reader subtracts. A phase is drained when every client's is zero.
+    pub outstanding: AtomicUsize,
 }
 
 /// What a client is asked to do.
@@ -129,11 +132,12 @@ const OWN_ACKS: usize = 4096;
 
 /// Where the client is in each conversation, kept across reconnects.
 ///
-/// The cursor (what a resume starts after) is the end of the contiguous run of entries
-/// received: pushes move it, and the client's own acked sends fill in (an ack can overtake
-/// a push of an earlier entry, so an ack alone never moves the cursor past a hole). Own
-/// acked sends are remembered so that their replay after a resume is recognised and not
-/// counted as a second delivery, as the SDK does.
+/// The cursor (what a resume starts after) is the highest entry pushed, extended over the
+/// client's own acked sends that directly follow it. Pushes of one conversation arrive in
+/// order, so everything below the highest push was pushed or is an own send; an ack alone
+/// never moves the cursor past a hole, because an ack can overtake the push of an earlier
+/// entry. A replay of an own send after a resume is a push like any other (the checker
+/// counts a sender's ack and a push of the same entry as one delivery).
 #[derive(Default)]
 struct Positions {
     cursors: HashMap<ConversationId, Seq>,
@@ -142,16 +146,14 @@ struct Positions {
 }
 
 impl Positions {
-    /// A push of entry `seq` arrived; whether it is a replay of an own acked send. `Seq(0)`
-    /// (the floor numbers nothing) is no position.
-    fn pushed(&mut self, conversation: ConversationId, seq: Seq) -> bool {
+    /// A push of entry `seq` arrived. `Seq(0)` (the floor numbers nothing) is no position.
+    fn pushed(&mut self, conversation: ConversationId, seq: Seq) {
         if seq.0 == 0 {
-            return false;
+            return;
         }
         let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
         *cursor = (*cursor).max(seq);
         self.fill(conversation);
-        self.own.contains(&(conversation, seq))
     }
 
     /// An own send was acked as entry `seq`.
@@ -219,6 +221,7 @@ pub(crate) async fn run(
     let mut stop = context.stop.clone();
     let mut positions = Positions::default();
     let mut resend: VecDeque<Command> = VecDeque::new();
+    let mut held: Option<Held> = None;
     let mut resume: Option<Resume> = None;
     let mut failures = 0u32;
     loop {
@@ -267,15 +270,20 @@ pub(crate) async fn run(
             &state,
             &mut commands,
             &mut resend,
+            &mut held,
             &mut stop,
         )
         .await;
         let state = state.into_inner();
         positions = state.positions;
-        for (_, pending) in state.pending {
+        // Unanswered requests go first, in the order they were written, then what was held.
+        let mut unanswered: Vec<_> = state.pending.into_iter().collect();
+        unanswered.sort_by_key(|(id, _)| id.0);
+        let mut first = VecDeque::new();
+        for (_, pending) in unanswered {
             match pending {
                 Pending::Send(conversation, op) => {
-                    resend.push_back(Command::Send { conversation, op });
+                    first.push_back(Command::Send { conversation, op });
                 }
                 Pending::Request(reply) => {
                     let _ = reply.send(Err("the connection was lost".into()));
@@ -283,6 +291,11 @@ pub(crate) async fn run(
                 Pending::Sync => {}
             }
         }
+        if let Some(Held::Command { command, .. }) = held.take() {
+            first.push_back(command);
+        }
+        first.append(&mut resend);
+        resend = first;
         match outcome {
             Outcome::Stop => return,
             Outcome::Churn => {
@@ -441,6 +454,7 @@ async fn next_frame(live: &mut Live) -> Result<ServerFrame, String> {
 }
 
 /// Runs one connection until the run stops, a churn is asked for, or it is lost.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     context: &Context,
     shared: &Shared,
@@ -448,6 +462,7 @@ async fn session(
     state: &Mutex<ConnState>,
     commands: &mut mpsc::Receiver<Command>,
     resend: &mut VecDeque<Command>,
+    held: &mut Option<Held>,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let Live {
@@ -462,12 +477,22 @@ async fn session(
     let wake = Notify::new();
     let outcome = tokio::select! {
         outcome = reader(context, shared, &mut recv, &mut decoder, state, &room, &wake) => outcome,
-        outcome = writer(context, &mut send, commands, resend, state, &room, &wake, max_in_flight) => outcome,
+        outcome = writer(context, &mut send, commands, resend, held, state, &room, &wake, max_in_flight) => outcome,
         () = shared.churn.notified() => Outcome::Churn,
         _ = stop.changed() => Outcome::Stop,
     };
     connection.close(0u32.into(), b"bye");
     outcome
+}
+
+/// What the writer has taken and not yet written. It lives in [`run`], outside the session,
+/// so a command taken just before the session ends (a churn, a lost connection) is not lost:
+/// it goes back to the front of the resend queue.
+enum Held {
+    /// A command; `resent` when it comes from the resend queue (not counted as a new send).
+    Command { command: Command, resent: bool },
+    /// A `Sync` after `Lagged` (not kept across connections: the resume does its work).
+    Sync(Resume),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -476,6 +501,7 @@ async fn writer(
     send: &mut quinn::SendStream,
     commands: &mut mpsc::Receiver<Command>,
     resend: &mut VecDeque<Command>,
+    held: &mut Option<Held>,
     state: &Mutex<ConnState>,
     room: &Notify,
     wake: &Notify,
@@ -483,31 +509,39 @@ async fn writer(
 ) -> Outcome {
     let mut buf = Vec::with_capacity(context.size + 64);
     loop {
-        let sync = {
-            let mut state = state.lock();
-            if state.need_sync {
-                state.need_sync = false;
-                state.catching_up = true;
-                Some(state.positions.resume())
+        if held.is_none() {
+            let sync = {
+                let mut state = state.lock();
+                if state.need_sync {
+                    state.need_sync = false;
+                    state.catching_up = true;
+                    Some(state.positions.resume())
+                } else {
+                    None
+                }
+            };
+            *held = if let Some(resume) = sync {
+                Some(Held::Sync(resume))
+            } else if let Some(command) = resend.pop_front() {
+                Some(Held::Command {
+                    command,
+                    resent: true,
+                })
             } else {
-                None
+                // `recv` is cancel-safe: a command is either taken here or still queued.
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(command) => Some(Held::Command { command, resent: false }),
+                        None => return Outcome::Stop,
+                    },
+                    () = wake.notified() => None,
+                }
+            };
+            if held.is_none() {
+                continue;
             }
-        };
-        let command = if let Some(resume) = sync {
-            Some(Err(resume))
-        } else if let Some(command) = resend.pop_front() {
-            Some(Ok(command))
-        } else {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(command) => Some(Ok(command)),
-                    None => return Outcome::Stop,
-                },
-                () = wake.notified() => None,
-            }
-        };
-        let Some(command) = command else { continue };
-        // Wait for room under the daemon's in-flight limit.
+        }
+        // Wait for room under the daemon's in-flight limit (the command stays held).
         loop {
             let notified = room.notified();
             if state.lock().pending.len() < max_in_flight {
@@ -515,13 +549,17 @@ async fn writer(
             }
             notified.await;
         }
-        let frame = {
+        let Some(taken) = held.take() else { continue };
+        let (frame, new_send) = {
             let mut state = state.lock();
             let id = state.id();
-            match command {
-                Ok(Command::Send { conversation, op }) => {
+            match taken {
+                Held::Command {
+                    command: Command::Send { conversation, op },
+                    resent,
+                } => {
                     state.pending.insert(id, Pending::Send(conversation, op));
-                    ClientFrame::Request {
+                    let frame = ClientFrame::Request {
                         id,
                         request: Request::Send(SendMessage {
                             conversation,
@@ -530,33 +568,30 @@ async fn writer(
                             reply_to: None,
                             body: body(op, context.size),
                         }),
-                    }
+                    };
+                    (frame, !resent)
                 }
-                Ok(Command::Request { request, reply }) => {
+                Held::Command {
+                    command: Command::Request { request, reply },
+                    ..
+                } => {
                     state.pending.insert(id, Pending::Request(reply));
-                    ClientFrame::Request { id, request }
+                    (ClientFrame::Request { id, request }, false)
                 }
-                Err(resume) => {
+                Held::Sync(resume) => {
                     state.pending.insert(id, Pending::Sync);
-                    ClientFrame::Request {
-                        id,
-                        request: Request::Sync(resume),
-                    }
+                    let request = Request::Sync(resume);
+                    (ClientFrame::Request { id, request }, false)
                 }
             }
         };
-        let is_send = matches!(
-            frame,
-            ClientFrame::Request {
-                request: Request::Send(_),
-                ..
-            }
-        );
+        // From here the request is in `pending`: if the connection drops during the write,
+        // it is resent from there.
         buf.clear();
         if encode_frame(&frame, &mut buf).is_err() || send.write_all(&buf).await.is_err() {
             return Outcome::Lost;
         }
-        if is_send {
+        if new_send {
             metrics::with(|m| m.sends += 1);
         }
     }
@@ -615,6 +650,9 @@ fn handle(
         ServerFrame::Response { id, response } => {
             let pending = state.lock().pending.remove(&id);
             room.notify_one();
+            if matches!(pending, Some(Pending::Send(..))) {
+                shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
             match (pending, response) {
                 (Some(Pending::Send(conversation, op)), Response::Sent(ack)) => {
                     state.lock().positions.acked(conversation, ack.seq);
@@ -625,12 +663,10 @@ fn handle(
                             record_latency(&mut m.ack, op.0, now);
                         }
                         if context.check {
-                            // A repeated ack (a resend after a reconnect) is the same entry.
                             m.records.push(Record::Acked {
                                 sender: shared.id,
                                 conversation,
                                 seq: ack.seq,
-                                first: !ack.duplicate,
                             });
                         }
                     });
@@ -646,8 +682,14 @@ fn handle(
             if let Some(id) = id {
                 let pending = state.lock().pending.remove(&id);
                 room.notify_one();
-                if let Some(Pending::Request(reply)) = pending {
-                    let _ = reply.send(Err(describe(&error)));
+                match pending {
+                    Some(Pending::Request(reply)) => {
+                        let _ = reply.send(Err(describe(&error)));
+                    }
+                    Some(Pending::Send(..)) => {
+                        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -670,15 +712,11 @@ fn event_arrived(
             let now = context.clock.now();
             let scheduled = message.op.0;
             let intact = message.body.get(..8) == Some(&scheduled.to_le_bytes()[..]);
-            let (live, own_replay) = {
+            let live = {
                 let mut state = state.lock();
-                let own = state.positions.pushed(message.conversation, message.seq);
-                (!state.catching_up, own)
+                state.positions.pushed(message.conversation, message.seq);
+                !state.catching_up
             };
-            if own_replay {
-                // The replay of an own send whose ack already counted as its delivery.
-                return;
-            }
             metrics::with(|m| {
                 if !intact {
                     m.corrupted += 1;
@@ -724,10 +762,10 @@ mod tests {
     #[test]
     fn an_ack_ahead_of_a_hole_does_not_move_the_cursor_past_it() {
         let mut positions = Positions::default();
-        assert!(!positions.pushed(ROOM, Seq(1)));
+        positions.pushed(ROOM, Seq(1));
         positions.acked(ROOM, Seq(3)); // overtook the push of 2
         assert_eq!(positions.cursors[&ROOM], Seq(1));
-        assert!(!positions.pushed(ROOM, Seq(2)));
+        positions.pushed(ROOM, Seq(2));
         assert_eq!(
             positions.cursors[&ROOM],
             Seq(3),
@@ -735,8 +773,6 @@ mod tests {
         );
         positions.acked(ROOM, Seq(4));
         assert_eq!(positions.cursors[&ROOM], Seq(4));
-        // After a resume from 1, the replay of 3 is recognised as the own send.
-        assert!(positions.pushed(ROOM, Seq(3)));
         assert_eq!(positions.resume().cursors.len(), 1);
     }
 
@@ -744,10 +780,8 @@ mod tests {
     fn unnumbered_entries_are_no_positions() {
         let mut positions = Positions::default();
         positions.acked(ROOM, Seq(0));
-        assert!(
-            !positions.pushed(ROOM, Seq(0)),
-            "the floor's pushes are never own replays"
-        );
+        positions.pushed(ROOM, Seq(0));
+        assert!(positions.own.is_empty());
         assert!(positions.resume().cursors.is_empty());
     }
 

@@ -1,6 +1,7 @@
 //! `chat-loadgen`: parses the options, runs the load test, prints the table, writes the JSON.
-//! Exit codes: 0 correct, 1 the check failed (lost, duplicated or reordered messages), 2 the
-//! run could not be carried out (options, setup), 64 bad command line.
+//! Exit codes: 0 correct, 1 the check failed (lost, duplicated or reordered messages), 2 bad
+//! command line or options (as clap exits on a parse error), 3 the run could not be carried
+//! out (TLS or token configuration, clients that cannot connect or set up).
 
 use std::process::ExitCode;
 
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("chat-loadgen: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(3);
         }
     };
     let json_out = options.json_out.clone();
@@ -27,18 +28,18 @@ fn main() -> ExitCode {
         Ok(summary) => summary,
         Err(chat_loadgen::Error::Options(e)) => {
             eprintln!("chat-loadgen: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(2);
         }
         Err(e) => {
             eprintln!("chat-loadgen: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(3);
         }
     };
     println!("{}", summary.table());
     if let Some(path) = json_out {
         if let Err(e) = summary.write(&path) {
             eprintln!("chat-loadgen: {}: {e}", path.display());
-            return ExitCode::from(2);
+            return ExitCode::from(3);
         }
         println!("results: {}", path.display());
     }

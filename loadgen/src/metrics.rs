@@ -27,8 +27,8 @@ pub(crate) fn histogram() -> Histogram<u64> {
 /// What the checker is told.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Record {
-    /// An entry acknowledged to its sender; `first` unless the ack repeats an earlier one
-    /// (a resend after a reconnect). The ack is the sender's delivery of its own entry.
+    /// An entry acknowledged to its sender (again, when a send is retried after a
+    /// reconnect). The ack is the sender's delivery of its own entry.
     Acked {
         /// The sending client.
         sender: ClientId,
@@ -36,8 +36,6 @@ pub(crate) enum Record {
         conversation: ConversationId,
         /// The entry.
         seq: Seq,
-        /// Not a repeat.
-        first: bool,
     },
     /// An entry pushed to a client.
     Delivered(ClientId, ConversationId, Seq),
@@ -125,13 +123,15 @@ impl Metrics {
         self.disconnects += other.disconnects;
     }
 
-    /// Error responses, lags, corruptions, drops and failed connects: anything that makes a
-    /// rate unsustainable.
+    /// Error responses, lags, announced gaps, corruptions, drops, lost connections and
+    /// failed connects: anything that makes a rate unsustainable.
     pub(crate) fn failures(&self) -> u64 {
         self.errors.values().sum::<u64>()
             + self.lagged
+            + self.gaps_announced
             + self.corrupted
             + self.dropped
+            + self.disconnects
             + self.connect_failures
     }
 }

@@ -36,7 +36,7 @@ pub enum Target {
 
 /// chat-loadgen: open-loop load against chatd (or the bench relay) with HdrHistogram
 /// latencies and a built-in correctness check. Exits 1 when the checker finds a lost,
-/// duplicated or reordered message, 2 on a setup failure.
+/// duplicated or reordered message, 2 on bad options, 3 when the run cannot be set up.
 #[derive(Clone, Debug, Parser, serde::Serialize)]
 #[command(name = "chat-loadgen", version)]
 pub struct Options {

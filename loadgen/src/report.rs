@@ -86,6 +86,11 @@ pub struct Step {
     pub reconnects: u64,
     /// Deliveries replayed on resume.
     pub replayed: u64,
+    /// Sends still queued or unanswered when the drain ended.
+    pub unanswered: u64,
+    /// Whether the drain ended with every send answered and every acked entry delivered
+    /// (otherwise it ran out of time).
+    pub settled: bool,
     /// The correctness check (chatd only).
     pub check: Option<Report>,
     /// Server CPU time (user + system) per live delivery, in microseconds.
@@ -149,6 +154,8 @@ impl Step {
             connect_failures: latencies.connect_failures,
             reconnects: latencies.connects,
             replayed: latencies.replayed,
+            unanswered: 0,
+            settled: true,
             check: None,
             server_cpu_us_per_delivery: None,
             sustainable: true,
@@ -272,6 +279,7 @@ impl Summary {
                 ("dropped by the generator", step.dropped),
                 ("connections lost", step.disconnects),
                 ("failed connects", step.connect_failures),
+                ("sends unanswered after the drain", step.unanswered),
             ] {
                 if n > 0 {
                     problems.push(format!("{name} {n}"));
@@ -291,6 +299,12 @@ impl Summary {
                     out,
                     "  reconnects {}, deliveries replayed on resume {}",
                     step.reconnects, step.replayed
+                );
+            }
+            if !step.settled {
+                let _ = writeln!(
+                    out,
+                    "  drain: ran out of time with messages still on their way"
                 );
             }
             match &step.check {

@@ -9,8 +9,9 @@
 //!
 //! No storage, no sequence numbers, no ordering across senders, no rate limits: what is left
 //! is the cost of QUIC, TLS, framing and fan-out. Each connection's outgoing queue holds
-//! `QUEUE` frames; beyond that frames are dropped and counted (printed every second when
-//! non-zero). Runs until SIGINT or SIGTERM.
+//! `QUEUE` frames; replies wait for room in it, relayed messages beyond it are dropped and
+//! counted (printed every second when non-zero; the load generator sees them missing). Runs
+//! until SIGINT or SIGTERM.
 //!
 //! ```text
 //! relay [--listen 127.0.0.1:4434] [--threads N] [--data-dir DIR]
@@ -201,7 +202,11 @@ async fn connection_task(
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    if !answer(frame, &me, &rooms, limits, &mut joined) {
+                    // Replies wait for room in the queue (the client's in-flight limit bounds
+                    // them); only relayed messages are dropped when a queue is full.
+                    if let Some(reply) = answer(frame, &me, &rooms, limits, &mut joined)
+                        && me.queue.send(encode(&reply)).await.is_err()
+                    {
                         break 'read;
                     }
                 }
@@ -242,22 +247,17 @@ fn now() -> Timestamp {
     Timestamp(chatd::unix_now() * 1000)
 }
 
-/// Handles one client frame; `false` to close the connection.
+/// Handles one client frame; returns the reply to send back, if any.
 fn answer(
     frame: ClientFrame,
     me: &Peer,
     rooms: &Rooms,
     limits: chat_protocol::Limits,
     joined: &mut Vec<ConversationId>,
-) -> bool {
-    let reply = |frame: ServerFrame| {
-        if me.queue.try_send(encode(&frame)).is_err() {
-            rooms.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    };
+) -> Option<ServerFrame> {
     let (id, request) = match frame {
         ClientFrame::Hello(hello) => {
-            reply(ServerFrame::HelloOk(HelloOk {
+            return Some(ServerFrame::HelloOk(HelloOk {
                 version: PROTOCOL_VERSION,
                 server: "relay".into(),
                 session: hello.auth.map(|_| Session {
@@ -269,10 +269,9 @@ fn answer(
                 limits,
                 server_time: now(),
             }));
-            return true;
         }
         ClientFrame::Request { id, request } => (id, request),
-        ClientFrame::Typing(_) => return true,
+        ClientFrame::Typing(_) => return None,
     };
     match request {
         Request::JoinRoom { room } => {
@@ -284,7 +283,7 @@ fn answer(
                 peers.len()
             };
             joined.push(conversation);
-            reply(ServerFrame::Response {
+            Some(ServerFrame::Response {
                 id,
                 response: Response::Room(RoomInfo {
                     room,
@@ -293,11 +292,11 @@ fn answer(
                     owner: UserId(0),
                     members: u32::try_from(members).unwrap_or(u32::MAX),
                 }),
-            });
+            })
         }
         Request::Send(send) => {
             let ts = now();
-            reply(ServerFrame::Response {
+            let ack = ServerFrame::Response {
                 id,
                 response: Response::Sent(SendAck {
                     conversation: send.conversation,
@@ -306,7 +305,7 @@ fn answer(
                     ts,
                     duplicate: false,
                 }),
-            });
+            };
             let event = encode(&ServerFrame::Event(Event::Message(Message {
                 conversation: send.conversation,
                 seq: Seq(0),
@@ -323,8 +322,9 @@ fn answer(
                     rooms.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Some(ack)
         }
-        _ => reply(ServerFrame::Error {
+        _ => Some(ServerFrame::Error {
             id: Some(id),
             error: ErrorBody {
                 code: ErrorCode::INVALID_REQUEST,
@@ -333,5 +333,4 @@ fn answer(
             },
         }),
     }
-    true
 }
