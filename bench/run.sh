@@ -9,7 +9,10 @@
 #
 #   bench/run.sh                  # every standard scenario: dm rooms10 rooms100 fanout1000 idle10k
 #   bench/run.sh dm rooms10       # some of them
-#   BENCH_STEP_SECONDS=5 BENCH_MAX_P99_MS=20 bench/run.sh   # the defaults
+#   BENCH_STEP_SECONDS=5 BENCH_MAX_P99_MS=20 BENCH_FANOUT_MAX_P99_MS=250 bench/run.sh  # defaults
+#
+# bench/report.py renders every result under bench/results, with each file's run time, so a
+# partial run (some scenarios) updates those and keeps the others.
 #
 # Only 127.0.0.1 is targeted; every run stops by itself.
 set -euo pipefail
@@ -40,6 +43,15 @@ scenario_args() {
     fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2" ;;
     idle10k) echo "idle --clients 10000 --ramp-up 20 --handshake-concurrency 128" ;;
     *) echo "unknown scenario $1 (dm rooms10 rooms100 fanout1000 idle10k)" >&2; return 1 ;;
+  esac
+}
+# The p99 bound of --find-max: BENCH_MAX_P99_MS, except for fanout, where one message is
+# a burst of 999 deliveries and the last recipient's latency is the time to write (and, in
+# the load generator, read) the whole burst: 20 ms would measure the burst, not saturation.
+max_p99() {
+  case "$1" in
+    fanout1000) echo "${BENCH_FANOUT_MAX_P99_MS:-250}" ;;
+    *) echo "$max_p99_ms" ;;
   esac
 }
 start_rate() {
@@ -73,7 +85,7 @@ for scenario in "${scenarios[@]}"; do
     start_server "$target"
     run_loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" \
       --rate "$(start_rate "$scenario")" --find-max \
-      --max-p99-ms "$max_p99_ms" --duration "$step_seconds" --warm-up 2 --drain 5 || true
+      --max-p99-ms "$(max_p99 "$scenario")" --duration "$step_seconds" --warm-up 2 --drain 5 || true
     stop_server
     max="$(jq -r '.max_sustainable_rate // empty' "$results/$scenario-$target-max.json" 2>/dev/null || true)"
     if [ -z "$max" ]; then

@@ -228,6 +228,12 @@ async fn read_loop(
         let chunk = tokio::select! {
             chunk = recv.read_chunk(decoder.space(), true) => chunk,
             () = tokio::time::sleep_until(auth_deadline.into()), if unauthenticated => {
+                // The hello may have authenticated the connection after this wait began (the
+                // session is set when its lookup comes back): an idle client that sends
+                // nothing more must not be taken for one that never authenticated.
+                if conn.state.borrow().session.is_some() {
+                    continue;
+                }
                 conn.push(encode(&error_frame(None, ErrorCode::AUTH_TIMEOUT, "")), Kind::Control);
                 conn.goodbye(GoodbyeCode::AUTH_TIMEOUT, "authentication did not complete in time");
                 return;

@@ -197,3 +197,29 @@ async fn an_unauthenticated_connection_is_closed_after_the_timeout() {
     }
     assert_eq!(saw, (true, true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_authenticated_connection_outlives_the_auth_timeout() {
+    // A client that says hello with a token and then only listens sends nothing after the
+    // hello; the auth deadline armed before its session was set must not close it.
+    let daemon = TestDaemon::start_with(|c| {
+        c.auth.auth_timeout_secs = 1;
+    });
+    let mut clients = Vec::new();
+    for device in 0..8 {
+        let token = daemon.token(&format!("idle{device}"));
+        let (client, _) = Client::login(daemon.addr, &daemon.cert, &token, device).await;
+        clients.push(client);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    for client in &mut clients {
+        assert!(
+            matches!(
+                client.request(Request::Ping).await,
+                Ok(Response::Pong { .. })
+            ),
+            "other frames: {:?}",
+            client.other
+        );
+    }
+}
