@@ -13,7 +13,10 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 rate="${BENCH_RATE:-1000}"
 results=bench/results
 mkdir -p "$results"
-cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen
+# The same packages as bench/run.sh builds, so cargo's feature unification gives the same
+# binaries (and nothing is rebuilt between the two scripts).
+cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
+  -p chat-bench --bin relay
 chatd_bin="$target_dir/release/chatd"
 loadgen_bin="$target_dir/release/chat-loadgen"
 relay_bin=""

@@ -120,6 +120,12 @@ pub struct Options {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
 
+    /// UDP sockets (quinn endpoints) per client thread. The server's SO_REUSEPORT picks a
+    /// shard by source address: with few sockets, most connections can land on one shard,
+    /// which real clients, each on its own address, never do.
+    #[arg(long, default_value_t = 16)]
+    pub sockets_per_thread: usize,
+
     /// Handshakes in progress at once.
     #[arg(long, default_value_t = 256)]
     pub handshake_concurrency: usize,

@@ -2,7 +2,7 @@
 //! the `--find-max` steps), the drain and the check.
 //!
 //! Threads: `--threads` client threads (`client-N`), each a current-thread tokio runtime
-//! with its own quinn endpoint (its own UDP socket), holding its share of the clients and one
+//! with its own quinn endpoints (`--sockets-per-thread` UDP sockets), holding its share of the clients and one
 //! scheduler for its share of the senders; the calling thread coordinates: it collects the
 //! threads' metrics once a second, feeds the checker and prints progress.
 
@@ -45,13 +45,15 @@ pub enum Error {
 /// A client thread.
 struct Worker {
     handle: tokio::runtime::Handle,
-    endpoint: quinn::Endpoint,
+    /// `--sockets-per-thread` endpoints, each its own UDP socket: the server's SO_REUSEPORT
+    /// spreads connections over its shards by source address, as it would real clients.
+    endpoints: Vec<quinn::Endpoint>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
-    fn start(index: usize, config: quinn::ClientConfig) -> Result<Worker, Error> {
+    fn start(index: usize, config: quinn::ClientConfig, sockets: usize) -> Result<Worker, Error> {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -67,36 +69,43 @@ impl Worker {
                         return;
                     }
                 };
-                let endpoint = {
+                let endpoints = {
                     let _entered = runtime.enter();
-                    quinn::Endpoint::client(
-                        "127.0.0.1:0"
-                            .parse()
-                            .unwrap_or_else(|_| unreachable!("a valid socket address literal")),
-                    )
+                    (0..sockets.max(1))
+                        .map(|_| {
+                            let mut endpoint = quinn::Endpoint::client(
+                                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                            )?;
+                            endpoint.set_default_client_config(config.clone());
+                            Ok(endpoint)
+                        })
+                        .collect::<std::io::Result<Vec<_>>>()
                 };
-                let mut endpoint = match endpoint {
-                    Ok(endpoint) => endpoint,
+                let endpoints = match endpoints {
+                    Ok(endpoints) => endpoints,
                     Err(e) => {
                         let _ = started_tx.send(Err(e));
                         return;
                     }
                 };
-                endpoint.set_default_client_config(config);
-                let _ = started_tx.send(Ok((runtime.handle().clone(), endpoint.clone())));
+                let _ = started_tx.send(Ok((runtime.handle().clone(), endpoints.clone())));
                 runtime.block_on(async move {
                     let _ = stop_rx.await;
-                    endpoint.close(0u32.into(), b"done");
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+                    for endpoint in &endpoints {
+                        endpoint.close(0u32.into(), b"done");
+                    }
+                    for endpoint in &endpoints {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
+                            .await;
+                    }
                 });
             })?;
-        let (handle, endpoint) = started_rx
+        let (handle, endpoints) = started_rx
             .recv()
             .map_err(|_| Error::Setup("a client thread died while starting".into()))??;
         Ok(Worker {
             handle,
-            endpoint,
+            endpoints,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -160,7 +169,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         stop: stop_rx,
     });
     let workers = (0..options.threads)
-        .map(|i| Worker::start(i, config.clone()))
+        .map(|i| Worker::start(i, config.clone(), options.sockets_per_thread))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let rss_before = options.server_pid.and_then(procfs::usage);
@@ -279,7 +288,7 @@ async fn connect_all(
         let (ready_tx, ready_rx) = oneshot::channel();
         worker.handle.spawn(client::run(
             Arc::clone(context),
-            worker.endpoint.clone(),
+            worker.endpoints[index / workers.len() % worker.endpoints.len()].clone(),
             Arc::clone(&shared),
             credentials(options, key.as_ref(), &prefix, index),
             commands_rx,
