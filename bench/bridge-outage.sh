@@ -9,19 +9,12 @@
 #   BENCH_RATE=2000 bench/bridge-outage.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 rate="${BENCH_RATE:-1000}"
 results=bench/results
 mkdir -p "$results"
-# The same packages as bench/run.sh builds, so cargo's feature unification gives the same
-# binaries (and nothing is rebuilt between the two scripts).
-cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
-  -p chat-bench --bin relay
-chatd_bin="$target_dir/release/chatd"
-loadgen_bin="$target_dir/release/chat-loadgen"
-relay_bin=""
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+build_release
 trap stop_server EXIT
 
 timeout 2 bash -c '</dev/tcp/127.0.0.1/5672' 2>/dev/null ||

@@ -1,6 +1,18 @@
-# Helpers shared by the scenario scripts (bench/run.sh, bench/bridge-outage.sh): start a
-# fresh server on a free loopback port, drive it with chat-loadgen, stop it. Source it after
-# setting chatd_bin, loadgen_bin and relay_bin.
+# Helpers shared by the scenario scripts (bench/run.sh, bench/bridge-outage.sh): build the
+# release binaries, start a fresh server on a free loopback port, drive it with chat-loadgen,
+# stop it. Source it from the repository root.
+
+# build_release: builds chatd, chat-loadgen and the relay together (one package set, so
+# cargo's feature unification gives every script the same binaries and nothing is rebuilt
+# between them); sets chatd_bin, loadgen_bin and relay_bin.
+build_release() {
+  local target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
+    -p chat-bench --bin relay
+  chatd_bin="$target_dir/release/chatd"
+  loadgen_bin="$target_dir/release/chat-loadgen"
+  relay_bin="$target_dir/release/relay"
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -18,17 +18,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 step_seconds="${BENCH_STEP_SECONDS:-5}"
 max_p99_ms="${BENCH_MAX_P99_MS:-20}"
 results=bench/results
 mkdir -p "$results"
 
-cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
-  -p chat-bench --bin relay
-chatd_bin="$target_dir/release/chatd"
-loadgen_bin="$target_dir/release/chat-loadgen"
-relay_bin="$target_dir/release/relay"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+build_release
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(dm rooms10 rooms100 fanout1000 idle10k)
@@ -64,8 +61,6 @@ start_rate() {
   esac
 }
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 trap stop_server EXIT
 
 for scenario in "${scenarios[@]}"; do

@@ -144,6 +144,8 @@ struct Run {
     workers: Vec<Worker>,
     clients: Vec<Arc<Shared>>,
     conversations: Vec<Conversation>,
+    /// This run's prefix of user and room names.
+    prefix: String,
     started: Instant,
     /// What the first connections measured (their handshakes), shown with every step.
     initial: Metrics,
@@ -172,8 +174,9 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
         .map(|i| Worker::start(i, config.clone(), options.sockets_per_thread))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
+    let prefix = run_prefix();
     let rss_before = options.server_pid.and_then(procfs::usage);
-    let clients = connect_all(&options, &context, &workers).await;
+    let clients = connect_all(&options, &context, &workers, &prefix).await;
     let result = match clients {
         Ok(clients) => {
             let mut run = Run {
@@ -182,6 +185,7 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
                 workers,
                 clients,
                 conversations: Vec::new(),
+                prefix,
                 started,
                 initial: Metrics::default(),
             };
@@ -244,7 +248,7 @@ fn signing_key(options: &Options) -> Result<Option<SigningKey>, Error> {
         .map_err(|e| Error::Config(e.to_string()))
 }
 
-/// A user-name prefix unique to this run, so runs against one daemon never share users.
+/// A name prefix unique to this run, so runs against one daemon never share users or rooms.
 fn run_prefix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -258,9 +262,9 @@ async fn connect_all(
     options: &Options,
     context: &Arc<Context>,
     workers: &[Worker],
+    prefix: &str,
 ) -> Result<Vec<Arc<Shared>>, Error> {
     let key = signing_key(options)?;
-    let prefix = run_prefix();
     let count = options.client_count();
     let gate = Arc::new(Semaphore::new(options.handshake_concurrency));
     let spacing = Duration::from_secs_f64(options.ramp_up / count as f64);
@@ -290,7 +294,7 @@ async fn connect_all(
             Arc::clone(context),
             worker.endpoints[index / workers.len() % worker.endpoints.len()].clone(),
             Arc::clone(&shared),
-            credentials(options, key.as_ref(), &prefix, index),
+            credentials(options, key.as_ref(), prefix, index),
             commands_rx,
             ready_tx,
         ));
@@ -432,7 +436,6 @@ impl Run {
         let groups = plan::groups(&self.options);
         let gate = Arc::new(Semaphore::new(256));
         let mut tasks = tokio::task::JoinSet::new();
-        let prefix = run_prefix();
         for (index, group) in groups.into_iter().enumerate() {
             let clients: Vec<Arc<Shared>> = group
                 .members
@@ -442,7 +445,7 @@ impl Run {
             let target = self.options.target;
             let scenario = self.options.scenario;
             let gate = Arc::clone(&gate);
-            let name = format!("{prefix}-room-{index}");
+            let name = format!("{}-room-{index}", self.prefix);
             tasks.spawn(async move {
                 let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
                 let id = set_up_group(target, scenario, index, &name, &clients).await?;
