@@ -7,11 +7,14 @@
 //!
 //! With `--queue NAME` the queue is durable and survives the consumer; with `--state FILE`
 //! the highest processed seq is kept in FILE, so a restarted consumer skips what it already
-//! printed. Events are acknowledged after they are printed (at-least-once).
+//! printed. Events are acknowledged after they are printed (at-least-once). JSON payloads are
+//! printed as they arrive, bincode ones (`[bridge] payload = "bincode"`) decoded with
+//! `chat_protocol::events`.
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::path::PathBuf;
 
+use chat_protocol::events;
 use clap::Parser;
 use futures_lite::StreamExt as _;
 use lapin::options::{
@@ -41,6 +44,9 @@ struct Args {
     /// File keeping the highest processed seq across runs.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// With an `amqps://` URL: a PEM file of CA certificates trusted besides the system's.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -53,8 +59,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(0),
         None => 0,
     };
-    let connection =
-        lapin::Connection::connect(&args.url, lapin::ConnectionProperties::default()).await?;
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: args
+            .tls_ca
+            .as_ref()
+            .map(std::fs::read_to_string)
+            .transpose()?,
+    };
+    let connection = lapin::Connection::connect_with_config(
+        &args.url,
+        lapin::ConnectionProperties::default(),
+        tls,
+        lapin::runtime::default_runtime()?,
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
@@ -115,11 +134,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Events arrive in seq order; a seq at or below the highest seen is a redelivery.
         if seq > highest {
             highest = seq;
-            println!(
-                "{seq}\t{}\t{}",
-                delivery.routing_key,
-                String::from_utf8_lossy(&delivery.data)
-            );
+            let content_type = delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(ToString::to_string);
+            // A bincode payload is decoded and printed in Rust's debug form.
+            let body = if content_type.as_deref() == Some(events::BINCODE_CONTENT_TYPE) {
+                match events::decode_event(&delivery.data) {
+                    Ok(event) => format!("{event:?}"),
+                    Err(e) => format!("undecodable: {e}"),
+                }
+            } else {
+                String::from_utf8_lossy(&delivery.data).into_owned()
+            };
+            println!("{seq}\t{}\t{body}", delivery.routing_key);
             if let Some(path) = &args.state {
                 std::fs::write(path, highest.to_string())?;
             }

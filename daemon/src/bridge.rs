@@ -7,18 +7,24 @@
 //! never a gap; consumers deduplicate on the seq (docs/EVENTS.md). While the broker is away
 //! chat goes on and the backlog waits on disk; the bridge reconnects with backoff and logs the
 //! backlog every 10 seconds. Confirmed events older than `retention_secs` are pruned.
+//!
+//! Bodies are the outbox's JSON as stored, or with `payload = "bincode"` the record converted
+//! to `chat_protocol::events::EventRecord`. `amqps://` URLs connect over rustls, trusting the
+//! system's CAs and those in `tls_ca`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chat_protocol::events;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
-use crate::config::BridgeConfig;
+use crate::config::{BridgeConfig, Payload};
 use crate::store::outbox::Record;
 use crate::store::writer::OutboxHead;
 use crate::store::{self, Store};
@@ -49,6 +55,13 @@ impl Bridge {
         head: Arc<OutboxHead>,
         stats: Arc<BridgeStats>,
     ) -> std::io::Result<Bridge> {
+        // A CA file that cannot be used stops the start, not every connection attempt later.
+        read_tls_ca(&config).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("bridge.tls_ca {}: {e}", config.tls_ca.display()),
+            )
+        })?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
         let (stop2, stopping2) = (Arc::clone(&stop), Arc::clone(&stopping));
@@ -107,6 +120,8 @@ enum Failure {
     TimedOut(&'static str),
     #[error("outbox entry {0} does not parse: {1}")]
     Corrupt(u64, String),
+    #[error("bridge.tls_ca {0}")]
+    Tls(String),
 }
 
 struct Publisher {
@@ -240,7 +255,7 @@ impl Publisher {
             let mut acked = *confirmed;
             // A stop does not wait for a window (what is unconfirmed goes out next time).
             let outcome = tokio::select! {
-                outcome = publish_window(channel, &self.config.exchange, &entries, &mut acked) => Some(outcome),
+                outcome = publish_window(channel, &self.config, &entries, &mut acked) => Some(outcome),
                 () = self.stop.notified() => None,
             };
             // Everything acknowledged before a nack or a failure counts.
@@ -295,7 +310,19 @@ async fn open(config: &BridgeConfig) -> Result<(Connection, Channel), Failure> {
 
 async fn try_open(config: &BridgeConfig) -> Result<(Connection, Channel), Failure> {
     let properties = ConnectionProperties::default().with_connection_name("chatd-bridge".into());
-    let connection = Connection::connect(&config.amqp_url, properties).await?;
+    // Read at every connect: a renewed CA file is picked up without a restart.
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: read_tls_ca(config)
+            .map_err(|e| Failure::Tls(format!("{}: {e}", config.tls_ca.display())))?,
+    };
+    let connection = Connection::connect_with_config(
+        &config.amqp_url,
+        properties,
+        tls,
+        lapin::runtime::default_runtime()?,
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -314,11 +341,26 @@ async fn try_open(config: &BridgeConfig) -> Result<(Connection, Channel), Failur
     Ok((connection, channel))
 }
 
+/// The extra CA certificates (PEM) of an `amqps` bridge, if configured.
+fn read_tls_ca(config: &BridgeConfig) -> std::io::Result<Option<String>> {
+    if config.tls_ca.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read_to_string(&config.tls_ca)?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no PEM certificate in the file",
+        ));
+    }
+    Ok(Some(pem))
+}
+
 /// Publishes a window of outbox entries and waits for the confirms in order, moving `acked`
 /// to each confirmed seq; stops at the first nack or failure.
 async fn publish_window(
     channel: &Channel,
-    exchange: &str,
+    config: &BridgeConfig,
     entries: &[(u64, Vec<u8>)],
     acked: &mut u64,
 ) -> Result<(), Failure> {
@@ -329,12 +371,21 @@ async fn publish_window(
     for (seq, json) in entries {
         let record: Record =
             serde_json::from_slice(json).map_err(|e| Failure::Corrupt(*seq, e.to_string()))?;
+        let binary;
+        let body = match config.payload {
+            Payload::Json => json.as_slice(),
+            Payload::Bincode => {
+                let event = record.to_binary().map_err(|e| Failure::Corrupt(*seq, e))?;
+                binary = events::encode_event(&event);
+                binary.as_slice()
+            }
+        };
         let publish = channel.basic_publish(
-            exchange.into(),
+            config.exchange.as_str().into(),
             record.event.routing_key().as_str().into(),
             BasicPublishOptions::default(),
-            json,
-            properties(&record),
+            body,
+            properties(&record, config.payload),
         );
         let confirm = tokio::time::timeout_at(deadline, publish)
             .await
@@ -381,7 +432,7 @@ pub fn replay(
             if entries.is_empty() {
                 break;
             }
-            publish_window(&channel, &config.exchange, &entries, &mut after)
+            publish_window(&channel, config, &entries, &mut after)
                 .await
                 .map_err(|e| e.to_string())?;
             published += entries.len() as u64;
@@ -391,8 +442,9 @@ pub fn replay(
     })
 }
 
-/// The AMQP properties of an event: persistent, JSON, its seq as `message_id` and header.
-fn properties(record: &Record) -> BasicProperties {
+/// The AMQP properties of an event: persistent, its payload's content type, its seq as
+/// `message_id` and header.
+fn properties(record: &Record, payload: Payload) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
         ShortString::from("x-chatd-seq"),
@@ -407,7 +459,13 @@ fn properties(record: &Record) -> BasicProperties {
         .join(".");
     BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type("application/json".into())
+        .with_content_type(
+            match payload {
+                Payload::Json => "application/json",
+                Payload::Bincode => events::BINCODE_CONTENT_TYPE,
+            }
+            .into(),
+        )
         .with_message_id(record.seq.to_string().as_str().into())
         .with_type(kind.as_str().into())
         .with_app_id("chatd".into())

@@ -54,6 +54,23 @@ pub struct BridgeConfig {
     pub retention_secs: u64,
     /// Events published and not yet confirmed, at most.
     pub max_unconfirmed: usize,
+    /// The body of each published event: `json` (the default) or `bincode`
+    /// (docs/EVENTS.md).
+    pub payload: Payload,
+    /// With an `amqps://` URL: a PEM file of CA certificates trusted besides the system's
+    /// (for a broker whose certificate a private CA signed). Empty: the system's only.
+    pub tls_ca: PathBuf,
+}
+
+/// The encoding of published events.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// `application/json`: the documented JSON schema.
+    #[default]
+    Json,
+    /// `application/x-chatd-event+bincode; v=1`: `chat_protocol::events::EventRecord`.
+    Bincode,
 }
 
 impl BridgeConfig {
@@ -71,6 +88,8 @@ impl Default for BridgeConfig {
             exchange: "chatd.events".into(),
             retention_secs: 7 * 86_400,
             max_unconfirmed: 256,
+            payload: Payload::Json,
+            tls_ca: PathBuf::new(),
         }
     }
 }
@@ -433,8 +452,10 @@ impl Config {
         );
         let bridge = &self.bridge;
         check(
-            bridge.amqp_url.is_empty() || bridge.amqp_url.starts_with("amqp://"),
-            "bridge.amqp_url must be empty or an amqp:// URL (amqps is not supported yet)",
+            bridge.amqp_url.is_empty()
+                || bridge.amqp_url.starts_with("amqp://")
+                || bridge.amqp_url.starts_with("amqps://"),
+            "bridge.amqp_url must be empty or an amqp:// or amqps:// URL",
         );
         check(
             !bridge.exchange.is_empty() && bridge.exchange.len() <= 255,
@@ -443,6 +464,10 @@ impl Config {
         check(
             (1..=65_535).contains(&bridge.max_unconfirmed),
             "bridge.max_unconfirmed must be 1 to 65535",
+        );
+        check(
+            bridge.tls_ca.as_os_str().is_empty() || bridge.amqp_url.starts_with("amqps://"),
+            "bridge.tls_ca needs an amqps:// bridge.amqp_url",
         );
         check(
             limits.max_presence_subscriptions >= 1,

@@ -161,8 +161,14 @@ pub struct Options {
     #[arg(long, default_value_t = 1.5)]
     pub step_factor: f64,
 
-    /// Most `--find-max` steps (the bisection between the last good and the first bad rate
-    /// included).
+    /// How many times `--find-max` measures a rate again when its step failed on the
+    /// latency bound alone (a single stall decides a short window's p99); the last attempt
+    /// decides. Failures of any other kind are never repeated.
+    #[arg(long, default_value_t = 1)]
+    pub latency_retries: u32,
+
+    /// Most `--find-max` steps, the bisection between the last good and the first bad rate and
+    /// the latency repeats included.
     #[arg(long, default_value_t = 14)]
     pub max_steps: u32,
 

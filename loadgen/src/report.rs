@@ -100,6 +100,11 @@ pub struct Step {
     pub sustainable: bool,
     /// Why not, when not.
     pub limited_by: Option<String>,
+    /// Whether the step failed on the `--find-max` latency bound and on nothing else.
+    pub latency_only: bool,
+    /// 0 for the first measurement at this rate; 1, 2, ... for `--find-max` repeats of a
+    /// step that failed on its latency bound alone.
+    pub attempt: u32,
     /// The histograms behind the percentiles (written as `.hgrm`).
     #[serde(skip)]
     pub histograms: Option<Histograms>,
@@ -160,6 +165,8 @@ impl Step {
             server_cpu_us_per_delivery: None,
             sustainable: true,
             limited_by: None,
+            latency_only: false,
+            attempt: 0,
             histograms: Some(Histograms {
                 handshake: latencies.handshake.clone(),
                 ack: latencies.ack.clone(),
@@ -234,6 +241,9 @@ impl Summary {
         for (i, step) in self.steps.iter().enumerate() {
             if self.steps.len() > 1 {
                 let _ = write!(out, "\nstep {}: ", i + 1);
+                if step.attempt > 0 {
+                    let _ = write!(out, "(repeat {}) ", step.attempt);
+                }
             } else {
                 out.push('\n');
             }

@@ -22,6 +22,7 @@
 mod client;
 mod codec;
 pub mod codes;
+pub mod events;
 mod frame;
 mod ids;
 pub mod limits;

@@ -2,7 +2,8 @@
 //! publisher confirms, against a baseline measured in the same run — lapin alone publishing
 //! the same payloads to the same broker in the same confirm windows (no outbox reads, no
 //! cursor writes). Both exchanges have a durable queue bound, so the broker really routes
-//! and stores every message.
+//! and stores every message. The bridge runs twice over the same outbox: JSON payloads as
+//! stored, then bincode payloads converted at publish time.
 //!
 //! `cargo run --release -p chat-bench --bin bridge -- [--events N]` (bench/bridge.sh wraps
 //! it and writes bench/RESULTS.md). Needs RabbitMQ on 127.0.0.1:5672; targets only
@@ -19,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chat_protocol::{ContentType, ConversationId, RoomId, Seq, UserId};
+use chatd::config::Payload;
 use chatd::store::outbox::{Event, MessageBody};
 use chatd::store::writer::{Batch, Completion, OutboxHead, WriteError};
 use lapin::options::{
@@ -204,15 +206,35 @@ fn main() {
         declare(&channel, &chatd_exchange).await;
         (connection, channel)
     });
+    let json = publish_all(dir.path(), &chatd_exchange, Payload::Json, events);
+    // The same outbox again from the start, converted to the bincode payload at publish time.
+    chatd::store::Store::open(&db)
+        .unwrap()
+        .set_bridge_cursor(0)
+        .unwrap();
+    let bincode = publish_all(dir.path(), &chatd_exchange, Payload::Bincode, events);
+    runtime.block_on(cleanup(&setup.1, &chatd_exchange));
+
+    println!(
+        "{{\"events\": {events}, \"window\": {WINDOW}, \"baseline_per_sec\": {base:.0}, \"bridge_per_sec\": {json:.0}, \"ratio\": {:.3}, \"bincode_per_sec\": {bincode:.0}, \"bincode_ratio\": {:.3}}}",
+        json / base,
+        bincode / base
+    );
+}
+
+/// Starts chatd on the outbox in `dir` with the broker up; returns the events per second
+/// until the bridge has all `events` confirmed (start-up included).
+fn publish_all(dir: &std::path::Path, exchange: &str, payload: Payload, events: u64) -> f64 {
     let mut config = chatd::config::Config {
-        data_dir: dir.path().to_owned(),
+        data_dir: dir.to_owned(),
         shards: 1,
         listen: "127.0.0.1:0".parse().unwrap(),
         ..chatd::config::Config::default()
     };
     config.bridge.amqp_url = URL.into();
-    config.bridge.exchange.clone_from(&chatd_exchange);
+    config.bridge.exchange = exchange.to_owned();
     config.bridge.max_unconfirmed = WINDOW;
+    config.bridge.payload = payload;
     let started = Instant::now();
     let daemon = chatd::Daemon::start(config).unwrap();
     while daemon.bridge_stats().confirmed.load(Ordering::Acquire) < events {
@@ -222,12 +244,7 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let bridge = events as f64 / started.elapsed().as_secs_f64();
+    let rate = events as f64 / started.elapsed().as_secs_f64();
     daemon.stop();
-    runtime.block_on(cleanup(&setup.1, &chatd_exchange));
-
-    println!(
-        "{{\"events\": {events}, \"window\": {WINDOW}, \"baseline_per_sec\": {base:.0}, \"bridge_per_sec\": {bridge:.0}, \"ratio\": {:.3}}}",
-        bridge / base
-    );
+    rate
 }

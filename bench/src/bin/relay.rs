@@ -8,10 +8,16 @@
 //!   connection in the room.
 //!
 //! No storage, no sequence numbers, no ordering across senders, no rate limits: what is left
-//! is the cost of QUIC, TLS, framing and fan-out. Each connection's outgoing queue holds
-//! `QUEUE` frames; replies wait for room in it, relayed messages beyond it are dropped and
-//! counted (printed every second when non-zero; the load generator sees them missing). Runs
-//! until SIGINT or SIGTERM.
+//! is the cost of QUIC, TLS, framing and fan-out. Fan-out is shaped like chatd's: each thread
+//! keeps the members connected to it, a message goes to the sender's thread's members
+//! directly and to every other thread with members in the room as one item on that thread's
+//! inbox (one cross-thread wake-up per batch, not per recipient).
+//!
+//! Bounds: each connection's outgoing queue holds `QUEUE` frames; replies wait for room in
+//! it, relayed messages beyond it are dropped. Each thread's inbox holds `INBOX` items; a
+//! message that finds it full is dropped for that thread's members. Drops are counted and
+//! printed every second when non-zero (the load generator sees them missing). Runs until
+//! SIGINT or SIGTERM.
 //!
 //! ```text
 //! relay [--listen 127.0.0.1:4434] [--threads N] [--data-dir DIR]
@@ -31,7 +37,7 @@ use chat_protocol::{
     PROTOCOL_VERSION, Request, Response, RoomInfo, SendAck, Seq, ServerFrame, Session, Timestamp,
     UserId, encode_frame,
 };
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
 #[global_allocator]
@@ -40,6 +46,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Frames queued for one connection before the relay drops them.
 const QUEUE: usize = 1024;
 
+/// Messages queued for one thread's members before the relay drops them.
+const INBOX: usize = 4096;
+
 /// One connection's outgoing queue.
 #[derive(Clone)]
 struct Peer {
@@ -47,12 +56,40 @@ struct Peer {
     queue: mpsc::Sender<bytes::Bytes>,
 }
 
-/// Who is in which room. Written at joins and disconnects, read per message.
-#[derive(Default)]
-struct Rooms {
-    rooms: RwLock<HashMap<ConversationId, Vec<Peer>>>,
+/// A message for the members of `room` on another thread.
+struct Relayed {
+    room: ConversationId,
+    from: u64,
+    event: bytes::Bytes,
+}
+
+/// What the threads share: which threads have members in which room, and each thread's
+/// inbox.
+struct Shared {
+    /// Per room, the number of its members connected to each thread.
+    rooms: RwLock<HashMap<ConversationId, Vec<u32>>>,
+    inboxes: Vec<mpsc::Sender<Relayed>>,
     next_user: AtomicU64,
     dropped: AtomicU64,
+}
+
+/// One thread's members by room. Only its own thread touches it (the lock is uncontended).
+#[derive(Default)]
+struct Local {
+    index: usize,
+    rooms: Mutex<HashMap<ConversationId, Vec<Peer>>>,
+}
+
+impl Local {
+    /// Queues `event` for this thread's members of `room` other than `from`.
+    fn fan_out(&self, room: ConversationId, from: u64, event: &bytes::Bytes, dropped: &AtomicU64) {
+        let rooms = self.rooms.lock();
+        for peer in rooms.get(&room).into_iter().flatten() {
+            if peer.id != from && peer.queue.try_send(event.clone()).is_err() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,18 +127,22 @@ fn relay() -> Result<(), String> {
     let sockets = chatd::server::bind(listen, threads.max(1)).map_err(|e| e.to_string())?;
     let local = sockets[0].local_addr().map_err(|e| e.to_string())?;
     let limits = chatd::server::wire_limits(&config);
-    let rooms = Arc::new(Rooms {
+    let (inboxes, receivers): (Vec<_>, Vec<_>) =
+        sockets.iter().map(|_| mpsc::channel(INBOX)).unzip();
+    let shared = Arc::new(Shared {
+        rooms: RwLock::default(),
+        inboxes,
         next_user: AtomicU64::new(1),
-        ..Rooms::default()
+        dropped: AtomicU64::new(0),
     });
     let mut handles = Vec::new();
-    for (index, socket) in sockets.into_iter().enumerate() {
+    for (index, (socket, inbox)) in sockets.into_iter().zip(receivers).enumerate() {
         let server_config = Arc::clone(&server_config);
-        let rooms = Arc::clone(&rooms);
+        let shared = Arc::clone(&shared);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("relay-{index}"))
-                .spawn(move || serve(socket, server_config, rooms, limits))
+                .spawn(move || serve(index, socket, inbox, server_config, shared, limits))
                 .map_err(|e| e.to_string())?,
         );
     }
@@ -124,9 +165,9 @@ fn relay() -> Result<(), String> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = tick.tick() => {
-                    let dropped = rooms.dropped.load(Ordering::Relaxed);
+                    let dropped = shared.dropped.load(Ordering::Relaxed);
                     if dropped != reported {
-                        eprintln!("relay: {dropped} frames dropped (full connection queues)");
+                        eprintln!("relay: {dropped} frames dropped (full queues)");
                         reported = dropped;
                     }
                 }
@@ -138,11 +179,14 @@ fn relay() -> Result<(), String> {
     Ok(())
 }
 
-/// One thread: a current-thread runtime with its own endpoint on the shared port.
+/// One thread: a current-thread runtime with its own endpoint on the shared port, and the
+/// task that fans out what other threads relay to its members.
 fn serve(
+    index: usize,
     socket: std::net::UdpSocket,
+    mut inbox: mpsc::Receiver<Relayed>,
     server_config: Arc<quinn::ServerConfig>,
-    rooms: Arc<Rooms>,
+    shared: Arc<Shared>,
     limits: chat_protocol::Limits,
 ) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -152,6 +196,10 @@ fn serve(
         eprintln!("relay: cannot start a runtime");
         return;
     };
+    let local = Arc::new(Local {
+        index,
+        ..Local::default()
+    });
     runtime.block_on(async move {
         let endpoint = match quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -165,11 +213,24 @@ fn serve(
                 return;
             }
         };
+        {
+            let local = Arc::clone(&local);
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(256);
+                while inbox.recv_many(&mut batch, 256).await > 0 {
+                    for relayed in batch.drain(..) {
+                        local.fan_out(relayed.room, relayed.from, &relayed.event, &shared.dropped);
+                    }
+                }
+            });
+        }
         while let Some(incoming) = endpoint.accept().await {
-            let rooms = Arc::clone(&rooms);
+            let shared = Arc::clone(&shared);
+            let local = Arc::clone(&local);
             tokio::spawn(async move {
                 if let Ok(connection) = incoming.await {
-                    connection_task(connection, rooms, limits).await;
+                    connection_task(connection, shared, local, limits).await;
                 }
             });
         }
@@ -178,13 +239,14 @@ fn serve(
 
 async fn connection_task(
     connection: quinn::Connection,
-    rooms: Arc<Rooms>,
+    shared: Arc<Shared>,
+    local: Arc<Local>,
     limits: chat_protocol::Limits,
 ) {
     let Ok((mut send, mut recv)) = connection.accept_bi().await else {
         return;
     };
-    let user = rooms.next_user.fetch_add(1, Ordering::Relaxed);
+    let user = shared.next_user.fetch_add(1, Ordering::Relaxed);
     let (queue, mut outgoing) = mpsc::channel::<bytes::Bytes>(QUEUE);
     let me = Peer { id: user, queue };
     let writer = tokio::spawn(async move {
@@ -204,7 +266,7 @@ async fn connection_task(
                 Ok(Some(frame)) => {
                     // Replies wait for room in the queue (the client's in-flight limit bounds
                     // them); only relayed messages are dropped when a queue is full.
-                    if let Some(reply) = answer(frame, &me, &rooms, limits, &mut joined)
+                    if let Some(reply) = answer(frame, &me, &shared, &local, limits, &mut joined)
                         && me.queue.send(encode(&reply)).await.is_err()
                     {
                         break 'read;
@@ -224,10 +286,15 @@ async fn connection_task(
         }
     }
     {
-        let mut all = rooms.rooms.write();
+        // The same order as a send takes them: the shared map, then the thread's own.
+        let mut all = shared.rooms.write();
+        let mut mine = local.rooms.lock();
         for room in joined {
-            if let Some(peers) = all.get_mut(&room) {
+            if let Some(peers) = mine.get_mut(&room) {
                 peers.retain(|p| p.id != user);
+            }
+            if let Some(counts) = all.get_mut(&room) {
+                counts[local.index] = counts[local.index].saturating_sub(1);
             }
         }
     }
@@ -251,7 +318,8 @@ fn now() -> Timestamp {
 fn answer(
     frame: ClientFrame,
     me: &Peer,
-    rooms: &Rooms,
+    shared: &Shared,
+    local: &Local,
     limits: chat_protocol::Limits,
     joined: &mut Vec<ConversationId>,
 ) -> Option<ServerFrame> {
@@ -276,11 +344,19 @@ fn answer(
     match request {
         Request::JoinRoom { room } => {
             let conversation = ConversationId::Room(room);
-            let members = {
-                let mut all = rooms.rooms.write();
-                let peers = all.entry(conversation).or_default();
-                peers.push(me.clone());
-                peers.len()
+            local
+                .rooms
+                .lock()
+                .entry(conversation)
+                .or_default()
+                .push(me.clone());
+            let members: u32 = {
+                let mut all = shared.rooms.write();
+                let counts = all
+                    .entry(conversation)
+                    .or_insert_with(|| vec![0; shared.inboxes.len()]);
+                counts[local.index] += 1;
+                counts.iter().sum()
             };
             joined.push(conversation);
             Some(ServerFrame::Response {
@@ -290,7 +366,7 @@ fn answer(
                     name: String::new(),
                     invite_only: false,
                     owner: UserId(0),
-                    members: u32::try_from(members).unwrap_or(u32::MAX),
+                    members,
                 }),
             })
         }
@@ -316,10 +392,23 @@ fn answer(
                 reply_to: send.reply_to,
                 body: send.body,
             })));
-            let all = rooms.rooms.read();
-            for peer in all.get(&send.conversation).into_iter().flatten() {
-                if peer.id != me.id && peer.queue.try_send(event.clone()).is_err() {
-                    rooms.dropped.fetch_add(1, Ordering::Relaxed);
+            let all = shared.rooms.read();
+            let counts = all.get(&send.conversation).map_or(&[][..], Vec::as_slice);
+            for (thread, members) in counts.iter().enumerate() {
+                if *members == 0 {
+                    continue;
+                }
+                if thread == local.index {
+                    local.fan_out(send.conversation, me.id, &event, &shared.dropped);
+                } else if shared.inboxes[thread]
+                    .try_send(Relayed {
+                        room: send.conversation,
+                        from: me.id,
+                        event: event.clone(),
+                    })
+                    .is_err()
+                {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Some(ack)

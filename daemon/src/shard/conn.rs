@@ -84,6 +84,12 @@ struct ConnState {
     /// While a catch-up runs: live log events that arrived meanwhile, delivered after the
     /// replay (without what the replay already held).
     catching_up: Option<Vec<(Position, Bytes)>>,
+    /// After a catch-up, per conversation, the last entry the device has (its cursor, or
+    /// the last the replay sent): a live push of an entry at or before it is late (its
+    /// fan-out was still on the way when the catch-up read the log) and is dropped, so
+    /// nothing arrives twice. A conversation's mark goes with its first newer entry. At most
+    /// `MAX_RESUME_CURSORS` cursors plus the replay's conversations.
+    caught_up_to: std::collections::HashMap<ConversationId, chat_protocol::Seq>,
     /// The users whose presence this connection follows.
     presence: std::collections::HashSet<UserId>,
 }
@@ -881,14 +887,18 @@ fn catch_up(
     let Some((user, _)) = conn.session() else {
         return refuse(ErrorCode::NOT_AUTHENTICATED, "");
     };
-    conn.state.borrow_mut().catching_up = Some(Vec::new());
-    // A catch-up also ends a lag: live events flow again after it.
-    conn.out.borrow_mut().lagged = false;
     let cursors: std::collections::HashMap<_, _> = resume
         .cursors
         .iter()
         .map(|c| (c.conversation, c.seq))
         .collect();
+    {
+        let mut state = conn.state.borrow_mut();
+        state.catching_up = Some(Vec::new());
+        state.caught_up_to.clone_from(&cursors);
+    }
+    // A catch-up also ends a lag: live events flow again after it.
+    conn.out.borrow_mut().lagged = false;
     let limits = &shard.shared.config.limits;
     let (per_conversation, total) = (
         u64::from(limits.max_resume_gap),
@@ -963,11 +973,11 @@ pub(crate) fn replay(
         .catching_up
         .take()
         .unwrap_or_default();
-    let mut last: std::collections::HashMap<ConversationId, chat_protocol::Seq> =
-        std::collections::HashMap::new();
+    let mut last = std::mem::take(&mut conn.state.borrow_mut().caught_up_to);
     for (position, frame) in frames {
         if let Some((c, seq)) = position {
-            last.insert(c, seq);
+            let mark = last.entry(c).or_insert(seq);
+            *mark = (*mark).max(seq);
         }
         conn.push(frame, Kind::Control);
     }
@@ -976,6 +986,8 @@ pub(crate) fn replay(
         let limit = shard.shared.config.limits.outgoing_queue;
         for ((c, seq), frame) in held {
             if last.get(&c).is_none_or(|l| seq > *l) {
+                // Newer than the device has: later pushes of the conversation are too.
+                last.remove(&c);
                 if conn.out.borrow().events >= limit {
                     conn.lag();
                     break;
@@ -984,6 +996,7 @@ pub(crate) fn replay(
             }
         }
     }
+    conn.state.borrow_mut().caught_up_to = last;
     conn.push(
         encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
         Kind::Control,
@@ -1035,6 +1048,14 @@ pub(crate) fn deliver(
                 drop(state);
                 conn.lag();
                 continue;
+            }
+            let (c, seq) = position;
+            if let Some(mark) = state.caught_up_to.get(&c).copied() {
+                if seq <= mark {
+                    // Already sent by the catch-up (or had before it): a late fan-out.
+                    continue;
+                }
+                state.caught_up_to.remove(&c);
             }
         }
         let (lagged, full) = {

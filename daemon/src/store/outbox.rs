@@ -7,8 +7,9 @@
 //! The stored value is the event's published JSON payload (docs/EVENTS.md), so what a
 //! consumer sees is exactly what was committed.
 
+use chat_protocol::events;
 use chat_protocol::{
-    ContentType, ConversationId, Marker, MembershipChange, Role, Seq, Timestamp, UserId,
+    ContentType, ConversationId, Marker, MembershipChange, OpId, Role, Seq, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +148,20 @@ impl Conversation {
     }
 }
 
+impl Conversation {
+    /// The protocol's id of the conversation.
+    fn id(self) -> Result<ConversationId, String> {
+        match self {
+            Conversation::Room { room } => Ok(ConversationId::Room(room)),
+            Conversation::Direct { users: [low, high] } if low < high => {
+                Ok(ConversationId::Direct { low, high })
+            }
+            Conversation::Direct { users } => Err(format!("direct users {users:?} not ordered")),
+            Conversation::Notes { user } => Ok(ConversationId::Notes(user)),
+        }
+    }
+}
+
 impl From<ConversationId> for Conversation {
     fn from(c: ConversationId) -> Self {
         match c {
@@ -209,6 +224,20 @@ impl MessageBody {
     }
 }
 
+impl MessageBody {
+    /// The body's bytes, from `text` or `body_base64`.
+    fn body(&self) -> Result<Vec<u8>, String> {
+        match (&self.text, &self.body_base64) {
+            (Some(text), None) => Ok(text.clone().into_bytes()),
+            (None, Some(b64)) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                    .map_err(|e| format!("body_base64: {e}"))
+            }
+            _ => Err("a message needs exactly one of text and body_base64".into()),
+        }
+    }
+}
+
 /// A membership change, spelled out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
@@ -256,6 +285,26 @@ impl From<&MembershipChange> for Change {
     }
 }
 
+impl Change {
+    fn to_binary(&self) -> Result<events::Change, String> {
+        Ok(match self {
+            Change::Created => events::Change::Created,
+            Change::Joined => events::Change::Joined,
+            Change::Left => events::Change::Left,
+            Change::Invited => events::Change::Invited,
+            Change::Kicked => events::Change::Kicked,
+            Change::Banned => events::Change::Banned,
+            Change::Unbanned => events::Change::Unbanned,
+            Change::RoleChanged { role } => events::Change::RoleChanged(match role.as_str() {
+                "member" => Role::Member,
+                "admin" => Role::Admin,
+                "owner" => Role::Owner,
+                other => return Err(format!("unknown role {other:?}")),
+            }),
+        })
+    }
+}
+
 /// Which marker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -272,6 +321,83 @@ impl From<Marker> for MarkerKind {
             Marker::Delivered => MarkerKind::Delivered,
             Marker::Read => MarkerKind::Read,
         }
+    }
+}
+
+impl Record {
+    /// The event in the bridge's bincode form (`chat_protocol::events`, docs/EVENTS.md).
+    ///
+    /// # Errors
+    /// When a stored field does not convert back (a record this daemon did not write).
+    pub fn to_binary(&self) -> Result<events::EventRecord, String> {
+        let event = match &self.event {
+            Event::MessageCreated {
+                conversation,
+                message,
+                offline_recipients,
+            } => events::EventKind::MessageCreated {
+                conversation: conversation.id()?,
+                seq: message.seq,
+                sender: message.sender,
+                op: OpId(
+                    message
+                        .op
+                        .parse()
+                        .map_err(|e| format!("op {:?}: {e}", message.op))?,
+                ),
+                content_type: ContentType(message.content_type),
+                reply_to: message.reply_to,
+                body: message.body()?,
+                offline_recipients: offline_recipients.clone(),
+            },
+            Event::MembershipChanged {
+                conversation,
+                entry_seq,
+                actor,
+                subject,
+                change,
+            } => events::EventKind::MembershipChanged {
+                conversation: conversation.id()?,
+                entry_seq: *entry_seq,
+                actor: *actor,
+                subject: *subject,
+                change: change.to_binary()?,
+            },
+            Event::RoomCreated {
+                room,
+                name,
+                invite_only,
+                owner,
+            } => events::EventKind::RoomCreated {
+                room: *room,
+                name: name.clone(),
+                invite_only: *invite_only,
+                owner: *owner,
+            },
+            Event::UserRegistered { user, name } => events::EventKind::UserRegistered {
+                user: *user,
+                name: name.clone(),
+            },
+            Event::MarkerMoved {
+                conversation,
+                user,
+                marker,
+                up_to,
+            } => events::EventKind::MarkerMoved {
+                conversation: conversation.id()?,
+                user: *user,
+                marker: match marker {
+                    MarkerKind::Delivered => Marker::Delivered,
+                    MarkerKind::Read => Marker::Read,
+                },
+                up_to: *up_to,
+            },
+        };
+        Ok(events::EventRecord {
+            seq: self.seq,
+            ts: self.ts,
+            event,
+        })
     }
 }
 
@@ -334,5 +460,90 @@ mod tests {
         assert_eq!(record.event.routing_key(), "message.created.room");
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn records_convert_to_the_binary_form_with_nothing_lost() {
+        let record = |event| Record {
+            seq: 3,
+            ts: Timestamp(1_795_000_000_000),
+            event,
+        };
+        let direct = ConversationId::direct(UserId(9), UserId(2));
+        let binary = record(Event::MessageCreated {
+            conversation: direct.into(),
+            message: MessageBody::new(
+                Seq(4),
+                UserId(9),
+                u64::MAX,
+                ContentType(100),
+                Some(Seq(2)),
+                &[0, 255, 7],
+            ),
+            offline_recipients: vec![UserId(2)],
+        });
+        assert_eq!(
+            binary.to_binary().unwrap(),
+            events::EventRecord {
+                seq: 3,
+                ts: Timestamp(1_795_000_000_000),
+                event: events::EventKind::MessageCreated {
+                    conversation: direct,
+                    seq: Seq(4),
+                    sender: UserId(9),
+                    op: OpId(u64::MAX),
+                    content_type: ContentType(100),
+                    reply_to: Some(Seq(2)),
+                    body: vec![0, 255, 7],
+                    offline_recipients: vec![UserId(2)],
+                },
+            }
+        );
+        let text = record(Event::MessageCreated {
+            conversation: ConversationId::Notes(UserId(9)).into(),
+            message: MessageBody::new(Seq(1), UserId(9), 5, ContentType::TEXT, None, b"hi"),
+            offline_recipients: vec![],
+        });
+        assert!(matches!(
+            text.to_binary().unwrap().event,
+            events::EventKind::MessageCreated { ref body, .. } if body == b"hi"
+        ));
+        let role = record(Event::MembershipChanged {
+            conversation: ConversationId::Room(chat_protocol::RoomId(1)).into(),
+            entry_seq: Seq(5),
+            actor: UserId(1),
+            subject: UserId(2),
+            change: (&MembershipChange::RoleChanged(Role::Admin)).into(),
+        });
+        assert!(matches!(
+            role.to_binary().unwrap().event,
+            events::EventKind::MembershipChanged {
+                change: events::Change::RoleChanged(Role::Admin),
+                ..
+            }
+        ));
+        let marker = record(Event::MarkerMoved {
+            conversation: direct.into(),
+            user: UserId(2),
+            marker: Marker::Read.into(),
+            up_to: Seq(4),
+        });
+        assert!(matches!(
+            marker.to_binary().unwrap().event,
+            events::EventKind::MarkerMoved {
+                marker: Marker::Read,
+                ..
+            }
+        ));
+        // A record this daemon would not write is refused, not guessed at.
+        let reversed = record(Event::MarkerMoved {
+            conversation: Conversation::Direct {
+                users: [UserId(9), UserId(2)],
+            },
+            user: UserId(2),
+            marker: MarkerKind::Read,
+            up_to: Seq(4),
+        });
+        assert!(reversed.to_binary().is_err());
     }
 }

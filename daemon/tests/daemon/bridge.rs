@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use chat_protocol::events::{self, EventKind};
 use chat_protocol::*;
 use futures_lite::StreamExt as _;
 use lapin::options::{
@@ -38,7 +39,11 @@ fn unique_exchange(test: &str) -> String {
 struct Received {
     seq: u64,
     routing_key: String,
+    /// The JSON payload (`Null` for a bincode one).
     body: Value,
+    /// The bincode payload, decoded.
+    binary: Option<events::EventRecord>,
+    content_type: String,
     header_seq: Option<i64>,
     persistent: bool,
 }
@@ -176,8 +181,21 @@ impl Consumer {
                 "event {seq} arrived after {highest}: a gap"
             );
             highest = seq;
-            let body: Value = serde_json::from_slice(&delivery.data).unwrap();
-            assert_eq!(body["seq"], seq, "payload seq matches message_id");
+            let content_type = properties
+                .content_type()
+                .as_ref()
+                .expect("content_type")
+                .to_string();
+            let (body, binary) = if content_type == events::BINCODE_CONTENT_TYPE {
+                let event = events::decode_event(&delivery.data).unwrap();
+                assert_eq!(event.seq, seq, "payload seq matches message_id");
+                (Value::Null, Some(event))
+            } else {
+                assert_eq!(content_type, "application/json");
+                let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+                assert_eq!(body["seq"], seq, "payload seq matches message_id");
+                (body, None)
+            };
             let header_seq = properties
                 .headers()
                 .as_ref()
@@ -189,6 +207,8 @@ impl Consumer {
                     seq,
                     routing_key: delivery.routing_key.to_string(),
                     body,
+                    binary,
+                    content_type,
                     header_seq,
                     persistent: *properties.delivery_mode() == Some(2),
                 },
@@ -319,6 +339,213 @@ async fn every_committed_event_arrives_in_order() {
     );
     assert_eq!(events[&4].body["name"], "news");
     assert_eq!(events[&1].body["name"], "alice");
+    consumer.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bincode_events_carry_what_the_json_ones_do() {
+    let exchange = unique_exchange("bincode");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let daemon = TestDaemon::start_with(|c| {
+        with_bridge(&exchange)(c);
+        c.bridge.payload = chatd::config::Payload::Bincode;
+    });
+    let (mut alice, a) = login(&daemon, "alice").await;
+    let (mut bob, b) = login(&daemon, "bob").await;
+    let Response::Room(room) = alice
+        .ok(Request::CreateRoom {
+            name: "news".into(),
+            invite_only: false,
+        })
+        .await
+    else {
+        panic!("no room")
+    };
+    bob.ok(Request::JoinRoom { room: room.room }).await;
+    let news = ConversationId::Room(room.room);
+    let hello = alice.send_text(news, 1, "hello").await;
+    bob.ok(Request::Mark {
+        conversation: news,
+        marker: Marker::Read,
+        seq: hello.seq,
+    })
+    .await;
+    let dm = ConversationId::direct(a, b);
+    alice.send_text(dm, u64::MAX, "psst").await;
+
+    let head = settled_head(&daemon).await;
+    // 2 accounts, room created + its creation entry, 1 join, 2 messages, 1 mark.
+    assert_eq!(head, 8);
+    let events = consumer.until(head).await;
+    for event in events.values() {
+        assert_eq!(event.content_type, events::BINCODE_CONTENT_TYPE);
+        assert!(event.persistent);
+        assert_eq!(event.header_seq, Some(i64::try_from(event.seq).unwrap()));
+    }
+    let kinds: Vec<&EventKind> = events
+        .values()
+        .map(|e| &e.binary.as_ref().unwrap().event)
+        .collect();
+    assert!(
+        matches!(kinds[0], EventKind::UserRegistered { name, user } if name == "alice" && *user == a)
+    );
+    assert!(matches!(kinds[1], EventKind::UserRegistered { user, .. } if *user == b));
+    assert!(
+        matches!(kinds[2], EventKind::RoomCreated { room: r, name, owner, invite_only: false } if *r == room.room && name == "news" && *owner == a)
+    );
+    assert!(matches!(
+        kinds[3],
+        EventKind::MembershipChanged { change: events::Change::Created, subject, .. } if *subject == a
+    ));
+    assert!(matches!(
+        kinds[4],
+        EventKind::MembershipChanged { change: events::Change::Joined, subject, .. } if *subject == b
+    ));
+    assert_eq!(events[&6].routing_key, "message.created.room");
+    assert_eq!(
+        *kinds[5],
+        EventKind::MessageCreated {
+            conversation: news,
+            seq: hello.seq,
+            sender: a,
+            op: OpId(1),
+            content_type: ContentType::TEXT,
+            reply_to: None,
+            body: b"hello".to_vec(),
+            offline_recipients: vec![],
+        }
+    );
+    assert_eq!(
+        *kinds[6],
+        EventKind::MarkerMoved {
+            conversation: news,
+            user: b,
+            marker: Marker::Read,
+            up_to: hello.seq,
+        }
+    );
+    assert_eq!(events[&8].routing_key, "message.created.direct");
+    assert!(matches!(
+        kinds[7],
+        EventKind::MessageCreated { conversation, op: OpId(u64::MAX), body, .. }
+            if *conversation == dm && body == b"psst"
+    ));
+    consumer.finish().await;
+}
+
+/// A TLS terminator in front of the broker, with a certificate for 127.0.0.1 that a CA of
+/// its own signed: `amqps://` to it is TLS to a real RabbitMQ.
+struct TlsFront {
+    port: u16,
+    ca: tempfile::NamedTempFile,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TlsFront {
+    async fn start(upstream: std::net::SocketAddr) -> TlsFront {
+        use std::sync::atomic::Ordering;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "chatd test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut ca_file, ca.pem().as_bytes()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (done, failed) = (handshakes.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let (done, failed) = (done.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(inbound).await else {
+                        failed.fetch_add(1, Ordering::AcqRel);
+                        return;
+                    };
+                    done.fetch_add(1, Ordering::AcqRel);
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+                });
+            }
+        });
+        TlsFront {
+            port,
+            ca: ca_file,
+            handshakes,
+            refused,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqps_bridge_publishes_over_tls_and_checks_the_brokers_certificate() {
+    use std::sync::atomic::Ordering;
+    let exchange = unique_exchange("amqps");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let front = TlsFront::start("127.0.0.1:5672".parse().unwrap()).await;
+    let amqps = amqp_url()
+        .replace("amqp://", "amqps://")
+        .replace("127.0.0.1:5672", &format!("127.0.0.1:{}", front.port));
+
+    // Without the CA the certificate is not trusted: the bridge never gets through.
+    let untrusted = TestDaemon::start_with(|c| {
+        with_bridge(&exchange)(c);
+        c.bridge.amqp_url.clone_from(&amqps);
+    });
+    let waited = std::time::Instant::now();
+    while front.refused.load(Ordering::Acquire) == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the bridge did not try to connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(untrusted.bridge_connections(), 0);
+    assert_eq!(front.handshakes.load(Ordering::Acquire), 0);
+    drop(untrusted);
+
+    // With it, events arrive through TLS.
+    let daemon = TestDaemon::start_with(|c| {
+        with_bridge(&exchange)(c);
+        c.bridge.amqp_url = amqps;
+        c.bridge.tls_ca = front.ca.path().to_owned();
+    });
+    let (mut alice, a) = login(&daemon, "alice").await;
+    alice
+        .send_text(ConversationId::Notes(a), 1, "over tls")
+        .await;
+    let head = settled_head(&daemon).await;
+    assert_eq!(head, 2);
+    let events = consumer.until(head).await;
+    assert_eq!(events[&1].body["type"], "user.registered");
+    assert_eq!(events[&2].body["message"]["text"], "over tls");
+    assert!(front.handshakes.load(Ordering::Acquire) >= 1);
+    assert!(daemon.bridge_connections() >= 1);
     consumer.finish().await;
 }
 
