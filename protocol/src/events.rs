@@ -18,9 +18,10 @@ use crate::ids::{ConversationId, OpId, RoomId, Seq, Timestamp, UserId};
 /// The AMQP `content_type` of a bincode event, with its schema version.
 pub const BINCODE_CONTENT_TYPE: &str = "application/x-chatd-event+bincode; v=1";
 
-/// The largest encoded event [`decode_event`] accepts: a message body at the protocol's
-/// largest size limit with room to spare for the rest.
-pub const MAX_EVENT_SIZE: usize = 1 << 20;
+/// The most memory [`decode_event`] lets one event claim: RabbitMQ's default largest
+/// message (16 MiB). The biggest events are `message.created` in very large rooms, whose
+/// `offline_recipients` take 8 bytes each when decoded (two million of them fit).
+pub const MAX_EVENT_SIZE: usize = 16 << 20;
 
 /// One committed event.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
