@@ -255,17 +255,9 @@ async fn every_committed_event_arrives_in_order() {
     let (mut alice, a) = login(&daemon, "alice").await;
     let (mut bob, b) = login(&daemon, "bob").await;
     let (mut carol, c) = login(&daemon, "carol").await;
-    let Response::Room(room) = alice
-        .ok(Request::CreateRoom {
-            name: "news".into(),
-            invite_only: false,
-        })
-        .await
-    else {
-        panic!("no room")
-    };
-    bob.ok(Request::JoinRoom { room: room.room }).await;
-    carol.ok(Request::JoinRoom { room: room.room }).await;
+    let room = alice.create_room("news", false).await;
+    bob.ok(Request::JoinRoom { room }).await;
+    carol.ok(Request::JoinRoom { room }).await;
     // Carol goes away; once alice sees her offline, a message to the room lists her.
     alice
         .ok(Request::Presence {
@@ -283,7 +275,7 @@ async fn every_committed_event_arrives_in_order() {
             break;
         }
     }
-    let news = ConversationId::Room(room.room);
+    let news = ConversationId::Room(room);
     let hello = alice.send_text(news, 1, "hello").await;
     bob.ok(Request::Mark {
         conversation: news,
@@ -352,17 +344,9 @@ async fn bincode_events_carry_what_the_json_ones_do() {
     });
     let (mut alice, a) = login(&daemon, "alice").await;
     let (mut bob, b) = login(&daemon, "bob").await;
-    let Response::Room(room) = alice
-        .ok(Request::CreateRoom {
-            name: "news".into(),
-            invite_only: false,
-        })
-        .await
-    else {
-        panic!("no room")
-    };
-    bob.ok(Request::JoinRoom { room: room.room }).await;
-    let news = ConversationId::Room(room.room);
+    let room = alice.create_room("news", false).await;
+    bob.ok(Request::JoinRoom { room }).await;
+    let news = ConversationId::Room(room);
     let hello = alice.send_text(news, 1, "hello").await;
     bob.ok(Request::Mark {
         conversation: news,
@@ -391,7 +375,7 @@ async fn bincode_events_carry_what_the_json_ones_do() {
     );
     assert!(matches!(kinds[1], EventKind::UserRegistered { user, .. } if *user == b));
     assert!(
-        matches!(kinds[2], EventKind::RoomCreated { room: r, name, owner, invite_only: false } if *r == room.room && name == "news" && *owner == a)
+        matches!(kinds[2], EventKind::RoomCreated { room: r, name, owner, invite_only: false } if *r == room && name == "news" && *owner == a)
     );
     assert!(matches!(
         kinds[3],

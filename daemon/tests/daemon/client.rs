@@ -197,6 +197,20 @@ impl Client {
             .unwrap_or_else(|e| panic!("{desc} failed: {e:?}"))
     }
 
+    /// Creates a room (panics if refused); returns its id.
+    pub async fn create_room(&mut self, name: &str, invite_only: bool) -> RoomId {
+        match self
+            .ok(Request::CreateRoom {
+                name: name.into(),
+                invite_only,
+            })
+            .await
+        {
+            Response::Room(info) => info.room,
+            other => panic!("{other:?}"),
+        }
+    }
+
     pub async fn code(&mut self, request: Request) -> ErrorCode {
         let desc = format!("{request:?}");
         match self.request(request).await {

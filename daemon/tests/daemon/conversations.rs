@@ -11,19 +11,6 @@ async fn user(daemon: &TestDaemon, name: &str, device: u64) -> (Client, UserId) 
     (client, session.user)
 }
 
-async fn create_room(client: &mut Client, name: &str, invite_only: bool) -> RoomId {
-    match client
-        .ok(Request::CreateRoom {
-            name: name.into(),
-            invite_only,
-        })
-        .await
-    {
-        Response::Room(info) => info.room,
-        other => panic!("{other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_messages_and_notes_to_self() {
     let daemon = TestDaemon::start();
@@ -96,7 +83,7 @@ fn send(conversation: ConversationId, op: u64, text: &str) -> Request {
 async fn room_fan_out_reaches_members_on_every_shard_in_order() {
     let daemon = TestDaemon::start();
     let (mut owner, _) = user(&daemon, "owner", 1).await;
-    let room = create_room(&mut owner, "general", false).await;
+    let room = owner.create_room("general", false).await;
     let conversation = ConversationId::Room(room);
 
     // Members join until connections sit on both shards (the kernel picks the shard).
@@ -201,7 +188,7 @@ async fn room_rights_are_enforced() {
     let (mut owner, _) = user(&daemon, "owner", 1).await;
     let (mut member, member_id) = user(&daemon, "member", 1).await;
     let (mut outsider, outsider_id) = user(&daemon, "outsider", 1).await;
-    let room = create_room(&mut owner, "club", false).await;
+    let room = owner.create_room("club", false).await;
     let conversation = ConversationId::Room(room);
     assert_eq!(
         owner
@@ -346,7 +333,7 @@ async fn room_rights_are_enforced() {
     );
 
     // Invite-only rooms need an invitation.
-    let secret = create_room(&mut member, "secret", true).await;
+    let secret = member.create_room("secret", true).await;
     assert_eq!(
         outsider.code(Request::JoinRoom { room: secret }).await,
         ErrorCode::INVITE_REQUIRED

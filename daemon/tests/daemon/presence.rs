@@ -94,16 +94,8 @@ async fn followers_see_online_offline_and_last_seen() {
     );
 
     // A shared room is enough: carol creates one, alice joins, carol may follow her.
-    let Response::Room(room) = carol
-        .ok(Request::CreateRoom {
-            name: "lobby".into(),
-            invite_only: false,
-        })
-        .await
-    else {
-        panic!("no room");
-    };
-    alice.ok(Request::JoinRoom { room: room.room }).await;
+    let room = carol.create_room("lobby", false).await;
+    alice.ok(Request::JoinRoom { room }).await;
     let Response::Presence(states) = carol.ok(follow(vec![a.user], vec![])).await else {
         panic!("not a presence answer");
     };

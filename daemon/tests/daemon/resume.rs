@@ -35,17 +35,9 @@ async fn a_reconnecting_device_gets_exactly_what_it_missed_also_after_a_restart(
     let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
     let (mut bob, b) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
     let dm = ConversationId::direct(a.user, b.user);
-    let Response::Room(room) = alice
-        .ok(Request::CreateRoom {
-            name: "team".into(),
-            invite_only: false,
-        })
-        .await
-    else {
-        panic!()
-    };
-    let team = ConversationId::Room(room.room);
-    bob.ok(Request::JoinRoom { room: room.room }).await; // team: 1 created, 2 joined
+    let room = alice.create_room("team", false).await;
+    let team = ConversationId::Room(room);
+    bob.ok(Request::JoinRoom { room }).await; // team: 1 created, 2 joined
     for op in 1..=3 {
         alice.send_text(dm, op, "before").await;
     }
