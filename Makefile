@@ -45,6 +45,7 @@ bench: bootstrap
 	./bench/bridge.sh
 	./bench/bridge-outage.sh
 	./bench/run.sh
+	./bench/profile.sh
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

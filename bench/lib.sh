@@ -78,5 +78,10 @@ run_loadgen() {
     --json-out "$out" --quiet >"${out%.json}.txt" || status=$?
   cat "${out%.json}.txt"
   [ "$status" -eq 0 ] || cp "$server_dir.log" "${out%.json}.server.log" 2>/dev/null || true
+  # chatd's warnings about slow group commits (the disk) are kept beside the result.
+  rm -f "${out%.json}.slow-commits.txt"
+  if grep -q "group commits took longer" "$server_dir.log" 2>/dev/null; then
+    grep "group commits took longer" "$server_dir.log" >"${out%.json}.slow-commits.txt"
+  fi
   return "$status"
 }

@@ -9,7 +9,8 @@
 #
 #   bench/run.sh                  # every standard scenario: dm rooms10 rooms100 fanout1000 idle10k
 #   bench/run.sh dm rooms10       # some of them
-#   BENCH_STEP_SECONDS=5 BENCH_MAX_P99_MS=20 BENCH_FANOUT_MAX_P99_MS=250 bench/run.sh  # defaults
+#   BENCH_STEP_SECONDS=5 BENCH_MAX_P99_MS=20 BENCH_FANOUT_MAX_P99_MS=250 BENCH_MAX_STEPS=24 \
+#     bench/run.sh                # the defaults
 #
 # bench/report.py renders every result under bench/results, with each file's run time, so a
 # partial run (some scenarios) updates those and keeps the others.
@@ -20,6 +21,9 @@ cd "$(dirname "$0")/.."
 
 step_seconds="${BENCH_STEP_SECONDS:-5}"
 max_p99_ms="${BENCH_MAX_P99_MS:-20}"
+# Enough --find-max steps to climb from the start rate by 1.5x to several times the max of a
+# fast machine and still bisect; a search cut short reports a lower bound (report.py marks it).
+max_steps="${BENCH_MAX_STEPS:-24}"
 results=bench/results
 mkdir -p "$results"
 
@@ -80,7 +84,8 @@ for scenario in "${scenarios[@]}"; do
     start_server "$target"
     run_loadgen "$target" "$results/$scenario-$target-max.json" "${args[@]}" \
       --rate "$(start_rate "$scenario")" --find-max \
-      --max-p99-ms "$(max_p99 "$scenario")" --duration "$step_seconds" --warm-up 2 --drain 5 || true
+      --max-p99-ms "$(max_p99 "$scenario")" --max-steps "$max_steps" \
+      --duration "$step_seconds" --warm-up 2 --drain 5 || true
     stop_server
     max="$(jq -r '.max_sustainable_rate // empty' "$results/$scenario-$target-max.json" 2>/dev/null || true)"
     if [ -z "$max" ]; then

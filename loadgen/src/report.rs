@@ -210,6 +210,9 @@ pub struct Summary {
     pub steps: Vec<Step>,
     /// `--find-max`: the highest offered rate that was sustained.
     pub max_sustainable_rate: Option<f64>,
+    /// `--find-max`: whether the search ended by itself. `false` when it stopped at
+    /// `--max-steps` with a rate still to try: the max is then only a lower bound.
+    pub search_finished: Option<bool>,
     /// `idle`: memory per connection.
     pub idle: Option<Idle>,
     /// Whether every check passed (no lost, duplicated or reordered message in any step).
@@ -350,6 +353,13 @@ impl Summary {
                 "\nhighest sustainable rate: {rate:.0} msg/s (p99 send -> delivery within {} ms)",
                 o.max_p99_ms
             );
+            if self.search_finished == Some(false) {
+                let _ = writeln!(
+                    out,
+                    "the search stopped at --max-steps ({}) with a rate still to try: a lower bound",
+                    o.max_steps
+                );
+            }
         } else if o.find_max {
             let _ = writeln!(out, "\nno rate tried was sustainable");
         }

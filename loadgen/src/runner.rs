@@ -377,6 +377,7 @@ impl Run {
             senders,
             steps: Vec::new(),
             max_sustainable_rate: None,
+            search_finished: None,
             idle: None,
             correct: true,
         };
@@ -414,6 +415,7 @@ impl Run {
             summary.steps.push(step);
         }
         summary.max_sustainable_rate = search.good;
+        summary.search_finished = Some(rate.is_none());
         Ok(summary)
     }
 

@@ -9,6 +9,7 @@
 //! when every sender is gone, after syncing the WAL.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use rocksdb::{WriteBatch, WriteOptions};
@@ -165,6 +166,7 @@ fn run<C: Completion>(
     let mut group = Vec::with_capacity(max_group);
     let mut results = Vec::with_capacity(max_group);
     let mut claimed = HashSet::new();
+    let mut slow = SlowWrites::default();
     while let Ok(first) = rx.recv() {
         group.push(first);
         while group.len() < max_group {
@@ -175,6 +177,7 @@ fn run<C: Completion>(
         }
         let before = outbox.seq.load(Ordering::Acquire);
         let mut next_event = before;
+        let started = Instant::now();
         let outcome = write_group(
             store,
             &options,
@@ -183,6 +186,17 @@ fn run<C: Completion>(
             &mut claimed,
             &mut next_event,
         );
+        let now = Instant::now();
+        if let Some((count, worst)) = slow.record(now.duration_since(started), now) {
+            tracing::warn!(
+                slow_commits = count,
+                worst_ms = worst.as_millis(),
+                requests = group.len(),
+                "group commits took longer than {} ms (the disk's write or sync); every \
+                 message in them waited as long",
+                SLOW_WRITE.as_millis()
+            );
+        }
         // Event numbers are taken only by a group that committed: no gaps.
         if outcome.is_ok() && next_event != before {
             outbox.seq.store(next_event, Ordering::Release);
@@ -200,6 +214,42 @@ fn run<C: Completion>(
     }
     if let Err(e) = store.sync() {
         tracing::error!(error = %e, "syncing the WAL at shutdown failed");
+    }
+}
+
+/// A group commit slower than this is reported.
+const SLOW_WRITE: Duration = Duration::from_millis(50);
+
+/// Counts group commits slower than [`SLOW_WRITE`] and says when to report them: at the first
+/// one, then at most once a second, with how many there were since the last report and the
+/// worst. A disk that is slow for minutes gets a line a second, not one per commit.
+#[derive(Default)]
+struct SlowWrites {
+    count: u64,
+    worst: Duration,
+    reported: Option<Instant>,
+}
+
+impl SlowWrites {
+    /// Records one group commit that took `took`, finished at `now`. Returns the count and the
+    /// worst duration to report, when it is time to.
+    fn record(&mut self, took: Duration, now: Instant) -> Option<(u64, Duration)> {
+        if took < SLOW_WRITE {
+            return None;
+        }
+        self.count += 1;
+        self.worst = self.worst.max(took);
+        if self
+            .reported
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.reported = Some(now);
+        let report = (self.count, self.worst);
+        self.count = 0;
+        self.worst = Duration::ZERO;
+        Some(report)
     }
 }
 
@@ -260,4 +310,27 @@ fn write_group<C>(
             .map_err(|e| storage(e.into()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_commits_are_reported_at_most_once_a_second_with_what_was_missed() {
+        let mut slow = SlowWrites::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(slow.record(ms(5), t0), None, "fast commits are not counted");
+        assert_eq!(slow.record(ms(60), t0), Some((1, ms(60))));
+        assert_eq!(slow.record(ms(200), t0 + ms(100)), None);
+        assert_eq!(slow.record(ms(70), t0 + ms(900)), None);
+        assert_eq!(slow.record(ms(1), t0 + ms(1500)), None);
+        assert_eq!(
+            slow.record(ms(55), t0 + ms(1500)),
+            Some((3, ms(200))),
+            "the report covers every slow commit since the last one"
+        );
+        assert_eq!(slow.record(ms(80), t0 + ms(2600)), Some((1, ms(80))));
+    }
 }
