@@ -85,3 +85,16 @@ run_loadgen() {
   fi
   return "$status"
 }
+
+# scenario_args SCENARIO: the load generator's arguments for a standard scenario (clients and
+# shape), for bench/run.sh and bench/profile.sh.
+scenario_args() {
+  case "$1" in
+    dm) echo "dm --clients 1000" ;;
+    rooms10) echo "rooms --clients 1000 --room-size 10" ;;
+    rooms100) echo "rooms --clients 1000 --room-size 100" ;;
+    fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2" ;;
+    idle10k) echo "idle --clients 10000 --ramp-up 20 --handshake-concurrency 128" ;;
+    *) echo "unknown scenario $1 (dm rooms10 rooms100 fanout1000 idle10k)" >&2; return 1 ;;
+  esac
+}

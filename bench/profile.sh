@@ -3,7 +3,7 @@
 # chatd with `buffered` durability and chatd with `fsync` (the default), one fresh server
 # each, 10 s measured. For each it records the latencies and the server's CPU per delivery
 # (chat-loadgen, from /proc), and, over 5 s of the measured phase, the server's fdatasync
-# calls and context switches (`perf stat` on kernel tracepoints; "n/a" where perf cannot
+# calls and context switches (`perf stat` on kernel tracepoints; "–" where perf cannot
 # read them). The difference between the three rows is the price of storage and of
 # durability. The result JSONs go to bench/results/profile-*; bench/report.py renders them
 # into the profile section of bench/RESULTS.md.
@@ -27,9 +27,7 @@ mkdir -p "$results"
 source bench/lib.sh
 
 case "$scenario" in
-  dm) args=(dm --clients 1000) ;;
-  rooms10) args=(rooms --clients 1000 --room-size 10) ;;
-  rooms100) args=(rooms --clients 1000 --room-size 100) ;;
+  dm | rooms10 | rooms100) read -r -a args <<<"$(scenario_args "$scenario")" ;;
   *) echo "profile: scenario must be dm, rooms10 or rooms100" >&2; exit 64 ;;
 esac
 python3 -c "import sys; r = float(sys.argv[1]); sys.exit(0 if r > 0 else 1)" "$rate" 2>/dev/null \
@@ -43,7 +41,7 @@ if command -v perf >/dev/null \
   && perf stat -e syscalls:sys_enter_fdatasync,sched:sched_switch -- true >/dev/null 2>&1; then
   perf_ok=1
 else
-  echo "profile: perf cannot read the syscall and scheduler tracepoints here; those columns are n/a" >&2
+  echo "profile: perf cannot read the syscall and scheduler tracepoints here; those columns stay empty" >&2
 fi
 
 # wait_for_measure LOG PID: waits until the load generator (PID) writing its progress to LOG

@@ -34,18 +34,6 @@ build_release
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(dm rooms10 rooms100 fanout1000 idle10k)
 
-# The load generator's arguments for each scenario (clients and shape), and the rate
-# --find-max starts from.
-scenario_args() {
-  case "$1" in
-    dm) echo "dm --clients 1000" ;;
-    rooms10) echo "rooms --clients 1000 --room-size 10" ;;
-    rooms100) echo "rooms --clients 1000 --room-size 100" ;;
-    fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2" ;;
-    idle10k) echo "idle --clients 10000 --ramp-up 20 --handshake-concurrency 128" ;;
-    *) echo "unknown scenario $1 (dm rooms10 rooms100 fanout1000 idle10k)" >&2; return 1 ;;
-  esac
-}
 # The p99 bound of --find-max: BENCH_MAX_P99_MS, except for fanout, where one message is
 # a burst of 999 deliveries and the last recipient's latency is the time to write (and, in
 # the load generator, read) the whole burst: 20 ms would measure the burst, not saturation.
@@ -55,6 +43,7 @@ max_p99() {
     *) echo "$max_p99_ms" ;;
   esac
 }
+# The rate --find-max starts from (the scenarios' arguments are lib.sh's scenario_args).
 start_rate() {
   case "$1" in
     dm) echo 1000 ;;
