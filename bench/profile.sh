@@ -112,8 +112,8 @@ EOF
     echo "profile: chat-loadgen exited with $status against $variant" >&2
   fi
   # chatd warns about group commits slower than 50 ms; those lines are kept with the result.
-  local slow=""
-  [ "$target" = chatd ] && slow="$(grep "group commits took longer" "$server_dir.log" || true)"
+  local slow
+  slow="$(slow_commit_warnings)"
   stop_server
   # The counters go beside the load generator's own result.
   python3 - "$out" "$counters" "$variant" "$slow" <<'EOF'
