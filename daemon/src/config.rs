@@ -195,6 +195,15 @@ pub struct LimitsConfig {
     /// Least time between two presence events about the same user, in milliseconds; changes
     /// within it are coalesced.
     pub presence_interval_ms: u64,
+    /// Bytes one connection may hold queued: answers (reserved when their request is read),
+    /// events, catch-up pages. At the bound its stream is not read; events make it lag.
+    pub connection_memory: usize,
+    /// Bytes all connections of one user may hold queued together.
+    pub user_memory: usize,
+    /// Bytes every connection together may hold queued, plus 48 KiB per connection; 0: half
+    /// of the machine's (or the cgroup's) memory. At the bound requests get `OVERLOADED`
+    /// and new connections are refused.
+    pub daemon_memory: usize,
 }
 
 impl Default for Config {
@@ -253,6 +262,9 @@ impl Default for LimitsConfig {
             max_connections_per_shard: 100_000,
             max_presence_subscriptions: 1_024,
             presence_interval_ms: 1_000,
+            connection_memory: 4 << 20,
+            user_memory: 16 << 20,
+            daemon_memory: 0,
         }
     }
 }
@@ -476,6 +488,20 @@ impl Config {
         check(
             (100..=60_000).contains(&limits.presence_interval_ms),
             "limits.presence_interval_ms must be 100 to 60000",
+        );
+        // One largest answer (a full history page) must fit a connection's budget, or the
+        // request could never be read.
+        check(
+            limits.connection_memory >= 2 * chat_protocol::limits::MAX_SERVER_FRAME,
+            "limits.connection_memory must be at least 4194304 (two largest server frames)",
+        );
+        check(
+            limits.user_memory >= limits.connection_memory,
+            "limits.user_memory must be at least limits.connection_memory",
+        );
+        check(
+            limits.daemon_memory == 0 || limits.daemon_memory >= limits.user_memory,
+            "limits.daemon_memory must be 0 (half of the machine's memory) or at least limits.user_memory",
         );
         if problems.is_empty() {
             Ok(())

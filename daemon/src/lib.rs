@@ -9,14 +9,20 @@
 //! - [`tls`]: the certificate (configured, or a generated development one) and the rustls
 //!   server configuration (TLS 1.3, ALPN `chat/1`, ring).
 //!
-//! Still to come with the daemon-core issue: the shards (one pinned `shard-N` thread per
-//! core with its tokio-uring runtime and quinn endpoint), the storage pipeline, and the
-//! library entry `run(config, shutdown)`.
+//! - [`server`]: [`Daemon::start`] binds the port and starts the `shard-N` threads (one
+//!   pinned thread per core with its own runtime and quinn endpoint), the storage thread
+//!   and the read pools; [`run`] runs it until a shutdown future completes.
+//! - [`store`]: RocksDB, its column families and the group-committing writer.
+//! - [`bridge`]: the outbox's publisher to RabbitMQ.
+//!
+//! Memory is budgeted in bytes per connection, per user and for the whole daemon
+//! (`budget`, configured in `[limits]`).
 
 #![forbid(unsafe_code)]
 #![allow(unreachable_pub)] // crate-private modules keep `pub(crate)`-style `pub` items
 
 pub mod bridge;
+mod budget;
 pub mod config;
 mod fsutil;
 mod inbox;

@@ -4,18 +4,35 @@
 //! milliseconds by design and must not hold up reads.
 //!
 //! Jobs are closures that push their own result to the shard that asked. The queue is bounded;
-//! a shard whose job is refused answers `OVERLOADED`.
+//! a shard whose job is refused answers `OVERLOADED`, or, with [`ReadPool::try_submit`],
+//! gets the job back with what it carries (a catch-up's cursor) to try again later.
+
+use std::any::Any;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::store::Store;
 
-type Job = Box<dyn FnOnce(&Store) + Send>;
+/// A job of the pool: run once on a pool thread, or handed back whole when refused.
+pub(crate) trait Job: Send {
+    fn run(self: Box<Self>, store: &Store);
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<F: FnOnce(&Store) + Send + 'static> Job for F {
+    fn run(self: Box<Self>, store: &Store) {
+        self(store);
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
 
 /// The submitting side of the pool.
 #[derive(Clone)]
 pub(crate) struct ReadPool {
-    tx: Sender<Job>,
+    tx: Sender<Box<dyn Job>>,
 }
 
 impl ReadPool {
@@ -26,7 +43,7 @@ impl ReadPool {
         threads: usize,
         depth: usize,
     ) -> std::io::Result<(ReadPool, Vec<std::thread::JoinHandle<()>>)> {
-        let (tx, rx) = bounded::<Job>(depth);
+        let (tx, rx) = bounded::<Box<dyn Job>>(depth);
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
@@ -36,7 +53,7 @@ impl ReadPool {
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
                         while let Ok(job) = rx.recv() {
-                            job(&store);
+                            job.run(&store);
                         }
                     })?,
             );
@@ -47,9 +64,23 @@ impl ReadPool {
     /// Queues a job without blocking. Returns `false` when the queue is full or closed.
     #[must_use]
     pub(crate) fn submit(&self, job: impl FnOnce(&Store) + Send + 'static) -> bool {
+        self.try_submit(job).is_ok()
+    }
+
+    /// Queues a job without blocking; a full or closed queue hands it back.
+    ///
+    /// # Errors
+    /// The job itself, when it was not queued.
+    pub(crate) fn try_submit<J: Job + 'static>(&self, job: J) -> Result<(), J> {
         match self.tx.try_send(Box::new(job)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                match job.into_any().downcast::<J>() {
+                    Ok(job) => Err(*job),
+                    // Unreachable: the box holds a `J`.
+                    Err(_) => unreachable!("a refused job is the job that was sent"),
+                }
+            }
         }
     }
 }

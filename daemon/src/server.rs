@@ -48,6 +48,17 @@ pub enum Error {
     Start(String),
 }
 
+/// A reading of the daemon's memory budget, in bytes ([`Daemon::memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Charged now.
+    pub used: usize,
+    /// The most charged at once since start.
+    pub peak: usize,
+    /// The budget.
+    pub limit: usize,
+}
+
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
@@ -80,6 +91,7 @@ impl Daemon {
             );
         }
         let quic_config = quic_server_config(&config, &identity)?;
+        let endpoint_config = quinn::EndpointConfig::new(tls::reset_key(&data_dir)?);
         let keys = token::Keys::load(&config.auth, &data_dir)?;
         let store = Store::open(&data_dir.join("db"))?;
         let shard_count = match config.shards {
@@ -148,6 +160,10 @@ impl Daemon {
             event_queue_peak: (0..shard_count)
                 .map(|_| std::sync::atomic::AtomicUsize::new(0))
                 .collect(),
+            memory: crate::budget::Budget::new(match config.limits.daemon_memory {
+                0 => crate::budget::default_daemon_memory(),
+                bytes => bytes,
+            }),
             started: Instant::now(),
             outbox,
             online: papaya::HashSet::new(),
@@ -160,6 +176,7 @@ impl Daemon {
             let shared = Arc::clone(&shared);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let quic_config = Arc::clone(&quic_config);
+            let endpoint_config = endpoint_config.clone();
             let started = started_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -167,7 +184,15 @@ impl Daemon {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    shard::run(id, shared, receiver, socket, quic_config, started);
+                    shard::run(
+                        id,
+                        shared,
+                        receiver,
+                        socket,
+                        endpoint_config,
+                        quic_config,
+                        started,
+                    );
                 })
                 .map_err(|e| Error::Start(e.to_string()))?;
             shards.push(handle);
@@ -241,6 +266,18 @@ impl Daemon {
             .map(|p| p.load(Ordering::Relaxed))
             .max()
             .unwrap_or(0)
+    }
+
+    /// The daemon's memory budget: bytes charged now (every connection's queued frames and
+    /// reservations, plus a fixed cost per connection), the most ever charged, and the limit
+    /// (`limits.daemon_memory`, or the default derived from the machine).
+    #[must_use]
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            used: self.shared.memory.used(),
+            peak: self.shared.memory.peak(),
+            limit: self.shared.memory.limit(),
+        }
     }
 
     /// The certificate the daemon presents (PEM), for clients to trust.

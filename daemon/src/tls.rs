@@ -38,6 +38,74 @@ pub enum Error {
     /// rustls refused the certificate or key.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The QUIC stateless reset key could not be read or stored, or is damaged.
+    #[error("stateless reset key {path}: {message}")]
+    ResetKey {
+        /// The key file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The key quinn derives stateless reset tokens from (HMAC-SHA256), kept in
+/// `DATA_DIR/quic/reset-key` (mode 0600, generated on first start) so that a restarted
+/// daemon's resets match the tokens its predecessor gave: a client whose connection died
+/// with the old process learns it from the first packet it sends, instead of waiting for
+/// its idle timeout. Every shard uses the same key.
+///
+/// # Errors
+/// When the file cannot be read or written, or does not hold 32 bytes of hex.
+pub fn reset_key(data_dir: &Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, Error> {
+    let path = data_dir.join("quic").join("reset-key");
+    let fail = |message: String| Error::ResetKey {
+        path: path.clone(),
+        message,
+    };
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(text) => hex::decode(text.trim())
+            .ok()
+            .filter(|s| s.len() == 32)
+            .ok_or_else(|| fail("expected 64 hex digits".into()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| fail(e.to_string()))?;
+            crate::fsutil::write_private(&path, hex::encode(&secret).as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            secret
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let mac = <ResetKey as hmac::Mac>::new_from_slice(&secret).map_err(|e| fail(e.to_string()))?;
+    Ok(Arc::new(ResetKeyMac(mac)))
+}
+
+type ResetKey = hmac::Hmac<Sha256>;
+
+/// HMAC-SHA256 for quinn's reset tokens, on the `hmac` crate the token code already uses.
+struct ResetKeyMac(ResetKey);
+
+impl quinn::crypto::HmacKey for ResetKeyMac {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        use hmac::Mac as _;
+        let mut mac = self.0.clone();
+        mac.update(data);
+        let tag = mac.finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hmac::Mac as _;
+        let mut mac = self.0.clone();
+        mac.update(data);
+        mac.verify_slice(signature)
+            .map_err(|_| quinn::crypto::CryptoError)
+    }
 }
 
 /// A loaded certificate chain and key, with where they came from.

@@ -4,8 +4,11 @@
 //!
 //! Each connection has two tasks on its shard: the reader (decodes frames with a bounded
 //! `FrameDecoder`, dispatches requests) and the writer (drains the outgoing queue into the
-//! stream). Responses are bounded by `max_in_flight`; events by `outgoing_queue`: a client that
-//! does not read is sent `Lagged` and gets no more live events, so its queue stays bounded.
+//! stream). Everything queued is charged in bytes to the connection's, its user's and the
+//! daemon's budgets ([`crate::budget`]): a request is read only when its largest possible
+//! answer fits (and fewer than `max_in_flight` are unanswered), so a client that does not
+//! read stops being read; an event that does not fit (or beyond `outgoing_queue` events)
+//! makes the connection lag; a catch-up is read page by page as the client takes it.
 //! A malformed or oversize frame closes that connection only.
 
 use std::cell::RefCell;
@@ -28,7 +31,9 @@ use super::registry;
 use super::{
     ConnId, ConnRef, Origin, Position, Shard, ShardMsg, encode, error, error_frame, response,
 };
+use crate::budget::{self, CONNECTION_COST, UserBudget};
 use crate::runtime::spawn_local;
+use crate::store::CatchUp;
 use crate::store::ReplayItem;
 
 /// The connections of one shard.
@@ -64,6 +69,10 @@ enum Kind {
 struct Conn {
     id: ConnId,
     quic: quinn::Connection,
+    shared: Arc<super::Shared>,
+    /// The budget shared by the user's connections, from the user's registry shard soon
+    /// after authentication.
+    user: RefCell<Option<Arc<UserBudget>>>,
     state: RefCell<ConnState>,
     out: RefCell<Outgoing>,
     wake: tokio::sync::Notify,
@@ -81,9 +90,17 @@ struct ConnState {
     in_flight: u32,
     /// The resume of the hello or `Authenticate` being authenticated.
     resume: Option<Resume>,
-    /// While a catch-up runs: live log events that arrived meanwhile, delivered after the
-    /// replay (without what the replay already held).
+    /// While a catch-up runs: live log events that arrived meanwhile (charged to the
+    /// budgets), delivered after the replay (without what the replay already held).
     catching_up: Option<Vec<(Position, Bytes)>>,
+    /// Entries the running catch-up has replayed so far.
+    replayed: u32,
+    /// The rest of a running catch-up whose next page did not fit the budgets yet; the
+    /// writer asks for it once enough has been written.
+    replay_parked: Option<Box<CatchUp>>,
+    /// Bytes reserved for the answers of requests in flight, by request id (ids are the
+    /// client's: a reused one holds several).
+    reserved: HashMap<RequestId, Vec<usize>>,
     /// After a catch-up, per conversation, the last entry the device has (its cursor, or
     /// the last the replay sent): a live push of an entry at or before it is late (its
     /// fan-out was still on the way when the catch-up read the log) and is dropped, so
@@ -102,10 +119,25 @@ struct Outgoing {
     lagged: bool,
     /// Set with the goodbye: the writer finishes the stream after it and closes.
     closing: Option<GoodbyeCode>,
+    /// Bytes charged to the budgets for this connection: queued and held frames, reserved
+    /// answers and catch-up pages.
+    bytes: usize,
+    /// The connection is over and gave its bytes back: nothing is charged any more.
+    released: bool,
 }
 
 impl Conn {
+    /// Queues a frame, charging its bytes whatever the budgets say (it exists already).
     fn push(&self, frame: Bytes, kind: Kind) {
+        if self.out.borrow().closing.is_some() {
+            return;
+        }
+        self.charge(frame.len());
+        self.enqueue(frame, kind);
+    }
+
+    /// Queues a frame whose bytes are charged already.
+    fn enqueue(&self, frame: Bytes, kind: Kind) {
         let mut out = self.out.borrow_mut();
         if out.closing.is_some() {
             return;
@@ -114,6 +146,88 @@ impl Conn {
         out.frames.push_back((frame, kind));
         drop(out);
         self.wake.notify_one();
+    }
+
+    /// Charges `n` bytes to the connection, its user and the daemon, beyond their limits if
+    /// need be.
+    fn charge(&self, n: usize) {
+        let mut out = self.out.borrow_mut();
+        if out.released {
+            return;
+        }
+        out.bytes += n;
+        drop(out);
+        if let Some(user) = self.user.borrow().as_ref() {
+            user.bytes.charge(n);
+        }
+        self.shared.memory.charge(n);
+    }
+
+    /// Charges `n` bytes if they fit every budget (the connection's, its user's, the
+    /// daemon's); else charges nothing.
+    fn try_charge(&self, n: usize) -> bool {
+        let limit = self.shared.config.limits.connection_memory;
+        {
+            let out = self.out.borrow();
+            if out.released || out.bytes.saturating_add(n) > limit {
+                return false;
+            }
+        }
+        let user = self.user.borrow();
+        if let Some(user) = user.as_ref()
+            && !user.bytes.try_charge(n)
+        {
+            return false;
+        }
+        if !self.shared.memory.try_charge(n) {
+            if let Some(user) = user.as_ref() {
+                user.release(n);
+            }
+            return false;
+        }
+        self.out.borrow_mut().bytes += n;
+        true
+    }
+
+    /// Gives `n` charged bytes back, and wakes a reader waiting for room.
+    fn release(&self, n: usize) {
+        let mut out = self.out.borrow_mut();
+        if out.released || n == 0 {
+            return;
+        }
+        debug_assert!(
+            out.bytes >= n,
+            "a connection released more than it was charged"
+        );
+        out.bytes = out.bytes.saturating_sub(n);
+        drop(out);
+        if let Some(user) = self.user.borrow().as_ref() {
+            user.release(n);
+        }
+        self.shared.memory.release(n);
+        self.slot.notify_one();
+    }
+
+    /// The connection is over: everything it still holds goes back to the budgets, and
+    /// nothing is queued or charged after this.
+    fn release_all(&self) {
+        let mut out = self.out.borrow_mut();
+        if out.released {
+            return;
+        }
+        out.released = true;
+        out.closing.get_or_insert(GoodbyeCode::NORMAL);
+        out.frames.clear();
+        let n = std::mem::take(&mut out.bytes);
+        drop(out);
+        if let Some(user) = self.user.borrow().as_ref() {
+            user.release(n);
+        }
+        self.shared.memory.release(n);
+        let mut state = self.state.borrow_mut();
+        state.catching_up = None;
+        state.replay_parked = None;
+        state.reserved.clear();
     }
 
     /// Marks the connection lagged: it gets `Lagged` once and no more live events.
@@ -138,12 +252,12 @@ impl Conn {
             code,
             reason: reason.to_owned(),
         }));
-        let mut out = self.out.borrow_mut();
-        if out.closing.is_none() {
+        if self.out.borrow().closing.is_none() {
+            self.charge(frame.len());
+            let mut out = self.out.borrow_mut();
             out.frames.push_back((frame, Kind::Control));
             out.closing = Some(code);
         }
-        drop(out);
         self.wake.notify_one();
     }
 }
@@ -156,7 +270,10 @@ fn get(shard: &Shard, conn: ConnId) -> Option<Rc<Conn>> {
 pub(crate) async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let conns = shard.conns.borrow();
-        if conns.shutdown_started.is_some() || conns.map.len() >= conns.max {
+        if conns.shutdown_started.is_some()
+            || conns.map.len() >= conns.max
+            || !shard.shared.memory.fits(CONNECTION_COST)
+        {
             drop(conns);
             incoming.refuse();
             continue;
@@ -180,6 +297,8 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
     let conn = Rc::new(Conn {
         id,
         quic: quic.clone(),
+        shared: Arc::clone(&shard.shared),
+        user: RefCell::new(None),
         state: RefCell::default(),
         out: RefCell::default(),
         wake: tokio::sync::Notify::new(),
@@ -188,18 +307,23 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
     });
     shard.conns.borrow_mut().map.insert(id, Rc::clone(&conn));
     shard.shared.connections[shard.id].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    shard.shared.memory.charge(CONNECTION_COST);
     let auth_timeout = Duration::from_secs(shard.shared.config.auth.auth_timeout_secs);
     match tokio::time::timeout(auth_timeout, quic.accept_bi()).await {
         Ok(Ok((send, recv))) => {
-            spawn_local(write_loop(Rc::clone(&conn), send));
+            spawn_local(write_loop(Rc::clone(&shard), Rc::clone(&conn), send));
             spawn_local(datagram_loop(Rc::clone(&shard), Rc::clone(&conn)));
             read_loop(&shard, &conn, recv, Instant::now() + auth_timeout).await;
         }
-        Ok(Err(_)) => {}
-        Err(_) => quic.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream"),
+        Ok(Err(_)) => conn.release_all(),
+        Err(_) => {
+            conn.release_all();
+            quic.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream");
+        }
     }
     shard.conns.borrow_mut().map.remove(&id);
     shard.shared.connections[shard.id].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    shard.shared.memory.release(CONNECTION_COST);
     let session = conn.session();
     if let Some((user, device)) = session {
         let at = ConnRef {
@@ -255,10 +379,19 @@ async fn read_loop(
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    if matches!(frame, ClientFrame::Request { .. })
-                        && !request_slot(shard, conn).await
-                    {
-                        return;
+                    if let ClientFrame::Request { id, request } = &frame {
+                        let reserve = budget::reply_reservation(request);
+                        match admit(conn, reserve).await {
+                            Admission::Closed => return,
+                            Admission::Admitted => {
+                                let mut state = conn.state.borrow_mut();
+                                state.reserved.entry(*id).or_default().push(reserve);
+                            }
+                            Admission::Overloaded => {
+                                overloaded(shard, conn, *id);
+                                continue;
+                            }
+                        }
                     }
                     if !frame_arrived(shard, conn, frame) {
                         return;
@@ -274,19 +407,89 @@ async fn read_loop(
     }
 }
 
-/// Waits until the connection has fewer than `max_in_flight` unanswered requests: a client
-/// that does not read its responses stops being read (QUIC flow control then slows it), so
-/// its queue of responses stays bounded. `false` when the connection closed meanwhile.
-async fn request_slot(shard: &Shard, conn: &Conn) -> bool {
-    let max = shard.shared.config.limits.max_in_flight;
-    while conn.state.borrow().in_flight >= max {
+/// Whether the next request may be read.
+enum Admission {
+    /// Its answer's reservation is charged to every budget.
+    Admitted,
+    /// The daemon's budget is full: the request is refused with `OVERLOADED`.
+    Overloaded,
+    /// The connection closed while waiting.
+    Closed,
+}
+
+/// Waits until the connection has fewer than `max_in_flight` unanswered requests and
+/// `reserve` more bytes fit its budget and its user's, then charges them: a client that does
+/// not read its answers (or whose other devices do not) stops being read, and QUIC flow
+/// control slows it, so what it pins stays within its budgets. The daemon's budget is not
+/// waited for: when it is full the request is refused.
+async fn admit(conn: &Conn, reserve: usize) -> Admission {
+    let limits = &conn.shared.config.limits;
+    loop {
+        let user = conn.user.borrow().clone();
+        if user.is_none() && conn.state.borrow().session.is_some() {
+            // Authenticated: the user's shared budget is on its way from their registry
+            // shard; nothing is read until it is here.
+            tokio::select! {
+                () = conn.slot.notified() => continue,
+                _ = conn.quic.closed() => return Admission::Closed,
+            }
+        }
+        let freed = user.as_ref().map(|u| u.freed.notified());
+        let mut freed = std::pin::pin!(freed);
+        if let Some(freed) = freed.as_mut().as_pin_mut() {
+            // Registered before the check, so a release in between is not missed.
+            freed.enable();
+        }
+        let (in_flight, bytes) = (conn.state.borrow().in_flight, conn.out.borrow().bytes);
+        let connection_fits = in_flight < limits.max_in_flight
+            && bytes.saturating_add(reserve) <= limits.connection_memory;
+        let user_fits = match user.as_ref() {
+            None => true,
+            Some(user) => connection_fits && user.bytes.try_charge(reserve),
+        };
+        if connection_fits && user_fits {
+            if !conn.shared.memory.try_charge(reserve) {
+                if let Some(user) = user.as_ref() {
+                    user.release(reserve);
+                }
+                return Admission::Overloaded;
+            }
+            conn.out.borrow_mut().bytes += reserve;
+            return Admission::Admitted;
+        }
+        // When the connection's own budget is what is missing, its writer frees it; when it
+        // is the user's, any of the user's connections may.
+        let wait_for_user = connection_fits;
         tokio::select! {
             () = conn.slot.notified() => {}
-            _ = conn.quic.closed() => return false,
+            () = async {
+                match freed.as_mut().as_pin_mut() {
+                    Some(freed) => freed.await,
+                    None => std::future::pending().await,
+                }
+            }, if wait_for_user => {}
+            _ = conn.quic.closed() => return Admission::Closed,
         }
     }
-    true
 }
+
+/// Refuses a request because the daemon's memory budget is full. The answer is small and
+/// charged as it is; the client is told when to try again.
+fn overloaded(shard: &Shard, conn: &Conn, id: RequestId) {
+    conn.state.borrow_mut().in_flight += 1;
+    let frame = encode(&ServerFrame::Error {
+        id: Some(id),
+        error: ErrorBody {
+            code: ErrorCode::OVERLOADED,
+            reason: "the daemon's memory budget is full".to_owned(),
+            retry_after_ms: Some(OVERLOADED_RETRY_MS),
+        },
+    });
+    reply(shard, conn.id, id, frame);
+}
+
+/// What a client refused for memory is told to wait before trying again.
+const OVERLOADED_RETRY_MS: u32 = 1_000;
 
 /// A frame that cannot be decoded: tell the client why and close this connection only.
 fn violation(conn: &Conn, e: &DecodeError) {
@@ -473,7 +676,7 @@ pub(crate) fn authenticated(
             conn.state.borrow_mut().session = Some(auth);
             match request {
                 None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
-                Some(id) => reply(shard, conn_id, response(id, Response::Session(session))),
+                Some(id) => reply(shard, conn_id, id, response(id, Response::Session(session))),
             }
             let resume = conn.state.borrow_mut().resume.take();
             if let Some(resume) = resume {
@@ -494,6 +697,7 @@ pub(crate) fn authenticated(
             Some(id) => reply(
                 shard,
                 conn_id,
+                id,
                 encode(&ServerFrame::Error {
                     id: Some(id),
                     error: body,
@@ -508,7 +712,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
         shard: shard.id,
         conn: conn.id,
     };
-    let answer = |frame: Bytes| reply(shard, conn.id, frame);
+    let answer = |frame: Bytes| reply(shard, conn.id, id, frame);
     let fail = |code: ErrorCode, reason: &str| answer(error(id, code, reason));
     let user = match conn.session() {
         Some((user, _)) => user,
@@ -790,6 +994,7 @@ pub(crate) fn presence(
         return reply(
             shard,
             conn.id,
+            origin.request,
             error(origin.request, ErrorCode::INVALID_REQUEST, &reason),
         );
     }
@@ -803,6 +1008,7 @@ pub(crate) fn presence(
         return reply(
             shard,
             conn.id,
+            origin.request,
             response(origin.request, Response::Presence(Vec::new())),
         );
     }
@@ -876,7 +1082,7 @@ fn catch_up(
 ) -> bool {
     let refuse = |code: ErrorCode, reason: &str| {
         match request {
-            Some(id) => reply(shard, conn.id, error(id, code, reason)),
+            Some(id) => reply(shard, conn.id, id, error(id, code, reason)),
             None => conn.push(encode(&error_frame(None, code, reason)), Kind::Control),
         }
         false
@@ -900,15 +1106,82 @@ fn catch_up(
     // A catch-up also ends a lag: live events flow again after it.
     conn.out.borrow_mut().lagged = false;
     let limits = &shard.shared.config.limits;
-    let (per_conversation, total) = (
+    let catch_up = CatchUp::new(
+        user,
+        cursors,
         u64::from(limits.max_resume_gap),
         u64::from(limits.max_replay),
     );
-    let shared = Arc::clone(&shard.shared);
-    let (shard_id, conn_id) = (shard.id, conn.id);
-    let submitted = shard.shared.reads.submit(move |store| {
-        let items = match store.catch_up(user, &cursors, per_conversation, total) {
-            Ok(items) => items,
+    next_page(shard, conn, Box::new(catch_up));
+    true
+}
+
+/// Asks the read pool for the next page of a catch-up, once its largest size fits the
+/// budgets; until then, or while the pool is full, the catch-up is parked and the writer
+/// asks again after writing (or after [`PARKED_RETRY`]).
+fn next_page(shard: &Shard, conn: &Conn, catch_up: Box<CatchUp>) {
+    if !conn.try_charge(budget::REPLAY_RESERVATION) {
+        conn.state.borrow_mut().replay_parked = Some(catch_up);
+        conn.wake.notify_one();
+        return;
+    }
+    let job = PageJob {
+        shared: Arc::clone(&shard.shared),
+        shard: shard.id,
+        conn: conn.id,
+        catch_up,
+    };
+    if let Err(job) = shard.shared.reads.try_submit(job) {
+        conn.release(budget::REPLAY_RESERVATION);
+        conn.state.borrow_mut().replay_parked = Some(job.catch_up);
+        conn.wake.notify_one();
+    }
+}
+
+/// Reads one page of a catch-up on the read pool and sends it to the connection's shard.
+struct PageJob {
+    shared: Arc<super::Shared>,
+    shard: super::ShardId,
+    conn: ConnId,
+    catch_up: Box<CatchUp>,
+}
+
+impl crate::pool::Job for PageJob {
+    fn run(self: Box<Self>, store: &crate::store::Store) {
+        let PageJob {
+            shared,
+            shard,
+            conn,
+            mut catch_up,
+        } = *self;
+        let msg = match store.catch_up_page(&mut catch_up, budget::REPLAY_PAGE) {
+            Ok(items) => {
+                let mut replayed = 0u32;
+                let frames = items
+                    .into_iter()
+                    .map(|item| match item {
+                        ReplayItem::Gap(gap) => {
+                            (None, encode(&ServerFrame::Event(Event::Gap(gap))))
+                        }
+                        ReplayItem::Entry(entry) => {
+                            replayed += 1;
+                            let position = Some((entry.conversation(), entry.seq()));
+                            let event = match entry {
+                                Entry::Message(m) => Event::Message(m),
+                                Entry::Membership(m) => Event::Membership(m),
+                            };
+                            (position, encode(&ServerFrame::Event(event)))
+                        }
+                    })
+                    .collect();
+                let next = (!catch_up.done()).then_some(catch_up);
+                ShardMsg::Replay {
+                    conn,
+                    frames,
+                    replayed,
+                    next,
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "catch-up read failed");
                 let frame = encode(&error_frame(
@@ -916,86 +1189,91 @@ fn catch_up(
                     ErrorCode::UNAVAILABLE,
                     "catch-up failed; page history",
                 ));
-                return shared.push_blocking(
-                    shard_id,
-                    ShardMsg::Replay {
-                        conn: conn_id,
-                        frames: vec![(None, frame)],
-                        replayed: 0,
-                    },
-                );
+                ShardMsg::Replay {
+                    conn,
+                    frames: vec![(None, frame)],
+                    replayed: 0,
+                    next: None,
+                }
             }
         };
-        let mut replayed = 0u32;
-        let frames = items
-            .into_iter()
-            .map(|item| match item {
-                ReplayItem::Gap(gap) => (None, encode(&ServerFrame::Event(Event::Gap(gap)))),
-                ReplayItem::Entry(entry) => {
-                    replayed += 1;
-                    let position = Some((entry.conversation(), entry.seq()));
-                    let event = match entry {
-                        Entry::Message(m) => Event::Message(m),
-                        Entry::Membership(m) => Event::Membership(m),
-                    };
-                    (position, encode(&ServerFrame::Event(event)))
-                }
-            })
-            .collect();
-        shared.push_blocking(
-            shard_id,
-            ShardMsg::Replay {
-                conn: conn_id,
-                frames,
-                replayed,
-            },
-        );
-    });
-    if !submitted {
-        conn.state.borrow_mut().catching_up = None;
-        return refuse(ErrorCode::OVERLOADED, "read pool full");
+        shared.push_blocking(shard, msg);
     }
-    true
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
-/// The replay of a catch-up arrived: send it, then the live events held back meanwhile that
-/// it did not already hold, then `CaughtUp`.
+/// Asks for a parked catch-up page if it fits now (the writer calls this after writing).
+fn resume_parked(shard: &Shard, conn: &Conn) {
+    let parked = conn.state.borrow_mut().replay_parked.take();
+    if let Some(catch_up) = parked {
+        next_page(shard, conn, catch_up);
+    }
+}
+
+/// A page of a catch-up arrived: send it; if it was the last, then the live events held
+/// back meanwhile that the replay did not already hold, then `CaughtUp`; else ask for the
+/// next page.
 pub(crate) fn replay(
     shard: &Shard,
     conn: ConnId,
     frames: Vec<(Option<Position>, Bytes)>,
     replayed: u32,
+    next: Option<Box<CatchUp>>,
 ) {
     let Some(conn) = get(shard, conn) else { return };
-    let held = conn
-        .state
-        .borrow_mut()
-        .catching_up
-        .take()
-        .unwrap_or_default();
-    let mut last = std::mem::take(&mut conn.state.borrow_mut().caught_up_to);
-    for (position, frame) in frames {
-        if let Some((c, seq)) = position {
-            let mark = last.entry(c).or_insert(seq);
-            *mark = (*mark).max(seq);
+    conn.release(budget::REPLAY_RESERVATION);
+    {
+        let mut state = conn.state.borrow_mut();
+        if state.catching_up.is_none() {
+            // The connection ended meanwhile.
+            return;
         }
+        state.replayed = state.replayed.saturating_add(replayed);
+        for (position, _) in &frames {
+            if let Some((c, seq)) = *position {
+                let mark = state.caught_up_to.entry(c).or_insert(seq);
+                *mark = (*mark).max(seq);
+            }
+        }
+    }
+    for (_, frame) in frames {
         conn.push(frame, Kind::Control);
     }
-    let lagged = conn.out.borrow().lagged;
-    if !lagged {
-        let limit = shard.shared.config.limits.outgoing_queue;
-        for ((c, seq), frame) in held {
+    if let Some(next) = next {
+        next_page(shard, &conn, next);
+        return;
+    }
+    let (held, replayed) = {
+        let mut state = conn.state.borrow_mut();
+        let held = state.catching_up.take().unwrap_or_default();
+        (held, std::mem::take(&mut state.replayed))
+    };
+    let mut last = std::mem::take(&mut conn.state.borrow_mut().caught_up_to);
+    let limit = shard.shared.config.limits.outgoing_queue;
+    let mut held = held.into_iter();
+    if !conn.out.borrow().lagged {
+        for ((c, seq), frame) in held.by_ref() {
             if last.get(&c).is_none_or(|l| seq > *l) {
                 // Newer than the device has: later pushes of the conversation are too.
                 last.remove(&c);
                 if conn.out.borrow().events >= limit {
+                    conn.release(frame.len());
                     conn.lag();
                     break;
                 }
-                push_event(shard, &conn, frame);
+                // Charged when it was held.
+                conn.enqueue(frame, Kind::Event);
+                record_event_peak(shard, &conn);
+            } else {
+                conn.release(frame.len());
             }
         }
     }
+    // What is left was not sent (the connection lags): its bytes go back.
+    conn.release(held.map(|(_, frame)| frame.len()).sum());
     conn.state.borrow_mut().caught_up_to = last;
     conn.push(
         encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
@@ -1003,12 +1281,55 @@ pub(crate) fn replay(
     );
 }
 
-/// A response or error for a request of a local connection. It counts as in flight until
-/// the writer has taken it.
-pub(crate) fn reply(shard: &Shard, conn: ConnId, frame: Bytes) {
-    if let Some(conn) = get(shard, conn) {
-        conn.push(frame, Kind::Reply);
+/// The budget a local connection shares with its user's other connections arrived: it is
+/// charged with what the connection holds already.
+pub(crate) fn user_budget(shard: &Shard, conn: ConnId, budget: Arc<UserBudget>) {
+    let Some(conn) = get(shard, conn) else { return };
+    let out = conn.out.borrow();
+    if out.released {
+        return;
     }
+    budget.bytes.charge(out.bytes);
+    drop(out);
+    let old = conn.user.borrow_mut().replace(budget);
+    if let Some(old) = old {
+        // Not expected (a connection authenticates once); keep the counts right anyway.
+        old.release(conn.out.borrow().bytes);
+    }
+    // A reader may be waiting for it.
+    conn.slot.notify_one();
+}
+
+/// A response or error for request `request` of a local connection. It counts as in flight
+/// until the writer has taken it; the bytes reserved for it when it was read become the
+/// frame's own.
+pub(crate) fn reply(shard: &Shard, conn: ConnId, request: RequestId, frame: Bytes) {
+    let Some(conn) = get(shard, conn) else { return };
+    let reserved = {
+        let mut state = conn.state.borrow_mut();
+        match state.reserved.get_mut(&request) {
+            Some(list) => {
+                let reserved = list.pop().unwrap_or(0);
+                if list.is_empty() {
+                    state.reserved.remove(&request);
+                }
+                reserved
+            }
+            None => 0,
+        }
+    };
+    let len = frame.len();
+    if len > reserved {
+        // Reservations are upper bounds; this would be a bug in one of them.
+        debug_assert!(
+            reserved == 0,
+            "an answer of {len} bytes exceeded its reservation of {reserved}"
+        );
+        conn.charge(len - reserved);
+    } else {
+        conn.release(reserved - len);
+    }
+    conn.enqueue(frame, Kind::Reply);
 }
 
 /// An event for local connections; a connection whose event queue is full lags. Ephemeral
@@ -1040,12 +1361,19 @@ pub(crate) fn deliver(
             let mut state = conn.state.borrow_mut();
             if let Some(held) = state.catching_up.as_mut() {
                 if held.len() < limit {
-                    held.push((position, frame.clone()));
-                    continue;
+                    drop(state);
+                    if conn.try_charge(frame.len()) {
+                        if let Some(held) = conn.state.borrow_mut().catching_up.as_mut() {
+                            held.push((position, frame.clone()));
+                        }
+                        continue;
+                    }
+                    state = conn.state.borrow_mut();
                 }
                 // Too much arrived during the catch-up: this connection lags.
-                state.catching_up = Some(Vec::new());
+                let dropped = state.catching_up.replace(Vec::new()).unwrap_or_default();
                 drop(state);
+                conn.release(dropped.iter().map(|(_, frame)| frame.len()).sum());
                 conn.lag();
                 continue;
             }
@@ -1062,17 +1390,21 @@ pub(crate) fn deliver(
             let out = conn.out.borrow();
             (out.lagged, out.events >= limit)
         };
-        if full && !ephemeral {
+        if lagged {
+            continue;
+        }
+        if !full && conn.try_charge(frame.len()) {
+            conn.enqueue(frame.clone(), Kind::Event);
+            record_event_peak(shard, &conn);
+        } else if !ephemeral {
+            // Beyond `outgoing_queue` events, or beyond a byte budget.
             conn.lag();
-        } else if !lagged && !full {
-            push_event(shard, &conn, frame.clone());
         }
     }
 }
 
-/// Queues an event (the caller checked the queue limit) and records the shard's peak.
-fn push_event(shard: &Shard, conn: &Conn, frame: Bytes) {
-    conn.push(frame, Kind::Event);
+/// Records the shard's peak of events queued for one connection.
+fn record_event_peak(shard: &Shard, conn: &Conn) {
     let queued = conn.out.borrow().events;
     shard.shared.event_queue_peak[shard.id].fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
 }
@@ -1126,12 +1458,12 @@ pub(crate) fn finished(shard: &Shard) -> bool {
 /// Writes queued frames in batches. Ends after the goodbye (finishing the stream and closing
 /// the connection with its code), or when the stream or connection fails (then it closes the
 /// connection, so nothing lingers).
-async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn::SendStream) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
     let closing = loop {
-        let (closing, replies) = {
+        let (closing, replies, bytes) = {
             let mut out = conn.out.borrow_mut();
-            let mut replies = 0u32;
+            let (mut replies, mut bytes) = (0u32, 0usize);
             while batch.len() < 64 {
                 let Some((frame, kind)) = out.frames.pop_front() else {
                     break;
@@ -1141,9 +1473,10 @@ async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
                     Kind::Reply => replies += 1,
                     Kind::Control => {}
                 }
+                bytes += frame.len();
                 batch.push(frame);
             }
-            (out.closing, replies)
+            (out.closing, replies, bytes)
         };
         if replies > 0 {
             let mut state = conn.state.borrow_mut();
@@ -1155,8 +1488,16 @@ async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
             if let Some(code) = closing {
                 break Some(code);
             }
+            // A parked catch-up page waits for room in budgets that other connections (of
+            // the user, of the daemon) may free, or for the read pool: look again now and
+            // then (parking wakes this loop, so the timer starts).
+            let parked = conn.state.borrow().replay_parked.is_some();
             tokio::select! {
                 () = conn.wake.notified() => continue,
+                () = tokio::time::sleep(PARKED_RETRY), if parked => {
+                    resume_parked(&shard, &conn);
+                    continue;
+                }
                 _ = conn.quic.closed() => break None,
             }
         }
@@ -1164,6 +1505,9 @@ async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
             break None;
         }
         batch.clear();
+        // Written: quinn holds the bytes now, within its flow-control windows.
+        conn.release(bytes);
+        resume_parked(&shard, &conn);
     };
     let code = match closing {
         Some(code) => {
@@ -1174,4 +1518,8 @@ async fn write_loop(conn: Rc<Conn>, mut send: quinn::SendStream) {
         None => GoodbyeCode::NORMAL,
     };
     conn.quic.close(close_code(code), b"goodbye");
+    conn.release_all();
 }
+
+/// How often a parked catch-up page looks for room when nothing else wakes its writer.
+const PARKED_RETRY: Duration = Duration::from_millis(50);

@@ -62,8 +62,12 @@ pub(crate) struct Origin {
 
 /// Everything shards send each other, and what the read pool and storage thread send back.
 pub(crate) enum ShardMsg {
-    /// A response or error frame for a request of a local connection.
-    Reply { conn: ConnId, frame: Bytes },
+    /// A response or error frame for request `request` of a local connection.
+    Reply {
+        conn: ConnId,
+        request: RequestId,
+        frame: Bytes,
+    },
     /// Event frames for local connections.
     /// `ephemeral` events (typing) go as QUIC datagrams when the connection takes them, and
     /// are dropped rather than lagging anyone when a queue is full.
@@ -107,12 +111,18 @@ pub(crate) enum ShardMsg {
         ephemeral: bool,
         entry: Option<Position>,
     },
-    /// The replay of a catch-up, encoded on the read pool: gaps and entries in order, then the
-    /// number of entries replayed.
+    /// A page of a catch-up, encoded on the read pool: gaps and entries in order, the number
+    /// of entries in it, and the rest of the catch-up unless it was the last page.
     Replay {
         conn: ConnId,
         frames: Vec<(Option<Position>, Bytes)>,
         replayed: u32,
+        next: Option<Box<crate::store::CatchUp>>,
+    },
+    /// The memory budget a local connection shares with its user's other connections.
+    UserBudget {
+        conn: ConnId,
+        budget: Arc<crate::budget::UserBudget>,
     },
     /// A `Fanout` for these users could not be queued: their connections must learn they lag.
     LagUsers {
@@ -152,6 +162,9 @@ pub(crate) struct Shared {
     pub(crate) heartbeats: Vec<AtomicU64>,
     /// Per shard: open connections.
     pub(crate) connections: Vec<std::sync::atomic::AtomicUsize>,
+    /// Bytes held by every connection's queues plus a fixed cost per connection, against
+    /// `limits.daemon_memory` ([`crate::budget`]).
+    pub(crate) memory: crate::budget::Budget,
     /// Per shard: the most events ever queued for one of its connections (a gauge of the
     /// `outgoing_queue` bound).
     pub(crate) event_queue_peak: Vec<std::sync::atomic::AtomicUsize>,
@@ -208,6 +221,7 @@ impl Shared {
             origin.at.shard,
             ShardMsg::Reply {
                 conn: origin.at.conn,
+                request: origin.request,
                 frame,
             },
         );
@@ -358,6 +372,7 @@ impl Shard {
             origin.at.shard,
             ShardMsg::Reply {
                 conn: origin.at.conn,
+                request: origin.request,
                 frame,
             },
         );
@@ -427,7 +442,11 @@ impl Shard {
 
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Reply { conn, frame } => conn::reply(self, conn, frame),
+            ShardMsg::Reply {
+                conn,
+                request,
+                frame,
+            } => conn::reply(self, conn, request, frame),
             ShardMsg::Deliver {
                 conns,
                 frame,
@@ -438,7 +457,9 @@ impl Shard {
                 conn,
                 frames,
                 replayed,
-            } => conn::replay(self, conn, frames, replayed),
+                next,
+            } => conn::replay(self, conn, frames, replayed, next),
+            ShardMsg::UserBudget { conn, budget } => conn::user_budget(self, conn, budget),
             ShardMsg::Close { conn, code, reason } => conn::close(self, conn, code, reason),
             ShardMsg::Authenticated {
                 conn,
@@ -480,13 +501,14 @@ pub(crate) fn run(
     shared: Arc<Shared>,
     mut inbox: Receiver<ShardMsg>,
     socket: UdpSocket,
+    endpoint_config: quinn::EndpointConfig,
     tls: Arc<quinn::ServerConfig>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let on_exit = Arc::clone(&shared);
     crate::runtime::block_on(async move {
         let endpoint = match quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some((*tls).clone()),
             socket,
             Arc::new(quinn::TokioRuntime),

@@ -24,6 +24,7 @@ use chat_protocol::{
 use crossbeam_queue::ArrayQueue;
 
 use super::{ConnId, ConnRef, Origin, Shard, ShardId, ShardMsg, encode, now_ms, response};
+use crate::budget::UserBudget;
 
 /// Most connected devices per user; a further one replaces the oldest.
 pub(crate) const MAX_DEVICES_PER_USER: usize = 32;
@@ -146,6 +147,9 @@ impl Bucket {
 #[derive(Default)]
 pub(crate) struct Registry {
     users: HashMap<UserId, Vec<(DeviceId, ConnRef)>>,
+    /// The memory budget shared by each connected user's connections (dropped with the
+    /// last one).
+    budgets: HashMap<UserId, Arc<UserBudget>>,
     /// Send rate buckets of the users with a connected device (dropped with the last one).
     buckets: HashMap<UserId, Bucket>,
     presence: PresenceTable,
@@ -285,6 +289,20 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             }
             let came_online = devices.is_empty();
             devices.push((device, at));
+            let limit = shard.shared.config.limits.user_memory;
+            let budget = Arc::clone(
+                registry
+                    .budgets
+                    .entry(user)
+                    .or_insert_with(|| Arc::new(UserBudget::new(limit))),
+            );
+            shard.send(
+                at.shard,
+                ShardMsg::UserBudget {
+                    conn: at.conn,
+                    budget,
+                },
+            );
             if came_online {
                 registry.presence.changed(user, None);
                 if shard.shared.config.bridge.enabled() {
@@ -309,6 +327,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 if devices.is_empty() {
                     registry.users.remove(&user);
                     registry.buckets.remove(&user);
+                    registry.budgets.remove(&user);
                     registry.presence.changed(user, Some(now_ms()));
                     if shard.shared.config.bridge.enabled() {
                         shard.shared.online.pin().remove(&user);

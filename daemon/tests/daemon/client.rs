@@ -97,6 +97,12 @@ impl Client {
         (client, session)
     }
 
+    /// Closes the connection and waits until the daemon was told.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self._endpoint.wait_idle().await;
+    }
+
     pub async fn write_raw(&mut self, bytes: &[u8]) {
         self.send.write_all(bytes).await.unwrap();
     }

@@ -174,3 +174,218 @@ async fn rooms_per_user_are_limited() {
     // Direct conversations do not count.
     assert_eq!(alice.conversations().await.len(), 2);
 }
+
+/// A client that sends `requests` full history pages of `notes` on a connection with a tiny
+/// receive window and never reads the answers.
+async fn non_reader(
+    daemon: &TestDaemon,
+    token: &str,
+    device: u64,
+    notes: ConversationId,
+    requests: u32,
+) -> Client {
+    let mut client = Client::connect_with(daemon.addr, &daemon.cert, Some(2_048)).await;
+    client.hello(Some(token), device).await.session.unwrap();
+    for id in 0..requests {
+        let request = Request::History(HistoryQuery {
+            conversation: notes,
+            from: HistoryFrom::Latest,
+            limit: 100,
+            order: Order::NewestFirst,
+        });
+        client
+            .write(&ClientFrame::Request {
+                id: RequestId(1_000 + id),
+                request,
+            })
+            .await;
+    }
+    client
+}
+
+/// Fills `user`'s notes with `n` messages of the largest body, so a history page is ~1.6 MB.
+async fn fill_notes(daemon: &TestDaemon, user: &str, n: u64) -> ConversationId {
+    let (mut client, session) =
+        Client::login(daemon.addr, &daemon.cert, &daemon.token(user), 99).await;
+    let notes = ConversationId::Notes(session.user);
+    let body = "x".repeat(chat_protocol::limits::MAX_BODY);
+    for op in 1..=n {
+        client.send_text(notes, op, &body).await;
+    }
+    notes
+}
+
+/// Waits (at most `WAIT`) until `condition` holds of the daemon's memory reading.
+async fn memory_until(
+    daemon: &TestDaemon,
+    what: &str,
+    condition: impl Fn(chatd::server::MemoryUse) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + crate::client::WAIT;
+    while !condition(daemon.memory()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {:?}",
+            daemon.memory()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// What the daemon charges per connection besides its queues (`budget::CONNECTION_COST`).
+const CONNECTION_COST: usize = 48 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_pin_no_more_than_their_user_budget() {
+    const USER_MEMORY: usize = 6 << 20;
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.user_memory = USER_MEMORY;
+        c.limits.send_rate = 100_000;
+        c.limits.send_burst = 100_000;
+    });
+    let notes = fill_notes(&daemon, "mallory", 100).await;
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    let (mut bob, b) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
+    let idle = daemon.memory().used;
+    // Four devices of one account each pipeline 50 history pages of ~1.6 MB (80 MB each
+    // without budgets) and read nothing.
+    let token = daemon.token("mallory");
+    let mut devices = Vec::new();
+    for device in 1..=4 {
+        devices.push(non_reader(&daemon, &token, device, notes, 50).await);
+    }
+    // The daemon holds what the user's budget allows (at least three full pages: the test
+    // exercised the bound), and no more.
+    let pages = 3 * 100 * chat_protocol::limits::MAX_BODY;
+    memory_until(&daemon, "the non-readers fill their budget", |m| {
+        m.used >= idle + pages
+    })
+    .await;
+    // Others chat on meanwhile.
+    let dm = ConversationId::direct(a.user, b.user);
+    alice.send_text(dm, 1, "still here?").await;
+    assert_eq!(bob.message().await.body, b"still here?");
+    let peak = daemon.memory().peak;
+    // Besides the user's budget: the four connections' fixed cost, and the small frames
+    // charged as they are (hello answers, acks of the notes' senders).
+    let bound = idle + USER_MEMORY + 4 * CONNECTION_COST + 64 * 1024;
+    assert!(
+        peak <= bound,
+        "peak {peak} bytes, bound {bound} (idle {idle})"
+    );
+    // Closing them gives every byte back.
+    for device in devices {
+        device.close().await;
+    }
+    memory_until(&daemon, "the budget is given back", |m| m.used <= idle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_daemon_budget_refuses_work_then_recovers() {
+    const DAEMON_MEMORY: usize = 8 << 20;
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.user_memory = 6 << 20;
+        c.limits.daemon_memory = DAEMON_MEMORY;
+        c.limits.send_rate = 100_000;
+        c.limits.send_burst = 100_000;
+    });
+    let mallorys = fill_notes(&daemon, "mallory", 100).await;
+    let eves = fill_notes(&daemon, "eve", 100).await;
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    // Two accounts' non-readers could hold 12 MB together, more than the daemon's budget.
+    let mut hogs = Vec::new();
+    for (user, notes) in [("mallory", mallorys), ("eve", eves)] {
+        for device in 1..=2 {
+            hogs.push(non_reader(&daemon, &daemon.token(user), device, notes, 50).await);
+        }
+    }
+    // A full history page is reserved before it is read: once one no longer fits...
+    let page = 1024 + 100 * (chat_protocol::limits::MAX_BODY + 256);
+    memory_until(&daemon, "the budget fills", |m| m.used + page > m.limit).await;
+    // ... another user's page is refused with OVERLOADED and a delay, not queued.
+    let alices = ConversationId::Notes(a.user);
+    let history = Request::History(HistoryQuery {
+        conversation: alices,
+        from: HistoryFrom::Latest,
+        limit: 100,
+        order: Order::NewestFirst,
+    });
+    let refused = alice.request(history.clone()).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::OVERLOADED, "{refused:?}");
+    assert!(refused.retry_after_ms.is_some_and(|ms| ms > 0));
+    // Only frames that exist already (small answers) are charged beyond the budget.
+    let memory = daemon.memory();
+    assert!(memory.peak <= DAEMON_MEMORY + 64 * 1024, "{memory:?}");
+    // The hogs leave: work is taken again.
+    for hog in hogs {
+        hog.close().await;
+    }
+    memory_until(&daemon, "the hogs' bytes come back", |m| {
+        m.used + page <= m.limit
+    })
+    .await;
+    assert!(matches!(alice.ok(history).await, Response::History(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_is_read_page_by_page_as_the_client_takes_it() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.send_rate = 100_000;
+        c.limits.send_burst = 100_000;
+    });
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    let (bob, b) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
+    bob.close().await;
+    // Bob misses 300 messages of the largest body: a 5 MB catch-up, more than a
+    // connection's budget (4 MiB).
+    let dm = ConversationId::direct(a.user, b.user);
+    let body = "y".repeat(chat_protocol::limits::MAX_BODY);
+    let missed = 300u64;
+    for op in 1..=missed {
+        alice.send_text(dm, op, &body).await;
+    }
+    let idle = daemon.memory().used;
+    // He resumes on a tiny window and does not read yet: the daemon holds a few pages.
+    let mut bob = Client::connect_with(daemon.addr, &daemon.cert, Some(2_048)).await;
+    let auth = Auth {
+        token: daemon.token("bob"),
+        resume: Some(Resume {
+            cursors: vec![Cursor {
+                conversation: dm,
+                seq: Seq(0),
+            }],
+        }),
+    };
+    bob.write(&ClientFrame::Hello(Hello {
+        versions: SUPPORTED_VERSIONS,
+        client: "test".into(),
+        device: DeviceId(2),
+        auth: Some(auth),
+    }))
+    .await;
+    memory_until(&daemon, "the first pages are queued", |m| {
+        m.used >= idle + 1024 * 1024
+    })
+    .await;
+    let bound = idle + (4 << 20) + CONNECTION_COST + 64 * 1024;
+    assert!(daemon.memory().peak <= bound, "{:?}, bound {bound}", daemon.memory());
+    // Now he reads: every entry once, in order, then CaughtUp with the count.
+    let mut seqs = Vec::new();
+    let replayed = loop {
+        match bob.next_frame().await.expect("stream open") {
+            ServerFrame::Event(Event::Message(m)) => {
+                assert_eq!(m.body.len(), body.len());
+                seqs.push(m.seq.0);
+            }
+            ServerFrame::Event(Event::CaughtUp { replayed }) => break replayed,
+            ServerFrame::HelloOk(ok) => assert!(ok.session.is_some()),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(seqs, (1..=missed).collect::<Vec<_>>());
+    assert_eq!(u64::from(replayed), missed);
+    assert!(daemon.memory().peak <= bound, "{:?}, bound {bound}", daemon.memory());
+    // Live again.
+    alice.send_text(dm, missed + 1, "live").await;
+    assert_eq!(bob.message().await.seq, Seq(missed + 1));
+}

@@ -105,6 +105,10 @@ impl TestDaemon {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    pub fn memory(&self) -> chatd::server::MemoryUse {
+        self.daemon.as_ref().unwrap().memory()
+    }
+
     pub fn event_queue_peak(&self) -> usize {
         self.daemon.as_ref().unwrap().event_queue_peak()
     }

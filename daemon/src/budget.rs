@@ -1,0 +1,223 @@
+//! Memory budgets in bytes: what one connection, one user and the whole daemon may hold in
+//! queued frames.
+//!
+//! Three levels, each charged with the same bytes:
+//!
+//! - a connection's own count (kept by the connection on its shard, no atomics): replies
+//!   reserved when their request is read, queued events, held-back events of a catch-up,
+//!   the catch-up page being read;
+//! - a [`UserBudget`] shared by every connection of one account, wherever their shards are
+//!   (created by the user's registry shard with the first device, an atomic count);
+//! - the daemon's [`Budget`] in `Shared::memory`, which also carries a fixed
+//!   [`CONNECTION_COST`] per open connection.
+//!
+//! Requests are read only when the reply they may produce fits the connection's and the
+//! user's budgets (else the stream is not read: QUIC flow control slows the client); the
+//! daemon's budget refuses them with `OVERLOADED` and turns new connections away. Events
+//! that do not fit make the connection lag. The reservation of a request is an upper bound
+//! of its answer ([`reply_reservation`]), so budgets hold before the answer exists.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chat_protocol::Request;
+
+use crate::store::{ENTRY_OVERHEAD, REPLAY_CHUNK};
+
+/// What the daemon's budget charges for one open connection besides its queues: the
+/// measured resident memory of an idle authenticated connection (37 KiB, bench/RESULTS.md)
+/// with headroom. QUIC's own buffers are bounded apart, by its flow-control windows.
+pub(crate) const CONNECTION_COST: usize = 48 * 1024;
+
+/// Bytes of one catch-up page the read pool aims at; a page may exceed it by one chunk.
+pub(crate) const REPLAY_PAGE: usize = 256 * 1024;
+
+/// The most bytes a catch-up page can hold: what a connection reserves before it asks for
+/// one. Bodies count at the protocol's ceiling, not the configured `max_body`: entries
+/// stored before a lower setting keep their size.
+pub(crate) const REPLAY_RESERVATION: usize =
+    REPLAY_PAGE + REPLAY_CHUNK * (chat_protocol::limits::MAX_BODY + ENTRY_OVERHEAD);
+
+/// Bytes of every answer that carries no list: errors (reason at most 256 bytes), tokens
+/// (at most 512 bytes), sessions, acks, room infos.
+const SMALL_REPLY: usize = 1024;
+
+/// An upper bound of the encoded answer to `request` (bodies at the protocol's ceiling, as
+/// above); reserved from the budgets when the request is read.
+pub(crate) fn reply_reservation(request: &Request) -> usize {
+    let max_body = chat_protocol::limits::MAX_BODY;
+    let items = |n: usize, each: usize| SMALL_REPLY + n * each;
+    match request {
+        Request::History(query) => items(usize::from(query.limit), max_body + ENTRY_OVERHEAD),
+        // Conversation id, title (a room name: 64 bytes at most), role, three seqs.
+        Request::Conversations { limit, .. } => items(usize::from(*limit), 128),
+        // User id, name (32 bytes at most), role.
+        Request::Members { limit, .. } => items(usize::from(*limit), 64),
+        Request::LookupUsers(users) => items(users.len(), 64),
+        Request::Presence { subscribe, .. } => items(subscribe.len(), 32),
+        _ => SMALL_REPLY,
+    }
+}
+
+/// A byte budget shared between threads: an atomic count against a fixed limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+    peak: AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            limit,
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Charges `n` bytes if they fit under the limit.
+    pub(crate) fn try_charge(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = used.checked_add(n).filter(|next| *next <= self.limit) else {
+                return false;
+            };
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.peak.fetch_max(next, Ordering::Relaxed);
+                    return true;
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Charges `n` bytes whether or not they fit (what is already in memory).
+    pub(crate) fn charge(&self, n: usize) {
+        let next = self.used.fetch_add(n, Ordering::AcqRel) + n;
+        self.peak.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// Gives back `n` charged bytes.
+    pub(crate) fn release(&self, n: usize) {
+        let before = self.used.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before >= n, "a budget released more than it was charged");
+    }
+
+    /// Whether `n` more bytes would fit now.
+    pub(crate) fn fits(&self, n: usize) -> bool {
+        self.used().saturating_add(n) <= self.limit
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The most ever charged at once.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// The budget of one user's connections, shared by their shards. Connections whose reads
+/// wait for room wait on `freed`.
+#[derive(Debug)]
+pub(crate) struct UserBudget {
+    pub(crate) bytes: Budget,
+    pub(crate) freed: tokio::sync::Notify,
+}
+
+impl UserBudget {
+    pub(crate) fn new(limit: usize) -> UserBudget {
+        UserBudget {
+            bytes: Budget::new(limit),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(crate) fn release(&self, n: usize) {
+        self.bytes.release(n);
+        self.freed.notify_waiters();
+    }
+}
+
+/// The memory the daemon may use when `limits.daemon_memory` is 0: half of what the
+/// machine (or the cgroup the daemon runs in, when it sets a lower limit) has, leaving the
+/// other half to RocksDB's caches, the allocator and the kernel's socket buffers. 1 GiB
+/// when neither can be read.
+pub(crate) fn default_daemon_memory() -> usize {
+    let total = machine_memory().unwrap_or(2 << 30);
+    usize::try_from(total / 2).unwrap_or(usize::MAX)
+}
+
+/// Physical memory, or the cgroup v2 limit when lower.
+fn machine_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let total = total_kib.saturating_mul(1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(total, |limit| limit.min(total)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_protocol::{ConversationId, HistoryFrom, HistoryQuery, Order, RoomId};
+
+    #[test]
+    fn a_budget_refuses_what_does_not_fit_and_takes_it_back_after_a_release() {
+        let budget = Budget::new(100);
+        assert!(budget.try_charge(60));
+        assert!(!budget.try_charge(41));
+        assert!(budget.try_charge(40));
+        assert!(!budget.fits(1));
+        budget.release(60);
+        assert!(budget.fits(60));
+        assert!(!budget.fits(61));
+        // What is already in memory is charged even beyond the limit; the peak shows it.
+        budget.charge(100);
+        assert_eq!(budget.used(), 140);
+        assert_eq!(budget.peak(), 140);
+        assert!(!budget.try_charge(1));
+    }
+
+    #[test]
+    fn a_history_reservation_covers_a_full_page_of_maximal_entries() {
+        let query = |limit| {
+            Request::History(HistoryQuery {
+                conversation: ConversationId::Room(RoomId(5)),
+                from: HistoryFrom::Latest,
+                limit,
+                order: Order::NewestFirst,
+            })
+        };
+        let full = reply_reservation(&query(100));
+        assert!(full >= 100 * (16 * 1024 + ENTRY_OVERHEAD));
+        assert!(full <= chat_protocol::limits::MAX_SERVER_FRAME);
+        // A short page reserves less, so pipelined small reads are not held back.
+        assert!(reply_reservation(&query(1)) < full / 50);
+        assert_eq!(reply_reservation(&Request::Ping), SMALL_REPLY);
+    }
+
+    #[test]
+    fn machine_memory_is_read() {
+        let total = machine_memory().expect("Linux has /proc/meminfo");
+        assert!(total > 64 << 20, "{total} bytes of memory");
+    }
+}
