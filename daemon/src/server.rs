@@ -91,7 +91,7 @@ impl Daemon {
             );
         }
         let quic_config = quic_server_config(&config, &identity)?;
-        let endpoint_config = quinn::EndpointConfig::new(tls::reset_key(&data_dir)?);
+        let endpoint_config = tls::endpoint_config(&data_dir)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
         let store = Store::open(&data_dir.join("db"))?;
         let shard_count = match config.shards {

@@ -48,15 +48,18 @@ pub enum Error {
     },
 }
 
-/// The key quinn derives stateless reset tokens from (HMAC-SHA256), kept in
-/// `DATA_DIR/quic/reset-key` (mode 0600, generated on first start) so that a restarted
-/// daemon's resets match the tokens its predecessor gave: a client whose connection died
+/// The QUIC endpoint configuration of every shard, with what identifies connections kept
+/// across restarts: the key quinn derives stateless reset tokens from (HMAC-SHA256) and the
+/// key its connection ids are signed with, both from the secret in
+/// `DATA_DIR/quic/reset-key` (mode 0600, generated on first start). A restarted daemon
+/// then recognises its predecessor's connection ids as its own and answers their packets
+/// with resets that match the tokens the predecessor gave: a client whose connection died
 /// with the old process learns it from the first packet it sends, instead of waiting for
-/// its idle timeout. Every shard uses the same key.
+/// its idle timeout.
 ///
 /// # Errors
 /// When the file cannot be read or written, or does not hold 32 bytes of hex.
-pub fn reset_key(data_dir: &Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, Error> {
+pub fn endpoint_config(data_dir: &Path) -> Result<quinn::EndpointConfig, Error> {
     let path = data_dir.join("quic").join("reset-key");
     let fail = |message: String| Error::ResetKey {
         path: path.clone(),
@@ -77,7 +80,20 @@ pub fn reset_key(data_dir: &Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, Err
         Err(e) => return Err(fail(e.to_string())),
     };
     let mac = <ResetKey as hmac::Mac>::new_from_slice(&secret).map_err(|e| fail(e.to_string()))?;
-    Ok(Arc::new(ResetKeyMac(mac)))
+    let reset = ResetKeyMac(mac);
+    // The connection id key: the first 8 bytes of HMAC(secret, "connection ids"), so it
+    // reveals nothing of the reset key.
+    let mut tag = [0u8; 32];
+    quinn::crypto::HmacKey::sign(&reset, b"connection ids", &mut tag);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    Ok(config)
 }
 
 type ResetKey = hmac::Hmac<Sha256>;

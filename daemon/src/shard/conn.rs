@@ -425,6 +425,10 @@ enum Admission {
 async fn admit(conn: &Conn, reserve: usize) -> Admission {
     let limits = &conn.shared.config.limits;
     loop {
+        if conn.out.borrow().released {
+            // The writer ended the connection: nothing may be charged any more.
+            return Admission::Closed;
+        }
         let user = conn.user.borrow().clone();
         if user.is_none() && conn.state.borrow().session.is_some() {
             // Authenticated: the user's shared budget is on its way from their registry

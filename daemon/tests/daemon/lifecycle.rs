@@ -103,3 +103,53 @@ async fn try_connect(addr: std::net::SocketAddr, cert: &std::path::Path) -> Resu
     drop(conn);
     Ok(Client::connect(addr, cert).await)
 }
+
+/// Waits until a daemon answers on `addr`; returns a connected client (no hello yet).
+async fn connect_when_up(addr: std::net::SocketAddr, cert: &std::path::Path) -> Client {
+    for _ in 0..400 {
+        if cert.exists()
+            && let Ok(Ok(c)) =
+                tokio::time::timeout(Duration::from_secs(2), try_connect(addr, cert)).await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the daemon did not come up on {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_daemon_is_reset_at_its_next_packet_after_the_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let cert = temp.path().join("tls/cert.pem");
+    let (mut first, addr) = crate::spawn_chatd(temp.path(), &[]);
+    let mut old = connect_when_up(addr, &cert).await;
+    let keys =
+        chatd::token::Keys::load(&chatd::config::AuthConfig::default(), temp.path()).unwrap();
+    let now = chatd::unix_now();
+    let token = keys.mint("alice", now, now + 3600);
+    old.hello(Some(&token), 1).await.session.unwrap();
+    assert!(matches!(old.ok(Request::Ping).await, Response::Pong { .. }));
+    // A crash: nothing is said to the client.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = crate::spawn_chatd_at(temp.path(), addr, &[]);
+    drop(connect_when_up(addr, &cert).await);
+    // The old connection's next packet reaches the new process, which answers with a
+    // stateless reset its predecessor's token matches: the client knows at once, long before
+    // its idle timeout (quinn's default, 30 s, is beyond the wait below).
+    old.write(&ClientFrame::Request {
+        id: RequestId(99),
+        request: Request::Ping,
+    })
+    .await;
+    let closed = tokio::time::timeout(crate::client::WAIT, old.conn.closed())
+        .await
+        .expect("the old connection was not reset");
+    assert!(
+        matches!(closed, quinn::ConnectionError::Reset),
+        "{closed:?}"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

@@ -368,7 +368,11 @@ async fn a_catch_up_is_read_page_by_page_as_the_client_takes_it() {
     })
     .await;
     let bound = idle + (4 << 20) + CONNECTION_COST + 64 * 1024;
-    assert!(daemon.memory().peak <= bound, "{:?}, bound {bound}", daemon.memory());
+    assert!(
+        daemon.memory().peak <= bound,
+        "{:?}, bound {bound}",
+        daemon.memory()
+    );
     // Now he reads: every entry once, in order, then CaughtUp with the count.
     let mut seqs = Vec::new();
     let replayed = loop {
@@ -384,7 +388,11 @@ async fn a_catch_up_is_read_page_by_page_as_the_client_takes_it() {
     };
     assert_eq!(seqs, (1..=missed).collect::<Vec<_>>());
     assert_eq!(u64::from(replayed), missed);
-    assert!(daemon.memory().peak <= bound, "{:?}, bound {bound}", daemon.memory());
+    assert!(
+        daemon.memory().peak <= bound,
+        "{:?}, bound {bound}",
+        daemon.memory()
+    );
     // Live again.
     alice.send_text(dm, missed + 1, "live").await;
     assert_eq!(bob.message().await.seq, Seq(missed + 1));

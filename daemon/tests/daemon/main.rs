@@ -137,7 +137,12 @@ pub fn spawn_chatd(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, So
         socket.local_addr().unwrap().port()
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+    (spawn_chatd_at(dir, addr, env), addr)
+}
+
+/// Like `spawn_chatd`, on a given address (a restart on the same port).
+pub fn spawn_chatd_at(dir: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
         .args([
             "run",
             "--listen",
@@ -152,6 +157,5 @@ pub fn spawn_chatd(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, So
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
-    (child, addr)
+        .unwrap()
 }
