@@ -53,6 +53,7 @@ pub(crate) struct Dial {
     pub(crate) client_name: String,
     pub(crate) device: chat_protocol::DeviceId,
     pub(crate) token: Option<String>,
+    pub(crate) token_source: Option<crate::TokenSource>,
 }
 
 impl Dial {
@@ -261,6 +262,14 @@ impl Driver {
     /// refused token, or `give_up_after` passed).
     async fn redial(&mut self) -> Option<Live> {
         let reconnect = self.reconnect.clone()?;
+        let expired = self
+            .goodbye
+            .borrow()
+            .as_ref()
+            .is_some_and(|g| g.code == GoodbyeCode::TOKEN_EXPIRED);
+        if expired && self.dial.token_source.is_some() && !self.renew_token().await {
+            return None;
+        }
         let started = Instant::now();
         let mut delay = reconnect.initial_delay;
         for attempt in 1u32.. {
@@ -290,6 +299,17 @@ impl Driver {
                     let _ = self.status.send(Status::Connected);
                     return Some(live);
                 }
+                Err(Error::Server {
+                    code: ErrorCode::TOKEN_EXPIRED,
+                    ..
+                }) if self.dial.token_source.is_some() => {
+                    // Renew the token and try again at once: nothing is lost meanwhile, the
+                    // resume carries the cursors.
+                    if !self.renew_token().await {
+                        return None;
+                    }
+                    continue;
+                }
                 Err(Error::Server { code, .. }) if fatal(code) => return None,
                 Err(_) => {}
             }
@@ -302,6 +322,23 @@ impl Driver {
             delay = (delay * 2).min(reconnect.max_delay);
         }
         None
+    }
+
+    /// Asks the token source for a fresh token; `false` when there is none or it failed.
+    async fn renew_token(&mut self) -> bool {
+        let Some(source) = self.dial.token_source.clone() else {
+            return false;
+        };
+        match source.fetch().await {
+            Ok(token) => {
+                self.dial.token = Some(token);
+                true
+            }
+            Err(e) => {
+                eprintln!("chat-sdk: cannot renew the access token: {e}");
+                false
+            }
+        }
     }
 
     /// The cursors to resume from: all of them, or the most advanced ones when there are

@@ -146,6 +146,11 @@ pub struct Options {
     pub device: DeviceId,
     /// An access token: hello authenticates with it. `None`: anonymous (register, log in).
     pub token: Option<String>,
+    /// Where a fresh token comes from (the app's backend) when the daemon ends the session
+    /// because its token expired (`Goodbye(TOKEN_EXPIRED)`), or refuses a reconnect's token
+    /// as expired: with `reconnect`, the client then reconnects with the new token and
+    /// resumes, losing nothing. `None`: an expired token ends the client.
+    pub token_source: Option<TokenSource>,
     /// Client software name sent in the hello.
     pub client_name: String,
     /// Reconnect automatically when the connection is lost (needs `token`). `None`: a lost
@@ -155,6 +160,48 @@ pub struct Options {
     /// the first hello resumes from them too, so what arrived while the program was not
     /// running is delivered first.
     pub cursor_file: Option<PathBuf>,
+    /// QUIC keep-alive: how often an otherwise idle connection sends a packet. It bounds how
+    /// long a client takes to notice a daemon that crashed and came back (the new process
+    /// answers that packet with a stateless reset, and the client reconnects and resumes):
+    /// 1 s by default. Each keep-alive is one small packet and its acknowledgement; an app
+    /// on a battery-powered or metered device may choose 10 to 25 s (NAT bindings usually
+    /// last 30 s).
+    pub keep_alive: Duration,
+    /// A connection from which nothing arrives for this long (not even the answers to its
+    /// keep-alives) is given up, and replaced with `reconnect`: how long a client takes to
+    /// notice a daemon that is down or unreachable. 10 s by default; the daemon's own limit
+    /// (`limits.idle_timeout_secs`) applies when it is lower. Longer than `keep_alive`.
+    pub idle_timeout: Duration,
+}
+
+/// Gives a fresh access token, or says why it cannot ([`Options::token_source`]): usually a
+/// call to the app's backend, which mints tokens with the daemon's secret.
+#[derive(Clone)]
+pub struct TokenSource(std::sync::Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+type TokenFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
+
+impl TokenSource {
+    /// A source that runs `fetch` for each new token.
+    pub fn new<F, Fut>(fetch: F) -> TokenSource
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+    {
+        TokenSource(std::sync::Arc::new(move || Box::pin(fetch())))
+    }
+
+    /// A fresh token, or why there is none.
+    pub(crate) async fn fetch(&self) -> Result<String, String> {
+        (self.0)().await
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
 }
 
 /// How to reconnect: exponential backoff from `initial_delay` to `max_delay`, each wait
@@ -208,9 +255,12 @@ impl Options {
             trust,
             device: DeviceId(random_u64()),
             token: None,
+            token_source: None,
             client_name: concat!("chat-sdk/", env!("CARGO_PKG_VERSION")).into(),
             reconnect: None,
             cursor_file: None,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -266,7 +316,23 @@ impl Client {
         .map_err(|e| Error::Config(format!("{e}")))?;
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| Error::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(trust::quic_client_config(&options.trust)?);
+        if options.keep_alive.is_zero() || options.keep_alive >= options.idle_timeout {
+            return Err(Error::Config(
+                "keep_alive must be above zero and below idle_timeout".into(),
+            ));
+        }
+        let mut config = trust::quic_client_config(&options.trust)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(options.keep_alive))
+            .max_idle_timeout(Some(
+                options
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|_| Error::Config("idle_timeout too large".into()))?,
+            ));
+        config.transport_config(std::sync::Arc::new(transport));
+        endpoint.set_default_client_config(config);
         let stored = match &options.cursor_file {
             Some(path) => driver::load_cursor_file(path)?,
             None => Vec::new(),
@@ -278,6 +344,7 @@ impl Client {
             client_name: options.client_name.clone(),
             device: options.device,
             token: options.token.clone(),
+            token_source: options.token_source.clone(),
         };
         let resume = (!stored.is_empty()).then(|| Resume {
             cursors: stored.clone(),

@@ -342,6 +342,15 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
     conn.goodbye(GoodbyeCode::NORMAL, "session stream closed");
 }
 
+/// When a session authenticated by a token expiring at `expires_at` (seconds since the
+/// epoch) must end, on this process's monotonic clock.
+fn token_expiry(expires_at: u64) -> Instant {
+    let left = expires_at.saturating_sub(crate::unix_now());
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(left))
+        .unwrap_or(now + Duration::from_secs(86_400 * 365))
+}
+
 fn close_code(code: GoodbyeCode) -> quinn::VarInt {
     quinn::VarInt::from_u32(u32::from(code.0))
 }
@@ -354,9 +363,22 @@ async fn read_loop(
 ) {
     let mut decoder = FrameDecoder::<ClientFrame>::new();
     loop {
-        let unauthenticated = conn.state.borrow().session.is_none();
+        let (unauthenticated, expiry) = {
+            let state = conn.state.borrow();
+            let expiry = state.session.as_ref().map(|s| token_expiry(s.expires_at));
+            (state.session.is_none(), expiry)
+        };
         let chunk = tokio::select! {
             chunk = recv.read_chunk(decoder.space(), true) => chunk,
+            () = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                conn.goodbye(GoodbyeCode::TOKEN_EXPIRED, "the session's token expired");
+                return;
+            }
             () = tokio::time::sleep_until(auth_deadline.into()), if unauthenticated => {
                 // The hello may have authenticated the connection after this wait began (the
                 // session is set when its lookup comes back): an idle client that sends

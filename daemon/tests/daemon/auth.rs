@@ -223,3 +223,40 @@ async fn an_idle_authenticated_connection_outlives_the_auth_timeout() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_with_token_expired_when_its_token_expires() {
+    let daemon = TestDaemon::start();
+    let keys =
+        chatd::token::Keys::load(&chatd::config::AuthConfig::default(), &daemon.dir).unwrap();
+    let now = chatd::unix_now();
+    let (mut client, session) = Client::login(
+        daemon.addr,
+        &daemon.cert,
+        &keys.mint("alice", now, now + 2),
+        1,
+    )
+    .await;
+    assert_eq!(session.expires_at, Timestamp((now + 2) * 1000));
+    assert!(matches!(
+        client.ok(Request::Ping).await,
+        Response::Pong { .. }
+    ));
+    // At the expiry the daemon says why and closes; the client need not do anything.
+    let goodbye = match client.next_frame().await {
+        Some(ServerFrame::Goodbye(goodbye)) => goodbye,
+        other => panic!("expected a goodbye, got {other:?}"),
+    };
+    assert_eq!(goodbye.code, GoodbyeCode::TOKEN_EXPIRED, "{goodbye:?}");
+    let closed = client.conn.closed().await;
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 6u32.into()),
+        "{closed:?}"
+    );
+    // A fresh token works again.
+    let (mut again, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    assert!(matches!(
+        again.ok(Request::Ping).await,
+        Response::Pong { .. }
+    ));
+}

@@ -199,3 +199,67 @@ async fn a_cursor_file_delivers_what_arrived_while_away() {
     bob.close().await;
     alice.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_renewed_from_the_token_source_and_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let daemon = TestDaemon::start();
+    let (_, bob_token) = register_alice_and_bob(&daemon).await;
+    let keys =
+        chatd::token::Keys::load(&chatd::config::AuthConfig::default(), daemon.path()).unwrap();
+    let now = chatd::unix_now();
+    // Alice starts with a token that expires in two seconds; her backend mints fresh ones.
+    let short = keys.mint("alice", now, now + 2);
+    let renewals = Arc::new(AtomicU32::new(0));
+    let source = {
+        let renewals = Arc::clone(&renewals);
+        chat_sdk::TokenSource::new(move || {
+            renewals.fetch_add(1, Ordering::SeqCst);
+            let now = chatd::unix_now();
+            let token = keys.mint("alice", now, now + 3600);
+            async move { Ok(token) }
+        })
+    };
+    let alice = Client::connect(&Options {
+        token_source: Some(source),
+        ..resilient(&daemon, short)
+    })
+    .await
+    .unwrap();
+    let bob = Client::connect(&resilient(&daemon, bob_token))
+        .await
+        .unwrap();
+    let dm = ConversationId::direct(alice.session().unwrap().user, bob.session().unwrap().user);
+    bob.send_text(dm, "before the expiry").await.unwrap();
+    // The daemon ends her session at the expiry; the client renews and comes back.
+    let mut status = alice.status_changes();
+    while !matches!(*status.borrow_and_update(), Status::Reconnecting { .. }) {
+        status.changed().await.unwrap();
+    }
+    // Bob sends while she may still be away.
+    bob.send_text(dm, "during the renewal").await.unwrap();
+    while *status.borrow_and_update() != Status::Connected {
+        status.changed().await.unwrap();
+    }
+    assert_eq!(renewals.load(Ordering::SeqCst), 1);
+    bob.send_text(dm, "after the renewal").await.unwrap();
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(20), alice.next_event()).await {
+            Ok(Some(Event::Message(m))) => bodies.push(String::from_utf8(m.body).unwrap()),
+            Ok(Some(_)) => {}
+            other => panic!("{other:?} after {bodies:?}"),
+        }
+    }
+    assert_eq!(
+        bodies,
+        [
+            "before the expiry",
+            "during the renewal",
+            "after the renewal"
+        ]
+    );
+    // Her new session lasts as long as the new token.
+    alice.send_text(dm, "still here").await.unwrap();
+}
