@@ -31,8 +31,6 @@ pub(crate) enum Command {
     /// Cursors of conversations seen for the first time (their heads at connect): kept unless
     /// an event already moved them further.
     Baseline(Vec<Cursor>),
-    /// The current cursors.
-    Cursors(oneshot::Sender<Vec<Cursor>>),
     /// Close the connection and stop; answered once the daemon has been told.
     Close(oneshot::Sender<()>),
 }
@@ -157,14 +155,75 @@ pub(crate) struct Driver {
     own: std::collections::VecDeque<(ConversationId, Seq)>,
     /// Users whose presence the application follows (answered `Presence` requests).
     followed: std::collections::BTreeSet<chat_protocol::UserId>,
-    /// The last sequence number handed to the application per conversation.
+    /// The last sequence number queued for the application per conversation: a resume of
+    /// this run asks for what follows, and entries at or before it are repeats.
     pub(crate) cursors: HashMap<ConversationId, Seq>,
     pub(crate) cursor_file: Option<PathBuf>,
+    /// What the application has taken: the cursors the cursor file keeps.
+    progress: std::sync::Arc<parking_lot::Mutex<Progress>>,
     /// The application fell [`crate::EVENT_BUFFER`] behind: events are dropped until it
     /// has read `Lagged`.
     lagged: bool,
-    cursors_changed: bool,
     next_id: u32,
+}
+
+/// What the application has taken from its event queue, per conversation: the cursors a
+/// cursor file keeps and [`crate::Client::cursors`] reports, so a later run resumes after
+/// what the application saw, not after what was queued for it (a program that stops
+/// reading, or reads only `--count` events, loses nothing). Shared by the driver and
+/// [`crate::Client::next_event`]; the lock is held for a map update, never across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    taken: HashMap<ConversationId, Seq>,
+    /// The first entry of each conversation that was dropped because the application's
+    /// queue was full (it got `Lagged` instead): saved cursors stay before it.
+    dropped: HashMap<ConversationId, Seq>,
+    changed: bool,
+}
+
+impl Progress {
+    /// Starts from cursors loaded from a cursor file.
+    pub(crate) fn from_cursors(cursors: &[Cursor]) -> Progress {
+        Progress {
+            taken: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
+            ..Progress::default()
+        }
+    }
+
+    /// The application took (or, for its own sends, already has) entry `seq`.
+    pub(crate) fn taken(&mut self, conversation: ConversationId, seq: Seq) {
+        let cursor = self.taken.entry(conversation).or_insert(seq);
+        *cursor = (*cursor).max(seq);
+        self.changed = true;
+    }
+
+    /// A conversation's head at the first connect: nothing before it is owed.
+    fn baseline(&mut self, conversation: ConversationId, seq: Seq) {
+        self.taken.entry(conversation).or_insert(seq);
+        self.changed = true;
+    }
+
+    fn dropped(&mut self, conversation: ConversationId, seq: Seq) {
+        self.dropped.entry(conversation).or_insert(seq);
+        self.changed = true;
+    }
+
+    /// The cursors to keep: what was taken, but before anything dropped.
+    pub(crate) fn cursors(&self) -> Vec<Cursor> {
+        let mut cursors: Vec<Cursor> = self
+            .taken
+            .iter()
+            .map(|(conversation, seq)| Cursor {
+                conversation: *conversation,
+                seq: match self.dropped.get(conversation) {
+                    Some(first) => (*seq).min(Seq(first.0.saturating_sub(1))),
+                    None => *seq,
+                },
+            })
+            .collect();
+        cursors.sort_by_key(|c| c.conversation);
+        cursors
+    }
 }
 
 impl Driver {
@@ -172,6 +231,7 @@ impl Driver {
         dial: Dial,
         options: &crate::Options,
         cursors: HashMap<ConversationId, Seq>,
+        progress: std::sync::Arc<parking_lot::Mutex<Progress>>,
         channels: Channels,
     ) -> Driver {
         Driver {
@@ -186,8 +246,8 @@ impl Driver {
             status: channels.status,
             cursors,
             cursor_file: options.cursor_file.clone(),
+            progress,
             lagged: false,
-            cursors_changed: false,
             next_id: 1,
         }
     }
@@ -399,13 +459,11 @@ impl Driver {
                         }
                     }
                     Some(Command::Baseline(cursors)) => {
+                        let mut progress = self.progress.lock();
                         for cursor in cursors {
                             self.cursors.entry(cursor.conversation).or_insert(cursor.seq);
+                            progress.baseline(cursor.conversation, cursor.seq);
                         }
-                        self.cursors_changed = true;
-                    }
-                    Some(Command::Cursors(reply)) => {
-                        let _ = reply.send(cursor_list(&self.cursors));
                     }
                     Some(Command::Close(done)) => {
                         return (Ended::ByClient(Some(done)), unanswered(pending));
@@ -523,16 +581,21 @@ impl Driver {
                 return;
             }
             *cursor = seq;
-            self.cursors_changed = true;
             if self.own.contains(&(conversation, seq)) {
-                return; // the application has the ack of its own message
+                // The application has the ack of its own message.
+                self.progress.lock().taken(conversation, seq);
+                return;
             }
         }
         if self.lagged && self.events.try_send(Event::Lagged).is_ok() {
             self.lagged = false;
         }
-        if !self.lagged && self.events.try_send(event).is_err() {
-            self.lagged = true;
+        if !self.lagged && self.events.try_send(event).is_ok() {
+            return;
+        }
+        self.lagged = true;
+        if let Some((conversation, seq)) = position {
+            self.progress.lock().dropped(conversation, seq);
         }
     }
 
@@ -541,12 +604,17 @@ impl Driver {
         let Some(path) = &self.cursor_file else {
             return;
         };
-        if !self.cursors_changed {
-            return;
-        }
-        match save_cursor_file(path, &cursor_list(&self.cursors)) {
-            Ok(()) => self.cursors_changed = false,
-            Err(e) => eprintln!("chat-sdk: cannot save cursors to {}: {e}", path.display()),
+        let cursors = {
+            let mut progress = self.progress.lock();
+            if !progress.changed {
+                return;
+            }
+            progress.changed = false;
+            progress.cursors()
+        };
+        if let Err(e) = save_cursor_file(path, &cursors) {
+            eprintln!("chat-sdk: cannot save cursors to {}: {e}", path.display());
+            self.progress.lock().changed = true; // try again at the next save
         }
     }
 }

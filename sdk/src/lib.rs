@@ -265,6 +265,16 @@ impl Options {
     }
 }
 
+/// The log position of an entry event (a message or a membership change).
+#[must_use]
+pub fn position(event: &Event) -> Option<(ConversationId, Seq)> {
+    match event {
+        Event::Message(m) => Some((m.conversation, m.seq)),
+        Event::Membership(m) => Some((m.conversation, m.seq)),
+        _ => None,
+    }
+}
+
 /// A random `u64` from the OS (device ids, op ids).
 #[must_use]
 pub fn random_u64() -> u64 {
@@ -285,6 +295,7 @@ fn getrandom(bytes: &mut [u8]) -> Result<(), rustls::Error> {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    progress: std::sync::Arc<parking_lot::Mutex<driver::Progress>>,
     hello: HelloOk,
     goodbye: watch::Receiver<Option<Goodbye>>,
     status: watch::Receiver<Status>,
@@ -356,10 +367,14 @@ impl Client {
         let (status_tx, status) = watch::channel(Status::Connected);
         let closing = std::sync::Arc::new(tokio::sync::Notify::new());
         let baseline = options.reconnect.is_some() && hello.session.is_some() && stored.is_empty();
+        let progress = std::sync::Arc::new(parking_lot::Mutex::new(
+            driver::Progress::from_cursors(&stored),
+        ));
         let driver = Driver::new(
             dial,
             options,
             stored.iter().map(|c| (c.conversation, c.seq)).collect(),
+            std::sync::Arc::clone(&progress),
             driver::Channels {
                 commands: command_rx,
                 closing: std::sync::Arc::clone(&closing),
@@ -372,6 +387,7 @@ impl Client {
         let client = Client {
             commands,
             events: tokio::sync::Mutex::new(events),
+            progress,
             hello,
             goodbye,
             status,
@@ -437,17 +453,12 @@ impl Client {
         self.status.clone()
     }
 
-    /// The per-conversation cursors: the last sequence number handed to the application.
-    ///
-    /// # Errors
-    /// [`Error::Closed`] once the client is closed.
-    pub async fn cursors(&self) -> Result<Vec<Cursor>, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Cursors(reply))
-            .await
-            .map_err(|_| Error::Closed(self.goodbye()))?;
-        answer.await.map_err(|_| Error::Closed(self.goodbye()))
+    /// The per-conversation cursors: the last sequence number the application has taken
+    /// with [`Client::next_event`] (or sent itself), and never past an entry it missed because
+    /// it fell behind (it got `Lagged`). What [`Options::cursor_file`] keeps.
+    #[must_use]
+    pub fn cursors(&self) -> Vec<Cursor> {
+        self.progress.lock().cursors()
     }
 
     /// Sends any request and waits for its response.
@@ -471,7 +482,25 @@ impl Client {
 
     /// The next event; `None` once the connection is closed and every event was read.
     pub async fn next_event(&self) -> Option<Event> {
+        let event = self.next_event_unmarked().await?;
+        if let Some((conversation, seq)) = position(&event) {
+            self.mark_handled(conversation, seq);
+        }
+        Some(event)
+    }
+
+    /// Like [`Client::next_event`], but the cursors do not move: the application says what
+    /// it has dealt with (shown, stored) with [`Client::mark_handled`], and the cursor file
+    /// keeps only that, so a program that skips or does not finish an event sees it again
+    /// in its next run.
+    pub async fn next_event_unmarked(&self) -> Option<Event> {
         self.events.lock().await.recv().await
+    }
+
+    /// The application has dealt with entry `seq` of `conversation` (and needs nothing
+    /// before it again): [`Client::cursors`] and the cursor file move to it.
+    pub fn mark_handled(&self, conversation: ConversationId, seq: Seq) {
+        self.progress.lock().taken(conversation, seq);
     }
 
     /// Closes the connection (code 0) and waits, briefly, until the daemon has been told.

@@ -585,7 +585,7 @@ impl App {
         let mut status = client.status_changes();
         loop {
             let event = tokio::select! {
-                event = client.next_event() => match event {
+                event = client.next_event_unmarked() => match event {
                     Some(event) => event,
                     None => break,
                 },
@@ -620,8 +620,13 @@ impl App {
                 None => String::new(),
             };
             let is_message = matches!(event, Event::Message(_));
+            let handled = chat_sdk::position(&event);
             self.print_event(client, &mut names, &label, event).await;
             let _ = std::io::stdout().flush();
+            // Only what was printed moves the saved cursors (`listen --resume`).
+            if let Some((conversation, seq)) = handled {
+                client.mark_handled(conversation, seq);
+            }
             if is_message {
                 messages += 1;
                 if count.is_some_and(|n| messages >= n) {
@@ -785,7 +790,7 @@ impl App {
                         ),
                     }
                 }
-                event = client.next_event() => {
+                event = client.next_event_unmarked() => {
                     let Some(event) = event else { break };
                     let relevant = match &event {
                         Event::Message(m) => m.conversation == conversation,
@@ -805,7 +810,11 @@ impl App {
                         Event::Message(m) if m.sender != saved.user => Some(m.seq),
                         _ => None,
                     };
+                    let handled = chat_sdk::position(&event);
                     self.print_event(&client, &mut names, target, event).await;
+                    if let Some((conversation, seq)) = handled {
+                        client.mark_handled(conversation, seq);
+                    }
                     if let Some(seq) = read {
                         let _ = client.mark(conversation, Marker::Read, seq).await;
                     }

@@ -174,3 +174,44 @@ fn two_users_chat_through_the_cli() {
     assert!(!output.status.success());
     assert!(Path::new(&daemon.path().join("bob/session.json")).exists());
 }
+
+#[test]
+fn listen_resume_saves_a_cursor_only_for_what_it_printed() {
+    let daemon = TestDaemon::start();
+    run(
+        &daemon,
+        "alice",
+        &["register", "alice", "--password", "correct horse"],
+    );
+    run(
+        &daemon,
+        "bob",
+        &["register", "bob", "--password", "battery staple"],
+    );
+    run(&daemon, "alice", &["room", "create", "general"]);
+    run(&daemon, "bob", &["room", "join", "general"]);
+    // Bob's first resume starts at the heads and saves them.
+    let listen = |count: &str| {
+        run(
+            &daemon,
+            "bob",
+            &[
+                "listen",
+                "#general",
+                "--resume",
+                "--count",
+                count,
+                "--timeout",
+                "60",
+            ],
+        )
+    };
+    listen("0");
+    let sent: Vec<String> = (1..=3).map(|n| format!("while away {n}")).collect();
+    for text in &sent {
+        run(&daemon, "alice", &["send", "#general", text]);
+    }
+    // One printed, so only it is behind the saved cursor: the next run shows the other two.
+    assert_eq!(bodies(&listen("1")), sent[..1]);
+    assert_eq!(bodies(&listen("2")), sent[1..]);
+}

@@ -141,7 +141,7 @@ async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
             .expect("bob's client closed");
         presence_after_restart = matches!(event, Event::Presence(p) if p.user == alice_id);
     }
-    let cursors = bob.cursors().await.unwrap();
+    let cursors = bob.cursors();
     assert_eq!(
         cursors,
         vec![Cursor {
