@@ -43,8 +43,12 @@ start_server() {
   port="$(free_port)"
   if [ "$target" = chatd ]; then
     # The per-user send rate limit (20/s by default) would cap senders long before the
-    # engine: lifted, so the benchmarks measure the daemon, not its policy.
+    # engine, and every simulated client comes from 127.0.0.1 (one address, beyond the
+    # per-address cap and the Retry threshold for handshake floods): lifted, so the
+    # benchmarks measure the daemon, not its policy.
     env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
+      CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
+      CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 \
       CHATD_LOG='warn,chatd::server=info' "$@" \
       "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
       >"$server_dir.log" 2>&1 &

@@ -190,6 +190,16 @@ pub struct LimitsConfig {
     pub keep_alive_secs: u64,
     /// Connections one shard accepts.
     pub max_connections_per_shard: usize,
+    /// Connections in their handshake or not yet authenticated, in the whole daemon; beyond
+    /// it new connections are refused.
+    pub max_unauthenticated: usize,
+    /// Beyond this many unauthenticated connections, a new connection must first prove its
+    /// source address with a QUIC Retry (one round trip more); 0: always.
+    pub retry_above: usize,
+    /// Connections from one IP address that one shard accepts (the kernel spreads an
+    /// address's connections over the shards, so an address holds at most this many times
+    /// the shard count).
+    pub max_connections_per_address: usize,
     /// Users one connection may follow the presence of.
     pub max_presence_subscriptions: usize,
     /// Least time between two presence events about the same user, in milliseconds; changes
@@ -260,6 +270,9 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 60,
             keep_alive_secs: 15,
             max_connections_per_shard: 100_000,
+            max_unauthenticated: 10_000,
+            retry_above: 1_000,
+            max_connections_per_address: 1_000,
             max_presence_subscriptions: 1_024,
             presence_interval_ms: 1_000,
             connection_memory: 4 << 20,
@@ -461,6 +474,14 @@ impl Config {
         check(
             limits.max_connections_per_shard >= 1,
             "limits.max_connections_per_shard must be at least 1",
+        );
+        check(
+            limits.max_unauthenticated >= 1,
+            "limits.max_unauthenticated must be at least 1",
+        );
+        check(
+            limits.max_connections_per_address >= 1,
+            "limits.max_connections_per_address must be at least 1",
         );
         let bridge = &self.bridge;
         check(

@@ -59,6 +59,17 @@ pub struct MemoryUse {
     pub limit: usize,
 }
 
+/// A reading of the daemon's admission counters ([`Daemon::admission`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Connections in their handshake or not yet authenticated.
+    pub unauthenticated: usize,
+    /// New connections refused since start.
+    pub refused: u64,
+    /// QUIC Retries sent since start.
+    pub retries: u64,
+}
+
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
@@ -160,6 +171,9 @@ impl Daemon {
             event_queue_peak: (0..shard_count)
                 .map(|_| std::sync::atomic::AtomicUsize::new(0))
                 .collect(),
+            unauthenticated: std::sync::atomic::AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             memory: crate::budget::Budget::new(match config.limits.daemon_memory {
                 0 => crate::budget::default_daemon_memory(),
                 bytes => bytes,
@@ -277,6 +291,17 @@ impl Daemon {
             used: self.shared.memory.used(),
             peak: self.shared.memory.peak(),
             limit: self.shared.memory.limit(),
+        }
+    }
+
+    /// Connections now in their handshake or not yet authenticated; new connections refused
+    /// so far; QUIC Retries sent so far.
+    #[must_use]
+    pub fn admission(&self) -> Admission {
+        Admission {
+            unauthenticated: self.shared.unauthenticated.load(Ordering::Acquire),
+            refused: self.shared.refused.load(Ordering::Relaxed),
+            retries: self.shared.retries.load(Ordering::Relaxed),
         }
     }
 

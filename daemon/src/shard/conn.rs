@@ -41,6 +41,8 @@ pub(crate) struct Connections {
     next: u64,
     max: usize,
     map: HashMap<ConnId, Rc<Conn>>,
+    /// Connections (from their first packet on) per source address.
+    per_address: HashMap<std::net::IpAddr, usize>,
     shutdown_started: Option<Instant>,
 }
 
@@ -50,8 +52,51 @@ impl Connections {
             next: 1,
             max,
             map: HashMap::new(),
+            per_address: HashMap::new(),
             shutdown_started: None,
         }
+    }
+
+    fn address_left(&mut self, ip: std::net::IpAddr) {
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Counts a connection in the daemon's unauthenticated connections from its first packet
+/// until it authenticates ([`Unauthenticated::done`]) or ends.
+struct Unauthenticated {
+    shared: Arc<super::Shared>,
+    counted: std::cell::Cell<bool>,
+}
+
+impl Unauthenticated {
+    fn new(shared: &Arc<super::Shared>) -> Unauthenticated {
+        shared
+            .unauthenticated
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Unauthenticated {
+            shared: Arc::clone(shared),
+            counted: std::cell::Cell::new(true),
+        }
+    }
+
+    fn done(&self) {
+        if self.counted.replace(false) {
+            self.shared
+                .unauthenticated
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -70,6 +115,8 @@ struct Conn {
     id: ConnId,
     quic: quinn::Connection,
     shared: Arc<super::Shared>,
+    /// Counted among the unauthenticated connections until the session is set.
+    unauthenticated: Unauthenticated,
     /// The budget shared by the user's connections, from the user's registry shard soon
     /// after authentication.
     user: RefCell<Option<Arc<UserBudget>>>,
@@ -267,26 +314,64 @@ fn get(shard: &Shard, conn: ConnId) -> Option<Rc<Conn>> {
 }
 
 /// Accepts connections until the endpoint closes.
+///
+/// A new connection is refused while the shard is full, the daemon's memory budget cannot
+/// take another connection, the daemon has `max_unauthenticated` connections that have not
+/// authenticated, or its address has `max_connections_per_address` on this shard. Beyond
+/// `retry_above` unauthenticated connections, it must first prove its address (QUIC Retry),
+/// so a flood from spoofed addresses costs a stateless packet each, no handshake.
 pub(crate) async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
+    let limits = &shard.shared.config.limits;
     while let Some(incoming) = endpoint.accept().await {
+        let ip = incoming.remote_address().ip();
+        let unauthenticated = shard
+            .shared
+            .unauthenticated
+            .load(std::sync::atomic::Ordering::Acquire);
         let conns = shard.conns.borrow();
         if conns.shutdown_started.is_some()
             || conns.map.len() >= conns.max
             || !shard.shared.memory.fits(CONNECTION_COST)
+            || unauthenticated >= limits.max_unauthenticated
+            || conns.per_address.get(&ip).copied().unwrap_or(0)
+                >= limits.max_connections_per_address
         {
             drop(conns);
+            shard
+                .shared
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             incoming.refuse();
             continue;
         }
         drop(conns);
-        spawn_local(serve(Rc::clone(&shard), incoming));
+        if unauthenticated >= limits.retry_above && incoming.may_retry() {
+            shard
+                .shared
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Fails only for an incoming that was validated already (may_retry said no).
+            let _ = incoming.retry();
+            continue;
+        }
+        *shard.conns.borrow_mut().per_address.entry(ip).or_insert(0) += 1;
+        let unauthenticated = Unauthenticated::new(&shard.shared);
+        spawn_local(serve(Rc::clone(&shard), incoming, ip, unauthenticated));
     }
 }
 
-async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
+async fn serve(
+    shard: Rc<Shard>,
+    incoming: quinn::Incoming,
+    ip: std::net::IpAddr,
+    unauthenticated: Unauthenticated,
+) {
     let quic = match incoming.await {
         Ok(quic) => quic,
-        Err(e) => return tracing::debug!(error = %e, "handshake failed"),
+        Err(e) => {
+            shard.conns.borrow_mut().address_left(ip);
+            return tracing::debug!(error = %e, "handshake failed");
+        }
     };
     let id = {
         let mut conns = shard.conns.borrow_mut();
@@ -298,6 +383,7 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
         id,
         quic: quic.clone(),
         shared: Arc::clone(&shard.shared),
+        unauthenticated,
         user: RefCell::new(None),
         state: RefCell::default(),
         out: RefCell::default(),
@@ -321,7 +407,12 @@ async fn serve(shard: Rc<Shard>, incoming: quinn::Incoming) {
             quic.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream");
         }
     }
-    shard.conns.borrow_mut().map.remove(&id);
+    {
+        let mut conns = shard.conns.borrow_mut();
+        conns.map.remove(&id);
+        conns.address_left(ip);
+    }
+    conn.unauthenticated.done();
     shard.shared.connections[shard.id].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     shard.shared.memory.release(CONNECTION_COST);
     let session = conn.session();
@@ -700,6 +791,7 @@ pub(crate) fn authenticated(
                 }),
             );
             conn.state.borrow_mut().session = Some(auth);
+            conn.unauthenticated.done();
             match request {
                 None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
                 Some(id) => reply(shard, conn_id, id, response(id, Response::Session(session))),

@@ -162,6 +162,12 @@ pub(crate) struct Shared {
     pub(crate) heartbeats: Vec<AtomicU64>,
     /// Per shard: open connections.
     pub(crate) connections: Vec<std::sync::atomic::AtomicUsize>,
+    /// Connections in their handshake or not yet authenticated, daemon-wide.
+    pub(crate) unauthenticated: std::sync::atomic::AtomicUsize,
+    /// New connections refused (full, over budget, too many unauthenticated or from one
+    /// address), and sent a QUIC Retry.
+    pub(crate) refused: AtomicU64,
+    pub(crate) retries: AtomicU64,
     /// Bytes held by every connection's queues plus a fixed cost per connection, against
     /// `limits.daemon_memory` ([`crate::budget`]).
     pub(crate) memory: crate::budget::Budget,

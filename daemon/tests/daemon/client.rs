@@ -97,6 +97,26 @@ impl Client {
         (client, session)
     }
 
+    /// A client on a connection whose session stream is open (no hello yet); the caller keeps
+    /// the connection's endpoint alive.
+    pub fn from_streams(
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Client {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        Client {
+            conn,
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            other: VecDeque::new(),
+            _endpoint: endpoint,
+        }
+    }
+
     /// Closes the connection and waits until the daemon was told.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");

@@ -397,3 +397,80 @@ async fn a_catch_up_is_read_page_by_page_as_the_client_takes_it() {
     alice.send_text(dm, missed + 1, "live").await;
     assert_eq!(bob.message().await.seq, Seq(missed + 1));
 }
+
+/// A QUIC connection with no session stream yet (a silent client), on its own endpoint.
+async fn quic_connect(
+    daemon: &TestDaemon,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(crate::client::client_config(&daemon.cert));
+    let conn = endpoint.connect(daemon.addr, "localhost").unwrap().await?;
+    Ok((endpoint, conn))
+}
+
+fn refused(result: Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError>) -> bool {
+    matches!(
+        result,
+        Err(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
+/// Waits (at most `WAIT`) until the daemon counts `n` unauthenticated connections.
+async fn unauthenticated_until(daemon: &TestDaemon, n: usize) {
+    let deadline = tokio::time::Instant::now() + crate::client::WAIT;
+    while daemon.admission().unauthenticated != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}, waiting for {n}",
+            daemon.admission()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_and_one_address_cannot_take_every_slot() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.shards = 1;
+        c.limits.max_unauthenticated = 2;
+        c.limits.max_connections_per_address = 3;
+    });
+    // Two silent connections fill the unauthenticated slots: a third is refused.
+    let _silent = quic_connect(&daemon).await.unwrap();
+    let (_endpoint, waiting) = quic_connect(&daemon).await.unwrap();
+    unauthenticated_until(&daemon, 2).await;
+    assert!(refused(quic_connect(&daemon).await));
+    // Once one authenticates, its slot is free again.
+    let (send, recv) = waiting.open_bi().await.unwrap();
+    let mut alice = crate::client::Client::from_streams(waiting, send, recv);
+    alice
+        .hello(Some(&daemon.token("alice")), 1)
+        .await
+        .session
+        .unwrap();
+    unauthenticated_until(&daemon, 1).await;
+    let (mut bob, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
+    unauthenticated_until(&daemon, 1).await;
+    // The address now holds three connections (silent, alice, bob): the fourth is refused,
+    // authenticated or not, while the connections it has keep working.
+    assert!(refused(quic_connect(&daemon).await));
+    assert_eq!(daemon.admission().refused, 2);
+    assert!(matches!(bob.ok(Request::Ping).await, Response::Pong { .. }));
+    assert!(matches!(
+        alice.ok(Request::Ping).await,
+        Response::Pong { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_retry_threshold_a_client_proves_its_address_and_gets_in() {
+    let daemon = TestDaemon::start_with(|c| c.limits.retry_above = 0);
+    let (mut alice, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    assert!(matches!(
+        alice.ok(Request::Ping).await,
+        Response::Pong { .. }
+    ));
+    assert_eq!(daemon.admission().retries, 1);
+    assert_eq!(daemon.admission().refused, 0);
+}

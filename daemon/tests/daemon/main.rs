@@ -105,6 +105,10 @@ impl TestDaemon {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    pub fn admission(&self) -> chatd::server::Admission {
+        self.daemon.as_ref().unwrap().admission()
+    }
+
     pub fn memory(&self) -> chatd::server::MemoryUse {
         self.daemon.as_ref().unwrap().memory()
     }
