@@ -41,9 +41,43 @@ pub(crate) const REPLAY_RESERVATION: usize =
 /// (at most 512 bytes), sessions, acks, room infos.
 const SMALL_REPLY: usize = 1024;
 
-/// An upper bound of the encoded answer to `request` (bodies at the protocol's ceiling, as
-/// above); reserved from the budgets when the request is read.
+/// What reading `request` reserves from the budgets: an upper bound of its encoded answer
+/// (bodies at the protocol's ceiling, as above) plus the request's own memory while it is on
+/// its way (its collections and strings; a collection beyond its limit is refused at once).
 pub(crate) fn reply_reservation(request: &Request) -> usize {
+    answer_bound(request) + request_size(request)
+}
+
+/// The request's own heap memory, roughly: what it holds while it waits for the read pool or
+/// a conversation's owner.
+fn request_size(request: &Request) -> usize {
+    match request {
+        Request::Send(message) => message.body.len(),
+        Request::LookupUsers(users) => users
+            .iter()
+            .map(|u| match u {
+                chat_protocol::UserRef::Id(_) => 32,
+                chat_protocol::UserRef::Name(name) => 32 + name.len(),
+            })
+            .sum(),
+        Request::Presence {
+            subscribe,
+            unsubscribe,
+        } => 8 * (subscribe.len() + unsubscribe.len()),
+        Request::Sync(resume) => 32 * resume.cursors.len(),
+        Request::Register { name, password } | Request::Login { name, password } => {
+            name.len() + password.len()
+        }
+        Request::Authenticate(auth) => {
+            auth.token.len() + auth.resume.as_ref().map_or(0, |r| 32 * r.cursors.len())
+        }
+        Request::CreateRoom { name, .. } | Request::FindRoom { name } => name.len(),
+        _ => 0,
+    }
+}
+
+/// An upper bound of the encoded answer to `request`.
+fn answer_bound(request: &Request) -> usize {
     let max_body = chat_protocol::limits::MAX_BODY;
     let items = |n: usize, each: usize| SMALL_REPLY + n * each;
     match request {
@@ -213,6 +247,9 @@ mod tests {
         // A short page reserves less, so pipelined small reads are not held back.
         assert!(reply_reservation(&query(1)) < full / 50);
         assert_eq!(reply_reservation(&Request::Ping), SMALL_REPLY);
+        // A request's own memory counts too.
+        let lookup = Request::LookupUsers(vec![chat_protocol::UserRef::Name("a".repeat(30)); 10]);
+        assert_eq!(reply_reservation(&lookup), SMALL_REPLY + 10 * 64 + 10 * 62);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! Decoding always runs with a limit: bincode charges every container against it *before*
 //! allocating (`length × size_of::<T>()`), so a length prefix that claims more than the
-//! limit fails without allocating. The limit passed here is the frame limit of the direction.
+//! limit fails without allocating. The limit passed here is the decode limit of the direction
+//! (`limits::MAX_CLIENT_DECODE` for client frames, `limits::MAX_SERVER_FRAME` for server ones).
 
 use bincode::config::{self, Configuration, LittleEndian, Varint};
 use bincode::enc::write::Writer;
@@ -48,7 +49,7 @@ pub(crate) fn decode_value<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> R
         bincode::decode_from_slice::<T, _>(bytes, body_config::<LIMIT>()).map_err(|e| match e {
             RawDecodeError::UnexpectedEnd { .. } => "body ends before the value does".to_owned(),
             RawDecodeError::LimitExceeded => {
-                "body claims more memory than the frame limit allows".to_owned()
+                "body claims more memory than the decode limit allows".to_owned()
             }
             other => other.to_string(),
         })?;

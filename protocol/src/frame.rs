@@ -16,7 +16,7 @@
 
 use crate::client::ClientFrame;
 use crate::codec;
-use crate::limits::{MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
+use crate::limits::{MAX_CLIENT_DECODE, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use crate::server::ServerFrame;
 
 /// The protocol version this crate speaks and writes into every frame header.
@@ -104,7 +104,7 @@ impl Frame for ClientFrame {
     }
 
     fn decode_body(body: &[u8]) -> Result<Self, String> {
-        codec::decode_value::<Self, MAX_CLIENT_FRAME>(body)
+        codec::decode_value::<Self, MAX_CLIENT_DECODE>(body)
     }
 }
 

@@ -2,12 +2,22 @@
 //!
 //! The daemon may configure tighter limits (it announces its own in `HelloOk::limits`) but
 //! never looser ones. Frame limits are enforced by the decoder before it allocates; the
-//! field limits below are checked by the daemon, which answers a violation with a typed
-//! error (`INVALID_REQUEST`, `BODY_TOO_LARGE`, ...) and keeps the connection.
+//! field and collection limits below are checked by the daemon once the frame is decoded,
+//! which answers a violation with a typed error (`INVALID_REQUEST`, `BODY_TOO_LARGE`, ...)
+//! and keeps the connection. Every client frame within [`MAX_CLIENT_FRAME`] decodes, however
+//! its bytes are spent (a collection of many small elements included): the decode memory
+//! bound [`MAX_CLIENT_DECODE`] covers the largest in-memory size such a frame can have.
 
 /// Largest frame a client may send (length prefix value: version byte + body).
 /// Client frames are small; the largest is a send with a maximal body.
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+/// The most memory a decoder may reserve for one client frame's value. Every element of a
+/// client frame's collections takes at least one byte on the wire and at most 32 bytes in
+/// memory (the largest, a `Cursor` or a `UserRef`, is 32 bytes; see the tests), so any frame
+/// within [`MAX_CLIENT_FRAME`] fits, and a length prefix claiming more fails before
+/// allocating.
+pub const MAX_CLIENT_DECODE: usize = 32 * MAX_CLIENT_FRAME;
 
 /// Largest frame the daemon may send. Sized for a history page of [`MAX_PAGE`] entries with
 /// bodies of [`MAX_BODY`] bytes each.

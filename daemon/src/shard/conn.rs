@@ -713,6 +713,18 @@ async fn datagram_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
 }
 
 fn hello_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, hello: Hello) -> bool {
+    if hello.client.len() > chat_protocol::limits::MAX_CLIENT_NAME {
+        conn.push(
+            encode(&error_frame(
+                None,
+                ErrorCode::INVALID_REQUEST,
+                "Hello.client is longer than 64 bytes",
+            )),
+            Kind::Control,
+        );
+        conn.goodbye(GoodbyeCode::PROTOCOL_VIOLATION, "invalid hello");
+        return false;
+    }
     let ours = crate::PROTOCOL_VERSIONS;
     if hello.versions.min > ours.max
         || hello.versions.max < ours.min

@@ -100,3 +100,68 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
     );
     assert_eq!(alice.send_text(dm, 3, "and still").await.seq, Seq(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_collections_get_invalid_request_and_the_connection_goes_on() {
+    let daemon = TestDaemon::start();
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    let notes = ConversationId::Notes(a.user);
+    // Each within the frame limit (a few KB), each beyond its collection's limit.
+    let cursors = (0..2_049)
+        .map(|_| Cursor {
+            conversation: notes,
+            seq: Seq(0),
+        })
+        .collect();
+    let oversize = [
+        Request::Sync(Resume { cursors }),
+        Request::LookupUsers(vec![UserRef::Id(a.user); 4_000]),
+        Request::Presence {
+            subscribe: vec![a.user; 8_200],
+            unsubscribe: Vec::new(),
+        },
+    ];
+    for request in oversize {
+        let what = format!("{:.40}", format!("{request:?}"));
+        let error = alice.request(request).await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::INVALID_REQUEST, "{what}: {error:?}");
+    }
+    // At the limits they are taken.
+    let cursors = (0..1_024)
+        .map(|_| Cursor {
+            conversation: notes,
+            seq: Seq(0),
+        })
+        .collect();
+    assert!(matches!(
+        alice.ok(Request::Sync(Resume { cursors })).await,
+        Response::Ok
+    ));
+    assert!(matches!(
+        alice
+            .ok(Request::LookupUsers(vec![UserRef::Id(a.user); 256]))
+            .await,
+        Response::Users(users) if users.len() == 256
+    ));
+    assert!(matches!(
+        alice.ok(Request::Ping).await,
+        Response::Pong { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_an_oversize_client_name_is_refused() {
+    let daemon = TestDaemon::start();
+    let mut client = Client::connect(daemon.addr, &daemon.cert).await;
+    client
+        .write(&ClientFrame::Hello(Hello {
+            versions: SUPPORTED_VERSIONS,
+            client: "x".repeat(65),
+            device: DeviceId(1),
+            auth: None,
+        }))
+        .await;
+    let (errors, goodbyes) = drain(&mut client).await;
+    assert_eq!(errors, [ErrorCode::INVALID_REQUEST]);
+    assert_eq!(goodbyes, [GoodbyeCode::PROTOCOL_VIOLATION]);
+}

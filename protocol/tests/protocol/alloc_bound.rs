@@ -1,4 +1,6 @@
-//! Decoding never allocates more than the frame limit of its direction, whatever the input.
+//! Decoding never allocates more than the decode limit of its direction, whatever the input,
+//! and every client frame within the frame limit decodes (collection limits are the
+//! daemon's to answer, with a typed error).
 //!
 //! A counting global allocator records, per thread, the bytes requested while a decode
 //! runs. Adversarial inputs (length prefixes inside the body that claim huge containers)
@@ -7,8 +9,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use chat_protocol::limits::{MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
-use chat_protocol::{ClientFrame, DecodeError, Frame, PROTOCOL_VERSION, ServerFrame, decode_frame};
+use chat_protocol::limits::{MAX_CLIENT_DECODE, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
+use chat_protocol::{
+    ClientFrame, ConversationId, Cursor, DecodeError, Frame, PROTOCOL_VERSION, Request, RequestId,
+    Resume, RoomId, Seq, ServerFrame, UserId, UserRef, decode_frame, encode_frame_to_vec,
+};
 use proptest::prelude::*;
 
 struct Counting;
@@ -117,7 +122,7 @@ fn hostile_container_lengths_stay_within_the_limit() {
                 "len {len}: a body without its contents must not decode"
             );
             assert!(
-                bytes <= MAX_CLIENT_FRAME,
+                bytes <= MAX_CLIENT_DECODE,
                 "len {len}: client decode allocated {bytes} bytes"
             );
         }
@@ -158,8 +163,70 @@ proptest! {
     fn random_bodies_stay_within_the_limit(body in prop::collection::vec(any::<u8>(), 0..2048)) {
         let frame = framed(&body);
         let (bytes, _) = requested_by_decode::<ClientFrame>(&frame);
-        prop_assert!(bytes <= MAX_CLIENT_FRAME, "client decode allocated {}", bytes);
+        prop_assert!(bytes <= MAX_CLIENT_DECODE, "client decode allocated {}", bytes);
         let (bytes, _) = requested_by_decode::<ServerFrame>(&frame);
         prop_assert!(bytes <= MAX_SERVER_FRAME, "server decode allocated {}", bytes);
+    }
+}
+
+#[test]
+fn collection_elements_take_at_most_32_bytes_in_memory() {
+    // What MAX_CLIENT_DECODE = 32 x MAX_CLIENT_FRAME rests on: each element of a client
+    // frame's collections takes at least one byte on the wire and at most this in memory.
+    assert!(std::mem::size_of::<Cursor>() <= 32);
+    assert!(std::mem::size_of::<UserRef>() <= 32);
+    assert!(std::mem::size_of::<UserId>() <= 32);
+}
+
+/// The largest `n` for which `make(n)` encodes within the client frame limit.
+fn largest_within_the_frame_limit(make: impl Fn(usize) -> ClientFrame) -> (usize, Vec<u8>) {
+    let (mut low, mut high) = (1usize, MAX_CLIENT_FRAME);
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        match encode_frame_to_vec(&make(mid)) {
+            Ok(bytes) if bytes.len() <= MAX_CLIENT_FRAME + 4 => low = mid,
+            _ => high = mid - 1,
+        }
+    }
+    (low, encode_frame_to_vec(&make(low)).unwrap())
+}
+
+#[test]
+fn every_client_frame_within_the_frame_limit_decodes() {
+    // The smallest elements, as many as fit: far beyond each collection's limit, yet the
+    // frame decodes, so the daemon can answer with a typed error and keep the connection.
+    let cursors = |n: usize| ClientFrame::Request {
+        id: RequestId(1),
+        request: Request::Sync(Resume {
+            cursors: (0..n)
+                .map(|_| Cursor {
+                    conversation: ConversationId::Room(RoomId(1)),
+                    seq: Seq(1),
+                })
+                .collect(),
+        }),
+    };
+    let lookups = |n: usize| ClientFrame::Request {
+        id: RequestId(1),
+        request: Request::LookupUsers((0..n).map(|_| UserRef::Name(String::new())).collect()),
+    };
+    let presence = |n: usize| ClientFrame::Request {
+        id: RequestId(1),
+        request: Request::Presence {
+            subscribe: vec![UserId(1); n],
+            unsubscribe: Vec::new(),
+        },
+    };
+    for (what, make) in [
+        ("cursors", &cursors as &dyn Fn(usize) -> ClientFrame),
+        ("lookups", &lookups),
+        ("presence", &presence),
+    ] {
+        let (n, bytes) = largest_within_the_frame_limit(make);
+        assert!(n > 10_000, "{what}: only {n} fit");
+        let (allocated, result) = requested_by_decode::<ClientFrame>(&bytes);
+        assert!(result.is_ok(), "{what} x {n}: {result:?}");
+        assert!(allocated <= MAX_CLIENT_DECODE, "{what}: {allocated} bytes");
+        assert_eq!(decode_frame::<ClientFrame>(&bytes).unwrap().0, make(n));
     }
 }

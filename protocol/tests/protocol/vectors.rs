@@ -307,6 +307,27 @@ fn vectors() -> Vec<Vector> {
                 expires_in_ms: limits::TYPING_TTL_MS,
             })),
         ),
+        // Edge cases: the longest client name, and one user more than a presence change may
+        // name (it decodes; the daemon answers INVALID_REQUEST).
+        Client(
+            "hello-client-64",
+            ClientFrame::Hello(Hello {
+                versions: SUPPORTED_VERSIONS,
+                client: "c".repeat(limits::MAX_CLIENT_NAME),
+                device: DEVICE,
+                auth: None,
+            }),
+        ),
+        Client(
+            "presence-257",
+            request(
+                8,
+                Request::Presence {
+                    subscribe: vec![BOB; limits::MAX_USERS_PER_REQUEST + 1],
+                    unsubscribe: Vec::new(),
+                },
+            ),
+        ),
     ]
 }
 
