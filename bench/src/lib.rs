@@ -2,7 +2,9 @@
 //!
 //! Builds the representative frames the benchmarks measure, so every benchmark (and anyone
 //! reproducing a number from `bench/RESULTS.md`) uses the same inputs. The benchmarks
-//! themselves are under `benches/`; scenario scripts and the QUIC relay floor will join them.
+//! themselves are under `benches/`, the scenario scripts beside this crate (`bench/*.sh`),
+//! and the binaries in `src/bin/`: `relay` (the QUIC floor), `bridge` (AMQP bridge
+//! throughput) and `nonreader` (memory that clients which never read can pin).
 
 #![forbid(unsafe_code)]
 

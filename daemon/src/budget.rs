@@ -37,6 +37,23 @@ pub(crate) const REPLAY_PAGE: usize = 256 * 1024;
 pub(crate) const REPLAY_RESERVATION: usize =
     REPLAY_PAGE + REPLAY_CHUNK * (chat_protocol::limits::MAX_BODY + ENTRY_OVERHEAD);
 
+/// What a queued frame is charged: its length, and for a large frame its length rounded up
+/// to 64 KiB, what the allocator (mimalloc) actually holds for a block that size. The same
+/// function charges and releases a frame.
+pub(crate) fn cost(frame: &bytes::Bytes) -> usize {
+    allocated(frame.len())
+}
+
+/// The memory a block of `len` bytes takes: large blocks in whole 64 KiB granules.
+fn allocated(len: usize) -> usize {
+    const GRANULE: usize = 64 * 1024;
+    if len < GRANULE {
+        len
+    } else {
+        len.div_ceil(GRANULE) * GRANULE
+    }
+}
+
 /// Bytes of every answer that carries no list: errors (reason at most 256 bytes), tokens
 /// (at most 512 bytes), sessions, acks, room infos.
 const SMALL_REPLY: usize = 1024;
@@ -45,7 +62,7 @@ const SMALL_REPLY: usize = 1024;
 /// (bodies at the protocol's ceiling, as above) plus the request's own memory while it is on
 /// its way (its collections and strings; a collection beyond its limit is refused at once).
 pub(crate) fn reply_reservation(request: &Request) -> usize {
-    answer_bound(request) + request_size(request)
+    allocated(answer_bound(request)) + request_size(request)
 }
 
 /// The request's own heap memory, roughly: what it holds while it waits for the read pool or
@@ -243,6 +260,8 @@ mod tests {
         };
         let full = reply_reservation(&query(100));
         assert!(full >= 100 * (16 * 1024 + ENTRY_OVERHEAD));
+        // As charged: in whole 64 KiB granules, like any large frame.
+        assert_eq!(full % (64 * 1024), 0);
         assert!(full <= chat_protocol::limits::MAX_SERVER_FRAME);
         // A short page reserves less, so pipelined small reads are not held back.
         assert!(reply_reservation(&query(1)) < full / 50);

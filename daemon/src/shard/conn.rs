@@ -179,7 +179,7 @@ impl Conn {
         if self.out.borrow().closing.is_some() {
             return;
         }
-        self.charge(frame.len());
+        self.charge(budget::cost(&frame));
         self.enqueue(frame, kind);
     }
 
@@ -300,7 +300,7 @@ impl Conn {
             reason: reason.to_owned(),
         }));
         if self.out.borrow().closing.is_none() {
-            self.charge(frame.len());
+            self.charge(budget::cost(&frame));
             let mut out = self.out.borrow_mut();
             out.frames.push_back((frame, Kind::Control));
             out.closing = Some(code);
@@ -1390,7 +1390,7 @@ pub(crate) fn replay(
                 // Newer than the device has: later pushes of the conversation are too.
                 last.remove(&c);
                 if conn.out.borrow().events >= limit {
-                    conn.release(frame.len());
+                    conn.release(budget::cost(&frame));
                     conn.lag();
                     break;
                 }
@@ -1398,12 +1398,12 @@ pub(crate) fn replay(
                 conn.enqueue(frame, Kind::Event);
                 record_event_peak(shard, &conn);
             } else {
-                conn.release(frame.len());
+                conn.release(budget::cost(&frame));
             }
         }
     }
     // What is left was not sent (the connection lags): its bytes go back.
-    conn.release(held.map(|(_, frame)| frame.len()).sum());
+    conn.release(held.map(|(_, frame)| budget::cost(&frame)).sum());
     conn.state.borrow_mut().caught_up_to = last;
     conn.push(
         encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
@@ -1448,7 +1448,7 @@ pub(crate) fn reply(shard: &Shard, conn: ConnId, request: RequestId, frame: Byte
             None => 0,
         }
     };
-    let len = frame.len();
+    let len = budget::cost(&frame);
     if len > reserved {
         // Reservations are upper bounds; this would be a bug in one of them.
         debug_assert!(
@@ -1492,7 +1492,7 @@ pub(crate) fn deliver(
             if let Some(held) = state.catching_up.as_mut() {
                 if held.len() < limit {
                     drop(state);
-                    if conn.try_charge(frame.len()) {
+                    if conn.try_charge(budget::cost(frame)) {
                         if let Some(held) = conn.state.borrow_mut().catching_up.as_mut() {
                             held.push((position, frame.clone()));
                         }
@@ -1503,7 +1503,7 @@ pub(crate) fn deliver(
                 // Too much arrived during the catch-up: this connection lags.
                 let dropped = state.catching_up.replace(Vec::new()).unwrap_or_default();
                 drop(state);
-                conn.release(dropped.iter().map(|(_, frame)| frame.len()).sum());
+                conn.release(dropped.iter().map(|(_, frame)| budget::cost(frame)).sum());
                 conn.lag();
                 continue;
             }
@@ -1523,7 +1523,7 @@ pub(crate) fn deliver(
         if lagged {
             continue;
         }
-        if !full && conn.try_charge(frame.len()) {
+        if !full && conn.try_charge(budget::cost(frame)) {
             conn.enqueue(frame.clone(), Kind::Event);
             record_event_peak(shard, &conn);
         } else if !ephemeral {
@@ -1603,7 +1603,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn::SendStrea
                     Kind::Reply => replies += 1,
                     Kind::Control => {}
                 }
-                bytes += frame.len();
+                bytes += budget::cost(&frame);
                 batch.push(frame);
             }
             (out.closing, replies, bytes)

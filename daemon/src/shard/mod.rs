@@ -276,7 +276,16 @@ impl Completion for Done {
 /// client gets an `INTERNAL` error instead of a broken stream.
 pub(crate) fn encode(frame: &ServerFrame) -> Bytes {
     match encode_frame_to_vec(frame) {
-        Ok(bytes) => Bytes::from(bytes),
+        Ok(bytes) => {
+            // A large frame grew by doubling: copy it into an allocation of its own length, so
+            // the memory it holds is what the budgets charge (`shrink_to_fit` is not enough:
+            // mimalloc keeps a block that shrinks by less than half where it is).
+            if bytes.len() >= 64 * 1024 && bytes.capacity() > bytes.len() + bytes.len() / 16 {
+                Bytes::copy_from_slice(&bytes)
+            } else {
+                Bytes::from(bytes)
+            }
+        }
         Err(e) => {
             tracing::error!(error = %e, "a server frame failed to encode");
             let id = match frame {

@@ -299,8 +299,9 @@ async fn a_full_daemon_budget_refuses_work_then_recovers() {
             hogs.push(non_reader(&daemon, &daemon.token(user), device, notes, 50).await);
         }
     }
-    // A full history page is reserved before it is read: once one no longer fits...
-    let page = 1024 + 100 * (chat_protocol::limits::MAX_BODY + 256);
+    // A full history page is reserved before it is read (its largest size, in whole 64 KiB
+    // granules as large frames are charged): once one no longer fits...
+    let page = (1024 + 100 * (chat_protocol::limits::MAX_BODY + 256)).div_ceil(65_536) * 65_536;
     memory_until(&daemon, "the budget fills", |m| m.used + page > m.limit).await;
     // ... another user's page is refused with OVERLOADED and a delay, not queued.
     let alices = ConversationId::Notes(a.user);
