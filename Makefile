@@ -46,6 +46,7 @@ bench: bootstrap
 	./bench/bridge-outage.sh
 	./bench/run.sh
 	./bench/profile.sh
+	./bench/nonreader.sh
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

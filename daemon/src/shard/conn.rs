@@ -608,13 +608,16 @@ fn overloaded(shard: &Shard, conn: &Conn, id: RequestId) {
 /// What a client refused for memory is told to wait before trying again.
 const OVERLOADED_RETRY_MS: u32 = 1_000;
 
-/// A frame that cannot be decoded: tell the client why and close this connection only.
+/// A frame that cannot be decoded: tell the client why and close this connection only. An
+/// unknown version byte on the first frame is a version mismatch (section 7); on a later
+/// frame, after version 1 was agreed, it is an invalid frame like any other.
 fn violation(conn: &Conn, e: &DecodeError) {
+    let agreed = conn.state.borrow().hello.is_some();
     let (code, goodbye) = match e {
         DecodeError::TooLarge { .. } => {
             (ErrorCode::FRAME_TOO_LARGE, GoodbyeCode::PROTOCOL_VIOLATION)
         }
-        DecodeError::UnsupportedVersion(_) => (
+        DecodeError::UnsupportedVersion(_) if !agreed => (
             ErrorCode::UNSUPPORTED_VERSION,
             GoodbyeCode::UNSUPPORTED_VERSION,
         ),
@@ -865,7 +868,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 Request::Login { name, password } => accounts::login(shard, origin, name, password),
                 Request::Authenticate(_) if conn.state.borrow().authenticating => {
                     fail(
-                        ErrorCode::UNEXPECTED_FRAME,
+                        ErrorCode::INVALID_REQUEST,
                         "authentication already in progress",
                     );
                 }
@@ -951,9 +954,15 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             within_room_limit(shard, origin, ConversationId::Room(room), op);
         }
         Request::LeaveRoom { room } => room_op(room, RoomAction::Leave),
-        Request::Invite { room, user } => room_op(room, RoomAction::Invite(user)),
+        // Invitations and bans create rows for their target: only for users that exist (ids
+        // are handed out in order, so a row for a future id would pass to whoever gets it).
+        Request::Invite { room, user } => {
+            if_user_exists(shard, origin, user, room, RoomAction::Invite(user));
+        }
         Request::Kick { room, user } => room_op(room, RoomAction::Kick(user)),
-        Request::Ban { room, user } => room_op(room, RoomAction::Ban(user)),
+        Request::Ban { room, user } => {
+            if_user_exists(shard, origin, user, room, RoomAction::Ban(user));
+        }
         Request::Unban { room, user } => room_op(room, RoomAction::Unban(user)),
         Request::SetRole { room, user, role } => room_op(room, RoomAction::SetRole(user, role)),
         Request::Members { room, after, limit } => {
@@ -1181,6 +1190,28 @@ fn by_registry(
         }
     }
     groups
+}
+
+/// Passes a room action to the room's owner if `user` has an account (checked on the read
+/// pool), else answers `UNKNOWN_USER`.
+fn if_user_exists(shard: &Shard, origin: Origin, user: UserId, room: RoomId, action: RoomAction) {
+    let shared = Arc::clone(&shard.shared);
+    shard.read_then(origin, move |store| {
+        if store.user(user)?.is_none() {
+            return Ok(Err(error(
+                origin.request,
+                ErrorCode::UNKNOWN_USER,
+                "no user with that id",
+            )));
+        }
+        let conversation = ConversationId::Room(room);
+        let op = Op::Room { origin, action };
+        shared.push_blocking(
+            shared.owner_of(conversation),
+            ShardMsg::Conversation { conversation, op },
+        );
+        Ok(Ok(()))
+    });
 }
 
 /// Passes `op` (a room creation or join) to the room's owner if the user is in fewer than

@@ -719,7 +719,7 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
         RoomAction::Join => {
             match room.people.get(&origin.user) {
                 Some(MemberState::Member(_)) => return reply_error(ErrorCode::ALREADY_MEMBER, ""),
-                Some(MemberState::Banned) => return reply_error(ErrorCode::BANNED, ""),
+                Some(MemberState::Banned(_)) => return reply_error(ErrorCode::BANNED, ""),
                 Some(MemberState::Invited) => {}
                 None if room.record.invite_only => {
                     return reply_error(ErrorCode::INVITE_REQUIRED, "");
@@ -768,14 +768,17 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
             let target = room.people.get(&user).copied();
             let target_role = room.role(user);
             let outranks = rank(actor_role) > rank(target_role);
-            // Invitations and bans are rows too: at most twice the member limit per room.
-            let crowded = room.people.len() >= 2 * max_members as usize && target.is_none();
-            if crowded && matches!(action, RoomAction::Invite(_) | RoomAction::Ban(_)) {
-                return reply_error(
+            // Invitations and bans are rows too: at most twice the member limit per room
+            // (members are counted apart). Checked after the actor's rights, below.
+            let crowded = target.is_none()
+                && room.people.len().saturating_sub(room.member_count as usize)
+                    >= 2 * max_members as usize;
+            let too_many = || {
+                reply_error(
                     ErrorCode::ROOM_FULL,
                     "too many invitations and bans in this room",
-                );
-            }
+                )
+            };
             match action {
                 RoomAction::Invite(_) => {
                     if rank(actor_role) < rank(Some(Role::Admin)) {
@@ -788,13 +791,14 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
                         Some(MemberState::Member(_)) => {
                             return reply_error(ErrorCode::ALREADY_MEMBER, "");
                         }
-                        Some(MemberState::Banned) => {
+                        Some(MemberState::Banned(_)) => {
                             return reply_error(ErrorCode::BANNED, "the user is banned");
                         }
                         // Already invited: nothing changes, nothing is logged.
                         Some(MemberState::Invited) => {
                             return shard.reply(&origin, response(origin.request, Response::Ok));
                         }
+                        None if crowded => return too_many(),
                         None => {}
                     }
                     room.people.insert(user, MemberState::Invited);
@@ -813,16 +817,20 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
                     if target.is_none() && !ban {
                         return reply_error(ErrorCode::NOT_MEMBER, "the user is not a member");
                     }
-                    if target == Some(MemberState::Banned) {
+                    if matches!(target, Some(MemberState::Banned(_))) {
                         return shard.reply(&origin, response(origin.request, Response::Ok));
+                    }
+                    if ban && crowded {
+                        return too_many();
                     }
                     if target_role.is_some() {
                         room.member_count -= 1;
                         listed(&mut state.queued_batch, user, false);
                     }
                     if ban {
-                        room.people.insert(user, MemberState::Banned);
-                        set(&mut state.queued_batch, user, Some(MemberState::Banned));
+                        let banned = MemberState::Banned(target_role.unwrap_or(Role::Member));
+                        room.people.insert(user, banned);
+                        set(&mut state.queued_batch, user, Some(banned));
                         (user, MembershipChange::Banned, Some(user))
                     } else {
                         room.people.remove(&user);
@@ -834,8 +842,16 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
                     if rank(actor_role) < rank(Some(Role::Admin)) {
                         return reply_error(ErrorCode::FORBIDDEN, "");
                     }
-                    if target != Some(MemberState::Banned) {
+                    let Some(MemberState::Banned(was)) = target else {
                         return reply_error(ErrorCode::INVALID_REQUEST, "the user is not banned");
+                    };
+                    // Who could not have banned them (an admin, for a banned admin) cannot
+                    // unban them either.
+                    if rank(actor_role) <= rank(Some(was)) {
+                        return reply_error(
+                            ErrorCode::FORBIDDEN,
+                            "only the owner unbans a former admin",
+                        );
                     }
                     room.people.remove(&user);
                     set(&mut state.queued_batch, user, None);

@@ -150,8 +150,12 @@ pub(crate) struct Registry {
     /// The memory budget shared by each connected user's connections (dropped with the
     /// last one).
     budgets: HashMap<UserId, Arc<UserBudget>>,
-    /// Send rate buckets of the users with a connected device (dropped with the last one).
+    /// Send rate buckets of the users with a connected device, and of users whose last
+    /// device left less than a full refill ago (so reconnecting does not refill a bucket).
     buckets: HashMap<UserId, Bucket>,
+    /// Users whose last device left, oldest first, with when their bucket is surely full
+    /// again and can be dropped: entries live `send_burst / send_rate` seconds, at most 60.
+    idle_buckets: std::collections::VecDeque<(UserId, Instant)>,
     presence: PresenceTable,
 }
 
@@ -270,6 +274,22 @@ impl PresenceTable {
     }
 }
 
+impl Registry {
+    /// Forgets the buckets of offline users that have refilled completely by `now` (a new
+    /// bucket would be the same).
+    fn drop_full_buckets(&mut self, now: Instant) {
+        while let Some(&(user, full_at)) = self.idle_buckets.front() {
+            if full_at > now {
+                break;
+            }
+            self.idle_buckets.pop_front();
+            if !self.users.contains_key(&user) {
+                self.buckets.remove(&user);
+            }
+        }
+    }
+}
+
 /// Applies a registry change.
 pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
     let mut registry = shard.registry.borrow_mut();
@@ -326,7 +346,15 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 devices.retain(|entry| *entry != (device, at));
                 if devices.is_empty() {
                     registry.users.remove(&user);
-                    registry.buckets.remove(&user);
+                    // Kept until a full refill (at most a minute, so the queue stays short
+                    // with a huge burst): coming back sooner finds the same bucket.
+                    let limits = &shard.shared.config.limits;
+                    let refill = Duration::from_secs_f64(
+                        (f64::from(limits.send_burst) / f64::from(limits.send_rate)).min(60.0),
+                    );
+                    let now = Instant::now();
+                    registry.drop_full_buckets(now);
+                    registry.idle_buckets.push_back((user, now + refill));
                     registry.budgets.remove(&user);
                     registry.presence.changed(user, Some(now_ms()));
                     if shard.shared.config.bridge.enabled() {
@@ -356,6 +384,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             let limits = &shard.shared.config.limits;
             let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
             let now = Instant::now();
+            registry.drop_full_buckets(now);
             let bucket = registry.buckets.entry(origin.user).or_insert(Bucket {
                 tokens: burst,
                 refilled: now,

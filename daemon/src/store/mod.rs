@@ -125,8 +125,9 @@ pub enum MemberState {
     Member(Role),
     /// Invited, not yet joined.
     Invited,
-    /// Banned: cannot join.
-    Banned,
+    /// Banned: cannot join. With the role the user had when banned (`Member` for a user who
+    /// was not a member): only someone who outranks it may unban.
+    Banned(Role),
 }
 
 impl MemberState {
@@ -138,7 +139,8 @@ impl MemberState {
             MemberState::Member(Role::Admin) => 1,
             MemberState::Member(Role::Owner) => 2,
             MemberState::Invited => 3,
-            MemberState::Banned => 4,
+            MemberState::Banned(Role::Member) => 4,
+            MemberState::Banned(Role::Admin | Role::Owner) => 5,
         }
     }
 
@@ -148,7 +150,8 @@ impl MemberState {
             [1] => MemberState::Member(Role::Admin),
             [2] => MemberState::Member(Role::Owner),
             [3] => MemberState::Invited,
-            [4] => MemberState::Banned,
+            [4] => MemberState::Banned(Role::Member),
+            [5] => MemberState::Banned(Role::Admin),
             _ => return None,
         })
     }

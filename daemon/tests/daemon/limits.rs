@@ -475,3 +475,40 @@ async fn beyond_the_retry_threshold_a_client_proves_its_address_and_gets_in() {
     assert_eq!(daemon.admission().retries, 1);
     assert_eq!(daemon.admission().refused, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_does_not_refill_the_send_bucket() {
+    let daemon = TestDaemon::start_with(|c| {
+        c.limits.send_rate = 1;
+        c.limits.send_burst = 3;
+    });
+    let send = |op: u64| {
+        Request::Send(SendMessage {
+            conversation: ConversationId::Notes(UserId(1)),
+            op: OpId(op),
+            content_type: ContentType::TEXT,
+            reply_to: None,
+            body: b"x".to_vec(),
+        })
+    };
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    assert_eq!(a.user, UserId(1));
+    for op in 1..=3 {
+        assert!(matches!(alice.ok(send(op)).await, Response::Sent(_)));
+    }
+    // The burst is spent. Leaving and coming back (within a second: one token refills per
+    // second) finds the same empty bucket, not a new full one.
+    alice.close().await;
+    // Gone for the daemon too (its registry heard she left before she comes back).
+    let deadline = tokio::time::Instant::now() + crate::client::WAIT;
+    while daemon.connections_per_shard().iter().sum::<usize>() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection stays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (mut again, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 2).await;
+    let refused = again.request(send(4)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::RATE_LIMITED, "{refused:?}");
+}

@@ -8,6 +8,7 @@
 )]
 
 mod auth;
+mod authz;
 mod bridge;
 mod client;
 mod conversations;

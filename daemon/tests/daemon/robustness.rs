@@ -61,6 +61,17 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
         )
     );
 
+    // After the hello agreed on version 1, a frame of version 9 is an invalid frame.
+    let (mut later, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("eve"), 1).await;
+    later.write_raw(&[4, 0, 0, 0, 9, 1, 1, 3]).await;
+    assert_eq!(
+        drain(&mut later).await,
+        (
+            vec![ErrorCode::MALFORMED_FRAME],
+            vec![GoodbyeCode::PROTOCOL_VIOLATION]
+        )
+    );
+
     // A request before the hello.
     let mut rude = Client::connect(daemon.addr, &daemon.cert).await;
     rude.write(&ClientFrame::Request {
@@ -164,4 +175,35 @@ async fn a_hello_with_an_oversize_client_name_is_refused() {
     let (errors, goodbyes) = drain(&mut client).await;
     assert_eq!(errors, [ErrorCode::INVALID_REQUEST]);
     assert_eq!(goodbyes, [GoodbyeCode::PROTOCOL_VIOLATION]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_is_refused_by_quic_and_datagrams_carry_only_typing() {
+    let daemon = TestDaemon::start();
+    let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
+    // The daemon grants no stream beyond the session stream: opening one waits for credit.
+    let second = tokio::time::timeout(std::time::Duration::from_millis(500), alice.conn.open_bi());
+    assert!(second.await.is_err(), "a second stream was granted");
+    let uni = tokio::time::timeout(std::time::Duration::from_millis(500), alice.conn.open_uni());
+    assert!(uni.await.is_err(), "a unidirectional stream was granted");
+    // A request in a datagram is dropped, unanswered; the session goes on.
+    let ping = encode_frame_to_vec(&ClientFrame::Request {
+        id: RequestId(77),
+        request: Request::Ping,
+    })
+    .unwrap();
+    alice.conn.send_datagram(ping.into()).unwrap();
+    let notes = ConversationId::Notes(a.user);
+    assert_eq!(
+        alice.send_text(notes, 1, "after the datagram").await.seq,
+        Seq(1)
+    );
+    assert!(
+        !alice
+            .other
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Response { id, .. } if id.0 == 77)),
+        "a request in a datagram was answered: {:?}",
+        alice.other
+    );
 }
