@@ -5,7 +5,7 @@
 #   make lint    only the rustfmt and clippy checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)
-#   make fuzz    the cargo-fuzz targets for a bounded time (FUZZ_SECONDS, default 60)
+#   make fuzz    the cargo-fuzz targets (decode, events) for FUZZ_SECONDS each (default 60)
 #
 # CARGO_TARGET_DIR is honoured; .ci/run points it at a persistent folder under ~/.cache.
 
@@ -49,9 +49,11 @@ bench: bootstrap
 	./bench/nonreader.sh
 
 fuzz:
+	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (cargo-fuzz uses -Z flags): rustup toolchain install nightly" >&2; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	mkdir -p fuzz/corpus/decode
+	mkdir -p fuzz/corpus/decode fuzz/corpus/events
 	cd fuzz && $(CARGO) +nightly fuzz run decode corpus/decode seeds/decode -- -max_total_time=$(FUZZ_SECONDS) -max_len=70000
+	cd fuzz && $(CARGO) +nightly fuzz run events corpus/events -- -max_total_time=$(FUZZ_SECONDS) -max_len=70000
 
 clean:
 	$(CARGO) clean
