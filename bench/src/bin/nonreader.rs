@@ -156,6 +156,24 @@ impl Session {
         }
     }
 
+    /// Writes `n` history requests for the room's first 100 entries (its creation and 99
+    /// full messages; the newest entries are the joins of the clients), without waiting.
+    async fn pipeline_pages(&mut self, conversation: ConversationId, n: u32) {
+        for id in 0..n {
+            let request = Request::History(HistoryQuery {
+                conversation,
+                from: HistoryFrom::After(chat_protocol::Seq(0)),
+                limit: 100,
+                order: Order::OldestFirst,
+            });
+            self.write(&ClientFrame::Request {
+                id: RequestId(100 + id),
+                request,
+            })
+            .await;
+        }
+    }
+
     async fn write(&mut self, frame: &ClientFrame) {
         self.send
             .write_all(&encode_frame_to_vec(frame).unwrap())
@@ -308,22 +326,7 @@ async fn run(o: &Options, dir: &Path, addr: SocketAddr, pid: u32) -> serde_json:
                 .await
                 .unwrap();
         }
-        for id in 0..o.requests {
-            let request = Request::History(HistoryQuery {
-                conversation,
-                // The room's first 100 entries: its creation and 99 full messages (the
-                // newest are the joins of the clients).
-                from: HistoryFrom::After(chat_protocol::Seq(0)),
-                limit: 100,
-                order: Order::OldestFirst,
-            });
-            reader
-                .write(&ClientFrame::Request {
-                    id: RequestId(100 + id),
-                    request,
-                })
-                .await;
-        }
+        reader.pipeline_pages(conversation, o.requests).await;
         let mut answered = 0;
         while answered < o.requests {
             if let ServerFrame::Response { .. } = reader.next().await {
@@ -360,22 +363,7 @@ async fn run(o: &Options, dir: &Path, addr: SocketAddr, pid: u32) -> serde_json:
     }
     let connected = rss(pid);
     for session in &mut sessions {
-        for id in 0..o.requests {
-            let request = Request::History(HistoryQuery {
-                conversation,
-                // The room's first 100 entries: its creation and 99 full messages (the
-                // newest are the joins of the clients).
-                from: HistoryFrom::After(chat_protocol::Seq(0)),
-                limit: 100,
-                order: Order::OldestFirst,
-            });
-            session
-                .write(&ClientFrame::Request {
-                    id: RequestId(100 + id),
-                    request,
-                })
-                .await;
-        }
+        session.pipeline_pages(conversation, o.requests).await;
     }
     let mut peak = connected;
     let hold_started = Instant::now();

@@ -73,6 +73,9 @@ struct Row {
 const NA: Expect = E(ErrorCode::NOT_AUTHENTICATED);
 const NM: Expect = E(ErrorCode::NOT_MEMBER);
 const FB: Expect = E(ErrorCode::FORBIDDEN);
+const UU: Expect = E(ErrorCode::UNKNOWN_USER);
+const AA: Expect = E(ErrorCode::ALREADY_AUTHENTICATED);
+const AM: Expect = E(ErrorCode::ALREADY_MEMBER);
 
 fn rows() -> Vec<Row> {
     vec![
@@ -129,16 +132,7 @@ fn rows() -> Vec<Row> {
             name: "JoinRoom",
             target: Target::Outsider,
             request: |room, _, _| Request::JoinRoom { room },
-            expect: [
-                NA,
-                OK,
-                OK,
-                E(ErrorCode::ALREADY_MEMBER),
-                E(ErrorCode::ALREADY_MEMBER),
-                E(ErrorCode::ALREADY_MEMBER),
-                E(ErrorCode::BANNED),
-                OK,
-            ],
+            expect: [NA, OK, OK, AM, AM, AM, E(ErrorCode::BANNED), OK],
         },
         Row {
             name: "LeaveRoom",
@@ -156,16 +150,7 @@ fn rows() -> Vec<Row> {
             name: "Invite a user that does not exist",
             target: Target::Nobody,
             request: |room, user, _| Request::Invite { room, user },
-            expect: [
-                NA,
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-            ],
+            expect: [NA, UU, UU, UU, UU, UU, UU, UU],
         },
         Row {
             name: "Kick a member",
@@ -183,16 +168,7 @@ fn rows() -> Vec<Row> {
             name: "Ban a user that does not exist",
             target: Target::Nobody,
             request: |room, user, _| Request::Ban { room, user },
-            expect: [
-                NA,
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-                E(ErrorCode::UNKNOWN_USER),
-            ],
+            expect: [NA, UU, UU, UU, UU, UU, UU, UU],
         },
         Row {
             name: "Unban a banned member",
@@ -289,16 +265,7 @@ fn rows() -> Vec<Row> {
                     resume: None,
                 })
             },
-            expect: [
-                OK,
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-                E(ErrorCode::ALREADY_AUTHENTICATED),
-            ],
+            expect: [OK, AA, AA, AA, AA, AA, AA, AA],
         },
     ]
 }

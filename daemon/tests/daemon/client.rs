@@ -70,16 +70,7 @@ impl Client {
         endpoint.set_default_client_config(config);
         let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        Client {
-            conn,
-            send,
-            recv,
-            decoder: FrameDecoder::new(),
-            next_id: 1,
-            events: VecDeque::new(),
-            other: VecDeque::new(),
-            _endpoint: endpoint,
-        }
+        Client::from_streams(conn, send, recv, endpoint)
     }
 
     /// Connects and says hello with `token`; returns the client and the session.
@@ -97,14 +88,13 @@ impl Client {
         (client, session)
     }
 
-    /// A client on a connection whose session stream is open (no hello yet); the caller keeps
-    /// the connection's endpoint alive.
+    /// A client on a connection of `endpoint` whose session stream is open (no hello yet).
     pub fn from_streams(
         conn: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+        endpoint: quinn::Endpoint,
     ) -> Client {
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         Client {
             conn,
             send,

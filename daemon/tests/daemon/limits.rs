@@ -439,12 +439,12 @@ async fn silent_connections_and_one_address_cannot_take_every_slot() {
     });
     // Two silent connections fill the unauthenticated slots: a third is refused.
     let _silent = quic_connect(&daemon).await.unwrap();
-    let (_endpoint, waiting) = quic_connect(&daemon).await.unwrap();
+    let (endpoint, waiting) = quic_connect(&daemon).await.unwrap();
     unauthenticated_until(&daemon, 2).await;
     assert!(refused(quic_connect(&daemon).await));
     // Once one authenticates, its slot is free again.
     let (send, recv) = waiting.open_bi().await.unwrap();
-    let mut alice = crate::client::Client::from_streams(waiting, send, recv);
+    let mut alice = crate::client::Client::from_streams(waiting, send, recv, endpoint);
     alice
         .hello(Some(&daemon.token("alice")), 1)
         .await
