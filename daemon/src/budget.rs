@@ -93,18 +93,22 @@ fn request_size(request: &Request) -> usize {
     }
 }
 
-/// An upper bound of the encoded answer to `request`.
+/// An upper bound of the encoded answer to `request`. Counts beyond the protocol's limits
+/// are answered with a small error, so they are bounded by the limit, not by what the
+/// client asked: a reservation never exceeds one full page.
 fn answer_bound(request: &Request) -> usize {
-    let max_body = chat_protocol::limits::MAX_BODY;
+    use chat_protocol::limits::{MAX_BODY, MAX_PAGE, MAX_USERS_PER_REQUEST};
+    let page = |limit: u16| usize::from(limit.min(MAX_PAGE));
+    let users = |n: usize| n.min(MAX_USERS_PER_REQUEST);
     let items = |n: usize, each: usize| SMALL_REPLY + n * each;
     match request {
-        Request::History(query) => items(usize::from(query.limit), max_body + ENTRY_OVERHEAD),
+        Request::History(query) => items(page(query.limit), MAX_BODY + ENTRY_OVERHEAD),
         // Conversation id, title (a room name: 64 bytes at most), role, three seqs.
-        Request::Conversations { limit, .. } => items(usize::from(*limit), 128),
+        Request::Conversations { limit, .. } => items(page(*limit), 128),
         // User id, name (32 bytes at most), role.
-        Request::Members { limit, .. } => items(usize::from(*limit), 64),
-        Request::LookupUsers(users) => items(users.len(), 64),
-        Request::Presence { subscribe, .. } => items(subscribe.len(), 32),
+        Request::Members { limit, .. } => items(page(*limit), 64),
+        Request::LookupUsers(list) => items(users(list.len()), 64),
+        Request::Presence { subscribe, .. } => items(users(subscribe.len()), 32),
         _ => SMALL_REPLY,
     }
 }
@@ -263,6 +267,8 @@ mod tests {
         // As charged: in whole 64 KiB granules, like any large frame.
         assert_eq!(full % (64 * 1024), 0);
         assert!(full <= chat_protocol::limits::MAX_SERVER_FRAME);
+        // Asking for more than a page reserves a page (the answer is an error).
+        assert_eq!(reply_reservation(&query(u16::MAX)), full);
         // A short page reserves less, so pipelined small reads are not held back.
         assert!(reply_reservation(&query(1)) < full / 50);
         assert_eq!(reply_reservation(&Request::Ping), SMALL_REPLY);

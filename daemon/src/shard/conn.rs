@@ -433,6 +433,44 @@ async fn serve(
     conn.goodbye(GoodbyeCode::NORMAL, "session stream closed");
 }
 
+/// When the session ends unless the client does something: the authentication deadline
+/// while unauthenticated, the token's expiry once authenticated.
+fn session_deadline(conn: &Conn, auth_deadline: Instant) -> Instant {
+    match conn.state.borrow().session.as_ref() {
+        None => auth_deadline,
+        Some(session) => token_expiry(session.expires_at),
+    }
+}
+
+/// At the session's deadline: an unauthenticated connection times out (`AUTH_TIMEOUT`), an
+/// authenticated one's token has expired (`TOKEN_EXPIRED`); either way the goodbye is
+/// queued and `true` returned. `false` when the deadline moved: the hello authenticated
+/// the connection after the wait began (its lookup came back), and an idle client that sends
+/// nothing more must not be taken for one that never authenticated.
+fn deadline_reached(conn: &Conn, auth_deadline: Instant) -> bool {
+    let state = conn.state.borrow();
+    match state.session.as_ref() {
+        None if Instant::now() >= auth_deadline => {
+            drop(state);
+            conn.push(
+                encode(&error_frame(None, ErrorCode::AUTH_TIMEOUT, "")),
+                Kind::Control,
+            );
+            conn.goodbye(
+                GoodbyeCode::AUTH_TIMEOUT,
+                "authentication did not complete in time",
+            );
+            true
+        }
+        Some(session) if crate::unix_now() >= session.expires_at => {
+            drop(state);
+            conn.goodbye(GoodbyeCode::TOKEN_EXPIRED, "the session's token expired");
+            true
+        }
+        _ => false,
+    }
+}
+
 /// When a session authenticated by a token expiring at `expires_at` (seconds since the
 /// epoch) must end, on this process's monotonic clock.
 fn token_expiry(expires_at: u64) -> Instant {
@@ -454,32 +492,13 @@ async fn read_loop(
 ) {
     let mut decoder = FrameDecoder::<ClientFrame>::new();
     loop {
-        let (unauthenticated, expiry) = {
-            let state = conn.state.borrow();
-            let expiry = state.session.as_ref().map(|s| token_expiry(s.expires_at));
-            (state.session.is_none(), expiry)
-        };
         let chunk = tokio::select! {
             chunk = recv.read_chunk(decoder.space(), true) => chunk,
-            () = async {
-                match expiry {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
+            () = tokio::time::sleep_until(session_deadline(conn, auth_deadline).into()) => {
+                if deadline_reached(conn, auth_deadline) {
+                    return;
                 }
-            } => {
-                conn.goodbye(GoodbyeCode::TOKEN_EXPIRED, "the session's token expired");
-                return;
-            }
-            () = tokio::time::sleep_until(auth_deadline.into()), if unauthenticated => {
-                // The hello may have authenticated the connection after this wait began (the
-                // session is set when its lookup comes back): an idle client that sends
-                // nothing more must not be taken for one that never authenticated.
-                if conn.state.borrow().session.is_some() {
-                    continue;
-                }
-                conn.push(encode(&error_frame(None, ErrorCode::AUTH_TIMEOUT, "")), Kind::Control);
-                conn.goodbye(GoodbyeCode::AUTH_TIMEOUT, "authentication did not complete in time");
-                return;
+                continue;
             }
         };
         let bytes = match chunk {
@@ -494,7 +513,7 @@ async fn read_loop(
                 Ok(Some(frame)) => {
                     if let ClientFrame::Request { id, request } = &frame {
                         let reserve = budget::reply_reservation(request);
-                        match admit(conn, reserve).await {
+                        match admit(conn, reserve, auth_deadline).await {
                             Admission::Closed => return,
                             Admission::Admitted => {
                                 let mut state = conn.state.borrow_mut();
@@ -535,19 +554,31 @@ enum Admission {
 /// not read its answers (or whose other devices do not) stops being read, and QUIC flow
 /// control slows it, so what it pins stays within its budgets. The daemon's budget is not
 /// waited for: when it is full the request is refused.
-async fn admit(conn: &Conn, reserve: usize) -> Admission {
+async fn admit(conn: &Conn, reserve: usize, auth_deadline: Instant) -> Admission {
     let limits = &conn.shared.config.limits;
+    // A reservation never exceeds one page (`budget::reply_reservation`), far below any
+    // budget; clamped anyway, so a request can always be read once the connection is empty.
+    let reserve = reserve.min(limits.connection_memory);
     loop {
         if conn.out.borrow().released {
             // The writer ended the connection: nothing may be charged any more.
             return Admission::Closed;
         }
+        // The session's deadline holds while the reader waits here too: a client that stops
+        // reading must still time out unauthenticated, or end when its token expires.
+        let deadline = session_deadline(conn, auth_deadline);
         let user = conn.user.borrow().clone();
         if user.is_none() && conn.state.borrow().session.is_some() {
             // Authenticated: the user's shared budget is on its way from their registry
             // shard; nothing is read until it is here.
             tokio::select! {
                 () = conn.slot.notified() => continue,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if deadline_reached(conn, auth_deadline) {
+                        return Admission::Closed;
+                    }
+                    continue;
+                }
                 _ = conn.quic.closed() => return Admission::Closed,
             }
         }
@@ -585,6 +616,11 @@ async fn admit(conn: &Conn, reserve: usize) -> Admission {
                     None => std::future::pending().await,
                 }
             }, if wait_for_user => {}
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if deadline_reached(conn, auth_deadline) {
+                    return Admission::Closed;
+                }
+            }
             _ = conn.quic.closed() => return Admission::Closed,
         }
     }
@@ -1282,9 +1318,25 @@ fn catch_up(
 /// asks again after writing (or after [`PARKED_RETRY`]).
 fn next_page(shard: &Shard, conn: &Conn, catch_up: Box<CatchUp>) {
     if !conn.try_charge(budget::REPLAY_RESERVATION) {
-        conn.state.borrow_mut().replay_parked = Some(catch_up);
-        conn.wake.notify_one();
-        return;
+        // Live events held back during the catch-up may be what fills the budget: they would
+        // wait for the replay to end and the replay for their room. The connection lags
+        // instead (it syncs again after `CaughtUp`), and the next page gets their room.
+        let held = conn
+            .state
+            .borrow_mut()
+            .catching_up
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if !held.is_empty() {
+            conn.release(held.iter().map(|(_, frame)| budget::cost(frame)).sum());
+            conn.lag();
+        }
+        if !conn.try_charge(budget::REPLAY_RESERVATION) {
+            conn.state.borrow_mut().replay_parked = Some(catch_up);
+            conn.wake.notify_one();
+            return;
+        }
     }
     let job = PageJob {
         shared: Arc::clone(&shard.shared),
@@ -1481,11 +1533,9 @@ pub(crate) fn reply(shard: &Shard, conn: ConnId, request: RequestId, frame: Byte
     };
     let len = budget::cost(&frame);
     if len > reserved {
-        // Reservations are upper bounds; this would be a bug in one of them.
-        debug_assert!(
-            reserved == 0,
-            "an answer of {len} bytes exceeded its reservation of {reserved}"
-        );
+        // Reservations are upper bounds, so this is an answer without one (`OVERLOADED`), or
+        // a client that reused a request id and got the answers in another order than the
+        // reservations: the bytes exist, so they are charged.
         conn.charge(len - reserved);
     } else {
         conn.release(reserved - len);
@@ -1519,8 +1569,13 @@ pub(crate) fn deliver(
             continue;
         }
         if let Some(position) = entry {
+            let lagged = conn.out.borrow().lagged;
             let mut state = conn.state.borrow_mut();
             if let Some(held) = state.catching_up.as_mut() {
+                if lagged {
+                    // It lagged during this catch-up: nothing more is held for it.
+                    continue;
+                }
                 if held.len() < limit {
                     drop(state);
                     if conn.try_charge(budget::cost(frame)) {
@@ -1662,7 +1717,15 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn::SendStrea
                 _ = conn.quic.closed() => break None,
             }
         }
-        if send.write_all_chunks(&mut batch).await.is_err() {
+        // Once the connection is closing, what is left gets `GOODBYE_GRACE` to be written: a
+        // peer that grants no flow-control credit cannot hold the connection open.
+        let written = tokio::select! {
+            result = send.write_all_chunks(&mut batch) => result.is_ok(),
+            () = closing_grace_over(&conn) => {
+                break conn.out.borrow().closing;
+            }
+        };
+        if !written {
             break None;
         }
         batch.clear();
@@ -1680,6 +1743,19 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn::SendStrea
     };
     conn.quic.close(close_code(code), b"goodbye");
     conn.release_all();
+}
+
+/// How long a closing connection's last frames (its goodbye) may take to be written.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+
+/// Completes `GOODBYE_GRACE` after the connection started closing.
+async fn closing_grace_over(conn: &Conn) {
+    loop {
+        if conn.out.borrow().closing.is_some() {
+            return tokio::time::sleep(GOODBYE_GRACE).await;
+        }
+        conn.wake.notified().await;
+    }
 }
 
 /// How often a parked catch-up page looks for room when nothing else wakes its writer.

@@ -512,3 +512,39 @@ async fn reconnecting_does_not_refill_the_send_bucket() {
     let refused = again.request(send(4)).await.unwrap_err();
     assert_eq!(refused.code, ErrorCode::RATE_LIMITED, "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_still_times_out_and_is_closed() {
+    let daemon = TestDaemon::start_with(|c| c.auth.auth_timeout_secs = 1);
+    // Anonymous, a tiny window, and far more pipelined pings than may be in flight: the
+    // daemon stops reading it, cannot write its answers, and must still end it.
+    let mut client = Client::connect_with(daemon.addr, &daemon.cert, Some(2_048)).await;
+    client.hello(None, 1).await;
+    for id in 0..500 {
+        client
+            .write(&ClientFrame::Request {
+                id: RequestId(id),
+                request: Request::Ping,
+            })
+            .await;
+    }
+    let closed = tokio::time::timeout(crate::client::WAIT, client.conn.closed())
+        .await
+        .expect("the connection stayed open");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == u32::from(GoodbyeCode::AUTH_TIMEOUT.0).into()),
+        "{closed:?}"
+    );
+    // Nothing of it is counted any more.
+    let deadline = tokio::time::Instant::now() + crate::client::WAIT;
+    while daemon.admission().unauthenticated > 0 || daemon.memory().used > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?} {:?}",
+            daemon.admission(),
+            daemon.memory()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -131,6 +131,17 @@ async fn oversize_collections_get_invalid_request_and_the_connection_goes_on() {
             subscribe: vec![a.user; 8_200],
             unsubscribe: Vec::new(),
         },
+        // Pages beyond the page limit: refused, not waited for.
+        Request::History(HistoryQuery {
+            conversation: notes,
+            from: HistoryFrom::Latest,
+            limit: u16::MAX,
+            order: Order::NewestFirst,
+        }),
+        Request::Conversations {
+            after: None,
+            limit: u16::MAX,
+        },
     ];
     for request in oversize {
         let what = format!("{:.40}", format!("{request:?}"));
