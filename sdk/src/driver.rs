@@ -327,8 +327,9 @@ impl Driver {
             .borrow()
             .as_ref()
             .is_some_and(|g| g.code == GoodbyeCode::TOKEN_EXPIRED);
-        if expired && self.dial.token_source.is_some() && !self.renew_token().await {
-            return None;
+        if expired && self.dial.token_source.is_some() {
+            // A failure is tried again at the first attempt's refusal.
+            let _ = self.renew_token().await;
         }
         let started = Instant::now();
         let mut delay = reconnect.initial_delay;
@@ -363,12 +364,10 @@ impl Driver {
                     code: ErrorCode::TOKEN_EXPIRED,
                     ..
                 }) if self.dial.token_source.is_some() => {
-                    // Renew the token and try again at once: nothing is lost meanwhile, the
-                    // resume carries the cursors.
-                    if !self.renew_token().await {
-                        return None;
-                    }
-                    continue;
+                    // Renew the token and try again (nothing is lost meanwhile: the resume
+                    // carries the cursors). A renewal that fails is tried again at the next
+                    // attempt, within the same backoff and `give_up_after`.
+                    let _ = self.renew_token().await;
                 }
                 Err(Error::Server { code, .. }) if fatal(code) => return None,
                 Err(_) => {}

@@ -908,6 +908,14 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                         "authentication already in progress",
                     );
                 }
+                Request::Authenticate(auth)
+                    if auth.resume.as_ref().is_some_and(|r| {
+                        r.cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS
+                    }) =>
+                {
+                    // Refused before authenticating: one answer per request.
+                    fail(ErrorCode::INVALID_REQUEST, "too many resume cursors");
+                }
                 Request::Authenticate(auth) => {
                     let mut state = conn.state.borrow_mut();
                     state.authenticating = true;

@@ -274,16 +274,27 @@ impl PresenceTable {
     }
 }
 
+/// The longest an offline user's send bucket is kept, in seconds.
+const IDLE_BUCKET_SECS: f64 = 60.0;
+
 impl Registry {
     /// Forgets the buckets of offline users that have refilled completely by `now` (a new
-    /// bucket would be the same).
-    fn drop_full_buckets(&mut self, now: Instant) {
+    /// bucket would be the same). A bucket spent again since (the user came back and left
+    /// again) is forgotten by that later departure's entry.
+    fn drop_full_buckets(&mut self, now: Instant, rate: f64, burst: f64) {
         while let Some(&(user, full_at)) = self.idle_buckets.front() {
             if full_at > now {
                 break;
             }
             self.idle_buckets.pop_front();
-            if !self.users.contains_key(&user) {
+            let full = self.buckets.get(&user).is_some_and(|bucket| {
+                let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+                bucket.tokens + elapsed * rate >= burst
+            });
+            // With a refill longer than the minute an entry waits, the bucket goes anyway:
+            // the map of offline users' buckets stays bounded.
+            let capped = burst / rate > IDLE_BUCKET_SECS;
+            if (full || capped) && !self.users.contains_key(&user) {
                 self.buckets.remove(&user);
             }
         }
@@ -350,10 +361,12 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     // with a huge burst): coming back sooner finds the same bucket.
                     let limits = &shard.shared.config.limits;
                     let refill = Duration::from_secs_f64(
-                        (f64::from(limits.send_burst) / f64::from(limits.send_rate)).min(60.0),
+                        (f64::from(limits.send_burst) / f64::from(limits.send_rate))
+                            .min(IDLE_BUCKET_SECS),
                     );
                     let now = Instant::now();
-                    registry.drop_full_buckets(now);
+                    let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
+                    registry.drop_full_buckets(now, rate, burst);
                     registry.idle_buckets.push_back((user, now + refill));
                     registry.budgets.remove(&user);
                     registry.presence.changed(user, Some(now_ms()));
@@ -384,7 +397,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             let limits = &shard.shared.config.limits;
             let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
             let now = Instant::now();
-            registry.drop_full_buckets(now);
+            registry.drop_full_buckets(now, rate, burst);
             let bucket = registry.buckets.entry(origin.user).or_insert(Bucket {
                 tokens: burst,
                 refilled: now,

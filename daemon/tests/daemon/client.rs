@@ -118,8 +118,13 @@ impl Client {
     }
 
     pub async fn write(&mut self, frame: &ClientFrame) {
+        assert!(self.try_write(frame).await, "the stream is closed");
+    }
+
+    /// Writes a frame; `false` when the stream or connection is closed.
+    pub async fn try_write(&mut self, frame: &ClientFrame) -> bool {
         let bytes = encode_frame_to_vec(frame).unwrap();
-        self.send.write_all(&bytes).await.unwrap();
+        self.send.write_all(&bytes).await.is_ok()
     }
 
     /// The next frame, or `None` when the stream ended.
