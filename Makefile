@@ -1,8 +1,8 @@
 # chatd — the two commands a fresh machine needs are `make run` and `make test`.
 #
 #   make run     build and start the daemon on its embedded default configuration
-#   make test    rustfmt check, clippy -D warnings, every test in the workspace
-#   make lint    only the rustfmt and clippy checks
+#   make test    rustfmt check, clippy -D warnings, module headers, every test in the workspace
+#   make lint    only the rustfmt, clippy and module-header checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)
 #   make fuzz    the cargo-fuzz targets (decode, events) for FUZZ_SECONDS each (default 60)
@@ -13,7 +13,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy unit bench fuzz bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit bench fuzz bootstrap clean
 
 all: test
 
@@ -28,7 +28,13 @@ run: bootstrap
 
 test: bootstrap lint unit
 
-lint: fmt-check clippy
+lint: fmt-check clippy headers
+
+# Module headers say what the code does now: none may speak of work "to come" or of an
+# issue (they went stale once already).
+headers:
+	@! git ls-files '*.rs' | xargs grep -nE '^\s*//!.*(to come|will join|[Ii]ssue #?[0-9]|the [a-z-]+ issue)' \
+	  || { echo "module headers above speak of work to come or of an issue; say what the code does" >&2; exit 1; }
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
