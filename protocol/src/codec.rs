@@ -42,6 +42,13 @@ pub(crate) fn encode_into<T: Encode>(value: &T, out: &mut Vec<u8>) -> Result<(),
         .map_err(|e| e.to_string())
 }
 
+/// The length of the encoding of `value`, without encoding it anywhere.
+pub(crate) fn encoded_len<T: Encode>(value: &T) -> Result<usize, String> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::encode_into_writer(value, &mut size, body_config::<0>()).map_err(|e| e.to_string())?;
+    Ok(size.bytes_written)
+}
+
 /// Decodes exactly one `T` from all of `bytes`, charging allocations against `LIMIT`.
 /// Trailing bytes are an error: a body must be exactly one value.
 pub(crate) fn decode_value<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> Result<T, String> {

@@ -93,6 +93,9 @@ pub trait Frame: Sized + sealed::Sealed {
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), String>;
 
     #[doc(hidden)]
+    fn body_len(&self) -> Result<usize, String>;
+
+    #[doc(hidden)]
     fn decode_body(body: &[u8]) -> Result<Self, String>;
 }
 
@@ -101,6 +104,10 @@ impl Frame for ClientFrame {
 
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), String> {
         codec::encode_into(self, out)
+    }
+
+    fn body_len(&self) -> Result<usize, String> {
+        codec::encoded_len(self)
     }
 
     fn decode_body(body: &[u8]) -> Result<Self, String> {
@@ -113,6 +120,10 @@ impl Frame for ServerFrame {
 
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), String> {
         codec::encode_into(self, out)
+    }
+
+    fn body_len(&self) -> Result<usize, String> {
+        codec::encoded_len(self)
     }
 
     fn decode_body(body: &[u8]) -> Result<Self, String> {
@@ -155,6 +166,20 @@ pub fn encode_frame<F: Frame>(frame: &F, out: &mut Vec<u8>) -> Result<usize, Enc
 /// As [`encode_frame`].
 pub fn encode_frame_to_vec<F: Frame>(frame: &F) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
+    encode_frame(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes one frame into a buffer of exactly its size: a first pass measures the body (no
+/// copy), so a large frame holds no unused capacity (a `Vec` grown by doubling holds up to
+/// twice its length). For frames that can be large; small ones are cheaper with
+/// [`encode_frame_to_vec`].
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn encode_frame_exact<F: Frame>(frame: &F) -> Result<Vec<u8>, EncodeError> {
+    let body = frame.body_len().map_err(EncodeError::Encoder)?;
+    let mut out = Vec::with_capacity(LENGTH_PREFIX + 1 + body);
     encode_frame(frame, &mut out)?;
     Ok(out)
 }
@@ -324,6 +349,24 @@ mod tests {
             id: RequestId(id),
             request: Request::Ping,
         }
+    }
+
+    #[test]
+    fn an_exact_encoding_is_the_same_bytes_with_no_spare_capacity() {
+        use crate::server::{Response, ServerFrame, UserInfo};
+        let users = (0..300)
+            .map(|i| UserInfo {
+                user: crate::ids::UserId(i),
+                name: format!("user{i}"),
+            })
+            .collect();
+        let frame = ServerFrame::Response {
+            id: RequestId(3),
+            response: Response::Users(users),
+        };
+        let exact = encode_frame_exact(&frame).unwrap();
+        assert_eq!(exact, encode_frame_to_vec(&frame).unwrap());
+        assert_eq!(exact.capacity(), exact.len());
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub use client::{
 pub use codes::{ErrorCode, GoodbyeCode};
 pub use frame::{
     DecodeError, EncodeError, Frame, FrameDecoder, LENGTH_PREFIX, PROTOCOL_VERSION,
-    decode_datagram, decode_frame, encode_frame, encode_frame_to_vec, frame_size,
+    decode_datagram, decode_frame, encode_frame, encode_frame_exact, encode_frame_to_vec,
+    frame_size,
 };
 pub use ids::{ConversationId, DeviceId, OpId, RequestId, RoomId, Seq, Timestamp, UserId};
 pub use server::{

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chat_protocol::{
     ConversationId, ErrorBody, ErrorCode, GoodbyeCode, RequestId, Response, ServerFrame, UserId,
-    encode_frame_to_vec,
+    encode_frame_exact, encode_frame_to_vec,
 };
 
 use crate::config::Config;
@@ -275,17 +275,27 @@ impl Completion for Done {
 /// Encodes a server frame. Frames the daemon builds always fit; if one ever does not, the
 /// client gets an `INTERNAL` error instead of a broken stream.
 pub(crate) fn encode(frame: &ServerFrame) -> Bytes {
-    match encode_frame_to_vec(frame) {
-        Ok(bytes) => {
-            // A large frame grew by doubling: copy it into an allocation of its own length, so
-            // the memory it holds is what the budgets charge (`shrink_to_fit` is not enough:
-            // mimalloc keeps a block that shrinks by less than half where it is).
-            if bytes.len() >= 64 * 1024 && bytes.capacity() > bytes.len() + bytes.len() / 16 {
-                Bytes::copy_from_slice(&bytes)
-            } else {
-                Bytes::from(bytes)
-            }
+    // Answers that carry a list can be large: encoded into a buffer of exactly their size, so
+    // the memory they hold is what the budgets charge (a `Vec` grown by doubling holds up to
+    // twice its length, and mimalloc does not shrink a block by less than half in place).
+    let large = matches!(
+        frame,
+        ServerFrame::Response {
+            response: Response::History(_)
+                | Response::Members(_)
+                | Response::Conversations(_)
+                | Response::Users(_)
+                | Response::Presence(_),
+            ..
         }
+    );
+    let encoded = if large {
+        encode_frame_exact(frame)
+    } else {
+        encode_frame_to_vec(frame)
+    };
+    match encoded {
+        Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             tracing::error!(error = %e, "a server frame failed to encode");
             let id = match frame {
