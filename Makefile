@@ -53,6 +53,7 @@ bench: bootstrap
 	./bench/run.sh
 	./bench/profile.sh
 	./bench/nonreader.sh
+	./bench/flood.sh
 
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (cargo-fuzz uses -Z flags): rustup toolchain install nightly" >&2; exit 1; }

@@ -21,19 +21,12 @@ many="$("$nonreader_bin" --chatd "$chatd_bin" --accounts 250 --devices 4 --reque
 printf '%s\n%s\n' "$one" "$many" >bench/results/nonreader.jsonl
 
 python3 - bench/results/nonreader.jsonl bench/RESULTS.md <<'PY'
-import json, os, platform, re, subprocess, sys, datetime
+import json, os, platform, sys, datetime
+sys.path.insert(0, "bench")  # the scripts run from the repository root
+from report import cpu, replace_section
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 results = sys.argv[2]
 mib = lambda b: f"{b / 2**20:,.1f} MiB"
-
-def cpu():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 rows = []
 for r in runs:
@@ -72,12 +65,7 @@ what the bound must cover. "Over baseline" is the peak above the readers' peak, 
 """ + "\n".join(rows) + "\n<!-- nonreader:end -->"
 
 text = open(results).read() if os.path.exists(results) else "# chatd benchmark results\n"
-pattern = re.compile(r"<!-- nonreader:begin.*?<!-- nonreader:end -->", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text)
-else:
-    marker = "<!-- codec:begin"
-    text = text.replace(marker, section + "\n\n" + marker, 1) if marker in text else text.rstrip() + "\n\n" + section + "\n"
+text = replace_section(text, "nonreader", section, "<!-- codec:begin")
 open(results, "w").write(text)
 print(section)
 PY

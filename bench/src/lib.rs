@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod live;
+
 use chat_protocol::{
     ContentType, ConversationId, Entry, Event, HistoryPage, Message, OpId, RoomId, Seq,
     ServerFrame, Timestamp, UserId,

@@ -1,0 +1,287 @@
+//! Live clients of a spawned `chatd` for the benchmarks that need a real daemon process
+//! (its own resident memory, its own CPU): starting the binary on a temp dir and a free
+//! port of 127.0.0.1, a minimal session on chat-protocol and quinn, tokens minted with the
+//! daemon's generated secret, and the daemon's VmRSS.
+//!
+//! A benchmark harness: anything that fails aborts the run with its message, so it unwraps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_protocol::{
+    Auth, ClientFrame, ConversationId, DeviceId, FrameDecoder, Hello, HistoryFrom, HistoryQuery,
+    Order, Request, RequestId, Response, SUPPORTED_VERSIONS, ServerFrame, encode_frame_to_vec,
+};
+
+/// A `chatd` child process on a temp dir; killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    /// Its UDP address.
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `chatd` with 2 shards, the benchmarks' lifted policy limits (send rate, the
+    /// per-address and Retry thresholds: every client here is 127.0.0.1) and `env`, and
+    /// waits until it answers.
+    ///
+    /// # Panics
+    /// When it does not start within 30 s.
+    pub async fn start(chatd: &Path, env: &[(&str, String)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new(chatd)
+            .args([
+                "run",
+                "--listen",
+                &addr.to_string(),
+                "--shards",
+                "2",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env_remove("RUST_LOG")
+            .env("CHATD_LOG", "warn")
+            .env("CHATD_LIMITS_SEND_RATE", "1000000")
+            .env("CHATD_LIMITS_SEND_BURST", "1000000")
+            .env("CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
+            .env("CHATD_LIMITS_RETRY_ABOVE", "1000000")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .spawn()
+            .unwrap();
+        let daemon = Daemon { child, dir, addr };
+        let started = Instant::now();
+        while !daemon.dir.path().join("auth/secret").exists() || !daemon.cert().exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chatd did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut probe = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        probe.set_default_client_config(client_config(&daemon.cert(), None));
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+                probe.connect(addr, "localhost").unwrap().await.is_ok()
+            });
+            if attempt.await == Ok(true) {
+                return daemon;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chatd does not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its development certificate.
+    #[must_use]
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+
+    /// A token for `user`, minted with its generated secret.
+    ///
+    /// # Panics
+    /// When the secret cannot be read.
+    #[must_use]
+    pub fn token(&self, user: &str) -> String {
+        let keys = chatd::token::Keys::load(&chatd::config::AuthConfig::default(), self.dir.path())
+            .unwrap();
+        let now = chatd::unix_now();
+        keys.mint(user, now, now + 3600)
+    }
+
+    /// Its resident memory now, in bytes.
+    #[must_use]
+    pub fn rss(&self) -> usize {
+        rss(self.child.id())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of `pid` in bytes.
+///
+/// # Panics
+/// When /proc has no such process.
+pub fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// The QUIC client configuration trusting `cert`, with a receive window of `window` bytes
+/// when given (a small one makes a client that reads slowly).
+///
+/// # Panics
+/// When the certificate cannot be read.
+pub fn client_config(cert: &Path, window: Option<u32>) -> quinn::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![chatd::tls::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(120).try_into().unwrap()));
+    if let Some(window) = window {
+        transport
+            .stream_receive_window(window.into())
+            .receive_window(window.into());
+    }
+    config.transport_config(Arc::new(transport));
+    config
+}
+
+/// One session: its streams and a decoder for the answers it does read.
+pub struct Session {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder<ServerFrame>,
+}
+
+impl Session {
+    /// Connects and says hello with `token` as device `device`.
+    ///
+    /// # Panics
+    /// When the connection or the token fails.
+    pub async fn open(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        token: &str,
+        device: u64,
+    ) -> Session {
+        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut session = Session {
+            conn,
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+        };
+        session
+            .write(&ClientFrame::Hello(Hello {
+                versions: SUPPORTED_VERSIONS,
+                client: "nonreader".into(),
+                device: DeviceId(device),
+                auth: Some(Auth {
+                    token: token.to_owned(),
+                    resume: None,
+                }),
+            }))
+            .await;
+        loop {
+            if let ServerFrame::HelloOk(ok) = session.next().await {
+                assert!(ok.session.is_some(), "the token was refused");
+                return session;
+            }
+        }
+    }
+
+    /// Writes `n` history requests for the room's first 100 entries (its creation and 99
+    /// full messages; the newest entries are the joins of the clients), without waiting.
+    pub async fn pipeline_pages(&mut self, conversation: ConversationId, n: u32) {
+        for id in 0..n {
+            let request = Request::History(HistoryQuery {
+                conversation,
+                from: HistoryFrom::After(chat_protocol::Seq(0)),
+                limit: 100,
+                order: Order::OldestFirst,
+            });
+            self.write(&ClientFrame::Request {
+                id: RequestId(100 + id),
+                request,
+            })
+            .await;
+        }
+    }
+
+    /// Writes one frame.
+    ///
+    /// # Panics
+    /// When the stream is closed.
+    pub async fn write(&mut self, frame: &ClientFrame) {
+        self.send
+            .write_all(&encode_frame_to_vec(frame).unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// The next frame.
+    ///
+    /// # Panics
+    /// When the stream ends or a frame does not decode.
+    pub async fn next(&mut self) -> ServerFrame {
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return frame;
+            }
+            let chunk = self
+                .recv
+                .read_chunk(self.decoder.space(), true)
+                .await
+                .unwrap()
+                .expect("stream open");
+            self.decoder.push(&chunk.bytes).unwrap();
+        }
+    }
+
+    /// Sends a request and waits for its answer (other frames are skipped).
+    ///
+    /// # Errors
+    /// The daemon's error, as text.
+    pub async fn request(&mut self, id: u32, request: Request) -> Result<Response, String> {
+        self.write(&ClientFrame::Request {
+            id: RequestId(id),
+            request,
+        })
+        .await;
+        loop {
+            match self.next().await {
+                ServerFrame::Response { id: got, response } if got.0 == id => return Ok(response),
+                ServerFrame::Error {
+                    id: Some(got),
+                    error,
+                } if got.0 == id => {
+                    return Err(format!("{error:?}"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
