@@ -140,21 +140,8 @@ pub fn rss(pid: u32) -> usize {
 /// # Panics
 /// When the certificate cannot be read.
 pub fn client_config(cert: &Path, window: Option<u32>) -> quinn::ClientConfig {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![chatd::tls::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut config =
+        chat_sdk::quic_client_config(&chat_sdk::Trust::CaFile(cert.to_owned())).unwrap();
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(120).try_into().unwrap()));
     if let Some(window) = window {

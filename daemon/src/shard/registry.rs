@@ -121,10 +121,15 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// The tokens it holds at `now`, refilled at `rate` per second up to `burst`.
+    fn level(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        (self.tokens + elapsed * rate).min(burst)
+    }
+
     /// Takes a token, or says how many milliseconds until one is there.
     fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), u32> {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.tokens = self.level(now, rate, burst);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -287,10 +292,10 @@ impl Registry {
                 break;
             }
             self.idle_buckets.pop_front();
-            let full = self.buckets.get(&user).is_some_and(|bucket| {
-                let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-                bucket.tokens + elapsed * rate >= burst
-            });
+            let full = self
+                .buckets
+                .get(&user)
+                .is_some_and(|bucket| bucket.level(now, rate, burst) >= burst);
             // With a refill longer than the minute an entry waits, the bucket goes anyway:
             // the map of offline users' buckets stays bounded.
             let capped = burst / rate > IDLE_BUCKET_SECS;
