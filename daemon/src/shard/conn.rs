@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chat_protocol::{
     ClientFrame, ConversationId, ConversationPage, ConversationSummary, DecodeError, DeviceId,
-    Entry, ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk,
-    Request, RequestId, Response, Resume, RoomId, ServerFrame, Session, Timestamp, TypingUpdate,
-    UserId, UserInfo, UserRef,
+    ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk, Request,
+    RequestId, Response, Resume, RoomId, ServerFrame, Session, Timestamp, TypingUpdate, UserId,
+    UserInfo, UserRef,
 };
 
 use super::accounts::{self, Authenticated};
@@ -34,7 +34,10 @@ use super::{
 use crate::budget::{self, CONNECTION_COST, UserBudget};
 use crate::runtime::spawn_local;
 use crate::store::CatchUp;
-use crate::store::ReplayItem;
+
+mod catch_up;
+pub(crate) use catch_up::replay;
+use catch_up::{catch_up, resume_parked};
 
 /// The connections of one shard.
 pub(crate) struct Connections {
@@ -1273,233 +1276,6 @@ fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId
         );
         Ok(Ok(()))
     });
-}
-
-/// Starts a catch-up: live log events are held back while the read pool collects what the
-/// device missed (after its cursors, else after the user's delivered markers); `replay`
-/// then sends it, the held-back events that the replay did not already hold, and `CaughtUp`.
-/// Returns `false` (after answering with an error) when it cannot start.
-fn catch_up(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    resume: Resume,
-    request: Option<RequestId>,
-) -> bool {
-    let refuse = |code: ErrorCode, reason: &str| {
-        match request {
-            Some(id) => reply(shard, conn.id, id, error(id, code, reason)),
-            None => conn.push(encode(&error_frame(None, code, reason)), Kind::Control),
-        }
-        false
-    };
-    if resume.cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS {
-        return refuse(ErrorCode::INVALID_REQUEST, "too many resume cursors");
-    }
-    let Some((user, _)) = conn.session() else {
-        return refuse(ErrorCode::NOT_AUTHENTICATED, "");
-    };
-    let cursors: std::collections::HashMap<_, _> = resume
-        .cursors
-        .iter()
-        .map(|c| (c.conversation, c.seq))
-        .collect();
-    {
-        let mut state = conn.state.borrow_mut();
-        state.catching_up = Some(Vec::new());
-        state.caught_up_to.clone_from(&cursors);
-    }
-    // A catch-up also ends a lag: live events flow again after it.
-    conn.out.borrow_mut().lagged = false;
-    let limits = &shard.shared.config.limits;
-    let catch_up = CatchUp::new(
-        user,
-        cursors,
-        u64::from(limits.max_resume_gap),
-        u64::from(limits.max_replay),
-    );
-    next_page(shard, conn, Box::new(catch_up));
-    true
-}
-
-/// Asks the read pool for the next page of a catch-up, once its largest size fits the
-/// budgets; until then, or while the pool is full, the catch-up is parked and the writer
-/// asks again after writing (or after [`PARKED_RETRY`]).
-fn next_page(shard: &Shard, conn: &Conn, catch_up: Box<CatchUp>) {
-    if !conn.try_charge(budget::REPLAY_RESERVATION) {
-        // Live events held back during the catch-up may be what fills the budget: they would
-        // wait for the replay to end and the replay for their room. The connection lags
-        // instead (it syncs again after `CaughtUp`), and the next page gets their room.
-        let held = conn
-            .state
-            .borrow_mut()
-            .catching_up
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        if !held.is_empty() {
-            conn.release(held.iter().map(|(_, frame)| budget::cost(frame)).sum());
-            conn.lag();
-        }
-        if !conn.try_charge(budget::REPLAY_RESERVATION) {
-            conn.state.borrow_mut().replay_parked = Some(catch_up);
-            conn.wake.notify_one();
-            return;
-        }
-    }
-    let job = PageJob {
-        shared: Arc::clone(&shard.shared),
-        shard: shard.id,
-        conn: conn.id,
-        catch_up,
-    };
-    if let Err(job) = shard.shared.reads.try_submit(job) {
-        conn.release(budget::REPLAY_RESERVATION);
-        conn.state.borrow_mut().replay_parked = Some(job.catch_up);
-        conn.wake.notify_one();
-    }
-}
-
-/// Reads one page of a catch-up on the read pool and sends it to the connection's shard.
-struct PageJob {
-    shared: Arc<super::Shared>,
-    shard: super::ShardId,
-    conn: ConnId,
-    catch_up: Box<CatchUp>,
-}
-
-impl crate::pool::Job for PageJob {
-    fn run(self: Box<Self>, store: &crate::store::Store) {
-        let PageJob {
-            shared,
-            shard,
-            conn,
-            mut catch_up,
-        } = *self;
-        let msg = match store.catch_up_page(&mut catch_up, budget::REPLAY_PAGE) {
-            Ok(items) => {
-                let mut replayed = 0u32;
-                let frames = items
-                    .into_iter()
-                    .map(|item| match item {
-                        ReplayItem::Gap(gap) => {
-                            (None, encode(&ServerFrame::Event(Event::Gap(gap))))
-                        }
-                        ReplayItem::Entry(entry) => {
-                            replayed += 1;
-                            let position = Some((entry.conversation(), entry.seq()));
-                            let event = match entry {
-                                Entry::Message(m) => Event::Message(m),
-                                Entry::Membership(m) => Event::Membership(m),
-                            };
-                            (position, encode(&ServerFrame::Event(event)))
-                        }
-                    })
-                    .collect();
-                let next = (!catch_up.done()).then_some(catch_up);
-                ShardMsg::Replay {
-                    conn,
-                    frames,
-                    replayed,
-                    next,
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "catch-up read failed");
-                let frame = encode(&error_frame(
-                    None,
-                    ErrorCode::UNAVAILABLE,
-                    "catch-up failed; page history",
-                ));
-                ShardMsg::Replay {
-                    conn,
-                    frames: vec![(None, frame)],
-                    replayed: 0,
-                    next: None,
-                }
-            }
-        };
-        shared.push_blocking(shard, msg);
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
-        self
-    }
-}
-
-/// Asks for a parked catch-up page if it fits now (the writer calls this after writing).
-fn resume_parked(shard: &Shard, conn: &Conn) {
-    let parked = conn.state.borrow_mut().replay_parked.take();
-    if let Some(catch_up) = parked {
-        next_page(shard, conn, catch_up);
-    }
-}
-
-/// A page of a catch-up arrived: send it; if it was the last, then the live events held
-/// back meanwhile that the replay did not already hold, then `CaughtUp`; else ask for the
-/// next page.
-pub(crate) fn replay(
-    shard: &Shard,
-    conn: ConnId,
-    frames: Vec<(Option<Position>, Bytes)>,
-    replayed: u32,
-    next: Option<Box<CatchUp>>,
-) {
-    let Some(conn) = get(shard, conn) else { return };
-    conn.release(budget::REPLAY_RESERVATION);
-    {
-        let mut state = conn.state.borrow_mut();
-        if state.catching_up.is_none() {
-            // The connection ended meanwhile.
-            return;
-        }
-        state.replayed = state.replayed.saturating_add(replayed);
-        for (position, _) in &frames {
-            if let Some((c, seq)) = *position {
-                let mark = state.caught_up_to.entry(c).or_insert(seq);
-                *mark = (*mark).max(seq);
-            }
-        }
-    }
-    for (_, frame) in frames {
-        conn.push(frame, Kind::Control);
-    }
-    if let Some(next) = next {
-        next_page(shard, &conn, next);
-        return;
-    }
-    let (held, replayed) = {
-        let mut state = conn.state.borrow_mut();
-        let held = state.catching_up.take().unwrap_or_default();
-        (held, std::mem::take(&mut state.replayed))
-    };
-    let mut last = std::mem::take(&mut conn.state.borrow_mut().caught_up_to);
-    let limit = shard.shared.config.limits.outgoing_queue;
-    let mut held = held.into_iter();
-    if !conn.out.borrow().lagged {
-        for ((c, seq), frame) in held.by_ref() {
-            if last.get(&c).is_none_or(|l| seq > *l) {
-                // Newer than the device has: later pushes of the conversation are too.
-                last.remove(&c);
-                if conn.out.borrow().events >= limit {
-                    conn.release(budget::cost(&frame));
-                    conn.lag();
-                    break;
-                }
-                // Charged when it was held.
-                conn.enqueue(frame, Kind::Event);
-                record_event_peak(shard, &conn);
-            } else {
-                conn.release(budget::cost(&frame));
-            }
-        }
-    }
-    // What is left was not sent (the connection lags): its bytes go back.
-    conn.release(held.map(|(_, frame)| budget::cost(&frame)).sum());
-    conn.state.borrow_mut().caught_up_to = last;
-    conn.push(
-        encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
-        Kind::Control,
-    );
 }
 
 /// The budget a local connection shares with its user's other connections arrived: it is
