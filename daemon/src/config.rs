@@ -155,8 +155,12 @@ pub struct StorageConfig {
     pub max_group_commit: usize,
     /// Requests waiting for the storage thread before sends get `OVERLOADED`.
     pub queue_depth: usize,
-    /// Recent (sender, op id) pairs remembered per conversation for deduplication.
+    /// Sends of one user in one conversation whose op ids are recognised when retried
+    /// (kept on disk, so across restarts).
     pub dedupe_window: usize,
+    /// Op ids a conversation holds in memory for its recent senders' windows; the least
+    /// recently active senders beyond it are read back from disk when they send again.
+    pub dedupe_cache: usize,
     /// Conversations a shard keeps in memory; idle ones beyond this are dropped and reloaded
     /// from disk when next used.
     pub cached_conversations: usize,
@@ -249,7 +253,8 @@ impl Default for StorageConfig {
             durability: Durability::Fsync,
             max_group_commit: 256,
             queue_depth: 16_384,
-            dedupe_window: 1_024,
+            dedupe_window: 256,
+            dedupe_cache: 1_024,
             cached_conversations: 100_000,
         }
     }
@@ -421,9 +426,14 @@ impl Config {
             self.storage.queue_depth >= 16,
             "storage.queue_depth must be at least 16",
         );
+        // A device resends at most its unanswered requests: they must fit the window.
         check(
-            (1..=1_000_000).contains(&self.storage.dedupe_window),
-            "storage.dedupe_window must be 1 to 1000000",
+            (self.limits.max_in_flight as usize..=65_536).contains(&self.storage.dedupe_window),
+            "storage.dedupe_window must be limits.max_in_flight to 65536",
+        );
+        check(
+            (self.storage.dedupe_window..=1_000_000).contains(&self.storage.dedupe_cache),
+            "storage.dedupe_cache must be storage.dedupe_window to 1000000",
         );
         check(
             self.storage.cached_conversations >= 16,

@@ -1,7 +1,7 @@
 //! Conversation ownership: the shard that owns a conversation orders it.
 //!
-//! Per conversation the owner keeps a [`State`]: the committed head, the deduplication window
-//! of recent (sender, op id) pairs, the room's membership, and the audience (who receives its
+//! Per conversation the owner keeps a [`State`]: the committed head, each recent sender's
+//! window of op ids ([`dedupe`]), the room's membership, and the audience (who receives its
 //! events). Operations that add log entries are validated against the state, applied to it,
 //! and queued; while one commit of the conversation is with the storage thread, later entries
 //! wait in `queued` and go together in the next commit. Sequence numbers are assigned when a
@@ -12,19 +12,25 @@
 //! Only after a commit returns does the owner ack the sender and fan the event out (one
 //! `Fanout` per registry shard of the audience), so nothing is visible before it is durable.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod dedupe;
+
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use chat_protocol::{
     ContentType, ConversationId, Entry, ErrorCode, Event, HistoryPage, HistoryQuery, Marker,
     Member, MemberPage, MembershipChange, MembershipEvent, Message, OpId, Receipt, Response, Role,
-    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, Timestamp, TypingEvent, UserId,
+    RoomId, RoomInfo, SendAck, SendMessage, Seq, ServerFrame, TypingEvent, UserId,
 };
 
 use super::{Done, DoneThen, Origin, Shard, ShardId, ShardMsg, encode, error, now_ms, response};
+use crate::config::StorageConfig;
 use crate::store::writer::{Batch, WriteError};
-use crate::store::{Cf, ConversationSnapshot, MemberState, RoomRecord, keys, outbox, to_json};
+use crate::store::{
+    Cf, ConversationSnapshot, MemberState, RoomRecord, SenderOp, keys, outbox, to_json,
+};
+use dedupe::{Lookup, Senders};
 
 /// Operations for a conversation's owner.
 pub(crate) enum Op {
@@ -53,6 +59,11 @@ pub(crate) enum Op {
     },
     /// The storage thread finished this conversation's commit.
     Committed(Result<(), WriteError>),
+    /// The read pool read a sender's recent sends (for deduplication).
+    SenderOps {
+        sender: UserId,
+        result: Result<Vec<SenderOp>, String>,
+    },
 }
 
 /// Membership operations.
@@ -140,8 +151,9 @@ struct Pending {
 struct State {
     id: ConversationId,
     committed: Seq,
-    dedupe: HashMap<(UserId, OpId), (Seq, Timestamp)>,
-    dedupe_order: VecDeque<(UserId, OpId)>,
+    /// Each recent sender's window of op ids; sends of senders whose window is being read
+    /// wait here.
+    senders: Senders<(Origin, SendMessage)>,
     /// Entries in the commit with the storage thread, in sequence order.
     committing: Vec<Pending>,
     /// Entries waiting for the next commit.
@@ -160,7 +172,12 @@ struct State {
 }
 
 impl State {
-    fn from_snapshot(id: ConversationId, snapshot: ConversationSnapshot, outbox: bool) -> State {
+    fn from_snapshot(
+        id: ConversationId,
+        snapshot: ConversationSnapshot,
+        storage: &StorageConfig,
+        outbox: bool,
+    ) -> State {
         let room = snapshot.room.map(|(record, people)| {
             let people: BTreeMap<_, _> = people.into_iter().collect();
             let member_count = people
@@ -176,8 +193,11 @@ impl State {
         let mut state = State {
             id,
             committed: snapshot.head,
-            dedupe: HashMap::new(),
-            dedupe_order: VecDeque::new(),
+            senders: Senders::new(
+                storage.dedupe_window,
+                storage.dedupe_cache,
+                snapshot.head == Seq(0),
+            ),
             committing: Vec::new(),
             queued: Vec::new(),
             queued_batch: Batch::default(),
@@ -192,23 +212,8 @@ impl State {
             audience: Arc::from(Vec::new()),
             outbox,
         };
-        // Oldest first, so the newest stay when the window is full.
-        for (sender, op, seq, ts) in snapshot.recent.into_iter().rev() {
-            state.remember(sender, op, seq, ts, usize::MAX);
-        }
         state.refresh_audience();
         state
-    }
-
-    fn remember(&mut self, sender: UserId, op: OpId, seq: Seq, ts: Timestamp, window: usize) {
-        if self.dedupe.insert((sender, op), (seq, ts)).is_none() {
-            self.dedupe_order.push_back((sender, op));
-        }
-        while self.dedupe_order.len() > window {
-            if let Some(old) = self.dedupe_order.pop_front() {
-                self.dedupe.remove(&old);
-            }
-        }
     }
 
     fn refresh_audience(&mut self) {
@@ -229,9 +234,12 @@ impl State {
         !self.committing.is_empty() || !self.committing_receipts.is_empty()
     }
 
-    /// Nothing in flight and nothing queued.
+    /// Nothing in flight, nothing queued, no sends waiting for a sender's window.
     fn idle(&self) -> bool {
-        !self.committing_now() && self.queued.is_empty() && self.queued_receipts.is_empty()
+        !self.committing_now()
+            && self.queued.is_empty()
+            && self.queued_receipts.is_empty()
+            && !self.senders.loading()
     }
 
     fn is_member(&self, user: UserId) -> bool {
@@ -286,6 +294,8 @@ pub(crate) fn handle(shard: &Rc<Shard>, conversation: ConversationId, op: Op) {
             Op::Committed(_) => {
                 tracing::warn!(%conversation, "commit result for an unknown conversation")
             }
+            // The conversation was forgotten (and its waiting sends answered) meanwhile.
+            Op::SenderOps { .. } => {}
             op => {
                 conversations
                     .slots
@@ -308,6 +318,7 @@ fn create(
     let mut state = State::from_snapshot(
         conversation,
         ConversationSnapshot::default(),
+        &shard.shared.config.storage,
         shard.shared.config.bridge.enabled(),
     );
     create_room(&mut state, origin, name, invite_only);
@@ -323,7 +334,6 @@ fn create(
 fn start_load(shard: &Rc<Shard>, conversation: ConversationId) {
     let shared = Arc::clone(&shard.shared);
     let id = shard.id;
-    let window = shard.shared.config.storage.dedupe_window;
     let submitted = shard.shared.reads.submit(move |store| {
         let result = (|| {
             // Direct conversations exist between existing users only.
@@ -333,7 +343,7 @@ fn start_load(shard: &Rc<Shard>, conversation: ConversationId) {
                 return Ok(None);
             }
             Ok(store
-                .load_conversation(conversation, window)?
+                .load_conversation(conversation)?
                 .map(|snapshot| Loaded { snapshot }))
         })()
         .map_err(|e: crate::store::Error| e.to_string());
@@ -367,8 +377,13 @@ pub(crate) fn loaded(
     };
     let (code, reason) = match result {
         Ok(Some(loaded)) => {
-            let outbox = shard.shared.config.bridge.enabled();
-            let state = State::from_snapshot(conversation, loaded.snapshot, outbox);
+            let config = &shard.shared.config;
+            let state = State::from_snapshot(
+                conversation,
+                loaded.snapshot,
+                &config.storage,
+                config.bridge.enabled(),
+            );
             shard
                 .owner
                 .borrow_mut()
@@ -429,7 +444,7 @@ fn op_origin(op: &Op) -> Option<&Origin> {
         | Op::Create { origin, .. }
         | Op::Room { origin, .. }
         | Op::Mark { origin, .. } => Some(origin),
-        Op::Committed(_) | Op::Typing { .. } => None,
+        Op::Committed(_) | Op::Typing { .. } | Op::SenderOps { .. } => None,
     }
 }
 
@@ -444,6 +459,7 @@ fn apply(shard: &Rc<Shard>, state: &mut State, op: Op) {
             seq,
         } => mark(shard, state, origin, marker, seq),
         Op::Typing { origin, active } => typing(shard, state, &origin, active),
+        Op::SenderOps { sender, result } => sender_ops(shard, state, sender, result),
         Op::Create { origin, .. } => {
             shard.reply(
                 &origin,
@@ -459,15 +475,25 @@ fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessa
     if !state.is_member(origin.user) {
         return reply_error(ErrorCode::NOT_MEMBER, "");
     }
-    if let Some(&(seq, ts)) = state.dedupe.get(&(origin.user, message.op)) {
-        let ack = SendAck {
-            conversation: state.id,
-            op: message.op,
-            seq,
-            ts,
-            duplicate: true,
-        };
-        return shard.reply(&origin, response(origin.request, Response::Sent(ack)));
+    match state.senders.lookup(origin.user, message.op) {
+        Lookup::Seen(stored) if stored.seq <= state.committed => {
+            let ack = SendAck {
+                conversation: state.id,
+                op: message.op,
+                seq: stored.seq,
+                ts: stored.ts,
+                duplicate: true,
+            };
+            return shard.reply(&origin, response(origin.request, Response::Sent(ack)));
+        }
+        Lookup::Cold => {
+            if state.senders.park(origin.user, (origin, message)) {
+                read_sender_ops(shard, state, origin.user);
+            }
+            return;
+        }
+        // Still being committed (found below), or new.
+        Lookup::Seen(_) | Lookup::New => {}
     }
     if let Some(pending) = state.pending_send(origin.user, message.op) {
         pending.waiters.push(origin);
@@ -509,10 +535,26 @@ fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessa
             offline_recipients,
         });
     }
+    let sent = SenderOp {
+        op: message.op,
+        seq,
+        ts: now_ms(),
+    };
+    state.queued_batch.put(
+        Cf::SenderOps,
+        keys::sender_op(state.id, origin.user, seq).to_vec(),
+        sent.value().to_vec(),
+    );
+    if let Some(dropped) = state.senders.record(origin.user, sent) {
+        state.queued_batch.delete(
+            Cf::SenderOps,
+            keys::sender_op(state.id, origin.user, dropped.seq).to_vec(),
+        );
+    }
     let entry = Entry::Message(Message {
         conversation: state.id,
         seq,
-        ts: now_ms(),
+        ts: sent.ts,
         sender: origin.user,
         op: message.op,
         content_type: message.content_type,
@@ -527,6 +569,86 @@ fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessa
         reply: None,
         waiters: Vec::new(),
     });
+}
+
+/// Reads the window of a cold sender on the read pool; its sends wait in `state.senders`.
+fn read_sender_ops(shard: &Rc<Shard>, state: &mut State, sender: UserId) {
+    let conversation = state.id;
+    let shared = Arc::clone(&shard.shared);
+    let id = shard.id;
+    let window = shard.shared.config.storage.dedupe_window;
+    let submitted = shard.shared.reads.submit(move |store| {
+        let result = store
+            .sender_ops(conversation, sender, window)
+            .map_err(|e| e.to_string());
+        shared.push_blocking(
+            id,
+            ShardMsg::Conversation {
+                conversation,
+                op: Op::SenderOps { sender, result },
+            },
+        );
+    });
+    if !submitted {
+        for (origin, _) in state.senders.failed(sender) {
+            shard.reply(
+                &origin,
+                error(
+                    origin.request,
+                    ErrorCode::OVERLOADED,
+                    "the read pool is full",
+                ),
+            );
+        }
+    }
+}
+
+/// A cold sender's window arrived: its parked sends go on, in order.
+fn sender_ops(
+    shard: &Rc<Shard>,
+    state: &mut State,
+    sender: UserId,
+    result: Result<Vec<SenderOp>, String>,
+) {
+    match result {
+        Ok(mut ops) => {
+            // Sends of this sender still being committed are not in the store yet.
+            let stored = ops.last().map_or(Seq(0), |o| o.seq);
+            ops.extend(state.committing.iter().chain(&state.queued).filter_map(
+                |p| match &p.entry {
+                    Entry::Message(m) if m.sender == sender && m.seq > stored => Some(SenderOp {
+                        op: m.op,
+                        seq: m.seq,
+                        ts: m.ts,
+                    }),
+                    _ => None,
+                },
+            ));
+            let (parked, beyond) = state.senders.loaded(sender, ops);
+            for op in beyond {
+                state.queued_batch.delete(
+                    Cf::SenderOps,
+                    keys::sender_op(state.id, sender, op.seq).to_vec(),
+                );
+            }
+            for (origin, message) in parked {
+                send(shard, state, origin, message);
+            }
+        }
+        Err(e) => {
+            tracing::error!(conversation = %state.id, error = %e, "reading a sender's recent sends failed");
+            for (origin, _) in state.senders.failed(sender) {
+                shard.reply(
+                    &origin,
+                    error(
+                        origin.request,
+                        ErrorCode::UNAVAILABLE,
+                        "storage unavailable",
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn history(shard: &Rc<Shard>, state: &State, origin: Origin, query: HistoryQuery) {
@@ -983,10 +1105,9 @@ fn submit(shard: &Rc<Shard>, state: &mut State) -> bool {
 fn committed(shard: &Rc<Shard>, state: &mut State, result: Result<(), WriteError>) -> bool {
     match result {
         Ok(()) => {
-            let window = shard.shared.config.storage.dedupe_window;
             for pending in std::mem::take(&mut state.committing) {
                 state.committed = pending.entry.seq();
-                publish(shard, state, pending, window);
+                publish(shard, pending);
             }
             for (origin, receipt) in std::mem::take(&mut state.committing_receipts) {
                 shard.reply(&origin, response(origin.request, Response::Ok));
@@ -1011,7 +1132,8 @@ fn committed(shard: &Rc<Shard>, state: &mut State, result: Result<(), WriteError
             true
         }
         Err(WriteError::Storage(e)) => {
-            tracing::error!(conversation = %state.id, error = %e, "commit failed");
+            // The storage thread reports failing writes (once per interval, with a count).
+            tracing::debug!(conversation = %state.id, error = %e, "commit failed");
             fail_pending(shard, state, ErrorCode::UNAVAILABLE, "storage write failed");
             true
         }
@@ -1031,11 +1153,14 @@ fn fail_pending(shard: &Rc<Shard>, state: &mut State, code: ErrorCode, reason: &
     {
         shard.reply(&origin, error(origin.request, code, reason));
     }
+    for (origin, _) in state.senders.take_parked() {
+        shard.reply(&origin, error(origin.request, code, reason));
+    }
     state.queued_batch = Batch::default();
 }
 
 /// Acks and fans out one committed entry.
-fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize) {
+fn publish(shard: &Rc<Shard>, pending: Pending) {
     let Pending {
         origin,
         entry,
@@ -1048,7 +1173,6 @@ fn publish(shard: &Rc<Shard>, state: &mut State, pending: Pending, window: usize
     let except = matches!(entry, Entry::Message(_)).then_some(origin.at);
     let event = match entry {
         Entry::Message(m) => {
-            state.remember(m.sender, m.op, m.seq, m.ts, window);
             let ack = SendAck {
                 conversation: m.conversation,
                 op: m.op,

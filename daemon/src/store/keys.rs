@@ -12,6 +12,7 @@
 //! | `user_conversations` | user id (8) · conversation (17) | empty |
 //! | `log` | conversation (17) · seq (8) | `Entry` in wire encoding |
 //! | `markers` | conversation (17) · user id (8) | delivered seq (8) · read seq (8) |
+//! | `sender_ops` | conversation (17) · user id (8) · seq (8) | op id (8) · ts (8) |
 
 use chat_protocol::{ConversationId, RoomId, Seq, UserId};
 
@@ -78,6 +79,21 @@ pub fn log_seq(c: ConversationId, key: &[u8]) -> Option<Seq> {
 #[must_use]
 pub fn marker(c: ConversationId, user: UserId) -> [u8; CONVERSATION_LEN + 8] {
     conversation_then(c, user.0)
+}
+
+/// The prefix of a sender's `sender_ops` keys in a conversation.
+#[must_use]
+pub fn sender_ops(c: ConversationId, sender: UserId) -> [u8; CONVERSATION_LEN + 8] {
+    conversation_then(c, sender.0)
+}
+
+/// A `sender_ops` key: a sender's sends of a conversation are contiguous, by seq.
+#[must_use]
+pub fn sender_op(c: ConversationId, sender: UserId, seq: Seq) -> [u8; CONVERSATION_LEN + 16] {
+    let mut key = [0u8; CONVERSATION_LEN + 16];
+    key[..CONVERSATION_LEN + 8].copy_from_slice(&sender_ops(c, sender));
+    key[CONVERSATION_LEN + 8..].copy_from_slice(&seq.0.to_be_bytes());
+    key
 }
 
 /// A big-endian id.

@@ -41,10 +41,13 @@ pub enum Cf {
     Outbox,
     /// name -> value: the bridge's confirmed cursor
     Meta,
+    /// conversation · sender · seq -> op id (8) · ts (8): each sender's most recent sends
+    /// of a conversation (at most `storage.dedupe_window`), for deduplication
+    SenderOps,
 }
 
 impl Cf {
-    const ALL: [Cf; 10] = [
+    const ALL: [Cf; 11] = [
         Cf::Users,
         Cf::UserNames,
         Cf::Rooms,
@@ -55,6 +58,7 @@ impl Cf {
         Cf::Markers,
         Cf::Outbox,
         Cf::Meta,
+        Cf::SenderOps,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Cf {
             Cf::Markers => "markers",
             Cf::Outbox => "outbox",
             Cf::Meta => "meta",
+            Cf::SenderOps => "sender_ops",
         }
     }
 }
@@ -162,8 +167,6 @@ impl MemberState {
 pub struct ConversationSnapshot {
     /// The last stored sequence number.
     pub head: Seq,
-    /// (sender, op) of the most recent messages, newest first, for deduplication.
-    pub recent: Vec<(UserId, OpId, Seq, Timestamp)>,
     /// For rooms: the record and every member, invitation and ban.
     pub room: Option<(RoomRecord, Vec<(UserId, MemberState)>)>,
     /// Every member's (delivered, read) markers.
@@ -373,7 +376,7 @@ impl Store {
         }
     }
 
-    /// Everything a conversation's owner needs: head, recent ops, room state. `None` for a
+    /// Everything a conversation's owner needs: head, room state, markers. `None` for a
     /// room that does not exist.
     ///
     /// # Errors
@@ -381,7 +384,6 @@ impl Store {
     pub fn load_conversation(
         &self,
         c: ConversationId,
-        dedupe_window: usize,
     ) -> Result<Option<ConversationSnapshot>, Error> {
         let room = match c {
             ConversationId::Room(id) => match self.room(id)? {
@@ -390,35 +392,45 @@ impl Store {
             },
             _ => None,
         };
-        let mut snapshot = ConversationSnapshot {
+        Ok(Some(ConversationSnapshot {
+            head: self.head(c)?,
             room,
             marks: self.conversation_marks(c)?,
-            ..ConversationSnapshot::default()
-        };
-        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
-        iter.seek_for_prev(keys::log(c, Seq(u64::MAX)));
-        let mut first = true;
-        while iter.valid() {
+        }))
+    }
+
+    /// The most recent sends of `sender` in `c` (at most `limit`), oldest first: what the
+    /// owner needs to recognise a retried op id.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt records.
+    pub fn sender_ops(
+        &self,
+        c: ConversationId,
+        sender: UserId,
+        limit: usize,
+    ) -> Result<Vec<SenderOp>, Error> {
+        let prefix = keys::sender_ops(c, sender);
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::SenderOps)?);
+        iter.seek_for_prev(keys::sender_op(c, sender, Seq(u64::MAX)));
+        let mut ops = Vec::new();
+        while ops.len() < limit && iter.valid() {
             let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
                 break;
             };
-            let Some(seq) = keys::log_seq(c, key) else {
+            let Some(seq) = key.strip_prefix(&prefix[..]).and_then(keys::parse_id) else {
                 break;
             };
-            if first {
-                snapshot.head = seq;
-                first = false;
-            }
-            if snapshot.recent.len() >= dedupe_window {
-                break;
-            }
-            if let Entry::Message(m) = decode_entry(value)? {
-                snapshot.recent.push((m.sender, m.op, m.seq, m.ts));
-            }
+            let op = decode_sender_op(Seq(seq), value).ok_or_else(|| Error::Corrupt {
+                cf: Cf::SenderOps,
+                message: "bad sender op".into(),
+            })?;
+            ops.push(op);
             iter.prev();
         }
         iter.status()?;
-        Ok(Some(snapshot))
+        ops.reverse();
+        Ok(ops)
     }
 
     /// Calls `each` with the key suffix (after `prefix`) and value of every entry of `cf` from
@@ -819,6 +831,38 @@ pub fn encode_marks(delivered: Seq, read: Seq) -> [u8; 16] {
     value[..8].copy_from_slice(&delivered.0.to_be_bytes());
     value[8..].copy_from_slice(&read.0.to_be_bytes());
     value
+}
+
+/// One stored send of a sender ([`Cf::SenderOps`]): its op id, and where and when it was
+/// stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderOp {
+    /// The client's op id.
+    pub op: OpId,
+    /// Its sequence number.
+    pub seq: Seq,
+    /// Its server timestamp.
+    pub ts: Timestamp,
+}
+
+impl SenderOp {
+    /// The stored value (the seq is in the key): op id then timestamp, big-endian.
+    #[must_use]
+    pub fn value(&self) -> [u8; 16] {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&self.op.0.to_be_bytes());
+        value[8..].copy_from_slice(&self.ts.0.to_be_bytes());
+        value
+    }
+}
+
+fn decode_sender_op(seq: Seq, value: &[u8]) -> Option<SenderOp> {
+    let value: &[u8; 16] = value.try_into().ok()?;
+    Some(SenderOp {
+        op: OpId(keys::parse_id(&value[..8])?),
+        seq,
+        ts: Timestamp(keys::parse_id(&value[8..])?),
+    })
 }
 
 fn parse_marks(value: &[u8]) -> Option<(Seq, Seq)> {

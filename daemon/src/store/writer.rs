@@ -86,7 +86,7 @@ impl Batch {
 }
 
 /// Why a write did not commit.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// `unless_exists` found the key.
     #[error("the key exists")]
@@ -167,6 +167,7 @@ fn run<C: Completion>(
     let mut results = Vec::with_capacity(max_group);
     let mut claimed = HashSet::new();
     let mut slow = SlowWrites::default();
+    let mut failed = FailedWrites::default();
     while let Ok(first) = rx.recv() {
         group.push(first);
         while group.len() < max_group {
@@ -196,6 +197,24 @@ fn run<C: Completion>(
                  message in them waited as long",
                 SLOW_WRITE.as_millis()
             );
+        }
+        match failed.record(outcome.as_ref().err(), now) {
+            Some(FailureReport::First(e)) => tracing::error!(
+                error = %e,
+                "storage writes fail: every send and change gets UNAVAILABLE until they \
+                 succeed again (a full disk recovers by itself once space is freed)"
+            ),
+            Some(FailureReport::Still { failed, error }) => tracing::error!(
+                failed_commits = failed,
+                error = %error,
+                "storage writes still fail"
+            ),
+            Some(FailureReport::Recovered { failed, lasted }) => tracing::warn!(
+                failed_commits = failed,
+                after_ms = lasted.as_millis(),
+                "storage writes succeed again"
+            ),
+            None => {}
         }
         // Event numbers are taken only by a group that committed: no gaps.
         if outcome.is_ok() && next_event != before {
@@ -250,6 +269,68 @@ impl SlowWrites {
         self.count = 0;
         self.worst = Duration::ZERO;
         Some(report)
+    }
+}
+
+/// How often a run of failing group commits is reported.
+const FAILURE_REPORT: Duration = Duration::from_secs(10);
+
+/// Group commits that fail (a full disk, a broken one): reported at the first, then at most
+/// every [`FAILURE_REPORT`] with how many failed since the last report, and once when a
+/// commit succeeds again. A disk full for an hour gets a few hundred lines, not one per
+/// message.
+#[derive(Default)]
+struct FailedWrites {
+    /// When the current run of failures began, and how many it holds.
+    since: Option<Instant>,
+    total: u64,
+    unreported: u64,
+    reported: Option<Instant>,
+}
+
+/// What [`FailedWrites::record`] says to report.
+#[derive(Debug, PartialEq)]
+enum FailureReport<'a> {
+    First(&'a WriteError),
+    Still { failed: u64, error: &'a WriteError },
+    Recovered { failed: u64, lasted: Duration },
+}
+
+impl FailedWrites {
+    /// Records one group commit's outcome (`Some(error)` when it failed), at `now`.
+    fn record<'a>(
+        &mut self,
+        error: Option<&'a WriteError>,
+        now: Instant,
+    ) -> Option<FailureReport<'a>> {
+        let Some(error) = error else {
+            let since = self.since.take()?;
+            let failed = std::mem::take(&mut self.total);
+            self.unreported = 0;
+            self.reported = None;
+            return Some(FailureReport::Recovered {
+                failed,
+                lasted: now.duration_since(since),
+            });
+        };
+        self.total += 1;
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.reported = Some(now);
+            return Some(FailureReport::First(error));
+        }
+        self.unreported += 1;
+        if self
+            .reported
+            .is_some_and(|at| now.duration_since(at) < FAILURE_REPORT)
+        {
+            return None;
+        }
+        self.reported = Some(now);
+        Some(FailureReport::Still {
+            failed: std::mem::take(&mut self.unreported),
+            error,
+        })
     }
 }
 
@@ -332,5 +413,47 @@ mod tests {
             "the report covers every slow commit since the last one"
         );
         assert_eq!(slow.record(ms(80), t0 + ms(2600)), Some((1, ms(80))));
+    }
+
+    #[test]
+    fn failing_commits_are_reported_first_then_every_ten_seconds_then_once_recovered() {
+        let mut failed = FailedWrites::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let full = WriteError::Storage("IO error: No space left on device".into());
+        assert_eq!(
+            failed.record(None, t0),
+            None,
+            "nothing to say while writes succeed"
+        );
+        assert_eq!(
+            failed.record(Some(&full), t0),
+            Some(FailureReport::First(&full))
+        );
+        for i in 1..100 {
+            assert_eq!(failed.record(Some(&full), t0 + s(9) * i / 100), None);
+        }
+        assert_eq!(
+            failed.record(Some(&full), t0 + s(10)),
+            Some(FailureReport::Still {
+                failed: 100,
+                error: &full
+            }),
+            "the report counts every failure since the last line"
+        );
+        assert_eq!(failed.record(Some(&full), t0 + s(12)), None);
+        assert_eq!(
+            failed.record(None, t0 + s(15)),
+            Some(FailureReport::Recovered {
+                failed: 102,
+                lasted: s(15)
+            })
+        );
+        assert_eq!(failed.record(None, t0 + s(16)), None);
+        // A new run starts with a first line again.
+        assert_eq!(
+            failed.record(Some(&full), t0 + s(17)),
+            Some(FailureReport::First(&full))
+        );
     }
 }

@@ -31,10 +31,69 @@ async fn acked_messages_survive_a_restart() {
         let Entry::Message(m) = entry else { panic!() };
         assert_eq!((m.seq, m.ts), (ack.seq, ack.ts));
     }
-    // The dedupe window was reloaded: a retry of an old op is still recognised.
+    // The sender's window is read from disk: a retry of an old op is still recognised.
     let retry = alice.send_text(notes, 25, "note 25").await;
     assert_eq!((retry.seq, retry.duplicate), (Seq(25), true));
     assert_eq!(alice.send_text(notes, 26, "note 26").await.seq, Seq(26));
+}
+
+/// The window is per sender: other members' sends (and the restart) do not push a user's
+/// retried op out of it; only the user's own later sends do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_is_recognised_however_far_the_conversation_moved() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = test_config(temp.path());
+        config.limits.max_in_flight = 4;
+        config.storage.dedupe_window = 4;
+        config.storage.dedupe_cache = 8;
+        config
+    };
+    let mut daemon = TestDaemon::start_in(temp.path(), config());
+    let login = |daemon: &TestDaemon, name: &'static str| {
+        let (addr, cert, token) = (daemon.addr, daemon.cert.clone(), daemon.token(name));
+        async move { Client::login(addr, &cert, &token, 1).await.0 }
+    };
+    let mut alice = login(&daemon, "alice").await;
+    let room = alice.create_room("far", false).await;
+    let conversation = ConversationId::Room(room);
+    let first = alice.send_text(conversation, 1, "first").await;
+    // Bob and Carol move the conversation on ten times the window; their windows also
+    // crowd Alice's out of the owner's memory (cache 8), so her retry is read from disk.
+    for (name, base) in [("bob", 100), ("carol", 200)] {
+        let mut other = login(&daemon, name).await;
+        other.ok(Request::JoinRoom { room }).await;
+        for op in base..base + 20 {
+            other.send_text(conversation, op, "chatter").await;
+        }
+    }
+    let retry = alice.send_text(conversation, 1, "first").await;
+    assert_eq!(
+        (retry.seq, retry.ts, retry.duplicate),
+        (first.seq, first.ts, true)
+    );
+    drop(alice);
+    daemon.stop();
+
+    // After a restart the window is read from disk.
+    let daemon = TestDaemon::start_in(temp.path(), config());
+    let mut alice = login(&daemon, "alice").await;
+    let retry = alice.send_text(conversation, 1, "first").await;
+    assert_eq!(
+        (retry.seq, retry.ts, retry.duplicate),
+        (first.seq, first.ts, true)
+    );
+    // Four later sends of Alice's own push op 1 out of her window of four: a retry now is
+    // a new message (the documented bound).
+    for op in 2..=5 {
+        assert!(!alice.send_text(conversation, op, "mine").await.duplicate);
+    }
+    let late = alice.send_text(conversation, 1, "first").await;
+    assert!(!late.duplicate);
+    assert!(late.seq > first.seq);
+    // Her window is now ops 3, 4, 5 and the new 1: 5 is recognised, 2 no longer.
+    assert!(alice.send_text(conversation, 5, "mine").await.duplicate);
+    assert!(!alice.send_text(conversation, 2, "mine").await.duplicate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
