@@ -5,7 +5,11 @@
 #   make lint    only the rustfmt, clippy and module-header checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)
-#   make fuzz    the cargo-fuzz targets (decode, events) for FUZZ_SECONDS each (default 60)
+#   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
+#                checks of bench/src/bin/faults.rs (about 15 minutes; the disk-full part
+#                needs root), written up in bench/RESULTS.md
+#   make fuzz    the cargo-fuzz targets (decode, events, token, config) for FUZZ_SECONDS each
+#                (default 60)
 #
 # CARGO_TARGET_DIR is honoured; .ci/run points it at a persistent folder under ~/.cache.
 
@@ -13,7 +17,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit bench fuzz bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit bench faults fuzz bootstrap clean
 
 all: test
 
@@ -55,12 +59,17 @@ bench: bootstrap
 	./bench/nonreader.sh
 	./bench/flood.sh
 
+faults: bootstrap
+	./bench/faults.sh
+
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (cargo-fuzz uses -Z flags): rustup toolchain install nightly" >&2; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	mkdir -p fuzz/corpus/decode fuzz/corpus/events
+	mkdir -p fuzz/corpus/decode fuzz/corpus/events fuzz/corpus/token fuzz/corpus/config
 	cd fuzz && $(CARGO) +nightly fuzz run decode corpus/decode seeds/decode -- -max_total_time=$(FUZZ_SECONDS) -max_len=70000
 	cd fuzz && $(CARGO) +nightly fuzz run events corpus/events -- -max_total_time=$(FUZZ_SECONDS) -max_len=70000
+	cd fuzz && $(CARGO) +nightly fuzz run token corpus/token seeds/token -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+	cd fuzz && $(CARGO) +nightly fuzz run config corpus/config seeds/config -- -max_total_time=$(FUZZ_SECONDS) -max_len=16384
 
 clean:
 	$(CARGO) clean

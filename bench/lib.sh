@@ -8,12 +8,13 @@
 build_release() {
   local target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
   cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
-    -p chat-bench --bin relay --bin nonreader --bin flood
+    -p chat-bench --bin relay --bin nonreader --bin flood --bin faults
   chatd_bin="$target_dir/release/chatd"
   loadgen_bin="$target_dir/release/chat-loadgen"
   relay_bin="$target_dir/release/relay"
   nonreader_bin="$target_dir/release/nonreader"
   flood_bin="$target_dir/release/flood"
+  faults_bin="$target_dir/release/faults"
 }
 
 free_port() {

@@ -4,11 +4,28 @@
 //! reproducing a number from `bench/RESULTS.md`) uses the same inputs. The benchmarks
 //! themselves are under `benches/`, the scenario scripts beside this crate (`bench/*.sh`),
 //! and the binaries in `src/bin/`: `relay` (the QUIC floor), `bridge` (AMQP bridge
-//! throughput) and `nonreader` (memory that clients which never read can pin).
+//! throughput), `nonreader` (memory that clients which never read can pin), `flood`
+//! (handshake and connection floods) and `faults` (the fault suite).
 
 #![forbid(unsafe_code)]
 
 pub mod live;
+
+/// The command line of a benchmark binary as `--name value` pairs.
+///
+/// # Panics
+/// When a name has no value.
+#[must_use]
+pub fn flags() -> Vec<(String, String)> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.chunks(2)
+        .map(|pair| match pair {
+            [name, value] => (name.clone(), value.clone()),
+            [name] => panic!("{name} needs a value"),
+            _ => unreachable!("chunks of two"),
+        })
+        .collect()
+}
 
 use chat_protocol::{
     ContentType, ConversationId, Entry, Event, HistoryPage, Message, OpId, RoomId, Seq,

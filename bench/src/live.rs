@@ -16,30 +16,44 @@ use chat_protocol::{
     Order, Request, RequestId, Response, SUPPORTED_VERSIONS, ServerFrame, encode_frame_to_vec,
 };
 
-/// A `chatd` child process on a temp dir; killed when dropped.
+/// A `chatd` child process on a data dir (a temp dir unless given); killed when dropped.
 pub struct Daemon {
     child: std::process::Child,
-    dir: tempfile::TempDir,
+    command: std::process::Command,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     /// Its UDP address.
     pub addr: SocketAddr,
 }
 
 impl Daemon {
-    /// Starts `chatd` with 2 shards, the benchmarks' lifted policy limits (send rate, the
-    /// per-address and Retry thresholds: every client here is 127.0.0.1) and `env`, and
-    /// waits until it answers.
+    /// Starts `chatd` on a temp dir with 2 shards, the benchmarks' lifted policy limits (send
+    /// rate, the per-address and Retry thresholds: every client here is 127.0.0.1) and
+    /// `env`, and waits until it answers.
     ///
     /// # Panics
     /// When it does not start within 30 s.
     pub async fn start(chatd: &Path, env: &[(&str, String)]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon::start_in(chatd, &temp.path().join("data"), env).await;
+        daemon._temp = Some(temp);
+        daemon
+    }
+
+    /// As [`Daemon::start`], on the data dir `dir` (kept when the daemon goes), with its
+    /// standard error appended to `dir.log` beside it.
+    ///
+    /// # Panics
+    /// When it does not start within 30 s.
+    pub async fn start_in(chatd: &Path, dir: &Path, env: &[(&str, String)]) -> Daemon {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = std::process::Command::new(chatd)
+        let mut command = std::process::Command::new(chatd);
+        command
             .args([
                 "run",
                 "--listen",
@@ -48,46 +62,107 @@ impl Daemon {
                 "2",
                 "--data-dir",
             ])
-            .arg(dir.path())
+            .arg(dir)
             .env_remove("RUST_LOG")
             .env("CHATD_LOG", "warn")
+            .env("NO_COLOR", "1")
             .env("CHATD_LIMITS_SEND_RATE", "1000000")
             .env("CHATD_LIMITS_SEND_BURST", "1000000")
             .env("CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
             .env("CHATD_LIMITS_RETRY_ABOVE", "1000000")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, dir, addr };
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let child = spawn_logging(&mut command, dir);
+        let mut daemon = Daemon {
+            child,
+            command,
+            dir: dir.to_owned(),
+            _temp: None,
+            addr,
+        };
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    /// Waits until the daemon answers a QUIC handshake; returns how long that took.
+    async fn wait_ready(&mut self) -> Duration {
         let started = Instant::now();
-        while !daemon.dir.path().join("auth/secret").exists() || !daemon.cert().exists() {
+        while !self.dir.join("auth/secret").exists() || !self.cert().exists() {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "chatd did not start"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut probe = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        probe.set_default_client_config(client_config(&daemon.cert(), None));
+        probe.set_default_client_config(client_config(&self.cert(), None));
+        // A fresh attempt after a short wait, rather than QUIC's own retransmission of a lost
+        // Initial (about 1 s): the time measured is the daemon's, not the probe's backoff.
+        let mut patience = Duration::from_millis(20);
         loop {
-            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
-                probe.connect(addr, "localhost").unwrap().await.is_ok()
+            let attempt = tokio::time::timeout(patience, async {
+                probe.connect(self.addr, "localhost").unwrap().await.is_ok()
             });
             if attempt.await == Ok(true) {
-                return daemon;
+                return started.elapsed();
             }
+            patience = (patience * 2).min(Duration::from_secs(2));
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "chatd does not answer"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("chatd exited with {status}; see {}", self.log().display());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Kills the process with SIGKILL, at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (same data dir, same port) and waits until it answers;
+    /// returns the time from the start of the process to its first completed handshake.
+    ///
+    /// # Panics
+    /// When it does not come back within 30 s.
+    pub async fn restart(&mut self) -> Duration {
+        self.kill();
+        self.child = spawn_logging(&mut self.command, &self.dir);
+        self.wait_ready().await
+    }
+
+    /// Sends `signal` (a `kill -s` name such as `STOP` or `CONT`) to the process.
+    ///
+    /// # Panics
+    /// When `kill` cannot be run.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// Where its standard error goes: beside the data dir, so a full data disk does not
+    /// silence it.
+    #[must_use]
+    pub fn log(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    /// Its data dir.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Its development certificate.
     #[must_use]
     pub fn cert(&self) -> PathBuf {
-        self.dir.path().join("tls/cert.pem")
+        self.dir.join("tls/cert.pem")
     }
 
     /// A token for `user`, minted with its generated secret.
@@ -96,8 +171,8 @@ impl Daemon {
     /// When the secret cannot be read.
     #[must_use]
     pub fn token(&self, user: &str) -> String {
-        let keys = chatd::token::Keys::load(&chatd::config::AuthConfig::default(), self.dir.path())
-            .unwrap();
+        let keys =
+            chatd::token::Keys::load(&chatd::config::AuthConfig::default(), &self.dir).unwrap();
         let now = chatd::unix_now();
         keys.mint(user, now, now + 3600)
     }
@@ -114,6 +189,16 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `command` with its standard error appended to `dir.log`.
+fn spawn_logging(command: &mut std::process::Command, dir: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .unwrap();
+    command.stderr(log).spawn().unwrap()
 }
 
 /// VmRSS of `pid` in bytes.

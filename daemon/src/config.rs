@@ -334,17 +334,45 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, Error> {
+        let file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Some((path.display().to_string(), text))
+            }
+            None => None,
+        };
+        Config::layered(
+            file.as_ref()
+                .map(|(origin, text)| (origin.as_str(), text.as_str())),
+            env,
+            overrides,
+        )
+    }
+
+    /// The text of a configuration file (`origin` names it in errors), over the defaults,
+    /// validated: what [`Config::load`] does with a file's contents, without the file.
+    ///
+    /// # Errors
+    /// TOML that does not fit, or a broken rule.
+    pub fn parse(origin: &str, text: &str) -> Result<Config, Error> {
+        Config::layered(Some((origin, text)), Vec::new(), &Overrides::default())
+    }
+
+    fn layered(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, Error> {
         let mut table: toml::Table = toml::from_str(DEFAULT_TOML).map_err(|e| Error::Parse {
             origin: "embedded chatd.toml".into(),
             message: e.to_string(),
         })?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            let from_file: toml::Table = toml::from_str(&text).map_err(|e| Error::Parse {
-                origin: path.display().to_string(),
+        if let Some((origin, text)) = file {
+            let from_file: toml::Table = toml::from_str(text).map_err(|e| Error::Parse {
+                origin: origin.to_owned(),
                 message: e.to_string(),
             })?;
             merge(&mut table, from_file);
@@ -694,6 +722,18 @@ mod tests {
             bad.contains("max_body") && bad.contains("tls.cert"),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn the_dedupe_window_holds_a_devices_unanswered_sends() {
+        let config = Config::parse("a.toml", "[storage]\ndedupe_window = 64\n").unwrap();
+        assert_eq!(config.storage.dedupe_window, 64);
+        let err = Config::parse("b.toml", "[storage]\ndedupe_window = 63\n").unwrap_err();
+        assert!(err.to_string().contains("dedupe_window"), "{err}");
+        let err = Config::parse("c.toml", "[storage]\ndedupe_cache = 100\n").unwrap_err();
+        assert!(err.to_string().contains("dedupe_cache"), "{err}");
+        let err = Config::parse("d.toml", "[storage\n").unwrap_err();
+        assert!(err.to_string().starts_with("d.toml: "), "{err}");
     }
 
     #[test]

@@ -58,10 +58,8 @@ fn options() -> Options {
         silent: 2_000,
         silent_per_sec: 500,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).cloned().unwrap_or_default();
-        match pair[0].as_str() {
+    for (name, value) in chat_bench::flags() {
+        match name.as_str() {
             "--chatd" => o.chatd = PathBuf::from(value),
             "--secs" => o.secs = value.parse().unwrap(),
             "--initials-per-sec" => o.initials_per_sec = value.parse().unwrap(),

@@ -51,11 +51,8 @@ fn options() -> Options {
         daemon_memory: 0,
         hold: Duration::from_secs(10),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
+    for (name, value) in chat_bench::flags() {
+        match name.as_str() {
             "--chatd" => o.chatd = PathBuf::from(value),
             "--accounts" => o.accounts = value.parse().unwrap(),
             "--devices" => o.devices = value.parse().unwrap(),
@@ -64,7 +61,6 @@ fn options() -> Options {
             "--hold-secs" => o.hold = Duration::from_secs(value.parse().unwrap()),
             other => panic!("unknown option {other}"),
         }
-        i += 2;
     }
     o
 }
