@@ -13,6 +13,10 @@ use serde::Deserialize;
 /// The commented default configuration, printed by `chatd generate-config`.
 pub const DEFAULT_TOML: &str = include_str!("../chatd.toml");
 
+/// [`DEFAULT_TOML`] parsed, once per process.
+static DEFAULT_TABLE: std::sync::LazyLock<Result<toml::Table, String>> =
+    std::sync::LazyLock::new(|| toml::from_str(DEFAULT_TOML).map_err(|e| e.to_string()));
+
 /// Prefix of environment variables that override configuration fields.
 pub const ENV_PREFIX: &str = "CHATD_";
 
@@ -366,9 +370,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, Error> {
-        let mut table: toml::Table = toml::from_str(DEFAULT_TOML).map_err(|e| Error::Parse {
+        let mut table = DEFAULT_TABLE.clone().map_err(|message| Error::Parse {
             origin: "embedded chatd.toml".into(),
-            message: e.to_string(),
+            message,
         })?;
         if let Some((origin, text)) = file {
             let from_file: toml::Table = toml::from_str(text).map_err(|e| Error::Parse {
