@@ -15,7 +15,11 @@
 //!    their handshake and never open a stream (each held until the daemon's authentication
 //!    timeout closes it).
 //!
-//! The floods run on threads of their own, so the measuring client's runtime only measures.
+//! The floods run in a child process of their own (this binary with `--flooder`), at the
+//! lowest CPU priority (`nice -n 19`): on a machine that also runs the daemon and the
+//! measuring client, an attacker's packets should cost the daemon its own work on them, not
+//! the attacker's work of making them, which a real attacker does elsewhere. `--nice 0`
+//! runs the flooders at normal priority, as the first version of this benchmark did.
 //!
 //! Prints one JSON line with p50, p99 and max of each phase and the p99 ratios to the
 //! baseline. `cargo run --release -p chat-bench --bin flood -- --chatd target/release/chatd`
@@ -48,6 +52,11 @@ struct Options {
     initials_per_sec: u64,
     silent: usize,
     silent_per_sec: u64,
+    nice: u32,
+    /// In a flooder child: which flood, against what, trusting which certificate.
+    flooder: Option<String>,
+    addr: Option<std::net::SocketAddr>,
+    cert: PathBuf,
 }
 
 fn options() -> Options {
@@ -57,6 +66,10 @@ fn options() -> Options {
         initials_per_sec: 20_000,
         silent: 2_000,
         silent_per_sec: 500,
+        nice: 19,
+        flooder: None,
+        addr: None,
+        cert: PathBuf::new(),
     };
     for (name, value) in chat_bench::flags() {
         match name.as_str() {
@@ -65,6 +78,10 @@ fn options() -> Options {
             "--initials-per-sec" => o.initials_per_sec = value.parse().unwrap(),
             "--silent" => o.silent = value.parse().unwrap(),
             "--silent-per-sec" => o.silent_per_sec = value.parse().unwrap(),
+            "--nice" => o.nice = value.parse().unwrap(),
+            "--flooder" => o.flooder = Some(value),
+            "--addr" => o.addr = Some(value.parse().unwrap()),
+            "--cert" => o.cert = PathBuf::from(value),
             other => panic!("unknown option {other}"),
         }
     }
@@ -156,8 +173,115 @@ fn flood_initials(addr: std::net::SocketAddr, per_sec: u64, stop: Arc<AtomicBool
     sent
 }
 
+/// Opens `total` connections at `per_sec` that complete their handshake and never open a
+/// stream, each held until the daemon closes it, until `stop`; returns (opened, refused).
+fn flood_silent(
+    addr: std::net::SocketAddr,
+    cert: &std::path::Path,
+    total: usize,
+    per_sec: u64,
+    stop: &AtomicBool,
+) -> (u64, u64) {
+    let opened = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let endpoints: Vec<quinn::Endpoint> = (0..16)
+            .map(|_| {
+                let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                e.set_default_client_config(client_config(cert, None));
+                e
+            })
+            .collect();
+        let started = Instant::now();
+        let mut holders = Vec::new();
+        for i in 0..total {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let due = Duration::from_secs_f64(i as f64 / per_sec as f64);
+            tokio::time::sleep_until((started + due).into()).await;
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            let (opened, refused) = (Arc::clone(&opened), Arc::clone(&refused));
+            holders.push(tokio::spawn(async move {
+                match endpoint.connect(addr, "localhost").unwrap().await {
+                    Ok(conn) => {
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        conn.closed().await;
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for holder in holders {
+            holder.abort();
+        }
+    });
+    (
+        opened.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
+}
+
+/// The child process: one flood for `--secs`, then its counts as a JSON line.
+fn flooder(o: &Options, kind: &str) -> serde_json::Value {
+    let addr = o.addr.expect("--addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, secs) = (Arc::clone(&stop), o.secs);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    match kind {
+        "initials" => serde_json::json!({ "sent": flood_initials(addr, o.initials_per_sec, stop) }),
+        "silent" => {
+            let (opened, refused) = flood_silent(addr, &o.cert, o.silent, o.silent_per_sec, &stop);
+            serde_json::json!({ "opened": opened, "refused": refused })
+        }
+        other => panic!("unknown flood {other}"),
+    }
+}
+
+/// Starts this binary as a flooder child at `nice -n o.nice`.
+fn spawn_flooder(o: &Options, kind: &str, daemon: &Daemon) -> std::process::Child {
+    std::process::Command::new("nice")
+        .args(["-n", &o.nice.to_string()])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--flooder", kind, "--addr", &daemon.addr.to_string()])
+        .arg("--cert")
+        .arg(daemon.cert())
+        .args(["--secs", &o.secs.to_string()])
+        .args(["--initials-per-sec", &o.initials_per_sec.to_string()])
+        .args(["--silent", &o.silent.to_string()])
+        .args(["--silent-per-sec", &o.silent_per_sec.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a flooder child and reads its counts.
+fn flooder_counts(child: std::process::Child) -> serde_json::Value {
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the flooder failed");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 fn main() {
     let o = options();
+    if let Some(kind) = &o.flooder {
+        println!("{}", flooder(&o, kind));
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -176,83 +300,26 @@ async fn run(o: &Options) -> serde_json::Value {
     let alone = pings(&mut alice, o.secs).await;
 
     // Spoofed-looking Initials.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flooder = {
-        let stop = Arc::clone(&stop);
-        let per_sec = o.initials_per_sec;
-        std::thread::spawn(move || flood_initials(addr, per_sec, stop))
-    };
+    let child = spawn_flooder(o, "initials", &daemon);
     let during_initials = pings(&mut alice, o.secs).await;
-    stop.store(true, Ordering::Relaxed);
-    let initials = flooder.join().unwrap();
+    let initials = flooder_counts(child);
 
     // Silent connections: handshakes completed, no stream, held until the daemon closes them.
-    let opened = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let flooder = {
-        let (opened, refused, stop) =
-            (Arc::clone(&opened), Arc::clone(&refused), Arc::clone(&stop));
-        let (cert, total, per_sec) = (daemon.cert(), o.silent, o.silent_per_sec);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let endpoints: Vec<quinn::Endpoint> = (0..16)
-                    .map(|_| {
-                        let mut e =
-                            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-                        e.set_default_client_config(client_config(&cert, None));
-                        e
-                    })
-                    .collect();
-                let started = Instant::now();
-                let mut holders = Vec::new();
-                for i in 0..total {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let due = Duration::from_secs_f64(i as f64 / per_sec as f64);
-                    tokio::time::sleep_until((started + due).into()).await;
-                    let endpoint = endpoints[i % endpoints.len()].clone();
-                    let (opened, refused) = (Arc::clone(&opened), Arc::clone(&refused));
-                    holders.push(tokio::spawn(async move {
-                        match endpoint.connect(addr, "localhost").unwrap().await {
-                            Ok(conn) => {
-                                opened.fetch_add(1, Ordering::Relaxed);
-                                conn.closed().await;
-                            }
-                            Err(_) => {
-                                refused.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }));
-                }
-                while !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                for holder in holders {
-                    holder.abort();
-                }
-            });
-        })
-    };
+    let child = spawn_flooder(o, "silent", &daemon);
     let during_silent = pings(&mut alice, o.secs).await;
-    stop.store(true, Ordering::Relaxed);
-    flooder.join().unwrap();
+    let silent = flooder_counts(child);
     let ratio = |phase: &[u64]| quantile(phase, 0.99) as f64 / quantile(&alone, 0.99).max(1) as f64;
     serde_json::json!({
+        "flooder_nice": o.nice,
         "alone": summary(&alone),
         "initials": summary(&during_initials),
-        "initials_sent": initials,
+        "initials_sent": initials["sent"],
         "initials_per_sec": o.initials_per_sec,
         "silent": summary(&during_silent),
         "silent_requested": o.silent,
         "silent_per_sec": o.silent_per_sec,
-        "silent_opened": opened.load(Ordering::Relaxed),
-        "silent_refused": refused.load(Ordering::Relaxed),
+        "silent_opened": silent["opened"],
+        "silent_refused": silent["refused"],
         "p99_ratio_initials": ratio(&during_initials),
         "p99_ratio_silent": ratio(&during_silent),
     })
