@@ -440,22 +440,27 @@ async fn main() {
         "full" => {
             for _ in 0..args.cycles {
                 tokio::time::sleep(Duration::from_millis(1_000)).await;
-                let before = sent.lock().len();
+                // `sent` is in the order the answers came.
+                let filled_at = sent.lock().len();
                 let filler = fill(daemon.dir());
                 tokio::time::sleep(Duration::from_secs(args.full_secs)).await;
                 std::fs::remove_file(&filler).unwrap();
                 let freed = Instant::now();
+                let freed_at = sent.lock().len();
                 // Recovered: a send acknowledged after the space came back.
                 loop {
-                    let acked_after = sent.lock()[before..]
-                        .iter()
-                        .rev()
-                        .take(64)
-                        .any(|s| s.result.is_ok());
-                    let unavailable = sent.lock()[before..]
-                        .iter()
-                        .filter(|s| s.result.as_ref().is_err_and(|e| e.contains("UNAVAILABLE")))
-                        .count();
+                    let (acked_after, unavailable) = {
+                        let sent = sent.lock();
+                        (
+                            sent[freed_at..].iter().any(|s| s.result.is_ok()),
+                            sent[filled_at..]
+                                .iter()
+                                .filter(|s| {
+                                    s.result.as_ref().is_err_and(|e| e.contains("UNAVAILABLE"))
+                                })
+                                .count(),
+                        )
+                    };
                     if acked_after && unavailable > 0 {
                         unavailable_while_full += unavailable;
                         break;
