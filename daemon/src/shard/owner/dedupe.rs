@@ -104,19 +104,20 @@ impl<P> Senders<P> {
         sender: UserId,
         mut ops: Vec<SenderOp>,
     ) -> (Vec<P>, Vec<SenderOp>) {
-        let Some(Sender::Loading(_)) = self.by_user.get(&sender) else {
+        let Some(state) = self.by_user.get_mut(&sender) else {
             return (Vec::new(), Vec::new());
         };
+        let Sender::Loading(waiting) = state else {
+            return (Vec::new(), Vec::new());
+        };
+        let waiting = std::mem::take(waiting);
         // `ops` keeps those beyond the window.
         let kept = VecDeque::from(ops.split_off(ops.len().saturating_sub(self.window)));
         self.held += kept.len().max(1);
         self.clock += 1;
-        let warm = Sender::Warm {
+        *state = Sender::Warm {
             ops: kept,
             used: self.clock,
-        };
-        let Some(Sender::Loading(waiting)) = self.by_user.insert(sender, warm) else {
-            unreachable!("checked above");
         };
         self.evict(sender);
         (waiting, ops)
