@@ -254,6 +254,14 @@ impl State {
         Seq(self.committed.0 + (self.committing.len() + self.queued.len()) as u64 + 1)
     }
 
+    /// Deletes, in the next commit, the stored row of a send that left its sender's window.
+    fn delete_sender_op(&mut self, sender: UserId, op: SenderOp) {
+        self.queued_batch.delete(
+            Cf::SenderOps,
+            keys::sender_op(self.id, sender, op.seq).to_vec(),
+        );
+    }
+
     fn pending_send(&mut self, sender: UserId, op: OpId) -> Option<&mut Pending> {
         self.committing
             .iter_mut()
@@ -546,10 +554,7 @@ fn send(shard: &Rc<Shard>, state: &mut State, origin: Origin, message: SendMessa
         sent.value().to_vec(),
     );
     if let Some(dropped) = state.senders.record(origin.user, sent) {
-        state.queued_batch.delete(
-            Cf::SenderOps,
-            keys::sender_op(state.id, origin.user, dropped.seq).to_vec(),
-        );
+        state.delete_sender_op(origin.user, dropped);
     }
     let entry = Entry::Message(Message {
         conversation: state.id,
@@ -626,10 +631,7 @@ fn sender_ops(
             ));
             let (parked, beyond) = state.senders.loaded(sender, ops);
             for op in beyond {
-                state.queued_batch.delete(
-                    Cf::SenderOps,
-                    keys::sender_op(state.id, sender, op.seq).to_vec(),
-                );
+                state.delete_sender_op(sender, op);
             }
             for (origin, message) in parked {
                 send(shard, state, origin, message);
