@@ -1,7 +1,8 @@
 # chatd — the two commands a fresh machine needs are `make run` and `make test`.
 #
 #   make run     build and start the daemon on its embedded default configuration
-#   make test    rustfmt check, clippy -D warnings, module headers, every test in the workspace
+#   make test    rustfmt check, clippy -D warnings, module headers, every test in the workspace,
+#                the systemd unit's verify and security checks (systemd/check.sh)
 #   make lint    only the rustfmt, clippy and module-header checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)
@@ -17,20 +18,21 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit bench faults fuzz bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks bench faults fuzz bootstrap clean
 
 all: test
 
 # What a fresh Debian machine lacks for this workspace: libclang for bindgen (rocksdb's
-# build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds.
-BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake
+# build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds, systemd's
+# tools for the unit checks.
+BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd
 bootstrap:
 	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
 
 run: bootstrap
 	$(CARGO) run --release -p chatd --bin chatd -- $(CHATD_ARGS)
 
-test: bootstrap lint unit
+test: bootstrap lint unit unit-checks
 
 lint: fmt-check clippy headers
 
@@ -49,6 +51,11 @@ clippy:
 unit:
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
+
+# The systemd unit: systemd-analyze verify and security, and the packaged config, against
+# the debug chatd that `unit` built.
+unit-checks:
+	./systemd/check.sh
 
 bench: bootstrap
 	./bench/codec.sh

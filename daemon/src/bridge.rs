@@ -317,7 +317,7 @@ async fn try_open(config: &BridgeConfig) -> Result<(Connection, Channel), Failur
             .map_err(|e| Failure::Tls(format!("{}: {e}", config.tls_ca.display())))?,
     };
     let connection = Connection::connect_with_config(
-        &config.amqp_url,
+        config.amqp_url.expose(),
         properties,
         tls,
         lapin::runtime::default_runtime()?,

@@ -113,11 +113,12 @@ fn answer_bound(request: &Request) -> usize {
     }
 }
 
-/// A byte budget shared between threads: an atomic count against a fixed limit.
+/// A byte budget shared between threads: an atomic count against a limit (which a reload
+/// may change; what is charged beyond a lowered limit drains as it is released).
 #[derive(Debug)]
 pub(crate) struct Budget {
     used: AtomicUsize,
-    limit: usize,
+    limit: AtomicUsize,
     peak: AtomicUsize,
 }
 
@@ -125,7 +126,7 @@ impl Budget {
     pub(crate) fn new(limit: usize) -> Budget {
         Budget {
             used: AtomicUsize::new(0),
-            limit,
+            limit: AtomicUsize::new(limit),
             peak: AtomicUsize::new(0),
         }
     }
@@ -133,8 +134,9 @@ impl Budget {
     /// Charges `n` bytes if they fit under the limit.
     pub(crate) fn try_charge(&self, n: usize) -> bool {
         let mut used = self.used.load(Ordering::Relaxed);
+        let limit = self.limit();
         loop {
-            let Some(next) = used.checked_add(n).filter(|next| *next <= self.limit) else {
+            let Some(next) = used.checked_add(n).filter(|next| *next <= limit) else {
                 return false;
             };
             match self
@@ -164,7 +166,7 @@ impl Budget {
 
     /// Whether `n` more bytes would fit now.
     pub(crate) fn fits(&self, n: usize) -> bool {
-        self.used().saturating_add(n) <= self.limit
+        self.used().saturating_add(n) <= self.limit()
     }
 
     pub(crate) fn used(&self) -> usize {
@@ -172,7 +174,12 @@ impl Budget {
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets a new limit (a reload).
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// The most ever charged at once.

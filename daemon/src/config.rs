@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod secret;
+pub use secret::{MAX_SECRET_FILE, Secret};
+
 /// The commented default configuration, printed by `chatd generate-config`.
 pub const DEFAULT_TOML: &str = include_str!("../chatd.toml");
 
@@ -34,6 +37,10 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// What drives the shard threads.
+    pub runtime: RuntimeChoice,
     /// TLS certificate and key.
     pub tls: TlsConfig,
     /// Tokens and authentication.
@@ -46,12 +53,37 @@ pub struct Config {
     pub bridge: BridgeConfig,
 }
 
+/// `log_format`
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when standard error is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+/// `runtime`
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeChoice {
+    /// io_uring when the host allows it, else epoll (with one log line saying why).
+    #[default]
+    Auto,
+    /// io_uring, or refuse to start.
+    IoUring,
+    /// tokio on epoll.
+    Epoll,
+}
+
 /// `[bridge]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BridgeConfig {
-    /// AMQP URL of the broker; empty: no outbox and no bridge.
-    pub amqp_url: String,
+    /// AMQP URL of the broker (a [`Secret`]: it may carry a password); empty: no outbox
+    /// and no bridge.
+    pub amqp_url: Secret,
     /// The durable topic exchange events are published to.
     pub exchange: String,
     /// Seconds a confirmed event stays in the outbox (for `chatd bridge replay`).
@@ -81,14 +113,14 @@ impl BridgeConfig {
     /// Whether the outbox is written and the bridge runs.
     #[must_use]
     pub fn enabled(&self) -> bool {
-        !self.amqp_url.is_empty()
+        !self.amqp_url.expose().is_empty()
     }
 }
 
 impl Default for BridgeConfig {
     fn default() -> Self {
         BridgeConfig {
-            amqp_url: String::new(),
+            amqp_url: Secret::default(),
             exchange: "chatd.events".into(),
             retention_secs: 7 * 86_400,
             max_unconfirmed: 256,
@@ -121,22 +153,14 @@ pub struct AuthConfig {
 }
 
 /// One `[[auth.keys]]` entry.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Key id, carried in the token header (`kid`).
     pub id: String,
-    /// The HMAC-SHA256 secret as hex, at least 32 bytes.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for KeyConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyConfig")
-            .field("id", &self.id)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    /// The HMAC-SHA256 secret as hex, at least 32 bytes (inline, or from a file, the
+    /// environment or a systemd credential).
+    pub secret: Secret,
 }
 
 /// When an acknowledged write is durable.
@@ -232,6 +256,8 @@ impl Default for Config {
             shards: 0,
             shutdown_grace_secs: 10,
             log: "info".into(),
+            log_format: LogFormat::Text,
+            runtime: RuntimeChoice::Auto,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
@@ -381,7 +407,8 @@ impl Config {
             })?;
             merge(&mut table, from_file);
         }
-        apply_env(&mut table, env)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        apply_env(&mut table, env.iter().cloned())?;
         let mut config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -398,8 +425,30 @@ impl Config {
         if let Some(shards) = overrides.shards {
             config.shards = shards;
         }
+        config.resolve_secrets(&env.into_iter().collect())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads every secret that comes from a file, the environment or a credential.
+    fn resolve_secrets(
+        &mut self,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        for (i, key) in self.auth.keys.iter_mut().enumerate() {
+            if let Err(e) = key.secret.resolve(env) {
+                problems.push(format!("auth.keys[{i}].secret: {e}"));
+            }
+        }
+        if let Err(e) = self.bridge.amqp_url.resolve(env) {
+            problems.push(format!("bridge.amqp_url: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems))
+        }
     }
 
     /// Checks every rule; reports all broken ones.
@@ -441,7 +490,7 @@ impl Config {
                 "auth.keys: an id is 1 to 64 printable ASCII characters",
             );
             check(
-                hex::decode(&key.secret).is_ok_and(|s| s.len() >= 32),
+                hex::decode(key.secret.expose()).is_ok_and(|s| s.len() >= 32),
                 "auth.keys: a secret is at least 32 bytes written as hex (64+ hex digits)",
             );
         }
@@ -526,10 +575,9 @@ impl Config {
             "limits.max_connections_per_address must be at least 1",
         );
         let bridge = &self.bridge;
+        let url = bridge.amqp_url.expose();
         check(
-            bridge.amqp_url.is_empty()
-                || bridge.amqp_url.starts_with("amqp://")
-                || bridge.amqp_url.starts_with("amqps://"),
+            url.is_empty() || url.starts_with("amqp://") || url.starts_with("amqps://"),
             "bridge.amqp_url must be empty or an amqp:// or amqps:// URL",
         );
         check(
@@ -541,7 +589,7 @@ impl Config {
             "bridge.max_unconfirmed must be 1 to 65535",
         );
         check(
-            bridge.tls_ca.as_os_str().is_empty() || bridge.amqp_url.starts_with("amqps://"),
+            bridge.tls_ca.as_os_str().is_empty() || url.starts_with("amqps://"),
             "bridge.tls_ca needs an amqps:// bridge.amqp_url",
         );
         check(
@@ -762,8 +810,51 @@ mod tests {
     fn secrets_do_not_print() {
         let key = KeyConfig {
             id: "k".into(),
-            secret: "ab".repeat(32),
+            secret: Secret::inline("ab".repeat(32)),
         };
         assert!(!format!("{key:?}").contains("abab"));
+    }
+
+    #[test]
+    fn keys_and_the_broker_url_come_from_credentials() {
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(
+            creds.path().join("token-key"),
+            format!("{}\n", "cd".repeat(32)),
+        )
+        .unwrap();
+        std::fs::write(creds.path().join("amqp"), "amqp://u:p@127.0.0.1:5672/%2f").unwrap();
+        let file = creds.path().join("chatd.toml");
+        std::fs::write(
+            &file,
+            "[[auth.keys]]\nid = \"k1\"\nsecret = { credential = \"token-key\" }\n\
+             [bridge]\namqp_url = { credential = \"amqp\" }\n",
+        )
+        .unwrap();
+        let dir = creds.path().display().to_string();
+        let config = Config::load(
+            Some(&file),
+            env(&[("CREDENTIALS_DIRECTORY", &dir)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.auth.keys[0].secret.expose(), "cd".repeat(32));
+        assert!(config.bridge.enabled());
+        // Without systemd's variable the file is refused, naming the field and the cause.
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("auth.keys[0].secret") && text.contains("CREDENTIALS_DIRECTORY"),
+            "{text}"
+        );
+        // A resolved secret is still validated: a short key is refused.
+        std::fs::write(creds.path().join("token-key"), "abcd").unwrap();
+        let err = Config::load(
+            Some(&file),
+            env(&[("CREDENTIALS_DIRECTORY", &dir)]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
     }
 }

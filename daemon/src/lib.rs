@@ -11,7 +11,12 @@
 //!
 //! - [`server`]: [`Daemon::start`] binds the port and starts the `shard-N` threads (one
 //!   pinned thread per core with its own runtime and quinn endpoint), the storage thread
-//!   and the read pools; [`run`] runs it until a shutdown future completes.
+//!   and the read pools; [`Daemon::reload`] applies a new configuration; [`run`] runs it
+//!   until a shutdown future completes.
+//! - [`reload`]: which fields a reload applies and which wait for a restart.
+//! - [`guard`]: the data directory lock and the check that no other process shares the port.
+//! - [`logging`]: the subscriber (text or JSON, colour only on a terminal, a reloadable
+//!   filter) and the throttle for repeated errors.
 //! - [`store`]: RocksDB, its column families and the group-committing writer.
 //! - [`bridge`]: the outbox's publisher to RabbitMQ.
 //!
@@ -25,8 +30,11 @@ pub mod bridge;
 mod budget;
 pub mod config;
 mod fsutil;
+pub mod guard;
 mod inbox;
+pub mod logging;
 mod pool;
+pub mod reload;
 mod runtime;
 pub mod server;
 mod shard;
@@ -34,7 +42,7 @@ pub mod store;
 pub mod tls;
 pub mod token;
 
-pub use server::{Daemon, run};
+pub use server::{Daemon, Reloaded, run};
 
 /// The daemon's name and version as sent in `HelloOk::server`.
 pub const SERVER_NAME: &str = concat!("chatd/", env!("CARGO_PKG_VERSION"));

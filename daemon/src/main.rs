@@ -1,5 +1,11 @@
 //! The `chatd` binary: parses flags, loads and validates configuration (exit code 64 when it
-//! is wrong, before anything is bound), and hands over to the library.
+//! is wrong, before anything is bound), and hands over to the library. Signals: SIGTERM
+//! drains and stops, SIGINT stops at once, SIGHUP reloads the configuration file (TLS
+//! certificate, token keys, log filter, the limits [`chatd::reload`] names).
+//!
+//! Exit codes: 0 after a stop by signal, 64 (EX_USAGE) for a bad configuration or usage, 69
+//! (EX_UNAVAILABLE) when storage, TLS, keys, the runtime or the port cannot be had, 75
+//! (EX_TEMPFAIL) when another chatd holds the data directory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when a needed resource is unavailable (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when another daemon holds the data directory (sysexits EX_TEMPFAIL: it may be
+/// a predecessor still stopping).
+const EXIT_LOCKED: u8 = 75;
 
 /// chatd: a sharded QUIC chat daemon.
 #[derive(Parser)]
@@ -30,6 +39,9 @@ enum Command {
     Run(RunArgs),
     /// Print the embedded default configuration, every field commented.
     GenerateConfig,
+    /// Check a configuration without starting: parse, validate, read every secret, the TLS
+    /// certificate and key. Exit code 0 when the daemon would take it, 64 when not.
+    CheckConfig(ConfigArgs),
     /// Mint an access token for a user with the configured signing key.
     Token(TokenArgs),
     /// The AMQP bridge.
@@ -115,19 +127,47 @@ fn main() -> ExitCode {
             print!("{}", chatd::config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
+        Command::CheckConfig(args) => check_config(&args),
         Command::Token(args) => token(&args).unwrap_or_else(|code| code),
         Command::Bridge(BridgeCommand::Replay(args)) => replay(&args).unwrap_or_else(|code| code),
-        Command::Run(args) => {
-            let overrides = Overrides {
-                listen: args.listen,
-                shards: args.shards,
-                data_dir: None,
-            };
-            match load(&args.config, overrides) {
-                Ok(config) => serve(config),
-                Err(code) => code,
-            }
+        Command::Run(args) => serve(&args),
+    }
+}
+
+fn check_config(args: &ConfigArgs) -> ExitCode {
+    let config = match load(args, Overrides::default()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut problems = Vec::new();
+    if !config.tls.cert.as_os_str().is_empty() {
+        // With the paths set nothing is generated: this only reads.
+        if let Err(e) = chatd::tls::load_identity(&config.tls, &data_dir(&config)) {
+            problems.push(format!("tls: {e}"));
         }
+    }
+    if problems.is_empty() {
+        println!(
+            "configuration OK{}: listen {}, data dir {}, {} token key(s){}",
+            args.config
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default(),
+            config.listen,
+            data_dir(&config).display(),
+            config.auth.keys.len(),
+            if config.auth.keys.is_empty() {
+                " (none listed: the generated local secret)"
+            } else {
+                ""
+            }
+        );
+        ExitCode::SUCCESS
+    } else {
+        for problem in problems {
+            eprintln!("chatd: {problem}");
+        }
+        ExitCode::from(EXIT_CONFIG)
     }
 }
 
@@ -139,14 +179,23 @@ enum Stop {
     Fast,
 }
 
-fn serve(config: Config) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+fn serve(args: &RunArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        shards: args.shards,
+        data_dir: None,
+    };
+    let config = match load(&args.config, overrides.clone()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let logging = match chatd::logging::Logging::init(&config) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("chatd: logging: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -159,26 +208,34 @@ fn serve(config: Config) -> ExitCode {
     };
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let (mut term, mut int) = match (
+        let (mut term, mut int, mut hup) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(term), Ok(int)) => (term, int),
-            (Err(e), _) | (_, Err(e)) => {
+            (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 eprintln!("chatd: cannot install signal handlers: {e}");
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        let daemon = match chatd::Daemon::start(config) {
+        let mut daemon = match chatd::Daemon::start(config) {
             Ok(daemon) => daemon,
             Err(e) => {
-                eprintln!("chatd: {e}");
-                return ExitCode::from(EXIT_UNAVAILABLE);
+                tracing::error!("cannot start: {e}");
+                let code = match e {
+                    chatd::server::Error::Locked(_) => EXIT_LOCKED,
+                    _ => EXIT_UNAVAILABLE,
+                };
+                return ExitCode::from(code);
             }
         };
-        let stop = tokio::select! {
-            _ = term.recv() => Stop::Graceful,
-            _ = int.recv() => Stop::Fast,
+        let stop = loop {
+            tokio::select! {
+                _ = term.recv() => break Stop::Graceful,
+                _ = int.recv() => break Stop::Fast,
+                _ = hup.recv() => reload(&mut daemon, &logging, &args.config, &overrides),
+            }
         };
         match stop {
             Stop::Graceful => {
@@ -192,6 +249,49 @@ fn serve(config: Config) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: reads the configuration again and applies what can change while running. A
+/// configuration that does not load, or a certificate or key that does not read, leaves
+/// everything as it was.
+fn reload(
+    daemon: &mut chatd::Daemon,
+    logging: &chatd::logging::Logging,
+    args: &ConfigArgs,
+    overrides: &Overrides,
+) {
+    // For `Type=notify-reload`: RELOADING=1 with the time, READY=1 when done.
+    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    let _ = sd_notify::notify(false, &reloading);
+    tracing::info!("SIGHUP: reloading the configuration");
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..overrides.clone()
+    };
+    let env = std::env::vars().filter(|(k, _)| k != "CHATD_CONFIG");
+    let outcome = chatd::config::Config::load(args.config.as_deref(), env, &overrides)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            logging.reload(&config)?;
+            daemon.reload(config).map_err(|e| e.to_string())
+        });
+    match outcome {
+        Ok(reloaded) => {
+            tracing::info!(
+                certificate_sha256 = %reloaded.certificate,
+                "reloaded: new connections get this certificate; open ones go on"
+            );
+            if !reloaded.restart_needed.is_empty() {
+                tracing::warn!(
+                    fields = reloaded.restart_needed.join(", "),
+                    "these changed fields take effect at the next restart; running with their old values"
+                );
+            }
+        }
+        Err(e) => tracing::error!("reload failed, running on the previous configuration: {e}"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
 fn token(args: &TokenArgs) -> Result<ExitCode, ExitCode> {

@@ -22,6 +22,8 @@ const READ_THREADS: usize = 2;
 const PASSWORD_THREADS: usize = 1;
 /// Password jobs waiting; beyond this, register and login get OVERLOADED.
 const PASSWORD_QUEUE: usize = 64;
+/// How long a reload waits for every shard to take the new certificate.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
 /// UDP socket buffer size asked for (the kernel may cap it at net.core.[rw]mem_max).
 const UDP_BUFFER: usize = 8 << 20;
 
@@ -31,6 +33,15 @@ pub enum Error {
     /// The data directory could not be created.
     #[error("data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
+    /// Another daemon holds the data directory, or its lock file is unusable.
+    #[error("{0}")]
+    Locked(#[from] crate::guard::LockError),
+    /// Another process shares the UDP port.
+    #[error("{0}")]
+    PortTaken(String),
+    /// The configured runtime cannot run on this host.
+    #[error("runtime: {0}")]
+    Runtime(String),
     /// Storage could not be opened.
     #[error("storage: {0}")]
     Store(#[from] store::Error),
@@ -46,6 +57,9 @@ pub enum Error {
     /// A thread could not be started, or QUIC refused the configuration.
     #[error("start-up: {0}")]
     Start(String),
+    /// A reloaded configuration was refused.
+    #[error("{0}")]
+    Reload(String),
 }
 
 /// A reading of the daemon's memory budget, in bytes ([`Daemon::memory`]).
@@ -81,6 +95,20 @@ pub struct Daemon {
     watchdog_stop: Arc<AtomicBool>,
     bridge: Option<crate::bridge::Bridge>,
     bridge_stats: Arc<crate::bridge::BridgeStats>,
+    /// Held until storage has stopped.
+    lock: Option<crate::guard::DataDirLock>,
+    data_dir: std::path::PathBuf,
+    /// The QUIC server configuration new handshakes get (a reload replaces its TLS).
+    server_config: Arc<quinn::ServerConfig>,
+}
+
+/// What a reload changed.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The SHA-256 fingerprint of the certificate new handshakes get.
+    pub certificate: String,
+    /// Fields the new configuration changes that only a restart applies (kept as running).
+    pub restart_needed: Vec<&'static str>,
 }
 
 impl Daemon {
@@ -92,6 +120,13 @@ impl Daemon {
     pub fn start(config: Config) -> Result<Daemon, Error> {
         let data_dir = config.data_dir(std::env::var("STATE_DIRECTORY").ok().as_deref());
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::DataDir(data_dir.clone(), e))?;
+        let lock = crate::guard::DataDirLock::acquire(&data_dir)?;
+        let (runtime, fallback) =
+            crate::runtime::choose(config.runtime, crate::runtime::probe_io_uring)
+                .map_err(Error::Runtime)?;
+        if let Some(reason) = fallback {
+            tracing::warn!("{reason}; the shards run on epoll instead (runtime = \"auto\")");
+        }
         let identity = tls::load_identity(&config.tls, &data_dir)?;
         if identity.generated {
             tracing::info!(
@@ -110,6 +145,7 @@ impl Daemon {
             n => n,
         };
         let sockets = bind(config.listen, shard_count)?;
+        crate::guard::check_port_exclusive(&sockets).map_err(Error::PortTaken)?;
         let local_addr = sockets[0]
             .local_addr()
             .map_err(|e| Error::Bind(config.listen, e))?;
@@ -156,7 +192,7 @@ impl Daemon {
             limits: wire_limits(&config),
             next_user_id: AtomicU64::new(store.max_user_id()? + 1),
             next_room_id: AtomicU64::new(store.max_room_id()? + 1),
-            keys,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
             writer,
             reads,
             passwords,
@@ -174,14 +210,11 @@ impl Daemon {
             unauthenticated: std::sync::atomic::AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            memory: crate::budget::Budget::new(match config.limits.daemon_memory {
-                0 => crate::budget::default_daemon_memory(),
-                bytes => bytes,
-            }),
+            memory: crate::budget::Budget::new(daemon_memory(&config)),
             started: Instant::now(),
             outbox,
             online: papaya::HashSet::new(),
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::with_capacity(shard_count);
@@ -200,6 +233,7 @@ impl Daemon {
                     }
                     shard::run(
                         id,
+                        runtime,
                         shared,
                         receiver,
                         socket,
@@ -223,6 +257,9 @@ impl Daemon {
             watchdog_stop,
             bridge,
             bridge_stats,
+            lock: Some(lock),
+            data_dir,
+            server_config: quic_config,
         };
         // Every shard reports whether its endpoint is up; one that is not fails the start.
         let failure = (0..shard_count)
@@ -236,7 +273,12 @@ impl Daemon {
             daemon.stop_fast();
             return Err(Error::Start(reason));
         }
-        tracing::info!(%local_addr, shards = shard_count, "chatd is listening");
+        tracing::info!(
+            %local_addr,
+            shards = shard_count,
+            runtime = runtime.name(),
+            "chatd is listening"
+        );
         start_watchdog(&daemon.shared, &daemon.watchdog_stop);
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         Ok(daemon)
@@ -311,6 +353,84 @@ impl Daemon {
         &self.cert_path
     }
 
+    /// Applies a new configuration to the running daemon ([`crate::reload`]): reads the TLS
+    /// certificate and key and the token keys again, then swaps them in with the reloadable
+    /// fields of `config`. Open connections keep going; new handshakes present the new
+    /// certificate once every shard has it, which this waits for.
+    ///
+    /// # Errors
+    /// When the certificate, the key or the token keys cannot be read, or the merged
+    /// configuration breaks a rule. Nothing changed then: the daemon runs as before.
+    pub fn reload(&mut self, config: Config) -> Result<Reloaded, Error> {
+        let running = self.shared.config();
+        let (merged, restart_needed) = crate::reload::merge(&running, config);
+        merged
+            .validate()
+            .map_err(|e| Error::Reload(e.to_string()))?;
+        let identity = tls::load_identity(&merged.tls, &self.data_dir)?;
+        let keys = token::Keys::load(&merged.auth, &self.data_dir)?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)
+                .map_err(|e| Error::Start(e.to_string()))?;
+        // The same transport and Retry token key: only the certificate changes.
+        let mut server_config = (*self.server_config).clone();
+        server_config.crypto = Arc::new(crypto);
+        let server_config = Arc::new(server_config);
+        drop(running);
+
+        self.shared.keys.store(Arc::new(keys));
+        self.shared.memory.set_limit(daemon_memory(&merged));
+        self.shared.config.store(Arc::new(merged));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut told = 0;
+        for (shard, (inbox, exited)) in self
+            .shared
+            .inboxes
+            .iter()
+            .zip(&self.shared.exited)
+            .enumerate()
+        {
+            let mut msg = ShardMsg::ServerConfig {
+                config: Arc::clone(&server_config),
+                done: done_tx.clone(),
+            };
+            loop {
+                match inbox.push(msg) {
+                    Ok(()) => {
+                        told += 1;
+                        break;
+                    }
+                    Err(_) if exited.load(Ordering::Acquire) => {
+                        tracing::warn!(shard, "reload: the shard has stopped");
+                        break;
+                    }
+                    Err(back) => {
+                        msg = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        drop(done_tx);
+        let deadline = Instant::now() + RELOAD_WAIT;
+        for _ in 0..told {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                tracing::warn!(
+                    "reload: a shard did not take the new certificate within {} s",
+                    RELOAD_WAIT.as_secs()
+                );
+                break;
+            }
+        }
+        self.server_config = server_config;
+        self.cert_path.clone_from(&identity.cert_path);
+        Ok(Reloaded {
+            certificate: identity.fingerprint(),
+            restart_needed,
+        })
+    }
+
     /// Fast stop: goodbye to every connection without waiting for them; commits already
     /// with the storage thread still finish and the WAL is synced.
     pub fn stop_fast(self) {
@@ -342,9 +462,10 @@ impl Daemon {
         }
         // The last references to the writer and the pool go with `shared`; their threads then
         // drain what is queued and exit.
-        let grace = Duration::from_secs(self.shared.config.shutdown_grace_secs);
+        let grace = Duration::from_secs(self.shared.config().shutdown_grace_secs);
         let storage = self.storage.take();
         let readers = std::mem::take(&mut self.readers);
+        let lock = self.lock.take();
         drop(self);
         let deadline = Instant::now() + grace;
         for handle in storage.into_iter().chain(readers) {
@@ -357,6 +478,15 @@ impl Daemon {
                 tracing::warn!("a storage thread did not stop within the grace period");
             }
         }
+        drop(lock);
+    }
+}
+
+/// The daemon's memory budget under `config`.
+fn daemon_memory(config: &Config) -> usize {
+    match config.limits.daemon_memory {
+        0 => crate::budget::default_daemon_memory(),
+        bytes => bytes,
     }
 }
 

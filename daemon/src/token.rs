@@ -135,7 +135,7 @@ impl Keys {
                 .iter()
                 .map(|k| Key {
                     id: k.id.clone(),
-                    secret: hex::decode(&k.secret).unwrap_or_default(),
+                    secret: hex::decode(k.secret.expose()).unwrap_or_default(),
                 })
                 .collect();
             return Ok(Keys { keys });

@@ -231,7 +231,7 @@ fn publish_all(dir: &std::path::Path, exchange: &str, payload: Payload, events: 
         listen: "127.0.0.1:0".parse().unwrap(),
         ..chatd::config::Config::default()
     };
-    config.bridge.amqp_url = URL.into();
+    config.bridge.amqp_url = chatd::config::Secret::inline(URL);
     config.bridge.exchange = exchange.to_owned();
     config.bridge.max_unconfirmed = WINDOW;
     config.bridge.payload = payload;

@@ -46,10 +46,10 @@ fn new_user_id(shared: &Shared) -> UserId {
 
 fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
     let now = crate::unix_now();
-    let expires_at = now.saturating_add(shared.config.auth.token_ttl_secs);
+    let expires_at = now.saturating_add(shared.config().auth.token_ttl_secs);
     TokenGrant {
         user,
-        token: shared.keys.mint(name, now, expires_at),
+        token: shared.keys.load().mint(name, now, expires_at),
         expires_at: Timestamp(expires_at.saturating_mul(1000)),
     }
 }
@@ -57,7 +57,7 @@ fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
 /// Authenticates connection `conn` of this shard with `token`; the result comes back as
 /// `ShardMsg::Authenticated`.
 pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestId>, token: &str) {
-    let claims = match shard.shared.keys.verify(token, crate::unix_now()) {
+    let claims = match shard.shared.keys.load().verify(token, crate::unix_now()) {
         Ok(claims) => claims,
         Err(e) => {
             let result = Err(error_body(e.code(), ""));
@@ -84,7 +84,7 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
                 return provision(&shared, id, conn, request, claims.user, claims.expires_at);
             }
             Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
+                crate::logging::throttled!(error, error = %e, "account lookup failed");
                 Err(error_body(ErrorCode::UNAVAILABLE, ""))
             }
         };
@@ -154,7 +154,7 @@ fn account_batch(shared: &Shared, record: &UserRecord) -> Batch {
         keys::id(record.id.0).to_vec(),
     );
     batch.put(Cf::Users, keys::id(record.id.0).to_vec(), to_json(record));
-    if shared.config.bridge.enabled() {
+    if shared.config().bridge.enabled() {
         batch.event(crate::store::outbox::Event::UserRegistered {
             user: record.id,
             name: record.name.clone(),
@@ -178,7 +178,7 @@ pub(crate) fn account_written(
                 ),
                 Err(WriteError::Exists) => error(origin.request, ErrorCode::USERNAME_TAKEN, ""),
                 Err(WriteError::Storage(e)) => {
-                    tracing::error!(error = %e, "account write failed");
+                    crate::logging::throttled!(error, error = %e, "account write failed");
                     error(origin.request, ErrorCode::UNAVAILABLE, "")
                 }
             };
@@ -219,7 +219,7 @@ pub(crate) fn account_written(
                     Err(error_body(ErrorCode::OVERLOADED, ""))
                 }
                 Err(WriteError::Storage(e)) => {
-                    tracing::error!(error = %e, "account write failed");
+                    crate::logging::throttled!(error, error = %e, "account write failed");
                     Err(error_body(ErrorCode::UNAVAILABLE, ""))
                 }
             };
@@ -257,7 +257,7 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
         let hash = match hashed {
             Ok(hash) => hash,
             Err(e) => {
-                tracing::error!(error = %e, "password hashing failed");
+                crate::logging::throttled!(error, error = %e, "password hashing failed");
                 return shared
                     .reply_blocking(&origin, error(origin.request, ErrorCode::INTERNAL, ""));
             }
@@ -301,7 +301,7 @@ pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: Strin
                 }
             },
             Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
+                crate::logging::throttled!(error, error = %e, "account lookup failed");
                 error(origin.request, ErrorCode::UNAVAILABLE, "")
             }
         };

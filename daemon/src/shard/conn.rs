@@ -42,7 +42,6 @@ use catch_up::{catch_up, resume_parked};
 /// The connections of one shard.
 pub(crate) struct Connections {
     next: u64,
-    max: usize,
     map: HashMap<ConnId, Rc<Conn>>,
     /// Connections (from their first packet on) per source address.
     per_address: HashMap<std::net::IpAddr, usize>,
@@ -50,10 +49,9 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn new(max: usize) -> Connections {
+    pub(crate) fn new() -> Connections {
         Connections {
             next: 1,
-            max,
             map: HashMap::new(),
             per_address: HashMap::new(),
             shutdown_started: None,
@@ -216,7 +214,7 @@ impl Conn {
     /// Charges `n` bytes if they fit every budget (the connection's, its user's, the
     /// daemon's); else charges nothing.
     fn try_charge(&self, n: usize) -> bool {
-        let limit = self.shared.config.limits.connection_memory;
+        let limit = self.shared.config().limits.connection_memory;
         {
             let out = self.out.borrow();
             if out.released || out.bytes.saturating_add(n) > limit {
@@ -324,8 +322,9 @@ fn get(shard: &Shard, conn: ConnId) -> Option<Rc<Conn>> {
 /// `retry_above` unauthenticated connections, it must first prove its address (QUIC Retry),
 /// so a flood from spoofed addresses costs a stateless packet each, no handshake.
 pub(crate) async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
-    let limits = &shard.shared.config.limits;
     while let Some(incoming) = endpoint.accept().await {
+        let config = shard.shared.config();
+        let limits = &config.limits;
         let ip = incoming.remote_address().ip();
         let unauthenticated = shard
             .shared
@@ -333,7 +332,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
             .load(std::sync::atomic::Ordering::Acquire);
         let conns = shard.conns.borrow();
         if conns.shutdown_started.is_some()
-            || conns.map.len() >= conns.max
+            || conns.map.len() >= limits.max_connections_per_shard
             || !shard.shared.memory.fits(CONNECTION_COST)
             || unauthenticated >= limits.max_unauthenticated
             || conns.per_address.get(&ip).copied().unwrap_or(0)
@@ -397,7 +396,7 @@ async fn serve(
     shard.conns.borrow_mut().map.insert(id, Rc::clone(&conn));
     shard.shared.connections[shard.id].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     shard.shared.memory.charge(CONNECTION_COST);
-    let auth_timeout = Duration::from_secs(shard.shared.config.auth.auth_timeout_secs);
+    let auth_timeout = Duration::from_secs(shard.shared.config().auth.auth_timeout_secs);
     match tokio::time::timeout(auth_timeout, quic.accept_bi()).await {
         Ok(Ok((send, recv))) => {
             spawn_local(write_loop(Rc::clone(&shard), Rc::clone(&conn), send));
@@ -558,7 +557,8 @@ enum Admission {
 /// control slows it, so what it pins stays within its budgets. The daemon's budget is not
 /// waited for: when it is full the request is refused.
 async fn admit(conn: &Conn, reserve: usize, auth_deadline: Instant) -> Admission {
-    let limits = &conn.shared.config.limits;
+    let config = conn.shared.config();
+    let limits = &config.limits;
     // A reservation never exceeds one page (`budget::reply_reservation`), far below any
     // budget; clamped anyway, so a request can always be read once the connection is empty.
     let reserve = reserve.min(limits.connection_memory);
@@ -955,7 +955,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
         Request::Register { name, password } => accounts::register(shard, origin, name, password),
         Request::Login { name, password } => accounts::login(shard, origin, name, password),
         Request::Send(message) => {
-            if message.body.len() > shard.shared.config.limits.max_body {
+            if message.body.len() > shard.shared.config().limits.max_body {
                 return fail(ErrorCode::BODY_TOO_LARGE, "");
             }
             if !owner::valid_content(message.content_type, &message.body) {
@@ -1167,7 +1167,7 @@ pub(crate) fn presence(
     let Some(conn) = get(shard, origin.at.conn) else {
         return;
     };
-    let limit = shard.shared.config.limits.max_presence_subscriptions;
+    let limit = shard.shared.config().limits.max_presence_subscriptions;
     let mut state = conn.state.borrow_mut();
     let mut followed = state.presence.clone();
     for user in &unsubscribe {
@@ -1264,7 +1264,7 @@ fn if_user_exists(shard: &Shard, origin: Origin, user: UserId, room: RoomId, act
 /// Passes `op` (a room creation or join) to the room's owner if the user is in fewer than
 /// `max_rooms_per_user` rooms, counted on the read pool when the request arrives.
 fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId, op: Op) {
-    let max = shard.shared.config.limits.max_rooms_per_user;
+    let max = shard.shared.config().limits.max_rooms_per_user;
     let shared = Arc::clone(&shard.shared);
     shard.read_then(origin, move |store| {
         if store.room_count(origin.user, max)? >= max {
@@ -1337,7 +1337,7 @@ pub(crate) fn deliver(
     ephemeral: bool,
     entry: Option<Position>,
 ) {
-    let limit = shard.shared.config.limits.outgoing_queue;
+    let limit = shard.shared.config().limits.outgoing_queue;
     for id in conns {
         let Some(conn) = get(shard, *id) else {
             continue;
@@ -1451,7 +1451,7 @@ pub(crate) fn finished(shard: &Shard) -> bool {
     {
         return owner::idle(shard) || started.elapsed() >= Duration::from_secs(1);
     }
-    let grace = Duration::from_secs(shard.shared.config.shutdown_grace_secs);
+    let grace = Duration::from_secs(shard.shared.config().shutdown_grace_secs);
     (conns.map.is_empty() && owner::idle(shard)) || started.elapsed() >= grace
 }
 

@@ -139,12 +139,20 @@ pub(crate) enum ShardMsg {
     },
     /// Stop: close connections with `SHUTTING_DOWN` and exit once drained.
     Shutdown,
+    /// A reload: new handshakes use `config` (a new certificate); open connections keep
+    /// theirs. `done` hears once the endpoint has it.
+    ServerConfig {
+        config: Arc<quinn::ServerConfig>,
+        done: std::sync::mpsc::Sender<()>,
+    },
 }
 
 /// What every shard shares, read-only after start-up (plus atomic id counters).
 pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) keys: Keys,
+    /// The running configuration; a reload swaps it whole ([`crate::reload`]).
+    pub(crate) config: arc_swap::ArcSwap<Config>,
+    /// Token keys; a reload swaps them.
+    pub(crate) keys: arc_swap::ArcSwap<Keys>,
     pub(crate) writer: Writer<Done>,
     pub(crate) reads: ReadPool,
     /// Password hashing and verification.
@@ -183,6 +191,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The running configuration, as of now.
+    pub(crate) fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// The shard that owns a conversation.
     pub(crate) fn owner_of(&self, c: ConversationId) -> ShardId {
         self.place(&crate::store::keys::conversation(c))
@@ -355,6 +368,8 @@ pub(crate) struct Shard {
     pub(crate) conns: RefCell<conn::Connections>,
     pub(crate) owner: RefCell<owner::Conversations>,
     pub(crate) registry: RefCell<registry::Registry>,
+    /// This shard's QUIC endpoint on the shared port.
+    endpoint: quinn::Endpoint,
     /// Messages to other shards that found their inbox full and must not be lost (replies,
     /// commits); retried at every loop turn. Bounded by the requests in flight.
     retry: RefCell<VecDeque<(ShardId, ShardMsg)>>,
@@ -428,7 +443,7 @@ impl Shard {
                 Ok(Ok(())) => return,
                 Ok(Err(frame)) => frame,
                 Err(e) => {
-                    tracing::error!(error = %e, "read failed");
+                    crate::logging::throttled!(error, error = %e, "read failed");
                     error(
                         origin.request,
                         ErrorCode::UNAVAILABLE,
@@ -514,6 +529,10 @@ impl Shard {
                 unsubscribe,
             } => conn::presence(self, origin, subscribe, unsubscribe),
             ShardMsg::Shutdown => conn::shutdown(self),
+            ShardMsg::ServerConfig { config, done } => {
+                self.endpoint.set_server_config(Some((*config).clone()));
+                let _ = done.send(());
+            }
         }
     }
 }
@@ -523,6 +542,7 @@ impl Shard {
 /// `started` receives `Ok` once the endpoint is up, or why it could not start.
 pub(crate) fn run(
     id: ShardId,
+    runtime: crate::runtime::Kind,
     shared: Arc<Shared>,
     mut inbox: Receiver<ShardMsg>,
     socket: UdpSocket,
@@ -531,7 +551,8 @@ pub(crate) fn run(
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let on_exit = Arc::clone(&shared);
-    crate::runtime::block_on(async move {
+    let failed = started.clone();
+    let ran = crate::runtime::block_on(runtime, async move {
         let endpoint = match quinn::Endpoint::new(
             endpoint_config,
             Some((*tls).clone()),
@@ -550,9 +571,8 @@ pub(crate) fn run(
         let shard = Rc::new(Shard {
             id,
             shared: Arc::clone(&shared),
-            conns: RefCell::new(conn::Connections::new(
-                shared.config.limits.max_connections_per_shard,
-            )),
+            conns: RefCell::new(conn::Connections::new()),
+            endpoint: endpoint.clone(),
             owner: RefCell::new(owner::Conversations::default()),
             registry: RefCell::new(registry::Registry::default()),
             retry: RefCell::new(VecDeque::new()),
@@ -567,7 +587,7 @@ pub(crate) fn run(
                     for msg in batch.drain(..) {
                         shard.handle(msg);
                     }
-                    owner::evict_idle(&shard, shared.config.storage.cached_conversations);
+                    owner::evict_idle(&shard, shared.config().storage.cached_conversations);
                 }
                 _ = tick.tick() => {}
             }
@@ -583,8 +603,14 @@ pub(crate) fn run(
             quinn::VarInt::from_u32(u32::from(GoodbyeCode::SHUTTING_DOWN.0)),
             b"shutting down",
         );
-        let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+        let grace = Duration::from_secs(shared.config().shutdown_grace_secs);
         let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
     });
+    if let Err(e) = ran {
+        let _ = failed.send(Err(format!(
+            "shard {id}: cannot start the {} runtime: {e}",
+            runtime.name()
+        )));
+    }
     on_exit.exited[id].store(true, Ordering::Release);
 }

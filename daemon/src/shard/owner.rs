@@ -326,8 +326,8 @@ fn create(
     let mut state = State::from_snapshot(
         conversation,
         ConversationSnapshot::default(),
-        &shard.shared.config.storage,
-        shard.shared.config.bridge.enabled(),
+        &shard.shared.config().storage,
+        shard.shared.config().bridge.enabled(),
     );
     create_room(&mut state, origin, name, invite_only);
     if submit(shard, &mut state) {
@@ -385,7 +385,7 @@ pub(crate) fn loaded(
     };
     let (code, reason) = match result {
         Ok(Some(loaded)) => {
-            let config = &shard.shared.config;
+            let config = shard.shared.config();
             let state = State::from_snapshot(
                 conversation,
                 loaded.snapshot,
@@ -434,7 +434,7 @@ pub(crate) fn loaded(
             return;
         }
         Err(e) => {
-            tracing::error!(%conversation, error = %e, "loading a conversation failed");
+            crate::logging::throttled!(error, %conversation, error = %e, "loading a conversation failed");
             (ErrorCode::UNAVAILABLE, "storage unavailable")
         }
     };
@@ -581,7 +581,7 @@ fn read_sender_ops(shard: &Rc<Shard>, state: &mut State, sender: UserId) {
     let conversation = state.id;
     let shared = Arc::clone(&shard.shared);
     let id = shard.id;
-    let window = shard.shared.config.storage.dedupe_window;
+    let window = shard.shared.config().storage.dedupe_window;
     let submitted = shard.shared.reads.submit(move |store| {
         let result = store
             .sender_ops(conversation, sender, window)
@@ -638,7 +638,7 @@ fn sender_ops(
             }
         }
         Err(e) => {
-            tracing::error!(conversation = %state.id, error = %e, "reading a sender's recent sends failed");
+            crate::logging::throttled!(error, conversation = %state.id, error = %e, "reading a sender's recent sends failed");
             for (origin, _) in state.senders.failed(sender) {
                 shard.reply(
                     &origin,
@@ -788,7 +788,7 @@ fn room_action(shard: &Rc<Shard>, state: &mut State, origin: Origin, action: Roo
     let ConversationId::Room(room_id) = state.id else {
         return reply_error(ErrorCode::UNKNOWN_ROOM, "");
     };
-    let max_members = shard.shared.config.limits.max_room_members;
+    let max_members = shard.shared.config().limits.max_room_members;
     let Some(room) = state.room.as_mut() else {
         return reply_error(ErrorCode::UNKNOWN_ROOM, "");
     };

@@ -325,7 +325,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             }
             let came_online = devices.is_empty();
             devices.push((device, at));
-            let limit = shard.shared.config.limits.user_memory;
+            let limit = shard.shared.config().limits.user_memory;
             let budget = Arc::clone(
                 registry
                     .budgets
@@ -341,7 +341,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             );
             if came_online {
                 registry.presence.changed(user, None);
-                if shard.shared.config.bridge.enabled() {
+                if shard.shared.config().bridge.enabled() {
                     shard.shared.online.pin().insert(user);
                 }
             }
@@ -364,7 +364,8 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     registry.users.remove(&user);
                     // Kept until a full refill (at most a minute, so the queue stays short
                     // with a huge burst): coming back sooner finds the same bucket.
-                    let limits = &shard.shared.config.limits;
+                    let config = shard.shared.config();
+                    let limits = &config.limits;
                     let refill = Duration::from_secs_f64(
                         (f64::from(limits.send_burst) / f64::from(limits.send_rate))
                             .min(IDLE_BUCKET_SECS),
@@ -375,7 +376,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     registry.idle_buckets.push_back((user, now + refill));
                     registry.budgets.remove(&user);
                     registry.presence.changed(user, Some(now_ms()));
-                    if shard.shared.config.bridge.enabled() {
+                    if shard.shared.config().bridge.enabled() {
                         shard.shared.online.pin().remove(&user);
                     }
                 }
@@ -399,7 +400,8 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             }
         }
         Op::Send { origin, message } => {
-            let limits = &shard.shared.config.limits;
+            let config = shard.shared.config();
+            let limits = &config.limits;
             let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
             let now = Instant::now();
             registry.drop_full_buckets(now, rate, burst);
@@ -445,7 +447,7 @@ pub(crate) fn flush_presence(shard: &Rc<Shard>) {
     if registry.presence.dirty.is_empty() {
         return;
     }
-    let interval = Duration::from_millis(shard.shared.config.limits.presence_interval_ms);
+    let interval = Duration::from_millis(shard.shared.config().limits.presence_interval_ms);
     let Registry {
         users, presence, ..
     } = &mut *registry;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chat_protocol::events::{self, EventKind};
 use chat_protocol::*;
+use chatd::config::Secret;
 use futures_lite::StreamExt as _;
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -220,7 +221,7 @@ impl Consumer {
 
 fn with_bridge(exchange: &str) -> impl FnOnce(&mut chatd::config::Config) + '_ {
     move |c| {
-        c.bridge.amqp_url = amqp_url();
+        c.bridge.amqp_url = Secret::inline(amqp_url());
         c.bridge.exchange = exchange.to_owned();
         c.limits.presence_interval_ms = 100;
         c.limits.send_rate = 10_000;
@@ -499,7 +500,7 @@ async fn an_amqps_bridge_publishes_over_tls_and_checks_the_brokers_certificate()
     // Without the CA the certificate is not trusted: the bridge never gets through.
     let untrusted = TestDaemon::start_with(|c| {
         with_bridge(&exchange)(c);
-        c.bridge.amqp_url.clone_from(&amqps);
+        c.bridge.amqp_url = Secret::inline(amqps.clone());
     });
     let waited = std::time::Instant::now();
     while front.refused.load(Ordering::Acquire) == 0 {
@@ -516,7 +517,7 @@ async fn an_amqps_bridge_publishes_over_tls_and_checks_the_brokers_certificate()
     // With it, events arrive through TLS.
     let daemon = TestDaemon::start_with(|c| {
         with_bridge(&exchange)(c);
-        c.bridge.amqp_url = amqps;
+        c.bridge.amqp_url = Secret::inline(amqps);
         c.bridge.tls_ca = front.ca.path().to_owned();
     });
     let (mut alice, a) = login(&daemon, "alice").await;
@@ -580,7 +581,7 @@ async fn cut_broker_connections_lose_and_duplicate_nothing_after_dedup() {
     let through_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
     let daemon = TestDaemon::start_with(|c| {
         with_bridge(&exchange)(c);
-        c.bridge.amqp_url = through_proxy;
+        c.bridge.amqp_url = Secret::inline(through_proxy);
         c.bridge.max_unconfirmed = 8;
     });
     let (mut alice, a) = login(&daemon, "alice").await;
@@ -713,7 +714,7 @@ async fn a_backlog_survives_sigkill_and_is_published_after_restart() {
     // the running daemon.
     let store = chatd::store::Store::open_read_only(&temp.path().join("db")).unwrap();
     let mut bridge = test_config(temp.path()).bridge;
-    bridge.amqp_url = amqp_url();
+    bridge.amqp_url = Secret::inline(amqp_url());
     bridge.exchange.clone_from(&exchange);
     let replayed =
         tokio::task::spawn_blocking(move || chatd::bridge::replay(&store, &bridge, 5, Some(8)))

@@ -15,6 +15,7 @@ mod conversations;
 mod history;
 mod lifecycle;
 mod limits;
+mod operations;
 mod presence;
 mod receipts;
 mod resume;

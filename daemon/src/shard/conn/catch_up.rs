@@ -50,7 +50,8 @@ pub(super) fn catch_up(
     }
     // A catch-up also ends a lag: live events flow again after it.
     conn.out.borrow_mut().lagged = false;
-    let limits = &shard.shared.config.limits;
+    let config = shard.shared.config();
+    let limits = &config.limits;
     let catch_up = CatchUp::new(
         user,
         cursors,
@@ -144,7 +145,7 @@ impl crate::pool::Job for PageJob {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "catch-up read failed");
+                crate::logging::throttled!(error, error = %e, "catch-up read failed");
                 let frame = encode(&error_frame(
                     None,
                     ErrorCode::UNAVAILABLE,
@@ -213,7 +214,7 @@ pub(crate) fn replay(
         (held, std::mem::take(&mut state.replayed))
     };
     let mut last = std::mem::take(&mut conn.state.borrow_mut().caught_up_to);
-    let limit = shard.shared.config.limits.outgoing_queue;
+    let limit = shard.shared.config().limits.outgoing_queue;
     let mut held = held.into_iter();
     if !conn.out.borrow().lagged {
         for ((c, seq), frame) in held.by_ref() {
