@@ -21,8 +21,11 @@ trap 'rm -rf "$scratch"' EXIT
 # 1. verify, in a root holding the binaries the unit names.
 mkdir -p "$scratch/root/usr/bin" "$scratch/root/bin" "$scratch/root/etc/systemd/system"
 ln "$chatd" "$scratch/root/usr/bin/chatd" 2>/dev/null || cp "$chatd" "$scratch/root/usr/bin/chatd"
-cp "$(command -v kill)" "$scratch/root/bin/kill"
+cp "$(type -P kill)" "$scratch/root/bin/kill"
 cp chatd.service "$scratch/root/etc/systemd/system/chatd.service"
+# The units the unit's default dependencies name (sysinit.target, network-online.target, …).
+mkdir -p "$scratch/root/usr/lib/systemd"
+cp -r /usr/lib/systemd/system "$scratch/root/usr/lib/systemd/system"
 if ! out="$(systemd-analyze verify --man=no --root="$scratch/root" \
     "$scratch/root/etc/systemd/system/chatd.service" 2>&1)" || [ -n "$out" ]; then
   echo "systemd/check: systemd-analyze verify chatd.service:" >&2
