@@ -9,6 +9,9 @@
 #   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
 #                checks of bench/src/bin/faults.rs (about 15 minutes; the disk-full part
 #                needs root), written up in bench/RESULTS.md
+#   make deb     the Debian package (cargo-deb, release build): target/debian/chatd_*.deb
+#   make package-test  install that package on a clean debootstrap root and run chatd from it
+#                (root and network; systemd/package-test.sh)
 #   make fuzz    the cargo-fuzz targets (decode, events, token, config) for FUZZ_SECONDS each
 #                (default 60)
 #
@@ -18,7 +21,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks bench faults fuzz bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks deb package-test bench faults fuzz bootstrap clean
 
 all: test
 
@@ -56,6 +59,16 @@ unit:
 # the debug chatd that `unit` built.
 unit-checks:
 	./systemd/check.sh
+
+# cargo-deb: the kept packager for cargo workspaces (conffiles, systemd unit snippets,
+# stripping); the package metadata is in daemon/Cargo.toml.
+deb: bootstrap
+	$(CARGO) build --release --workspace --locked
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) deb -p chatd --no-build --locked
+
+package-test: deb
+	./systemd/package-test.sh
 
 bench: bootstrap
 	./bench/codec.sh

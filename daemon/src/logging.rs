@@ -3,8 +3,8 @@
 //! change, and [`Throttle`] so that an error repeated by every request under a fault (a
 //! full disk, a broken read) is logged once per interval with a count.
 
+use parking_lot::Mutex;
 use std::io::IsTerminal as _;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -104,7 +104,7 @@ impl Throttle {
     pub const fn new(interval: Duration) -> Throttle {
         Throttle {
             interval,
-            state: Mutex::new(ThrottleState {
+            state: parking_lot::const_mutex(ThrottleState {
                 last: None,
                 held: 0,
             }),
@@ -114,10 +114,7 @@ impl Throttle {
     /// `Some(n)` when a line may be logged at `now`, with `n` the lines held back since the
     /// last one; `None` when this one is held back.
     pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state.lock();
         match state.last {
             Some(last) if now.duration_since(last) < self.interval => {
                 state.held += 1;

@@ -141,8 +141,11 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
     };
     let mut problems = Vec::new();
     if !config.tls.cert.as_os_str().is_empty() {
-        // With the paths set nothing is generated: this only reads.
-        if let Err(e) = chatd::tls::load_identity(&config.tls, &data_dir(&config)) {
+        // With the paths set nothing is generated: this only reads, and checks that the key
+        // belongs to the certificate.
+        let checked = chatd::tls::load_identity(&config.tls, &data_dir(&config))
+            .and_then(|identity| chatd::tls::server_config(&identity).map(drop));
+        if let Err(e) = checked {
             problems.push(format!("tls: {e}"));
         }
     }

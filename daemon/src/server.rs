@@ -236,9 +236,11 @@ impl Daemon {
                         runtime,
                         shared,
                         receiver,
-                        socket,
-                        endpoint_config,
-                        quic_config,
+                        shard::EndpointParts {
+                            socket,
+                            config: endpoint_config,
+                            server: quic_config,
+                        },
                         started,
                     );
                 })

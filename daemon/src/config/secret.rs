@@ -239,7 +239,11 @@ mod tests {
     fn a_huge_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
-        std::fs::write(&path, vec![b'a'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        std::fs::write(
+            &path,
+            vec![b'a'; usize::try_from(MAX_SECRET_FILE).unwrap() + 1],
+        )
+        .unwrap();
         let mut secret = parse(&format!("s = {{ file = {path:?} }}")).unwrap();
         assert!(
             secret

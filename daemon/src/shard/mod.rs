@@ -537,19 +537,32 @@ impl Shard {
     }
 }
 
-/// Runs shard `id` on the current thread until shutdown: accepts connections on `socket` and
-/// serves its inbox.
+/// What a shard's QUIC endpoint is made of.
+pub(crate) struct EndpointParts {
+    /// This shard's socket on the shared port.
+    pub(crate) socket: UdpSocket,
+    /// Connection ids and reset tokens (the same for every shard).
+    pub(crate) config: quinn::EndpointConfig,
+    /// TLS and transport for new connections.
+    pub(crate) server: Arc<quinn::ServerConfig>,
+}
+
+/// Runs shard `id` on the current thread, on a `runtime` runtime, until shutdown: accepts
+/// connections on its endpoint and serves its inbox.
 /// `started` receives `Ok` once the endpoint is up, or why it could not start.
 pub(crate) fn run(
     id: ShardId,
     runtime: crate::runtime::Kind,
     shared: Arc<Shared>,
     mut inbox: Receiver<ShardMsg>,
-    socket: UdpSocket,
-    endpoint_config: quinn::EndpointConfig,
-    tls: Arc<quinn::ServerConfig>,
+    parts: EndpointParts,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
+    let EndpointParts {
+        socket,
+        config: endpoint_config,
+        server: tls,
+    } = parts;
     let on_exit = Arc::clone(&shared);
     let failed = started.clone();
     let ran = crate::runtime::block_on(runtime, async move {

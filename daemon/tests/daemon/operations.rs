@@ -527,4 +527,26 @@ fn check_config_validates_without_starting() {
     let refused = run(&cert_missing);
     assert_eq!(refused.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("/nonexistent/cert.pem"));
+    // A key that is not the certificate's.
+    let (cert, _) = certificate();
+    let (_, other_key) = certificate();
+    std::fs::write(temp.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(temp.path().join("key.pem"), other_key).unwrap();
+    let mismatched = temp.path().join("mismatched.toml");
+    std::fs::write(
+        &mismatched,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            temp.path().join("cert.pem"),
+            temp.path().join("key.pem")
+        ),
+    )
+    .unwrap();
+    let refused = run(&mismatched);
+    assert_eq!(refused.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("tls:") && stderr.to_lowercase().contains("key"),
+        "{stderr}"
+    );
 }
