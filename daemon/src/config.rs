@@ -471,6 +471,10 @@ impl Config {
             "shutdown_grace_secs must be at least 1",
         );
         check(
+            tracing_subscriber::EnvFilter::try_new(&self.log).is_ok(),
+            "log must be a tracing filter, e.g. \"info\" or \"info,chatd=debug\"",
+        );
+        check(
             self.tls.cert.as_os_str().is_empty() == self.tls.key.as_os_str().is_empty(),
             "tls.cert and tls.key must both be set or both be empty",
         );
@@ -765,13 +769,14 @@ mod tests {
             env(&[
                 ("CHATD_LIMITS_MAX_BODY", "100000"),
                 ("CHATD_TLS_CERT", "/x.pem"),
+                ("CHATD_LOG", "chatd=loud"),
             ]),
             &Overrides::default(),
         )
         .unwrap_err()
         .to_string();
         assert!(
-            bad.contains("max_body") && bad.contains("tls.cert"),
+            bad.contains("max_body") && bad.contains("tls.cert") && bad.contains("log must be"),
             "{bad}"
         );
     }

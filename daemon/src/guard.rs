@@ -4,9 +4,11 @@
 //!   has stopped (storage flushed). A second daemon on the same directory fails at once
 //!   with the holder's pid, instead of RocksDB's "lock hold by current process" or, worse,
 //!   two writers.
-//! - [`check_port_exclusive`]: the shards of one process share the port through
-//!   SO_REUSEPORT, which the kernel also grants to any other process of the same user. After
-//!   binding, every UDP socket on the port is listed from `/proc/self/net/udp{,6}` (the
+//! - [`probe_port`] and [`check_port_exclusive`]: the shards of one process share the port
+//!   through SO_REUSEPORT, which the kernel also grants to any other process of the same user.
+//!   Before binding, a plain socket (without SO_REUSEPORT) is bound and dropped: if the port
+//!   is held, that fails without ever joining the holder's group (which would steer some of
+//!   its packets to us for a moment). After binding, against a race between two starts, every UDP socket on the port is listed from `/proc/self/net/udp{,6}` (the
 //!   process's network namespace; readable under systemd's `ProcSubset=pid` too); one that is
 //!   not ours means another daemon (or anything else with SO_REUSEPORT) would split the
 //!   traffic, so the start fails.
@@ -77,6 +79,39 @@ impl DataDirLock {
     }
 }
 
+/// The message when another process holds the port.
+fn taken(port: u16, detail: &str) -> String {
+    format!(
+        "UDP port {port} is already bound by another process ({detail}), most likely another \
+         chatd: SO_REUSEPORT would split the traffic between them; stop it or choose another \
+         listen port"
+    )
+}
+
+/// Fails when `addr` (a fixed port) is already bound, by binding it without SO_REUSEPORT.
+///
+/// # Errors
+/// A message naming the port.
+pub fn probe_port(addr: SocketAddr) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| e.to_string())?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).map_err(|e| e.to_string())?;
+    }
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(taken(addr.port(), "address in use"))
+        }
+        // Anything else (no such address, no permission) is for the real bind to report.
+        Err(_) => Ok(()),
+    }
+}
+
 /// One UDP socket as `/proc/self/net/udp{,6}` lists it.
 #[derive(Debug, PartialEq, Eq)]
 struct Listed {
@@ -117,12 +152,7 @@ pub fn check_port_exclusive(ours: &[UdpSocket]) -> Result<(), String> {
     if foreign.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "UDP port {} is already bound by another process (socket inodes {foreign:?}), \
-             most likely another chatd: SO_REUSEPORT would split the traffic between them; \
-             stop it or choose another listen port",
-            local.port()
-        ))
+        Err(taken(local.port(), &format!("socket inodes {foreign:?}")))
     }
 }
 
@@ -270,5 +300,10 @@ mod tests {
         assert!(err.contains(&format!("UDP port {}", port.port())), "{err}");
         drop(intruder);
         check_port_exclusive(&ours).expect("free again");
+        // Before binding, the probe sees the port taken without joining its group.
+        let err = probe_port(port).unwrap_err();
+        assert!(err.contains(&format!("UDP port {}", port.port())), "{err}");
+        drop(ours);
+        probe_port(port).expect("free once closed");
     }
 }

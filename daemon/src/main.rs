@@ -276,8 +276,12 @@ fn reload(
     let outcome = chatd::config::Config::load(args.config.as_deref(), env, &overrides)
         .map_err(|e| e.to_string())
         .and_then(|config| {
-            logging.reload(&config)?;
-            daemon.reload(config).map_err(|e| e.to_string())
+            // `log` was validated with the rest: once the daemon took the configuration,
+            // the filter cannot fail, so nothing is applied halfway.
+            let log = config.clone();
+            let reloaded = daemon.reload(config).map_err(|e| e.to_string())?;
+            logging.reload(&log)?;
+            Ok(reloaded)
         });
     match outcome {
         Ok(reloaded) => {

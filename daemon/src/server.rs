@@ -144,6 +144,7 @@ impl Daemon {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         };
+        crate::guard::probe_port(config.listen).map_err(Error::PortTaken)?;
         let sockets = bind(config.listen, shard_count)?;
         crate::guard::check_port_exclusive(&sockets).map_err(Error::PortTaken)?;
         let local_addr = sockets[0]

@@ -94,10 +94,11 @@ impl std::fmt::Debug for Secret {
 /// A secret file's text without its trailing line break.
 fn read_bounded(path: &Path) -> Result<String, String> {
     let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
-    if !file.metadata().map_err(|e| fail(&e))?.is_file() {
+    // Checked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path).map_err(|e| fail(&e))?.is_file() {
         return Err(fail(&"not a regular file"));
     }
+    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
     let mut text = String::new();
     file.take(MAX_SECRET_FILE + 1)
         .read_to_string(&mut text)
@@ -226,6 +227,17 @@ mod tests {
                 .unwrap_err()
                 .contains("/nonexistent/secret")
         );
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut pipe = parse(&format!("s = {{ file = {fifo:?} }}")).unwrap();
+        assert!(pipe.resolve(&none).unwrap_err().contains("not a regular file"));
         let mut device = parse("s = { file = \"/dev/zero\" }").unwrap();
         assert!(
             device
