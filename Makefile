@@ -62,6 +62,7 @@ unit:
 # The systemd unit: systemd-analyze verify and security, and the packaged config, against
 # the debug chatd that `unit` built.
 unit-checks:
+	$(CARGO) test --workspace --all-targets --locked --no-run
 	./systemd/check.sh
 
 # cargo-deb: the kept packager for cargo workspaces (conffiles, systemd unit snippets,

@@ -4,14 +4,15 @@
 #      installed at /usr/bin/chatd in a scratch root, so ExecStart's path is checked too);
 #   2. `systemd-analyze security --offline=true` rates its exposure at most MAX_EXPOSURE;
 #   3. the packaged chatd.toml passes `chatd check-config`, with the token key credential the
-#      package generates, as ExecStartPre runs it.
+#      package generates and systemd's variables, as the unit would start it.
 # Usage: systemd/check.sh [path/to/chatd]   (default: $CARGO_TARGET_DIR/debug/chatd)
 set -euo pipefail
-cd "$(dirname "$0")"
+here="$(cd "$(dirname "$0")" && pwd)"
 
 MAX_EXPOSURE=1.5
-target="${CARGO_TARGET_DIR:-../target}"
-chatd="${1:-$target/debug/chatd}"
+target="$(realpath -m "${CARGO_TARGET_DIR:-$here/../target}")"
+chatd="$(realpath -m "${1:-$target/debug/chatd}")"
+cd "$here"
 [ -x "$chatd" ] || { echo "systemd/check: no chatd binary at $chatd (build it first)" >&2; exit 1; }
 command -v systemd-analyze >/dev/null || ../.ci/bootstrap systemd
 

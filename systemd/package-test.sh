@@ -4,8 +4,9 @@
 #   2. `dpkg -i` the package there (its one dependency beyond the base, adduser, first);
 #   3. check what the maintainer scripts made: the chatd user, the generated token key
 #      (root only), /etc/chatd/tls, the enabled unit;
-#   4. start /usr/bin/chatd as the unit would (user chatd, StateDirectory, the credential,
-#      ExecStartPre's check-config) and talk to it with the installed `chat` CLI;
+#   4. start /usr/bin/chatd as the unit would (user chatd, StateDirectory, the credential),
+#      after `chatd check-config`, and talk to it with the installed `chat` CLI, also with a
+#      token minted from the generated key;
 #   5. edit the conffile, reinstall, check the edit and the key are kept; purge.
 # Needs root and network (debootstrap, apt). Usage: systemd/package-test.sh [chatd_*.deb]
 # (default: the newest under $CARGO_TARGET_DIR/debian, as `make deb` leaves it).
@@ -13,17 +14,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "package-test: needs root (debootstrap, chroot)" >&2; exit 1; }
 target="${CARGO_TARGET_DIR:-target}"
-deb="${1:-$(ls -t "$target"/debian/chatd_*.deb 2>/dev/null | head -1)}"
+deb="${1:-$(ls -t "$target"/debian/chatd_*.deb 2>/dev/null | head -1 || true)}"
 [ -f "$deb" ] || { echo "package-test: no package; run make deb first" >&2; exit 1; }
 command -v debootstrap >/dev/null || ./.ci/bootstrap debootstrap
+command -v file >/dev/null || ./.ci/bootstrap file
 
 cache="${CHATD_ROOT_CACHE:-$HOME/.cache/chatd/bookworm-minbase.tar}"
 root="$(mktemp -d /var/tmp/chatd-root.XXXXXX)"
 pid=""
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
   umount "$root/proc" 2>/dev/null || true
-  rm -rf "$root"
+  rm -rf --one-file-system "$root"
 }
 trap cleanup EXIT
 in_root() { chroot "$root" "$@"; }
@@ -36,7 +41,7 @@ else
   step "debootstrap bookworm (minbase) into $root"
   debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
   mkdir -p "$(dirname "$cache")"
-  tar -C "$root" -cf "$cache" .
+  tar -C "$root" -cf "$cache.tmp" . && mv "$cache.tmp" "$cache"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 mount -t proc proc "$root/proc"
@@ -83,10 +88,12 @@ chat=(chroot "$root" env CHAT_SERVER="127.0.0.1:$port" CHAT_CA=/var/lib/chatd/tl
 "${chat[@]}" room create lobby >/dev/null
 seq="$("${chat[@]}" send '#lobby' 'installed from the package')"
 "${chat[@]}" history '#lobby' | grep -q 'installed from the package'
-# A token minted with the generated key (as an app backend would) is accepted.
-token="$(in_root env CREDENTIALS_DIRECTORY=/etc/chatd/credentials /usr/bin/chatd token --config /etc/chatd/chatd.toml --user backend-minted)"
-[ -n "$token" ]
-step "message stored at seq $seq and read back; a token minted with the package's key: ${#token} bytes"
+# A token minted with the generated key (as an app backend would) authenticates.
+token="$(in_root env CREDENTIALS_DIRECTORY=/etc/chatd/credentials /usr/bin/chatd token --config /etc/chatd/chatd.toml --user minted)"
+mkdir -p "$root/tmp/minted"
+printf '{"user":0,"name":"minted","token":"%s"}' "$token" >"$root/tmp/minted/session.json"
+"${chat[@]}" --profile /tmp/minted whoami | grep -q '^minted (id '
+step "message stored at seq $seq and read back; a token minted with the package's key authenticates"
 kill -TERM "$pid"; wait "$pid"; pid=""
 grep -q "SIGTERM: draining" "$root/tmp/chatd.log"
 if grep -q $'\e\[' "$root/tmp/chatd.log"; then echo "ANSI codes in a non-terminal log" >&2; exit 1; fi

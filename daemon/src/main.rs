@@ -285,10 +285,19 @@ fn reload(
         });
     match outcome {
         Ok(reloaded) => {
-            tracing::info!(
-                certificate_sha256 = %reloaded.certificate,
-                "reloaded: new connections get this certificate; open ones go on"
-            );
+            if reloaded.late_shards == 0 {
+                tracing::info!(
+                    certificate_sha256 = %reloaded.certificate,
+                    "reloaded: new connections get this certificate; open ones go on"
+                );
+            } else {
+                tracing::warn!(
+                    certificate_sha256 = %reloaded.certificate,
+                    late_shards = reloaded.late_shards,
+                    "reloaded, but some shards had not taken the new certificate yet (they will \
+                     when their loop turns; a stuck one is restarted by the watchdog)"
+                );
+            }
             if !reloaded.restart_needed.is_empty() {
                 tracing::warn!(
                     fields = reloaded.restart_needed.join(", "),

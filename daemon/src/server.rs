@@ -109,6 +109,9 @@ pub struct Reloaded {
     pub certificate: String,
     /// Fields the new configuration changes that only a restart applies (kept as running).
     pub restart_needed: Vec<&'static str>,
+    /// Shards that had not taken the new certificate when the reload stopped waiting
+    /// (normally 0; a stuck or stopping shard keeps serving the old one until it does).
+    pub late_shards: usize,
 }
 
 impl Daemon {
@@ -384,6 +387,9 @@ impl Daemon {
         self.shared.keys.store(Arc::new(keys));
         self.shared.memory.set_limit(daemon_memory(&merged));
         self.shared.config.store(Arc::new(merged));
+        // Bounded as a whole (a stuck shard with a full inbox must not hold the signal loop,
+        // and with it SIGTERM, for longer than this).
+        let deadline = Instant::now() + RELOAD_WAIT;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let mut told = 0;
         for (shard, (inbox, exited)) in self
@@ -407,6 +413,10 @@ impl Daemon {
                         tracing::warn!(shard, "reload: the shard has stopped");
                         break;
                     }
+                    Err(_) if Instant::now() >= deadline => {
+                        tracing::warn!(shard, "reload: the shard's inbox stayed full");
+                        break;
+                    }
                     Err(back) => {
                         msg = back;
                         std::thread::sleep(Duration::from_millis(1));
@@ -415,22 +425,20 @@ impl Daemon {
             }
         }
         drop(done_tx);
-        let deadline = Instant::now() + RELOAD_WAIT;
-        for _ in 0..told {
+        let mut updated = 0;
+        while updated < told {
             let left = deadline.saturating_duration_since(Instant::now());
             if done_rx.recv_timeout(left).is_err() {
-                tracing::warn!(
-                    "reload: a shard did not take the new certificate within {} s",
-                    RELOAD_WAIT.as_secs()
-                );
                 break;
             }
+            updated += 1;
         }
         self.server_config = server_config;
         self.cert_path.clone_from(&identity.cert_path);
         Ok(Reloaded {
             certificate: identity.fingerprint(),
             restart_needed,
+            late_shards: self.shared.inboxes.len() - updated,
         })
     }
 
@@ -471,6 +479,7 @@ impl Daemon {
         let lock = self.lock.take();
         drop(self);
         let deadline = Instant::now() + grace;
+        let mut finished = true;
         for handle in storage.into_iter().chain(readers) {
             while !handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
@@ -478,10 +487,16 @@ impl Daemon {
             if handle.is_finished() {
                 let _ = handle.join();
             } else {
+                finished = false;
                 tracing::warn!("a storage thread did not stop within the grace period");
             }
         }
-        drop(lock);
+        if finished {
+            drop(lock);
+        } else {
+            // RocksDB may still be open: only the process's exit may free the directory.
+            std::mem::forget(lock);
+        }
     }
 }
 

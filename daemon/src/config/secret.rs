@@ -237,7 +237,11 @@ mod tests {
                 .success()
         );
         let mut pipe = parse(&format!("s = {{ file = {fifo:?} }}")).unwrap();
-        assert!(pipe.resolve(&none).unwrap_err().contains("not a regular file"));
+        assert!(
+            pipe.resolve(&none)
+                .unwrap_err()
+                .contains("not a regular file")
+        );
         let mut device = parse("s = { file = \"/dev/zero\" }").unwrap();
         assert!(
             device

@@ -557,12 +557,16 @@ enum Admission {
 /// control slows it, so what it pins stays within its budgets. The daemon's budget is not
 /// waited for: when it is full the request is refused.
 async fn admit(conn: &Conn, reserve: usize, auth_deadline: Instant) -> Admission {
-    let config = conn.shared.config();
-    let limits = &config.limits;
-    // A reservation never exceeds one page (`budget::reply_reservation`), far below any
-    // budget; clamped anyway, so a request can always be read once the connection is empty.
-    let reserve = reserve.min(limits.connection_memory);
     loop {
+        // Read on every pass (a reload may change the budget) and not held across awaits.
+        let (connection_memory, max_in_flight) = {
+            let config = conn.shared.config();
+            (config.limits.connection_memory, config.limits.max_in_flight)
+        };
+        // A reservation never exceeds one page (`budget::reply_reservation`), far below any
+        // budget; clamped anyway, so a request can always be read once the connection is
+        // empty.
+        let reserve = reserve.min(connection_memory);
         if conn.out.borrow().released {
             // The writer ended the connection: nothing may be charged any more.
             return Admission::Closed;
@@ -592,8 +596,8 @@ async fn admit(conn: &Conn, reserve: usize, auth_deadline: Instant) -> Admission
             freed.enable();
         }
         let (in_flight, bytes) = (conn.state.borrow().in_flight, conn.out.borrow().bytes);
-        let connection_fits = in_flight < limits.max_in_flight
-            && bytes.saturating_add(reserve) <= limits.connection_memory;
+        let connection_fits =
+            in_flight < max_in_flight && bytes.saturating_add(reserve) <= connection_memory;
         let user_fits = match user.as_ref() {
             None => true,
             Some(user) => connection_fits && user.bytes.try_charge(reserve),

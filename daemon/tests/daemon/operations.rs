@@ -84,7 +84,13 @@ impl Proc {
         assert!(ok);
     }
 
-    /// A token from the daemon's generated local secret.
+    /// Waits until the daemon is up (and has generated its local token secret, which
+    /// [`Proc::token`] must only read).
+    async fn ready(&mut self) {
+        self.wait_log("chatd is listening", 1).await;
+    }
+
+    /// A token from the daemon's generated local secret (after [`Proc::ready`]).
     fn token(&self, user: &str) -> String {
         let keys =
             chatd::token::Keys::load(&chatd::config::AuthConfig::default(), &self.dir).unwrap();
@@ -207,6 +213,7 @@ async fn sighup_swaps_the_certificate_under_load_without_dropping_anyone() {
         tls.join("key.pem")
     );
     let mut proc = Proc::start(&temp.path().join("data"), &extra, None, &[]);
+    proc.ready().await;
     let addr = proc.addr;
     let mut alice = login(addr, &trust[0], &proc.token("alice"), 1).await;
     let mut bob = login(addr, &trust[0], &proc.token("bob"), 1).await;
@@ -389,7 +396,8 @@ fn hex(bytes: &[u8]) -> String {
 async fn a_second_daemon_on_the_same_data_dir_exits_75_naming_the_holder() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data");
-    let first = Proc::start(&dir, "", None, &[]);
+    let mut first = Proc::start(&dir, "", None, &[]);
+    first.ready().await;
     let _ = login(
         first.addr,
         &dir.join("tls/cert.pem"),
@@ -420,7 +428,8 @@ async fn a_second_daemon_on_the_same_data_dir_exits_75_naming_the_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_port_fails_instead_of_splitting_the_traffic() {
     let temp = tempfile::tempdir().unwrap();
-    let first = Proc::start(&temp.path().join("one"), "", None, &[]);
+    let mut first = Proc::start(&temp.path().join("one"), "", None, &[]);
+    first.ready().await;
     let cert = temp.path().join("one/tls/cert.pem");
     let _ = login(first.addr, &cert, &first.token("frank"), 1).await;
     let mut second = Proc::start(&temp.path().join("two"), "", Some(first.addr), &[]);
@@ -441,7 +450,32 @@ async fn a_second_daemon_on_the_same_port_fails_instead_of_splitting_the_traffic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_runtimes_serve_clients() {
-    for runtime in [RuntimeChoice::IoUring, RuntimeChoice::Epoll] {
+    // Where the host refuses io_uring (a seccomp filter), asking for it must fail the start
+    // with a runtime error instead; this machine's CI has it, and runs both.
+    let temp = tempfile::tempdir().unwrap();
+    let mut config = crate::test_config(temp.path());
+    config.runtime = RuntimeChoice::IoUring;
+    let io_uring = match chatd::Daemon::start(config) {
+        Ok(daemon) => {
+            daemon.stop_fast();
+            true
+        }
+        Err(chatd::server::Error::Runtime(reason)) => {
+            assert!(reason.contains("io_uring cannot be set up"), "{reason}");
+            false
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let runtimes: &[RuntimeChoice] = if io_uring {
+        &[
+            RuntimeChoice::IoUring,
+            RuntimeChoice::Epoll,
+            RuntimeChoice::Auto,
+        ]
+    } else {
+        &[RuntimeChoice::Epoll, RuntimeChoice::Auto]
+    };
+    for &runtime in runtimes {
         let daemon = TestDaemon::start_with(|c| c.runtime = runtime);
         let (mut grace, _) =
             Client::login(daemon.addr, &daemon.cert, &daemon.token("grace"), 1).await;
@@ -475,7 +509,7 @@ async fn logs_carry_no_colour_into_a_pipe_and_json_lines_parse() {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path().join("data");
         let mut proc = Proc::start(&dir, &format!("log_format = \"{format}\""), None, &[]);
-        proc.wait_log("chatd is listening", 1).await;
+        proc.ready().await;
         let text = proc.log_text();
         assert!(!text.is_empty());
         for line in text.lines() {
