@@ -70,7 +70,7 @@ unit-checks:
 deb: bootstrap
 	$(CARGO) build --release --workspace --locked
 	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
-	$(CARGO) deb -p chatd --no-build --locked
+	$(CARGO) deb -p chatd --no-build --strip
 
 package-test: deb
 	./systemd/package-test.sh

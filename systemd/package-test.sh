@@ -11,6 +11,7 @@
 # Needs root and network (debootstrap, apt). Usage: systemd/package-test.sh [chatd_*.deb]
 # (default: the newest under $CARGO_TARGET_DIR/debian, as `make deb` leaves it).
 set -euo pipefail
+trap 'echo "package-test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "package-test: needs root (debootstrap, chroot)" >&2; exit 1; }
 target="${CARGO_TARGET_DIR:-target}"
@@ -55,9 +56,9 @@ in_root dpkg -i /tmp/chatd.deb
 step "what the maintainer scripts made"
 in_root getent passwd chatd
 key="$root/etc/chatd/credentials/token-key"
-[ "$(stat -c %a "$key")" = 600 ] && [ "$(stat -c %U "$key")" = root ] || { echo "token key not root-only" >&2; exit 1; }
+[ "$(in_root stat -c %a:%U /etc/chatd/credentials/token-key)" = 600:root ] || { echo "token key not root-only" >&2; exit 1; }
 grep -Eq '^[0-9a-f]{64}$' "$key" || { echo "token key is not 32 bytes of hex" >&2; exit 1; }
-[ "$(stat -c %G "$root/etc/chatd/tls")" = chatd ]
+[ "$(in_root stat -c %G /etc/chatd/tls)" = chatd ]
 [ -L "$root/etc/systemd/system/multi-user.target.wants/chatd.service" ] || { echo "unit not enabled" >&2; exit 1; }
 for f in /usr/bin/chatd /usr/bin/chat /usr/lib/systemd/system/chatd.service /usr/lib/sysctl.d/60-chatd.conf /etc/chatd/chatd.toml /usr/share/doc/chatd/OPERATIONS.md; do
   [ -e "$root$f" ] || { echo "missing $f" >&2; exit 1; }
