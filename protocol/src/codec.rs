@@ -94,8 +94,10 @@ mod tests {
 
     #[test]
     fn trailing_bytes_and_short_bodies_are_rejected() {
-        assert!(decode_value::<u8, 16>(&[1, 2]).is_err());
-        assert!(decode_value::<u32, 16>(&[0xfc, 1]).is_err());
+        let trailing = decode_value::<u8, 16>(&[1, 2]).unwrap_err();
+        assert!(trailing.contains("bytes after"), "{trailing}");
+        let short = decode_value::<u32, 16>(&[0xfc, 1]).unwrap_err();
+        assert!(short.contains("ends before"), "{short}");
         assert_eq!(decode_value::<u32, 16>(&[0xfb, 0x00, 0x01]).unwrap(), 256);
     }
 

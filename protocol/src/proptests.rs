@@ -20,9 +20,11 @@ macro_rules! round_trip {
                     codec::encode_into(&value, &mut bytes).unwrap();
                     let back = codec::decode_value::<$ty, LIMIT>(&bytes).unwrap();
                     prop_assert_eq!(&back, &value);
-                    let cut = bytes.len() / 2;
-                    if cut < bytes.len() {
-                        prop_assert!(codec::decode_value::<$ty, LIMIT>(&bytes[..cut]).is_err());
+                    for cut in 0..bytes.len() {
+                        prop_assert!(
+                            codec::decode_value::<$ty, LIMIT>(&bytes[..cut]).is_err(),
+                            "a {}-byte prefix of {} bytes decoded", cut, bytes.len()
+                        );
                     }
                 }
             )+
@@ -83,9 +85,18 @@ proptest! {
     /// Random bytes: never a panic, and a success must re-encode to an equal value.
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode_frame::<ClientFrame>(&bytes);
-        let _ = decode_frame::<ServerFrame>(&bytes);
-        let _ = decode_datagram::<ClientFrame>(&bytes);
+        if let Ok((value, _)) = decode_frame::<ClientFrame>(&bytes) {
+            let again = encode_frame_to_vec(&value).unwrap();
+            prop_assert_eq!(decode_frame::<ClientFrame>(&again).unwrap().0, value);
+        }
+        if let Ok((value, _)) = decode_frame::<ServerFrame>(&bytes) {
+            let again = encode_frame_to_vec(&value).unwrap();
+            prop_assert_eq!(decode_frame::<ServerFrame>(&again).unwrap().0, value);
+        }
+        if let Ok(value) = decode_datagram::<ClientFrame>(&bytes) {
+            let again = encode_frame_to_vec(&value).unwrap();
+            prop_assert_eq!(decode_datagram::<ClientFrame>(&again).unwrap(), value);
+        }
     }
 
     /// Random bodies behind a valid header reach the bincode decoder itself.

@@ -395,6 +395,31 @@ async fn room_rights_are_enforced() {
         .await;
     let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq().0).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // And each change that succeeded above is there, in order (the refused ones are not).
+    let kinds: Vec<&str> = page
+        .entries
+        .iter()
+        .map(|e| match e {
+            Entry::Message(_) => "message",
+            Entry::Membership(m) => match m.change {
+                MembershipChange::Created { .. } => "created",
+                MembershipChange::Joined => "joined",
+                MembershipChange::Left => "left",
+                MembershipChange::Invited => "invited",
+                MembershipChange::Kicked => "kicked",
+                MembershipChange::Banned => "banned",
+                MembershipChange::Unbanned => "unbanned",
+                MembershipChange::RoleChanged(_) => "role",
+            },
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created", "joined", "joined", "banned", "unbanned", "joined", "role", "kicked",
+            "role", "role", "left"
+        ]
+    );
     assert!(matches!(
         &page.entries[0],
         Entry::Membership(MembershipEvent {

@@ -115,6 +115,10 @@ impl TestDaemon {
         self.daemon.as_ref().unwrap().memory()
     }
 
+    pub fn runtime(&self) -> &'static str {
+        self.daemon.as_ref().unwrap().runtime()
+    }
+
     pub fn event_queue_peak(&self) -> usize {
         self.daemon.as_ref().unwrap().event_queue_peak()
     }

@@ -142,15 +142,33 @@ fn install_certificate(tls: &Path, pair: &(String, String)) {
     }
 }
 
-/// Whether a QUIC handshake with the daemon succeeds when only `trusted` is trusted.
-async fn handshake_ok(addr: SocketAddr, trusted: &Path) -> bool {
+/// A QUIC handshake with the daemon when only `trusted` is trusted: why it failed, if it did.
+async fn handshake(addr: SocketAddr, trusted: &Path) -> Result<(), String> {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(crate::client::client_config(trusted));
     let connecting = endpoint.connect(addr, "localhost").unwrap();
-    matches!(
-        tokio::time::timeout(Duration::from_secs(10), connecting).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// Whether a QUIC handshake succeeds when only `trusted` is trusted.
+async fn handshake_ok(addr: SocketAddr, trusted: &Path) -> bool {
+    handshake(addr, trusted).await.is_ok()
+}
+
+/// Asserts that a handshake trusting only `trusted` fails on the daemon's certificate (not on
+/// anything else, such as a daemon that stopped answering).
+async fn assert_certificate_refused(addr: SocketAddr, trusted: &Path, context: &str) {
+    match handshake(addr, trusted).await {
+        Ok(()) => panic!("{context}: the handshake succeeded"),
+        Err(e) => assert!(
+            e.contains("certificate"),
+            "{context}: failed otherwise: {e}"
+        ),
+    }
 }
 
 /// Connects trusting `cert` and says hello with `token`, retrying until the daemon is up.
@@ -260,10 +278,12 @@ async fn sighup_swaps_the_certificate_under_load_without_dropping_anyone() {
             handshake_ok(addr, &trust[round]).await,
             "round {round}: a new connection does not get the new certificate"
         );
-        assert!(
-            !handshake_ok(addr, &trust[round - 1]).await,
-            "round {round}: the old certificate is still served"
-        );
+        assert_certificate_refused(
+            addr,
+            &trust[round - 1],
+            &format!("round {round}: the old certificate"),
+        )
+        .await;
         let mut carol = login(addr, &trust[round], &proc.token("carol"), round as u64).await;
         let _ = carol.conversations().await;
     }
@@ -466,24 +486,29 @@ async fn both_runtimes_serve_clients() {
         }
         Err(e) => panic!("{e}"),
     };
-    let runtimes: &[RuntimeChoice] = if io_uring {
+    let runtimes: &[(RuntimeChoice, &str)] = if io_uring {
         &[
-            RuntimeChoice::IoUring,
-            RuntimeChoice::Epoll,
-            RuntimeChoice::Auto,
+            (RuntimeChoice::IoUring, "io-uring"),
+            (RuntimeChoice::Epoll, "epoll"),
+            (RuntimeChoice::Auto, "io-uring"),
         ]
     } else {
-        &[RuntimeChoice::Epoll, RuntimeChoice::Auto]
+        &[
+            (RuntimeChoice::Epoll, "epoll"),
+            (RuntimeChoice::Auto, "epoll"),
+        ]
     };
-    for &runtime in runtimes {
+    for &(runtime, expected) in runtimes {
         let daemon = TestDaemon::start_with(|c| c.runtime = runtime);
+        assert_eq!(daemon.runtime(), expected, "{runtime:?}");
         let (mut grace, _) =
             Client::login(daemon.addr, &daemon.cert, &daemon.token("grace"), 1).await;
         let room = ConversationId::Room(grace.create_room("rt", false).await);
         let ack = grace.send_text(room, 1, "hello").await;
         let page = grace.history(room, HistoryFrom::After(Seq(0)), 10).await;
+        // The room's creation, then the message.
         let seqs: Vec<Seq> = page.entries.iter().map(Entry::seq).collect();
-        assert!(seqs.contains(&ack.seq), "{runtime:?}: {seqs:?}");
+        assert_eq!(seqs, [Seq(1), ack.seq], "{runtime:?}");
     }
 }
 
@@ -511,9 +536,22 @@ async fn logs_carry_no_colour_into_a_pipe_and_json_lines_parse() {
         let mut proc = Proc::start(&dir, &format!("log_format = \"{format}\""), None, &[]);
         proc.ready().await;
         let text = proc.log_text();
-        assert!(!text.is_empty());
         for line in text.lines() {
             check(line);
+        }
+        // The line `ready` waited for is itself in the format (JSON: its message field).
+        let listening = text
+            .lines()
+            .find(|l| l.contains("chatd is listening"))
+            .unwrap();
+        if format == "json" {
+            let value: serde_json::Value = serde_json::from_str(listening).unwrap();
+            assert_eq!(
+                value["fields"]["message"], "chatd is listening",
+                "{listening}"
+            );
+        } else {
+            assert!(listening.contains(" INFO "), "{listening}");
         }
     }
 }

@@ -83,14 +83,15 @@ async fn a_reconnecting_device_gets_exactly_what_it_missed_also_after_a_restart(
     let daemon = TestDaemon::start_in(temp.path(), test_config(temp.path()));
     let (mut bob, _) =
         Client::resume(daemon.addr, &daemon.cert, &daemon.token("bob"), 1, cursors).await;
-    let (entries, _, replayed) = catch_up(&mut bob).await;
+    let (mut entries, gaps, replayed) = catch_up(&mut bob).await;
+    assert!(gaps.is_empty());
     assert_eq!(replayed, 9);
-    let dm_seqs: Vec<u64> = entries
-        .iter()
-        .filter(|(c, _)| *c == dm)
-        .map(|(_, s)| *s)
+    entries.sort_by_key(|(c, s)| (*c == team, *s));
+    let expected: Vec<_> = (4..=9)
+        .map(|s| (dm, s))
+        .chain((3..=5).map(|s| (team, s)))
         .collect();
-    assert_eq!(dm_seqs, (4..=9).collect::<Vec<_>>());
+    assert_eq!(entries, expected);
 
     // Sync on a live connection replays from new cursors too.
     let Response::Ok = bob

@@ -204,17 +204,40 @@ async fn a_second_stream_is_refused_by_quic_and_datagrams_carry_only_typing() {
     })
     .unwrap();
     alice.conn.send_datagram(ping.into()).unwrap();
+    // A barrier: the daemon handles a connection's datagrams in order, so once a typing
+    // datagram sent after the ping reached bob, the ping was handled (and dropped).
+    let (bob, b) = Client::login(daemon.addr, &daemon.cert, &daemon.token("bob"), 1).await;
+    let dm = ConversationId::direct(a.user, b.user);
+    let typing = encode_frame_to_vec(&ClientFrame::Typing(TypingUpdate {
+        conversation: dm,
+        active: true,
+    }))
+    .unwrap();
+    let mut delivered = false;
+    for _ in 0..50 {
+        alice.conn.send_datagram(typing.clone().into()).unwrap();
+        let wait = std::time::Duration::from_millis(200);
+        if let Ok(Ok(_)) = tokio::time::timeout(wait, bob.conn.read_datagram()).await {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "no typing datagram reached bob");
     let notes = ConversationId::Notes(a.user);
     assert_eq!(
         alice.send_text(notes, 1, "after the datagram").await.seq,
         Seq(1)
     );
+    let answered = |f: &ServerFrame| matches!(f, ServerFrame::Response { id, .. } if id.0 == 77);
     assert!(
-        !alice
-            .other
-            .iter()
-            .any(|f| matches!(f, ServerFrame::Response { id, .. } if id.0 == 77)),
-        "a request in a datagram was answered: {:?}",
+        !alice.other.iter().any(answered),
+        "a request in a datagram was answered on the stream: {:?}",
         alice.other
     );
+    // Nor as a datagram (a negative check: nothing else could be observed).
+    let wait = std::time::Duration::from_millis(200);
+    if let Ok(Ok(bytes)) = tokio::time::timeout(wait, alice.conn.read_datagram()).await {
+        let frame = decode_datagram::<ServerFrame>(&bytes).unwrap();
+        assert!(!answered(&frame), "answered as a datagram: {frame:?}");
+    }
 }

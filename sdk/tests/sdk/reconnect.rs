@@ -209,8 +209,9 @@ async fn an_expired_session_is_renewed_from_the_token_source_and_loses_nothing()
     let keys =
         chatd::token::Keys::load(&chatd::config::AuthConfig::default(), daemon.path()).unwrap();
     let now = chatd::unix_now();
-    // Alice starts with a token that expires in two seconds; her backend mints fresh ones.
-    let short = keys.mint("alice", now, now + 2);
+    // Alice starts with a token that expires in five seconds (time enough to log in on a
+    // loaded machine); her backend mints fresh ones.
+    let short = keys.mint("alice", now, now + 5);
     let renewals = Arc::new(AtomicU32::new(0));
     let source = {
         let renewals = Arc::clone(&renewals);
