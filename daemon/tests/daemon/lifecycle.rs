@@ -90,7 +90,6 @@ async fn a_retried_send_is_recognised_however_far_the_conversation_moved() {
     }
     let late = alice.send_text(conversation, 1, "first").await;
     assert!(!late.duplicate);
-    assert!(late.seq > first.seq);
     // Her window is now ops 3, 4, 5 and the new 1: 5 is recognised, 2 no longer.
     assert!(alice.send_text(conversation, 5, "mine").await.duplicate);
     assert!(!alice.send_text(conversation, 2, "mine").await.duplicate);
