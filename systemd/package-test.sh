@@ -94,7 +94,7 @@ token="$(in_root env CREDENTIALS_DIRECTORY=/etc/chatd/credentials /usr/bin/chatd
 mkdir -p "$root/tmp/minted"
 printf '{"user":0,"name":"minted","token":"%s"}' "$token" >"$root/tmp/minted/session.json"
 "${chat[@]}" --profile /tmp/minted whoami | grep -q '^minted (id '
-step "message stored at seq $seq and read back; a token minted with the package's key authenticates"
+step "chat send: $seq, read back with history; a token minted with the package's key authenticates"
 kill -TERM "$pid"; wait "$pid"; pid=""
 grep -q "SIGTERM: draining" "$root/tmp/chatd.log"
 if grep -q $'\e\[' "$root/tmp/chatd.log"; then echo "ANSI codes in a non-terminal log" >&2; exit 1; fi
