@@ -83,6 +83,7 @@ bench: bootstrap
 	./bench/profile.sh
 	./bench/nonreader.sh
 	./bench/flood.sh
+	./bench/reload.sh
 
 faults: bootstrap
 	./bench/faults.sh
