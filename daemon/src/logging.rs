@@ -68,15 +68,15 @@ impl Logging {
         })
     }
 
-    /// Applies `config.log` (unless `RUST_LOG` is set).
+    /// Applies the filter `log` (the configuration's; ignored while `RUST_LOG` is set).
     ///
     /// # Errors
     /// When the filter does not parse; the running one stays.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
+    pub fn reload(&self, log: &str) -> Result<(), String> {
         if self.from_env {
             return Ok(());
         }
-        let filter = parse_filter(&config.log)?;
+        let filter = parse_filter(log)?;
         self.filter.reload(filter).map_err(|e| e.to_string())
     }
 }

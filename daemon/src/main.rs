@@ -103,14 +103,19 @@ struct TokenArgs {
     ttl: Option<u64>,
 }
 
-fn load(args: &ConfigArgs, overrides: Overrides) -> Result<Config, ExitCode> {
+/// The configuration from `args`, the environment and `overrides` (at start and on reload).
+fn read_config(args: &ConfigArgs, overrides: &Overrides) -> Result<Config, chatd::config::Error> {
     let overrides = Overrides {
         data_dir: args.data_dir.clone(),
-        ..overrides
+        ..overrides.clone()
     };
     // CHATD_CONFIG is a flag's variable, not a configuration field.
     let env = std::env::vars().filter(|(k, _)| k != "CHATD_CONFIG");
-    Config::load(args.config.as_deref(), env, &overrides).map_err(|e| {
+    Config::load(args.config.as_deref(), env, &overrides)
+}
+
+fn load(args: &ConfigArgs, overrides: Overrides) -> Result<Config, ExitCode> {
+    read_config(args, &overrides).map_err(|e| {
         eprintln!("chatd: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -268,17 +273,12 @@ fn reload(
     reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
     let _ = sd_notify::notify(false, &reloading);
     tracing::info!("SIGHUP: reloading the configuration");
-    let overrides = Overrides {
-        data_dir: args.data_dir.clone(),
-        ..overrides.clone()
-    };
-    let env = std::env::vars().filter(|(k, _)| k != "CHATD_CONFIG");
-    let outcome = chatd::config::Config::load(args.config.as_deref(), env, &overrides)
+    let outcome = read_config(args, overrides)
         .map_err(|e| e.to_string())
         .and_then(|config| {
             // `log` was validated with the rest: once the daemon took the configuration,
             // the filter cannot fail, so nothing is applied halfway.
-            let log = config.clone();
+            let log = config.log.clone();
             let reloaded = daemon.reload(config).map_err(|e| e.to_string())?;
             logging.reload(&log)?;
             Ok(reloaded)

@@ -55,14 +55,17 @@ pub(crate) fn choose(
     }
 }
 
+/// A shard's tokio-uring runtime.
+fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
+    tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES))
+}
+
 /// Sets up (and drops) one io_uring runtime, as a shard would. On a thread of its own: the
 /// caller may be inside an async context, where a runtime must not be dropped.
 pub(crate) fn probe_io_uring() -> std::io::Result<()> {
     std::thread::scope(|scope| {
         scope
-            .spawn(|| {
-                tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)).map(drop)
-            })
+            .spawn(|| uring_runtime().map(drop))
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the io_uring probe panicked")))
     })
@@ -86,10 +89,7 @@ fn explain(e: &std::io::Error) -> String {
 /// When the runtime cannot be created.
 pub(crate) fn block_on<F: Future>(kind: Kind, future: F) -> std::io::Result<F::Output> {
     match kind {
-        Kind::IoUring => {
-            let runtime = tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES))?;
-            Ok(runtime.block_on(future))
-        }
+        Kind::IoUring => Ok(uring_runtime()?.block_on(future)),
         Kind::Epoll => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

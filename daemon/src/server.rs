@@ -401,39 +401,14 @@ impl Daemon {
         // and with it SIGTERM, for longer than this).
         let deadline = Instant::now() + RELOAD_WAIT;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let mut told = 0;
-        for (shard, (inbox, exited)) in self
-            .shared
-            .inboxes
-            .iter()
-            .zip(&self.shared.exited)
-            .enumerate()
-        {
-            let mut msg = ShardMsg::ServerConfig {
+        let told = tell_every_shard(
+            &self.shared,
+            || ShardMsg::ServerConfig {
                 config: Arc::clone(&server_config),
                 done: done_tx.clone(),
-            };
-            loop {
-                match inbox.push(msg) {
-                    Ok(()) => {
-                        told += 1;
-                        break;
-                    }
-                    Err(_) if exited.load(Ordering::Acquire) => {
-                        tracing::warn!(shard, "reload: the shard has stopped");
-                        break;
-                    }
-                    Err(_) if Instant::now() >= deadline => {
-                        tracing::warn!(shard, "reload: the shard's inbox stayed full");
-                        break;
-                    }
-                    Err(back) => {
-                        msg = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
-        }
+            },
+            Some(deadline),
+        );
         drop(done_tx);
         let mut updated = 0;
         while updated < told {
@@ -465,16 +440,7 @@ impl Daemon {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         self.watchdog_stop.store(true, Ordering::Release);
         self.shared.shutting_down.store(true, Ordering::Release);
-        for (inbox, exited) in self.shared.inboxes.iter().zip(&self.shared.exited) {
-            let mut msg = ShardMsg::Shutdown;
-            while let Err(back) = inbox.push(msg) {
-                if exited.load(Ordering::Acquire) {
-                    break;
-                }
-                msg = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        tell_every_shard(&self.shared, || ShardMsg::Shutdown, None);
         for handle in self.shards.drain(..) {
             let _ = handle.join();
         }
@@ -508,6 +474,35 @@ impl Daemon {
             std::mem::forget(lock);
         }
     }
+}
+
+/// Pushes a `make()` into every shard's inbox, retrying while an inbox is full, unless the
+/// shard has left its loop (nothing would drain its inbox again) or `deadline` has passed.
+/// Returns how many shards took theirs.
+fn tell_every_shard(
+    shared: &Shared,
+    mut make: impl FnMut() -> ShardMsg,
+    deadline: Option<Instant>,
+) -> usize {
+    let mut told = 0;
+    for (inbox, exited) in shared.inboxes.iter().zip(&shared.exited) {
+        let mut msg = make();
+        loop {
+            match inbox.push(msg) {
+                Ok(()) => {
+                    told += 1;
+                    break;
+                }
+                Err(_) if exited.load(Ordering::Acquire) => break,
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => break,
+                Err(back) => {
+                    msg = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    told
 }
 
 /// The daemon's memory budget under `config`.
