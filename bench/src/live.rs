@@ -180,7 +180,13 @@ impl Daemon {
     /// Its resident memory now, in bytes.
     #[must_use]
     pub fn rss(&self) -> usize {
-        rss(self.child.id())
+        rss(self.pid())
+    }
+
+    /// Its process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

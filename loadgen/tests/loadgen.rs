@@ -128,77 +128,28 @@ fn chatd_binary() -> std::path::PathBuf {
     chatd
 }
 
-/// A daemon in a process of its own, so that its resident memory is its own.
-struct Process {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    addr: std::net::SocketAddr,
-}
-
-impl Process {
-    fn start() -> Process {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = dir.path().join("stderr.log");
-        let child = std::process::Command::new(chatd_binary())
-            .args([
-                "run",
-                "--listen",
-                &addr.to_string(),
-                "--shards",
-                "2",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut process = Process { child, dir, addr };
-        for _ in 0..600 {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("chatd is listening") {
-                return process;
-            }
-            if let Some(status) = process.child.try_wait().unwrap() {
-                panic!("chatd exited ({status}):\n{text}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("chatd did not come up");
-    }
-
-    fn options(&self, args: &str) -> Options {
-        let address = self.addr.to_string();
-        let cert = self.dir.path().join("tls/cert.pem").display().to_string();
-        let secret = self.dir.path().join("auth/secret").display().to_string();
-        let pid = self.child.id().to_string();
-        let mut argv = vec!["chat-loadgen"];
-        argv.extend(args.split_whitespace());
-        argv.extend(["--server", &address, "--ca", &cert, "--server-pid", &pid]);
-        argv.extend(["--token-secret-file", &secret, "--quiet"]);
-        Options::parse_from(argv)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Loadgen options against a daemon in a process of its own (so that its resident memory is
+/// its own): `args` plus its address, certificate, token secret and pid.
+fn process_options(daemon: &chat_bench::live::Daemon, args: &str) -> Options {
+    let address = daemon.addr.to_string();
+    let cert = daemon.cert().display().to_string();
+    let secret = daemon.dir().join("auth/secret").display().to_string();
+    let pid = daemon.pid().to_string();
+    let mut argv = vec!["chat-loadgen"];
+    argv.extend(args.split_whitespace());
+    argv.extend(["--server", &address, "--ca", &cert, "--server-pid", &pid]);
+    argv.extend(["--token-secret-file", &secret, "--quiet"]);
+    Options::parse_from(argv)
 }
 
 #[tokio::test]
 async fn idle_connections_are_held_and_measured_on_the_daemon_process() {
     const CLIENTS: usize = 200;
-    let daemon = Process::start();
-    let summary = run(daemon.options(&format!(
-        "idle --clients {CLIENTS} --ramp-up 0.5 --duration 1"
-    )))
+    let daemon = chat_bench::live::Daemon::start(&chatd_binary(), &[]).await;
+    let summary = run(process_options(
+        &daemon,
+        &format!("idle --clients {CLIENTS} --ramp-up 0.5 --duration 1"),
+    ))
     .await
     .unwrap();
     println!("{}", summary.table());
