@@ -54,6 +54,7 @@ impl Bridge {
         config: BridgeConfig,
         head: Arc<OutboxHead>,
         stats: Arc<BridgeStats>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> std::io::Result<Bridge> {
         // A CA file that cannot be used stops the start, not every connection attempt later.
         read_tls_ca(&config).map_err(|e| {
@@ -83,6 +84,7 @@ impl Bridge {
                     config,
                     head,
                     stats,
+                    metrics,
                     stop: stop2,
                     stopping: stopping2,
                 };
@@ -129,6 +131,7 @@ struct Publisher {
     config: BridgeConfig,
     head: Arc<OutboxHead>,
     stats: Arc<BridgeStats>,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: Arc<tokio::sync::Notify>,
     stopping: Arc<AtomicBool>,
 }
@@ -253,6 +256,7 @@ impl Publisher {
             }
             let before = *confirmed;
             let mut acked = *confirmed;
+            let started = Instant::now();
             // A stop does not wait for a window (what is unconfirmed goes out next time).
             let outcome = tokio::select! {
                 outcome = publish_window(channel, &self.config, &entries, &mut acked) => Some(outcome),
@@ -260,13 +264,25 @@ impl Publisher {
             };
             // Everything acknowledged before a nack or a failure counts.
             if acked > before {
+                self.metrics.bridge.confirmed.increment(acked - before);
                 *confirmed = acked;
                 self.store.set_bridge_cursor(*confirmed)?;
                 self.stats.confirmed.store(*confirmed, Ordering::Release);
             }
             match outcome {
                 None => return Ok(()),
-                Some(outcome) => outcome?,
+                Some(Ok(())) => {
+                    crate::metrics::seconds(
+                        &self.metrics.bridge.publish_seconds,
+                        started.elapsed(),
+                    );
+                }
+                Some(Err(e)) => {
+                    if matches!(e, Failure::Nacked(_)) {
+                        self.metrics.bridge.nacked.increment(1);
+                    }
+                    return Err(e);
+                }
             }
         }
     }

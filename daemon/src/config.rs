@@ -35,6 +35,9 @@ pub struct Config {
     pub shards: usize,
     /// Seconds a SIGTERM waits for connections to close and storage to flush.
     pub shutdown_grace_secs: u64,
+    /// Seconds between SIGTERM and the goodbyes: `/readyz` answers 503 and the daemon
+    /// serves on, so a load balancer stops sending new clients first.
+    pub shutdown_drain_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log: String,
     /// Log line format.
@@ -51,6 +54,31 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The outbox and the AMQP bridge.
     pub bridge: BridgeConfig,
+    /// The admin listener: metrics, health checks, admin commands.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs.
+    pub enabled: bool,
+    /// TCP address of the admin listener (HTTP/1.1).
+    pub listen: SocketAddr,
+    /// Bearer token the admin API and `/metrics` require (a [`Secret`]); empty: none, which
+    /// only a loopback `listen` allows. `/healthz` and `/readyz` never ask for it.
+    pub token: Secret,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4480)),
+            token: Secret::default(),
+        }
+    }
 }
 
 /// `log_format`
@@ -255,6 +283,7 @@ impl Default for Config {
             data_dir: PathBuf::new(),
             shards: 0,
             shutdown_grace_secs: 10,
+            shutdown_drain_secs: 0,
             log: "info".into(),
             log_format: LogFormat::Text,
             runtime: RuntimeChoice::Auto,
@@ -263,6 +292,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             bridge: BridgeConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -391,7 +421,60 @@ impl Config {
         Config::layered(Some((origin, text)), Vec::new(), &Overrides::default())
     }
 
+    /// Where `chatd admin` finds the admin listener: `admin.listen` (a wildcard address
+    /// becomes the loopback one) and `admin.token`, from the defaults, `file` and the
+    /// `CHATD_*` variables of `env`. Only that secret is read: the others may be credentials
+    /// that only the service can read.
+    ///
+    /// # Errors
+    /// An unreadable file, TOML that does not fit, or a token that cannot be read.
+    pub fn admin_endpoint(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(SocketAddr, String), Error> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?),
+            None => None,
+        };
+        let origin = file.map(|p| p.display().to_string()).unwrap_or_default();
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut config = Config::unresolved(
+            text.as_deref().map(|t| (origin.as_str(), t)),
+            env.clone(),
+            &Overrides::default(),
+        )?;
+        config
+            .admin
+            .token
+            .resolve(&env.into_iter().collect())
+            .map_err(|e| Error::Invalid(vec![format!("admin.token: {e}")]))?;
+        let mut addr = config.admin.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Ok((addr, config.admin.token.expose().to_owned()))
+    }
+
     fn layered(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, Error> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut config = Config::unresolved(file, env.clone(), overrides)?;
+        config.resolve_secrets(&env.into_iter().collect())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layers merged, before secrets are read and rules checked.
+    fn unresolved(
         file: Option<(&str, &str)>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
@@ -425,8 +508,6 @@ impl Config {
         if let Some(shards) = overrides.shards {
             config.shards = shards;
         }
-        config.resolve_secrets(&env.into_iter().collect())?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -443,6 +524,9 @@ impl Config {
         }
         if let Err(e) = self.bridge.amqp_url.resolve(env) {
             problems.push(format!("bridge.amqp_url: {e}"));
+        }
+        if let Err(e) = self.admin.token.resolve(env) {
+            problems.push(format!("admin.token: {e}"));
         }
         if problems.is_empty() {
             Ok(())
@@ -465,6 +549,10 @@ impl Config {
         check(
             self.shards <= 1024,
             "shards must be at most 1024 (0 = one per core)",
+        );
+        check(
+            self.shutdown_drain_secs <= 3600,
+            "shutdown_drain_secs must be at most 3600",
         );
         check(
             self.shutdown_grace_secs >= 1,
@@ -617,6 +705,16 @@ impl Config {
         check(
             limits.daemon_memory == 0 || limits.daemon_memory >= limits.user_memory,
             "limits.daemon_memory must be 0 (half of the machine's memory) or at least limits.user_memory",
+        );
+        let admin = &self.admin;
+        check(
+            !admin.enabled || admin.listen.ip().is_loopback() || !admin.token.is_empty(),
+            "admin.listen is not a loopback address: set admin.token (its bearer token), or \
+             bind it to 127.0.0.1",
+        );
+        check(
+            admin.token.is_empty() || admin.token.expose().len() >= 16,
+            "admin.token must be at least 16 characters",
         );
         if problems.is_empty() {
             Ok(())

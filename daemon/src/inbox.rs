@@ -63,6 +63,11 @@ pub fn inbox<T>(capacity: usize) -> (Inbox<T>, Receiver<T>) {
 }
 
 impl<T> Inbox<T> {
+    /// Messages waiting now.
+    pub fn len(&self) -> usize {
+        self.inner.queue.len()
+    }
+
     /// Queues `item` and wakes the consumer if it is not already scheduled.
     ///
     /// # Errors

@@ -19,6 +19,8 @@
 //!   filter) and the throttle for repeated errors.
 //! - [`store`]: RocksDB, its column families and the group-committing writer.
 //! - [`bridge`]: the outbox's publisher to RabbitMQ.
+//! - [`metrics`]: the Prometheus metrics; `admin`: the admin listener (HTTP on TCP) that
+//!   serves them, `/healthz`, `/readyz` and the API of `chatd admin`.
 //!
 //! Memory is budgeted in bytes per connection, per user and for the whole daemon
 //! (`budget`, configured in `[limits]`).
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![allow(unreachable_pub)] // crate-private modules keep `pub(crate)`-style `pub` items
 
+pub mod admin;
 pub mod bridge;
 mod budget;
 pub mod config;
@@ -33,6 +36,7 @@ mod fsutil;
 pub mod guard;
 mod inbox;
 pub mod logging;
+pub mod metrics;
 mod pool;
 pub mod reload;
 mod runtime;

@@ -47,6 +47,69 @@ enum Command {
     /// The AMQP bridge.
     #[command(subcommand)]
     Bridge(BridgeCommand),
+    /// Talk to a running daemon through its admin listener (`[admin]`): status,
+    /// connections, kick, disable, enable, revoke, conversation, compact.
+    Admin(AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Configuration file: where the admin listener is (`admin.listen`) and its token.
+    #[arg(long, short, env = "CHATD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The admin listener's address (default: admin.listen of the configuration).
+    #[arg(long, global = true)]
+    addr: Option<std::net::SocketAddr>,
+    /// Print the daemon's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Version, uptime, readiness, shards, connections, memory budget, storage, bridge.
+    Status,
+    /// Open connections (all, or one user's).
+    Connections {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Close a user's sessions (goodbye KICKED); the user may connect again.
+    Kick {
+        /// The user name.
+        user: String,
+        /// Only this device's session.
+        #[arg(long)]
+        device: Option<u64>,
+    },
+    /// Disable an account: its sessions close, its logins and tokens are refused (every
+    /// token issued so far stays refused after `enable`).
+    Disable {
+        /// The user name.
+        user: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// The user name.
+        user: String,
+    },
+    /// Revoke every token of an account issued so far (and close its sessions), without
+    /// rotating the signing key; tokens minted from the next second on work.
+    Revoke {
+        /// The user name.
+        user: String,
+    },
+    /// A conversation's head, members and markers: room:NAME, room:ID, dm:USER:USER,
+    /// notes:USER (or #NAME for a room).
+    Conversation {
+        /// Which.
+        spec: String,
+    },
+    /// Compact the database (frees what deletes and overwrites left behind).
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +198,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::Token(args) => token(&args).unwrap_or_else(|code| code),
         Command::Bridge(BridgeCommand::Replay(args)) => replay(&args).unwrap_or_else(|code| code),
+        Command::Admin(args) => admin(&args),
         Command::Run(args) => serve(&args),
     }
 }
@@ -247,8 +311,26 @@ fn serve(args: &RunArgs) -> ExitCode {
         };
         match stop {
             Stop::Graceful => {
-                tracing::info!("SIGTERM: draining connections");
-                daemon.stop();
+                let drain = daemon.drain();
+                let mut fast = false;
+                if !drain.is_zero() {
+                    tracing::info!(
+                        seconds = drain.as_secs(),
+                        "SIGTERM: /readyz answers 503; serving on before closing connections"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(drain) => {}
+                        _ = term.recv() => {}
+                        _ = int.recv() => fast = true,
+                    }
+                }
+                if fast {
+                    tracing::info!("SIGINT: closing connections now");
+                    daemon.stop_fast();
+                } else {
+                    tracing::info!("SIGTERM: draining connections");
+                    daemon.stop();
+                }
             }
             Stop::Fast => {
                 tracing::info!("SIGINT: closing connections now");
@@ -308,6 +390,98 @@ fn reload(
         Err(e) => tracing::error!("reload failed, running on the previous configuration: {e}"),
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// `chatd admin`: one request to the admin listener. Exit code 0 when done, 69 when the
+/// daemon cannot be reached or refuses, 64 for a bad configuration.
+fn admin(args: &AdminArgs) -> ExitCode {
+    use chatd::admin::client;
+    let env = std::env::vars().filter(|(k, _)| k != "CHATD_CONFIG");
+    let (addr, token) = match chatd::config::Config::admin_endpoint(args.config.as_deref(), env) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let addr = args.addr.unwrap_or(addr);
+    let user_path = |user: &str, action: &str| format!("/v1/users/{user}/{action}");
+    let (method, path, render): (&str, String, fn(&serde_json::Value) -> String) = match &args
+        .command
+    {
+        AdminCommand::Status => ("GET", "/v1/status".into(), client::render_status),
+        AdminCommand::Connections { user } => (
+            "GET",
+            match user {
+                Some(user) => format!("/v1/connections?user={user}"),
+                None => "/v1/connections".into(),
+            },
+            client::render_connections,
+        ),
+        AdminCommand::Kick { user, device } => (
+            "POST",
+            match device {
+                Some(d) => format!("{}?device={d}", user_path(user, "kick")),
+                None => user_path(user, "kick"),
+            },
+            client::render_action,
+        ),
+        AdminCommand::Disable { user } => {
+            ("POST", user_path(user, "disable"), client::render_action)
+        }
+        AdminCommand::Enable { user } => ("POST", user_path(user, "enable"), client::render_action),
+        AdminCommand::Revoke { user } => ("POST", user_path(user, "revoke"), client::render_action),
+        AdminCommand::Conversation { spec } => {
+            let spec = match spec.strip_prefix('#') {
+                Some(room) => format!("room:{room}"),
+                None => spec.clone(),
+            };
+            (
+                "GET",
+                format!("/v1/conversations/{spec}"),
+                client::render_conversation,
+            )
+        }
+        AdminCommand::Compact => ("POST", "/v1/compact".into(), |v| {
+            format!("compacted in {} ms\n", v["took_ms"])
+        }),
+    };
+    // Names and specs go into the path as they are: refuse what would need escaping.
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_-.:?=&".contains(&b))
+    {
+        eprintln!("chatd: {path:?}: names are letters, digits, '_', '-' and '.'");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let token = (!token.is_empty()).then_some(token.as_str());
+    match runtime.block_on(client::call(addr, token, method, &path)) {
+        Ok(value) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 fn token(args: &TokenArgs) -> Result<ExitCode, ExitCode> {

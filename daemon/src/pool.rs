@@ -36,22 +36,26 @@ pub(crate) struct ReadPool {
 }
 
 impl ReadPool {
-    /// Starts `threads` workers named `NAME-i` sharing a queue of `depth` jobs.
+    /// Starts `threads` workers named `NAME-i` sharing a queue of `depth` jobs; they count
+    /// the errors they encode in `metrics`.
     pub(crate) fn start(
         name: &str,
         store: &Store,
         threads: usize,
         depth: usize,
+        metrics: &std::sync::Arc<crate::metrics::Metrics>,
     ) -> std::io::Result<(ReadPool, Vec<std::thread::JoinHandle<()>>)> {
         let (tx, rx) = bounded::<Box<dyn Job>>(depth);
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let store = store.clone();
+            let metrics = std::sync::Arc::clone(metrics);
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
+                        crate::metrics::enter(&metrics);
                         while let Ok(job) = rx.recv() {
                             job.run(&store);
                         }

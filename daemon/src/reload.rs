@@ -5,7 +5,7 @@
 //! token lifetime, the log filter, the shutdown grace, and the limits that guard the
 //! daemon rather than promise something to clients (admission, memory budgets, presence,
 //! replay, queue length). Not reloaded: what is bound or opened at start (`listen`,
-//! `data_dir`, `shards`, `runtime`, `log_format`, `[storage]`, `[bridge]`) and the limits
+//! `data_dir`, `shards`, `runtime`, `log_format`, `[storage]`, `[bridge]`, the admin listener's address; its token is reloaded) and the limits
 //! announced to clients in `HelloOk`, which connected clients already rely on; a change to
 //! one of those is named in the log and takes effect at the next restart.
 
@@ -33,6 +33,8 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     keep!(log_format);
     keep!(storage);
     keep!(bridge);
+    keep!(admin.enabled);
+    keep!(admin.listen);
     keep!(auth.auth_timeout_secs);
     keep!(limits.max_body);
     keep!(limits.max_in_flight);

@@ -54,6 +54,9 @@ pub enum Error {
     /// The UDP port could not be bound.
     #[error("cannot bind {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// The admin listener's TCP address could not be bound.
+    #[error("cannot bind the admin listener to {0}: {1} (admin.listen)")]
+    AdminBind(SocketAddr, std::io::Error),
     /// A thread could not be started, or QUIC refused the configuration.
     #[error("start-up: {0}")]
     Start(String),
@@ -102,6 +105,8 @@ pub struct Daemon {
     server_config: Arc<quinn::ServerConfig>,
     /// What drives the shards.
     runtime: crate::runtime::Kind,
+    /// The admin listener, when enabled.
+    admin: Option<crate::admin::Admin>,
 }
 
 /// What a reload changed.
@@ -155,7 +160,17 @@ impl Daemon {
         let local_addr = sockets[0]
             .local_addr()
             .map_err(|e| Error::Bind(config.listen, e))?;
+        let admin_listener = if config.admin.enabled {
+            Some(
+                crate::admin::bind(config.admin.listen)
+                    .map_err(|e| Error::AdminBind(config.admin.listen, e))?,
+            )
+        } else {
+            None
+        };
+        let admin_store = store.clone();
 
+        let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
         let outbox = Arc::new(store::writer::OutboxHead::default());
         outbox.seq.store(store.outbox_last()?, Ordering::Release);
         let (writer, storage) = store::writer::spawn(
@@ -164,6 +179,7 @@ impl Daemon {
             config.storage.max_group_commit,
             config.storage.queue_depth,
             Arc::clone(&outbox),
+            Arc::clone(&metrics),
         )
         .map_err(|e| Error::Start(e.to_string()))?;
         let bridge_stats = Arc::new(crate::bridge::BridgeStats::default());
@@ -174,6 +190,7 @@ impl Daemon {
                     config.bridge.clone(),
                     Arc::clone(&outbox),
                     Arc::clone(&bridge_stats),
+                    Arc::clone(&metrics),
                 )
                 .map_err(|e| Error::Start(e.to_string()))?,
             )
@@ -185,11 +202,17 @@ impl Daemon {
             &store,
             READ_THREADS,
             config.storage.queue_depth,
+            &metrics,
         )
         .map_err(|e| Error::Start(e.to_string()))?;
-        let (passwords, hashers) =
-            crate::pool::ReadPool::start("password", &store, PASSWORD_THREADS, PASSWORD_QUEUE)
-                .map_err(|e| Error::Start(e.to_string()))?;
+        let (passwords, hashers) = crate::pool::ReadPool::start(
+            "password",
+            &store,
+            PASSWORD_THREADS,
+            PASSWORD_QUEUE,
+            &metrics,
+        )
+        .map_err(|e| Error::Start(e.to_string()))?;
         let readers: Vec<_> = readers.into_iter().chain(hashers).collect();
         let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
             .map(|_| inbox::inbox(INBOX_CAPACITY))
@@ -214,12 +237,15 @@ impl Daemon {
                 .map(|_| std::sync::atomic::AtomicUsize::new(0))
                 .collect(),
             unauthenticated: std::sync::atomic::AtomicUsize::new(0),
+            sessions: std::sync::atomic::AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             memory: crate::budget::Budget::new(daemon_memory(&config)),
             started: Instant::now(),
             outbox,
             online: papaya::HashSet::new(),
+            restrictions: store.restrictions()?.into_iter().collect(),
+            metrics,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -255,7 +281,7 @@ impl Daemon {
         }
         drop(started_tx);
         let watchdog_stop = Arc::new(AtomicBool::new(false));
-        let daemon = Daemon {
+        let mut daemon = Daemon {
             shared,
             local_addr,
             cert_path: identity.cert_path,
@@ -269,6 +295,7 @@ impl Daemon {
             data_dir,
             server_config: quic_config,
             runtime,
+            admin: None,
         };
         // Every shard reports whether its endpoint is up; one that is not fails the start.
         let failure = (0..shard_count)
@@ -281,6 +308,21 @@ impl Daemon {
         if let Some(reason) = failure {
             daemon.stop_fast();
             return Err(Error::Start(reason));
+        }
+        if let Some(listener) = admin_listener {
+            let state = crate::admin::State {
+                shared: Arc::clone(&daemon.shared),
+                store: admin_store,
+                bridge: Arc::clone(&daemon.bridge_stats),
+                data_dir: daemon.data_dir.clone(),
+            };
+            match crate::admin::Admin::start(listener, state) {
+                Ok(admin) => daemon.admin = Some(admin),
+                Err(e) => {
+                    daemon.stop_fast();
+                    return Err(Error::Start(format!("admin listener: {e}")));
+                }
+            }
         }
         tracing::info!(
             %local_addr,
@@ -297,6 +339,12 @@ impl Daemon {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's bound TCP address, when it runs.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(crate::admin::Admin::addr)
     }
 
     /// What drives the shard threads: `"io-uring"` or `"epoll"` (`runtime = "auto"`
@@ -427,6 +475,15 @@ impl Daemon {
         })
     }
 
+    /// Starts draining: `/readyz` answers 503 from now on, and systemd hears `STOPPING=1`.
+    /// The daemon serves on until [`Daemon::stop`]; returns how long it should
+    /// (`shutdown_drain_secs`).
+    pub fn drain(&self) -> Duration {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.shared.shutting_down.store(true, Ordering::Release);
+        Duration::from_secs(self.shared.config().shutdown_drain_secs)
+    }
+
     /// Fast stop: goodbye to every connection without waiting for them; commits already
     /// with the storage thread still finish and the WAL is synced.
     pub fn stop_fast(self) {
@@ -446,6 +503,11 @@ impl Daemon {
         }
         if let Some(bridge) = self.bridge.take() {
             bridge.stop();
+        }
+        // It answered `/readyz` with 503 while the shards drained; its reference to the
+        // shared state must go before storage can stop.
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
         }
         // The last references to the writer and the pool go with `shared`; their threads then
         // drain what is queued and exit.

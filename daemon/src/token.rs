@@ -49,6 +49,9 @@ pub struct Claims {
     pub user: String,
     /// Expiry, seconds since the Unix epoch (`exp`).
     pub expires_at: u64,
+    /// Issue time, seconds since the Unix epoch (`iat`), when the token has one: what a
+    /// per-user revocation (`chatd admin revoke`) compares.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused; each maps to its own wire error code.
@@ -258,6 +261,7 @@ impl Keys {
         Ok(Claims {
             user: payload.sub,
             expires_at: payload.exp,
+            issued_at: payload.iat,
         })
     }
 }
@@ -282,7 +286,8 @@ mod tests {
             keys().verify(&token, NOW),
             Ok(Claims {
                 user: "alice".into(),
-                expires_at: NOW + 60
+                expires_at: NOW + 60,
+                issued_at: Some(NOW),
             })
         );
     }

@@ -21,6 +21,7 @@ impl Daemon {
             ..chatd::config::Config::default()
         };
         config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.shutdown_grace_secs = 5;
         let daemon = chatd::Daemon::start(config).unwrap();
         Daemon {

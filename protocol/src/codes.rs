@@ -84,6 +84,10 @@ code_table! {
     INVALID_USERNAME = 207, "user names are 3 to 32 characters: a-z, 0-9, '_', '-', '.', starting with a letter";
     /// A password outside the allowed length.
     INVALID_PASSWORD = 208, "passwords are 8 to 256 bytes";
+    /// An operator disabled the account: it cannot log in or authenticate.
+    ACCOUNT_DISABLED = 209, "the account is disabled";
+    /// An operator revoked the account's tokens issued up to a time, this one included.
+    TOKEN_REVOKED = 210, "the token was revoked; log in again or mint a new one";
     /// The user is not a member of the conversation.
     NOT_MEMBER = 300, "you are not a member of this conversation";
     /// The user's role does not allow the operation.
@@ -148,6 +152,12 @@ code_table! {
     UNSUPPORTED_VERSION = 7, "no protocol version in common";
     /// The daemon is over capacity.
     OVERLOADED = 8, "the daemon is over capacity";
+    /// An operator closed the session.
+    KICKED = 9, "an operator closed the session";
+    /// An operator disabled the account.
+    ACCOUNT_DISABLED = 10, "the account is disabled";
+    /// An operator revoked the session's token.
+    TOKEN_REVOKED = 11, "the session's token was revoked";
 }
 
 impl ErrorCode {

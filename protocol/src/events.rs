@@ -99,6 +99,19 @@ pub enum EventKind {
         /// The new high-water mark: everything up to and including this entry.
         up_to: Seq,
     },
+    /// 5. An operator acted on an account (`admin.*`: kick, disable, enable, revoke).
+    AdminAction {
+        /// `kick`, `disable`, `enable` or `revoke`.
+        action: String,
+        /// The account.
+        user: UserId,
+        /// Its name.
+        name: String,
+        /// The one device a kick was for, if only one.
+        device: Option<crate::DeviceId>,
+        /// Connections the action closed.
+        closed: u32,
+    },
 }
 
 /// A membership change.

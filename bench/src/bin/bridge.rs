@@ -169,6 +169,7 @@ fn main() {
             256,
             16_384,
             Arc::clone(&head),
+            Arc::new(chatd::metrics::Metrics::new(1)),
         )
         .unwrap();
         for chunk in (0..events).collect::<Vec<_>>().chunks(64) {
@@ -231,6 +232,7 @@ fn publish_all(dir: &std::path::Path, exchange: &str, payload: Payload, events: 
         listen: "127.0.0.1:0".parse().unwrap(),
         ..chatd::config::Config::default()
     };
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.bridge.amqp_url = chatd::config::Secret::inline(URL);
     config.bridge.exchange = exchange.to_owned();
     config.bridge.max_unconfirmed = WINDOW;

@@ -24,6 +24,8 @@ pub(crate) struct Authenticated {
     pub(crate) name: String,
     /// Token expiry, seconds since the epoch.
     pub(crate) expires_at: u64,
+    /// The token's `iat`, checked against the account's restriction when the session is set.
+    pub(crate) issued_at: Option<u64>,
 }
 
 /// An account write in flight.
@@ -37,6 +39,7 @@ pub(crate) enum AccountWrite {
         request: Option<RequestId>,
         name: String,
         expires_at: u64,
+        issued_at: Option<u64>,
     },
 }
 
@@ -45,7 +48,8 @@ fn new_user_id(shared: &Shared) -> UserId {
 }
 
 fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
-    let now = crate::unix_now();
+    // Issued no earlier than the account's revocation, or the token would be refused.
+    let now = crate::unix_now().max(shared.restriction(user).tokens_from);
     let expires_at = now.saturating_add(shared.config().auth.token_ttl_secs);
     TokenGrant {
         user,
@@ -79,9 +83,10 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
                 user: record.id,
                 name: record.name,
                 expires_at: claims.expires_at,
+                issued_at: claims.issued_at,
             }),
             Ok(None) => {
-                return provision(&shared, id, conn, request, claims.user, claims.expires_at);
+                return provision(&shared, id, conn, request, claims);
             }
             Err(e) => {
                 crate::logging::throttled!(error, error = %e, "account lookup failed");
@@ -116,9 +121,9 @@ fn provision(
     shard: usize,
     conn: ConnId,
     request: Option<RequestId>,
-    name: String,
-    expires_at: u64,
+    claims: crate::token::Claims,
 ) {
+    let name = claims.user;
     let record = UserRecord {
         id: new_user_id(shared),
         name: name.clone(),
@@ -131,7 +136,8 @@ fn provision(
         conn,
         request,
         name,
-        expires_at,
+        expires_at: claims.expires_at,
+        issued_at: claims.issued_at,
     };
     let done = Done {
         shared: Arc::clone(shared),
@@ -190,6 +196,7 @@ pub(crate) fn account_written(
             request,
             name,
             expires_at,
+            issued_at,
         } => {
             let result = match result {
                 Ok(()) | Err(WriteError::Exists) => {
@@ -201,6 +208,7 @@ pub(crate) fn account_written(
                                 user: r.id,
                                 name: r.name,
                                 expires_at,
+                                issued_at,
                             }),
                             _ => Err(error_body(ErrorCode::UNAVAILABLE, "")),
                         };
@@ -289,6 +297,9 @@ pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: Strin
     let submitted = shard.shared.passwords.submit(move |store| {
         let frame = match store.user_by_name(&name) {
             Ok(None) => error(origin.request, ErrorCode::UNKNOWN_USER, ""),
+            Ok(Some(record)) if shared.restriction(record.id).disabled => {
+                error(origin.request, ErrorCode::ACCOUNT_DISABLED, "")
+            }
             Ok(Some(record)) => match record.password_hash.as_deref().map(PasswordHash::new) {
                 Some(Ok(hash)) if Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() => {
                     response(origin.request, Response::Token(grant(&shared, record.id, &record.name)))

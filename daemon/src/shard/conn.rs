@@ -114,6 +114,10 @@ enum Kind {
 
 struct Conn {
     id: ConnId,
+    /// Its shard.
+    shard: super::ShardId,
+    /// When its handshake completed.
+    since: Instant,
     quic: quinn::Connection,
     shared: Arc<super::Shared>,
     /// Counted among the unauthenticated connections until the session is set.
@@ -286,6 +290,7 @@ impl Conn {
         }
         out.lagged = true;
         drop(out);
+        self.shared.metrics.shards[self.shard].lagged.increment(1);
         self.push(encode(&ServerFrame::Event(Event::Lagged)), Kind::Control);
     }
 
@@ -372,9 +377,11 @@ async fn serve(
         Ok(quic) => quic,
         Err(e) => {
             shard.conns.borrow_mut().address_left(ip);
+            shard.metrics().handshakes_failed.increment(1);
             return tracing::debug!(error = %e, "handshake failed");
         }
     };
+    shard.metrics().handshakes.increment(1);
     let id = {
         let mut conns = shard.conns.borrow_mut();
         let id = ConnId(conns.next);
@@ -383,6 +390,8 @@ async fn serve(
     };
     let conn = Rc::new(Conn {
         id,
+        shard: shard.id,
+        since: Instant::now(),
         quic: quic.clone(),
         shared: Arc::clone(&shard.shared),
         unauthenticated,
@@ -419,6 +428,10 @@ async fn serve(
     shard.shared.memory.release(CONNECTION_COST);
     let session = conn.session();
     if let Some((user, device)) = session {
+        shard
+            .shared
+            .sessions
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let at = ConnRef {
             shard: shard.id,
             conn: id,
@@ -828,6 +841,16 @@ pub(crate) fn authenticated(
         return;
     };
     conn.state.borrow_mut().authenticating = false;
+    // Checked here, on the connection's shard, and not only where the account was read: an
+    // operator's restriction is in place before the shards are told to close its sessions,
+    // so a session is either refused here or closed by that order.
+    let result =
+        result.and_then(
+            |auth| match shard.shared.restriction(auth.user).refuses(auth.issued_at) {
+                Some(code) => Err(super::error_body(code, "")),
+                None => Ok(auth),
+            },
+        );
     match result {
         Ok(auth) => {
             let session = Session {
@@ -850,6 +873,11 @@ pub(crate) fn authenticated(
             );
             conn.state.borrow_mut().session = Some(auth);
             conn.unauthenticated.done();
+            shard.metrics().sessions.increment(1);
+            shard
+                .shared
+                .sessions
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             match request {
                 None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
                 Some(id) => reply(shard, conn_id, id, response(id, Response::Session(session))),
@@ -884,6 +912,7 @@ pub(crate) fn authenticated(
 }
 
 fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: Request) {
+    shard.metrics().requests[crate::metrics::request_kind(&request)].increment(1);
     let at = ConnRef {
         shard: shard.id,
         conn: conn.id,
@@ -1342,6 +1371,7 @@ pub(crate) fn deliver(
     entry: Option<Position>,
 ) {
     let limit = shard.shared.config().limits.outgoing_queue;
+    let mut delivered = 0;
     for id in conns {
         let Some(conn) = get(shard, *id) else {
             continue;
@@ -1353,7 +1383,9 @@ pub(crate) fn deliver(
                 .is_some_and(|max| frame.len() <= max)
         {
             // Unreliable by design: a full datagram buffer drops it.
-            let _ = conn.quic.send_datagram(frame.clone());
+            if conn.quic.send_datagram(frame.clone()).is_ok() {
+                delivered += 1;
+            }
             continue;
         }
         if let Some(position) = entry {
@@ -1369,6 +1401,7 @@ pub(crate) fn deliver(
                     if conn.try_charge(budget::cost(frame)) {
                         if let Some(held) = conn.state.borrow_mut().catching_up.as_mut() {
                             held.push((position, frame.clone()));
+                            delivered += 1;
                         }
                         continue;
                     }
@@ -1400,11 +1433,13 @@ pub(crate) fn deliver(
         if !full && conn.try_charge(budget::cost(frame)) {
             conn.enqueue(frame.clone(), Kind::Event);
             record_event_peak(shard, &conn);
+            delivered += 1;
         } else if !ephemeral {
             // Beyond `outgoing_queue` events, or beyond a byte budget.
             conn.lag();
         }
     }
+    shard.metrics().deliveries.increment(delivered);
 }
 
 /// Records the shard's peak of events queued for one connection.
@@ -1420,6 +1455,89 @@ pub(crate) fn lag(shard: &Shard, conns: &[ConnId]) {
             conn.lag();
         }
     }
+}
+
+/// One connection, as `chatd admin connections` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct ConnInfo {
+    pub(crate) shard: usize,
+    pub(crate) id: u64,
+    pub(crate) remote: std::net::SocketAddr,
+    pub(crate) state: &'static str,
+    pub(crate) user: Option<u64>,
+    pub(crate) name: Option<String>,
+    pub(crate) device: Option<u64>,
+    pub(crate) connected_secs: u64,
+    pub(crate) rtt_ms: u64,
+    pub(crate) queued_frames: usize,
+    pub(crate) queued_bytes: usize,
+    pub(crate) lagged: bool,
+}
+
+/// This shard's connections (those of `user` only, when given), by id.
+pub(crate) fn list(shard: &Shard, user: Option<UserId>) -> Vec<ConnInfo> {
+    let conns = shard.conns.borrow();
+    let mut list: Vec<ConnInfo> = conns
+        .map
+        .values()
+        .filter_map(|conn| {
+            let state = conn.state.borrow();
+            let session = state.session.as_ref();
+            if user.is_some() && session.map(|s| s.user) != user {
+                return None;
+            }
+            let out = conn.out.borrow();
+            Some(ConnInfo {
+                shard: shard.id,
+                id: conn.id.0,
+                remote: conn.quic.remote_address(),
+                state: match (session, out.closing) {
+                    (_, Some(_)) => "closing",
+                    (Some(_), None) => "authenticated",
+                    (None, None) => "unauthenticated",
+                },
+                user: session.map(|s| s.user.0),
+                name: session.map(|s| s.name.clone()),
+                device: state.hello.map(|d| d.0),
+                connected_secs: conn.since.elapsed().as_secs(),
+                rtt_ms: u64::try_from(conn.quic.rtt().as_millis()).unwrap_or(u64::MAX),
+                queued_frames: out.frames.len(),
+                queued_bytes: out.bytes,
+                lagged: out.lagged,
+            })
+        })
+        .collect();
+    list.sort_by_key(|c| c.id);
+    list
+}
+
+/// Closes this shard's connections of `user` (of its device `device` only, when given)
+/// with `code`; returns how many. An operator's order: counted in `chatd_kicked_total`.
+pub(crate) fn close_user(
+    shard: &Shard,
+    user: UserId,
+    device: Option<DeviceId>,
+    code: GoodbyeCode,
+    reason: &str,
+) -> usize {
+    let conns: Vec<Rc<Conn>> = shard
+        .conns
+        .borrow()
+        .map
+        .values()
+        .filter(|conn| {
+            conn.out.borrow().closing.is_none()
+                && conn
+                    .session()
+                    .is_some_and(|(u, d)| u == user && device.is_none_or(|want| want == d))
+        })
+        .cloned()
+        .collect();
+    for conn in &conns {
+        conn.goodbye(code, reason);
+    }
+    shard.metrics().kicked.increment(conns.len() as u64);
+    conns.len()
 }
 
 /// Closes a local connection with a goodbye.

@@ -137,6 +137,8 @@ pub(crate) enum ShardMsg {
         subscribe: Vec<UserId>,
         unsubscribe: Vec<UserId>,
     },
+    /// An operator's request about this shard's connections (the admin listener).
+    Admin(AdminOp),
     /// Stop: close connections with `SHUTTING_DOWN` and exit once drained.
     Shutdown,
     /// A reload: new handshakes use `config` (a new certificate); open connections keep
@@ -144,6 +146,23 @@ pub(crate) enum ShardMsg {
     ServerConfig {
         config: Arc<quinn::ServerConfig>,
         done: std::sync::mpsc::Sender<()>,
+    },
+}
+
+/// An operator's request to one shard, answered on `reply`.
+pub(crate) enum AdminOp {
+    /// List the shard's connections (of `user` only, when given).
+    Connections {
+        user: Option<UserId>,
+        reply: tokio::sync::oneshot::Sender<Vec<conn::ConnInfo>>,
+    },
+    /// Close the shard's connections of `user` (of its `device` only, when given).
+    Close {
+        user: UserId,
+        device: Option<chat_protocol::DeviceId>,
+        code: GoodbyeCode,
+        reason: &'static str,
+        reply: tokio::sync::oneshot::Sender<usize>,
     },
 }
 
@@ -170,6 +189,8 @@ pub(crate) struct Shared {
     pub(crate) heartbeats: Vec<AtomicU64>,
     /// Per shard: open connections.
     pub(crate) connections: Vec<std::sync::atomic::AtomicUsize>,
+    /// Authenticated connections, daemon-wide.
+    pub(crate) sessions: std::sync::atomic::AtomicUsize,
     /// Connections in their handshake or not yet authenticated, daemon-wide.
     pub(crate) unauthenticated: std::sync::atomic::AtomicUsize,
     /// New connections refused (full, over budget, too many unauthenticated or from one
@@ -188,6 +209,11 @@ pub(crate) struct Shared {
     /// Users with a connected device, kept by their registry shards while the bridge is on
     /// (for the offline recipients of `message.created`). Lock-free reads from any shard.
     pub(crate) online: papaya::HashSet<UserId>,
+    /// The daemon's Prometheus metrics.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// What operators set on accounts (disabled, tokens revoked), as stored; one entry per
+    /// restricted account, changed only by the admin listener after the write committed.
+    pub(crate) restrictions: papaya::HashMap<UserId, crate::store::Restriction>,
 }
 
 impl Shared {
@@ -199,6 +225,15 @@ impl Shared {
     /// The shard that owns a conversation.
     pub(crate) fn owner_of(&self, c: ConversationId) -> ShardId {
         self.place(&crate::store::keys::conversation(c))
+    }
+
+    /// What operators set on an account (nothing: the default).
+    pub(crate) fn restriction(&self, user: UserId) -> crate::store::Restriction {
+        self.restrictions
+            .pin()
+            .get(&user)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Whether a user has a connected device (tracked only while the bridge is on).
@@ -267,6 +302,8 @@ pub(crate) enum DoneThen {
     Conversation(ConversationId),
     /// An account creation (register, or first sight of a backend-minted token).
     Account(accounts::AccountWrite),
+    /// An operator's write (the admin listener waits for it).
+    Admin(tokio::sync::oneshot::Sender<Result<(), WriteError>>),
 }
 
 impl Completion for Done {
@@ -278,6 +315,10 @@ impl Completion for Done {
             },
             DoneThen::Account(write) => {
                 accounts::account_written(&self.shared, write, result);
+                return;
+            }
+            DoneThen::Admin(reply) => {
+                let _ = reply.send(result);
                 return;
             }
         };
@@ -302,6 +343,9 @@ pub(crate) fn encode(frame: &ServerFrame) -> Bytes {
             ..
         }
     );
+    if let ServerFrame::Error { error, .. } = frame {
+        crate::metrics::count_error(error.code);
+    }
     let encoded = if large {
         encode_frame_exact(frame)
     } else {
@@ -418,6 +462,11 @@ impl Shard {
         );
     }
 
+    /// This shard's counters.
+    pub(crate) fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        &self.shared.metrics.shards[self.id]
+    }
+
     /// Runs a read on the pool and answers `origin` with the frame it builds.
     pub(crate) fn read(
         &self,
@@ -528,6 +577,18 @@ impl Shard {
                 subscribe,
                 unsubscribe,
             } => conn::presence(self, origin, subscribe, unsubscribe),
+            ShardMsg::Admin(AdminOp::Connections { user, reply }) => {
+                let _ = reply.send(conn::list(self, user));
+            }
+            ShardMsg::Admin(AdminOp::Close {
+                user,
+                device,
+                code,
+                reason,
+                reply,
+            }) => {
+                let _ = reply.send(conn::close_user(self, user, device, code, reason));
+            }
             ShardMsg::Shutdown => conn::shutdown(self),
             ShardMsg::ServerConfig { config, done } => {
                 self.endpoint.set_server_config(Some((*config).clone()));
@@ -565,6 +626,7 @@ pub(crate) fn run(
     } = parts;
     let on_exit = Arc::clone(&shared);
     let failed = started.clone();
+    crate::metrics::enter(&shared.metrics);
     let ran = crate::runtime::block_on(runtime, async move {
         let endpoint = match quinn::Endpoint::new(
             endpoint_config,
@@ -606,6 +668,11 @@ pub(crate) fn run(
             }
             registry::flush_presence(&shard);
             shard.flush_retries();
+            #[allow(clippy::cast_precision_loss)] // a count of conversations
+            shard
+                .metrics()
+                .conversations_cached
+                .set(shard.owner.borrow().len() as f64);
             let elapsed = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             shared.heartbeats[id].store(elapsed, Ordering::Release);
             if conn::finished(&shard) {

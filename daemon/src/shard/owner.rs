@@ -1183,6 +1183,7 @@ fn publish(shard: &Rc<Shard>, pending: Pending) {
                 duplicate: false,
             };
             shard.reply(&origin, response(origin.request, Response::Sent(ack)));
+            shard.metrics().sends_acknowledged.increment(1);
             for waiter in &waiters {
                 shard.reply(
                     waiter,
@@ -1305,6 +1306,13 @@ pub(crate) fn valid_content(content_type: ContentType, body: &[u8]) -> bool {
 }
 
 /// Drops idle conversations beyond `cap` (none with commits in flight).
+impl Conversations {
+    /// Conversations held (loading, ready or evicting).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
 pub(crate) fn evict_idle(shard: &Shard, cap: usize) {
     let mut conversations = shard.owner.borrow_mut();
     let excess = conversations.slots.len().saturating_sub(cap);

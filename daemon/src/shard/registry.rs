@@ -421,6 +421,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 }
                 Err(wait_ms) => {
                     drop(registry);
+                    shard.metrics().rate_limited.increment(1);
                     let error = ErrorBody {
                         code: ErrorCode::RATE_LIMITED,
                         reason: format!("at most {} messages per second", limits.send_rate),

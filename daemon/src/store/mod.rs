@@ -39,7 +39,8 @@ pub enum Cf {
     Markers,
     /// event seq (8) -> [`outbox::Record`] JSON: every committed event, for the bridge
     Outbox,
-    /// name -> value: the bridge's confirmed cursor
+    /// name -> value: the bridge's confirmed cursor, account restrictions
+    /// ([`RESTRICTION_PREFIX`])
     Meta,
     /// conversation · sender · seq -> op id (8) · ts (8): each sender's most recent sends
     /// of a conversation (at most `storage.dedupe_window`), for deduplication
@@ -108,6 +109,40 @@ pub struct UserRecord {
     pub password_hash: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_at: Timestamp,
+}
+
+/// `Cf::Meta` key prefix of account restrictions (followed by the user id, 8 bytes
+/// big-endian); the value is a JSON [`Restriction`].
+pub const RESTRICTION_PREFIX: &[u8] = b"restrict/";
+
+/// The `Cf::Meta` key of a user's restriction.
+#[must_use]
+pub fn restriction_key(user: UserId) -> Vec<u8> {
+    [RESTRICTION_PREFIX, &user.0.to_be_bytes()].concat()
+}
+
+/// What an operator set on an account (`chatd admin disable`, `enable`, `revoke`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    /// The account cannot log in or authenticate.
+    pub disabled: bool,
+    /// Tokens issued before this time (seconds since the epoch, `iat`) are refused, and so
+    /// are tokens without `iat`; 0: none is.
+    pub tokens_from: u64,
+}
+
+impl Restriction {
+    /// Why a token issued at `issued_at` cannot authenticate this account, if it cannot.
+    #[must_use]
+    pub fn refuses(&self, issued_at: Option<u64>) -> Option<chat_protocol::ErrorCode> {
+        if self.disabled {
+            Some(chat_protocol::ErrorCode::ACCOUNT_DISABLED)
+        } else if self.tokens_from > 0 && issued_at.is_none_or(|iat| iat < self.tokens_from) {
+            Some(chat_protocol::ErrorCode::TOKEN_REVOKED)
+        } else {
+            None
+        }
+    }
 }
 
 /// A room's fixed facts.
@@ -453,6 +488,46 @@ impl Store {
             if !each(suffix, &value)? {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Every account restriction.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt records.
+    pub fn restrictions(&self) -> Result<Vec<(UserId, Restriction)>, Error> {
+        let mut all = Vec::new();
+        self.scan(
+            Cf::Meta,
+            RESTRICTION_PREFIX,
+            RESTRICTION_PREFIX,
+            |user, value| {
+                let user = <[u8; 8]>::try_from(user).map(u64::from_be_bytes);
+                match (user, serde_json::from_slice(value)) {
+                    (Ok(user), Ok(restriction)) => all.push((UserId(user), restriction)),
+                    _ => {
+                        return Err(Error::Corrupt {
+                            cf: Cf::Meta,
+                            message: "bad account restriction".into(),
+                        });
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(all)
+    }
+
+    /// Compacts every column family completely (`chatd admin compact`): deleted and
+    /// overwritten values leave the files. Blocks until done; writes go on meanwhile.
+    ///
+    /// # Errors
+    /// A column family is missing.
+    pub fn compact(&self) -> Result<(), Error> {
+        for cf in Cf::ALL {
+            self.db
+                .compact_range_cf(self.cf(cf)?, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }

@@ -90,11 +90,27 @@ pub enum Event {
         /// The new high-water mark: everything up to and including this entry.
         up_to: Seq,
     },
+    /// An operator acted on an account (`chatd admin`).
+    #[serde(rename = "admin.action")]
+    AdminAction {
+        /// `kick`, `disable`, `enable` or `revoke`.
+        action: String,
+        /// The account.
+        user: UserId,
+        /// Its name.
+        name: String,
+        /// The one device a kick was for, if only one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<u64>,
+        /// Connections the action closed.
+        closed: u32,
+    },
 }
 
 impl Event {
     /// The AMQP routing key: `message.created.room|direct|notes`, `membership.changed.room`,
-    /// `room.created`, `user.registered`, `marker.moved.delivered|read`.
+    /// `room.created`, `user.registered`, `marker.moved.delivered|read`,
+    /// `admin.kick|disable|enable|revoke`.
     #[must_use]
     pub fn routing_key(&self) -> String {
         match self {
@@ -106,6 +122,7 @@ impl Event {
             }
             Event::RoomCreated { .. } => "room.created".into(),
             Event::UserRegistered { .. } => "user.registered".into(),
+            Event::AdminAction { action, .. } => format!("admin.{action}"),
             Event::MarkerMoved { marker, .. } => format!(
                 "marker.moved.{}",
                 match marker {
@@ -391,6 +408,19 @@ impl Record {
                     MarkerKind::Read => Marker::Read,
                 },
                 up_to: *up_to,
+            },
+            Event::AdminAction {
+                action,
+                user,
+                name,
+                device,
+                closed,
+            } => events::EventKind::AdminAction {
+                action: action.clone(),
+                user: *user,
+                name: name.clone(),
+                device: device.map(chat_protocol::DeviceId),
+                closed: *closed,
             },
         };
         Ok(events::EventRecord {

@@ -106,6 +106,8 @@ pub trait Completion: Send + 'static {
 struct Request<C> {
     batch: Batch,
     done: C,
+    /// When it entered the queue.
+    queued: Instant,
 }
 
 /// The sending side of the storage thread's queue.
@@ -128,10 +130,24 @@ impl<C: Completion> Writer<C> {
     /// Gives the completion back when the queue is full or the thread is gone.
     pub fn submit(&self, batch: Batch, done: C) -> Result<(), C> {
         self.tx
-            .try_send(Request { batch, done })
+            .try_send(Request {
+                batch,
+                done,
+                queued: Instant::now(),
+            })
             .map_err(|e| match e {
                 TrySendError::Full(r) | TrySendError::Disconnected(r) => r.done,
             })
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// The queue's bound.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
     }
 }
 
@@ -145,11 +161,22 @@ pub fn spawn<C: Completion>(
     max_group: usize,
     queue_depth: usize,
     outbox: std::sync::Arc<OutboxHead>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<(Writer<C>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = bounded(queue_depth);
     let handle = std::thread::Builder::new()
         .name("storage".into())
-        .spawn(move || run(&store, durability, max_group, &rx, &outbox))?;
+        .spawn(move || {
+            crate::metrics::enter(&metrics);
+            run(
+                &store,
+                durability,
+                max_group,
+                &rx,
+                &outbox,
+                &metrics.storage,
+            );
+        })?;
     Ok((Writer { tx }, handle))
 }
 
@@ -159,8 +186,13 @@ fn run<C: Completion>(
     max_group: usize,
     rx: &Receiver<Request<C>>,
     outbox: &OutboxHead,
+    metrics: &crate::metrics::StorageMetrics,
 ) {
     use std::sync::atomic::Ordering;
+    // RocksDB's timers for this thread only: how long each group's WAL write (with its
+    // fsync) takes, for `chatd_storage_fsync_seconds`. A few clock reads per group.
+    rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::EnableTimeExceptForMutex);
+    let mut perf = rocksdb::perf::PerfContext::default();
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::Fsync);
     let mut group = Vec::with_capacity(max_group);
@@ -179,6 +211,7 @@ fn run<C: Completion>(
         let before = outbox.seq.load(Ordering::Acquire);
         let mut next_event = before;
         let started = Instant::now();
+        perf.reset();
         let outcome = write_group(
             store,
             &options,
@@ -188,6 +221,16 @@ fn run<C: Completion>(
             &mut next_event,
         );
         let now = Instant::now();
+        let oldest = group.iter().map(|r| r.queued).min().unwrap_or(started);
+        let wal = Duration::from_nanos(perf.metric(rocksdb::perf::PerfMetric::WriteWalTime));
+        metrics.record(
+            &outcome,
+            group.len(),
+            now - oldest,
+            now - started,
+            wal,
+            durability,
+        );
         if let Some((count, worst)) = slow.record(now.duration_since(started), now) {
             tracing::warn!(
                 slow_commits = count,
@@ -233,6 +276,36 @@ fn run<C: Completion>(
     }
     if let Err(e) = store.sync() {
         tracing::error!(error = %e, "syncing the WAL at shutdown failed");
+    }
+}
+
+impl crate::metrics::StorageMetrics {
+    /// Records a group commit of `requests` that `outcome` ended: the oldest request waited
+    /// `commit` in all, the write took `write`, of which `wal` in the WAL (with its fsync).
+    fn record(
+        &self,
+        outcome: &Result<(), WriteError>,
+        requests: usize,
+        commit: Duration,
+        write: Duration,
+        wal: Duration,
+        durability: Durability,
+    ) {
+        use crate::metrics::seconds;
+        self.failing
+            .store(outcome.is_err(), std::sync::atomic::Ordering::Release);
+        if outcome.is_err() {
+            self.commits_failed.increment(1);
+            return;
+        }
+        self.commits.increment(1);
+        #[allow(clippy::cast_precision_loss)] // at most max_group_commit
+        self.group_size.record(requests as f64);
+        seconds(&self.commit_seconds, commit);
+        seconds(&self.write_seconds, write);
+        if durability == Durability::Fsync {
+            seconds(&self.fsync_seconds, wal);
+        }
     }
 }
 

@@ -722,3 +722,36 @@ async fn a_backlog_survives_sigkill_and_is_published_after_restart() {
     drop(daemon);
     consumer.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_are_published_after_they_took_effect() {
+    let exchange = unique_exchange("admin");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let daemon = TestDaemon::start_with(with_bridge(&exchange));
+    let (_alice, a) = login(&daemon, "alice").await;
+    let admin = daemon.admin_addr();
+    for action in ["kick", "disable", "enable"] {
+        let answer =
+            chatd::admin::client::call(admin, None, "POST", &format!("/v1/users/alice/{action}"))
+                .await
+                .unwrap();
+        assert_eq!(answer["action"], action);
+    }
+    // alice's registration, then the three actions.
+    let seen = consumer.until(4).await;
+    let admin_events: Vec<&Received> = seen.values().skip(1).collect();
+    let keys: Vec<&str> = admin_events
+        .iter()
+        .map(|r| r.routing_key.as_str())
+        .collect();
+    assert_eq!(keys, ["admin.kick", "admin.disable", "admin.enable"]);
+    let kick = &admin_events[0].body;
+    assert_eq!(kick["type"], "admin.action");
+    assert_eq!(kick["user"], a.0);
+    assert_eq!(kick["name"], "alice");
+    assert_eq!(kick["closed"], 1);
+    // Disabled after the kick: nothing was left to close.
+    assert_eq!(admin_events[1].body["closed"], 0);
+    assert_eq!(acked_head(&daemon), 4);
+    consumer.finish().await;
+}

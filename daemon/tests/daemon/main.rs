@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod admin;
 mod auth;
 mod authz;
 mod bridge;
@@ -43,6 +44,7 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::default()
     };
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.shutdown_grace_secs = 5;
     config
 }
@@ -79,6 +81,11 @@ impl TestDaemon {
             chatd::token::Keys::load(&chatd::config::AuthConfig::default(), &self.dir).unwrap();
         let now = chatd::unix_now();
         keys.mint(user, now, now + 3600)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.daemon.as_ref().unwrap().admin_addr().unwrap()
     }
 
     pub fn connections_per_shard(&self) -> Vec<usize> {
@@ -163,6 +170,7 @@ pub fn spawn_chatd_at(dir: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> std
         ])
         .arg(dir)
         .env_remove("RUST_LOG")
+        .env("CHATD_ADMIN_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -16,10 +16,12 @@ use crate::TestDaemon;
 use crate::client::Client;
 
 /// A `chatd` process with its configuration file and its standard error in a file.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    /// The admin listener (a free TCP port).
+    pub(crate) admin: SocketAddr,
+    pub(crate) dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
 }
@@ -27,7 +29,12 @@ struct Proc {
 impl Proc {
     /// Starts `chatd run --config FILE` where FILE holds `extra` below the listen address
     /// (a free port unless `addr`), two shards and `dir` as the data dir.
-    fn start(dir: &Path, extra: &str, addr: Option<SocketAddr>, env: &[(&str, &str)]) -> Proc {
+    pub(crate) fn start(
+        dir: &Path,
+        extra: &str,
+        addr: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let addr = addr.unwrap_or_else(|| {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.local_addr().unwrap()
@@ -36,10 +43,15 @@ impl Proc {
         let config = dir.join("chatd.toml");
         write_config(&config, addr, dir, extra);
         let log = dir.join(format!("stderr-{}.log", addr.port()));
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
+            .env("CHATD_ADMIN_LISTEN", admin.to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -48,18 +60,19 @@ impl Proc {
         Proc {
             child,
             addr,
+            admin,
             dir: dir.to_owned(),
             config,
             log,
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the log holds `needle` `count` times.
-    async fn wait_log(&mut self, needle: &str, count: usize) {
+    pub(crate) async fn wait_log(&mut self, needle: &str, count: usize) {
         for _ in 0..600 {
             if self.log_text().matches(needle).count() >= count {
                 return;
@@ -75,7 +88,7 @@ impl Proc {
         panic!("no {needle:?} x{count} in the log:\n{}", self.log_text());
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
@@ -86,12 +99,12 @@ impl Proc {
 
     /// Waits until the daemon is up (and has generated its local token secret, which
     /// [`Proc::token`] must only read).
-    async fn ready(&mut self) {
+    pub(crate) async fn ready(&mut self) {
         self.wait_log("chatd is listening", 1).await;
     }
 
     /// A token from the daemon's generated local secret (after [`Proc::ready`]).
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         let keys =
             chatd::token::Keys::load(&chatd::config::AuthConfig::default(), &self.dir).unwrap();
         let now = chatd::unix_now();
@@ -117,7 +130,7 @@ fn write_config(path: &Path, addr: SocketAddr, dir: &Path, extra: &str) {
 }
 
 /// Waits for a process that must exit by itself; returns its exit code.
-async fn exit_code(child: &mut Child) -> i32 {
+pub(crate) async fn exit_code(child: &mut Child) -> i32 {
     for _ in 0..600 {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code().unwrap_or(-1);
@@ -172,7 +185,7 @@ async fn assert_certificate_refused(addr: SocketAddr, trusted: &Path, context: &
 }
 
 /// Connects trusting `cert` and says hello with `token`, retrying until the daemon is up.
-async fn login(addr: SocketAddr, cert: &Path, token: &str, device: u64) -> Client {
+pub(crate) async fn login(addr: SocketAddr, cert: &Path, token: &str, device: u64) -> Client {
     for _ in 0..400 {
         if cert.exists() && handshake_ok(addr, cert).await {
             let mut client = Client::connect(addr, cert).await;
@@ -392,7 +405,7 @@ async fn a_reload_rotates_token_keys_and_a_broken_one_changes_nothing() {
 }
 
 /// Says hello with `token`: `None` when it authenticates, else the error code.
-async fn try_hello(addr: SocketAddr, cert: &Path, token: &str) -> Option<ErrorCode> {
+pub(crate) async fn try_hello(addr: SocketAddr, cert: &Path, token: &str) -> Option<ErrorCode> {
     let mut client = Client::connect(addr, cert).await;
     if client.hello(Some(token), 9).await.session.is_some() {
         return None;

@@ -52,12 +52,14 @@ impl TestDaemon {
 }
 
 fn config(dir: &Path, listen: std::net::SocketAddr) -> chatd::config::Config {
-    chatd::config::Config {
+    let mut config = chatd::config::Config {
         data_dir: dir.to_owned(),
         shards: 2,
         listen,
         ..Default::default()
-    }
+    };
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config
 }
 
 impl Drop for TestDaemon {

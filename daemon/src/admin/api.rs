@@ -1,0 +1,436 @@
+//! The admin API under `/v1/`, JSON in and out (docs/OPERATIONS.md lists it):
+//!
+//! | Method and path | Does |
+//! |---|---|
+//! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge |
+//! | `GET /v1/connections[?user=NAME]` | every connection (or one user's), from every shard |
+//! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
+//! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
+//! | `POST /v1/users/NAME/enable` | lifts `disable` (tokens revoked stay revoked) |
+//! | `POST /v1/users/NAME/revoke` | refuses the tokens issued so far, closes its sessions |
+//! | `GET /v1/conversations/SPEC` | a conversation's head, members and markers; SPEC is `room:NAME`, `room:ID`, `dm:A:B` or `notes:A` |
+//! | `POST /v1/compact` | compacts the database |
+//!
+//! Every action is logged (target `chatd::admin`), counted (`chatd_admin_actions_total`) and,
+//! with the bridge on, published as an `admin.*` event. An account's restriction is
+//! committed first, then put in place, then the shards close its sessions: from the commit
+//! on, no session of it can start.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chat_protocol::{ConversationId, DeviceId, GoodbyeCode, RoomId, UserId};
+use http_body_util::Full;
+use hyper::http::request::Parts;
+use hyper::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{State, failure, json};
+use crate::shard::{AdminOp, Done, DoneThen, ShardMsg};
+use crate::store::writer::Batch;
+use crate::store::{Cf, Restriction, outbox};
+
+/// How long an action waits for the shards and for its commit.
+const WAIT: Duration = Duration::from_secs(10);
+
+type Reply = Response<Full<Bytes>>;
+
+pub(crate) async fn handle(state: &State, parts: &Parts, _body: &Bytes) -> Reply {
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+    let segments: Vec<&str> = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let result = match (&parts.method, segments.as_slice()) {
+        (&Method::GET, ["status"]) => Ok(status(state)),
+        (&Method::GET, ["connections"]) => match param(query, "user") {
+            Some(name) => match user(state, name) {
+                Ok((id, _)) => connections(state, Some(id)).await,
+                Err(e) => Err(e),
+            },
+            None => connections(state, None).await,
+        },
+        (&Method::POST, ["users", name, action]) => user_action(state, name, action, query).await,
+        (&Method::GET, ["conversations", spec]) => conversation(state, spec),
+        (&Method::POST, ["compact"]) => compact(state).await,
+        _ => Err((StatusCode::NOT_FOUND, "no such endpoint".to_owned())),
+    };
+    match result {
+        Ok(value) => json(StatusCode::OK, &value),
+        Err((status, reason)) => failure(status, &reason),
+    }
+}
+
+type Outcome = Result<Value, (StatusCode, String)>;
+
+/// The value of `key` in a query string (names and numbers only: nothing to decode).
+fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// A user by name.
+fn user(state: &State, name: &str) -> Result<(UserId, String), (StatusCode, String)> {
+    match state.store.user_by_name(name) {
+        Ok(Some(record)) => Ok((record.id, record.name)),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no user named {name:?}"))),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn status(state: &State) -> Value {
+    use std::sync::atomic::Ordering;
+    let shared = &state.shared;
+    let config = shared.config();
+    let per_shard: Vec<usize> = shared
+        .connections
+        .iter()
+        .map(|c| c.load(Ordering::Acquire))
+        .collect();
+    let head = shared.outbox.seq.load(Ordering::Acquire);
+    let confirmed = state.bridge.confirmed.load(Ordering::Acquire);
+    let readiness = super::readiness(shared);
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "ready": readiness.ready(),
+        "draining": readiness.draining,
+        "shards": per_shard.len(),
+        "stuck_shards": readiness.stuck_shards,
+        "listen": config.listen.to_string(),
+        "data_dir": state.data_dir.display().to_string(),
+        "connections": {
+            "open": per_shard.iter().sum::<usize>(),
+            "authenticated": shared.sessions.load(Ordering::Acquire),
+            "unauthenticated": shared.unauthenticated.load(Ordering::Acquire),
+            "per_shard": per_shard,
+            "refused": shared.refused.load(Ordering::Relaxed),
+        },
+        "memory": {
+            "used_bytes": shared.memory.used(),
+            "peak_bytes": shared.memory.peak(),
+            "limit_bytes": shared.memory.limit(),
+            "resident_bytes": crate::metrics::resident_bytes(),
+        },
+        "storage": {
+            "failing": readiness.storage_failing,
+            "queued": shared.writer.queued(),
+            "durability": format!("{:?}", config.storage.durability).to_lowercase(),
+        },
+        "bridge": {
+            "enabled": config.bridge.enabled(),
+            "connected": state.bridge.connected.load(Ordering::Acquire),
+            "outbox_head": head,
+            "confirmed": confirmed,
+            "backlog": head.saturating_sub(confirmed),
+        },
+        "restricted_accounts": shared.restrictions.len(),
+    })
+}
+
+/// Pushes one message per shard (retrying a full inbox for up to [`WAIT`]) and collects the
+/// answers.
+async fn ask_every_shard<T>(
+    state: &State,
+    make: impl Fn(tokio::sync::oneshot::Sender<T>) -> AdminOp,
+) -> Result<Vec<T>, (StatusCode, String)> {
+    let deadline = Instant::now() + WAIT;
+    let mut answers = Vec::new();
+    for inbox in &state.shared.inboxes {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut msg = ShardMsg::Admin(make(tx));
+        loop {
+            match inbox.push(msg) {
+                Ok(()) => break,
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(unavailable("a shard's inbox stayed full"));
+                }
+                Err(back) => {
+                    msg = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        answers.push(rx);
+    }
+    let mut results = Vec::with_capacity(answers.len());
+    for rx in answers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx).await {
+            Ok(Ok(answer)) => results.push(answer),
+            Ok(Err(_)) => return Err(unavailable("a shard stopped")),
+            Err(_) => return Err(unavailable("a shard did not answer in time")),
+        }
+    }
+    Ok(results)
+}
+
+async fn connections(state: &State, user: Option<UserId>) -> Outcome {
+    let lists = ask_every_shard(state, |reply| AdminOp::Connections { user, reply }).await?;
+    let all: Vec<_> = lists.into_iter().flatten().collect();
+    Ok(json!({ "count": all.len(), "connections": all }))
+}
+
+/// Closes the sessions of `user` (of `device` only, when given) on every shard.
+async fn close_sessions(
+    state: &State,
+    user: UserId,
+    device: Option<DeviceId>,
+    code: GoodbyeCode,
+    reason: &'static str,
+) -> Result<usize, (StatusCode, String)> {
+    let closed = ask_every_shard(state, |reply| AdminOp::Close {
+        user,
+        device,
+        code,
+        reason,
+        reply,
+    })
+    .await?;
+    Ok(closed.into_iter().sum())
+}
+
+/// Commits `batch` through the storage thread and waits for it.
+async fn commit(state: &State, batch: Batch) -> Result<(), (StatusCode, String)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done = Done {
+        shared: Arc::clone(&state.shared),
+        shard: 0,
+        then: DoneThen::Admin(tx),
+    };
+    if state.shared.writer.submit(batch, done).is_err() {
+        return Err(unavailable("the storage queue is full"));
+    }
+    match tokio::time::timeout(WAIT, rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(unavailable(e)),
+        Ok(Err(_)) => Err(unavailable("storage stopped")),
+        Err(_) => Err(unavailable("the commit did not finish in time")),
+    }
+}
+
+async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Outcome {
+    let (id, name) = user(state, name)?;
+    let shared = &state.shared;
+    let before = shared.restriction(id);
+    let now = crate::unix_now();
+    // Tokens issued in this second or before are refused from now on.
+    let revoked = Restriction {
+        tokens_from: now + 1,
+        ..before
+    };
+    let (after, code, reason): (Option<Restriction>, Option<GoodbyeCode>, &'static str) =
+        match action {
+            "kick" => (
+                None,
+                Some(GoodbyeCode::KICKED),
+                "an operator closed the session",
+            ),
+            "disable" => (
+                Some(Restriction {
+                    disabled: true,
+                    ..revoked
+                }),
+                Some(GoodbyeCode::ACCOUNT_DISABLED),
+                "the account is disabled",
+            ),
+            "enable" => (
+                Some(Restriction {
+                    disabled: false,
+                    ..before
+                }),
+                None,
+                "",
+            ),
+            "revoke" => (
+                Some(revoked),
+                Some(GoodbyeCode::TOKEN_REVOKED),
+                "the session's token was revoked",
+            ),
+            _ => return Err((StatusCode::NOT_FOUND, format!("no user action {action:?}"))),
+        };
+    let device = match param(query, "device") {
+        Some(d) if action == "kick" => Some(DeviceId(d.parse().map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("device {d:?} is not a number"),
+            )
+        })?)),
+        Some(_) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "only kick takes a device".to_owned(),
+            ));
+        }
+        None => None,
+    };
+    // The restriction is durable before it applies, and applies before sessions close.
+    let mut batch = Batch::default();
+    if let Some(after) = after {
+        let value = serde_json::to_vec(&after).map_err(unavailable)?;
+        if after == Restriction::default() {
+            batch.delete(Cf::Meta, crate::store::restriction_key(id));
+        } else {
+            batch.put(Cf::Meta, crate::store::restriction_key(id), value);
+        }
+        commit(state, std::mem::take(&mut batch)).await?;
+        let map = shared.restrictions.pin();
+        if after == Restriction::default() {
+            map.remove(&id);
+        } else {
+            map.insert(id, after);
+        }
+    }
+    let closed = match code {
+        Some(code) => close_sessions(state, id, device, code, reason).await?,
+        None => 0,
+    };
+    let closed32 = u32::try_from(closed).unwrap_or(u32::MAX);
+    tracing::info!(
+        target: "chatd::admin",
+        action,
+        user = %id,
+        name = %name,
+        device = device.map(|d| d.0),
+        closed,
+        "admin action"
+    );
+    shared.metrics.admin_action(action);
+    if shared.config().bridge.enabled() {
+        batch.event(outbox::Event::AdminAction {
+            action: action.to_owned(),
+            user: id,
+            name: name.clone(),
+            device: device.map(|d| d.0),
+            closed: closed32,
+        });
+        // The action took effect; a failed event is reported, not undone.
+        if let Err((_, e)) = commit(state, batch).await {
+            tracing::error!(target: "chatd::admin", action, error = %e, "the admin event was not written");
+        }
+    }
+    let restriction = shared.restriction(id);
+    Ok(json!({
+        "action": action,
+        "user": id.0,
+        "name": name,
+        "device": device.map(|d| d.0),
+        "closed": closed,
+        "disabled": restriction.disabled,
+        "tokens_from": restriction.tokens_from,
+    }))
+}
+
+/// Parses `room:NAME`, `room:ID`, `dm:A:B` or `notes:A` (user names).
+fn conversation_id(state: &State, spec: &str) -> Result<ConversationId, (StatusCode, String)> {
+    let bad = || {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("{spec:?}: use room:NAME, room:ID, dm:USER:USER or notes:USER"),
+        )
+    };
+    match spec.split(':').collect::<Vec<_>>().as_slice() {
+        ["room", room] => {
+            if let Ok(id) = room.parse() {
+                return Ok(ConversationId::Room(RoomId(id)));
+            }
+            match state.store.room_by_name(room) {
+                Ok(Some(record)) => Ok(ConversationId::Room(record.id)),
+                Ok(None) => Err((StatusCode::NOT_FOUND, format!("no room named {room:?}"))),
+                Err(e) => Err(unavailable(e)),
+            }
+        }
+        ["dm", a, b] => Ok(ConversationId::direct(user(state, a)?.0, user(state, b)?.0)),
+        ["notes", a] => Ok(ConversationId::Notes(user(state, a)?.0)),
+        _ => Err(bad()),
+    }
+}
+
+fn conversation(state: &State, spec: &str) -> Outcome {
+    let c = conversation_id(state, spec)?;
+    let snapshot = match state.store.load_conversation(c) {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no conversation {spec:?}"))),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let name_of = |u: UserId| {
+        state
+            .store
+            .user(u)
+            .ok()
+            .flatten()
+            .map(|r| r.name)
+            .unwrap_or_default()
+    };
+    let members: Vec<Value> = match &snapshot.room {
+        Some((_, members)) => members
+            .iter()
+            .map(|(u, m)| json!({ "user": u.0, "name": name_of(*u), "state": format!("{m:?}") }))
+            .collect(),
+        None => match c {
+            ConversationId::Direct { low, high } => [low, high]
+                .iter()
+                .map(|u| json!({ "user": u.0, "name": name_of(*u), "state": "Member" }))
+                .collect(),
+            ConversationId::Notes(u) => {
+                vec![json!({ "user": u.0, "name": name_of(u), "state": "Member" })]
+            }
+            ConversationId::Room(_) => Vec::new(),
+        },
+    };
+    let markers: Vec<Value> = snapshot
+        .marks
+        .iter()
+        .map(|(u, delivered, read)| {
+            json!({ "user": u.0, "name": name_of(*u), "delivered": delivered.0, "read": read.0 })
+        })
+        .collect();
+    Ok(json!({
+        "conversation": spec,
+        "head": snapshot.head.0,
+        "room": snapshot.room.as_ref().map(|(r, _)| json!({
+            "id": r.id.0,
+            "name": r.name,
+            "invite_only": r.invite_only,
+            "created_at_ms": r.created_at.0,
+        })),
+        "members": members,
+        "markers": markers,
+    }))
+}
+
+async fn compact(state: &State) -> Outcome {
+    let store = state.store.clone();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || store.compact())
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    let took = started.elapsed();
+    tracing::info!(target: "chatd::admin", action = "compact", took_ms = took.as_millis(), "admin action");
+    state.shared.metrics.admin_action("compact");
+    Ok(json!({ "action": "compact", "took_ms": took.as_millis() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(param("user=alice&device=3", "device"), Some("3"));
+        assert_eq!(param("user=alice", "user"), Some("alice"));
+        assert_eq!(param("", "user"), None);
+        assert_eq!(param("username=x", "user"), None);
+    }
+}

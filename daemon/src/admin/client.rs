@@ -1,0 +1,300 @@
+//! The client side of the admin API, for `chatd admin`: one HTTP/1.1 request over TCP
+//! (hyper's client connection, no pool), and the human-readable rendering of each answer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use serde_json::Value;
+
+/// How long a command waits for the daemon (an action itself waits up to 10 s).
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No daemon answered at the address.
+    #[error("cannot reach the admin listener at {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    /// HTTP failed.
+    #[error("admin request failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built.
+    #[error("admin request: {0}")]
+    Request(#[from] hyper::http::Error),
+    /// No answer in time.
+    #[error("the daemon did not answer within {} s", TIMEOUT.as_secs())]
+    Timeout,
+    /// The daemon refused (the status and its reason).
+    #[error("{0}: {1}")]
+    Refused(u16, String),
+    /// The answer is not JSON.
+    #[error("the answer is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Sends `method path` to the admin listener at `addr` (with `token` as bearer token) and
+/// returns the JSON answer.
+///
+/// # Errors
+/// When the daemon cannot be reached, refuses, or answers something else than JSON.
+pub async fn call(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<Value, Error> {
+    tokio::time::timeout(TIMEOUT, call_once(addr, token, method, path))
+        .await
+        .map_err(|_| Error::Timeout)?
+}
+
+async fn call_once(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<Value, Error> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| Error::Connect(addr, e))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new())?)
+        .await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    driver.abort();
+    let value: Value = serde_json::from_slice(&body)?;
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let reason = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("refused")
+            .to_owned();
+        Err(Error::Refused(status.as_u16(), reason))
+    }
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Bytes as MiB with one decimal.
+#[allow(clippy::cast_precision_loss)] // for display
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// `chatd admin status`, for people.
+#[must_use]
+pub fn render_status(v: &Value) -> String {
+    let c = &v["connections"];
+    let m = &v["memory"];
+    let s = &v["storage"];
+    let b = &v["bridge"];
+    let up = num(v, "uptime_secs");
+    let mut out = format!(
+        "chatd {} on {}, up {}h{:02}m{:02}s, {}\n",
+        str_of(v, "version"),
+        str_of(v, "listen"),
+        up / 3600,
+        up / 60 % 60,
+        up % 60,
+        if v["ready"].as_bool() == Some(true) {
+            "ready"
+        } else if v["draining"].as_bool() == Some(true) {
+            "NOT READY (draining)"
+        } else {
+            "NOT READY"
+        }
+    );
+    out += &format!(
+        "shards       {} (connections per shard {})\n",
+        num(v, "shards"),
+        c["per_shard"]
+    );
+    out += &format!(
+        "connections  {} open, {} authenticated, {} unauthenticated, {} refused since start\n",
+        num(c, "open"),
+        num(c, "authenticated"),
+        num(c, "unauthenticated"),
+        num(c, "refused")
+    );
+    out += &format!(
+        "memory       {} of {} budget in use (peak {}), resident {}\n",
+        mib(num(m, "used_bytes")),
+        mib(num(m, "limit_bytes")),
+        mib(num(m, "peak_bytes")),
+        mib(num(m, "resident_bytes"))
+    );
+    out += &format!(
+        "storage      {}, {} queued, durability {}\n",
+        if s["failing"].as_bool() == Some(true) {
+            "COMMITS FAIL"
+        } else {
+            "writable"
+        },
+        num(s, "queued"),
+        str_of(s, "durability")
+    );
+    if b["enabled"].as_bool() == Some(true) {
+        out += &format!(
+            "bridge       {}, backlog {} events (outbox head {}, confirmed {})\n",
+            if b["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            num(b, "backlog"),
+            num(b, "outbox_head"),
+            num(b, "confirmed")
+        );
+    } else {
+        out += "bridge       off\n";
+    }
+    out += &format!(
+        "accounts     {} restricted (disabled or tokens revoked)\n",
+        num(v, "restricted_accounts")
+    );
+    out
+}
+
+/// `chatd admin connections`, for people: one line per connection.
+#[must_use]
+pub fn render_connections(v: &Value) -> String {
+    let mut out = format!(
+        "{:<6} {:<8} {:<24} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
+        "SHARD", "CONN", "REMOTE", "STATE", "USER/DEVICE", "AGE_S", "RTT_MS", "QUEUED_B", "LAGGED"
+    );
+    for c in v["connections"].as_array().into_iter().flatten() {
+        let who = match (c["name"].as_str(), c["device"].as_u64()) {
+            (Some(name), Some(device)) => format!("{name}/{device}"),
+            (None, Some(device)) => format!("-/{device}"),
+            _ => "-".to_owned(),
+        };
+        out += &format!(
+            "{:<6} {:<8} {:<24} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
+            num(c, "shard"),
+            num(c, "id"),
+            str_of(c, "remote"),
+            str_of(c, "state"),
+            who,
+            num(c, "connected_secs"),
+            num(c, "rtt_ms"),
+            num(c, "queued_bytes"),
+            if c["lagged"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    out += &format!("{} connections\n", num(v, "count"));
+    out
+}
+
+/// An account action's answer, for people.
+#[must_use]
+pub fn render_action(v: &Value) -> String {
+    let action = str_of(v, "action");
+    let name = str_of(v, "name");
+    let closed = num(v, "closed");
+    let mut out = match action {
+        "kick" => match v["device"].as_u64() {
+            Some(d) => format!("kicked {name} device {d}: {closed} connection(s) closed\n"),
+            None => format!("kicked {name}: {closed} connection(s) closed\n"),
+        },
+        "disable" => {
+            format!("disabled {name}: logins and tokens refused, {closed} connection(s) closed\n")
+        }
+        "enable" => format!("enabled {name}\n"),
+        "revoke" => format!(
+            "revoked the tokens of {name} issued before {}: {closed} connection(s) closed\n",
+            num(v, "tokens_from")
+        ),
+        _ => format!("{v}\n"),
+    };
+    if action == "enable" && num(v, "tokens_from") > 0 {
+        out += &format!(
+            "(tokens issued before {} stay revoked: mint new ones)\n",
+            num(v, "tokens_from")
+        );
+    }
+    out
+}
+
+/// `chatd admin conversation`, for people.
+#[must_use]
+pub fn render_conversation(v: &Value) -> String {
+    let mut out = format!(
+        "{}: head seq {}\n",
+        str_of(v, "conversation"),
+        num(v, "head")
+    );
+    if let Some(room) = v["room"].as_object() {
+        out += &format!(
+            "room {} #{}{}\n",
+            room.get("id").and_then(Value::as_u64).unwrap_or(0),
+            room.get("name").and_then(Value::as_str).unwrap_or(""),
+            if room.get("invite_only").and_then(Value::as_bool) == Some(true) {
+                ", invite-only"
+            } else {
+                ""
+            }
+        );
+    }
+    out += "members:\n";
+    for m in v["members"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<10} {:<24} {}\n",
+            num(m, "user"),
+            str_of(m, "name"),
+            str_of(m, "state")
+        );
+    }
+    out += "markers (delivered / read):\n";
+    for m in v["markers"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<10} {:<24} {} / {}\n",
+            num(m, "user"),
+            str_of(m, "name"),
+            num(m, "delivered"),
+            num(m, "read")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_read_as_sentences() {
+        let v = serde_json::json!({"action": "kick", "name": "alice", "closed": 2, "device": null});
+        assert_eq!(render_action(&v), "kicked alice: 2 connection(s) closed\n");
+        let v =
+            serde_json::json!({"action": "enable", "name": "bob", "closed": 0, "tokens_from": 7});
+        assert_eq!(
+            render_action(&v),
+            "enabled bob\n(tokens issued before 7 stay revoked: mint new ones)\n"
+        );
+    }
+}

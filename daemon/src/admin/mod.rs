@@ -1,0 +1,413 @@
+//! The admin listener: HTTP/1.1 on a private TCP address (`[admin]`), on its own `admin`
+//! thread with a current-thread runtime, served by hyper. It answers:
+//!
+//! - `GET /healthz`: 200 while the process lives (and its admin thread answers);
+//! - `GET /readyz`: 200 when the daemon should get new clients: every shard's loop turned in
+//!   the last [`READY_HEARTBEAT`], the last group commit succeeded, and no stop began; else
+//!   503 with the failing checks, so a load balancer takes the instance out of rotation while
+//!   it drains or its disk is full;
+//! - `GET /metrics`: the Prometheus text exposition ([`crate::metrics`]);
+//! - `/v1/...`: the admin API that `chatd admin` speaks ([`api`]).
+//!
+//! `/metrics` and `/v1/` need `Authorization: Bearer TOKEN` when `admin.token` is set (it
+//! must be, for a non-loopback address); the health checks never do, since load balancers
+//! cannot send headers. Bounded: at most [`MAX_CONNECTIONS`] connections (more wait in the
+//! kernel's backlog), request headers within [`HEADER_TIMEOUT`], bodies of at most
+//! [`MAX_BODY`] bytes.
+
+pub(crate) mod api;
+pub mod client;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::bridge::BridgeStats;
+use crate::shard::Shared;
+use crate::store::Store;
+
+/// A shard whose loop has not turned for this long is not ready (it turns at least every
+/// 250 ms).
+pub(crate) const READY_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Admin connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+/// How often histogram samples are folded into their buckets.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// What the handlers read and act on.
+pub(crate) struct State {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: Store,
+    pub(crate) bridge: Arc<BridgeStats>,
+    pub(crate) data_dir: std::path::PathBuf,
+}
+
+/// The running admin thread.
+pub(crate) struct Admin {
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+/// Binds the admin address (before the daemon reports ready, so a taken port fails the
+/// start).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+impl Admin {
+    /// Starts the admin thread serving `listener`.
+    pub(crate) fn start(listener: std::net::TcpListener, state: State) -> std::io::Result<Admin> {
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                crate::metrics::enter(&state.shared.metrics);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        return tracing::error!(error = %e, "the admin listener cannot start its runtime");
+                    }
+                };
+                runtime.block_on(serve(listener, Arc::new(state), &stopped));
+            })?;
+        tracing::info!(%addr, "admin listener up: /metrics, /healthz, /readyz, /v1/");
+        Ok(Admin {
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// The bound address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the listener (requests in progress are dropped).
+    pub(crate) fn stop(mut self) {
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: &tokio::sync::Notify) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => return tracing::error!(error = %e, "the admin listener cannot start"),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut upkeep = tokio::time::interval(UPKEEP);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            loop {
+                let permit = tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = stop.notified() => return,
+                };
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            crate::logging::throttled!(warn, error = %e, "admin accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = upkeep.tick() => {
+                        state.shared.metrics.upkeep();
+                        continue;
+                    }
+                    () = stop.notified() => return,
+                };
+                let state = Arc::clone(&state);
+                tokio::task::spawn_local(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                    drop(permit);
+                });
+            }
+        })
+        .await;
+}
+
+/// A response with a body.
+pub(crate) fn reply(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+/// A JSON error: `{"error": reason}`.
+pub(crate) fn failure(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": reason }))
+}
+
+async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    match (request.method(), path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            let readiness = readiness(&state.shared);
+            let status = if readiness.ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(status, "text/plain", readiness.to_string())
+        }
+        _ if !authorized(state, &request) => {
+            let mut response = failure(StatusCode::UNAUTHORIZED, "a bearer token is required");
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            scrape(state),
+        ),
+        (_, p) if p.starts_with("/v1/") => {
+            let (parts, body) = request.into_parts();
+            let body = match Limited::new(body, MAX_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => {
+                    return failure(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+                }
+            };
+            api::handle(state, &parts, &body).await
+        }
+        _ => failure(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+/// Whether the request carries the configured bearer token (or none is configured).
+fn authorized(state: &State, request: &Request<Incoming>) -> bool {
+    let config = state.shared.config();
+    let token = config.admin.token.expose();
+    if token.is_empty() {
+        return true;
+    }
+    request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The checks of `/readyz`.
+pub(crate) struct Readiness {
+    /// Shards whose loop did not turn within [`READY_HEARTBEAT`].
+    pub(crate) stuck_shards: Vec<usize>,
+    /// The last group commit failed.
+    pub(crate) storage_failing: bool,
+    /// A stop began.
+    pub(crate) draining: bool,
+}
+
+impl Readiness {
+    pub(crate) fn ready(&self) -> bool {
+        self.stuck_shards.is_empty() && !self.storage_failing && !self.draining
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", if self.ready() { "ready" } else { "not ready" })?;
+        if self.stuck_shards.is_empty() {
+            writeln!(f, "shards: turning")?;
+        } else {
+            writeln!(f, "shards: stuck {:?}", self.stuck_shards)?;
+        }
+        writeln!(
+            f,
+            "storage: {}",
+            if self.storage_failing {
+                "commits fail"
+            } else {
+                "writable"
+            }
+        )?;
+        writeln!(f, "draining: {}", if self.draining { "yes" } else { "no" })
+    }
+}
+
+/// Reads the readiness checks.
+pub(crate) fn readiness(shared: &Shared) -> Readiness {
+    let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let limit = u64::try_from(READY_HEARTBEAT.as_millis()).unwrap_or(u64::MAX);
+    let stuck_shards = shared
+        .heartbeats
+        .iter()
+        .enumerate()
+        .filter(|(i, hb)| {
+            !shared.exited[*i].load(Ordering::Acquire)
+                && now.saturating_sub(hb.load(Ordering::Acquire)) >= limit
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Readiness {
+        stuck_shards,
+        storage_failing: shared.metrics.storage.failing.load(Ordering::Acquire),
+        draining: shared.shutting_down.load(Ordering::Acquire),
+    }
+}
+
+/// Sets the scrape-time gauges from the daemon's state and renders every metric.
+#[allow(clippy::cast_precision_loss)] // counts and bytes far below 2^53
+fn scrape(state: &State) -> String {
+    let shared = &state.shared;
+    let g = &shared.metrics.scrape;
+    let now_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let open: usize = shared
+        .connections
+        .iter()
+        .map(|c| c.load(Ordering::Acquire))
+        .sum();
+    // `unauthenticated` counts from the first packet until authentication, `connections`
+    // from the handshake's end until the close: the difference is what is still in its
+    // handshake.
+    let unauthenticated = shared.unauthenticated.load(Ordering::Acquire);
+    let sessions = shared.sessions.load(Ordering::Acquire).min(open);
+    let after_handshake = open - sessions;
+    g.connections[0].set(unauthenticated.saturating_sub(after_handshake) as f64);
+    g.connections[1].set(after_handshake as f64);
+    g.connections[2].set(sessions as f64);
+    for (i, gauge) in g.connections_per_shard.iter().enumerate() {
+        gauge.set(shared.connections[i].load(Ordering::Acquire) as f64);
+    }
+    for (i, gauge) in g.inbox_depth.iter().enumerate() {
+        gauge.set(shared.inboxes[i].len() as f64);
+    }
+    for (i, gauge) in g.heartbeat_age.iter().enumerate() {
+        let age = now_ms.saturating_sub(shared.heartbeats[i].load(Ordering::Acquire));
+        gauge.set(age as f64 / 1000.0);
+    }
+    g.refused.absolute(shared.refused.load(Ordering::Relaxed));
+    g.retries.absolute(shared.retries.load(Ordering::Relaxed));
+    g.memory_used.set(shared.memory.used() as f64);
+    g.memory_peak.set(shared.memory.peak() as f64);
+    g.memory_limit.set(shared.memory.limit() as f64);
+    g.event_queue_peak.set(
+        shared
+            .event_queue_peak
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0) as f64,
+    );
+    g.storage_queue.set(shared.writer.queued() as f64);
+    g.storage_queue_capacity
+        .set(shared.writer.capacity() as f64);
+    let failing = shared.metrics.storage.failing.load(Ordering::Acquire);
+    g.storage_failing.set(f64::from(u8::from(failing)));
+    let head = shared.outbox.seq.load(Ordering::Acquire);
+    let confirmed = state.bridge.confirmed.load(Ordering::Acquire);
+    g.outbox_head.set(head as f64);
+    g.bridge_cursor.set(confirmed as f64);
+    g.bridge_backlog.set(head.saturating_sub(confirmed) as f64);
+    g.bridge_connected.set(f64::from(u8::from(
+        state.bridge.connected.load(Ordering::Acquire),
+    )));
+    g.bridge_connections
+        .absolute(state.bridge.connections.load(Ordering::Acquire));
+    g.rss.set(crate::metrics::resident_bytes() as f64);
+    g.uptime.set(shared.started.elapsed().as_secs_f64());
+    let readiness = readiness(shared);
+    g.ready.set(f64::from(u8::from(readiness.ready())));
+    g.draining.set(f64::from(u8::from(readiness.draining)));
+    shared.metrics.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abcdef", b"abcdef"));
+        assert!(!constant_time_eq(b"abcdef", b"abcdeg"));
+        assert!(!constant_time_eq(b"abcdef", b"abcde"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn readiness_names_every_failing_check() {
+        let r = Readiness {
+            stuck_shards: vec![1],
+            storage_failing: true,
+            draining: false,
+        };
+        assert!(!r.ready());
+        let text = r.to_string();
+        assert!(text.starts_with("not ready\n"), "{text}");
+        assert!(text.contains("shards: stuck [1]"), "{text}");
+        assert!(text.contains("storage: commits fail"), "{text}");
+        assert!(text.contains("draining: no"), "{text}");
+        let ok = Readiness {
+            stuck_shards: vec![],
+            storage_failing: false,
+            draining: false,
+        };
+        assert!(ok.ready());
+        assert!(ok.to_string().starts_with("ready\n"));
+    }
+}

@@ -1,0 +1,701 @@
+//! The daemon's Prometheus metrics: one `metrics_exporter_prometheus` recorder per daemon (not
+//! the process-global one, so several daemons in one test process keep their own numbers),
+//! with every handle registered once at start. Hot paths only bump an atomic: counters that
+//! every message touches are per shard (`shard` label), so shards never share a cache line
+//! for them. Gauges of state the daemon keeps anyway (connections, budgets, queue depths,
+//! the bridge's cursor) are read when `/metrics` is scraped ([`crate::admin`]), not
+//! maintained on the way.
+//!
+//! Errors are counted where they are encoded (`shard::encode`), on whichever daemon thread
+//! that is: each thread [`enter`]s its daemon's metrics once.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_protocol::codes::ERROR_CODES;
+use chat_protocol::{ErrorCode, Request};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: 50 µs to 10 s.
+const SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+/// Group commit sizes, in requests.
+const GROUP_SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// The request kinds, in the order of [`request_kind`].
+pub(crate) const REQUESTS: [&str; 21] = [
+    "authenticate",
+    "register",
+    "login",
+    "ping",
+    "lookup_users",
+    "create_room",
+    "find_room",
+    "join_room",
+    "leave_room",
+    "invite",
+    "kick",
+    "ban",
+    "unban",
+    "set_role",
+    "members",
+    "conversations",
+    "send",
+    "history",
+    "mark",
+    "presence",
+    "sync",
+];
+
+/// The index of a request's kind in [`REQUESTS`].
+pub(crate) fn request_kind(request: &Request) -> usize {
+    match request {
+        Request::Authenticate(_) => 0,
+        Request::Register { .. } => 1,
+        Request::Login { .. } => 2,
+        Request::Ping => 3,
+        Request::LookupUsers(_) => 4,
+        Request::CreateRoom { .. } => 5,
+        Request::FindRoom { .. } => 6,
+        Request::JoinRoom { .. } => 7,
+        Request::LeaveRoom { .. } => 8,
+        Request::Invite { .. } => 9,
+        Request::Kick { .. } => 10,
+        Request::Ban { .. } => 11,
+        Request::Unban { .. } => 12,
+        Request::SetRole { .. } => 13,
+        Request::Members { .. } => 14,
+        Request::Conversations { .. } => 15,
+        Request::Send(_) => 16,
+        Request::History(_) => 17,
+        Request::Mark { .. } => 18,
+        Request::Presence { .. } => 19,
+        Request::Sync(_) => 20,
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Registers handles on one recorder.
+struct Registry<'a>(&'a metrics_exporter_prometheus::PrometheusRecorder);
+
+impl Registry<'_> {
+    fn describe(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
+        self.0
+            .describe_counter(KeyName::from(name), unit, help.into());
+    }
+
+    fn describe_gauge(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
+        self.0
+            .describe_gauge(KeyName::from(name), unit, help.into());
+    }
+
+    fn describe_histogram(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
+        self.0
+            .describe_histogram(KeyName::from(name), unit, help.into());
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
+        self.0.register_counter(&key(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
+        self.0.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str) -> Histogram {
+        self.0.register_histogram(&key(name, &[]), &METADATA)
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Counters one shard bumps.
+pub(crate) struct ShardMetrics {
+    /// Requests read, by kind ([`REQUESTS`]).
+    pub(crate) requests: Vec<Counter>,
+    /// QUIC handshakes that completed.
+    pub(crate) handshakes: Counter,
+    /// QUIC handshakes that failed.
+    pub(crate) handshakes_failed: Counter,
+    /// Sessions authenticated.
+    pub(crate) sessions: Counter,
+    /// Sends committed and acknowledged (on the conversation's owner shard).
+    pub(crate) sends_acknowledged: Counter,
+    /// Event frames queued for connections.
+    pub(crate) deliveries: Counter,
+    /// Connections told they lag.
+    pub(crate) lagged: Counter,
+    /// Sends refused by the rate limit.
+    pub(crate) rate_limited: Counter,
+    /// Connections closed by an operator (`chatd admin kick`, `disable`, `revoke`).
+    pub(crate) kicked: Counter,
+    /// Conversations cached now (set by the shard).
+    pub(crate) conversations_cached: Gauge,
+}
+
+/// What the storage thread records.
+pub(crate) struct StorageMetrics {
+    /// Group commits written.
+    pub(crate) commits: Counter,
+    /// Group commits that failed.
+    pub(crate) commits_failed: Counter,
+    /// Requests per group commit.
+    pub(crate) group_size: Histogram,
+    /// From the group's oldest request entering the queue to the group's write returning.
+    pub(crate) commit_seconds: Histogram,
+    /// The group's write (WAL append and memtable), without the sync.
+    pub(crate) write_seconds: Histogram,
+    /// RocksDB's WAL write of the group with its fsync (durability `fsync` only).
+    pub(crate) fsync_seconds: Histogram,
+    /// Whether the last group commit failed (a full or broken disk): `/readyz` says 503.
+    pub(crate) failing: std::sync::atomic::AtomicBool,
+}
+
+/// What the bridge records.
+pub(crate) struct BridgeMetrics {
+    /// A window of events from its first publish to its last confirm.
+    pub(crate) publish_seconds: Histogram,
+    /// Events the broker confirmed.
+    pub(crate) confirmed: Counter,
+    /// Windows the broker refused (nack).
+    pub(crate) nacked: Counter,
+}
+
+/// Gauges set from the daemon's state when `/metrics` is scraped.
+pub(crate) struct ScrapeGauges {
+    pub(crate) connections: [Gauge; 3],
+    pub(crate) connections_per_shard: Vec<Gauge>,
+    pub(crate) inbox_depth: Vec<Gauge>,
+    pub(crate) heartbeat_age: Vec<Gauge>,
+    pub(crate) refused: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) memory_used: Gauge,
+    pub(crate) memory_peak: Gauge,
+    pub(crate) memory_limit: Gauge,
+    pub(crate) event_queue_peak: Gauge,
+    pub(crate) storage_queue: Gauge,
+    pub(crate) storage_queue_capacity: Gauge,
+    pub(crate) storage_failing: Gauge,
+    pub(crate) outbox_head: Gauge,
+    pub(crate) bridge_cursor: Gauge,
+    pub(crate) bridge_backlog: Gauge,
+    pub(crate) bridge_connected: Gauge,
+    pub(crate) bridge_connections: Counter,
+    pub(crate) rss: Gauge,
+    pub(crate) uptime: Gauge,
+    pub(crate) ready: Gauge,
+    pub(crate) draining: Gauge,
+}
+
+/// One daemon's metrics.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    pub(crate) shards: Vec<ShardMetrics>,
+    pub(crate) storage: StorageMetrics,
+    pub(crate) bridge: BridgeMetrics,
+    pub(crate) scrape: ScrapeGauges,
+    /// Error frames sent, by code (in [`ERROR_CODES`] order; the last is any other code).
+    errors: Vec<Counter>,
+    /// Admin actions, by name.
+    admin: Vec<(&'static str, Counter)>,
+}
+
+/// The admin actions counted.
+pub(crate) const ADMIN_ACTIONS: [&str; 6] =
+    ["kick", "disable", "enable", "revoke", "compact", "backup"];
+
+impl Metrics {
+    /// Registers every metric of a daemon with `shards` shards.
+    ///
+    /// # Panics
+    /// Never: the bucket lists are constants that the exporter accepts.
+    #[must_use]
+    #[allow(clippy::too_many_lines)] // one registration per metric, in one place
+    pub fn new(shards: usize) -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("chatd_storage_group_commit_requests".into()),
+                    GROUP_SIZES,
+                )
+            })
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let r = Registry(&recorder);
+        let count = Some(Unit::Count);
+        let seconds = Some(Unit::Seconds);
+        let bytes = Some(Unit::Bytes);
+        r.describe(
+            "chatd_requests_total",
+            count,
+            "Requests read from clients, by shard and kind.",
+        );
+        r.describe(
+            "chatd_errors_total",
+            count,
+            "Error frames sent to clients, by code.",
+        );
+        r.describe(
+            "chatd_handshakes_total",
+            count,
+            "QUIC handshakes, by shard and result.",
+        );
+        r.describe(
+            "chatd_sessions_total",
+            count,
+            "Sessions authenticated, by shard.",
+        );
+        r.describe(
+            "chatd_sends_acknowledged_total",
+            count,
+            "Sends committed and acknowledged, by the conversation's owner shard.",
+        );
+        r.describe(
+            "chatd_deliveries_total",
+            count,
+            "Event frames queued for client connections, by shard.",
+        );
+        r.describe(
+            "chatd_lagged_total",
+            count,
+            "Connections told they lag (their event queue or a shard inbox was full), by shard.",
+        );
+        r.describe(
+            "chatd_rate_limited_total",
+            count,
+            "Sends refused by the per-connection rate limit, by shard.",
+        );
+        r.describe(
+            "chatd_kicked_total",
+            count,
+            "Connections an operator closed, by shard.",
+        );
+        r.describe(
+            "chatd_connections_refused_total",
+            count,
+            "New connections refused (full, over budget, too many unauthenticated or from one address).",
+        );
+        r.describe(
+            "chatd_quic_retries_total",
+            count,
+            "QUIC Retries sent to prove a new connection's address.",
+        );
+        r.describe(
+            "chatd_storage_commits_total",
+            count,
+            "Group commits, by result.",
+        );
+        r.describe(
+            "chatd_bridge_confirmed_total",
+            count,
+            "Outbox events the broker confirmed since start.",
+        );
+        r.describe(
+            "chatd_bridge_nacks_total",
+            count,
+            "Publish windows the broker refused.",
+        );
+        r.describe(
+            "chatd_bridge_connections_total",
+            count,
+            "Broker connections made since start.",
+        );
+        r.describe(
+            "chatd_admin_actions_total",
+            count,
+            "Admin actions carried out, by action.",
+        );
+        r.describe_gauge(
+            "chatd_connections",
+            count,
+            "Open connections by state: handshaking (from the first packet), unauthenticated, authenticated.",
+        );
+        r.describe_gauge(
+            "chatd_shard_connections",
+            count,
+            "Open connections, by shard.",
+        );
+        r.describe_gauge(
+            "chatd_inbox_depth",
+            count,
+            "Messages waiting in a shard's inbox (capacity 65536).",
+        );
+        r.describe_gauge(
+            "chatd_shard_heartbeat_age_seconds",
+            seconds,
+            "Time since a shard's event loop last turned (it turns at least every 250 ms).",
+        );
+        r.describe_gauge(
+            "chatd_memory_used_bytes",
+            bytes,
+            "Bytes charged to the daemon's memory budget (queued frames, reservations, connections).",
+        );
+        r.describe_gauge(
+            "chatd_memory_peak_bytes",
+            bytes,
+            "The most bytes ever charged to the daemon's memory budget.",
+        );
+        r.describe_gauge(
+            "chatd_memory_limit_bytes",
+            bytes,
+            "The daemon's memory budget (limits.daemon_memory).",
+        );
+        r.describe_gauge(
+            "chatd_event_queue_peak",
+            count,
+            "The most events ever queued for one connection (bounded by limits.outgoing_queue).",
+        );
+        r.describe_gauge(
+            "chatd_conversations_cached",
+            count,
+            "Conversations held in memory, by owner shard.",
+        );
+        r.describe_gauge(
+            "chatd_storage_queue_depth",
+            count,
+            "Write requests waiting for the storage thread.",
+        );
+        r.describe_gauge(
+            "chatd_storage_queue_capacity",
+            count,
+            "The storage queue's bound (storage.queue_depth).",
+        );
+        r.describe_gauge(
+            "chatd_storage_failing",
+            None,
+            "1 while group commits fail (a full or broken disk), else 0.",
+        );
+        r.describe_gauge(
+            "chatd_outbox_head",
+            count,
+            "The newest committed outbox event's seq.",
+        );
+        r.describe_gauge(
+            "chatd_bridge_cursor",
+            count,
+            "The newest outbox event seq the broker confirmed.",
+        );
+        r.describe_gauge(
+            "chatd_bridge_backlog_events",
+            count,
+            "Committed outbox events the broker has not confirmed yet.",
+        );
+        r.describe_gauge(
+            "chatd_bridge_connected",
+            None,
+            "1 while the bridge holds a broker connection, else 0.",
+        );
+        r.describe_gauge(
+            "chatd_process_resident_memory_bytes",
+            bytes,
+            "The process's resident set size.",
+        );
+        r.describe_gauge(
+            "chatd_uptime_seconds",
+            seconds,
+            "Time since the daemon started.",
+        );
+        r.describe_gauge("chatd_ready", None, "1 when /readyz answers 200, else 0.");
+        r.describe_gauge(
+            "chatd_draining",
+            None,
+            "1 once a stop began (SIGTERM), else 0.",
+        );
+        r.describe_gauge(
+            "chatd_build_info",
+            None,
+            "Always 1, with the version as a label.",
+        );
+        r.describe_histogram(
+            "chatd_storage_group_commit_requests",
+            count,
+            "Write requests per group commit.",
+        );
+        r.describe_histogram(
+            "chatd_storage_commit_seconds",
+            seconds,
+            "From a group's oldest request entering the storage queue to the group being durable.",
+        );
+        r.describe_histogram(
+            "chatd_storage_write_seconds",
+            seconds,
+            "A group's RocksDB write (WAL append and memtable), without the sync.",
+        );
+        r.describe_histogram(
+            "chatd_storage_fsync_seconds",
+            seconds,
+            "RocksDB's WAL write of a group with its fsync (durability fsync; the append alone takes microseconds).",
+        );
+        r.describe_histogram(
+            "chatd_bridge_publish_seconds",
+            seconds,
+            "A window of outbox events from its first publish to the broker's last confirm.",
+        );
+
+        let shard_label = |i: usize| vec![("shard", i.to_string())];
+        let shard_metrics = (0..shards)
+            .map(|i| {
+                let per = |name| r.counter(name, &shard_label(i));
+                ShardMetrics {
+                    requests: REQUESTS
+                        .iter()
+                        .map(|kind| {
+                            r.counter(
+                                "chatd_requests_total",
+                                &[("shard", i.to_string()), ("request", (*kind).to_owned())],
+                            )
+                        })
+                        .collect(),
+                    handshakes: r.counter(
+                        "chatd_handshakes_total",
+                        &[("shard", i.to_string()), ("result", "ok".to_owned())],
+                    ),
+                    handshakes_failed: r.counter(
+                        "chatd_handshakes_total",
+                        &[("shard", i.to_string()), ("result", "failed".to_owned())],
+                    ),
+                    sessions: per("chatd_sessions_total"),
+                    sends_acknowledged: per("chatd_sends_acknowledged_total"),
+                    deliveries: per("chatd_deliveries_total"),
+                    lagged: per("chatd_lagged_total"),
+                    rate_limited: per("chatd_rate_limited_total"),
+                    kicked: per("chatd_kicked_total"),
+                    conversations_cached: r.gauge("chatd_conversations_cached", &shard_label(i)),
+                }
+            })
+            .collect();
+        let errors = ERROR_CODES
+            .iter()
+            .map(|(_, name, _)| (*name).to_owned())
+            .chain(["OTHER".to_owned()])
+            .map(|name| r.counter("chatd_errors_total", &[("code", name)]))
+            .collect();
+        let admin = ADMIN_ACTIONS
+            .iter()
+            .map(|a| {
+                (
+                    *a,
+                    r.counter("chatd_admin_actions_total", &[("action", (*a).to_owned())]),
+                )
+            })
+            .collect();
+        let state = |s: &str| r.gauge("chatd_connections", &[("state", s.to_owned())]);
+        let plain = |name| r.gauge(name, &[]);
+        let scrape = ScrapeGauges {
+            connections: [
+                state("handshaking"),
+                state("unauthenticated"),
+                state("authenticated"),
+            ],
+            connections_per_shard: (0..shards)
+                .map(|i| r.gauge("chatd_shard_connections", &shard_label(i)))
+                .collect(),
+            inbox_depth: (0..shards)
+                .map(|i| r.gauge("chatd_inbox_depth", &shard_label(i)))
+                .collect(),
+            heartbeat_age: (0..shards)
+                .map(|i| r.gauge("chatd_shard_heartbeat_age_seconds", &shard_label(i)))
+                .collect(),
+            refused: r.counter("chatd_connections_refused_total", &[]),
+            retries: r.counter("chatd_quic_retries_total", &[]),
+            memory_used: plain("chatd_memory_used_bytes"),
+            memory_peak: plain("chatd_memory_peak_bytes"),
+            memory_limit: plain("chatd_memory_limit_bytes"),
+            event_queue_peak: plain("chatd_event_queue_peak"),
+            storage_queue: plain("chatd_storage_queue_depth"),
+            storage_queue_capacity: plain("chatd_storage_queue_capacity"),
+            storage_failing: plain("chatd_storage_failing"),
+            outbox_head: plain("chatd_outbox_head"),
+            bridge_cursor: plain("chatd_bridge_cursor"),
+            bridge_backlog: plain("chatd_bridge_backlog_events"),
+            bridge_connected: plain("chatd_bridge_connected"),
+            bridge_connections: r.counter("chatd_bridge_connections_total", &[]),
+            rss: plain("chatd_process_resident_memory_bytes"),
+            uptime: plain("chatd_uptime_seconds"),
+            ready: plain("chatd_ready"),
+            draining: plain("chatd_draining"),
+        };
+        r.gauge(
+            "chatd_build_info",
+            &[("version", env!("CARGO_PKG_VERSION").to_owned())],
+        )
+        .set(1.0);
+        let storage = StorageMetrics {
+            commits: r.counter(
+                "chatd_storage_commits_total",
+                &[("result", "ok".to_owned())],
+            ),
+            commits_failed: r.counter(
+                "chatd_storage_commits_total",
+                &[("result", "failed".to_owned())],
+            ),
+            group_size: r.histogram("chatd_storage_group_commit_requests"),
+            commit_seconds: r.histogram("chatd_storage_commit_seconds"),
+            write_seconds: r.histogram("chatd_storage_write_seconds"),
+            fsync_seconds: r.histogram("chatd_storage_fsync_seconds"),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        };
+        let bridge = BridgeMetrics {
+            publish_seconds: r.histogram("chatd_bridge_publish_seconds"),
+            confirmed: r.counter("chatd_bridge_confirmed_total", &[]),
+            nacked: r.counter("chatd_bridge_nacks_total", &[]),
+        };
+        Metrics {
+            handle,
+            shards: shard_metrics,
+            storage,
+            bridge,
+            scrape,
+            errors,
+            admin,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric (the scrape gauges as last set).
+    pub(crate) fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds the histograms' recent samples into their buckets. Called every few seconds by
+    /// the admin listener, so samples never pile up between scrapes.
+    pub(crate) fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Counts an error frame with `code`.
+    fn error(&self, code: ErrorCode) {
+        let i = ERROR_CODES
+            .iter()
+            .position(|(c, _, _)| *c == code)
+            .unwrap_or(ERROR_CODES.len());
+        if let Some(counter) = self.errors.get(i) {
+            counter.increment(1);
+        }
+    }
+
+    /// Counts an admin action.
+    pub(crate) fn admin_action(&self, action: &str) {
+        if let Some((_, counter)) = self.admin.iter().find(|(a, _)| *a == action) {
+            counter.increment(1);
+        }
+    }
+}
+
+/// Records a duration in seconds.
+pub(crate) fn seconds(histogram: &Histogram, took: Duration) {
+    histogram.record(took.as_secs_f64());
+}
+
+thread_local! {
+    /// The metrics of the daemon this thread belongs to.
+    static CURRENT: RefCell<Option<Arc<Metrics>>> = const { RefCell::new(None) };
+}
+
+/// Makes this thread count its errors in `metrics` (called once by each daemon thread).
+pub(crate) fn enter(metrics: &Arc<Metrics>) {
+    CURRENT.with(|m| *m.borrow_mut() = Some(Arc::clone(metrics)));
+}
+
+/// Counts an error frame on this thread's daemon (nothing on a thread that did not enter).
+pub(crate) fn count_error(code: ErrorCode) {
+    CURRENT.with(|m| {
+        if let Some(metrics) = m.borrow().as_ref() {
+            metrics.error(code);
+        }
+    });
+}
+
+/// The process's resident set size in bytes (`VmRSS` of `/proc/self/status`), 0 when
+/// unreadable.
+pub(crate) fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_as_prometheus_text() {
+        let metrics = Arc::new(Metrics::new(2));
+        metrics.shards[1].deliveries.increment(3);
+        metrics.shards[0].requests[request_kind(&Request::Ping)].increment(1);
+        enter(&metrics);
+        count_error(ErrorCode::NOT_MEMBER);
+        count_error(ErrorCode(4242));
+        seconds(&metrics.storage.commit_seconds, Duration::from_millis(3));
+        metrics.upkeep();
+        let text = metrics.render();
+        assert!(
+            text.contains("chatd_deliveries_total{shard=\"1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatd_deliveries_total{shard=\"0\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatd_requests_total{shard=\"0\",request=\"ping\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatd_errors_total{code=\"NOT_MEMBER\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatd_errors_total{code=\"OTHER\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatd_storage_commit_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chatd_storage_commit_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE chatd_storage_commit_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("chatd_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn resident_memory_is_read() {
+        let rss = resident_bytes();
+        assert!(rss > 1 << 20, "{rss}");
+    }
+
+    #[test]
+    fn every_request_kind_has_its_own_name() {
+        let mut names = REQUESTS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), REQUESTS.len());
+    }
+}
