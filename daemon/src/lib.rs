@@ -29,6 +29,7 @@
 #![allow(unreachable_pub)] // crate-private modules keep `pub(crate)`-style `pub` items
 
 pub mod admin;
+pub mod backup;
 pub mod bridge;
 mod budget;
 pub mod config;

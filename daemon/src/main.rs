@@ -50,10 +50,27 @@ enum Command {
     /// Talk to a running daemon through its admin listener (`[admin]`): status,
     /// connections, kick, disable, enable, revoke, conversation, compact.
     Admin(AdminArgs),
+    /// Have the running daemon write an online backup of its data into DIR (a new folder
+    /// the daemon's user can write): a consistent RocksDB checkpoint, the files beside it,
+    /// and a manifest.
+    Backup {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// The new folder.
+        dir: PathBuf,
+    },
+    /// Restore a backup into an empty data directory (no daemon may run on it).
+    Restore {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The backup folder.
+        dir: PathBuf,
+    },
 }
 
+/// How `chatd admin` and `chatd backup` reach the admin listener.
 #[derive(clap::Args)]
-struct AdminArgs {
+struct AdminConn {
     /// Configuration file: where the admin listener is (`admin.listen`) and its token.
     #[arg(long, short, env = "CHATD_CONFIG", global = true)]
     config: Option<PathBuf>,
@@ -63,6 +80,12 @@ struct AdminArgs {
     /// Print the daemon's JSON answer instead of text.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    conn: AdminConn,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -199,6 +222,8 @@ fn main() -> ExitCode {
         Command::Token(args) => token(&args).unwrap_or_else(|code| code),
         Command::Bridge(BridgeCommand::Replay(args)) => replay(&args).unwrap_or_else(|code| code),
         Command::Admin(args) => admin(&args),
+        Command::Backup { conn, dir } => backup(&conn, &dir),
+        Command::Restore { config, dir } => restore(&config, &dir),
         Command::Run(args) => serve(&args),
     }
 }
@@ -392,19 +417,107 @@ fn reload(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
-/// `chatd admin`: one request to the admin listener. Exit code 0 when done, 69 when the
-/// daemon cannot be reached or refuses, 64 for a bad configuration.
-fn admin(args: &AdminArgs) -> ExitCode {
-    use chatd::admin::client;
+/// `chatd backup DIR`.
+fn backup(conn: &AdminConn, dir: &std::path::Path) -> ExitCode {
+    // The daemon runs elsewhere: it gets an absolute path.
+    let dir = match std::path::absolute(dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("chatd: {}: {e}", dir.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let body = serde_json::json!({ "dir": dir });
+    admin_call(
+        conn,
+        "POST",
+        "/v1/backup",
+        Some(&body),
+        chatd::admin::client::render_backup,
+    )
+}
+
+/// `chatd restore DIR`: offline, into the configured (or `--data-dir`) data directory.
+fn restore(args: &ConfigArgs, dir: &std::path::Path) -> ExitCode {
+    let config = match load(args, Overrides::default()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let data_dir = data_dir(&config);
+    match chatd::backup::restore(dir, &data_dir) {
+        Ok(manifest) => {
+            println!(
+                "restored {} into {}: store format {}, outbox head {}, bridge cursor {} (taken \
+                 by chatd {} at {} ms since the epoch)",
+                dir.display(),
+                data_dir.display(),
+                manifest.format,
+                manifest.outbox_head,
+                manifest.bridge_cursor,
+                manifest.chatd,
+                manifest.taken_at_ms
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: restore: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// One request to the admin listener; prints the answer with `render` (or as JSON). Exit
+/// code 0 when done, 69 when the daemon cannot be reached or refuses, 64 for a bad
+/// configuration.
+fn admin_call(
+    conn: &AdminConn,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    render: fn(&serde_json::Value) -> String,
+) -> ExitCode {
     let env = std::env::vars().filter(|(k, _)| k != "CHATD_CONFIG");
-    let (addr, token) = match chatd::config::Config::admin_endpoint(args.config.as_deref(), env) {
+    let (addr, token) = match chatd::config::Config::admin_endpoint(conn.config.as_deref(), env) {
         Ok(endpoint) => endpoint,
         Err(e) => {
             eprintln!("chatd: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let addr = args.addr.unwrap_or(addr);
+    let addr = conn.addr.unwrap_or(addr);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let token = (!token.is_empty()).then_some(token.as_str());
+    match runtime.block_on(chatd::admin::client::call(addr, token, method, path, body)) {
+        Ok(value) => {
+            if conn.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// `chatd admin`: one request to the admin listener.
+fn admin(args: &AdminArgs) -> ExitCode {
+    use chatd::admin::client;
     let user_path = |user: &str, action: &str| format!("/v1/users/{user}/{action}");
     let (method, path, render): (&str, String, fn(&serde_json::Value) -> String) = match &args
         .command
@@ -454,34 +567,7 @@ fn admin(args: &AdminArgs) -> ExitCode {
         eprintln!("chatd: {path:?}: names are letters, digits, '_', '-' and '.'");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("chatd: {e}");
-            return ExitCode::from(EXIT_UNAVAILABLE);
-        }
-    };
-    let token = (!token.is_empty()).then_some(token.as_str());
-    match runtime.block_on(client::call(addr, token, method, &path)) {
-        Ok(value) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).unwrap_or_default()
-                );
-            } else {
-                print!("{}", render(&value));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("chatd: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
+    admin_call(&args.conn, method, &path, None, render)
 }
 
 fn token(args: &TokenArgs) -> Result<ExitCode, ExitCode> {

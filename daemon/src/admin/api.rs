@@ -7,9 +7,10 @@
 //! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
 //! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
 //! | `POST /v1/users/NAME/enable` | lifts `disable` (tokens revoked stay revoked) |
-//! | `POST /v1/users/NAME/revoke` | refuses the tokens issued so far, closes its sessions |
+//! | `POST /v1/users/NAME/revoke` | refuses every token issued so far, closes its sessions |
 //! | `GET /v1/conversations/SPEC` | a conversation's head, members and markers; SPEC is `room:NAME`, `room:ID`, `dm:A:B` or `notes:A` |
 //! | `POST /v1/compact` | compacts the database |
+//! | `POST /v1/backup` `{"dir": PATH}` | writes a backup (`crate::backup`) into PATH, which must not exist |
 //!
 //! Every action is logged (target `chatd::admin`), counted (`chatd_admin_actions_total`) and,
 //! with the bridge on, published as an `admin.*` event. An account's restriction is
@@ -36,7 +37,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 
-pub(crate) async fn handle(state: &State, parts: &Parts, _body: &Bytes) -> Reply {
+pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply {
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     let segments: Vec<&str> = path
@@ -56,6 +57,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, _body: &Bytes) -> Reply
         (&Method::POST, ["users", name, action]) => user_action(state, name, action, query).await,
         (&Method::GET, ["conversations", spec]) => conversation(state, spec),
         (&Method::POST, ["compact"]) => compact(state).await,
+        (&Method::POST, ["backup"]) => backup(state, body).await,
         _ => Err((StatusCode::NOT_FOUND, "no such endpoint".to_owned())),
     };
     match result {
@@ -420,6 +422,53 @@ async fn compact(state: &State) -> Outcome {
     tracing::info!(target: "chatd::admin", action = "compact", took_ms = took.as_millis(), "admin action");
     state.shared.metrics.admin_action("compact");
     Ok(json!({ "action": "compact", "took_ms": took.as_millis() }))
+}
+
+async fn backup(state: &State, body: &Bytes) -> Outcome {
+    #[derive(serde::Deserialize)]
+    struct Ask {
+        dir: std::path::PathBuf,
+    }
+    let ask: Ask = serde_json::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    if !ask.dir.is_absolute() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the backup folder must be an absolute path".to_owned(),
+        ));
+    }
+    if ask.dir.exists() {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "{} exists: a backup goes into a new folder",
+                ask.dir.display()
+            ),
+        ));
+    }
+    let (store, data_dir, dir) = (state.store.clone(), state.data_dir.clone(), ask.dir.clone());
+    let started = Instant::now();
+    let manifest =
+        tokio::task::spawn_blocking(move || crate::backup::take(&store, &data_dir, &dir))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+    let took = started.elapsed();
+    tracing::info!(
+        target: "chatd::admin",
+        action = "backup",
+        dir = %ask.dir.display(),
+        took_ms = took.as_millis(),
+        outbox_head = manifest.outbox_head,
+        "admin action"
+    );
+    state.shared.metrics.admin_action("backup");
+    Ok(json!({
+        "action": "backup",
+        "dir": ask.dir.display().to_string(),
+        "took_ms": took.as_millis(),
+        "manifest": manifest,
+    }))
 }
 
 #[cfg(test)]

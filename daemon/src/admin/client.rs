@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 /// How long a command waits for the daemon (an action itself waits up to 10 s).
@@ -34,8 +34,8 @@ pub enum Error {
     Json(#[from] serde_json::Error),
 }
 
-/// Sends `method path` to the admin listener at `addr` (with `token` as bearer token) and
-/// returns the JSON answer.
+/// Sends `method path` (with `body` as JSON, if any) to the admin listener at `addr` (with
+/// `token` as bearer token) and returns the JSON answer.
 ///
 /// # Errors
 /// When the daemon cannot be reached, refuses, or answers something else than JSON.
@@ -44,8 +44,10 @@ pub async fn call(
     token: Option<&str>,
     method: &str,
     path: &str,
+    body: Option<&Value>,
 ) -> Result<Value, Error> {
-    tokio::time::timeout(TIMEOUT, call_once(addr, token, method, path))
+    let body = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+    tokio::time::timeout(TIMEOUT, call_once(addr, token, method, path, body))
         .await
         .map_err(|_| Error::Timeout)?
 }
@@ -55,6 +57,7 @@ async fn call_once(
     token: Option<&str>,
     method: &str,
     path: &str,
+    body: Bytes,
 ) -> Result<Value, Error> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -69,9 +72,10 @@ async fn call_once(
     if let Some(token) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new())?)
-        .await?;
+    if !body.is_empty() {
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let response = sender.send_request(request.body(Full::new(body))?).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     driver.abort();
@@ -238,6 +242,19 @@ pub fn render_action(v: &Value) -> String {
         );
     }
     out
+}
+
+/// `chatd backup`, for people.
+#[must_use]
+pub fn render_backup(v: &Value) -> String {
+    format!(
+        "backup written to {} in {} ms: store format {}, outbox head {}, bridge cursor {}\n",
+        str_of(v, "dir"),
+        num(v, "took_ms"),
+        num(&v["manifest"], "format"),
+        num(&v["manifest"], "outbox_head"),
+        num(&v["manifest"], "bridge_cursor"),
+    )
 }
 
 /// `chatd admin conversation`, for people.

@@ -96,7 +96,37 @@ pub enum Error {
     /// A column family is missing (cannot happen after a successful open).
     #[error("column family {0:?} missing")]
     MissingCf(Cf),
+    /// The store was written by a newer chatd, whose layout this one does not know.
+    #[error(
+        "the store has format {found}, newer than the {supported} this chatd reads: run the \
+         chatd that wrote it, or restore a backup taken before it ran"
+    )]
+    NewerFormat {
+        /// The stored format.
+        found: u32,
+        /// What this chatd reads and writes.
+        supported: u32,
+    },
+    /// A backup could not be taken or restored.
+    #[error("{0}")]
+    Backup(String),
 }
+
+/// `Cf::Meta` key of the store's format version (4 bytes, big-endian).
+pub const FORMAT_KEY: &[u8] = b"store.format";
+
+/// The store format this chatd writes. A store with a higher one is refused; a lower one is
+/// upgraded at open by the steps in [`UPGRADES`], each logged.
+///
+/// - 0: written before the format was stamped (chatd up to the admin listener's arrival).
+/// - 1: the same layout, stamped; `Cf::Meta` may hold account restrictions.
+pub const FORMAT: u32 = 1;
+
+/// The upgrade from each older format to the next: (from, what it changes, the step).
+type Upgrade = (u32, &'static str, fn(&Store) -> Result<(), Error>);
+
+/// Every upgrade step, in order.
+const UPGRADES: &[Upgrade] = &[(0, "stamps the format (the layout is unchanged)", |_| Ok(()))];
 
 /// An account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,8 +340,72 @@ impl Store {
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(cf.name(), cf_options)
         });
+        // A directory without RocksDB's CURRENT file is a new store.
+        let existed = dir.join("CURRENT").exists();
         let db = DB::open_cf_descriptors(&options, dir, cfs)?;
-        Ok(Store { db: Arc::new(db) })
+        let store = Store { db: Arc::new(db) };
+        let found = match store.format()? {
+            Some(found) => found,
+            None if existed => 0,
+            None => FORMAT,
+        };
+        if found > FORMAT {
+            return Err(Error::NewerFormat {
+                found,
+                supported: FORMAT,
+            });
+        }
+        for (from, what, step) in UPGRADES.iter().filter(|(from, _, _)| *from >= found) {
+            step(&store)?;
+            store.stamp(from + 1)?;
+            tracing::warn!(
+                from,
+                to = from + 1,
+                "upgraded the store format: {what}; a chatd older than this one cannot open it"
+            );
+        }
+        if !existed {
+            store.stamp(FORMAT)?;
+        }
+        Ok(store)
+    }
+
+    /// The stored format version (`None`: not stamped).
+    ///
+    /// # Errors
+    /// RocksDB errors, or a stamp that is not 4 bytes.
+    pub fn format(&self) -> Result<Option<u32>, Error> {
+        match self.get(Cf::Meta, FORMAT_KEY)? {
+            None => Ok(None),
+            Some(v) => <[u8; 4]>::try_from(v.as_slice())
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| Error::Corrupt {
+                    cf: Cf::Meta,
+                    message: "the format stamp is not 4 bytes".into(),
+                }),
+        }
+    }
+
+    /// Writes the format stamp (synced).
+    fn stamp(&self, format: u32) -> Result<(), Error> {
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Meta)?, FORMAT_KEY, format.to_be_bytes());
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Writes a consistent snapshot of the whole database into `dir` (which must not
+    /// exist): a RocksDB checkpoint, with the SST files hard-linked when `dir` is on the same
+    /// filesystem. Every write acknowledged before the call is in it. Works while the
+    /// storage thread writes.
+    ///
+    /// # Errors
+    /// When RocksDB cannot write the checkpoint.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), Error> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
     }
 
     /// Opens an existing database read-only, beside a daemon that may be running on it (it
@@ -323,7 +417,16 @@ impl Store {
         let options = Options::default();
         let names = Cf::ALL.iter().map(|cf| cf.name());
         let db = DB::open_cf_for_read_only(&options, dir, names, false)?;
-        Ok(Store { db: Arc::new(db) })
+        let store = Store { db: Arc::new(db) };
+        if let Some(found) = store.format()?
+            && found > FORMAT
+        {
+            return Err(Error::NewerFormat {
+                found,
+                supported: FORMAT,
+            });
+        }
+        Ok(store)
     }
 
     pub(crate) fn cf(&self, cf: Cf) -> Result<&ColumnFamily, Error> {
@@ -961,4 +1064,65 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, Error> {
 pub fn to_json<T: Serialize>(record: &T) -> Vec<u8> {
     // Plain structs of strings and integers always serialize.
     serde_json::to_vec(record).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_meta(store: &Store, key: &[u8], value: Option<&[u8]>) {
+        let cf = store.cf(Cf::Meta).unwrap();
+        match value {
+            Some(v) => store.db.put_cf(cf, key, v).unwrap(),
+            None => store.db.delete_cf(cf, key).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_new_store_is_stamped_an_old_one_upgraded_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.format().unwrap(), Some(FORMAT));
+        // As written before the stamp existed.
+        put_meta(&store, FORMAT_KEY, None);
+        put_meta(&store, b"kept", Some(b"yes"));
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.format().unwrap(), Some(FORMAT));
+        assert_eq!(
+            store.get(Cf::Meta, b"kept").unwrap().as_deref(),
+            Some(&b"yes"[..])
+        );
+        // As written by a newer chatd.
+        put_meta(&store, FORMAT_KEY, Some(&(FORMAT + 1).to_be_bytes()));
+        drop(store);
+        for refused in [Store::open(&path).err(), Store::open_read_only(&path).err()] {
+            match refused {
+                Some(Error::NewerFormat { found, supported }) => {
+                    assert_eq!((found, supported), (FORMAT + 1, FORMAT));
+                }
+                other => panic!("{:?}", other.map(|e| e.to_string())),
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_holds_every_write_before_it_and_opens_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        for i in 0u64..100 {
+            put_meta(&store, &i.to_be_bytes(), Some(b"v"));
+        }
+        let copy = dir.path().join("copy");
+        store.checkpoint(&copy).unwrap();
+        put_meta(&store, b"after", Some(b"v"));
+        drop(store);
+        let copy = Store::open_read_only(&copy).unwrap();
+        for i in 0u64..100 {
+            assert!(copy.get(Cf::Meta, &i.to_be_bytes()).unwrap().is_some());
+        }
+        assert!(copy.get(Cf::Meta, b"after").unwrap().is_none());
+        assert_eq!(copy.format().unwrap(), Some(FORMAT));
+    }
 }

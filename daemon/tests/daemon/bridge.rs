@@ -731,10 +731,15 @@ async fn admin_actions_are_published_after_they_took_effect() {
     let (_alice, a) = login(&daemon, "alice").await;
     let admin = daemon.admin_addr();
     for action in ["kick", "disable", "enable"] {
-        let answer =
-            chatd::admin::client::call(admin, None, "POST", &format!("/v1/users/alice/{action}"))
-                .await
-                .unwrap();
+        let answer = chatd::admin::client::call(
+            admin,
+            None,
+            "POST",
+            &format!("/v1/users/alice/{action}"),
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(answer["action"], action);
     }
     // alice's registration, then the three actions.
