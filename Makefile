@@ -27,8 +27,8 @@ all: test
 
 # What a fresh Debian machine lacks for this workspace: libclang for bindgen (rocksdb's
 # build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds, systemd's
-# tools for the unit checks.
-BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd
+# tools for the unit checks, promtool (Debian's prometheus package) for the alert rules.
+BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus
 bootstrap:
 	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
 
@@ -84,6 +84,8 @@ bench: bootstrap
 	./bench/nonreader.sh
 	./bench/flood.sh
 	./bench/reload.sh
+	./bench/metrics-cost.sh
+	./bench/metrics-plot.sh
 
 faults: bootstrap
 	./bench/faults.sh

@@ -2,13 +2,12 @@
 # release binaries, start a fresh server on a free loopback port, drive it with chat-loadgen,
 # stop it. Source it from the repository root.
 
-# build_release: builds chatd, chat-loadgen and the relay together (one package set, so
-# cargo's feature unification gives every script the same binaries and nothing is rebuilt
-# between them); sets chatd_bin, loadgen_bin and relay_bin.
+# build_release: builds the whole workspace in release (one package set, the same as `make
+# deb`: cargo's feature unification gives every script and the package the same binaries, and
+# RocksDB's C++ is built once); sets chatd_bin, loadgen_bin, relay_bin and the others.
 build_release() {
   local target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-  cargo build --release --locked -p chatd --bin chatd -p chat-loadgen --bin chat-loadgen \
-    -p chat-bench --bin relay --bin nonreader --bin flood --bin faults
+  cargo build --release --workspace --locked
   chatd_bin="$target_dir/release/chatd"
   loadgen_bin="$target_dir/release/chat-loadgen"
   relay_bin="$target_dir/release/relay"

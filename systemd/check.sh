@@ -4,7 +4,9 @@
 #      installed at /usr/bin/chatd in a scratch root, so ExecStart's path is checked too);
 #   2. `systemd-analyze security --offline=true` rates its exposure at most MAX_EXPOSURE;
 #   3. the packaged chatd.toml passes `chatd check-config`, with the token key credential the
-#      package generates and systemd's variables, as the unit would start it.
+#      package generates and systemd's variables, as the unit would start it;
+#   4. the Prometheus alert rules pass `promtool check rules` and their unit tests
+#      (`promtool test rules chatd-alerts.test.yml`), and the Grafana dashboard is JSON.
 # Usage: systemd/check.sh [path/to/chatd]   (default: $CARGO_TARGET_DIR/debug/chatd)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -15,6 +17,8 @@ chatd="$(realpath -m "${1:-$target/debug/chatd}")"
 cd "$here"
 [ -x "$chatd" ] || { echo "systemd/check: no chatd binary at $chatd (build it first)" >&2; exit 1; }
 command -v systemd-analyze >/dev/null || ../.ci/bootstrap systemd
+# Debian ships promtool in the prometheus package (its service is not needed or started).
+command -v promtool >/dev/null || ../.ci/bootstrap prometheus
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -50,4 +54,9 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$scratch/credentials/token
 CREDENTIALS_DIRECTORY="$scratch/credentials" STATE_DIRECTORY="$scratch/state" \
   "$chatd" check-config --config chatd.toml >/dev/null
 
-echo "systemd/check: chatd.service verifies, exposure $exposure (at most $MAX_EXPOSURE), packaged chatd.toml checks"
+# 4. alerts and dashboard.
+promtool check rules chatd-alerts.yml >/dev/null
+promtool test rules chatd-alerts.test.yml >/dev/null
+python3 -m json.tool grafana-dashboard.json >/dev/null
+
+echo "systemd/check: chatd.service verifies, exposure $exposure (at most $MAX_EXPOSURE), packaged chatd.toml checks, alert rules and their tests pass"

@@ -49,12 +49,12 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> store::Error {
 /// When `dir` exists or cannot be written, or the checkpoint fails; a partial backup is
 /// removed.
 pub fn take(store: &Store, data_dir: &Path, dir: &Path) -> Result<Manifest, store::Error> {
-    if dir.exists() {
-        return Err(failed("refusing to write into", dir, "it exists"));
-    }
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| failed("cannot create", parent, e))?;
     }
+    // Created here, atomically: a folder that exists (another backup's) is never touched,
+    // and only what this call created is removed when it fails.
+    std::fs::create_dir(dir).map_err(|e| failed("refusing to write into", dir, e))?;
     let taken_at_ms = crate::shard::now_ms().0;
     let result = write(store, data_dir, dir, taken_at_ms);
     if result.is_err() {
@@ -69,7 +69,6 @@ fn write(
     dir: &Path,
     taken_at_ms: u64,
 ) -> Result<Manifest, store::Error> {
-    std::fs::create_dir(dir).map_err(|e| failed("cannot create", dir, e))?;
     store.checkpoint(&dir.join("db"))?;
     let mut beside = Vec::new();
     for name in BESIDE {
@@ -123,6 +122,21 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<Manifest, store::Error>
             supported: store::FORMAT,
         });
     }
+    // Only the folders a backup may carry, whatever the manifest says.
+    if let Some(name) = manifest
+        .beside
+        .iter()
+        .find(|n| !BESIDE.contains(&n.as_str()))
+    {
+        return Err(failed(
+            &format!("unexpected folder {name:?} in the manifest of"),
+            backup,
+            "not restored",
+        ));
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| failed("cannot create", data_dir, e))?;
+    let _lock = crate::guard::DataDirLock::acquire(data_dir)
+        .map_err(|e| store::Error::Backup(e.to_string()))?;
     let db = data_dir.join("db");
     if db.exists() {
         return Err(failed(
@@ -131,9 +145,6 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<Manifest, store::Error>
             "restore into an empty data directory",
         ));
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| failed("cannot create", data_dir, e))?;
-    let _lock = crate::guard::DataDirLock::acquire(data_dir)
-        .map_err(|e| store::Error::Backup(e.to_string()))?;
     let mut copied = vec![db.clone()];
     let mut result = copy_dir(&backup.join("db"), &db);
     for name in &manifest.beside {

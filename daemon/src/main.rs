@@ -559,13 +559,35 @@ fn admin(args: &AdminArgs) -> ExitCode {
             format!("compacted in {} ms\n", v["took_ms"])
         }),
     };
-    // Names and specs go into the path as they are: refuse what would need escaping.
-    if !path
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/_-.:?=&".contains(&b))
-    {
-        eprintln!("chatd: {path:?}: names are letters, digits, '_', '-' and '.'");
-        return ExitCode::from(EXIT_CONFIG);
+    // Names go into the path as they are: each must be a valid name (nothing to escape,
+    // nothing that could change the path).
+    let names: Vec<&str> = match &args.command {
+        AdminCommand::Status | AdminCommand::Compact => Vec::new(),
+        AdminCommand::Connections { user } => user.iter().map(String::as_str).collect(),
+        AdminCommand::Kick { user, .. }
+        | AdminCommand::Disable { user }
+        | AdminCommand::Enable { user }
+        | AdminCommand::Revoke { user } => vec![user.as_str()],
+        AdminCommand::Conversation { spec } => spec
+            .trim_start_matches('#')
+            .split(':')
+            .filter(|part| !matches!(*part, "room" | "dm" | "notes"))
+            .collect(),
+    };
+    for name in names {
+        let room = matches!(&args.command, AdminCommand::Conversation { spec } if spec.starts_with('#') || spec.starts_with("room:"));
+        let valid = if room {
+            chat_protocol::names::check_room_name(name).is_ok() || name.parse::<u64>().is_ok()
+        } else {
+            chat_protocol::names::check_user_name(name).is_ok()
+        };
+        if !valid {
+            eprintln!(
+                "chatd: {name:?} is not a valid {} name",
+                if room { "room" } else { "user" }
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     admin_call(&args.conn, method, &path, None, render)
 }

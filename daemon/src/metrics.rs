@@ -159,7 +159,7 @@ pub(crate) struct StorageMetrics {
     pub(crate) group_size: Histogram,
     /// From the group's oldest request entering the queue to the group's write returning.
     pub(crate) commit_seconds: Histogram,
-    /// The group's write (WAL append and memtable), without the sync.
+    /// The group's RocksDB write: WAL append and sync, memtable.
     pub(crate) write_seconds: Histogram,
     /// RocksDB's WAL write of the group with its fsync (durability `fsync` only).
     pub(crate) fsync_seconds: Histogram,
@@ -437,7 +437,7 @@ impl Metrics {
         r.describe_histogram(
             "chatd_storage_write_seconds",
             seconds,
-            "A group's RocksDB write (WAL append and memtable), without the sync.",
+            "A group's RocksDB write, from the first key read for a unique name to the write's return (WAL append and fsync, memtable).",
         );
         r.describe_histogram(
             "chatd_storage_fsync_seconds",

@@ -315,6 +315,7 @@ impl Daemon {
                 store: admin_store,
                 bridge: Arc::clone(&daemon.bridge_stats),
                 data_dir: daemon.data_dir.clone(),
+                actions: tokio::sync::Mutex::new(()),
             };
             match crate::admin::Admin::start(listener, state) {
                 Ok(admin) => daemon.admin = Some(admin),

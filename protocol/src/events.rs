@@ -99,18 +99,20 @@ pub enum EventKind {
         /// The new high-water mark: everything up to and including this entry.
         up_to: Seq,
     },
-    /// 5. An operator acted on an account (`admin.*`: kick, disable, enable, revoke).
+    /// 5. An operator acted (`admin.*`: kick, disable, enable, revoke, compact, backup).
     AdminAction {
-        /// `kick`, `disable`, `enable` or `revoke`.
+        /// `kick`, `disable`, `enable`, `revoke`, `compact` or `backup`.
         action: String,
-        /// The account.
-        user: UserId,
+        /// The account, for an account's action.
+        user: Option<UserId>,
         /// Its name.
-        name: String,
+        name: Option<String>,
         /// The one device a kick was for, if only one.
         device: Option<crate::DeviceId>,
         /// Connections the action closed.
         closed: u32,
+        /// For a backup: the folder.
+        detail: Option<String>,
     },
 }
 

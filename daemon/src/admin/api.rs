@@ -3,7 +3,7 @@
 //! | Method and path | Does |
 //! |---|---|
 //! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge |
-//! | `GET /v1/connections[?user=NAME]` | every connection (or one user's), from every shard |
+//! | `GET /v1/connections[?user=NAME][&limit=N]` | the connections (or one user's), from every shard: the count, and up to N (1 000; at most 10 000) listed |
 //! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
 //! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
 //! | `POST /v1/users/NAME/enable` | lifts `disable` (tokens revoked stay revoked) |
@@ -47,13 +47,24 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
         .collect();
     let result = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["status"]) => Ok(status(state)),
-        (&Method::GET, ["connections"]) => match param(query, "user") {
-            Some(name) => match user(state, name) {
-                Ok((id, _)) => connections(state, Some(id)).await,
-                Err(e) => Err(e),
-            },
-            None => connections(state, None).await,
-        },
+        (&Method::GET, ["connections"]) => {
+            let limit = match param(query, "limit").map(str::parse::<usize>) {
+                None => Ok(LIST_DEFAULT),
+                Some(Ok(n)) if (1..=LIST_MAX).contains(&n) => Ok(n),
+                Some(_) => Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be 1 to {LIST_MAX}"),
+                )),
+            };
+            match (limit, param(query, "user")) {
+                (Err(e), _) => Err(e),
+                (Ok(limit), Some(name)) => match user(state, name) {
+                    Ok((id, _)) => connections(state, Some(id), limit).await,
+                    Err(e) => Err(e),
+                },
+                (Ok(limit), None) => connections(state, None, limit).await,
+            }
+        }
         (&Method::POST, ["users", name, action]) => user_action(state, name, action, query).await,
         (&Method::GET, ["conversations", spec]) => conversation(state, spec),
         (&Method::POST, ["compact"]) => compact(state).await,
@@ -102,6 +113,8 @@ fn status(state: &State) -> Value {
     let head = shared.outbox.seq.load(Ordering::Acquire);
     let confirmed = state.bridge.confirmed.load(Ordering::Acquire);
     let readiness = super::readiness(shared);
+    let open: usize = per_shard.iter().sum();
+    let sessions = shared.sessions.load(Ordering::Acquire).min(open);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": shared.started.elapsed().as_secs(),
@@ -112,9 +125,13 @@ fn status(state: &State) -> Value {
         "listen": config.listen.to_string(),
         "data_dir": state.data_dir.display().to_string(),
         "connections": {
-            "open": per_shard.iter().sum::<usize>(),
-            "authenticated": shared.sessions.load(Ordering::Acquire),
-            "unauthenticated": shared.unauthenticated.load(Ordering::Acquire),
+            "open": open,
+            "authenticated": sessions,
+            "unauthenticated": open.saturating_sub(sessions),
+            "handshaking": shared
+                .unauthenticated
+                .load(Ordering::Acquire)
+                .saturating_sub(open.saturating_sub(sessions)),
             "per_shard": per_shard,
             "refused": shared.refused.load(Ordering::Relaxed),
         },
@@ -140,78 +157,103 @@ fn status(state: &State) -> Value {
     })
 }
 
-/// Pushes one message per shard (retrying a full inbox for up to [`WAIT`]) and collects the
-/// answers.
+/// Pushes one message to every shard (retrying a full inbox until [`WAIT`] has passed) and
+/// collects the answers; every shard is asked, whatever happens to the others. Returns the
+/// answers and how many shards did not answer (a full inbox, a stopped shard, no answer in
+/// time).
 async fn ask_every_shard<T>(
     state: &State,
     make: impl Fn(tokio::sync::oneshot::Sender<T>) -> AdminOp,
-) -> Result<Vec<T>, (StatusCode, String)> {
+) -> (Vec<T>, usize) {
     let deadline = Instant::now() + WAIT;
     let mut answers = Vec::new();
+    let mut missing = 0;
     for inbox in &state.shared.inboxes {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut msg = ShardMsg::Admin(make(tx));
-        loop {
+        let told = loop {
             match inbox.push(msg) {
-                Ok(()) => break,
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(unavailable("a shard's inbox stayed full"));
-                }
+                Ok(()) => break true,
+                Err(_) if Instant::now() >= deadline => break false,
                 Err(back) => {
                     msg = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
+        };
+        if told {
+            answers.push(rx);
+        } else {
+            missing += 1;
         }
-        answers.push(rx);
     }
     let mut results = Vec::with_capacity(answers.len());
     for rx in answers {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, rx).await {
             Ok(Ok(answer)) => results.push(answer),
-            Ok(Err(_)) => return Err(unavailable("a shard stopped")),
-            Err(_) => return Err(unavailable("a shard did not answer in time")),
+            Ok(Err(_)) | Err(_) => missing += 1,
         }
     }
-    Ok(results)
+    (results, missing)
 }
 
-async fn connections(state: &State, user: Option<UserId>) -> Outcome {
-    let lists = ask_every_shard(state, |reply| AdminOp::Connections { user, reply }).await?;
-    let all: Vec<_> = lists.into_iter().flatten().collect();
-    Ok(json!({ "count": all.len(), "connections": all }))
+/// Connections listed at most, by default and at all (`?limit=`).
+const LIST_DEFAULT: usize = 1_000;
+const LIST_MAX: usize = 10_000;
+
+async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outcome {
+    let (lists, missing) =
+        ask_every_shard(state, |reply| AdminOp::Connections { user, limit, reply }).await;
+    let total: usize = lists.iter().map(|(total, _)| total).sum();
+    let mut all: Vec<_> = lists.into_iter().flat_map(|(_, list)| list).collect();
+    all.truncate(limit);
+    Ok(json!({
+        "count": total,
+        "listed": all.len(),
+        "shards_not_answering": missing,
+        "connections": all,
+    }))
 }
 
-/// Closes the sessions of `user` (of `device` only, when given) on every shard.
+/// Closes the sessions of `user` (of `device` only, when given) on every shard; returns how
+/// many closed and how many shards could not be told.
 async fn close_sessions(
     state: &State,
     user: UserId,
     device: Option<DeviceId>,
     code: GoodbyeCode,
     reason: &'static str,
-) -> Result<usize, (StatusCode, String)> {
-    let closed = ask_every_shard(state, |reply| AdminOp::Close {
+) -> (usize, usize) {
+    let (closed, missing) = ask_every_shard(state, |reply| AdminOp::Close {
         user,
         device,
         code,
         reason,
         reply,
     })
-    .await?;
-    Ok(closed.into_iter().sum())
+    .await;
+    (closed.into_iter().sum(), missing)
 }
 
-/// Commits `batch` through the storage thread and waits for it.
-async fn commit(state: &State, batch: Batch) -> Result<(), (StatusCode, String)> {
+/// Commits `batch` through the storage thread and waits for it; once it committed, puts
+/// `restriction` (if any) in place, on the storage thread, whether or not this still waits.
+async fn commit(
+    state: &State,
+    batch: Batch,
+    restriction: Option<(UserId, Restriction)>,
+) -> Result<(), (StatusCode, String)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let done = Done {
         shared: Arc::clone(&state.shared),
         shard: 0,
-        then: DoneThen::Admin(tx),
+        then: DoneThen::Admin {
+            restriction,
+            reply: tx,
+        },
     };
     if state.shared.writer.submit(batch, done).is_err() {
-        return Err(unavailable("the storage queue is full"));
+        return Err(unavailable("the storage queue is full or storage stopped"));
     }
     match tokio::time::timeout(WAIT, rx).await {
         Ok(Ok(Ok(()))) => Ok(()),
@@ -224,6 +266,8 @@ async fn commit(state: &State, batch: Batch) -> Result<(), (StatusCode, String)>
 async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Outcome {
     let (id, name) = user(state, name)?;
     let shared = &state.shared;
+    // One account action at a time: each reads the restriction the previous one left.
+    let _serial = state.actions.lock().await;
     let before = shared.restriction(id);
     let now = crate::unix_now();
     // Tokens issued in this second or before are refused from now on.
@@ -276,26 +320,21 @@ async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Ou
         }
         None => None,
     };
-    // The restriction is durable before it applies, and applies before sessions close.
-    let mut batch = Batch::default();
+    // The restriction is durable before it applies (the storage thread puts it in place
+    // after the commit), and applies before sessions close.
     if let Some(after) = after {
+        let mut batch = Batch::default();
         let value = serde_json::to_vec(&after).map_err(unavailable)?;
         if after == Restriction::default() {
             batch.delete(Cf::Meta, crate::store::restriction_key(id));
         } else {
             batch.put(Cf::Meta, crate::store::restriction_key(id), value);
         }
-        commit(state, std::mem::take(&mut batch)).await?;
-        let map = shared.restrictions.pin();
-        if after == Restriction::default() {
-            map.remove(&id);
-        } else {
-            map.insert(id, after);
-        }
+        commit(state, batch, Some((id, after))).await?;
     }
-    let closed = match code {
-        Some(code) => close_sessions(state, id, device, code, reason).await?,
-        None => 0,
+    let (closed, missing) = match code {
+        Some(code) => close_sessions(state, id, device, code, reason).await,
+        None => (0, 0),
     };
     let closed32 = u32::try_from(closed).unwrap_or(u32::MAX);
     tracing::info!(
@@ -307,20 +346,26 @@ async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Ou
         closed,
         "admin action"
     );
-    shared.metrics.admin_action(action);
-    if shared.config().bridge.enabled() {
-        batch.event(outbox::Event::AdminAction {
+    if missing > 0 {
+        tracing::warn!(
+            target: "chatd::admin",
+            action,
+            shards = missing,
+            "some shards could not be told to close the sessions; run the action again"
+        );
+    }
+    publish(
+        state,
+        outbox::Event::AdminAction {
             action: action.to_owned(),
-            user: id,
-            name: name.clone(),
+            user: Some(id),
+            name: Some(name.clone()),
             device: device.map(|d| d.0),
             closed: closed32,
-        });
-        // The action took effect; a failed event is reported, not undone.
-        if let Err((_, e)) = commit(state, batch).await {
-            tracing::error!(target: "chatd::admin", action, error = %e, "the admin event was not written");
-        }
-    }
+            detail: None,
+        },
+    )
+    .await;
     let restriction = shared.restriction(id);
     Ok(json!({
         "action": action,
@@ -328,9 +373,28 @@ async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Ou
         "name": name,
         "device": device.map(|d| d.0),
         "closed": closed,
+        "shards_not_answering": missing,
         "disabled": restriction.disabled,
         "tokens_from": restriction.tokens_from,
     }))
+}
+
+/// Counts an action that took effect and, with the bridge on, publishes its event (a failed
+/// write is logged: the action is not undone).
+async fn publish(state: &State, event: outbox::Event) {
+    let outbox::Event::AdminAction { action, .. } = &event else {
+        return;
+    };
+    let action = action.clone();
+    state.shared.metrics.admin_action(&action);
+    if !state.shared.config().bridge.enabled() {
+        return;
+    }
+    let mut batch = Batch::default();
+    batch.event(event);
+    if let Err((_, e)) = commit(state, batch, None).await {
+        tracing::error!(target: "chatd::admin", action, error = %e, "the admin event was not written");
+    }
 }
 
 /// Parses `room:NAME`, `room:ID`, `dm:A:B` or `notes:A` (user names).
@@ -420,7 +484,18 @@ async fn compact(state: &State) -> Outcome {
         .map_err(unavailable)?;
     let took = started.elapsed();
     tracing::info!(target: "chatd::admin", action = "compact", took_ms = took.as_millis(), "admin action");
-    state.shared.metrics.admin_action("compact");
+    publish(
+        state,
+        outbox::Event::AdminAction {
+            action: "compact".to_owned(),
+            user: None,
+            name: None,
+            device: None,
+            closed: 0,
+            detail: None,
+        },
+    )
+    .await;
     Ok(json!({ "action": "compact", "took_ms": took.as_millis() }))
 }
 
@@ -462,7 +537,18 @@ async fn backup(state: &State, body: &Bytes) -> Outcome {
         outbox_head = manifest.outbox_head,
         "admin action"
     );
-    state.shared.metrics.admin_action("backup");
+    publish(
+        state,
+        outbox::Event::AdminAction {
+            action: "backup".to_owned(),
+            user: None,
+            name: None,
+            device: None,
+            closed: 0,
+            detail: Some(ask.dir.display().to_string()),
+        },
+    )
+    .await;
     Ok(json!({
         "action": "backup",
         "dir": ask.dir.display().to_string(),

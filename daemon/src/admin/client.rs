@@ -8,8 +8,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
-/// How long a command waits for the daemon (an action itself waits up to 10 s).
+/// How long a question waits for the daemon (an account action itself waits up to 10 s).
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a compaction or a backup may take.
+const LONG_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +26,8 @@ pub enum Error {
     #[error("admin request: {0}")]
     Request(#[from] hyper::http::Error),
     /// No answer in time.
-    #[error("the daemon did not answer within {} s", TIMEOUT.as_secs())]
-    Timeout,
+    #[error("the daemon did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
     /// The daemon refused (the status and its reason).
     #[error("{0}: {1}")]
     Refused(u16, String),
@@ -46,10 +48,20 @@ pub async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, Error> {
-    let body = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
-    tokio::time::timeout(TIMEOUT, call_once(addr, token, method, path, body))
+    // Actions always carry a JSON body (an empty object when they need nothing).
+    let body = match (method, body) {
+        (_, Some(v)) => Bytes::from(v.to_string()),
+        ("GET", None) => Bytes::new(),
+        (_, None) => Bytes::from_static(b"{}"),
+    };
+    let timeout = if matches!(path, "/v1/compact" | "/v1/backup") {
+        LONG_TIMEOUT
+    } else {
+        TIMEOUT
+    };
+    tokio::time::timeout(timeout, call_once(addr, token, method, path, body))
         .await
-        .map_err(|_| Error::Timeout)?
+        .map_err(|_| Error::Timeout(timeout))?
 }
 
 async fn call_once(
@@ -135,10 +147,11 @@ pub fn render_status(v: &Value) -> String {
         c["per_shard"]
     );
     out += &format!(
-        "connections  {} open, {} authenticated, {} unauthenticated, {} refused since start\n",
+        "connections  {} open, {} authenticated, {} unauthenticated, {} in their handshake, {} refused since start\n",
         num(c, "open"),
         num(c, "authenticated"),
         num(c, "unauthenticated"),
+        num(c, "handshaking"),
         num(c, "refused")
     );
     out += &format!(

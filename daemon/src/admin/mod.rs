@@ -51,6 +51,8 @@ pub(crate) struct State {
     pub(crate) store: Store,
     pub(crate) bridge: Arc<BridgeStats>,
     pub(crate) data_dir: std::path::PathBuf,
+    /// Held by each account action from reading the restriction to its commit.
+    pub(crate) actions: tokio::sync::Mutex<()>,
 }
 
 /// The running admin thread.
@@ -91,6 +93,9 @@ impl Admin {
                     }
                 };
                 runtime.block_on(serve(listener, Arc::new(state), &stopped));
+                // A compaction or backup still running on the blocking pool is not waited
+                // for: the stop must not hang on it (its thread ends with the process).
+                runtime.shutdown_timeout(Duration::from_secs(1));
             })?;
         tracing::info!(%addr, "admin listener up: /metrics, /healthz, /readyz, /v1/");
         Ok(Admin {
@@ -120,8 +125,16 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: &tokio:
         Err(e) => return tracing::error!(error = %e, "the admin listener cannot start"),
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut upkeep = tokio::time::interval(UPKEEP);
     let local = tokio::task::LocalSet::new();
+    // Its own task: it runs while every connection slot is taken too.
+    let metrics = Arc::clone(&state.shared.metrics);
+    local.spawn_local(async move {
+        let mut upkeep = tokio::time::interval(UPKEEP);
+        loop {
+            upkeep.tick().await;
+            metrics.upkeep();
+        }
+    });
     local
         .run_until(async {
             loop {
@@ -141,10 +154,6 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: &tokio:
                             continue;
                         }
                     },
-                    _ = upkeep.tick() => {
-                        state.shared.metrics.upkeep();
-                        continue;
-                    }
                     () = stop.notified() => return,
                 };
                 let state = Arc::clone(&state);
@@ -219,6 +228,11 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             "text/plain; version=0.0.4; charset=utf-8",
             scrape(state),
         ),
+        (_, p) if p.starts_with("/v1/") && from_a_browser(state, &request) => failure(
+            StatusCode::FORBIDDEN,
+            "without admin.token, the API takes requests to a loopback Host only, and actions \
+             with Content-Type: application/json only",
+        ),
         (_, p) if p.starts_with("/v1/") => {
             let (parts, body) = request.into_parts();
             let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -244,8 +258,40 @@ fn authorized(state: &State, request: &Request<Incoming>) -> bool {
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, given)| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Whether a request to the admin API could come from a web page in a browser on this
+/// host: without a token, the API answers only requests whose `Host` is a loopback address
+/// (DNS rebinding sends a foreign name) and actions only with a JSON body type (a page
+/// cannot send one to another origin without a preflight, which this server never grants).
+fn from_a_browser(state: &State, request: &Request<Incoming>) -> bool {
+    if !state.shared.config().admin.token.expose().is_empty() {
+        return false;
+    }
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let loopback = name == "localhost"
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let json = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    !loopback || (request.method() != Method::GET && !json)
 }
 
 /// Compares without stopping at the first difference.

@@ -297,12 +297,14 @@ pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: Strin
     let submitted = shard.shared.passwords.submit(move |store| {
         let frame = match store.user_by_name(&name) {
             Ok(None) => error(origin.request, ErrorCode::UNKNOWN_USER, ""),
-            Ok(Some(record)) if shared.restriction(record.id).disabled => {
-                error(origin.request, ErrorCode::ACCOUNT_DISABLED, "")
-            }
             Ok(Some(record)) => match record.password_hash.as_deref().map(PasswordHash::new) {
+                // Said only to who knows the password.
                 Some(Ok(hash)) if Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() => {
-                    response(origin.request, Response::Token(grant(&shared, record.id, &record.name)))
+                    if shared.restriction(record.id).disabled {
+                        error(origin.request, ErrorCode::ACCOUNT_DISABLED, "")
+                    } else {
+                        response(origin.request, Response::Token(grant(&shared, record.id, &record.name)))
+                    }
                 }
                 Some(Ok(_)) => error(origin.request, ErrorCode::WRONG_PASSWORD, ""),
                 None => error(origin.request, ErrorCode::WRONG_PASSWORD, "this account signs in with tokens from its app, not a password"),

@@ -1474,20 +1474,29 @@ pub(crate) struct ConnInfo {
     pub(crate) lagged: bool,
 }
 
-/// This shard's connections (those of `user` only, when given), by id.
-pub(crate) fn list(shard: &Shard, user: Option<UserId>) -> Vec<ConnInfo> {
+/// How many connections this shard holds (of `user` only, when given), and the `limit`
+/// oldest of them.
+pub(crate) fn list(shard: &Shard, user: Option<UserId>, limit: usize) -> (usize, Vec<ConnInfo>) {
     let conns = shard.conns.borrow();
-    let mut list: Vec<ConnInfo> = conns
+    let mut chosen: Vec<&Rc<Conn>> = conns
         .map
         .values()
-        .filter_map(|conn| {
+        .filter(|conn| {
+            user.is_none() || conn.state.borrow().session.as_ref().map(|s| s.user) == user
+        })
+        .collect();
+    let total = chosen.len();
+    if chosen.len() > limit {
+        chosen.select_nth_unstable_by_key(limit, |c| c.id);
+        chosen.truncate(limit);
+    }
+    let mut list: Vec<ConnInfo> = chosen
+        .into_iter()
+        .map(|conn| {
             let state = conn.state.borrow();
             let session = state.session.as_ref();
-            if user.is_some() && session.map(|s| s.user) != user {
-                return None;
-            }
             let out = conn.out.borrow();
-            Some(ConnInfo {
+            ConnInfo {
                 shard: shard.id,
                 id: conn.id.0,
                 remote: conn.quic.remote_address(),
@@ -1504,11 +1513,11 @@ pub(crate) fn list(shard: &Shard, user: Option<UserId>) -> Vec<ConnInfo> {
                 queued_frames: out.frames.len(),
                 queued_bytes: out.bytes,
                 lagged: out.lagged,
-            })
+            }
         })
         .collect();
     list.sort_by_key(|c| c.id);
-    list
+    (total, list)
 }
 
 /// Closes this shard's connections of `user` (of its device `device` only, when given)

@@ -151,10 +151,11 @@ pub(crate) enum ShardMsg {
 
 /// An operator's request to one shard, answered on `reply`.
 pub(crate) enum AdminOp {
-    /// List the shard's connections (of `user` only, when given).
+    /// Count the shard's connections (of `user` only, when given) and list `limit` of them.
     Connections {
         user: Option<UserId>,
-        reply: tokio::sync::oneshot::Sender<Vec<conn::ConnInfo>>,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<(usize, Vec<conn::ConnInfo>)>,
     },
     /// Close the shard's connections of `user` (of its `device` only, when given).
     Close {
@@ -302,8 +303,12 @@ pub(crate) enum DoneThen {
     Conversation(ConversationId),
     /// An account creation (register, or first sight of a backend-minted token).
     Account(accounts::AccountWrite),
-    /// An operator's write (the admin listener waits for it).
-    Admin(tokio::sync::oneshot::Sender<Result<(), WriteError>>),
+    /// An operator's write (the admin listener waits for it); once committed, the
+    /// account restriction it wrote is put in place here, whether or not anyone still waits.
+    Admin {
+        restriction: Option<(UserId, crate::store::Restriction)>,
+        reply: tokio::sync::oneshot::Sender<Result<(), WriteError>>,
+    },
 }
 
 impl Completion for Done {
@@ -317,7 +322,15 @@ impl Completion for Done {
                 accounts::account_written(&self.shared, write, result);
                 return;
             }
-            DoneThen::Admin(reply) => {
+            DoneThen::Admin { restriction, reply } => {
+                if let (Ok(()), Some((user, restriction))) = (&result, restriction) {
+                    let map = self.shared.restrictions.pin();
+                    if restriction == crate::store::Restriction::default() {
+                        map.remove(&user);
+                    } else {
+                        map.insert(user, restriction);
+                    }
+                }
                 let _ = reply.send(result);
                 return;
             }
@@ -577,8 +590,8 @@ impl Shard {
                 subscribe,
                 unsubscribe,
             } => conn::presence(self, origin, subscribe, unsubscribe),
-            ShardMsg::Admin(AdminOp::Connections { user, reply }) => {
-                let _ = reply.send(conn::list(self, user));
+            ShardMsg::Admin(AdminOp::Connections { user, limit, reply }) => {
+                let _ = reply.send(conn::list(self, user, limit));
             }
             ShardMsg::Admin(AdminOp::Close {
                 user,

@@ -340,8 +340,13 @@ impl Store {
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(cf.name(), cf_options)
         });
-        // A directory without RocksDB's CURRENT file is a new store.
+        // A directory without RocksDB's CURRENT file is a new store. An existing one is
+        // checked read-only first: a store of a newer format is refused before this chatd
+        // writes anything into it (or trips over a column family it does not know).
         let existed = dir.join("CURRENT").exists();
+        if existed {
+            drop(Store::open_read_only(dir)?);
+        }
         let db = DB::open_cf_descriptors(&options, dir, cfs)?;
         let store = Store { db: Arc::new(db) };
         let found = match store.format()? {
@@ -384,6 +389,19 @@ impl Store {
                     message: "the format stamp is not 4 bytes".into(),
                 }),
         }
+    }
+
+    /// Writes the time into `Cf::Meta` `store.probe` with `options`: whether the disk takes
+    /// writes again (the storage thread, while commits fail and nobody writes).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub(crate) fn probe(&self, options: &rocksdb::WriteOptions) -> Result<(), Error> {
+        let mut batch = rocksdb::WriteBatch::default();
+        let now = crate::shard::now_ms().0;
+        batch.put_cf(self.cf(Cf::Meta)?, b"store.probe", now.to_be_bytes());
+        self.db.write_opt(batch, options)?;
+        Ok(())
     }
 
     /// Writes the format stamp (synced).

@@ -90,27 +90,32 @@ pub enum Event {
         /// The new high-water mark: everything up to and including this entry.
         up_to: Seq,
     },
-    /// An operator acted on an account (`chatd admin`).
+    /// An operator acted (`chatd admin`, `chatd backup`).
     #[serde(rename = "admin.action")]
     AdminAction {
-        /// `kick`, `disable`, `enable` or `revoke`.
+        /// `kick`, `disable`, `enable`, `revoke`, `compact` or `backup`.
         action: String,
-        /// The account.
-        user: UserId,
+        /// The account, for an account's action.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
         /// Its name.
-        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// The one device a kick was for, if only one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<u64>,
         /// Connections the action closed.
         closed: u32,
+        /// For a backup: the folder.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
 }
 
 impl Event {
     /// The AMQP routing key: `message.created.room|direct|notes`, `membership.changed.room`,
     /// `room.created`, `user.registered`, `marker.moved.delivered|read`,
-    /// `admin.kick|disable|enable|revoke`.
+    /// `admin.kick|disable|enable|revoke|compact|backup`.
     #[must_use]
     pub fn routing_key(&self) -> String {
         match self {
@@ -415,12 +420,14 @@ impl Record {
                 name,
                 device,
                 closed,
+                detail,
             } => events::EventKind::AdminAction {
                 action: action.clone(),
                 user: *user,
                 name: name.clone(),
                 device: device.map(chat_protocol::DeviceId),
                 closed: *closed,
+                detail: detail.clone(),
             },
         };
         Ok(events::EventRecord {

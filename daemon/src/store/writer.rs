@@ -168,14 +168,7 @@ pub fn spawn<C: Completion>(
         .name("storage".into())
         .spawn(move || {
             crate::metrics::enter(&metrics);
-            run(
-                &store,
-                durability,
-                max_group,
-                &rx,
-                &outbox,
-                &metrics.storage,
-            );
+            run(&store, durability, max_group, &rx, &outbox, &metrics);
         })?;
     Ok((Writer { tx }, handle))
 }
@@ -186,9 +179,11 @@ fn run<C: Completion>(
     max_group: usize,
     rx: &Receiver<Request<C>>,
     outbox: &OutboxHead,
-    metrics: &crate::metrics::StorageMetrics,
+    all_metrics: &crate::metrics::Metrics,
 ) {
+    use crossbeam_channel::RecvTimeoutError;
     use std::sync::atomic::Ordering;
+    let metrics = &all_metrics.storage;
     // RocksDB's timers for this thread only: how long each group's WAL write (with its
     // fsync) takes, for `chatd_storage_fsync_seconds`. A few clock reads per group.
     rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::EnableTimeExceptForMutex);
@@ -200,7 +195,35 @@ fn run<C: Completion>(
     let mut claimed = HashSet::new();
     let mut slow = SlowWrites::default();
     let mut failed = FailedWrites::default();
-    while let Ok(first) = rx.recv() {
+    let mut upkept = Instant::now();
+    loop {
+        // While commits fail, an idle storage thread probes the disk itself: the daemon
+        // must not stay unready (`/readyz`) because nobody writes.
+        let first = if metrics.failing.load(Ordering::Acquire) {
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(request) => request,
+                Err(RecvTimeoutError::Timeout) => {
+                    let outcome = store
+                        .probe(&options)
+                        .map_err(|e| WriteError::Storage(e.to_string()));
+                    metrics.failing.store(outcome.is_err(), Ordering::Release);
+                    report_failures(&mut failed, outcome.as_ref().err(), Instant::now());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(request) => request,
+                Err(_) => break,
+            }
+        };
+        // Histogram samples are folded into buckets here too, so they stay bounded when no
+        // admin listener runs.
+        if upkept.elapsed() >= UPKEEP_EVERY {
+            upkept = Instant::now();
+            all_metrics.upkeep();
+        }
         group.push(first);
         while group.len() < max_group {
             match rx.try_recv() {
@@ -241,24 +264,7 @@ fn run<C: Completion>(
                 SLOW_WRITE.as_millis()
             );
         }
-        match failed.record(outcome.as_ref().err(), now) {
-            Some(FailureReport::First(e)) => tracing::error!(
-                error = %e,
-                "storage writes fail: every send and change gets UNAVAILABLE until they \
-                 succeed again (a full disk recovers by itself once space is freed)"
-            ),
-            Some(FailureReport::Still { failed, error }) => tracing::error!(
-                failed_commits = failed,
-                error = %error,
-                "storage writes still fail"
-            ),
-            Some(FailureReport::Recovered { failed, lasted }) => tracing::warn!(
-                failed_commits = failed,
-                after_ms = lasted.as_millis(),
-                "storage writes succeed again"
-            ),
-            None => {}
-        }
+        report_failures(&mut failed, outcome.as_ref().err(), now);
         // Event numbers are taken only by a group that committed: no gaps.
         if outcome.is_ok() && next_event != before {
             outbox.seq.store(next_event, Ordering::Release);
@@ -306,6 +312,33 @@ impl crate::metrics::StorageMetrics {
         if durability == Durability::Fsync {
             seconds(&self.fsync_seconds, wal);
         }
+    }
+}
+
+/// How often an idle storage thread whose last commit failed tries a write of its own.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often the storage thread folds histogram samples into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs what [`FailedWrites::record`] says about a commit's (or probe's) outcome.
+fn report_failures(failed: &mut FailedWrites, error: Option<&WriteError>, now: Instant) {
+    match failed.record(error, now) {
+        Some(FailureReport::First(e)) => tracing::error!(
+            error = %e,
+            "storage writes fail: every send and change gets UNAVAILABLE until they \
+             succeed again (a full disk recovers by itself once space is freed)"
+        ),
+        Some(FailureReport::Still { failed, error }) => tracing::error!(
+            failed_commits = failed,
+            error = %error,
+            "storage writes still fail"
+        ),
+        Some(FailureReport::Recovered { failed, lasted }) => tracing::warn!(
+            failed_commits = failed,
+            after_ms = lasted.as_millis(),
+            "storage writes succeed again"
+        ),
+        None => {}
     }
 }
 

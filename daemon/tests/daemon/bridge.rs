@@ -742,14 +742,31 @@ async fn admin_actions_are_published_after_they_took_effect() {
         .unwrap();
         assert_eq!(answer["action"], action);
     }
-    // alice's registration, then the three actions.
-    let seen = consumer.until(4).await;
+    let backup = tempfile::tempdir().unwrap();
+    let dir = backup.path().join("b");
+    let body = serde_json::json!({ "dir": dir });
+    chatd::admin::client::call(admin, None, "POST", "/v1/backup", Some(&body))
+        .await
+        .unwrap();
+    // alice's registration, then the four actions.
+    let seen = consumer.until(5).await;
     let admin_events: Vec<&Received> = seen.values().skip(1).collect();
     let keys: Vec<&str> = admin_events
         .iter()
         .map(|r| r.routing_key.as_str())
         .collect();
-    assert_eq!(keys, ["admin.kick", "admin.disable", "admin.enable"]);
+    assert_eq!(
+        keys,
+        [
+            "admin.kick",
+            "admin.disable",
+            "admin.enable",
+            "admin.backup"
+        ]
+    );
+    assert_eq!(admin_events[3].body["detail"], dir.display().to_string());
+    assert!(admin_events[3].body.get("user").is_none());
+    assert!(dir.join("chatd-backup.json").exists());
     let kick = &admin_events[0].body;
     assert_eq!(kick["type"], "admin.action");
     assert_eq!(kick["user"], a.0);
@@ -757,6 +774,6 @@ async fn admin_actions_are_published_after_they_took_effect() {
     assert_eq!(kick["closed"], 1);
     // Disabled after the kick: nothing was left to close.
     assert_eq!(admin_events[1].body["closed"], 0);
-    assert_eq!(acked_head(&daemon), 4);
+    assert_eq!(acked_head(&daemon), 5);
     consumer.finish().await;
 }
