@@ -2,7 +2,8 @@
 #
 #   make run     build (profile `local`) and start the daemon on its embedded default configuration
 #   make test    rustfmt check, clippy -D warnings, module headers, every test in the workspace,
-#                the systemd unit's verify and security checks (systemd/check.sh)
+#                the systemd unit's verify and security checks and the alert rules' promtool
+#                checks (systemd/check.sh)
 #   make lint    only the rustfmt, clippy and module-header checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)

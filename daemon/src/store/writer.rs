@@ -186,7 +186,12 @@ fn run<C: Completion>(
     let metrics = &all_metrics.storage;
     // RocksDB's timers for this thread only: how long each group's WAL write (with its
     // fsync) takes, for `chatd_storage_fsync_seconds`. A few clock reads per group.
-    rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::EnableTimeExceptForMutex);
+    // rust-rocksdb 0.24's level names predate RocksDB 10's `kEnableWait` (3): its
+    // `EnableTimeAndCPUTimeExceptForMutex` is 4, RocksDB's `kEnableTimeExceptForMutex`, the
+    // level at which `write_wal_time` is timed (the integration test checks it is not 0).
+    rocksdb::perf::set_perf_stats(
+        rocksdb::perf::PerfStatsLevel::EnableTimeAndCPUTimeExceptForMutex,
+    );
     let mut perf = rocksdb::perf::PerfContext::default();
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::Fsync);
