@@ -841,9 +841,9 @@ pub(crate) fn authenticated(
         return;
     };
     conn.state.borrow_mut().authenticating = false;
-    // Checked here, on the connection's shard, and not only where the account was read: an
-    // operator's restriction is in place before the shards are told to close its sessions,
-    // so a session is either refused here or closed by that order.
+    // Checked here, on the connection's shard, as the session is set (whichever path read
+    // the account): an operator's restriction is in place before the shards are told to
+    // close its sessions, so a session is either refused here or closed by that order.
     let result =
         result.and_then(
             |auth| match shard.shared.restriction(auth.user).refuses(auth.issued_at) {
