@@ -358,11 +358,7 @@ impl Daemon {
     /// Open connections per shard.
     #[must_use]
     pub fn connections_per_shard(&self) -> Vec<usize> {
-        self.shared
-            .connections
-            .iter()
-            .map(|c| c.load(Ordering::Acquire))
-            .collect()
+        self.shared.connections_per_shard()
     }
 
     /// The outbox's newest event seq (0 when the bridge is off or nothing happened yet).
@@ -381,12 +377,7 @@ impl Daemon {
     /// bounded by `limits.outgoing_queue`; beyond it the connection lags).
     #[must_use]
     pub fn event_queue_peak(&self) -> usize {
-        self.shared
-            .event_queue_peak
-            .iter()
-            .map(|p| p.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0)
+        self.shared.event_queue_peak()
     }
 
     /// The daemon's memory budget: bytes charged now (every connection's queued frames and
@@ -724,15 +715,8 @@ fn start_watchdog(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
                 if stop.load(Ordering::Acquire) {
                     return;
                 }
-                let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let limit = u64::try_from(interval.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1000);
-                let alive = shared
-                    .heartbeats
-                    .iter()
-                    .all(|hb| now.saturating_sub(hb.load(Ordering::Acquire)) < limit);
-                if alive {
+                let limit = interval.max(Duration::from_secs(1));
+                if shared.stuck_shards(limit).is_empty() {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 } else {
                     tracing::error!("a shard stopped turning; withholding the watchdog ping");

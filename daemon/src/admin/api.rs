@@ -105,34 +105,25 @@ fn status(state: &State) -> Value {
     use std::sync::atomic::Ordering;
     let shared = &state.shared;
     let config = shared.config();
-    let per_shard: Vec<usize> = shared
-        .connections
-        .iter()
-        .map(|c| c.load(Ordering::Acquire))
-        .collect();
+    let states = shared.connection_states();
     let head = shared.outbox.seq.load(Ordering::Acquire);
     let confirmed = state.bridge.confirmed.load(Ordering::Acquire);
     let readiness = super::readiness(shared);
-    let open: usize = per_shard.iter().sum();
-    let sessions = shared.sessions.load(Ordering::Acquire).min(open);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": shared.started.elapsed().as_secs(),
         "ready": readiness.ready(),
         "draining": readiness.draining,
-        "shards": per_shard.len(),
+        "shards": states.per_shard.len(),
         "stuck_shards": readiness.stuck_shards,
         "listen": config.listen.to_string(),
         "data_dir": state.data_dir.display().to_string(),
         "connections": {
-            "open": open,
-            "authenticated": sessions,
-            "unauthenticated": open.saturating_sub(sessions),
-            "handshaking": shared
-                .unauthenticated
-                .load(Ordering::Acquire)
-                .saturating_sub(open.saturating_sub(sessions)),
-            "per_shard": per_shard,
+            "open": states.authenticated + states.unauthenticated,
+            "authenticated": states.authenticated,
+            "unauthenticated": states.unauthenticated,
+            "handshaking": states.handshaking,
+            "per_shard": states.per_shard,
             "refused": shared.refused.load(Ordering::Relaxed),
         },
         "memory": {

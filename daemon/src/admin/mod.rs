@@ -338,20 +338,8 @@ impl std::fmt::Display for Readiness {
 
 /// Reads the readiness checks.
 pub(crate) fn readiness(shared: &Shared) -> Readiness {
-    let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let limit = u64::try_from(READY_HEARTBEAT.as_millis()).unwrap_or(u64::MAX);
-    let stuck_shards = shared
-        .heartbeats
-        .iter()
-        .enumerate()
-        .filter(|(i, hb)| {
-            !shared.exited[*i].load(Ordering::Acquire)
-                && now.saturating_sub(hb.load(Ordering::Acquire)) >= limit
-        })
-        .map(|(i, _)| i)
-        .collect();
     Readiness {
-        stuck_shards,
+        stuck_shards: shared.stuck_shards(READY_HEARTBEAT),
         storage_failing: shared.metrics.storage.failing.load(Ordering::Acquire),
         draining: shared.shutting_down.load(Ordering::Acquire),
     }
@@ -362,44 +350,25 @@ pub(crate) fn readiness(shared: &Shared) -> Readiness {
 fn scrape(state: &State) -> String {
     let shared = &state.shared;
     let g = &shared.metrics.scrape;
-    let now_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let open: usize = shared
-        .connections
-        .iter()
-        .map(|c| c.load(Ordering::Acquire))
-        .sum();
-    // `unauthenticated` counts from the first packet until authentication, `connections`
-    // from the handshake's end until the close: the difference is what is still in its
-    // handshake.
-    let unauthenticated = shared.unauthenticated.load(Ordering::Acquire);
-    let sessions = shared.sessions.load(Ordering::Acquire).min(open);
-    let after_handshake = open - sessions;
-    g.connections[0].set(unauthenticated.saturating_sub(after_handshake) as f64);
-    g.connections[1].set(after_handshake as f64);
-    g.connections[2].set(sessions as f64);
-    for (i, gauge) in g.connections_per_shard.iter().enumerate() {
-        gauge.set(shared.connections[i].load(Ordering::Acquire) as f64);
+    let states = shared.connection_states();
+    g.connections[0].set(states.handshaking as f64);
+    g.connections[1].set(states.unauthenticated as f64);
+    g.connections[2].set(states.authenticated as f64);
+    for (gauge, open) in g.connections_per_shard.iter().zip(&states.per_shard) {
+        gauge.set(*open as f64);
     }
     for (i, gauge) in g.inbox_depth.iter().enumerate() {
         gauge.set(shared.inboxes[i].len() as f64);
     }
     for (i, gauge) in g.heartbeat_age.iter().enumerate() {
-        let age = now_ms.saturating_sub(shared.heartbeats[i].load(Ordering::Acquire));
-        gauge.set(age as f64 / 1000.0);
+        gauge.set(shared.heartbeat_age(i).as_secs_f64());
     }
     g.refused.absolute(shared.refused.load(Ordering::Relaxed));
     g.retries.absolute(shared.retries.load(Ordering::Relaxed));
     g.memory_used.set(shared.memory.used() as f64);
     g.memory_peak.set(shared.memory.peak() as f64);
     g.memory_limit.set(shared.memory.limit() as f64);
-    g.event_queue_peak.set(
-        shared
-            .event_queue_peak
-            .iter()
-            .map(|p| p.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0) as f64,
-    );
+    g.event_queue_peak.set(shared.event_queue_peak() as f64);
     g.storage_queue.set(shared.writer.queued() as f64);
     g.storage_queue_capacity
         .set(shared.writer.capacity() as f64);

@@ -13,6 +13,7 @@
 pub(crate) mod accounts;
 pub(crate) mod conn;
 pub(crate) mod owner;
+mod readings;
 pub(crate) mod registry;
 
 use std::cell::RefCell;
@@ -686,8 +687,7 @@ pub(crate) fn run(
                 .metrics()
                 .conversations_cached
                 .set(shard.owner.borrow().len() as f64);
-            let elapsed = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            shared.heartbeats[id].store(elapsed, Ordering::Release);
+            shared.heartbeats[id].store(shared.uptime_ms(), Ordering::Release);
             if conn::finished(&shard) {
                 break;
             }
