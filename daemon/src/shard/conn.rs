@@ -26,7 +26,8 @@ use chat_protocol::{
 };
 
 use super::accounts::{self, Authenticated};
-use super::owner::{self, Op, RoomAction};
+use super::conversation::{self, Input, RoomAction};
+use super::owner;
 use super::registry;
 use super::{
     ConnId, ConnRef, Origin, Position, Shard, ShardMsg, encode, error, error_frame, response,
@@ -744,7 +745,7 @@ fn typing_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, update: TypingUpdate) {
         user,
     };
     let conversation = update.conversation;
-    let op = Op::Typing {
+    let op = Input::Typing {
         origin,
         active: update.active,
     };
@@ -968,14 +969,14 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
         request: id,
         user,
     };
-    let to_owner = |conversation: ConversationId, op: Op| {
+    let to_owner = |conversation: ConversationId, op: Input| {
         shard.send(
             shard.shared.owner_of(conversation),
             ShardMsg::Conversation { conversation, op },
         );
     };
     let room_op = |room: RoomId, action: RoomAction| {
-        to_owner(ConversationId::Room(room), Op::Room { origin, action })
+        to_owner(ConversationId::Room(room), Input::Room { origin, action })
     };
     match request {
         Request::Ping => answer(response(
@@ -991,7 +992,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             if message.body.len() > shard.shared.config().limits.max_body {
                 return fail(ErrorCode::BODY_TOO_LARGE, "");
             }
-            if !owner::valid_content(message.content_type, &message.body) {
+            if !conversation::valid_content(message.content_type, &message.body) {
                 return fail(
                     ErrorCode::INVALID_CONTENT,
                     "text content types need UTF-8 bodies",
@@ -1004,7 +1005,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 ShardMsg::Registry(registry::Op::Send { origin, message }),
             );
         }
-        Request::History(query) => to_owner(query.conversation, Op::History { origin, query }),
+        Request::History(query) => to_owner(query.conversation, Input::History { origin, query }),
         Request::CreateRoom { name, invite_only } => {
             if let Err(code) = chat_protocol::names::check_room_name(&name) {
                 return fail(code, "");
@@ -1019,7 +1020,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                 shard,
                 origin,
                 ConversationId::Room(room),
-                Op::Create {
+                Input::Create {
                     origin,
                     name,
                     invite_only,
@@ -1027,7 +1028,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             );
         }
         Request::JoinRoom { room } => {
-            let op = Op::Room {
+            let op = Input::Room {
                 origin,
                 action: RoomAction::Join,
             };
@@ -1056,7 +1057,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                     None => Err(error(id, ErrorCode::UNKNOWN_ROOM, "")),
                     Some(record) => {
                         let conversation = ConversationId::Room(record.id);
-                        let op = Op::Room {
+                        let op = Input::Room {
                             origin,
                             action: RoomAction::Info,
                         };
@@ -1091,8 +1092,8 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             });
         }
         Request::Conversations { after, limit } => {
-            if limit == 0 || limit > shard.shared.limits.max_page {
-                return fail(ErrorCode::INVALID_REQUEST, "limit must be 1 to max_page");
+            if let Err(refusal) = conversation::check_page(limit, shard.shared.limits.max_page) {
+                return fail(refusal.code, refusal.reason);
             }
             shard.read(origin, move |store| {
                 let (ids, more) = store.user_conversations(user, after, usize::from(limit))?;
@@ -1142,7 +1143,7 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
             seq,
         } => to_owner(
             conversation,
-            Op::Mark {
+            Input::Mark {
                 origin,
                 marker,
                 seq,
@@ -1285,7 +1286,7 @@ fn if_user_exists(shard: &Shard, origin: Origin, user: UserId, room: RoomId, act
             )));
         }
         let conversation = ConversationId::Room(room);
-        let op = Op::Room { origin, action };
+        let op = Input::Room { origin, action };
         shared.push_blocking(
             shared.owner_of(conversation),
             ShardMsg::Conversation { conversation, op },
@@ -1296,7 +1297,7 @@ fn if_user_exists(shard: &Shard, origin: Origin, user: UserId, room: RoomId, act
 
 /// Passes `op` (a room creation or join) to the room's owner if the user is in fewer than
 /// `max_rooms_per_user` rooms, counted on the read pool when the request arrives.
-fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId, op: Op) {
+fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId, op: Input) {
     let max = shard.shared.config().limits.max_rooms_per_user;
     let shared = Arc::clone(&shard.shared);
     shard.read_then(origin, move |store| {

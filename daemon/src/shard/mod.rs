@@ -2,8 +2,8 @@
 //! own quinn endpoint on the shared UDP port, owning:
 //!
 //! - the connections the kernel steered to its socket ([`conn`]);
-//! - the conversations whose id hashes to it ([`owner`]): sequence counter, membership,
-//!   deduplication window, in-flight commits;
+//! - the conversations whose id hashes to it ([`conversation`], the rules without I/O, carried
+//!   out by [`owner`]): sequence counter, membership, deduplication window, in-flight commits;
 //! - the device registries of the users whose id hashes to it ([`registry`]).
 //!
 //! Shards share nothing mutable. They talk through [`Inbox`]es (bounded lock-free queues with
@@ -12,6 +12,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod conn;
+pub(crate) mod conversation;
 pub(crate) mod owner;
 mod readings;
 pub(crate) mod registry;
@@ -95,12 +96,12 @@ pub(crate) enum ShardMsg {
     /// For the conversation's owner.
     Conversation {
         conversation: ConversationId,
-        op: owner::Op,
+        op: conversation::Input,
     },
     /// A conversation's stored state arrived from the read pool.
     Loaded {
         conversation: ConversationId,
-        result: Result<Option<owner::Loaded>, String>,
+        result: Result<Option<crate::store::ConversationSnapshot>, conversation::ReadError>,
     },
     /// For the registry owner of a user.
     Registry(registry::Op),
@@ -317,7 +318,7 @@ impl Completion for Done {
         let msg = match self.then {
             DoneThen::Conversation(conversation) => ShardMsg::Conversation {
                 conversation,
-                op: owner::Op::Committed(result),
+                op: conversation::Input::Committed(result),
             },
             DoneThen::Account(write) => {
                 accounts::account_written(&self.shared, write, result);
@@ -424,7 +425,7 @@ pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) shared: Arc<Shared>,
     pub(crate) conns: RefCell<conn::Connections>,
-    pub(crate) owner: RefCell<owner::Conversations>,
+    pub(crate) owner: RefCell<conversation::Conversations>,
     pub(crate) registry: RefCell<registry::Registry>,
     /// This shard's QUIC endpoint on the shared port.
     endpoint: quinn::Endpoint,
@@ -662,7 +663,7 @@ pub(crate) fn run(
             shared: Arc::clone(&shared),
             conns: RefCell::new(conn::Connections::new()),
             endpoint: endpoint.clone(),
-            owner: RefCell::new(owner::Conversations::default()),
+            owner: RefCell::new(conversation::Conversations::default()),
             registry: RefCell::new(registry::Registry::default()),
             retry: RefCell::new(VecDeque::new()),
         });
@@ -676,7 +677,7 @@ pub(crate) fn run(
                     for msg in batch.drain(..) {
                         shard.handle(msg);
                     }
-                    owner::evict_idle(&shard, shared.config().storage.cached_conversations);
+                    owner::evict_idle(&shard);
                 }
                 _ = tick.tick() => {}
             }

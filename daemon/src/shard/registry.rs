@@ -413,7 +413,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 Ok(()) => {
                     drop(registry);
                     let conversation = message.conversation;
-                    let op = super::owner::Op::Send { origin, message };
+                    let op = super::conversation::Input::Send { origin, message };
                     shard.send(
                         shard.shared.owner_of(conversation),
                         ShardMsg::Conversation { conversation, op },

@@ -10,7 +10,7 @@
 //! the store, then go on in order. A conversation that was new when loaded knows every
 //! sender's window (all empty) until it drops one.
 //!
-//! No I/O here: the owner parks sends, starts the reads and carries out what this returns.
+//! No I/O here: the conversation parks sends and asks for the reads; the owner carries them out.
 
 use std::collections::{HashMap, VecDeque};
 

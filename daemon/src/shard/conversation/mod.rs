@@ -1,0 +1,665 @@
+//! A conversation's rules, without I/O: the state machine that orders a conversation.
+//!
+//! [`Conversations`] holds the conversations a shard owns; each is loading (its inputs wait)
+//! or a [`Conversation`]: the committed head, each recent sender's window of op ids
+//! ([`dedupe`]), the room's membership, the members' markers and the audience (who receives
+//! its events). Inputs (requests, commit results, reads) go in with a [`Ctx`] (the time and the
+//! limits); what must happen comes out as [`Effect`]s, which the owner ([`super::owner`])
+//! carries out: reply, publish an event, load, commit, read. Nothing here touches a socket,
+//! the store, a clock or another thread, so every rule is tested by feeding inputs (`tests`).
+//!
+//! Operations that add log entries are checked against the state, applied to it and queued;
+//! while one commit of the conversation is with the storage thread, later entries wait in
+//! `queued` and go together in the next commit. Sequence numbers are assigned when a commit is
+//! asked for, contiguous from the committed head, so a failed commit leaves no hole: every
+//! pending request is answered `UNAVAILABLE` and the conversation is forgotten, to be reloaded
+//! from disk on next use. Only after a commit returns are the sender acked and the event
+//! published, so nothing is visible before it is durable.
+
+mod dedupe;
+mod marks;
+mod rooms;
+mod send;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chat_protocol::{
+    ConversationId, Entry, ErrorCode, Event, HistoryQuery, Marker, Receipt, Response, Role, RoomId,
+    SendMessage, Seq, Timestamp, UserId,
+};
+
+use super::{ConnRef, Origin};
+use crate::store::writer::{Batch, WriteError};
+use crate::store::{Cf, ConversationSnapshot, SenderOp, keys};
+use dedupe::Senders;
+pub(crate) use rooms::{Room, RoomAction};
+pub(crate) use send::valid_content;
+
+/// What a conversation is told.
+pub(crate) enum Input {
+    /// Post a message.
+    Send {
+        origin: Origin,
+        message: SendMessage,
+    },
+    /// Read a page (membership and the page size are checked here, the read runs elsewhere).
+    History { origin: Origin, query: HistoryQuery },
+    /// Create a room (the conversation is new).
+    Create {
+        origin: Origin,
+        name: String,
+        invite_only: bool,
+    },
+    /// A membership operation on a room.
+    Room { origin: Origin, action: RoomAction },
+    /// Someone is typing (or stopped): published to the other members, never stored.
+    Typing { origin: Origin, active: bool },
+    /// Move the sender's delivered or read marker.
+    Mark {
+        origin: Origin,
+        marker: Marker,
+        seq: Seq,
+    },
+    /// The storage thread finished this conversation's commit.
+    Committed(Result<(), WriteError>),
+    /// The storage queue refused the commit of the last [`Effect::Commit`].
+    Refused,
+    /// A sender's recent sends (for deduplication), as asked by [`Effect::ReadSenderOps`].
+    SenderOps {
+        sender: UserId,
+        result: Result<Vec<SenderOp>, ReadError>,
+    },
+}
+
+/// Why a read that a conversation asked for brought no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The read pool's queue was full: the read was not started.
+    #[error("the read pool is full")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+impl ReadError {
+    /// What the requests that waited for the read are told (the owner logged the error).
+    fn refusal(&self) -> Refusal {
+        match self {
+            ReadError::Busy => Refusal {
+                code: ErrorCode::OVERLOADED,
+                reason: "the read pool is full",
+            },
+            ReadError::Store(_) => Refusal {
+                code: ErrorCode::UNAVAILABLE,
+                reason: "storage unavailable",
+            },
+        }
+    }
+}
+
+impl Input {
+    /// The request this input answers, if it is one.
+    fn origin(&self) -> Option<&Origin> {
+        match self {
+            Input::Send { origin, .. }
+            | Input::History { origin, .. }
+            | Input::Create { origin, .. }
+            | Input::Room { origin, .. }
+            | Input::Mark { origin, .. } => Some(origin),
+            Input::Committed(_)
+            | Input::Refused
+            | Input::Typing { .. }
+            | Input::SenderOps { .. } => None,
+        }
+    }
+}
+
+/// A refused request: its error code and the reason given (empty: the code's own text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) reason: &'static str,
+}
+
+/// The answer to a request.
+pub(crate) type Answer = Result<Response, Refusal>;
+
+fn refuse(code: ErrorCode, reason: &'static str) -> Answer {
+    Err(Refusal { code, reason })
+}
+
+/// What the owner must do, in order.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Answer request `to`.
+    Reply { to: Origin, answer: Answer },
+    /// Send `event` to the connected devices of `audience`, except the connection `except`.
+    Publish {
+        event: Event,
+        audience: Arc<[UserId]>,
+        except: Option<ConnRef>,
+    },
+    /// Read the conversation's stored state; answer with [`Conversations::loaded`].
+    Load(ConversationId),
+    /// Commit `batch`; answer with [`Input::Committed`], or [`Input::Refused`] when the
+    /// storage queue does not take it. At most one per conversation is in flight.
+    Commit {
+        conversation: ConversationId,
+        batch: Batch,
+    },
+    /// Read the `window` most recent sends of `sender`; answer with [`Input::SenderOps`].
+    ReadSenderOps {
+        conversation: ConversationId,
+        sender: UserId,
+        window: usize,
+    },
+    /// Read a history page (checked) no further than `head`, and answer `to` with it.
+    ReadHistory {
+        to: Origin,
+        query: HistoryQuery,
+        head: Seq,
+    },
+    /// Read the names of a page of members and answer `to` with it.
+    ReadMembers {
+        to: Origin,
+        room: RoomId,
+        page: Vec<(UserId, Role)>,
+        next: Option<UserId>,
+    },
+}
+
+/// What the rules read besides the conversation: the time and the running configuration.
+pub(crate) struct Ctx<'a> {
+    pub(crate) now: Timestamp,
+    /// The largest page a client may ask for.
+    pub(crate) max_page: u16,
+    pub(crate) max_room_members: u32,
+    /// Sends remembered per sender (`storage.dedupe_window`) and in all
+    /// (`storage.dedupe_cache`), for conversations loaded from now on.
+    pub(crate) dedupe_window: usize,
+    pub(crate) dedupe_cache: usize,
+    /// Whether commits carry outbox events (the bridge is configured).
+    pub(crate) outbox: bool,
+    /// Whether a user has a connected device (for the offline recipients of an event).
+    pub(crate) online: &'a dyn Fn(UserId) -> bool,
+}
+
+/// The conversations one shard owns.
+#[derive(Default)]
+pub(crate) struct Conversations {
+    slots: HashMap<ConversationId, Slot>,
+}
+
+enum Slot {
+    /// Waiting for [`Effect::Load`]; inputs wait with it.
+    Loading(Vec<Input>),
+    Ready(Box<Conversation>),
+}
+
+/// Whether the conversation stays in memory after an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+enum Fate {
+    Keep,
+    /// A write failed or was refused: the state in memory may be ahead of the disk. Forget
+    /// it; the next input reloads what is stored.
+    Forget,
+}
+
+impl Conversations {
+    /// Gives `input` to conversation `id`, loading it first when it is not in memory.
+    pub(crate) fn handle(
+        &mut self,
+        id: ConversationId,
+        input: Input,
+        ctx: &Ctx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        match self.slots.get_mut(&id) {
+            Some(Slot::Ready(conversation)) => {
+                if conversation.handle(input, ctx, out) == Fate::Forget {
+                    self.slots.remove(&id);
+                }
+            }
+            Some(Slot::Loading(waiting)) => waiting.push(input),
+            None => match input {
+                Input::Create {
+                    origin,
+                    name,
+                    invite_only,
+                } => self.create(id, origin, name, invite_only, ctx, out),
+                Input::Committed(_) | Input::Refused => {
+                    tracing::warn!(conversation = %id, "commit result for an unknown conversation");
+                }
+                // The conversation was forgotten (and its waiting sends answered) meanwhile.
+                Input::SenderOps { .. } => {}
+                input => {
+                    self.slots.insert(id, Slot::Loading(vec![input]));
+                    out.push(Effect::Load(id));
+                }
+            },
+        }
+    }
+
+    /// Starts a new room's conversation with its creation entry.
+    fn create(
+        &mut self,
+        id: ConversationId,
+        origin: Origin,
+        name: String,
+        invite_only: bool,
+        ctx: &Ctx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        let mut conversation = Conversation::new(id, ConversationSnapshot::default(), ctx);
+        conversation.create_room(origin, name, invite_only, ctx);
+        conversation.submit(out);
+        self.slots.insert(id, Slot::Ready(Box::new(conversation)));
+    }
+
+    /// The stored state of conversation `id` arrived (`None`: it does not exist): the inputs
+    /// that waited for it go on, in order.
+    pub(crate) fn loaded(
+        &mut self,
+        id: ConversationId,
+        result: Result<Option<ConversationSnapshot>, ReadError>,
+        ctx: &Ctx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        let waiting = match self.slots.remove(&id) {
+            Some(Slot::Loading(waiting)) => waiting,
+            Some(ready) => {
+                self.slots.insert(id, ready);
+                return;
+            }
+            None => return,
+        };
+        let refusal = match result {
+            Ok(Some(snapshot)) => {
+                let conversation = Conversation::new(id, snapshot, ctx);
+                self.slots.insert(id, Slot::Ready(Box::new(conversation)));
+                for input in waiting {
+                    self.handle(id, input, ctx, out);
+                }
+                return;
+            }
+            Ok(None) => {
+                // A room that does not exist yet may be the one being created: someone asked
+                // for the next room id while its creation waited behind the load.
+                let mut waiting = waiting.into_iter();
+                let mut refused = Vec::new();
+                for input in waiting.by_ref() {
+                    if let Input::Create { .. } = input {
+                        self.handle(id, input, ctx, out);
+                        break;
+                    }
+                    refused.push(input);
+                }
+                for input in waiting {
+                    self.handle(id, input, ctx, out);
+                }
+                let refusal = match id {
+                    ConversationId::Room(_) => Refusal {
+                        code: ErrorCode::UNKNOWN_ROOM,
+                        reason: "",
+                    },
+                    _ => Refusal {
+                        code: ErrorCode::UNKNOWN_USER,
+                        reason: "the other user does not exist",
+                    },
+                };
+                answer_all(&refused, refusal, out);
+                return;
+            }
+            Err(e) => e.refusal(),
+        };
+        answer_all(&waiting, refusal, out);
+    }
+
+    /// Conversations held (loading or ready).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Drops idle conversations beyond `cap` (none with commits in flight or inputs waiting).
+    pub(crate) fn evict_idle(&mut self, cap: usize) {
+        let excess = self.slots.len().saturating_sub(cap);
+        if excess == 0 {
+            return;
+        }
+        let idle: Vec<ConversationId> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Ready(c) if c.idle()))
+            .map(|(c, _)| *c)
+            .take(excess)
+            .collect();
+        for c in idle {
+            self.slots.remove(&c);
+        }
+    }
+
+    /// Whether no conversation has a commit in flight or queued, or inputs waiting.
+    pub(crate) fn idle(&self) -> bool {
+        self.slots.values().all(|slot| match slot {
+            Slot::Ready(c) => c.idle(),
+            Slot::Loading(waiting) => waiting.is_empty(),
+        })
+    }
+}
+
+fn answer_all(inputs: &[Input], refusal: Refusal, out: &mut Vec<Effect>) {
+    for origin in inputs.iter().filter_map(Input::origin) {
+        out.push(Effect::Reply {
+            to: *origin,
+            answer: Err(refusal),
+        });
+    }
+}
+
+/// An entry waiting for its commit.
+struct Pending {
+    origin: Origin,
+    entry: Entry,
+    /// Who receives the event: the audience when the entry was queued, plus anyone it
+    /// concerns who is not (an invited, kicked or banned user).
+    audience: Arc<[UserId]>,
+    /// The answer to `origin` once committed; `None` for a send (the ack is built from the
+    /// assigned sequence number) and for an entry that follows another of the same request
+    /// (one answer per request).
+    reply: Option<Response>,
+    /// Duplicate sends that arrived while this one was pending: they get its ack.
+    waiters: Vec<Origin>,
+}
+
+/// One loaded conversation.
+pub(crate) struct Conversation {
+    id: ConversationId,
+    committed: Seq,
+    /// Each recent sender's window of op ids; sends of senders whose window is being read
+    /// wait here.
+    senders: Senders<(Origin, SendMessage)>,
+    /// Entries in the commit with the storage thread, in sequence order.
+    committing: Vec<Pending>,
+    /// Entries waiting for the next commit.
+    queued: Vec<Pending>,
+    /// Extra writes of the queued entries (membership rows, conversation lists, sender ops,
+    /// markers, outbox events).
+    queued_batch: Batch,
+    /// Marker moves waiting for the next commit, and those in the commit in flight.
+    queued_receipts: Vec<(Origin, Receipt)>,
+    committing_receipts: Vec<(Origin, Receipt)>,
+    /// Every member's (delivered, read) markers.
+    marks: HashMap<UserId, (Seq, Seq)>,
+    room: Option<Room>,
+    audience: Arc<[UserId]>,
+    /// Whether commits carry outbox events.
+    outbox: bool,
+}
+
+impl Conversation {
+    fn new(id: ConversationId, snapshot: ConversationSnapshot, ctx: &Ctx<'_>) -> Conversation {
+        let mut conversation = Conversation {
+            id,
+            committed: snapshot.head,
+            senders: Senders::new(ctx.dedupe_window, ctx.dedupe_cache, snapshot.head == Seq(0)),
+            committing: Vec::new(),
+            queued: Vec::new(),
+            queued_batch: Batch::default(),
+            queued_receipts: Vec::new(),
+            committing_receipts: Vec::new(),
+            marks: snapshot
+                .marks
+                .iter()
+                .map(|(u, d, r)| (*u, (*d, *r)))
+                .collect(),
+            room: snapshot
+                .room
+                .map(|(record, people)| Room::new(record, people)),
+            audience: Arc::from(Vec::new()),
+            outbox: ctx.outbox,
+        };
+        conversation.refresh_audience();
+        conversation
+    }
+
+    fn handle(&mut self, input: Input, ctx: &Ctx<'_>, out: &mut Vec<Effect>) -> Fate {
+        let fate = match input {
+            Input::Committed(result) => self.committed(result, out),
+            Input::Refused => {
+                self.fail_pending(ErrorCode::OVERLOADED, "storage queue full", out);
+                Fate::Forget
+            }
+            Input::Send { origin, message } => {
+                self.send(origin, message, ctx, out);
+                Fate::Keep
+            }
+            Input::SenderOps { sender, result } => {
+                self.sender_ops(sender, result, ctx, out);
+                Fate::Keep
+            }
+            Input::History { origin, query } => {
+                self.history(origin, query, ctx, out);
+                Fate::Keep
+            }
+            Input::Room { origin, action } => {
+                self.room_action(origin, action, ctx, out);
+                Fate::Keep
+            }
+            Input::Mark {
+                origin,
+                marker,
+                seq,
+            } => {
+                self.mark(origin, marker, seq, out);
+                Fate::Keep
+            }
+            Input::Typing { origin, active } => {
+                self.typing(&origin, active, out);
+                Fate::Keep
+            }
+            Input::Create { origin, .. } => {
+                reply(
+                    out,
+                    origin,
+                    refuse(ErrorCode::INTERNAL, "room id collision"),
+                );
+                Fate::Keep
+            }
+        };
+        if fate == Fate::Keep {
+            self.submit(out);
+        }
+        fate
+    }
+
+    fn refresh_audience(&mut self) {
+        self.audience = match (self.id, &self.room) {
+            (ConversationId::Direct { low, high }, _) => Arc::from(vec![low, high]),
+            (ConversationId::Notes(user), _) => Arc::from(vec![user]),
+            (ConversationId::Room(_), Some(room)) => room.members().collect(),
+            (ConversationId::Room(_), None) => Arc::from(Vec::new()),
+        };
+    }
+
+    /// A commit of this conversation is with the storage thread.
+    fn committing_now(&self) -> bool {
+        !self.committing.is_empty() || !self.committing_receipts.is_empty()
+    }
+
+    /// Nothing in flight, nothing queued, no sends waiting for a sender's window.
+    fn idle(&self) -> bool {
+        !self.committing_now()
+            && self.queued.is_empty()
+            && self.queued_receipts.is_empty()
+            && !self.senders.loading()
+    }
+
+    fn is_member(&self, user: UserId) -> bool {
+        match &self.room {
+            Some(room) => room.role(user).is_some(),
+            None => self.id.is_direct_member(user),
+        }
+    }
+
+    /// The next sequence number a queued entry will get.
+    fn next_seq(&self) -> Seq {
+        Seq(self.committed.0 + (self.committing.len() + self.queued.len()) as u64 + 1)
+    }
+
+    /// `History`: members only, a page of 1 to `max_page` entries, read up to the committed
+    /// head (nothing that is not durable yet).
+    fn history(&self, origin: Origin, query: HistoryQuery, ctx: &Ctx<'_>, out: &mut Vec<Effect>) {
+        if !self.is_member(origin.user) {
+            return reply(out, origin, refuse(ErrorCode::NOT_MEMBER, ""));
+        }
+        if let Err(refusal) = check_page(query.limit, ctx.max_page) {
+            return reply(out, origin, Err(refusal));
+        }
+        out.push(Effect::ReadHistory {
+            to: origin,
+            query,
+            head: self.committed,
+        });
+    }
+
+    /// Asks for one commit of the queued entries when none is in flight; sequence numbers are
+    /// final from here.
+    fn submit(&mut self, out: &mut Vec<Effect>) {
+        if self.committing_now() || (self.queued.is_empty() && self.queued_receipts.is_empty()) {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.queued_batch);
+        let mut encoded = Vec::with_capacity(256);
+        for pending in &self.queued {
+            encoded.clear();
+            pending.entry.encode_to(&mut encoded);
+            batch.put(
+                Cf::Log,
+                keys::log(self.id, pending.entry.seq()).to_vec(),
+                encoded.clone(),
+            );
+        }
+        self.committing = std::mem::take(&mut self.queued);
+        self.committing_receipts = std::mem::take(&mut self.queued_receipts);
+        out.push(Effect::Commit {
+            conversation: self.id,
+            batch,
+        });
+    }
+
+    /// The commit came back.
+    fn committed(&mut self, result: Result<(), WriteError>, out: &mut Vec<Effect>) -> Fate {
+        match result {
+            Ok(()) => {
+                for pending in std::mem::take(&mut self.committing) {
+                    self.committed = pending.entry.seq();
+                    publish(pending, out);
+                }
+                for (origin, receipt) in std::mem::take(&mut self.committing_receipts) {
+                    reply(out, origin, Ok(Response::Ok));
+                    out.push(Effect::Publish {
+                        event: Event::Receipt(receipt),
+                        audience: Arc::clone(&self.audience),
+                        except: Some(origin.at),
+                    });
+                }
+                Fate::Keep
+            }
+            Err(WriteError::Exists) => {
+                // Only room creation claims a name; the room does not exist after all.
+                for pending in std::mem::take(&mut self.committing) {
+                    reply(out, pending.origin, refuse(ErrorCode::ROOM_NAME_TAKEN, ""));
+                }
+                self.fail_pending(ErrorCode::UNKNOWN_ROOM, "", out);
+                Fate::Forget
+            }
+            Err(WriteError::Storage(e)) => {
+                // The storage thread reports failing writes (once per interval, with a count).
+                tracing::debug!(conversation = %self.id, error = %e, "commit failed");
+                self.fail_pending(ErrorCode::UNAVAILABLE, "storage write failed", out);
+                Fate::Forget
+            }
+        }
+    }
+
+    /// Answers every pending request with `code` (the conversation is about to be forgotten).
+    fn fail_pending(&mut self, code: ErrorCode, reason: &'static str, out: &mut Vec<Effect>) {
+        let refusal = Refusal { code, reason };
+        for pending in self.committing.drain(..).chain(self.queued.drain(..)) {
+            for origin in std::iter::once(pending.origin).chain(pending.waiters) {
+                reply(out, origin, Err(refusal));
+            }
+        }
+        let receipts = self.committing_receipts.drain(..);
+        for (origin, _) in receipts.chain(self.queued_receipts.drain(..)) {
+            reply(out, origin, Err(refusal));
+        }
+        for (origin, _) in self.senders.take_parked() {
+            reply(out, origin, Err(refusal));
+        }
+        self.queued_batch = Batch::default();
+    }
+}
+
+/// Whether a page size is 1 to `max_page`.
+pub(crate) fn check_page(limit: u16, max_page: u16) -> Result<(), Refusal> {
+    if limit == 0 || limit > max_page {
+        return Err(Refusal {
+            code: ErrorCode::INVALID_REQUEST,
+            reason: "limit must be 1 to max_page",
+        });
+    }
+    Ok(())
+}
+
+fn reply(out: &mut Vec<Effect>, to: Origin, answer: Answer) {
+    out.push(Effect::Reply { to, answer });
+}
+
+/// Acks and publishes one committed entry.
+fn publish(pending: Pending, out: &mut Vec<Effect>) {
+    let Pending {
+        origin,
+        entry,
+        audience,
+        reply: answer,
+        waiters,
+    } = pending;
+    // The sending connection has the ack instead of the message event; membership events go
+    // to every connection of the audience, the actor's included, so its log has no hole.
+    let (event, except) = match entry {
+        Entry::Message(m) => {
+            let ack = chat_protocol::SendAck {
+                conversation: m.conversation,
+                op: m.op,
+                seq: m.seq,
+                ts: m.ts,
+                duplicate: false,
+            };
+            reply(out, origin, Ok(Response::Sent(ack)));
+            for waiter in waiters {
+                let duplicate = chat_protocol::SendAck {
+                    duplicate: true,
+                    ..ack
+                };
+                reply(out, waiter, Ok(Response::Sent(duplicate)));
+            }
+            (Event::Message(m), Some(origin.at))
+        }
+        Entry::Membership(m) => {
+            if let Some(answer) = answer {
+                reply(out, origin, Ok(answer));
+            }
+            (Event::Membership(m), None)
+        }
+    };
+    out.push(Effect::Publish {
+        event,
+        audience,
+        except,
+    });
+}
