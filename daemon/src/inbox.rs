@@ -11,13 +11,20 @@
 //! for a retry, answer `OVERLOADED`, or tell the recipients they lag). Nothing grows without
 //! bound.
 //!
+//! Results that must arrive and whose producer must never wait (the storage thread's commit
+//! completions) use a second, reserved lane: the work is started only with a
+//! [`Reservation`] of a slot ([`Inbox::reserve`], refused when every slot is taken), whose
+//! result then always finds room ([`Reservation::push`]); the slot is free again once the
+//! consumer has drained the result, or at once if the reservation is dropped unused. The lane
+//! holds at most as many results as slots, so it is sized by the work in flight, not by hope.
+//!
 //! The `scheduled` flag and the queue are accessed with sequentially consistent ordering: the
 //! consumer's "clear the flag, then look at the queue" must not be reordered against the
 //! producer's "push, then set the flag", or a wake-up could be lost.
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
@@ -30,8 +37,24 @@ pub struct Inbox<T> {
 
 struct Inner<T> {
     queue: ArrayQueue<T>,
+    /// Results of reserved work; never fuller than `slots`.
+    reserved: ArrayQueue<T>,
+    /// Slots taken: reservations outstanding plus results not drained yet.
+    slots: AtomicUsize,
     waker: AtomicWaker,
     scheduled: AtomicBool,
+}
+
+impl<T> Inner<T> {
+    fn wake(&self) {
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.reserved.is_empty()
+    }
 }
 
 /// The receiving side, owned by one event loop.
@@ -47,10 +70,12 @@ impl<T> Clone for Inbox<T> {
     }
 }
 
-/// A new inbox holding at most `capacity` items.
-pub fn inbox<T>(capacity: usize) -> (Inbox<T>, Receiver<T>) {
+/// A new inbox holding at most `capacity` items, plus `reserved` slots for reserved work.
+pub fn inbox<T>(capacity: usize, reserved: usize) -> (Inbox<T>, Receiver<T>) {
     let inner = Arc::new(Inner {
         queue: ArrayQueue::new(capacity.max(1)),
+        reserved: ArrayQueue::new(reserved.max(1)),
+        slots: AtomicUsize::new(0),
         waker: AtomicWaker::new(),
         scheduled: AtomicBool::new(false),
     });
@@ -63,9 +88,9 @@ pub fn inbox<T>(capacity: usize) -> (Inbox<T>, Receiver<T>) {
 }
 
 impl<T> Inbox<T> {
-    /// Messages waiting now.
+    /// Messages waiting now (in both lanes).
     pub fn len(&self) -> usize {
-        self.inner.queue.len()
+        self.inner.queue.len() + self.inner.reserved.len()
     }
 
     /// Queues `item` and wakes the consumer if it is not already scheduled.
@@ -74,10 +99,54 @@ impl<T> Inbox<T> {
     /// Gives `item` back when the inbox is full.
     pub fn push(&self, item: T) -> Result<(), T> {
         self.inner.queue.push(item)?;
-        if !self.inner.scheduled.swap(true, Ordering::SeqCst) {
-            self.inner.waker.wake();
-        }
+        self.inner.wake();
         Ok(())
+    }
+
+    /// Takes a slot of the reserved lane for one result, or `None` when every slot is taken
+    /// (the work must not start).
+    pub fn reserve(&self) -> Option<Reservation<T>> {
+        let capacity = self.inner.reserved.capacity();
+        self.inner
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Reservation {
+            inner: Some(Arc::clone(&self.inner)),
+        })
+    }
+}
+
+/// A slot of an inbox's reserved lane, taken before the work whose result goes in it.
+pub struct Reservation<T> {
+    /// `None` once pushed.
+    inner: Option<Arc<Inner<T>>>,
+}
+
+impl<T> Reservation<T> {
+    /// Queues the result in the reserved slot (there is always room) and wakes the consumer.
+    pub fn push(mut self, item: T) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        // Results in the lane never outnumber the slots taken, and the lane has a place per
+        // slot: this cannot fail. Were it ever to, the item would be lost, so it is logged.
+        if inner.reserved.push(item).is_err() {
+            tracing::error!("a reserved inbox lane was full; a result was dropped");
+            inner.slots.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        inner.wake();
+    }
+}
+
+impl<T> Drop for Reservation<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.slots.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -87,11 +156,11 @@ impl<T> Receiver<T> {
         let inner = &*self.inner;
         poll_fn(|cx| {
             inner.waker.register(cx.waker());
-            if inner.queue.is_empty() {
+            if inner.is_empty() {
                 inner.scheduled.store(false, Ordering::SeqCst);
                 // A push between the check and the store above saw `scheduled` still set and
                 // did not wake us: look once more.
-                if inner.queue.is_empty() {
+                if inner.is_empty() {
                     return Poll::Pending;
                 }
             }
@@ -101,10 +170,15 @@ impl<T> Receiver<T> {
         self.drain(batch);
     }
 
-    /// Moves everything queued into `batch` without waiting.
+    /// Moves everything queued into `batch` without waiting: reserved results first (each
+    /// frees its slot), then the rest.
     pub fn drain(&mut self, batch: &mut Vec<T>) {
         let inner = &*self.inner;
         inner.scheduled.store(false, Ordering::SeqCst);
+        while let Some(item) = inner.reserved.pop() {
+            inner.slots.fetch_sub(1, Ordering::AcqRel);
+            batch.push(item);
+        }
         while let Some(item) = inner.queue.pop() {
             batch.push(item);
         }
@@ -125,7 +199,7 @@ mod tests {
 
     #[test]
     fn every_item_arrives_once_across_threads() {
-        let (tx, mut rx) = inbox::<u64>(64);
+        let (tx, mut rx) = inbox::<u64>(64, 1);
         let producers: Vec<_> = (0..4u64)
             .map(|p| {
                 let tx = tx.clone();
@@ -168,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_full_inbox_gives_the_item_back() {
-        let (tx, mut rx) = inbox::<u8>(2);
+        let (tx, mut rx) = inbox::<u8>(2, 1);
         tx.push(1).unwrap();
         tx.push(2).unwrap();
         assert_eq!(tx.push(3), Err(3));
@@ -179,5 +253,48 @@ mod tests {
         batch.clear();
         block_on(rx.recv_batch(&mut batch));
         assert_eq!(batch, [4]);
+    }
+
+    #[test]
+    fn reserved_results_find_room_when_the_inbox_is_full_and_free_their_slot_once_drained() {
+        let (tx, mut rx) = inbox::<u8>(1, 2);
+        tx.push(1).unwrap();
+        assert_eq!(tx.push(2), Err(2), "the inbox is full");
+        let first = tx.reserve().expect("a slot");
+        let second = tx.reserve().expect("a second slot");
+        assert!(
+            tx.reserve().is_none(),
+            "every slot is taken: the work must not start"
+        );
+        first.push(10);
+        drop(second); // abandoned (the write was refused): its slot is free at once
+        let third = tx.reserve().expect("the abandoned slot");
+        assert!(
+            tx.reserve().is_none(),
+            "the pushed result still holds its slot"
+        );
+        third.push(11);
+        assert_eq!(tx.len(), 3);
+        let mut batch = Vec::new();
+        block_on(rx.recv_batch(&mut batch));
+        assert_eq!(batch, [10, 11, 1], "results first, then the rest");
+        assert!(
+            tx.reserve().is_some() && tx.reserve().is_some(),
+            "drained: both free"
+        );
+    }
+
+    #[test]
+    fn a_reserved_result_wakes_the_consumer() {
+        let (tx, mut rx) = inbox::<u8>(1, 1);
+        let slot = tx.reserve().unwrap();
+        let pusher = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            slot.push(7);
+        });
+        let mut batch = Vec::new();
+        block_on(rx.recv_batch(&mut batch));
+        pusher.join().unwrap();
+        assert_eq!(batch, [7]);
     }
 }

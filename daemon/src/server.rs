@@ -214,8 +214,10 @@ impl Daemon {
         )
         .map_err(|e| Error::Start(e.to_string()))?;
         let readers: Vec<_> = readers.into_iter().chain(hashers).collect();
+        // Each shard may have as many writes in flight as the storage queue holds: their
+        // results come back through the inbox's reserved lane, never waiting for room.
         let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
-            .map(|_| inbox::inbox(INBOX_CAPACITY))
+            .map(|_| inbox::inbox(INBOX_CAPACITY, config.storage.queue_depth))
             .unzip();
         let shared = Arc::new(Shared {
             limits: wire_limits(&config),

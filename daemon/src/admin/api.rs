@@ -28,7 +28,7 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{State, failure, json};
-use crate::shard::{AdminOp, Done, DoneThen, ShardMsg};
+use crate::shard::{AdminOp, Done, ShardMsg};
 use crate::store::writer::Batch;
 use crate::store::{Cf, Restriction, outbox};
 
@@ -235,13 +235,10 @@ async fn commit(
     restriction: Option<(UserId, Restriction)>,
 ) -> Result<(), (StatusCode, String)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let done = Done {
+    let done = Done::Admin {
         shared: Arc::clone(&state.shared),
-        shard: 0,
-        then: DoneThen::Admin {
-            restriction,
-            reply: tx,
-        },
+        restriction,
+        reply: tx,
     };
     if state.shared.writer.submit(batch, done).is_err() {
         return Err(unavailable("the storage queue is full or storage stopped"));

@@ -13,9 +13,9 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use chat_protocol::{ErrorCode, RequestId, Response, Timestamp, TokenGrant, UserId};
 
 use super::{
-    ConnId, Done, DoneThen, Origin, Shard, ShardMsg, Shared, error, error_body, now_ms, response,
+    ConnId, Origin, Shard, ShardMsg, Shared, Written, error, error_body, now_ms, response,
 };
-use crate::store::writer::{Batch, Completion as _, WriteError};
+use crate::store::writer::{Batch, WriteError};
 use crate::store::{Cf, UserRecord, keys, to_json};
 
 /// A successful authentication.
@@ -139,13 +139,17 @@ fn provision(
         expires_at: claims.expires_at,
         issued_at: claims.issued_at,
     };
-    let done = Done {
-        shared: Arc::clone(shared),
-        shard,
-        then: DoneThen::Account(write),
-    };
-    if let Err(done) = shared.writer.submit(batch, done) {
-        done.complete(Err(WriteError::Storage("storage queue full".into())));
+    if let Err(refused) = shared.commit(shard, batch, Written::Account(write)) {
+        tracing::debug!(error = %refused, "an account write was refused");
+        let result = Err(error_body(ErrorCode::OVERLOADED, ""));
+        shared.push_blocking(
+            shard,
+            ShardMsg::Authenticated {
+                conn,
+                request,
+                result,
+            },
+        );
     }
 }
 
@@ -169,12 +173,9 @@ fn account_batch(shared: &Shared, record: &UserRecord) -> Batch {
     batch
 }
 
-/// Called on the storage thread when an account write finished.
-pub(crate) fn account_written(
-    shared: &Arc<Shared>,
-    write: AccountWrite,
-    result: Result<(), WriteError>,
-) {
+/// An account write of this shard finished.
+pub(crate) fn account_written(shard: &Shard, write: AccountWrite, result: Result<(), WriteError>) {
+    let shared = &shard.shared;
     match write {
         AccountWrite::Register { origin, record } => {
             let frame = match result {
@@ -188,10 +189,10 @@ pub(crate) fn account_written(
                     error(origin.request, ErrorCode::UNAVAILABLE, "")
                 }
             };
-            shared.reply_blocking(&origin, frame);
+            shard.reply(&origin, frame);
         }
         AccountWrite::Provision {
-            shard,
+            shard: at,
             conn,
             request,
             name,
@@ -213,7 +214,7 @@ pub(crate) fn account_written(
                             _ => Err(error_body(ErrorCode::UNAVAILABLE, "")),
                         };
                         shared2.push_blocking(
-                            shard,
+                            at,
                             ShardMsg::Authenticated {
                                 conn,
                                 request,
@@ -231,8 +232,8 @@ pub(crate) fn account_written(
                     Err(error_body(ErrorCode::UNAVAILABLE, ""))
                 }
             };
-            shared.push_blocking(
-                shard,
+            shard.send(
+                at,
                 ShardMsg::Authenticated {
                     conn,
                     request,
@@ -277,13 +278,10 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
             created_at: now_ms(),
         };
         let batch = account_batch(&shared, &record);
-        let done = Done {
-            shared: Arc::clone(&shared),
-            shard: origin.at.shard,
-            then: DoneThen::Account(AccountWrite::Register { origin, record }),
-        };
-        if let Err(done) = shared.writer.submit(batch, done) {
-            done.complete(Err(WriteError::Storage("storage queue full".into())));
+        let write = Written::Account(AccountWrite::Register { origin, record });
+        if let Err(refused) = shared.commit(origin.at.shard, batch, write) {
+            tracing::debug!(error = %refused, "an account write was refused");
+            shared.reply_blocking(&origin, error(origin.request, ErrorCode::OVERLOADED, ""));
         }
     });
     if !submitted {

@@ -93,6 +93,11 @@ pub(crate) enum ShardMsg {
         request: Option<RequestId>,
         result: Result<accounts::Authenticated, ErrorBody>,
     },
+    /// A write this shard submitted finished (through the inbox's reserved lane).
+    Written {
+        what: Written,
+        result: Result<(), WriteError>,
+    },
     /// For the conversation's owner.
     Conversation {
         conversation: ConversationId,
@@ -255,9 +260,9 @@ impl Shared {
         usize::try_from(fnv1a(key) % shards).unwrap_or(0)
     }
 
-    /// Pushes from a non-shard thread (read pool, storage): waits for room, since these
-    /// messages (replies, commit results) must not be lost. Gives up only when the target
-    /// shard has exited.
+    /// Pushes from a read pool thread: waits for room, since these messages (replies, loaded
+    /// state) must not be lost. Gives up only when the target shard has exited. (The storage
+    /// thread never waits: its results go through reserved slots, [`Shared::commit`].)
     pub(crate) fn push_blocking(&self, shard: ShardId, mut msg: ShardMsg) {
         loop {
             match self.inboxes[shard].push(msg) {
@@ -270,6 +275,23 @@ impl Shared {
             }
             std::thread::sleep(Duration::from_micros(50));
         }
+    }
+
+    /// Submits a write for shard `shard`, whose result comes back to it as
+    /// [`ShardMsg::Written`]. Callable from any thread.
+    pub(crate) fn commit(
+        &self,
+        shard: ShardId,
+        batch: crate::store::writer::Batch,
+        what: Written,
+    ) -> Result<(), CommitRefused> {
+        let slot = self.inboxes[shard]
+            .reserve()
+            .ok_or(CommitRefused::InFlight)?;
+        // A refused submission drops the slot with it: free again at once.
+        self.writer
+            .submit(batch, Done::Shard { slot, what })
+            .map_err(|_| CommitRefused::QueueFull)
     }
 
     /// Replies to a request from a non-shard thread.
@@ -292,41 +314,43 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A completed write, routed back to the shard that asked for it.
-pub(crate) struct Done {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) shard: ShardId,
-    pub(crate) then: DoneThen,
-}
-
-/// What the completed write was for.
-pub(crate) enum DoneThen {
-    /// A write of a conversation's owner.
-    Conversation(ConversationId),
-    /// An account creation (register, or first sight of a backend-minted token).
-    Account(accounts::AccountWrite),
-    /// An operator's write (the admin listener waits for it); once committed, the
-    /// account restriction it wrote is put in place here, whether or not anyone still waits.
+/// What the storage thread calls back when a write is done.
+pub(crate) enum Done {
+    /// A shard's write: the result goes back to the shard through the slot of its inbox's
+    /// reserved lane taken when the write was submitted ([`Shared::commit`]), so the storage
+    /// thread never waits for a full inbox.
+    Shard {
+        slot: crate::inbox::Reservation<ShardMsg>,
+        what: Written,
+    },
+    /// An operator's write (the admin listener waits for it); once committed, the account
+    /// restriction it wrote is put in place here, whether or not anyone still waits.
     Admin {
+        shared: Arc<Shared>,
         restriction: Option<(UserId, crate::store::Restriction)>,
         reply: tokio::sync::oneshot::Sender<Result<(), WriteError>>,
     },
 }
 
+/// What a shard's completed write was for.
+pub(crate) enum Written {
+    /// A commit of a conversation this shard owns.
+    Conversation(ConversationId),
+    /// An account creation (register, or first sight of a backend-minted token).
+    Account(accounts::AccountWrite),
+}
+
 impl Completion for Done {
     fn complete(self, result: Result<(), WriteError>) {
-        let msg = match self.then {
-            DoneThen::Conversation(conversation) => ShardMsg::Conversation {
-                conversation,
-                op: conversation::Input::Committed(result),
-            },
-            DoneThen::Account(write) => {
-                accounts::account_written(&self.shared, write, result);
-                return;
-            }
-            DoneThen::Admin { restriction, reply } => {
+        match self {
+            Done::Shard { slot, what } => slot.push(ShardMsg::Written { what, result }),
+            Done::Admin {
+                shared,
+                restriction,
+                reply,
+            } => {
                 if let (Ok(()), Some((user, restriction))) = (&result, restriction) {
-                    let map = self.shared.restrictions.pin();
+                    let map = shared.restrictions.pin();
                     if restriction == crate::store::Restriction::default() {
                         map.remove(&user);
                     } else {
@@ -334,11 +358,20 @@ impl Completion for Done {
                     }
                 }
                 let _ = reply.send(result);
-                return;
             }
-        };
-        self.shared.push_blocking(self.shard, msg);
+        }
     }
+}
+
+/// Why a shard's write was not submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CommitRefused {
+    /// The shard has as many writes in flight as its inbox has reserved slots.
+    #[error("too many writes in flight for this shard")]
+    InFlight,
+    /// The storage thread's queue is full (or storage stopped).
+    #[error("the storage queue is full")]
+    QueueFull,
 }
 
 /// Encodes a server frame. Frames the daemon builds always fit; if one ever does not, the
@@ -570,6 +603,12 @@ impl Shard {
                 request,
                 result,
             } => conn::authenticated(self, conn, request, result),
+            ShardMsg::Written { what, result } => match what {
+                Written::Conversation(conversation) => {
+                    owner::handle(self, conversation, conversation::Input::Committed(result));
+                }
+                Written::Account(write) => accounts::account_written(self, write, result),
+            },
             ShardMsg::Conversation { conversation, op } => owner::handle(self, conversation, op),
             ShardMsg::Loaded {
                 conversation,

@@ -16,7 +16,7 @@ use chat_protocol::{
 };
 
 use super::conversation::{Answer, Ctx, Effect, Input, ReadError};
-use super::{Done, DoneThen, Origin, Shard, ShardId, ShardMsg, encode, error, now_ms, response};
+use super::{Origin, Shard, ShardId, ShardMsg, Written, encode, error, now_ms, response};
 use crate::store::ConversationSnapshot;
 
 /// Gives `input` to conversation `id`, owned by this shard.
@@ -56,8 +56,9 @@ fn with_ctx(shard: &Shard, f: impl FnOnce(&Ctx<'_>)) {
     });
 }
 
-/// Carries out effects in order; a refused commit feeds the conversation its refusal, whose
-/// effects follow.
+/// Carries out effects in order; a refused commit (the storage queue is full, or this shard
+/// has as many writes in flight as its inbox has reserved slots) feeds the conversation its
+/// refusal, whose effects follow.
 fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
     let mut queue = VecDeque::from(effects);
     while let Some(effect) = queue.pop_front() {
@@ -73,12 +74,8 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
                 conversation,
                 batch,
             } => {
-                let done = Done {
-                    shared: Arc::clone(&shard.shared),
-                    shard: shard.id,
-                    then: DoneThen::Conversation(conversation),
-                };
-                if shard.shared.writer.submit(batch, done).is_err() {
+                let what = Written::Conversation(conversation);
+                if shard.shared.commit(shard.id, batch, what).is_err() {
                     let mut more = Vec::new();
                     with_ctx(shard, |ctx| {
                         let mut owner = shard.owner.borrow_mut();
