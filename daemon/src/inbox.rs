@@ -24,7 +24,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
@@ -43,11 +43,16 @@ struct Inner<T> {
     slots: AtomicUsize,
     waker: AtomicWaker,
     scheduled: AtomicBool,
+    /// Items pushed (both lanes) and wake-ups given, since the start (for the metrics).
+    pushed: AtomicU64,
+    wakeups: AtomicU64,
 }
 
 impl<T> Inner<T> {
     fn wake(&self) {
+        self.pushed.fetch_add(1, Ordering::Relaxed);
         if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             self.waker.wake();
         }
     }
@@ -76,6 +81,8 @@ pub fn inbox<T>(capacity: usize, reserved: usize) -> (Inbox<T>, Receiver<T>) {
         queue: ArrayQueue::new(capacity.max(1)),
         reserved: ArrayQueue::new(reserved.max(1)),
         slots: AtomicUsize::new(0),
+        pushed: AtomicU64::new(0),
+        wakeups: AtomicU64::new(0),
         waker: AtomicWaker::new(),
         scheduled: AtomicBool::new(false),
     });
@@ -91,6 +98,14 @@ impl<T> Inbox<T> {
     /// Messages waiting now (in both lanes).
     pub fn len(&self) -> usize {
         self.inner.queue.len() + self.inner.reserved.len()
+    }
+
+    /// Items pushed since the start, and the wake-ups they cost (one per batch at best).
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.inner.pushed.load(Ordering::Relaxed),
+            self.inner.wakeups.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues `item` and wakes the consumer if it is not already scheduled.

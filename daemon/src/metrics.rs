@@ -182,6 +182,8 @@ pub(crate) struct ScrapeGauges {
     pub(crate) connections: [Gauge; 3],
     pub(crate) connections_per_shard: Vec<Gauge>,
     pub(crate) inbox_depth: Vec<Gauge>,
+    pub(crate) inbox_messages: Vec<Counter>,
+    pub(crate) inbox_wakeups: Vec<Counter>,
     pub(crate) heartbeat_age: Vec<Gauge>,
     pub(crate) refused: Counter,
     pub(crate) retries: Counter,
@@ -337,6 +339,16 @@ impl Metrics {
             "chatd_inbox_depth",
             count,
             "Messages waiting in a shard's inbox (capacity 65536).",
+        );
+        r.describe(
+            "chatd_inbox_messages_total",
+            count,
+            "Messages put in a shard's inbox (from other shards, itself, storage and the read pools): the cross-thread hops.",
+        );
+        r.describe(
+            "chatd_inbox_wakeups_total",
+            count,
+            "Times a shard was woken for its inbox (a burst of messages costs one).",
         );
         r.describe_gauge(
             "chatd_shard_heartbeat_age_seconds",
@@ -510,6 +522,12 @@ impl Metrics {
                 .collect(),
             inbox_depth: (0..shards)
                 .map(|i| r.gauge("chatd_inbox_depth", &shard_label(i)))
+                .collect(),
+            inbox_messages: (0..shards)
+                .map(|i| r.counter("chatd_inbox_messages_total", &shard_label(i)))
+                .collect(),
+            inbox_wakeups: (0..shards)
+                .map(|i| r.counter("chatd_inbox_wakeups_total", &shard_label(i)))
                 .collect(),
             heartbeat_age: (0..shards)
                 .map(|i| r.gauge("chatd_shard_heartbeat_age_seconds", &shard_label(i)))

@@ -359,6 +359,9 @@ fn scrape(state: &State) -> String {
     }
     for (i, gauge) in g.inbox_depth.iter().enumerate() {
         gauge.set(shared.inboxes[i].len() as f64);
+        let (messages, wakeups) = shared.inboxes[i].traffic();
+        g.inbox_messages[i].absolute(messages);
+        g.inbox_wakeups[i].absolute(wakeups);
     }
     for (i, gauge) in g.heartbeat_age.iter().enumerate() {
         gauge.set(shared.heartbeat_age(i).as_secs_f64());
