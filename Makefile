@@ -87,6 +87,7 @@ bench: bootstrap
 	./bench/reload.sh
 	./bench/metrics-cost.sh
 	./bench/metrics-plot.sh
+	./bench/hops.sh
 
 faults: bootstrap
 	./bench/faults.sh

@@ -59,13 +59,19 @@ for scenario in "${scenarios[@]}"; do
   echo "$scenario $rate $((m1 - m0)) $((w1 - w0)) $((d1 - d0)) $((s1 - s0))" >>"$summary.runs"
 done
 
-python3 - "$summary.runs" "$(git rev-parse --short HEAD)" <<'PY' | tee "$summary"
-import sys
-print(f"chatd {sys.argv[2]}, release, 2 shards, fsync; counts from /metrics over the whole run")
-print(f"{'scenario':<10} {'msg/s':>6} {'sends':>8} {'deliveries':>11} {'hops/dlv':>9} {'wakeups/dlv':>12} {'hops/send':>10}")
+python3 - "$summary.runs" "$(git describe --always --dirty)" "$out" <<'PY' | tee "$summary"
+import json, sys
+print(f"chatd {sys.argv[2]}, release, 2 shards, fsync; counts from /metrics over the whole run;")
+print("server CPU per delivery and p99 send -> delivery from chat-loadgen (one run: indicative)")
+print(f"{'scenario':<10} {'msg/s':>6} {'sends':>8} {'deliveries':>11} {'hops/dlv':>9} {'wakeups/dlv':>12} {'hops/send':>10} {'cpu us/dlv':>11} {'p99 ms':>7}")
 for line in open(sys.argv[1]):
     s, rate, m, w, d, sends = line.split()
     m, w, d, sends = int(m), int(w), int(d), int(sends)
     per = lambda x, n: f"{x / n:.2f}" if n else "-"
-    print(f"{s:<10} {rate:>6} {sends:>8} {d:>11} {per(m, d):>9} {per(w, d):>12} {per(m, sends):>10}")
+    try:
+        step = json.load(open(f"{sys.argv[3]}/{s}.json"))["steps"][-1]
+        cpu, p99 = f"{step['server_cpu_us_per_delivery']:.1f}", f"{step['send_to_delivery']['p99_ms']:.2f}"
+    except (OSError, KeyError, IndexError, ValueError, TypeError):
+        cpu, p99 = "-", "-"
+    print(f"{s:<10} {rate:>6} {sends:>8} {d:>11} {per(m, d):>9} {per(w, d):>12} {per(m, sends):>10} {cpu:>11} {p99:>7}")
 PY

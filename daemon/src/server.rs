@@ -245,7 +245,7 @@ impl Daemon {
             memory: crate::budget::Budget::new(daemon_memory(&config)),
             started: Instant::now(),
             outbox,
-            online: papaya::HashSet::new(),
+            placement: crate::shard::placement::Placement::default(),
             restrictions: store.restrictions()?.into_iter().collect(),
             metrics,
             config: arc_swap::ArcSwap::from_pointee(config),

@@ -44,6 +44,9 @@ use catch_up::{catch_up, resume_parked};
 pub(crate) struct Connections {
     next: u64,
     map: HashMap<ConnId, Rc<Conn>>,
+    /// The authenticated connections of each user on this shard (where events for the user
+    /// go); a user is in [`super::placement`] for this shard while it has an entry here.
+    by_user: HashMap<UserId, Vec<ConnId>>,
     /// Connections (from their first packet on) per source address.
     per_address: HashMap<std::net::IpAddr, usize>,
     shutdown_started: Option<Instant>,
@@ -54,8 +57,39 @@ impl Connections {
         Connections {
             next: 1,
             map: HashMap::new(),
+            by_user: HashMap::new(),
             per_address: HashMap::new(),
             shutdown_started: None,
+        }
+    }
+
+    /// A session of `user` started on connection `conn`; returns whether it is the user's
+    /// first on this shard.
+    fn session_started(&mut self, user: UserId, conn: ConnId) -> bool {
+        let conns = self.by_user.entry(user).or_default();
+        conns.push(conn);
+        conns.len() == 1
+    }
+
+    /// The session of `user` on `conn` ended; returns whether it was the user's last here.
+    fn session_ended(&mut self, user: UserId, conn: ConnId) -> bool {
+        let Some(conns) = self.by_user.get_mut(&user) else {
+            return false;
+        };
+        conns.retain(|c| *c != conn);
+        if conns.is_empty() {
+            self.by_user.remove(&user);
+            return true;
+        }
+        false
+    }
+
+    /// This shard's connections of `users`, except `except`, into `out`.
+    fn of_users(&self, users: &[UserId], except: Option<ConnId>, out: &mut Vec<ConnId>) {
+        for user in users {
+            if let Some(conns) = self.by_user.get(user) {
+                out.extend(conns.iter().filter(|c| Some(**c) != except));
+            }
         }
     }
 
@@ -126,6 +160,8 @@ struct Conn {
     /// The budget shared by the user's connections, from the user's registry shard soon
     /// after authentication.
     user: RefCell<Option<Arc<UserBudget>>>,
+    /// The user's send rate limit, shared by the user's connections; it comes with `user`.
+    sends: RefCell<Option<Arc<registry::SendLimit>>>,
     state: RefCell<ConnState>,
     out: RefCell<Outgoing>,
     wake: tokio::sync::Notify,
@@ -397,6 +433,7 @@ async fn serve(
         shared: Arc::clone(&shard.shared),
         unauthenticated,
         user: RefCell::new(None),
+        sends: RefCell::new(None),
         state: RefCell::default(),
         out: RefCell::default(),
         wake: tokio::sync::Notify::new(),
@@ -433,6 +470,9 @@ async fn serve(
             .shared
             .sessions
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if shard.conns.borrow_mut().session_ended(user, id) {
+            shard.shared.placement.left(user, shard.id);
+        }
         let at = ConnRef {
             shard: shard.id,
             conn: id,
@@ -872,7 +912,12 @@ pub(crate) fn authenticated(
                     at,
                 }),
             );
+            let user = auth.user;
             conn.state.borrow_mut().session = Some(auth);
+            // Placed before the catch-up below reads the store (see `placement`).
+            if shard.conns.borrow_mut().session_started(user, conn_id) {
+                shard.shared.placement.arrived(user, shard.id);
+            }
             conn.unauthenticated.done();
             shard.metrics().sessions.increment(1);
             shard
@@ -998,12 +1043,24 @@ fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: R
                     "text content types need UTF-8 bodies",
                 );
             }
-            // The user's registry shard charges the rate limit, then passes it on.
-            let registry = shard.shared.registry_of(origin.user);
-            shard.send(
-                registry,
-                ShardMsg::Registry(registry::Op::Send { origin, message }),
-            );
+            // The user's send limit is shared by their devices: charged here, on the
+            // connection's shard, then the message goes straight to its owner.
+            let limits = &shard.shared.config().limits;
+            let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
+            let sends = conn.sends.borrow().clone();
+            if let Some(Err(wait_ms)) = sends.map(|s| s.take(Instant::now(), rate, burst)) {
+                shard.metrics().rate_limited.increment(1);
+                let error = ErrorBody {
+                    code: ErrorCode::RATE_LIMITED,
+                    reason: format!("at most {} messages per second", limits.send_rate),
+                    retry_after_ms: Some(wait_ms),
+                };
+                return answer(encode(&ServerFrame::Error {
+                    id: Some(id),
+                    error,
+                }));
+            }
+            to_owner(message.conversation, Input::Send { origin, message });
         }
         Request::History(query) => to_owner(query.conversation, Input::History { origin, query }),
         Request::CreateRoom { name, invite_only } => {
@@ -1314,8 +1371,14 @@ fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId
 
 /// The budget a local connection shares with its user's other connections arrived: it is
 /// charged with what the connection holds already.
-pub(crate) fn user_budget(shard: &Shard, conn: ConnId, budget: Arc<UserBudget>) {
+pub(crate) fn user_budget(
+    shard: &Shard,
+    conn: ConnId,
+    budget: Arc<UserBudget>,
+    sends: Arc<registry::SendLimit>,
+) {
     let Some(conn) = get(shard, conn) else { return };
+    conn.sends.borrow_mut().replace(sends);
     let out = conn.out.borrow();
     if out.released {
         return;
@@ -1441,6 +1504,46 @@ pub(crate) fn deliver(
         }
     }
     shard.metrics().deliveries.increment(delivered);
+}
+
+/// Events for this shard's connections of their audiences, in order.
+pub(crate) fn publish(shard: &Shard, publications: Vec<super::Publication>) {
+    let mut conns = Vec::new();
+    for publication in publications {
+        conns.clear();
+        let except = local(shard, publication.except);
+        shard
+            .conns
+            .borrow()
+            .of_users(&publication.audience, except, &mut conns);
+        if !conns.is_empty() {
+            deliver(
+                shard,
+                &conns,
+                &publication.frame,
+                publication.ephemeral,
+                publication.entry,
+            );
+        }
+    }
+}
+
+/// Events for these audiences were lost on the way (a full inbox): this shard's connections
+/// of them lag.
+pub(crate) fn lag_audiences(shard: &Shard, audiences: &[(Arc<[UserId]>, Option<ConnRef>)]) {
+    let mut conns = Vec::new();
+    for (users, except) in audiences {
+        let except = local(shard, *except);
+        shard.conns.borrow().of_users(users, except, &mut conns);
+    }
+    conns.sort_unstable();
+    conns.dedup();
+    lag(shard, &conns);
+}
+
+/// The connection id of `at` if it lives on this shard.
+fn local(shard: &Shard, at: Option<ConnRef>) -> Option<ConnId> {
+    at.filter(|at| at.shard == shard.id).map(|at| at.conn)
 }
 
 /// Records the shard's peak of events queued for one connection.

@@ -6,6 +6,10 @@
 //!   out by [`owner`]): sequence counter, membership, deduplication window, in-flight commits;
 //! - the device registries of the users whose id hashes to it ([`registry`]).
 //!
+//! A committed event goes from its owner straight to the shards holding sessions of its
+//! audience ([`placement`]), several events per message: each of those shards finds its own
+//! connections of the audience (`conn::Connections` indexes them by user).
+//!
 //! Shards share nothing mutable. They talk through [`Inbox`]es (bounded lock-free queues with
 //! one wake-up per batch) carrying [`ShardMsg`]; blocking work goes to the read pool and the
 //! storage thread, whose results come back through the same inboxes.
@@ -14,6 +18,7 @@ pub(crate) mod accounts;
 pub(crate) mod conn;
 pub(crate) mod conversation;
 pub(crate) mod owner;
+pub(crate) mod placement;
 mod readings;
 pub(crate) mod registry;
 
@@ -110,14 +115,8 @@ pub(crate) enum ShardMsg {
     },
     /// For the registry owner of a user.
     Registry(registry::Op),
-    /// Fan an event out to the connected devices of `users` that this shard's registry owns.
-    Fanout {
-        users: Arc<[UserId]>,
-        frame: Bytes,
-        except: Option<ConnRef>,
-        ephemeral: bool,
-        entry: Option<Position>,
-    },
+    /// Events for this shard's connections of their audiences, in order.
+    Publish(Vec<Publication>),
     /// A page of a catch-up, encoded on the read pool: gaps and entries in order, the number
     /// of entries in it, and the rest of the catch-up unless it was the last page.
     Replay {
@@ -126,16 +125,16 @@ pub(crate) enum ShardMsg {
         replayed: u32,
         next: Option<Box<crate::store::CatchUp>>,
     },
-    /// The memory budget a local connection shares with its user's other connections.
+    /// What a local connection shares with its user's other connections: the memory budget
+    /// and the send rate limit.
     UserBudget {
         conn: ConnId,
         budget: Arc<crate::budget::UserBudget>,
+        sends: Arc<registry::SendLimit>,
     },
-    /// A `Fanout` for these users could not be queued: their connections must learn they lag.
-    LagUsers {
-        users: Arc<[UserId]>,
-        except: Option<ConnRef>,
-    },
+    /// A `Publish` could not be queued: this shard's connections of these audiences (except
+    /// the one given with each) must learn they lag.
+    Lag(Vec<(Arc<[UserId]>, Option<ConnRef>)>),
     /// A `Deliver` for these local connections could not be queued: they lag.
     LagConns { conns: Vec<ConnId> },
     /// A presence change of a local connection, checked on the read pool.
@@ -154,6 +153,20 @@ pub(crate) enum ShardMsg {
         config: Arc<quinn::ServerConfig>,
         done: std::sync::mpsc::Sender<()>,
     },
+}
+
+/// One event for the connections of its audience on one shard.
+pub(crate) struct Publication {
+    /// The event frame, encoded once for every shard.
+    pub(crate) frame: Bytes,
+    pub(crate) audience: Arc<[UserId]>,
+    /// The connection that must not get it (a message's sender has the ack).
+    pub(crate) except: Option<ConnRef>,
+    /// Typing: a QUIC datagram where possible, dropped rather than lagging anyone.
+    pub(crate) ephemeral: bool,
+    /// The log position of a message or membership event (connections that are catching
+    /// up use it to drop what their replay already holds).
+    pub(crate) entry: Option<Position>,
 }
 
 /// An operator's request to one shard, answered on `reply`.
@@ -214,9 +227,9 @@ pub(crate) struct Shared {
     pub(crate) started: std::time::Instant,
     /// The outbox's newest event seq and the bridge's wake-up.
     pub(crate) outbox: Arc<crate::store::writer::OutboxHead>,
-    /// Users with a connected device, kept by their registry shards while the bridge is on
-    /// (for the offline recipients of `message.created`). Lock-free reads from any shard.
-    pub(crate) online: papaya::HashSet<UserId>,
+    /// The shards holding each online user's sessions: where owners send events, and who
+    /// is offline for `message.created`. Lock-free from any shard.
+    pub(crate) placement: placement::Placement,
     /// The daemon's Prometheus metrics.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// What operators set on accounts (disabled, tokens revoked), as stored; one entry per
@@ -244,9 +257,9 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    /// Whether a user has a connected device (tracked only while the bridge is on).
+    /// Whether a user has a session.
     pub(crate) fn is_online(&self, user: UserId) -> bool {
-        self.online.pin().contains(&user)
+        self.placement.is_online(user)
     }
 
     /// The shard that owns a user's device registry.
@@ -465,14 +478,17 @@ pub(crate) struct Shard {
     /// Messages to other shards that found their inbox full and must not be lost (replies,
     /// commits); retried at every loop turn. Bounded by the requests in flight.
     retry: RefCell<VecDeque<(ShardId, ShardMsg)>>,
+    /// Events for each shard (itself included), sent as one `Publish` per shard at the end
+    /// of the loop turn; bounded by what one turn handles.
+    publications: RefCell<Vec<Vec<Publication>>>,
 }
 
 impl Shard {
     /// Sends to a shard (possibly this one), in order per target: while older messages for
     /// the target wait in the retry queue, new ones queue behind them. When the target inbox is
-    /// full, replies and commands are kept for a retry; an event (`Fanout`, `Deliver`) is
-    /// replaced by the much smaller news that its recipients lag, so they catch up through
-    /// history instead of missing it silently.
+    /// full, replies and commands are kept for a retry; events (`Publish`, `Deliver`) are
+    /// replaced by the much smaller news that their recipients lag, so they catch up through
+    /// history instead of missing them silently.
     pub(crate) fn send(&self, target: ShardId, msg: ShardMsg) {
         let mut retry = self.retry.borrow_mut();
         let msg = if retry.iter().any(|(t, _)| *t == target) {
@@ -485,17 +501,45 @@ impl Shard {
         };
         let kept = match msg {
             // Ephemeral events are not worth keeping or lagging for.
-            ShardMsg::Fanout {
-                ephemeral: true, ..
-            }
-            | ShardMsg::Deliver {
+            ShardMsg::Deliver {
                 ephemeral: true, ..
             } => return,
-            ShardMsg::Fanout { users, except, .. } => ShardMsg::LagUsers { users, except },
             ShardMsg::Deliver { conns, .. } => ShardMsg::LagConns { conns },
+            ShardMsg::Publish(publications) => {
+                let lagging: Vec<_> = publications
+                    .into_iter()
+                    .filter(|p| !p.ephemeral)
+                    .map(|p| (p.audience, p.except))
+                    .collect();
+                if lagging.is_empty() {
+                    return;
+                }
+                ShardMsg::Lag(lagging)
+            }
             msg => msg,
         };
         retry.push_back((target, kept));
+    }
+
+    /// Queues an event for shard `target`'s connections, sent with the others for that shard
+    /// at the end of this loop turn ([`Shard::flush_publications`]).
+    pub(crate) fn publish(&self, target: ShardId, publication: Publication) {
+        self.publications.borrow_mut()[target].push(publication);
+    }
+
+    /// Sends the events queued this turn: one `Publish` per shard (one wake-up at most).
+    fn flush_publications(&self) {
+        let mut publications = self.publications.borrow_mut();
+        let due: Vec<(ShardId, Vec<Publication>)> = publications
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, queued)| !queued.is_empty())
+            .map(|(target, queued)| (target, std::mem::take(queued)))
+            .collect();
+        drop(publications);
+        for (target, queued) in due {
+            self.send(target, ShardMsg::Publish(queued));
+        }
     }
 
     /// Replies to a request.
@@ -596,7 +640,11 @@ impl Shard {
                 replayed,
                 next,
             } => conn::replay(self, conn, frames, replayed, next),
-            ShardMsg::UserBudget { conn, budget } => conn::user_budget(self, conn, budget),
+            ShardMsg::UserBudget {
+                conn,
+                budget,
+                sends,
+            } => conn::user_budget(self, conn, budget, sends),
             ShardMsg::Close { conn, code, reason } => conn::close(self, conn, code, reason),
             ShardMsg::Authenticated {
                 conn,
@@ -615,16 +663,8 @@ impl Shard {
                 result,
             } => owner::loaded(self, conversation, result),
             ShardMsg::Registry(op) => registry::handle(self, op),
-            ShardMsg::Fanout {
-                users,
-                frame,
-                except,
-                ephemeral,
-                entry,
-            } => {
-                registry::fanout(self, &users, &frame, except, ephemeral, entry);
-            }
-            ShardMsg::LagUsers { users, except } => registry::lag(self, &users, except),
+            ShardMsg::Publish(publications) => conn::publish(self, publications),
+            ShardMsg::Lag(audiences) => conn::lag_audiences(self, &audiences),
             ShardMsg::LagConns { conns } => conn::lag(self, &conns),
             ShardMsg::Presence {
                 origin,
@@ -705,6 +745,7 @@ pub(crate) fn run(
             owner: RefCell::new(conversation::Conversations::default()),
             registry: RefCell::new(registry::Registry::default()),
             retry: RefCell::new(VecDeque::new()),
+            publications: RefCell::new((0..shared.inboxes.len()).map(|_| Vec::new()).collect()),
         });
         crate::runtime::spawn_local(conn::accept_loop(Rc::clone(&shard), endpoint.clone()));
         let mut batch = Vec::with_capacity(1024);
@@ -721,6 +762,7 @@ pub(crate) fn run(
                 _ = tick.tick() => {}
             }
             registry::flush_presence(&shard);
+            shard.flush_publications();
             shard.flush_retries();
             #[allow(clippy::cast_precision_loss)] // a count of conversations
             shard

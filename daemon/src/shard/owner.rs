@@ -3,9 +3,9 @@
 //!
 //! The rules live in [`super::conversation`], without I/O; this module gives them their inputs
 //! with the time and the running configuration ([`Ctx`]) and carries out each [`Effect`] in
-//! order: answers go to the asking connection's shard, events to the registry shards of their
-//! audience (one `Fanout` per shard), loads and reads to the read pool, commits to the storage
-//! thread, whose results come back as inputs through this shard's inbox.
+//! order: answers go to the asking connection's shard, events to the shards holding sessions of
+//! their audience (batched per shard, [`super::placement`]), loads and reads to the read pool,
+//! commits to the storage thread, whose results come back as inputs through this shard's inbox.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -16,7 +16,7 @@ use chat_protocol::{
 };
 
 use super::conversation::{Answer, Ctx, Effect, Input, ReadError};
-use super::{Origin, Shard, ShardId, ShardMsg, Written, encode, error, now_ms, response};
+use super::{Origin, Publication, Shard, ShardMsg, Written, encode, error, now_ms, response};
 use crate::store::ConversationSnapshot;
 
 /// Gives `input` to conversation `id`, owned by this shard.
@@ -193,8 +193,9 @@ fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, window
     }
 }
 
-/// Encodes `event` once and sends it to the registry shard of every user in `audience`, for
-/// their connected devices except `except`.
+/// Encodes `event` once and queues it for every shard holding a session of someone in
+/// `audience` (one `Publish` per shard at the end of the loop turn), for their connections
+/// except `except`.
 fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option<super::ConnRef>) {
     let entry = match &event {
         Event::Message(m) => Some((m.conversation, m.seq)),
@@ -202,19 +203,18 @@ fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option
         _ => None,
     };
     let ephemeral = matches!(event, Event::Typing(_));
+    let mut targets = Vec::new();
+    shard.shared.placement.shards_of(audience, &mut targets);
+    if targets.is_empty() {
+        return;
+    }
     let frame = encode(&ServerFrame::Event(event));
-    let mut shards: Vec<ShardId> = audience
-        .iter()
-        .map(|u| shard.shared.registry_of(*u))
-        .collect();
-    shards.sort_unstable();
-    shards.dedup();
-    for target in shards {
-        shard.send(
+    for target in targets {
+        shard.publish(
             target,
-            ShardMsg::Fanout {
-                users: Arc::clone(audience),
+            Publication {
                 frame: frame.clone(),
+                audience: Arc::clone(audience),
                 except,
                 ephemeral,
                 entry,

@@ -1,7 +1,10 @@
 //! Device registries: for each user whose id hashes to this shard, the connections of their
-//! devices, wherever those connections live. Fan-out of an event goes through the registry
-//! shards of its audience; each turns "these users" into "these connections", grouped into
-//! one `Deliver` per connection shard.
+//! devices, wherever those connections live: at most `MAX_DEVICES_PER_USER`, one per device
+//! (a device that connects again replaces its old connection). The registry gives each
+//! connection what all of the user's connections share: the memory budget and the send
+//! rate limit ([`SendLimit`], charged on the connection's own shard). Events do not pass
+//! through here: owners send them straight to the shards holding the audience's sessions
+//! ([`super::placement`]).
 //!
 //! The registry also owns its users' presence: online while a device is connected, else
 //! offline since the last device left (`last_seen`). Connections follow the presence of
@@ -12,14 +15,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use chat_protocol::{
-    DeviceId, ErrorBody, ErrorCode, Event, GoodbyeCode, PresenceInfo, PresenceStatus, Response,
-    SendMessage, ServerFrame, Timestamp, UserId,
+    DeviceId, Event, GoodbyeCode, PresenceInfo, PresenceStatus, Response, ServerFrame, Timestamp,
+    UserId,
 };
 use crossbeam_queue::ArrayQueue;
 
@@ -46,12 +47,6 @@ pub(crate) enum Op {
         user: UserId,
         device: DeviceId,
         at: ConnRef,
-    },
-    /// A send of `origin.user`: charged to the user's rate limit, then passed to the
-    /// conversation's owner, or refused with `RATE_LIMITED` and when to retry.
-    Send {
-        origin: Origin,
-        message: SendMessage,
     },
     /// Connection `at` follows the presence of `users` (all owned by this registry); the
     /// current state of each goes into `gather`.
@@ -114,37 +109,65 @@ struct Watched {
     dirty: bool,
 }
 
-/// A token bucket: `send_burst` tokens, refilled at `send_rate` per second.
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+/// A user's send rate limit, shared by all of the user's connections wherever they live: a
+/// token bucket of `send_burst` tokens refilled at `send_rate` per second, kept as the
+/// generic cell rate algorithm's theoretical arrival time in one atomic, so any shard charges
+/// it without a lock or a message.
+pub(crate) struct SendLimit {
+    /// When the bucket would be full again, in microseconds since `epoch`.
+    tat: AtomicU64,
+    epoch: Instant,
 }
 
-impl Bucket {
-    /// The tokens it holds at `now`, refilled at `rate` per second up to `burst`.
-    fn level(&self, now: Instant, rate: f64, burst: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        (self.tokens + elapsed * rate).min(burst)
+impl SendLimit {
+    pub(crate) fn new(now: Instant) -> SendLimit {
+        SendLimit {
+            tat: AtomicU64::new(0),
+            epoch: now,
+        }
     }
 
-    /// Takes a token, or says how many milliseconds until one is there.
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), u32> {
-        self.tokens = self.level(now, rate, burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
+    fn micros(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes a token at `now`, or says how many milliseconds until one is there.
+    pub(crate) fn take(&self, now: Instant, rate: f64, burst: f64) -> Result<(), u32> {
+        let (interval, tolerance) = Self::shape(rate, burst);
+        let t = self.micros(now);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let start = tat.max(t);
+            if start - t > tolerance {
+                let wait_ms = (start - t - tolerance).div_ceil(1_000);
+                return Err(u32::try_from(wait_ms).unwrap_or(u32::MAX));
+            }
+            match self.tat.compare_exchange_weak(
+                tat,
+                start.saturating_add(interval),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now_tat) => tat = now_tat,
+            }
         }
-        let wait = ((1.0 - self.tokens) / rate * 1000.0).ceil();
-        // At most a few seconds for any sane rate; saturate rather than wrap.
+    }
+
+    /// Whether the bucket is full at `now` (a new one would be the same).
+    fn full(&self, now: Instant) -> bool {
+        self.tat.load(Ordering::Acquire) <= self.micros(now)
+    }
+
+    /// One token's time and the time `burst - 1` tokens take, in microseconds.
+    fn shape(rate: f64, burst: f64) -> (u64, u64) {
+        // Configured rates are at least 1 per second and bursts at least 1 (the config's
+        // checks); the float is rounded to whole microseconds.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        // non-negative, below u32::MAX
-        let wait = if wait >= f64::from(u32::MAX) {
-            u32::MAX
-        } else {
-            wait as u32
-        };
-        Err(wait)
+        let interval = (1e6 / rate.max(1e-6)).round().clamp(1.0, 1e15) as u64;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let tokens = (burst.max(1.0) - 1.0).min(1e9) as u64;
+        (interval, interval.saturating_mul(tokens))
     }
 }
 
@@ -155,9 +178,9 @@ pub(crate) struct Registry {
     /// The memory budget shared by each connected user's connections (dropped with the
     /// last one).
     budgets: HashMap<UserId, Arc<UserBudget>>,
-    /// Send rate buckets of the users with a connected device, and of users whose last
+    /// Send rate limits of the users with a connected device, and of users whose last
     /// device left less than a full refill ago (so reconnecting does not refill a bucket).
-    buckets: HashMap<UserId, Bucket>,
+    buckets: HashMap<UserId, Arc<SendLimit>>,
     /// Users whose last device left, oldest first, with when their bucket is surely full
     /// again and can be dropped: entries live `send_burst / send_rate` seconds, at most 60.
     idle_buckets: std::collections::VecDeque<(UserId, Instant)>,
@@ -295,7 +318,7 @@ impl Registry {
             let full = self
                 .buckets
                 .get(&user)
-                .is_some_and(|bucket| bucket.level(now, rate, burst) >= burst);
+                .is_some_and(|bucket| bucket.full(now));
             // With a refill longer than the minute an entry waits, the bucket goes anyway:
             // the map of offline users' buckets stays bounded.
             let capped = burst / rate > IDLE_BUCKET_SECS;
@@ -332,18 +355,22 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     .entry(user)
                     .or_insert_with(|| Arc::new(UserBudget::new(limit))),
             );
+            let sends = Arc::clone(
+                registry
+                    .buckets
+                    .entry(user)
+                    .or_insert_with(|| Arc::new(SendLimit::new(Instant::now()))),
+            );
             shard.send(
                 at.shard,
                 ShardMsg::UserBudget {
                     conn: at.conn,
                     budget,
+                    sends,
                 },
             );
             if came_online {
                 registry.presence.changed(user, None);
-                if shard.shared.config().bridge.enabled() {
-                    shard.shared.online.pin().insert(user);
-                }
             }
             drop(registry);
             for old in replaced {
@@ -376,9 +403,6 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     registry.idle_buckets.push_back((user, now + refill));
                     registry.budgets.remove(&user);
                     registry.presence.changed(user, Some(now_ms()));
-                    if shard.shared.config().bridge.enabled() {
-                        shard.shared.online.pin().remove(&user);
-                    }
                 }
             }
         }
@@ -397,44 +421,6 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
         Op::Unwatch { users, at } => {
             for user in users {
                 registry.presence.unwatch(user, at);
-            }
-        }
-        Op::Send { origin, message } => {
-            let config = shard.shared.config();
-            let limits = &config.limits;
-            let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
-            let now = Instant::now();
-            registry.drop_full_buckets(now, rate, burst);
-            let bucket = registry.buckets.entry(origin.user).or_insert(Bucket {
-                tokens: burst,
-                refilled: now,
-            });
-            match bucket.take(now, rate, burst) {
-                Ok(()) => {
-                    drop(registry);
-                    let conversation = message.conversation;
-                    let op = super::conversation::Input::Send { origin, message };
-                    shard.send(
-                        shard.shared.owner_of(conversation),
-                        ShardMsg::Conversation { conversation, op },
-                    );
-                }
-                Err(wait_ms) => {
-                    drop(registry);
-                    shard.metrics().rate_limited.increment(1);
-                    let error = ErrorBody {
-                        code: ErrorCode::RATE_LIMITED,
-                        reason: format!("at most {} messages per second", limits.send_rate),
-                        retry_after_ms: Some(wait_ms),
-                    };
-                    shard.reply(
-                        &origin,
-                        encode(&ServerFrame::Error {
-                            id: Some(origin.request),
-                            error,
-                        }),
-                    );
-                }
             }
         }
     }
@@ -468,53 +454,6 @@ pub(crate) fn flush_presence(shard: &Rc<Shard>) {
             );
         }
     }
-}
-
-/// Sends `frame` to every connected device of the users in `users` that this shard's registry
-/// owns, except the connection `except`: one `Deliver` per connection shard.
-pub(crate) fn fanout(
-    shard: &Rc<Shard>,
-    users: &[UserId],
-    frame: &Bytes,
-    except: Option<ConnRef>,
-    ephemeral: bool,
-    entry: Option<super::Position>,
-) {
-    for (target, conns) in connections(shard, users, except) {
-        shard.send(
-            target,
-            ShardMsg::Deliver {
-                conns,
-                frame: frame.clone(),
-                ephemeral,
-                entry,
-            },
-        );
-    }
-}
-
-/// An event for `users` was lost on the way here: tells their connections they lag.
-pub(crate) fn lag(shard: &Rc<Shard>, users: &[UserId], except: Option<ConnRef>) {
-    for (target, conns) in connections(shard, users, except) {
-        shard.send(target, ShardMsg::LagConns { conns });
-    }
-}
-
-/// The connections of the users this registry owns among `users`, grouped by shard.
-fn connections(
-    shard: &Shard,
-    users: &[UserId],
-    except: Option<ConnRef>,
-) -> Vec<(ShardId, Vec<ConnId>)> {
-    let registry = shard.registry.borrow();
-    by_shard(
-        users
-            .iter()
-            .filter(|user| shard.shared.registry_of(**user) == shard.id)
-            .flat_map(|user| registry.users.get(user).into_iter().flatten())
-            .map(|(_, at)| *at)
-            .filter(|at| Some(*at) != except),
-    )
 }
 
 /// Connections grouped by the shard they live on.
@@ -636,5 +575,55 @@ mod tests {
         // Last-seen is still known to a new follower.
         assert_eq!(table.state(bob, false).last_seen, Some(Timestamp(3)));
         assert_eq!(table.state(bob, true).last_seen, None);
+    }
+
+    #[test]
+    fn the_send_limit_takes_a_burst_then_one_token_per_interval() {
+        let t0 = Instant::now();
+        let limit = SendLimit::new(t0);
+        let (rate, burst) = (20.0, 40.0);
+        for _ in 0..40 {
+            assert_eq!(limit.take(t0, rate, burst), Ok(()));
+        }
+        assert_eq!(
+            limit.take(t0, rate, burst),
+            Err(50),
+            "one token every 50 ms"
+        );
+        assert_eq!(
+            limit.take(t0 + Duration::from_millis(20), rate, burst),
+            Err(30)
+        );
+        let later = t0 + Duration::from_millis(50);
+        assert_eq!(limit.take(later, rate, burst), Ok(()));
+        assert_eq!(limit.take(later, rate, burst), Err(50));
+        assert!(!limit.full(later));
+        // Two seconds refill the whole burst, no more.
+        let rested = later + 2 * SECOND;
+        assert!(limit.full(rested));
+        for _ in 0..40 {
+            assert_eq!(limit.take(rested, rate, burst), Ok(()));
+        }
+        assert!(limit.take(rested, rate, burst).is_err());
+    }
+
+    #[test]
+    fn devices_on_several_threads_share_one_send_limit() {
+        let t0 = Instant::now();
+        let limit = Arc::new(SendLimit::new(t0));
+        let taken: usize = (0..4)
+            .map(|_| {
+                let limit = Arc::clone(&limit);
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|_| limit.take(t0, 1.0, 10.0).is_ok())
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(taken, 10, "the burst, once, across all devices");
     }
 }
