@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 scenarios=("$@")
 [ "${#scenarios[@]}" -gt 0 ] || scenarios=(dm rooms10 rooms100)
+# The build measured: taken before this script writes its results.
+label="$(git describe --always --dirty)"
 build_release
 out=bench/results/hops
 mkdir -p "$out"
@@ -59,7 +61,7 @@ for scenario in "${scenarios[@]}"; do
   echo "$scenario $rate $((m1 - m0)) $((w1 - w0)) $((d1 - d0)) $((s1 - s0))" >>"$summary.runs"
 done
 
-python3 - "$summary.runs" "$(git describe --always --dirty)" "$out" <<'PY' | tee "$summary"
+python3 - "$summary.runs" "$label" "$out" <<'PY' | tee "$summary"
 import json, sys
 print(f"chatd {sys.argv[2]}, release, 2 shards, fsync; counts from /metrics over the whole run;")
 print("server CPU per delivery and p99 send -> delivery from chat-loadgen (one run: indicative)")
