@@ -97,13 +97,12 @@ impl Bridge {
         })
     }
 
-    /// Stops the bridge (what is not confirmed yet goes out after the next start).
-    pub(crate) fn stop(mut self) {
+    /// Tells the bridge to stop (what is not confirmed yet goes out after the next start);
+    /// returns its thread, to be joined.
+    pub(crate) fn stop(mut self) -> Option<std::thread::JoinHandle<()>> {
         self.stopping.store(true, Ordering::Release);
         self.stop.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.take()
     }
 }
 

@@ -11,8 +11,9 @@
 //!
 //! - [`server`]: [`Daemon::start`] binds the port and starts the `shard-N` threads (one
 //!   pinned thread per core with its own runtime and quinn endpoint), the storage thread
-//!   and the read pools; [`Daemon::reload`] applies a new configuration; [`run`] runs it
-//!   until a shutdown future completes.
+//!   and the read pools; [`Daemon::reload`] applies a new configuration; [`run`] is the
+//!   whole lifecycle (start, reloads, drain, stop) driven by [`Command`]s, as `chatd run`
+//!   drives it from signals.
 //! - [`reload`]: which fields a reload applies and which wait for a restart.
 //! - [`guard`]: the data directory lock and the check that no other process shares the port.
 //! - [`logging`]: the subscriber (text or JSON, colour only on a terminal, a reloadable
@@ -47,7 +48,7 @@ pub mod store;
 pub mod tls;
 pub mod token;
 
-pub use server::{Daemon, Reloaded, run};
+pub use server::{Command, Daemon, Reloaded, Stop, run};
 
 /// The daemon's name and version as sent in `HelloOk::server`.
 pub const SERVER_NAME: &str = concat!("chatd/", env!("CARGO_PKG_VERSION"));

@@ -268,14 +268,6 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
     }
 }
 
-/// How a signal asked the daemon to stop.
-enum Stop {
-    /// SIGTERM: drain connections within the grace period.
-    Graceful,
-    /// SIGINT: close connections at once (storage is still flushed).
-    Fast,
-}
-
 fn serve(args: &RunArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
@@ -316,80 +308,93 @@ fn serve(args: &RunArgs) -> ExitCode {
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        let mut daemon = match chatd::Daemon::start(config) {
-            Ok(daemon) => daemon,
-            Err(e) => {
-                tracing::error!("cannot start: {e}");
-                let code = match e {
-                    chatd::server::Error::Locked(_) => EXIT_LOCKED,
-                    _ => EXIT_UNAVAILABLE,
-                };
-                return ExitCode::from(code);
-            }
-        };
-        let stop = loop {
+        let (commands, received) = tokio::sync::mpsc::channel(4);
+        let daemon = chatd::run(config, received);
+        tokio::pin!(daemon);
+        // A reload in progress: the daemon's answer and the log filter to apply with it.
+        let mut reloading: Option<(ReloadAnswer, String)> = None;
+        loop {
             tokio::select! {
-                _ = term.recv() => break Stop::Graceful,
-                _ = int.recv() => break Stop::Fast,
-                _ = hup.recv() => reload(&mut daemon, &logging, &args.config, &overrides),
-            }
-        };
-        match stop {
-            Stop::Graceful => {
-                let drain = daemon.drain();
-                let mut fast = false;
-                if !drain.is_zero() {
-                    tracing::info!(
-                        seconds = drain.as_secs(),
-                        "SIGTERM: /readyz answers 503; serving on before closing connections"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(drain) => {}
-                        _ = term.recv() => {}
-                        _ = int.recv() => fast = true,
+                ran = &mut daemon => return match ran {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("cannot start: {e}");
+                        ExitCode::from(match e {
+                            chatd::server::Error::Locked(_) => EXIT_LOCKED,
+                            _ => EXIT_UNAVAILABLE,
+                        })
+                    }
+                },
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM");
+                    let _ = commands.try_send(chatd::Command::Stop(chatd::Stop::Graceful));
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT");
+                    let _ = commands.try_send(chatd::Command::Stop(chatd::Stop::Fast));
+                }
+                _ = hup.recv(), if reloading.is_none() => {
+                    reloading = start_reload(&commands, &args.config, &overrides);
+                }
+                answer = async { (&mut reloading.as_mut()?.0).await.ok() }, if reloading.is_some() => {
+                    if let Some((_, log)) = reloading.take() {
+                        finish_reload(answer, &logging, &log);
                     }
                 }
-                if fast {
-                    tracing::info!("SIGINT: closing connections now");
-                    daemon.stop_fast();
-                } else {
-                    tracing::info!("SIGTERM: draining connections");
-                    daemon.stop();
-                }
-            }
-            Stop::Fast => {
-                tracing::info!("SIGINT: closing connections now");
-                daemon.stop_fast();
             }
         }
-        ExitCode::SUCCESS
     })
 }
 
-/// SIGHUP: reads the configuration again and applies what can change while running. A
-/// configuration that does not load, or a certificate or key that does not read, leaves
-/// everything as it was.
-fn reload(
-    daemon: &mut chatd::Daemon,
-    logging: &chatd::logging::Logging,
+/// The daemon's answer to a reload.
+type ReloadAnswer = tokio::sync::oneshot::Receiver<Result<chatd::Reloaded, chatd::server::Error>>;
+
+/// SIGHUP: reads the configuration again and hands it to the daemon, which applies what can
+/// change while running. A configuration that does not load is refused here, leaving
+/// everything as it was. Returns the answer to wait for, with the log filter to apply then.
+fn start_reload(
+    commands: &tokio::sync::mpsc::Sender<chatd::Command>,
     args: &ConfigArgs,
     overrides: &Overrides,
-) {
+) -> Option<(ReloadAnswer, String)> {
     // For `Type=notify-reload`: RELOADING=1 with the time, READY=1 when done.
-    let mut reloading = vec![sd_notify::NotifyState::Reloading];
-    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
-    let _ = sd_notify::notify(false, &reloading);
+    let mut notice = vec![sd_notify::NotifyState::Reloading];
+    notice.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    let _ = sd_notify::notify(false, &notice);
     tracing::info!("SIGHUP: reloading the configuration");
-    let outcome = read_config(args, overrides)
-        .map_err(|e| e.to_string())
-        .and_then(|config| {
+    let refused = match read_config(args, overrides) {
+        Ok(config) => {
             // `log` was validated with the rest: once the daemon took the configuration,
             // the filter cannot fail, so nothing is applied halfway.
             let log = config.log.clone();
-            let reloaded = daemon.reload(config).map_err(|e| e.to_string())?;
-            logging.reload(&log)?;
-            Ok(reloaded)
-        });
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let command = chatd::Command::Reload {
+                config: Box::new(config),
+                done,
+            };
+            match commands.try_send(command) {
+                Ok(()) => return Some((answer, log)),
+                Err(_) => "the daemon is busy or stopping".to_owned(),
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::error!("reload failed, running on the previous configuration: {refused}");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    None
+}
+
+/// The daemon answered a reload (`None`: it went away first).
+fn finish_reload(
+    answer: Option<Result<chatd::Reloaded, chatd::server::Error>>,
+    logging: &chatd::logging::Logging,
+    log: &str,
+) {
+    let outcome = match answer {
+        Some(Ok(reloaded)) => logging.reload(log).map(|()| reloaded),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("the daemon stopped".to_owned()),
+    };
     match outcome {
         Ok(reloaded) => {
             if reloaded.late_shards == 0 {

@@ -60,6 +60,9 @@ pub enum Error {
     /// A thread could not be started, or QUIC refused the configuration.
     #[error("start-up: {0}")]
     Start(String),
+    /// A reload arrived after the stop began.
+    #[error("the daemon is stopping")]
+    Stopping,
     /// A reloaded configuration was refused.
     #[error("{0}")]
     Reload(String),
@@ -230,7 +233,6 @@ impl Daemon {
             inboxes,
             shutting_down: AtomicBool::new(false),
             exited: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
-            fast_stop: AtomicBool::new(false),
             heartbeats: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             connections: (0..shard_count)
                 .map(|_| std::sync::atomic::AtomicUsize::new(0))
@@ -479,57 +481,84 @@ impl Daemon {
     }
 
     /// Fast stop: goodbye to every connection without waiting for them; commits already
-    /// with the storage thread still finish and the WAL is synced.
+    /// with the storage thread still finish and the WAL is synced, within
+    /// [`STOP_HARD_TIMEOUT`].
     pub fn stop_fast(self) {
-        self.shared.fast_stop.store(true, Ordering::Release);
-        self.stop();
+        self.stop_within(Duration::ZERO);
     }
 
-    /// Graceful stop: goodbye to every connection, wait (up to the grace period) for them to
-    /// close and for in-flight commits, then stop storage after syncing the WAL.
-    pub fn stop(mut self) {
+    /// Graceful stop: goodbye to every connection and wait up to `shutdown_grace_secs` for
+    /// them to close, then up to [`STOP_HARD_TIMEOUT`] more for commits in flight, the
+    /// endpoints, the bridge and storage (which syncs the WAL). One deadline each, shared by
+    /// every thread: a stop never takes longer than the two together.
+    pub fn stop(self) {
+        let grace = Duration::from_secs(self.shared.config().shutdown_grace_secs);
+        self.stop_within(grace);
+    }
+
+    fn stop_within(mut self, grace: Duration) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let now = Instant::now();
+        let deadlines = crate::shard::StopDeadlines {
+            grace: now + grace,
+            hard: now + grace + STOP_HARD_TIMEOUT,
+        };
         self.watchdog_stop.store(true, Ordering::Release);
         self.shared.shutting_down.store(true, Ordering::Release);
-        tell_every_shard(&self.shared, || ShardMsg::Shutdown, None);
-        for handle in self.shards.drain(..) {
-            let _ = handle.join();
+        tell_every_shard(
+            &self.shared,
+            || ShardMsg::Shutdown(deadlines),
+            Some(deadlines.hard),
+        );
+        let shards: Vec<_> = self.shards.drain(..).collect();
+        if join_by(shards, deadlines.hard) > 0 {
+            tracing::warn!("a shard did not stop by the stop's hard deadline; leaving it");
         }
-        if let Some(bridge) = self.bridge.take() {
-            bridge.stop();
-        }
-        // It answered `/readyz` with 503 while the shards drained; its reference to the
-        // shared state must go before storage can stop.
-        if let Some(admin) = self.admin.take() {
-            admin.stop();
+        // The admin listener answered `/readyz` with 503 while the shards drained; its
+        // reference to the shared state must go before storage can stop.
+        let bridge = self.bridge.take().and_then(crate::bridge::Bridge::stop);
+        let admin = self.admin.take().and_then(crate::admin::Admin::stop);
+        if join_by(bridge.into_iter().chain(admin).collect(), deadlines.hard) > 0 {
+            tracing::warn!(
+                "the bridge or the admin listener did not stop by the stop's hard deadline"
+            );
         }
         // The last references to the writer and the pool go with `shared`; their threads then
         // drain what is queued and exit.
-        let grace = Duration::from_secs(self.shared.config().shutdown_grace_secs);
         let storage = self.storage.take();
         let readers = std::mem::take(&mut self.readers);
         let lock = self.lock.take();
         drop(self);
-        let deadline = Instant::now() + grace;
-        let mut finished = true;
-        for handle in storage.into_iter().chain(readers) {
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            } else {
-                finished = false;
-                tracing::warn!("a storage thread did not stop within the grace period");
-            }
-        }
-        if finished {
+        let threads: Vec<_> = storage.into_iter().chain(readers).collect();
+        if join_by(threads, deadlines.hard) == 0 {
             drop(lock);
         } else {
+            tracing::warn!("a storage thread did not stop by the stop's hard deadline");
             // RocksDB may still be open: only the process's exit may free the directory.
             std::mem::forget(lock);
         }
     }
+}
+
+/// How long a stop may take beyond `shutdown_grace_secs`: for commits in flight, the QUIC
+/// endpoints' close, the bridge and storage to finish. Whatever is still running then is left
+/// to the process's exit.
+pub const STOP_HARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Joins `threads` that finish by `deadline`; returns how many did not (they are detached).
+fn join_by(threads: Vec<std::thread::JoinHandle<()>>, deadline: Instant) -> usize {
+    let mut late = 0;
+    for handle in threads {
+        while !handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        } else {
+            late += 1;
+        }
+    }
+    late
 }
 
 /// Pushes a `make()` into every shard's inbox, retrying while an inbox is full, unless the
@@ -569,18 +598,89 @@ fn daemon_memory(config: &Config) -> usize {
     }
 }
 
-/// Runs the daemon until `shutdown` completes, then stops it gracefully.
+/// How a stop goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: `/readyz` answers 503 and the daemon serves on for `shutdown_drain_secs`
+    /// (a second `Graceful` ends the wait, a `Fast` stops at once), then says goodbye to
+    /// every connection and waits up to `shutdown_grace_secs` for them
+    /// ([`Daemon::stop`]).
+    Graceful,
+    /// SIGINT: goodbye to every connection without waiting ([`Daemon::stop_fast`]).
+    Fast,
+}
+
+/// What the process asks of a daemon run by [`run`].
+pub enum Command {
+    /// SIGHUP: apply this configuration ([`Daemon::reload`]); the outcome goes to `done`.
+    /// Refused once a stop has begun.
+    Reload {
+        /// The configuration, loaded and validated.
+        config: Box<Config>,
+        /// Hears what was applied, or why nothing was.
+        done: tokio::sync::oneshot::Sender<Result<Reloaded, Error>>,
+    },
+    /// Stop the daemon; [`run`] returns once it has.
+    Stop(Stop),
+}
+
+/// Runs a daemon with `config` until a [`Command::Stop`] (or until `commands` closes, which
+/// counts as a graceful stop), applying reloads meanwhile: the daemon's whole lifecycle, as
+/// `chatd run` drives it from signals. The stop itself blocks the calling thread (at most
+/// `shutdown_grace_secs` plus [`STOP_HARD_TIMEOUT`]).
 ///
 /// # Errors
 /// When the daemon cannot start.
 pub async fn run(
     config: Config,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
 ) -> Result<(), Error> {
-    let daemon = Daemon::start(config)?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    daemon.stop();
+    let mut daemon = Daemon::start(config)?;
+    let mut stop = loop {
+        match commands.recv().await {
+            Some(Command::Reload { config, done }) => {
+                let _ = done.send(daemon.reload(*config));
+            }
+            Some(Command::Stop(stop)) => break stop,
+            None => break Stop::Graceful,
+        }
+    };
+    if stop == Stop::Graceful {
+        let drain = daemon.drain();
+        if !drain.is_zero() {
+            tracing::info!(
+                seconds = drain.as_secs(),
+                "stopping: /readyz answers 503; serving on before closing connections"
+            );
+            let wait = tokio::time::sleep(drain);
+            tokio::pin!(wait);
+            stop = loop {
+                tokio::select! {
+                    () = &mut wait => break Stop::Graceful,
+                    command = commands.recv() => match command {
+                        Some(Command::Stop(stop)) => break stop,
+                        Some(Command::Reload { done, .. }) => {
+                            let _ = done.send(Err(Error::Stopping));
+                        }
+                        None => {
+                            (&mut wait).await;
+                            break Stop::Graceful;
+                        }
+                    },
+                }
+            };
+        }
+    }
+    match stop {
+        Stop::Graceful => {
+            tracing::info!("stopping: draining connections");
+            daemon.stop();
+        }
+        Stop::Fast => {
+            tracing::info!("stopping: closing connections now");
+            daemon.stop_fast();
+        }
+    }
     Ok(())
 }
 

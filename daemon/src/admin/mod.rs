@@ -111,11 +111,9 @@ impl Admin {
     }
 
     /// Stops the listener (requests in progress are dropped).
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(mut self) -> Option<std::thread::JoinHandle<()>> {
         self.stop.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.take()
     }
 }
 

@@ -49,7 +49,8 @@ pub(crate) struct Connections {
     by_user: HashMap<UserId, Vec<ConnId>>,
     /// Connections (from their first packet on) per source address.
     per_address: HashMap<std::net::IpAddr, usize>,
-    shutdown_started: Option<Instant>,
+    /// Set when the shard was told to stop.
+    stopping: Option<super::StopDeadlines>,
 }
 
 impl Connections {
@@ -59,7 +60,7 @@ impl Connections {
             map: HashMap::new(),
             by_user: HashMap::new(),
             per_address: HashMap::new(),
-            shutdown_started: None,
+            stopping: None,
         }
     }
 
@@ -373,7 +374,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
             .unauthenticated
             .load(std::sync::atomic::Ordering::Acquire);
         let conns = shard.conns.borrow();
-        if conns.shutdown_started.is_some()
+        if conns.stopping.is_some()
             || conns.map.len() >= limits.max_connections_per_shard
             || !shard.shared.memory.fits(CONNECTION_COST)
             || unauthenticated >= limits.max_unauthenticated
@@ -1661,10 +1662,10 @@ pub(crate) fn close(shard: &Shard, conn: ConnId, code: GoodbyeCode, reason: &str
 }
 
 /// Starts the shutdown: refuse new connections, say goodbye to every connection.
-pub(crate) fn shutdown(shard: &Shard) {
+pub(crate) fn shutdown(shard: &Shard, deadlines: super::StopDeadlines) {
     let conns: Vec<_> = {
         let mut all = shard.conns.borrow_mut();
-        all.shutdown_started.get_or_insert_with(Instant::now);
+        all.stopping.get_or_insert(deadlines);
         all.map.values().cloned().collect()
     };
     for conn in conns {
@@ -1672,22 +1673,21 @@ pub(crate) fn shutdown(shard: &Shard) {
     }
 }
 
-/// Whether a shutting-down shard is done: no connections left (or the grace period is over)
-/// and no commits of its conversations in flight.
+/// The deadlines of the stop this shard was told of, if any.
+pub(crate) fn stop_deadlines(shard: &Shard) -> Option<super::StopDeadlines> {
+    shard.conns.borrow().stopping
+}
+
+/// Whether a stopping shard is done: no connections left (or the grace deadline passed) and
+/// no commits of its conversations in flight (or the hard deadline passed).
 pub(crate) fn finished(shard: &Shard) -> bool {
     let conns = shard.conns.borrow();
-    let Some(started) = conns.shutdown_started else {
+    let Some(deadlines) = conns.stopping else {
         return false;
     };
-    if shard
-        .shared
-        .fast_stop
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
-        return owner::idle(shard) || started.elapsed() >= Duration::from_secs(1);
-    }
-    let grace = Duration::from_secs(shard.shared.config().shutdown_grace_secs);
-    (conns.map.is_empty() && owner::idle(shard)) || started.elapsed() >= grace
+    let now = Instant::now();
+    (conns.map.is_empty() || now >= deadlines.grace)
+        && (owner::idle(shard) || now >= deadlines.hard)
 }
 
 /// Writes queued frames in batches. Ends after the goodbye (finishing the stream and closing

@@ -145,14 +145,24 @@ pub(crate) enum ShardMsg {
     },
     /// An operator's request about this shard's connections (the admin listener).
     Admin(AdminOp),
-    /// Stop: close connections with `SHUTTING_DOWN` and exit once drained.
-    Shutdown,
+    /// Stop: close connections with `SHUTTING_DOWN` and exit once drained, or when the
+    /// deadlines of the stop have passed.
+    Shutdown(StopDeadlines),
     /// A reload: new handshakes use `config` (a new certificate); open connections keep
     /// theirs. `done` hears once the endpoint has it.
     ServerConfig {
         config: Arc<quinn::ServerConfig>,
         done: std::sync::mpsc::Sender<()>,
     },
+}
+
+/// The two deadlines of a stop, the same for every thread: connections may close by
+/// themselves until `grace` (the goodbye was sent); from then on, nothing waits for them, and
+/// the rest (commits in flight, the endpoint, storage) may take until `hard`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StopDeadlines {
+    pub(crate) grace: std::time::Instant,
+    pub(crate) hard: std::time::Instant,
 }
 
 /// One event for the connections of its audience on one shard.
@@ -204,8 +214,6 @@ pub(crate) struct Shared {
     pub(crate) shutting_down: AtomicBool,
     /// Per shard: its thread has left its loop (nothing will drain its inbox again).
     pub(crate) exited: Vec<AtomicBool>,
-    /// Stop without waiting for connections to close.
-    pub(crate) fast_stop: AtomicBool,
     /// Per shard: milliseconds since start of its last loop turn, for the watchdog.
     pub(crate) heartbeats: Vec<AtomicU64>,
     /// Per shard: open connections.
@@ -683,7 +691,7 @@ impl Shard {
             }) => {
                 let _ = reply.send(conn::close_user(self, user, device, code, reason));
             }
-            ShardMsg::Shutdown => conn::shutdown(self),
+            ShardMsg::Shutdown(deadlines) => conn::shutdown(self, deadlines),
             ShardMsg::ServerConfig { config, done } => {
                 self.endpoint.set_server_config(Some((*config).clone()));
                 let _ = done.send(());
@@ -778,8 +786,10 @@ pub(crate) fn run(
             quinn::VarInt::from_u32(u32::from(GoodbyeCode::SHUTTING_DOWN.0)),
             b"shutting down",
         );
-        let grace = Duration::from_secs(shared.config().shutdown_grace_secs);
-        let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+        // The close frames go out until the stop's hard deadline at the latest.
+        let hard = conn::stop_deadlines(&shard).map(|d| d.hard);
+        let hard = hard.unwrap_or_else(std::time::Instant::now);
+        let _ = tokio::time::timeout_at(hard.into(), endpoint.wait_idle()).await;
     });
     if let Err(e) = ran {
         let _ = failed.send(Err(format!(

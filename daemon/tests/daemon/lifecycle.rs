@@ -213,3 +213,76 @@ async fn a_client_of_a_killed_daemon_is_reset_at_its_next_packet_after_the_resta
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// `chatd::run`, the lifecycle that `chatd run` drives from signals: a reload is applied; a
+/// graceful stop drains (`/readyz` 503) and refuses reloads meanwhile; a second stop ends the
+/// drain; a connected client is told goodbye and `run` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_applies_reloads_drains_and_stops_on_commands() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut config = test_config(temp.path());
+    config.listen = addr;
+    // Long enough that only the fast stop below ends the drain.
+    config.shutdown_drain_secs = 600;
+    let (commands, received) = tokio::sync::mpsc::channel(4);
+    let running = tokio::spawn(chatd::run(config.clone(), received));
+    let cert = temp.path().join("tls/cert.pem");
+    drop(connect_when_up(addr, &cert).await);
+    let keys =
+        chatd::token::Keys::load(&chatd::config::AuthConfig::default(), temp.path()).unwrap();
+    let now = chatd::unix_now();
+    let (mut alice, _) = Client::login(addr, &cert, &keys.mint("alice", now, now + 3600), 1).await;
+
+    let reload = |config: chatd::config::Config| {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let command = chatd::Command::Reload {
+            config: Box::new(config),
+            done,
+        };
+        (command, answer)
+    };
+    let mut changed = config.clone();
+    changed.shutdown_grace_secs = 2;
+    let (command, answer) = reload(changed);
+    commands.send(command).await.unwrap();
+    let reloaded = answer.await.unwrap().expect("the reload is applied");
+    assert_eq!(reloaded.late_shards, 0);
+    assert!(
+        reloaded.restart_needed.is_empty(),
+        "{:?}",
+        reloaded.restart_needed
+    );
+
+    commands
+        .send(chatd::Command::Stop(chatd::Stop::Graceful))
+        .await
+        .unwrap();
+    let (command, answer) = reload(config);
+    commands.send(command).await.unwrap();
+    assert!(
+        matches!(answer.await.unwrap(), Err(chatd::server::Error::Stopping)),
+        "no reload once the stop began"
+    );
+    assert!(!running.is_finished(), "draining: it serves on");
+    commands
+        .send(chatd::Command::Stop(chatd::Stop::Graceful))
+        .await
+        .unwrap();
+    let mut goodbye = None;
+    while let Some(frame) = alice.next_frame().await {
+        if let ServerFrame::Goodbye(g) = frame {
+            goodbye = Some(g.code);
+        }
+    }
+    assert_eq!(goodbye, Some(GoodbyeCode::SHUTTING_DOWN));
+    let ran = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("run returns once stopped")
+        .unwrap();
+    assert!(ran.is_ok());
+}
