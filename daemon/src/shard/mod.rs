@@ -21,6 +21,8 @@ pub(crate) mod owner;
 pub(crate) mod placement;
 mod readings;
 pub(crate) mod registry;
+#[cfg(test)]
+mod sim;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -1052,7 +1052,7 @@ impl SenderOp {
     }
 }
 
-fn decode_sender_op(seq: Seq, value: &[u8]) -> Option<SenderOp> {
+pub(crate) fn decode_sender_op(seq: Seq, value: &[u8]) -> Option<SenderOp> {
     let value: &[u8; 16] = value.try_into().ok()?;
     Some(SenderOp {
         op: OpId(keys::parse_id(&value[..8])?),

@@ -39,6 +39,7 @@ pub(crate) use rooms::{Room, RoomAction};
 pub(crate) use send::valid_content;
 
 /// What a conversation is told.
+#[derive(Debug)]
 pub(crate) enum Input {
     /// Post a message.
     Send {
