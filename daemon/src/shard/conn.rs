@@ -19,26 +19,25 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_protocol::{
-    ClientFrame, ConversationId, ConversationPage, ConversationSummary, DecodeError, DeviceId,
-    ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye, GoodbyeCode, Hello, HelloOk, Request,
-    RequestId, Response, Resume, RoomId, ServerFrame, Session, Timestamp, TypingUpdate, UserId,
-    UserInfo, UserRef,
+    ClientFrame, ConversationId, DecodeError, DeviceId, ErrorBody, ErrorCode, Event, FrameDecoder,
+    Goodbye, GoodbyeCode, Hello, HelloOk, RequestId, Response, Resume, ServerFrame, Session,
+    Timestamp, TypingUpdate, UserId,
 };
 
 use super::accounts::{self, Authenticated};
-use super::conversation::{self, Input, RoomAction};
+use super::conversation::Input;
 use super::owner;
 use super::registry;
-use super::{
-    ConnId, ConnRef, Origin, Position, Shard, ShardMsg, encode, error, error_frame, response,
-};
+use super::{ConnId, ConnRef, Origin, Position, Shard, ShardMsg, encode, error_frame, response};
 use crate::budget::{self, CONNECTION_COST, UserBudget};
 use crate::runtime::spawn_local;
 use crate::store::CatchUp;
 
 mod catch_up;
+mod requests;
 pub(crate) use catch_up::replay;
 use catch_up::{catch_up, resume_parked};
+pub(crate) use requests::presence;
 
 /// The connections of one shard.
 pub(crate) struct Connections {
@@ -483,7 +482,7 @@ async fn serve(
             ShardMsg::Registry(registry::Op::Offline { user, device, at }),
         );
         let followed = std::mem::take(&mut conn.state.borrow_mut().presence);
-        unwatch(&shard, at, followed.into_iter().collect());
+        requests::unwatch(&shard, at, followed.into_iter().collect());
     }
     // The session is over: if nobody said goodbye yet (the client ended or reset its stream),
     // the writer says it and closes the connection, so no connection outlives its session.
@@ -747,7 +746,7 @@ fn frame_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: ClientFrame) -> bool
         }
         ClientFrame::Request { id, request } => {
             conn.state.borrow_mut().in_flight += 1;
-            request_arrived(shard, conn, id, request);
+            requests::arrived(shard, conn, id, request);
             true
         }
         ClientFrame::Typing(update) => {
@@ -956,418 +955,6 @@ pub(crate) fn authenticated(
             ),
         },
     }
-}
-
-fn request_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: Request) {
-    shard.metrics().requests[crate::metrics::request_kind(&request)].increment(1);
-    let at = ConnRef {
-        shard: shard.id,
-        conn: conn.id,
-    };
-    let answer = |frame: Bytes| reply(shard, conn.id, id, frame);
-    let fail = |code: ErrorCode, reason: &str| answer(error(id, code, reason));
-    let user = match conn.session() {
-        Some((user, _)) => user,
-        None => {
-            let origin = Origin {
-                at,
-                request: id,
-                user: UserId(0),
-            };
-            return match request {
-                Request::Ping => answer(response(
-                    id,
-                    Response::Pong {
-                        server_time: super::now_ms(),
-                    },
-                )),
-                Request::Register { name, password } => {
-                    accounts::register(shard, origin, name, password)
-                }
-                Request::Login { name, password } => accounts::login(shard, origin, name, password),
-                Request::Authenticate(_) if conn.state.borrow().authenticating => {
-                    fail(
-                        ErrorCode::INVALID_REQUEST,
-                        "authentication already in progress",
-                    );
-                }
-                Request::Authenticate(auth)
-                    if auth.resume.as_ref().is_some_and(|r| {
-                        r.cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS
-                    }) =>
-                {
-                    // Refused before authenticating: one answer per request.
-                    fail(ErrorCode::INVALID_REQUEST, "too many resume cursors");
-                }
-                Request::Authenticate(auth) => {
-                    let mut state = conn.state.borrow_mut();
-                    state.authenticating = true;
-                    state.resume = auth.resume;
-                    drop(state);
-                    accounts::authenticate(shard, conn.id, Some(id), &auth.token);
-                }
-                _ => fail(ErrorCode::NOT_AUTHENTICATED, ""),
-            };
-        }
-    };
-    let origin = Origin {
-        at,
-        request: id,
-        user,
-    };
-    let to_owner = |conversation: ConversationId, op: Input| {
-        shard.send(
-            shard.shared.owner_of(conversation),
-            ShardMsg::Conversation { conversation, op },
-        );
-    };
-    let room_op = |room: RoomId, action: RoomAction| {
-        to_owner(ConversationId::Room(room), Input::Room { origin, action })
-    };
-    match request {
-        Request::Ping => answer(response(
-            id,
-            Response::Pong {
-                server_time: super::now_ms(),
-            },
-        )),
-        Request::Authenticate(_) => fail(ErrorCode::ALREADY_AUTHENTICATED, ""),
-        Request::Register { name, password } => accounts::register(shard, origin, name, password),
-        Request::Login { name, password } => accounts::login(shard, origin, name, password),
-        Request::Send(message) => {
-            if message.body.len() > shard.shared.config().limits.max_body {
-                return fail(ErrorCode::BODY_TOO_LARGE, "");
-            }
-            if !conversation::valid_content(message.content_type, &message.body) {
-                return fail(
-                    ErrorCode::INVALID_CONTENT,
-                    "text content types need UTF-8 bodies",
-                );
-            }
-            // The user's send limit is shared by their devices: charged here, on the
-            // connection's shard, then the message goes straight to its owner.
-            let limits = &shard.shared.config().limits;
-            let (rate, burst) = (f64::from(limits.send_rate), f64::from(limits.send_burst));
-            let sends = conn.sends.borrow().clone();
-            if let Some(Err(wait_ms)) = sends.map(|s| s.take(Instant::now(), rate, burst)) {
-                shard.metrics().rate_limited.increment(1);
-                let error = ErrorBody {
-                    code: ErrorCode::RATE_LIMITED,
-                    reason: format!("at most {} messages per second", limits.send_rate),
-                    retry_after_ms: Some(wait_ms),
-                };
-                return answer(encode(&ServerFrame::Error {
-                    id: Some(id),
-                    error,
-                }));
-            }
-            to_owner(message.conversation, Input::Send { origin, message });
-        }
-        Request::History(query) => to_owner(query.conversation, Input::History { origin, query }),
-        Request::CreateRoom { name, invite_only } => {
-            if let Err(code) = chat_protocol::names::check_room_name(&name) {
-                return fail(code, "");
-            }
-            let room = RoomId(
-                shard
-                    .shared
-                    .next_room_id
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel),
-            );
-            within_room_limit(
-                shard,
-                origin,
-                ConversationId::Room(room),
-                Input::Create {
-                    origin,
-                    name,
-                    invite_only,
-                },
-            );
-        }
-        Request::JoinRoom { room } => {
-            let op = Input::Room {
-                origin,
-                action: RoomAction::Join,
-            };
-            within_room_limit(shard, origin, ConversationId::Room(room), op);
-        }
-        Request::LeaveRoom { room } => room_op(room, RoomAction::Leave),
-        // Invitations and bans create rows for their target: only for users that exist (ids
-        // are handed out in order, so a row for a future id would pass to whoever gets it).
-        Request::Invite { room, user } => {
-            if_user_exists(shard, origin, user, room, RoomAction::Invite(user));
-        }
-        Request::Kick { room, user } => room_op(room, RoomAction::Kick(user)),
-        Request::Ban { room, user } => {
-            if_user_exists(shard, origin, user, room, RoomAction::Ban(user));
-        }
-        Request::Unban { room, user } => room_op(room, RoomAction::Unban(user)),
-        Request::SetRole { room, user, role } => room_op(room, RoomAction::SetRole(user, role)),
-        Request::Members { room, after, limit } => {
-            room_op(room, RoomAction::Members { after, limit })
-        }
-        Request::FindRoom { name } => {
-            // Resolve the name on the pool; the room's owner shard answers with its live state.
-            let shared = Arc::clone(&shard.shared);
-            shard.read_then(origin, move |store| {
-                Ok(match store.room_by_name(&name)? {
-                    None => Err(error(id, ErrorCode::UNKNOWN_ROOM, "")),
-                    Some(record) => {
-                        let conversation = ConversationId::Room(record.id);
-                        let op = Input::Room {
-                            origin,
-                            action: RoomAction::Info,
-                        };
-                        shared.push_blocking(
-                            shared.owner_of(conversation),
-                            ShardMsg::Conversation { conversation, op },
-                        );
-                        Ok(())
-                    }
-                })
-            });
-        }
-        Request::LookupUsers(refs) => {
-            if refs.len() > chat_protocol::limits::MAX_USERS_PER_REQUEST {
-                return fail(ErrorCode::INVALID_REQUEST, "too many users in one lookup");
-            }
-            shard.read(origin, move |store| {
-                let mut users = Vec::with_capacity(refs.len());
-                for r in refs {
-                    let record = match r {
-                        UserRef::Id(id) => store.user(id)?,
-                        UserRef::Name(name) => store.user_by_name(&name)?,
-                    };
-                    if let Some(record) = record {
-                        users.push(UserInfo {
-                            user: record.id,
-                            name: record.name,
-                        });
-                    }
-                }
-                Ok(response(id, Response::Users(users)))
-            });
-        }
-        Request::Conversations { after, limit } => {
-            if let Err(refusal) = conversation::check_page(limit, shard.shared.limits.max_page) {
-                return fail(refusal.code, refusal.reason);
-            }
-            shard.read(origin, move |store| {
-                let (ids, more) = store.user_conversations(user, after, usize::from(limit))?;
-                let mut conversations = Vec::with_capacity(ids.len());
-                for c in &ids {
-                    let (title, role) = match *c {
-                        ConversationId::Room(room) => {
-                            let name = store.room(room)?.map(|r| r.name).unwrap_or_default();
-                            let role = match store.member_state(room, user)? {
-                                Some(crate::store::MemberState::Member(role)) => Some(role),
-                                _ => None,
-                            };
-                            (name, role)
-                        }
-                        ConversationId::Direct { low, high } => {
-                            let peer = if low == user { high } else { low };
-                            (store.user(peer)?.map(|r| r.name).unwrap_or_default(), None)
-                        }
-                        ConversationId::Notes(owner) => {
-                            (store.user(owner)?.map(|r| r.name).unwrap_or_default(), None)
-                        }
-                    };
-                    let head = store.head(*c)?;
-                    let (delivered, read) = store.marks(*c, user)?;
-                    conversations.push(ConversationSummary {
-                        conversation: *c,
-                        title,
-                        role,
-                        head,
-                        delivered,
-                        read,
-                    });
-                }
-                let next = if more { ids.last().copied() } else { None };
-                Ok(response(
-                    id,
-                    Response::Conversations(ConversationPage {
-                        conversations,
-                        next,
-                    }),
-                ))
-            });
-        }
-        Request::Mark {
-            conversation,
-            marker,
-            seq,
-        } => to_owner(
-            conversation,
-            Input::Mark {
-                origin,
-                marker,
-                seq,
-            },
-        ),
-        Request::Sync(resume) => {
-            if conn.state.borrow().catching_up.is_some() {
-                return fail(ErrorCode::INVALID_REQUEST, "a catch-up is already running");
-            }
-            if catch_up(shard, conn, resume, Some(id)) {
-                answer(response(id, Response::Ok));
-            }
-        }
-        Request::Presence {
-            subscribe,
-            unsubscribe,
-        } => {
-            let max = chat_protocol::limits::MAX_USERS_PER_REQUEST;
-            if subscribe.len() > max || unsubscribe.len() > max {
-                return fail(
-                    ErrorCode::INVALID_REQUEST,
-                    "at most 256 users per presence change",
-                );
-            }
-            // Who may be followed is checked on the pool; the change is applied here after.
-            let shared = Arc::clone(&shard.shared);
-            shard.read_then(origin, move |store| {
-                if let Some(other) = store.presence_forbidden(user, &subscribe)? {
-                    let reason = format!("you share no conversation with user {}", other.0);
-                    return Ok(Err(error(id, ErrorCode::FORBIDDEN, &reason)));
-                }
-                shared.push_blocking(
-                    origin.at.shard,
-                    ShardMsg::Presence {
-                        origin,
-                        subscribe,
-                        unsubscribe,
-                    },
-                );
-                Ok(Ok(()))
-            });
-        }
-    }
-}
-
-/// Applies a checked presence change of a local connection: unsubscribes first, then
-/// subscribes (a user in both lists stays followed), and answers with the current state of
-/// the subscribed users, gathered from their registry shards.
-pub(crate) fn presence(
-    shard: &Rc<Shard>,
-    origin: Origin,
-    mut subscribe: Vec<UserId>,
-    unsubscribe: Vec<UserId>,
-) {
-    let Some(conn) = get(shard, origin.at.conn) else {
-        return;
-    };
-    let limit = shard.shared.config().limits.max_presence_subscriptions;
-    let mut state = conn.state.borrow_mut();
-    let mut followed = state.presence.clone();
-    for user in &unsubscribe {
-        followed.remove(user);
-    }
-    followed.extend(subscribe.iter().copied());
-    if followed.len() > limit {
-        drop(state);
-        let reason = format!("at most {limit} presence subscriptions per connection");
-        return reply(
-            shard,
-            conn.id,
-            origin.request,
-            error(origin.request, ErrorCode::INVALID_REQUEST, &reason),
-        );
-    }
-    let dropped: Vec<UserId> = state.presence.difference(&followed).copied().collect();
-    state.presence = followed;
-    drop(state);
-    unwatch(shard, origin.at, dropped);
-    subscribe.sort_unstable();
-    subscribe.dedup();
-    if subscribe.is_empty() {
-        return reply(
-            shard,
-            conn.id,
-            origin.request,
-            response(origin.request, Response::Presence(Vec::new())),
-        );
-    }
-    let groups = by_registry(shard, subscribe.iter().copied());
-    let gather = registry::PresenceGather::new(origin, subscribe.len(), groups.len());
-    for (target, users) in groups {
-        let gather = Arc::clone(&gather);
-        shard.send(
-            target,
-            ShardMsg::Registry(registry::Op::Watch {
-                users,
-                at: origin.at,
-                gather,
-            }),
-        );
-    }
-}
-
-/// Tells the registry shards of `users` that connection `at` no longer follows them.
-fn unwatch(shard: &Shard, at: ConnRef, users: Vec<UserId>) {
-    for (target, users) in by_registry(shard, users) {
-        shard.send(
-            target,
-            ShardMsg::Registry(registry::Op::Unwatch { users, at }),
-        );
-    }
-}
-
-/// Users grouped by the shard that owns their registry.
-fn by_registry(
-    shard: &Shard,
-    users: impl IntoIterator<Item = UserId>,
-) -> Vec<(super::ShardId, Vec<UserId>)> {
-    let mut groups: Vec<(super::ShardId, Vec<UserId>)> = Vec::new();
-    for user in users {
-        let target = shard.shared.registry_of(user);
-        match groups.iter_mut().find(|(s, _)| *s == target) {
-            Some((_, users)) => users.push(user),
-            None => groups.push((target, vec![user])),
-        }
-    }
-    groups
-}
-
-/// Passes a room action to the room's owner if `user` has an account (checked on the read
-/// pool), else answers `UNKNOWN_USER`.
-fn if_user_exists(shard: &Shard, origin: Origin, user: UserId, room: RoomId, action: RoomAction) {
-    let shared = Arc::clone(&shard.shared);
-    shard.read_then(origin, move |store| {
-        if store.user(user)?.is_none() {
-            return Ok(Err(error(
-                origin.request,
-                ErrorCode::UNKNOWN_USER,
-                "no user with that id",
-            )));
-        }
-        let conversation = ConversationId::Room(room);
-        let op = Input::Room { origin, action };
-        shared.push_blocking(
-            shared.owner_of(conversation),
-            ShardMsg::Conversation { conversation, op },
-        );
-        Ok(Ok(()))
-    });
-}
-
-/// Passes `op` (a room creation or join) to the room's owner if the user is in fewer than
-/// `max_rooms_per_user` rooms, counted on the read pool when the request arrives.
-fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId, op: Input) {
-    let max = shard.shared.config().limits.max_rooms_per_user;
-    let shared = Arc::clone(&shard.shared);
-    shard.read_then(origin, move |store| {
-        if store.room_count(origin.user, max)? >= max {
-            return Ok(Err(error(origin.request, ErrorCode::TOO_MANY_ROOMS, "")));
-        }
-        shared.push_blocking(
-            shared.owner_of(conversation),
-            ShardMsg::Conversation { conversation, op },
-        );
-        Ok(Ok(()))
-    });
 }
 
 /// The budget a local connection shares with its user's other connections arrived: it is
