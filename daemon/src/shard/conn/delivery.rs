@@ -1,0 +1,172 @@
+//! What reaches a connection from elsewhere: answers to its requests, events (published to
+//! this shard for the connections of their audience, or delivered to given connections), and
+//! the news that it lags.
+
+use super::*;
+
+/// A response or error for request `request` of a local connection. It counts as in flight
+/// until the writer has taken it; the bytes reserved for it when it was read become the
+/// frame's own.
+pub(crate) fn reply(shard: &Shard, conn: ConnId, request: RequestId, frame: Bytes) {
+    let Some(conn) = get(shard, conn) else { return };
+    let reserved = {
+        let mut state = conn.state.borrow_mut();
+        match state.reserved.get_mut(&request) {
+            Some(list) => {
+                let reserved = list.pop().unwrap_or(0);
+                if list.is_empty() {
+                    state.reserved.remove(&request);
+                }
+                reserved
+            }
+            None => 0,
+        }
+    };
+    let len = budget::cost(&frame);
+    if len > reserved {
+        // Reservations are upper bounds, so this is an answer without one (`OVERLOADED`), or
+        // a client that reused a request id and got the answers in another order than the
+        // reservations: the bytes exist, so they are charged.
+        conn.charge(len - reserved);
+    } else {
+        conn.release(reserved - len);
+    }
+    conn.enqueue(frame, Kind::Reply);
+}
+
+/// An event for local connections; a connection whose event queue is full lags. Ephemeral
+/// events go as datagrams when the connection takes them, else on the stream while there is
+/// room; they never make a connection lag.
+pub(crate) fn deliver(
+    shard: &Shard,
+    conns: &[ConnId],
+    frame: &Bytes,
+    ephemeral: bool,
+    entry: Option<Position>,
+) {
+    let limit = shard.shared.config().limits.outgoing_queue;
+    let mut delivered = 0;
+    for id in conns {
+        let Some(conn) = get(shard, *id) else {
+            continue;
+        };
+        if ephemeral
+            && conn
+                .quic
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() <= max)
+        {
+            // Unreliable by design: a full datagram buffer drops it.
+            if conn.quic.send_datagram(frame.clone()).is_ok() {
+                delivered += 1;
+            }
+            continue;
+        }
+        if let Some(position) = entry {
+            let lagged = conn.out.borrow().lagged;
+            let mut state = conn.state.borrow_mut();
+            if let Some(held) = state.catching_up.as_mut() {
+                if lagged {
+                    // It lagged during this catch-up: nothing more is held for it.
+                    continue;
+                }
+                if held.len() < limit {
+                    drop(state);
+                    if conn.try_charge(budget::cost(frame)) {
+                        if let Some(held) = conn.state.borrow_mut().catching_up.as_mut() {
+                            held.push((position, frame.clone()));
+                            delivered += 1;
+                        }
+                        continue;
+                    }
+                    state = conn.state.borrow_mut();
+                }
+                // Too much arrived during the catch-up: this connection lags.
+                let dropped = state.catching_up.replace(Vec::new()).unwrap_or_default();
+                drop(state);
+                conn.release(dropped.iter().map(|(_, frame)| budget::cost(frame)).sum());
+                conn.lag();
+                continue;
+            }
+            let (c, seq) = position;
+            if let Some(mark) = state.caught_up_to.get(&c).copied() {
+                if seq <= mark {
+                    // Already sent by the catch-up (or had before it): a late fan-out.
+                    continue;
+                }
+                state.caught_up_to.remove(&c);
+            }
+        }
+        let (lagged, full) = {
+            let out = conn.out.borrow();
+            (out.lagged, out.events >= limit)
+        };
+        if lagged {
+            continue;
+        }
+        if !full && conn.try_charge(budget::cost(frame)) {
+            conn.enqueue(frame.clone(), Kind::Event);
+            record_event_peak(shard, &conn);
+            delivered += 1;
+        } else if !ephemeral {
+            // Beyond `outgoing_queue` events, or beyond a byte budget.
+            conn.lag();
+        }
+    }
+    shard.metrics().deliveries.increment(delivered);
+}
+
+/// Events for this shard's connections of their audiences, in order.
+pub(crate) fn publish(shard: &Shard, publications: Vec<crate::shard::Publication>) {
+    let mut conns = Vec::new();
+    for publication in publications {
+        conns.clear();
+        let except = local(shard, publication.except);
+        shard
+            .conns
+            .borrow()
+            .of_users(&publication.audience, except, &mut conns);
+        if !conns.is_empty() {
+            deliver(
+                shard,
+                &conns,
+                &publication.frame,
+                publication.ephemeral,
+                publication.entry,
+            );
+        }
+    }
+}
+
+/// Events for these audiences were lost on the way (a full inbox): this shard's connections
+/// of them lag.
+pub(crate) fn lag_audiences(shard: &Shard, audiences: &[(Arc<[UserId]>, Option<ConnRef>)]) {
+    let mut conns = Vec::new();
+    for (users, except) in audiences {
+        let except = local(shard, *except);
+        shard.conns.borrow().of_users(users, except, &mut conns);
+    }
+    conns.sort_unstable();
+    conns.dedup();
+    lag(shard, &conns);
+}
+
+/// The connection id of `at` if it lives on this shard.
+pub(super) fn local(shard: &Shard, at: Option<ConnRef>) -> Option<ConnId> {
+    at.filter(|at| at.shard == shard.id).map(|at| at.conn)
+}
+
+/// Records the shard's peak of events queued for one connection.
+pub(super) fn record_event_peak(shard: &Shard, conn: &Conn) {
+    let queued = conn.out.borrow().events;
+    shard.shared.event_queue_peak[shard.id].fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Events for these local connections were lost on the way (a full inbox): they lag.
+pub(crate) fn lag(shard: &Shard, conns: &[ConnId]) {
+    for id in conns {
+        if let Some(conn) = get(shard, *id) {
+            conn.lag();
+        }
+    }
+}
