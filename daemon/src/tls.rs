@@ -13,8 +13,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::config::TlsConfig;
 
-/// The ALPN protocol id of chat protocol v1.
-pub const ALPN: &[u8] = b"chat/1";
+/// The ALPN protocol id of chat protocol v1 ([`chat_protocol::ALPN`]).
+pub const ALPN: &[u8] = chat_protocol::ALPN;
 
 /// Why the TLS setup failed.
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,10 @@ pub use server::{
     TokenGrant, TypingEvent, UserInfo,
 };
 
+/// The TLS application protocol (ALPN) id of chat protocol v1: clients offer it, the daemon
+/// accepts only it (docs/PROTOCOL.md section 1).
+pub const ALPN: &[u8] = b"chat/1";
+
 /// The version range this crate speaks, for `Hello::versions`.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
     min: PROTOCOL_VERSION,

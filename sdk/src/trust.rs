@@ -75,7 +75,7 @@ pub fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, Error> {
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    tls.alpn_protocols = vec![b"chat/1".to_vec()];
+    tls.alpn_protocols = vec![chat_protocol::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))

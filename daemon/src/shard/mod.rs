@@ -17,12 +17,17 @@
 pub(crate) mod accounts;
 pub(crate) mod conn;
 pub(crate) mod conversation;
+mod done;
+mod frames;
 pub(crate) mod owner;
 pub(crate) mod placement;
 mod readings;
 pub(crate) mod registry;
 #[cfg(test)]
 mod sim;
+
+pub(crate) use done::{CommitRefused, Done, Written};
+pub(crate) use frames::{encode, error, error_body, error_frame, now_ms, response};
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -335,145 +340,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// What the storage thread calls back when a write is done.
-pub(crate) enum Done {
-    /// A shard's write: the result goes back to the shard through the slot of its inbox's
-    /// reserved lane taken when the write was submitted ([`Shared::commit`]), so the storage
-    /// thread never waits for a full inbox.
-    Shard {
-        slot: crate::inbox::Reservation<ShardMsg>,
-        what: Written,
-    },
-    /// An operator's write (the admin listener waits for it); once committed, the account
-    /// restriction it wrote is put in place here, whether or not anyone still waits.
-    Admin {
-        shared: Arc<Shared>,
-        restriction: Option<(UserId, crate::store::Restriction)>,
-        reply: tokio::sync::oneshot::Sender<Result<(), WriteError>>,
-    },
-}
-
-/// What a shard's completed write was for.
-pub(crate) enum Written {
-    /// A commit of a conversation this shard owns.
-    Conversation(ConversationId),
-    /// An account creation (register, or first sight of a backend-minted token).
-    Account(accounts::AccountWrite),
-}
-
-impl Completion for Done {
-    fn complete(self, result: Result<(), WriteError>) {
-        match self {
-            Done::Shard { slot, what } => slot.push(ShardMsg::Written { what, result }),
-            Done::Admin {
-                shared,
-                restriction,
-                reply,
-            } => {
-                if let (Ok(()), Some((user, restriction))) = (&result, restriction) {
-                    let map = shared.restrictions.pin();
-                    if restriction == crate::store::Restriction::default() {
-                        map.remove(&user);
-                    } else {
-                        map.insert(user, restriction);
-                    }
-                }
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
-/// Why a shard's write was not submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum CommitRefused {
-    /// The shard has as many writes in flight as its inbox has reserved slots.
-    #[error("too many writes in flight for this shard")]
-    InFlight,
-    /// The storage thread's queue is full (or storage stopped).
-    #[error("the storage queue is full")]
-    QueueFull,
-}
-
-/// Encodes a server frame. Frames the daemon builds always fit; if one ever does not, the
-/// client gets an `INTERNAL` error instead of a broken stream.
-pub(crate) fn encode(frame: &ServerFrame) -> Bytes {
-    // Answers that carry a list can be large: encoded into a buffer of exactly their size, so
-    // the memory they hold is what the budgets charge (a `Vec` grown by doubling holds up to
-    // twice its length, and mimalloc does not shrink a block by less than half in place).
-    let large = matches!(
-        frame,
-        ServerFrame::Response {
-            response: Response::History(_)
-                | Response::Members(_)
-                | Response::Conversations(_)
-                | Response::Users(_)
-                | Response::Presence(_),
-            ..
-        }
-    );
-    if let ServerFrame::Error { error, .. } = frame {
-        crate::metrics::count_error(error.code);
-    }
-    let encoded = if large {
-        encode_frame_exact(frame)
-    } else {
-        encode_frame_to_vec(frame)
-    };
-    match encoded {
-        Ok(bytes) => Bytes::from(bytes),
-        Err(e) => {
-            tracing::error!(error = %e, "a server frame failed to encode");
-            let id = match frame {
-                ServerFrame::Response { id, .. } => Some(*id),
-                _ => None,
-            };
-            encode(&error_frame(id, ErrorCode::INTERNAL, "response too large"))
-        }
-    }
-}
-
-/// A `Response` frame.
-pub(crate) fn response(id: RequestId, response: Response) -> Bytes {
-    encode(&ServerFrame::Response { id, response })
-}
-
-/// An `Error` frame (not encoded).
-pub(crate) fn error_frame(id: Option<RequestId>, code: ErrorCode, reason: &str) -> ServerFrame {
-    ServerFrame::Error {
-        id,
-        error: error_body(code, reason),
-    }
-}
-
-/// An error body with the code's standard text when `reason` is empty.
-pub(crate) fn error_body(code: ErrorCode, reason: &str) -> ErrorBody {
-    let reason = if reason.is_empty() {
-        code.description().unwrap_or("error")
-    } else {
-        reason
-    };
-    ErrorBody {
-        code,
-        reason: reason.to_owned(),
-        retry_after_ms: None,
-    }
-}
-
-/// An encoded `Error` frame answering request `id`.
-pub(crate) fn error(id: RequestId, code: ErrorCode, reason: &str) -> Bytes {
-    encode(&error_frame(Some(id), code, reason))
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> chat_protocol::Timestamp {
-    chat_protocol::Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-    )
 }
 
 /// The shard's own state, reachable from every task on its thread.

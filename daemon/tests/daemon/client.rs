@@ -37,7 +37,7 @@ pub fn client_config(cert: &Path) -> quinn::ClientConfig {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"chat/1".to_vec()];
+    tls.alpn_protocols = vec![chat_protocol::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     quinn::ClientConfig::new(Arc::new(crypto))
 }

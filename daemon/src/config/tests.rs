@@ -1,0 +1,162 @@
+//! Loading, layering, validation and secrets of the configuration.
+
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn embedded_default_equals_the_struct_default() {
+    let loaded = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+    assert_eq!(loaded, Config::default());
+}
+
+#[test]
+fn layers_apply_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chatd.toml");
+    std::fs::write(
+        &file,
+        "shards = 3\n[limits]\nmax_body = 100\nmax_in_flight = 8\n",
+    )
+    .unwrap();
+    let config = Config::load(
+        Some(&file),
+        env(&[
+            ("CHATD_LIMITS_MAX_BODY", "200"),
+            ("CHATD_LISTEN", "0.0.0.0:5000"),
+            ("OTHER", "x"),
+        ]),
+        &Overrides {
+            shards: Some(2),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(config.shards, 2);
+    assert_eq!(config.limits.max_body, 200);
+    assert_eq!(config.limits.max_in_flight, 8);
+    assert_eq!(config.listen, "0.0.0.0:5000".parse().unwrap());
+}
+
+#[test]
+fn mistakes_are_reported_not_ignored() {
+    let unknown_env = Config::load(
+        None,
+        env(&[("CHATD_LIMITS_MAX_BODDY", "1")]),
+        &Overrides::default(),
+    );
+    assert!(
+        unknown_env
+            .unwrap_err()
+            .to_string()
+            .contains("CHATD_LIMITS_MAX_BODDY")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chatd.toml");
+    std::fs::write(&file, "[limits]\nmax_bodyy = 1\n").unwrap();
+    let err = Config::load(Some(&file), Vec::new(), &Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("max_bodyy"), "{err}");
+
+    let bad = Config::load(
+        None,
+        env(&[
+            ("CHATD_LIMITS_MAX_BODY", "100000"),
+            ("CHATD_TLS_CERT", "/x.pem"),
+            ("CHATD_LOG", "chatd=loud"),
+        ]),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("max_body") && bad.contains("tls.cert") && bad.contains("log must be"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn the_dedupe_window_holds_a_devices_unanswered_sends() {
+    let config = Config::parse("a.toml", "[storage]\ndedupe_window = 64\n").unwrap();
+    assert_eq!(config.storage.dedupe_window, 64);
+    let err = Config::parse("b.toml", "[storage]\ndedupe_window = 63\n").unwrap_err();
+    assert!(err.to_string().contains("dedupe_window"), "{err}");
+    let err = Config::parse("c.toml", "[storage]\ndedupe_cache = 100\n").unwrap_err();
+    assert!(err.to_string().contains("dedupe_cache"), "{err}");
+    let err = Config::parse("d.toml", "[storage\n").unwrap_err();
+    assert!(err.to_string().starts_with("d.toml: "), "{err}");
+}
+
+#[test]
+fn data_dir_falls_back_to_systemd_then_cwd() {
+    let config = Config::default();
+    assert_eq!(config.data_dir(None), PathBuf::from("chatd-data"));
+    assert_eq!(
+        config.data_dir(Some("/var/lib/chatd:/x")),
+        PathBuf::from("/var/lib/chatd")
+    );
+    let set = Config {
+        data_dir: "/srv/chat".into(),
+        ..Config::default()
+    };
+    assert_eq!(
+        set.data_dir(Some("/var/lib/chatd")),
+        PathBuf::from("/srv/chat")
+    );
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let key = KeyConfig {
+        id: "k".into(),
+        secret: Secret::inline("ab".repeat(32)),
+    };
+    assert!(!format!("{key:?}").contains("abab"));
+}
+
+#[test]
+fn keys_and_the_broker_url_come_from_credentials() {
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(
+        creds.path().join("token-key"),
+        format!("{}\n", "cd".repeat(32)),
+    )
+    .unwrap();
+    std::fs::write(creds.path().join("amqp"), "amqp://u:p@127.0.0.1:5672/%2f").unwrap();
+    let file = creds.path().join("chatd.toml");
+    std::fs::write(
+        &file,
+        "[[auth.keys]]\nid = \"k1\"\nsecret = { credential = \"token-key\" }\n\
+         [bridge]\namqp_url = { credential = \"amqp\" }\n",
+    )
+    .unwrap();
+    let dir = creds.path().display().to_string();
+    let config = Config::load(
+        Some(&file),
+        env(&[("CREDENTIALS_DIRECTORY", &dir)]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.auth.keys[0].secret.expose(), "cd".repeat(32));
+    assert!(config.bridge.enabled());
+    // Without systemd's variable the file is refused, naming the field and the cause.
+    let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("auth.keys[0].secret") && text.contains("CREDENTIALS_DIRECTORY"),
+        "{text}"
+    );
+    // A resolved secret is still validated: a short key is refused.
+    std::fs::write(creds.path().join("token-key"), "abcd").unwrap();
+    let err = Config::load(
+        Some(&file),
+        env(&[("CREDENTIALS_DIRECTORY", &dir)]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+}

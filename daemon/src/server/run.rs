@@ -1,0 +1,90 @@
+//! The daemon's lifecycle as one call: [`run`] starts it, applies reloads, drains and stops it
+//! as [`Command`]s ask (`chatd run` turns signals into them).
+
+use super::*;
+
+/// How a stop goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: `/readyz` answers 503 and the daemon serves on for `shutdown_drain_secs`
+    /// (a second `Graceful` ends the wait, a `Fast` stops at once), then says goodbye to
+    /// every connection and waits up to `shutdown_grace_secs` for them
+    /// ([`Daemon::stop`]).
+    Graceful,
+    /// SIGINT: goodbye to every connection without waiting ([`Daemon::stop_fast`]).
+    Fast,
+}
+
+/// What the process asks of a daemon run by [`run`].
+pub enum Command {
+    /// SIGHUP: apply this configuration ([`Daemon::reload`]); the outcome goes to `done`.
+    /// Refused once a stop has begun.
+    Reload {
+        /// The configuration, loaded and validated.
+        config: Box<Config>,
+        /// Hears what was applied, or why nothing was.
+        done: tokio::sync::oneshot::Sender<Result<Reloaded, Error>>,
+    },
+    /// Stop the daemon; [`run`] returns once it has.
+    Stop(Stop),
+}
+
+/// Runs a daemon with `config` until a [`Command::Stop`] (or until `commands` closes, which
+/// counts as a graceful stop), applying reloads meanwhile: the daemon's whole lifecycle, as
+/// `chatd run` drives it from signals. The stop itself blocks the calling thread (at most
+/// `shutdown_grace_secs` plus [`STOP_HARD_TIMEOUT`]).
+///
+/// # Errors
+/// When the daemon cannot start.
+pub async fn run(
+    config: Config,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
+) -> Result<(), Error> {
+    let mut daemon = Daemon::start(config)?;
+    let mut stop = loop {
+        match commands.recv().await {
+            Some(Command::Reload { config, done }) => {
+                let _ = done.send(daemon.reload(*config));
+            }
+            Some(Command::Stop(stop)) => break stop,
+            None => break Stop::Graceful,
+        }
+    };
+    if stop == Stop::Graceful {
+        let drain = daemon.drain();
+        if !drain.is_zero() {
+            tracing::info!(
+                seconds = drain.as_secs(),
+                "stopping: /readyz answers 503; serving on before closing connections"
+            );
+            let wait = tokio::time::sleep(drain);
+            tokio::pin!(wait);
+            stop = loop {
+                tokio::select! {
+                    () = &mut wait => break Stop::Graceful,
+                    command = commands.recv() => match command {
+                        Some(Command::Stop(stop)) => break stop,
+                        Some(Command::Reload { done, .. }) => {
+                            let _ = done.send(Err(Error::Stopping));
+                        }
+                        None => {
+                            (&mut wait).await;
+                            break Stop::Graceful;
+                        }
+                    },
+                }
+            };
+        }
+    }
+    match stop {
+        Stop::Graceful => {
+            tracing::info!("stopping: draining connections");
+            daemon.stop();
+        }
+        Stop::Fast => {
+            tracing::info!("stopping: closing connections now");
+            daemon.stop_fast();
+        }
+    }
+    Ok(())
+}

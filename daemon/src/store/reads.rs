@@ -1,0 +1,206 @@
+//! Reads of conversations: history pages, a user's conversation list, room counts, who may
+//! follow whose presence, heads, memberships and markers.
+
+use super::*;
+
+impl Store {
+    /// A page of a conversation's log, at most `limit` entries, none beyond `head`.
+    /// Returns the entries in the requested order and whether more exist past the page.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt entries.
+    pub fn history(
+        &self,
+        c: ConversationId,
+        from: HistoryFrom,
+        limit: usize,
+        order: Order,
+        head: Seq,
+    ) -> Result<(Vec<Entry>, bool), Error> {
+        let (start, forward) = match from {
+            HistoryFrom::Latest => (head, false),
+            HistoryFrom::Before(s) => (Seq(s.0.saturating_sub(1).min(head.0)), false),
+            HistoryFrom::After(s) => (s.next(), true),
+        };
+        let mut entries = Vec::with_capacity(limit.min(128));
+        let mut more = false;
+        if start.0 >= 1 && start <= head {
+            let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
+            if forward {
+                iter.seek(keys::log(c, start));
+            } else {
+                iter.seek_for_prev(keys::log(c, start));
+            }
+            while iter.valid() {
+                let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                    break;
+                };
+                let Some(seq) = keys::log_seq(c, key) else {
+                    break;
+                };
+                if seq > head || seq == Seq(0) {
+                    break;
+                }
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                entries.push(decode_entry(value)?);
+                if forward { iter.next() } else { iter.prev() }
+            }
+            iter.status()?;
+        }
+        let ascending = forward;
+        if (order == Order::OldestFirst) != ascending {
+            entries.reverse();
+        }
+        Ok((entries, more))
+    }
+
+    /// A user's conversations after `after`, at most `limit`, and whether more exist.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn user_conversations(
+        &self,
+        user: UserId,
+        after: Option<ConversationId>,
+        limit: usize,
+    ) -> Result<(Vec<ConversationId>, bool), Error> {
+        let prefix = keys::id(user.0);
+        let start = match after {
+            Some(c) => {
+                let mut k = keys::user_conversation(user, c).to_vec();
+                k.push(0); // strictly after
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let (mut out, mut more) = (Vec::new(), false);
+        self.scan(Cf::UserConversations, &prefix, &start, |conversation, _| {
+            if out.len() == limit {
+                more = true;
+                return Ok(false);
+            }
+            out.extend(keys::parse_conversation(conversation));
+            Ok(true)
+        })?;
+        Ok((out, more))
+    }
+
+    /// How many rooms `user` is in, counting no further than `max`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn room_count(&self, user: UserId, max: u32) -> Result<u32, Error> {
+        // Rooms sort after direct and notes conversations: start at the first room key.
+        let prefix = keys::id(user.0);
+        let start = keys::user_conversation(user, ConversationId::Room(RoomId(0)));
+        let mut count = 0;
+        self.scan(Cf::UserConversations, &prefix, &start, |_, _| {
+            count += 1;
+            Ok(count < max)
+        })?;
+        Ok(count)
+    }
+
+    /// The first of `others` whose presence `user` may not follow, if any. A user may follow
+    /// themselves, anyone they have a direct conversation with, and the members of the rooms
+    /// they are in (at most `max_rooms_per_user` rooms are looked at per user).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn presence_forbidden(
+        &self,
+        user: UserId,
+        others: &[UserId],
+    ) -> Result<Option<UserId>, Error> {
+        let prefix = keys::id(user.0);
+        let start = keys::user_conversation(user, ConversationId::Room(RoomId(0)));
+        let mut rooms = Vec::new();
+        self.scan(Cf::UserConversations, &prefix, &start, |suffix, _| {
+            if let Some(ConversationId::Room(room)) = keys::parse_conversation(suffix) {
+                rooms.push(room);
+            }
+            Ok(true)
+        })?;
+        'others: for &other in others {
+            if other == user {
+                continue;
+            }
+            let direct = keys::user_conversation(user, ConversationId::direct(user, other));
+            if self.get(Cf::UserConversations, &direct)?.is_some() {
+                continue;
+            }
+            for &room in &rooms {
+                if let Some(MemberState::Member(_)) = self.member_state(room, other)? {
+                    continue 'others;
+                }
+            }
+            return Ok(Some(other));
+        }
+        Ok(None)
+    }
+
+    /// The last stored sequence number of a conversation.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn head(&self, c: ConversationId) -> Result<Seq, Error> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
+        iter.seek_for_prev(keys::log(c, Seq(u64::MAX)));
+        iter.status()?;
+        Ok(iter
+            .key()
+            .and_then(|k| keys::log_seq(c, k))
+            .unwrap_or(Seq(0)))
+    }
+
+    /// The state of `user` in `room`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn member_state(&self, room: RoomId, user: UserId) -> Result<Option<MemberState>, Error> {
+        Ok(self
+            .get(Cf::Members, &keys::member(room, user))?
+            .and_then(|v| MemberState::from_byte(&v)))
+    }
+
+    /// Every member's (delivered, read) markers in a conversation.
+    pub(super) fn conversation_marks(
+        &self,
+        c: ConversationId,
+    ) -> Result<Vec<(UserId, Seq, Seq)>, Error> {
+        let prefix = keys::conversation(c);
+        let mut marks = Vec::new();
+        self.scan(Cf::Markers, &prefix, &prefix, |user, value| {
+            match (keys::parse_id(user), parse_marks(value)) {
+                (Some(user), Some((delivered, read))) => {
+                    marks.push((UserId(user), delivered, read))
+                }
+                _ => {
+                    return Err(Error::Corrupt {
+                        cf: Cf::Markers,
+                        message: "bad marker entry".into(),
+                    });
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(marks)
+    }
+
+    /// A user's (delivered, read) markers in a conversation; zeros when never set.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt entry.
+    pub fn marks(&self, c: ConversationId, user: UserId) -> Result<(Seq, Seq), Error> {
+        match self.get(Cf::Markers, &keys::marker(c, user))? {
+            None => Ok((Seq(0), Seq(0))),
+            Some(value) => parse_marks(&value).ok_or_else(|| Error::Corrupt {
+                cf: Cf::Markers,
+                message: "bad marker entry".into(),
+            }),
+        }
+    }
+}
