@@ -568,6 +568,39 @@ impl Shard {
     }
 }
 
+/// The shard's loop: handles its inbox in batches (at least every 250 ms), then sends what
+/// the batch produced (presence changes, events, retries) and beats its heart, until it is
+/// done stopping.
+async fn serve_inbox(shard: &Rc<Shard>, inbox: &mut Receiver<ShardMsg>) {
+    let shared = &shard.shared;
+    let mut batch = Vec::with_capacity(1024);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inbox.recv_batch(&mut batch) => {
+                for msg in batch.drain(..) {
+                    shard.handle(msg);
+                }
+                owner::evict_idle(shard);
+            }
+            _ = tick.tick() => {}
+        }
+        registry::flush_presence(shard);
+        shard.flush_publications();
+        shard.flush_retries();
+        #[allow(clippy::cast_precision_loss)] // a count of conversations
+        shard
+            .metrics()
+            .conversations_cached
+            .set(shard.owner.borrow().len() as f64);
+        shared.heartbeats[shard.id].store(shared.uptime_ms(), Ordering::Release);
+        if conn::finished(shard) {
+            break;
+        }
+    }
+}
+
 /// What a shard's QUIC endpoint is made of.
 pub(crate) struct EndpointParts {
     /// This shard's socket on the shared port.
@@ -624,32 +657,7 @@ pub(crate) fn run(
             publications: RefCell::new((0..shared.inboxes.len()).map(|_| Vec::new()).collect()),
         });
         crate::runtime::spawn_local(conn::accept_loop(Rc::clone(&shard), endpoint.clone()));
-        let mut batch = Vec::with_capacity(1024);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = inbox.recv_batch(&mut batch) => {
-                    for msg in batch.drain(..) {
-                        shard.handle(msg);
-                    }
-                    owner::evict_idle(&shard);
-                }
-                _ = tick.tick() => {}
-            }
-            registry::flush_presence(&shard);
-            shard.flush_publications();
-            shard.flush_retries();
-            #[allow(clippy::cast_precision_loss)] // a count of conversations
-            shard
-                .metrics()
-                .conversations_cached
-                .set(shard.owner.borrow().len() as f64);
-            shared.heartbeats[id].store(shared.uptime_ms(), Ordering::Release);
-            if conn::finished(&shard) {
-                break;
-            }
-        }
+        serve_inbox(&shard, &mut inbox).await;
         endpoint.close(
             quinn::VarInt::from_u32(u32::from(GoodbyeCode::SHUTTING_DOWN.0)),
             b"shutting down",

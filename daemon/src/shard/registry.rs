@@ -334,55 +334,8 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
     let mut registry = shard.registry.borrow_mut();
     match op {
         Op::Online { user, device, at } => {
-            let devices = registry.users.entry(user).or_default();
-            let mut replaced = Vec::new();
-            devices.retain(|(d, old)| {
-                let same_device = *d == device && *old != at;
-                if same_device {
-                    replaced.push(*old);
-                }
-                !same_device
-            });
-            if devices.len() >= MAX_DEVICES_PER_USER {
-                replaced.push(devices.remove(0).1);
-            }
-            let came_online = devices.is_empty();
-            devices.push((device, at));
-            let limit = shard.shared.config().limits.user_memory;
-            let budget = Arc::clone(
-                registry
-                    .budgets
-                    .entry(user)
-                    .or_insert_with(|| Arc::new(UserBudget::new(limit))),
-            );
-            let sends = Arc::clone(
-                registry
-                    .buckets
-                    .entry(user)
-                    .or_insert_with(|| Arc::new(SendLimit::new(Instant::now()))),
-            );
-            shard.send(
-                at.shard,
-                ShardMsg::UserBudget {
-                    conn: at.conn,
-                    budget,
-                    sends,
-                },
-            );
-            if came_online {
-                registry.presence.changed(user, None);
-            }
             drop(registry);
-            for old in replaced {
-                shard.send(
-                    old.shard,
-                    ShardMsg::Close {
-                        conn: old.conn,
-                        code: GoodbyeCode::REPLACED,
-                        reason: "the same device connected again",
-                    },
-                );
-            }
+            online(shard, user, device, at);
         }
         Op::Offline { user, device, at } => {
             if let Some(devices) = registry.users.get_mut(&user) {
@@ -423,6 +376,62 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 registry.presence.unwatch(user, at);
             }
         }
+    }
+}
+
+/// A device of `user` authenticated on connection `at`: it joins the user's devices (closing
+/// an older connection of the same device, and the oldest beyond `MAX_DEVICES_PER_USER`),
+/// and the connection gets what the user's connections share.
+fn online(shard: &Rc<Shard>, user: UserId, device: DeviceId, at: ConnRef) {
+    let mut registry = shard.registry.borrow_mut();
+    let devices = registry.users.entry(user).or_default();
+    let mut replaced = Vec::new();
+    devices.retain(|(d, old)| {
+        let same_device = *d == device && *old != at;
+        if same_device {
+            replaced.push(*old);
+        }
+        !same_device
+    });
+    if devices.len() >= MAX_DEVICES_PER_USER {
+        replaced.push(devices.remove(0).1);
+    }
+    let came_online = devices.is_empty();
+    devices.push((device, at));
+    let limit = shard.shared.config().limits.user_memory;
+    let budget = Arc::clone(
+        registry
+            .budgets
+            .entry(user)
+            .or_insert_with(|| Arc::new(UserBudget::new(limit))),
+    );
+    let sends = Arc::clone(
+        registry
+            .buckets
+            .entry(user)
+            .or_insert_with(|| Arc::new(SendLimit::new(Instant::now()))),
+    );
+    shard.send(
+        at.shard,
+        ShardMsg::UserBudget {
+            conn: at.conn,
+            budget,
+            sends,
+        },
+    );
+    if came_online {
+        registry.presence.changed(user, None);
+    }
+    drop(registry);
+    for old in replaced {
+        shard.send(
+            old.shard,
+            ShardMsg::Close {
+                conn: old.conn,
+                code: GoodbyeCode::REPLACED,
+                reason: "the same device connected again",
+            },
+        );
     }
 }
 

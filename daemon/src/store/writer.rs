@@ -181,18 +181,9 @@ fn run<C: Completion>(
     outbox: &OutboxHead,
     all_metrics: &crate::metrics::Metrics,
 ) {
-    use crossbeam_channel::RecvTimeoutError;
     use std::sync::atomic::Ordering;
     let metrics = &all_metrics.storage;
-    // RocksDB's timers for this thread only: how long each group's WAL write (with its
-    // fsync) takes, for `chatd_storage_fsync_seconds`. A few clock reads per group.
-    // rust-rocksdb 0.24's level names predate RocksDB 10's `kEnableWait` (3): its
-    // `EnableTimeAndCPUTimeExceptForMutex` is 4, RocksDB's `kEnableTimeExceptForMutex`, the
-    // level at which `write_wal_time` is timed (the integration test checks it is not 0).
-    rocksdb::perf::set_perf_stats(
-        rocksdb::perf::PerfStatsLevel::EnableTimeAndCPUTimeExceptForMutex,
-    );
-    let mut perf = rocksdb::perf::PerfContext::default();
+    let mut perf = wal_timer();
     let mut options = WriteOptions::default();
     options.set_sync(durability == Durability::Fsync);
     let mut group = Vec::with_capacity(max_group);
@@ -201,28 +192,7 @@ fn run<C: Completion>(
     let mut slow = SlowWrites::default();
     let mut failed = FailedWrites::default();
     let mut upkept = Instant::now();
-    loop {
-        // While commits fail, an idle storage thread probes the disk itself: the daemon
-        // must not stay unready (`/readyz`) because nobody writes.
-        let first = if metrics.failing.load(Ordering::Acquire) {
-            match rx.recv_timeout(PROBE_EVERY) {
-                Ok(request) => request,
-                Err(RecvTimeoutError::Timeout) => {
-                    let outcome = store
-                        .probe(&options)
-                        .map_err(|e| WriteError::Storage(e.to_string()));
-                    metrics.failing.store(outcome.is_err(), Ordering::Release);
-                    report_failures(&mut failed, outcome.as_ref().err(), Instant::now());
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(request) => request,
-                Err(_) => break,
-            }
-        };
+    while let Some(first) = next_request(store, &options, rx, metrics, &mut failed) {
         // Histogram samples are folded into buckets here too, so they stay bounded when no
         // admin listener runs.
         if upkept.elapsed() >= UPKEEP_EVERY {
@@ -259,16 +229,7 @@ fn run<C: Completion>(
             wal,
             durability,
         );
-        if let Some((count, worst)) = slow.record(now.duration_since(started), now) {
-            tracing::warn!(
-                slow_commits = count,
-                worst_ms = worst.as_millis(),
-                requests = group.len(),
-                "group commits took longer than {} ms (the disk's write or sync); every \
-                 message in them waited as long",
-                SLOW_WRITE.as_millis()
-            );
-        }
+        slow.warn(now.duration_since(started), now, group.len());
         report_failures(&mut failed, outcome.as_ref().err(), now);
         // Event numbers are taken only by a group that committed: no gaps.
         if outcome.is_ok() && next_event != before {
@@ -287,6 +248,48 @@ fn run<C: Completion>(
     }
     if let Err(e) = store.sync() {
         tracing::error!(error = %e, "syncing the WAL at shutdown failed");
+    }
+}
+
+/// RocksDB's timers for this thread only: how long each group's WAL write (with its fsync)
+/// takes, for `chatd_storage_fsync_seconds`. A few clock reads per group. rust-rocksdb 0.24's
+/// level names predate RocksDB 10's `kEnableWait` (3): its
+/// `EnableTimeAndCPUTimeExceptForMutex` is 4, RocksDB's `kEnableTimeExceptForMutex`, the level
+/// at which `write_wal_time` is timed (the integration test checks it is not 0).
+fn wal_timer() -> rocksdb::perf::PerfContext {
+    rocksdb::perf::set_perf_stats(
+        rocksdb::perf::PerfStatsLevel::EnableTimeAndCPUTimeExceptForMutex,
+    );
+    rocksdb::perf::PerfContext::default()
+}
+
+/// The next request, waited for; `None` once every sender is gone. While commits fail, an
+/// idle storage thread probes the disk itself every `PROBE_EVERY`: the daemon must not stay
+/// unready (`/readyz`) because nobody writes.
+fn next_request<C: Completion>(
+    store: &Store,
+    options: &WriteOptions,
+    rx: &Receiver<Request<C>>,
+    metrics: &crate::metrics::StorageMetrics,
+    failed: &mut FailedWrites,
+) -> Option<Request<C>> {
+    use crossbeam_channel::RecvTimeoutError;
+    use std::sync::atomic::Ordering;
+    loop {
+        if !metrics.failing.load(Ordering::Acquire) {
+            return rx.recv().ok();
+        }
+        match rx.recv_timeout(PROBE_EVERY) {
+            Ok(request) => return Some(request),
+            Err(RecvTimeoutError::Timeout) => {
+                let outcome = store
+                    .probe(options)
+                    .map_err(|e| WriteError::Storage(e.to_string()));
+                metrics.failing.store(outcome.is_err(), Ordering::Release);
+                report_failures(failed, outcome.as_ref().err(), Instant::now());
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
     }
 }
 
@@ -361,6 +364,22 @@ struct SlowWrites {
 }
 
 impl SlowWrites {
+    /// Records one group commit of `requests` that took `took`, and warns (at most once a
+    /// second, with the count and the worst) when group commits are slow: every message in
+    /// them waited as long.
+    fn warn(&mut self, took: Duration, now: Instant, requests: usize) {
+        if let Some((count, worst)) = self.record(took, now) {
+            tracing::warn!(
+                slow_commits = count,
+                worst_ms = worst.as_millis(),
+                requests,
+                "group commits took longer than {} ms (the disk's write or sync); every \
+                 message in them waited as long",
+                SLOW_WRITE.as_millis()
+            );
+        }
+    }
+
     /// Records one group commit that took `took`, finished at `now`. Returns the count and the
     /// worst duration to report, when it is time to.
     fn record(&mut self, took: Duration, now: Instant) -> Option<(u64, Duration)> {

@@ -104,6 +104,15 @@ pub(super) async fn serve(
             quic.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream");
         }
     }
+    ended(&shard, &conn, ip);
+}
+
+/// The connection is over: it leaves the shard's tables and counts, its session (if any)
+/// leaves the placement, the registry and the presence it followed, and the writer says
+/// goodbye if nobody did yet (the client ended or reset its stream), so no connection
+/// outlives its session.
+fn ended(shard: &Rc<Shard>, conn: &Rc<Conn>, ip: std::net::IpAddr) {
+    let id = conn.id;
     {
         let mut conns = shard.conns.borrow_mut();
         conns.map.remove(&id);
@@ -112,12 +121,9 @@ pub(super) async fn serve(
     conn.unauthenticated.done();
     shard.shared.connections[shard.id].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     shard.shared.memory.release(CONNECTION_COST);
-    let session = conn.session();
-    if let Some((user, device)) = session {
-        shard
-            .shared
-            .sessions
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    if let Some((user, device)) = conn.session() {
+        let sessions = &shard.shared.sessions;
+        sessions.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         if shard.conns.borrow_mut().session_ended(user, id) {
             shard.shared.placement.left(user, shard.id);
         }
@@ -125,15 +131,11 @@ pub(super) async fn serve(
             shard: shard.id,
             conn: id,
         };
-        shard.send(
-            shard.shared.registry_of(user),
-            ShardMsg::Registry(registry::Op::Offline { user, device, at }),
-        );
+        let offline = registry::Op::Offline { user, device, at };
+        shard.send(shard.shared.registry_of(user), ShardMsg::Registry(offline));
         let followed = std::mem::take(&mut conn.state.borrow_mut().presence);
-        requests::unwatch(&shard, at, followed.into_iter().collect());
+        requests::unwatch(shard, at, followed.into_iter().collect());
     }
-    // The session is over: if nobody said goodbye yet (the client ended or reset its stream),
-    // the writer says it and closes the connection, so no connection outlives its session.
     conn.goodbye(GoodbyeCode::NORMAL, "session stream closed");
 }
 

@@ -144,46 +144,7 @@ pub(crate) fn authenticated(
             },
         );
     match result {
-        Ok(auth) => {
-            let session = Session {
-                user: auth.user,
-                name: auth.name.clone(),
-                device,
-                expires_at: Timestamp(auth.expires_at.saturating_mul(1000)),
-            };
-            let at = ConnRef {
-                shard: shard.id,
-                conn: conn_id,
-            };
-            shard.send(
-                shard.shared.registry_of(auth.user),
-                ShardMsg::Registry(registry::Op::Online {
-                    user: auth.user,
-                    device,
-                    at,
-                }),
-            );
-            let user = auth.user;
-            conn.state.borrow_mut().session = Some(auth);
-            // Placed before the catch-up below reads the store (see `placement`).
-            if shard.conns.borrow_mut().session_started(user, conn_id) {
-                shard.shared.placement.arrived(user, shard.id);
-            }
-            conn.unauthenticated.done();
-            shard.metrics().sessions.increment(1);
-            shard
-                .shared
-                .sessions
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            match request {
-                None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
-                Some(id) => reply(shard, conn_id, id, response(id, Response::Session(session))),
-            }
-            let resume = conn.state.borrow_mut().resume.take();
-            if let Some(resume) = resume {
-                catch_up(shard, &conn, resume, request);
-            }
-        }
+        Ok(auth) => start_session(shard, &conn, device, request, auth),
         Err(body) => match request {
             None => {
                 conn.push(hello_ok(shard, None), Kind::Control);
@@ -205,5 +166,45 @@ pub(crate) fn authenticated(
                 }),
             ),
         },
+    }
+}
+
+/// The session is set: registered with the user's registry shard, placed on this shard (before
+/// the catch-up reads the store, see `placement`), answered, and the resume started.
+fn start_session(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    device: DeviceId,
+    request: Option<RequestId>,
+    auth: Authenticated,
+) {
+    let session = Session {
+        user: auth.user,
+        name: auth.name.clone(),
+        device,
+        expires_at: Timestamp(auth.expires_at.saturating_mul(1000)),
+    };
+    let at = ConnRef {
+        shard: shard.id,
+        conn: conn.id,
+    };
+    let user = auth.user;
+    let online = registry::Op::Online { user, device, at };
+    shard.send(shard.shared.registry_of(user), ShardMsg::Registry(online));
+    conn.state.borrow_mut().session = Some(auth);
+    if shard.conns.borrow_mut().session_started(user, conn.id) {
+        shard.shared.placement.arrived(user, shard.id);
+    }
+    conn.unauthenticated.done();
+    shard.metrics().sessions.increment(1);
+    let sessions = &shard.shared.sessions;
+    sessions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    match request {
+        None => conn.push(hello_ok(shard, Some(session)), Kind::Control),
+        Some(id) => reply(shard, conn.id, id, response(id, Response::Session(session))),
+    }
+    let resume = conn.state.borrow_mut().resume.take();
+    if let Some(resume) = resume {
+        catch_up(shard, conn, resume, request);
     }
 }
