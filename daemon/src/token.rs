@@ -1,20 +1,9 @@
-//! Access tokens: JWTs (RFC 7519) signed with HMAC-SHA256 (`alg: HS256`), so an app backend
-//! in any language can mint them with a JWT library and the shared secret.
-//!
-//! Header `{"alg":"HS256","typ":"JWT","kid":KEY_ID}`; claims `{"sub":USER_NAME,"exp":UNIX_SECS}`
-//! (`iat` optional). Verification is strict: exactly three base64url parts without padding,
-//! `alg` must be `HS256`, `kid` must name a configured key, the signature is compared in
-//! constant time, and only then is `exp` checked. Each failure has its own wire error code.
-//! docs/PROTOCOL.md ("Access tokens") is the normative description.
+//! The daemon's token keys: the configured `[[auth.keys]]` (the first signs, all verify) or the
+//! secret generated into the data directory. The token format itself (HS256 JWTs, strict
+//! verification, one wire error code per failure) is [`chat_protocol::token`], shared with the
+//! SDK; docs/PROTOCOL.md ("Access tokens") is the normative description.
 
 use std::path::Path;
-
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chat_protocol::ErrorCode;
-use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::config::AuthConfig;
 
@@ -42,47 +31,7 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-/// What a valid token says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claims {
-    /// The user name (`sub`).
-    pub user: String,
-    /// Expiry, seconds since the Unix epoch (`exp`).
-    pub expires_at: u64,
-    /// Issue time, seconds since the Unix epoch (`iat`), when the token has one: what a
-    /// per-user revocation (`chatd admin revoke`) compares.
-    pub issued_at: Option<u64>,
-}
-
-/// Why a token was refused; each maps to its own wire error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    /// Not three base64url parts of JSON with the required fields, `alg` not HS256, too long.
-    #[error("the token is not in the documented format")]
-    Malformed,
-    /// `kid` names no configured key.
-    #[error("the token was signed with an unknown key")]
-    UnknownKey,
-    /// The signature does not verify.
-    #[error("the token's signature does not verify")]
-    BadSignature,
-    /// `exp` has passed.
-    #[error("the token has expired")]
-    Expired,
-}
-
-impl TokenError {
-    /// The wire error code for this failure.
-    #[must_use]
-    pub fn code(self) -> ErrorCode {
-        match self {
-            TokenError::Malformed => ErrorCode::TOKEN_MALFORMED,
-            TokenError::UnknownKey => ErrorCode::TOKEN_UNKNOWN_KEY,
-            TokenError::BadSignature => ErrorCode::TOKEN_INVALID,
-            TokenError::Expired => ErrorCode::TOKEN_EXPIRED,
-        }
-    }
-}
+pub use chat_protocol::token::{Claims, TokenError};
 
 /// Why keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -98,30 +47,6 @@ pub enum KeyError {
     /// The generated local secret file does not hold 32+ bytes of hex.
     #[error("token secret {0} is damaged: expected at least 64 hex digits")]
     Damaged(std::path::PathBuf),
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header<'a> {
-    alg: &'a str,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    typ: Option<&'a str>,
-    kid: &'a str,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Payload {
-    sub: String,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-}
-
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac(secret: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length; this cannot fail.
-    <HmacSha256 as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
 impl Keys {
@@ -190,27 +115,7 @@ impl Keys {
         let Some(key) = self.keys.first() else {
             return String::new();
         };
-        let header = Header {
-            alg: "HS256",
-            typ: Some("JWT"),
-            kid: &key.id,
-        };
-        let payload = Payload {
-            sub: user.to_owned(),
-            exp: expires_at,
-            iat: Some(issued_at),
-        };
-        let mut token = String::with_capacity(192);
-        // Serializing these plain structs to JSON cannot fail.
-        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(&header).unwrap_or_default(), &mut token);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(&payload).unwrap_or_default(), &mut token);
-        let mut m = mac(&key.secret);
-        m.update(token.as_bytes());
-        let signature = m.finalize().into_bytes();
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        token
+        chat_protocol::token::mint(&key.id, &key.secret, user, issued_at, expires_at)
     }
 
     /// Checks `token` at time `now` (Unix seconds).
@@ -218,50 +123,9 @@ impl Keys {
     /// # Errors
     /// The first check that fails, in the order: format, key, signature, expiry.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        if token.len() > chat_protocol::limits::MAX_TOKEN {
-            return Err(TokenError::Malformed);
-        }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .map_err(|_| TokenError::Malformed)?;
-        let header: Header<'_> =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
-        if header.alg != "HS256" {
-            return Err(TokenError::Malformed);
-        }
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == header.kid)
-            .ok_or(TokenError::UnknownKey)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut m = mac(&key.secret);
-        m.update(&token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()]);
-        m.verify_slice(&signature)
-            .map_err(|_| TokenError::BadSignature)?;
-        let payload_json = URL_SAFE_NO_PAD
-            .decode(payload_b64)
-            .map_err(|_| TokenError::Malformed)?;
-        let payload: Payload =
-            serde_json::from_slice(&payload_json).map_err(|_| TokenError::Malformed)?;
-        if chat_protocol::names::check_user_name(&payload.sub).is_err() {
-            return Err(TokenError::Malformed);
-        }
-        if payload.exp <= now {
-            return Err(TokenError::Expired);
-        }
-        Ok(Claims {
-            user: payload.sub,
-            expires_at: payload.exp,
-            issued_at: payload.iat,
+        chat_protocol::token::verify(token, now, |kid| {
+            let key = self.keys.iter().find(|k| k.id == kid)?;
+            Some(key.secret.as_slice())
         })
     }
 }
@@ -269,6 +133,8 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     const NOW: u64 = 1_795_000_000;
 

@@ -28,6 +28,8 @@ mod ids;
 pub mod limits;
 pub mod names;
 mod server;
+#[cfg(feature = "token")]
+pub mod token;
 
 pub use client::{
     Auth, ClientFrame, ContentType, Cursor, Hello, HistoryFrom, HistoryQuery, Marker, Order,

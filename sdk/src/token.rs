@@ -1,14 +1,9 @@
 //! Minting access tokens, for an app backend (or a load generator) that holds the daemon's
 //! token secret: HS256 JWTs in the format of docs/PROTOCOL.md section 8.9.
 //!
-//! The daemon verifies; this module only signs. It is an independent implementation of the
-//! documented format (the daemon's `chatd::token` is the other), and the SDK tests check that
-//! the daemon accepts what it mints.
-
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+//! The daemon verifies; this module only signs, with the format's one implementation,
+//! [`chat_protocol::token`] (the daemon uses the same), and the SDK tests check that the
+//! daemon accepts what it mints.
 
 /// A signing key: its id (the JWT `kid`) and the shared HMAC-SHA256 secret.
 #[derive(Clone)]
@@ -50,26 +45,15 @@ impl SigningKey {
     /// seconds). A token for a name the daemon does not know creates that user on first use.
     #[must_use]
     pub fn mint(&self, name: &str, issued_at: u64, expires_at: u64) -> String {
-        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": self.id});
-        let claims = serde_json::json!({"sub": name, "exp": expires_at, "iat": issued_at});
-        let mut token = String::with_capacity(192);
-        URL_SAFE_NO_PAD.encode_string(header.to_string(), &mut token);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut token);
-        // HMAC takes keys of any length; `new_from_slice` cannot fail here.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
-            return String::new();
-        };
-        mac.update(token.as_bytes());
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
-        token
+        chat_protocol::token::mint(&self.id, &self.secret, name, issued_at, expires_at)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn a_token_has_the_documented_shape() {
