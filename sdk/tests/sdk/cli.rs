@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::TestDaemon;
+use crate::{SdkDaemon as _, TestDaemon};
 
 fn chat(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chat"));

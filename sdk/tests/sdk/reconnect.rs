@@ -7,7 +7,7 @@ use std::time::Duration;
 use chat_sdk::protocol::*;
 use chat_sdk::{Client, Options, Reconnect, Status};
 
-use crate::TestDaemon;
+use crate::{SdkDaemon as _, TestDaemon};
 
 const MESSAGES: u64 = 120;
 

@@ -4,7 +4,7 @@
 use chat_sdk::protocol::*;
 use chat_sdk::{Client, Error, Trust};
 
-use crate::TestDaemon;
+use crate::{SdkDaemon as _, TestDaemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_round_trip() {
