@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_protocol::{
-    ClientFrame, ConversationId, DecodeError, DeviceId, ErrorBody, ErrorCode, Event, FrameDecoder,
-    Goodbye, GoodbyeCode, Hello, HelloOk, RequestId, Response, Resume, ServerFrame, Session,
-    Timestamp, TypingUpdate, UserId,
+    ClientFrame, DecodeError, DeviceId, ErrorBody, ErrorCode, Event, FrameDecoder, Goodbye,
+    GoodbyeCode, Hello, HelloOk, RequestId, Response, Resume, ServerFrame, Session, Timestamp,
+    TypingUpdate, UserId,
 };
 
 use super::accounts::{self, Authenticated};
@@ -41,6 +41,7 @@ use crate::store::CatchUp;
 
 mod catch_up;
 mod delivery;
+mod gate;
 mod io;
 mod operators;
 mod requests;
@@ -197,9 +198,9 @@ struct ConnState {
     in_flight: u32,
     /// The resume of the hello or `Authenticate` being authenticated.
     resume: Option<Resume>,
-    /// While a catch-up runs: live log events that arrived meanwhile (charged to the
-    /// budgets), delivered after the replay (without what the replay already held).
-    catching_up: Option<Vec<(Position, Bytes)>>,
+    /// Which live log events the device gets around a catch-up ([`gate`]); what it holds is
+    /// charged to the budgets.
+    gate: gate::Gate,
     /// Entries the running catch-up has replayed so far.
     replayed: u32,
     /// The rest of a running catch-up whose next page did not fit the budgets yet; the
@@ -208,12 +209,6 @@ struct ConnState {
     /// Bytes reserved for the answers of requests in flight, by request id (ids are the
     /// client's: a reused one holds several).
     reserved: HashMap<RequestId, Vec<usize>>,
-    /// After a catch-up, per conversation, the last entry the device has (its cursor, or
-    /// the last the replay sent): a live push of an entry at or before it is late (its
-    /// fan-out was still on the way when the catch-up read the log) and is dropped, so
-    /// nothing arrives twice. A conversation's mark goes with its first newer entry. At most
-    /// `MAX_RESUME_CURSORS` cursors plus the replay's conversations.
-    caught_up_to: std::collections::HashMap<ConversationId, chat_protocol::Seq>,
     /// The users whose presence this connection follows.
     presence: std::collections::HashSet<UserId>,
 }
@@ -332,7 +327,7 @@ impl Conn {
         }
         self.shared.memory.release(n);
         let mut state = self.state.borrow_mut();
-        state.catching_up = None;
+        state.gate.clear();
         state.replay_parked = None;
         state.reserved.clear();
     }

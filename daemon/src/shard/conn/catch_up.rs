@@ -43,11 +43,7 @@ pub(super) fn catch_up(
         .iter()
         .map(|c| (c.conversation, c.seq))
         .collect();
-    {
-        let mut state = conn.state.borrow_mut();
-        state.catching_up = Some(Vec::new());
-        state.caught_up_to.clone_from(&cursors);
-    }
+    conn.state.borrow_mut().gate.start(cursors.clone());
     // A catch-up also ends a lag: live events flow again after it.
     conn.out.borrow_mut().lagged = false;
     let config = shard.shared.config();
@@ -70,13 +66,7 @@ fn next_page(shard: &Shard, conn: &Conn, catch_up: Box<CatchUp>) {
         // Live events held back during the catch-up may be what fills the budget: they would
         // wait for the replay to end and the replay for their room. The connection lags
         // instead (it syncs again after `CaughtUp`), and the next page gets their room.
-        let held = conn
-            .state
-            .borrow_mut()
-            .catching_up
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
+        let held = conn.state.borrow_mut().gate.take_held();
         if !held.is_empty() {
             conn.release(held.iter().map(|(_, frame)| budget::cost(frame)).sum());
             conn.lag();
@@ -189,16 +179,13 @@ pub(crate) fn replay(
     conn.release(budget::REPLAY_RESERVATION);
     {
         let mut state = conn.state.borrow_mut();
-        if state.catching_up.is_none() {
+        if !state.gate.catching_up() {
             // The connection ended meanwhile.
             return;
         }
         state.replayed = state.replayed.saturating_add(replayed);
-        for (position, _) in &frames {
-            if let Some((c, seq)) = *position {
-                let mark = state.caught_up_to.entry(c).or_insert(seq);
-                *mark = (*mark).max(seq);
-            }
+        for position in frames.iter().filter_map(|(position, _)| *position) {
+            state.gate.replayed(position);
         }
     }
     for (_, frame) in frames {
@@ -210,33 +197,29 @@ pub(crate) fn replay(
     }
     let (held, replayed) = {
         let mut state = conn.state.borrow_mut();
-        let held = state.catching_up.take().unwrap_or_default();
+        let held = state.gate.finish();
         (held, std::mem::take(&mut state.replayed))
     };
-    let mut last = std::mem::take(&mut conn.state.borrow_mut().caught_up_to);
     let limit = shard.shared.config().limits.outgoing_queue;
     let mut held = held.into_iter();
     if !conn.out.borrow().lagged {
-        for ((c, seq), frame) in held.by_ref() {
-            if last.get(&c).is_none_or(|l| seq > *l) {
-                // Newer than the device has: later pushes of the conversation are too.
-                last.remove(&c);
-                if conn.out.borrow().events >= limit {
-                    conn.release(budget::cost(&frame));
-                    conn.lag();
-                    break;
-                }
-                // Charged when it was held.
-                conn.enqueue(frame, Kind::Event);
-                record_event_peak(shard, &conn);
-            } else {
+        for (frame, needed) in held.by_ref() {
+            if !needed {
                 conn.release(budget::cost(&frame));
+                continue;
             }
+            if conn.out.borrow().events >= limit {
+                conn.release(budget::cost(&frame));
+                conn.lag();
+                break;
+            }
+            // Charged when it was held.
+            conn.enqueue(frame, Kind::Event);
+            record_event_peak(shard, &conn);
         }
     }
     // What is left was not sent (the connection lags): its bytes go back.
-    conn.release(held.map(|(_, frame)| budget::cost(&frame)).sum());
-    conn.state.borrow_mut().caught_up_to = last;
+    conn.release(held.map(|(frame, _)| budget::cost(&frame)).sum());
     conn.push(
         encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
         Kind::Control,

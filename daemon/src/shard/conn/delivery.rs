@@ -3,6 +3,7 @@
 //! the news that it lags.
 
 use super::*;
+use gate::Verdict;
 
 /// A response or error for request `request` of a local connection. It counts as in flight
 /// until the writer has taken it; the bytes reserved for it when it was read become the
@@ -63,38 +64,28 @@ pub(crate) fn deliver(
             continue;
         }
         if let Some(position) = entry {
-            let lagged = conn.out.borrow().lagged;
-            let mut state = conn.state.borrow_mut();
-            if let Some(held) = state.catching_up.as_mut() {
-                if lagged {
-                    // It lagged during this catch-up: nothing more is held for it.
-                    continue;
-                }
-                if held.len() < limit {
-                    drop(state);
-                    if conn.try_charge(budget::cost(frame)) {
-                        if let Some(held) = conn.state.borrow_mut().catching_up.as_mut() {
-                            held.push((position, frame.clone()));
-                            delivered += 1;
-                        }
+            let verdict = conn.state.borrow_mut().gate.live(position);
+            match verdict {
+                // Already sent by the catch-up (or had before it): a late fan-out.
+                Verdict::Late => continue,
+                Verdict::Deliver => {}
+                Verdict::Hold => {
+                    if conn.out.borrow().lagged {
+                        // It lagged during this catch-up: nothing more is held for it.
                         continue;
                     }
-                    state = conn.state.borrow_mut();
-                }
-                // Too much arrived during the catch-up: this connection lags.
-                let dropped = state.catching_up.replace(Vec::new()).unwrap_or_default();
-                drop(state);
-                conn.release(dropped.iter().map(|(_, frame)| budget::cost(frame)).sum());
-                conn.lag();
-                continue;
-            }
-            let (c, seq) = position;
-            if let Some(mark) = state.caught_up_to.get(&c).copied() {
-                if seq <= mark {
-                    // Already sent by the catch-up (or had before it): a late fan-out.
+                    let room = conn.state.borrow().gate.held() < limit;
+                    if room && conn.try_charge(budget::cost(frame)) {
+                        conn.state.borrow_mut().gate.hold(position, frame.clone());
+                        delivered += 1;
+                        continue;
+                    }
+                    // Too much arrived during the catch-up: this connection lags.
+                    let dropped = conn.state.borrow_mut().gate.take_held();
+                    conn.release(dropped.iter().map(|(_, frame)| budget::cost(frame)).sum());
+                    conn.lag();
                     continue;
                 }
-                state.caught_up_to.remove(&c);
             }
         }
         let (lagged, full) = {

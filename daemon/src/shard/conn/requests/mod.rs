@@ -111,7 +111,7 @@ pub(super) fn arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request
             rooms::act(&asked, room, rooms::RoomAction::Members { after, limit });
         }
         Request::Sync(resume) => {
-            if conn.state.borrow().catching_up.is_some() {
+            if conn.state.borrow().gate.catching_up() {
                 return asked.fail(ErrorCode::INVALID_REQUEST, "a catch-up is already running");
             }
             if catch_up(shard, conn, resume, Some(id)) {
