@@ -79,34 +79,58 @@ impl DataDirLock {
     }
 }
 
-/// The message when another process holds the port.
-fn taken(port: u16, detail: &str) -> String {
-    format!(
+/// Why the daemon's UDP port is not its own.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Another process holds the port.
+    #[error(
         "UDP port {port} is already bound by another process ({detail}), most likely another \
          chatd: SO_REUSEPORT would split the traffic between them; stop it or choose another \
          listen port"
-    )
+    )]
+    Taken {
+        /// The port.
+        port: u16,
+        /// What shows it: the bind's error, or the foreign sockets' inodes.
+        detail: String,
+    },
+    /// The check itself could not run.
+    #[error("checking the UDP port: {what}: {source}")]
+    Check {
+        /// What could not be read or made.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn check_failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PortError {
+    let what = what.into();
+    move |source| PortError::Check { what, source }
 }
 
 /// Fails when `addr` (a fixed port) is already bound, by binding it without SO_REUSEPORT.
 ///
 /// # Errors
-/// A message naming the port.
-pub fn probe_port(addr: SocketAddr) -> Result<(), String> {
+/// [`PortError::Taken`] naming the port, or why the probe could not run.
+pub fn probe_port(addr: SocketAddr) -> Result<(), PortError> {
     use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() == 0 {
         return Ok(());
     }
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|e| e.to_string())?;
+        .map_err(check_failed("a probe socket"))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(false).map_err(|e| e.to_string())?;
+        socket
+            .set_only_v6(false)
+            .map_err(check_failed("a probe socket"))?;
     }
     match socket.bind(&addr.into()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(taken(addr.port(), "address in use"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(PortError::Taken {
+            port: addr.port(),
+            detail: "address in use".into(),
+        }),
         // Anything else (no such address, no permission) is for the real bind to report.
         Err(_) => Ok(()),
     }
@@ -124,18 +148,21 @@ struct Listed {
 /// address that overlaps theirs (the same address, or a wildcard on either side).
 ///
 /// # Errors
-/// A message naming the port and the foreign sockets' inodes.
-pub fn check_port_exclusive(ours: &[UdpSocket]) -> Result<(), String> {
+/// [`PortError::Taken`] naming the port and the foreign sockets' inodes, or why the check
+/// could not run.
+pub fn check_port_exclusive(ours: &[UdpSocket]) -> Result<(), PortError> {
     let Some(first) = ours.first() else {
         return Ok(());
     };
-    let local = first.local_addr().map_err(|e| e.to_string())?;
+    let local = first
+        .local_addr()
+        .map_err(check_failed("our socket's address"))?;
     let mut inodes = HashSet::new();
     for socket in ours {
         let fd = format!("/proc/self/fd/{}", socket.as_raw_fd());
         inodes.insert(
             std::fs::metadata(&fd)
-                .map_err(|e| format!("{fd}: {e}"))?
+                .map_err(check_failed(fd.clone()))?
                 .ino(),
         );
     }
@@ -145,14 +172,17 @@ pub fn check_port_exclusive(ours: &[UdpSocket]) -> Result<(), String> {
             Ok(text) => listed.extend(parse_proc_net_udp(&text)),
             // No IPv6 in this kernel or namespace: nothing to list.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{table}: {e}")),
+            Err(e) => return Err(check_failed(table)(e)),
         }
     }
     let foreign = foreign_sockets(local, &inodes, &listed);
     if foreign.is_empty() {
         Ok(())
     } else {
-        Err(taken(local.port(), &format!("socket inodes {foreign:?}")))
+        Err(PortError::Taken {
+            port: local.port(),
+            detail: format!("socket inodes {foreign:?}"),
+        })
     }
 }
 
@@ -297,12 +327,23 @@ mod tests {
         let port = ours[0].local_addr().unwrap();
         let intruder = crate::server::bind(port, 1).unwrap();
         let err = check_port_exclusive(&ours).unwrap_err();
-        assert!(err.contains(&format!("UDP port {}", port.port())), "{err}");
+        assert!(
+            matches!(&err, PortError::Taken { port: p, detail } if *p == port.port() && detail.contains("socket inodes")),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("UDP port {}", port.port())),
+            "{err}"
+        );
         drop(intruder);
         check_port_exclusive(&ours).expect("free again");
         // Before binding, the probe sees the port taken without joining its group.
         let err = probe_port(port).unwrap_err();
-        assert!(err.contains(&format!("UDP port {}", port.port())), "{err}");
+        assert!(
+            matches!(&err, PortError::Taken { port: p, .. } if *p == port.port()),
+            "{err}"
+        );
         drop(ours);
         probe_port(port).expect("free once closed");
     }

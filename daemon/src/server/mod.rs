@@ -17,6 +17,7 @@ use crate::{inbox, tls, token};
 mod endpoint;
 mod run;
 
+pub use crate::shard::StartError;
 pub use endpoint::{bind, quic_server_config, wire_limits};
 pub use run::{Command, Stop, run};
 
@@ -44,7 +45,7 @@ pub enum Error {
     Locked(#[from] crate::guard::LockError),
     /// Another process shares the UDP port.
     #[error("{0}")]
-    PortTaken(String),
+    PortTaken(#[from] crate::guard::PortError),
     /// The configured runtime cannot run on this host.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -66,6 +67,9 @@ pub enum Error {
     /// A thread could not be started, or QUIC refused the configuration.
     #[error("start-up: {0}")]
     Start(String),
+    /// A shard did not start.
+    #[error("{0}")]
+    Shard(StartError),
     /// A reload arrived after the stop began.
     #[error("the daemon is stopping")]
     Stopping,
@@ -163,9 +167,9 @@ impl Daemon {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         };
-        crate::guard::probe_port(config.listen).map_err(Error::PortTaken)?;
+        crate::guard::probe_port(config.listen)?;
         let sockets = bind(config.listen, shard_count)?;
-        crate::guard::check_port_exclusive(&sockets).map_err(Error::PortTaken)?;
+        crate::guard::check_port_exclusive(&sockets)?;
         let local_addr = sockets[0]
             .local_addr()
             .map_err(|e| Error::Bind(config.listen, e))?;
@@ -309,15 +313,11 @@ impl Daemon {
         };
         // Every shard reports whether its endpoint is up; one that is not fails the start.
         let failure = (0..shard_count)
-            .map(|_| {
-                started_rx
-                    .recv()
-                    .unwrap_or_else(|_| Err("a shard thread died".into()))
-            })
+            .map(|_| started_rx.recv().unwrap_or(Err(StartError::Died)))
             .find_map(Result::err);
         if let Some(reason) = failure {
             daemon.stop_fast();
-            return Err(Error::Start(reason));
+            return Err(Error::Shard(reason));
         }
         if let Some(listener) = admin_listener {
             let state = crate::admin::State {

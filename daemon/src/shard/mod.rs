@@ -601,6 +601,32 @@ async fn serve_inbox(shard: &Rc<Shard>, inbox: &mut Receiver<ShardMsg>) {
     }
 }
 
+/// Why a shard did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its QUIC endpoint could not be created on its socket.
+    #[error("shard {shard}: cannot start the QUIC endpoint: {source}")]
+    Endpoint {
+        /// The shard.
+        shard: ShardId,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its runtime could not be built.
+    #[error("shard {shard}: cannot start the {runtime} runtime: {source}")]
+    Runtime {
+        /// The shard.
+        shard: ShardId,
+        /// `io-uring` or `epoll`.
+        runtime: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its thread ended before it said whether it started.
+    #[error("a shard thread died before it started")]
+    Died,
+}
+
 /// What a shard's QUIC endpoint is made of.
 pub(crate) struct EndpointParts {
     /// This shard's socket on the shared port.
@@ -620,7 +646,7 @@ pub(crate) fn run(
     shared: Arc<Shared>,
     mut inbox: Receiver<ShardMsg>,
     parts: EndpointParts,
-    started: std::sync::mpsc::Sender<Result<(), String>>,
+    started: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) {
     let EndpointParts {
         socket,
@@ -638,10 +664,8 @@ pub(crate) fn run(
             Arc::new(quinn::TokioRuntime),
         ) {
             Ok(endpoint) => endpoint,
-            Err(e) => {
-                let _ = started.send(Err(format!(
-                    "shard {id}: cannot start the QUIC endpoint: {e}"
-                )));
+            Err(source) => {
+                let _ = started.send(Err(StartError::Endpoint { shard: id, source }));
                 return;
             }
         };
@@ -667,11 +691,13 @@ pub(crate) fn run(
         let hard = hard.unwrap_or_else(std::time::Instant::now);
         let _ = tokio::time::timeout_at(hard.into(), endpoint.wait_idle()).await;
     });
-    if let Err(e) = ran {
-        let _ = failed.send(Err(format!(
-            "shard {id}: cannot start the {} runtime: {e}",
-            runtime.name()
-        )));
+    if let Err(source) = ran {
+        let runtime = runtime.name();
+        let _ = failed.send(Err(StartError::Runtime {
+            shard: id,
+            runtime,
+            source,
+        }));
     }
     on_exit.exited[id].store(true, Ordering::Release);
 }
