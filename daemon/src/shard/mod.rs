@@ -74,6 +74,21 @@ pub(crate) struct Origin {
     pub(crate) user: UserId,
 }
 
+#[cfg(test)]
+impl Origin {
+    /// Request `request` of user `user`'s one connection (id = the user id) on shard 0.
+    pub(crate) fn for_test(user: u64, request: u32) -> Origin {
+        Origin {
+            at: ConnRef {
+                shard: 0,
+                conn: ConnId(user),
+            },
+            request: RequestId(request),
+            user: UserId(user),
+        }
+    }
+}
+
 /// Everything shards send each other, and what the read pool and storage thread send back.
 pub(crate) enum ShardMsg {
     /// A response or error frame for request `request` of a local connection.

@@ -21,7 +21,7 @@ use chat_protocol::{
 };
 
 use super::conversation::{Answer, Conversations, Ctx, Effect, Input};
-use super::{ConnId, ConnRef, Origin};
+use super::{ConnId, Origin};
 use crate::store::writer::{Batch, WriteError};
 use crate::store::{ConversationSnapshot, keys};
 use store::FakeStore;
@@ -202,7 +202,7 @@ impl World {
         client.waiting.insert(request, send);
         let owner = self.owner_of(send.conversation);
         let input = Input::Send {
-            origin: origin(user, request),
+            origin: Origin::for_test(user, request),
             message: SendMessage {
                 conversation: send.conversation,
                 op: send.op,
@@ -483,25 +483,30 @@ impl World {
         if !self.storage.is_empty() && self.rng.chance(20) {
             return self.commit_group();
         }
+        self.deliver_any();
+    }
+
+    /// Delivers the oldest message of a random busy channel; with none, commits a group if
+    /// any is queued.
+    fn deliver_any(&mut self) {
         let busy: Vec<(Node, Node)> = self
             .channels
             .iter()
             .filter(|(_, q)| !q.is_empty())
             .map(|(k, _)| *k)
             .collect();
-        if busy.is_empty() {
-            if !self.storage.is_empty() {
-                self.commit_group();
+        match busy.get(self.rng.below(busy.len())).copied() {
+            Some(key) => {
+                let message = self
+                    .channels
+                    .get_mut(&key)
+                    .and_then(VecDeque::pop_front)
+                    .expect("a busy channel");
+                self.deliver(key.1, message);
             }
-            return;
+            None if !self.storage.is_empty() => self.commit_group(),
+            None => {}
         }
-        let key = busy[self.rng.below(busy.len())];
-        let message = self
-            .channels
-            .get_mut(&key)
-            .and_then(VecDeque::pop_front)
-            .expect("a busy channel");
-        self.deliver(key.1, message);
     }
 
     fn deliver(&mut self, to: Node, message: Message) {
@@ -580,25 +585,10 @@ impl World {
     /// A step that only delivers (no new sends, no crash).
     fn step_quietly(&mut self) {
         self.steps += 1;
-        if !self.storage.is_empty()
-            && (self.rng.chance(30) || self.channels.values().all(VecDeque::is_empty))
-        {
+        if !self.storage.is_empty() && self.rng.chance(30) {
             return self.commit_group();
         }
-        let busy: Vec<(Node, Node)> = self
-            .channels
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        if let Some(key) = busy.get(self.rng.below(busy.len())).copied() {
-            let message = self
-                .channels
-                .get_mut(&key)
-                .and_then(VecDeque::pop_front)
-                .expect("a busy channel");
-            self.deliver(key.1, message);
-        }
+        self.deliver_any();
     }
 }
 
@@ -611,17 +601,6 @@ fn ctx<'a>(now: Timestamp, online: &'a dyn Fn(UserId) -> bool) -> Ctx<'a> {
         dedupe_cache: 4 * WINDOW,
         outbox: false,
         online,
-    }
-}
-
-fn origin(user: u64, request: u32) -> Origin {
-    Origin {
-        at: ConnRef {
-            shard: 0,
-            conn: ConnId(user),
-        },
-        request: RequestId(request),
-        user: UserId(user),
     }
 }
 

@@ -4,10 +4,10 @@ mod rooms;
 
 use std::collections::HashSet;
 
-use chat_protocol::{ContentType, HistoryFrom, OpId, Order, RequestId, Timestamp};
+use chat_protocol::{ContentType, HistoryFrom, OpId, Order, Timestamp};
 
 use super::*;
-use crate::shard::{ConnId, ConnRef};
+use crate::shard::ConnRef;
 use crate::store::{MemberState, RoomRecord, outbox};
 
 const ROOM: ConversationId = ConversationId::Room(RoomId(77));
@@ -112,14 +112,7 @@ impl World {
 }
 
 fn origin(user: u64, request: u32) -> Origin {
-    Origin {
-        at: ConnRef {
-            shard: 0,
-            conn: ConnId(user),
-        },
-        request: RequestId(request),
-        user: UserId(user),
-    }
+    Origin::for_test(user, request)
 }
 
 fn send(user: u64, request: u32, id: ConversationId, op: u64) -> Input {
