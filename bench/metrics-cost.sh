@@ -97,6 +97,14 @@ import statistics, sys
 runs = [line.split() for line in open(sys.argv[1])]
 def table(mode):
     return [r[1:] for r in runs if r[0] == mode]
+def medians(values, show):
+    """Each variant's median (shown by `show`), its ratio to `off` and its spread."""
+    base = statistics.median(values.get("off", [float("nan")]))
+    for v in ("off", "idle", "scraped"):
+        if v in values:
+            med = statistics.median(values[v])
+            spread = (max(values[v]) - min(values[v])) / med * 100
+            print(f"{v:<8} median {show(med)}  ratio to off {med / base:.3f}  spread {spread:.1f}%")
 print(f"Max sustainable rate (dm, 1000 clients, p99 send -> delivery within 20 ms), durability {sys.argv[3]}:")
 print(f"{'round':>5} {'variant':<8} {'max msg/s':>10} {'scrapes':>8}")
 rates = {}
@@ -104,12 +112,7 @@ for r, v, m, s in table("max"):
     print(f"{r:>5} {v:<8} {m:>10} {s:>8}")
     if m != "none":
         rates.setdefault(v, []).append(float(m))
-base = statistics.median(rates.get("off", [float("nan")]))
-for v in ("off", "idle", "scraped"):
-    if v in rates:
-        med = statistics.median(rates[v])
-        spread = (max(rates[v]) - min(rates[v])) / med * 100
-        print(f"{v:<8} median {med:>9.0f} msg/s  ratio to off {med / base:.3f}  spread {spread:.1f}%")
+medians(rates, lambda med: f"{med:>9.0f} msg/s")
 print()
 print(f"Server CPU per delivery at {sys.argv[2]} msg/s (dm, 20 s):")
 print(f"{'round':>5} {'variant':<8} {'cpu us/dlv':>10} {'p99 ms':>7} {'dlv/s':>8} {'scrapes':>8}")
@@ -117,11 +120,6 @@ cpu = {}
 for r, v, c, p99, dps, s in table("fixed"):
     print(f"{r:>5} {v:<8} {float(c):>10.2f} {float(p99):>7.2f} {float(dps):>8.0f} {s:>8}")
     cpu.setdefault(v, []).append(float(c))
-base = statistics.median(cpu.get("off", [float("nan")]))
-for v in ("off", "idle", "scraped"):
-    if v in cpu:
-        med = statistics.median(cpu[v])
-        spread = (max(cpu[v]) - min(cpu[v])) / med * 100
-        print(f"{v:<8} median {med:>8.2f} us  ratio to off {med / base:.3f}  spread {spread:.1f}%")
+medians(cpu, lambda med: f"{med:>8.2f} us")
 PY
 rm -f "$summary.runs" "$out/scrapes"
