@@ -207,3 +207,60 @@ impl Drop for TestDaemon {
         }
     }
 }
+
+/// A tmpfs mounted on a new directory, for tests that fill a disk; unmounted (and the
+/// directory removed) when dropped. Mounting needs root.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB.
+    ///
+    /// # Panics
+    /// When the mount fails (not root).
+    #[must_use]
+    pub fn mount(mib: u64) -> Tmpfs {
+        #[allow(clippy::expect_used)] // a test fixture
+        let dir = tempfile::tempdir().expect("a temp dir").keep();
+        let mut mount = std::process::Command::new("mount");
+        mount
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir);
+        #[allow(clippy::expect_used)] // a test fixture
+        let status = mount.status().expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: filling a disk needs root"
+        );
+        Tmpfs(dir)
+    }
+
+    /// Where it is mounted.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Fills the filesystem of `dir` with a file of zeros until it is full; returns its path
+/// (removing it gives the space back).
+///
+/// # Panics
+/// When the file cannot be created.
+#[must_use]
+pub fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    #[allow(clippy::expect_used)] // a test fixture
+    let mut file = std::fs::File::create(&path).expect("the filler file");
+    let chunk = vec![0u8; 64 << 10];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+    path
+}

@@ -30,8 +30,9 @@
     clippy::cast_possible_truncation
 )]
 
+use chatd_testkit::{Tmpfs, fill};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -300,45 +301,6 @@ fn spread(values: &mut [f64]) -> serde_json::Value {
     })
 }
 
-/// A tmpfs mounted for the `full` scenario; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(mib: u64) -> Tmpfs {
-        let dir = std::env::temp_dir().join(format!("chatd-full-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs failed: the full scenario needs root"
-        );
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-        let _ = std::fs::remove_file(self.0.with_extension("log"));
-    }
-}
-
-/// Fills the filesystem of `dir` with a file of zeros until it is full; returns its path.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0u8; 64 << 10];
-    while file.write_all(&chunk).is_ok() {}
-    let _ = file.sync_all();
-    path
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)]
 async fn main() {
@@ -352,7 +314,7 @@ async fn main() {
     // On the tmpfs the data dir is its root, so the log beside it stays writable.
     let dir = tmpfs
         .as_ref()
-        .map_or_else(|| temp.path().join("data"), |t| t.0.clone());
+        .map_or_else(|| temp.path().join("data"), |t| t.path().to_owned());
     let mut daemon = Daemon::start_in(&args.chatd, &dir, &env).await;
 
     // The cast: senders, two listeners, two rooms everyone is in.
@@ -641,7 +603,12 @@ async fn main() {
     });
     println!("{report}");
     daemon.kill();
-    drop(tmpfs);
+    if let Some(tmpfs) = tmpfs {
+        // The daemon's log sits beside the mount point.
+        let log = tmpfs.path().with_extension("log");
+        drop(tmpfs);
+        let _ = std::fs::remove_file(log);
+    }
     if !failures.is_empty() {
         eprintln!("faults: {} check(s) failed: {failures:#?}", failures.len());
         std::process::exit(1);

@@ -8,6 +8,8 @@ use std::time::Duration;
 use chat_protocol::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use chatd_testkit::{Tmpfs, fill};
+
 use crate::TestDaemon;
 use crate::client::Client;
 use crate::operations::{Proc, exit_code, login, try_hello};
@@ -266,7 +268,7 @@ async fn readyz_answers_503_while_commits_fail_and_200_once_they_succeed() {
     // RocksDB resumes after a full disk once the free space exceeds its write buffer (64 MiB)
     // besides the rest: smaller, it would never recover.
     let tmpfs = Tmpfs::mount(256);
-    let dir = tmpfs.0.join("data");
+    let dir = tmpfs.path().join("data");
     let unlimited = "[limits]\nsend_rate = 1000000\nsend_burst = 1000000";
     let mut chatd = Proc::start(&dir, unlimited, None, &[]);
     chatd.ready().await;
@@ -276,7 +278,7 @@ async fn readyz_answers_503_while_commits_fail_and_200_once_they_succeed() {
     alice.send_text(notes, 1, "before").await;
     assert_eq!(get(chatd.admin, "/readyz").await.0, 200);
 
-    let filler = fill(&tmpfs.0);
+    let filler = fill(tmpfs.path());
     // Sends fail with UNAVAILABLE while the disk is full (RocksDB stops writing).
     let mut op = 2;
     loop {
@@ -339,44 +341,6 @@ async fn readyz_answers_503_while_commits_fail_and_200_once_they_succeed() {
     assert!(body.contains("storage: writable"), "{body}");
     chatd.signal("TERM");
     assert_eq!(exit_code(&mut chatd.child).await, 0);
-}
-
-/// A tmpfs for a daemon's data dir, unmounted when dropped. Mounting needs root (CI runs
-/// as root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(mib: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs failed: this test fills a disk and needs root"
-        );
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Fills the filesystem of `dir`; returns the file that holds the space.
-fn fill(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0u8; 64 << 10];
-    while file.write_all(&chunk).is_ok() {}
-    let _ = file.sync_all();
-    path
 }
 
 /// Runs `chatd admin ARGS` against `chatd`; returns its exit code and standard output.
