@@ -254,7 +254,7 @@ impl Daemon {
             sessions: std::sync::atomic::AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            memory: crate::budget::Budget::new(daemon_memory(&config)),
+            memory: Arc::new(crate::budget::Budget::new(daemon_memory(&config))),
             started: Instant::now(),
             outbox,
             placement: crate::shard::placement::Placement::default(),

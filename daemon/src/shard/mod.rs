@@ -23,6 +23,7 @@ pub(crate) mod owner;
 pub(crate) mod placement;
 mod readings;
 pub(crate) mod registry;
+pub(crate) mod session;
 #[cfg(test)]
 mod sim;
 mod thread;
@@ -100,16 +101,12 @@ pub(crate) enum ShardMsg {
         request: RequestId,
         frame: Bytes,
     },
-    /// Event frames for local connections.
-    /// `ephemeral` events (typing) go as QUIC datagrams when the connection takes them, and
-    /// are dropped rather than lagging anyone when a queue is full.
-    /// `entry` is the log position of a message or membership event (connections that are
-    /// catching up use it to drop what their replay already holds).
+    /// An event frame for local connections (what it is decides how each connection takes
+    /// it: [`session::Live`]).
     Deliver {
         conns: Vec<ConnId>,
         frame: Bytes,
-        ephemeral: bool,
-        entry: Option<Position>,
+        live: session::Live,
     },
     /// Close a local connection with a goodbye.
     Close {
@@ -197,11 +194,8 @@ pub(crate) struct Publication {
     pub(crate) audience: Arc<[UserId]>,
     /// The connection that must not get it (a message's sender has the ack).
     pub(crate) except: Option<ConnRef>,
-    /// Typing: a QUIC datagram where possible, dropped rather than lagging anyone.
-    pub(crate) ephemeral: bool,
-    /// The log position of a message or membership event (connections that are catching
-    /// up use it to drop what their replay already holds).
-    pub(crate) entry: Option<Position>,
+    /// What the event is, for the connections' rules (a log entry's position, typing).
+    pub(crate) live: session::Live,
 }
 
 /// An operator's request to one shard, answered on `reply`.
@@ -253,7 +247,7 @@ pub(crate) struct Shared {
     pub(crate) retries: AtomicU64,
     /// Bytes held by every connection's queues plus a fixed cost per connection, against
     /// `limits.daemon_memory` ([`crate::budget`]).
-    pub(crate) memory: crate::budget::Budget,
+    pub(crate) memory: Arc<crate::budget::Budget>,
     /// Per shard: the most events ever queued for one of its connections (a gauge of the
     /// `outgoing_queue` bound).
     pub(crate) event_queue_peak: Vec<std::sync::atomic::AtomicUsize>,
@@ -396,13 +390,14 @@ impl Shard {
         let kept = match msg {
             // Ephemeral events are not worth keeping or lagging for.
             ShardMsg::Deliver {
-                ephemeral: true, ..
+                live: session::Live::Ephemeral,
+                ..
             } => return,
             ShardMsg::Deliver { conns, .. } => ShardMsg::LagConns { conns },
             ShardMsg::Publish(publications) => {
                 let lagging: Vec<_> = publications
                     .into_iter()
-                    .filter(|p| !p.ephemeral)
+                    .filter(|p| p.live != session::Live::Ephemeral)
                     .map(|p| (p.audience, p.except))
                     .collect();
                 if lagging.is_empty() {
@@ -522,12 +517,7 @@ impl Shard {
                 request,
                 frame,
             } => conn::reply(self, conn, request, frame),
-            ShardMsg::Deliver {
-                conns,
-                frame,
-                ephemeral,
-                entry,
-            } => conn::deliver(self, &conns, &frame, ephemeral, entry),
+            ShardMsg::Deliver { conns, frame, live } => conn::deliver(self, &conns, &frame, live),
             ShardMsg::Replay {
                 conn,
                 frames,

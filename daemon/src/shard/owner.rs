@@ -16,6 +16,7 @@ use chat_protocol::{
 };
 
 use super::conversation::{Answer, Ctx, Effect, Input, ReadError};
+use super::session::Live;
 use super::{Origin, Publication, Shard, ShardMsg, Written, encode, error, now_ms, response};
 use crate::store::ConversationSnapshot;
 
@@ -197,12 +198,12 @@ fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, window
 /// `audience` (one `Publish` per shard at the end of the loop turn), for their connections
 /// except `except`.
 fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option<super::ConnRef>) {
-    let entry = match &event {
-        Event::Message(m) => Some((m.conversation, m.seq)),
-        Event::Membership(m) => Some((m.conversation, m.seq)),
-        _ => None,
+    let live = match &event {
+        Event::Message(m) => Live::Entry((m.conversation, m.seq)),
+        Event::Membership(m) => Live::Entry((m.conversation, m.seq)),
+        Event::Typing(_) => Live::Ephemeral,
+        _ => Live::Other,
     };
-    let ephemeral = matches!(event, Event::Typing(_));
     let mut targets = Vec::new();
     shard.shared.placement.shards_of(audience, &mut targets);
     if targets.is_empty() {
@@ -216,8 +217,7 @@ fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option
                 frame: frame.clone(),
                 audience: Arc::clone(audience),
                 except,
-                ephemeral,
-                entry,
+                live,
             },
         );
     }

@@ -457,8 +457,7 @@ pub(crate) fn flush_presence(shard: &Rc<Shard>) {
                 ShardMsg::Deliver {
                     conns,
                     frame: frame.clone(),
-                    ephemeral: false,
-                    entry: None,
+                    live: super::session::Live::Presence(info.user),
                 },
             );
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chat_protocol::{Entry, ErrorCode, Event, RequestId, Resume, ServerFrame};
 
-use super::{Conn, ConnId, Kind, get, record_event_peak, reply};
+use super::{Conn, ConnId, get, record_event_peak};
 use crate::budget;
 use crate::shard::{Position, Shard, ShardMsg, encode, error, error_frame};
 use crate::store::{CatchUp, ReplayItem};
@@ -25,57 +25,37 @@ pub(super) fn catch_up(
     resume: Resume,
     request: Option<RequestId>,
 ) -> bool {
-    let refuse = |code: ErrorCode, reason: &str| {
-        match request {
-            Some(id) => reply(shard, conn.id, id, error(id, code, reason)),
-            None => conn.push(encode(&error_frame(None, code, reason)), Kind::Control),
+    let (max_gap, max_replay) = {
+        let config = shard.shared.config();
+        let limits = &config.limits;
+        (
+            u64::from(limits.max_resume_gap),
+            u64::from(limits.max_replay),
+        )
+    };
+    match conn.with(|s| s.start_catch_up(&resume, max_gap, max_replay)) {
+        Ok(catch_up) => {
+            next_page(shard, conn, catch_up);
+            true
         }
-        false
-    };
-    if resume.cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS {
-        return refuse(ErrorCode::INVALID_REQUEST, "too many resume cursors");
+        Err((code, reason)) => {
+            match request {
+                Some(id) => conn.with(|s| s.reply(id, error(id, code, reason))),
+                None => conn.with(|s| s.control(error_frame(None, code, reason))),
+            }
+            false
+        }
     }
-    let Some((user, _)) = conn.session() else {
-        return refuse(ErrorCode::NOT_AUTHENTICATED, "");
-    };
-    let cursors: std::collections::HashMap<_, _> = resume
-        .cursors
-        .iter()
-        .map(|c| (c.conversation, c.seq))
-        .collect();
-    conn.state.borrow_mut().gate.start(cursors.clone());
-    // A catch-up also ends a lag: live events flow again after it.
-    conn.out.borrow_mut().lagged = false;
-    let config = shard.shared.config();
-    let limits = &config.limits;
-    let catch_up = CatchUp::new(
-        user,
-        cursors,
-        u64::from(limits.max_resume_gap),
-        u64::from(limits.max_replay),
-    );
-    next_page(shard, conn, Box::new(catch_up));
-    true
 }
 
 /// Asks the read pool for the next page of a catch-up, once its largest size fits the
 /// budgets; until then, or while the pool is full, the catch-up is parked and the writer
-/// asks again after writing (or after [`PARKED_RETRY`]).
+/// asks again after writing (or after [`super::io::PARKED_RETRY`]).
 fn next_page(shard: &Shard, conn: &Conn, catch_up: Box<CatchUp>) {
-    if !conn.try_charge(budget::REPLAY_RESERVATION) {
-        // Live events held back during the catch-up may be what fills the budget: they would
-        // wait for the replay to end and the replay for their room. The connection lags
-        // instead (it syncs again after `CaughtUp`), and the next page gets their room.
-        let held = conn.state.borrow_mut().gate.take_held();
-        if !held.is_empty() {
-            conn.release(held.iter().map(|(_, frame)| budget::cost(frame)).sum());
-            conn.lag();
-        }
-        if !conn.try_charge(budget::REPLAY_RESERVATION) {
-            conn.state.borrow_mut().replay_parked = Some(catch_up);
-            conn.wake.notify_one();
-            return;
-        }
+    let limits = conn.limits();
+    if !conn.with(|s| s.reserve_page(budget::REPLAY_RESERVATION, &limits)) {
+        conn.with(|s| s.park(catch_up));
+        return;
     }
     let job = PageJob {
         shared: Arc::clone(&shard.shared),
@@ -84,9 +64,7 @@ fn next_page(shard: &Shard, conn: &Conn, catch_up: Box<CatchUp>) {
         catch_up,
     };
     if let Err(job) = shard.shared.reads.try_submit(job) {
-        conn.release(budget::REPLAY_RESERVATION);
-        conn.state.borrow_mut().replay_parked = Some(job.catch_up);
-        conn.wake.notify_one();
+        conn.with(|s| s.page_refused(budget::REPLAY_RESERVATION, job.catch_up));
     }
 }
 
@@ -159,8 +137,7 @@ impl crate::pool::Job for PageJob {
 
 /// Asks for a parked catch-up page if it fits now (the writer calls this after writing).
 pub(super) fn resume_parked(shard: &Shard, conn: &Conn) {
-    let parked = conn.state.borrow_mut().replay_parked.take();
-    if let Some(catch_up) = parked {
+    if let Some(catch_up) = conn.with(|s| s.take_parked()) {
         next_page(shard, conn, catch_up);
     }
 }
@@ -176,52 +153,12 @@ pub(crate) fn replay(
     next: Option<Box<CatchUp>>,
 ) {
     let Some(conn) = get(shard, conn) else { return };
-    conn.release(budget::REPLAY_RESERVATION);
-    {
-        let mut state = conn.state.borrow_mut();
-        if !state.gate.catching_up() {
-            // The connection ended meanwhile.
-            return;
-        }
-        state.replayed = state.replayed.saturating_add(replayed);
-        for position in frames.iter().filter_map(|(position, _)| *position) {
-            state.gate.replayed(position);
-        }
-    }
-    for (_, frame) in frames {
-        conn.push(frame, Kind::Control);
-    }
-    if let Some(next) = next {
+    let limits = conn.limits();
+    let last = next.is_none();
+    let page = budget::REPLAY_RESERVATION;
+    let running = conn.with(|s| s.page(page, frames, replayed, last, &limits));
+    record_event_peak(shard, &conn);
+    if let (true, Some(next)) = (running, next) {
         next_page(shard, &conn, next);
-        return;
     }
-    let (held, replayed) = {
-        let mut state = conn.state.borrow_mut();
-        let held = state.gate.finish();
-        (held, std::mem::take(&mut state.replayed))
-    };
-    let limit = shard.shared.config().limits.outgoing_queue;
-    let mut held = held.into_iter();
-    if !conn.out.borrow().lagged {
-        for (frame, needed) in held.by_ref() {
-            if !needed {
-                conn.release(budget::cost(&frame));
-                continue;
-            }
-            if conn.out.borrow().events >= limit {
-                conn.release(budget::cost(&frame));
-                conn.lag();
-                break;
-            }
-            // Charged when it was held.
-            conn.enqueue(frame, Kind::Event);
-            record_event_peak(shard, &conn);
-        }
-    }
-    // What is left was not sent (the connection lags): its bytes go back.
-    conn.release(held.map(|(frame, _)| budget::cost(&frame)).sum());
-    conn.push(
-        encode(&ServerFrame::Event(Event::CaughtUp { replayed })),
-        Kind::Control,
-    );
 }

@@ -3,55 +3,25 @@
 //! the news that it lags.
 
 use super::*;
-use gate::Verdict;
 
 /// A response or error for request `request` of a local connection. It counts as in flight
 /// until the writer has taken it; the bytes reserved for it when it was read become the
 /// frame's own.
 pub(crate) fn reply(shard: &Shard, conn: ConnId, request: RequestId, frame: Bytes) {
     let Some(conn) = get(shard, conn) else { return };
-    let reserved = {
-        let mut state = conn.state.borrow_mut();
-        match state.reserved.get_mut(&request) {
-            Some(list) => {
-                let reserved = list.pop().unwrap_or(0);
-                if list.is_empty() {
-                    state.reserved.remove(&request);
-                }
-                reserved
-            }
-            None => 0,
-        }
-    };
-    let len = budget::cost(&frame);
-    if len > reserved {
-        // Reservations are upper bounds, so this is an answer without one (`OVERLOADED`), or
-        // a client that reused a request id and got the answers in another order than the
-        // reservations: the bytes exist, so they are charged.
-        conn.charge(len - reserved);
-    } else {
-        conn.release(reserved - len);
-    }
-    conn.enqueue(frame, Kind::Reply);
+    conn.with(|s| s.reply(request, frame));
 }
 
 /// An event for local connections; a connection whose event queue is full lags. Ephemeral
 /// events go as datagrams when the connection takes them, else on the stream while there is
 /// room; they never make a connection lag.
-pub(crate) fn deliver(
-    shard: &Shard,
-    conns: &[ConnId],
-    frame: &Bytes,
-    ephemeral: bool,
-    entry: Option<Position>,
-) {
-    let limit = shard.shared.config().limits.outgoing_queue;
+pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes, live: Live) {
     let mut delivered = 0;
     for id in conns {
         let Some(conn) = get(shard, *id) else {
             continue;
         };
-        if ephemeral
+        if live == Live::Ephemeral
             && conn
                 .quic
                 .max_datagram_size()
@@ -63,45 +33,10 @@ pub(crate) fn deliver(
             }
             continue;
         }
-        if let Some(position) = entry {
-            let verdict = conn.state.borrow_mut().gate.live(position);
-            match verdict {
-                // Already sent by the catch-up (or had before it): a late fan-out.
-                Verdict::Late => continue,
-                Verdict::Deliver => {}
-                Verdict::Hold => {
-                    if conn.out.borrow().lagged {
-                        // It lagged during this catch-up: nothing more is held for it.
-                        continue;
-                    }
-                    let room = conn.state.borrow().gate.held() < limit;
-                    if room && conn.try_charge(budget::cost(frame)) {
-                        conn.state.borrow_mut().gate.hold(position, frame.clone());
-                        delivered += 1;
-                        continue;
-                    }
-                    // Too much arrived during the catch-up: this connection lags.
-                    let dropped = conn.state.borrow_mut().gate.take_held();
-                    conn.release(dropped.iter().map(|(_, frame)| budget::cost(frame)).sum());
-                    conn.lag();
-                    continue;
-                }
-            }
-        }
-        let (lagged, full) = {
-            let out = conn.out.borrow();
-            (out.lagged, out.events >= limit)
-        };
-        if lagged {
-            continue;
-        }
-        if !full && conn.try_charge(budget::cost(frame)) {
-            conn.enqueue(frame.clone(), Kind::Event);
+        let limits = conn.limits();
+        if conn.with(|s| s.event(frame, live, &limits)) {
             record_event_peak(shard, &conn);
             delivered += 1;
-        } else if !ephemeral {
-            // Beyond `outgoing_queue` events, or beyond a byte budget.
-            conn.lag();
         }
     }
     shard.metrics().deliveries.increment(delivered);
@@ -118,13 +53,7 @@ pub(crate) fn publish(shard: &Shard, publications: Vec<crate::shard::Publication
             .borrow()
             .of_users(&publication.audience, except, &mut conns);
         if !conns.is_empty() {
-            deliver(
-                shard,
-                &conns,
-                &publication.frame,
-                publication.ephemeral,
-                publication.entry,
-            );
+            deliver(shard, &conns, &publication.frame, publication.live);
         }
     }
 }
@@ -149,7 +78,7 @@ pub(super) fn local(shard: &Shard, at: Option<ConnRef>) -> Option<ConnId> {
 
 /// Records the shard's peak of events queued for one connection.
 pub(super) fn record_event_peak(shard: &Shard, conn: &Conn) {
-    let queued = conn.out.borrow().events;
+    let queued = conn.session.borrow().events_queued();
     shard.shared.event_queue_peak[shard.id].fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
 }
 

@@ -27,9 +27,7 @@ pub(crate) fn list(shard: &Shard, user: Option<UserId>, limit: usize) -> (usize,
     let mut chosen: Vec<&Rc<Conn>> = conns
         .map
         .values()
-        .filter(|conn| {
-            user.is_none() || conn.state.borrow().session.as_ref().map(|s| s.user) == user
-        })
+        .filter(|conn| user.is_none() || conn.user().map(|(u, _)| u) == user)
         .collect();
     let total = chosen.len();
     if chosen.len() > limit {
@@ -39,26 +37,26 @@ pub(crate) fn list(shard: &Shard, user: Option<UserId>, limit: usize) -> (usize,
     let mut list: Vec<ConnInfo> = chosen
         .into_iter()
         .map(|conn| {
-            let state = conn.state.borrow();
-            let session = state.session.as_ref();
-            let out = conn.out.borrow();
+            let session = conn.session.borrow();
+            let auth = session.authentication();
+            let (queued_frames, queued_bytes, lagged) = session.queue();
             ConnInfo {
                 shard: shard.id,
                 id: conn.id.0,
                 remote: conn.quic.remote_address(),
-                state: match (session, out.closing) {
+                state: match (auth, session.closing()) {
                     (_, Some(_)) => "closing",
                     (Some(_), None) => "authenticated",
                     (None, None) => "unauthenticated",
                 },
-                user: session.map(|s| s.user.0),
-                name: session.map(|s| s.name.clone()),
-                device: state.hello.map(|d| d.0),
+                user: auth.map(|s| s.user.0),
+                name: auth.map(|s| s.name.clone()),
+                device: session.device().map(|d| d.0),
                 connected_secs: conn.since.elapsed().as_secs(),
                 rtt_ms: u64::try_from(conn.quic.rtt().as_millis()).unwrap_or(u64::MAX),
-                queued_frames: out.frames.len(),
-                queued_bytes: out.bytes,
-                lagged: out.lagged,
+                queued_frames,
+                queued_bytes,
+                lagged,
             }
         })
         .collect();
@@ -81,9 +79,9 @@ pub(crate) fn close_user(
         .map
         .values()
         .filter(|conn| {
-            conn.out.borrow().closing.is_none()
+            conn.session.borrow().closing().is_none()
                 && conn
-                    .session()
+                    .user()
                     .is_some_and(|(u, d)| u == user && device.is_none_or(|want| want == d))
         })
         .cloned()
@@ -128,5 +126,5 @@ pub(crate) fn finished(shard: &Shard) -> bool {
     };
     let now = Instant::now();
     (conns.map.is_empty() || now >= deadlines.grace)
-        && (owner::idle(shard) || now >= deadlines.hard)
+        && (crate::shard::owner::idle(shard) || now >= deadlines.hard)
 }

@@ -1,27 +1,34 @@
-//! A deterministic simulator of the conversation rules across shards: several owner shards
+//! A deterministic simulator of the daemon's rules across shards: several owner shards
 //! ([`Conversations`]), a fake storage that group-commits in memory and fails whole groups on
 //! demand, a read pool that reads whatever is stored when it runs, clients that send, retry
-//! and resend after a crash, and a seeded scheduler that interleaves every channel (one queue
-//! per sender and receiver, first in first out, as the shard inboxes are) in a random order.
-//! Virtual time only: a run is a function of its seed.
+//! and resend after a crash, each on a connection with a real [`Session`](super::session)
+//! that reconnects, lags and catches up ([`sessions`]), and a seeded scheduler that
+//! interleaves every channel (one queue per sender and receiver, first in first out, as the
+//! shard inboxes are) in a random order. Virtual time only: a run is a function of its seed.
 //!
 //! After every step it checks what the daemon promises: each conversation's stored log is
 //! contiguous from 1 (no hole after a failed commit or a crash); no send is stored twice; an
-//! acked op always names the same entry, which is durable before the ack arrives; each
-//! recipient sees a conversation's events in order, each durable before it arrives. At the
-//! end, with failures off, every op is acked. A failing seed says how to replay it.
+//! acked op always names the same entry, which is durable before the ack arrives; on each
+//! connection, from each catch-up on, every entry arrives once, in order, durable. At the
+//! end, with failures off, every op is acked, every client holds the whole log of each of
+//! its conversations, and every byte budget is back to zero. A failing seed says how to
+//! replay it.
 
+mod sessions;
 mod store;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use chat_protocol::{
     ContentType, ConversationId, Entry, ErrorCode, Event, OpId, RequestId, Response, SendMessage,
-    Seq, Timestamp, UserId,
+    Seq, ServerFrame, Timestamp, UserId,
 };
 
 use super::conversation::{Answer, Conversations, Ctx, Effect, Input};
-use super::{ConnId, Origin};
+use super::{ConnRef, Origin, Position, encode};
+use crate::budget::{Budget, UserBudget};
 use crate::store::writer::{Batch, WriteError};
 use crate::store::{ConversationSnapshot, keys};
 use store::FakeStore;
@@ -81,8 +88,25 @@ enum Message {
     },
     /// An answer for a client.
     Answer { request: RequestId, answer: Answer },
-    /// An event for a client.
-    Event(Event),
+    /// A log event for a client's connection `generation` (the one placed when it was
+    /// published).
+    Live {
+        generation: u64,
+        frame: Bytes,
+        at: Position,
+    },
+    /// A catch-up page for the pool to read, from `reading` (the next seq per conversation).
+    PageRead {
+        user: u64,
+        generation: u64,
+        reading: BTreeMap<ConversationId, Seq>,
+    },
+    /// A catch-up page for a client's connection; `next` is where the next one starts.
+    Page {
+        generation: u64,
+        frames: Vec<(Option<Position>, Bytes)>,
+        next: Option<BTreeMap<ConversationId, Seq>>,
+    },
 }
 
 #[derive(Debug)]
@@ -102,7 +126,6 @@ struct Send {
     op: OpId,
 }
 
-#[derive(Default)]
 struct Client {
     /// Requests sent and not answered: request id -> send.
     waiting: HashMap<u32, Send>,
@@ -110,10 +133,31 @@ struct Client {
     unacked: Vec<Send>,
     /// The seq each acked send got.
     acked: HashMap<Send, Seq>,
-    /// Per conversation, the last seq of an event received.
-    seen: HashMap<ConversationId, Seq>,
+    /// Per conversation, the entries it has (events, replays, its own acks).
+    got: HashMap<ConversationId, BTreeSet<Seq>>,
+    /// Its connection, and how many it had.
+    conn: Option<sessions::Conn>,
+    generation: u64,
+    /// The budget its connections share.
+    budget: Arc<UserBudget>,
     next_request: u32,
     next_op: u64,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            waiting: HashMap::new(),
+            unacked: Vec::new(),
+            acked: HashMap::new(),
+            got: HashMap::new(),
+            conn: None,
+            generation: 0,
+            budget: sessions::user_budget(),
+            next_request: 0,
+            next_op: 0,
+        }
+    }
 }
 
 /// One simulated world.
@@ -126,6 +170,8 @@ struct World {
     storage: VecDeque<(usize, ConversationId, Batch)>,
     store: FakeStore,
     clients: BTreeMap<u64, Client>,
+    /// The daemon's memory budget, shared by every connection.
+    daemon: Arc<Budget>,
     users: u64,
     now: u64,
     /// Percent of storage groups that fail, and of steps that crash the daemon.
@@ -145,6 +191,12 @@ struct Stats {
     crashes: u64,
     window_reads: u64,
     events: u64,
+    connections: u64,
+    catch_ups: u64,
+    syncs_refused: u64,
+    parked: u64,
+    replayed: u64,
+    lags: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -156,6 +208,12 @@ impl std::ops::AddAssign for Stats {
         self.crashes += other.crashes;
         self.window_reads += other.window_reads;
         self.events += other.events;
+        self.connections += other.connections;
+        self.catch_ups += other.catch_ups;
+        self.syncs_refused += other.syncs_refused;
+        self.parked += other.parked;
+        self.replayed += other.replayed;
+        self.lags += other.lags;
     }
 }
 
@@ -169,7 +227,8 @@ impl World {
             channels: BTreeMap::new(),
             storage: VecDeque::new(),
             store: FakeStore::default(),
-            clients: (1..=users).map(|u| (u, Client::default())).collect(),
+            clients: (1..=users).map(|u| (u, Client::new())).collect(),
+            daemon: Arc::new(Budget::new(1 << 30)),
             users,
             now: 1_000,
             fail_percent: 10,
@@ -200,9 +259,18 @@ impl World {
         client.next_request += 1;
         let request = client.next_request;
         client.waiting.insert(request, send);
+        let generation = client.generation;
         let owner = self.owner_of(send.conversation);
+        let origin = Origin {
+            at: ConnRef {
+                shard: 0,
+                conn: sessions::conn_id(user, generation),
+            },
+            request: RequestId(request),
+            user: UserId(user),
+        };
         let input = Input::Send {
-            origin: Origin::for_test(user, request),
+            origin,
             message: SendMessage {
                 conversation: send.conversation,
                 op: send.op,
@@ -289,11 +357,24 @@ impl World {
                     audience,
                     except,
                 } => {
+                    let Event::Message(m) = &event else {
+                        panic!("only messages in the simulation: {event:?}");
+                    };
+                    let at = (m.conversation, m.seq);
+                    let frame = encode(&ServerFrame::Event(event.clone()));
                     for user in audience.iter() {
-                        if except.is_some_and(|at| at.conn == ConnId(user.0)) {
+                        let client = &self.clients[&user.0];
+                        let Some(generation) = sessions::audience_conn(client, user.0, except)
+                        else {
                             continue;
-                        }
-                        self.send(from, Node::Client(user.0), Message::Event(event.clone()));
+                        };
+                        let frame = frame.clone();
+                        let live = Message::Live {
+                            generation,
+                            frame,
+                            at,
+                        };
+                        self.send(from, Node::Client(user.0), live);
                     }
                 }
                 Effect::Load(conversation) => self.send(
@@ -412,6 +493,8 @@ impl World {
                             ack.seq
                         );
                         client.unacked.retain(|s| *s != send);
+                        let got = client.got.entry(send.conversation).or_default();
+                        got.insert(ack.seq);
                         // Durable before acked.
                         let entry = self.store.entry(send.conversation, ack.seq);
                         assert!(
@@ -430,18 +513,16 @@ impl World {
                     Ok(other) => panic!("a send answered {other:?}"),
                 }
             }
-            Message::Event(Event::Message(m)) => {
-                self.stats.events += 1;
-                let stored = self.store.head(m.conversation);
-                assert!(
-                    m.seq <= stored,
-                    "event {:?} published before it was durable",
-                    m.seq
-                );
-                let client = self.clients.get_mut(&user).expect("a client");
-                let last = client.seen.insert(m.conversation, m.seq).unwrap_or(Seq(0));
-                assert!(m.seq > last, "user {user} got {:?} after {last:?}", m.seq);
-            }
+            Message::Live {
+                generation,
+                frame,
+                at,
+            } => self.live_arrived(user, generation, &frame, at),
+            Message::Page {
+                generation,
+                frames,
+                next,
+            } => self.page_arrived(user, generation, frames, next),
             other => panic!("a client got {other:?}"),
         }
     }
@@ -457,6 +538,7 @@ impl World {
         self.storage.clear();
         let users: Vec<u64> = self.clients.keys().copied().collect();
         for user in users {
+            self.disconnect(user);
             let client = self.clients.get_mut(&user).expect("a client");
             client.waiting.clear();
             let unacked = client.unacked.clone();
@@ -478,6 +560,7 @@ impl World {
                 let shard = self.rng.below(self.shards.len());
                 return self.shards[shard].evict_idle(0);
             }
+            14..=33 => return self.client_step(),
             _ => {}
         }
         if !self.storage.is_empty() && self.rng.chance(20) {
@@ -536,6 +619,14 @@ impl World {
             }
             (Node::Pool, Message::Read { shard, read }) => self.read(shard, read),
             (
+                Node::Pool,
+                Message::PageRead {
+                    user,
+                    generation,
+                    reading,
+                },
+            ) => self.read_page(user, generation, reading),
+            (
                 Node::Storage,
                 Message::Commit {
                     shard,
@@ -559,8 +650,14 @@ impl World {
         self.fail_percent = 0;
         self.crash_percent = 0;
         for _ in 0..50 {
-            while self.channels.values().any(|q| !q.is_empty()) || !self.storage.is_empty() {
-                self.step_quietly();
+            for round in 0.. {
+                assert!(round < 100_000, "the clients never settled");
+                while self.channels.values().any(|q| !q.is_empty()) || !self.storage.is_empty() {
+                    self.step_quietly();
+                }
+                if !self.settle_clients() {
+                    break;
+                }
             }
             let unanswered: Vec<(u64, Send)> = self
                 .clients
@@ -580,6 +677,8 @@ impl World {
                 "user {user} has unacked sends at the end"
             );
         }
+        self.check_complete();
+        self.check_budgets();
     }
 
     /// A step that only delivers (no new sends, no crash).
@@ -641,6 +740,13 @@ fn a_sweep_of_seeds_keeps_every_promise() {
     assert!(total.window_reads > 1_000, "{total:?}");
     assert!(total.refusals > 1_000, "{total:?}");
     assert!(total.events > 10_000, "{total:?}");
+    // And the connections' cases: catch-ups with replays, lags, pages waiting for room, a
+    // second `Sync` while one runs.
+    assert!(total.catch_ups > 10_000, "{total:?}");
+    assert!(total.replayed > 10_000, "{total:?}");
+    assert!(total.lags > 1_000, "{total:?}");
+    assert!(total.parked > 100, "{total:?}");
+    assert!(total.syncs_refused > 500, "{total:?}");
     println!("{total:?}");
 }
 

@@ -1,7 +1,8 @@
 //! Requests, one module per kind (as mini-redis's `cmd/`): each checks what it can on the
 //! connection's shard and passes the request on (to a conversation's owner, the read pool, a
-//! registry) or answers it. This is only the dispatcher: one arm per request kind, with the
-//! session gate after the requests allowed without one (ping, accounts, authentication).
+//! registry) or answers it. This is only the dispatcher: one arm per request kind. The
+//! session gate (which requests need a session, `Authenticate`'s rules) is the
+//! [`Session`](crate::shard::session::Session)'s.
 
 mod conversations;
 mod presence;
@@ -13,7 +14,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use chat_protocol::{ConversationId, ErrorCode, Request, RequestId, Response, UserId};
 
-use super::{Conn, catch_up, reply};
+use super::{Conn, catch_up};
 use crate::shard::conversation::Input;
 use crate::shard::{ConnRef, Origin, Shard, ShardMsg, accounts, error, response};
 pub(crate) use presence::presence;
@@ -29,7 +30,7 @@ struct Asked<'a> {
 
 impl Asked<'_> {
     fn answer(&self, frame: Bytes) {
-        reply(self.shard, self.conn.id, self.id, frame);
+        self.conn.with(|s| s.reply(self.id, frame));
     }
 
     fn fail(&self, code: ErrorCode, reason: &str) {
@@ -53,14 +54,20 @@ impl Asked<'_> {
     }
 }
 
-/// A request arrived on `conn`.
-pub(super) fn arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request: Request) {
+/// A request the session let through arrived on `conn`, from `user` (0 before
+/// authentication).
+pub(super) fn arrived(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    id: RequestId,
+    request: Request,
+    user: UserId,
+) {
     shard.metrics().requests[crate::metrics::request_kind(&request)].increment(1);
     let at = ConnRef {
         shard: shard.id,
         conn: conn.id,
     };
-    let user = conn.session().map_or(UserId(0), |(user, _)| user);
     let asked = Asked {
         shard,
         conn,
@@ -76,8 +83,8 @@ pub(super) fn arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request
         Request::Ping => asked.pong(),
         Request::Register { name, password } => accounts::register(shard, origin, name, password),
         Request::Login { name, password } => accounts::login(shard, origin, name, password),
-        Request::Authenticate(auth) => authenticate(&asked, auth),
-        _ if conn.session().is_none() => asked.fail(ErrorCode::NOT_AUTHENTICATED, ""),
+        // The session started authenticating it (`Step::Authenticate`).
+        Request::Authenticate(_) => {}
         Request::Send(message) => send::send(&asked, message),
         Request::History(query) => {
             asked.to_owner(query.conversation, Input::History { origin, query })
@@ -111,9 +118,6 @@ pub(super) fn arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request
             rooms::act(&asked, room, rooms::RoomAction::Members { after, limit });
         }
         Request::Sync(resume) => {
-            if conn.state.borrow().gate.catching_up() {
-                return asked.fail(ErrorCode::INVALID_REQUEST, "a catch-up is already running");
-            }
             if catch_up(shard, conn, resume, Some(id)) {
                 asked.answer(response(id, Response::Ok));
             }
@@ -123,28 +127,4 @@ pub(super) fn arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, id: RequestId, request
             unsubscribe,
         } => presence::change(&asked, subscribe, unsubscribe),
     }
-}
-
-/// `Authenticate`: once per connection, one at a time, with at most `MAX_RESUME_CURSORS`
-/// cursors (refused before authenticating: one answer per request).
-fn authenticate(asked: &Asked<'_>, auth: chat_protocol::Auth) {
-    let conn = asked.conn;
-    if conn.session().is_some() {
-        return asked.fail(ErrorCode::ALREADY_AUTHENTICATED, "");
-    }
-    if conn.state.borrow().authenticating {
-        return asked.fail(
-            ErrorCode::INVALID_REQUEST,
-            "authentication already in progress",
-        );
-    }
-    let cursors = auth.resume.as_ref().map_or(0, |r| r.cursors.len());
-    if cursors > chat_protocol::limits::MAX_RESUME_CURSORS {
-        return asked.fail(ErrorCode::INVALID_REQUEST, "too many resume cursors");
-    }
-    let mut state = conn.state.borrow_mut();
-    state.authenticating = true;
-    state.resume = auth.resume;
-    drop(state);
-    accounts::authenticate(asked.shard, conn.id, Some(asked.id), &auth.token);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chat_protocol::{ErrorCode, Response, UserId};
 
 use super::Asked;
-use crate::shard::conn::{get, reply};
+use crate::shard::conn::get;
 use crate::shard::{ConnRef, Origin, Shard, ShardMsg, error, registry, response};
 
 /// A presence change asked for.
@@ -53,36 +53,23 @@ pub(crate) fn presence(
         return;
     };
     let limit = shard.shared.config().limits.max_presence_subscriptions;
-    let mut state = conn.state.borrow_mut();
-    let mut followed = state.presence.clone();
-    for user in &unsubscribe {
-        followed.remove(user);
-    }
-    followed.extend(subscribe.iter().copied());
-    if followed.len() > limit {
-        drop(state);
-        let reason = format!("at most {limit} presence subscriptions per connection");
-        return reply(
-            shard,
-            conn.id,
-            origin.request,
-            error(origin.request, ErrorCode::INVALID_REQUEST, &reason),
-        );
-    }
-    let dropped: Vec<UserId> = state.presence.difference(&followed).copied().collect();
-    state.presence = followed;
-    drop(state);
+    let id = origin.request;
+    let dropped = match conn.with(|s| s.follow(&subscribe, &unsubscribe, limit)) {
+        Ok(dropped) => dropped,
+        Err(reason) => {
+            let frame = error(id, ErrorCode::INVALID_REQUEST, &reason);
+            return conn.with(|s| s.reply(id, frame));
+        }
+    };
     unwatch(shard, origin.at, dropped);
     subscribe.sort_unstable();
     subscribe.dedup();
     if subscribe.is_empty() {
-        return reply(
-            shard,
-            conn.id,
-            origin.request,
-            response(origin.request, Response::Presence(Vec::new())),
-        );
+        let frame = response(id, Response::Presence(Vec::new()));
+        return conn.with(|s| s.reply(id, frame));
     }
+    // Events about these users wait for the answer, which may come after them.
+    conn.with(|s| s.presence_asked(id, subscribe.clone()));
     let groups = by_registry(shard, subscribe.iter().copied());
     let gather = registry::PresenceGather::new(origin, subscribe.len(), groups.len());
     for (target, users) in groups {

@@ -17,7 +17,7 @@ use crate::shard::Position;
 
 /// What to do with a live log event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(crate) enum Verdict {
     /// A catch-up runs: hold it ([`Gate::hold`]) if the budgets take it, else lag.
     Hold,
     /// The device has it already: drop it.
@@ -28,7 +28,7 @@ pub(super) enum Verdict {
 
 /// A connection's catch-up state.
 #[derive(Default)]
-pub(super) struct Gate {
+pub(crate) struct Gate {
     /// While a catch-up runs: the live log events held back, in arrival order.
     held: Option<Vec<(Position, Bytes)>>,
     /// Per conversation, the last entry the device has: its cursor, or the last the replay
@@ -38,23 +38,23 @@ pub(super) struct Gate {
 
 impl Gate {
     /// A catch-up starts after `cursors`.
-    pub(super) fn start(&mut self, cursors: HashMap<ConversationId, Seq>) {
+    pub(crate) fn start(&mut self, cursors: HashMap<ConversationId, Seq>) {
         self.held = Some(Vec::new());
         self.caught_up_to = cursors;
     }
 
     /// Whether a catch-up runs.
-    pub(super) fn catching_up(&self) -> bool {
+    pub(crate) fn catching_up(&self) -> bool {
         self.held.is_some()
     }
 
     /// Live events held so far.
-    pub(super) fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.as_ref().map_or(0, Vec::len)
     }
 
     /// What to do with a live push of the entry at `position`.
-    pub(super) fn live(&mut self, (conversation, seq): Position) -> Verdict {
+    pub(crate) fn live(&mut self, (conversation, seq): Position) -> Verdict {
         if self.held.is_some() {
             return Verdict::Hold;
         }
@@ -68,7 +68,7 @@ impl Gate {
     }
 
     /// Holds a live event (its bytes are charged).
-    pub(super) fn hold(&mut self, position: Position, frame: Bytes) {
+    pub(crate) fn hold(&mut self, position: Position, frame: Bytes) {
         if let Some(held) = self.held.as_mut() {
             held.push((position, frame));
         }
@@ -76,19 +76,19 @@ impl Gate {
 
     /// Gives up what is held (the connection lags, or the catch-up's next page needs the
     /// room); the catch-up goes on.
-    pub(super) fn take_held(&mut self) -> Vec<(Position, Bytes)> {
+    pub(crate) fn take_held(&mut self) -> Vec<(Position, Bytes)> {
         self.held.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The replay sent the entry at `position`.
-    pub(super) fn replayed(&mut self, (conversation, seq): Position) {
+    pub(crate) fn replayed(&mut self, (conversation, seq): Position) {
         let mark = self.caught_up_to.entry(conversation).or_insert(seq);
         *mark = (*mark).max(seq);
     }
 
     /// The catch-up's last page was sent: the held events in order, each with whether the
     /// device still needs it (`false`: the replay or its cursor covered it).
-    pub(super) fn finish(&mut self) -> Vec<(Bytes, bool)> {
+    pub(crate) fn finish(&mut self) -> Vec<(Bytes, bool)> {
         let held = self.held.take().unwrap_or_default();
         held.into_iter()
             .map(|(position, frame)| {
@@ -99,7 +99,7 @@ impl Gate {
     }
 
     /// The connection is over: nothing is held any more.
-    pub(super) fn clear(&mut self) -> Vec<(Position, Bytes)> {
+    pub(crate) fn clear(&mut self) -> Vec<(Position, Bytes)> {
         self.caught_up_to.clear();
         self.held.take().unwrap_or_default()
     }
