@@ -13,16 +13,17 @@
 //! schedule, not from when the send actually left (no coordinated omission), and a body that
 //! does not match its op id is counted as corrupted.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use chat_protocol::positions::Positions;
 use chat_protocol::{
-    Auth, ClientFrame, ContentType, ConversationId, Cursor, DeviceId, ErrorBody, Event,
-    FrameDecoder, Hello, OpId, Request, RequestId, Response, Resume, SUPPORTED_VERSIONS,
-    SendMessage, Seq, ServerFrame, encode_frame,
+    Auth, ClientFrame, ContentType, ConversationId, DeviceId, ErrorBody, Event, FrameDecoder,
+    Hello, OpId, Request, RequestId, Response, Resume, SUPPORTED_VERSIONS, SendMessage,
+    ServerFrame, encode_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -124,75 +125,6 @@ impl ConnState {
     fn id(&mut self) -> RequestId {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         RequestId(self.next_id)
-    }
-}
-
-/// Own sends remembered after their ack, at most.
-const OWN_ACKS: usize = 4096;
-
-/// Where the client is in each conversation, kept across reconnects.
-///
-/// The cursor (what a resume starts after) is the highest entry pushed, extended over the
-/// client's own acked sends that directly follow it. Pushes of one conversation arrive in
-/// order, so everything below the highest push was pushed or is an own send; an ack alone
-/// never moves the cursor past a hole, because an ack can overtake the push of an earlier
-/// entry. A replay of an own send after a resume is a push like any other (the checker
-/// counts a sender's ack and a push of the same entry as one delivery).
-#[derive(Default)]
-struct Positions {
-    cursors: HashMap<ConversationId, Seq>,
-    own: HashSet<(ConversationId, Seq)>,
-    own_order: VecDeque<(ConversationId, Seq)>,
-}
-
-impl Positions {
-    /// A push of entry `seq` arrived. `Seq(0)` (the floor numbers nothing) is no position.
-    fn pushed(&mut self, conversation: ConversationId, seq: Seq) {
-        if seq.0 == 0 {
-            return;
-        }
-        let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
-        *cursor = (*cursor).max(seq);
-        self.fill(conversation);
-    }
-
-    /// An own send was acked as entry `seq`.
-    fn acked(&mut self, conversation: ConversationId, seq: Seq) {
-        if seq.0 == 0 {
-            return;
-        }
-        if self.own.insert((conversation, seq)) {
-            self.own_order.push_back((conversation, seq));
-            if self.own_order.len() > OWN_ACKS
-                && let Some(oldest) = self.own_order.pop_front()
-            {
-                self.own.remove(&oldest);
-            }
-        }
-        self.fill(conversation);
-    }
-
-    /// Moves the cursor over own acked sends that directly follow it.
-    fn fill(&mut self, conversation: ConversationId) {
-        let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
-        while self.own.contains(&(conversation, Seq(cursor.0 + 1))) {
-            cursor.0 += 1;
-        }
-    }
-
-    fn resume(&self) -> Resume {
-        Resume {
-            cursors: self
-                .cursors
-                .iter()
-                .filter(|(_, seq)| seq.0 > 0)
-                .take(chat_protocol::limits::MAX_RESUME_CURSORS)
-                .map(|(conversation, seq)| Cursor {
-                    conversation: *conversation,
-                    seq: *seq,
-                })
-                .collect(),
-        }
     }
 }
 
@@ -714,6 +646,7 @@ fn event_arrived(
             let intact = message.body.get(..8) == Some(&scheduled.to_le_bytes()[..]);
             let live = {
                 let mut state = state.lock();
+                // Every push is counted, repeats too: the checker must see a duplicate.
                 state.positions.pushed(message.conversation, message.seq);
                 !state.catching_up
             };
@@ -755,46 +688,6 @@ fn event_arrived(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_protocol::RoomId;
-
-    const ROOM: ConversationId = ConversationId::Room(RoomId(1));
-
-    #[test]
-    fn an_ack_ahead_of_a_hole_does_not_move_the_cursor_past_it() {
-        let mut positions = Positions::default();
-        positions.pushed(ROOM, Seq(1));
-        positions.acked(ROOM, Seq(3)); // overtook the push of 2
-        assert_eq!(positions.cursors[&ROOM], Seq(1));
-        positions.pushed(ROOM, Seq(2));
-        assert_eq!(
-            positions.cursors[&ROOM],
-            Seq(3),
-            "2 arrived: 3 was already had"
-        );
-        positions.acked(ROOM, Seq(4));
-        assert_eq!(positions.cursors[&ROOM], Seq(4));
-        assert_eq!(positions.resume().cursors.len(), 1);
-    }
-
-    #[test]
-    fn unnumbered_entries_are_no_positions() {
-        let mut positions = Positions::default();
-        positions.acked(ROOM, Seq(0));
-        positions.pushed(ROOM, Seq(0));
-        assert!(positions.own.is_empty());
-        assert!(positions.resume().cursors.is_empty());
-    }
-
-    #[test]
-    fn own_acks_are_remembered_within_a_bound() {
-        let mut positions = Positions::default();
-        for seq in 1..=(OWN_ACKS as u64 + 10) {
-            positions.acked(ROOM, Seq(seq));
-        }
-        assert_eq!(positions.own.len(), OWN_ACKS);
-        assert_eq!(positions.own_order.len(), OWN_ACKS);
-        assert_eq!(positions.cursors[&ROOM], Seq(OWN_ACKS as u64 + 10));
-    }
 
     #[test]
     fn a_body_carries_its_op_id() {

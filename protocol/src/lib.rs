@@ -27,6 +27,7 @@ mod frame;
 mod ids;
 pub mod limits;
 pub mod names;
+pub mod positions;
 mod server;
 #[cfg(feature = "token")]
 pub mod token;

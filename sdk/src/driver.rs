@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use chat_protocol::positions::{Positions, Pushed};
 use chat_protocol::{
     Auth, ClientFrame, ConversationId, Cursor, ErrorCode, Event, FrameDecoder, Goodbye,
     GoodbyeCode, Hello, HelloOk, Request, RequestId, Response, Resume, Seq, ServerFrame,
@@ -120,9 +121,6 @@ fn repeatable(request: &Request) -> bool {
     )
 }
 
-/// How many acknowledged own entries are remembered.
-const OWN_ACKS: usize = 1024;
-
 /// Why [`Driver::serve`] returned.
 enum Ended {
     /// The application closed the client (or dropped it).
@@ -150,14 +148,12 @@ pub(crate) struct Driver {
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) goodbye: watch::Sender<Option<Goodbye>>,
     pub(crate) status: watch::Sender<Status>,
-    /// Entries this client sent and had acknowledged (most recent `OWN_ACKS`): a resume
-    /// replays them (the sending connection never got them as events); they are skipped.
-    own: std::collections::VecDeque<(ConversationId, Seq)>,
     /// Users whose presence the application follows (answered `Presence` requests).
     followed: std::collections::BTreeSet<chat_protocol::UserId>,
-    /// The last sequence number queued for the application per conversation: a resume of
-    /// this run asks for what follows, and entries at or before it are repeats.
-    pub(crate) cursors: HashMap<ConversationId, Seq>,
+    /// Per conversation, the last entry queued for the application or acknowledged as its
+    /// own send (`chat_protocol::positions`): a resume of this run asks for what follows,
+    /// entries at or before it are repeats, and a replayed own send is skipped.
+    positions: Positions,
     pub(crate) cursor_file: Option<PathBuf>,
     /// What the application has taken: the cursors the cursor file keeps.
     progress: std::sync::Arc<parking_lot::Mutex<Progress>>,
@@ -203,6 +199,14 @@ impl Progress {
         self.changed = true;
     }
 
+    /// The client's own sends after `from` up to `to` were acknowledged, directly after the
+    /// entries queued for the application: it has them once it has taken `from`.
+    fn own(&mut self, conversation: ConversationId, from: Seq, to: Seq) {
+        if self.taken.get(&conversation).copied().unwrap_or(Seq(0)) >= from {
+            self.taken(conversation, to);
+        }
+    }
+
     fn dropped(&mut self, conversation: ConversationId, seq: Seq) {
         self.dropped.entry(conversation).or_insert(seq);
         self.changed = true;
@@ -230,7 +234,7 @@ impl Driver {
     pub(crate) fn new(
         dial: Dial,
         options: &crate::Options,
-        cursors: HashMap<ConversationId, Seq>,
+        cursors: &[Cursor],
         progress: std::sync::Arc<parking_lot::Mutex<Progress>>,
         channels: Channels,
     ) -> Driver {
@@ -239,12 +243,11 @@ impl Driver {
             reconnect: options.reconnect.clone(),
             commands: channels.commands,
             closing: channels.closing,
-            own: std::collections::VecDeque::new(),
             followed: std::collections::BTreeSet::new(),
             events: channels.events,
             goodbye: channels.goodbye,
             status: channels.status,
-            cursors,
+            positions: Positions::from_cursors(cursors),
             cursor_file: options.cursor_file.clone(),
             progress,
             lagged: false,
@@ -346,7 +349,7 @@ impl Driver {
                 () = self.closing.notified() => return None,
             }
             let resume = Resume {
-                cursors: self.resume_cursors(),
+                cursors: self.positions.resume().cursors,
             };
             let attempt =
                 tokio::time::timeout(reconnect.connect_timeout, self.dial.connect(Some(resume)));
@@ -400,17 +403,6 @@ impl Driver {
         }
     }
 
-    /// The cursors to resume from: all of them, or the most advanced ones when there are
-    /// more than a resume may carry.
-    fn resume_cursors(&self) -> Vec<Cursor> {
-        let mut cursors = cursor_list(&self.cursors);
-        if cursors.len() > chat_protocol::limits::MAX_RESUME_CURSORS {
-            cursors.sort_by_key(|c| std::cmp::Reverse(c.seq));
-            cursors.truncate(chat_protocol::limits::MAX_RESUME_CURSORS);
-        }
-        cursors
-    }
-
     /// Serves one connection until it is lost or the client closes; returns the requests
     /// still unanswered, in the order they were sent.
     async fn serve(
@@ -460,7 +452,7 @@ impl Driver {
                     Some(Command::Baseline(cursors)) => {
                         let mut progress = self.progress.lock();
                         for cursor in cursors {
-                            self.cursors.entry(cursor.conversation).or_insert(cursor.seq);
+                            self.positions.baseline(cursor.conversation, cursor.seq);
                             progress.baseline(cursor.conversation, cursor.seq);
                         }
                     }
@@ -503,10 +495,12 @@ impl Driver {
         let (id, answer) = match frame {
             ServerFrame::Response { id, response } => {
                 if let Response::Sent(ack) = &response {
-                    if self.own.len() >= OWN_ACKS {
-                        self.own.pop_front();
+                    let before = self.positions.cursor(ack.conversation);
+                    if let Some(after) = self.positions.acked(ack.conversation, ack.seq) {
+                        // The ack moved the cursor over own sends: the application has them
+                        // if it has taken what came before.
+                        self.progress.lock().own(ack.conversation, before, after);
                     }
-                    self.own.push_back((ack.conversation, ack.seq));
                 }
                 (id, Ok(response))
             }
@@ -575,15 +569,14 @@ impl Driver {
             _ => None,
         };
         if let Some((conversation, seq)) = position {
-            let cursor = self.cursors.entry(conversation).or_insert(Seq(0));
-            if seq <= *cursor {
-                return;
-            }
-            *cursor = seq;
-            if self.own.contains(&(conversation, seq)) {
-                // The application has the ack of its own message.
-                self.progress.lock().taken(conversation, seq);
-                return;
+            match self.positions.pushed(conversation, seq) {
+                Pushed::Repeat => return,
+                Pushed::Own => {
+                    // The application has the ack of its own message.
+                    self.progress.lock().taken(conversation, seq);
+                    return;
+                }
+                Pushed::New => {}
             }
         }
         if self.lagged && self.events.try_send(Event::Lagged).is_ok() {
@@ -636,18 +629,6 @@ fn unanswered(pending: Vec<(RequestId, Request, Reply)>) -> Vec<(Request, Reply)
         .into_iter()
         .map(|(_, r, reply)| (r, reply))
         .collect()
-}
-
-fn cursor_list(cursors: &HashMap<ConversationId, Seq>) -> Vec<Cursor> {
-    let mut list: Vec<Cursor> = cursors
-        .iter()
-        .map(|(conversation, seq)| Cursor {
-            conversation: *conversation,
-            seq: *seq,
-        })
-        .collect();
-    list.sort_by_key(|c| c.conversation);
-    list
 }
 
 async fn send_typing(live: &mut Live, update: TypingUpdate) -> Result<(), Error> {
@@ -762,6 +743,20 @@ mod tests {
             name: "a".into(),
             password: "b".into()
         }));
+    }
+
+    #[test]
+    fn own_sends_count_as_taken_only_after_what_came_before() {
+        let room = ConversationId::Room(chat_protocol::RoomId(1));
+        let mut progress = Progress::default();
+        progress.taken(room, Seq(3));
+        // Own sends 4 and 5 acknowledged right after entry 3, which the application took.
+        progress.own(room, Seq(3), Seq(5));
+        assert_eq!(progress.cursors()[0].seq, Seq(5));
+        // Own sends 7 and 8 right after entry 6, which was queued but not taken yet: the
+        // saved cursor stays before 6, so a later run gets it.
+        progress.own(room, Seq(6), Seq(8));
+        assert_eq!(progress.cursors()[0].seq, Seq(5));
     }
 
     #[test]

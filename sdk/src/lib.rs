@@ -373,7 +373,7 @@ impl Client {
         let driver = Driver::new(
             dial,
             options,
-            stored.iter().map(|c| (c.conversation, c.seq)).collect(),
+            &stored,
             std::sync::Arc::clone(&progress),
             driver::Channels {
                 commands: command_rx,
