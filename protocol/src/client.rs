@@ -322,3 +322,25 @@ pub enum Request {
     ///     `Event::CaughtUp`; live pushes resume. -> `Ok`
     Sync(Resume),
 }
+
+impl Request {
+    /// Whether a client may write this request again on a new connection when the old one
+    /// was lost before the answer came (section 8.8): reads, marks, presence changes, and
+    /// sends (deduplicated by their op id). Room and account changes are not: one may have
+    /// been applied, and a second would be refused or applied twice.
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            Request::Ping
+                | Request::Login { .. }
+                | Request::LookupUsers(_)
+                | Request::FindRoom { .. }
+                | Request::Members { .. }
+                | Request::Conversations { .. }
+                | Request::Send(_)
+                | Request::History(_)
+                | Request::Mark { .. }
+                | Request::Presence { .. }
+        )
+    }
+}

@@ -101,26 +101,6 @@ impl Dial {
     }
 }
 
-/// Whether a request may be sent again after the connection carrying it was lost before the
-/// answer came: reads, marks (monotone), presence changes and sends (deduplicated by their op
-/// id). Room changes and account creation are not: their caller gets
-/// [`Error::Interrupted`].
-fn repeatable(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Ping
-            | Request::Login { .. }
-            | Request::LookupUsers(_)
-            | Request::FindRoom { .. }
-            | Request::Members { .. }
-            | Request::Conversations { .. }
-            | Request::Send(_)
-            | Request::History(_)
-            | Request::Mark { .. }
-            | Request::Presence { .. }
-    )
-}
-
 /// Why [`Driver::serve`] returned.
 enum Ended {
     /// The application closed the client (or dropped it).
@@ -297,7 +277,7 @@ impl Driver {
                 if reply.is_closed() {
                     continue; // nobody waits for it (or it is a re-follow, redone below)
                 }
-                if repeatable(&request) {
+                if request.repeatable() {
                     resend.push((request, reply));
                 } else {
                     let _ = reply.send(Err(Error::Interrupted));
@@ -730,19 +710,21 @@ mod tests {
 
     #[test]
     fn only_safe_requests_are_repeated() {
-        assert!(repeatable(&Request::Ping));
-        assert!(repeatable(&Request::Send(chat_protocol::SendMessage {
+        assert!(Request::Ping.repeatable());
+        let send = Request::Send(chat_protocol::SendMessage {
             conversation: ConversationId::Notes(UserId(1)),
             op: chat_protocol::OpId(9),
             content_type: chat_protocol::ContentType::TEXT,
             reply_to: None,
             body: Vec::new(),
-        })));
-        assert!(!repeatable(&Request::JoinRoom { room: RoomId(1) }));
-        assert!(!repeatable(&Request::Register {
+        });
+        assert!(send.repeatable());
+        assert!(!Request::JoinRoom { room: RoomId(1) }.repeatable());
+        let register = Request::Register {
             name: "a".into(),
-            password: "b".into()
-        }));
+            password: "b".into(),
+        };
+        assert!(!register.repeatable());
     }
 
     #[test]
