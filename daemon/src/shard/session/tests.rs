@@ -134,6 +134,16 @@ fn presence_event(user: u64, status: PresenceStatus) -> Bytes {
     })))
 }
 
+/// A resume after entry `seq` of ROOM.
+fn after(seq: u64) -> Resume {
+    Resume {
+        cursors: vec![Cursor {
+            conversation: ROOM,
+            seq: Seq(seq),
+        }],
+    }
+}
+
 fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
     match frame {
         ServerFrame::Error { error, .. } => Some(error.code),
@@ -332,12 +342,7 @@ fn events_beyond_the_queue_lag_the_connection_once() {
 #[test]
 fn a_second_sync_is_refused_while_a_catch_up_runs() {
     let mut f = Fixture::authenticated(u64::MAX);
-    let resume = Resume {
-        cursors: vec![Cursor {
-            conversation: ROOM,
-            seq: Seq(5),
-        }],
-    };
+    let resume = after(5);
     let first = f.session.start_catch_up(&resume, 100, 100);
     assert!(first.is_ok());
     let second = f.session.start_catch_up(&resume, 100, 100);
@@ -355,12 +360,7 @@ fn a_second_sync_is_refused_while_a_catch_up_runs() {
 #[test]
 fn live_events_during_a_catch_up_follow_it_without_what_it_replayed() {
     let mut f = Fixture::authenticated(u64::MAX);
-    let resume = Resume {
-        cursors: vec![Cursor {
-            conversation: ROOM,
-            seq: Seq(5),
-        }],
-    };
+    let resume = after(5);
     f.session.start_catch_up(&resume, 100, 100).expect("starts");
     // 7 and 8 are pushed live while the replay reads 6 and 7.
     for seq in [7, 8] {
@@ -392,12 +392,7 @@ fn live_events_during_a_catch_up_follow_it_without_what_it_replayed() {
     );
     f.written();
     // Another catch-up reads 10 and 11 before 11's fan-out arrives: that late push is dropped.
-    let resume = Resume {
-        cursors: vec![Cursor {
-            conversation: ROOM,
-            seq: Seq(9),
-        }],
-    };
+    let resume = after(9);
     f.session.start_catch_up(&resume, 100, 100).expect("starts");
     assert!(f.session.reserve_page(1024, &limits()));
     let page = vec![
