@@ -14,23 +14,22 @@
 //! its conversations, and every byte budget is back to zero. A failing seed says how to
 //! replay it.
 
+mod clients;
 mod sessions;
 mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chat_protocol::{
-    ContentType, ConversationId, Entry, ErrorCode, Event, OpId, RequestId, Response, SendMessage,
-    Seq, ServerFrame, Timestamp, UserId,
-};
+use chat_protocol::{ConversationId, Event, RequestId, Seq, ServerFrame, Timestamp, UserId};
 
 use super::conversation::{Answer, Conversations, Ctx, Effect, Input};
-use super::{ConnRef, Origin, Position, encode};
-use crate::budget::{Budget, UserBudget};
+use super::{Position, encode};
+use crate::budget::Budget;
 use crate::store::writer::{Batch, WriteError};
 use crate::store::{ConversationSnapshot, keys};
+use clients::{Client, Send};
 use store::FakeStore;
 
 /// SplitMix64: a small, good, seeded generator (no dependency, stable across versions).
@@ -117,47 +116,6 @@ enum Read {
         sender: UserId,
         window: usize,
     },
-}
-
-/// A client's send: where, and which op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Send {
-    conversation: ConversationId,
-    op: OpId,
-}
-
-struct Client {
-    /// Requests sent and not answered: request id -> send.
-    waiting: HashMap<u32, Send>,
-    /// Sends not acked yet (to be retried or resent after a crash).
-    unacked: Vec<Send>,
-    /// The seq each acked send got.
-    acked: HashMap<Send, Seq>,
-    /// Per conversation, the entries it has (events, replays, its own acks).
-    got: HashMap<ConversationId, BTreeSet<Seq>>,
-    /// Its connection, and how many it had.
-    conn: Option<sessions::Conn>,
-    generation: u64,
-    /// The budget its connections share.
-    budget: Arc<UserBudget>,
-    next_request: u32,
-    next_op: u64,
-}
-
-impl Client {
-    fn new() -> Client {
-        Client {
-            waiting: HashMap::new(),
-            unacked: Vec::new(),
-            acked: HashMap::new(),
-            got: HashMap::new(),
-            conn: None,
-            generation: 0,
-            budget: sessions::user_budget(),
-            next_request: 0,
-            next_op: 0,
-        }
-    }
 }
 
 /// One simulated world.
@@ -251,79 +209,6 @@ impl World {
             .entry((from, to))
             .or_default()
             .push_back(message);
-    }
-
-    /// A client sends (or resends) `send` as a new request.
-    fn client_sends(&mut self, user: u64, send: Send) {
-        let client = self.clients.get_mut(&user).expect("a client");
-        client.next_request += 1;
-        let request = client.next_request;
-        client.waiting.insert(request, send);
-        let generation = client.generation;
-        let owner = self.owner_of(send.conversation);
-        let origin = Origin {
-            at: ConnRef {
-                shard: 0,
-                conn: sessions::conn_id(user, generation),
-            },
-            request: RequestId(request),
-            user: UserId(user),
-        };
-        let input = Input::Send {
-            origin,
-            message: SendMessage {
-                conversation: send.conversation,
-                op: send.op,
-                content_type: ContentType::TEXT,
-                reply_to: None,
-                body: format!("{user}/{}", send.op.0).into_bytes(),
-            },
-        };
-        self.send(
-            Node::Client(user),
-            Node::Shard(owner),
-            Message::Input {
-                conversation: send.conversation,
-                input,
-            },
-        );
-    }
-
-    /// A new send from a random client to a random conversation of theirs (a direct one or
-    /// their notes).
-    fn new_send(&mut self) {
-        let user = 1 + self.rng.below(usize::try_from(self.users).unwrap_or(1)) as u64;
-        let peer = 1 + self.rng.below(usize::try_from(self.users).unwrap_or(1)) as u64;
-        let conversation = ConversationId::direct(UserId(user), UserId(peer));
-        let client = self.clients.get_mut(&user).expect("a client");
-        // Clients keep at most half a window unacked per conversation, so any retry is
-        // within the daemon's deduplication window.
-        let unacked = client
-            .unacked
-            .iter()
-            .filter(|s| s.conversation == conversation)
-            .count();
-        if unacked >= WINDOW / 2 {
-            return;
-        }
-        client.next_op += 1;
-        let send = Send {
-            conversation,
-            op: OpId(client.next_op),
-        };
-        client.unacked.push(send);
-        self.client_sends(user, send);
-    }
-
-    /// A client resends one of its unacked sends (a retry after an error or a reconnect).
-    fn resend(&mut self) {
-        let user = 1 + self.rng.below(usize::try_from(self.users).unwrap_or(1)) as u64;
-        let client = &self.clients[&user];
-        if client.unacked.is_empty() {
-            return;
-        }
-        let send = client.unacked[self.rng.below(client.unacked.len())];
-        self.client_sends(user, send);
     }
 
     fn ctx_now(&self) -> Timestamp {
@@ -469,61 +354,6 @@ impl World {
                     input: Input::Committed(result),
                 },
             );
-        }
-    }
-
-    /// A message arrives at a client.
-    fn at_client(&mut self, user: u64, message: Message) {
-        match message {
-            Message::Answer { request, answer } => {
-                let client = self.clients.get_mut(&user).expect("a client");
-                let send = client
-                    .waiting
-                    .remove(&request.0)
-                    .expect("one answer per request");
-                match answer {
-                    Ok(Response::Sent(ack)) => {
-                        self.stats.acks += 1;
-                        self.stats.duplicate_acks += u64::from(ack.duplicate);
-                        assert_eq!(ack.op, send.op, "the ack names the op");
-                        let first = *client.acked.entry(send).or_insert(ack.seq);
-                        assert_eq!(
-                            first, ack.seq,
-                            "{send:?} acked as {first:?} then {:?}",
-                            ack.seq
-                        );
-                        client.unacked.retain(|s| *s != send);
-                        let got = client.got.entry(send.conversation).or_default();
-                        got.insert(ack.seq);
-                        // Durable before acked.
-                        let entry = self.store.entry(send.conversation, ack.seq);
-                        assert!(
-                            matches!(entry, Some(Entry::Message(m)) if m.sender == UserId(user) && m.op == send.op),
-                            "{send:?} acked as {:?}, which is not stored as it",
-                            ack.seq
-                        );
-                    }
-                    Err(refusal) => {
-                        self.stats.refusals += 1;
-                        assert!(
-                            matches!(refusal.code, ErrorCode::UNAVAILABLE | ErrorCode::OVERLOADED),
-                            "unexpected refusal {refusal:?}"
-                        );
-                    }
-                    Ok(other) => panic!("a send answered {other:?}"),
-                }
-            }
-            Message::Live {
-                generation,
-                frame,
-                at,
-            } => self.live_arrived(user, generation, &frame, at),
-            Message::Page {
-                generation,
-                frames,
-                next,
-            } => self.page_arrived(user, generation, frames, next),
-            other => panic!("a client got {other:?}"),
         }
     }
 
