@@ -96,14 +96,28 @@ async fn metrics_follow_real_traffic() {
             .await,
         ErrorCode::NOT_MEMBER
     );
+    // Refused by the session itself: counted like any other request.
+    let again = Request::Authenticate(Auth {
+        token: daemon.token("alice"),
+        resume: None,
+    });
+    assert_eq!(alice.code(again).await, ErrorCode::ALREADY_AUTHENTICATED);
 
     let (_, after) = get(admin, "/metrics").await;
     let m = |name, labels: &[&str]| metric(&after, name, labels);
     assert_eq!(m("chatd_sends_acknowledged_total", &[]), 5.0);
     assert_eq!(m("chatd_requests_total", &["request=\"send\""]), 5.0);
     assert_eq!(m("chatd_requests_total", &["request=\"history\""]), 1.0);
+    assert_eq!(
+        m("chatd_requests_total", &["request=\"authenticate\""]),
+        1.0
+    );
     assert_eq!(m("chatd_errors_total", &["code=\"NOT_MEMBER\""]), 1.0);
-    assert_eq!(m("chatd_errors_total", &[]), 1.0);
+    assert_eq!(
+        m("chatd_errors_total", &["code=\"ALREADY_AUTHENTICATED\""]),
+        1.0
+    );
+    assert_eq!(m("chatd_errors_total", &[]), 2.0);
     // Bob's device got the five messages; alice's has the acks instead.
     assert_eq!(m("chatd_deliveries_total", &[]), 5.0);
     assert_eq!(m("chatd_handshakes_total", &["result=\"ok\""]), 2.0);

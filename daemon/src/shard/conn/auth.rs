@@ -11,6 +11,10 @@ use crate::shard::{encode, response};
 
 /// Handles one decoded frame; `false` when the connection is closing.
 pub(super) fn frame_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: ClientFrame) -> bool {
+    if let ClientFrame::Request { request, .. } = &frame {
+        // Every request read counts, those the session refuses too.
+        shard.metrics().requests[crate::metrics::request_kind(request)].increment(1);
+    }
     match conn.with(|s| s.frame(frame, Instant::now())) {
         Step::Done => {}
         Step::HelloOk => {

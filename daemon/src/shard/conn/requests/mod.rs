@@ -63,7 +63,6 @@ pub(super) fn arrived(
     request: Request,
     user: UserId,
 ) {
-    shard.metrics().requests[crate::metrics::request_kind(&request)].increment(1);
     let at = ConnRef {
         shard: shard.id,
         conn: conn.id,
