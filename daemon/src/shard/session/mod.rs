@@ -149,7 +149,7 @@ pub(crate) struct Transmit {
     pub(crate) closing: Option<GoodbyeCode>,
 }
 
-/// The session started (see [`Session::authenticated`]).
+/// The session started (see [`Session::started`]).
 #[derive(Debug)]
 pub(crate) struct Started {
     pub(crate) user: UserId,
@@ -190,8 +190,9 @@ pub(crate) struct Session {
     parked: Option<Box<CatchUp>>,
     /// The users whose presence this connection follows.
     presence: HashSet<UserId>,
-    /// `Presence` requests whose answers are on their way, with the users they ask about;
-    /// presence events about those users wait in `presence_held` (charged) until then.
+    /// `Presence` requests whose answers are on their way, with the users they ask about (at
+    /// most `max_in_flight` requests of at most 256 users); presence events about those users
+    /// wait in `presence_held` (charged, at most `outgoing_queue`) until then.
     presence_asked: Vec<(RequestId, Vec<UserId>)>,
     presence_held: Vec<(UserId, Bytes)>,
     /// Typing updates accepted in the current one-second window: (window start, count).
