@@ -6,7 +6,11 @@
 #                checks (systemd/check.sh)
 #   make lint    only the rustfmt, clippy and module-header checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
-#                scenarios: chatd against the floor with chat-loadgen, about 30 minutes)
+#                scenarios: chatd against the floor with chat-loadgen, about 30 minutes); the
+#                figures of each run set go to bench/results/summary.json, the per-run files
+#                stay local
+#   make bench-report  bench/RESULTS.md's generated sections and plot, again, from
+#                bench/results/summary.json alone
 #   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
 #                checks of bench/src/bin/faults.rs (about 15 minutes; the disk-full part
 #                needs root), written up in bench/RESULTS.md
@@ -22,7 +26,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks deb package-test bench faults fuzz bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks deb package-test bench bench-report faults fuzz bootstrap clean
 
 all: test
 
@@ -88,6 +92,9 @@ bench: bootstrap
 	./bench/metrics-cost.sh
 	./bench/metrics-plot.sh
 	./bench/hops.sh
+
+bench-report:
+	python3 bench/report.py --from-summary
 
 faults: bootstrap
 	./bench/faults.sh

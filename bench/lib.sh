@@ -1,12 +1,22 @@
-# Helpers shared by the scenario scripts (bench/run.sh, bench/bridge-outage.sh): build the
-# release binaries, start a fresh server on a free loopback port, drive it with chat-loadgen,
-# stop it. Source it from the repository root.
+# shellcheck shell=bash
+# Helpers shared by the scripts under bench/: build the release binaries, start a fresh server
+# on a free loopback port, drive it with chat-loadgen in one of its presets (run_scenario: the
+# one way a script runs a scenario), stop it. Source it from the repository root.
+#
+# The scenarios are chat-loadgen's presets (`--preset dm|rooms10|rooms100|fanout1000|idle10k`,
+# listed with their arguments by `chat-loadgen --help`): their sizes, rates, p99 bounds and
+# timing are defined there once; a script adds only what it changes (a rate, a duration).
 
 # build_release: builds the whole workspace in release (one package set, the same as `make
 # deb`: cargo's feature unification gives every script and the package the same binaries, and
-# RocksDB's C++ is built once); sets chatd_bin, loadgen_bin, relay_bin and the others.
+# RocksDB's C++ is built once); sets chatd_bin, loadgen_bin, relay_bin and the others, and
+# exports BENCH_COMMIT, the commit measured (taken before the build; bench/report.py records
+# it with the results).
+# shellcheck disable=SC2034 # each binary is used by some of the scripts that source this file
 build_release() {
   local target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  BENCH_COMMIT="$(python3 bench/report.py --commit)"
+  export BENCH_COMMIT
   cargo build --release --workspace --locked
   chatd_bin="$target_dir/release/chatd"
   loadgen_bin="$target_dir/release/chat-loadgen"
@@ -70,18 +80,28 @@ start_server() {
   fi
 }
 
-# run_loadgen chatd|floor OUT.json ARGS...: chat-loadgen against the running server; the
-# table goes to the terminal and to OUT.txt. Returns the load generator's exit code; when it
-# is not 0, the server's log is kept as OUT.server.log.
-run_loadgen() {
-  local target="$1" out="$2"
+# loadgen_command chatd|floor SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in
+# the preset SCENARIO with ARGS (which win over the preset's values), against the running
+# server: its address, certificate, pid (for /proc), and chatd's token secret.
+loadgen_command() {
+  local target="$1" scenario="$2"
   shift 2
-  local auth=()
-  [ "$target" = chatd ] && auth=(--token-secret-file "$server_dir/auth/secret")
+  loadgen_cmd=("$loadgen_bin" --preset "$scenario" "$@" --target "$target"
+    --server "127.0.0.1:$port" --ca "$server_dir/tls/cert.pem" --server-pid "$server_pid")
+  [ "$target" = chatd ] && loadgen_cmd+=(--token-secret-file "$server_dir/auth/secret")
+  return 0
+}
+
+# run_scenario chatd|floor SCENARIO OUT.json [ARGS...]: chat-loadgen in the preset SCENARIO
+# (ARGS win over the preset's values) against the running server; the JSON goes to OUT.json,
+# the table to the terminal and to OUT.txt. Returns the load generator's exit code; when it
+# is not 0, the server's log is kept as OUT.server.log.
+run_scenario() {
+  local target="$1" scenario="$2" out="$3"
+  shift 3
   local status=0
-  "$loadgen_bin" "$@" --target "$target" --server "127.0.0.1:$port" \
-    --ca "$server_dir/tls/cert.pem" "${auth[@]}" --server-pid "$server_pid" \
-    --json-out "$out" --quiet >"${out%.json}.txt" || status=$?
+  loadgen_command "$target" "$scenario" "$@"
+  "${loadgen_cmd[@]}" --json-out "$out" --quiet >"${out%.json}.txt" || status=$?
   cat "${out%.json}.txt"
   [ "$status" -eq 0 ] || cp "$server_dir.log" "${out%.json}.server.log" 2>/dev/null || true
   # chatd's warnings about slow group commits (the disk) are kept beside the result.
@@ -92,21 +112,18 @@ run_loadgen() {
   return "$status"
 }
 
+# preset_option SCENARIO OPTION [ARGS...]: the value of one of chat-loadgen's options (as its
+# JSON names it: scenario, rate, clients...) in the preset SCENARIO with ARGS, from
+# `chat-loadgen --dry-run`; fails, with chat-loadgen's message, on an unknown preset.
+preset_option() {
+  local scenario="$1" option="$2" resolved
+  shift 2
+  resolved="$("$loadgen_bin" --preset "$scenario" "$@" --dry-run)" || return 1
+  jq -r ".$option" <<<"$resolved"
+}
+
 # slow_commit_warnings: the running server's log lines where chatd warned that group commits
 # took longer than 50 ms (store::writer); nothing for the floor or a quiet disk.
 slow_commit_warnings() {
   grep "group commits took longer" "$server_dir.log" 2>/dev/null || true
-}
-
-# scenario_args SCENARIO: the load generator's arguments for a standard scenario (clients and
-# shape), for bench/run.sh and bench/profile.sh.
-scenario_args() {
-  case "$1" in
-    dm) echo "dm --clients 1000" ;;
-    rooms10) echo "rooms --clients 1000 --room-size 10" ;;
-    rooms100) echo "rooms --clients 1000 --room-size 100" ;;
-    fanout1000) echo "fanout --rooms 1 --room-size 1000 --senders 2" ;;
-    idle10k) echo "idle --clients 10000 --ramp-up 20 --handshake-concurrency 128" ;;
-    *) echo "unknown scenario $1 (dm rooms10 rooms100 fanout1000 idle10k)" >&2; return 1 ;;
-  esac
 }

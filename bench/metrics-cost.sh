@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What metrics cost: chat-loadgen `dm` (1000 clients) --find-max against chatd (release, 2
-# shards) three ways, alternating, ROUNDS times (default 2):
+# What metrics cost: chat-loadgen's `dm` preset (1000 clients) --find-max against chatd
+# (release, 2 shards) three ways, alternating, ROUNDS times (default 3):
 #   off      the admin listener off (CHATD_ADMIN_ENABLED=false): the per-shard counters are
 #            still bumped, nothing renders them;
 #   idle     the admin listener on, nobody scraping;
@@ -13,11 +13,14 @@
 # it) is compared: the cost of metrics is CPU, and that measure moves by a few percent only.
 # DURABILITY (default fsync) is chatd's storage.durability: with `buffered` the shared
 # disk's fsync stalls (up to a second on these machines) leave the measure, which is then the
-# CPU that metrics cost. Writes bench/results/metrics-cost[-buffered].txt.
+# CPU that metrics cost. The tables are recorded in bench/results/summary.json (`metrics-cost`,
+# one per durability) and printed (again, from the summary alone: `bench/report.py --show
+# metrics-cost`).
 # Usage: [DURABILITY=buffered] bench/metrics-cost.sh [ROUNDS]. Loopback only; every run stops
 # by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
 source bench/lib.sh
 rounds="${1:-3}"
 fixed_rate="${FIXED_RATE:-12000}"
@@ -35,9 +38,8 @@ stop_scraper() {
   fi
 }
 trap 'stop_scraper; stop_server' EXIT
-summary=bench/results/metrics-cost.txt
-[ "$durability" = fsync ] || summary="bench/results/metrics-cost-$durability.txt"
-: >"$summary.runs"
+runs="$out/$durability.runs"
+: >"$runs"
 # run_variant MODE ROUND VARIANT: one load run against a fresh chatd set up as VARIANT;
 # MODE max (--find-max) or fixed (FIXED_RATE); appends a line to the runs file.
 run_variant() {
@@ -63,11 +65,10 @@ run_variant() {
   fi
   echo "=== $mode round $round: $variant"
   if [ "$mode" = max ]; then
-    run_loadgen chatd "$out/$mode-$variant-$round.json" dm --clients 1000 --rate 1000 \
-      --find-max --max-p99-ms 20 --max-steps 24 --duration 5 --warm-up 2 --drain 5 || true
+    run_scenario chatd dm "$out/$mode-$variant-$round.json" --find-max || true
   else
-    run_loadgen chatd "$out/$mode-$variant-$round.json" dm --clients 1000 \
-      --rate "$fixed_rate" --duration 20 --warm-up 2 --drain 5 || true
+    run_scenario chatd dm "$out/$mode-$variant-$round.json" --rate "$fixed_rate" \
+      --duration 20 --warm-up 2 --drain 5 || true
   fi
   if [ "$variant" = scraped ]; then
     stop_scraper
@@ -80,7 +81,7 @@ run_variant() {
   else
     value="$(jq -r '.steps[-1] | "\(.server_cpu_us_per_delivery) \(.send_to_delivery.p99_ms) \(.deliveries_per_sec)"' "$json")"
   fi
-  echo "$mode $round $variant ${value:-none} $scrapes" >>"$summary.runs"
+  echo "$mode $round $variant ${value:-none} $scrapes" >>"$runs"
 }
 for round in $(seq 1 "$rounds"); do
   for variant in off idle scraped; do
@@ -92,34 +93,7 @@ for round in $(seq 1 "$fixed_rounds"); do
     run_variant fixed "$round" "$variant"
   done
 done
-python3 - "$summary.runs" "$fixed_rate" "$durability" <<'PY' | tee "$summary"
-import statistics, sys
-runs = [line.split() for line in open(sys.argv[1])]
-def table(mode):
-    return [r[1:] for r in runs if r[0] == mode]
-def medians(values, show):
-    """Each variant's median (shown by `show`), its ratio to `off` and its spread."""
-    base = statistics.median(values.get("off", [float("nan")]))
-    for v in ("off", "idle", "scraped"):
-        if v in values:
-            med = statistics.median(values[v])
-            spread = (max(values[v]) - min(values[v])) / med * 100
-            print(f"{v:<8} median {show(med)}  ratio to off {med / base:.3f}  spread {spread:.1f}%")
-print(f"Max sustainable rate (dm, 1000 clients, p99 send -> delivery within 20 ms), durability {sys.argv[3]}:")
-print(f"{'round':>5} {'variant':<8} {'max msg/s':>10} {'scrapes':>8}")
-rates = {}
-for r, v, m, s in table("max"):
-    print(f"{r:>5} {v:<8} {m:>10} {s:>8}")
-    if m != "none":
-        rates.setdefault(v, []).append(float(m))
-medians(rates, lambda med: f"{med:>9.0f} msg/s")
-print()
-print(f"Server CPU per delivery at {sys.argv[2]} msg/s (dm, 20 s):")
-print(f"{'round':>5} {'variant':<8} {'cpu us/dlv':>10} {'p99 ms':>7} {'dlv/s':>8} {'scrapes':>8}")
-cpu = {}
-for r, v, c, p99, dps, s in table("fixed"):
-    print(f"{r:>5} {v:<8} {float(c):>10.2f} {float(p99):>7.2f} {float(dps):>8.0f} {s:>8}")
-    cpu.setdefault(v, []).append(float(c))
-medians(cpu, lambda med: f"{med:>8.2f} us")
-PY
-rm -f "$summary.runs" "$out/scrapes"
+command="bench/metrics-cost.sh $*"
+[ "$durability" = fsync ] || command="DURABILITY=$durability $command"
+python3 bench/report.py metrics-cost "$command" "$durability" "$fixed_rate" "$runs"
+rm -f "$out/scrapes"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# A load run as an operator's dashboard shows it: chatd (release, 2 shards) under chat-loadgen
-# `rooms` (1000 clients in rooms of 10) at 500, then 2000, then 1000 messages/s (20 s each,
-# the clients reconnecting between phases), /metrics scraped every second throughout
-# (bench/metrics_plot.py), drawn into docs/metrics-load-run.svg.
+# A load run as an operator's dashboard shows it: chatd (release, 2 shards) under
+# chat-loadgen's `rooms10` preset (1000 clients in rooms of 10) at 500, then 2000, then 1000
+# messages/s (20 s each, the clients reconnecting between phases), /metrics scraped every
+# second throughout (bench/metrics_plot.py), drawn into docs/metrics-load-run.svg.
 # Usage: bench/metrics-plot.sh. Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
 source bench/lib.sh
 build_release
 work="$(mktemp -d)"
@@ -19,8 +20,8 @@ scraper=$!
 sleep 3
 for rate in 500 2000 1000; do
   echo "=== rooms10 at $rate msg/s"
-  run_loadgen chatd "$work/rooms-$rate.json" rooms --clients 1000 --room-size 10 \
-    --rate "$rate" --ramp-up 2 --warm-up 1 --duration 20 --drain 2
+  run_scenario chatd rooms10 "$work/rooms-$rate.json" --rate "$rate" --warm-up 1 \
+    --duration 20 --drain 2
 done
 sleep 3
 touch "$work/stop"

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Where chatd's time goes at one fixed rate: the same scenario and rate against the floor,
 # chatd with `buffered` durability and chatd with `fsync` (the default), one fresh server
-# each, 10 s measured. For each it records the latencies and the server's CPU per delivery
-# (chat-loadgen, from /proc), and, over 5 s of the measured phase, the server's fdatasync
-# calls and context switches (`perf stat` on kernel tracepoints; "–" where perf cannot
-# read them). The difference between the three rows is the price of storage and of
-# durability. The result JSONs go to bench/results/profile-*; bench/report.py renders them
-# into the profile section of bench/RESULTS.md.
+# each, measured for the preset's fixed-rate duration (10 s). For each it records the
+# latencies and the server's CPU per delivery (chat-loadgen, from /proc), and, over 5 s of
+# the measured phase, the server's fdatasync calls and context switches (`perf stat` on
+# kernel tracepoints; "–" where perf cannot read them). The difference between the three
+# rows is the price of storage and of durability. The result JSONs go to
+# bench/results/profile-* (local, not in git); bench/report.py records their figures in
+# bench/results/summary.json and renders the profile section of bench/RESULTS.md from it.
 #
-#   bench/profile.sh                # dm, 5000 msg/s
-#   bench/profile.sh rooms10 3700   # a scenario of bench/run.sh and a rate
+#   bench/profile.sh                # dm at the preset's steady rate (chat-loadgen --help)
+#   bench/profile.sh rooms10 3700   # a scenario (a chat-loadgen preset, not idle10k) and a rate
 #   PROFILE_RECORD=1 bench/profile.sh dm 5000   # then a perf call-graph profile of each
 #                                               # chatd variant, in runs of their own
 #                                               # (bench/results/profile-*.perf.txt)
@@ -19,21 +20,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenario="${1:-dm}"
-rate="${2:-5000}"
 results=bench/results
 mkdir -p "$results"
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-
-case "$scenario" in
-  dm | rooms10 | rooms100) read -r -a args <<<"$(scenario_args "$scenario")" ;;
-  *) echo "profile: scenario must be dm, rooms10 or rooms100" >&2; exit 64 ;;
-esac
-python3 -c "import sys; r = float(sys.argv[1]); sys.exit(0 if r > 0 else 1)" "$rate" 2>/dev/null \
-  || { echo "profile: the rate must be a positive number" >&2; exit 64; }
-
 build_release
+
+# The rate: the one given, or the preset's steady rate.
+rate_args=()
+[ -z "${2:-}" ] || rate_args=(--rate "$2")
+shape="$(preset_option "$scenario" scenario "${rate_args[@]}")" || exit 64
+[ "$shape" != idle ] || { echo "profile: idle sends nothing to profile" >&2; exit 64; }
+rate="$(preset_option "$scenario" rate "${rate_args[@]}")"
+
 trap stop_server EXIT
 
 perf_ok=0
@@ -54,7 +54,7 @@ wait_for_measure() {
   done
 }
 
-# start_variant floor|buffered|fsync: a fresh server for the variant; sets target and auth.
+# start_variant floor|buffered|fsync: a fresh server for the variant; sets target.
 start_variant() {
   if [ "$1" = floor ]; then
     target=floor
@@ -63,19 +63,13 @@ start_variant() {
     target=chatd
     start_server chatd "CHATD_STORAGE_DURABILITY=$1"
   fi
-  auth=()
-  if [ "$target" = chatd ]; then
-    auth=(--token-secret-file "$server_dir/auth/secret")
-  fi
 }
 
 # start_load OUT.json OUT_PREFIX: the load generator in the background against the running
 # server (table to OUT_PREFIX.txt, progress lines to OUT_PREFIX.progress); sets loadgen.
 start_load() {
-  "$loadgen_bin" "${args[@]}" --target "$target" --server "127.0.0.1:$port" \
-    --ca "$server_dir/tls/cert.pem" "${auth[@]}" --server-pid "$server_pid" \
-    --rate "$rate" --warm-up 2 --duration 10 --drain 5 --json-out "$1" \
-    >"$2.txt" 2>"$2.progress" &
+  loadgen_command "$target" "$scenario" --rate "$rate"
+  "${loadgen_cmd[@]}" --json-out "$1" >"$2.txt" 2>"$2.progress" &
   loadgen=$!
 }
 
@@ -171,4 +165,4 @@ if [ "${PROFILE_RECORD:-0}" = 1 ] && [ "$perf_ok" = 1 ]; then
   done
 fi
 
-python3 bench/report.py "$results" bench/RESULTS.md "bench/profile.sh $*" profile
+python3 bench/report.py profile "bench/profile.sh $*" "$scenario"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# SIGHUP under load: chatd (release) with a configured certificate, chat-loadgen `rooms` at a
-# steady rate for 30 s, and meanwhile the certificate replaced and SIGHUP sent every 3 s
-# (8 reloads). The loadgen clients trust only the FIRST certificate, so a connection that
+# SIGHUP under load: chatd (release) with a configured certificate, chat-loadgen's `rooms10`
+# preset with 200 clients at a steady rate for 30 s, and meanwhile the certificate replaced
+# and SIGHUP sent every 3 s (8 reloads). The loadgen clients trust only the FIRST certificate, so a connection that
 # dropped could not come back: the run is correct only if no connection dropped
 # ("connects 0") and the checker finds every acknowledged message delivered once.
 # Usage: bench/reload.sh [RATE] (default 2000 msg/s). Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
 source bench/lib.sh
 rate="${1:-2000}"
 build_release
@@ -39,9 +40,9 @@ until grep -q "chatd is listening" "$dir/chatd.log"; do
   kill -0 "$pid" || { cat "$dir/chatd.log" >&2; exit 1; }
   sleep 0.2
 done
-"$loadgen_bin" rooms --server "127.0.0.1:$port" --ca "$dir/first.pem" \
-  --token-secret-file "$dir/data/auth/secret" --clients 200 --room-size 10 --rate "$rate" \
-  --ramp-up 2 --warm-up 2 --duration 30 >"$dir/loadgen.txt" 2>&1 &
+"$loadgen_bin" --preset rooms10 --clients 200 --rate "$rate" --duration 30 \
+  --server "127.0.0.1:$port" --ca "$dir/first.pem" --token-secret-file "$dir/data/auth/secret" \
+  >"$dir/loadgen.txt" 2>&1 &
 loadgen=$!
 sleep 5
 for _ in $(seq 1 8); do

@@ -1,14 +1,30 @@
 #!/usr/bin/env python3
-"""Renders the scenario benchmarks of bench/run.sh: the latency-versus-throughput plot (SVG,
-no plotting library needed) and the "Scenarios" section of bench/RESULTS.md; and the runs of
-bench/profile.sh as its "Profile" section.
+"""The summaries of bench/'s runs, and the sections of bench/RESULTS.md drawn from them.
 
-    bench/report.py RESULTS_DIR RESULTS_MD COMMAND            # the scenarios (bench/run.sh)
-    bench/report.py RESULTS_DIR RESULTS_MD COMMAND profile    # the profile (bench/profile.sh)
+Each script under bench/ ends its run by calling this with its run set's name. The figures
+the run set's tables show, with the command, the machine, the date and the git commit, go
+into bench/results/summary.json, the one committed file there besides the scenario plot; the
+per-run files they came from (loadgen JSON, HdrHistogram, text, perf reports) stay local,
+ignored by git. The generated sections of RESULTS.md (between `<!-- NAME:begin` and
+`<!-- NAME:end -->`) and the plot are then rendered from the summary alone:
 
-Reads RESULTS_DIR/{scenario}-{target}-max.json (the --find-max steps),
-{scenario}-{target}-half.json (the run at half the max), idle10k-{target}.json and
-profile-{scenario}-{floor,buffered,fsync}.json.
+    bench/report.py scenarios COMMAND SCENARIO...    after bench/run.sh: those scenarios' rows
+    bench/report.py profile COMMAND SCENARIO         after bench/profile.sh
+    bench/report.py outage COMMAND LOADGEN_ARGS      after bench/bridge-outage.sh
+    bench/report.py nonreader COMMAND                after bench/nonreader.sh
+    bench/report.py flood COMMAND                    after bench/flood.sh
+    bench/report.py faults COMMAND CYCLES            after bench/faults.sh
+    bench/report.py codec COMMAND CRITERION_DIR      after bench/codec.sh
+    bench/report.py bridge COMMAND RUN_JSON...       after bench/bridge.sh (one line per run)
+    bench/report.py hops COMMAND LABEL RUNS          after bench/hops.sh; prints its table
+    bench/report.py metrics-cost COMMAND DURABILITY FIXED_RATE RUNS
+                                                     after bench/metrics-cost.sh; prints its tables
+    bench/report.py --from-summary                   every generated section and the plot, again
+    bench/report.py --show hops|metrics-cost         prints those tables from the summary
+    bench/report.py --commit                         the commit being measured (BENCH_COMMIT)
+
+The per-run files are read from bench/results (the names the scripts give them). Run from
+anywhere; the paths are the repository's.
 """
 import datetime
 import json
@@ -16,34 +32,110 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 
+BENCH = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(BENCH, "results")
+RESULTS_MD = os.path.join(BENCH, "RESULTS.md")
+SUMMARY = os.path.join(RESULTS, "summary.json")
+PLOT = os.path.join(RESULTS, "latency-throughput.svg")
+
+# The scenarios of the tables (chat-loadgen's presets) and their titles.
 SCENARIOS = [
     ("dm", "dm: 500 pairs, both send"),
     ("rooms10", "rooms of 10 (100 rooms), every member sends"),
     ("rooms100", "rooms of 100 (10 rooms), every member sends"),
     ("fanout1000", "fanout: 1 room of 1000, 2 senders"),
 ]
+IDLE = "idle10k"
 TARGETS = ["chatd", "floor"]
 COLORS = {"chatd": "#1f77b4", "floor": "#d62728"}
 # The bar from issue 6: what the results are read against.
 BAR_RATIO, BAR_P99_MS, BAR_IDLE_KIB = 0.75, 1.0, 16
 
 
-def load(results, name):
-    path = os.path.join(results, name)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
+# --- the run's context ---------------------------------------------------------------------
 
 def cpu():
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def machine():
+    return {"cpu": cpu(), "nproc": os.cpu_count(), "system": platform.system(),
+            "release": platform.release()}
+
+
+def machine_text(m):
+    return f"{m['cpu']}, {m['nproc']} logical CPUs, {m['system']} {m['release']}"
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def output(*command):
+    try:
+        return subprocess.run(command, capture_output=True, text=True, cwd=BENCH).stdout.strip()
+    except OSError:
+        return ""
+
+
+def commit():
+    """The build measured: BENCH_COMMIT (bench/lib.sh's build_release sets it before
+    building), else HEAD, `-dirty` when tracked files other than the results differ."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    head = output("git", "rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = output("git", "status", "--porcelain", "--untracked-files=no", "--", "..",
+                   ":!RESULTS.md", ":!results")
+    return head + ("-dirty" if dirty else "")
+
+
+def run_record(command):
+    """Where a run set comes from: the command, the date, the commit, the machine, rustc."""
+    return {"command": command.strip(), "date": now(), "commit": commit(), "machine": machine(),
+            "rustc": output("rustc", "--version")}
+
+
+def measured(path):
+    """When a result file was written, UTC."""
+    stamp = os.path.getmtime(path)
+    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def load(name):
+    path = os.path.join(RESULTS, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_lines(name):
+    with open(os.path.join(RESULTS, name)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_summary():
+    if not os.path.exists(SUMMARY):
+        return {}
+    with open(SUMMARY) as f:
+        return json.load(f)
+
+
+def write_summary(summary):
+    """Indented, with lists of numbers (the plot's points) kept on one line."""
+    text = json.dumps(summary, indent=1, ensure_ascii=False)
+    text = re.sub(r"\[\s*([^\[\]{}\"]*?)\s*\]", lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]",
+                  text)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(SUMMARY, "w") as f:
+        f.write(text + "\n")
 
 
 def fmt(x, digits=0):
@@ -54,7 +146,80 @@ def ms(x):
     return "–" if x is None else f"{x:.3f}"
 
 
-def plot(results, path):
+def number(x):
+    """A rate as the shell printed it: no `.0` on whole numbers."""
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+def replace_section(text, name, new):
+    """Puts `new` in place of the section between `<!-- NAME:begin` and `<!-- NAME:end -->`,
+    or, the first time, at the end."""
+    pattern = re.compile(rf"<!-- {name}:begin.*?<!-- {name}:end -->", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: new, text)
+    return text.rstrip("\n") + "\n\n" + new + "\n"
+
+
+# --- scenarios (bench/run.sh) --------------------------------------------------------------
+
+def collect_scenarios(summary, command, names):
+    """The rows of the scenarios just run, from their per-run files."""
+    section = summary.setdefault("scenarios", {})
+    section["run"] = run_record(command)
+    rows = section.setdefault("rows", {})
+    for scenario in names:
+        row = {"run": section["run"]}
+        written = [os.path.join(RESULTS, f"{scenario}-{target}-max.json") for target in TARGETS]
+        written = [path for path in written if os.path.exists(path)]
+        if written:
+            # When the scenario was measured: its last search's end.
+            row["measured"] = max(measured(path) for path in written)
+        for target in TARGETS:
+            entry = {}
+            data = load(f"{scenario}-{target}-max.json")
+            if data:
+                rate = data.get("max_sustainable_rate")
+                step = next((s for s in data["steps"]
+                             if s["offered_rate"] == rate and s["sustainable"]), None)
+                entry["max"] = {
+                    "rate": rate,
+                    "deliveries_per_sec": step and step["deliveries_per_sec"],
+                    "search_finished": data.get("search_finished"),
+                    "max_p99_ms": data["options"]["max_p99_ms"],
+                    # The plot's points: deliveries/s, p99 send -> delivery, sustained.
+                    "steps": [[s["deliveries_per_sec"], s["send_to_delivery"]["p99_ms"],
+                               s["sustainable"]] for s in data["steps"]
+                              if s["deliveries_per_sec"] > 0],
+                }
+            data = load(f"{scenario}-{target}-half.json")
+            if data:
+                s = data["steps"][0]
+                d = s["send_to_delivery"]
+                check = s.get("check")
+                entry["half"] = {
+                    "offered_rate": s["offered_rate"],
+                    "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
+                    "ack_p99_ms": s["send_to_ack"]["p99_ms"],
+                    "cpu_us_per_delivery": s.get("server_cpu_us_per_delivery"),
+                    "check": check and {k: check[k] for k in ("lost", "duplicated", "reordered", "gaps")},
+                }
+            data = load(f"{scenario}-{target}.json")
+            if data:
+                h = data["steps"][0]["handshake"] or {}
+                entry["idle"] = {
+                    "bytes_per_connection": data.get("idle") and data["idle"]["bytes_per_connection"],
+                    "handshake_p50_ms": h.get("p50_ms"), "handshake_p99_ms": h.get("p99_ms"),
+                }
+            if entry:
+                row[target] = entry
+        rows[scenario] = row
+
+
+def scenario_entry(section, scenario, target, kind):
+    return ((section.get("rows", {}).get(scenario) or {}).get(target) or {}).get(kind)
+
+
+def plot(section, path):
     """One panel per scenario: p99 send->delivery (log ms) against delivered messages/s."""
     panel_w, panel_h, margin = 330, 260, 55
     width = margin + len(SCENARIOS) * (panel_w + margin)
@@ -69,11 +234,10 @@ def plot(results, path):
         x0, y0 = margin + i * (panel_w + margin), margin
         series = {}
         for target in TARGETS:
-            data = load(results, f"{scenario}-{target}-max.json")
-            if data:
-                series[target] = sorted(
-                    (s["deliveries_per_sec"], max(s["send_to_delivery"]["p99_ms"], 0.01),
-                     s["sustainable"]) for s in data["steps"] if s["deliveries_per_sec"] > 0)
+            found = scenario_entry(section, scenario, target, "max")
+            if found:
+                series[target] = sorted((d, max(p99, 0.01), sustained)
+                                        for d, p99, sustained in found["steps"])
         points = [p for s in series.values() for p in s]
         out.append(f'<text x="{x0 + panel_w / 2}" y="{y0 - 8}" text-anchor="middle">{title}</text>')
         out.append(f'<rect x="{x0}" y="{y0}" width="{panel_w}" height="{panel_h}" '
@@ -122,16 +286,15 @@ def plot(results, path):
         f.write("\n".join(out) + "\n")
 
 
-def section(results, command):
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def render_scenarios(section):
+    run = section["run"]
     lines = [
         "<!-- scenarios:begin (generated by bench/run.sh and bench/report.py; edit those, not this section) -->",
         "## Scenarios: chatd against the floor",
         "",
         "Command: `bench/run.sh [SCENARIO...]` (release build; chat-loadgen, chatd and the relay on the",
-        f"same machine); this section was last rendered after `{command.strip()}`.",
-        f"Machine: {cpu()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; {rustc}. Rendered: {now}.",
+        f"same machine); this section was last rendered after `{run['command']}`.",
+        f"Machine: {machine_text(run['machine'])}; {run['rustc']}. Rendered: {run['date']}.",
         "",
         "Each scenario runs against a fresh chatd (2 shards, default `fsync` durability, a new temp data",
         "directory, the per-user send rate limit lifted) and against the floor, `bench/src/bin/relay.rs`:",
@@ -160,15 +323,13 @@ def section(results, command):
     for scenario, title in SCENARIOS:
         row, bound, when = {}, "–", "–"
         for target in TARGETS:
-            data = load(results, f"{scenario}-{target}-max.json")
-            rate = data and data.get("max_sustainable_rate")
-            step = data and next((s for s in data["steps"] if s["offered_rate"] == rate and s["sustainable"]), None)
+            found = scenario_entry(section, scenario, target, "max")
             # A search cut short by --max-steps found a lower bound, not the max.
-            bound_only = bool(data) and data.get("search_finished") is False
-            row[target] = (rate, step and step["deliveries_per_sec"], bound_only)
-            if data:
-                bound = f"{data['options']['max_p99_ms']:g} ms"
-                when = measured(results, f"{scenario}-{target}-max.json")
+            row[target] = (found and found["rate"], found and found["deliveries_per_sec"],
+                           bool(found) and found["search_finished"] is False)
+            if found:
+                bound = f"{found['max_p99_ms']:g} ms"
+                when = section["rows"][scenario]["measured"]
         ratio = (row["chatd"][0] / row["floor"][0]) if row["chatd"][0] and row["floor"][0] else None
         ratios[scenario] = ratio
         at_least = {t: "≥ " if row[t][2] else "" for t in TARGETS}
@@ -186,24 +347,20 @@ def section(results, command):
     p99_half = {}
     for scenario, title in SCENARIOS:
         for target in TARGETS:
-            data = load(results, f"{scenario}-{target}-half.json")
-            if not data:
+            h = scenario_entry(section, scenario, target, "half")
+            if not h:
                 lines.append(f"| {title} | {target} | – | – | – | – | – | – | – |")
                 continue
-            s = data["steps"][0]
-            d = s["send_to_delivery"]
-            check = s.get("check")
+            check = h["check"]
             verdict = ("not run" if check is None else
                        "OK" if (check["lost"], check["duplicated"], check["reordered"], check["gaps"]) == (0, 0, 0, 0)
                        else f"lost {check['lost']}, dup {check['duplicated']}, reordered {check['reordered']}")
             if target == "chatd":
-                p99_half[scenario] = d["p99_ms"]
-            lines.append(f"| {title} | {target} | {fmt(s['offered_rate'])} | {ms(d['p50_ms'])} | "
-                         f"{ms(d['p99_ms'])} | {ms(d['p999_ms'])} | {ms(s['send_to_ack']['p99_ms'])} | "
-                         f"{fmt(s.get('server_cpu_us_per_delivery'), 1)} | {verdict} |")
-    idle = {t: load(results, f"idle10k-{t}.json") for t in TARGETS}
-    per_conn = {t: (d or {}).get("idle") and d["idle"]["bytes_per_connection"] for t, d in idle.items()}
-    handshake = {t: d and d["steps"][0]["handshake"] for t, d in idle.items()}
+                p99_half[scenario] = h["p99_ms"]
+            lines.append(f"| {title} | {target} | {fmt(h['offered_rate'])} | {ms(h['p50_ms'])} | "
+                         f"{ms(h['p99_ms'])} | {ms(h['p999_ms'])} | {ms(h['ack_p99_ms'])} | "
+                         f"{fmt(h['cpu_us_per_delivery'], 1)} | {verdict} |")
+    idle = {t: scenario_entry(section, IDLE, t, "idle") or {} for t in TARGETS}
     lines += [
         "",
         "**Idle connections**: 10,000 authenticated connections opened over 20 s and held; the",
@@ -213,9 +370,9 @@ def section(results, command):
         "|---|---|---|---|---|",
     ]
     for t in TARGETS:
-        b = per_conn[t]
-        h = handshake[t] or {}
-        lines.append(f"| {t} | {fmt(b)} | {fmt(b and b / 1024, 1)} | {ms(h.get('p50_ms'))} | {ms(h.get('p99_ms'))} |")
+        b = idle[t].get("bytes_per_connection")
+        lines.append(f"| {t} | {fmt(b)} | {fmt(b and b / 1024, 1)} | {ms(idle[t].get('handshake_p50_ms'))} | "
+                     f"{ms(idle[t].get('handshake_p99_ms'))} |")
     lines += ["", "![p99 latency against throughput](results/latency-throughput.svg)", "",
               "**Against the bar** (issue 6: at least 75% of the floor's rate, p99 ≤ 1 ms at half of",
               "chatd's max, at most 16 KiB per idle connection):", ""]
@@ -225,12 +382,14 @@ def section(results, command):
                      f"({'meets' if r is not None and r >= BAR_RATIO else 'below'} the 75% bar); "
                      f"p99 at half rate {ms(p)} ms "
                      f"({'meets' if p is not None and p <= BAR_P99_MS else 'above'} the 1 ms bar).")
-    b = per_conn["chatd"]
+    b = idle["chatd"].get("bytes_per_connection")
     lines.append(f"- idle: {fmt(b and b / 1024, 1)} KiB per connection "
                  f"({'meets' if b is not None and b <= BAR_IDLE_KIB * 1024 else 'above'} the 16 KiB bar).")
     lines.append("<!-- scenarios:end -->")
     return "\n".join(lines)
 
+
+# --- profile (bench/profile.sh) ------------------------------------------------------------
 
 PROFILE_VARIANTS = [
     ("floor", "floor"),
@@ -239,15 +398,39 @@ PROFILE_VARIANTS = [
 ]
 
 
-def profile_section(results, command):
-    """The runs of bench/profile.sh: one scenario at one rate against the floor and chatd with
-    each durability, with the server's fdatasync calls and context switches."""
+def collect_profile(summary, command, scenario):
+    section = summary.setdefault("profile", {})
+    section["run"] = run_record(command)
+    row = {"run": section["run"]}
+    for variant, _ in PROFILE_VARIANTS:
+        name = f"profile-{scenario}-{variant}.json"
+        data = load(name)
+        if not data or not data.get("steps"):
+            continue
+        s = data["steps"][0]
+        d = s["send_to_delivery"]
+        prof = data.get("profile") or {}
+        row[variant] = {
+            "offered_rate": s["offered_rate"], "sends_per_sec": s["sends_per_sec"],
+            "deliveries_per_sec": s["deliveries_per_sec"],
+            "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
+            "cpu_us_per_delivery": s.get("server_cpu_us_per_delivery"),
+            "fdatasync_per_sec": prof.get("fdatasync_per_sec"),
+            "context_switches_per_sec": prof.get("context_switches_per_sec"),
+            "measured": measured(os.path.join(RESULTS, name)),
+        }
+    section.setdefault("rows", {})[scenario] = row
+
+
+def render_profile(section):
+    """One scenario at one rate against the floor and chatd with each durability, with the
+    server's fdatasync calls and context switches."""
     lines = [
         "<!-- profile:begin (generated by bench/profile.sh and bench/report.py; edit those, not this section) -->",
         "## Profile: what storage and durability cost at one rate",
         "",
         "Command: `bench/profile.sh [SCENARIO [RATE]]`; this section was last rendered after",
-        f"`{command.strip()}`. Each row is a fresh server driven at the same fixed rate for 10 s",
+        f"`{section['run']['command']}`. Each row is a fresh server driven at the same fixed rate for 10 s",
         "(after 2 s of warm-up): the floor, chatd with `storage.durability = \"buffered\"` (the WAL is",
         "written but not synced) and chatd with `fsync` (the default: a message is acknowledged and",
         "delivered after its group commit's fdatasync). CPU is the server's user + system time per",
@@ -257,66 +440,507 @@ def profile_section(results, command):
         "| Scenario | msg/s | Server | p50 delivery | p99 delivery | p99.9 delivery | CPU-µs per delivery | CPU / floor | fdatasync/s | messages per fdatasync | context switches per delivery | measured |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    names = sorted({f[len("profile-"):].rsplit("-", 1)[0] for f in os.listdir(results)
-                    if f.startswith("profile-") and f.endswith(".json")})
-    for scenario in names:
+    for scenario in sorted(section["rows"]):
         title = dict(SCENARIOS).get(scenario, scenario)
         floor_cpu = None
         for variant, label in PROFILE_VARIANTS:
-            name = f"profile-{scenario}-{variant}.json"
-            data = load(results, name)
-            if not data or not data.get("steps"):
+            v = section["rows"][scenario].get(variant)
+            if not v:
                 lines.append(f"| {title} | – | {label} | – | – | – | – | – | – | – | – | – |")
                 continue
-            s = data["steps"][0]
-            d = s["send_to_delivery"]
-            cpu_us = s.get("server_cpu_us_per_delivery")
+            cpu_us = v["cpu_us_per_delivery"]
             if variant == "floor":
                 floor_cpu = cpu_us
-            prof = data.get("profile") or {}
-            fsyncs, switches = prof.get("fdatasync_per_sec"), prof.get("context_switches_per_sec")
-            per_fsync = s["sends_per_sec"] / fsyncs if fsyncs else None
-            per_delivery = switches / s["deliveries_per_sec"] if switches and s["deliveries_per_sec"] else None
+            fsyncs, switches = v["fdatasync_per_sec"], v["context_switches_per_sec"]
+            per_fsync = v["sends_per_sec"] / fsyncs if fsyncs else None
+            per_delivery = switches / v["deliveries_per_sec"] if switches and v["deliveries_per_sec"] else None
             ratio = cpu_us / floor_cpu if cpu_us and floor_cpu else None
-            lines.append(f"| {title} | {fmt(s['offered_rate'])} | {label} | {ms(d['p50_ms'])} | "
-                         f"{ms(d['p99_ms'])} | {ms(d['p999_ms'])} | {fmt(cpu_us, 1)} | "
+            lines.append(f"| {title} | {fmt(v['offered_rate'])} | {label} | {ms(v['p50_ms'])} | "
+                         f"{ms(v['p99_ms'])} | {ms(v['p999_ms'])} | {fmt(cpu_us, 1)} | "
                          f"{'–' if ratio is None else f'{ratio:.2f}'} | {fmt(fsyncs)} | "
-                         f"{fmt(per_fsync, 1)} | {fmt(per_delivery, 1)} | {measured(results, name)} |")
+                         f"{fmt(per_fsync, 1)} | {fmt(per_delivery, 1)} | {v['measured']} |")
     lines.append("<!-- profile:end -->")
     return "\n".join(lines)
 
 
-def measured(results, name):
-    """When a result file was written, UTC."""
-    stamp = os.path.getmtime(os.path.join(results, name))
-    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+# --- bridge outage (bench/bridge-outage.sh) ------------------------------------------------
+
+OUTAGE_MODES = [("off", "bridge off (baseline)"), ("unreachable", "bridge on, broker unreachable"),
+                ("up", "bridge on, broker up")]
 
 
-def replace_section(text, name, new, after):
-    """Puts `new` in place of the section between `<!-- NAME:begin` and `<!-- NAME:end -->`,
-    or, the first time, just before the marker `after` (at the end when it is missing)."""
-    pattern = re.compile(rf"<!-- {name}:begin.*?<!-- {name}:end -->", re.S)
-    if pattern.search(text):
-        return pattern.sub(lambda _: new, text)
-    if after in text:
-        return text.replace(after, new + "\n\n" + after, 1)
-    return text + "\n" + new + "\n"
+def collect_outage(summary, command, loadgen):
+    runs = {}
+    for mode, _ in OUTAGE_MODES:
+        runs[mode] = []
+        for run in (1, 2, 3):
+            s = load(f"outage-{mode}-{run}.json")["steps"][0]
+            runs[mode].append({
+                "deliveries_per_sec": s["deliveries_per_sec"],
+                "p50_ms": s["send_to_delivery"]["p50_ms"], "p99_ms": s["send_to_delivery"]["p99_ms"],
+                "p999_ms": s["send_to_delivery"]["p999_ms"], "ack_p99_ms": s["send_to_ack"]["p99_ms"],
+                "check_ok": bool(s["check"] and s["check"]["lost"] == 0 and s["check"]["duplicated"] == 0
+                                 and s["check"]["reordered"] == 0),
+            })
+    summary["outage"] = {"run": run_record(command), "loadgen": loadgen, "runs": runs}
 
 
-def main():
-    results, results_md, command = sys.argv[1], sys.argv[2], sys.argv[3]
-    which = sys.argv[4] if len(sys.argv) > 4 else "scenarios"
-    text = open(results_md).read()
-    if which == "profile":
-        text = replace_section(text, "profile", profile_section(results, command), "<!-- codec:begin")
-        done = "profile section rewritten"
+def render_outage(section):
+    run = section["run"]
+    rows, medians = [], {}
+    for mode, label in OUTAGE_MODES:
+        runs = section["runs"][mode]
+        med = {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms", "p999_ms", "ack_p99_ms")}
+        medians[mode] = med
+        rows.append((label, med, all(r["check_ok"] for r in runs),
+                     statistics.median(r["deliveries_per_sec"] for r in runs)))
+    base = medians["off"]
+    lines = [
+        "<!-- outage:begin (generated by bench/bridge-outage.sh; edit the script, not this section) -->",
+        "## Bridge outage: chat latency while the broker is unreachable",
+        "",
+        f"Command: `{run['command']}` → `chat-loadgen {section['loadgen']}` against three fresh daemons, three",
+        "interleaved runs each (medians shown), 10 s measured. Machine: "
+        f"{machine_text(run['machine'])}. Run: {run['date']}.",
+        "",
+        "\"Unreachable\" configures the bridge with an AMQP URL where nothing listens: every event",
+        "still goes to the outbox in the same commit, the backlog grows on disk, and the bridge",
+        "retries with backoff. The baseline is the same daemon with the bridge off, in the same run.",
+        "",
+        "| Daemon | deliveries/s | p50 delivery ms | p99 delivery ms | p99.9 delivery ms | p99 ack ms | p99 / baseline | check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, med, ok, dps in rows:
+        ratio = med["p99_ms"] / base["p99_ms"] if base["p99_ms"] else float("nan")
+        lines.append(f"| {label} | {dps:,.0f} | {med['p50_ms']:.3f} | {med['p99_ms']:.3f} | "
+                     f"{med['p999_ms']:.3f} | {med['ack_p99_ms']:.3f} | {ratio:.2f} | {'OK' if ok else 'FAILED'} |")
+    lines.append("<!-- outage:end -->")
+    return "\n".join(lines)
+
+
+# --- non-readers (bench/nonreader.sh) ------------------------------------------------------
+
+def collect_nonreader(summary, command):
+    summary["nonreader"] = {"run": run_record(command), "runs": load_lines("nonreader.jsonl")}
+
+
+def render_nonreader(section):
+    run, m = section["run"], section["run"]["machine"]
+
+    def mib(b):
+        return f"{b / 2**20:,.1f} MiB"
+
+    rows = []
+    for r in section["runs"]:
+        budget = r["daemon_memory"] or 0
+        bound = (f"user budget 16 MiB x {r['accounts']} account(s)" if not budget
+                 else f"daemon budget {mib(budget)}")
+        pinned = r["rss_peak"] - r["rss_connected"]
+        over_baseline = max(0, r["rss_peak"] - max(r["rss_readers_peak"], r["rss_connected"]))
+        rows.append(
+            f"| {r['accounts']} x {r['devices']} = {r['connections']} | {r['requests_per_connection']} "
+            f"| {mib(r['unbudgeted_bytes'])} | {bound} | {mib(r['rss_before'])} "
+            f"| {mib(r['rss_readers_peak'])} | {mib(r['rss_connected'])} | {mib(r['rss_peak'])} "
+            f"| {mib(pinned)} | {mib(over_baseline)} | {'yes' if r['other_client_answered'] else 'no'} "
+            f"({r['other_client_ping_ms']:.1f} ms) |")
+    return f"""<!-- nonreader:begin (generated by bench/nonreader.sh; edit the script, not this section) -->
+## Non-readers: memory that clients which never read can pin
+
+Command: `{run['command']}` → `nonreader --accounts A --devices 4 --requests N
+[--daemon-memory BYTES]` (release build). Machine: {m['cpu']}, {m['nproc']} logical CPUs,
+{m['system']} {m['release']}. Run:
+{run['date']}.
+
+Each connection has a 2 KiB QUIC receive window, pipelines N history pages of a room's
+first 100 entries (99 messages of 16 KiB: about 1.6 MB per answer) and never reads. The
+baseline, in the same run, is the same requests served to 4 connections that read every
+answer: what storage reads, caches and the allocator hold while serving them. "Pinned" is
+the daemon's peak VmRSS over 10 s of non-readers minus its RSS with every non-reader
+connected (connection state is not pinned answers; the daemon budget charges it too, 48 KiB
+a connection, so the 1 000 connections use 47 MiB of the 256 MiB before any answer); it is
+what the bound must cover. "Over baseline" is the peak above the readers' peak, at least 0.
+"Unbudgeted" is what the answers would hold if the daemon queued them all.
+
+| Connections | Pages each | Unbudgeted | Bound | RSS before | Baseline peak | Connected | Peak | Pinned | Over baseline | Another client served |
+|---|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n<!-- nonreader:end -->"
+
+
+# --- floods (bench/flood.sh) ---------------------------------------------------------------
+
+def collect_flood(summary, command):
+    summary["flood"] = {"run": run_record(command), "runs": load_lines("flood.jsonl")}
+
+
+def render_flood(section):
+    run, m = section["run"], section["run"]["machine"]
+
+    def ms_of(us):
+        return f"{us / 1000:.2f}"
+
+    rows = []
+    for i, r in enumerate(section["runs"], 1):
+        for phase, label, ratio in [
+                ("alone", "alone (baseline)", None),
+                ("initials", f"{r['initials_per_sec']:,} Initials/s ({r['initials_sent']:,} sent)", "p99_ratio_initials"),
+                ("silent", f"{r['silent_per_sec']} silent connections/s ({r['silent_opened']:,} opened, "
+                           f"{r['silent_refused']:,} refused)", "p99_ratio_silent")]:
+            p = r[phase]
+            rows.append(f"| {i} | {label} | {p['pings']:,} | {ms_of(p['p50_us'])} | {ms_of(p['p99_us'])} "
+                        f"| {ms_of(p['max_us'])} | {'1.00' if ratio is None else f'{r[ratio]:.2f}'} |")
+    return f"""<!-- flood:begin (generated by bench/flood.sh; edit the script, not this section) -->
+## Floods: an authenticated client during handshake and connection floods
+
+Command: `{run['command']}` → `flood --secs 10 --initials-per-sec 20000 --silent 3000
+--silent-per-sec 500` (release build), twice. Machine: {m['cpu']}, {m['nproc']} logical CPUs,
+{m['system']} {m['release']}. Run:
+{run['date']}.
+
+One authenticated client sends `Ping` after `Ping` for 10 s alone (the baseline), then
+while 64 sockets send QUIC v1 Initials with random connection ids and undecryptable
+payloads (what a spoofing attacker can send), then while silent connections complete their
+handshake and open no stream (the daemon's defaults: at most 10 000 unauthenticated, QUIC
+Retry beyond 1 000, each closed at the 10 s authentication timeout). The floods run in a
+child process at `nice -n 19`, so that on the machine's two shared cores the daemon and the
+measuring client take precedence over making the flood (an attacker makes it elsewhere);
+the daemon's own work on the flood is what the ratio shows. Target: p99 within 20 % of the
+baseline (ratio at most 1.20).
+
+| Run | Phase | Pings | p50 ms | p99 ms | max ms | p99 / baseline |
+|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n<!-- flood:end -->"
+
+
+# --- the fault suite (bench/faults.sh) -----------------------------------------------------
+
+def collect_faults(summary, command, cycles):
+    # Each run's figures without the per-cycle restart times (the table shows their spread).
+    runs = [{k: v for k, v in r.items() if k != "restart_to_ready_ms_per_cycle"}
+            for r in load_lines("faults.jsonl")]
+    summary["faults"] = {"run": run_record(command), "cycles": cycles, "runs": runs}
+
+
+def render_faults(section):
+    run, m = section["run"], section["run"]["machine"]
+
+    def spread(s):
+        if not s or not s["n"]:
+            return "–"
+        return f"{s['min']:.0f} / {s['p50']:.0f} / {s['p90']:.0f} / {s['max']:.0f}"
+
+    rows = []
+    for r in section["runs"]:
+        label = {"kill": f"SIGKILL x {r['cycles']}, {r['durability']}",
+                 "stop": f"SIGSTOP 10 s x {r['cycles']}",
+                 "full": f"disk full 5 s x {r['cycles']}"}[r["scenario"]]
+        errors = ", ".join(f"{n:,} {e}" for e, n in r["errors"].items()) or "none"
+        heard = sum(listener["entries"] for listener in r["listeners"])
+        gaps = sum(listener["gaps_paged"] for listener in r["listeners"])
+        times = {"kill": f"restart {spread(r['restart_to_ready_ms'])}; kill to all reconnected "
+                         f"{spread(r['kill_to_all_reconnected_ms'])}",
+                 "stop": f"SIGCONT to all connected {spread(r['recovery_ms'])}",
+                 "full": f"space freed to next ack {spread(r['recovery_ms'])}; "
+                         f"{r['storage_log_lines']} log lines"}[r["scenario"]]
+        verdict = "pass" if not r["failures"] else "FAIL: " + "; ".join(r["failures"])
+        rows.append(f"| {label} | {r['seconds']} | {r['sends']:,} | {r['acked']:,} | {errors} | {r['unacked_but_stored']:,} "
+                    f"| {r['duplicates']} | {r['acked_lost']} | {heard:,} ({gaps} gaps paged) | {times} | {verdict} |")
+    return f"""<!-- faults:begin (generated by bench/faults.sh; edit the script, not this section) -->
+## Reliability: the fault suite
+
+Command: `{run['command']}` (`make faults`; `FAULT_CYCLES={section['cycles']}`), release build. Machine:
+{m['cpu']}, {m['nproc']} logical CPUs, {m['system']} {m['release']}. Run:
+{run['date']}.
+
+Each run starts `chatd` (2 shards) on a data dir it keeps and loads it with chat-sdk
+clients as an app runs them (reconnect with backoff, unanswered sends resent with their op
+ids, resume from cursors): 6 senders at 200 messages/s each over a direct conversation with
+the listener `ear-0` and two rooms; `ear-0` and `ear-1` only listen. Then the fault, then the
+checks against the daemon's history: every acknowledged send stored exactly once at its
+acked seq, no op stored twice, each conversation's seqs contiguous from 1, each listener
+heard every entry of its conversations exactly once and in order. Times in ms as
+min / median / p90 / max over the cycles. "Restart" is process start to its first answered
+QUIC handshake; "kill to all reconnected" is from the SIGKILL to the moment all 8 clients
+are connected again (the restart included). Sends answered with an error (`UNAVAILABLE`
+while the disk is full) were not acknowledged; "unacked but stored" counts those the daemon
+stored anyway (a send whose answer was lost with the process, stored once: allowed).
+While the disk is full every commit fails at once and the daemon logs it once, then every
+10 s with a count, then once when writes succeed again ("log lines"). RocksDB's recovery
+from a full disk checks the free space every 5 s, so the first acknowledgement after the
+space is freed comes within about 5 s.
+
+| Fault | s | Sends | Acked | Errors | Unacked but stored | Duplicates | Acked lost | Entries heard | Times (ms) | Checks |
+|---|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n<!-- faults:end -->"
+
+
+# --- codec (bench/codec.sh) ----------------------------------------------------------------
+
+CODEC_GROUPS = [("message_100B", "100-byte chat message event"),
+                ("history_page_100", "history page of 100 messages")]
+
+
+def collect_codec(summary, command, criterion):
+    def median_ns(group, fn):
+        with open(os.path.join(criterion, group, fn, "new", "estimates.json")) as f:
+            return json.load(f)["median"]["point_estimate"]
+
+    rows = []
+    for group, label in CODEC_GROUPS:
+        base = median_ns(group, "copy_baseline")
+        for fn in ("encode", "decode"):
+            ns = median_ns(group, fn)
+            rows.append({"frame": label, "operation": fn, "median_ns": ns, "baseline_ns": base,
+                         "ratio": ns / base})
+    summary["codec"] = {"run": run_record(command), "rows": rows}
+
+
+def render_codec(section):
+    run = section["run"]
+    rows = [f"| {r['frame']} | {r['operation']} | {r['median_ns']:,.1f} ns | {r['baseline_ns']:,.1f} ns | "
+            f"{r['ratio']:.1f}x |" for r in section["rows"]]
+    return f"""<!-- codec:begin (generated by bench/codec.sh; edit the script, not this section) -->
+## Codec: encode and decode of the hot frames
+
+Command: `{run['command']}` → `cargo bench -p chat-bench --bench codec`
+(criterion, release profile: fat LTO, one codegen unit, mimalloc).
+Machine: {machine_text(run['machine'])}; {run['rustc']}.
+Run: {run['date']}.
+
+The baseline is copying the encoded frame's bytes into a reused buffer, measured in the same
+run: the floor any codec pays. Ratios (codec / copy) are what to compare across machines;
+the absolute medians drift on shared machines.
+
+| Frame | Operation | Median | Copy baseline | Ratio to copy |
+|---|---|---|---|---|
+""" + "\n".join(rows) + "\n<!-- codec:end -->"
+
+
+# --- bridge (bench/bridge.sh) --------------------------------------------------------------
+
+def collect_bridge(summary, command, lines):
+    runs = [json.loads(line) for line in lines]
+    summary["bridge"] = {
+        "run": run_record(command),
+        "broker": output("rabbitmqctl", "version") or "unknown",
+        "runs": runs,
+        "median_ratio": statistics.median(r["ratio"] for r in runs),
+        "median_bincode_ratio": statistics.median(r["bincode_ratio"] for r in runs),
+    }
+
+
+def render_bridge(section):
+    run, runs = section["run"], section["runs"]
+    rows = "\n".join(
+        f"| {i + 1} | {r['events']:,} | {r['baseline_per_sec']:,} | {r['bridge_per_sec']:,} | {r['ratio']:.2f} | "
+        f"{r['bincode_per_sec']:,} | {r['bincode_ratio']:.2f} |"
+        for i, r in enumerate(runs))
+    return f"""<!-- bridge:begin (generated by bench/bridge.sh; edit the script, not this section) -->
+## Bridge: events per second to RabbitMQ with publisher confirms
+
+Command: `{run['command']}` → `target/release/bridge` (bench/src/bin/bridge.rs), three runs.
+Machine: {machine_text(run['machine'])}; {run['rustc']};
+RabbitMQ {section['broker']} on 127.0.0.1. Run: {run['date']}.
+
+The outbox holds {runs[0]['events']:,} `message.created` events (a daemon that ran while the broker
+was away); chatd starts with the broker back and the time until the bridge has every event
+confirmed is measured (start-up included). The baseline, measured in the same run, is lapin
+alone publishing the same payloads to the same broker in the same windows of
+{runs[0]['window']} confirms, without reading the outbox or writing the cursor. Both exchanges
+have a durable queue bound, so the broker routes and stores every message. The bridge then
+publishes the same outbox again with `payload = "bincode"` (each stored JSON record converted
+to `chat_protocol::events::EventRecord` at publish time).
+
+| Run | Events | Baseline (lapin alone, JSON) events/s | bridge, JSON events/s | JSON / baseline | bridge, bincode events/s | bincode / baseline |
+|---|---|---|---|---|---|---|
+{rows}
+
+Median ratio: **{section['median_ratio']:.2f}** with JSON, **{section['median_bincode_ratio']:.2f}** with bincode. The absolute rates are the broker's (one Erlang node on the
+same 2-core machine, persistent messages); the ratio is what the bridge adds.
+<!-- bridge:end -->"""
+
+
+# --- hops (bench/hops.sh): a table printed, not a section ---------------------------------
+
+def collect_hops(summary, command, label, runs_file):
+    """RUNS holds `SCENARIO MESSAGES WAKEUPS DELIVERIES SENDS` per scenario (the deltas of
+    chatd's /metrics); the rate, CPU and p99 come from the scenario's loadgen JSON."""
+    rows = []
+    for line in open(runs_file):
+        scenario, m, w, d, sends = line.split()
+        m, w, d, sends = int(m), int(w), int(d), int(sends)
+        data = load(f"hops/{scenario}.json") or {}
+        steps = data.get("steps") or [{}]
+        rows.append({
+            "scenario": scenario, "rate": (data.get("options") or {}).get("rate"),
+            "sends": sends, "deliveries": d, "inbox_messages": m, "inbox_wakeups": w,
+            "hops_per_delivery": m / d if d else None, "wakeups_per_delivery": w / d if d else None,
+            "hops_per_send": m / sends if sends else None,
+            "cpu_us_per_delivery": steps[-1].get("server_cpu_us_per_delivery"),
+            "p99_ms": (steps[-1].get("send_to_delivery") or {}).get("p99_ms"),
+        })
+    summary["hops"] = {"run": run_record(command), "label": label, "rows": rows}
+
+
+def render_hops(section):
+    def two(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    out = [f"chatd {section['label']}, release, 2 shards, fsync; counts from /metrics over the whole run;",
+           "server CPU per delivery and p99 send -> delivery from chat-loadgen (one run: indicative)",
+           f"{'scenario':<10} {'msg/s':>6} {'sends':>8} {'deliveries':>11} {'hops/dlv':>9} {'wakeups/dlv':>12} "
+           f"{'hops/send':>10} {'cpu us/dlv':>11} {'p99 ms':>7}"]
+    for r in section["rows"]:
+        rate = "-" if r["rate"] is None else number(r["rate"])
+        cpu_us = "-" if r["cpu_us_per_delivery"] is None else f"{r['cpu_us_per_delivery']:.1f}"
+        out.append(f"{r['scenario']:<10} {rate:>6} {r['sends']:>8} {r['deliveries']:>11} "
+                   f"{two(r['hops_per_delivery']):>9} {two(r['wakeups_per_delivery']):>12} "
+                   f"{two(r['hops_per_send']):>10} {cpu_us:>11} {two(r['p99_ms']):>7}")
+    return "\n".join(out)
+
+
+# --- the cost of metrics (bench/metrics-cost.sh): tables printed, not a section ------------
+
+METRICS_VARIANTS = ("off", "idle", "scraped")
+
+
+def metrics_medians(rows, key):
+    """Each variant's median of `key`, its ratio to `off` and its spread (max - min, in % of
+    the median)."""
+    values = {}
+    for r in rows:
+        if r[key] is not None:
+            values.setdefault(r["variant"], []).append(r[key])
+    base = statistics.median(values.get("off", [float("nan")]))
+    medians = []
+    for v in METRICS_VARIANTS:
+        if v in values:
+            med = statistics.median(values[v])
+            medians.append({"variant": v, "median": med, "ratio_to_off": med / base,
+                            "spread_percent": (max(values[v]) - min(values[v])) / med * 100})
+    return medians
+
+
+def collect_metrics_cost(summary, command, durability, fixed_rate, runs_file):
+    """RUNS holds `max ROUND VARIANT RATE|none SCRAPES|-` and `fixed ROUND VARIANT CPU P99
+    DELIVERIES/S SCRAPES|-` lines."""
+    find_max, fixed = [], []
+    for line in open(runs_file):
+        fields = line.split()
+        scrapes = None if fields[-1] == "-" else int(fields[-1])
+        if fields[0] == "max":
+            rate = None if fields[3] == "none" else float(fields[3])
+            find_max.append({"round": int(fields[1]), "variant": fields[2], "max_rate": rate,
+                             "scrapes": scrapes})
+        else:
+            cpu_us, p99, dps = (float(x) for x in fields[3:6])
+            fixed.append({"round": int(fields[1]), "variant": fields[2], "cpu_us_per_delivery": cpu_us,
+                          "p99_ms": p99, "deliveries_per_sec": dps, "scrapes": scrapes})
+    summary.setdefault("metrics-cost", {})[durability] = {
+        "run": run_record(command), "durability": durability, "fixed_rate": int(fixed_rate),
+        "max": find_max, "max_medians": metrics_medians(find_max, "max_rate"),
+        "fixed": fixed, "fixed_medians": metrics_medians(fixed, "cpu_us_per_delivery")}
+
+
+def render_metrics_cost(section):
+    def scrapes(r):
+        return "-" if r["scrapes"] is None else str(r["scrapes"])
+
+    def medians(rows, show):
+        return [f"{m['variant']:<8} median {show(m['median'])}  ratio to off {m['ratio_to_off']:.3f}  "
+                f"spread {m['spread_percent']:.1f}%" for m in rows]
+
+    out = ["Max sustainable rate (dm, 1000 clients, p99 send -> delivery within 20 ms), "
+           f"durability {section['durability']}:",
+           f"{'round':>5} {'variant':<8} {'max msg/s':>10} {'scrapes':>8}"]
+    for r in section["max"]:
+        shown = "none" if r["max_rate"] is None else number(r["max_rate"])
+        out.append(f"{r['round']:>5} {r['variant']:<8} {shown:>10} {scrapes(r):>8}")
+    out += medians(section["max_medians"], lambda med: f"{med:>9.0f} msg/s")
+    out += ["", f"Server CPU per delivery at {section['fixed_rate']} msg/s (dm, 20 s):",
+            f"{'round':>5} {'variant':<8} {'cpu us/dlv':>10} {'p99 ms':>7} {'dlv/s':>8} {'scrapes':>8}"]
+    for r in section["fixed"]:
+        out.append(f"{r['round']:>5} {r['variant']:<8} {r['cpu_us_per_delivery']:>10.2f} {r['p99_ms']:>7.2f} "
+                   f"{r['deliveries_per_sec']:>8.0f} {scrapes(r):>8}")
+    out += medians(section["fixed_medians"], lambda med: f"{med:>8.2f} us")
+    return "\n".join(out)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+# The sections of RESULTS.md, in the order --from-summary renders them.
+SECTIONS = {
+    "scenarios": render_scenarios,
+    "profile": render_profile,
+    "nonreader": render_nonreader,
+    "flood": render_flood,
+    "faults": render_faults,
+    "codec": render_codec,
+    "bridge": render_bridge,
+    "outage": render_outage,
+}
+
+
+def render(summary, names):
+    """Rewrites the named sections of RESULTS.md (and the plot, with the scenarios) from the
+    summary."""
+    text = open(RESULTS_MD).read() if os.path.exists(RESULTS_MD) else "# chatd benchmark results\n"
+    for name in names:
+        if name not in summary:
+            continue
+        if name == "scenarios":
+            plot(summary["scenarios"], PLOT)
+        text = replace_section(text, name, SECTIONS[name](summary[name]))
+    with open(RESULTS_MD, "w") as f:
+        f.write(text)
+
+
+def main(argv):
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 64
+    if argv[0] == "--commit":
+        print(commit())
+        return 0
+    summary = read_summary()
+    which, args = argv[0], argv[1:]
+    if which == "--from-summary":
+        render(summary, SECTIONS)
+        print(f"{RESULTS_MD}: every section in {SUMMARY} rendered; plot in {PLOT}")
+        return 0
+    if which == "--show":
+        if args[0] == "hops":
+            print(render_hops(summary["hops"]))
+        else:
+            print("\n\n".join(render_metrics_cost(section)
+                                for section in summary["metrics-cost"].values()))
+        return 0
+    collectors = {
+        "scenarios": lambda: collect_scenarios(summary, args[0], args[1:]),
+        "profile": lambda: collect_profile(summary, args[0], args[1]),
+        "outage": lambda: collect_outage(summary, args[0], args[1]),
+        "nonreader": lambda: collect_nonreader(summary, args[0]),
+        "flood": lambda: collect_flood(summary, args[0]),
+        "faults": lambda: collect_faults(summary, args[0], args[1]),
+        "codec": lambda: collect_codec(summary, args[0], args[1]),
+        "bridge": lambda: collect_bridge(summary, args[0], args[1:]),
+        "hops": lambda: collect_hops(summary, args[0], args[1], args[2]),
+        "metrics-cost": lambda: collect_metrics_cost(summary, args[0], args[1], args[2], args[3]),
+    }
+    if which not in collectors:
+        print(f"report.py: unknown run set {which} ({', '.join(collectors)})", file=sys.stderr)
+        return 64
+    collectors[which]()
+    write_summary(summary)
+    if which == "hops":
+        print(render_hops(summary["hops"]))
+    elif which == "metrics-cost":
+        print(render_metrics_cost(summary["metrics-cost"][args[1]]))
     else:
-        plot(results, os.path.join(results, "latency-throughput.svg"))
-        text = replace_section(text, "scenarios", section(results, command), "<!-- codec:begin")
-        done = f"scenario section rewritten; plot in {results}/latency-throughput.svg"
-    open(results_md, "w").write(text)
-    print(f"{results_md}: {done}")
+        render(summary, [which])
+        print(SECTIONS[which](summary[which]))
+    print(f"{SUMMARY}: {which} updated")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,9 @@
 //! floor) from one process and reports what a user of the daemon would see:
 //!
 //! - **scenarios** ([`options::Scenario`]): `dm`, `rooms`, `fanout`, `idle` (memory per
-//!   connection), `churn` (disconnect and resume while messages flow);
+//!   connection), `churn` (disconnect and resume while messages flow); bench/'s standard
+//!   ones are presets ([`options::Preset`]: `--preset dm|rooms10|rooms100|fanout1000|idle10k`),
+//!   each defined once here with its sizes, rates and timing;
 //! - **open-loop load**: sends are scheduled at the target aggregate rate whatever the server
 //!   does, and every latency is measured from the scheduled time, so a stalled server shows
 //!   as latency instead of hiding behind a slower generator (no coordinated omission);
@@ -34,6 +36,6 @@ pub mod report;
 mod runner;
 mod ticker;
 
-pub use options::{Options, Scenario, Target};
+pub use options::{Options, Preset, Scenario, Target};
 pub use report::Summary;
 pub use runner::{Error, run};
