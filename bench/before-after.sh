@@ -2,16 +2,21 @@
 # Before and after a change: bench/run.sh at commit REV (in a temporary git worktree, with that
 # commit's own scripts, load generator and floor) and then at this working tree, one after the
 # other on this machine, each measuring chatd against the floor in the same run. Absolute
-# rates drift on shared machines, so what is compared is each run's chatd/floor ratio: max
-# sustainable rate, and server CPU per delivery at half of each target's max.
+# rates drift on shared machines, so what is compared is each run's chatd/floor ratio of the
+# max sustainable rate. Then both chatd builds run the same load at the same rate (the before
+# run's half rate, with this tree's load generator: the protocol is the same), alternating,
+# twice, for the server's CPU per delivery at equal load: at each run's own half rate the
+# faster build would be measured at a higher rate, which amortises more.
 #
 #   bench/before-after.sh REV [SCENARIO...]     # default: dm rooms10 rooms100
 #   bench/before-after.sh a0f4953 dm rooms10 rooms100
+#   BENCH_BA_REUSE=1 bench/before-after.sh REV ...   # only the same-rate runs, on the kept
+#                                                   # results of the last comparison
 #   python3 bench/before_after.py --render      # RESULTS.md's section again, from the summary
 #
 # The commit is built with its own target directory ($CARGO_TARGET_DIR-before, seeded once
 # from this tree's release build so RocksDB is not compiled again): both trees' binaries have
-# the same names. The per-run files of both go to bench/results/before-after/{before,after}
+# the same names. The per-run files go to bench/results/before-after/{before,after,same}
 # (not committed); the figures to bench/before-after.json (committed), and
 # bench/before_after.py renders them into bench/RESULTS.md. Only 127.0.0.1 is targeted;
 # every run stops by itself.
@@ -26,31 +31,59 @@ scenarios=("$@")
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 before_target="$target_dir-before"
-if [ ! -d "$before_target/release" ] && [ -d "$target_dir/release" ]; then
-  mkdir -p "$before_target"
-  cp -a "$target_dir/release" "$before_target/"
-fi
-
-tree="$(mktemp -d)/before"
-git worktree add --detach "$tree" "$rev" >/dev/null
-trap 'git worktree remove --force "$tree" 2>/dev/null || true' EXIT
-
 out=bench/results/before-after
-rm -rf "$out"
-mkdir -p "$out/before" "$out/after"
-
-echo "=== before: $rev"
-(cd "$tree" && CARGO_TARGET_DIR="$before_target" bench/run.sh "${scenarios[@]}")
-for scenario in "${scenarios[@]}"; do
-  cp "$tree/bench/results/$scenario"-*.json "$out/before/" 2>/dev/null || true
-done
-
 after="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- daemon protocol || echo '+changes')"
-echo "=== after: $after"
-bench/run.sh "${scenarios[@]}"
+
+if [ -z "${BENCH_BA_REUSE:-}" ]; then
+  if [ ! -d "$before_target/release" ] && [ -d "$target_dir/release" ]; then
+    mkdir -p "$before_target"
+    cp -a "$target_dir/release" "$before_target/"
+  fi
+  tree="$(mktemp -d)/before"
+  git worktree add --detach "$tree" "$rev" >/dev/null
+  trap 'git worktree remove --force "$tree" 2>/dev/null || true' EXIT
+  rm -rf "$out"
+  mkdir -p "$out/before" "$out/after"
+  echo "=== before: $rev"
+  (cd "$tree" && CARGO_TARGET_DIR="$before_target" bench/run.sh "${scenarios[@]}")
+  for scenario in "${scenarios[@]}"; do
+    cp "$tree/bench/results/$scenario"-*.json "$out/before/" 2>/dev/null || true
+  done
+  git worktree remove --force "$tree"
+  trap - EXIT
+  echo "=== after: $after"
+  bench/run.sh "${scenarios[@]}"
+  for scenario in "${scenarios[@]}"; do
+    cp "bench/results/$scenario"-*.json "$out/after/" 2>/dev/null || true
+  done
+  echo "$after" >"$out/after-rev"
+fi
+after="$(cat "$out/after-rev" 2>/dev/null || echo "$after")"
+
+echo "=== the same rate for both builds"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+build_release
+after_chatd="$chatd_bin"
+before_chatd="$before_target/release/chatd"
+[ -x "$before_chatd" ] || { echo "bench: no $before_chatd (run without BENCH_BA_REUSE)" >&2; exit 1; }
+rm -rf "$out/same"
+mkdir -p "$out/same"
+trap stop_server EXIT
 for scenario in "${scenarios[@]}"; do
-  cp "bench/results/$scenario"-*.json "$out/after/" 2>/dev/null || true
+  rate="$(jq -r '.steps[-1].offered_rate // empty' "$out/before/$scenario-chatd-half.json" 2>/dev/null || true)"
+  [ -n "$rate" ] || { echo "bench: no half rate of $scenario before" >&2; continue; }
+  for round in 1 2; do
+    for when in before after; do
+      echo "=== $scenario at $rate msg/s, $when, round $round"
+      if [ "$when" = before ]; then chatd_bin="$before_chatd"; else chatd_bin="$after_chatd"; fi
+      start_server chatd
+      run_scenario chatd "$scenario" "$out/same/$scenario-$when-$round.json" --rate "$rate" || true
+      stop_server
+    done
+  done
 done
+chatd_bin="$after_chatd"
 
 python3 bench/before_after.py --collect "$out" --before "$rev" --after "$after" \
   --command "bench/before-after.sh $rev ${scenarios[*]}" "${scenarios[@]}"

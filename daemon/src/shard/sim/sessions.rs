@@ -5,8 +5,9 @@
 //! frames at a time.
 //!
 //! What it checks, per connection and from each catch-up on (an epoch): every entry arrives
-//! once, in order, after the cursor the catch-up started from, and durable; at the end,
-//! each client holds its conversations' whole logs (events, replays and its own acks).
+//! once, in order, after the cursor the catch-up started from, and durable; no connection
+//! queues more than `outgoing_queue` events; at the end, each client holds its
+//! conversations' whole logs (events, replays and its own acks).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -254,6 +255,11 @@ impl World {
             return;
         };
         conn.session.event(frame, Live::Entry(at), &LIMITS);
+        let queued = conn.session.events_queued();
+        assert!(
+            queued <= LIMITS.outgoing_queue,
+            "user {user}'s connection queues {queued} events"
+        );
         if conn.session.signals().lagged {
             self.stats.lags += 1;
         }
