@@ -5,13 +5,15 @@
 # rates drift on shared machines, so what is compared is each run's chatd/floor ratio of the
 # max sustainable rate. Then both chatd builds run the same load at the same rate (the before
 # run's half rate, with this tree's load generator: the protocol is the same), alternating,
-# twice, for the server's CPU per delivery at equal load: at each run's own half rate the
-# faster build would be measured at a higher rate, which amortises more.
+# BENCH_BA_ROUNDS times (2 by default), for the server's CPU per delivery at equal load: at
+# each run's own half rate the faster build would be measured at a higher rate, which
+# amortises more.
 #
 #   bench/before-after.sh REV [SCENARIO...]     # default: dm rooms10 rooms100
 #   bench/before-after.sh a0f4953 dm rooms10 rooms100
-#   BENCH_BA_REUSE=1 bench/before-after.sh REV ...   # only the same-rate runs, on the kept
-#                                                   # results of the last comparison
+#   BENCH_BA_REUSE=1 BENCH_BA_ROUNDS=5 bench/before-after.sh REV ...
+#                                 # only the same-rate runs (5 rounds), on the kept results
+#                                 # of the last comparison
 #   python3 bench/before_after.py --render      # RESULTS.md's section again, from the summary
 #
 # The commit is built with its own target directory ($CARGO_TARGET_DIR-before, seeded once
@@ -60,7 +62,8 @@ if [ -z "${BENCH_BA_REUSE:-}" ]; then
 fi
 after="$(cat "$out/after-rev" 2>/dev/null || echo "$after")"
 
-echo "=== the same rate for both builds"
+rounds="${BENCH_BA_ROUNDS:-2}"
+echo "=== the same rate for both builds, $rounds rounds"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 build_release
@@ -73,7 +76,7 @@ trap stop_server EXIT
 for scenario in "${scenarios[@]}"; do
   rate="$(jq -r '.steps[-1].offered_rate // empty' "$out/before/$scenario-chatd-half.json" 2>/dev/null || true)"
   [ -n "$rate" ] || { echo "bench: no half rate of $scenario before" >&2; continue; }
-  for round in 1 2; do
+  for round in $(seq 1 "$rounds"); do
     for when in before after; do
       echo "=== $scenario at $rate msg/s, $when, round $round"
       if [ "$when" = before ]; then chatd_bin="$before_chatd"; else chatd_bin="$after_chatd"; fi
@@ -85,5 +88,13 @@ for scenario in "${scenarios[@]}"; do
 done
 chatd_bin="$after_chatd"
 
+command="bench/before-after.sh $rev ${scenarios[*]}"
+[ "$rounds" = 2 ] || command="BENCH_BA_ROUNDS=$rounds $command"
+if [ -n "${BENCH_BA_REUSE:-}" ]; then
+  # The runs of both builds were those of the last comparison.
+  command="$(cat "$out/command" 2>/dev/null || echo "bench/before-after.sh $rev ${scenarios[*]}"), then BENCH_BA_REUSE=1 $command"
+else
+  echo "$command" >"$out/command"
+fi
 python3 bench/before_after.py --collect "$out" --before "$rev" --after "$after" \
-  --command "bench/before-after.sh $rev ${scenarios[*]}" "${scenarios[@]}"
+  --command "$command" "${scenarios[@]}"

@@ -51,11 +51,13 @@ def figures(directory, scenario):
 
 def same_rate(directory, scenario):
     """Both builds at the same rate: the rate, and per build the CPU per delivery of each
-    round, their mean, and whether every round was correct."""
+    round, their mean and spread, and whether each round was correct."""
     row = {}
     for when in ("before", "after"):
         rounds = []
-        for round_ in (1, 2):
+        count = len([f for f in os.listdir(directory) if f.startswith(f"{scenario}-{when}-")]) \
+            if os.path.isdir(directory) else 0
+        for round_ in range(1, count + 1):
             data = load(os.path.join(directory, f"{scenario}-{when}-{round_}.json"))
             if not data or not data.get("steps"):
                 continue
@@ -70,6 +72,8 @@ def same_rate(directory, scenario):
         row[when] = {
             "rounds": rounds,
             "cpu_us_per_delivery": sum(cpus) / len(cpus) if cpus else None,
+            "cpu_min": min(cpus) if cpus else None,
+            "cpu_max": max(cpus) if cpus else None,
         }
     return row
 
@@ -143,18 +147,25 @@ def render():
     lines += [
         "",
         "Both chatd builds at the same rate (the before run's half rate), with this tree's load",
-        "generator, alternating before/after, twice; the server's CPU per delivery, mean of the two",
-        "rounds (each round's figure in bench/before-after.json):",
+        "generator, alternating before/after, round after round; the server's CPU per delivery,",
+        "mean and range over the rounds (each round's figure in bench/before-after.json):",
         "",
-        "| Scenario | msg/s | CPU-µs per delivery before | after | after / before |",
-        "|---|---|---|---|---|",
+        "| Scenario | msg/s | rounds | CPU-µs per delivery before (range) | after (range) | after / before | rounds where after is lower |",
+        "|---|---|---|---|---|---|---|",
     ]
     for scenario, runs in summary["scenarios"].items():
         same = runs.get("same_rate") or {}
         before = (same.get("before") or {}).get("cpu_us_per_delivery")
         after = (same.get("after") or {}).get("cpu_us_per_delivery")
-        lines.append(f"| {scenario} | {fmt(same.get('rate'))} | {fmt(before, 1)} | {fmt(after, 1)} | "
-                     f"{fmt(ratio(after, before), 2)} |")
+        b, a = same.get("before") or {}, same.get("after") or {}
+        pairs = list(zip(b.get("rounds") or [], a.get("rounds") or []))
+        lower = sum(1 for rb, ra in pairs
+                    if rb["cpu_us_per_delivery"] and ra["cpu_us_per_delivery"]
+                    and ra["cpu_us_per_delivery"] < rb["cpu_us_per_delivery"])
+        lines.append(f"| {scenario} | {fmt(same.get('rate'))} | {len(b.get('rounds') or [])} | "
+                     f"{fmt(before, 1)} ({fmt(b.get('cpu_min'), 1)}–{fmt(b.get('cpu_max'), 1)}) | "
+                     f"{fmt(after, 1)} ({fmt(a.get('cpu_min'), 1)}–{fmt(a.get('cpu_max'), 1)}) | "
+                     f"{fmt(ratio(after, before), 3)} | {lower} of {len(pairs)} |")
     lines.append("<!-- before-after:end -->")
     section = "\n".join(lines)
     with open(RESULTS_MD) as f:
