@@ -1,11 +1,12 @@
 //! The session's queue and budgets: admission of requests, answers, live events and the
 //! lag, the writer's side, and the release of everything at the end.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chat_protocol::{
     ErrorBody, ErrorCode, Event, Goodbye, GoodbyeCode, RequestId, ServerFrame, UserId,
 };
-use std::sync::Arc;
 
 use super::gate::Verdict;
 use super::*;
