@@ -10,7 +10,7 @@
 #                figures of each run set go to bench/results/summary.json, the per-run files
 #                stay local
 #   make bench-report  bench/RESULTS.md's generated sections and plot, again, from
-#                bench/results/summary.json and bench/before-after.json alone
+#                bench/results/summary.json alone
 #   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
 #                checks of bench/src/bin/faults.rs (about 15 minutes; the disk-full part
 #                needs root), written up in bench/RESULTS.md
@@ -95,7 +95,6 @@ bench: bootstrap
 
 bench-report:
 	python3 bench/report.py --from-summary
-	python3 bench/before_after.py --render
 
 faults: bootstrap
 	./bench/faults.sh

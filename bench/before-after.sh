@@ -14,13 +14,13 @@
 #   BENCH_BA_REUSE=1 BENCH_BA_ROUNDS=5 bench/before-after.sh REV ...
 #                                 # only the same-rate runs (5 rounds), on the kept results
 #                                 # of the last comparison
-#   python3 bench/before_after.py --render      # RESULTS.md's section again, from the summary
+#   python3 bench/report.py --from-summary      # RESULTS.md's sections again, from the summary
 #
 # The commit is built with its own target directory ($CARGO_TARGET_DIR-before, seeded once
 # from this tree's release build so RocksDB is not compiled again): both trees' binaries have
 # the same names. The per-run files go to bench/results/before-after/{before,after,same}
-# (not committed); the figures to bench/before-after.json (committed), and
-# bench/before_after.py renders them into bench/RESULTS.md. Only 127.0.0.1 is targeted;
+# (not committed); bench/report.py records the figures in bench/results/summary.json (the
+# "before-after" run set) and renders them into bench/RESULTS.md. Only 127.0.0.1 is targeted;
 # every run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,5 +96,4 @@ if [ -n "${BENCH_BA_REUSE:-}" ]; then
 else
   echo "$command" >"$out/command"
 fi
-python3 bench/before_after.py --collect "$out" --before "$rev" --after "$after" \
-  --command "$command" "${scenarios[@]}"
+python3 bench/report.py before-after "$command" "$rev" "$after" "${scenarios[@]}"
