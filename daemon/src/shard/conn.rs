@@ -190,12 +190,7 @@ impl Conn {
 
     /// The session's limits as configured now (a reload applies at once).
     fn limits(&self) -> SessionLimits {
-        let config = self.shared.config();
-        SessionLimits {
-            connection_memory: config.limits.connection_memory,
-            max_in_flight: config.limits.max_in_flight,
-            outgoing_queue: config.limits.outgoing_queue,
-        }
+        session_limits(&self.shared)
     }
 
     fn user(&self) -> Option<(UserId, DeviceId)> {
@@ -210,6 +205,16 @@ impl Conn {
     /// Marks the connection lagged.
     fn lag(&self) {
         self.with(Session::lag);
+    }
+}
+
+/// Every session's limits as configured now.
+fn session_limits(shared: &super::Shared) -> SessionLimits {
+    let config = shared.config();
+    SessionLimits {
+        connection_memory: config.limits.connection_memory,
+        max_in_flight: config.limits.max_in_flight,
+        outgoing_queue: config.limits.outgoing_queue,
     }
 }
 

@@ -16,6 +16,8 @@ pub(crate) fn reply(shard: &Shard, conn: ConnId, request: RequestId, frame: Byte
 /// events go as datagrams when the connection takes them, else on the stream while there is
 /// room; they never make a connection lag.
 pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes, live: Live) {
+    // Read once per event, not per connection: a room's fan-out reaches many.
+    let limits = session_limits(&shard.shared);
     let mut delivered = 0;
     for id in conns {
         let Some(conn) = get(shard, *id) else {
@@ -33,7 +35,6 @@ pub(crate) fn deliver(shard: &Shard, conns: &[ConnId], frame: &Bytes, live: Live
             }
             continue;
         }
-        let limits = conn.limits();
         if conn.with(|s| s.event(frame, live, &limits)) {
             record_event_peak(shard, &conn);
             delivered += 1;

@@ -50,7 +50,7 @@ impl Session {
         self.presence_asked.remove(at);
         let held = std::mem::take(&mut self.presence_held);
         for (user, frame) in held {
-            if self.presence_asked.iter().any(|(_, u)| u.contains(&user)) {
+            if self.asked_about(user) {
                 self.presence_held.push((user, frame));
             } else if self.lagged {
                 self.release(budget::cost(&frame));
@@ -59,6 +59,13 @@ impl Session {
                 self.enqueue(frame, Kind::Event);
             }
         }
+    }
+
+    /// Whether an answer about `user` is on its way.
+    pub(super) fn asked_about(&self, user: UserId) -> bool {
+        self.presence_asked
+            .iter()
+            .any(|(_, users)| users.contains(&user))
     }
 
     /// The connection ends: the users it followed.

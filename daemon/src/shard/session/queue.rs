@@ -207,7 +207,7 @@ impl Session {
                 Verdict::Deliver => {}
                 Verdict::Hold => return self.hold(position, frame, limits),
             },
-            Live::Presence(user) if self.presence_asked.iter().any(|(_, u)| u.contains(&user)) => {
+            Live::Presence(user) if self.asked_about(user) => {
                 return self.hold_presence(user, frame, limits);
             }
             _ => {}
