@@ -26,8 +26,20 @@ build_release() {
   faults_bin="$target_dir/release/faults"
 }
 
+# free_port: a loopback port free for both UDP (chatd, the floor) and TCP (the peers).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c '
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        t.bind(("127.0.0.1", u.getsockname()[1]))
+    except OSError:
+        continue
+    print(u.getsockname()[1])
+    break'
 }
 
 server_pid=""
@@ -46,28 +58,40 @@ stop_server() {
   server_dir=""
 }
 
-# start_server chatd|floor [ENV=VALUE...]: a fresh server (chatd on a new temp data dir, 2
-# shards; the relay with 2 threads); sets server_pid, server_dir and port.
+# start_server chatd|floor|nats|jetstream|mqtt-qos0|mqtt-qos1 [ENV=VALUE...]: a fresh server on
+# a free loopback port (chatd on a new temp data dir, 2 shards; the relay with 2 threads; the
+# peers as start_peer describes); sets server_pid, server_dir and port.
 start_server() {
   local target="$1"
   shift
   server_dir="$(mktemp -d)"
   port="$(free_port)"
-  if [ "$target" = chatd ]; then
-    # The per-user send rate limit (20/s by default) would cap senders long before the
-    # engine, and every simulated client comes from 127.0.0.1 (one address, beyond the
-    # per-address cap and the Retry threshold for handshake floods): lifted, so the
-    # benchmarks measure the daemon, not its policy.
-    env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
-      CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
-      CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 \
-      CHATD_LOG='warn,chatd::server=info' "$@" \
-      "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
-      >"$server_dir.log" 2>&1 &
-  else
-    "$relay_bin" --listen "127.0.0.1:$port" --threads 2 --data-dir "$server_dir" \
-      >"$server_dir.log" 2>&1 &
-  fi
+  case "$target" in
+    chatd)
+      # The per-user send rate limit (20/s by default) would cap senders long before the
+      # engine, and every simulated client comes from 127.0.0.1 (one address, beyond the
+      # per-address cap and the Retry threshold for handshake floods): lifted, so the
+      # benchmarks measure the daemon, not its policy.
+      env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
+        CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
+        CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 \
+        CHATD_LOG='warn,chatd::server=info' "$@" \
+        "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
+        >"$server_dir.log" 2>&1 &
+      ;;
+    floor)
+      "$relay_bin" --listen "127.0.0.1:$port" --threads 2 --data-dir "$server_dir" \
+        >"$server_dir.log" 2>&1 &
+      ;;
+    nats | jetstream | mqtt-qos0 | mqtt-qos1)
+      start_peer "$target"
+      return
+      ;;
+    *)
+      echo "bench: unknown target $target" >&2
+      exit 64
+      ;;
+  esac
   server_pid=$!
   for _ in $(seq 1 100); do
     grep -q "listening" "$server_dir.log" 2>/dev/null && break
@@ -80,19 +104,69 @@ start_server() {
   fi
 }
 
-# loadgen_command chatd|floor SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in
-# the preset SCENARIO with ARGS (which win over the preset's values), against the running
-# server: its address, certificate, pid (for /proc), and chatd's token secret.
+# The peers chatd is compared with, each with the durability it is measured at:
+#   nats       nats-server (bench/nats-server.sh's pinned build), core publish/subscribe:
+#              in memory, nothing acknowledged;
+#   jetstream  the same server with JetStream on a file store and `sync_interval: always`:
+#              every stored message fsync'd before its publish is acknowledged, as chatd's
+#              default `fsync` durability acknowledges a send;
+#   mqtt-qos*  Debian's mosquitto, MQTT 5, QoS 0 or 1, persistence off (a QoS 1 PUBACK means
+#              the broker has the message in memory; with persistence on, mosquitto would
+#              still write its store only every `autosave_interval`, 30 min by default), its
+#              other limits at their defaults (20 QoS 1 messages in flight and 1,000 queued
+#              per client).
+# Each on a free loopback port with its files in server_dir; the system's own instances on
+# 4222 and 1883 are left alone (their settings are not the benchmark's to choose).
+nats_server_bin=""
+start_peer() {
+  local target="$1" ready="Server is ready"
+  case "$target" in
+    nats | jetstream)
+      [ -n "$nats_server_bin" ] || nats_server_bin="$(bench/nats-server.sh)"
+      {
+        echo "listen: 127.0.0.1:$port"
+        echo "max_payload: 1MB"
+        [ "$target" = nats ] || printf 'jetstream {\n  store_dir: "%s"\n  sync_interval: always\n}\n' "$server_dir/js"
+      } >"$server_dir/nats.conf"
+      "$nats_server_bin" -c "$server_dir/nats.conf" >"$server_dir.log" 2>&1 &
+      ;;
+    mqtt-qos*)
+      ready="running"
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n' \
+        "$port" >"$server_dir/mosquitto.conf"
+      mosquitto -c "$server_dir/mosquitto.conf" >"$server_dir.log" 2>&1 &
+      ;;
+  esac
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "$ready" "$server_dir.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  if ! kill -0 "$server_pid" 2>/dev/null || ! grep -q "$ready" "$server_dir.log"; then
+    cat "$server_dir.log" >&2
+    echo "bench: $target did not start" >&2
+    exit 1
+  fi
+}
+
+# loadgen_command TARGET SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in the
+# preset SCENARIO with ARGS (which win over the preset's values), against the running server
+# (a target of start_server): its address, certificate, pid (for /proc), and chatd's token
+# secret.
 loadgen_command() {
   local target="$1" scenario="$2"
   shift 2
-  loadgen_cmd=("$loadgen_bin" --preset "$scenario" "$@" --target "$target"
+  loadgen_cmd=("$loadgen_bin" --preset "$scenario" "$@"
     --server "127.0.0.1:$port" --ca "$server_dir/tls/cert.pem" --server-pid "$server_pid")
+  case "$target" in
+    mqtt-qos*) loadgen_cmd+=(--target mqtt --qos "${target#mqtt-qos}") ;;
+    *) loadgen_cmd+=(--target "$target") ;;
+  esac
   [ "$target" = chatd ] && loadgen_cmd+=(--token-secret-file "$server_dir/auth/secret")
   return 0
 }
 
-# run_scenario chatd|floor SCENARIO OUT.json [ARGS...]: chat-loadgen in the preset SCENARIO
+# run_scenario TARGET SCENARIO OUT.json [ARGS...]: chat-loadgen in the preset SCENARIO
 # (ARGS win over the preset's values) against the running server; the JSON goes to OUT.json,
 # the table to the terminal and to OUT.txt. Returns the load generator's exit code; when it
 # is not 0, the server's log is kept as OUT.server.log.

@@ -94,6 +94,8 @@ pub(crate) struct Context {
     pub churn_pause: Duration,
     /// Becomes `true` when the run is over.
     pub stop: watch::Receiver<bool>,
+    /// The broker and names of a peer target (`None` for chatd and the floor).
+    pub peer: Option<crate::peer::Settings>,
 }
 
 /// Why a session ended.

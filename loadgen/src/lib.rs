@@ -30,6 +30,7 @@ pub mod check;
 mod client;
 mod metrics;
 pub mod options;
+mod peer;
 mod plan;
 mod procfs;
 pub mod report;

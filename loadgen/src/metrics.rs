@@ -73,6 +73,12 @@ pub(crate) struct Metrics {
     pub dropped: u64,
     /// Connections that ended without being asked to.
     pub disconnects: u64,
+    /// Publishes a peer broker refused, did not confirm in time, or reported errors about
+    /// (chatd's refusals are error responses, in `errors`).
+    pub refused: u64,
+    /// Own messages a broker sent back to their sender (its `no_echo` or `no_local` not
+    /// honoured): extra work for the broker that chatd does not do.
+    pub echoed: u64,
     /// For the checker.
     pub records: Vec<Record>,
 }
@@ -95,6 +101,8 @@ impl Default for Metrics {
             corrupted: 0,
             dropped: 0,
             disconnects: 0,
+            refused: 0,
+            echoed: 0,
             records: Vec::new(),
         }
     }
@@ -121,10 +129,12 @@ impl Metrics {
         self.corrupted += other.corrupted;
         self.dropped += other.dropped;
         self.disconnects += other.disconnects;
+        self.refused += other.refused;
+        self.echoed += other.echoed;
     }
 
-    /// Error responses, lags, announced gaps, corruptions, drops, lost connections and
-    /// failed connects: anything that makes a rate unsustainable.
+    /// Error responses, lags, announced gaps, corruptions, drops, lost connections, refused
+    /// publishes, echoes and failed connects: anything that makes a rate unsustainable.
     pub(crate) fn failures(&self) -> u64 {
         self.errors.values().sum::<u64>()
             + self.lagged
@@ -132,6 +142,8 @@ impl Metrics {
             + self.corrupted
             + self.dropped
             + self.disconnects
+            + self.refused
+            + self.echoed
             + self.connect_failures
     }
 }

@@ -41,6 +41,30 @@ pub enum Target {
     /// The bare QUIC relay of bench/ (`relay`): no auth, no storage, no sequence numbers,
     /// so latencies and rates are measured and the checker does not run.
     Floor,
+    /// A NATS server, core publish/subscribe (a subject per conversation; nothing stored,
+    /// nothing acknowledged: a send counts as acknowledged once written).
+    Nats,
+    /// A NATS server with JetStream: one file stream over the run's subjects, every publish
+    /// acknowledged by the server once stored; members receive on core subscriptions.
+    Jetstream,
+    /// An MQTT 5 broker (Mosquitto): a topic per conversation, `--qos` 0 or 1.
+    Mqtt,
+}
+
+impl Target {
+    /// A message broker the load generator compares chatd with ([`crate::peer`]), as
+    /// opposed to chatd and the floor, which speak chatd's protocol over QUIC.
+    #[must_use]
+    pub fn is_peer(self) -> bool {
+        matches!(self, Target::Nats | Target::Jetstream | Target::Mqtt)
+    }
+
+    /// Whether the checker runs: everything but the floor numbers its messages (chatd by
+    /// sequence, the peers by sender).
+    #[must_use]
+    pub fn is_checked(self) -> bool {
+        self != Target::Floor
+    }
 }
 
 /// A standard scenario of bench/ (bench/run.sh, profile.sh, hops.sh and the others name these):
@@ -305,9 +329,16 @@ pub struct Options {
     #[arg(long, default_value = "127.0.0.1:4433")]
     pub server: SocketAddr,
 
-    /// chatd, or the bench relay (the floor).
+    /// chatd, the bench relay (the floor), or a broker to compare with (NATS, JetStream, an
+    /// MQTT broker): the same schedule, latencies and checks over the broker's own protocol.
     #[arg(long, value_enum, default_value = "chatd")]
     pub target: Target,
+
+    /// MQTT quality of service of publishes and subscriptions (`--target mqtt`): 0 (at most
+    /// once, nothing acknowledged) or 1 (at least once; a send counts as acknowledged at the
+    /// broker's PUBACK).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
 
     /// PEM certificate to trust (chatd's `DATA_DIR/tls/cert.pem`).
     #[arg(long, default_value = "chatd-data/tls/cert.pem")]
@@ -534,6 +565,9 @@ impl Options {
         if !(16..=chat_protocol::limits::MAX_BODY).contains(&self.size) {
             return fail("--size: 16 to 16384 bytes");
         }
+        if self.target.is_peer() && self.size < 20 {
+            return fail("--size: at least 20 bytes against a peer (time, sender and number)");
+        }
         for (name, value) in [
             ("--ramp-up", self.ramp_up),
             ("--warm-up", self.warm_up),
@@ -561,8 +595,8 @@ impl Options {
             Scenario::Fanout if self.senders == 0 || self.senders > self.room_size => {
                 return fail("fanout: --senders between 1 and --room-size");
             }
-            Scenario::Churn if self.target == Target::Floor => {
-                return fail("churn needs chatd: the floor keeps nothing to resume from");
+            Scenario::Churn if self.target != Target::Chatd => {
+                return fail("churn needs chatd: the others keep nothing to resume from");
             }
             Scenario::Churn if !(self.churn_rate > 0.0 && self.churn_rate.is_finite()) => {
                 return fail("--churn-rate must be positive");

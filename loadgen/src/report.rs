@@ -80,6 +80,10 @@ pub struct Step {
     pub dropped: u64,
     /// Connections lost without being asked to.
     pub disconnects: u64,
+    /// Publishes a peer broker refused or did not confirm.
+    pub refused: u64,
+    /// Own messages a peer broker sent back to their sender.
+    pub echoed: u64,
     /// Failed connection attempts.
     pub connect_failures: u64,
     /// Connections established again after a churn or a loss.
@@ -95,6 +99,9 @@ pub struct Step {
     pub check: Option<Report>,
     /// Server CPU time (user + system) per live delivery, in microseconds.
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The load generator's own CPU time per live delivery, in microseconds: beside the
+    /// server's, whether the generator (on the same cores) was the one near its limit.
+    pub loadgen_cpu_us_per_delivery: Option<f64>,
     /// Whether this rate was sustained: the sends kept up with the schedule, nothing failed,
     /// the check passed and (with `--find-max`) p99 delivery stayed within the bound.
     pub sustainable: bool,
@@ -156,6 +163,8 @@ impl Step {
             corrupted: latencies.corrupted,
             dropped: latencies.dropped,
             disconnects: latencies.disconnects,
+            refused: latencies.refused,
+            echoed: latencies.echoed,
             connect_failures: latencies.connect_failures,
             reconnects: latencies.connects,
             replayed: latencies.replayed,
@@ -163,6 +172,7 @@ impl Step {
             settled: true,
             check: None,
             server_cpu_us_per_delivery: None,
+            loadgen_cpu_us_per_delivery: None,
             sustainable: true,
             limited_by: None,
             latency_only: false,
@@ -291,6 +301,8 @@ impl Summary {
                 ("corrupted", step.corrupted),
                 ("dropped by the generator", step.dropped),
                 ("connections lost", step.disconnects),
+                ("publishes refused", step.refused),
+                ("own messages echoed", step.echoed),
                 ("failed connects", step.connect_failures),
                 ("sends unanswered after the drain", step.unanswered),
             ] {
@@ -345,6 +357,12 @@ impl Summary {
             }
             if let Some(cpu) = step.server_cpu_us_per_delivery {
                 let _ = writeln!(out, "  server CPU: {cpu:.1} us per delivered message");
+            }
+            if let Some(cpu) = step.loadgen_cpu_us_per_delivery {
+                let _ = writeln!(
+                    out,
+                    "  load generator CPU: {cpu:.1} us per delivered message"
+                );
             }
         }
         if let Some(rate) = self.max_sustainable_rate {

@@ -19,6 +19,7 @@ use crate::check::{Checker, ClientId};
 use crate::client::{self, Command, Context, Credentials, Shared};
 use crate::metrics::{self, Clock, Metrics, Record};
 use crate::options::{Options, OptionsError, Scenario, Target};
+use crate::peer;
 use crate::plan::{self, Group};
 use crate::procfs;
 use crate::report::{Idle, Latency, Step, Summary, progress};
@@ -47,13 +48,18 @@ struct Worker {
     handle: tokio::runtime::Handle,
     /// `--sockets-per-thread` endpoints, each its own UDP socket: the server's SO_REUSEPORT
     /// spreads connections over its shards by source address, as it would real clients.
+    /// None for a peer target (TCP).
     endpoints: Vec<quinn::Endpoint>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
-    fn start(index: usize, config: quinn::ClientConfig, sockets: usize) -> Result<Worker, Error> {
+    fn start(
+        index: usize,
+        config: Option<quinn::ClientConfig>,
+        sockets: usize,
+    ) -> Result<Worker, Error> {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -71,12 +77,15 @@ impl Worker {
                 };
                 let endpoints = {
                     let _entered = runtime.enter();
-                    (0..sockets.max(1))
+                    let sockets = if config.is_some() { sockets.max(1) } else { 0 };
+                    (0..sockets)
                         .map(|_| {
                             let mut endpoint = quinn::Endpoint::client(
                                 std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                             )?;
-                            endpoint.set_default_client_config(config.clone());
+                            if let Some(config) = &config {
+                                endpoint.set_default_client_config(config.clone());
+                            }
                             Ok(endpoint)
                         })
                         .collect::<std::io::Result<Vec<_>>>()
@@ -159,22 +168,37 @@ struct Run {
 /// up. Lost or misordered messages are not errors: they are in the summary.
 pub async fn run(options: Options) -> Result<Summary, Error> {
     options.validate()?;
-    let config = client_config(&options)?;
+    // The peers' clients speak TCP: no QUIC endpoints, no certificate.
+    let config = if options.target.is_peer() {
+        None
+    } else {
+        Some(client_config(&options)?)
+    };
+    let prefix = run_prefix();
     let (stop_tx, stop_rx) = watch::channel(false);
     let context = Arc::new(Context {
         clock: Clock::new(),
         server: options.server,
         server_name: options.server_name.clone(),
         size: options.size,
-        check: options.target == Target::Chatd,
+        check: options.target.is_checked(),
         churn_pause: Duration::from_millis(options.churn_pause_ms),
         stop: stop_rx,
+        peer: options.target.is_peer().then(|| peer::Settings {
+            target: options.target,
+            qos: options.qos,
+            prefix: prefix.clone(),
+        }),
     });
+    if let Some(settings) = &context.peer {
+        peer::prepare(&context, settings)
+            .await
+            .map_err(Error::Setup)?;
+    }
     let workers = (0..options.threads)
         .map(|i| Worker::start(i, config.clone(), options.sockets_per_thread))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
-    let prefix = run_prefix();
     let rss_before = options.server_pid.and_then(procfs::usage);
     let clients = connect_all(&options, &context, &workers, &prefix).await;
     let result = match clients {
@@ -233,6 +257,8 @@ fn credentials(
             Credentials::Token(key.mint(&name, now, now + 86_400))
         }
         (Target::Chatd, None) => Credentials::Register(name),
+        // The peers' clients (crate::peer) are anonymous.
+        (_, _) => Credentials::Floor,
     }
 }
 
@@ -290,14 +316,24 @@ async fn connect_all(
         });
         let worker = &workers[index % workers.len()];
         let (ready_tx, ready_rx) = oneshot::channel();
-        worker.handle.spawn(client::run(
-            Arc::clone(context),
-            worker.endpoints[index / workers.len() % worker.endpoints.len()].clone(),
-            Arc::clone(&shared),
-            credentials(options, key.as_ref(), prefix, index),
-            commands_rx,
-            ready_tx,
-        ));
+        if let Some(settings) = &context.peer {
+            worker.handle.spawn(peer::run(
+                Arc::clone(context),
+                settings.clone(),
+                Arc::clone(&shared),
+                commands_rx,
+                ready_tx,
+            ));
+        } else {
+            worker.handle.spawn(client::run(
+                Arc::clone(context),
+                worker.endpoints[index / workers.len() % worker.endpoints.len()].clone(),
+                Arc::clone(&shared),
+                credentials(options, key.as_ref(), prefix, index),
+                commands_rx,
+                ready_tx,
+            ));
+        }
         waiting.push(tokio::spawn(async move {
             let result = ready_rx.await;
             drop(permit);
@@ -506,8 +542,10 @@ impl Run {
         let mut checker = self.context.check.then(|| {
             let mut checker = Checker::new();
             for conversation in &self.conversations {
-                for member in &conversation.group.members {
-                    checker.member(*member, conversation.id);
+                for stream in self.checked_streams(conversation) {
+                    for member in &conversation.group.members {
+                        checker.member(*member, stream);
+                    }
                 }
             }
             checker
@@ -581,10 +619,10 @@ impl Run {
             }
             total.merge(&interval);
             if cpu_start.is_none() && tick >= measure_start {
-                cpu_start = self.options.server_pid.and_then(procfs::usage);
+                cpu_start = Some(self.cpu_usage());
             }
             if cpu_end.is_none() && tick >= end {
-                cpu_end = self.options.server_pid.and_then(procfs::usage);
+                cpu_end = Some(self.cpu_usage());
             }
             marks.retain(|m| *m > tick);
             let label = if tick < measure_start {
@@ -623,14 +661,39 @@ impl Run {
         step.unanswered = self.outstanding() as u64;
         step.settled = settled;
         step.check = checker.as_ref().map(Checker::report);
-        if let (Some(a), Some(b)) = (cpu_start, cpu_end)
+        if let (Some((server_a, own_a)), Some((server_b, own_b))) = (cpu_start, cpu_end)
             && counted.deliveries > 0
         {
-            step.server_cpu_us_per_delivery =
-                Some(b.cpu_us.saturating_sub(a.cpu_us) as f64 / counted.deliveries as f64);
+            let per_delivery = |a: Option<procfs::Usage>, b: Option<procfs::Usage>| {
+                Some(b?.cpu_us.saturating_sub(a?.cpu_us) as f64 / counted.deliveries as f64)
+            };
+            step.server_cpu_us_per_delivery = per_delivery(server_a, server_b);
+            step.loadgen_cpu_us_per_delivery = per_delivery(own_a, own_b);
         }
         self.judge(&mut step, &total);
         step
+    }
+
+    /// The streams the checker follows in `conversation`: the conversation itself on chatd
+    /// (one sequence); on a peer, each sender's messages (numbered by the sender).
+    fn checked_streams(&self, conversation: &Conversation) -> Vec<ConversationId> {
+        match conversation.id {
+            ConversationId::Room(room) if self.options.target.is_peer() => conversation
+                .group
+                .senders
+                .iter()
+                .map(|sender| peer::stream(room, *sender))
+                .collect(),
+            id => vec![id],
+        }
+    }
+
+    /// The server's CPU time and memory (with `--server-pid`), and this process's.
+    fn cpu_usage(&self) -> (Option<procfs::Usage>, Option<procfs::Usage>) {
+        (
+            self.options.server_pid.and_then(procfs::usage),
+            procfs::usage(std::process::id()),
+        )
     }
 
     /// Sends queued or in flight, all clients together.
@@ -751,7 +814,8 @@ async fn set_up_group(
     clients: &[Arc<Shared>],
 ) -> Result<ConversationId, String> {
     let user = |c: &Shared| UserId(c.user.load(std::sync::atomic::Ordering::Acquire));
-    if target == Target::Floor {
+    if target != Target::Chatd {
+        // The floor and the peers: a room (subject, topic) per group, joined by every member.
         let room = RoomId(index as u64 + 1);
         for client in clients {
             request(client, Request::JoinRoom { room }).await?;
