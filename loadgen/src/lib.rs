@@ -35,6 +35,7 @@ mod plan;
 mod procfs;
 pub mod report;
 mod runner;
+mod search;
 mod ticker;
 
 pub use options::{Options, Preset, Scenario, Target};

@@ -23,6 +23,7 @@ use crate::peer;
 use crate::plan::{self, Group};
 use crate::procfs;
 use crate::report::{Idle, Latency, Step, Summary, progress};
+use crate::search::Search;
 use crate::ticker::Ticker;
 
 /// Why a run could not be carried out (as opposed to a run that found problems, which is a
@@ -48,7 +49,7 @@ struct Worker {
     handle: tokio::runtime::Handle,
     /// `--sockets-per-thread` endpoints, each its own UDP socket: the server's SO_REUSEPORT
     /// spreads connections over its shards by source address, as it would real clients.
-    /// None for a peer target (TCP).
+    /// Empty for a peer target (its clients speak TCP).
     endpoints: Vec<quinn::Endpoint>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -910,116 +911,5 @@ async fn churn(clients: Vec<Arc<Shared>>, rate: f64, start: Instant, end: Instan
         let index = usize::try_from(seed % clients.len() as u64).unwrap_or(0);
         clients[index].churn.notify_one();
         at += interval;
-    }
-}
-
-/// The `--find-max` search: geometric steps up until one fails, then bisection between the
-/// last good and the first bad rate.
-#[derive(Debug)]
-struct Search {
-    rate: f64,
-    factor: f64,
-    retries: u32,
-    /// Which measurement of `rate` the next step is (0: the first).
-    attempt: u32,
-    good: Option<f64>,
-    bad: Option<f64>,
-}
-
-impl Search {
-    fn new(options: &Options) -> Search {
-        Search {
-            rate: options.rate,
-            factor: options.step_factor,
-            retries: options.latency_retries,
-            attempt: 0,
-            good: None,
-            bad: None,
-        }
-    }
-
-    /// Takes the verdict of the step at the current rate; returns the rate to measure next,
-    /// or `None` when the search is over.
-    fn next(&mut self, sustainable: bool, latency_only: bool) -> Option<f64> {
-        // A p99 over a few seconds is decided by a handful of slow entries: one stall (a
-        // RocksDB flush, the other process on the core) can fail a rate the server otherwise
-        // sustains. A step that failed on its latency bound alone is measured again before
-        // it counts, and the last attempt decides; any other failure counts at once.
-        if !sustainable && latency_only && self.attempt < self.retries {
-            self.attempt += 1;
-            return Some(self.rate);
-        }
-        self.attempt = 0;
-        if sustainable {
-            self.good = Some(self.rate);
-        } else {
-            self.bad = Some(self.rate);
-        }
-        self.rate = match (self.good, self.bad) {
-            (Some(g), None) => g * self.factor,
-            (None, Some(b)) => b / self.factor,
-            (Some(g), Some(b)) if b / g > 1.05 => (g + b) / 2.0,
-            _ => return None,
-        };
-        (self.good.is_some() || self.rate >= 1.0).then_some(self.rate)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    fn search(args: &str) -> Search {
-        Search::new(&Options::parse_from(
-            std::iter::once("chat-loadgen").chain(args.split_whitespace()),
-        ))
-    }
-
-    #[test]
-    fn the_search_steps_up_then_bisects() {
-        let mut s = search("dm --find-max --rate 100 --step-factor 2");
-        assert_eq!(s.next(true, false), Some(200.0));
-        assert_eq!(s.next(true, false), Some(400.0));
-        assert_eq!(s.next(false, false), Some(300.0));
-        assert_eq!(s.next(true, false), Some(350.0));
-        assert_eq!(s.next(false, false), Some(325.0));
-        assert_eq!(s.next(true, false), Some(337.5));
-        assert_eq!(s.next(true, false), None);
-        assert_eq!(s.good, Some(337.5));
-    }
-
-    #[test]
-    fn a_step_failed_on_latency_alone_is_measured_again_and_the_repeat_decides() {
-        let mut s = search("dm --find-max --rate 100 --step-factor 2 --latency-retries 1");
-        assert_eq!(s.next(true, false), Some(200.0));
-        // Latency alone: the same rate again, as attempt 1.
-        assert_eq!(s.next(false, true), Some(200.0));
-        assert_eq!(s.attempt, 1);
-        // The repeat held the bound: the rate counts as sustained.
-        assert_eq!(s.next(true, false), Some(400.0));
-        assert_eq!(s.attempt, 0);
-        // Latency alone twice: the second failure counts.
-        assert_eq!(s.next(false, true), Some(400.0));
-        assert_eq!(s.next(false, true), Some(300.0));
-        assert_eq!(s.good, Some(200.0));
-        assert_eq!(s.bad, Some(400.0));
-    }
-
-    #[test]
-    fn a_step_that_failed_on_anything_else_is_not_repeated() {
-        let mut s = search("dm --find-max --rate 100 --step-factor 2 --latency-retries 3");
-        assert_eq!(s.next(false, false), Some(50.0));
-        let mut s = search("dm --find-max --rate 100 --step-factor 2 --latency-retries 0");
-        assert_eq!(s.next(false, true), Some(50.0));
-    }
-
-    #[test]
-    fn the_search_gives_up_below_one_message_per_second() {
-        let mut s = search("dm --find-max --rate 3 --step-factor 2");
-        assert_eq!(s.next(false, false), Some(1.5));
-        assert_eq!(s.next(false, false), None);
-        assert_eq!(s.good, None);
     }
 }

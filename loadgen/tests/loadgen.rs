@@ -47,7 +47,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(daemon) = self.daemon.take() {
-            daemon.stop_fast();
+            daemon.stop_fast_and_close();
         }
     }
 }

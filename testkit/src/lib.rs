@@ -203,7 +203,8 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if let Some(daemon) = self.daemon.take() {
-            daemon.stop_fast();
+            // The test binary may exit right after: the database must be closed by then.
+            daemon.stop_fast_and_close();
         }
     }
 }

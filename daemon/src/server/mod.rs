@@ -490,7 +490,16 @@ impl Daemon {
     /// with the storage thread still finish and the WAL is synced, within
     /// [`STOP_HARD_TIMEOUT`].
     pub fn stop_fast(self) {
-        self.stop_within(Duration::ZERO);
+        self.stop_within(Duration::ZERO, Storage::ByDeadline);
+    }
+
+    /// Fast stop that returns once the database is closed (waiting up to [`CLOSE_TIMEOUT`]
+    /// for it, not [`STOP_HARD_TIMEOUT`]): for tests and tools whose process exits right
+    /// after. A process must not exit while
+    /// RocksDB is still closing on a detached storage thread: its background threads would
+    /// then lock mutexes the exit has destroyed (an abort, `pthread lock: Invalid argument`).
+    pub fn stop_fast_and_close(self) {
+        self.stop_within(Duration::ZERO, Storage::Closed);
     }
 
     /// Graceful stop: goodbye to every connection and wait up to `shutdown_grace_secs` for
@@ -499,10 +508,10 @@ impl Daemon {
     /// every thread: a stop never takes longer than the two together.
     pub fn stop(self) {
         let grace = Duration::from_secs(self.shared.config().shutdown_grace_secs);
-        self.stop_within(grace);
+        self.stop_within(grace, Storage::ByDeadline);
     }
 
-    fn stop_within(mut self, grace: Duration) {
+    fn stop_within(mut self, grace: Duration, storage_wait: Storage) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let now = Instant::now();
         let deadlines = crate::shard::StopDeadlines {
@@ -536,7 +545,11 @@ impl Daemon {
         let lock = self.lock.take();
         drop(self);
         let threads: Vec<_> = storage.into_iter().chain(readers).collect();
-        if join_by(threads, deadlines.hard) == 0 {
+        let late = match storage_wait {
+            Storage::ByDeadline => join_by(threads, deadlines.hard),
+            Storage::Closed => join_by(threads, Instant::now() + CLOSE_TIMEOUT),
+        };
+        if late == 0 {
             drop(lock);
         } else {
             tracing::warn!("a storage thread did not stop by the stop's hard deadline");
@@ -545,6 +558,21 @@ impl Daemon {
         }
     }
 }
+
+/// How long a stop waits for the storage threads (the writer and the read pool, which hold
+/// the database).
+#[derive(Clone, Copy)]
+enum Storage {
+    /// Until the stop's hard deadline; then they are left to the process's exit.
+    ByDeadline,
+    /// Until they have finished and the database is closed, or [`CLOSE_TIMEOUT`] passed.
+    Closed,
+}
+
+/// How long [`Daemon::stop_fast_and_close`] waits for the database to close: far beyond any
+/// close seen (a memtable flush, on a loaded test machine), short of hanging a test binary
+/// whose storage thread cannot finish at all.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a stop may take beyond `shutdown_grace_secs`: for commits in flight, the QUIC
 /// endpoints' close, the bridge and storage to finish. Whatever is still running then is left

@@ -490,7 +490,7 @@ async fn both_runtimes_serve_clients() {
     config.runtime = RuntimeChoice::IoUring;
     let io_uring = match chatd::Daemon::start(config) {
         Ok(daemon) => {
-            daemon.stop_fast();
+            daemon.stop_fast_and_close();
             true
         }
         Err(chatd::server::Error::Runtime(reason)) => {
