@@ -400,8 +400,8 @@ PEER_TARGETS = [
     ("floor", "none: a QUIC + TLS relay, acks at once, stores nothing"),
     ("nats", "none: NATS core, in memory, no acks; plain TCP"),
     ("jetstream", "fsync before the ack (file stream, `sync_interval: always`); plain TCP"),
-    ("mqtt-qos0", "none: MQTT 5 QoS 0, in memory, no acks; plain TCP"),
-    ("mqtt-qos1", "broker memory before the PUBACK (QoS 1, persistence off); plain TCP"),
+    ("mqtt-qos0", "none: MQTT 5 QoS 0, in memory, no acks; plain TCP (Mosquitto with `set_tcp_nodelay`)"),
+    ("mqtt-qos1", "broker memory before the PUBACK (QoS 1, persistence off); plain TCP, `set_tcp_nodelay`"),
 ]
 
 
@@ -514,7 +514,7 @@ def render_peers(section):
                 verdict = ("–" if not half else "not run" if check is None else
                            "OK" if (check["lost"], check["duplicated"], check["reordered"], check["gaps"]) == (0, 0, 0, 0)
                            else f"lost {check['lost']}, dup {check['duplicated']}, reordered {check['reordered']}")
-                at_least = "≥ " if top.get("search_finished") is False else ""
+                at_least = "≥ " if top.get("rate") and top.get("search_finished") is False else ""
                 lines.append(
                     f"| {target} | {number} | {at_least}{fmt(top.get('rate'))} | {fmt(top.get('deliveries_per_sec'))} | "
                     f"{ms(half.get('p50_ms'))} | {ms(half.get('p99_ms'))} | {ms(half.get('p999_ms'))} | "

@@ -68,6 +68,11 @@ pub(super) async fn run(
     );
     options.set_keep_alive(Duration::from_secs(60));
     options.set_clean_start(true);
+    // rumqttc leaves Nagle's algorithm on: with the peer's delayed ACKs, a small publish can
+    // wait 40 ms. Every other client here (quinn, async-nats) writes at once.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     // The request queue bounds what waits for the broker: a full one holds the command task,
     // and the scheduler's queue fills behind it.
     let (client, mut events) = AsyncClient::new(options, IN_FLIGHT);
