@@ -26,7 +26,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks deb package-test bench bench-report faults fuzz bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks deb package-test bench bench-report faults fuzz bootstrap peers-bootstrap clean
 
 all: test
 
@@ -37,12 +37,18 @@ BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prome
 bootstrap:
 	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
 
+# The brokers of the load generator's peer tests and of the peer benchmarks (not needed to
+# run chatd; Debian's mosquitto package also starts a system broker on port 1883).
+PEER_PACKAGES := nats-server mosquitto
+peers-bootstrap:
+	@./.ci/bootstrap $(PEER_PACKAGES)
+
 # The `local` profile (Cargo.toml): release optimisations without fat LTO, for a shorter
 # first build; what ships (make deb, make bench) is built with `release`.
 run: bootstrap
 	$(CARGO) run --profile local --locked --bin chatd -- $(CHATD_ARGS)
 
-test: bootstrap lint unit unit-checks
+test: bootstrap peers-bootstrap lint unit unit-checks
 
 lint: fmt-check clippy headers
 
@@ -80,7 +86,7 @@ deb: bootstrap
 package-test: deb
 	./systemd/package-test.sh
 
-bench: bootstrap
+bench: bootstrap peers-bootstrap
 	./bench/codec.sh
 	./bench/bridge.sh
 	./bench/bridge-outage.sh

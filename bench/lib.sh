@@ -93,11 +93,18 @@ start_server() {
       ;;
   esac
   server_pid=$!
+  wait_started "$target" "listening"
+}
+
+# wait_started TARGET PATTERN: waits up to 10 s for the server just started to log PATTERN;
+# exits with its log when it does not.
+wait_started() {
+  local target="$1" pattern="$2"
   for _ in $(seq 1 100); do
-    grep -q "listening" "$server_dir.log" 2>/dev/null && break
+    grep -q "$pattern" "$server_dir.log" 2>/dev/null && break
     sleep 0.1
   done
-  if ! kill -0 "$server_pid" 2>/dev/null || ! grep -q "listening" "$server_dir.log"; then
+  if ! kill -0 "$server_pid" 2>/dev/null || ! grep -q "$pattern" "$server_dir.log"; then
     cat "$server_dir.log" >&2
     echo "bench: $target did not start" >&2
     exit 1
@@ -139,15 +146,7 @@ start_peer() {
       ;;
   esac
   server_pid=$!
-  for _ in $(seq 1 100); do
-    grep -q "$ready" "$server_dir.log" 2>/dev/null && break
-    sleep 0.1
-  done
-  if ! kill -0 "$server_pid" 2>/dev/null || ! grep -q "$ready" "$server_dir.log"; then
-    cat "$server_dir.log" >&2
-    echo "bench: $target did not start" >&2
-    exit 1
-  fi
+  wait_started "$target" "$ready"
 }
 
 # loadgen_command TARGET SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in the

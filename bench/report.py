@@ -181,31 +181,17 @@ def collect_scenarios(summary, command, names):
             entry = {}
             data = load(f"{scenario}-{target}-max.json")
             if data:
-                rate = data.get("max_sustainable_rate")
-                step = next((s for s in data["steps"]
-                             if s["offered_rate"] == rate and s["sustainable"]), None)
-                entry["max"] = {
-                    "rate": rate,
-                    "deliveries_per_sec": step and step["deliveries_per_sec"],
-                    "search_finished": data.get("search_finished"),
-                    "max_p99_ms": data["options"]["max_p99_ms"],
-                    # The plot's points: deliveries/s, p99 send -> delivery, sustained.
-                    "steps": [[s["deliveries_per_sec"], s["send_to_delivery"]["p99_ms"],
-                               s["sustainable"]] for s in data["steps"]
-                              if s["deliveries_per_sec"] > 0],
-                }
+                entry["max"] = max_figures(data)
+                # The plot's points: deliveries/s, p99 send -> delivery, sustained.
+                entry["max"]["steps"] = [[s["deliveries_per_sec"], s["send_to_delivery"]["p99_ms"],
+                                          s["sustainable"]] for s in data["steps"]
+                                         if s["deliveries_per_sec"] > 0]
             data = load(f"{scenario}-{target}-half.json")
             if data:
-                s = data["steps"][0]
-                d = s["send_to_delivery"]
-                check = s.get("check")
-                entry["half"] = {
-                    "offered_rate": s["offered_rate"],
-                    "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
-                    "ack_p99_ms": s["send_to_ack"]["p99_ms"],
-                    "cpu_us_per_delivery": s.get("server_cpu_us_per_delivery"),
-                    "check": check and {k: check[k] for k in ("lost", "duplicated", "reordered", "gaps")},
-                }
+                half = half_figures(data)
+                entry["half"] = {k: half[k] for k in ("offered_rate", "p50_ms", "p99_ms", "p999_ms",
+                                                      "ack_p99_ms", "check")}
+                entry["half"]["cpu_us_per_delivery"] = half["server_cpu_us_per_delivery"]
             data = load(f"{scenario}-{target}.json")
             if data:
                 h = data["steps"][0]["handshake"] or {}
@@ -216,6 +202,38 @@ def collect_scenarios(summary, command, names):
             if entry:
                 row[target] = entry
         rows[scenario] = row
+
+
+def max_figures(data):
+    """What a `--find-max` run found: the max rate, its step's deliveries and CPU, and what
+    limited the search."""
+    rate = data.get("max_sustainable_rate")
+    step = next((s for s in data["steps"] if s["offered_rate"] == rate and s["sustainable"]), None)
+    return {
+        "rate": rate,
+        "deliveries_per_sec": step and step["deliveries_per_sec"],
+        "search_finished": data.get("search_finished"),
+        "max_p99_ms": data["options"]["max_p99_ms"],
+        "server_cpu_us_per_delivery": step and step.get("server_cpu_us_per_delivery"),
+        "loadgen_cpu_us_per_delivery": step and step.get("loadgen_cpu_us_per_delivery"),
+        "limited_by": next((s.get("limited_by") for s in reversed(data["steps"]) if not s["sustainable"]),
+                           None),
+    }
+
+
+def half_figures(data):
+    """A fixed-rate run's latencies, CPU and check (no ack latency where nothing is acked)."""
+    s = data["steps"][0]
+    d = s["send_to_delivery"]
+    check = s.get("check")
+    return {
+        "offered_rate": s["offered_rate"], "deliveries_per_sec": s["deliveries_per_sec"],
+        "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
+        "ack_p99_ms": s["send_to_ack"]["p99_ms"] if s["send_to_ack"]["count"] else None,
+        "server_cpu_us_per_delivery": s.get("server_cpu_us_per_delivery"),
+        "loadgen_cpu_us_per_delivery": s.get("loadgen_cpu_us_per_delivery"),
+        "check": check and {k: check[k] for k in ("lost", "duplicated", "reordered", "gaps")},
+    }
 
 
 def scenario_entry(section, scenario, target, kind):
@@ -426,30 +444,11 @@ def collect_peers(summary, command, rounds, names):
                 entry = {}
                 data = load(f"{stem}-max.json")
                 if data:
-                    rate = data.get("max_sustainable_rate")
-                    step = next((s for s in data["steps"]
-                                 if s["offered_rate"] == rate and s["sustainable"]), None)
-                    entry["max"] = {"rate": rate, "deliveries_per_sec": step and step["deliveries_per_sec"],
-                                    "search_finished": data.get("search_finished"),
-                                    "max_p99_ms": data["options"]["max_p99_ms"],
-                                    "loadgen_cpu_us_per_delivery": step and step.get("loadgen_cpu_us_per_delivery"),
-                                    "server_cpu_us_per_delivery": step and step.get("server_cpu_us_per_delivery"),
-                                    "limited_by": next((s.get("limited_by") for s in reversed(data["steps"])
-                                                        if not s["sustainable"]), None)}
+                    entry["max"] = max_figures(data)
                     entry["measured"] = measured(os.path.join(RESULTS, f"{stem}-max.json"))
                 data = load(f"{stem}-half.json")
                 if data:
-                    s = data["steps"][0]
-                    d = s["send_to_delivery"]
-                    check = s.get("check")
-                    entry["half"] = {
-                        "offered_rate": s["offered_rate"], "deliveries_per_sec": s["deliveries_per_sec"],
-                        "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
-                        "ack_p99_ms": s["send_to_ack"]["p99_ms"] if s["send_to_ack"]["count"] else None,
-                        "server_cpu_us_per_delivery": s.get("server_cpu_us_per_delivery"),
-                        "loadgen_cpu_us_per_delivery": s.get("loadgen_cpu_us_per_delivery"),
-                        "check": check and {k: check[k] for k in ("lost", "duplicated", "reordered", "gaps")},
-                    }
+                    entry["half"] = half_figures(data)
                 if entry:
                     figures[target] = entry
             row["rounds"].append(figures)

@@ -28,7 +28,7 @@ fn binary(name: &str) -> PathBuf {
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into(), "/sbin".into()])
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed (.ci/run installs it)"))
+        .unwrap_or_else(|| panic!("{name} is not installed (`make test` installs it)"))
 }
 
 fn free_port() -> u16 {
