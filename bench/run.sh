@@ -25,8 +25,9 @@
 # BENCH_STEP_SECONDS, BENCH_MAX_P99_MS and BENCH_MAX_STEPS, when set, replace the presets'
 # --duration (of each --find-max step), --max-p99-ms and --max-steps for every scenario named.
 # BENCH_TARGETS (default: chatd floor nats jetstream mqtt-qos0 mqtt-qos1) and BENCH_ROUNDS
-# (default 2) choose what is measured. A partial run (some scenarios) updates their rows of
-# the summary and keeps the others.
+# (default 2) choose what is measured; BENCH_FIRST_ROUND=N starts at round N (measures a round
+# again, reading the earlier rounds' files as they are). A partial run (some scenarios)
+# updates their rows of the summary and keeps the others.
 #
 # Only 127.0.0.1 is targeted; every run stops by itself.
 set -euo pipefail
@@ -52,10 +53,11 @@ find_max=(--find-max)
 
 read -r -a targets <<<"${BENCH_TARGETS:-chatd floor nats jetstream mqtt-qos0 mqtt-qos1}"
 rounds="${BENCH_ROUNDS:-2}"
+first_round="${BENCH_FIRST_ROUND:-1}"
 
 trap stop_server EXIT
 
-for round in $(seq 1 "$rounds"); do
+for round in $(seq "$first_round" "$rounds"); do
   for scenario in "${scenarios[@]}"; do
     shape="$(preset_option "$scenario" scenario)"
     for target in "${targets[@]}"; do
