@@ -324,14 +324,7 @@ async fn connect(
     live.max_in_flight = usize::try_from(ok.limits.max_in_flight)
         .unwrap_or(1)
         .clamp(1, 1 << 20);
-    let elapsed = started.elapsed();
-    metrics::with(|m| {
-        m.connects += 1;
-        let us = u64::try_from(elapsed.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        m.handshake.saturating_record(us);
-    });
+    metrics::connected(started);
     Ok((live, session.user.0))
 }
 

@@ -208,6 +208,18 @@ impl Clock {
     }
 }
 
+/// Records a connection (or session) established after starting at `started`: its
+/// handshake time, in microseconds.
+pub(crate) fn connected(started: Instant) {
+    let us = u64::try_from(started.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    with(|m| {
+        m.connects += 1;
+        m.handshake.saturating_record(us);
+    });
+}
+
 /// Records `now - scheduled` (nanoseconds) in microseconds, rounded up so nothing is 0.
 pub(crate) fn record_latency(histogram: &mut Histogram<u64>, scheduled: u64, now: u64) {
     let us = now

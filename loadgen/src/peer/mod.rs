@@ -153,17 +153,6 @@ pub(crate) fn delivered(context: &Context, shared: &Shared, room: RoomId, body: 
     });
 }
 
-/// Records a connection established after `started`.
-pub(crate) fn connected(started: std::time::Instant) {
-    let us = u64::try_from(started.elapsed().as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    metrics::with(|m| {
-        m.connects += 1;
-        m.handshake.saturating_record(us);
-    });
-}
-
 /// Runs client `shared.id` against the peer until the run stops; `ready` as for chatd.
 pub(crate) async fn run(
     context: Arc<Context>,

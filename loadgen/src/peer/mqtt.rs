@@ -88,7 +88,7 @@ pub(super) async fn run(
             }
         }
     }
-    super::connected(started);
+    metrics::connected(started);
     let _ = ready.send(Ok(()));
     let state = Arc::new(Mutex::new(State::default()));
     let event_task = tokio::spawn(event_loop(

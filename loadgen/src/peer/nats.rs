@@ -88,7 +88,7 @@ pub(super) async fn run(
             return;
         }
     };
-    super::connected(started);
+    metrics::connected(started);
     let _ = ready.send(Ok(()));
     let js = (settings.target == Target::Jetstream).then(|| jetstream::new(client.clone()));
     let mut stop = context.stop.clone();
