@@ -1,16 +1,28 @@
-#!/usr/bin/env bash
 # Where chatd's time goes at one fixed rate: the same scenario and rate against the floor,
-# chatd with `buffered` durability and chatd with `fsync` (the default), one fresh server
-# each, measured for the preset's fixed-rate duration (10 s). For each it records the
+# chatd with `buffered` durability, chatd with `fsync` (the default) writing a WAL that grows
+# with every append (`storage.recycled_wals = 0`, as before WAL recycling) and chatd with
+# `fsync` writing over recycled WAL files (the default), one fresh server each, measured for
+# the preset's fixed-rate duration (10 s), in rounds (PROFILE_ROUNDS, default 3: the four
+# variants in turn, then again); the section shows each figure's median over the rounds and
+# the range of the p99. Before the measured run, every server gets the
+# same run twice unmeasured, each followed by a compaction (`POST /v1/compact`, which
+# flushes the memtables and so switches to a new WAL): the first switch frees the first WAL
+# for reuse, the second writes over it, so where recycling is on the measured run writes
+# over a recycled WAL, as a daemon does in its steady state. For each it records the
 # latencies and the server's CPU per delivery (chat-loadgen, from /proc), and, over 5 s of
-# the measured phase, the server's fdatasync calls and context switches (`perf stat` on
-# kernel tracepoints; "–" where perf cannot read them). The difference between the three
-# rows is the price of storage and of durability. The result JSONs go to
+# the measured phase: the server's fdatasync calls and context switches (`perf stat` on
+# kernel tracepoints; "–" where perf cannot read them), the block I/O requests issued on the
+# machine (the same, system-wide) and chatd's group commits, requests per group and WAL
+# write + fsync time (its /metrics). The difference between the rows is the price of
+# storage, of durability and of a growing WAL. The result JSONs go to
 # bench/results/profile-* (local, not in git); bench/report.py records their figures in
 # bench/results/summary.json and renders the profile section of bench/RESULTS.md from it.
 #
 #   bench/profile.sh                # dm at the preset's steady rate (chat-loadgen --help)
 #   bench/profile.sh rooms10 3700   # a scenario (a chat-loadgen preset, not idle10k) and a rate
+#   PROFILE_ROUNDS=1 bench/profile.sh dm 5000   # one round only
+#   PROFILE_RECORD=only bench/profile.sh dm 5000  # the call-graph profiles alone (the table
+#                                                 # and RESULTS.md stay as they are)
 #   PROFILE_RECORD=1 bench/profile.sh dm 5000   # then a perf call-graph profile of each
 #                                               # chatd variant, in runs of their own
 #                                               # (bench/results/profile-*.perf.txt)
@@ -54,15 +66,52 @@ wait_for_measure() {
   done
 }
 
-# start_variant floor|buffered|fsync: a fresh server for the variant; sets target.
+# start_variant floor|buffered|fsync-growing|fsync: a fresh server for the variant, given the
+# measured run twice unmeasured, each followed by a compaction (chatd); sets target and
+# admin_port.
 start_variant() {
+  local scratch
   if [ "$1" = floor ]; then
     target=floor
     start_server floor
   else
     target=chatd
-    start_server chatd "CHATD_STORAGE_DURABILITY=$1"
+    admin_port="$(free_port)"
+    local recycled=()
+    [ "$1" != fsync-growing ] || recycled=(CHATD_STORAGE_RECYCLED_WALS=0)
+    start_server chatd "CHATD_STORAGE_DURABILITY=${1%-growing}" \
+      "CHATD_ADMIN_LISTEN=127.0.0.1:$admin_port" "${recycled[@]}"
   fi
+  scratch="$(mktemp -d)"
+  loadgen_command "$target" "$scenario" --rate "$rate"
+  for _ in 1 2; do
+    "${loadgen_cmd[@]}" --quiet >"$scratch/warm-up.txt" 2>&1 \
+      || echo "profile: an unmeasured run against $1 failed: $(tail -1 "$scratch/warm-up.txt")" >&2
+    [ "$target" = floor ] || curl -sf -X POST -H "Content-Type: application/json" \
+      "http://127.0.0.1:$admin_port/v1/compact" >/dev/null \
+      || { echo "profile: the compaction of $1 failed" >&2; exit 1; }
+  done
+  rm -rf "$scratch"
+}
+
+# storage_counters: chatd's group commits, their requests and their WAL write + fsync
+# seconds so far, as JSON ("{}" for the floor).
+storage_counters() {
+  [ "$target" = chatd ] || { echo "{}"; return; }
+  curl -sf "http://127.0.0.1:$admin_port/metrics" | python3 -c '
+import json, sys
+wanted = {
+    "chatd_storage_group_commit_requests_count": "groups",
+    "chatd_storage_group_commit_requests_sum": "requests",
+    "chatd_storage_fsync_seconds_count": "fsyncs",
+    "chatd_storage_fsync_seconds_sum": "fsync_seconds",
+}
+totals = dict.fromkeys(wanted.values(), 0.0)
+for line in sys.stdin:
+    name = line.split("{")[0].split(" ")[0]
+    if name in wanted:
+        totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
+print(json.dumps(totals))' || echo "{}"
 }
 
 # start_load OUT.json OUT_PREFIX: the load generator in the background against the running
@@ -73,28 +122,47 @@ start_load() {
   loadgen=$!
 }
 
-# measure VARIANT: the measured run; the latencies and CPU of the table, and the counters.
+# measure VARIANT ROUND: the measured run; the latencies and CPU of the table, and the counters.
 measure() {
-  local variant="$1" name="profile-$scenario-$1"
-  local out="$results/$name.json" counters="{}" counted status=0
+  local variant="$1" name="profile-$scenario-$1-r$2"
+  local out="$results/$name.json" counters="{}" counted="" io="" before="{}" after="{}"
+  local status=0 io_pid
   rm -f "$results/$name".*
   echo "=== $scenario at $rate msg/s against $variant"
   start_variant "$variant"
   start_load "$out" "$results/$name"
-  if wait_for_measure "$results/$name.progress" "$loadgen" && [ "$perf_ok" = 1 ]; then
-    counted="$(perf stat -x, -e syscalls:sys_enter_fdatasync,sched:sched_switch \
-      -p "$server_pid" -- sleep 5 2>&1 >/dev/null || true)"
-    counters="$(python3 - "$counted" <<'EOF'
+  if wait_for_measure "$results/$name.progress" "$loadgen"; then
+    before="$(storage_counters)"
+    if [ "$perf_ok" = 1 ]; then
+      perf stat -x, -a -e block:block_rq_issue -- sleep 5 2>"$results/$name.io" >/dev/null &
+      io_pid=$!
+      counted="$(perf stat -x, -e syscalls:sys_enter_fdatasync,sched:sched_switch \
+        -p "$server_pid" -- sleep 5 2>&1 >/dev/null || true)"
+      wait "$io_pid" || true
+      io="$(cat "$results/$name.io")"
+      rm -f "$results/$name.io"
+    else
+      sleep 5
+    fi
+    after="$(storage_counters)"
+    counters="$(python3 - "$counted" "$io" "$before" "$after" <<'EOF'
 import json, sys
 counts = {}
-for line in sys.argv[1].splitlines():
+for line in (sys.argv[1] + "\n" + sys.argv[2]).splitlines():
     fields = line.split(",")
     if len(fields) > 2 and fields[0].isdigit():
         counts[fields[2]] = int(fields[0]) / 5.0
+before, after = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+delta = {k: after[k] - before.get(k, 0.0) for k in after}
+groups, fsyncs = delta.get("groups"), delta.get("fsyncs")
 print(json.dumps({
     "seconds": 5.0,
     "fdatasync_per_sec": counts.get("syscalls:sys_enter_fdatasync"),
     "context_switches_per_sec": counts.get("sched:sched_switch"),
+    "block_requests_per_sec": counts.get("block:block_rq_issue"),
+    "group_commits_per_sec": groups / 5.0 if groups else None,
+    "requests_per_group": delta["requests"] / groups if groups else None,
+    "wal_fsync_us": delta["fsync_seconds"] / fsyncs * 1e6 if fsyncs else None,
 }))
 EOF
 )"
@@ -144,7 +212,7 @@ record() {
     # `head` closes the pipes early: no pipefail here.
     (
       set +o pipefail
-      echo "# bench/profile.sh: $scenario at $rate msg/s, chatd with $variant durability, 5 s"
+      echo "# bench/profile.sh: $scenario at $rate msg/s, chatd variant $variant, 5 s"
       echo "# perf report --sort comm (share of the server's samples by thread)"
       perf report -i "$scratch/perf.data" --no-children --sort comm -g none --stdio 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -20
@@ -156,13 +224,20 @@ record() {
   rm -rf "$scratch"
 }
 
-for variant in floor buffered fsync; do
-  measure "$variant"
-done
-if [ "${PROFILE_RECORD:-0}" = 1 ] && [ "$perf_ok" = 1 ]; then
-  for variant in buffered fsync; do
+rounds="${PROFILE_ROUNDS:-3}"
+record_mode="${PROFILE_RECORD:-0}"
+if [ "$record_mode" != only ]; then
+  rm -f "$results/profile-$scenario"-*-r*.*
+  for round in $(seq 1 "$rounds"); do
+    for variant in floor buffered fsync-growing fsync; do
+      measure "$variant" "$round"
+    done
+  done
+fi
+if [ "$record_mode" != 0 ] && [ "$perf_ok" = 1 ]; then
+  for variant in buffered fsync-growing fsync; do
     record "$variant"
   done
 fi
 
-python3 bench/report.py profile "bench/profile.sh $*" "$scenario"
+[ "$record_mode" = only ] || python3 bench/report.py profile "bench/profile.sh $*" "$scenario" "$rounds"

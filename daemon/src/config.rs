@@ -221,6 +221,22 @@ pub struct StorageConfig {
     /// Conversations a shard keeps in memory; idle ones beyond this are dropped and reloaded
     /// from disk when next used.
     pub cached_conversations: usize,
+    /// Obsolete WAL files kept to be written over (0: every WAL is a new, growing file).
+    pub recycled_wals: usize,
+    /// The live WALs' total size in bytes past which RocksDB flushes the column families
+    /// holding the oldest: bounds the WAL's disk space and what a start replays.
+    pub max_wal_bytes: u64,
+}
+
+impl StorageConfig {
+    /// How the store keeps its WAL.
+    #[must_use]
+    pub fn wal(&self) -> crate::store::WalOptions {
+        crate::store::WalOptions {
+            recycled: self.recycled_wals,
+            max_bytes: self.max_wal_bytes,
+        }
+    }
 }
 
 /// `[limits]`
@@ -317,6 +333,8 @@ impl Default for StorageConfig {
             dedupe_window: 256,
             dedupe_cache: 1_024,
             cached_conversations: 100_000,
+            recycled_wals: crate::store::WalOptions::default().recycled,
+            max_wal_bytes: crate::store::WalOptions::default().max_bytes,
         }
     }
 }

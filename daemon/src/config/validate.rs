@@ -81,6 +81,15 @@ impl Config {
             self.storage.cached_conversations >= 16,
             "storage.cached_conversations must be at least 16",
         );
+        check(
+            self.storage.recycled_wals <= 16,
+            "storage.recycled_wals must be 0 to 16",
+        );
+        // Below a memtable's size (64 MiB), every WAL would force flushes of small files.
+        check(
+            self.storage.max_wal_bytes >= 64 << 20,
+            "storage.max_wal_bytes must be at least 67108864 (64 MiB)",
+        );
         let limits = &self.limits;
         check(
             (1..=chat_protocol::limits::MAX_BODY).contains(&limits.max_body),

@@ -162,7 +162,7 @@ impl Daemon {
         let quic_config = quic_server_config(&config, &identity)?;
         let endpoint_config = tls::endpoint_config(&data_dir)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
-        let store = Store::open(&data_dir.join("db"))?;
+        let store = Store::open_with(&data_dir.join("db"), config.storage.wal())?;
         let shard_count = match config.shards {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,

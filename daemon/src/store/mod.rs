@@ -10,6 +10,7 @@ pub mod keys;
 pub mod outbox;
 mod reads;
 mod records;
+mod wal;
 pub mod writer;
 
 pub use catch_up::{CatchUp, ENTRY_OVERHEAD, REPLAY_CHUNK, ReplayItem};
@@ -19,6 +20,7 @@ pub use records::{
     UserRecord, encode_marks, restriction_key, to_json,
 };
 use records::{decode_entry, parse_marks};
+pub use wal::WalOptions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -146,12 +148,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `dir`.
+    /// Opens (creating if needed) the database under `dir`, with the default WAL options.
     ///
     /// # Errors
     /// When RocksDB cannot open it (permissions, another process holds the lock, corruption).
     pub fn open(dir: &Path) -> Result<Store, Error> {
+        Store::open_with(dir, WalOptions::default())
+    }
+
+    /// Opens (creating if needed) the database under `dir`, keeping its WAL as `wal` says.
+    ///
+    /// # Errors
+    /// When RocksDB cannot open it (permissions, another process holds the lock, corruption).
+    pub fn open_with(dir: &Path, wal: WalOptions) -> Result<Store, Error> {
         let mut options = Options::default();
+        wal.apply(&mut options);
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_max_background_jobs(2);
