@@ -94,11 +94,18 @@ start_variant() {
   rm -rf "$scratch"
 }
 
-# storage_counters: chatd's group commits, their requests and their WAL write + fsync
-# seconds so far, as JSON ("{}" for the floor).
+# scrape FILE: chatd's /metrics into FILE (nothing for the floor). Only curl runs during the
+# measured phase: a Python start-up there costs the two shared cores tens of milliseconds.
+scrape() {
+  [ "$target" = chatd ] || return 0
+  curl -sf "http://127.0.0.1:$admin_port/metrics" >"$1" || true
+}
+
+# storage_counters FILE: chatd's group commits, their requests and their WAL write + fsync
+# seconds in a scrape, as JSON ("{}" without one).
 storage_counters() {
-  [ "$target" = chatd ] || { echo "{}"; return; }
-  curl -sf "http://127.0.0.1:$admin_port/metrics" | python3 -c '
+  [ -s "$1" ] || { echo "{}"; return; }
+  python3 -c '
 import json, sys
 wanted = {
     "chatd_storage_group_commit_requests_count": "groups",
@@ -111,7 +118,7 @@ for line in sys.stdin:
     name = line.split("{")[0].split(" ")[0]
     if name in wanted:
         totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
-print(json.dumps(totals))' || echo "{}"
+print(json.dumps(totals))' <"$1" || echo "{}"
 }
 
 # start_load OUT.json OUT_PREFIX: the load generator in the background against the running
@@ -125,49 +132,74 @@ start_load() {
 # measure VARIANT ROUND: the measured run; the latencies and CPU of the table, and the counters.
 measure() {
   local variant="$1" name="profile-$scenario-$1-r$2"
-  local out="$results/$name.json" counters="{}" counted="" io="" before="{}" after="{}"
-  local status=0 io_pid
+  local out="$results/$name.json" counters="{}" before after window=""
+  local status=0 sched_pid="" io_pid="" perf_started
   rm -f "$results/$name".*
   echo "=== $scenario at $rate msg/s against $variant"
   start_variant "$variant"
   start_load "$out" "$results/$name"
+  # perf attaches now, while the load generator connects, and counts every second until the
+  # run is over: attaching enables kernel tracepoints, which stalled the server for 150-220
+  # ms when done inside the measured phase. The measured window's seconds are picked out.
+  perf_started="$(date +%s.%N)"
+  if [ "$perf_ok" = 1 ]; then
+    perf stat -x, -I 1000 -e syscalls:sys_enter_fdatasync,sched:sched_switch \
+      -p "$server_pid" -o "$results/$name.sched.csv" >/dev/null 2>&1 &
+    sched_pid=$!
+    perf stat -x, -I 1000 -a -e block:block_rq_issue -o "$results/$name.io.csv" \
+      >/dev/null 2>&1 &
+    io_pid=$!
+  fi
   if wait_for_measure "$results/$name.progress" "$loadgen"; then
-    before="$(storage_counters)"
-    if [ "$perf_ok" = 1 ]; then
-      perf stat -x, -a -e block:block_rq_issue -- sleep 5 2>"$results/$name.io" >/dev/null &
-      io_pid=$!
-      counted="$(perf stat -x, -e syscalls:sys_enter_fdatasync,sched:sched_switch \
-        -p "$server_pid" -- sleep 5 2>&1 >/dev/null || true)"
-      wait "$io_pid" || true
-      io="$(cat "$results/$name.io")"
-      rm -f "$results/$name.io"
-    else
-      sleep 5
-    fi
-    after="$(storage_counters)"
-    counters="$(python3 - "$counted" "$io" "$before" "$after" <<'EOF'
+    window="$(date +%s.%N)"
+    scrape "$results/$name.before.prom"
+    sleep 5
+    scrape "$results/$name.after.prom"
+    window="$window $(date +%s.%N)"
+  fi
+  wait "$loadgen" || status=$?
+  if [ -n "$sched_pid" ]; then
+    kill -INT "$sched_pid" "$io_pid" 2>/dev/null || true
+    wait "$sched_pid" "$io_pid" 2>/dev/null || true
+  fi
+  before="$(storage_counters "$results/$name.before.prom")"
+  after="$(storage_counters "$results/$name.after.prom")"
+  [ -z "$window" ] || counters="$(python3 - "$results/$name" "$perf_started" $window "$before" "$after" <<'EOF'
 import json, sys
-counts = {}
-for line in (sys.argv[1] + "\n" + sys.argv[2]).splitlines():
-    fields = line.split(",")
-    if len(fields) > 2 and fields[0].isdigit():
-        counts[fields[2]] = int(fields[0]) / 5.0
-before, after = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+prefix, started, begin, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+before, after = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+# perf's one-second intervals (their end, relative to perf's start) within the window.
+counts, intervals = {}, set()
+for kind in ("sched", "io"):
+    try:
+        lines = open(f"{prefix}.{kind}.csv").read().splitlines()
+    except OSError:
+        continue
+    for line in lines:
+        fields = line.split(",")
+        if len(fields) < 4 or not fields[1].isdigit():
+            continue
+        t = float(fields[0])
+        if t - 1 >= begin - started - 0.2 and t <= end - started + 0.2:
+            counts[fields[3]] = counts.get(fields[3], 0) + int(fields[1])
+            intervals.add((kind, round(t)))
+seconds = max(1, len({t for k, t in intervals if k == "sched"}))
+io_seconds = max(1, len({t for k, t in intervals if k == "io"}))
+rate = lambda event, n: counts[event] / n if event in counts else None
 delta = {k: after[k] - before.get(k, 0.0) for k in after}
 groups, fsyncs = delta.get("groups"), delta.get("fsyncs")
 print(json.dumps({
-    "seconds": 5.0,
-    "fdatasync_per_sec": counts.get("syscalls:sys_enter_fdatasync"),
-    "context_switches_per_sec": counts.get("sched:sched_switch"),
-    "block_requests_per_sec": counts.get("block:block_rq_issue"),
-    "group_commits_per_sec": groups / 5.0 if groups else None,
+    "seconds": end - begin,
+    "fdatasync_per_sec": rate("syscalls:sys_enter_fdatasync", seconds),
+    "context_switches_per_sec": rate("sched:sched_switch", seconds),
+    "block_requests_per_sec": rate("block:block_rq_issue", io_seconds),
+    "group_commits_per_sec": groups / (end - begin) if groups else None,
     "requests_per_group": delta["requests"] / groups if groups else None,
     "wal_fsync_us": delta["fsync_seconds"] / fsyncs * 1e6 if fsyncs else None,
 }))
 EOF
 )"
-  fi
-  wait "$loadgen" || status=$?
+  rm -f "$results/$name".{sched.csv,io.csv,before.prom,after.prom}
   cat "$results/$name.txt"
   if [ "$status" -ne 0 ]; then
     cp "$server_dir.log" "$results/$name.server.log" 2>/dev/null || true

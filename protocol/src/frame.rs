@@ -275,6 +275,10 @@ impl<F: Frame> FrameDecoder<F> {
     /// The most bytes the decoder buffers at once.
     pub const CAPACITY: usize = LENGTH_PREFIX + F::MAX_LEN;
 
+    /// The room an emptied buffer keeps: enough for the usual small frames; one grown for a
+    /// large frame gives the rest back, so an idle stream holds at most this.
+    pub const KEPT: usize = 1024;
+
     /// An empty decoder. It allocates as frames arrive, never more than [`Self::CAPACITY`].
     #[must_use]
     pub fn new() -> Self {
@@ -329,6 +333,8 @@ impl<F: Frame> FrameDecoder<F> {
                 if self.start == self.buf.len() {
                     self.buf.clear();
                     self.start = 0;
+                    // A buffer grown for a large frame is not kept for an idle stream.
+                    self.buf.shrink_to(Self::KEPT);
                 }
                 Ok(Some(frame))
             }
@@ -471,6 +477,31 @@ mod tests {
             assert_eq!(got, (0..50).map(|id| ping(id * 1000)).collect::<Vec<_>>());
             assert_eq!(decoder.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn an_emptied_decoder_gives_back_what_a_burst_grew() {
+        let mut stream = Vec::new();
+        for id in 0..500 {
+            encode_frame(&ping(id), &mut stream).unwrap();
+        }
+        let kept = FrameDecoder::<ClientFrame>::KEPT;
+        assert!(stream.len() > 4 * kept);
+        let mut decoder = FrameDecoder::<ClientFrame>::new();
+        decoder.push(&stream).unwrap();
+        assert!(decoder.buf.capacity() >= stream.len());
+        let mut got = 0;
+        while decoder.next_frame().unwrap().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 500);
+        assert!(decoder.buf.capacity() <= kept, "{}", decoder.buf.capacity());
+        // Small frames keep their room.
+        decoder
+            .push(&encode_frame_to_vec(&ping(1)).unwrap())
+            .unwrap();
+        decoder.next_frame().unwrap().unwrap();
+        assert!(decoder.buf.capacity() > 0);
     }
 
     #[test]

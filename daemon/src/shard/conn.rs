@@ -27,7 +27,9 @@ use bytes::Bytes;
 use chat_protocol::{ClientFrame, DeviceId, FrameDecoder, GoodbyeCode, RequestId, UserId};
 
 use super::registry;
-use super::session::{Admission, Limits as SessionLimits, Live, Session, Step, Transmit};
+use super::session::{
+    Admission, IDLE_FRAMES, Limits as SessionLimits, Live, Session, Step, Transmit,
+};
 use super::{ConnId, ConnRef, Origin, Shard, ShardMsg};
 use crate::budget::{self, CONNECTION_COST, UserBudget};
 use crate::runtime::spawn_local;

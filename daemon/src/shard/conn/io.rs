@@ -270,13 +270,15 @@ pub(super) async fn datagram_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
 /// the connection with its code), or when the stream or connection fails (then it closes the
 /// connection, so nothing lingers).
 pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn::SendStream) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    let mut batch: Vec<Bytes> = Vec::new();
     let closing = loop {
         let Transmit { bytes, closing } = conn.with(|s| s.transmit(&mut batch, 64));
         if batch.is_empty() {
             if let Some(code) = closing {
                 break Some(code);
             }
+            // An idle connection keeps no room for a burst it had.
+            batch.shrink_to(IDLE_FRAMES);
             // A parked catch-up page waits for room in budgets that other connections (of
             // the user, of the daemon) may free, or for the read pool: look again now and
             // then (parking wakes this loop, so the timer starts).

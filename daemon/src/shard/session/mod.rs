@@ -140,6 +140,10 @@ pub(crate) enum Admission {
     Closed,
 }
 
+/// Frames of room an emptied queue (the session's, its writer's batch) keeps: one that grew
+/// for a burst gives the rest back, so an idle connection holds no more than this.
+pub(crate) const IDLE_FRAMES: usize = 8;
+
 /// A batch for the writer ([`Session::transmit`]).
 #[derive(Debug, Default)]
 pub(crate) struct Transmit {

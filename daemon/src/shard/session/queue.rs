@@ -303,6 +303,9 @@ impl Session {
             bytes += budget::cost(&frame);
             batch.push(frame);
         }
+        if self.frames.is_empty() {
+            self.frames.shrink_to(IDLE_FRAMES);
+        }
         if replies > 0 {
             self.in_flight = self.in_flight.saturating_sub(replies);
             self.signals.room = true;

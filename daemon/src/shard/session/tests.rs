@@ -526,3 +526,23 @@ fn nothing_is_queued_or_charged_after_the_goodbye() {
         Admission::Closed
     );
 }
+
+#[test]
+fn an_emptied_queue_keeps_no_room_for_a_past_burst() {
+    let mut f = Fixture::authenticated(u64::MAX);
+    let limits = Limits {
+        outgoing_queue: 256,
+        ..limits()
+    };
+    for seq in 1..=200 {
+        assert!(f.session.event(&event(seq), Live::Other, &limits));
+    }
+    assert!(f.session.frames.capacity() >= 200);
+    assert_eq!(f.written().len(), 200);
+    assert!(
+        f.session.frames.capacity() <= IDLE_FRAMES,
+        "{}",
+        f.session.frames.capacity()
+    );
+    f.assert_released();
+}
