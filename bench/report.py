@@ -582,6 +582,14 @@ def collect_profile(summary, command, scenario, rounds):
     section.setdefault("rows", {})[scenario] = row
 
 
+def profile_rows(section, variants):
+    """(scenario title, variant, label, figures or None) for every scenario and variant."""
+    for scenario in sorted(section["rows"]):
+        title = dict(SCENARIOS).get(scenario, scenario)
+        for variant, label in variants:
+            yield title, variant, label, section["rows"][scenario].get(variant)
+
+
 def render_profile(section):
     """One scenario at one rate against the floor and chatd with each durability and WAL, with
     the server's fdatasync calls and context switches, then chatd's group commits."""
@@ -605,27 +613,26 @@ def render_profile(section):
         "| Scenario | msg/s | Server | rounds | p50 delivery | p99 delivery (range) | p99.9 delivery | CPU-µs per delivery | CPU / floor | fdatasync/s | messages per fdatasync | context switches per delivery | measured |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for scenario in sorted(section["rows"]):
-        title = dict(SCENARIOS).get(scenario, scenario)
-        floor_cpu = None
-        for variant, label in PROFILE_VARIANTS:
-            v = section["rows"][scenario].get(variant)
-            if not v:
-                lines.append(f"| {title} | – | {label} | – | – | – | – | – | – | – | – | – | – |")
-                continue
-            cpu_us = v["cpu_us_per_delivery"]
-            if variant == "floor":
-                floor_cpu = cpu_us
-            fsyncs, switches = v["fdatasync_per_sec"], v["context_switches_per_sec"]
-            per_fsync = v["sends_per_sec"] / fsyncs if fsyncs else None
-            per_delivery = switches / v["deliveries_per_sec"] if switches and v["deliveries_per_sec"] else None
-            ratio = cpu_us / floor_cpu if cpu_us and floor_cpu else None
-            spread = v.get("p99_range_ms")
-            spread = f" ({spread[0]:.1f}–{spread[1]:.1f})" if spread else ""
-            lines.append(f"| {title} | {fmt(v['offered_rate'])} | {label} | {v.get('rounds', 1)} | {ms(v['p50_ms'])} | "
-                         f"{ms(v['p99_ms'])}{spread} | {ms(v['p999_ms'])} | {fmt(cpu_us, 1)} | "
-                         f"{'–' if ratio is None else f'{ratio:.2f}'} | {fmt(fsyncs)} | "
-                         f"{fmt(per_fsync, 1)} | {fmt(per_delivery, 1)} | {v['measured']} |")
+    floor_cpu = None
+    for title, variant, label, v in profile_rows(section, PROFILE_VARIANTS):
+        if variant == "floor":
+            floor_cpu = None
+        if not v:
+            lines.append(f"| {title} | – | {label} | – | – | – | – | – | – | – | – | – | – |")
+            continue
+        cpu_us = v["cpu_us_per_delivery"]
+        if variant == "floor":
+            floor_cpu = cpu_us
+        fsyncs, switches = v["fdatasync_per_sec"], v["context_switches_per_sec"]
+        per_fsync = v["sends_per_sec"] / fsyncs if fsyncs else None
+        per_delivery = switches / v["deliveries_per_sec"] if switches and v["deliveries_per_sec"] else None
+        ratio = cpu_us / floor_cpu if cpu_us and floor_cpu else None
+        spread = v.get("p99_range_ms")
+        spread = f" ({spread[0]:.1f}–{spread[1]:.1f})" if spread else ""
+        lines.append(f"| {title} | {fmt(v['offered_rate'])} | {label} | {v.get('rounds', 1)} | {ms(v['p50_ms'])} | "
+                     f"{ms(v['p99_ms'])}{spread} | {ms(v['p999_ms'])} | {fmt(cpu_us, 1)} | "
+                     f"{'–' if ratio is None else f'{ratio:.2f}'} | {fmt(fsyncs)} | "
+                     f"{fmt(per_fsync, 1)} | {fmt(per_delivery, 1)} | {v['measured']} |")
     lines += [
         "",
         "chatd's group commits over the same 5 s: from its /metrics, the groups, the write requests",
@@ -637,17 +644,14 @@ def render_profile(section):
         "| Scenario | msg/s | Server | group commits/s | requests per group | WAL write + fdatasync, mean µs | block I/O requests per fdatasync |",
         "|---|---|---|---|---|---|---|",
     ]
-    for scenario in sorted(section["rows"]):
-        title = dict(SCENARIOS).get(scenario, scenario)
-        for variant, label in PROFILE_VARIANTS[1:]:
-            v = section["rows"][scenario].get(variant)
-            if not v:
-                continue
-            fsyncs, blocks = v["fdatasync_per_sec"], v.get("block_requests_per_sec")
-            per_fsync = blocks / fsyncs if blocks and fsyncs else None
-            lines.append(f"| {title} | {fmt(v['offered_rate'])} | {label} | "
-                         f"{fmt(v.get('group_commits_per_sec'))} | {fmt(v.get('requests_per_group'), 1)} | "
-                         f"{fmt(v.get('wal_fsync_us'))} | {fmt(per_fsync, 1)} |")
+    for title, _, label, v in profile_rows(section, PROFILE_VARIANTS[1:]):
+        if not v:
+            continue
+        fsyncs, blocks = v["fdatasync_per_sec"], v.get("block_requests_per_sec")
+        per_fsync = blocks / fsyncs if blocks and fsyncs else None
+        lines.append(f"| {title} | {fmt(v['offered_rate'])} | {label} | "
+                     f"{fmt(v.get('group_commits_per_sec'))} | {fmt(v.get('requests_per_group'), 1)} | "
+                     f"{fmt(v.get('wal_fsync_us'))} | {fmt(per_fsync, 1)} |")
     lines.append("<!-- profile:end -->")
     return "\n".join(lines)
 
