@@ -2,7 +2,8 @@
 //!
 //! Every group commit appends to the WAL and (under `fsync` durability) fdatasyncs it. A WAL
 //! that grows with every append makes each fdatasync write the file's inode too (its size
-//! changed): on ext4 that is a journal commit, a second I/O per group. With recycling, RocksDB
+//! changed): a second I/O per group (on ext4, the inode block or a journal commit; measured in
+//! bench/RESULTS.md, "The WAL written over recycled files"). With recycling, RocksDB
 //! keeps the WAL files it no longer needs (after their memtables were flushed) and writes the
 //! next WALs over them: the blocks are allocated and written already, the size does not change,
 //! and fdatasync sends only the data. Preallocation would not do it: `fallocate` gives the
@@ -13,8 +14,9 @@
 //! incarnation's tail. RocksDB supports this with its default point-in-time recovery since
 //! 9.1 (facebook/rocksdb#12403); the test below crashes a process writing into a recycled WAL
 //! and checks what recovery finds. A WAL only becomes recyclable once its memtables are
-//! flushed, and only WALs of the running process are reused, so a daemon appends to growing
-//! files until its first flush after each start (about 64 MiB of writes).
+//! flushed, it is reused at the next WAL switch, and only WALs of the running process are
+//! reused: after each start a daemon writes two growing WALs (until its second flush) before
+//! it writes over recycled ones.
 //!
 //! The WAL's total size is bounded too: without it, a column family written rarely (users,
 //! rooms) would keep every WAL since its last flush alive, up to gigabytes replayed at the
