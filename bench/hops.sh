@@ -29,17 +29,8 @@ runs="$out/counts.runs"
 
 # counters PORT: "messages wakeups deliveries sends" from chatd's /metrics.
 counters() {
-  curl -sf "http://127.0.0.1:$1/metrics" | python3 -c '
-import sys
-sums = {"chatd_inbox_messages_total": 0, "chatd_inbox_wakeups_total": 0,
-        "chatd_deliveries_total": 0, "chatd_sends_acknowledged_total": 0}
-for line in sys.stdin:
-    if line.startswith("#"):
-        continue
-    name = line.split("{")[0].split(" ")[0]
-    if name in sums:
-        sums[name] += float(line.rsplit(" ", 1)[1])
-print(" ".join(str(int(v)) for v in sums.values()))'
+  curl -sf "http://127.0.0.1:$1/metrics" | metric_totals chatd_inbox_messages_total \
+    chatd_inbox_wakeups_total chatd_deliveries_total chatd_sends_acknowledged_total
 }
 
 for scenario in "${scenarios[@]}"; do

@@ -153,6 +153,19 @@ start_peer() {
 # preset SCENARIO with ARGS (which win over the preset's values), against the running server
 # (a target of start_server): its address, certificate, pid (for /proc), and chatd's token
 # secret.
+# metric_totals NAME...: each named series of the Prometheus text on stdin (chatd's /metrics),
+# summed over its label sets, space-separated in the order given (0 for one that is absent).
+metric_totals() {
+  python3 -c '
+import sys
+sums = dict.fromkeys(sys.argv[1:], 0.0)
+for line in sys.stdin:
+    name = line.split("{")[0].split(" ")[0]
+    if not line.startswith("#") and name in sums:
+        sums[name] += float(line.rsplit(" ", 1)[1])
+print(" ".join(format(sums[n], ".17g") for n in sys.argv[1:]))' "$@"
+}
+
 loadgen_command() {
   local target="$1" scenario="$2"
   shift 2

@@ -105,20 +105,12 @@ scrape() {
 # seconds in a scrape, as JSON ("{}" without one).
 storage_counters() {
   [ -s "$1" ] || { echo "{}"; return; }
-  python3 -c '
-import json, sys
-wanted = {
-    "chatd_storage_group_commit_requests_count": "groups",
-    "chatd_storage_group_commit_requests_sum": "requests",
-    "chatd_storage_fsync_seconds_count": "fsyncs",
-    "chatd_storage_fsync_seconds_sum": "fsync_seconds",
-}
-totals = dict.fromkeys(wanted.values(), 0.0)
-for line in sys.stdin:
-    name = line.split("{")[0].split(" ")[0]
-    if name in wanted:
-        totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
-print(json.dumps(totals))' <"$1" || echo "{}"
+  local groups requests fsyncs seconds
+  read -r groups requests fsyncs seconds < <(metric_totals \
+    chatd_storage_group_commit_requests_count chatd_storage_group_commit_requests_sum \
+    chatd_storage_fsync_seconds_count chatd_storage_fsync_seconds_sum <"$1")
+  printf '{"groups": %s, "requests": %s, "fsyncs": %s, "fsync_seconds": %s}\n' \
+    "$groups" "$requests" "$fsyncs" "$seconds"
 }
 
 # start_load OUT.json OUT_PREFIX: the load generator in the background against the running
