@@ -59,13 +59,20 @@ stop_server() {
 }
 
 # start_server chatd|floor|nats|jetstream|mqtt-qos0|mqtt-qos1 [ENV=VALUE...]: a fresh server on
-# a free loopback port (chatd on a new temp data dir, 2 shards; the relay with 2 threads; the
-# peers as start_peer describes); sets server_pid, server_dir and port.
+# a free loopback port (chatd on a new temp data dir, server_shards shards; the relay with as
+# many threads; the peers as start_peer describes); sets server_pid, server_dir and port.
+# server_shards (default 2) and server_cpus (a taskset CPU list, default: unpinned; chatd pins
+# its shards within it) are read at each start; loadgen_cpus pins chat-loadgen likewise.
+server_shards=2
+server_cpus=""
+loadgen_cpus=""
 start_server() {
   local target="$1"
   shift
   server_dir="$(mktemp -d)"
   port="$(free_port)"
+  local pin=()
+  [ -z "$server_cpus" ] || pin=(taskset -c "$server_cpus")
   case "$target" in
     chatd)
       # The per-user send rate limit (20/s by default) would cap senders long before the
@@ -76,12 +83,12 @@ start_server() {
         CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
         CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 \
         CHATD_LOG='warn,chatd::server=info' "$@" \
-        "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" --shards 2 \
-        >"$server_dir.log" 2>&1 &
+        "${pin[@]}" "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" \
+        --shards "$server_shards" >"$server_dir.log" 2>&1 &
       ;;
     floor)
-      "$relay_bin" --listen "127.0.0.1:$port" --threads 2 --data-dir "$server_dir" \
-        >"$server_dir.log" 2>&1 &
+      "${pin[@]}" "$relay_bin" --listen "127.0.0.1:$port" --threads "$server_shards" \
+        --data-dir "$server_dir" >"$server_dir.log" 2>&1 &
       ;;
     nats | jetstream | mqtt-qos0 | mqtt-qos1)
       start_peer "$target"
@@ -149,10 +156,6 @@ start_peer() {
   wait_started "$target" "$ready"
 }
 
-# loadgen_command TARGET SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in the
-# preset SCENARIO with ARGS (which win over the preset's values), against the running server
-# (a target of start_server): its address, certificate, pid (for /proc), and chatd's token
-# secret.
 # metric_totals NAME...: each named series of the Prometheus text on stdin (chatd's /metrics),
 # summed over its label sets, space-separated in the order given (0 for one that is absent).
 metric_totals() {
@@ -166,10 +169,16 @@ for line in sys.stdin:
 print(" ".join(format(sums[n], ".17g") for n in sys.argv[1:]))' "$@"
 }
 
+# loadgen_command TARGET SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in the
+# preset SCENARIO with ARGS (which win over the preset's values), against the running server
+# (a target of start_server): its address, certificate, pid (for /proc), and chatd's token
+# secret.
 loadgen_command() {
   local target="$1" scenario="$2"
   shift 2
-  loadgen_cmd=("$loadgen_bin" --preset "$scenario" "$@"
+  loadgen_cmd=()
+  [ -z "$loadgen_cpus" ] || loadgen_cmd=(taskset -c "$loadgen_cpus")
+  loadgen_cmd+=("$loadgen_bin" --preset "$scenario" "$@"
     --server "127.0.0.1:$port" --ca "$server_dir/tls/cert.pem" --server-pid "$server_pid")
   case "$target" in
     mqtt-qos*) loadgen_cmd+=(--target mqtt --qos "${target#mqtt-qos}") ;;

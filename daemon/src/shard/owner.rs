@@ -88,8 +88,8 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
             Effect::ReadSenderOps {
                 conversation,
                 sender,
-                window,
-            } => read_sender_ops(shard, conversation, sender, window),
+                rows,
+            } => read_sender_ops(shard, conversation, sender, rows),
             Effect::ReadHistory { to, query, head } => shard.read(to, move |store| {
                 let limit = usize::from(query.limit);
                 let (entries, more) =
@@ -169,12 +169,13 @@ fn start_load(shard: &Rc<Shard>, id: ConversationId) {
     }
 }
 
-/// Reads the window of a cold sender on the read pool; its sends wait in the conversation.
-fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, window: usize) {
+/// Reads a sender's newest stored sends on the read pool (the window of a cold sender, whose
+/// sends wait in the conversation, or the rows to trim beyond a filtered sender's window).
+fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, rows: usize) {
     let shared = Arc::clone(&shard.shared);
     let at = shard.id;
     let submitted = shard.shared.reads.submit(move |store| {
-        let result = store.sender_ops(id, sender, window);
+        let result = store.sender_ops(id, sender, rows);
         if let Err(e) = &result {
             crate::logging::throttled!(error, conversation = %id, error = %e, "reading a sender's recent sends failed");
         }

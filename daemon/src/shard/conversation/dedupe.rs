@@ -2,21 +2,39 @@
 //!
 //! A retried op id is recognised while it is among the last `window` sends of the same user
 //! in the same conversation, however far the conversation moved meanwhile and across
-//! restarts. The store keeps exactly those sends per sender (`sender_ops`, written in the
-//! message's own batch, the send that falls out of the window deleted in the same batch).
-//! In memory a conversation holds the windows of the senders it has seen lately, at most
-//! `cache` ops in all; the least recently active senders are dropped beyond that. A sender
-//! whose window is not in memory is *cold*: its sends wait while the window is read from
+//! restarts. The store keeps those sends per sender (`sender_ops`, written in the message's
+//! own batch; the rows that fall out of the window are deleted in a later batch, below).
+//!
+//! In memory a conversation holds, for the senders it has seen lately, either the whole
+//! window (*warm*: op ids, seqs and times, so a retry is answered at once and the row that
+//! falls out is known) or only a 32-bit keyed fingerprint of each op id in the window
+//! (*filtered*: a fifth of the memory). An op id whose fingerprint is not there is new for
+//! certain; one whose fingerprint is there (a retry, or about one op id in 2^24 by chance)
+//! has the window read from the store first. A filtered sender's sends thus go on without a
+//! read, and the rows that fall out of its window are found and deleted by one read every
+//! [`TRIM_EVERY`] sends. Memory is bounded by `cache`, counted in op ids held warm
+//! ([`WARM_COST`] units each, a fingerprint one unit): beyond it the least recently active
+//! warm senders become filtered, then the least recently active filtered ones are dropped.
+//! A sender that is in neither form is *cold*: its sends wait while the window is read from
 //! the store, then go on in order. A conversation that was new when loaded knows every
 //! sender's window (all empty) until it drops one.
 //!
 //! No I/O here: the conversation parks sends and asks for the reads; the owner carries them out.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 
 use chat_protocol::{OpId, UserId};
 
 use crate::store::SenderOp;
+
+/// Units of `cache` an op id held whole costs (a `SenderOp` is 24 bytes, a fingerprint 4).
+pub(crate) const WARM_COST: usize = 6;
+
+/// A filtered sender's rows beyond its window are read and deleted once this many have
+/// accumulated.
+pub(crate) const TRIM_EVERY: usize = 32;
 
 /// What is known of a sender's op id.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,7 +43,7 @@ pub(crate) enum Lookup {
     Seen(SenderOp),
     /// It is not in the sender's window: a new send.
     New,
-    /// The sender's window is not in memory: park the send and read the window
+    /// The sender's window must be read to tell: park the send and read the window
     /// ([`Senders::park`]).
     Cold,
 }
@@ -33,7 +51,7 @@ pub(crate) enum Lookup {
 /// The senders of one conversation, generic over what a parked send is.
 pub(crate) struct Senders<P> {
     by_user: HashMap<UserId, Sender<P>>,
-    /// Ops held in the warm windows (a warm sender with none counts one).
+    /// Units held by the senders in memory (see [`WARM_COST`]).
     held: usize,
     /// Every sender's window is in memory: one absent from `by_user` has sent nothing.
     complete: bool,
@@ -41,28 +59,65 @@ pub(crate) struct Senders<P> {
     clock: u64,
     window: usize,
     cache: usize,
+    /// Keys the fingerprints, so that no client can choose op ids that collide.
+    keys: RandomState,
+    /// Reads of stored windows to start: (sender, rows), taken by [`Senders::take_reads`].
+    reads: Vec<(UserId, usize)>,
 }
 
 enum Sender<P> {
-    /// The window is being read; the sender's sends wait here in arrival order.
-    Loading(Vec<P>),
+    /// The window is being read; the sender's sends wait here in arrival order, with its
+    /// sends that were being committed when the read was asked for (the read may not see
+    /// them, and once committed the conversation no longer lists them).
+    Loading {
+        waiting: Vec<P>,
+        in_flight: Vec<SenderOp>,
+    },
     Warm {
         ops: VecDeque<SenderOp>,
         used: u64,
     },
+    Filtered {
+        /// The fingerprints of the window's op ids, oldest first.
+        prints: VecDeque<u32>,
+        /// Stored rows known to be beyond the window, not yet asked to be deleted.
+        beyond: usize,
+        /// Rows asked for by a read to delete them, in flight.
+        trimming: usize,
+        used: u64,
+    },
+}
+
+impl<P> Sender<P> {
+    fn cost(&self) -> usize {
+        match self {
+            Sender::Loading { .. } => 0,
+            Sender::Warm { ops, .. } => ops.len().max(1) * WARM_COST,
+            Sender::Filtered { prints, .. } => prints.len().max(1),
+        }
+    }
 }
 
 impl<P> Senders<P> {
     /// `complete`: the conversation has no stored message (new), so every window is empty.
+    /// `cache` counts op ids held warm.
     pub(crate) fn new(window: usize, cache: usize, complete: bool) -> Senders<P> {
+        let window = window.max(1);
         Senders {
             by_user: HashMap::new(),
             held: 0,
             complete,
             clock: 0,
-            window: window.max(1),
-            cache: cache.max(window.max(1)),
+            window,
+            cache: cache.max(window) * WARM_COST,
+            keys: RandomState::new(),
+            reads: Vec::new(),
         }
+    }
+
+    fn print(&self, op: OpId) -> u32 {
+        let [a, b, c, d, ..] = self.keys.hash_one(op.0).to_le_bytes();
+        u32::from_le_bytes([a, b, c, d])
     }
 
     /// What is known of `op` from `sender`.
@@ -73,66 +128,111 @@ impl<P> Senders<P> {
                 .rev()
                 .find(|o| o.op == op)
                 .map_or(Lookup::New, |o| Lookup::Seen(*o)),
-            Some(Sender::Loading(_)) => Lookup::Cold,
+            Some(Sender::Filtered { prints, .. }) => {
+                let print = self.print(op);
+                if prints.contains(&print) {
+                    Lookup::Cold
+                } else {
+                    Lookup::New
+                }
+            }
+            Some(Sender::Loading { .. }) => Lookup::Cold,
             None if self.complete => Lookup::New,
             None => Lookup::Cold,
         }
     }
 
-    /// Parks a send of a cold sender until its window is read. Returns `true` when the read
-    /// must start (the first parked send of that sender).
-    pub(crate) fn park(&mut self, sender: UserId, parked: P) -> bool {
-        match self
-            .by_user
-            .entry(sender)
-            .or_insert(Sender::Loading(Vec::new()))
+    /// Parks a send whose sender's window must be read; `in_flight` are the sender's sends
+    /// being committed now, oldest first. Returns the rows to read when the read must start
+    /// (the first parked send of that sender): the window, and the rows a filtered sender
+    /// knows are beyond it (deleted once read).
+    pub(crate) fn park(
+        &mut self,
+        sender: UserId,
+        parked: P,
+        in_flight: Vec<SenderOp>,
+    ) -> Option<usize> {
+        let loading = || Sender::Loading {
+            waiting: Vec::new(),
+            in_flight: in_flight.clone(),
+        };
+        let state = self.by_user.entry(sender).or_insert_with(loading);
+        let mut rows = self.window;
+        if let Sender::Filtered {
+            beyond, trimming, ..
+        } = state
         {
-            Sender::Loading(waiting) => {
+            rows += *beyond + *trimming;
+            self.held -= state.cost();
+            *state = loading();
+        }
+        match state {
+            Sender::Loading { waiting, .. } => {
                 waiting.push(parked);
-                waiting.len() == 1
+                (waiting.len() == 1).then_some(rows)
             }
-            Sender::Warm { .. } => unreachable!("park is for cold senders"),
+            Sender::Warm { .. } | Sender::Filtered { .. } => {
+                unreachable!("park is for senders whose window is read")
+            }
         }
     }
 
-    /// The window of `sender` was read (`ops`, oldest first; the newest `window` of them are
-    /// kept). Returns the sends that waited for it, in arrival order, and the ops beyond the
-    /// window, whose stored rows the caller deletes; both empty when the sender was not
-    /// being read (the conversation was reloaded meanwhile).
+    /// Stored rows of `sender` were read (`ops`, oldest first, with the sends still being
+    /// committed after them): the newest `window` of them are the window. Returns the sends
+    /// that waited for it, in arrival order, and the ops beyond the window, whose stored rows
+    /// the caller deletes. For a sender that was not being read (a read to trim its rows, or
+    /// the conversation was reloaded meanwhile) only the ops beyond the window are returned:
+    /// rows older than the newest `window` are outside the window whatever comes next.
     pub(crate) fn loaded(
         &mut self,
         sender: UserId,
         mut ops: Vec<SenderOp>,
     ) -> (Vec<P>, Vec<SenderOp>) {
-        let Some(state) = self.by_user.get_mut(&sender) else {
-            return (Vec::new(), Vec::new());
+        let waiting = match self.by_user.get_mut(&sender) {
+            Some(Sender::Loading { waiting, in_flight }) => {
+                // What committed after the read looked is in `in_flight` alone.
+                ops.append(in_flight);
+                ops.sort_unstable_by_key(|o| o.seq);
+                ops.dedup_by_key(|o| o.seq);
+                std::mem::take(waiting)
+            }
+            Some(Sender::Filtered { trimming, .. }) => {
+                *trimming = 0;
+                ops.truncate(ops.len().saturating_sub(self.window));
+                return (Vec::new(), ops);
+            }
+            _ => {
+                ops.truncate(ops.len().saturating_sub(self.window));
+                return (Vec::new(), ops);
+            }
         };
-        let Sender::Loading(waiting) = state else {
-            return (Vec::new(), Vec::new());
-        };
-        let waiting = std::mem::take(waiting);
-        // `ops` keeps those beyond the window.
-        let kept = VecDeque::from(ops.split_off(ops.len().saturating_sub(self.window)));
-        self.held += kept.len().max(1);
+        let kept = ops.split_off(ops.len().saturating_sub(self.window));
         self.clock += 1;
-        *state = Sender::Warm {
-            ops: kept,
+        let state = Sender::Warm {
+            ops: VecDeque::from(kept),
             used: self.clock,
         };
+        self.held += state.cost();
+        self.by_user.insert(sender, state);
         self.evict(sender);
         (waiting, ops)
     }
 
-    /// Reading the window of `sender` failed: returns its parked sends (to be refused) and
-    /// leaves it cold.
+    /// Reading the rows of `sender` failed: returns its parked sends (to be refused) and
+    /// leaves it cold; a filtered sender whose trim failed asks again later.
     pub(crate) fn failed(&mut self, sender: UserId) -> Vec<P> {
-        match self.by_user.remove(&sender) {
-            Some(Sender::Loading(waiting)) => waiting,
-            Some(warm) => {
-                self.by_user.insert(sender, warm);
+        match self.by_user.get_mut(&sender) {
+            Some(Sender::Loading { .. }) => match self.by_user.remove(&sender) {
+                Some(Sender::Loading { waiting, .. }) => waiting,
+                _ => Vec::new(),
+            },
+            Some(Sender::Filtered {
+                beyond, trimming, ..
+            }) => {
+                *beyond += std::mem::take(trimming);
                 Vec::new()
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -141,7 +241,7 @@ impl<P> Senders<P> {
         let loading: Vec<UserId> = self
             .by_user
             .iter()
-            .filter_map(|(u, s)| matches!(s, Sender::Loading(_)).then_some(*u))
+            .filter_map(|(u, s)| matches!(s, Sender::Loading { .. }).then_some(*u))
             .collect();
         loading.into_iter().flat_map(|u| self.failed(u)).collect()
     }
@@ -150,51 +250,86 @@ impl<P> Senders<P> {
     pub(crate) fn loading(&self) -> bool {
         self.by_user
             .values()
-            .any(|s| matches!(s, Sender::Loading(_)))
+            .any(|s| matches!(s, Sender::Loading { .. }))
     }
 
-    /// Records a new send of a warm sender. Returns the send that fell out of the sender's
-    /// window, whose stored row the caller deletes in the same batch.
+    /// The reads of stored rows to start now: (sender, rows to read), for
+    /// [`super::Effect::ReadSenderOps`]; each answer comes back through [`Senders::loaded`].
+    pub(crate) fn take_reads(&mut self) -> Vec<(UserId, usize)> {
+        std::mem::take(&mut self.reads)
+    }
+
+    /// Records a new send of a sender whose lookup said [`Lookup::New`] (or whose pending
+    /// send was found). Returns the send that fell out of a warm sender's window, whose stored
+    /// row the caller deletes in the same batch; a filtered sender's are deleted later
+    /// ([`Senders::take_reads`]).
     pub(crate) fn record(&mut self, sender: UserId, op: SenderOp) -> Option<SenderOp> {
         self.clock += 1;
         let clock = self.clock;
-        let sender_state = match self.by_user.get_mut(&sender) {
-            Some(state) => state,
-            None => {
-                debug_assert!(self.complete, "record is for warm senders");
-                self.held += 1;
-                self.by_user.entry(sender).or_insert(Sender::Warm {
+        let print = self.print(op.op);
+        let window = self.window;
+        let (state, before) = match self.by_user.entry(sender) {
+            Entry::Occupied(entry) => {
+                let state = entry.into_mut();
+                let cost = state.cost();
+                (state, cost)
+            }
+            Entry::Vacant(entry) => {
+                debug_assert!(self.complete, "record is for senders in memory");
+                let state = entry.insert(Sender::Warm {
                     ops: VecDeque::new(),
                     used: clock,
-                })
+                });
+                (state, 0)
             }
         };
-        let Sender::Warm { ops, used } = sender_state else {
-            debug_assert!(false, "record is for warm senders");
-            return None;
+        let dropped = match state {
+            Sender::Warm { ops, used } => {
+                *used = clock;
+                ops.push_back(op);
+                (ops.len() > window).then(|| ops.pop_front()).flatten()
+            }
+            Sender::Filtered {
+                prints,
+                beyond,
+                trimming,
+                used,
+            } => {
+                *used = clock;
+                prints.push_back(print);
+                if prints.len() > window {
+                    prints.pop_front();
+                    *beyond += 1;
+                }
+                if *beyond >= TRIM_EVERY && *trimming == 0 {
+                    // The window and what is beyond it, and as much again: rows a failed
+                    // trim left behind are found by the next.
+                    *trimming = std::mem::take(beyond);
+                    self.reads.push((sender, window + 2 * *trimming));
+                }
+                None
+            }
+            Sender::Loading { .. } => {
+                debug_assert!(false, "record is for senders in memory");
+                return None;
+            }
         };
-        *used = clock;
-        if !ops.is_empty() {
-            self.held += 1;
-        }
-        ops.push_back(op);
-        let dropped = if ops.len() > self.window {
-            self.held -= 1;
-            ops.pop_front()
-        } else {
-            None
-        };
+        let after = state.cost();
+        self.held = self.held + after - before;
         self.evict(sender);
         dropped
     }
 
-    /// Beyond `cache` ops, drops the least recently active warm senders (never `keep`)
-    /// until a quarter of the cache is free again; they become cold.
+    /// Beyond `cache` units, until a quarter of it is free again: the least recently active
+    /// warm senders (never `keep`) become filtered, then the least recently active filtered
+    /// ones are dropped (they become cold; the rows known beyond their windows are read to be
+    /// deleted).
     fn evict(&mut self, keep: UserId) {
         if self.held <= self.cache {
             return;
         }
-        let mut warm: Vec<(u64, UserId)> = self
+        let target = self.cache - self.cache / 4;
+        let mut by_age: Vec<(u64, UserId)> = self
             .by_user
             .iter()
             .filter_map(|(u, s)| match s {
@@ -202,14 +337,43 @@ impl<P> Senders<P> {
                 _ => None,
             })
             .collect();
-        warm.sort_unstable();
-        let target = self.cache - self.cache / 4;
-        for (_, user) in warm {
+        by_age.sort_unstable();
+        for (_, user) in by_age {
             if self.held <= target {
-                break;
+                return;
             }
-            if let Some(Sender::Warm { ops, .. }) = self.by_user.remove(&user) {
-                self.held -= ops.len().max(1);
+            let Some(Sender::Warm { ops, used }) = self.by_user.remove(&user) else {
+                continue;
+            };
+            let state = Sender::Filtered {
+                prints: ops.iter().map(|o| self.print(o.op)).collect(),
+                beyond: 0,
+                trimming: 0,
+                used,
+            };
+            self.held = self.held - ops.len().max(1) * WARM_COST + state.cost();
+            self.by_user.insert(user, state);
+        }
+        let mut by_age: Vec<(u64, UserId)> = self
+            .by_user
+            .iter()
+            .filter_map(|(u, s)| match s {
+                Sender::Filtered { used, .. } if *u != keep => Some((*used, *u)),
+                _ => None,
+            })
+            .collect();
+        by_age.sort_unstable();
+        for (_, user) in by_age {
+            if self.held <= target {
+                return;
+            }
+            if let Some(state) = self.by_user.remove(&user) {
+                self.held -= state.cost();
+                if let Sender::Filtered { beyond, .. } = state
+                    && beyond > 0
+                {
+                    self.reads.push((user, self.window + 2 * beyond));
+                }
             }
             self.complete = false;
         }
@@ -257,8 +421,8 @@ mod tests {
     fn a_loaded_conversation_reads_each_sender_once_and_replays_in_order() {
         let mut senders = Senders::<&str>::new(4, 100, false);
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold);
-        assert!(senders.park(ALICE, "first"));
-        assert!(!senders.park(ALICE, "second"));
+        assert_eq!(senders.park(ALICE, "first", Vec::new()), Some(4));
+        assert_eq!(senders.park(ALICE, "second", Vec::new()), None);
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold);
         assert!(senders.loading());
         // The store returned more than the window: the newest are kept.
@@ -276,8 +440,20 @@ mod tests {
         assert_eq!(senders.lookup(BOB, OpId(3)), Lookup::Cold);
     }
 
+    /// `held` is what the senders in memory cost.
+    fn check<P>(senders: &Senders<P>) {
+        let cost: usize = senders.by_user.values().map(Sender::cost).sum();
+        assert_eq!(senders.held, cost);
+        assert!(
+            senders.held <= senders.cache,
+            "{} > {}",
+            senders.held,
+            senders.cache
+        );
+    }
+
     #[test]
-    fn beyond_the_cache_the_least_recently_active_senders_go_cold() {
+    fn beyond_the_cache_the_least_recently_active_keep_fingerprints_and_need_no_read() {
         let mut senders = Senders::<()>::new(4, 8, true);
         for n in 1..=4 {
             senders.record(ALICE, op(n, n));
@@ -285,25 +461,116 @@ mod tests {
         for n in 5..=8 {
             senders.record(BOB, op(n, n));
         }
+        check(&senders);
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Seen(op(1, 1)));
-        // Carol's first send makes 9 ops: Alice (least recent) is dropped, and the
-        // conversation no longer knows every sender.
+        // Carol's first send is beyond the cache: Alice (least recent) keeps fingerprints.
         senders.record(CAROL, op(9, 9));
-        assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold);
+        check(&senders);
         assert_eq!(senders.lookup(BOB, OpId(8)), Lookup::Seen(op(8, 8)));
-        assert_eq!(senders.lookup(UserId(4), OpId(1)), Lookup::Cold);
-        // Read back, Alice's window is whole again.
-        assert!(senders.park(ALICE, ()));
-        senders.loaded(ALICE, (1..=4).map(|n| op(n, n)).collect());
-        assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Seen(op(1, 1)));
+        // Her own op ids need the stored window; any other is new without a read.
+        assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold);
+        assert_eq!(senders.lookup(ALICE, OpId(100)), Lookup::New);
+        // Every window is still known: a sender never seen has sent nothing.
+        assert_eq!(senders.lookup(UserId(4), OpId(1)), Lookup::New);
+        // Her new sends push her old ones out of the window, with no row to delete yet.
+        for n in 10..=13 {
+            assert_eq!(senders.record(ALICE, op(n, n)), None);
+        }
+        check(&senders);
+        assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::New);
+        assert_eq!(senders.lookup(ALICE, OpId(10)), Lookup::Cold);
+        assert!(senders.take_reads().is_empty(), "4 rows beyond: not yet");
+        // A send of her own op id again reads the window and the rows beyond it.
+        assert_eq!(senders.park(ALICE, (), Vec::new()), Some(4 + 4));
+        let stored: Vec<SenderOp> = (1..=4).chain(10..=13).map(|n| op(n, n)).collect();
+        let (parked, beyond) = senders.loaded(ALICE, stored);
+        assert_eq!((parked.len(), beyond.len()), (1, 4));
+        assert_eq!(senders.lookup(ALICE, OpId(10)), Lookup::Seen(op(10, 10)));
+        check(&senders);
+    }
+
+    #[test]
+    fn a_filtered_senders_rows_beyond_its_window_are_read_and_deleted_every_so_often() {
+        // Room for one window and some fingerprints.
+        let mut senders = Senders::<()>::new(4, 5, true);
+        for n in 1..=4 {
+            senders.record(ALICE, op(n, n));
+        }
+        senders.record(BOB, op(100, 100));
+        senders.record(BOB, op(101, 101));
+        assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold, "filtered");
+        let mut seq = 4;
+        fn send(senders: &mut Senders<()>, seq: &mut u64, count: usize) {
+            for _ in 0..count {
+                *seq += 1;
+                assert_eq!(senders.record(ALICE, op(*seq, *seq)), None);
+            }
+        }
+        send(&mut senders, &mut seq, TRIM_EVERY - 1);
+        assert!(senders.take_reads().is_empty());
+        check(&senders);
+        // TRIM_EVERY rows beyond her window: one read asks for them (and as many again).
+        send(&mut senders, &mut seq, 1);
+        assert_eq!(senders.take_reads(), [(ALICE, 4 + 2 * TRIM_EVERY)]);
+        send(&mut senders, &mut seq, TRIM_EVERY);
+        assert!(senders.take_reads().is_empty(), "one trim at a time");
+        // The answer: the newest rows are the window, the rest are given back to delete.
+        let stored: Vec<SenderOp> = (1..=seq).map(|n| op(n, n)).collect();
+        let (parked, beyond) = senders.loaded(ALICE, stored);
+        assert!(parked.is_empty());
+        assert_eq!(beyond.len() as u64, seq - 4);
+        assert_eq!(beyond.last(), Some(&op(seq - 4, seq - 4)));
+        assert_eq!(
+            senders.lookup(ALICE, OpId(seq)),
+            Lookup::Cold,
+            "still filtered"
+        );
+        // A trim that fails is asked for again at the next send.
+        send(&mut senders, &mut seq, 1);
+        assert_eq!(senders.take_reads(), [(ALICE, 4 + 2 * (TRIM_EVERY + 1))]);
+        assert!(senders.failed(ALICE).is_empty());
+        send(&mut senders, &mut seq, 1);
+        assert_eq!(senders.take_reads(), [(ALICE, 4 + 2 * (TRIM_EVERY + 2))]);
+        check(&senders);
+    }
+
+    #[test]
+    fn beyond_the_cache_in_fingerprints_the_least_recently_active_go_cold() {
+        let mut senders = Senders::<()>::new(4, 8, true);
+        // 40 senders of 4 sends each: 160 fingerprints against a cache of 48 units. A sender
+        // the conversation no longer knows has its (empty) window read first.
+        for user in 1..=40 {
+            if senders.lookup(UserId(user), OpId(0)) == Lookup::Cold {
+                assert_eq!(senders.park(UserId(user), (), Vec::new()), Some(4));
+                senders.loaded(UserId(user), Vec::new());
+            }
+            for n in 0..4 {
+                let sent = op(user * 10 + n, user * 10 + n);
+                assert_eq!(senders.lookup(UserId(user), sent.op), Lookup::New);
+                senders.record(UserId(user), sent);
+            }
+            check(&senders);
+        }
+        assert_eq!(
+            senders.lookup(UserId(40), OpId(400)),
+            Lookup::Seen(op(400, 400))
+        );
+        assert_eq!(senders.lookup(UserId(1), OpId(10)), Lookup::Cold);
+        assert_eq!(senders.lookup(UserId(1), OpId(99_999)), Lookup::Cold);
+        // No longer complete: someone never seen may have been dropped.
+        assert_eq!(senders.lookup(UserId(1000), OpId(1)), Lookup::Cold);
+        assert!(
+            senders.take_reads().is_empty(),
+            "nothing was beyond a window"
+        );
     }
 
     #[test]
     fn parked_sends_are_handed_back_when_the_read_fails_or_the_conversation_goes() {
         let mut senders = Senders::<u8>::new(4, 8, false);
-        senders.park(ALICE, 1);
-        senders.park(BOB, 2);
-        senders.park(ALICE, 3);
+        senders.park(ALICE, 1, Vec::new());
+        senders.park(BOB, 2, Vec::new());
+        senders.park(ALICE, 3, Vec::new());
         assert_eq!(senders.failed(ALICE), vec![1, 3]);
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold);
         assert_eq!(senders.take_parked(), vec![2]);

@@ -151,11 +151,12 @@ pub(crate) enum Effect {
         conversation: ConversationId,
         batch: Batch,
     },
-    /// Read the `window` most recent sends of `sender`; answer with [`Input::SenderOps`].
+    /// Read the `rows` most recent stored sends of `sender`; answer with
+    /// [`Input::SenderOps`].
     ReadSenderOps {
         conversation: ConversationId,
         sender: UserId,
-        window: usize,
+        rows: usize,
     },
     /// Read a history page (checked) no further than `head`, and answer `to` with it.
     ReadHistory {
@@ -472,6 +473,7 @@ impl Conversation {
             }
         };
         if fate == Fate::Keep {
+            self.read_senders(out);
             self.submit(out);
         }
         fate

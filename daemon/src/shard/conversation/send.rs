@@ -40,11 +40,12 @@ impl Conversation {
                 return reply(out, origin, Ok(Response::Sent(ack)));
             }
             Lookup::Cold => {
-                if self.senders.park(origin.user, (origin, message)) {
+                let in_flight = self.in_flight_ops(origin.user, Seq(0));
+                if let Some(rows) = self.senders.park(origin.user, (origin, message), in_flight) {
                     out.push(Effect::ReadSenderOps {
                         conversation: self.id,
                         sender: origin.user,
-                        window: ctx.dedupe_window,
+                        rows,
                     });
                 }
                 return;
@@ -130,7 +131,8 @@ impl Conversation {
         });
     }
 
-    /// A cold sender's window arrived: its parked sends go on, in order.
+    /// A sender's stored sends arrived (its window, or the rows to trim beyond it): the rows
+    /// beyond the window are deleted, and the sends parked for it go on, in order.
     pub(super) fn sender_ops(
         &mut self,
         sender: UserId,
@@ -142,18 +144,7 @@ impl Conversation {
             Ok(mut ops) => {
                 // Sends of this sender still being committed are not in the store yet.
                 let stored = ops.last().map_or(Seq(0), |o| o.seq);
-                ops.extend(self.committing.iter().chain(&self.queued).filter_map(
-                    |p| match &p.entry {
-                        Entry::Message(m) if m.sender == sender && m.seq > stored => {
-                            Some(SenderOp {
-                                op: m.op,
-                                seq: m.seq,
-                                ts: m.ts,
-                            })
-                        }
-                        _ => None,
-                    },
-                ));
+                ops.extend(self.in_flight_ops(sender, stored));
                 let (parked, beyond) = self.senders.loaded(sender, ops);
                 for op in beyond {
                     self.delete_sender_op(sender, op);
@@ -168,6 +159,33 @@ impl Conversation {
                     reply(out, origin, Err(refusal));
                 }
             }
+        }
+    }
+
+    /// The sends of `sender` after `after` that are being committed or queued, oldest first.
+    fn in_flight_ops(&self, sender: UserId, after: Seq) -> Vec<SenderOp> {
+        let pending = self.committing.iter().chain(&self.queued);
+        pending
+            .filter_map(|p| match &p.entry {
+                Entry::Message(m) if m.sender == sender && m.seq > after => Some(SenderOp {
+                    op: m.op,
+                    seq: m.seq,
+                    ts: m.ts,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Starts the reads of stored sends that deduplication asked for: rows beyond filtered
+    /// senders' windows, found to be deleted.
+    pub(super) fn read_senders(&mut self, out: &mut Vec<Effect>) {
+        for (sender, rows) in self.senders.take_reads() {
+            out.push(Effect::ReadSenderOps {
+                conversation: self.id,
+                sender,
+                rows,
+            });
         }
     }
 

@@ -114,7 +114,7 @@ enum Read {
     SenderOps {
         conversation: ConversationId,
         sender: UserId,
-        window: usize,
+        rows: usize,
     },
 }
 
@@ -137,6 +137,8 @@ struct World {
     crash_percent: u64,
     steps: u64,
     stats: Stats,
+    /// `storage.dedupe_cache` of this run.
+    dedupe_cache: usize,
 }
 
 /// What a run exercised, so a sweep can show it reached the cases it is for.
@@ -193,6 +195,13 @@ impl World {
             crash_percent: 1,
             steps: 0,
             stats: Stats::default(),
+            // Odd seeds hold one whole window per conversation: the other sender is kept as
+            // fingerprints, its rows beyond the window trimmed by reads.
+            dedupe_cache: if seed.is_multiple_of(2) {
+                4 * WINDOW
+            } else {
+                WINDOW
+            },
         }
     }
 
@@ -220,7 +229,7 @@ impl World {
         let mut out = Vec::new();
         let now = self.ctx_now();
         let online = |_| true;
-        let ctx = ctx(now, &online);
+        let ctx = ctx(now, &online, self.dedupe_cache);
         self.shards[shard].handle(conversation, input, &ctx, &mut out);
         self.route(shard, out);
     }
@@ -273,7 +282,7 @@ impl World {
                 Effect::ReadSenderOps {
                     conversation,
                     sender,
-                    window,
+                    rows,
                 } => self.send(
                     from,
                     Node::Pool,
@@ -282,7 +291,7 @@ impl World {
                         read: Read::SenderOps {
                             conversation,
                             sender,
-                            window,
+                            rows,
                         },
                     },
                 ),
@@ -316,10 +325,10 @@ impl World {
             Read::SenderOps {
                 conversation,
                 sender,
-                window,
+                rows,
             } => {
                 self.stats.window_reads += 1;
-                let ops = self.store.sender_ops(conversation, sender, window);
+                let ops = self.store.sender_ops(conversation, sender, rows);
                 Message::Input {
                     conversation,
                     input: Input::SenderOps {
@@ -443,7 +452,7 @@ impl World {
                 let mut out = Vec::new();
                 let now = self.ctx_now();
                 let online = |_| true;
-                let ctx = ctx(now, &online);
+                let ctx = ctx(now, &online, self.dedupe_cache);
                 self.shards[shard].loaded(conversation, Ok(Some(snapshot)), &ctx, &mut out);
                 self.route(shard, out);
             }
@@ -521,13 +530,13 @@ impl World {
     }
 }
 
-fn ctx<'a>(now: Timestamp, online: &'a dyn Fn(UserId) -> bool) -> Ctx<'a> {
+fn ctx<'a>(now: Timestamp, online: &'a dyn Fn(UserId) -> bool, dedupe_cache: usize) -> Ctx<'a> {
     Ctx {
         now,
         max_page: 100,
         max_room_members: 100,
         dedupe_window: WINDOW,
-        dedupe_cache: 4 * WINDOW,
+        dedupe_cache,
         outbox: false,
         online,
     }

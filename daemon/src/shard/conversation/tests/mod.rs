@@ -234,7 +234,7 @@ fn a_send_loads_the_conversation_and_is_acked_and_published_only_once_committed(
         out[..],
         [Effect::ReadSenderOps {
             sender: UserId(1),
-            window: 4,
+            rows: 4,
             ..
         }]
     ));
