@@ -9,11 +9,14 @@
 #   buffered   chatd with storage.durability = "buffered" (the WAL written, not synced): a
 #              stall that stays is not the disk's;
 #   floor      the floor (bench/src/bin/relay.rs: chatd's QUIC, TLS and sockets, no storage):
-#              a stall that stays is QUIC's, the load generator's or the shared cores'.
+#              a stall that stays is QUIC's, the load generator's or the shared cores';
+#   baseline   chatd as `chatd`, from the binary STALL_BASELINE_BIN (another build, e.g. of an
+#              earlier commit, copied out of the target directory): a before/after in one run.
 #
 #   bench/stalls.sh [SCENARIO [RATE [ROUNDS]]]   # default: rooms10 2800 2
 #
-# STALL_SECONDS (default 20) sets the measured phase. For chatd it also prints RocksDB's
+# STALL_SECONDS (default 20) sets the measured phase. Each run also prints the server's
+# busiest threads over the measured phase (bench/thread_cpu.py), and for chatd RocksDB's
 # flushes and compactions that began during the run, in seconds after chat-loadgen started
 # (its progress lines count from there too).
 # Only 127.0.0.1 is targeted; every run stops by itself.
@@ -29,10 +32,18 @@ rounds="${3:-2}"
 seconds="${STALL_SECONDS:-20}"
 read -r -a variants <<<"${STALL_VARIANTS:-chatd scraped buffered floor}"
 for variant in "${variants[@]}"; do
-  case "$variant" in chatd | scraped | buffered | floor) ;; *)
-    echo "bench: unknown variant $variant" >&2
-    exit 64
-    ;;
+  case "$variant" in
+    chatd | scraped | buffered | floor) ;;
+    baseline)
+      if [ ! -x "${STALL_BASELINE_BIN:-}" ]; then
+        echo "bench: the baseline variant needs STALL_BASELINE_BIN, a chatd binary" >&2
+        exit 64
+      fi
+      ;;
+    *)
+      echo "bench: unknown variant $variant" >&2
+      exit 64
+      ;;
   esac
 done
 scratch="$(mktemp -d)"
@@ -53,6 +64,12 @@ run() {
       start_server floor
       ;;
     buffered) start_server chatd CHATD_STORAGE_DURABILITY=buffered ;;
+    baseline)
+      local built="$chatd_bin"
+      chatd_bin="$STALL_BASELINE_BIN"
+      start_server chatd
+      chatd_bin="$built"
+      ;;
     *) start_server chatd "CHATD_ADMIN_LISTEN=127.0.0.1:$admin_port" ;;
   esac
   loadgen_command "$target" "$scenario" --rate "$rate" --duration "$seconds"
@@ -60,9 +77,15 @@ run() {
     (while sleep 1; do curl -s "http://127.0.0.1:$admin_port/metrics" >/dev/null || true; done) &
     scraper=$!
   fi
-  local started
+  local started sampler
   started="$(date +%s.%N)"
+  : >"$scratch/run.progress"
+  rm -f "$scratch/threads.json"
+  python3 bench/thread_cpu.py "$server_pid" "$scratch/run.progress" "$scratch/threads.json" &
+  sampler=$!
   "${loadgen_cmd[@]}" >"$scratch/run.txt" 2>"$scratch/run.progress" || true
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
   if [ -n "$scraper" ]; then
     kill "$scraper" 2>/dev/null || true
     scraper=""
@@ -78,6 +101,9 @@ run() {
     | sed -E 's/^\[ *([0-9.]+)s.*/\1/') s after the start: $(grep ' measure ' "$scratch/run.progress" \
     | sed -E 's/.*p99 delivery +([0-9.-]+).*/\1/' | tr '\n' ' ')"
   [ -z "$events" ] || echo "  RocksDB (s after the start): $events"
+  [ ! -s "$scratch/threads.json" ] || echo "  busiest threads over the measured phase (cores): $(
+    jq -r '.seconds as $s | .threads | to_entries | sort_by(-.value) | .[:5]
+      | map("\(.key) \(.value / $s * 100 | round / 100)") | join(", ")' "$scratch/threads.json")"
   [ -z "$slow" ] || printf '  %s\n' "$slow"
 }
 

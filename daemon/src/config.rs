@@ -215,8 +215,9 @@ pub struct StorageConfig {
     /// Sends of one user in one conversation whose op ids are recognised when retried
     /// (kept on disk, so across restarts).
     pub dedupe_window: usize,
-    /// Op ids a conversation holds in memory for its recent senders' windows; the least
-    /// recently active senders beyond it are read back from disk when they send again.
+    /// Op ids a conversation holds in memory for its recent senders' whole windows; beyond
+    /// it the least recently active senders keep seqs and fingerprints (half an op id each),
+    /// then are dropped and read back from disk when they send again.
     pub dedupe_cache: usize,
     /// Conversations a shard keeps in memory; idle ones beyond this are dropped and reloaded
     /// from disk when next used.
@@ -331,7 +332,7 @@ impl Default for StorageConfig {
             max_group_commit: 256,
             queue_depth: 16_384,
             dedupe_window: 256,
-            dedupe_cache: 1_024,
+            dedupe_cache: 2_048,
             cached_conversations: 100_000,
             recycled_wals: crate::store::WalOptions::default().recycled,
             max_wal_bytes: crate::store::WalOptions::default().max_bytes,

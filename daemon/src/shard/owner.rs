@@ -169,8 +169,7 @@ fn start_load(shard: &Rc<Shard>, id: ConversationId) {
     }
 }
 
-/// Reads a sender's newest stored sends on the read pool (the window of a cold sender, whose
-/// sends wait in the conversation, or the rows to trim beyond a filtered sender's window).
+/// Reads the window of a cold sender on the read pool; its sends wait in the conversation.
 fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, rows: usize) {
     let shared = Arc::clone(&shard.shared);
     let at = shard.id;

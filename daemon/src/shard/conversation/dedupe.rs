@@ -2,19 +2,19 @@
 //!
 //! A retried op id is recognised while it is among the last `window` sends of the same user
 //! in the same conversation, however far the conversation moved meanwhile and across
-//! restarts. The store keeps those sends per sender (`sender_ops`, written in the message's
-//! own batch; the rows that fall out of the window are deleted in a later batch, below).
+//! restarts. The store keeps exactly those sends per sender (`sender_ops`, written in the
+//! message's own batch, the send that falls out of the window deleted in the same batch).
 //!
 //! In memory a conversation holds, for the senders it has seen lately, either the whole
-//! window (*warm*: op ids, seqs and times, so a retry is answered at once and the row that
-//! falls out is known) or only a 32-bit keyed fingerprint of each op id in the window
-//! (*filtered*: a fifth of the memory). An op id whose fingerprint is not there is new for
-//! certain; one whose fingerprint is there (a retry, or about one op id in 2^24 by chance)
-//! has the window read from the store first. A filtered sender's sends thus go on without a
-//! read, and the rows that fall out of its window are found and deleted by one read every
-//! [`TRIM_EVERY`] sends. Memory is bounded by `cache`, counted in op ids held warm
-//! ([`WARM_COST`] units each, a fingerprint one unit): beyond it the least recently active
-//! warm senders become filtered, then the least recently active filtered ones are dropped.
+//! window (*warm*: op ids, seqs and times, so a retry is answered at once) or, per send in
+//! the window, its seq and a 32-bit keyed fingerprint of its op id (*filtered*: half the
+//! memory). An op id whose fingerprint is not there is new for certain; one whose
+//! fingerprint is there (a retry, or about one op id in 2^24 by chance) has the window read
+//! from the store first. A filtered sender's sends thus go on without a read, and the seqs
+//! name the rows to delete as sends fall out of its window. Memory is bounded by `cache`,
+//! counted in op ids held warm ([`WARM_COST`] units each, a filtered send one unit): beyond
+//! it the least recently active warm senders become filtered, then the least recently
+//! active filtered ones are dropped.
 //! A sender that is in neither form is *cold*: its sends wait while the window is read from
 //! the store, then go on in order. A conversation that was new when loaded knows every
 //! sender's window (all empty) until it drops one.
@@ -25,16 +25,13 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 
-use chat_protocol::{OpId, UserId};
+use chat_protocol::{OpId, Seq, UserId};
 
 use crate::store::SenderOp;
 
-/// Units of `cache` an op id held whole costs (a `SenderOp` is 24 bytes, a fingerprint 4).
-pub(crate) const WARM_COST: usize = 6;
-
-/// A filtered sender's rows beyond its window are read and deleted once this many have
-/// accumulated.
-pub(crate) const TRIM_EVERY: usize = 32;
+/// Units of `cache` an op id held whole costs (a `SenderOp` is 24 bytes; a filtered send,
+/// its seq and fingerprint, 12).
+pub(crate) const WARM_COST: usize = 2;
 
 /// What is known of a sender's op id.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,8 +58,6 @@ pub(crate) struct Senders<P> {
     cache: usize,
     /// Keys the fingerprints, so that no client can choose op ids that collide.
     keys: RandomState,
-    /// Reads of stored windows to start: (sender, rows), taken by [`Senders::take_reads`].
-    reads: Vec<(UserId, usize)>,
 }
 
 enum Sender<P> {
@@ -80,10 +75,8 @@ enum Sender<P> {
     Filtered {
         /// The fingerprints of the window's op ids, oldest first.
         prints: VecDeque<u32>,
-        /// Stored rows known to be beyond the window, not yet asked to be deleted.
-        beyond: usize,
-        /// Rows asked for by a read to delete them, in flight.
-        trimming: usize,
+        /// Their seqs.
+        seqs: VecDeque<Seq>,
         used: u64,
     },
 }
@@ -111,7 +104,6 @@ impl<P> Senders<P> {
             window,
             cache: cache.max(window) * WARM_COST,
             keys: RandomState::new(),
-            reads: Vec::new(),
         }
     }
 
@@ -143,9 +135,8 @@ impl<P> Senders<P> {
     }
 
     /// Parks a send whose sender's window must be read; `in_flight` are the sender's sends
-    /// being committed now, oldest first. Returns the rows to read when the read must start
-    /// (the first parked send of that sender): the window, and the rows a filtered sender
-    /// knows are beyond it (deleted once read).
+    /// being committed now, oldest first. Returns the rows to read (the window) when the read
+    /// must start (the first parked send of that sender).
     pub(crate) fn park(
         &mut self,
         sender: UserId,
@@ -157,19 +148,14 @@ impl<P> Senders<P> {
             in_flight: in_flight.clone(),
         };
         let state = self.by_user.entry(sender).or_insert_with(loading);
-        let mut rows = self.window;
-        if let Sender::Filtered {
-            beyond, trimming, ..
-        } = state
-        {
-            rows += *beyond + *trimming;
+        if let Sender::Filtered { .. } = state {
             self.held -= state.cost();
             *state = loading();
         }
         match state {
             Sender::Loading { waiting, .. } => {
                 waiting.push(parked);
-                (waiting.len() == 1).then_some(rows)
+                (waiting.len() == 1).then_some(self.window)
             }
             Sender::Warm { .. } | Sender::Filtered { .. } => {
                 unreachable!("park is for senders whose window is read")
@@ -180,9 +166,9 @@ impl<P> Senders<P> {
     /// Stored rows of `sender` were read (`ops`, oldest first, with the sends still being
     /// committed after them): the newest `window` of them are the window. Returns the sends
     /// that waited for it, in arrival order, and the ops beyond the window, whose stored rows
-    /// the caller deletes. For a sender that was not being read (a read to trim its rows, or
-    /// the conversation was reloaded meanwhile) only the ops beyond the window are returned:
-    /// rows older than the newest `window` are outside the window whatever comes next.
+    /// the caller deletes. For a sender that was not being read (the conversation was
+    /// reloaded meanwhile) only the ops beyond the window are returned: rows older than the
+    /// newest `window` are outside the window whatever comes next.
     pub(crate) fn loaded(
         &mut self,
         sender: UserId,
@@ -195,11 +181,6 @@ impl<P> Senders<P> {
                 ops.sort_unstable_by_key(|o| o.seq);
                 ops.dedup_by_key(|o| o.seq);
                 std::mem::take(waiting)
-            }
-            Some(Sender::Filtered { trimming, .. }) => {
-                *trimming = 0;
-                ops.truncate(ops.len().saturating_sub(self.window));
-                return (Vec::new(), ops);
             }
             _ => {
                 ops.truncate(ops.len().saturating_sub(self.window));
@@ -218,21 +199,16 @@ impl<P> Senders<P> {
         (waiting, ops)
     }
 
-    /// Reading the rows of `sender` failed: returns its parked sends (to be refused) and
-    /// leaves it cold; a filtered sender whose trim failed asks again later.
+    /// Reading the window of `sender` failed: returns its parked sends (to be refused) and
+    /// leaves it cold.
     pub(crate) fn failed(&mut self, sender: UserId) -> Vec<P> {
-        match self.by_user.get_mut(&sender) {
-            Some(Sender::Loading { .. }) => match self.by_user.remove(&sender) {
-                Some(Sender::Loading { waiting, .. }) => waiting,
-                _ => Vec::new(),
-            },
-            Some(Sender::Filtered {
-                beyond, trimming, ..
-            }) => {
-                *beyond += std::mem::take(trimming);
+        match self.by_user.remove(&sender) {
+            Some(Sender::Loading { waiting, .. }) => waiting,
+            Some(other) => {
+                self.by_user.insert(sender, other);
                 Vec::new()
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         }
     }
 
@@ -253,17 +229,10 @@ impl<P> Senders<P> {
             .any(|s| matches!(s, Sender::Loading { .. }))
     }
 
-    /// The reads of stored rows to start now: (sender, rows to read), for
-    /// [`super::Effect::ReadSenderOps`]; each answer comes back through [`Senders::loaded`].
-    pub(crate) fn take_reads(&mut self) -> Vec<(UserId, usize)> {
-        std::mem::take(&mut self.reads)
-    }
-
     /// Records a new send of a sender whose lookup said [`Lookup::New`] (or whose pending
-    /// send was found). Returns the send that fell out of a warm sender's window, whose stored
-    /// row the caller deletes in the same batch; a filtered sender's are deleted later
-    /// ([`Senders::take_reads`]).
-    pub(crate) fn record(&mut self, sender: UserId, op: SenderOp) -> Option<SenderOp> {
+    /// send was found). Returns the seq of the send that fell out of the sender's window,
+    /// whose stored row the caller deletes in the same batch.
+    pub(crate) fn record(&mut self, sender: UserId, op: SenderOp) -> Option<Seq> {
         self.clock += 1;
         let clock = self.clock;
         let print = self.print(op.op);
@@ -287,27 +256,21 @@ impl<P> Senders<P> {
             Sender::Warm { ops, used } => {
                 *used = clock;
                 ops.push_back(op);
-                (ops.len() > window).then(|| ops.pop_front()).flatten()
+                (ops.len() > window)
+                    .then(|| ops.pop_front())
+                    .flatten()
+                    .map(|o| o.seq)
             }
-            Sender::Filtered {
-                prints,
-                beyond,
-                trimming,
-                used,
-            } => {
+            Sender::Filtered { prints, seqs, used } => {
                 *used = clock;
                 prints.push_back(print);
+                seqs.push_back(op.seq);
                 if prints.len() > window {
                     prints.pop_front();
-                    *beyond += 1;
+                    seqs.pop_front()
+                } else {
+                    None
                 }
-                if *beyond >= TRIM_EVERY && *trimming == 0 {
-                    // The window and what is beyond it, and as much again: rows a failed
-                    // trim left behind are found by the next.
-                    *trimming = std::mem::take(beyond);
-                    self.reads.push((sender, window + 2 * *trimming));
-                }
-                None
             }
             Sender::Loading { .. } => {
                 debug_assert!(false, "record is for senders in memory");
@@ -322,8 +285,7 @@ impl<P> Senders<P> {
 
     /// Beyond `cache` units, until a quarter of it is free again: the least recently active
     /// warm senders (never `keep`) become filtered, then the least recently active filtered
-    /// ones are dropped (they become cold; the rows known beyond their windows are read to be
-    /// deleted).
+    /// ones are dropped (they become cold).
     fn evict(&mut self, keep: UserId) {
         if self.held <= self.cache {
             return;
@@ -347,8 +309,7 @@ impl<P> Senders<P> {
             };
             let state = Sender::Filtered {
                 prints: ops.iter().map(|o| self.print(o.op)).collect(),
-                beyond: 0,
-                trimming: 0,
+                seqs: ops.iter().map(|o| o.seq).collect(),
                 used,
             };
             self.held = self.held - ops.len().max(1) * WARM_COST + state.cost();
@@ -369,11 +330,6 @@ impl<P> Senders<P> {
             }
             if let Some(state) = self.by_user.remove(&user) {
                 self.held -= state.cost();
-                if let Sender::Filtered { beyond, .. } = state
-                    && beyond > 0
-                {
-                    self.reads.push((user, self.window + 2 * beyond));
-                }
             }
             self.complete = false;
         }
@@ -411,7 +367,7 @@ mod tests {
         }
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Seen(op(1, 1)));
         // A fourth send of Alice's pushes her first out of her window.
-        assert_eq!(senders.record(ALICE, op(4, 51)), Some(op(1, 1)));
+        assert_eq!(senders.record(ALICE, op(4, 51)), Some(Seq(1)));
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::New);
         assert_eq!(senders.lookup(ALICE, OpId(4)), Lookup::Seen(op(4, 51)));
         assert!(!senders.loading());
@@ -463,82 +419,51 @@ mod tests {
         }
         check(&senders);
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Seen(op(1, 1)));
-        // Carol's first send is beyond the cache: Alice (least recent) keeps fingerprints.
+        // Carol's first send is beyond the cache: Alice and Bob (the least recent first, until
+        // a quarter is free) keep fingerprints; Carol stays whole.
         senders.record(CAROL, op(9, 9));
         check(&senders);
-        assert_eq!(senders.lookup(BOB, OpId(8)), Lookup::Seen(op(8, 8)));
+        assert_eq!(senders.lookup(CAROL, OpId(9)), Lookup::Seen(op(9, 9)));
+        assert_eq!(senders.lookup(BOB, OpId(8)), Lookup::Cold);
         // Her own op ids need the stored window; any other is new without a read.
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold);
         assert_eq!(senders.lookup(ALICE, OpId(100)), Lookup::New);
         // Every window is still known: a sender never seen has sent nothing.
         assert_eq!(senders.lookup(UserId(4), OpId(1)), Lookup::New);
-        // Her new sends push her old ones out of the window, with no row to delete yet.
+        // Her new sends push her old ones out of the window, each row named for deletion.
         for n in 10..=13 {
-            assert_eq!(senders.record(ALICE, op(n, n)), None);
+            assert_eq!(senders.record(ALICE, op(n, n)), Some(Seq(n - 9)));
         }
         check(&senders);
         assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::New);
         assert_eq!(senders.lookup(ALICE, OpId(10)), Lookup::Cold);
-        assert!(senders.take_reads().is_empty(), "4 rows beyond: not yet");
-        // A send of her own op id again reads the window and the rows beyond it.
-        assert_eq!(senders.park(ALICE, (), Vec::new()), Some(4 + 4));
-        let stored: Vec<SenderOp> = (1..=4).chain(10..=13).map(|n| op(n, n)).collect();
+        // A send of one of her op ids again reads the window, and she is warm again.
+        assert_eq!(senders.park(ALICE, (), Vec::new()), Some(4));
+        let stored: Vec<SenderOp> = (10..=13).map(|n| op(n, n)).collect();
         let (parked, beyond) = senders.loaded(ALICE, stored);
-        assert_eq!((parked.len(), beyond.len()), (1, 4));
+        assert_eq!((parked.len(), beyond.len()), (1, 0));
         assert_eq!(senders.lookup(ALICE, OpId(10)), Lookup::Seen(op(10, 10)));
         check(&senders);
     }
 
     #[test]
-    fn a_filtered_senders_rows_beyond_its_window_are_read_and_deleted_every_so_often() {
-        // Room for one window and some fingerprints.
-        let mut senders = Senders::<()>::new(4, 5, true);
-        for n in 1..=4 {
-            senders.record(ALICE, op(n, n));
-        }
-        senders.record(BOB, op(100, 100));
-        senders.record(BOB, op(101, 101));
-        assert_eq!(senders.lookup(ALICE, OpId(1)), Lookup::Cold, "filtered");
-        let mut seq = 4;
-        fn send(senders: &mut Senders<()>, seq: &mut u64, count: usize) {
-            for _ in 0..count {
-                *seq += 1;
-                assert_eq!(senders.record(ALICE, op(*seq, *seq)), None);
-            }
-        }
-        send(&mut senders, &mut seq, TRIM_EVERY - 1);
-        assert!(senders.take_reads().is_empty());
-        check(&senders);
-        // TRIM_EVERY rows beyond her window: one read asks for them (and as many again).
-        send(&mut senders, &mut seq, 1);
-        assert_eq!(senders.take_reads(), [(ALICE, 4 + 2 * TRIM_EVERY)]);
-        send(&mut senders, &mut seq, TRIM_EVERY);
-        assert!(senders.take_reads().is_empty(), "one trim at a time");
-        // The answer: the newest rows are the window, the rest are given back to delete.
-        let stored: Vec<SenderOp> = (1..=seq).map(|n| op(n, n)).collect();
+    fn a_window_read_counts_the_sends_that_committed_while_it_was_read() {
+        let mut senders = Senders::<()>::new(4, 8, false);
+        // Op 7 was being committed when the read was asked for; it committed before the
+        // read looked, so neither the rows read nor the conversation's pending list has it.
+        assert_eq!(senders.park(ALICE, (), vec![op(7, 20)]), Some(4));
+        let stored = vec![op(5, 10), op(6, 15)];
         let (parked, beyond) = senders.loaded(ALICE, stored);
-        assert!(parked.is_empty());
-        assert_eq!(beyond.len() as u64, seq - 4);
-        assert_eq!(beyond.last(), Some(&op(seq - 4, seq - 4)));
-        assert_eq!(
-            senders.lookup(ALICE, OpId(seq)),
-            Lookup::Cold,
-            "still filtered"
-        );
-        // A trim that fails is asked for again at the next send.
-        send(&mut senders, &mut seq, 1);
-        assert_eq!(senders.take_reads(), [(ALICE, 4 + 2 * (TRIM_EVERY + 1))]);
-        assert!(senders.failed(ALICE).is_empty());
-        send(&mut senders, &mut seq, 1);
-        assert_eq!(senders.take_reads(), [(ALICE, 4 + 2 * (TRIM_EVERY + 2))]);
-        check(&senders);
+        assert_eq!((parked.len(), beyond.len()), (1, 0));
+        assert_eq!(senders.lookup(ALICE, OpId(7)), Lookup::Seen(op(7, 20)));
+        assert_eq!(senders.lookup(ALICE, OpId(5)), Lookup::Seen(op(5, 10)));
     }
 
     #[test]
     fn beyond_the_cache_in_fingerprints_the_least_recently_active_go_cold() {
         let mut senders = Senders::<()>::new(4, 8, true);
-        // 40 senders of 4 sends each: 160 fingerprints against a cache of 48 units. A sender
-        // the conversation no longer knows has its (empty) window read first.
+        // 40 senders of 4 sends each: 160 filtered sends against a cache of 16 units. A
+        // sender the conversation no longer knows has its (empty) window read first.
         for user in 1..=40 {
             if senders.lookup(UserId(user), OpId(0)) == Lookup::Cold {
                 assert_eq!(senders.park(UserId(user), (), Vec::new()), Some(4));
@@ -559,10 +484,6 @@ mod tests {
         assert_eq!(senders.lookup(UserId(1), OpId(99_999)), Lookup::Cold);
         // No longer complete: someone never seen may have been dropped.
         assert_eq!(senders.lookup(UserId(1000), OpId(1)), Lookup::Cold);
-        assert!(
-            senders.take_reads().is_empty(),
-            "nothing was beyond a window"
-        );
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub(crate) enum Effect {
         conversation: ConversationId,
         batch: Batch,
     },
-    /// Read the `rows` most recent stored sends of `sender`; answer with
+    /// Read the `rows` most recent stored sends of `sender` (its window); answer with
     /// [`Input::SenderOps`].
     ReadSenderOps {
         conversation: ConversationId,
@@ -473,7 +473,6 @@ impl Conversation {
             }
         };
         if fate == Fate::Keep {
-            self.read_senders(out);
             self.submit(out);
         }
         fate

@@ -131,8 +131,7 @@ impl Conversation {
         });
     }
 
-    /// A sender's stored sends arrived (its window, or the rows to trim beyond it): the rows
-    /// beyond the window are deleted, and the sends parked for it go on, in order.
+    /// A cold sender's window arrived: its parked sends go on, in order.
     pub(super) fn sender_ops(
         &mut self,
         sender: UserId,
@@ -147,7 +146,7 @@ impl Conversation {
                 ops.extend(self.in_flight_ops(sender, stored));
                 let (parked, beyond) = self.senders.loaded(sender, ops);
                 for op in beyond {
-                    self.delete_sender_op(sender, op);
+                    self.delete_sender_op(sender, op.seq);
                 }
                 for (origin, message) in parked {
                     self.send(origin, message, ctx, out);
@@ -177,23 +176,11 @@ impl Conversation {
             .collect()
     }
 
-    /// Starts the reads of stored sends that deduplication asked for: rows beyond filtered
-    /// senders' windows, found to be deleted.
-    pub(super) fn read_senders(&mut self, out: &mut Vec<Effect>) {
-        for (sender, rows) in self.senders.take_reads() {
-            out.push(Effect::ReadSenderOps {
-                conversation: self.id,
-                sender,
-                rows,
-            });
-        }
-    }
-
     /// Deletes, in the next commit, the stored row of a send that left its sender's window.
-    fn delete_sender_op(&mut self, sender: UserId, op: SenderOp) {
+    fn delete_sender_op(&mut self, sender: UserId, seq: Seq) {
         self.queued_batch.delete(
             Cf::SenderOps,
-            keys::sender_op(self.id, sender, op.seq).to_vec(),
+            keys::sender_op(self.id, sender, seq).to_vec(),
         );
     }
 
