@@ -283,6 +283,21 @@ impl<P> Senders<P> {
         dropped
     }
 
+    /// The warm (or the filtered) senders but `keep`, least recently active first.
+    fn by_age(&self, keep: UserId, filtered: bool) -> Vec<UserId> {
+        let mut aged: Vec<(u64, UserId)> = self
+            .by_user
+            .iter()
+            .filter_map(|(u, s)| match s {
+                Sender::Warm { used, .. } if !filtered && *u != keep => Some((*used, *u)),
+                Sender::Filtered { used, .. } if filtered && *u != keep => Some((*used, *u)),
+                _ => None,
+            })
+            .collect();
+        aged.sort_unstable();
+        aged.into_iter().map(|(_, user)| user).collect()
+    }
+
     /// Beyond `cache` units, until a quarter of it is free again: the least recently active
     /// warm senders (never `keep`) become filtered, then the least recently active filtered
     /// ones are dropped (they become cold).
@@ -291,16 +306,7 @@ impl<P> Senders<P> {
             return;
         }
         let target = self.cache - self.cache / 4;
-        let mut by_age: Vec<(u64, UserId)> = self
-            .by_user
-            .iter()
-            .filter_map(|(u, s)| match s {
-                Sender::Warm { used, .. } if *u != keep => Some((*used, *u)),
-                _ => None,
-            })
-            .collect();
-        by_age.sort_unstable();
-        for (_, user) in by_age {
+        for user in self.by_age(keep, false) {
             if self.held <= target {
                 return;
             }
@@ -315,16 +321,7 @@ impl<P> Senders<P> {
             self.held = self.held - ops.len().max(1) * WARM_COST + state.cost();
             self.by_user.insert(user, state);
         }
-        let mut by_age: Vec<(u64, UserId)> = self
-            .by_user
-            .iter()
-            .filter_map(|(u, s)| match s {
-                Sender::Filtered { used, .. } if *u != keep => Some((*used, *u)),
-                _ => None,
-            })
-            .collect();
-        by_age.sort_unstable();
-        for (_, user) in by_age {
+        for user in self.by_age(keep, true) {
             if self.held <= target {
                 return;
             }
