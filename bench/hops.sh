@@ -27,18 +27,12 @@ trap stop_server EXIT
 runs="$out/counts.runs"
 : >"$runs"
 
-# counters PORT: "messages wakeups deliveries sends" from chatd's /metrics.
-counters() {
-  curl -sf "http://127.0.0.1:$1/metrics" | metric_totals chatd_inbox_messages_total \
-    chatd_inbox_wakeups_total chatd_deliveries_total chatd_sends_acknowledged_total
-}
-
 for scenario in "${scenarios[@]}"; do
   admin_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   start_server chatd "CHATD_ADMIN_LISTEN=127.0.0.1:$admin_port"
-  read -r m0 w0 d0 s0 < <(counters "$admin_port")
+  read -r m0 w0 d0 s0 < <(path_counters "$admin_port")
   run_scenario chatd "$scenario" "$out/$scenario.json" --duration 20 --warm-up 2 --drain 5 || true
-  read -r m1 w1 d1 s1 < <(counters "$admin_port")
+  read -r m1 w1 d1 s1 < <(path_counters "$admin_port")
   stop_server
   echo "$scenario $((m1 - m0)) $((w1 - w0)) $((d1 - d0)) $((s1 - s0))" >>"$runs"
 done

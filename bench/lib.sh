@@ -169,6 +169,14 @@ for line in sys.stdin:
 print(" ".join(format(sums[n], ".17g") for n in sys.argv[1:]))' "$@"
 }
 
+# path_counters PORT: "messages wakeups deliveries sends" so far, from the /metrics of the
+# chatd whose admin listener is on PORT (cross-thread inbox messages and wake-ups, live
+# deliveries, sends acknowledged).
+path_counters() {
+  curl -sf "http://127.0.0.1:$1/metrics" | metric_totals chatd_inbox_messages_total \
+    chatd_inbox_wakeups_total chatd_deliveries_total chatd_sends_acknowledged_total
+}
+
 # loadgen_command TARGET SCENARIO [ARGS...]: sets the array loadgen_cmd to chat-loadgen in the
 # preset SCENARIO with ARGS (which win over the preset's values), against the running server
 # (a target of start_server): its address, certificate, pid (for /proc), and chatd's token

@@ -16,9 +16,9 @@
 # CPU per delivery and the latencies, and each of the server's threads' CPU over the measured
 # phase (bench/thread_cpu.py: what one thread, such as chatd's storage writer, bounds); chatd's
 # /metrics are read around that fixed run for the cross-thread messages per delivery
-# (chatd_inbox_messages_total, as bench/hops.sh counts them). Each run gets a fresh server. The per-run files go to bench/results/scaling/; then
-# bench/report.py records the figures in bench/results/summary.json (`scaling`) and rewrites the
-# scaling section of bench/RESULTS.md.
+# (chatd_inbox_messages_total, as bench/hops.sh counts them). Each run gets a fresh server.
+# The per-run files go to bench/results/scaling/; then bench/report.py records the figures in
+# bench/results/summary.json (`scaling`) and rewrites the scaling section of bench/RESULTS.md.
 #
 #   bench/scaling.sh                 # dm rooms10 rooms100, every layout, one round
 #   SCALING_LAYOUTS="chatd-1s-1c chatd-2s-2c" SCALING_ROUNDS=2 bench/scaling.sh dm
@@ -86,12 +86,6 @@ trap stop_server EXIT
 runs="$out/runs"
 : >"$runs"
 
-# inbox_messages PORT: chatd's cross-thread inbox messages and deliveries so far.
-inbox_messages() {
-  curl -sf "http://127.0.0.1:$1/metrics" | metric_totals chatd_inbox_messages_total \
-    chatd_deliveries_total
-}
-
 for round in $(seq 1 "$rounds"); do
   for scenario in "${scenarios[@]}"; do
     for layout in "${layouts[@]}"; do
@@ -109,7 +103,7 @@ for round in $(seq 1 "$rounds"); do
       fi
       start_server "$target" "${admin[@]}"
       hops="-"
-      [ "$target" != chatd ] || read -r m0 d0 < <(inbox_messages "$admin_port")
+      [ "$target" != chatd ] || read -r m0 _ d0 _ < <(path_counters "$admin_port")
       # The fixed run by hand, not through run_scenario: its progress lines time the
       # per-thread CPU readings (bench/thread_cpu.py) to the measured phase.
       loadgen_command "$target" "$scenario" --rate "$(fixed_rate "$scenario")"
@@ -120,7 +114,7 @@ for round in $(seq 1 "$rounds"); do
       kill "$sampler" 2>/dev/null || true
       wait "$sampler" 2>/dev/null || true
       if [ "$target" = chatd ]; then
-        read -r m1 d1 < <(inbox_messages "$admin_port")
+        read -r m1 _ d1 _ < <(path_counters "$admin_port")
         hops="$(python3 -c "print(($m1 - $m0) / max(1.0, $d1 - $d0))")"
       fi
       stop_server

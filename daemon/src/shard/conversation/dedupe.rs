@@ -143,15 +143,14 @@ impl<P> Senders<P> {
         parked: P,
         in_flight: Vec<SenderOp>,
     ) -> Option<usize> {
-        let loading = || Sender::Loading {
-            waiting: Vec::new(),
-            in_flight: in_flight.clone(),
-        };
-        let state = self.by_user.entry(sender).or_insert_with(loading);
-        if let Sender::Filtered { .. } = state {
-            self.held -= state.cost();
-            *state = loading();
+        if let Some(filtered @ Sender::Filtered { .. }) = self.by_user.get(&sender) {
+            self.held -= filtered.cost();
+            self.by_user.remove(&sender);
         }
+        let state = self.by_user.entry(sender).or_insert(Sender::Loading {
+            waiting: Vec::new(),
+            in_flight,
+        });
         match state {
             Sender::Loading { waiting, .. } => {
                 waiting.push(parked);
@@ -163,8 +162,8 @@ impl<P> Senders<P> {
         }
     }
 
-    /// Stored rows of `sender` were read (`ops`, oldest first, with the sends still being
-    /// committed after them): the newest `window` of them are the window. Returns the sends
+    /// Stored rows of `sender` were read (`ops`, oldest first): with the sends that were in
+    /// flight when the read was asked for, the newest `window` of them are the window. Returns the sends
     /// that waited for it, in arrival order, and the ops beyond the window, whose stored rows
     /// the caller deletes. For a sender that was not being read (the conversation was
     /// reloaded meanwhile) only the ops beyond the window are returned: rows older than the
@@ -310,7 +309,11 @@ impl<P> Senders<P> {
             if self.held <= target {
                 return;
             }
-            let Some(Sender::Warm { ops, used }) = self.by_user.remove(&user) else {
+            let Some(warm) = self.by_user.remove(&user) else {
+                continue;
+            };
+            self.held -= warm.cost();
+            let Sender::Warm { ops, used } = warm else {
                 continue;
             };
             let state = Sender::Filtered {
@@ -318,7 +321,7 @@ impl<P> Senders<P> {
                 seqs: ops.iter().map(|o| o.seq).collect(),
                 used,
             };
-            self.held = self.held - ops.len().max(1) * WARM_COST + state.cost();
+            self.held += state.cost();
             self.by_user.insert(user, state);
         }
         for user in self.by_age(keep, true) {

@@ -40,7 +40,7 @@ impl Conversation {
                 return reply(out, origin, Ok(Response::Sent(ack)));
             }
             Lookup::Cold => {
-                let in_flight = self.in_flight_ops(origin.user, Seq(0));
+                let in_flight = self.in_flight_ops(origin.user);
                 if let Some(rows) = self.senders.park(origin.user, (origin, message), in_flight) {
                     out.push(Effect::ReadSenderOps {
                         conversation: self.id,
@@ -140,10 +140,8 @@ impl Conversation {
         out: &mut Vec<Effect>,
     ) {
         match result {
-            Ok(mut ops) => {
-                // Sends of this sender still being committed are not in the store yet.
-                let stored = ops.last().map_or(Seq(0), |o| o.seq);
-                ops.extend(self.in_flight_ops(sender, stored));
+            Ok(ops) => {
+                // The sender's sends in flight were given with `park`: its sends since wait.
                 let (parked, beyond) = self.senders.loaded(sender, ops);
                 for op in beyond {
                     self.delete_sender_op(sender, op.seq);
@@ -161,12 +159,12 @@ impl Conversation {
         }
     }
 
-    /// The sends of `sender` after `after` that are being committed or queued, oldest first.
-    fn in_flight_ops(&self, sender: UserId, after: Seq) -> Vec<SenderOp> {
+    /// The sends of `sender` that are being committed or queued, oldest first.
+    fn in_flight_ops(&self, sender: UserId) -> Vec<SenderOp> {
         let pending = self.committing.iter().chain(&self.queued);
         pending
             .filter_map(|p| match &p.entry {
-                Entry::Message(m) if m.sender == sender && m.seq > after => Some(SenderOp {
+                Entry::Message(m) if m.sender == sender => Some(SenderOp {
                     op: m.op,
                     seq: m.seq,
                     ts: m.ts,
