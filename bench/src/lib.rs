@@ -47,6 +47,8 @@ pub fn chat_message(seq: u64) -> Message {
         content_type: ContentType::TEXT,
         reply_to: None,
         body,
+        edited: None,
+        deleted: None,
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chat_protocol::Request;
 
-use crate::store::{ENTRY_OVERHEAD, REPLAY_CHUNK};
+use crate::store::{ENTRY_OVERHEAD, MAX_ENTRY_CHARGE, PAGE_BYTES, REPLAY_CHUNK};
 
 /// What the daemon's budget charges for one open connection besides its queues: the
 /// measured resident memory of an idle authenticated connection (37 KiB, bench/RESULTS.md)
@@ -32,10 +32,9 @@ pub(crate) const CONNECTION_COST: usize = 48 * 1024;
 pub(crate) const REPLAY_PAGE: usize = 256 * 1024;
 
 /// The most bytes a catch-up page can hold: what a connection reserves before it asks for
-/// one. Bodies count at the protocol's ceiling, not the configured `max_body`: entries
-/// stored before a lower setting keep their size.
+/// one. Entries count at the protocol's ceilings ([`MAX_ENTRY_CHARGE`]).
 pub(crate) const REPLAY_RESERVATION: usize =
-    REPLAY_PAGE + REPLAY_CHUNK * (chat_protocol::limits::MAX_BODY + ENTRY_OVERHEAD);
+    REPLAY_PAGE + REPLAY_CHUNK * (MAX_ENTRY_CHARGE + ENTRY_OVERHEAD);
 
 /// What a queued frame is charged: its length, and for a large frame its length rounded up
 /// to 64 KiB, what the allocator (mimalloc) actually holds for a block that size. The same
@@ -70,6 +69,7 @@ pub(crate) fn reply_reservation(request: &Request) -> usize {
 fn request_size(request: &Request) -> usize {
     match request {
         Request::Send(message) => message.body.len(),
+        Request::Edit(edit) => edit.body.len(),
         Request::LookupUsers(users) => users
             .iter()
             .map(|u| match u {
@@ -97,12 +97,14 @@ fn request_size(request: &Request) -> usize {
 /// are answered with a small error, so they are bounded by the limit, not by what the
 /// client asked: a reservation never exceeds one full page.
 fn answer_bound(request: &Request) -> usize {
-    use chat_protocol::limits::{MAX_BODY, MAX_PAGE, MAX_USERS_PER_REQUEST};
+    use chat_protocol::limits::{MAX_PAGE, MAX_USERS_PER_REQUEST};
     let page = |limit: u16| usize::from(limit.min(MAX_PAGE));
     let users = |n: usize| n.min(MAX_USERS_PER_REQUEST);
     let items = |n: usize, each: usize| SMALL_REPLY + n * each;
     match request {
-        Request::History(query) => items(page(query.limit), MAX_BODY + ENTRY_OVERHEAD),
+        // A page stops at `PAGE_BYTES` (edited messages carry two bodies).
+        Request::History(query) => items(page(query.limit), MAX_ENTRY_CHARGE + ENTRY_OVERHEAD)
+            .min(SMALL_REPLY + PAGE_BYTES),
         // Conversation id, title (a room name: 64 bytes at most), role, three seqs.
         Request::Conversations { limit, .. } => items(page(*limit), 128),
         // User id, name (32 bytes at most), role.

@@ -666,8 +666,11 @@ fn event_arrived(
                 }
             });
         }
-        Event::Membership(event) => {
-            state.lock().positions.pushed(event.conversation, event.seq);
+        // The load generator neither edits nor deletes; other entries only move its cursors.
+        Event::Membership(_) | Event::Edit(_) | Event::Deletion(_) | Event::Erased(_) => {
+            if let Some((conversation, seq)) = event.entry_position() {
+                state.lock().positions.pushed(conversation, seq);
+            }
         }
         Event::CaughtUp { .. } => state.lock().catching_up = false,
         Event::Lagged => {

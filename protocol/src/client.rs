@@ -152,6 +152,36 @@ pub struct SendMessage {
     pub body: Vec<u8>,
 }
 
+/// Replace the content of one of your messages. Answered by `Response::Sent` (with the edit
+/// entry's sequence number) once the edit is durably stored.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EditMessage {
+    /// Where the message is.
+    pub conversation: ConversationId,
+    /// Unique per sender, shared with sends and deletes; a retry is stored once.
+    pub op: OpId,
+    /// The message to edit (yours, not deleted, edited fewer than `limits::MAX_EDITS` times).
+    pub target: Seq,
+    /// How to interpret `body`.
+    pub content_type: ContentType,
+    /// The new content; at most the daemon's `max_body` bytes.
+    pub body: Vec<u8>,
+}
+
+/// Delete a message: its body and every edit's body are erased from the store. Answered by
+/// `Response::Sent` (with the deletion entry's sequence number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeleteMessage {
+    /// Where the message is.
+    pub conversation: ConversationId,
+    /// Unique per sender, shared with sends and edits; a retry is stored once.
+    pub op: OpId,
+    /// The message to delete (yours; in a room, an admin or the owner may delete any).
+    pub target: Seq,
+}
+
 /// Where a history page starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -321,12 +351,16 @@ pub enum Request {
     /// 20. Replay what this connection missed (after `Lagged` or a `Gap`), then
     ///     `Event::CaughtUp`; live pushes resume. -> `Ok`
     Sync(Resume),
+    /// 21. Edit one of your messages. -> `Sent`
+    Edit(EditMessage),
+    /// 22. Delete a message. -> `Sent`
+    Delete(DeleteMessage),
 }
 
 impl Request {
     /// Whether a client may write this request again on a new connection when the old one
     /// was lost before the answer came (section 8.8): reads, marks, presence changes, and
-    /// sends (deduplicated by their op id). Room and account changes are not: one may have
+    /// sends, edits and deletes (deduplicated by their op id). Room and account changes are not: one may have
     /// been applied, and a second would be refused or applied twice.
     pub fn repeatable(&self) -> bool {
         matches!(
@@ -338,6 +372,8 @@ impl Request {
                 | Request::Members { .. }
                 | Request::Conversations { .. }
                 | Request::Send(_)
+                | Request::Edit(_)
+                | Request::Delete(_)
                 | Request::History(_)
                 | Request::Mark { .. }
                 | Request::Presence { .. }

@@ -110,6 +110,8 @@ code_table! {
     ROOM_FULL = 309, "the room has as many members as the daemon allows";
     /// A room name that breaks the naming rules.
     INVALID_ROOM_NAME = 310, "room names are 1 to 64 characters: a-z, 0-9, '_', '-', '.'";
+    /// Only the message's author may do that (edit it; delete it, outside a room's admins).
+    NOT_AUTHOR = 311, "only the message's author may do that";
     /// A field is out of range or inconsistent.
     INVALID_REQUEST = 400, "a field of the request is out of range or inconsistent";
     /// The message body is larger than allowed.
@@ -118,12 +120,16 @@ code_table! {
     INVALID_CONTENT = 402, "the body does not match its content type";
     /// A reply to a sequence number the conversation does not have.
     UNKNOWN_MESSAGE = 403, "the conversation has no entry with that sequence number";
+    /// An edit or delete of a message that is not there any more.
+    MESSAGE_DELETED = 404, "the message was deleted";
     /// Too many sends; wait `retry_after_ms`.
     RATE_LIMITED = 500, "too many sends; retry after the given delay";
     /// Too many requests in flight on this connection.
     TOO_MANY_IN_FLIGHT = 501, "too many requests in flight on this connection";
     /// The daemon is shedding load; retry later.
     OVERLOADED = 502, "the daemon is overloaded; retry after the given delay";
+    /// The message was edited as often as allowed (`limits::MAX_EDITS`).
+    TOO_MANY_EDITS = 503, "the message was edited as often as allowed";
     /// A server-side fault; the request may or may not have taken effect.
     INTERNAL = 900, "internal error";
     /// Storage or a dependency is unavailable; retry later.

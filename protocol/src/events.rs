@@ -114,6 +114,40 @@ pub enum EventKind {
         /// For a backup: the folder.
         detail: Option<String>,
     },
+    /// 6. A message's author replaced its content (`message.edited.*`).
+    MessageEdited {
+        /// Where.
+        conversation: ConversationId,
+        /// The edit entry's sequence number.
+        seq: Seq,
+        /// The message edited.
+        target: Seq,
+        /// The author.
+        sender: UserId,
+        /// The edit's operation id.
+        op: OpId,
+        /// The new content type.
+        content_type: ContentType,
+        /// The new body.
+        body: Vec<u8>,
+    },
+    /// 7. A message was deleted (`message.deleted.*`).
+    MessageDeleted {
+        /// Where.
+        conversation: ConversationId,
+        /// The deletion entry's sequence number.
+        seq: Seq,
+        /// The message deleted.
+        target: Seq,
+        /// Who deleted it.
+        actor: UserId,
+        /// The message's author.
+        author: UserId,
+        /// The deletion's operation id.
+        op: OpId,
+        /// The message's edits, whose content is erased too.
+        erased: Vec<Seq>,
+    },
 }
 
 /// A membership change.
@@ -242,6 +276,24 @@ mod tests {
                 user: UserId(4),
                 marker: Marker::Read,
                 up_to: Seq(12),
+            },
+            EventKind::MessageEdited {
+                conversation: ConversationId::Room(RoomId(9)),
+                seq: Seq(14),
+                target: Seq(13),
+                sender: UserId(4),
+                op: OpId(u64::MAX),
+                content_type: ContentType::MARKDOWN,
+                body: b"*fixed*".to_vec(),
+            },
+            EventKind::MessageDeleted {
+                conversation: ConversationId::Room(RoomId(9)),
+                seq: Seq(15),
+                target: Seq(13),
+                actor: UserId(1),
+                author: UserId(4),
+                op: OpId(3),
+                erased: vec![Seq(14)],
             },
         ];
         for (seq, event) in (1..).zip(kinds) {

@@ -20,7 +20,7 @@ use crate::limits::{MAX_CLIENT_DECODE, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use crate::server::ServerFrame;
 
 /// The protocol version this crate speaks and writes into every frame header.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes before the version byte: the `u32` length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -97,6 +97,14 @@ pub trait Frame: Sized + sealed::Sealed {
 
     #[doc(hidden)]
     fn decode_body(body: &[u8]) -> Result<Self, String>;
+
+    /// Whether a frame of `version` (not this crate's) with this body is one this crate
+    /// reads anyway: the version refusal, an `Error` or a `Goodbye` frame, which has version
+    /// 1's layout in every version (docs/PROTOCOL.md section 7).
+    #[doc(hidden)]
+    fn readable_refusal(_version: u8, _body: &[u8]) -> bool {
+        false
+    }
 }
 
 impl Frame for ClientFrame {
@@ -128,6 +136,11 @@ impl Frame for ServerFrame {
 
     fn decode_body(body: &[u8]) -> Result<Self, String> {
         codec::decode_value::<Self, MAX_SERVER_FRAME>(body)
+    }
+
+    fn readable_refusal(version: u8, body: &[u8]) -> bool {
+        // Variants 2 (`Error`) and 4 (`Goodbye`) of a version-1 frame.
+        version == 1 && matches!(body.first(), Some(2 | 4))
     }
 }
 
@@ -224,11 +237,11 @@ pub fn decode_frame<F: Frame>(buf: &[u8]) -> Result<(F, usize), DecodeError> {
             needed: size - buf.len(),
         });
     };
-    let version = frame[LENGTH_PREFIX];
-    if version != PROTOCOL_VERSION {
+    let (version, body) = (frame[LENGTH_PREFIX], &frame[LENGTH_PREFIX + 1..]);
+    if version != PROTOCOL_VERSION && !F::readable_refusal(version, body) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    let value = F::decode_body(&frame[LENGTH_PREFIX + 1..]).map_err(DecodeError::Invalid)?;
+    let value = F::decode_body(body).map_err(DecodeError::Invalid)?;
     Ok((value, size))
 }
 
@@ -379,7 +392,7 @@ mod tests {
     fn ping_frame_layout() {
         let bytes = encode_frame_to_vec(&ping(7)).unwrap();
         // length 4 = version + variant 1 + id 7 + Request variant 3
-        assert_eq!(bytes, [4, 0, 0, 0, 1, 1, 7, 3]);
+        assert_eq!(bytes, [4, 0, 0, 0, 2, 1, 7, 3]);
         assert_eq!(decode_frame::<ClientFrame>(&bytes).unwrap(), (ping(7), 8));
     }
 
@@ -422,8 +435,27 @@ mod tests {
             Err(DecodeError::Invalid(_))
         ));
         assert_eq!(
-            decode_frame::<ClientFrame>(&[4, 0, 0, 0, 2, 1, 7, 3]),
-            Err(DecodeError::UnsupportedVersion(2))
+            decode_frame::<ClientFrame>(&[4, 0, 0, 0, 1, 1, 7, 3]),
+            Err(DecodeError::UnsupportedVersion(1))
+        );
+        // A version refusal in a version-1 frame reads in every version; nothing else of
+        // version 1 does.
+        let goodbye = ServerFrame::Goodbye(crate::Goodbye {
+            code: crate::GoodbyeCode::UNSUPPORTED_VERSION,
+            reason: "no".into(),
+        });
+        let mut v1 = encode_frame_to_vec(&goodbye).unwrap();
+        v1[LENGTH_PREFIX] = 1;
+        assert_eq!(decode_frame::<ServerFrame>(&v1).unwrap().0, goodbye);
+        let pong = ServerFrame::Response {
+            id: crate::RequestId(1),
+            response: crate::Response::Ok,
+        };
+        let mut v1 = encode_frame_to_vec(&pong).unwrap();
+        v1[LENGTH_PREFIX] = 1;
+        assert_eq!(
+            decode_frame::<ServerFrame>(&v1),
+            Err(DecodeError::UnsupportedVersion(1))
         );
     }
 

@@ -1,4 +1,4 @@
-//! # chat-protocol — chatd wire protocol v1
+//! # chat-protocol — chatd wire protocol v2
 //!
 //! The one definition of what travels between a chatd client and the daemon: identifiers,
 //! every client request and server frame, the framing, the codec, the limits and the stable
@@ -33,8 +33,9 @@ mod server;
 pub mod token;
 
 pub use client::{
-    Auth, ClientFrame, ContentType, Cursor, Hello, HistoryFrom, HistoryQuery, Marker, Order,
-    Request, Resume, Role, SendMessage, TypingUpdate, UserRef, VersionRange,
+    Auth, ClientFrame, ContentType, Cursor, DeleteMessage, EditMessage, Hello, HistoryFrom,
+    HistoryQuery, Marker, Order, Request, Resume, Role, SendMessage, TypingUpdate, UserRef,
+    VersionRange,
 };
 pub use codes::{ErrorCode, GoodbyeCode};
 pub use frame::{
@@ -44,10 +45,10 @@ pub use frame::{
 };
 pub use ids::{ConversationId, DeviceId, OpId, RequestId, RoomId, Seq, Timestamp, UserId};
 pub use server::{
-    ConversationPage, ConversationSummary, Entry, ErrorBody, Event, Gap, Goodbye, HelloOk,
-    HistoryPage, Limits, Member, MemberPage, MembershipChange, MembershipEvent, Message,
-    PresenceInfo, PresenceStatus, Receipt, Response, RoomInfo, SendAck, ServerFrame, Session,
-    TokenGrant, TypingEvent, UserInfo,
+    ConversationPage, ConversationSummary, Deleted, Deletion, Edit, Edited, Entry, Erased,
+    ErrorBody, Event, Gap, Goodbye, HelloOk, HistoryPage, Limits, Member, MemberPage,
+    MembershipChange, MembershipEvent, Message, PresenceInfo, PresenceStatus, Receipt, Response,
+    RoomInfo, SendAck, ServerFrame, Session, TokenGrant, TypingEvent, UserInfo,
 };
 
 /// The TLS application protocol (ALPN) id of chat protocol v1: clients offer it, the daemon

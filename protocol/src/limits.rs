@@ -1,4 +1,4 @@
-//! Protocol ceilings: the largest values any v1 peer must accept.
+//! Protocol ceilings: the largest values any v2 peer must accept.
 //!
 //! The daemon may configure tighter limits (it announces its own in `HelloOk::limits`) but
 //! never looser ones. Frame limits are enforced by the decoder before it allocates; the
@@ -25,6 +25,9 @@ pub const MAX_SERVER_FRAME: usize = 2 * 1024 * 1024;
 
 /// Largest message body in bytes.
 pub const MAX_BODY: usize = 16 * 1024;
+
+/// Most edits of one message.
+pub const MAX_EDITS: usize = 64;
 
 /// Most entries in one history page, and most items in any other paged listing.
 pub const MAX_PAGE: u16 = 100;
@@ -62,9 +65,12 @@ pub const MAX_USERS_PER_REQUEST: usize = 256;
 /// How long a typing indicator lasts unless refreshed, in milliseconds.
 pub const TYPING_TTL_MS: u32 = 6_000;
 
-// A full history page must fit a server frame: every entry's in-memory size is charged to the
-// decode limit, so keep generous headroom per entry for the fixed fields.
+// A full history page of messages never edited must fit a server frame: every entry's
+// in-memory size is charged to the decode limit, so keep generous headroom per entry for the
+// fixed fields. An edited message carries two bodies: the daemon cuts a page short by bytes.
 const _: () = assert!(MAX_PAGE as usize * (MAX_BODY + 512) <= MAX_SERVER_FRAME);
+// One entry always fits a frame, however often its message was edited.
+const _: () = assert!(2 * MAX_BODY + 8 * MAX_EDITS + 512 <= MAX_SERVER_FRAME);
 // A maximal send must fit a client frame.
 const _: () = assert!(MAX_BODY + 512 <= MAX_CLIENT_FRAME);
 // Frame lengths travel in a u32.

@@ -276,6 +276,12 @@ pub enum Entry {
     Message(Message),
     /// 1. A membership change (rooms only).
     Membership(MembershipEvent),
+    /// 2. A message's content replaced by its author.
+    Edit(Edit),
+    /// 3. A message deleted.
+    Deletion(Deletion),
+    /// 4. An edit whose content was erased when its message was deleted.
+    Erased(Erased),
 }
 
 impl Entry {
@@ -301,6 +307,9 @@ impl Entry {
         match self {
             Entry::Message(m) => m.conversation,
             Entry::Membership(m) => m.conversation,
+            Entry::Edit(e) => e.conversation,
+            Entry::Deletion(d) => d.conversation,
+            Entry::Erased(e) => e.conversation,
         }
     }
 
@@ -310,6 +319,76 @@ impl Entry {
         match self {
             Entry::Message(m) => m.seq,
             Entry::Membership(m) => m.seq,
+            Entry::Edit(e) => e.seq,
+            Entry::Deletion(d) => d.seq,
+            Entry::Erased(e) => e.seq,
+        }
+    }
+
+    /// The user whose request added the entry and that request's op id, for the entries a
+    /// send, an edit or a delete adds (the sender's devices recognise their own).
+    #[must_use]
+    pub fn op(&self) -> Option<(UserId, OpId)> {
+        match self {
+            Entry::Message(m) => Some((m.sender, m.op)),
+            Entry::Edit(e) => Some((e.sender, e.op)),
+            Entry::Deletion(d) => Some((d.actor, d.op)),
+            Entry::Membership(_) | Entry::Erased(_) => None,
+        }
+    }
+
+    /// The live event that announces this entry.
+    #[must_use]
+    pub fn into_event(self) -> Event {
+        match self {
+            Entry::Message(m) => Event::Message(m),
+            Entry::Membership(m) => Event::Membership(m),
+            Entry::Edit(e) => Event::Edit(e),
+            Entry::Deletion(d) => Event::Deletion(d),
+            Entry::Erased(e) => Event::Erased(e),
+        }
+    }
+
+    /// What the entry's variable-length fields charge against a decode limit: bytes of
+    /// bodies and names, 8 per listed sequence number. With a fixed allowance for the other
+    /// fields, a bound on both its encoded size and its decoded memory; at most
+    /// `2 * limits::MAX_BODY + 8 * limits::MAX_EDITS` (an edited message).
+    #[must_use]
+    pub fn charge(&self) -> usize {
+        match self {
+            Entry::Message(m) => {
+                m.body.len()
+                    + m.edited
+                        .as_ref()
+                        .map_or(0, |e| e.body.len() + 8 * e.versions.len())
+            }
+            Entry::Membership(m) => match &m.change {
+                MembershipChange::Created { name, .. } => name.len(),
+                _ => 0,
+            },
+            Entry::Edit(e) => e.body.len(),
+            Entry::Deletion(d) => 8 * d.erased.len(),
+            Entry::Erased(_) => 0,
+        }
+    }
+}
+
+impl Event {
+    /// The log entry this event announces, if it announces one.
+    #[must_use]
+    pub fn entry_position(&self) -> Option<(ConversationId, Seq)> {
+        match self {
+            Event::Message(m) => Some((m.conversation, m.seq)),
+            Event::Membership(m) => Some((m.conversation, m.seq)),
+            Event::Edit(e) => Some((e.conversation, e.seq)),
+            Event::Deletion(d) => Some((d.conversation, d.seq)),
+            Event::Erased(e) => Some((e.conversation, e.seq)),
+            Event::Receipt(_)
+            | Event::Presence(_)
+            | Event::Typing(_)
+            | Event::CaughtUp { .. }
+            | Event::Gap(_)
+            | Event::Lagged => None,
         }
     }
 }
@@ -332,8 +411,108 @@ pub struct Message {
     pub content_type: ContentType,
     /// The entry it answers.
     pub reply_to: Option<Seq>,
-    /// The content.
+    /// The content as sent (empty once deleted); the current content is `edited`'s when
+    /// the message was edited.
     pub body: Vec<u8>,
+    /// `Some` once edited: the newest content, and where every edit is in the log.
+    pub edited: Option<Edited>,
+    /// `Some` once deleted: the body and every edit's body are erased.
+    pub deleted: Option<Deleted>,
+}
+
+impl Message {
+    /// The content to show: the newest edit's, or the message's own.
+    #[must_use]
+    pub fn current(&self) -> (ContentType, &[u8]) {
+        match &self.edited {
+            Some(e) => (e.content_type, &e.body),
+            None => (self.content_type, &self.body),
+        }
+    }
+}
+
+/// A message's edits, carried with it: its current content and the entries of its earlier
+/// versions.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Edited {
+    /// Every edit's entry, oldest first (the last holds the current content); at most
+    /// `limits::MAX_EDITS`.
+    pub versions: Vec<Seq>,
+    /// When the newest edit was stored.
+    pub ts: Timestamp,
+    /// The current content type.
+    pub content_type: ContentType,
+    /// The current content.
+    pub body: Vec<u8>,
+}
+
+/// Who deleted a message, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Deleted {
+    /// The deletion entry.
+    pub seq: Seq,
+    /// When.
+    pub ts: Timestamp,
+    /// Who: the author, or a room's admin or owner.
+    pub by: UserId,
+}
+
+/// An edit: the content its author gave a message, stored at its own sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Edit {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Its position.
+    pub seq: Seq,
+    /// When the daemon stored it.
+    pub ts: Timestamp,
+    /// The author (of the message and of the edit).
+    pub sender: UserId,
+    /// The edit's op id.
+    pub op: OpId,
+    /// The message edited.
+    pub target: Seq,
+    /// How to interpret `body`.
+    pub content_type: ContentType,
+    /// The new content.
+    pub body: Vec<u8>,
+}
+
+/// A deletion: the message `target` and its edits lost their content.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Deletion {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Its position.
+    pub seq: Seq,
+    /// When.
+    pub ts: Timestamp,
+    /// Who deleted the message.
+    pub actor: UserId,
+    /// The deletion's op id.
+    pub op: OpId,
+    /// The message deleted.
+    pub target: Seq,
+    /// The message's edits, now `Entry::Erased`.
+    pub erased: Vec<Seq>,
+}
+
+/// An edit whose content was erased because its message was deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Erased {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Its position (the edit's).
+    pub seq: Seq,
+    /// The deleted message.
+    pub target: Seq,
+    /// The deletion entry.
+    pub deletion: Seq,
 }
 
 /// A membership change, stored in the room's log like a message.
@@ -467,4 +646,11 @@ pub enum Event {
     /// 7. This connection's outgoing queue overflowed: live pushes are suspended until the
     ///    client pages what it missed through history and sends `Sync`.
     Lagged,
+    /// 8. A message was edited.
+    Edit(Edit),
+    /// 9. A message was deleted.
+    Deletion(Deletion),
+    /// 10. An edit's content was erased (sent only in catch-up and history, where the edit
+    ///     itself was erased before it could be replayed).
+    Erased(Erased),
 }

@@ -543,11 +543,7 @@ impl Driver {
     /// Passes an event to the application, unless it is a log entry at or before the
     /// conversation's cursor (a repeat after a resume); moves the cursor.
     fn event(&mut self, event: Event) {
-        let position = match &event {
-            Event::Message(m) => Some((m.conversation, m.seq)),
-            Event::Membership(m) => Some((m.conversation, m.seq)),
-            _ => None,
-        };
+        let position = event.entry_position();
         if let Some((conversation, seq)) = position {
             match self.positions.pushed(conversation, seq) {
                 Pushed::Repeat => return,

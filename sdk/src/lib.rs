@@ -52,10 +52,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chat_protocol::{
-    Auth, ContentType, ConversationId, ConversationPage, Cursor, DeviceId, ErrorBody, ErrorCode,
-    Event, Goodbye, HelloOk, HistoryFrom, HistoryPage, HistoryQuery, Limits, Marker, MemberPage,
-    OpId, Order, PresenceInfo, Request, Response, Resume, Role, RoomId, RoomInfo, SendAck,
-    SendMessage, Seq, Session, Timestamp, TokenGrant, TypingUpdate, UserId, UserInfo, UserRef,
+    Auth, ContentType, ConversationId, ConversationPage, Cursor, DeleteMessage, DeviceId,
+    EditMessage, ErrorBody, ErrorCode, Event, Goodbye, HelloOk, HistoryFrom, HistoryPage,
+    HistoryQuery, Limits, Marker, MemberPage, OpId, Order, PresenceInfo, Request, Response, Resume,
+    Role, RoomId, RoomInfo, SendAck, SendMessage, Seq, Session, Timestamp, TokenGrant,
+    TypingUpdate, UserId, UserInfo, UserRef,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -265,14 +266,11 @@ impl Options {
     }
 }
 
-/// The log position of an entry event (a message or a membership change).
+/// The log position of an entry event (a message, a membership change, an edit, a
+/// deletion or an erased edit).
 #[must_use]
 pub fn position(event: &Event) -> Option<(ConversationId, Seq)> {
-    match event {
-        Event::Message(m) => Some((m.conversation, m.seq)),
-        Event::Membership(m) => Some((m.conversation, m.seq)),
-        _ => None,
-    }
+    event.entry_position()
 }
 
 /// A random `u64` from the OS (device ids, op ids).
@@ -618,6 +616,68 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// Replaces the content of one of this user's messages, with a fresh op id (retry with
+    /// [`Client::edit_with_op`] and the same op id to edit at most once). The ack names the
+    /// edit's own entry; members get `Event::Edit`, and history shows the message with its
+    /// new content (`Message::edited`).
+    ///
+    /// # Errors
+    /// `UNKNOWN_MESSAGE` (no such message), `NOT_AUTHOR`, `MESSAGE_DELETED`, `TOO_MANY_EDITS`,
+    /// `BODY_TOO_LARGE`, `INVALID_CONTENT`, `RATE_LIMITED`, or a connection error.
+    pub async fn edit(
+        &self,
+        conversation: ConversationId,
+        target: Seq,
+        content_type: ContentType,
+        body: Vec<u8>,
+    ) -> Result<SendAck, Error> {
+        let op = OpId(random_u64());
+        self.edit_with_op(conversation, op, target, content_type, body)
+            .await
+    }
+
+    /// As [`Client::edit`], with a given op id (idempotent per user and op id).
+    ///
+    /// # Errors
+    /// As [`Client::edit`].
+    pub async fn edit_with_op(
+        &self,
+        conversation: ConversationId,
+        op: OpId,
+        target: Seq,
+        content_type: ContentType,
+        body: Vec<u8>,
+    ) -> Result<SendAck, Error> {
+        let request = Request::Edit(EditMessage {
+            conversation,
+            op,
+            target,
+            content_type,
+            body,
+        });
+        expect_response!(self.request(request).await?, Response::Sent(ack) => ack)
+    }
+
+    /// Deletes a message (this user's, or in a room where this user is an admin or the
+    /// owner, anyone's): its content and its edits' content are erased from the daemon's
+    /// store. The ack names the deletion's entry; members get `Event::Deletion`.
+    ///
+    /// # Errors
+    /// `UNKNOWN_MESSAGE`, `NOT_AUTHOR`, `MESSAGE_DELETED`, `RATE_LIMITED`, or a connection
+    /// error.
+    pub async fn delete(
+        &self,
+        conversation: ConversationId,
+        target: Seq,
+    ) -> Result<SendAck, Error> {
+        let request = Request::Delete(DeleteMessage {
+            conversation,
+            op: OpId(random_u64()),
+            target,
+        });
+        expect_response!(self.request(request).await?, Response::Sent(ack) => ack)
     }
 
     /// Reads one page of a conversation's log.

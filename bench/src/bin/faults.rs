@@ -179,10 +179,7 @@ fn listen(name: &str, client: Arc<Client>) -> Listener {
 }
 
 fn heard_entry(entry: &Entry) -> Heard {
-    match entry {
-        Entry::Message(m) => (m.conversation, m.seq, Some((m.sender, m.op))),
-        Entry::Membership(m) => (m.conversation, m.seq, None),
-    }
+    (entry.conversation(), entry.seq(), entry.op())
 }
 
 /// Every entry of `conversation` from `from` to `to`, through history pages.

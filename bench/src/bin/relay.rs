@@ -391,6 +391,8 @@ fn answer(
                 content_type: send.content_type,
                 reply_to: send.reply_to,
                 body: send.body,
+                edited: None,
+                deleted: None,
             })));
             let all = shared.rooms.read();
             let counts = all.get(&send.conversation).map_or(&[][..], Vec::as_slice);

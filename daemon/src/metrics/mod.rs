@@ -29,7 +29,7 @@ const GROUP_SIZES: &[f64] = &[
 ];
 
 /// The request kinds, in the order of [`request_kind`].
-pub(crate) const REQUESTS: [&str; 21] = [
+pub(crate) const REQUESTS: [&str; 23] = [
     "authenticate",
     "register",
     "login",
@@ -51,6 +51,8 @@ pub(crate) const REQUESTS: [&str; 21] = [
     "mark",
     "presence",
     "sync",
+    "edit",
+    "delete",
 ];
 
 /// The index of a request's kind in [`REQUESTS`].
@@ -77,6 +79,8 @@ pub(crate) fn request_kind(request: &Request) -> usize {
         Request::Mark { .. } => 18,
         Request::Presence { .. } => 19,
         Request::Sync(_) => 20,
+        Request::Edit(_) => 21,
+        Request::Delete(_) => 22,
     }
 }
 

@@ -41,6 +41,16 @@ pub(crate) fn encode(frame: &ServerFrame) -> Bytes {
     }
 }
 
+/// The same frame with version byte 1, for the frames that refuse a client's versions:
+/// `Error` and `Goodbye` have version 1's layout in every version, so any client reads them.
+pub(crate) fn in_version_1(frame: Bytes) -> Bytes {
+    let mut bytes = frame.to_vec();
+    if let Some(version) = bytes.get_mut(chat_protocol::LENGTH_PREFIX) {
+        *version = 1;
+    }
+    Bytes::from(bytes)
+}
+
 /// A `Response` frame.
 pub(crate) fn response(id: RequestId, response: Response) -> Bytes {
     encode(&ServerFrame::Response { id, response })

@@ -29,7 +29,7 @@ mod sim;
 mod thread;
 
 pub(crate) use done::{CommitRefused, Done, Written};
-pub(crate) use frames::{encode, error, error_body, error_frame, now_ms, response};
+pub(crate) use frames::{encode, error, error_body, error_frame, in_version_1, now_ms, response};
 pub use thread::StartError;
 pub(crate) use thread::{EndpointParts, run};
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use chat_protocol::{
-    ConversationId, Event, HistoryPage, Member, MemberPage, Response, ServerFrame, UserId,
+    ConversationId, Event, HistoryPage, Member, MemberPage, Response, Seq, ServerFrame, UserId,
 };
 
 use super::conversation::{Answer, Ctx, Effect, Input, ReadError};
@@ -90,6 +90,7 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
                 sender,
                 rows,
             } => read_sender_ops(shard, conversation, sender, rows),
+            Effect::ReadEntry { conversation, seq } => read_entry(shard, conversation, seq),
             Effect::ReadHistory { to, query, head } => shard.read(to, move |store| {
                 let limit = usize::from(query.limit);
                 let (entries, more) =
@@ -194,15 +195,41 @@ fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, rows: 
     }
 }
 
+/// Reads a stored entry on the read pool for the changes (edits, deletes) that wait for it.
+fn read_entry(shard: &Rc<Shard>, id: ConversationId, seq: Seq) {
+    let shared = Arc::clone(&shard.shared);
+    let at = shard.id;
+    let submitted = shard.shared.reads.submit(move |store| {
+        let result = store.entry(id, seq);
+        if let Err(e) = &result {
+            crate::logging::throttled!(error, conversation = %id, error = %e, "reading an entry to change failed");
+        }
+        let op = Input::EntryRead {
+            seq,
+            result: result.map_err(ReadError::from),
+        };
+        shared.push_blocking(
+            at,
+            ShardMsg::Conversation {
+                conversation: id,
+                op,
+            },
+        );
+    });
+    if !submitted {
+        let result = Err(ReadError::Busy);
+        handle(shard, id, Input::EntryRead { seq, result });
+    }
+}
+
 /// Encodes `event` once and queues it for every shard holding a session of someone in
 /// `audience` (one `Publish` per shard at the end of the loop turn), for their connections
 /// except `except`.
 fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option<super::ConnRef>) {
-    let live = match &event {
-        Event::Message(m) => Live::Entry((m.conversation, m.seq)),
-        Event::Membership(m) => Live::Entry((m.conversation, m.seq)),
-        Event::Typing(_) => Live::Ephemeral,
-        _ => Live::Other,
+    let live = match (event.entry_position(), &event) {
+        (Some(position), _) => Live::Entry(position),
+        (None, Event::Typing(_)) => Live::Ephemeral,
+        (None, _) => Live::Other,
     };
     let mut targets = Vec::new();
     shard.shared.placement.shards_of(audience, &mut targets);

@@ -15,20 +15,23 @@ pub enum ReplayItem {
 /// Entries a catch-up page reads at a time: the most a page can exceed its byte target by.
 pub const REPLAY_CHUNK: usize = 16;
 
-/// Encoded size of an entry beyond its body, at most (ids, seq, times, op id, varint
-/// lengths, the event frame's header): every fixed field of `Message` and
-/// `MembershipEvent` is far below it.
+/// Encoded size of an entry beyond what [`Entry::charge`] counts, at most (ids, seqs,
+/// times, op ids, varint lengths, the event frame's header): every fixed field of an entry
+/// is far below it.
 pub const ENTRY_OVERHEAD: usize = 256;
+
+/// The most [`Entry::charge`] can be at the protocol's ceilings (an edited message: two
+/// bodies and its edits' seqs), not the configured `max_body`: entries stored before a lower
+/// setting keep their size.
+pub const MAX_ENTRY_CHARGE: usize =
+    2 * chat_protocol::limits::MAX_BODY + 8 * chat_protocol::limits::MAX_EDITS;
 
 /// Encoded size of a `Gap` event frame, at most.
 pub(super) const GAP_BOUND: usize = 64;
 
 /// An upper bound of an entry's size as an event frame.
 pub(super) fn encoded_bound(entry: &Entry) -> usize {
-    match entry {
-        Entry::Message(m) => m.body.len() + ENTRY_OVERHEAD,
-        Entry::Membership(_) => ENTRY_OVERHEAD,
-    }
+    entry.charge() + ENTRY_OVERHEAD
 }
 
 /// A catch-up in progress between its pages ([`Store::catch_up_page`]): the device's

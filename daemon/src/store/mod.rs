@@ -10,16 +10,19 @@ pub mod keys;
 pub mod outbox;
 mod reads;
 mod records;
+mod upgrade;
 mod wal;
 pub mod writer;
 
-pub use catch_up::{CatchUp, ENTRY_OVERHEAD, REPLAY_CHUNK, ReplayItem};
+pub use catch_up::{CatchUp, ENTRY_OVERHEAD, MAX_ENTRY_CHARGE, REPLAY_CHUNK, ReplayItem};
+pub use reads::PAGE_BYTES;
 pub(crate) use records::decode_sender_op;
 pub use records::{
     ConversationSnapshot, MemberState, RESTRICTION_PREFIX, Restriction, RoomRecord, SenderOp,
     UserRecord, encode_marks, restriction_key, to_json,
 };
 use records::{decode_entry, parse_marks};
+use upgrade::UPGRADES;
 pub use wal::WalOptions;
 
 use std::path::Path;
@@ -133,13 +136,9 @@ pub const FORMAT_KEY: &[u8] = b"store.format";
 ///
 /// - 0: written before the format was stamped (chatd up to the admin listener's arrival).
 /// - 1: the same layout, stamped; `Cf::Meta` may hold account restrictions.
-pub const FORMAT: u32 = 1;
-
-/// The upgrade from each older format to the next: (from, what it changes, the step).
-type Upgrade = (u32, &'static str, fn(&Store) -> Result<(), Error>);
-
-/// Every upgrade step, in order.
-const UPGRADES: &[Upgrade] = &[(0, "stamps the format (the layout is unchanged)", |_| Ok(()))];
+/// - 2: log entries in protocol version 2's encoding (messages carry their edits and
+///   deletion; the log may hold edits, deletions and erased edits).
+pub const FORMAT: u32 = 2;
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
 #[derive(Clone)]

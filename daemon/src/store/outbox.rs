@@ -90,6 +90,36 @@ pub enum Event {
         /// The new high-water mark: everything up to and including this entry.
         up_to: Seq,
     },
+    /// A message's author replaced its content.
+    #[serde(rename = "message.edited")]
+    MessageEdited {
+        /// Where.
+        conversation: Conversation,
+        /// The edit: its own sequence number, the author, the edit's op id and the new
+        /// content (no `reply_to`).
+        edit: MessageBody,
+        /// The message edited.
+        target: Seq,
+    },
+    /// A message was deleted: consumers that kept its content (search indexes, archives)
+    /// drop it, and the content of the edits listed in `erased`.
+    #[serde(rename = "message.deleted")]
+    MessageDeleted {
+        /// Where.
+        conversation: Conversation,
+        /// The deletion entry's sequence number.
+        entry_seq: Seq,
+        /// The message deleted.
+        target: Seq,
+        /// Who deleted it: the author, or a room's admin or owner.
+        actor: UserId,
+        /// The message's author.
+        author: UserId,
+        /// The deletion's op id, in decimal.
+        op: String,
+        /// The message's edits, whose content is erased too.
+        erased: Vec<Seq>,
+    },
     /// An operator acted (`chatd admin`, `chatd backup`).
     #[serde(rename = "admin.action")]
     AdminAction {
@@ -113,14 +143,20 @@ pub enum Event {
 }
 
 impl Event {
-    /// The AMQP routing key: `message.created.room|direct|notes`, `membership.changed.room`,
-    /// `room.created`, `user.registered`, `marker.moved.delivered|read`,
-    /// `admin.kick|disable|enable|revoke|compact|backup`.
+    /// The AMQP routing key: `message.created|edited|deleted.room|direct|notes`,
+    /// `membership.changed.room`, `room.created`, `user.registered`,
+    /// `marker.moved.delivered|read`, `admin.kick|disable|enable|revoke|compact|backup`.
     #[must_use]
     pub fn routing_key(&self) -> String {
         match self {
             Event::MessageCreated { conversation, .. } => {
                 format!("message.created.{}", conversation.kind())
+            }
+            Event::MessageEdited { conversation, .. } => {
+                format!("message.edited.{}", conversation.kind())
+            }
+            Event::MessageDeleted { conversation, .. } => {
+                format!("message.deleted.{}", conversation.kind())
             }
             Event::MembershipChanged { conversation, .. } => {
                 format!("membership.changed.{}", conversation.kind())
@@ -246,7 +282,17 @@ impl MessageBody {
     }
 }
 
+/// An op id as the JSON payload spells it (decimal).
+fn parse_op(op: &str) -> Result<OpId, String> {
+    op.parse().map(OpId).map_err(|e| format!("op {op:?}: {e}"))
+}
+
 impl MessageBody {
+    /// The op id.
+    fn op_id(&self) -> Result<OpId, String> {
+        parse_op(&self.op)
+    }
+
     /// The body's bytes, from `text` or `body_base64`.
     fn body(&self) -> Result<Vec<u8>, String> {
         match (&self.text, &self.body_base64) {
@@ -361,16 +407,41 @@ impl Record {
                 conversation: conversation.id()?,
                 seq: message.seq,
                 sender: message.sender,
-                op: OpId(
-                    message
-                        .op
-                        .parse()
-                        .map_err(|e| format!("op {:?}: {e}", message.op))?,
-                ),
+                op: message.op_id()?,
                 content_type: ContentType(message.content_type),
                 reply_to: message.reply_to,
                 body: message.body()?,
                 offline_recipients: offline_recipients.clone(),
+            },
+            Event::MessageEdited {
+                conversation,
+                edit,
+                target,
+            } => events::EventKind::MessageEdited {
+                conversation: conversation.id()?,
+                seq: edit.seq,
+                target: *target,
+                sender: edit.sender,
+                op: edit.op_id()?,
+                content_type: ContentType(edit.content_type),
+                body: edit.body()?,
+            },
+            Event::MessageDeleted {
+                conversation,
+                entry_seq,
+                target,
+                actor,
+                author,
+                op,
+                erased,
+            } => events::EventKind::MessageDeleted {
+                conversation: conversation.id()?,
+                seq: *entry_seq,
+                target: *target,
+                actor: *actor,
+                author: *author,
+                op: parse_op(op)?,
+                erased: erased.clone(),
             },
             Event::MembershipChanged {
                 conversation,

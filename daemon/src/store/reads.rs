@@ -3,9 +3,15 @@
 
 use super::*;
 
+/// What the entries of one page may charge in all ([`Entry::charge`] plus
+/// [`ENTRY_OVERHEAD`] each): a page fits a server frame whatever its entries hold. Only
+/// edited messages (which carry two bodies) can make a page of `MAX_PAGE` entries stop short.
+pub const PAGE_BYTES: usize = chat_protocol::limits::MAX_SERVER_FRAME - 64 * 1024;
+
 impl Store {
-    /// A page of a conversation's log, at most `limit` entries, none beyond `head`.
-    /// Returns the entries in the requested order and whether more exist past the page.
+    /// A page of a conversation's log, at most `limit` entries and [`PAGE_BYTES`], none
+    /// beyond `head`. Returns the entries in the requested order and whether more exist past
+    /// the page.
     ///
     /// # Errors
     /// RocksDB errors or corrupt entries.
@@ -23,7 +29,7 @@ impl Store {
             HistoryFrom::After(s) => (s.next(), true),
         };
         let mut entries = Vec::with_capacity(limit.min(128));
-        let mut more = false;
+        let (mut more, mut bytes) = (false, 0);
         if start.0 >= 1 && start <= head {
             let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
             if forward {
@@ -45,7 +51,13 @@ impl Store {
                     more = true;
                     break;
                 }
-                entries.push(decode_entry(value)?);
+                let entry = decode_entry(value)?;
+                bytes += entry.charge() + ENTRY_OVERHEAD;
+                if bytes > PAGE_BYTES && !entries.is_empty() {
+                    more = true;
+                    break;
+                }
+                entries.push(entry);
                 if forward { iter.next() } else { iter.prev() }
             }
             iter.status()?;
@@ -55,6 +67,16 @@ impl Store {
             entries.reverse();
         }
         Ok((entries, more))
+    }
+
+    /// The stored entry `seq` of a conversation, if there is one.
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt entry.
+    pub fn entry(&self, c: ConversationId, seq: Seq) -> Result<Option<Entry>, Error> {
+        self.get(Cf::Log, &keys::log(c, seq))?
+            .map(|bytes| decode_entry(&bytes))
+            .transpose()
     }
 
     /// A user's conversations after `after`, at most `limit`, and whether more exist.

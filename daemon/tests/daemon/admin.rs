@@ -628,20 +628,14 @@ async fn a_backup_taken_under_load_restores_every_message_acknowledged_before_it
     )
     .await;
     let entries = all_entries(&mut reader, room).await;
-    let seqs: Vec<u64> = entries
-        .iter()
-        .map(|e| match e {
-            Entry::Message(m) => m.seq.0,
-            Entry::Membership(m) => m.seq.0,
-        })
-        .collect();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq().0).collect();
     // Contiguous from 1: nothing half-written.
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let stored: std::collections::HashSet<(Seq, OpId)> = entries
         .iter()
         .filter_map(|e| match e {
             Entry::Message(m) => Some((m.seq, m.op)),
-            Entry::Membership(_) => None,
+            _ => None,
         })
         .collect();
     let missing: Vec<_> = before.iter().filter(|a| !stored.contains(a)).collect();

@@ -25,7 +25,7 @@ async fn register_login_and_authenticate() {
     let daemon = TestDaemon::start_with(|c| c.limits.max_body = 1_000);
     let mut anon = Client::connect(daemon.addr, &daemon.cert).await;
     let ok = anon.hello(None, 1).await;
-    assert_eq!(ok.version, 1);
+    assert_eq!(ok.version, PROTOCOL_VERSION);
     assert!(ok.session.is_none());
     assert_eq!(ok.limits.max_body, 1_000);
 

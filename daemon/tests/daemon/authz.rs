@@ -48,6 +48,8 @@ enum Target {
     Outsider,
     /// A plain member.
     Member,
+    /// A plain member with a message of theirs in the room (`Fresh::message`).
+    MemberMessage,
     /// A member the owner banned.
     BannedMember,
     /// An admin the owner banned.
@@ -56,10 +58,11 @@ enum Target {
     Nobody,
 }
 
-/// A name nobody has used yet, and a token for it.
+/// A name nobody has used yet, and a token for it; the target's message, if it has one.
 struct Fresh {
     name: String,
     token: String,
+    message: Seq,
 }
 
 struct Row {
@@ -76,6 +79,7 @@ const FB: Expect = E(ErrorCode::FORBIDDEN);
 const UU: Expect = E(ErrorCode::UNKNOWN_USER);
 const AA: Expect = E(ErrorCode::ALREADY_AUTHENTICATED);
 const AM: Expect = E(ErrorCode::ALREADY_MEMBER);
+const NU: Expect = E(ErrorCode::NOT_AUTHOR);
 
 fn rows() -> Vec<Row> {
     vec![
@@ -225,6 +229,32 @@ fn rows() -> Vec<Row> {
             expect: [NA, NM, NM, OK, OK, OK, NM, NM],
         },
         Row {
+            name: "Edit a member's message",
+            target: Target::MemberMessage,
+            request: |room, _, fresh| {
+                Request::Edit(EditMessage {
+                    conversation: ConversationId::Room(room),
+                    op: OpId(8),
+                    target: fresh.message,
+                    content_type: ContentType::TEXT,
+                    body: b"edited".to_vec(),
+                })
+            },
+            expect: [NA, NM, NM, NU, NU, NU, NM, NM],
+        },
+        Row {
+            name: "Delete a member's message",
+            target: Target::MemberMessage,
+            request: |room, _, fresh| {
+                Request::Delete(DeleteMessage {
+                    conversation: ConversationId::Room(room),
+                    op: OpId(9),
+                    target: fresh.message,
+                })
+            },
+            expect: [NA, NM, NM, NU, OK, OK, NM, NM],
+        },
+        Row {
             name: "History",
             target: Target::Outsider,
             request: |room, _, _| {
@@ -336,16 +366,23 @@ async fn every_request_in_every_role_gets_the_documented_answer() {
                 }
             };
             // This caller's target.
+            let mut message = Seq(0);
             let target = match row.target {
                 Target::Nobody => UserId(1_000_000 + r as u64),
                 _ => {
                     let (mut t, id) =
                         user(&daemon, &format!("t{r}{caller:?}").to_lowercase()).await;
                     match row.target {
-                        Target::Member | Target::BannedMember | Target::BannedAdmin => {
+                        Target::Member
+                        | Target::MemberMessage
+                        | Target::BannedMember
+                        | Target::BannedAdmin => {
                             t.ok(Request::JoinRoom { room }).await;
                         }
                         _ => {}
+                    }
+                    if matches!(row.target, Target::MemberMessage) {
+                        message = t.send_text(ConversationId::Room(room), 1, "mine").await.seq;
                     }
                     if matches!(row.target, Target::BannedAdmin) {
                         let admin = Request::SetRole {
@@ -361,13 +398,14 @@ async fn every_request_in_every_role_gets_the_documented_answer() {
                     id
                 }
             };
-            callers.push((caller, client, target));
+            callers.push((caller, client, target, message));
         }
-        for (i, (caller, client, target)) in callers.iter_mut().enumerate() {
+        for (i, (caller, client, target, message)) in callers.iter_mut().enumerate() {
             let name = format!("f{r}x{i}");
             let fresh = Fresh {
                 token: daemon.token(&name),
                 name,
+                message: *message,
             };
             let request = (row.request)(room, *target, &fresh);
             let sender = client.as_mut().unwrap_or(&mut owner);

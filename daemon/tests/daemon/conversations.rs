@@ -411,6 +411,7 @@ async fn room_rights_are_enforced() {
                 MembershipChange::Unbanned => "unbanned",
                 MembershipChange::RoleChanged(_) => "role",
             },
+            _ => "other",
         })
         .collect();
     assert_eq!(
@@ -442,7 +443,7 @@ async fn room_rights_are_enforced() {
         .collect();
     let owner_id = match &page.entries[0] {
         Entry::Membership(m) => m.actor,
-        Entry::Message(_) => unreachable!(),
+        other => panic!("not the creation: {other:?}"),
     };
     assert_eq!(
         roles,

@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod authz;
 mod bridge;
+mod changes;
 mod client;
 mod conversations;
 mod history;

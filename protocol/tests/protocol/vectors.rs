@@ -43,6 +43,8 @@ fn hello_message() -> Message {
         content_type: ContentType::TEXT,
         reply_to: Some(Seq(42)),
         body: b"hello".to_vec(),
+        edited: None,
+        deleted: None,
     }
 }
 
@@ -62,7 +64,7 @@ fn vectors() -> Vec<Vector> {
         Client(
             "hello-token-resume",
             ClientFrame::Hello(Hello {
-                versions: VersionRange { min: 1, max: 1 },
+                versions: VersionRange { min: 2, max: 2 },
                 client: "sdk".into(),
                 device: DeviceId(9),
                 auth: Some(Auth {
@@ -139,7 +141,7 @@ fn vectors() -> Vec<Vector> {
         Server(
             "hello-ok",
             ServerFrame::HelloOk(HelloOk {
-                version: 1,
+                version: 2,
                 server: "chatd/0.1.0".into(),
                 session: Some(Session {
                     user: ALICE,
@@ -306,6 +308,103 @@ fn vectors() -> Vec<Vector> {
                 active: true,
                 expires_in_ms: limits::TYPING_TTL_MS,
             })),
+        ),
+        Client(
+            "edit",
+            request(
+                9,
+                Request::Edit(EditMessage {
+                    conversation: ConversationId::Room(ROOM),
+                    op: OpId(78),
+                    target: Seq(43),
+                    content_type: ContentType::TEXT,
+                    body: b"hello!".to_vec(),
+                }),
+            ),
+        ),
+        Client(
+            "delete",
+            request(
+                10,
+                Request::Delete(DeleteMessage {
+                    conversation: ConversationId::Room(ROOM),
+                    op: OpId(79),
+                    target: Seq(43),
+                }),
+            ),
+        ),
+        Server(
+            "event-edit",
+            ServerFrame::Event(Event::Edit(Edit {
+                conversation: ConversationId::Room(ROOM),
+                seq: Seq(45),
+                ts: TS,
+                sender: ALICE,
+                op: OpId(78),
+                target: Seq(43),
+                content_type: ContentType::TEXT,
+                body: b"hello!".to_vec(),
+            })),
+        ),
+        Server(
+            "event-deletion",
+            ServerFrame::Event(Event::Deletion(Deletion {
+                conversation: ConversationId::Room(ROOM),
+                seq: Seq(46),
+                ts: TS,
+                actor: BOB,
+                op: OpId(79),
+                target: Seq(43),
+                erased: vec![Seq(45)],
+            })),
+        ),
+        Server(
+            "history-edited",
+            response(
+                11,
+                Response::History(HistoryPage {
+                    conversation: ConversationId::Room(ROOM),
+                    entries: vec![Entry::Message(Message {
+                        edited: Some(Edited {
+                            versions: vec![Seq(45)],
+                            ts: TS,
+                            content_type: ContentType::TEXT,
+                            body: b"hello!".to_vec(),
+                        }),
+                        ..hello_message()
+                    })],
+                    head: Seq(45),
+                    more: true,
+                }),
+            ),
+        ),
+        Server(
+            "history-deleted",
+            response(
+                12,
+                Response::History(HistoryPage {
+                    conversation: ConversationId::Room(ROOM),
+                    entries: vec![
+                        Entry::Message(Message {
+                            body: Vec::new(),
+                            deleted: Some(Deleted {
+                                seq: Seq(46),
+                                ts: TS,
+                                by: BOB,
+                            }),
+                            ..hello_message()
+                        }),
+                        Entry::Erased(Erased {
+                            conversation: ConversationId::Room(ROOM),
+                            seq: Seq(45),
+                            target: Seq(43),
+                            deletion: Seq(46),
+                        }),
+                    ],
+                    head: Seq(46),
+                    more: true,
+                }),
+            ),
         ),
         // Edge cases: the longest client name, and one user more than a presence change may
         // name (it decodes; the daemon answers INVALID_REQUEST).

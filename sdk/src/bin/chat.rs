@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chat_sdk::protocol::{
-    ConversationId, Entry, ErrorCode, Event, HistoryFrom, Marker, MembershipChange, Message, Order,
-    PresenceStatus, RoomId, Seq, UserId,
+    ContentType, ConversationId, Entry, ErrorCode, Event, HistoryFrom, Marker, MembershipChange,
+    Order, PresenceStatus, RoomId, Seq, UserId,
 };
 use chat_sdk::{Client, Error, Options, Reconnect, Status, Trust};
 use clap::{Parser, Subcommand};
@@ -78,6 +78,23 @@ enum Command {
         target: String,
         /// The text.
         text: String,
+    },
+    /// Replace the text of one of your messages; prints the edit's sequence number.
+    Edit {
+        /// @NAME or #ROOM.
+        target: String,
+        /// The message's sequence number.
+        seq: u64,
+        /// The new text.
+        text: String,
+    },
+    /// Delete a message (yours, or anyone's in a room you administer); its text and its
+    /// edits' text are erased from the daemon. Prints the deletion's sequence number.
+    Delete {
+        /// @NAME or #ROOM.
+        target: String,
+        /// The message's sequence number.
+        seq: u64,
     },
     /// Print events as they arrive; reconnects by itself without losing any.
     Listen {
@@ -403,6 +420,29 @@ impl App {
                     || format!("sent to {target}: seq {}", ack.seq),
                 );
             }
+            Command::Edit { target, seq, text } => {
+                let (client, saved) = self.connect().await?;
+                let conversation = resolve(&client, &saved, target).await?;
+                let body = text.as_bytes().to_vec();
+                let ack = client
+                    .edit(conversation, Seq(*seq), ContentType::TEXT, body)
+                    .await?;
+                client.close().await;
+                self.print(
+                    json!({ "type": "ack", "conversation": target, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate, "edited": seq }),
+                    || format!("edited {target} #{seq}: seq {}", ack.seq),
+                );
+            }
+            Command::Delete { target, seq } => {
+                let (client, saved) = self.connect().await?;
+                let conversation = resolve(&client, &saved, target).await?;
+                let ack = client.delete(conversation, Seq(*seq)).await?;
+                client.close().await;
+                self.print(
+                    json!({ "type": "ack", "conversation": target, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate, "deleted": seq }),
+                    || format!("deleted {target} #{seq}: seq {}", ack.seq),
+                );
+            }
             Command::Listen {
                 targets,
                 count,
@@ -599,12 +639,10 @@ impl App {
                 }
             };
             let conversation = match &event {
-                Event::Message(m) => Some(m.conversation),
-                Event::Membership(m) => Some(m.conversation),
                 Event::Receipt(r) => Some(r.conversation),
                 Event::Typing(t) => Some(t.conversation),
                 Event::Gap(g) => Some(g.conversation),
-                _ => None,
+                other => other.entry_position().map(|(c, _)| c),
             };
             if let Some(c) = conversation
                 && !only.is_empty()
@@ -669,6 +707,17 @@ impl App {
             }
             Event::Membership(m) => {
                 self.print_entry(client, names, label, &Entry::Membership(m))
+                    .await;
+            }
+            Event::Edit(e) => {
+                self.print_entry(client, names, label, &Entry::Edit(e)).await;
+            }
+            Event::Deletion(d) => {
+                self.print_entry(client, names, label, &Entry::Deletion(d))
+                    .await;
+            }
+            Event::Erased(e) => {
+                self.print_entry(client, names, label, &Entry::Erased(e))
                     .await;
             }
             Event::Receipt(r) => {
@@ -795,6 +844,9 @@ impl App {
                     let relevant = match &event {
                         Event::Message(m) => m.conversation == conversation,
                         Event::Membership(m) => m.conversation == conversation,
+                        Event::Edit(e) => e.conversation == conversation,
+                        Event::Deletion(d) => d.conversation == conversation,
+                        Event::Erased(e) => e.conversation == conversation,
                         Event::Receipt(r) => r.conversation == conversation && r.user != saved.user,
                         Event::Typing(t) => t.conversation == conversation,
                         Event::Gap(g) => g.conversation == conversation,
@@ -846,10 +898,45 @@ impl App {
         match entry {
             Entry::Message(m) => {
                 let sender = names.name(client, m.sender).await;
-                let body = String::from_utf8_lossy(&m.body).into_owned();
+                let (content_type, body) = m.current();
+                let text = String::from_utf8_lossy(body).into_owned();
+                let edited = m.edited.as_ref().map(|e| e.versions.clone());
+                let deleted = m.deleted.map(|d| d.seq);
+                let mark = match (&m.edited, &m.deleted) {
+                    (_, Some(d)) => format!(" (deleted at #{})", d.seq),
+                    (Some(_), None) => " (edited)".to_owned(),
+                    (None, None) => String::new(),
+                };
                 self.print(
-                    json!({ "type": "message", "conversation": conversation, "seq": m.seq, "sender": sender, "sender_id": m.sender, "body": body, "ts": m.ts, "content_type": m.content_type.0, "reply_to": m.reply_to }),
-                    || format!("{conversation} #{} {}: {}", m.seq, sender, display_body(m)),
+                    json!({ "type": "message", "conversation": conversation, "seq": m.seq, "sender": sender, "sender_id": m.sender, "body": text, "ts": m.ts, "content_type": content_type.0, "reply_to": m.reply_to, "edits": edited, "deleted": deleted }),
+                    || {
+                        let shown = display_body(content_type, body);
+                        format!("{conversation} #{} {}: {shown}{mark}", m.seq, sender)
+                    },
+                );
+            }
+            Entry::Edit(e) => {
+                let sender = names.name(client, e.sender).await;
+                let text = String::from_utf8_lossy(&e.body).into_owned();
+                self.print(
+                    json!({ "type": "edit", "conversation": conversation, "seq": e.seq, "target": e.target, "sender": sender, "sender_id": e.sender, "body": text, "ts": e.ts, "content_type": e.content_type.0 }),
+                    || {
+                        let shown = display_body(e.content_type, &e.body);
+                        format!("{conversation} #{} {sender} edited #{}: {shown}", e.seq, e.target)
+                    },
+                );
+            }
+            Entry::Deletion(d) => {
+                let actor = names.name(client, d.actor).await;
+                self.print(
+                    json!({ "type": "deletion", "conversation": conversation, "seq": d.seq, "target": d.target, "actor": actor, "erased": d.erased, "ts": d.ts }),
+                    || format!("{conversation} #{} * {actor} deleted #{}", d.seq, d.target),
+                );
+            }
+            Entry::Erased(e) => {
+                self.print(
+                    json!({ "type": "erased", "conversation": conversation, "seq": e.seq, "target": e.target, "deletion": e.deletion }),
+                    || format!("{conversation} #{} * an edit of #{}, erased", e.seq, e.target),
                 );
             }
             Entry::Membership(m) => {
@@ -876,11 +963,11 @@ impl App {
     }
 }
 
-fn display_body(m: &Message) -> String {
-    if m.content_type.is_text() {
-        String::from_utf8_lossy(&m.body).into_owned()
+fn display_body(content_type: ContentType, body: &[u8]) -> String {
+    if content_type.is_text() {
+        String::from_utf8_lossy(body).into_owned()
     } else {
-        format!("<{} bytes of type {}>", m.body.len(), m.content_type.0)
+        format!("<{} bytes of type {}>", body.len(), content_type.0)
     }
 }
 

@@ -213,3 +213,53 @@ fn listen_resume_saves_a_cursor_only_for_what_it_printed() {
     assert_eq!(bodies(&listen("1")), sent[..1]);
     assert_eq!(bodies(&listen("2")), sent[1..]);
 }
+
+#[test]
+fn edits_and_deletes_through_the_cli() {
+    let daemon = TestDaemon::start();
+    run(
+        &daemon,
+        "alice",
+        &["register", "alice", "--password", "correct horse"],
+    );
+    run(
+        &daemon,
+        "bob",
+        &["register", "bob", "--password", "battery staple"],
+    );
+    let sent = run(&daemon, "alice", &["send", "@bob", "helo"]);
+    let seq = sent[0]["seq"].as_u64().unwrap().to_string();
+    let edited = run(&daemon, "alice", &["edit", "@bob", &seq, "hello"]);
+    assert_eq!(
+        (edited[0]["type"].as_str(), edited[0]["seq"].as_u64()),
+        (Some("ack"), Some(2))
+    );
+    // Bob's history shows the current text, marked, and the edit's own entry.
+    let history = run(&daemon, "bob", &["history", "@alice"]);
+    assert_eq!(bodies(&history), ["hello"]);
+    assert_eq!(history[0]["edits"], serde_json::json!([2]));
+    assert_eq!(
+        (history[1]["type"].as_str(), history[1]["target"].as_u64()),
+        (Some("edit"), Some(1))
+    );
+    // Only the author may edit: the wire code on stderr, a failing exit.
+    let output = chat(&daemon, "bob", &["edit", "@alice", &seq, "mine now"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error: Value = serde_json::from_slice(&output.stderr).unwrap();
+    assert_eq!(error["name"].as_str(), Some("NOT_AUTHOR"));
+
+    let deleted = run(&daemon, "alice", &["delete", "@bob", &seq]);
+    assert_eq!(deleted[0]["seq"].as_u64(), Some(3));
+    let history = run(&daemon, "bob", &["history", "@alice"]);
+    assert_eq!(bodies(&history), [""]);
+    assert_eq!(history[0]["deleted"].as_u64(), Some(3));
+    assert_eq!(
+        history
+            .iter()
+            .map(|v| v["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["message", "erased", "deletion"]
+    );
+}

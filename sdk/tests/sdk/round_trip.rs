@@ -178,3 +178,61 @@ async fn a_token_minted_with_the_sdk_is_accepted_and_a_wrong_secret_is_not() {
     let refused = Client::connect(&options).await.err().unwrap();
     assert_eq!(refused.code(), Some(ErrorCode::TOKEN_INVALID), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_reach_other_devices_through_the_sdk() {
+    let daemon = TestDaemon::start();
+    let anonymous = Client::connect(&daemon.options()).await.unwrap();
+    let token = anonymous
+        .register("alice", "correct horse")
+        .await
+        .unwrap()
+        .token;
+    let device = |token: &str| chat_sdk::Options {
+        token: Some(token.to_owned()),
+        ..daemon.options()
+    };
+    let laptop = Client::connect(&device(&token)).await.unwrap();
+    let phone = Client::connect(&device(&token)).await.unwrap();
+    let notes = ConversationId::Notes(laptop.session().unwrap().user);
+    let sent = laptop.send_text(notes, "draft").await.unwrap();
+    let edit = laptop
+        .edit(notes, sent.seq, ContentType::TEXT, b"final".to_vec())
+        .await
+        .unwrap();
+    let op = OpId(7);
+    let retried = laptop
+        .edit_with_op(notes, op, sent.seq, ContentType::TEXT, b"final!".to_vec())
+        .await
+        .unwrap();
+    let again = laptop
+        .edit_with_op(notes, op, sent.seq, ContentType::TEXT, b"final!".to_vec())
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (retried.seq, true));
+    let deleted = laptop.delete(notes, sent.seq).await.unwrap();
+    assert_eq!(
+        [edit.seq, retried.seq, deleted.seq],
+        [Seq(2), Seq(3), Seq(4)]
+    );
+    let err = laptop
+        .edit(notes, sent.seq, ContentType::TEXT, b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_DELETED));
+
+    // The other device gets every entry once, in order, as events.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event = phone.next_event().await.unwrap();
+        if let Some(position) = chat_sdk::position(&event) {
+            seen.push((position.1, event));
+        }
+    }
+    assert_eq!(
+        seen.iter().map(|(seq, _)| seq.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(matches!(&seen[1].1, Event::Edit(e) if e.body == b"final"));
+    assert!(matches!(&seen[3].1, Event::Deletion(d) if d.erased == [Seq(2), Seq(3)]));
+}

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chat_protocol::{Entry, ErrorCode, Event, RequestId, Resume, ServerFrame};
+use chat_protocol::{ErrorCode, Event, RequestId, Resume, ServerFrame};
 
 use super::{Conn, ConnId, get, record_event_peak};
 use crate::budget;
@@ -96,11 +96,7 @@ impl crate::pool::Job for PageJob {
                         ReplayItem::Entry(entry) => {
                             replayed += 1;
                             let position = Some((entry.conversation(), entry.seq()));
-                            let event = match entry {
-                                Entry::Message(m) => Event::Message(m),
-                                Entry::Membership(m) => Event::Membership(m),
-                            };
-                            (position, encode(&ServerFrame::Event(event)))
+                            (position, encode(&ServerFrame::Event(entry.into_event())))
                         }
                     })
                     .collect();

@@ -16,6 +16,7 @@
 //! from disk on next use. Only after a commit returns are the sender acked and the event
 //! published, so nothing is visible before it is durable.
 
+mod change;
 mod dedupe;
 mod marks;
 mod rooms;
@@ -34,8 +35,10 @@ use chat_protocol::{
 use super::{ConnRef, Origin};
 use crate::store::writer::{Batch, WriteError};
 use crate::store::{Cf, ConversationSnapshot, SenderOp, keys};
+pub(crate) use change::Change;
 use dedupe::Senders;
 pub(crate) use rooms::{Room, RoomAction};
+use send::Op;
 pub(crate) use send::valid_content;
 
 /// What a conversation is told.
@@ -46,6 +49,8 @@ pub(crate) enum Input {
         origin: Origin,
         message: SendMessage,
     },
+    /// Edit or delete a message.
+    Change { origin: Origin, change: Change },
     /// Read a page (membership and the page size are checked here, the read runs elsewhere).
     History { origin: Origin, query: HistoryQuery },
     /// Create a room (the conversation is new).
@@ -72,6 +77,11 @@ pub(crate) enum Input {
     SenderOps {
         sender: UserId,
         result: Result<Vec<SenderOp>, ReadError>,
+    },
+    /// A stored entry that changes wait for, as asked by [`Effect::ReadEntry`].
+    EntryRead {
+        seq: Seq,
+        result: Result<Option<Entry>, ReadError>,
     },
 }
 
@@ -106,6 +116,7 @@ impl Input {
     fn origin(&self) -> Option<&Origin> {
         match self {
             Input::Send { origin, .. }
+            | Input::Change { origin, .. }
             | Input::History { origin, .. }
             | Input::Create { origin, .. }
             | Input::Room { origin, .. }
@@ -113,7 +124,8 @@ impl Input {
             Input::Committed(_)
             | Input::Refused
             | Input::Typing { .. }
-            | Input::SenderOps { .. } => None,
+            | Input::SenderOps { .. }
+            | Input::EntryRead { .. } => None,
         }
     }
 }
@@ -157,6 +169,11 @@ pub(crate) enum Effect {
         conversation: ConversationId,
         sender: UserId,
         rows: usize,
+    },
+    /// Read the stored entry `seq`; answer with [`Input::EntryRead`].
+    ReadEntry {
+        conversation: ConversationId,
+        seq: Seq,
     },
     /// Read a history page (checked) no further than `head`, and answer `to` with it.
     ReadHistory {
@@ -236,8 +253,8 @@ impl Conversations {
                 Input::Committed(_) | Input::Refused => {
                     tracing::warn!(conversation = %id, "commit result for an unknown conversation");
                 }
-                // The conversation was forgotten (and its waiting sends answered) meanwhile.
-                Input::SenderOps { .. } => {}
+                // The conversation was forgotten (and its waiting requests answered) meanwhile.
+                Input::SenderOps { .. } | Input::EntryRead { .. } => {}
                 input => {
                     self.slots.insert(id, Slot::Loading(vec![input]));
                     out.push(Effect::Load(id));
@@ -366,6 +383,8 @@ fn answer_all(inputs: &[Input], refusal: Refusal, out: &mut Vec<Effect>) {
 struct Pending {
     origin: Origin,
     entry: Entry,
+    /// When it was accepted (the entry's time, for those that carry one).
+    ts: Timestamp,
     /// Who receives the event: the audience when the entry was queued, plus anyone it
     /// concerns who is not (an invited, kicked or banned user).
     audience: Arc<[UserId]>,
@@ -381,9 +400,13 @@ struct Pending {
 pub(crate) struct Conversation {
     id: ConversationId,
     committed: Seq,
-    /// Each recent sender's window of op ids; sends of senders whose window is being read
-    /// wait here.
-    senders: Senders<(Origin, SendMessage)>,
+    /// Each recent sender's window of op ids; sends, edits and deletes of senders whose
+    /// window is being read wait here.
+    senders: Senders<(Origin, Op)>,
+    /// Messages that edits and deletes are reading, or changed in commits not yet durable.
+    targets: HashMap<Seq, change::Target>,
+    /// Changes of entries in the commit in flight, for after it.
+    after_commit: Vec<(Origin, Change)>,
     /// Entries in the commit with the storage thread, in sequence order.
     committing: Vec<Pending>,
     /// Entries waiting for the next commit.
@@ -408,6 +431,8 @@ impl Conversation {
             id,
             committed: snapshot.head,
             senders: Senders::new(ctx.dedupe_window, ctx.dedupe_cache, snapshot.head == Seq(0)),
+            targets: HashMap::new(),
+            after_commit: Vec::new(),
             committing: Vec::new(),
             queued: Vec::new(),
             queued_batch: Batch::default(),
@@ -430,17 +455,25 @@ impl Conversation {
 
     fn handle(&mut self, input: Input, ctx: &Ctx<'_>, out: &mut Vec<Effect>) -> Fate {
         let fate = match input {
-            Input::Committed(result) => self.committed(result, out),
+            Input::Committed(result) => self.committed(result, ctx, out),
             Input::Refused => {
                 self.fail_pending(ErrorCode::OVERLOADED, "storage queue full", out);
                 Fate::Forget
             }
             Input::Send { origin, message } => {
-                self.send(origin, message, ctx, out);
+                self.post(origin, Op::Send(message), ctx, out);
+                Fate::Keep
+            }
+            Input::Change { origin, change } => {
+                self.post(origin, Op::Change(change), ctx, out);
                 Fate::Keep
             }
             Input::SenderOps { sender, result } => {
                 self.sender_ops(sender, result, ctx, out);
+                Fate::Keep
+            }
+            Input::EntryRead { seq, result } => {
+                self.entry_read(seq, result, ctx, out);
                 Fate::Keep
             }
             Input::History { origin, query } => {
@@ -492,12 +525,15 @@ impl Conversation {
         !self.committing.is_empty() || !self.committing_receipts.is_empty()
     }
 
-    /// Nothing in flight, nothing queued, no sends waiting for a sender's window.
+    /// Nothing in flight, nothing queued, no sends waiting for a sender's window, no changes
+    /// waiting for their message.
     fn idle(&self) -> bool {
         !self.committing_now()
             && self.queued.is_empty()
             && self.queued_receipts.is_empty()
             && !self.senders.loading()
+            && self.targets.is_empty()
+            && self.after_commit.is_empty()
     }
 
     fn is_member(&self, user: UserId) -> bool {
@@ -554,12 +590,17 @@ impl Conversation {
     }
 
     /// The commit came back.
-    fn committed(&mut self, result: Result<(), WriteError>, out: &mut Vec<Effect>) -> Fate {
+    fn committed(
+        &mut self,
+        result: Result<(), WriteError>,
+        ctx: &Ctx<'_>,
+        out: &mut Vec<Effect>,
+    ) -> Fate {
         match result {
             Ok(()) => {
                 for pending in std::mem::take(&mut self.committing) {
                     self.committed = pending.entry.seq();
-                    publish(pending, out);
+                    send::publish(pending, out);
                 }
                 for (origin, receipt) in std::mem::take(&mut self.committing_receipts) {
                     reply(out, origin, Ok(Response::Ok));
@@ -569,6 +610,7 @@ impl Conversation {
                         except: Some(origin.at),
                     });
                 }
+                self.changes_committed(ctx, out);
                 Fate::Keep
             }
             Err(WriteError::Exists) => {
@@ -603,6 +645,7 @@ impl Conversation {
         for (origin, _) in self.senders.take_parked() {
             reply(out, origin, Err(refusal));
         }
+        self.fail_changes(refusal, out);
         self.queued_batch = Batch::default();
     }
 }
@@ -620,48 +663,4 @@ pub(crate) fn check_page(limit: u16, max_page: u16) -> Result<(), Refusal> {
 
 fn reply(out: &mut Vec<Effect>, to: Origin, answer: Answer) {
     out.push(Effect::Reply { to, answer });
-}
-
-/// Acks and publishes one committed entry.
-fn publish(pending: Pending, out: &mut Vec<Effect>) {
-    let Pending {
-        origin,
-        entry,
-        audience,
-        reply: answer,
-        waiters,
-    } = pending;
-    // The sending connection has the ack instead of the message event; membership events go
-    // to every connection of the audience, the actor's included, so its log has no hole.
-    let (event, except) = match entry {
-        Entry::Message(m) => {
-            let ack = chat_protocol::SendAck {
-                conversation: m.conversation,
-                op: m.op,
-                seq: m.seq,
-                ts: m.ts,
-                duplicate: false,
-            };
-            reply(out, origin, Ok(Response::Sent(ack)));
-            for waiter in waiters {
-                let duplicate = chat_protocol::SendAck {
-                    duplicate: true,
-                    ..ack
-                };
-                reply(out, waiter, Ok(Response::Sent(duplicate)));
-            }
-            (Event::Message(m), Some(origin.at))
-        }
-        Entry::Membership(m) => {
-            if let Some(answer) = answer {
-                reply(out, origin, Ok(answer));
-            }
-            (Event::Membership(m), None)
-        }
-    };
-    out.push(Effect::Publish {
-        event,
-        audience,
-        except,
-    });
 }

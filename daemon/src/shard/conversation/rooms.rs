@@ -476,6 +476,7 @@ impl Conversation {
         self.queued.push(Pending {
             origin,
             entry,
+            ts: ctx.now,
             audience,
             reply: answer,
             waiters: Vec::new(),

@@ -1,16 +1,35 @@
-//! `Send`: membership, deduplication by the sender's op id, the reply reference, and the
-//! message's writes (log entry, sender op, conversation lists, outbox event).
+//! `Send`, and what sends, edits and deletes share: membership, deduplication by the
+//! sender's op id, then for a send the reply reference and the message's writes (log entry,
+//! sender op, conversation lists, outbox event). Edits and deletes go on in [`super::change`].
 
 use std::sync::Arc;
 
 use chat_protocol::{
-    ContentType, Entry, ErrorCode, Message, OpId, Response, SendAck, SendMessage, Seq, UserId,
+    ContentType, Entry, ErrorCode, Message, OpId, Response, SendAck, SendMessage, Seq, Timestamp,
+    UserId,
 };
 
+use super::change::Change;
 use super::dedupe::Lookup;
 use super::{Conversation, Ctx, Effect, Pending, ReadError, refuse, reply};
 use crate::shard::Origin;
 use crate::store::{Cf, SenderOp, keys, outbox};
+
+/// A request that adds a log entry for its sender, deduplicated by its op id.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Send(SendMessage),
+    Change(Change),
+}
+
+impl Op {
+    fn id(&self) -> OpId {
+        match self {
+            Op::Send(message) => message.op,
+            Op::Change(change) => change.op(),
+        }
+    }
+}
 
 /// Whether a body fits its content type (text types must be UTF-8).
 pub(crate) fn valid_content(content_type: ContentType, body: &[u8]) -> bool {
@@ -18,21 +37,18 @@ pub(crate) fn valid_content(content_type: ContentType, body: &[u8]) -> bool {
 }
 
 impl Conversation {
-    pub(super) fn send(
-        &mut self,
-        origin: Origin,
-        message: SendMessage,
-        ctx: &Ctx<'_>,
-        out: &mut Vec<Effect>,
-    ) {
+    /// A send, an edit or a delete: the member's op id is looked up first (a retry gets the
+    /// first attempt's ack).
+    pub(super) fn post(&mut self, origin: Origin, op: Op, ctx: &Ctx<'_>, out: &mut Vec<Effect>) {
         if !self.is_member(origin.user) {
             return reply(out, origin, refuse(ErrorCode::NOT_MEMBER, ""));
         }
-        match self.senders.lookup(origin.user, message.op) {
+        let id = op.id();
+        match self.senders.lookup(origin.user, id) {
             Lookup::Seen(stored) if stored.seq <= self.committed => {
                 let ack = SendAck {
                     conversation: self.id,
-                    op: message.op,
+                    op: id,
                     seq: stored.seq,
                     ts: stored.ts,
                     duplicate: true,
@@ -41,7 +57,7 @@ impl Conversation {
             }
             Lookup::Cold => {
                 let in_flight = self.in_flight_ops(origin.user);
-                if let Some(rows) = self.senders.park(origin.user, (origin, message), in_flight) {
+                if let Some(rows) = self.senders.park(origin.user, (origin, op), in_flight) {
                     out.push(Effect::ReadSenderOps {
                         conversation: self.id,
                         sender: origin.user,
@@ -53,10 +69,18 @@ impl Conversation {
             // Still being committed (found below), or new.
             Lookup::Seen(_) | Lookup::New => {}
         }
-        if let Some(pending) = self.pending_send(origin.user, message.op) {
+        if let Some(pending) = self.pending_op(origin.user, id) {
             pending.waiters.push(origin);
             return;
         }
+        match op {
+            Op::Send(message) => self.send(origin, message, ctx, out),
+            Op::Change(change) => self.change(origin, change, ctx, out),
+        }
+    }
+
+    /// A new send: the reply reference must name an entry.
+    fn send(&mut self, origin: Origin, message: SendMessage, ctx: &Ctx<'_>, out: &mut Vec<Effect>) {
         if let Some(reply_to) = message.reply_to
             && (reply_to == Seq(0) || reply_to >= self.next_seq())
         {
@@ -98,37 +122,42 @@ impl Conversation {
                 offline_recipients,
             });
         }
-        let sent = SenderOp {
-            op: message.op,
-            seq,
-            ts: ctx.now,
-        };
-        self.queued_batch.put(
-            Cf::SenderOps,
-            keys::sender_op(self.id, origin.user, seq).to_vec(),
-            sent.value().to_vec(),
-        );
-        if let Some(dropped) = self.senders.record(origin.user, sent) {
-            self.delete_sender_op(origin.user, dropped);
-        }
+        self.record_op(origin.user, message.op, seq, ctx.now);
         let entry = Entry::Message(Message {
             conversation: self.id,
             seq,
-            ts: sent.ts,
+            ts: ctx.now,
             sender: origin.user,
             op: message.op,
             content_type: message.content_type,
             reply_to: message.reply_to,
             body: message.body,
+            edited: None,
+            deleted: None,
         });
         let audience = Arc::clone(&self.audience);
         self.queued.push(Pending {
             origin,
             entry,
+            ts: ctx.now,
             audience,
             reply: None,
             waiters: Vec::new(),
         });
+    }
+
+    /// Remembers, in memory and in the next commit, that `sender` used `op` for the entry
+    /// `seq`; the send that leaves the sender's window is deleted in the same commit.
+    pub(super) fn record_op(&mut self, sender: UserId, op: OpId, seq: Seq, ts: Timestamp) {
+        let sent = SenderOp { op, seq, ts };
+        self.queued_batch.put(
+            Cf::SenderOps,
+            keys::sender_op(self.id, sender, seq).to_vec(),
+            sent.value().to_vec(),
+        );
+        if let Some(dropped) = self.senders.record(sender, sent) {
+            self.delete_sender_op(sender, dropped);
+        }
     }
 
     /// A cold sender's window arrived: its parked sends go on, in order.
@@ -146,8 +175,8 @@ impl Conversation {
                 for op in beyond {
                     self.delete_sender_op(sender, op.seq);
                 }
-                for (origin, message) in parked {
-                    self.send(origin, message, ctx, out);
+                for (origin, op) in parked {
+                    self.post(origin, op, ctx, out);
                 }
             }
             Err(e) => {
@@ -159,15 +188,16 @@ impl Conversation {
         }
     }
 
-    /// The sends of `sender` that are being committed or queued, oldest first.
+    /// The sends, edits and deletes of `sender` that are being committed or queued, oldest
+    /// first.
     fn in_flight_ops(&self, sender: UserId) -> Vec<SenderOp> {
         let pending = self.committing.iter().chain(&self.queued);
         pending
-            .filter_map(|p| match &p.entry {
-                Entry::Message(m) if m.sender == sender => Some(SenderOp {
-                    op: m.op,
-                    seq: m.seq,
-                    ts: m.ts,
+            .filter_map(|p| match p.entry.op() {
+                Some((user, op)) if user == sender => Some(SenderOp {
+                    op,
+                    seq: p.entry.seq(),
+                    ts: p.ts,
                 }),
                 _ => None,
             })
@@ -182,10 +212,56 @@ impl Conversation {
         );
     }
 
-    fn pending_send(&mut self, sender: UserId, op: OpId) -> Option<&mut Pending> {
+    pub(super) fn pending_op(&mut self, sender: UserId, op: OpId) -> Option<&mut Pending> {
         self.committing
             .iter_mut()
             .chain(self.queued.iter_mut())
-            .find(|p| matches!(&p.entry, Entry::Message(m) if m.sender == sender && m.op == op))
+            .find(|p| p.entry.op() == Some((sender, op)))
     }
+}
+
+/// Acks and publishes one committed entry.
+pub(super) fn publish(pending: Pending, out: &mut Vec<Effect>) {
+    let Pending {
+        origin,
+        entry,
+        reply: answer,
+        ts,
+        audience,
+        waiters,
+    } = pending;
+    // A send, an edit or a delete is acked to its connection, which gets no event for it;
+    // membership events go to every connection of the audience, the actor's included, so
+    // its log has no hole.
+    let except = match entry.op() {
+        Some((_, op)) => {
+            let ack = SendAck {
+                conversation: entry.conversation(),
+                op,
+                seq: entry.seq(),
+                ts,
+                duplicate: false,
+            };
+            reply(out, origin, Ok(Response::Sent(ack)));
+            for waiter in waiters {
+                let duplicate = SendAck {
+                    duplicate: true,
+                    ..ack
+                };
+                reply(out, waiter, Ok(Response::Sent(duplicate)));
+            }
+            Some(origin.at)
+        }
+        None => {
+            if let Some(answer) = answer {
+                reply(out, origin, Ok(answer));
+            }
+            None
+        }
+    };
+    out.push(Effect::Publish {
+        event: entry.into_event(),
+        audience,
+        except,
+    });
 }

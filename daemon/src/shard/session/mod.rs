@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_protocol::{
-    ClientFrame, DecodeError, DeviceId, ErrorCode, GoodbyeCode, Hello, Request, RequestId, Resume,
-    TypingUpdate, UserId,
+    ClientFrame, DecodeError, DeviceId, ErrorCode, GoodbyeCode, Hello, PROTOCOL_VERSION, Request,
+    RequestId, Resume, TypingUpdate, UserId,
 };
 
 use super::accounts::Authenticated;
-use super::{Position, error, error_frame};
+use super::{Position, encode, error, error_frame, in_version_1};
 use crate::budget::{Budget, UserBudget};
 use crate::store::CatchUp;
 use gate::Gate;
@@ -285,10 +285,7 @@ impl Session {
             || hello.versions.max < ours.min
             || hello.versions.min > hello.versions.max
         {
-            let refusal = "this daemon speaks version 1";
-            self.control(error_frame(None, ErrorCode::UNSUPPORTED_VERSION, refusal));
-            let reason = "no protocol version in common";
-            self.goodbye(GoodbyeCode::UNSUPPORTED_VERSION, reason);
+            self.refuse_version("this daemon speaks version 2");
             return Step::Closed;
         }
         self.device = Some(hello.device);
@@ -370,16 +367,30 @@ impl Session {
             DecodeError::TooLarge { .. } => {
                 (ErrorCode::FRAME_TOO_LARGE, GoodbyeCode::PROTOCOL_VIOLATION)
             }
-            DecodeError::UnsupportedVersion(_) if !agreed => (
-                ErrorCode::UNSUPPORTED_VERSION,
-                GoodbyeCode::UNSUPPORTED_VERSION,
-            ),
+            DecodeError::UnsupportedVersion(_) if !agreed => {
+                return self.refuse_version(&e.to_string());
+            }
             _ => (ErrorCode::MALFORMED_FRAME, GoodbyeCode::PROTOCOL_VIOLATION),
         };
         let mut reason = e.to_string();
         reason.truncate(chat_protocol::limits::MAX_REASON);
         self.control(error_frame(None, code, &reason));
         self.goodbye(goodbye, "protocol violation");
+    }
+
+    /// No version in common: the error and the goodbye go in version-1 frames, which every
+    /// client can read (their layout is the same in every version), and the connection
+    /// closes.
+    fn refuse_version(&mut self, reason: &str) {
+        let mut reason = format!("{reason}; this daemon speaks version {PROTOCOL_VERSION}");
+        reason.truncate(chat_protocol::limits::MAX_REASON);
+        let error = error_frame(None, ErrorCode::UNSUPPORTED_VERSION, &reason);
+        self.control_bytes(in_version_1(encode(&error)));
+        self.goodbye_in(
+            GoodbyeCode::UNSUPPORTED_VERSION,
+            "no protocol version in common",
+            in_version_1,
+        );
     }
 
     fn unexpected(&mut self, what: &str) -> Step {

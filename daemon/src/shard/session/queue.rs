@@ -324,11 +324,22 @@ impl Session {
 
     /// Queues a goodbye; the writer closes the connection once it is written.
     pub(crate) fn goodbye(&mut self, code: GoodbyeCode, reason: &str) {
+        self.goodbye_in(code, reason, |frame| frame);
+    }
+
+    /// As [`Session::goodbye`], the encoded frame passed through `version` (which may give it
+    /// another version byte).
+    pub(crate) fn goodbye_in(
+        &mut self,
+        code: GoodbyeCode,
+        reason: &str,
+        version: impl FnOnce(Bytes) -> Bytes,
+    ) {
         if self.closing.is_none() {
-            let frame = encode(&ServerFrame::Goodbye(Goodbye {
+            let frame = version(encode(&ServerFrame::Goodbye(Goodbye {
                 code,
                 reason: reason.to_owned(),
-            }));
+            })));
             self.charge(budget::cost(&frame));
             self.frames.push_back((frame, Kind::Control));
             self.closing = Some(code);

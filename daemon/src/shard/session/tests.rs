@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chat_protocol::{
     Auth, ClientFrame, ConversationId, Cursor, DeviceId, ErrorCode, Event, GoodbyeCode, Hello,
     PresenceInfo, PresenceStatus, Request, RequestId, Response, Resume, RoomId, Seq, ServerFrame,
-    UserId, VersionRange, decode_frame,
+    UserId, decode_frame,
 };
 
 use super::*;
@@ -99,7 +99,7 @@ impl Fixture {
 
 fn hello(auth: Option<Auth>) -> ClientFrame {
     ClientFrame::Hello(Hello {
-        versions: VersionRange { min: 1, max: 1 },
+        versions: chat_protocol::SUPPORTED_VERSIONS,
         client: "test".into(),
         device: DeviceId(3),
         auth,

@@ -116,6 +116,10 @@ enum Read {
         sender: UserId,
         rows: usize,
     },
+    Entry {
+        conversation: ConversationId,
+        seq: Seq,
+    },
 }
 
 /// One simulated world.
@@ -295,6 +299,14 @@ impl World {
                         },
                     },
                 ),
+                Effect::ReadEntry { conversation, seq } => self.send(
+                    from,
+                    Node::Pool,
+                    Message::Read {
+                        shard,
+                        read: Read::Entry { conversation, seq },
+                    },
+                ),
                 Effect::Commit {
                     conversation,
                     batch,
@@ -337,6 +349,13 @@ impl World {
                     },
                 }
             }
+            Read::Entry { conversation, seq } => Message::Input {
+                conversation,
+                input: Input::EntryRead {
+                    seq,
+                    result: Ok(self.store.entry(conversation, seq)),
+                },
+            },
         };
         self.send(Node::Pool, Node::Shard(shard), message);
     }

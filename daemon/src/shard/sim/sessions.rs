@@ -81,7 +81,7 @@ impl World {
         client.generation += 1;
         let mut session = Session::new(Arc::clone(&self.daemon));
         let hello = chat_protocol::ClientFrame::Hello(chat_protocol::Hello {
-            versions: chat_protocol::VersionRange { min: 1, max: 1 },
+            versions: chat_protocol::SUPPORTED_VERSIONS,
             client: "sim".into(),
             device: DeviceId(1),
             auth: None,

@@ -85,6 +85,8 @@ pub(super) fn arrived(
         // The session started authenticating it (`Step::Authenticate`).
         Request::Authenticate(_) => {}
         Request::Send(message) => send::send(&asked, message),
+        Request::Edit(edit) => send::edit(&asked, edit),
+        Request::Delete(delete) => send::delete(&asked, delete),
         Request::History(query) => {
             asked.to_owner(query.conversation, Input::History { origin, query })
         }

@@ -1,5 +1,6 @@
 //! The conversation rules, driven by inputs alone: no socket, no store, no clock.
 
+mod changes;
 mod rooms;
 
 use std::collections::HashSet;

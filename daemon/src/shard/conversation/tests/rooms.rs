@@ -163,7 +163,7 @@ fn membership_follows_the_roles() {
         .into_iter()
         .map(|e| match e {
             Entry::Membership(m) => (m.subject.0, m.change),
-            Entry::Message(_) => panic!("a message"),
+            other => panic!("not a membership entry: {other:?}"),
         })
         .collect();
     assert_eq!(
