@@ -87,10 +87,15 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
             }
             Effect::ReadSenderOps {
                 conversation,
+                instance,
                 sender,
                 rows,
-            } => read_sender_ops(shard, conversation, sender, rows),
-            Effect::ReadEntry { conversation, seq } => read_entry(shard, conversation, seq),
+            } => read_sender_ops(shard, (conversation, instance), sender, rows),
+            Effect::ReadEntry {
+                conversation,
+                instance,
+                seq,
+            } => read_entry(shard, (conversation, instance), seq),
             Effect::ReadHistory { to, query, head } => shard.read(to, move |store| {
                 let limit = usize::from(query.limit);
                 let (entries, more) =
@@ -170,8 +175,10 @@ fn start_load(shard: &Rc<Shard>, id: ConversationId) {
     }
 }
 
-/// Reads the window of a cold sender on the read pool; its sends wait in the conversation.
-fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, rows: usize) {
+/// Reads the window of a cold sender on the read pool for `(conversation, instance)`; its
+/// sends wait in the conversation.
+fn read_sender_ops(shard: &Rc<Shard>, asker: (ConversationId, u64), sender: UserId, rows: usize) {
+    let (id, instance) = asker;
     let shared = Arc::clone(&shard.shared);
     let at = shard.id;
     let submitted = shard.shared.reads.submit(move |store| {
@@ -180,7 +187,11 @@ fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, rows: 
             crate::logging::throttled!(error, conversation = %id, error = %e, "reading a sender's recent sends failed");
         }
         let result = result.map_err(ReadError::from);
-        let op = Input::SenderOps { sender, result };
+        let op = Input::SenderOps {
+            instance,
+            sender,
+            result,
+        };
         shared.push_blocking(
             at,
             ShardMsg::Conversation {
@@ -191,12 +202,19 @@ fn read_sender_ops(shard: &Rc<Shard>, id: ConversationId, sender: UserId, rows: 
     });
     if !submitted {
         let result = Err(ReadError::Busy);
-        handle(shard, id, Input::SenderOps { sender, result });
+        let op = Input::SenderOps {
+            instance,
+            sender,
+            result,
+        };
+        handle(shard, id, op);
     }
 }
 
-/// Reads a stored entry on the read pool for the changes (edits, deletes) that wait for it.
-fn read_entry(shard: &Rc<Shard>, id: ConversationId, seq: Seq) {
+/// Reads a stored entry on the read pool for the changes (edits, deletes) of
+/// `(conversation, instance)` that wait for it.
+fn read_entry(shard: &Rc<Shard>, asker: (ConversationId, u64), seq: Seq) {
+    let (id, instance) = asker;
     let shared = Arc::clone(&shard.shared);
     let at = shard.id;
     let submitted = shard.shared.reads.submit(move |store| {
@@ -205,6 +223,7 @@ fn read_entry(shard: &Rc<Shard>, id: ConversationId, seq: Seq) {
             crate::logging::throttled!(error, conversation = %id, error = %e, "reading an entry to change failed");
         }
         let op = Input::EntryRead {
+            instance,
             seq,
             result: result.map_err(ReadError::from),
         };
@@ -218,7 +237,15 @@ fn read_entry(shard: &Rc<Shard>, id: ConversationId, seq: Seq) {
     });
     if !submitted {
         let result = Err(ReadError::Busy);
-        handle(shard, id, Input::EntryRead { seq, result });
+        handle(
+            shard,
+            id,
+            Input::EntryRead {
+                instance,
+                seq,
+                result,
+            },
+        );
     }
 }
 

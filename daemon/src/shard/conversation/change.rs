@@ -22,7 +22,7 @@ use chat_protocol::{
     Role, Seq,
 };
 
-use super::{Conversation, Ctx, Effect, Pending, ReadError, Refusal, refuse, reply};
+use super::{Conversation, Ctx, Effect, Op, Pending, ReadError, Refusal, refuse, reply};
 use crate::shard::Origin;
 use crate::store::{Cf, keys, outbox};
 
@@ -78,7 +78,7 @@ impl Conversation {
         if target == Seq(0) || target >= self.next_seq() {
             return reply(out, origin, refuse(ErrorCode::UNKNOWN_MESSAGE, ""));
         }
-        if target > self.committed || self.deletes_uncommitted_edit(&change) {
+        if target > self.committed {
             // Changes the entry of a commit still in flight: after that commit.
             return self.wait(origin, change, Wait::Commit, out);
         }
@@ -95,20 +95,27 @@ impl Conversation {
                     .insert(target, Target::Reading(vec![(origin, change)]));
                 out.push(Effect::ReadEntry {
                     conversation: self.id,
+                    instance: self.instance,
                     seq: target,
                 });
             }
         }
     }
 
-    /// A delete of a message whose newest edit is not committed yet: erasing the edit's row
-    /// must come in a later commit than the row itself.
-    fn deletes_uncommitted_edit(&self, change: &Change) -> bool {
+    /// A delete of a message with an edit not committed yet (queued or in the commit in
+    /// flight): erasing the edit's row must come in a later commit than the row itself.
+    fn erases_uncommitted_edit(&self, change: &Change) -> bool {
         let Change::Delete(delete) = change else {
             return false;
         };
         match self.targets.get(&delete.target) {
-            Some(Target::Known { last, .. }) => *last > self.committed,
+            Some(Target::Known { entry, .. }) => match entry.as_ref() {
+                Entry::Message(m) => m
+                    .edited
+                    .as_ref()
+                    .is_some_and(|e| e.versions.iter().any(|v| *v > self.committed)),
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -204,6 +211,14 @@ impl Conversation {
         // The member may have left while the change waited.
         if !self.is_member(origin.user) {
             return reply(out, origin, refuse(ErrorCode::NOT_MEMBER, ""));
+        }
+        if self.erases_uncommitted_edit(&change) {
+            return self.wait(origin, change, Wait::Commit, out);
+        }
+        if !self.senders.known(origin.user) {
+            // The sender's window left memory while the change waited: looked up again (its
+            // window read first), it comes back here.
+            return self.post(origin, Op::Change(change), ctx, out);
         }
         let admin = self
             .room

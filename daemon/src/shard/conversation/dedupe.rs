@@ -228,6 +228,17 @@ impl<P> Senders<P> {
             .any(|s| matches!(s, Sender::Loading { .. }))
     }
 
+    /// Whether `sender`'s window is in memory (or known to be empty), as
+    /// [`Senders::record`] needs: a request that waited (an edit for its message) may find
+    /// its sender dropped meanwhile.
+    pub(crate) fn known(&self, sender: UserId) -> bool {
+        match self.by_user.get(&sender) {
+            Some(Sender::Warm { .. } | Sender::Filtered { .. }) => true,
+            Some(Sender::Loading { .. }) => false,
+            None => self.complete,
+        }
+    }
+
     /// Records a new send of a sender whose lookup said [`Lookup::New`] (or whose pending
     /// send was found). Returns the seq of the send that fell out of the sender's window,
     /// whose stored row the caller deletes in the same batch.

@@ -75,11 +75,13 @@ pub(crate) enum Input {
     Refused,
     /// A sender's recent sends (for deduplication), as asked by [`Effect::ReadSenderOps`].
     SenderOps {
+        instance: u64,
         sender: UserId,
         result: Result<Vec<SenderOp>, ReadError>,
     },
     /// A stored entry that changes wait for, as asked by [`Effect::ReadEntry`].
     EntryRead {
+        instance: u64,
         seq: Seq,
         result: Result<Option<Entry>, ReadError>,
     },
@@ -164,15 +166,18 @@ pub(crate) enum Effect {
         batch: Batch,
     },
     /// Read the `rows` most recent stored sends of `sender` (its window); answer with
-    /// [`Input::SenderOps`].
+    /// [`Input::SenderOps`] with the same `instance`.
     ReadSenderOps {
         conversation: ConversationId,
+        instance: u64,
         sender: UserId,
         rows: usize,
     },
-    /// Read the stored entry `seq`; answer with [`Input::EntryRead`].
+    /// Read the stored entry `seq`; answer with [`Input::EntryRead`] with the same
+    /// `instance`.
     ReadEntry {
         conversation: ConversationId,
+        instance: u64,
         seq: Seq,
     },
     /// Read a history page (checked) no further than `head`, and answer `to` with it.
@@ -210,6 +215,9 @@ pub(crate) struct Ctx<'a> {
 #[derive(Default)]
 pub(crate) struct Conversations {
     slots: HashMap<ConversationId, Slot>,
+    /// Numbers each conversation loaded or created: a read asked for by one that was
+    /// forgotten since is told from one asked for by its reload.
+    instances: u64,
 }
 
 enum Slot {
@@ -273,7 +281,9 @@ impl Conversations {
         ctx: &Ctx<'_>,
         out: &mut Vec<Effect>,
     ) {
-        let mut conversation = Conversation::new(id, ConversationSnapshot::default(), ctx);
+        self.instances += 1;
+        let snapshot = ConversationSnapshot::default();
+        let mut conversation = Conversation::new(id, snapshot, self.instances, ctx);
         conversation.create_room(origin, name, invite_only, ctx);
         conversation.submit(out);
         self.slots.insert(id, Slot::Ready(Box::new(conversation)));
@@ -298,7 +308,8 @@ impl Conversations {
         };
         let refusal = match result {
             Ok(Some(snapshot)) => {
-                let conversation = Conversation::new(id, snapshot, ctx);
+                self.instances += 1;
+                let conversation = Conversation::new(id, snapshot, self.instances, ctx);
                 self.slots.insert(id, Slot::Ready(Box::new(conversation)));
                 for input in waiting {
                     self.handle(id, input, ctx, out);
@@ -399,6 +410,8 @@ struct Pending {
 /// One loaded conversation.
 pub(crate) struct Conversation {
     id: ConversationId,
+    /// Which load of the conversation this is (reads answer with it).
+    instance: u64,
     committed: Seq,
     /// Each recent sender's window of op ids; sends, edits and deletes of senders whose
     /// window is being read wait here.
@@ -426,9 +439,15 @@ pub(crate) struct Conversation {
 }
 
 impl Conversation {
-    fn new(id: ConversationId, snapshot: ConversationSnapshot, ctx: &Ctx<'_>) -> Conversation {
+    fn new(
+        id: ConversationId,
+        snapshot: ConversationSnapshot,
+        instance: u64,
+        ctx: &Ctx<'_>,
+    ) -> Conversation {
         let mut conversation = Conversation {
             id,
+            instance,
             committed: snapshot.head,
             senders: Senders::new(ctx.dedupe_window, ctx.dedupe_cache, snapshot.head == Seq(0)),
             targets: HashMap::new(),
@@ -468,11 +487,18 @@ impl Conversation {
                 self.post(origin, Op::Change(change), ctx, out);
                 Fate::Keep
             }
-            Input::SenderOps { sender, result } => {
+            // A read asked for before the conversation was forgotten and loaded again: what it
+            // read may be older than what this load saw since.
+            Input::SenderOps { instance, .. } | Input::EntryRead { instance, .. }
+                if instance != self.instance =>
+            {
+                Fate::Keep
+            }
+            Input::SenderOps { sender, result, .. } => {
                 self.sender_ops(sender, result, ctx, out);
                 Fate::Keep
             }
-            Input::EntryRead { seq, result } => {
+            Input::EntryRead { seq, result, .. } => {
                 self.entry_read(seq, result, ctx, out);
                 Fate::Keep
             }

@@ -60,6 +60,7 @@ impl Conversation {
                 if let Some(rows) = self.senders.park(origin.user, (origin, op), in_flight) {
                     out.push(Effect::ReadSenderOps {
                         conversation: self.id,
+                        instance: self.instance,
                         sender: origin.user,
                         rows,
                     });

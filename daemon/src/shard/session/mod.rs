@@ -285,7 +285,7 @@ impl Session {
             || hello.versions.max < ours.min
             || hello.versions.min > hello.versions.max
         {
-            self.refuse_version("this daemon speaks version 2");
+            self.refuse_version("no version of the hello's range");
             return Step::Closed;
         }
         self.device = Some(hello.device);

@@ -546,3 +546,44 @@ fn an_emptied_queue_keeps_no_room_for_a_past_burst() {
     );
     f.assert_released();
 }
+
+#[test]
+fn no_common_version_is_refused_in_version_1_frames_that_any_client_reads() {
+    let refusals = |f: &mut Fixture| {
+        let mut batch = Vec::new();
+        let t = f.session.transmit(&mut batch, usize::MAX);
+        f.session.written(t.bytes);
+        assert_eq!(batch.len(), 2, "an error and a goodbye");
+        for bytes in &batch {
+            assert_eq!(bytes[chat_protocol::LENGTH_PREFIX], 1, "a version-1 frame");
+        }
+        let frames: Vec<ServerFrame> = batch
+            .iter()
+            .map(|b| decode_frame::<ServerFrame>(b).expect("readable").0)
+            .collect();
+        assert!(matches!(
+            &frames[0],
+            ServerFrame::Error { id: None, error } if error.code == ErrorCode::UNSUPPORTED_VERSION
+        ));
+        assert!(matches!(
+            &frames[1],
+            ServerFrame::Goodbye(g) if g.code == GoodbyeCode::UNSUPPORTED_VERSION
+        ));
+    };
+    // A hello whose range does not hold this daemon's version.
+    for (min, max) in [(1, 1), (3, 9)] {
+        let mut f = Fixture::new();
+        let hello = ClientFrame::Hello(Hello {
+            versions: chat_protocol::VersionRange { min, max },
+            client: "elsewhen".into(),
+            device: DeviceId(3),
+            auth: None,
+        });
+        assert!(matches!(f.frame(hello), Step::Closed));
+        refusals(&mut f);
+    }
+    // A first frame of a version this daemon does not decode at all.
+    let mut f = Fixture::new();
+    f.session.violation(&DecodeError::UnsupportedVersion(1));
+    refusals(&mut f);
+}

@@ -5,20 +5,31 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chat_protocol::{
-    ContentType, ConversationId, Entry, ErrorCode, OpId, RequestId, Response, SendMessage, Seq,
-    UserId,
+    ContentType, ConversationId, DeleteMessage, EditMessage, Entry, ErrorCode, OpId, RequestId,
+    Response, SendMessage, Seq, UserId,
 };
 
 use super::{Message, Node, WINDOW, World, sessions};
 use crate::budget::UserBudget;
-use crate::shard::conversation::Input;
+use crate::shard::conversation::{Change, Input};
 use crate::shard::{ConnRef, Origin};
 
-/// A client's send: where, and which op.
+/// A client's send, edit or delete: where, which op, and what it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Send {
     pub(super) conversation: ConversationId,
     pub(super) op: OpId,
+    pub(super) kind: Kind,
+}
+
+/// What a [`Send`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    Post,
+    /// Edit the client's own message at this seq.
+    Edit(Seq),
+    /// Delete it.
+    Delete(Seq),
 }
 
 pub(super) struct Client {
@@ -72,14 +83,36 @@ impl World {
             request: RequestId(request),
             user: UserId(user),
         };
-        let input = Input::Send {
-            origin,
-            message: SendMessage {
-                conversation: send.conversation,
-                op: send.op,
-                content_type: ContentType::TEXT,
-                reply_to: None,
-                body: format!("{user}/{}", send.op.0).into_bytes(),
+        let body = format!("{user}/{}", send.op.0).into_bytes();
+        let (conversation, op) = (send.conversation, send.op);
+        let input = match send.kind {
+            Kind::Post => Input::Send {
+                origin,
+                message: SendMessage {
+                    conversation,
+                    op,
+                    content_type: ContentType::TEXT,
+                    reply_to: None,
+                    body,
+                },
+            },
+            Kind::Edit(target) => Input::Change {
+                origin,
+                change: Change::Edit(EditMessage {
+                    conversation,
+                    op,
+                    target,
+                    content_type: ContentType::TEXT,
+                    body,
+                }),
+            },
+            Kind::Delete(target) => Input::Change {
+                origin,
+                change: Change::Delete(DeleteMessage {
+                    conversation,
+                    op,
+                    target,
+                }),
             },
         };
         self.send(
@@ -109,10 +142,32 @@ impl World {
         if unacked >= WINDOW / 2 {
             return;
         }
+        // One in five is a change of one of the client's own acked messages there: an edit,
+        // or (one in four of those) a delete.
+        let own: Vec<Seq> = client
+            .acked
+            .iter()
+            .filter(|(s, _)| s.conversation == conversation && s.kind == Kind::Post)
+            .map(|(_, seq)| *seq)
+            .collect();
+        let kind = if !own.is_empty() && self.rng.chance(20) {
+            let mut own = own;
+            own.sort_unstable();
+            let target = own[self.rng.below(own.len())];
+            if self.rng.chance(25) {
+                Kind::Delete(target)
+            } else {
+                Kind::Edit(target)
+            }
+        } else {
+            Kind::Post
+        };
+        let client = self.clients.get_mut(&user).expect("a client");
         client.next_op += 1;
         let send = Send {
             conversation,
             op: OpId(client.next_op),
+            kind,
         };
         client.unacked.push(send);
         self.client_sends(user, send);
@@ -152,13 +207,31 @@ impl World {
                         client.unacked.retain(|s| *s != send);
                         let got = client.got.entry(send.conversation).or_default();
                         got.insert(ack.seq);
-                        // Durable before acked.
+                        // Durable before acked: stored as it, or, for an edit, as its erasure
+                        // by a delete of its message since.
                         let entry = self.store.entry(send.conversation, ack.seq);
+                        let erased = matches!((&entry, send.kind),
+                            (Some(Entry::Erased(x)), Kind::Edit(target)) if x.target == target);
                         assert!(
-                            matches!(entry, Some(Entry::Message(m)) if m.sender == UserId(user) && m.op == send.op),
-                            "{send:?} acked as {:?}, which is not stored as it",
+                            erased
+                                || entry.as_ref().and_then(Entry::op)
+                                    == Some((UserId(user), send.op)),
+                            "{send:?} acked as {:?}, which is not stored as it: {entry:?}",
                             ack.seq
                         );
+                        self.stats.changes += u64::from(send.kind != Kind::Post);
+                    }
+                    // A change of a message the client deleted meanwhile (or edited as often
+                    // as allowed): final, like an ack.
+                    Err(refusal)
+                        if send.kind != Kind::Post
+                            && matches!(
+                                refusal.code,
+                                ErrorCode::MESSAGE_DELETED | ErrorCode::TOO_MANY_EDITS
+                            ) =>
+                    {
+                        self.stats.refused_changes += 1;
+                        client.unacked.retain(|s| *s != send);
                     }
                     Err(refusal) => {
                         self.stats.refusals += 1;

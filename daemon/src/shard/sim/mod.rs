@@ -1,14 +1,15 @@
 //! A deterministic simulator of the daemon's rules across shards: several owner shards
 //! ([`Conversations`]), a fake storage that group-commits in memory and fails whole groups on
-//! demand, a read pool that reads whatever is stored when it runs, clients that send, retry
-//! and resend after a crash, each on a connection with a real [`Session`](super::session)
+//! demand, a read pool that reads whatever is stored when it runs, clients that send, edit
+//! and delete their own messages, retry and resend after a crash, each on a connection with a real [`Session`](super::session)
 //! that reconnects, lags and catches up ([`sessions`]), and a seeded scheduler that
 //! interleaves every channel (one queue per sender and receiver, first in first out, as the
 //! shard inboxes are) in a random order. Virtual time only: a run is a function of its seed.
 //!
 //! After every step it checks what the daemon promises: each conversation's stored log is
-//! contiguous from 1 (no hole after a failed commit or a crash); no send is stored twice; an
-//! acked op always names the same entry, which is durable before the ack arrives; on each
+//! contiguous from 1 (no hole after a failed commit or a crash); no send, edit or delete is
+//! stored twice; every message agrees with its stored edits and deletion; an acked op
+//! always names the same entry, which is durable before the ack arrives; on each
 //! connection, from each catch-up on, every entry arrives once, in order, durable. At the
 //! end, with failures off, every op is acked, every client holds the whole log of each of
 //! its conversations, and every byte budget is back to zero. A failing seed says how to
@@ -22,7 +23,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chat_protocol::{ConversationId, Event, RequestId, Seq, ServerFrame, Timestamp, UserId};
+use chat_protocol::{ConversationId, RequestId, Seq, ServerFrame, Timestamp, UserId};
 
 use super::conversation::{Answer, Conversations, Ctx, Effect, Input};
 use super::{Position, encode};
@@ -113,11 +114,13 @@ enum Read {
     Load(ConversationId),
     SenderOps {
         conversation: ConversationId,
+        instance: u64,
         sender: UserId,
         rows: usize,
     },
     Entry {
         conversation: ConversationId,
+        instance: u64,
         seq: Seq,
     },
 }
@@ -161,6 +164,9 @@ struct Stats {
     parked: u64,
     replayed: u64,
     lags: u64,
+    /// Edits and deletes acked, and refused because their message was deleted meanwhile.
+    changes: u64,
+    refused_changes: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -178,6 +184,8 @@ impl std::ops::AddAssign for Stats {
         self.parked += other.parked;
         self.replayed += other.replayed;
         self.lags += other.lags;
+        self.changes += other.changes;
+        self.refused_changes += other.refused_changes;
     }
 }
 
@@ -255,10 +263,9 @@ impl World {
                     audience,
                     except,
                 } => {
-                    let Event::Message(m) = &event else {
-                        panic!("only messages in the simulation: {event:?}");
+                    let Some(at) = event.entry_position() else {
+                        panic!("only log entries are published in the simulation: {event:?}");
                     };
-                    let at = (m.conversation, m.seq);
                     let frame = encode(&ServerFrame::Event(event.clone()));
                     for user in audience.iter() {
                         let client = &self.clients[&user.0];
@@ -285,6 +292,7 @@ impl World {
                 ),
                 Effect::ReadSenderOps {
                     conversation,
+                    instance,
                     sender,
                     rows,
                 } => self.send(
@@ -294,17 +302,26 @@ impl World {
                         shard,
                         read: Read::SenderOps {
                             conversation,
+                            instance,
                             sender,
                             rows,
                         },
                     },
                 ),
-                Effect::ReadEntry { conversation, seq } => self.send(
+                Effect::ReadEntry {
+                    conversation,
+                    instance,
+                    seq,
+                } => self.send(
                     from,
                     Node::Pool,
                     Message::Read {
                         shard,
-                        read: Read::Entry { conversation, seq },
+                        read: Read::Entry {
+                            conversation,
+                            instance,
+                            seq,
+                        },
                     },
                 ),
                 Effect::Commit {
@@ -336,6 +353,7 @@ impl World {
             },
             Read::SenderOps {
                 conversation,
+                instance,
                 sender,
                 rows,
             } => {
@@ -344,14 +362,20 @@ impl World {
                 Message::Input {
                     conversation,
                     input: Input::SenderOps {
+                        instance,
                         sender,
                         result: Ok(ops),
                     },
                 }
             }
-            Read::Entry { conversation, seq } => Message::Input {
+            Read::Entry {
+                conversation,
+                instance,
+                seq,
+            } => Message::Input {
                 conversation,
                 input: Input::EntryRead {
+                    instance,
                     seq,
                     result: Ok(self.store.entry(conversation, seq)),
                 },
@@ -605,6 +629,9 @@ fn a_sweep_of_seeds_keeps_every_promise() {
     assert!(total.lags > 1_000, "{total:?}");
     assert!(total.parked > 100, "{total:?}");
     assert!(total.syncs_refused > 500, "{total:?}");
+    // Edits and deletes of the clients' own messages, some refused as already deleted.
+    assert!(total.changes > 1_000, "{total:?}");
+    assert!(total.refused_changes > 10, "{total:?}");
     println!("{total:?}");
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_protocol::{
-    ConversationId, Cursor, DeviceId, Entry, ErrorCode, Event, Resume, Seq, ServerFrame, UserId,
+    ConversationId, Cursor, DeviceId, ErrorCode, Event, Resume, Seq, ServerFrame, UserId,
     decode_frame,
 };
 
@@ -201,13 +201,13 @@ impl World {
             while left > 0 && *next < head {
                 next.0 += 1;
                 left -= 1;
-                let Some(Entry::Message(m)) = self.store.entry(*conversation, *next) else {
+                let Some(entry) = self.store.entry(*conversation, *next) else {
                     panic!("the stored log of {conversation} has a hole at {next:?}");
                 };
                 let position = (*conversation, *next);
                 frames.push((
                     Some(position),
-                    encode(&ServerFrame::Event(Event::Message(m))),
+                    encode(&ServerFrame::Event(entry.into_event())),
                 ));
             }
         }
@@ -279,7 +279,11 @@ impl World {
         for frame in batch {
             let (frame, _) = decode_frame::<ServerFrame>(&frame).expect("a frame");
             match frame {
-                ServerFrame::Event(Event::Message(m)) => self.received(user, m.conversation, m.seq),
+                ServerFrame::Event(event) if event.entry_position().is_some() => {
+                    if let Some((conversation, seq)) = event.entry_position() {
+                        self.received(user, conversation, seq);
+                    }
+                }
                 ServerFrame::Event(Event::Lagged) => {
                     let conn = self.conn(user);
                     conn.lagged = true;

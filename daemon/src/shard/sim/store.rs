@@ -47,24 +47,94 @@ impl FakeStore {
         Some(Entry::decode_from(value).expect("a stored entry decodes"))
     }
 
-    /// Conversation `conversation`'s stored log is contiguous from 1 and holds each send once.
+    /// Conversation `conversation`'s stored log is contiguous from 1, holds each send, edit
+    /// and delete once, and its changes agree with their messages: a message lists exactly
+    /// the edits that target it and shows the newest one's content, a deleted message has no
+    /// content and its deletion and erased edits name it.
     pub(super) fn check_log(&self, conversation: ConversationId) {
         let prefix = keys::conversation(conversation).to_vec();
-        let mut sends = HashSet::new();
+        let mut ops = HashSet::new();
         let rows = self.stored.get(&Cf::Log);
-        let log = rows
+        let log: Vec<Entry> = rows
             .into_iter()
             .flat_map(|rows| rows.range(prefix.clone()..))
-            .take_while(|(key, _)| key.starts_with(&prefix));
-        for (i, (_, value)) in log.enumerate() {
-            let entry = Entry::decode_from(value).expect("a stored entry decodes");
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, value)| Entry::decode_from(value).expect("a stored entry decodes"))
+            .collect();
+        for (i, entry) in log.iter().enumerate() {
             assert_eq!(entry.seq().0, i as u64 + 1, "a hole in {conversation}");
-            if let Entry::Message(m) = entry {
-                let send = (m.sender, m.op);
-                assert!(
-                    sends.insert(send),
-                    "{send:?} stored twice in {conversation}"
-                );
+            if let Some(op) = entry.op() {
+                assert!(ops.insert(op), "{op:?} stored twice in {conversation}");
+            }
+        }
+        let at = |seq: Seq| log.get(usize::try_from(seq.0).unwrap_or(0).wrapping_sub(1));
+        for entry in &log {
+            match entry {
+                Entry::Message(m) => {
+                    if let Some(edited) = &m.edited {
+                        assert!(m.deleted.is_none(), "{m:?} edited and deleted");
+                        for version in &edited.versions {
+                            assert!(
+                                matches!(at(*version), Some(Entry::Edit(e)) if e.target == m.seq && e.sender == m.sender),
+                                "{conversation} {:?} lists {version:?}, which is not its edit",
+                                m.seq
+                            );
+                        }
+                        let newest = edited.versions.last().and_then(|v| at(*v));
+                        assert!(
+                            matches!(newest, Some(Entry::Edit(e)) if e.body == edited.body),
+                            "{conversation} {:?} does not show its newest edit",
+                            m.seq
+                        );
+                    }
+                    if let Some(deleted) = m.deleted {
+                        assert!(
+                            m.body.is_empty(),
+                            "{conversation} {:?} kept its body",
+                            m.seq
+                        );
+                        assert!(
+                            matches!(at(deleted.seq), Some(Entry::Deletion(d)) if d.target == m.seq),
+                            "{conversation} {:?} deleted by {:?}, which is not its deletion",
+                            m.seq,
+                            deleted.seq
+                        );
+                    }
+                }
+                Entry::Edit(e) => {
+                    let listed = matches!(at(e.target), Some(Entry::Message(m))
+                        if m.edited.as_ref().is_some_and(|x| x.versions.contains(&e.seq)));
+                    assert!(
+                        listed,
+                        "{conversation} {:?} is an edit its message does not list: {:?}",
+                        e.seq,
+                        at(e.target)
+                    );
+                }
+                Entry::Erased(x) => assert!(
+                    matches!(at(x.target), Some(Entry::Message(m))
+                        if m.deleted.is_some_and(|d| d.seq == x.deletion)),
+                    "{conversation} {:?} erased for a message not deleted by {:?}",
+                    x.seq,
+                    x.deletion
+                ),
+                Entry::Deletion(d) => {
+                    let done = matches!(at(d.target), Some(Entry::Message(m))
+                        if m.deleted.is_some_and(|x| x.seq == d.seq));
+                    assert!(
+                        done,
+                        "{conversation} {:?} deleted a message that is not",
+                        d.seq
+                    );
+                    for erased in &d.erased {
+                        assert!(
+                            matches!(at(*erased), Some(Entry::Erased(x)) if x.deletion == d.seq),
+                            "{conversation} {:?} left {erased:?} unerased",
+                            d.seq
+                        );
+                    }
+                }
+                Entry::Membership(_) => {}
             }
         }
     }

@@ -57,7 +57,15 @@ fn entry_reads(out: &[Effect]) -> Vec<u64> {
 fn read_answer(world: &mut World, id: ConversationId, entry: Entry) -> Vec<Effect> {
     let seq = entry.seq();
     let result = Ok(Some(entry));
-    world.input(id, Input::EntryRead { seq, result })
+    let instance = 1;
+    world.input(
+        id,
+        Input::EntryRead {
+            instance,
+            seq,
+            result,
+        },
+    )
 }
 
 /// The (key seq, entry) of every log row a commit writes.
@@ -166,6 +174,7 @@ fn changes_are_checked_against_the_message() {
     let out = world.input(
         id,
         Input::EntryRead {
+            instance: 1,
             seq: Seq(3),
             result,
         },
@@ -297,4 +306,56 @@ fn in_a_room_admins_delete_anyones_message_members_their_own() {
     };
     assert_eq!(commits(&out).len(), 1, "{out:?}");
     assert_eq!(acks(&world.committed(ROOM)), [(2, 10, false)]);
+}
+
+#[test]
+fn a_read_asked_for_before_the_conversation_was_forgotten_is_not_taken_for_a_new_one() {
+    let mut world = World::new();
+    let id = direct();
+    world.ready(id, 2, None);
+    let out = world.send_warm(id, edit(1, 1, id, 10, 2, "first"));
+    assert_eq!(entry_reads(&out), [2]);
+    // A send of the other member fails to commit: the conversation is forgotten, and the
+    // edit that waited for its read is answered.
+    assert_eq!(commits(&world.send_warm(id, send(2, 2, id, 20))).len(), 1);
+    let failed = Input::Committed(Err(WriteError::Storage("disk".into())));
+    assert_eq!(refusals(&world.input(id, failed)).len(), 2);
+    // Loaded again, the next edit asks for the message again.
+    assert!(matches!(
+        world.input(id, edit(1, 3, id, 11, 2, "second"))[..],
+        [Effect::Load(_)]
+    ));
+    let snapshot = ConversationSnapshot {
+        head: Seq(2),
+        ..ConversationSnapshot::default()
+    };
+    let out = world.loaded(id, Some(snapshot));
+    let [Effect::ReadSenderOps { instance, .. }] = out[..] else {
+        panic!("{out:?}");
+    };
+    assert_ne!(instance, 1, "a new load, a new instance");
+    let result = Ok(Vec::new());
+    let sender = UserId(1);
+    let out = world.input(
+        id,
+        Input::SenderOps {
+            instance,
+            sender,
+            result,
+        },
+    );
+    assert_eq!(entry_reads(&out), [2]);
+    // The first load's read arrives now: it is not the answer this load waits for.
+    let stale = Input::EntryRead {
+        instance: 1,
+        seq: Seq(2),
+        result: Ok(Some(stored_message(id, 2, 1))),
+    };
+    assert!(world.input(id, stale).is_empty());
+    let fresh = Input::EntryRead {
+        instance,
+        seq: Seq(2),
+        result: Ok(Some(stored_message(id, 2, 1))),
+    };
+    assert_eq!(commits(&world.input(id, fresh)).len(), 1);
 }

@@ -69,9 +69,14 @@ impl World {
     fn send_warm(&mut self, id: ConversationId, input: Input) -> Vec<Effect> {
         let out = self.input(id, input);
         match out[..] {
-            [Effect::ReadSenderOps { sender, .. }] => self.input(
+            [
+                Effect::ReadSenderOps {
+                    sender, instance, ..
+                },
+            ] => self.input(
                 id,
                 Input::SenderOps {
+                    instance,
                     sender,
                     result: Ok(Vec::new()),
                 },
@@ -242,6 +247,7 @@ fn a_send_loads_the_conversation_and_is_acked_and_published_only_once_committed(
     let out = world.input(
         id,
         Input::SenderOps {
+            instance: 1,
             sender: UserId(1),
             result: Ok(Vec::new()),
         },
@@ -382,6 +388,7 @@ fn a_failed_commit_answers_every_waiting_request_and_leaves_no_hole() {
     let out = world.input(
         id,
         Input::SenderOps {
+            instance: 2,
             sender: UserId(1),
             result: Ok(Vec::new()),
         },
@@ -424,6 +431,7 @@ fn a_cold_sender_waits_for_its_window_once_and_finds_a_stored_op() {
     let out = world.input(
         id,
         Input::SenderOps {
+            instance: 1,
             sender: UserId(1),
             result: Ok(vec![stored]),
         },
@@ -445,6 +453,7 @@ fn a_window_that_cannot_be_read_answers_the_parked_sends() {
     let out = world.input(
         id,
         Input::SenderOps {
+            instance: 1,
             sender: UserId(1),
             result: Err(ReadError::Busy),
         },
