@@ -179,54 +179,52 @@ fn start_load(shard: &Rc<Shard>, id: ConversationId) {
 /// sends wait in the conversation.
 fn read_sender_ops(shard: &Rc<Shard>, asker: (ConversationId, u64), sender: UserId, rows: usize) {
     let (id, instance) = asker;
-    let shared = Arc::clone(&shard.shared);
-    let at = shard.id;
-    let submitted = shard.shared.reads.submit(move |store| {
+    let answer = move |result| Input::SenderOps {
+        instance,
+        sender,
+        result,
+    };
+    read_for(shard, id, answer, move |store| {
         let result = store.sender_ops(id, sender, rows);
         if let Err(e) = &result {
             crate::logging::throttled!(error, conversation = %id, error = %e, "reading a sender's recent sends failed");
         }
-        let result = result.map_err(ReadError::from);
-        let op = Input::SenderOps {
-            instance,
-            sender,
-            result,
-        };
-        shared.push_blocking(
-            at,
-            ShardMsg::Conversation {
-                conversation: id,
-                op,
-            },
-        );
+        result
     });
-    if !submitted {
-        let result = Err(ReadError::Busy);
-        let op = Input::SenderOps {
-            instance,
-            sender,
-            result,
-        };
-        handle(shard, id, op);
-    }
 }
 
 /// Reads a stored entry on the read pool for the changes (edits, deletes) of
 /// `(conversation, instance)` that wait for it.
 fn read_entry(shard: &Rc<Shard>, asker: (ConversationId, u64), seq: Seq) {
     let (id, instance) = asker;
-    let shared = Arc::clone(&shard.shared);
-    let at = shard.id;
-    let submitted = shard.shared.reads.submit(move |store| {
+    let answer = move |result| Input::EntryRead {
+        instance,
+        seq,
+        result,
+    };
+    read_for(shard, id, answer, move |store| {
         let result = store.entry(id, seq);
         if let Err(e) = &result {
             crate::logging::throttled!(error, conversation = %id, error = %e, "reading an entry to change failed");
         }
-        let op = Input::EntryRead {
-            instance,
-            seq,
-            result: result.map_err(ReadError::from),
-        };
+        result
+    });
+}
+
+/// Runs `read` on the read pool and gives conversation `id` (owned here) its result as the
+/// input `answer` makes of it; when the pool's queue is full, gives it `ReadError::Busy` at
+/// once.
+fn read_for<T: Send + 'static>(
+    shard: &Rc<Shard>,
+    id: ConversationId,
+    answer: impl FnOnce(Result<T, ReadError>) -> Input + Clone + Send + 'static,
+    read: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::Error> + Send + 'static,
+) {
+    let shared = Arc::clone(&shard.shared);
+    let at = shard.id;
+    let answer_read = answer.clone();
+    let submitted = shard.shared.reads.submit(move |store| {
+        let op = answer_read(read(store).map_err(ReadError::from));
         shared.push_blocking(
             at,
             ShardMsg::Conversation {
@@ -236,16 +234,7 @@ fn read_entry(shard: &Rc<Shard>, asker: (ConversationId, u64), seq: Seq) {
         );
     });
     if !submitted {
-        let result = Err(ReadError::Busy);
-        handle(
-            shard,
-            id,
-            Input::EntryRead {
-                instance,
-                seq,
-                result,
-            },
-        );
+        handle(shard, id, answer(Err(ReadError::Busy)));
     }
 }
 

@@ -278,6 +278,19 @@ async fn changes_sent_with_their_message_and_across_a_restart_are_kept_in_order(
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
 }
 
+/// Opens the stopped daemon's store, as `chatd admin compact` would compact it, with no
+/// recycled WAL files.
+fn compact(db: &std::path::Path) {
+    let wal = chatd::store::WalOptions {
+        recycled: 0,
+        ..Default::default()
+    };
+    chatd::store::Store::open_with(db, wal)
+        .unwrap()
+        .compact()
+        .unwrap();
+}
+
 /// Every file under `dir` holding `needle`.
 fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
@@ -322,33 +335,14 @@ async fn a_deleted_message_leaves_no_content_in_the_store_after_compaction() {
     // Flushed to SST files before the delete: the content is on disk in several places.
     daemon.stop();
     let db = daemon.dir.join("db");
-    {
-        let store = chatd::store::Store::open_with(
-            &db,
-            chatd::store::WalOptions {
-                recycled: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        store.compact().unwrap();
-    }
+    compact(&db);
     assert!(!files_holding(&db, secret.as_bytes()).is_empty());
     daemon.restart();
     let (mut alice, _) = user(&daemon, "alice", 2).await;
     assert_eq!(acked(&mut alice, delete(notes, 4, 1)).await.seq, Seq(4));
     alice.close().await;
     daemon.stop();
-    let store = chatd::store::Store::open_with(
-        &db,
-        chatd::store::WalOptions {
-            recycled: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    store.compact().unwrap();
-    drop(store);
+    compact(&db);
     for gone in [&secret, &edited] {
         assert_eq!(
             files_holding(&db, gone.as_bytes()),
