@@ -643,6 +643,46 @@ mod tests {
                 ..
             }
         ));
+        let edited = record(Event::MessageEdited {
+            conversation: direct.into(),
+            edit: MessageBody::new(Seq(6), UserId(9), 11, ContentType::TEXT, None, b"fixed"),
+            target: Seq(4),
+        });
+        assert_eq!(edited.event.routing_key(), "message.edited.direct");
+        assert_eq!(
+            edited.to_binary().unwrap().event,
+            events::EventKind::MessageEdited {
+                conversation: direct,
+                seq: Seq(6),
+                target: Seq(4),
+                sender: UserId(9),
+                op: OpId(11),
+                content_type: ContentType::TEXT,
+                body: b"fixed".to_vec(),
+            }
+        );
+        let deleted = record(Event::MessageDeleted {
+            conversation: direct.into(),
+            entry_seq: Seq(7),
+            target: Seq(4),
+            actor: UserId(9),
+            author: UserId(9),
+            op: u64::MAX.to_string(),
+            erased: vec![Seq(6)],
+        });
+        assert_eq!(deleted.event.routing_key(), "message.deleted.direct");
+        assert_eq!(
+            deleted.to_binary().unwrap().event,
+            events::EventKind::MessageDeleted {
+                conversation: direct,
+                seq: Seq(7),
+                target: Seq(4),
+                actor: UserId(9),
+                author: UserId(9),
+                op: OpId(u64::MAX),
+                erased: vec![Seq(6)],
+            }
+        );
         // A record this daemon would not write is refused, not guessed at.
         let reversed = record(Event::MarkerMoved {
             conversation: Conversation::Direct {

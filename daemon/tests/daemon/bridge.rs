@@ -411,6 +411,82 @@ async fn bincode_events_carry_what_the_json_ones_do() {
     consumer.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_reach_consumers_after_their_message() {
+    let exchange = unique_exchange("changes");
+    let mut consumer = Consumer::bind(&exchange).await;
+    let daemon = TestDaemon::start_with(with_bridge(&exchange));
+    let (mut alice, a) = login(&daemon, "alice").await;
+    let notes = ConversationId::Notes(a);
+    let sent = alice.send_text(notes, 1, "draft").await;
+    let edit = Request::Edit(EditMessage {
+        conversation: notes,
+        op: OpId(2),
+        target: sent.seq,
+        content_type: ContentType::TEXT,
+        body: b"final".to_vec(),
+    });
+    assert!(matches!(alice.ok(edit).await, Response::Sent(_)));
+    let delete = Request::Delete(DeleteMessage {
+        conversation: notes,
+        op: OpId(3),
+        target: sent.seq,
+    });
+    assert!(matches!(alice.ok(delete).await, Response::Sent(_)));
+
+    let head = acked_head(&daemon);
+    // The account, the message, its edit, its deletion.
+    assert_eq!(head, 4);
+    let events = consumer.until(head).await;
+    let keys: Vec<&str> = events.values().map(|e| e.routing_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "user.registered",
+            "message.created.notes",
+            "message.edited.notes",
+            "message.deleted.notes"
+        ]
+    );
+    let edited = &events[&3].body;
+    assert_eq!(
+        (
+            edited["type"].as_str(),
+            edited["target"].as_u64(),
+            edited["edit"]["seq"].as_u64(),
+            edited["edit"]["text"].as_str(),
+            edited["edit"]["op"].as_str()
+        ),
+        (
+            Some("message.edited"),
+            Some(1),
+            Some(2),
+            Some("final"),
+            Some("2")
+        )
+    );
+    let deleted = &events[&4].body;
+    assert_eq!(
+        (
+            deleted["target"].as_u64(),
+            deleted["entry_seq"].as_u64(),
+            deleted["author"].as_u64(),
+            deleted["actor"].as_u64(),
+            deleted["erased"].clone()
+        ),
+        (
+            Some(1),
+            Some(3),
+            Some(a.0),
+            Some(a.0),
+            serde_json::json!([2])
+        )
+    );
+    // A deletion carries no content.
+    assert!(!deleted.to_string().contains("final") && !deleted.to_string().contains("draft"));
+    consumer.finish().await;
+}
+
 /// A TLS terminator in front of the broker, with a certificate for 127.0.0.1 that a CA of
 /// its own signed: `amqps://` to it is TLS to a real RabbitMQ.
 struct TlsFront {
