@@ -51,8 +51,9 @@ pub use server::{
     RoomInfo, SendAck, ServerFrame, Session, TokenGrant, TypingEvent, UserInfo,
 };
 
-/// The TLS application protocol (ALPN) id of chat protocol v1: clients offer it, the daemon
-/// accepts only it (docs/PROTOCOL.md section 1).
+/// The TLS application protocol (ALPN) id of chatd's framing, the same for every protocol
+/// version (the version is agreed in the hello): clients offer it, the daemon accepts only it
+/// (docs/PROTOCOL.md section 1).
 pub const ALPN: &[u8] = b"chat/1";
 
 /// The version range this crate speaks, for `Hello::versions`.
