@@ -325,6 +325,18 @@ impl Entry {
         }
     }
 
+    /// When the daemon stored the entry; `None` for an erased edit (it keeps no time).
+    #[must_use]
+    pub fn ts(&self) -> Option<Timestamp> {
+        match self {
+            Entry::Message(m) => Some(m.ts),
+            Entry::Membership(m) => Some(m.ts),
+            Entry::Edit(e) => Some(e.ts),
+            Entry::Deletion(d) => Some(d.ts),
+            Entry::Erased(_) => None,
+        }
+    }
+
     /// The user whose request added the entry and that request's op id, for the entries a
     /// send, an edit or a delete adds (the sender's devices recognise their own).
     #[must_use]

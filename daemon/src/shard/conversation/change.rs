@@ -343,7 +343,6 @@ impl Conversation {
         self.queued.push(Pending {
             origin,
             entry: added,
-            ts: now,
             audience,
             reply: None,
             waiters: Vec::new(),

@@ -394,8 +394,6 @@ fn answer_all(inputs: &[Input], refusal: Refusal, out: &mut Vec<Effect>) {
 struct Pending {
     origin: Origin,
     entry: Entry,
-    /// When it was accepted (the entry's time, for those that carry one).
-    ts: Timestamp,
     /// Who receives the event: the audience when the entry was queued, plus anyone it
     /// concerns who is not (an invited, kicked or banned user).
     audience: Arc<[UserId]>,

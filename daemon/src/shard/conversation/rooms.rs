@@ -476,7 +476,6 @@ impl Conversation {
         self.queued.push(Pending {
             origin,
             entry,
-            ts: ctx.now,
             audience,
             reply: answer,
             waiters: Vec::new(),

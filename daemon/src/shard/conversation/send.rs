@@ -140,7 +140,6 @@ impl Conversation {
         self.queued.push(Pending {
             origin,
             entry,
-            ts: ctx.now,
             audience,
             reply: None,
             waiters: Vec::new(),
@@ -194,11 +193,11 @@ impl Conversation {
     fn in_flight_ops(&self, sender: UserId) -> Vec<SenderOp> {
         let pending = self.committing.iter().chain(&self.queued);
         pending
-            .filter_map(|p| match p.entry.op() {
-                Some((user, op)) if user == sender => Some(SenderOp {
+            .filter_map(|p| match (p.entry.op(), p.entry.ts()) {
+                (Some((user, op)), Some(ts)) if user == sender => Some(SenderOp {
                     op,
                     seq: p.entry.seq(),
-                    ts: p.ts,
+                    ts,
                 }),
                 _ => None,
             })
@@ -227,15 +226,14 @@ pub(super) fn publish(pending: Pending, out: &mut Vec<Effect>) {
         origin,
         entry,
         reply: answer,
-        ts,
         audience,
         waiters,
     } = pending;
     // A send, an edit or a delete is acked to its connection, which gets no event for it;
     // membership events go to every connection of the audience, the actor's included, so
     // its log has no hole.
-    let except = match entry.op() {
-        Some((_, op)) => {
+    let except = match (entry.op(), entry.ts()) {
+        (Some((_, op)), Some(ts)) => {
             let ack = SendAck {
                 conversation: entry.conversation(),
                 op,
@@ -253,7 +251,7 @@ pub(super) fn publish(pending: Pending, out: &mut Vec<Effect>) {
             }
             Some(origin.at)
         }
-        None => {
+        _ => {
             if let Some(answer) = answer {
                 reply(out, origin, Ok(answer));
             }
