@@ -49,6 +49,8 @@ pub fn chat_message(seq: u64) -> Message {
         body,
         edited: None,
         deleted: None,
+        mentions: Vec::new(),
+        reactions: Vec::new(),
     }
 }
 

@@ -300,6 +300,7 @@ impl Session {
                 from: HistoryFrom::After(chat_protocol::Seq(0)),
                 limit: 100,
                 order: Order::OldestFirst,
+                thread: None,
             });
             self.write(&ClientFrame::Request {
                 id: RequestId(100 + id),

@@ -68,7 +68,8 @@ pub(crate) fn reply_reservation(request: &Request) -> usize {
 /// a conversation's owner.
 fn request_size(request: &Request) -> usize {
     match request {
-        Request::Send(message) => message.body.len(),
+        Request::Send(message) => message.body.len() + 8 * message.mentions.len(),
+        Request::React(react) => react.reaction.len(),
         Request::Edit(edit) => edit.body.len(),
         Request::LookupUsers(users) => users
             .iter()
@@ -269,6 +270,7 @@ mod tests {
                 from: HistoryFrom::Latest,
                 limit,
                 order: Order::NewestFirst,
+                thread: None,
             })
         };
         let full = reply_reservation(&query(100));
@@ -278,8 +280,12 @@ mod tests {
         assert!(full <= chat_protocol::limits::MAX_SERVER_FRAME);
         // Asking for more than a page reserves a page (the answer is an error).
         assert_eq!(reply_reservation(&query(u16::MAX)), full);
-        // A short page reserves less, so pipelined small reads are not held back.
-        assert!(reply_reservation(&query(1)) < full / 50);
+        // A short page reserves less, so pipelined small reads are not held back: one page
+        // of one entry reserves what one maximal entry takes (an edited message with every
+        // mention and reaction), no more.
+        let one = SMALL_REPLY + MAX_ENTRY_CHARGE + ENTRY_OVERHEAD;
+        assert_eq!(reply_reservation(&query(1)), allocated(one));
+        assert!(reply_reservation(&query(1)) < full / 40);
         assert_eq!(reply_reservation(&Request::Ping), SMALL_REPLY);
         // A request's own memory counts too.
         let lookup = Request::LookupUsers(vec![chat_protocol::UserRef::Name("a".repeat(30)); 10]);

@@ -134,7 +134,7 @@ pub enum Payload {
     /// `application/json`: the documented JSON schema.
     #[default]
     Json,
-    /// `application/x-chatd-event+bincode; v=1`: `chat_protocol::events::EventRecord`.
+    /// `application/x-chatd-event+bincode; v=2`: `chat_protocol::events::EventRecord`.
     Bincode,
 }
 

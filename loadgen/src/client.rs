@@ -494,6 +494,7 @@ async fn writer(
                             content_type: ContentType::BINARY,
                             reply_to: None,
                             body: body(op, context.size),
+                            mentions: Vec::new(),
                         }),
                     };
                     (frame, !resent)
@@ -666,8 +667,13 @@ fn event_arrived(
                 }
             });
         }
-        // The load generator neither edits nor deletes; other entries only move its cursors.
-        Event::Membership(_) | Event::Edit(_) | Event::Deletion(_) | Event::Erased(_) => {
+        // The load generator neither edits, deletes nor reacts; other entries only move its
+        // cursors.
+        Event::Membership(_)
+        | Event::Edit(_)
+        | Event::Deletion(_)
+        | Event::Erased(_)
+        | Event::Reaction(_) => {
             if let Some((conversation, seq)) = event.entry_position() {
                 state.lock().positions.pushed(conversation, seq);
             }

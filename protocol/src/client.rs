@@ -150,6 +150,10 @@ pub struct SendMessage {
     pub reply_to: Option<Seq>,
     /// At most the daemon's `max_body` bytes.
     pub body: Vec<u8>,
+    /// Members of the conversation the message names (they are listed in the bridge's
+    /// `message.created` event, so a push service can notify them); at most
+    /// `limits::MAX_MENTIONS`, no user twice.
+    pub mentions: Vec<UserId>,
 }
 
 /// Replace the content of one of your messages. Answered by `Response::Sent` (with the edit
@@ -180,6 +184,25 @@ pub struct DeleteMessage {
     pub op: OpId,
     /// The message to delete (yours; in a room, an admin or the owner may delete any).
     pub target: Seq,
+}
+
+/// Add a reaction to a message, or take yours back. Answered by `Response::Sent` (with the
+/// reaction entry's sequence number).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ReactMessage {
+    /// Where the message is.
+    pub conversation: ConversationId,
+    /// Unique per sender, shared with sends, edits and deletes; a retry is stored once.
+    pub op: OpId,
+    /// The message (not deleted; any member may react, to their own messages too).
+    pub target: Seq,
+    /// The reaction: 1 to `limits::MAX_REACTION` bytes of UTF-8 with no control or white
+    /// space characters (one emoji, or a short name such as `+1`).
+    pub reaction: String,
+    /// `false` adds your reaction (`ALREADY_REACTED` if you have it); `true` takes it back
+    /// (`NOT_REACTED` if you do not have it).
+    pub remove: bool,
 }
 
 /// Where a history page starts.
@@ -216,6 +239,9 @@ pub struct HistoryQuery {
     pub limit: u16,
     /// The order of `HistoryPage::entries`.
     pub order: Order,
+    /// `Some(root)`: only the messages that reply to the entry `root` (its thread), paged
+    /// by their own sequence numbers; `None`: every entry.
+    pub thread: Option<Seq>,
 }
 
 /// Typing in a conversation, or stopped typing.
@@ -355,12 +381,14 @@ pub enum Request {
     Edit(EditMessage),
     /// 22. Delete a message. -> `Sent`
     Delete(DeleteMessage),
+    /// 23. Add or take back a reaction to a message. -> `Sent`
+    React(ReactMessage),
 }
 
 impl Request {
     /// Whether a client may write this request again on a new connection when the old one
     /// was lost before the answer came (section 8.8): reads, marks, presence changes, and
-    /// sends, edits and deletes (deduplicated by their op id). Room and account changes are not: one may have
+    /// sends, edits, deletes and reactions (deduplicated by their op id). Room and account changes are not: one may have
     /// been applied, and a second would be refused or applied twice.
     pub fn repeatable(&self) -> bool {
         matches!(
@@ -374,6 +402,7 @@ impl Request {
                 | Request::Send(_)
                 | Request::Edit(_)
                 | Request::Delete(_)
+                | Request::React(_)
                 | Request::History(_)
                 | Request::Mark { .. }
                 | Request::Presence { .. }

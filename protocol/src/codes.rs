@@ -122,6 +122,14 @@ code_table! {
     UNKNOWN_MESSAGE = 403, "the conversation has no entry with that sequence number";
     /// An edit or delete of a message that is not there any more.
     MESSAGE_DELETED = 404, "the message was deleted";
+    /// You already reacted to the message with that reaction.
+    ALREADY_REACTED = 405, "you already reacted with that to this message";
+    /// You have no such reaction on the message to take back.
+    NOT_REACTED = 406, "you have not reacted with that to this message";
+    /// A reaction that breaks the rules (`limits::MAX_REACTION`).
+    INVALID_REACTION = 407, "reactions are 1 to 32 bytes with no control or space characters";
+    /// A mention of a user who is not a member of the conversation, or of one user twice.
+    INVALID_MENTION = 408, "mentions must name members of the conversation, each once";
     /// Too many sends; wait `retry_after_ms`.
     RATE_LIMITED = 500, "too many sends; retry after the given delay";
     /// Too many requests in flight on this connection.
@@ -130,6 +138,8 @@ code_table! {
     OVERLOADED = 502, "the daemon is overloaded; retry after the given delay";
     /// The message was edited as often as allowed (`limits::MAX_EDITS`).
     TOO_MANY_EDITS = 503, "the message was edited as often as allowed";
+    /// The message has as many reactions, or kinds of reaction, as allowed.
+    TOO_MANY_REACTIONS = 504, "the message has as many reactions as allowed";
     /// A server-side fault; the request may or may not have taken effect.
     INTERNAL = 900, "internal error";
     /// Storage or a dependency is unavailable; retry later.

@@ -15,8 +15,9 @@ use crate::client::{ContentType, Marker, Role};
 use crate::codec::{Decode, Encode, decode_value, encode_into};
 use crate::ids::{ConversationId, OpId, RoomId, Seq, Timestamp, UserId};
 
-/// The AMQP `content_type` of a bincode event, with its schema version.
-pub const BINCODE_CONTENT_TYPE: &str = "application/x-chatd-event+bincode; v=1";
+/// The AMQP `content_type` of a bincode event, with its schema version (2: `MessageCreated`
+/// lists the mentioned users; `MessageReacted` is new).
+pub const BINCODE_CONTENT_TYPE: &str = "application/x-chatd-event+bincode; v=2";
 
 /// The most memory [`decode_event`] lets one event claim: RabbitMQ's default largest
 /// message (16 MiB). The biggest events are `message.created` in very large rooms, whose
@@ -56,6 +57,8 @@ pub enum EventKind {
         /// Recipients (members other than the sender) with no connected device when the
         /// message was accepted.
         offline_recipients: Vec<UserId>,
+        /// The members the message mentions, online or not.
+        mentions: Vec<UserId>,
     },
     /// 1. A room's membership changed (`membership.changed.room`).
     MembershipChanged {
@@ -148,6 +151,23 @@ pub enum EventKind {
         /// The message's edits, whose content is erased too.
         erased: Vec<Seq>,
     },
+    /// 8. A reaction was added to a message or taken back (`message.reacted.*`).
+    MessageReacted {
+        /// Where.
+        conversation: ConversationId,
+        /// The reaction entry's sequence number.
+        seq: Seq,
+        /// The message reacted to.
+        target: Seq,
+        /// Who reacted.
+        user: UserId,
+        /// The reaction's operation id.
+        op: OpId,
+        /// The reaction.
+        reaction: String,
+        /// `true`: taken back.
+        removed: bool,
+    },
 }
 
 /// A membership change.
@@ -211,6 +231,7 @@ mod tests {
                 reply_to: None,
                 body: b"hello".to_vec(),
                 offline_recipients: vec![UserId(2)],
+                mentions: vec![UserId(3)],
             },
         }
     }
@@ -231,6 +252,7 @@ mod tests {
                 0,  // reply_to: None
                 5, b'h', b'e', b'l', b'l', b'o', // body
                 1, 2, // offline_recipients: [2]
+                1, 3, // mentions: [3]
             ]
         );
         assert_eq!(decode_event(&bytes), Ok(message()));
@@ -294,6 +316,15 @@ mod tests {
                 author: UserId(4),
                 op: OpId(3),
                 erased: vec![Seq(14)],
+            },
+            EventKind::MessageReacted {
+                conversation: ConversationId::Room(RoomId(9)),
+                seq: Seq(16),
+                target: Seq(13),
+                user: UserId(4),
+                op: OpId(5),
+                reaction: "👍".into(),
+                removed: false,
             },
         ];
         for (seq, event) in (1..).zip(kinds) {

@@ -34,8 +34,8 @@ pub mod token;
 
 pub use client::{
     Auth, ClientFrame, ContentType, Cursor, DeleteMessage, EditMessage, Hello, HistoryFrom,
-    HistoryQuery, Marker, Order, Request, Resume, Role, SendMessage, TypingUpdate, UserRef,
-    VersionRange,
+    HistoryQuery, Marker, Order, ReactMessage, Request, Resume, Role, SendMessage, TypingUpdate,
+    UserRef, VersionRange,
 };
 pub use codes::{ErrorCode, GoodbyeCode};
 pub use frame::{
@@ -47,8 +47,8 @@ pub use ids::{ConversationId, DeviceId, OpId, RequestId, RoomId, Seq, Timestamp,
 pub use server::{
     ConversationPage, ConversationSummary, Deleted, Deletion, Edit, Edited, Entry, Erased,
     ErrorBody, Event, Gap, Goodbye, HelloOk, HistoryPage, Limits, Member, MemberPage,
-    MembershipChange, MembershipEvent, Message, PresenceInfo, PresenceStatus, Receipt, Response,
-    RoomInfo, SendAck, ServerFrame, Session, TokenGrant, TypingEvent, UserInfo,
+    MembershipChange, MembershipEvent, Message, PresenceInfo, PresenceStatus, Reaction, Reactions,
+    Receipt, Response, RoomInfo, SendAck, ServerFrame, Session, TokenGrant, TypingEvent, UserInfo,
 };
 
 /// The TLS application protocol (ALPN) id of chatd's framing, the same for every protocol

@@ -29,6 +29,27 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// Most edits of one message.
 pub const MAX_EDITS: usize = 64;
 
+/// Longest reaction in bytes (`ReactMessage::reaction`): room for any emoji sequence.
+pub const MAX_REACTION: usize = 32;
+
+/// Most different reactions on one message.
+pub const MAX_REACTION_KINDS: usize = 20;
+
+/// Most reactions on one message, every kind and user counted (one user's reaction with two
+/// kinds counts twice).
+pub const MAX_REACTIONS: usize = 1024;
+
+/// Most users one message mentions.
+pub const MAX_MENTIONS: usize = 32;
+
+/// The most `Entry::charge` can be: an edited message with every edit, mention and
+/// reaction it may have.
+pub const MAX_ENTRY_CHARGE: usize = 2 * MAX_BODY
+    + 9 * MAX_EDITS
+    + 9 * MAX_MENTIONS
+    + MAX_REACTION_KINDS * (48 + MAX_REACTION)
+    + 9 * MAX_REACTIONS;
+
 /// Most entries in one history page, and most items in any other paged listing.
 pub const MAX_PAGE: u16 = 100;
 
@@ -69,9 +90,9 @@ pub const TYPING_TTL_MS: u32 = 6_000;
 // in-memory size is charged to the decode limit, so keep generous headroom per entry for the
 // fixed fields. An edited message carries two bodies: the daemon cuts a page short by bytes.
 const _: () = assert!(MAX_PAGE as usize * (MAX_BODY + 512) <= MAX_SERVER_FRAME);
-// One entry always fits a frame, however often its message was edited.
-const _: () = assert!(2 * MAX_BODY + 8 * MAX_EDITS + 512 <= MAX_SERVER_FRAME);
+// One entry always fits a frame, however often its message was edited and reacted to.
+const _: () = assert!(MAX_ENTRY_CHARGE + 512 <= MAX_SERVER_FRAME);
 // A maximal send must fit a client frame.
-const _: () = assert!(MAX_BODY + 512 <= MAX_CLIENT_FRAME);
+const _: () = assert!(MAX_BODY + 9 * MAX_MENTIONS + 512 <= MAX_CLIENT_FRAME);
 // Frame lengths travel in a u32.
 const _: () = assert!(MAX_SERVER_FRAME <= u32::MAX as usize);

@@ -1,4 +1,4 @@
-//! Naming rules for users and rooms, shared by the daemon (which enforces them) and clients
+//! Naming rules for users, rooms and reactions, shared by the daemon (which enforces them) and clients
 //! (which can check before sending).
 //!
 //! Names are ASCII so that they are unambiguous on every terminal and in every font: no
@@ -6,7 +6,9 @@
 //! the rules is a typed error from the daemon, not a malformed frame.
 
 use crate::codes::ErrorCode;
-use crate::limits::{MAX_PASSWORD, MAX_ROOM_NAME, MAX_USER_NAME, MIN_PASSWORD, MIN_USER_NAME};
+use crate::limits::{
+    MAX_PASSWORD, MAX_REACTION, MAX_ROOM_NAME, MAX_USER_NAME, MIN_PASSWORD, MIN_USER_NAME,
+};
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
@@ -54,9 +56,59 @@ pub fn check_password(password: &str) -> Result<(), ErrorCode> {
     }
 }
 
+/// A reaction is 1 to 32 bytes of UTF-8 (an emoji sequence with its joiners and variation
+/// selectors, or a short name such as `+1`) with no control character (Unicode `Cc`) and no
+/// white space. Reactions are compared byte for byte: the daemon does not normalise them.
+///
+/// # Errors
+/// [`ErrorCode::INVALID_REACTION`] when it breaks a rule.
+pub fn check_reaction(reaction: &str) -> Result<(), ErrorCode> {
+    let ok = (1..=MAX_REACTION).contains(&reaction.len())
+        && !reaction
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorCode::INVALID_REACTION)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reactions() {
+        // A thumbs up, a family (joined by U+200D), a flag, a keycap, a short name.
+        for good in [
+            "👍",
+            "👨\u{200d}👩\u{200d}👧\u{200d}👦",
+            "🇫🇷",
+            "1\u{fe0f}\u{20e3}",
+            "+1",
+            "ok_hand",
+        ] {
+            assert_eq!(check_reaction(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "👍\n",
+            "\u{7f}",
+            "\u{a0}",
+            &"x".repeat(33),
+            "\u{2028}",
+        ] {
+            assert_eq!(
+                check_reaction(bad),
+                Err(ErrorCode::INVALID_REACTION),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_reaction(&"x".repeat(32)), Ok(()));
+    }
 
     #[test]
     fn user_names() {

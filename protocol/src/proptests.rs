@@ -47,7 +47,8 @@ round_trip! {
     send_ack: SendAck, history_page: HistoryPage, entry: Entry, message: Message,
     membership_event: MembershipEvent, membership_change: MembershipChange, receipt: Receipt,
     presence_status: PresenceStatus, presence_info: PresenceInfo, typing_event: TypingEvent,
-    gap: Gap, event: Event,
+    gap: Gap, event: Event, react_message: ReactMessage, reaction: Reaction,
+    reactions: Reactions,
 }
 
 proptest! {

@@ -282,6 +282,8 @@ pub enum Entry {
     Deletion(Deletion),
     /// 4. An edit whose content was erased when its message was deleted.
     Erased(Erased),
+    /// 5. A reaction added to a message or taken back.
+    Reaction(Reaction),
 }
 
 impl Entry {
@@ -310,6 +312,7 @@ impl Entry {
             Entry::Edit(e) => e.conversation,
             Entry::Deletion(d) => d.conversation,
             Entry::Erased(e) => e.conversation,
+            Entry::Reaction(r) => r.conversation,
         }
     }
 
@@ -322,6 +325,7 @@ impl Entry {
             Entry::Edit(e) => e.seq,
             Entry::Deletion(d) => d.seq,
             Entry::Erased(e) => e.seq,
+            Entry::Reaction(r) => r.seq,
         }
     }
 
@@ -333,18 +337,20 @@ impl Entry {
             Entry::Membership(m) => Some(m.ts),
             Entry::Edit(e) => Some(e.ts),
             Entry::Deletion(d) => Some(d.ts),
+            Entry::Reaction(r) => Some(r.ts),
             Entry::Erased(_) => None,
         }
     }
 
     /// The user whose request added the entry and that request's op id, for the entries a
-    /// send, an edit or a delete adds (the sender's devices recognise their own).
+    /// send, an edit, a delete or a reaction adds (the sender's devices recognise their own).
     #[must_use]
     pub fn op(&self) -> Option<(UserId, OpId)> {
         match self {
             Entry::Message(m) => Some((m.sender, m.op)),
             Entry::Edit(e) => Some((e.sender, e.op)),
             Entry::Deletion(d) => Some((d.actor, d.op)),
+            Entry::Reaction(r) => Some((r.sender, r.op)),
             Entry::Membership(_) | Entry::Erased(_) => None,
         }
     }
@@ -358,28 +364,36 @@ impl Entry {
             Entry::Edit(e) => Event::Edit(e),
             Entry::Deletion(d) => Event::Deletion(d),
             Entry::Erased(e) => Event::Erased(e),
+            Entry::Reaction(r) => Event::Reaction(r),
         }
     }
 
     /// What the entry's variable-length fields charge against a decode limit: bytes of
-    /// bodies and names, 8 per listed sequence number. With a fixed allowance for the other
-    /// fields, a bound on both its encoded size and its decoded memory; at most
-    /// `2 * limits::MAX_BODY + 8 * limits::MAX_EDITS` (an edited message).
+    /// bodies, names and reactions, 9 per listed sequence number or user (a varint's
+    /// most), 48 per reaction kind (its two lengths in memory). With a fixed allowance for
+    /// the other fields, a bound on both its encoded size and its decoded memory; at most
+    /// [`crate::limits::MAX_ENTRY_CHARGE`] (an edited message with every reaction and mention).
     #[must_use]
     pub fn charge(&self) -> usize {
         match self {
             Entry::Message(m) => {
-                m.body.len()
-                    + m.edited
-                        .as_ref()
-                        .map_or(0, |e| e.body.len() + 8 * e.versions.len())
+                let edits = m
+                    .edited
+                    .as_ref()
+                    .map_or(0, |e| e.body.len() + 9 * e.versions.len());
+                let reactions = m
+                    .reactions
+                    .iter()
+                    .map(|r| 48 + r.reaction.len() + 9 * r.users.len());
+                m.body.len() + edits + 9 * m.mentions.len() + reactions.sum::<usize>()
             }
             Entry::Membership(m) => match &m.change {
                 MembershipChange::Created { name, .. } => name.len(),
                 _ => 0,
             },
             Entry::Edit(e) => e.body.len(),
-            Entry::Deletion(d) => 8 * d.erased.len(),
+            Entry::Deletion(d) => 9 * d.erased.len(),
+            Entry::Reaction(r) => r.reaction.len(),
             Entry::Erased(_) => 0,
         }
     }
@@ -395,6 +409,7 @@ impl Event {
             Event::Edit(e) => Some((e.conversation, e.seq)),
             Event::Deletion(d) => Some((d.conversation, d.seq)),
             Event::Erased(e) => Some((e.conversation, e.seq)),
+            Event::Reaction(r) => Some((r.conversation, r.seq)),
             Event::Receipt(_)
             | Event::Presence(_)
             | Event::Typing(_)
@@ -430,6 +445,22 @@ pub struct Message {
     pub edited: Option<Edited>,
     /// `Some` once deleted: the body and every edit's body are erased.
     pub deleted: Option<Deleted>,
+    /// The members the sender named (`SendMessage::mentions`).
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::collection::vec(proptest::prelude::any::<UserId>(), 0..4)")
+    )]
+    pub mentions: Vec<UserId>,
+    /// The reactions it has now, each with every user who reacted with it (in the order
+    /// they did), kinds in the order of their first use; empty once deleted. At most
+    /// `limits::MAX_REACTION_KINDS` kinds and `limits::MAX_REACTIONS` reactions in all.
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::collection::vec(proptest::prelude::any::<Reactions>(), 0..3)"
+        )
+    )]
+    pub reactions: Vec<Reactions>,
 }
 
 impl Message {
@@ -457,6 +488,20 @@ pub struct Edited {
     pub content_type: ContentType,
     /// The current content.
     pub body: Vec<u8>,
+}
+
+/// One reaction to a message and everyone who reacted with it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Reactions {
+    /// The reaction (`ReactMessage::reaction`).
+    pub reaction: String,
+    /// Who reacted with it, in the order they did; never empty, no user twice.
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::collection::vec(proptest::prelude::any::<UserId>(), 1..4)")
+    )]
+    pub users: Vec<UserId>,
 }
 
 /// Who deleted a message, and where.
@@ -511,6 +556,28 @@ pub struct Deletion {
     pub target: Seq,
     /// The message's edits, now `Entry::Erased`.
     pub erased: Vec<Seq>,
+}
+
+/// A reaction added to a message, or taken back, stored at its own sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Reaction {
+    /// Where.
+    pub conversation: ConversationId,
+    /// Its position.
+    pub seq: Seq,
+    /// When.
+    pub ts: Timestamp,
+    /// Who reacted.
+    pub sender: UserId,
+    /// The reaction's op id.
+    pub op: OpId,
+    /// The message reacted to.
+    pub target: Seq,
+    /// The reaction.
+    pub reaction: String,
+    /// `true`: the sender took the reaction back.
+    pub removed: bool,
 }
 
 /// An edit whose content was erased because its message was deleted.
@@ -665,4 +732,6 @@ pub enum Event {
     /// 10. An edit's content was erased (sent only in catch-up and history, where the edit
     ///     itself was erased before it could be replayed).
     Erased(Erased),
+    /// 11. A reaction was added to a message or taken back.
+    Reaction(Reaction),
 }

@@ -713,6 +713,7 @@ mod tests {
             content_type: chat_protocol::ContentType::TEXT,
             reply_to: None,
             body: Vec::new(),
+            mentions: Vec::new(),
         });
         assert!(send.repeatable());
         assert!(!Request::JoinRoom { room: RoomId(1) }.repeatable());

@@ -54,9 +54,9 @@ use std::time::Duration;
 use chat_protocol::{
     Auth, ContentType, ConversationId, ConversationPage, Cursor, DeleteMessage, DeviceId,
     EditMessage, ErrorBody, ErrorCode, Event, Goodbye, HelloOk, HistoryFrom, HistoryPage,
-    HistoryQuery, Limits, Marker, MemberPage, OpId, Order, PresenceInfo, Request, Response, Resume,
-    Role, RoomId, RoomInfo, SendAck, SendMessage, Seq, Session, Timestamp, TokenGrant,
-    TypingUpdate, UserId, UserInfo, UserRef,
+    HistoryQuery, Limits, Marker, MemberPage, OpId, Order, PresenceInfo, ReactMessage, Request,
+    Response, Resume, Role, RoomId, RoomInfo, SendAck, SendMessage, Seq, Session, Timestamp,
+    TokenGrant, TypingUpdate, UserId, UserInfo, UserRef,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -590,13 +590,26 @@ impl Client {
         body: Vec<u8>,
         reply_to: Option<Seq>,
     ) -> Result<SendAck, Error> {
-        let request = Request::Send(SendMessage {
+        self.send_message(SendMessage {
             conversation,
             op,
             content_type,
             reply_to,
             body,
-        });
+            mentions: Vec::new(),
+        })
+        .await
+    }
+
+    /// Posts a message given whole: with mentions (members of the conversation, listed in
+    /// the bridge's `message.created` event for push notifications), a reply reference, and
+    /// the op id it is retried with.
+    ///
+    /// # Errors
+    /// As [`Client::send`], and `INVALID_MENTION` (a mention of a non-member, or of one user
+    /// twice).
+    pub async fn send_message(&self, message: SendMessage) -> Result<SendAck, Error> {
+        let request = Request::Send(message);
         expect_response!(self.request(request).await?, Response::Sent(ack) => ack)
     }
 
@@ -680,6 +693,62 @@ impl Client {
         expect_response!(self.request(request).await?, Response::Sent(ack) => ack)
     }
 
+    /// Adds this user's reaction to a message (any member may react, to any message that is
+    /// not deleted). The ack names the reaction's entry; members get `Event::Reaction`, and
+    /// history shows the message with its reactions (`Message::reactions`).
+    ///
+    /// # Errors
+    /// `INVALID_REACTION`, `ALREADY_REACTED`, `TOO_MANY_REACTIONS`, `UNKNOWN_MESSAGE`,
+    /// `MESSAGE_DELETED`, `RATE_LIMITED`, or a connection error.
+    pub async fn react(
+        &self,
+        conversation: ConversationId,
+        target: Seq,
+        reaction: &str,
+    ) -> Result<SendAck, Error> {
+        let op = OpId(random_u64());
+        self.react_with_op(conversation, op, target, reaction, false)
+            .await
+    }
+
+    /// Takes back this user's reaction to a message.
+    ///
+    /// # Errors
+    /// `NOT_REACTED`, and as [`Client::react`].
+    pub async fn unreact(
+        &self,
+        conversation: ConversationId,
+        target: Seq,
+        reaction: &str,
+    ) -> Result<SendAck, Error> {
+        let op = OpId(random_u64());
+        self.react_with_op(conversation, op, target, reaction, true)
+            .await
+    }
+
+    /// As [`Client::react`] (or, with `remove`, [`Client::unreact`]) with a given op id
+    /// (idempotent per user and op id).
+    ///
+    /// # Errors
+    /// As [`Client::react`] and [`Client::unreact`].
+    pub async fn react_with_op(
+        &self,
+        conversation: ConversationId,
+        op: OpId,
+        target: Seq,
+        reaction: &str,
+        remove: bool,
+    ) -> Result<SendAck, Error> {
+        let request = Request::React(ReactMessage {
+            conversation,
+            op,
+            target,
+            reaction: reaction.to_owned(),
+            remove,
+        });
+        expect_response!(self.request(request).await?, Response::Sent(ack) => ack)
+    }
+
     /// Reads one page of a conversation's log.
     ///
     /// # Errors
@@ -691,11 +760,40 @@ impl Client {
         limit: u16,
         order: Order,
     ) -> Result<HistoryPage, Error> {
+        self.page(conversation, from, limit, order, None).await
+    }
+
+    /// Reads one page of a thread: the messages that reply to `root`, paged by their own
+    /// sequence numbers as [`Client::history`] pages the whole log.
+    ///
+    /// # Errors
+    /// `UNKNOWN_MESSAGE` (no entry `root`), and as [`Client::history`].
+    pub async fn thread(
+        &self,
+        conversation: ConversationId,
+        root: Seq,
+        from: HistoryFrom,
+        limit: u16,
+        order: Order,
+    ) -> Result<HistoryPage, Error> {
+        self.page(conversation, from, limit, order, Some(root))
+            .await
+    }
+
+    async fn page(
+        &self,
+        conversation: ConversationId,
+        from: HistoryFrom,
+        limit: u16,
+        order: Order,
+        thread: Option<Seq>,
+    ) -> Result<HistoryPage, Error> {
         let request = Request::History(HistoryQuery {
             conversation,
             from,
             limit,
             order,
+            thread,
         });
         expect_response!(self.request(request).await?, Response::History(page) => page)
     }

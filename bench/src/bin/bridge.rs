@@ -54,6 +54,7 @@ fn event(i: u64) -> Event {
             "a chat message of about a hundred bytes, which is what most chat messages are, roughly".as_bytes(),
         ),
         offline_recipients: vec![UserId(7), UserId(9)],
+        mentions: Vec::new(),
     }
 }
 

@@ -106,6 +106,7 @@ async fn run(o: &Options) -> serde_json::Value {
             content_type: ContentType::BINARY,
             reply_to: None,
             body: body.clone(),
+            mentions: Vec::new(),
         };
         filler
             .request(1 + op, Request::Send(message))

@@ -393,6 +393,8 @@ fn answer(
                 body: send.body,
                 edited: None,
                 deleted: None,
+                mentions: Vec::new(),
+                reactions: Vec::new(),
             })));
             let all = shared.rooms.read();
             let counts = all.get(&send.conversation).map_or(&[][..], Vec::as_slice);

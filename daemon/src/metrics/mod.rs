@@ -29,7 +29,7 @@ const GROUP_SIZES: &[f64] = &[
 ];
 
 /// The request kinds, in the order of [`request_kind`].
-pub(crate) const REQUESTS: [&str; 23] = [
+pub(crate) const REQUESTS: [&str; 24] = [
     "authenticate",
     "register",
     "login",
@@ -53,6 +53,7 @@ pub(crate) const REQUESTS: [&str; 23] = [
     "sync",
     "edit",
     "delete",
+    "react",
 ];
 
 /// The index of a request's kind in [`REQUESTS`].
@@ -81,6 +82,7 @@ pub(crate) fn request_kind(request: &Request) -> usize {
         Request::Sync(_) => 20,
         Request::Edit(_) => 21,
         Request::Delete(_) => 22,
+        Request::React(_) => 23,
     }
 }
 

@@ -98,8 +98,11 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
             } => read_entry(shard, (conversation, instance), seq),
             Effect::ReadHistory { to, query, head } => shard.read(to, move |store| {
                 let limit = usize::from(query.limit);
-                let (entries, more) =
-                    store.history(query.conversation, query.from, limit, query.order, head)?;
+                let (c, from, order) = (query.conversation, query.from, query.order);
+                let (entries, more) = match query.thread {
+                    Some(root) => store.thread(c, root, from, limit, order, head)?,
+                    None => store.history(c, from, limit, order, head)?,
+                };
                 let page = HistoryPage {
                     conversation: query.conversation,
                     entries,

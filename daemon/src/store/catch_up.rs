@@ -21,10 +21,9 @@ pub const REPLAY_CHUNK: usize = 16;
 pub const ENTRY_OVERHEAD: usize = 256;
 
 /// The most [`Entry::charge`] can be at the protocol's ceilings (an edited message: two
-/// bodies and its edits' seqs), not the configured `max_body`: entries stored before a lower
-/// setting keep their size.
-pub const MAX_ENTRY_CHARGE: usize =
-    2 * chat_protocol::limits::MAX_BODY + 8 * chat_protocol::limits::MAX_EDITS;
+/// bodies, its edits' seqs, its mentions and reactions), not the configured `max_body`:
+/// entries stored before a lower setting keep their size.
+pub const MAX_ENTRY_CHARGE: usize = chat_protocol::limits::MAX_ENTRY_CHARGE;
 
 /// Encoded size of a `Gap` event frame, at most.
 pub(super) const GAP_BOUND: usize = 64;

@@ -13,6 +13,7 @@
 //! | `log` | conversation (17) · seq (8) | `Entry` in wire encoding |
 //! | `markers` | conversation (17) · user id (8) | delivered seq (8) · read seq (8) |
 //! | `sender_ops` | conversation (17) · user id (8) · seq (8) | op id (8) · ts (8) |
+//! | `threads` | conversation (17) · root seq (8) · seq (8) | empty |
 
 use chat_protocol::{ConversationId, RoomId, Seq, UserId};
 
@@ -94,6 +95,25 @@ pub fn sender_op(c: ConversationId, sender: UserId, seq: Seq) -> [u8; CONVERSATI
     key[..CONVERSATION_LEN + 8].copy_from_slice(&sender_ops(c, sender));
     key[CONVERSATION_LEN + 8..].copy_from_slice(&seq.0.to_be_bytes());
     key
+}
+
+/// A `threads` key: the replies to `root` are contiguous, by their seq.
+#[must_use]
+pub fn thread(c: ConversationId, root: Seq, seq: Seq) -> [u8; CONVERSATION_LEN + 16] {
+    let mut key = [0u8; CONVERSATION_LEN + 16];
+    key[..CONVERSATION_LEN + 8].copy_from_slice(&conversation_then(c, root.0));
+    key[CONVERSATION_LEN + 8..].copy_from_slice(&seq.0.to_be_bytes());
+    key
+}
+
+/// The reply's seq of a `threads` key, if it is a key of `root`'s thread in `c`.
+#[must_use]
+pub fn thread_seq(c: ConversationId, root: Seq, key: &[u8]) -> Option<Seq> {
+    let (prefix, seq) = key.split_at_checked(CONVERSATION_LEN + 8)?;
+    if prefix != conversation_then(c, root.0) {
+        return None;
+    }
+    Some(Seq(u64::from_be_bytes(seq.try_into().ok()?)))
 }
 
 /// A big-endian id.

@@ -61,10 +61,12 @@ pub enum Cf {
     /// conversation · sender · seq -> op id (8) · ts (8): each sender's most recent sends
     /// of a conversation (at most `storage.dedupe_window`), for deduplication
     SenderOps,
+    /// conversation · root seq · seq -> (): the replies to each entry, for threads
+    Threads,
 }
 
 impl Cf {
-    const ALL: [Cf; 11] = [
+    const ALL: [Cf; 12] = [
         Cf::Users,
         Cf::UserNames,
         Cf::Rooms,
@@ -76,6 +78,7 @@ impl Cf {
         Cf::Outbox,
         Cf::Meta,
         Cf::SenderOps,
+        Cf::Threads,
     ];
 
     fn name(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Cf {
             Cf::Outbox => "outbox",
             Cf::Meta => "meta",
             Cf::SenderOps => "sender_ops",
+            Cf::Threads => "threads",
         }
     }
 }
@@ -138,7 +142,9 @@ pub const FORMAT_KEY: &[u8] = b"store.format";
 /// - 1: the same layout, stamped; `Cf::Meta` may hold account restrictions.
 /// - 2: log entries in protocol version 2's encoding (messages carry their edits and
 ///   deletion; the log may hold edits, deletions and erased edits).
-pub const FORMAT: u32 = 2;
+/// - 3: messages carry their mentions and reactions (the log may hold reactions); the
+///   `threads` index lists the replies to each entry.
+pub const FORMAT: u32 = 3;
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
 #[derive(Clone)]

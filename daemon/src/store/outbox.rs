@@ -43,6 +43,10 @@ pub enum Event {
         /// Recipients (members other than the sender) with no connected device when the
         /// message was accepted: the ones a push notification is for.
         offline_recipients: Vec<UserId>,
+        /// The members the message mentions, online or not: a push service notifies them
+        /// whether or not they are in `offline_recipients`.
+        #[serde(default)]
+        mentions: Vec<UserId>,
     },
     /// Someone joined, left, was invited, removed, banned, unbanned, or changed role.
     #[serde(rename = "membership.changed")]
@@ -120,6 +124,24 @@ pub enum Event {
         /// The message's edits, whose content is erased too.
         erased: Vec<Seq>,
     },
+    /// A reaction was added to a message or taken back.
+    #[serde(rename = "message.reacted")]
+    MessageReacted {
+        /// Where.
+        conversation: Conversation,
+        /// The reaction entry's sequence number.
+        entry_seq: Seq,
+        /// The message reacted to.
+        target: Seq,
+        /// Who reacted.
+        user: UserId,
+        /// The reaction's op id, in decimal.
+        op: String,
+        /// The reaction.
+        reaction: String,
+        /// `true`: the user took the reaction back.
+        removed: bool,
+    },
     /// An operator acted (`chatd admin`, `chatd backup`).
     #[serde(rename = "admin.action")]
     AdminAction {
@@ -143,7 +165,7 @@ pub enum Event {
 }
 
 impl Event {
-    /// The AMQP routing key: `message.created|edited|deleted.room|direct|notes`,
+    /// The AMQP routing key: `message.created|edited|deleted|reacted.room|direct|notes`,
     /// `membership.changed.room`, `room.created`, `user.registered`,
     /// `marker.moved.delivered|read`, `admin.kick|disable|enable|revoke|compact|backup`.
     #[must_use]
@@ -157,6 +179,9 @@ impl Event {
             }
             Event::MessageDeleted { conversation, .. } => {
                 format!("message.deleted.{}", conversation.kind())
+            }
+            Event::MessageReacted { conversation, .. } => {
+                format!("message.reacted.{}", conversation.kind())
             }
             Event::MembershipChanged { conversation, .. } => {
                 format!("membership.changed.{}", conversation.kind())
@@ -403,6 +428,7 @@ impl Record {
                 conversation,
                 message,
                 offline_recipients,
+                mentions,
             } => events::EventKind::MessageCreated {
                 conversation: conversation.id()?,
                 seq: message.seq,
@@ -412,6 +438,7 @@ impl Record {
                 reply_to: message.reply_to,
                 body: message.body()?,
                 offline_recipients: offline_recipients.clone(),
+                mentions: mentions.clone(),
             },
             Event::MessageEdited {
                 conversation,
@@ -442,6 +469,23 @@ impl Record {
                 author: *author,
                 op: parse_op(op)?,
                 erased: erased.clone(),
+            },
+            Event::MessageReacted {
+                conversation,
+                entry_seq,
+                target,
+                user,
+                op,
+                reaction,
+                removed,
+            } => events::EventKind::MessageReacted {
+                conversation: conversation.id()?,
+                seq: *entry_seq,
+                target: *target,
+                user: *user,
+                op: parse_op(op)?,
+                reaction: reaction.clone(),
+                removed: *removed,
             },
             Event::MembershipChanged {
                 conversation,
@@ -522,176 +566,4 @@ pub fn parse_key(key: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn binary_bodies_are_base64_and_text_is_text() {
-        let binary = MessageBody::new(Seq(1), UserId(1), 1, ContentType(100), None, b"foobar");
-        assert_eq!(
-            (binary.text, binary.body_base64.as_deref()),
-            (None, Some("Zm9vYmFy"))
-        );
-        let text = MessageBody::new(Seq(1), UserId(1), 1, ContentType::TEXT, None, b"hi");
-        assert_eq!((text.text.as_deref(), text.body_base64), (Some("hi"), None));
-    }
-
-    #[test]
-    fn records_serialize_flat_with_their_type() {
-        let record = Record {
-            seq: 7,
-            ts: Timestamp(1_795_000_000_000),
-            event: Event::MessageCreated {
-                conversation: ConversationId::Room(chat_protocol::RoomId(5)).into(),
-                message: MessageBody::new(
-                    Seq(43),
-                    UserId(1),
-                    77,
-                    ContentType::TEXT,
-                    None,
-                    b"hello",
-                ),
-                offline_recipients: vec![UserId(2)],
-            },
-        };
-        let json = serde_json::to_value(&record).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({
-                "seq": 7, "ts": 1_795_000_000_000u64, "type": "message.created",
-                "conversation": { "kind": "room", "room": 5 },
-                "message": { "seq": 43, "sender": 1, "op": "77", "content_type": 0,
-                             "reply_to": null, "text": "hello" },
-                "offline_recipients": [2]
-            })
-        );
-        assert_eq!(record.event.routing_key(), "message.created.room");
-        let back: Record = serde_json::from_value(json).unwrap();
-        assert_eq!(back, record);
-    }
-
-    #[test]
-    fn records_convert_to_the_binary_form_with_nothing_lost() {
-        let record = |event| Record {
-            seq: 3,
-            ts: Timestamp(1_795_000_000_000),
-            event,
-        };
-        let direct = ConversationId::direct(UserId(9), UserId(2));
-        let binary = record(Event::MessageCreated {
-            conversation: direct.into(),
-            message: MessageBody::new(
-                Seq(4),
-                UserId(9),
-                u64::MAX,
-                ContentType(100),
-                Some(Seq(2)),
-                &[0, 255, 7],
-            ),
-            offline_recipients: vec![UserId(2)],
-        });
-        assert_eq!(
-            binary.to_binary().unwrap(),
-            events::EventRecord {
-                seq: 3,
-                ts: Timestamp(1_795_000_000_000),
-                event: events::EventKind::MessageCreated {
-                    conversation: direct,
-                    seq: Seq(4),
-                    sender: UserId(9),
-                    op: OpId(u64::MAX),
-                    content_type: ContentType(100),
-                    reply_to: Some(Seq(2)),
-                    body: vec![0, 255, 7],
-                    offline_recipients: vec![UserId(2)],
-                },
-            }
-        );
-        let text = record(Event::MessageCreated {
-            conversation: ConversationId::Notes(UserId(9)).into(),
-            message: MessageBody::new(Seq(1), UserId(9), 5, ContentType::TEXT, None, b"hi"),
-            offline_recipients: vec![],
-        });
-        assert!(matches!(
-            text.to_binary().unwrap().event,
-            events::EventKind::MessageCreated { ref body, .. } if body == b"hi"
-        ));
-        let role = record(Event::MembershipChanged {
-            conversation: ConversationId::Room(chat_protocol::RoomId(1)).into(),
-            entry_seq: Seq(5),
-            actor: UserId(1),
-            subject: UserId(2),
-            change: (&MembershipChange::RoleChanged(Role::Admin)).into(),
-        });
-        assert!(matches!(
-            role.to_binary().unwrap().event,
-            events::EventKind::MembershipChanged {
-                change: events::Change::RoleChanged(Role::Admin),
-                ..
-            }
-        ));
-        let marker = record(Event::MarkerMoved {
-            conversation: direct.into(),
-            user: UserId(2),
-            marker: Marker::Read.into(),
-            up_to: Seq(4),
-        });
-        assert!(matches!(
-            marker.to_binary().unwrap().event,
-            events::EventKind::MarkerMoved {
-                marker: Marker::Read,
-                ..
-            }
-        ));
-        let edited = record(Event::MessageEdited {
-            conversation: direct.into(),
-            edit: MessageBody::new(Seq(6), UserId(9), 11, ContentType::TEXT, None, b"fixed"),
-            target: Seq(4),
-        });
-        assert_eq!(edited.event.routing_key(), "message.edited.direct");
-        assert_eq!(
-            edited.to_binary().unwrap().event,
-            events::EventKind::MessageEdited {
-                conversation: direct,
-                seq: Seq(6),
-                target: Seq(4),
-                sender: UserId(9),
-                op: OpId(11),
-                content_type: ContentType::TEXT,
-                body: b"fixed".to_vec(),
-            }
-        );
-        let deleted = record(Event::MessageDeleted {
-            conversation: direct.into(),
-            entry_seq: Seq(7),
-            target: Seq(4),
-            actor: UserId(9),
-            author: UserId(9),
-            op: u64::MAX.to_string(),
-            erased: vec![Seq(6)],
-        });
-        assert_eq!(deleted.event.routing_key(), "message.deleted.direct");
-        assert_eq!(
-            deleted.to_binary().unwrap().event,
-            events::EventKind::MessageDeleted {
-                conversation: direct,
-                seq: Seq(7),
-                target: Seq(4),
-                actor: UserId(9),
-                author: UserId(9),
-                op: OpId(u64::MAX),
-                erased: vec![Seq(6)],
-            }
-        );
-        // A record this daemon would not write is refused, not guessed at.
-        let reversed = record(Event::MarkerMoved {
-            conversation: Conversation::Direct {
-                users: [UserId(9), UserId(2)],
-            },
-            user: UserId(2),
-            marker: MarkerKind::Read,
-            up_to: Seq(4),
-        });
-        assert!(reversed.to_binary().is_err());
-    }
-}
+mod tests;

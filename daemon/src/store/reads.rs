@@ -23,11 +23,7 @@ impl Store {
         order: Order,
         head: Seq,
     ) -> Result<(Vec<Entry>, bool), Error> {
-        let (start, forward) = match from {
-            HistoryFrom::Latest => (head, false),
-            HistoryFrom::Before(s) => (Seq(s.0.saturating_sub(1).min(head.0)), false),
-            HistoryFrom::After(s) => (s.next(), true),
-        };
+        let (start, forward) = page_start(from, head);
         let mut entries = Vec::with_capacity(limit.min(128));
         let (mut more, mut bytes) = (false, 0);
         if start.0 >= 1 && start <= head {
@@ -64,6 +60,75 @@ impl Store {
         }
         let ascending = forward;
         if (order == Order::OldestFirst) != ascending {
+            entries.reverse();
+        }
+        Ok((entries, more))
+    }
+
+    /// A page of the replies to `root` (its thread), at most `limit` entries and
+    /// [`PAGE_BYTES`], none beyond `head`; `from` and `order` as in [`Store::history`], over
+    /// the replies' own sequence numbers. Returns the entries and whether more exist past
+    /// the page.
+    ///
+    /// # Errors
+    /// RocksDB errors, corrupt entries, or an index row whose entry is missing.
+    pub fn thread(
+        &self,
+        c: ConversationId,
+        root: Seq,
+        from: HistoryFrom,
+        limit: usize,
+        order: Order,
+        head: Seq,
+    ) -> Result<(Vec<Entry>, bool), Error> {
+        let (start, forward) = page_start(from, head);
+        let mut seqs = Vec::with_capacity(limit.min(128));
+        let mut more = false;
+        if start.0 >= 1 && start <= head {
+            let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Threads)?);
+            if forward {
+                iter.seek(keys::thread(c, root, start));
+            } else {
+                iter.seek_for_prev(keys::thread(c, root, start));
+            }
+            while iter.valid() {
+                let Some(seq) = iter.key().and_then(|key| keys::thread_seq(c, root, key)) else {
+                    break;
+                };
+                if seq > head || seq == Seq(0) {
+                    break;
+                }
+                if seqs.len() == limit {
+                    more = true;
+                    break;
+                }
+                seqs.push(seq);
+                if forward { iter.next() } else { iter.prev() }
+            }
+            iter.status()?;
+        }
+        let log = self.cf(Cf::Log)?;
+        let keys = seqs.iter().map(|seq| (&log, keys::log(c, *seq)));
+        let (mut entries, mut bytes) = (Vec::with_capacity(seqs.len()), 0);
+        for (seq, value) in seqs.iter().zip(self.db.multi_get_cf(keys)) {
+            let Some(value) = value? else {
+                return Err(Error::Corrupt {
+                    cf: Cf::Threads,
+                    message: format!(
+                        "the reply {} of {} in {c:?} is not in the log",
+                        seq.0, root.0
+                    ),
+                });
+            };
+            let entry = decode_entry(&value)?;
+            bytes += entry.charge() + ENTRY_OVERHEAD;
+            if bytes > PAGE_BYTES && !entries.is_empty() {
+                more = true;
+                break;
+            }
+            entries.push(entry);
+        }
+        if (order == Order::OldestFirst) != forward {
             entries.reverse();
         }
         Ok((entries, more))
@@ -224,5 +289,15 @@ impl Store {
                 message: "bad marker entry".into(),
             }),
         }
+    }
+}
+
+/// Where a page starts reading (the first sequence number it may hold) and whether it reads
+/// forward, for a page `from` in a log whose newest entry is `head`.
+fn page_start(from: HistoryFrom, head: Seq) -> (Seq, bool) {
+    match from {
+        HistoryFrom::Latest => (head, false),
+        HistoryFrom::Before(s) => (Seq(s.0.saturating_sub(1).min(head.0)), false),
+        HistoryFrom::After(s) => (s.next(), true),
     }
 }

@@ -3,6 +3,7 @@
 //! it leaves alone what it already upgraded.
 
 use super::*;
+use chat_protocol::Message;
 
 /// The upgrade from each older format to the next: (from, what it changes, the step).
 pub(super) type Upgrade = (u32, &'static str, fn(&Store) -> Result<(), Error>);
@@ -15,6 +16,11 @@ pub(super) const UPGRADES: &[Upgrade] = &[
         "rewrites stored messages in protocol version 2's encoding",
         messages_in_version_2,
     ),
+    (
+        2,
+        "rewrites stored messages with mentions and reactions, and indexes threads",
+        messages_with_reactions,
+    ),
 ];
 
 /// Rows written in one batch while upgrading.
@@ -22,54 +28,97 @@ const BATCH_ROWS: usize = 4096;
 
 /// Format 1 to 2: protocol version 2 appended two optional fields to `Message` (`edited`
 /// and `deleted`), so a message stored by version 1 gets their encoding of `None`, two zero
-/// bytes. Rows that already decode (membership entries, messages upgraded by an interrupted
-/// run) are left as they are; a row that decodes in neither form stops the upgrade.
+/// bytes.
 fn messages_in_version_2(store: &Store) -> Result<(), Error> {
+    // Read through today's `Message`, which the next step extends by two empty lists.
+    extend_messages(store, &[0, 0], &[0, 0], |_, _| {})?;
+    tracing::info!("stored messages rewritten in protocol version 2's encoding");
+    Ok(())
+}
+
+/// Format 2 to 3: `Message` gained two lists (`mentions`, `reactions`), so a message stored
+/// by format 2 gets their encoding when empty, two zero bytes; and every reply gets its row
+/// in the `threads` index (rewriting one that exists is harmless).
+fn messages_with_reactions(store: &Store) -> Result<(), Error> {
+    let threads = store.cf(Cf::Threads)?;
+    extend_messages(store, &[0, 0], &[], |batch, message| {
+        if let Some(root) = message.reply_to {
+            let key = keys::thread(message.conversation, root, message.seq);
+            batch.put_cf(threads, key, []);
+        }
+    })?;
+    tracing::info!("stored messages rewritten with mentions and reactions; threads indexed");
+    Ok(())
+}
+
+/// Appends `missing` to every stored message that lacks it: a row that decodes once the
+/// later steps' `later` bytes are appended is already upgraded (as are membership entries,
+/// and messages an interrupted run rewrote); one that decodes with `missing` before them is
+/// rewritten, and `each` sees it; a row that decodes in neither form stops the upgrade.
+fn extend_messages(
+    store: &Store,
+    missing: &[u8],
+    later: &[u8],
+    mut each: impl FnMut(&mut rocksdb::WriteBatch, &Message),
+) -> Result<(), Error> {
     let cf = store.cf(Cf::Log)?;
     let mut iter = store.db.raw_iterator_cf(cf);
     iter.seek_to_first();
     let (mut batch, mut rows, mut rewritten) = (rocksdb::WriteBatch::default(), 0, 0u64);
+    let mut row = Vec::new();
     while iter.valid() {
         let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
             break;
         };
-        if decode_entry(value).is_err() {
-            let mut upgraded = Vec::with_capacity(value.len() + 2);
-            upgraded.extend_from_slice(value);
-            upgraded.extend_from_slice(&[0, 0]);
-            match decode_entry(&upgraded)? {
-                Entry::Message(_) => {}
-                other => {
-                    return Err(Error::Corrupt {
-                        cf: Cf::Log,
-                        message: format!("not a version 1 message: {other:?}"),
-                    });
+        row.clear();
+        row.extend_from_slice(value);
+        row.extend_from_slice(later);
+        let upgraded = match decode_entry(&row) {
+            Ok(Entry::Message(message)) => {
+                // Upgraded by an interrupted run: its index rows may still be missing.
+                each(&mut batch, &message);
+                None
+            }
+            Ok(_) => None,
+            Err(_) => {
+                row.truncate(value.len());
+                row.extend_from_slice(missing);
+                row.extend_from_slice(later);
+                match decode_entry(&row)? {
+                    Entry::Message(message) => {
+                        each(&mut batch, &message);
+                        row.truncate(value.len() + missing.len());
+                        Some(row.clone())
+                    }
+                    other => {
+                        return Err(Error::Corrupt {
+                            cf: Cf::Log,
+                            message: format!("not a message of the older format: {other:?}"),
+                        });
+                    }
                 }
             }
+        };
+        if let Some(upgraded) = upgraded {
             batch.put_cf(cf, key, upgraded);
-            rows += 1;
             rewritten += 1;
-            if rows == BATCH_ROWS {
-                store.db.write(std::mem::take(&mut batch))?;
-                rows = 0;
-            }
+        }
+        rows += 1;
+        if rows == BATCH_ROWS {
+            store.db.write(std::mem::take(&mut batch))?;
+            rows = 0;
         }
         iter.next();
     }
     iter.status()?;
     store.db.write(batch)?;
-    tracing::info!(
-        rewritten,
-        "stored messages rewritten in protocol version 2's encoding"
-    );
+    tracing::debug!(rewritten, "messages extended");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use chat_protocol::{
-        ContentType, ConversationId, Message, OpId, RoomId, Seq, Timestamp, UserId,
-    };
+    use chat_protocol::{ContentType, ConversationId, OpId, RoomId, Seq, Timestamp, UserId};
 
     use super::*;
 
@@ -81,43 +130,83 @@ mod tests {
             sender: UserId(1),
             op: OpId(77 + seq),
             content_type: ContentType::TEXT,
-            reply_to: None,
+            reply_to: (seq > 1).then_some(Seq(1)),
             body: format!("message {seq}").into_bytes(),
             edited: None,
             deleted: None,
+            mentions: Vec::new(),
+            reactions: Vec::new(),
         }
     }
 
+    /// Message `seq` in the encoding of format `format` (1: without the last four fields,
+    /// each `None` or empty; 2: without the last two).
+    fn stored(seq: u64, format: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        Entry::Message(message(seq)).encode_to(&mut bytes);
+        let cut = match format {
+            1 => 4,
+            2 => 2,
+            _ => 0,
+        };
+        bytes.truncate(bytes.len() - cut);
+        bytes
+    }
+
+    fn reopened_at(path: &std::path::Path, format: u32, rows: &[(u64, u32)]) -> Store {
+        let store = Store::open(path).unwrap();
+        let c = ConversationId::Room(RoomId(5));
+        let cf = store.cf(Cf::Log).unwrap();
+        for (seq, written) in rows {
+            let row = stored(*seq, *written);
+            store.db.put_cf(cf, keys::log(c, Seq(*seq)), row).unwrap();
+        }
+        store.stamp(format).unwrap();
+        drop(store);
+        Store::open(path).unwrap()
+    }
+
+    fn thread_of_1(store: &Store) -> Vec<Seq> {
+        let c = ConversationId::Room(RoomId(5));
+        let (entries, _) = store
+            .thread(
+                c,
+                Seq(1),
+                HistoryFrom::After(Seq(0)),
+                10,
+                Order::OldestFirst,
+                Seq(9),
+            )
+            .unwrap();
+        entries.iter().map(Entry::seq).collect()
+    }
+
     #[test]
-    fn version_1_messages_are_rewritten_once_and_read_back_whole() {
+    fn older_messages_are_rewritten_once_read_back_whole_and_threaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let store = Store::open(&path).unwrap();
-        let cf = store.cf(Cf::Log).unwrap();
         let c = ConversationId::Room(RoomId(5));
-        for seq in 1..=3 {
-            let mut bytes = Vec::new();
-            Entry::Message(message(seq)).encode_to(&mut bytes);
-            // Version 1's encoding: without the two trailing `None`s.
-            let v1 = &bytes[..bytes.len() - 2];
-            // Seq 3 as an interrupted upgrade left it: already rewritten.
-            let row = if seq == 3 { &bytes[..] } else { v1 };
-            store.db.put_cf(cf, keys::log(c, Seq(seq)), row).unwrap();
-        }
-        store.stamp(1).unwrap();
-        drop(store);
-        let store = Store::open(&path).unwrap();
+        // Format 1, seq 3 as an interrupted upgrade to format 2 left it.
+        let store = reopened_at(&path, 1, &[(1, 1), (2, 1), (3, 2)]);
         assert_eq!(store.format().unwrap(), Some(FORMAT));
         for seq in 1..=3 {
-            assert_eq!(
-                store.entry(c, Seq(seq)).unwrap(),
-                Some(Entry::Message(message(seq)))
-            );
+            let entry = store.entry(c, Seq(seq)).unwrap();
+            assert_eq!(entry, Some(Entry::Message(message(seq))));
         }
-        // A row that is no entry in either encoding stops the upgrade.
+        assert_eq!(thread_of_1(&store), [Seq(2), Seq(3)]);
+        drop(store);
+        // Format 2, seq 5 as an interrupted upgrade to format 3 left it (without its index
+        // row, which the rerun writes).
+        let store = reopened_at(&path, 2, &[(4, 2), (5, 3)]);
+        for seq in 1..=5 {
+            let entry = store.entry(c, Seq(seq)).unwrap();
+            assert_eq!(entry, Some(Entry::Message(message(seq))));
+        }
+        assert_eq!(thread_of_1(&store), [Seq(2), Seq(3), Seq(4), Seq(5)]);
+        // A row that is no entry in any encoding stops the upgrade.
         store
             .db
-            .put_cf(store.cf(Cf::Log).unwrap(), keys::log(c, Seq(4)), [9, 9])
+            .put_cf(store.cf(Cf::Log).unwrap(), keys::log(c, Seq(6)), [9, 9])
             .unwrap();
         store.stamp(1).unwrap();
         drop(store);

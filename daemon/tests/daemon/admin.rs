@@ -92,6 +92,7 @@ async fn metrics_follow_real_traffic() {
                 from: HistoryFrom::Latest,
                 limit: 10,
                 order: Order::NewestFirst,
+                thread: None,
             }))
             .await,
         ErrorCode::NOT_MEMBER
@@ -303,6 +304,7 @@ async fn readyz_answers_503_while_commits_fail_and_200_once_they_succeed() {
                 content_type: ContentType::TEXT,
                 reply_to: None,
                 body: vec![b'x'; 4096],
+                mentions: Vec::new(),
             }))
             .await;
         op += 1;
@@ -337,6 +339,7 @@ async fn readyz_answers_503_while_commits_fail_and_200_once_they_succeed() {
                 content_type: ContentType::TEXT,
                 reply_to: None,
                 body: b"after".to_vec(),
+                mentions: Vec::new(),
             }))
             .await;
         op += 1;

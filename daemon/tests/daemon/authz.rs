@@ -224,6 +224,7 @@ fn rows() -> Vec<Row> {
                     content_type: ContentType::TEXT,
                     reply_to: None,
                     body: b"hi".to_vec(),
+                    mentions: Vec::new(),
                 })
             },
             expect: [NA, NM, NM, OK, OK, OK, NM, NM],
@@ -255,6 +256,49 @@ fn rows() -> Vec<Row> {
             expect: [NA, NM, NM, NU, OK, OK, NM, NM],
         },
         Row {
+            name: "React to a member's message",
+            target: Target::MemberMessage,
+            request: |room, _, fresh| {
+                Request::React(ReactMessage {
+                    conversation: ConversationId::Room(room),
+                    op: OpId(10),
+                    target: fresh.message,
+                    reaction: "👍".into(),
+                    remove: false,
+                })
+            },
+            expect: [NA, NM, NM, OK, OK, OK, NM, NM],
+        },
+        Row {
+            name: "History of a member's message's thread",
+            target: Target::MemberMessage,
+            request: |room, _, fresh| {
+                Request::History(HistoryQuery {
+                    conversation: ConversationId::Room(room),
+                    from: HistoryFrom::After(Seq(0)),
+                    limit: 10,
+                    order: Order::OldestFirst,
+                    thread: Some(fresh.message),
+                })
+            },
+            expect: [NA, NM, NM, OK, OK, OK, NM, NM],
+        },
+        Row {
+            name: "Send mentioning a member",
+            target: Target::Member,
+            request: |room, user, _| {
+                Request::Send(SendMessage {
+                    conversation: ConversationId::Room(room),
+                    op: OpId(11),
+                    content_type: ContentType::TEXT,
+                    reply_to: None,
+                    body: b"look".to_vec(),
+                    mentions: vec![user],
+                })
+            },
+            expect: [NA, NM, NM, OK, OK, OK, NM, NM],
+        },
+        Row {
             name: "History",
             target: Target::Outsider,
             request: |room, _, _| {
@@ -263,6 +307,7 @@ fn rows() -> Vec<Row> {
                     from: HistoryFrom::Latest,
                     limit: 10,
                     order: Order::NewestFirst,
+                    thread: None,
                 })
             },
             expect: [NA, NM, NM, OK, OK, OK, NM, NM],

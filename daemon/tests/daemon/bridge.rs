@@ -391,6 +391,7 @@ async fn bincode_events_carry_what_the_json_ones_do() {
             reply_to: None,
             body: b"hello".to_vec(),
             offline_recipients: vec![],
+            mentions: vec![],
         }
     );
     assert_eq!(

@@ -218,6 +218,7 @@ async fn changes_sent_with_their_message_and_across_a_restart_are_kept_in_order(
         content_type: ContentType::TEXT,
         reply_to: None,
         body: b"first".to_vec(),
+        mentions: Vec::new(),
     });
     alice
         .write(&ClientFrame::Request {

@@ -279,6 +279,7 @@ impl Client {
                 content_type: ContentType::TEXT,
                 reply_to: None,
                 body: text.as_bytes().to_vec(),
+                mentions: Vec::new(),
             }))
             .await
         {
@@ -313,6 +314,7 @@ impl Client {
                 from,
                 limit,
                 order: Order::OldestFirst,
+                thread: None,
             }))
             .await
         {

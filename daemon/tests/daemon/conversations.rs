@@ -72,6 +72,7 @@ fn send_message(conversation: ConversationId, op: u64, text: &str) -> SendMessag
         content_type: ContentType::TEXT,
         reply_to: None,
         body: text.as_bytes().to_vec(),
+        mentions: Vec::new(),
     }
 }
 
@@ -218,6 +219,7 @@ async fn room_rights_are_enforced() {
         from: HistoryFrom::Latest,
         limit: 10,
         order: Order::NewestFirst,
+        thread: None,
     });
     assert_eq!(outsider.code(history.clone()).await, ErrorCode::NOT_MEMBER);
     assert!(matches!(member.ok(history).await, Response::History(_)));

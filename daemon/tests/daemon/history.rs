@@ -57,6 +57,7 @@ async fn pages_never_skip_or_repeat_while_a_writer_appends() {
             from,
             limit: 9,
             order: Order::NewestFirst,
+            thread: None,
         };
         let Response::History(page) = reader.ok(Request::History(query)).await else {
             panic!()

@@ -25,6 +25,7 @@ async fn a_flooding_client_is_rate_limited_and_others_are_not() {
             content_type: ContentType::TEXT,
             reply_to: None,
             body: b"spam".to_vec(),
+            mentions: Vec::new(),
         };
         match flood.request(Request::Send(message)).await {
             Ok(Response::Sent(_)) => sent += 1,
@@ -199,6 +200,7 @@ async fn non_reader(
             from: HistoryFrom::Latest,
             limit: 100,
             order: Order::NewestFirst,
+            thread: None,
         });
         client
             .write(&ClientFrame::Request {
@@ -317,6 +319,7 @@ async fn a_full_daemon_budget_refuses_work_then_recovers() {
         from: HistoryFrom::Latest,
         limit: 100,
         order: Order::NewestFirst,
+        thread: None,
     });
     let refused = alice.request(history.clone()).await.unwrap_err();
     assert_eq!(refused.code, ErrorCode::OVERLOADED, "{refused:?}");
@@ -496,6 +499,7 @@ async fn reconnecting_does_not_refill_the_send_bucket() {
             content_type: ContentType::TEXT,
             reply_to: None,
             body: b"x".to_vec(),
+            mentions: Vec::new(),
         })
     };
     let (mut alice, a) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;

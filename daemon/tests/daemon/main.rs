@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod presence;
+mod reactions;
 mod receipts;
 mod resume;
 mod robustness;

@@ -97,6 +97,7 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
         content_type: ContentType::BINARY,
         reply_to: None,
         body: vec![0; 16_385],
+        mentions: Vec::new(),
     });
     assert_eq!(alice.code(big).await, ErrorCode::BODY_TOO_LARGE);
     let history = HistoryQuery {
@@ -104,6 +105,7 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
         from: HistoryFrom::Latest,
         limit: 0,
         order: Order::OldestFirst,
+        thread: None,
     };
     assert_eq!(
         alice.code(Request::History(history)).await,
@@ -137,6 +139,7 @@ async fn oversize_collections_get_invalid_request_and_the_connection_goes_on() {
             from: HistoryFrom::Latest,
             limit: u16::MAX,
             order: Order::NewestFirst,
+            thread: None,
         }),
         Request::Conversations {
             after: None,

@@ -45,6 +45,8 @@ fn hello_message() -> Message {
         body: b"hello".to_vec(),
         edited: None,
         deleted: None,
+        mentions: Vec::new(),
+        reactions: Vec::new(),
     }
 }
 
@@ -105,6 +107,7 @@ fn vectors() -> Vec<Vector> {
                     content_type: ContentType::TEXT,
                     reply_to: Some(Seq(42)),
                     body: b"hello".to_vec(),
+                    mentions: Vec::new(),
                 }),
             ),
         ),
@@ -117,6 +120,7 @@ fn vectors() -> Vec<Vector> {
                     from: HistoryFrom::Before(Seq(100)),
                     limit: 50,
                     order: Order::NewestFirst,
+                    thread: None,
                 }),
             ),
         ),
@@ -425,6 +429,78 @@ fn vectors() -> Vec<Vector> {
                     subscribe: vec![BOB; limits::MAX_USERS_PER_REQUEST + 1],
                     unsubscribe: Vec::new(),
                 },
+            ),
+        ),
+        // Reactions, mentions and threads.
+        Client(
+            "react",
+            request(
+                13,
+                Request::React(ReactMessage {
+                    conversation: ConversationId::Room(ROOM),
+                    op: OpId(80),
+                    target: Seq(43),
+                    reaction: "👍".into(),
+                    remove: false,
+                }),
+            ),
+        ),
+        Server(
+            "event-reaction",
+            ServerFrame::Event(Event::Reaction(Reaction {
+                conversation: ConversationId::Room(ROOM),
+                seq: Seq(47),
+                ts: TS,
+                sender: BOB,
+                op: OpId(80),
+                target: Seq(43),
+                reaction: "👍".into(),
+                removed: false,
+            })),
+        ),
+        Client(
+            "send-mention",
+            request(
+                14,
+                Request::Send(SendMessage {
+                    conversation: ConversationId::Room(ROOM),
+                    op: OpId(81),
+                    content_type: ContentType::TEXT,
+                    reply_to: Some(Seq(43)),
+                    body: b"@bob look".to_vec(),
+                    mentions: vec![BOB],
+                }),
+            ),
+        ),
+        Client(
+            "history-thread",
+            request(
+                15,
+                Request::History(HistoryQuery {
+                    conversation: ConversationId::Room(ROOM),
+                    from: HistoryFrom::After(Seq(0)),
+                    limit: 20,
+                    order: Order::OldestFirst,
+                    thread: Some(Seq(43)),
+                }),
+            ),
+        ),
+        Server(
+            "history-reacted",
+            response(
+                16,
+                Response::History(HistoryPage {
+                    conversation: ConversationId::Room(ROOM),
+                    entries: vec![Entry::Message(Message {
+                        reactions: vec![Reactions {
+                            reaction: "👍".into(),
+                            users: vec![BOB, ALICE],
+                        }],
+                        ..hello_message()
+                    })],
+                    head: Seq(48),
+                    more: true,
+                }),
             ),
         ),
     ]

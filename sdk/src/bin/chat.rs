@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chat_sdk::protocol::{
     ContentType, ConversationId, Entry, ErrorCode, Event, HistoryFrom, Marker, MembershipChange,
-    Order, PresenceStatus, RoomId, Seq, UserId,
+    OpId, Order, PresenceStatus, Reactions, RoomId, SendMessage, Seq, UserId,
 };
 use chat_sdk::{Client, Error, Options, Reconnect, Status, Trust};
 use clap::{Parser, Subcommand};
@@ -78,6 +78,26 @@ enum Command {
         target: String,
         /// The text.
         text: String,
+        /// Answer the entry with this sequence number (the message joins its thread).
+        #[arg(long)]
+        reply_to: Option<u64>,
+        /// Mention this member (by name; repeat for several): the bridge's event lists
+        /// them for push notifications.
+        #[arg(long = "mention", value_name = "NAME")]
+        mentions: Vec<String>,
+    },
+    /// React to a message (any member, any message that is not deleted), or with --remove
+    /// take your reaction back. Prints the reaction's sequence number.
+    React {
+        /// @NAME or #ROOM.
+        target: String,
+        /// The message's sequence number.
+        seq: u64,
+        /// The reaction: one emoji, or a short name (at most 32 bytes, no spaces).
+        reaction: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
     },
     /// Replace the text of one of your messages; prints the edit's sequence number.
     Edit {
@@ -128,6 +148,22 @@ enum Command {
         #[arg(long, conflicts_with = "after")]
         before: Option<u64>,
         /// Entries after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many (1-100).
+        #[arg(long, default_value_t = 50)]
+        limit: u16,
+    },
+    /// Print a page of a thread: the messages that answer ROOT (oldest first).
+    Thread {
+        /// @NAME or #ROOM.
+        target: String,
+        /// The sequence number of the entry the thread answers.
+        root: u64,
+        /// Replies before this sequence number.
+        #[arg(long, conflicts_with = "after")]
+        before: Option<u64>,
+        /// Replies after this sequence number.
         #[arg(long)]
         after: Option<u64>,
         /// At most this many (1-100).
@@ -410,10 +446,28 @@ impl App {
                 let _ = saved;
                 client.close().await;
             }
-            Command::Send { target, text } => {
+            Command::Send {
+                target,
+                text,
+                reply_to,
+                mentions,
+            } => {
                 let (client, saved) = self.connect().await?;
                 let conversation = resolve(&client, &saved, target).await?;
-                let ack = client.send_text(conversation, text).await?;
+                let mut mentioned = Vec::with_capacity(mentions.len());
+                for name in mentions {
+                    mentioned.push(client.user_id(name.trim_start_matches('@')).await?);
+                }
+                let ack = client
+                    .send_message(SendMessage {
+                        conversation,
+                        op: OpId(chat_sdk::random_u64()),
+                        content_type: ContentType::TEXT,
+                        reply_to: reply_to.map(Seq),
+                        body: text.as_bytes().to_vec(),
+                        mentions: mentioned,
+                    })
+                    .await?;
                 client.close().await;
                 self.print(
                     json!({ "type": "ack", "conversation": target, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate }),
@@ -441,6 +495,26 @@ impl App {
                 self.print(
                     json!({ "type": "ack", "conversation": target, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate, "deleted": seq }),
                     || format!("deleted {target} #{seq}: seq {}", ack.seq),
+                );
+            }
+            Command::React {
+                target,
+                seq,
+                reaction,
+                remove,
+            } => {
+                let (client, saved) = self.connect().await?;
+                let conversation = resolve(&client, &saved, target).await?;
+                let ack = if *remove {
+                    client.unreact(conversation, Seq(*seq), reaction).await?
+                } else {
+                    client.react(conversation, Seq(*seq), reaction).await?
+                };
+                client.close().await;
+                let verb = if *remove { "took back" } else { "reacted" };
+                self.print(
+                    json!({ "type": "ack", "conversation": target, "seq": ack.seq, "ts": ack.ts, "duplicate": ack.duplicate, "reacted": seq, "reaction": reaction, "removed": remove }),
+                    || format!("{verb} {reaction} on {target} #{seq}: seq {}", ack.seq),
                 );
             }
             Command::Listen {
@@ -471,29 +545,16 @@ impl App {
                 before,
                 after,
                 limit,
+            } => self.page(target, None, *before, *after, *limit).await?,
+            Command::Thread {
+                target,
+                root,
+                before,
+                after,
+                limit,
             } => {
-                let (client, saved) = self.connect().await?;
-                let conversation = resolve(&client, &saved, target).await?;
-                let from = match (before, after) {
-                    (Some(b), _) => HistoryFrom::Before(Seq(*b)),
-                    (None, Some(a)) => HistoryFrom::After(Seq(*a)),
-                    (None, None) => HistoryFrom::Latest,
-                };
-                let page = client
-                    .history(conversation, from, *limit, Order::OldestFirst)
-                    .await?;
-                let mut names = Names::default();
-                for entry in &page.entries {
-                    self.print_entry(&client, &mut names, target, entry).await;
-                }
-                if !self.cli.json && page.more {
-                    println!(
-                        "(more: use --before {} or --after {})",
-                        page.entries.first().map_or(0, |e| e.seq().0),
-                        page.entries.last().map_or(0, |e| e.seq().0)
-                    );
-                }
-                client.close().await;
+                let root = Some(Seq(*root));
+                self.page(target, root, *before, *after, *limit).await?;
             }
             Command::Read { target, seq } => {
                 let (client, saved) = self.connect().await?;
@@ -720,6 +781,10 @@ impl App {
                 self.print_entry(client, names, label, &Entry::Erased(e))
                     .await;
             }
+            Event::Reaction(r) => {
+                self.print_entry(client, names, label, &Entry::Reaction(r))
+                    .await;
+            }
             Event::Receipt(r) => {
                 let user = names.name(client, r.user).await;
                 let marker = match r.marker {
@@ -777,6 +842,46 @@ impl App {
                 "(lagged: some events were skipped; see history)".into()
             }),
         }
+    }
+
+    /// `chat history` and `chat thread`: one page, oldest first.
+    async fn page(
+        &self,
+        target: &str,
+        thread: Option<Seq>,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u16,
+    ) -> Result<(), Failure> {
+        let (client, saved) = self.connect().await?;
+        let conversation = resolve(&client, &saved, target).await?;
+        let from = match (before, after) {
+            (Some(b), _) => HistoryFrom::Before(Seq(b)),
+            (None, Some(a)) => HistoryFrom::After(Seq(a)),
+            (None, None) => HistoryFrom::Latest,
+        };
+        let order = Order::OldestFirst;
+        let page = match thread {
+            Some(root) => {
+                client
+                    .thread(conversation, root, from, limit, order)
+                    .await?
+            }
+            None => client.history(conversation, from, limit, order).await?,
+        };
+        let mut names = Names::default();
+        for entry in &page.entries {
+            self.print_entry(&client, &mut names, target, entry).await;
+        }
+        if !self.cli.json && page.more {
+            println!(
+                "(more: use --before {} or --after {})",
+                page.entries.first().map_or(0, |e| e.seq().0),
+                page.entries.last().map_or(0, |e| e.seq().0)
+            );
+        }
+        client.close().await;
+        Ok(())
     }
 
     /// `chat shell TARGET`.
@@ -847,6 +952,7 @@ impl App {
                         Event::Edit(e) => e.conversation == conversation,
                         Event::Deletion(d) => d.conversation == conversation,
                         Event::Erased(e) => e.conversation == conversation,
+                        Event::Reaction(r) => r.conversation == conversation,
                         Event::Receipt(r) => r.conversation == conversation && r.user != saved.user,
                         Event::Typing(t) => t.conversation == conversation,
                         Event::Gap(g) => g.conversation == conversation,
@@ -902,13 +1008,31 @@ impl App {
                 let text = String::from_utf8_lossy(body).into_owned();
                 let edited = m.edited.as_ref().map(|e| e.versions.clone());
                 let deleted = m.deleted.map(|d| d.seq);
-                let mark = match (&m.edited, &m.deleted) {
+                let mut mark = match (&m.edited, &m.deleted) {
                     (_, Some(d)) => format!(" (deleted at #{})", d.seq),
                     (Some(_), None) => " (edited)".to_owned(),
                     (None, None) => String::new(),
                 };
+                if let Some(root) = m.reply_to {
+                    mark = format!(" (reply to #{}){mark}", root.0);
+                }
+                let mut mentions = Vec::with_capacity(m.mentions.len());
+                for user in &m.mentions {
+                    mentions.push(names.name(client, *user).await);
+                }
+                if !mentions.is_empty() {
+                    mark.push_str(&format!(" (mentions {})", mentions.join(", ")));
+                }
+                if !m.reactions.is_empty() {
+                    mark.push_str(&format!(" [{}]", reaction_counts(&m.reactions)));
+                }
+                let reactions: Vec<_> = m
+                    .reactions
+                    .iter()
+                    .map(|r| json!({ "reaction": r.reaction, "users": r.users }))
+                    .collect();
                 self.print(
-                    json!({ "type": "message", "conversation": conversation, "seq": m.seq, "sender": sender, "sender_id": m.sender, "body": text, "ts": m.ts, "content_type": content_type.0, "reply_to": m.reply_to, "edits": edited, "deleted": deleted }),
+                    json!({ "type": "message", "conversation": conversation, "seq": m.seq, "sender": sender, "sender_id": m.sender, "body": text, "ts": m.ts, "content_type": content_type.0, "reply_to": m.reply_to, "edits": edited, "deleted": deleted, "mentions": mentions, "mention_ids": m.mentions, "reactions": reactions }),
                     || {
                         let shown = display_body(content_type, body);
                         format!("{conversation} #{} {}: {shown}{mark}", m.seq, sender)
@@ -931,6 +1055,14 @@ impl App {
                 self.print(
                     json!({ "type": "deletion", "conversation": conversation, "seq": d.seq, "target": d.target, "actor": actor, "erased": d.erased, "ts": d.ts }),
                     || format!("{conversation} #{} * {actor} deleted #{}", d.seq, d.target),
+                );
+            }
+            Entry::Reaction(r) => {
+                let sender = names.name(client, r.sender).await;
+                let verb = if r.removed { "took back" } else { "reacted" };
+                self.print(
+                    json!({ "type": "reaction", "conversation": conversation, "seq": r.seq, "target": r.target, "sender": sender, "sender_id": r.sender, "reaction": r.reaction, "removed": r.removed, "ts": r.ts }),
+                    || format!("{conversation} #{} * {sender} {verb} {} on #{}", r.seq, r.reaction, r.target),
                 );
             }
             Entry::Erased(e) => {
@@ -961,6 +1093,14 @@ impl App {
             }
         }
     }
+}
+
+/// `👍 2 🎉 1`: each reaction with how many reacted with it.
+fn reaction_counts(reactions: &[Reactions]) -> String {
+    let counts = reactions
+        .iter()
+        .map(|r| format!("{} {}", r.reaction, r.users.len()));
+    counts.collect::<Vec<_>>().join(" ")
 }
 
 fn display_body(content_type: ContentType, body: &[u8]) -> String {

@@ -263,3 +263,82 @@ fn edits_and_deletes_through_the_cli() {
         ["message", "erased", "deletion"]
     );
 }
+
+#[test]
+fn reactions_mentions_and_threads_through_the_cli() {
+    let daemon = TestDaemon::start();
+    run(
+        &daemon,
+        "alice",
+        &["register", "alice", "--password", "correct horse"],
+    );
+    run(
+        &daemon,
+        "bob",
+        &["register", "bob", "--password", "battery staple"],
+    );
+    let sent = run(&daemon, "alice", &["send", "@bob", "lunch?"]);
+    let root = sent[0]["seq"].as_u64().unwrap().to_string();
+    let reacted = run(&daemon, "bob", &["react", "@alice", &root, "👍"]);
+    assert_eq!(
+        (reacted[0]["type"].as_str(), reacted[0]["seq"].as_u64()),
+        (Some("ack"), Some(2))
+    );
+    // A second time is refused with its wire code.
+    let output = chat(&daemon, "bob", &["react", "@alice", &root, "👍"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error: Value = serde_json::from_slice(&output.stderr).unwrap();
+    assert_eq!(error["name"].as_str(), Some("ALREADY_REACTED"));
+    // A reply in the thread, mentioning bob (@ optional).
+    let reply = run(
+        &daemon,
+        "alice",
+        &[
+            "send",
+            "@bob",
+            "noon?",
+            "--reply-to",
+            &root,
+            "--mention",
+            "@bob",
+        ],
+    );
+    assert_eq!(reply[0]["seq"].as_u64(), Some(3));
+    run(&daemon, "alice", &["send", "@bob", "unrelated"]);
+    let history = run(&daemon, "bob", &["history", "@alice"]);
+    assert_eq!(
+        history[0]["reactions"],
+        serde_json::json!([{ "reaction": "👍", "users": [2] }])
+    );
+    assert_eq!(history[1]["type"].as_str(), Some("reaction"));
+    assert_eq!(history[2]["mentions"], serde_json::json!(["bob"]));
+    assert_eq!(history[2]["reply_to"].as_u64(), Some(1));
+    // The thread holds the reply only.
+    let thread = run(&daemon, "bob", &["thread", "@alice", &root]);
+    assert_eq!(bodies(&thread), ["noon?"]);
+    // Taken back: the message has no reactions left.
+    run(
+        &daemon,
+        "bob",
+        &["react", "@alice", &root, "👍", "--remove"],
+    );
+    let history = run(
+        &daemon,
+        "alice",
+        &["history", "@bob", "--limit", "1", "--after", "0"],
+    );
+    assert_eq!(history[0]["reactions"], serde_json::json!([]));
+    // The plain output shows the counts.
+    run(&daemon, "bob", &["react", "@alice", &root, "🎉"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .env("CHAT_SERVER", daemon.addr.to_string())
+        .env("CHAT_CA", &daemon.cert)
+        .env("CHAT_PROFILE", daemon.path().join("alice"))
+        .args(["history", "@bob", "--limit", "1", "--after", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("lunch? [🎉 1]"), "{text}");
+}

@@ -236,3 +236,63 @@ async fn edits_and_deletes_reach_other_devices_through_the_sdk() {
     assert!(matches!(&seen[1].1, Event::Edit(e) if e.body == b"final"));
     assert!(matches!(&seen[3].1, Event::Deletion(d) if d.erased == [Seq(2), Seq(3)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_mentions_and_threads_through_the_sdk() {
+    let daemon = TestDaemon::start();
+    let anonymous = Client::connect(&daemon.options()).await.unwrap();
+    let token = anonymous
+        .register("alice", "correct horse")
+        .await
+        .unwrap()
+        .token;
+    let device = |token: &str| chat_sdk::Options {
+        token: Some(token.to_owned()),
+        ..daemon.options()
+    };
+    let laptop = Client::connect(&device(&token)).await.unwrap();
+    let phone = Client::connect(&device(&token)).await.unwrap();
+    let me = laptop.session().unwrap().user;
+    let notes = ConversationId::Notes(me);
+    let root = laptop.send_text(notes, "plan").await.unwrap().seq;
+    let added = laptop.react(notes, root, "👍").await.unwrap();
+    let refused = laptop.react(notes, root, "👍").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::ALREADY_REACTED));
+    let reply = laptop
+        .send_message(chat_sdk::protocol::SendMessage {
+            conversation: notes,
+            op: OpId(chat_sdk::random_u64()),
+            content_type: ContentType::TEXT,
+            reply_to: Some(root),
+            body: b"step one".to_vec(),
+            mentions: vec![me],
+        })
+        .await
+        .unwrap();
+    let removed = laptop.unreact(notes, root, "👍").await.unwrap();
+    assert_eq!(
+        [added.seq, reply.seq, removed.seq],
+        [Seq(2), Seq(3), Seq(4)]
+    );
+    let page = phone
+        .thread(
+            notes,
+            root,
+            HistoryFrom::After(Seq(0)),
+            10,
+            Order::OldestFirst,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&page.entries[..], [Entry::Message(m)] if m.seq == reply.seq && m.mentions == [me])
+    );
+    // The other device got the reactions as events, in order.
+    let mut reactions = Vec::new();
+    while reactions.len() < 2 {
+        if let Event::Reaction(r) = phone.next_event().await.unwrap() {
+            reactions.push((r.seq, r.removed));
+        }
+    }
+    assert_eq!(reactions, [(Seq(2), false), (Seq(4), true)]);
+}

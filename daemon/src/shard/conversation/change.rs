@@ -1,4 +1,4 @@
-//! `Edit` and `Delete`: changes to a stored message, each a log entry of its own.
+//! `Edit`, `Delete` and `React`: changes to a stored message, each a log entry of its own.
 //!
 //! A change needs the message as stored (its author, its edits, whether it was deleted),
 //! which the conversation does not keep in memory: the message is read from the store once
@@ -11,15 +11,16 @@
 //! it (`Message::edited`: every version's entry, the current content). A delete appends a
 //! `Deletion` entry, rewrites the message's row without its body or edits, and each edit's
 //! row as `Erased`: no body of the message is left in the log (RocksDB drops the overwritten
-//! values at its next compaction of those keys). Both are in the same commit as the new
-//! entry, so no reader sees one without the other.
+//! values at its next compaction of those keys). A reaction appends a `Reaction` entry and
+//! rewrites the message's row with the user added to (or taken from) the reaction's users.
+//! Each is in the same commit as the new entry, so no reader sees one without the other.
 
 use std::sync::Arc;
 
-use chat_protocol::limits::MAX_EDITS;
+use chat_protocol::limits::{MAX_EDITS, MAX_REACTION_KINDS, MAX_REACTIONS};
 use chat_protocol::{
-    DeleteMessage, Deleted, Deletion, Edit, EditMessage, Edited, Entry, Erased, ErrorCode, OpId,
-    Role, Seq,
+    DeleteMessage, Deleted, Deletion, Edit, EditMessage, Edited, Entry, Erased, ErrorCode, Message,
+    OpId, ReactMessage, Reaction, Reactions, Role, Seq, UserId,
 };
 
 use super::{Conversation, Ctx, Effect, Op, Pending, ReadError, Refusal, refuse, reply};
@@ -38,6 +39,7 @@ pub(crate) const MAX_TARGET_READS: usize = 64;
 pub(crate) enum Change {
     Edit(EditMessage),
     Delete(DeleteMessage),
+    React(ReactMessage),
 }
 
 impl Change {
@@ -45,6 +47,7 @@ impl Change {
         match self {
             Change::Edit(edit) => edit.op,
             Change::Delete(delete) => delete.op,
+            Change::React(react) => react.op,
         }
     }
 
@@ -52,6 +55,7 @@ impl Change {
         match self {
             Change::Edit(edit) => edit.target,
             Change::Delete(delete) => delete.target,
+            Change::React(react) => react.target,
         }
     }
 }
@@ -292,6 +296,7 @@ impl Conversation {
                     .map(|e| e.versions)
                     .unwrap_or_default();
                 message.body = Vec::new();
+                message.reactions = Vec::new();
                 message.deleted = Some(Deleted {
                     seq,
                     ts: now,
@@ -316,6 +321,31 @@ impl Conversation {
                     erased: erased.clone(),
                 });
                 (added, event, erased)
+            }
+            Change::React(react) => {
+                if let Err(refusal) = react_to(message, origin.user, &react) {
+                    return reply(out, origin, Err(refusal));
+                }
+                let event = outbox::Event::MessageReacted {
+                    conversation: id.into(),
+                    entry_seq: seq,
+                    target,
+                    user: origin.user,
+                    op: react.op.0.to_string(),
+                    reaction: react.reaction.clone(),
+                    removed: react.remove,
+                };
+                let added = Entry::Reaction(Reaction {
+                    conversation: id,
+                    seq,
+                    ts: now,
+                    sender: origin.user,
+                    op: react.op,
+                    target,
+                    reaction: react.reaction,
+                    removed: react.remove,
+                });
+                (added, event, Vec::new())
             }
         };
         *last = seq;
@@ -348,6 +378,45 @@ impl Conversation {
             waiters: Vec::new(),
         });
     }
+}
+
+/// Adds `user`'s reaction to `message`, or takes it back, within the limits.
+fn react_to(message: &mut Message, user: UserId, react: &ReactMessage) -> Result<(), Refusal> {
+    let reactions = &mut message.reactions;
+    let kind = reactions.iter().position(|r| r.reaction == react.reaction);
+    if react.remove {
+        let Some(kind) = kind else {
+            return Err(refusal(ErrorCode::NOT_REACTED));
+        };
+        let users = &mut reactions[kind].users;
+        let Some(at) = users.iter().position(|u| *u == user) else {
+            return Err(refusal(ErrorCode::NOT_REACTED));
+        };
+        users.remove(at);
+        if users.is_empty() {
+            reactions.remove(kind);
+        }
+        return Ok(());
+    }
+    if kind.is_some_and(|kind| reactions[kind].users.contains(&user)) {
+        return Err(refusal(ErrorCode::ALREADY_REACTED));
+    }
+    let total: usize = reactions.iter().map(|r| r.users.len()).sum();
+    if total >= MAX_REACTIONS || (kind.is_none() && reactions.len() >= MAX_REACTION_KINDS) {
+        return Err(refusal(ErrorCode::TOO_MANY_REACTIONS));
+    }
+    match kind {
+        Some(kind) => reactions[kind].users.push(user),
+        None => reactions.push(Reactions {
+            reaction: react.reaction.clone(),
+            users: vec![user],
+        }),
+    }
+    Ok(())
+}
+
+fn refusal(code: ErrorCode) -> Refusal {
+    Refusal { code, reason: "" }
 }
 
 /// What a change waits for.

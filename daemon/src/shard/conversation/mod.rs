@@ -572,14 +572,23 @@ impl Conversation {
         Seq(self.committed.0 + (self.committing.len() + self.queued.len()) as u64 + 1)
     }
 
-    /// `History`: members only, a page of 1 to `max_page` entries, read up to the committed
-    /// head (nothing that is not durable yet).
+    /// `History`: members only, a page of 1 to `max_page` entries (of one thread, whose root
+    /// must be committed), read up to the committed head (nothing that is not durable yet).
     fn history(&self, origin: Origin, query: HistoryQuery, ctx: &Ctx<'_>, out: &mut Vec<Effect>) {
         if !self.is_member(origin.user) {
             return reply(out, origin, refuse(ErrorCode::NOT_MEMBER, ""));
         }
         if let Err(refusal) = check_page(query.limit, ctx.max_page) {
             return reply(out, origin, Err(refusal));
+        }
+        if let Some(root) = query.thread
+            && (root == Seq(0) || root > self.committed)
+        {
+            return reply(
+                out,
+                origin,
+                refuse(ErrorCode::UNKNOWN_MESSAGE, "no such thread root"),
+            );
         }
         out.push(Effect::ReadHistory {
             to: origin,

@@ -80,12 +80,19 @@ impl Conversation {
         }
     }
 
-    /// A new send: the reply reference must name an entry.
+    /// A new send: the reply reference must name an entry, the mentions members.
     fn send(&mut self, origin: Origin, message: SendMessage, ctx: &Ctx<'_>, out: &mut Vec<Effect>) {
         if let Some(reply_to) = message.reply_to
             && (reply_to == Seq(0) || reply_to >= self.next_seq())
         {
             return reply(out, origin, refuse(ErrorCode::UNKNOWN_MESSAGE, ""));
+        }
+        if !message.mentions.iter().all(|user| self.is_member(*user)) {
+            let refusal = refuse(
+                ErrorCode::INVALID_MENTION,
+                "a mentioned user is not a member",
+            );
+            return reply(out, origin, refusal);
         }
         self.queue_message(origin, message, ctx);
     }
@@ -121,7 +128,16 @@ impl Conversation {
                     &message.body,
                 ),
                 offline_recipients,
+                mentions: message.mentions.clone(),
             });
+        }
+        if let Some(root) = message.reply_to {
+            // The thread index: `History` pages a root's replies from it.
+            self.queued_batch.put(
+                Cf::Threads,
+                keys::thread(self.id, root, seq).to_vec(),
+                Vec::new(),
+            );
         }
         self.record_op(origin.user, message.op, seq, ctx.now);
         let entry = Entry::Message(Message {
@@ -135,6 +151,8 @@ impl Conversation {
             body: message.body,
             edited: None,
             deleted: None,
+            mentions: message.mentions,
+            reactions: Vec::new(),
         });
         let audience = Arc::clone(&self.audience);
         self.queued.push(Pending {

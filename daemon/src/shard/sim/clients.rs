@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chat_protocol::{
-    ContentType, ConversationId, DeleteMessage, EditMessage, Entry, ErrorCode, OpId, RequestId,
-    Response, SendMessage, Seq, UserId,
+    ContentType, ConversationId, DeleteMessage, EditMessage, Entry, ErrorCode, OpId, ReactMessage,
+    RequestId, Response, SendMessage, Seq, UserId,
 };
 
 use super::{Message, Node, WINDOW, World, sessions};
@@ -14,7 +14,10 @@ use crate::budget::UserBudget;
 use crate::shard::conversation::{Change, Input};
 use crate::shard::{ConnRef, Origin};
 
-/// A client's send, edit or delete: where, which op, and what it does.
+/// The reactions simulated clients use.
+const REACTIONS: [&str; 2] = ["👍", "🎉"];
+
+/// A client's send, edit, delete or reaction: where, which op, and what it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Send {
     pub(super) conversation: ConversationId,
@@ -30,6 +33,12 @@ pub(super) enum Kind {
     Edit(Seq),
     /// Delete it.
     Delete(Seq),
+    /// Add (or take back) reaction `REACTIONS[kind]` to the client's own message at this seq.
+    React {
+        target: Seq,
+        kind: usize,
+        remove: bool,
+    },
 }
 
 pub(super) struct Client {
@@ -94,6 +103,7 @@ impl World {
                     content_type: ContentType::TEXT,
                     reply_to: None,
                     body,
+                    mentions: Vec::new(),
                 },
             },
             Kind::Edit(target) => Input::Change {
@@ -112,6 +122,20 @@ impl World {
                     conversation,
                     op,
                     target,
+                }),
+            },
+            Kind::React {
+                target,
+                kind,
+                remove,
+            } => Input::Change {
+                origin,
+                change: Change::React(ReactMessage {
+                    conversation,
+                    op,
+                    target,
+                    reaction: REACTIONS[kind].to_owned(),
+                    remove,
                 }),
             },
         };
@@ -143,7 +167,7 @@ impl World {
             return;
         }
         // One in five is a change of one of the client's own acked messages there: an edit,
-        // or (one in four of those) a delete.
+        // a reaction added or taken back (one in four each), or a delete (one in four).
         let own: Vec<Seq> = client
             .acked
             .iter()
@@ -154,10 +178,14 @@ impl World {
             let mut own = own;
             own.sort_unstable();
             let target = own[self.rng.below(own.len())];
-            if self.rng.chance(25) {
-                Kind::Delete(target)
-            } else {
-                Kind::Edit(target)
+            match self.rng.below(4) {
+                0 => Kind::Delete(target),
+                1 => Kind::Edit(target),
+                n => Kind::React {
+                    target,
+                    kind: self.rng.below(REACTIONS.len()),
+                    remove: n == 3,
+                },
             }
         } else {
             Kind::Post
@@ -220,14 +248,18 @@ impl World {
                             ack.seq
                         );
                         self.stats.changes += u64::from(send.kind != Kind::Post);
+                        self.stats.reactions += u64::from(matches!(send.kind, Kind::React { .. }));
                     }
                     // A change of a message the client deleted meanwhile (or edited as often
-                    // as allowed): final, like an ack.
+                    // as allowed, or a reaction it has, or has not): final, like an ack.
                     Err(refusal)
                         if send.kind != Kind::Post
                             && matches!(
                                 refusal.code,
-                                ErrorCode::MESSAGE_DELETED | ErrorCode::TOO_MANY_EDITS
+                                ErrorCode::MESSAGE_DELETED
+                                    | ErrorCode::TOO_MANY_EDITS
+                                    | ErrorCode::ALREADY_REACTED
+                                    | ErrorCode::NOT_REACTED
                             ) =>
                     {
                         self.stats.refused_changes += 1;

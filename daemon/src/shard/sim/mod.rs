@@ -164,9 +164,11 @@ struct Stats {
     parked: u64,
     replayed: u64,
     lags: u64,
-    /// Edits and deletes acked, and refused because their message was deleted meanwhile.
+    /// Edits, deletes and reactions acked, and refused because their message was deleted
+    /// meanwhile (or the reaction was there, or was not); of them, reactions acked.
     changes: u64,
     refused_changes: u64,
+    reactions: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -186,6 +188,7 @@ impl std::ops::AddAssign for Stats {
         self.lags += other.lags;
         self.changes += other.changes;
         self.refused_changes += other.refused_changes;
+        self.reactions += other.reactions;
     }
 }
 
@@ -629,9 +632,11 @@ fn a_sweep_of_seeds_keeps_every_promise() {
     assert!(total.lags > 1_000, "{total:?}");
     assert!(total.parked > 100, "{total:?}");
     assert!(total.syncs_refused > 500, "{total:?}");
-    // Edits and deletes of the clients' own messages, some refused as already deleted.
+    // Edits, deletes and reactions of the clients' own messages, some refused as already
+    // deleted (or reacted to, or not).
     assert!(total.changes > 1_000, "{total:?}");
     assert!(total.refused_changes > 10, "{total:?}");
+    assert!(total.reactions > 300, "{total:?}");
     println!("{total:?}");
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chat_protocol::{ConversationId, Entry, Seq, UserId};
+use chat_protocol::{ConversationId, Entry, Reactions, Seq, UserId};
 
 use crate::store::writer::Batch;
 use crate::store::{Cf, SenderOp, keys};
@@ -89,8 +89,8 @@ impl FakeStore {
                     }
                     if let Some(deleted) = m.deleted {
                         assert!(
-                            m.body.is_empty(),
-                            "{conversation} {:?} kept its body",
+                            m.body.is_empty() && m.reactions.is_empty(),
+                            "{conversation} {:?} kept its body or reactions",
                             m.seq
                         );
                         assert!(
@@ -134,7 +134,62 @@ impl FakeStore {
                         );
                     }
                 }
+                Entry::Reaction(r) => assert!(
+                    matches!(at(r.target), Some(Entry::Message(m))
+                        if m.deleted.is_none_or(|d| d.seq > r.seq)),
+                    "{conversation} {:?} reacts to a message it cannot",
+                    r.seq
+                ),
                 Entry::Membership(_) => {}
+            }
+        }
+        // Each message's reactions are what its reaction entries make of them, in log order.
+        let mut folded: HashMap<Seq, Vec<Reactions>> = HashMap::new();
+        for entry in &log {
+            let Entry::Reaction(r) = entry else { continue };
+            let kinds = folded.entry(r.target).or_default();
+            let at = kinds.iter().position(|k| k.reaction == r.reaction);
+            if r.removed {
+                let kind = at.expect("a reaction taken back was there");
+                let users = &mut kinds[kind].users;
+                let before = users.len();
+                users.retain(|u| *u != r.sender);
+                assert_eq!(
+                    users.len() + 1,
+                    before,
+                    "{conversation} {:?} took back no reaction",
+                    r.seq
+                );
+                if users.is_empty() {
+                    kinds.remove(kind);
+                }
+            } else {
+                match at {
+                    Some(kind) => {
+                        assert!(
+                            !kinds[kind].users.contains(&r.sender),
+                            "{conversation} {:?} reacted twice",
+                            r.seq
+                        );
+                        kinds[kind].users.push(r.sender);
+                    }
+                    None => kinds.push(Reactions {
+                        reaction: r.reaction.clone(),
+                        users: vec![r.sender],
+                    }),
+                }
+            }
+        }
+        for entry in &log {
+            if let Entry::Message(m) = entry
+                && m.deleted.is_none()
+            {
+                let expected = folded.remove(&m.seq).unwrap_or_default();
+                assert_eq!(
+                    m.reactions, expected,
+                    "{conversation} {:?}'s reactions",
+                    m.seq
+                );
             }
         }
     }

@@ -87,6 +87,7 @@ pub(super) fn arrived(
         Request::Send(message) => send::send(&asked, message),
         Request::Edit(edit) => send::edit(&asked, edit),
         Request::Delete(delete) => send::delete(&asked, delete),
+        Request::React(react) => send::react(&asked, react),
         Request::History(query) => {
             asked.to_owner(query.conversation, Input::History { origin, query })
         }

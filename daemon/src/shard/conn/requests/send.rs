@@ -1,11 +1,14 @@
-//! `Send`, `Edit` and `Delete`: the body's size and content type, the user's send rate limit
-//! (shared by their devices and by these three requests, charged here on the connection's
-//! shard), then straight to the conversation's owner.
+//! `Send`, `Edit`, `Delete` and `React`: the body's size and content type, a send's
+//! mentions and a reaction's form, the user's send rate limit (shared by their devices and by
+//! these four requests, charged here on the connection's shard), then straight to the
+//! conversation's owner.
 
 use std::time::Instant;
 
+use chat_protocol::limits::MAX_MENTIONS;
 use chat_protocol::{
-    ContentType, DeleteMessage, EditMessage, ErrorBody, ErrorCode, SendMessage, ServerFrame,
+    ContentType, DeleteMessage, EditMessage, ErrorBody, ErrorCode, ReactMessage, SendMessage,
+    ServerFrame, names,
 };
 
 use super::Asked;
@@ -13,6 +16,14 @@ use crate::shard::conversation::{self, Change, Input};
 use crate::shard::encode;
 
 pub(super) fn send(asked: &Asked<'_>, message: SendMessage) {
+    let mentions = &message.mentions;
+    if mentions.len() > MAX_MENTIONS {
+        let reason = format!("at most {MAX_MENTIONS} mentions");
+        return asked.fail(ErrorCode::INVALID_MENTION, &reason);
+    }
+    if (1..mentions.len()).any(|i| mentions[..i].contains(&mentions[i])) {
+        return asked.fail(ErrorCode::INVALID_MENTION, "a user is mentioned twice");
+    }
     if checked(asked, Some((message.content_type, &message.body))) {
         let origin = asked.origin;
         asked.to_owner(message.conversation, Input::Send { origin, message });
@@ -35,7 +46,18 @@ pub(super) fn delete(asked: &Asked<'_>, delete: DeleteMessage) {
     }
 }
 
-/// Whether a send, edit or delete may go on: its content fits, and the user's rate allows it;
+pub(super) fn react(asked: &Asked<'_>, react: ReactMessage) {
+    if let Err(code) = names::check_reaction(&react.reaction) {
+        return asked.fail(code, "");
+    }
+    if checked(asked, None) {
+        let (origin, conversation) = (asked.origin, react.conversation);
+        let change = Change::React(react);
+        asked.to_owner(conversation, Input::Change { origin, change });
+    }
+}
+
+/// Whether a send, edit, delete or reaction may go on: its content fits, and the user's rate allows it;
 /// if not, it is answered here.
 fn checked(asked: &Asked<'_>, content: Option<(ContentType, &[u8])>) -> bool {
     let config = asked.shard.shared.config();

@@ -41,6 +41,8 @@ fn stored_message(id: ConversationId, seq: u64, sender: u64) -> Entry {
         body: b"as sent".to_vec(),
         edited: None,
         deleted: None,
+        mentions: Vec::new(),
+        reactions: Vec::new(),
     })
 }
 

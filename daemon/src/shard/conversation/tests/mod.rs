@@ -1,6 +1,7 @@
 //! The conversation rules, driven by inputs alone: no socket, no store, no clock.
 
 mod changes;
+mod reactions;
 mod rooms;
 
 use std::collections::HashSet;
@@ -130,6 +131,7 @@ fn send(user: u64, request: u32, id: ConversationId, op: u64) -> Input {
             content_type: ContentType::TEXT,
             reply_to: None,
             body: format!("op {op}").into_bytes(),
+            mentions: Vec::new(),
         },
     }
 }
@@ -140,6 +142,7 @@ fn history_query(id: ConversationId, limit: u16) -> HistoryQuery {
         from: HistoryFrom::Latest,
         limit,
         order: Order::OldestFirst,
+        thread: None,
     }
 }
 
