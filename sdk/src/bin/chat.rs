@@ -1,9 +1,10 @@
 //! `chat`: the command-line client for chatd, built on chat-sdk.
 //!
-//! Conversation addresses: `@NAME` is the direct conversation with NAME (your own name: notes
-//! to self), `#ROOM` is a room. The token, the device id and the cursors of `listen --resume`
-//! are kept in the profile directory. `listen` and `shell` reconnect by themselves and resume
-//! without a gap.
+//! Conversation addresses: `@NAME` or `user:NAME` is the direct conversation with NAME (your
+//! own name: notes to self), `#ROOM` or `room:ROOM` is a room (`room:` needs no quoting in a
+//! shell). The token, the device id and the cursors of `listen` are kept in the profile
+//! directory. `listen` and `shell` reconnect by themselves and resume without a gap; every
+//! other command gives up after `--timeout` seconds (10 by default).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// chat: talk to a chatd daemon from the command line.
 #[derive(Parser)]
-#[command(version, long_about = None, after_help = ADDRESSES)]
+#[command(name = "chat", version, long_about = None, after_help = ADDRESSES)]
 struct Cli {
     /// Daemon address.
     #[arg(
@@ -46,11 +47,18 @@ struct Cli {
     /// One JSON object per line.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds: a one-shot command gives up after this long (default 10), `listen` and
+    /// `shell` stop after it (default: when interrupted).
+    #[arg(long, global = true, value_name = "SECS")]
+    timeout: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
 
-const ADDRESSES: &str = "Addresses: @NAME is the direct conversation with NAME (your own name for notes to self); #ROOM is a room.";
+const ADDRESSES: &str = "Addresses: @NAME or user:NAME is the direct conversation with NAME (your own name for notes to self); #ROOM or room:ROOM is a room (a shell takes # for a comment unless quoted; room: needs no quotes).";
+
+/// How long a one-shot command may take, unless `--timeout` says otherwise.
+const ONE_SHOT_TIMEOUT: u64 = 10;
 
 #[derive(Subcommand)]
 enum Command {
@@ -117,19 +125,27 @@ enum Command {
         seq: u64,
     },
     /// Print events as they arrive; reconnects by itself without losing any.
+    ///
+    /// First shows what arrived since the last `listen` with this profile printed (its
+    /// cursors are kept in PROFILE/cursors.json, and move only past what was printed).
     Listen {
         /// Only these conversations (@NAME or #ROOM); all when none.
         targets: Vec<String>,
         /// Exit after this many message events.
         #[arg(long)]
         count: Option<u64>,
-        /// Exit after this many seconds.
+        /// Only what arrives from now on; the profile's cursors are left as they were.
         #[arg(long)]
-        timeout: Option<u64>,
-        /// First print what arrived since the last `listen --resume` with this profile
-        /// (cursors kept in PROFILE/cursors.json).
-        #[arg(long)]
+        from_now: bool,
+        /// What `listen` does by default (kept for scripts written before it was).
+        #[arg(long, hide = true, conflicts_with = "from_now")]
         resume: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell): for example
+    /// `chat completions bash > /etc/bash_completion.d/chat`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Chat interactively in one conversation: typed lines are sent; messages, receipts,
     /// typing and presence are shown as they arrive. `/quit` or end of input exits.
@@ -243,6 +259,11 @@ struct Saved {
 struct App {
     cli: Cli,
     profile: PathBuf,
+    /// The password of `register` and `login`, asked for before the clock of `--timeout`
+    /// starts.
+    password: Option<String>,
+    /// Whether a connection was established (what a timeout is reported as).
+    reached: std::sync::atomic::AtomicBool,
 }
 
 /// A failure to report: the message, and the wire code when the daemon sent one.
@@ -273,7 +294,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let profile = cli.profile.clone().unwrap_or_else(default_profile);
     let json_mode = cli.json;
-    let app = App { cli, profile };
+    let password = match &cli.command {
+        Command::Register { user, password } | Command::Login { user, password } => {
+            match password {
+                Some(p) => Some(p.clone()),
+                None => match rpassword::prompt_password(format!("password for {user}: ")) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("chat: reading the password: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            }
+        }
+        _ => None,
+    };
+    let app = App {
+        cli,
+        profile,
+        password,
+        reached: std::sync::atomic::AtomicBool::new(false),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -285,7 +326,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app.run()) {
+    match runtime.block_on(app.run_timed()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             if json_mode {
@@ -382,17 +423,60 @@ impl App {
         Ok((self.connect_with(&saved, &options).await?, saved))
     }
 
-    async fn connect_with(&self, saved: &Saved, options: &Options) -> Result<Client, Failure> {
-        Client::connect(options).await.map_err(|e| {
-            let relogin = matches!(e.code(), Some(c) if (200..300).contains(&c.0));
-            Failure {
-                message: if relogin {
-                    format!("{e}; run `chat login {}` again", saved.name)
-                } else {
-                    e.to_string()
-                },
-                code: e.code(),
+    /// Connects, within `--timeout` (10 s by default): a daemon that does not answer is
+    /// "not reachable", named by its address.
+    async fn reach(&self, options: &Options) -> Result<Client, Failure> {
+        let secs = self.cli.timeout.unwrap_or(ONE_SHOT_TIMEOUT);
+        let server = &self.cli.server;
+        match tokio::time::timeout(Duration::from_secs(secs), Client::connect(options)).await {
+            Ok(Ok(client)) => {
+                self.reached
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(client)
             }
+            Ok(Err(Error::Connect(e))) => Err(Failure::from(format!(
+                "daemon not reachable at {server}: {e}"
+            ))),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(self.timed_out(secs)),
+        }
+    }
+
+    /// What running out of `--timeout` is reported as: before a connection, the daemon is
+    /// not reachable; after, it did not answer.
+    fn timed_out(&self, secs: u64) -> Failure {
+        let server = &self.cli.server;
+        Failure::from(if self.reached.load(std::sync::atomic::Ordering::Relaxed) {
+            format!("no answer from {server} within {secs} s (--timeout)")
+        } else {
+            format!("daemon not reachable at {server}: no answer within {secs} s (--timeout)")
+        })
+    }
+
+    /// Runs the command: a one-shot command within `--timeout` (10 s by default); `listen`
+    /// and `shell` keep it for themselves (they stop after it).
+    async fn run_timed(&self) -> Result<(), Failure> {
+        let long_running = matches!(
+            self.cli.command,
+            Command::Listen { .. } | Command::Shell { .. } | Command::Completions { .. }
+        );
+        if long_running {
+            return self.run().await;
+        }
+        let secs = self.cli.timeout.unwrap_or(ONE_SHOT_TIMEOUT);
+        match tokio::time::timeout(Duration::from_secs(secs), self.run()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out(secs)),
+        }
+    }
+
+    async fn connect_with(&self, saved: &Saved, options: &Options) -> Result<Client, Failure> {
+        self.reach(options).await.map_err(|mut failure| {
+            if failure.code.is_some_and(|c| (200..300).contains(&c.0)) {
+                failure.message =
+                    format!("{}; run `chat login {}` again", failure.message, saved.name);
+            }
+            failure
         })
     }
 
@@ -406,14 +490,10 @@ impl App {
 
     async fn run(&self) -> Result<(), Failure> {
         match &self.cli.command {
-            Command::Register { user, password } | Command::Login { user, password } => {
+            Command::Register { user, .. } | Command::Login { user, .. } => {
                 let register = matches!(self.cli.command, Command::Register { .. });
-                let password = match password {
-                    Some(p) => p.clone(),
-                    None => rpassword::prompt_password(format!("password for {user}: "))
-                        .map_err(|e| Failure::from(format!("reading the password: {e}")))?,
-                };
-                let client = Client::connect(&self.options(None)?).await?;
+                let password = self.password.clone().unwrap_or_default();
+                let client = self.reach(&self.options(None)?).await?;
                 let grant = if register {
                     client.register(user, &password).await?
                 } else {
@@ -520,26 +600,38 @@ impl App {
             Command::Listen {
                 targets,
                 count,
-                timeout,
-                resume,
+                from_now,
+                resume: _,
             } => {
-                let (client, saved) = self.connect_resilient(*resume).await?;
+                let (client, saved) = self.connect_resilient(!*from_now).await?;
                 let mut only = Vec::new();
                 for t in targets {
                     only.push((resolve(&client, &saved, t).await?, t.clone()));
                 }
                 let listen = self.listen(&client, &only, *count);
-                let result = match timeout {
-                    Some(secs) => tokio::time::timeout(Duration::from_secs(*secs), listen)
+                let result = match self.cli.timeout {
+                    Some(secs) => tokio::time::timeout(Duration::from_secs(secs), listen)
                         .await
                         .unwrap_or(Ok(())),
                     None => listen.await,
                 };
-                // Closing writes the cursors of `--resume`.
+                // Closing writes the cursors.
                 client.close().await;
                 result?;
             }
-            Command::Shell { target, last } => self.shell(target, *last).await?,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(*shell, &mut command, "chat", &mut std::io::stdout());
+            }
+            Command::Shell { target, last } => {
+                let shell = self.shell(target, *last);
+                match self.cli.timeout {
+                    Some(secs) => tokio::time::timeout(Duration::from_secs(secs), shell)
+                        .await
+                        .unwrap_or(Ok(()))?,
+                    None => shell.await?,
+                }
+            }
             Command::History {
                 target,
                 before,
@@ -1153,10 +1245,16 @@ async fn address(client: &Client, names: &mut Names, c: ConversationId) -> Strin
 
 /// `@NAME` / `#ROOM` to a conversation id.
 async fn resolve(client: &Client, saved: &Saved, target: &str) -> Result<ConversationId, Failure> {
-    if let Some(name) = target.strip_prefix('#') {
+    if let Some(name) = target
+        .strip_prefix('#')
+        .or_else(|| target.strip_prefix("room:"))
+    {
         return Ok(ConversationId::Room(client.find_room(name).await?.room));
     }
-    if let Some(name) = target.strip_prefix('@') {
+    if let Some(name) = target
+        .strip_prefix('@')
+        .or_else(|| target.strip_prefix("user:"))
+    {
         if name == saved.name {
             return Ok(ConversationId::Notes(saved.user));
         }
@@ -1164,6 +1262,6 @@ async fn resolve(client: &Client, saved: &Saved, target: &str) -> Result<Convers
         return Ok(ConversationId::direct(saved.user, peer));
     }
     Err(Failure::from(format!(
-        "{target}: address a user as @NAME or a room as #ROOM"
+        "{target}: address a user as @NAME (or user:NAME) and a room as #ROOM (or room:ROOM)"
     )))
 }

@@ -174,7 +174,7 @@ fn two_users_chat_through_the_cli() {
 }
 
 #[test]
-fn listen_resume_saves_a_cursor_only_for_what_it_printed() {
+fn listen_shows_what_arrived_meanwhile_and_saves_a_cursor_only_for_what_it_printed() {
     let daemon = TestDaemon::start();
     run(
         &daemon,
@@ -188,30 +188,81 @@ fn listen_resume_saves_a_cursor_only_for_what_it_printed() {
     );
     run(&daemon, "alice", &["room", "create", "general"]);
     run(&daemon, "bob", &["room", "join", "general"]);
-    // Bob's first resume starts at the heads and saves them.
-    let listen = |count: &str| {
-        run(
-            &daemon,
-            "bob",
-            &[
-                "listen",
-                "#general",
-                "--resume",
-                "--count",
-                count,
-                "--timeout",
-                "60",
-            ],
-        )
+    // Bob's first listen starts at the heads and saves them. `room:` needs no quoting.
+    let listen = |count: &str, extra: &[&str]| {
+        let mut args = vec![
+            "listen",
+            "room:general",
+            "--count",
+            count,
+            "--timeout",
+            "60",
+        ];
+        args.extend_from_slice(extra);
+        run(&daemon, "bob", &args)
     };
-    listen("0");
+    listen("0", &[]);
     let sent: Vec<String> = (1..=3).map(|n| format!("while away {n}")).collect();
     for text in &sent {
         run(&daemon, "alice", &["send", "#general", text]);
     }
-    // One printed, so only it is behind the saved cursor: the next run shows the other two.
-    assert_eq!(bodies(&listen("1")), sent[..1]);
-    assert_eq!(bodies(&listen("2")), sent[1..]);
+    // One printed, so only it is behind the saved cursor: the next run shows the other two
+    // (`--resume`, what listen does by default, is still accepted).
+    assert_eq!(bodies(&listen("1", &[])), sent[..1]);
+    assert_eq!(bodies(&listen("2", &["--resume"])), sent[1..]);
+    // `--from-now` shows nothing that arrived before it and leaves the cursors alone.
+    run(&daemon, "alice", &["send", "room:general", "later"]);
+    let live = run(
+        &daemon,
+        "bob",
+        &["listen", "room:general", "--from-now", "--timeout", "2"],
+    );
+    assert_eq!(bodies(&live), Vec::<String>::new());
+    assert_eq!(bodies(&listen("1", &[])), ["later"]);
+}
+
+#[test]
+fn the_cli_names_itself_gives_up_on_a_silent_daemon_and_completes() {
+    let version = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(version.starts_with("chat "), "{version}");
+    // Something holds the port but never answers, as a daemon that hangs or a firewall that
+    // drops would: the command gives up after --timeout, naming the address.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args([
+            "--server",
+            &addr,
+            "--timeout",
+            "1",
+            "--json",
+            "--fingerprint",
+        ])
+        .arg("00".repeat(32))
+        .args(["register", "nobody", "--password", "correct horse"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error: Value = serde_json::from_slice(&output.stderr).unwrap();
+    let reason = error["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!("daemon not reachable at {addr}")),
+        "{reason}"
+    );
+    let completions = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(completions.status.success());
+    let script = String::from_utf8_lossy(&completions.stdout);
+    assert!(
+        script.contains("complete -F") && script.contains("react"),
+        "{script}"
+    );
 }
 
 #[test]
