@@ -13,7 +13,8 @@
 //! row as `Erased`: no body of the message is left in the log (RocksDB drops the overwritten
 //! values at its next compaction of those keys). A reaction appends a `Reaction` entry and
 //! rewrites the message's row with the user added to (or taken from) the reaction's users.
-//! Each is in the same commit as the new entry, so no reader sees one without the other.
+//! Each is in the same commit as the new entry, so no reader sees one without the other; a
+//! message's row is written once per commit, however many of its changes the commit holds.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use chat_protocol::{
 
 use super::{Conversation, Ctx, Effect, Op, Pending, ReadError, Refusal, refuse, reply};
 use crate::shard::Origin;
+use crate::store::writer::Batch;
 use crate::store::{Cf, keys, outbox};
 
 /// Changes that may wait at once in one conversation, for a message's read or for the
@@ -176,6 +178,21 @@ impl Conversation {
         };
         for (origin, _) in waiting {
             reply(out, origin, Err(refusal));
+        }
+    }
+
+    /// The rows of the messages the queued changes changed, as they are after all of them,
+    /// for the commit being built (none is in flight: every change since the last commit is
+    /// in it).
+    pub(super) fn changed_rows(&self, batch: &mut Batch) {
+        for (seq, target) in &self.targets {
+            if let Target::Known { entry, last } = target
+                && *last > self.committed
+            {
+                let mut row = Vec::with_capacity(256);
+                entry.encode_to(&mut row);
+                batch.put(Cf::Log, keys::log(self.id, *seq).to_vec(), row);
+            }
         }
     }
 
@@ -348,11 +365,9 @@ impl Conversation {
                 (added, event, Vec::new())
             }
         };
+        // The message's row is written once per commit, with every change queued for it
+        // (`changed_rows`).
         *last = seq;
-        let mut row = Vec::with_capacity(128);
-        entry.encode_to(&mut row);
-        self.queued_batch
-            .put(Cf::Log, keys::log(id, target).to_vec(), row);
         for version in erased {
             let erased = Entry::Erased(Erased {
                 conversation: id,

@@ -604,6 +604,7 @@ impl Conversation {
             return;
         }
         let mut batch = std::mem::take(&mut self.queued_batch);
+        self.changed_rows(&mut batch);
         let mut encoded = Vec::with_capacity(256);
         for pending in &self.queued {
             encoded.clear();
