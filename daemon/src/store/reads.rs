@@ -27,36 +27,24 @@ impl Store {
         let mut entries = Vec::with_capacity(limit.min(128));
         let (mut more, mut bytes) = (false, 0);
         if start.0 >= 1 && start <= head {
-            let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
-            if forward {
-                iter.seek(keys::log(c, start));
-            } else {
-                iter.seek_for_prev(keys::log(c, start));
-            }
-            while iter.valid() {
-                let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
-                    break;
-                };
-                let Some(seq) = keys::log_seq(c, key) else {
-                    break;
-                };
-                if seq > head || seq == Seq(0) {
-                    break;
+            self.walk(Cf::Log, &keys::log(c, start), forward, |key, value| {
+                let in_page = keys::log_seq(c, key).is_some_and(|s| s <= head && s != Seq(0));
+                if !in_page {
+                    return Ok(false);
                 }
                 if entries.len() == limit {
                     more = true;
-                    break;
+                    return Ok(false);
                 }
                 let entry = decode_entry(value)?;
                 bytes += entry.charge() + ENTRY_OVERHEAD;
                 if bytes > PAGE_BYTES && !entries.is_empty() {
                     more = true;
-                    break;
+                    return Ok(false);
                 }
                 entries.push(entry);
-                if forward { iter.next() } else { iter.prev() }
-            }
-            iter.status()?;
+                Ok(true)
+            })?;
         }
         let ascending = forward;
         if (order == Order::OldestFirst) != ascending {
@@ -85,27 +73,24 @@ impl Store {
         let mut seqs = Vec::with_capacity(limit.min(128));
         let mut more = false;
         if start.0 >= 1 && start <= head {
-            let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Threads)?);
-            if forward {
-                iter.seek(keys::thread(c, root, start));
-            } else {
-                iter.seek_for_prev(keys::thread(c, root, start));
-            }
-            while iter.valid() {
-                let Some(seq) = iter.key().and_then(|key| keys::thread_seq(c, root, key)) else {
-                    break;
-                };
-                if seq > head || seq == Seq(0) {
-                    break;
-                }
-                if seqs.len() == limit {
-                    more = true;
-                    break;
-                }
-                seqs.push(seq);
-                if forward { iter.next() } else { iter.prev() }
-            }
-            iter.status()?;
+            self.walk(
+                Cf::Threads,
+                &keys::thread(c, root, start),
+                forward,
+                |key, _| {
+                    let Some(seq) =
+                        keys::thread_seq(c, root, key).filter(|s| *s <= head && *s != Seq(0))
+                    else {
+                        return Ok(false);
+                    };
+                    if seqs.len() == limit {
+                        more = true;
+                        return Ok(false);
+                    }
+                    seqs.push(seq);
+                    Ok(true)
+                },
+            )?;
         }
         let log = self.cf(Cf::Log)?;
         let keys = seqs.iter().map(|seq| (&log, keys::log(c, *seq)));
@@ -132,6 +117,35 @@ impl Store {
             entries.reverse();
         }
         Ok((entries, more))
+    }
+
+    /// Walks `cf` from `start` (forward: from the first key at or after it; backward: from
+    /// the last key at or before it), handing each key and value to `each` while it returns
+    /// `true`.
+    fn walk(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        forward: bool,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(cf)?);
+        if forward {
+            iter.seek(start);
+        } else {
+            iter.seek_for_prev(start);
+        }
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if !each(key, value)? {
+                break;
+            }
+            if forward { iter.next() } else { iter.prev() }
+        }
+        iter.status()?;
+        Ok(())
     }
 
     /// The stored entry `seq` of a conversation, if there is one.
