@@ -19,6 +19,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code when stored data is wrong (sysexits EX_DATAERR): a broken hash chain.
+const EXIT_DATA: u8 = 65;
 /// Exit code when a needed resource is unavailable (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code when another daemon holds the data directory (sysexits EX_TEMPFAIL: it may be
@@ -65,6 +67,14 @@ enum Command {
         config: ConfigArgs,
         /// The backup folder.
         dir: PathBuf,
+    },
+    /// Check every conversation's hash chain in the data directory (read-only; the daemon
+    /// may run): each entry has its link, matches its digest unless its content was erased,
+    /// and follows from the entry before. Exit code 0 when every chain holds, 65 when one
+    /// does not (each broken conversation is named with its first bad entry).
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -224,6 +234,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin(&args),
         Command::Backup { conn, dir } => backup(&conn, &dir),
         Command::Restore { config, dir } => restore(&config, &dir),
+        Command::Verify { config } => verify(&config),
         Command::Run(args) => serve(&args),
     }
 }
@@ -466,6 +477,48 @@ fn restore(args: &ConfigArgs, dir: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("chatd: restore: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// `chatd verify`.
+fn verify(args: &ConfigArgs) -> ExitCode {
+    let config = match load(args, Overrides::default()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let db = data_dir(&config).join("db");
+    let checked =
+        chatd::store::Store::open_read_only(&db).and_then(|store| match store.format()? {
+            Some(format) if format < chatd::store::FORMAT => Ok(Err(format)),
+            _ => store.verify_chains(None).map(Ok),
+        });
+    match checked {
+        Ok(Ok(report)) => {
+            println!(
+                "{} conversations, {} entries checked ({} erased, checked by their kept digests)",
+                report.conversations, report.entries, report.erased
+            );
+            if report.broken.is_empty() {
+                println!("every chain holds");
+                return ExitCode::SUCCESS;
+            }
+            for (conversation, seq, what) in &report.broken {
+                println!("broken: {conversation} entry {}: {what}", seq.0);
+            }
+            ExitCode::from(EXIT_DATA)
+        }
+        Ok(Err(format)) => {
+            eprintln!(
+                "chatd: verify: the store has format {format}; start this chatd once to upgrade \
+                 it to {} (which chains it)",
+                chatd::store::FORMAT
+            );
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("chatd: verify: {}: {e}", db.display());
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }

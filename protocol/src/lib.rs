@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chain;
 mod client;
 mod codec;
 pub mod codes;

@@ -6,6 +6,7 @@
 //! its read methods block and are meant for the read pool and for start-up.
 
 mod catch_up;
+mod chains;
 pub mod keys;
 pub mod outbox;
 mod reads;
@@ -15,11 +16,12 @@ mod wal;
 pub mod writer;
 
 pub use catch_up::{CatchUp, ENTRY_OVERHEAD, MAX_ENTRY_CHARGE, REPLAY_CHUNK, ReplayItem};
+pub use chains::ChainReport;
 pub use reads::PAGE_BYTES;
 pub(crate) use records::decode_sender_op;
 pub use records::{
     ConversationSnapshot, MemberState, RESTRICTION_PREFIX, Restriction, RoomRecord, SenderOp,
-    UserRecord, encode_marks, restriction_key, to_json,
+    UserRecord, encode_link, encode_marks, parse_link, restriction_key, to_json,
 };
 use records::{decode_entry, parse_marks};
 use upgrade::UPGRADES;
@@ -30,6 +32,7 @@ use std::sync::Arc;
 
 use chat_protocol::{
     ConversationId, Entry, Gap, HistoryFrom, OpId, Order, Role, RoomId, Seq, Timestamp, UserId,
+    chain,
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use serde::{Deserialize, Serialize};
@@ -63,10 +66,13 @@ pub enum Cf {
     SenderOps,
     /// conversation · root seq · seq -> (): the replies to each entry, for threads
     Threads,
+    /// conversation · seq -> link (32) · digest (32): each entry's place in its
+    /// conversation's hash chain (`chat_protocol::chain`), written when it is appended
+    Links,
 }
 
 impl Cf {
-    const ALL: [Cf; 12] = [
+    const ALL: [Cf; 13] = [
         Cf::Users,
         Cf::UserNames,
         Cf::Rooms,
@@ -79,6 +85,7 @@ impl Cf {
         Cf::Meta,
         Cf::SenderOps,
         Cf::Threads,
+        Cf::Links,
     ];
 
     fn name(self) -> &'static str {
@@ -95,6 +102,7 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::SenderOps => "sender_ops",
             Cf::Threads => "threads",
+            Cf::Links => "links",
         }
     }
 }
@@ -144,7 +152,9 @@ pub const FORMAT_KEY: &[u8] = b"store.format";
 ///   deletion; the log may hold edits, deletions and erased edits).
 /// - 3: messages carry their mentions and reactions (the log may hold reactions); the
 ///   `threads` index lists the replies to each entry.
-pub const FORMAT: u32 = 3;
+/// - 4: the `links` column family holds every entry's link and digest (its conversation's
+///   hash chain).
+pub const FORMAT: u32 = 4;
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
 #[derive(Clone)]
@@ -388,11 +398,32 @@ impl Store {
             },
             _ => None,
         };
+        let head = self.head(c)?;
         Ok(Some(ConversationSnapshot {
-            head: self.head(c)?,
+            head,
             room,
             marks: self.conversation_marks(c)?,
+            tip: self.chain_tip(c, head)?,
         }))
+    }
+
+    /// The link of the entry `head` of `c` (the chain's genesis when `head` is 0): where the
+    /// next entry's link starts.
+    ///
+    /// # Errors
+    /// RocksDB errors, or an entry with no link (a store this chatd did not write).
+    pub fn chain_tip(&self, c: ConversationId, head: Seq) -> Result<chain::Hash, Error> {
+        if head == Seq(0) {
+            return Ok(chain::genesis(c));
+        }
+        let row = self.get(Cf::Links, &keys::log(c, head))?;
+        row.as_deref()
+            .and_then(records::parse_link)
+            .map(|(link, _)| link)
+            .ok_or_else(|| Error::Corrupt {
+                cf: Cf::Links,
+                message: format!("no link for entry {} of {c:?}", head.0),
+            })
     }
 
     /// The most recent sends of `sender` in `c` (at most `limit`), oldest first: what the

@@ -111,6 +111,28 @@ pub struct ConversationSnapshot {
     pub room: Option<(RoomRecord, Vec<(UserId, MemberState)>)>,
     /// Every member's (delivered, read) markers.
     pub marks: Vec<(UserId, Seq, Seq)>,
+    /// The link of the entry `head` (`Store::chain_tip`).
+    pub tip: chat_protocol::chain::Hash,
+}
+
+/// A `links` row: the entry's link, then its digest.
+#[must_use]
+pub fn encode_link(
+    link: &chat_protocol::chain::Hash,
+    digest: &chat_protocol::chain::Hash,
+) -> [u8; 64] {
+    let mut row = [0u8; 64];
+    row[..32].copy_from_slice(link);
+    row[32..].copy_from_slice(digest);
+    row
+}
+
+/// The (link, digest) of a `links` row; `None` for bytes [`encode_link`] never writes.
+#[must_use]
+pub fn parse_link(row: &[u8]) -> Option<(chat_protocol::chain::Hash, chat_protocol::chain::Hash)> {
+    let row: &[u8; 64] = row.try_into().ok()?;
+    let (link, digest) = row.split_at(32);
+    Some((link.try_into().ok()?, digest.try_into().ok()?))
 }
 
 /// The stored form of a user's markers: delivered then read, big-endian.

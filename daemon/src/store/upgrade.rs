@@ -21,6 +21,11 @@ pub(super) const UPGRADES: &[Upgrade] = &[
         "rewrites stored messages with mentions and reactions, and indexes threads",
         messages_with_reactions,
     ),
+    (
+        3,
+        "chains every conversation's entries (the links column family)",
+        chain_every_log,
+    ),
 ];
 
 /// Rows written in one batch while upgrading.
@@ -48,6 +53,44 @@ fn messages_with_reactions(store: &Store) -> Result<(), Error> {
         }
     })?;
     tracing::info!("stored messages rewritten with mentions and reactions; threads indexed");
+    Ok(())
+}
+
+/// Format 3 to 4: every stored entry gets its link (`chat_protocol::chain`), conversation by
+/// conversation in log order. An entry whose content was erased before (a deleted message,
+/// an erased edit) is chained as it is stored now: its appended form is gone. The links
+/// are recomputed whole, so a rerun after an interruption writes the same rows.
+fn chain_every_log(store: &Store) -> Result<(), Error> {
+    let (log, links) = (store.cf(Cf::Log)?, store.cf(Cf::Links)?);
+    let mut iter = store.db.raw_iterator_cf(log);
+    iter.seek_to_first();
+    let (mut batch, mut rows, mut chained) = (rocksdb::WriteBatch::default(), 0, 0u64);
+    let mut current: Option<(ConversationId, chain::Hash)> = None;
+    while iter.valid() {
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        let entry = decode_entry(value)?;
+        let c = entry.conversation();
+        let tip = match current {
+            Some((at, tip)) if at == c => tip,
+            _ => chain::genesis(c),
+        };
+        let digest = chain::digest(&entry);
+        let link = chain::link(&tip, &digest);
+        batch.put_cf(links, key, encode_link(&link, &digest));
+        current = Some((c, link));
+        chained += 1;
+        rows += 1;
+        if rows == BATCH_ROWS {
+            store.db.write(std::mem::take(&mut batch))?;
+            rows = 0;
+        }
+        iter.next();
+    }
+    iter.status()?;
+    store.db.write(batch)?;
+    tracing::info!(chained, "every conversation's entries chained");
     Ok(())
 }
 
@@ -203,6 +246,18 @@ mod tests {
             assert_eq!(entry, Some(Entry::Message(message(seq))));
         }
         assert_eq!(thread_of_1(&store), [Seq(2), Seq(3), Seq(4), Seq(5)]);
+        // Every entry is chained, and the chain holds.
+        let report = store.verify_chains(None).unwrap();
+        assert_eq!((report.conversations, report.entries), (1, 5));
+        assert_eq!(report.broken, []);
+        assert_eq!(store.chain_tip(c, Seq(5)).unwrap(), {
+            let mut link = chat_protocol::chain::genesis(c);
+            for seq in 1..=5 {
+                let digest = chat_protocol::chain::digest(&Entry::Message(message(seq)));
+                link = chat_protocol::chain::link(&link, &digest);
+            }
+            link
+        });
         // A row that is no entry in any encoding stops the upgrade.
         store
             .db

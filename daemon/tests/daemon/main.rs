@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod authz;
 mod bridge;
+mod chain;
 mod changes;
 mod client;
 mod conversations;

@@ -29,12 +29,12 @@ use std::sync::Arc;
 
 use chat_protocol::{
     ConversationId, Entry, ErrorCode, Event, HistoryQuery, Marker, Receipt, Response, Role, RoomId,
-    SendMessage, Seq, Timestamp, UserId,
+    SendMessage, Seq, Timestamp, UserId, chain,
 };
 
 use super::{ConnRef, Origin};
 use crate::store::writer::{Batch, WriteError};
-use crate::store::{Cf, ConversationSnapshot, SenderOp, keys};
+use crate::store::{Cf, ConversationSnapshot, SenderOp, encode_link, keys};
 pub(crate) use change::Change;
 use dedupe::Senders;
 pub(crate) use rooms::{Room, RoomAction};
@@ -434,6 +434,9 @@ pub(crate) struct Conversation {
     audience: Arc<[UserId]>,
     /// Whether commits carry outbox events.
     outbox: bool,
+    /// The link of the last entry handed to storage (`chat_protocol::chain`): the next
+    /// entry's link starts from it.
+    tip: chain::Hash,
 }
 
 impl Conversation {
@@ -465,6 +468,11 @@ impl Conversation {
                 .map(|(record, people)| Room::new(record, people)),
             audience: Arc::from(Vec::new()),
             outbox: ctx.outbox,
+            tip: if snapshot.head == Seq(0) {
+                chain::genesis(id)
+            } else {
+                snapshot.tip
+            },
         };
         conversation.refresh_audience();
         conversation
@@ -609,10 +617,15 @@ impl Conversation {
         for pending in &self.queued {
             encoded.clear();
             pending.entry.encode_to(&mut encoded);
+            let key = keys::log(self.id, pending.entry.seq());
+            batch.put(Cf::Log, key.to_vec(), encoded.clone());
+            // Its place in the chain, from the entry as appended.
+            let digest = chain::digest(&pending.entry);
+            self.tip = chain::link(&self.tip, &digest);
             batch.put(
-                Cf::Log,
-                keys::log(self.id, pending.entry.seq()).to_vec(),
-                encoded.clone(),
+                Cf::Links,
+                key.to_vec(),
+                encode_link(&self.tip, &digest).to_vec(),
             );
         }
         self.committing = std::mem::take(&mut self.queued);

@@ -349,9 +349,13 @@ impl World {
         let message = match read {
             Read::Load(conversation) => Message::Loaded {
                 conversation,
-                snapshot: ConversationSnapshot {
-                    head: self.store.head(conversation),
-                    ..ConversationSnapshot::default()
+                snapshot: {
+                    let head = self.store.head(conversation);
+                    ConversationSnapshot {
+                        head,
+                        tip: self.store.tip(conversation, head),
+                        ..ConversationSnapshot::default()
+                    }
                 },
             },
             Read::SenderOps {

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chat_protocol::{ConversationId, Entry, Reactions, Seq, UserId};
+use chat_protocol::{ConversationId, Entry, Reactions, Seq, UserId, chain};
 
 use crate::store::writer::Batch;
-use crate::store::{Cf, SenderOp, keys};
+use crate::store::{Cf, SenderOp, keys, parse_link};
 
 #[derive(Default)]
 pub(super) struct FakeStore {
@@ -38,6 +38,20 @@ impl FakeStore {
             .unwrap_or(Seq(0))
     }
 
+    /// The link of the entry `head` (the genesis for 0), as `Store::chain_tip` reads it.
+    pub(super) fn tip(&self, conversation: ConversationId, head: Seq) -> chain::Hash {
+        if head == Seq(0) {
+            return chain::genesis(conversation);
+        }
+        let row = self
+            .stored
+            .get(&Cf::Links)
+            .and_then(|rows| rows.get(&keys::log(conversation, head)[..]));
+        row.and_then(|row| parse_link(row))
+            .expect("every stored entry has a link")
+            .0
+    }
+
     /// The stored entry at `seq`.
     pub(super) fn entry(&self, conversation: ConversationId, seq: Seq) -> Option<Entry> {
         let value = self
@@ -61,11 +75,33 @@ impl FakeStore {
             .take_while(|(key, _)| key.starts_with(&prefix))
             .map(|(_, value)| Entry::decode_from(value).expect("a stored entry decodes"))
             .collect();
+        let mut link = chain::genesis(conversation);
         for (i, entry) in log.iter().enumerate() {
             assert_eq!(entry.seq().0, i as u64 + 1, "a hole in {conversation}");
             if let Some(op) = entry.op() {
                 assert!(ops.insert(op), "{op:?} stored twice in {conversation}");
             }
+            // Each entry is chained to the one before, with the digest of what was appended
+            // (an erased entry's digest is taken as kept).
+            let row = self
+                .stored
+                .get(&Cf::Links)
+                .and_then(|rows| rows.get(&keys::log(conversation, entry.seq())[..]));
+            let (stored, digest) = row
+                .and_then(|row| parse_link(row))
+                .unwrap_or_else(|| panic!("{conversation} {:?} has no link", entry.seq()));
+            let erased = matches!(entry, Entry::Erased(_))
+                || matches!(entry, Entry::Message(m) if m.deleted.is_some());
+            if !erased {
+                assert_eq!(
+                    chain::digest(entry),
+                    digest,
+                    "{conversation} {:?}'s digest",
+                    entry.seq()
+                );
+            }
+            link = chain::link(&link, &digest);
+            assert_eq!(stored, link, "{conversation} {:?}'s link", entry.seq());
         }
         let at = |seq: Seq| log.get(usize::try_from(seq.0).unwrap_or(0).wrapping_sub(1));
         for entry in &log {

@@ -113,6 +113,7 @@ impl World {
             head: Seq(head),
             room,
             marks: Vec::new(),
+            tip: Default::default(),
         };
         self.loaded(id, Some(snapshot));
     }
