@@ -1,6 +1,8 @@
 //! Checking the stored hash chains (`chat_protocol::chain`): every entry has its link, an
-//! entry that holds its appended content matches its digest, and each link follows from the
-//! one before. `chatd verify` runs it over a data directory.
+//! entry that holds its appended content matches its digest, each link follows from the one
+//! before, and no link is left of an entry the log lost. `chatd verify` runs it over a data
+//! directory. An entry dropped together with its link at the end of a conversation leaves
+//! nothing behind in the store: only a client that holds a later link can tell.
 
 use super::*;
 
@@ -68,7 +70,41 @@ impl Store {
             iter.next();
         }
         iter.status()?;
+        self.orphan_links(only, &mut report)?;
         Ok(report)
+    }
+
+    /// Links whose entry is gone from the log (an entry dropped at the end of a
+    /// conversation, or a whole conversation), reported in conversations not broken yet.
+    fn orphan_links(
+        &self,
+        only: Option<ConversationId>,
+        report: &mut ChainReport,
+    ) -> Result<(), Error> {
+        let log = self.cf(Cf::Log)?;
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Links)?);
+        match only {
+            Some(c) => iter.seek(keys::log(c, Seq(1))),
+            None => iter.seek_to_first(),
+        }
+        while iter.valid() {
+            let Some(key) = iter.key() else { break };
+            let Some(c) = keys::parse_conversation(key) else {
+                break;
+            };
+            if only.is_some_and(|o| o != c) {
+                break;
+            }
+            let known = report.broken.iter().any(|(b, _, _)| *b == c);
+            if !known && self.db.get_pinned_cf(log, key)?.is_none() {
+                let seq = keys::log_seq(c, key).unwrap_or(Seq(0));
+                let what = "missing from the log (its link remains)".to_owned();
+                report.broken.push((c, seq, what));
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(())
     }
 
     /// Checks one entry against its `links` row; returns its link.

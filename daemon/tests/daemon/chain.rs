@@ -71,17 +71,21 @@ async fn verify_finds_whole_chains_and_names_an_altered_or_dropped_entry() {
     for change in changes {
         assert!(matches!(alice.ok(change).await, Response::Sent(_)));
     }
+    let notes = ConversationId::Notes(session.user);
+    for op in 20..23 {
+        alice.send_text(notes, op, "a note").await;
+    }
     alice.close().await;
     bob.close().await;
     daemon.stop();
 
     let whole = verify(&daemon);
     assert!(whole.status.success(), "{}", text(&whole));
-    // Two conversations: the direct one (3 messages, an edit, a reaction, a deletion) and
-    // the room (created, joined, 3 messages). The deleted message and its erased edit are
-    // checked by their kept digests.
+    // Three conversations: the direct one (3 messages, an edit, a reaction, a deletion), the
+    // room (created, joined, 3 messages) and alice's notes (3). The deleted message and its
+    // erased edit are checked by their kept digests.
     assert!(
-        text(&whole).starts_with("2 conversations, 11 entries checked (2 erased"),
+        text(&whole).starts_with("3 conversations, 14 entries checked (2 erased"),
         "{}",
         text(&whole)
     );
@@ -101,6 +105,9 @@ async fn verify_finds_whole_chains_and_names_an_altered_or_dropped_entry() {
     // An entry dropped: the next one does not follow.
     db.delete_cf(log, chatd::store::keys::log(dm, Seq(3)))
         .unwrap();
+    // The last entry dropped: its link remains.
+    db.delete_cf(log, chatd::store::keys::log(notes, Seq(3)))
+        .unwrap();
     drop(db);
     let broken = verify(&daemon);
     assert_eq!(broken.status.code(), Some(65), "{}", text(&broken));
@@ -113,6 +120,12 @@ async fn verify_finds_whole_chains_and_names_an_altered_or_dropped_entry() {
     );
     assert!(
         report.contains(&format!("broken: {dm} entry 4: expected entry 3, found 4")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "broken: {notes} entry 3: missing from the log (its link remains)"
+        )),
         "{report}"
     );
 }
