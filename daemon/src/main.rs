@@ -496,9 +496,14 @@ fn verify(args: &ConfigArgs) -> ExitCode {
         });
     match checked {
         Ok(Ok(report)) => {
+            let plural = |n: u64, one: &'static str, many: &'static str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             println!(
-                "{} conversations, {} entries checked ({} erased, checked by their kept digests)",
-                report.conversations, report.entries, report.erased
+                "{}, {} checked ({} erased, checked by their kept digests)",
+                plural(report.conversations, "conversation", "conversations"),
+                plural(report.entries, "entry", "entries"),
+                report.erased
             );
             if report.broken.is_empty() {
                 println!("every chain holds");
