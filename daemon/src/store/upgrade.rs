@@ -61,15 +61,9 @@ fn messages_with_reactions(store: &Store) -> Result<(), Error> {
 /// an erased edit) is chained as it is stored now: its appended form is gone. The links
 /// are recomputed whole, so a rerun after an interruption writes the same rows.
 fn chain_every_log(store: &Store) -> Result<(), Error> {
-    let (log, links) = (store.cf(Cf::Log)?, store.cf(Cf::Links)?);
-    let mut iter = store.db.raw_iterator_cf(log);
-    iter.seek_to_first();
-    let (mut batch, mut rows, mut chained) = (rocksdb::WriteBatch::default(), 0, 0u64);
+    let links = store.cf(Cf::Links)?;
     let mut current: Option<(ConversationId, chain::Hash)> = None;
-    while iter.valid() {
-        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
-            break;
-        };
+    let chained = each_log_row(store, |batch, key, value| {
         let entry = decode_entry(value)?;
         let c = entry.conversation();
         let tip = match current {
@@ -80,7 +74,27 @@ fn chain_every_log(store: &Store) -> Result<(), Error> {
         let link = chain::link(&tip, &digest);
         batch.put_cf(links, key, encode_link(&link, &digest));
         current = Some((c, link));
-        chained += 1;
+        Ok(())
+    })?;
+    tracing::info!(chained, "every conversation's entries chained");
+    Ok(())
+}
+
+/// Hands every row of the log, in key order, to `each` with a batch for its writes, written
+/// every [`BATCH_ROWS`] rows and at the end; returns how many rows there were.
+fn each_log_row(
+    store: &Store,
+    mut each: impl FnMut(&mut rocksdb::WriteBatch, &[u8], &[u8]) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let mut iter = store.db.raw_iterator_cf(store.cf(Cf::Log)?);
+    iter.seek_to_first();
+    let (mut batch, mut rows, mut all) = (rocksdb::WriteBatch::default(), 0, 0u64);
+    while iter.valid() {
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        each(&mut batch, key, value)?;
+        all += 1;
         rows += 1;
         if rows == BATCH_ROWS {
             store.db.write(std::mem::take(&mut batch))?;
@@ -90,8 +104,7 @@ fn chain_every_log(store: &Store) -> Result<(), Error> {
     }
     iter.status()?;
     store.db.write(batch)?;
-    tracing::info!(chained, "every conversation's entries chained");
-    Ok(())
+    Ok(all)
 }
 
 /// Appends `missing` to every stored message that lacks it: a row that decodes once the
@@ -105,56 +118,37 @@ fn extend_messages(
     mut each: impl FnMut(&mut rocksdb::WriteBatch, &Message),
 ) -> Result<(), Error> {
     let cf = store.cf(Cf::Log)?;
-    let mut iter = store.db.raw_iterator_cf(cf);
-    iter.seek_to_first();
-    let (mut batch, mut rows, mut rewritten) = (rocksdb::WriteBatch::default(), 0, 0u64);
     let mut row = Vec::new();
-    while iter.valid() {
-        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
-            break;
-        };
+    let mut rewritten = 0u64;
+    each_log_row(store, |batch, key, value| {
         row.clear();
         row.extend_from_slice(value);
         row.extend_from_slice(later);
-        let upgraded = match decode_entry(&row) {
-            Ok(Entry::Message(message)) => {
-                // Upgraded by an interrupted run: its index rows may still be missing.
-                each(&mut batch, &message);
-                None
-            }
-            Ok(_) => None,
+        match decode_entry(&row) {
+            // Upgraded by an interrupted run: its index rows may still be missing.
+            Ok(Entry::Message(message)) => each(batch, &message),
+            Ok(_) => {}
             Err(_) => {
                 row.truncate(value.len());
                 row.extend_from_slice(missing);
                 row.extend_from_slice(later);
-                match decode_entry(&row)? {
-                    Entry::Message(message) => {
-                        each(&mut batch, &message);
-                        row.truncate(value.len() + missing.len());
-                        Some(row.clone())
-                    }
+                let message = match decode_entry(&row)? {
+                    Entry::Message(message) => message,
                     other => {
                         return Err(Error::Corrupt {
                             cf: Cf::Log,
                             message: format!("not a message of the older format: {other:?}"),
                         });
                     }
-                }
+                };
+                each(batch, &message);
+                row.truncate(value.len() + missing.len());
+                batch.put_cf(cf, key, &row);
+                rewritten += 1;
             }
-        };
-        if let Some(upgraded) = upgraded {
-            batch.put_cf(cf, key, upgraded);
-            rewritten += 1;
         }
-        rows += 1;
-        if rows == BATCH_ROWS {
-            store.db.write(std::mem::take(&mut batch))?;
-            rows = 0;
-        }
-        iter.next();
-    }
-    iter.status()?;
-    store.db.write(batch)?;
+        Ok(())
+    })?;
     tracing::debug!(rewritten, "messages extended");
     Ok(())
 }
