@@ -91,6 +91,105 @@ pub fn link(previous: &Hash, digest: &Hash) -> Hash {
     hasher.finalize().into()
 }
 
+/// Whether the content `entry` was appended with is gone (a deleted message, an erased
+/// edit): its digest cannot be computed from it, only kept.
+#[must_use]
+pub fn erased(entry: &Entry) -> bool {
+    match entry {
+        Entry::Erased(_) => true,
+        Entry::Message(m) => m.deleted.is_some(),
+        _ => false,
+    }
+}
+
+/// Why an entry does not continue its conversation's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// Not the next sequence number: an entry is missing, repeated or out of order.
+    #[error("expected entry {expected}, found {found}")]
+    OutOfOrder {
+        /// The sequence number the chain is at.
+        expected: u64,
+        /// The entry's.
+        found: u64,
+    },
+    /// The entry is not what was appended (or, erased, came without its kept digest).
+    #[error("the entry does not match its digest")]
+    Digest,
+    /// The link given for the entry does not follow from the one before.
+    #[error("the link does not follow from the one before")]
+    Link,
+}
+
+/// Checks a conversation's entries, one after the other from a known point, against the
+/// links given for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verifier {
+    /// The last entry checked (0: none) and its link.
+    seq: u64,
+    tip: Hash,
+}
+
+impl Verifier {
+    /// Before the conversation's first entry.
+    #[must_use]
+    pub fn new(conversation: ConversationId) -> Verifier {
+        Verifier {
+            seq: 0,
+            tip: genesis(conversation),
+        }
+    }
+
+    /// After entry `seq`, whose link is `link` (one checked before, or compared with
+    /// another client's).
+    #[must_use]
+    pub fn after(seq: u64, link: Hash) -> Verifier {
+        Verifier { seq, tip: link }
+    }
+
+    /// The last entry checked and its link.
+    #[must_use]
+    pub fn tip(&self) -> (u64, Hash) {
+        (self.seq, self.tip)
+    }
+
+    /// Checks the next entry against `link`, the link given for it; `kept` is the digest
+    /// kept for an entry whose content was erased ([`erased`]), and if given for another,
+    /// must match it. On success the chain moves past the entry; on failure it stays.
+    ///
+    /// # Errors
+    /// [`ChainError`]: which rule the entry breaks.
+    pub fn check(
+        &mut self,
+        entry: &Entry,
+        link_given: &Hash,
+        kept: Option<&Hash>,
+    ) -> Result<(), ChainError> {
+        let found = entry.seq().0;
+        if found != self.seq + 1 {
+            let expected = self.seq + 1;
+            return Err(ChainError::OutOfOrder { expected, found });
+        }
+        let digest = match (erased(entry), kept) {
+            (true, Some(kept)) => *kept,
+            (true, None) => return Err(ChainError::Digest),
+            (false, kept) => {
+                let digest = digest(entry);
+                if kept.is_some_and(|kept| *kept != digest) {
+                    return Err(ChainError::Digest);
+                }
+                digest
+            }
+        };
+        let next = link(&self.tip, &digest);
+        if next != *link_given {
+            return Err(ChainError::Link);
+        }
+        (self.seq, self.tip) = (found, next);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +242,60 @@ mod tests {
         let mut other = message(b"hello");
         other.mentions.clear();
         assert_ne!(digest(&Entry::Message(other)), first);
+    }
+
+    #[test]
+    fn a_verifier_follows_a_chain_and_stops_at_the_first_break() {
+        let room = ConversationId::Room(RoomId(5));
+        let entries: Vec<Entry> = (1..=3)
+            .map(|seq| {
+                let mut m = message(format!("m{seq}").as_bytes());
+                m.seq = Seq(seq);
+                Entry::Message(m)
+            })
+            .collect();
+        let (mut links, mut tip) = (Vec::new(), genesis(room));
+        for entry in &entries {
+            tip = link(&tip, &digest(entry));
+            links.push(tip);
+        }
+        let mut verifier = Verifier::new(room);
+        for (entry, link) in entries.iter().zip(&links) {
+            assert_eq!(verifier.check(entry, link, None), Ok(()));
+        }
+        assert_eq!(verifier.tip(), (3, links[2]));
+        // Resumed after entry 1: entry 3 is not next; entry 2 with entry 3's link is wrong.
+        let mut resumed = Verifier::after(1, links[0]);
+        let out_of_order = ChainError::OutOfOrder {
+            expected: 2,
+            found: 3,
+        };
+        assert_eq!(
+            resumed.check(&entries[2], &links[2], None),
+            Err(out_of_order)
+        );
+        assert_eq!(
+            resumed.check(&entries[1], &links[2], None),
+            Err(ChainError::Link)
+        );
+        assert_eq!(resumed.check(&entries[1], &links[1], None), Ok(()));
+        // An erased entry needs its kept digest, and is checked by it.
+        let Entry::Message(mut gone) = entries[2].clone() else {
+            unreachable!()
+        };
+        gone.body.clear();
+        gone.deleted = Some(Deleted {
+            seq: Seq(9),
+            ts: Timestamp(1),
+            by: UserId(1),
+        });
+        let gone = Entry::Message(gone);
+        assert_eq!(
+            resumed.check(&gone, &links[2], None),
+            Err(ChainError::Digest)
+        );
+        let kept = digest(&entries[2]);
+        assert_eq!(resumed.check(&gone, &links[2], Some(&kept)), Ok(()));
     }
 
     #[test]

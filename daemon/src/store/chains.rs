@@ -21,20 +21,21 @@ pub struct ChainReport {
 }
 
 impl Store {
-    /// Checks the chain of `only`, or of every conversation, entry by entry from its first.
+    /// Checks the chain of `only`, or of every conversation, entry by entry from its first
+    /// ([`chain::Verifier`], with the links and digests kept in `links`).
     ///
     /// # Errors
     /// RocksDB errors or an undecodable entry.
     pub fn verify_chains(&self, only: Option<ConversationId>) -> Result<ChainReport, Error> {
         let mut report = ChainReport::default();
+        let links = self.cf(Cf::Links)?;
         let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Log)?);
         match only {
             Some(c) => iter.seek(keys::log(c, Seq(1))),
             None => iter.seek_to_first(),
         }
-        // The conversation being walked: its id, the link so far, the seq expected next,
-        // and whether it is already broken (then the rest of it is skipped).
-        let mut walking: Option<(ConversationId, chain::Hash, u64, bool)> = None;
+        // The conversation being walked, and its verifier while it holds.
+        let mut walking: Option<(ConversationId, Option<chain::Verifier>)> = None;
         while iter.valid() {
             let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
                 break;
@@ -44,28 +45,29 @@ impl Store {
             if only.is_some_and(|o| o != c) {
                 break;
             }
-            let (link, expected, broken) = match walking {
-                Some((at, link, next, broken)) if at == c => (link, next, broken),
-                _ => {
-                    report.conversations += 1;
-                    (chain::genesis(c), 1, false)
-                }
-            };
-            let seq = entry.seq();
+            if walking.as_ref().is_none_or(|(at, _)| *at != c) {
+                report.conversations += 1;
+                walking = Some((c, Some(chain::Verifier::new(c))));
+            }
             report.entries += 1;
-            let outcome = if broken {
-                Err(String::new())
-            } else {
-                self.check_link(key, &entry, &link, expected, &mut report)
+            report.erased += u64::from(chain::erased(&entry));
+            let Some((_, Some(verifier))) = walking.as_mut() else {
+                // Broken already: the rest of the conversation is not checked.
+                iter.next();
+                continue;
             };
-            match outcome {
-                Ok(next) => walking = Some((c, next, seq.0 + 1, false)),
-                Err(what) => {
-                    if !broken {
-                        report.broken.push((c, seq, what));
-                    }
-                    walking = Some((c, link, seq.0 + 1, true));
-                }
+            let row = self.db.get_pinned_cf(links, key)?;
+            let checked = match row.as_deref().and_then(parse_link) {
+                None => Err("no link".to_owned()),
+                // The kept digest: what an erased entry is checked by, and what any other
+                // must still match.
+                Some((link, digest)) => verifier
+                    .check(&entry, &link, Some(&digest))
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(what) = checked {
+                report.broken.push((c, entry.seq(), what));
+                walking = Some((c, None));
             }
             iter.next();
         }
@@ -105,38 +107,5 @@ impl Store {
         }
         iter.status()?;
         Ok(())
-    }
-
-    /// Checks one entry against its `links` row; returns its link.
-    fn check_link(
-        &self,
-        key: &[u8],
-        entry: &Entry,
-        previous: &chain::Hash,
-        expected: u64,
-        report: &mut ChainReport,
-    ) -> Result<chain::Hash, String> {
-        if entry.seq().0 != expected {
-            return Err(format!(
-                "expected entry {expected}, found {}",
-                entry.seq().0
-            ));
-        }
-        let row = self
-            .get(Cf::Links, key)
-            .map_err(|e| e.to_string())?
-            .ok_or("no link")?;
-        let (link, digest) = parse_link(&row).ok_or("a malformed link row")?;
-        let erased = matches!(entry, Entry::Erased(_))
-            || matches!(entry, Entry::Message(m) if m.deleted.is_some());
-        if erased {
-            report.erased += 1;
-        } else if chain::digest(entry) != digest {
-            return Err("the entry does not match its digest".into());
-        }
-        if chain::link(previous, &digest) != link {
-            return Err("the link does not follow from the one before".into());
-        }
-        Ok(link)
     }
 }
