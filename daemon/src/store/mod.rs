@@ -407,23 +407,24 @@ impl Store {
         }))
     }
 
-    /// The link of the entry `head` of `c` (the chain's genesis when `head` is 0): where the
-    /// next entry's link starts.
+    /// The link of the entry `head` of `c`, where the next entry's link starts; `None` when
+    /// `head` is 0 (no entry yet).
     ///
     /// # Errors
     /// RocksDB errors, or an entry with no link (a store this chatd did not write).
-    pub fn chain_tip(&self, c: ConversationId, head: Seq) -> Result<chain::Hash, Error> {
+    pub fn chain_tip(&self, c: ConversationId, head: Seq) -> Result<Option<chain::Hash>, Error> {
         if head == Seq(0) {
-            return Ok(chain::genesis(c));
+            return Ok(None);
         }
         let row = self.get(Cf::Links, &keys::log(c, head))?;
-        row.as_deref()
+        let link = row
+            .as_deref()
             .and_then(records::parse_link)
-            .map(|(link, _)| link)
-            .ok_or_else(|| Error::Corrupt {
-                cf: Cf::Links,
-                message: format!("no link for entry {} of {c:?}", head.0),
-            })
+            .map(|(link, _)| link);
+        link.map(Some).ok_or_else(|| Error::Corrupt {
+            cf: Cf::Links,
+            message: format!("no link for entry {} of {c:?}", head.0),
+        })
     }
 
     /// The most recent sends of `sender` in `c` (at most `limit`), oldest first: what the

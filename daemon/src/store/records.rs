@@ -111,8 +111,9 @@ pub struct ConversationSnapshot {
     pub room: Option<(RoomRecord, Vec<(UserId, MemberState)>)>,
     /// Every member's (delivered, read) markers.
     pub marks: Vec<(UserId, Seq, Seq)>,
-    /// The link of the entry `head` (`Store::chain_tip`).
-    pub tip: chat_protocol::chain::Hash,
+    /// The link of the entry `head` (`Store::chain_tip`); `None` before the first entry
+    /// (the conversation starts its chain at the genesis).
+    pub tip: Option<chat_protocol::chain::Hash>,
 }
 
 /// A `links` row: the entry's link, then its digest.

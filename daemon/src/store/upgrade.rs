@@ -244,13 +244,14 @@ mod tests {
         let report = store.verify_chains(None).unwrap();
         assert_eq!((report.conversations, report.entries), (1, 5));
         assert_eq!(report.broken, []);
+        assert_eq!(store.chain_tip(c, Seq(0)).unwrap(), None);
         assert_eq!(store.chain_tip(c, Seq(5)).unwrap(), {
             let mut link = chat_protocol::chain::genesis(c);
             for seq in 1..=5 {
                 let digest = chat_protocol::chain::digest(&Entry::Message(message(seq)));
                 link = chat_protocol::chain::link(&link, &digest);
             }
-            link
+            Some(link)
         });
         // A row that is no entry in any encoding stops the upgrade.
         store

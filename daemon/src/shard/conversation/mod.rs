@@ -469,11 +469,7 @@ impl Conversation {
                 .map(|(record, people)| Room::new(record, people)),
             audience: Arc::from(Vec::new()),
             outbox: ctx.outbox,
-            tip: if snapshot.head == Seq(0) {
-                chain::genesis(id)
-            } else {
-                snapshot.tip
-            },
+            tip: snapshot.tip.unwrap_or_else(|| chain::genesis(id)),
         };
         conversation.refresh_audience();
         conversation

@@ -38,18 +38,19 @@ impl FakeStore {
             .unwrap_or(Seq(0))
     }
 
-    /// The link of the entry `head` (the genesis for 0), as `Store::chain_tip` reads it.
-    pub(super) fn tip(&self, conversation: ConversationId, head: Seq) -> chain::Hash {
+    /// The link of the entry `head` (`None` for 0), as `Store::chain_tip` reads it.
+    pub(super) fn tip(&self, conversation: ConversationId, head: Seq) -> Option<chain::Hash> {
         if head == Seq(0) {
-            return chain::genesis(conversation);
+            return None;
         }
         let row = self
             .stored
             .get(&Cf::Links)
             .and_then(|rows| rows.get(&keys::log(conversation, head)[..]));
-        row.and_then(|row| parse_link(row))
-            .expect("every stored entry has a link")
-            .0
+        let (link, _) = row
+            .and_then(|row| parse_link(row))
+            .expect("every stored entry has a link");
+        Some(link)
     }
 
     /// The stored entry at `seq`.
