@@ -160,15 +160,8 @@ enum Command {
     History {
         /// @NAME or #ROOM.
         target: String,
-        /// Entries before this sequence number.
-        #[arg(long, conflicts_with = "after")]
-        before: Option<u64>,
-        /// Entries after this sequence number.
-        #[arg(long)]
-        after: Option<u64>,
-        /// At most this many (1-100).
-        #[arg(long, default_value_t = 50)]
-        limit: u16,
+        #[command(flatten)]
+        page: Page,
     },
     /// Print a page of a thread: the messages that answer ROOT (oldest first).
     Thread {
@@ -176,15 +169,8 @@ enum Command {
         target: String,
         /// The sequence number of the entry the thread answers.
         root: u64,
-        /// Replies before this sequence number.
-        #[arg(long, conflicts_with = "after")]
-        before: Option<u64>,
-        /// Replies after this sequence number.
-        #[arg(long)]
-        after: Option<u64>,
-        /// At most this many (1-100).
-        #[arg(long, default_value_t = 50)]
-        limit: u16,
+        #[command(flatten)]
+        page: Page,
     },
     /// Set your read marker: you have read TARGET up to SEQ.
     Read {
@@ -198,6 +184,20 @@ enum Command {
     /// Manage rooms.
     #[command(subcommand)]
     Room(RoomCommand),
+}
+
+/// Where a page of `history` or `thread` starts, and its size.
+#[derive(clap::Args)]
+struct Page {
+    /// Entries before this sequence number.
+    #[arg(long, conflicts_with = "after")]
+    before: Option<u64>,
+    /// Entries after this sequence number.
+    #[arg(long)]
+    after: Option<u64>,
+    /// At most this many (1-100).
+    #[arg(long, default_value_t = 50)]
+    limit: u16,
 }
 
 #[derive(Subcommand)]
@@ -632,21 +632,9 @@ impl App {
                     None => shell.await?,
                 }
             }
-            Command::History {
-                target,
-                before,
-                after,
-                limit,
-            } => self.page(target, None, *before, *after, *limit).await?,
-            Command::Thread {
-                target,
-                root,
-                before,
-                after,
-                limit,
-            } => {
-                let root = Some(Seq(*root));
-                self.page(target, root, *before, *after, *limit).await?;
+            Command::History { target, page } => self.page(target, None, page).await?,
+            Command::Thread { target, root, page } => {
+                self.page(target, Some(Seq(*root)), page).await?;
             }
             Command::Read { target, seq } => {
                 let (client, saved) = self.connect().await?;
@@ -937,17 +925,11 @@ impl App {
     }
 
     /// `chat history` and `chat thread`: one page, oldest first.
-    async fn page(
-        &self,
-        target: &str,
-        thread: Option<Seq>,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: u16,
-    ) -> Result<(), Failure> {
+    async fn page(&self, target: &str, thread: Option<Seq>, page: &Page) -> Result<(), Failure> {
         let (client, saved) = self.connect().await?;
         let conversation = resolve(&client, &saved, target).await?;
-        let from = match (before, after) {
+        let limit = page.limit;
+        let from = match (page.before, page.after) {
             (Some(b), _) => HistoryFrom::Before(Seq(b)),
             (None, Some(a)) => HistoryFrom::After(Seq(a)),
             (None, None) => HistoryFrom::Latest,
