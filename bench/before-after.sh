@@ -11,6 +11,9 @@
 #
 #   bench/before-after.sh REV [SCENARIO...]     # default: dm rooms10 rooms100
 #   bench/before-after.sh a0f4953 dm rooms10 rooms100
+#   BENCH_BA_KEY=chain BENCH_BA_TITLE="the hash chain" bench/before-after.sh e318151 dm rooms10
+#                                 # each comparison is its own section of RESULTS.md, by key
+#                                 # (default: the before commit) and title
 #   BENCH_BA_REUSE=1 BENCH_BA_ROUNDS=5 bench/before-after.sh REV ...
 #                                 # only the same-rate runs (5 rounds), on the kept results
 #                                 # of the last comparison
@@ -31,12 +34,18 @@ shift
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(dm rooms10 rooms100)
 
+key="${BENCH_BA_KEY:-$rev}"
+title="${BENCH_BA_TITLE:-$rev and this tree}"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 before_target="$target_dir-before"
 out=bench/results/before-after
 after="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- daemon protocol || echo '+changes')"
 
 if [ -z "${BENCH_BA_REUSE:-}" ]; then
+  # This tree's release build first: it seeds the before tree's (RocksDB is compiled once).
+  # shellcheck source=bench/lib.sh
+  source bench/lib.sh
+  build_release
   if [ ! -d "$before_target/release" ] && [ -d "$target_dir/release" ]; then
     mkdir -p "$before_target"
     cp -a "$target_dir/release" "$before_target/"
@@ -96,4 +105,4 @@ if [ -n "${BENCH_BA_REUSE:-}" ]; then
 else
   echo "$command" >"$out/command"
 fi
-python3 bench/report.py before-after "$command" "$rev" "$after" "${scenarios[@]}"
+python3 bench/report.py before-after "$command" "$key" "$title" "$rev" "$after" "${scenarios[@]}"
