@@ -51,6 +51,7 @@ pub fn chat_message(seq: u64) -> Message {
         deleted: None,
         mentions: Vec::new(),
         reactions: Vec::new(),
+        chain: chat_protocol::Chain::default(),
     }
 }
 
@@ -72,6 +73,9 @@ pub fn history_page(n: u64) -> ServerFrame {
                 .collect(),
             head: Seq(n),
             more: true,
+            prior: Some(chat_protocol::chain::genesis(ConversationId::Room(RoomId(
+                1_042,
+            )))),
         }),
     }
 }

@@ -13,15 +13,24 @@
 //! - **gaps**: holes — runs of lost entries followed by a delivered later one (a loss in
 //!   the middle of a stream, as opposed to a tail that never arrived);
 //! - **unexpected**: delivered, never expected (not an error by itself: a client sees the
-//!   membership entries of its rooms, and messages whose ack its sender never got).
+//!   membership entries of its rooms, and messages whose ack its sender never got);
+//! - **forked**: a client was pushed an entry with another link than another client (or the
+//!   ack) had for it: the daemon gave clients different histories;
+//! - **chain breaks**: an acknowledged entry's link does not follow from the link before it
+//!   and the digest of what its sender sent ([`Checker::chained`], with
+//!   `chat_protocol::chain::Tracker`); **chain verified** counts the entries that do, and
+//!   **chain anchored** the places the check started over (a conversation's first acked
+//!   entry, and after entries never acked with their link: membership changes, sends whose
+//!   ack was lost in a crash).
 //!
 //! Memory: sets of sequence numbers are bitmaps from the lowest number seen, so a stream costs
 //! one bit per entry of its conversation: a run with ten million deliveries checks in a few
-//! megabytes. Records can arrive in any order (a delivery before its ack, say).
+//! megabytes. The links compared between clients cost eight bytes per entry. Records can arrive in any order (a delivery before its ack, say).
 
 use std::collections::HashMap;
 
-use chat_protocol::{ConversationId, Seq};
+use chat_protocol::chain::Tracker;
+use chat_protocol::{Appended, ConversationId, Seq};
 
 /// A simulated client of the load generator.
 pub type ClientId = u32;
@@ -123,13 +132,26 @@ pub struct Report {
     pub gaps: u64,
     /// Deliveries of entries that were not expected for that client.
     pub unexpected: u64,
+    /// Entries pushed with another link than another client or the ack had for them.
+    pub forked: u64,
+    /// Acknowledged entries whose link follows from the one before.
+    pub chain_verified: u64,
+    /// Places where the chain check started over, taking a link on trust.
+    pub chain_anchored: u64,
+    /// Conversations whose chain broke.
+    pub chain_breaks: u64,
 }
 
 impl Report {
     /// Whether nothing was lost, duplicated, reordered or skipped.
     #[must_use]
     pub fn is_correct(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.reordered == 0 && self.gaps == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.reordered == 0
+            && self.gaps == 0
+            && self.forked == 0
+            && self.chain_breaks == 0
     }
 }
 
@@ -141,6 +163,43 @@ pub struct Checker {
     streams: HashMap<(ClientId, ConversationId), Stream>,
     duplicated: u64,
     reordered: u64,
+    /// Per conversation, the first eight bytes of each entry's link as first recorded.
+    links: HashMap<ConversationId, Links>,
+    forked: u64,
+    chains: Tracker,
+}
+
+/// Link prefixes by sequence number, from `base` (0: none recorded).
+#[derive(Default)]
+struct Links {
+    base: u64,
+    prefixes: std::collections::VecDeque<u64>,
+}
+
+impl Links {
+    /// Records `prefix` for `seq`, or compares it with the one recorded; whether they agree.
+    fn agree(&mut self, seq: u64, prefix: u64) -> bool {
+        // 0 marks a place with nothing recorded; a link whose prefix is 0 is recorded as 1.
+        let prefix = prefix.max(1);
+        if self.prefixes.is_empty() {
+            self.base = seq;
+        }
+        while seq < self.base {
+            self.prefixes.push_front(0);
+            self.base -= 1;
+        }
+        let at = usize::try_from(seq - self.base).unwrap_or(usize::MAX);
+        if at >= self.prefixes.len() {
+            self.prefixes.resize(at + 1, 0);
+        }
+        match self.prefixes[at] {
+            0 => {
+                self.prefixes[at] = prefix;
+                true
+            }
+            recorded => recorded == prefix,
+        }
+    }
 }
 
 impl Checker {
@@ -183,12 +242,41 @@ impl Checker {
         stream.highest = stream.highest.max(seq.0);
     }
 
+    /// Entry `seq` of `conversation` was pushed (or acked) with a link starting with
+    /// `prefix` (`crate::client::link_prefix`): every client must see the same one.
+    pub fn linked(&mut self, conversation: ConversationId, seq: Seq, prefix: u64) {
+        if !self
+            .links
+            .entry(conversation)
+            .or_default()
+            .agree(seq.0, prefix)
+        {
+            self.forked += 1;
+        }
+    }
+
+    /// An acked entry's link, with the digest of what its sender sent: the chain is
+    /// followed over it.
+    pub fn chained(&mut self, conversation: ConversationId, seq: Seq, appended: &Appended) {
+        self.linked(
+            conversation,
+            seq,
+            crate::client::link_prefix(&appended.link),
+        );
+        self.chains.acked(conversation, seq, appended);
+    }
+
     /// The counts so far.
     #[must_use]
     pub fn report(&self) -> Report {
+        let chains = self.chains.report();
         let mut report = Report {
             duplicated: self.duplicated,
             reordered: self.reordered,
+            forked: self.forked,
+            chain_verified: chains.verified,
+            chain_anchored: chains.anchored,
+            chain_breaks: chains.breaks,
             ..Report::default()
         };
         let empty = SeqSet::default();
@@ -288,6 +376,57 @@ mod tests {
         let report = checker.report();
         assert!(report.is_correct(), "{report:?}");
         assert_eq!((report.expected, report.delivered), (10, 10));
+    }
+
+    /// Entries 1..=n of a chain: each one's link and digest.
+    fn links(n: u8) -> Vec<Appended> {
+        use chat_protocol::chain;
+        let mut tip = chain::genesis(ROOM);
+        (1..=n)
+            .map(|seq| {
+                let digest = chain::link(&[seq; 32], &[0; 32]);
+                tip = chain::link(&tip, &digest);
+                Appended { link: tip, digest }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_hash_chain_is_followed_over_acks_and_compared_between_clients() {
+        let chain = links(5);
+        let prefix =
+            |seq: u64| crate::client::link_prefix(&chain[usize::try_from(seq).unwrap() - 1].link);
+        let mut checker = checker();
+        // Acks in any order; pushes before or after them.
+        for seq in [2u64, 1, 3, 5, 4] {
+            checker.chained(ROOM, Seq(seq), &chain[usize::try_from(seq).unwrap() - 1]);
+        }
+        for seq in 1..=5 {
+            checker.delivered(1, ROOM, Seq(seq));
+            checker.linked(ROOM, Seq(seq), prefix(seq));
+            checker.delivered(2, ROOM, Seq(seq));
+            checker.linked(ROOM, Seq(seq), prefix(seq));
+        }
+        let report = checker.report();
+        assert!(report.is_correct(), "{report:?}");
+        assert_eq!(
+            (report.chain_verified, report.chain_anchored, report.forked),
+            (5, 0, 0)
+        );
+        // A client given another link for entry 3 is a fork.
+        checker.linked(ROOM, Seq(3), prefix(4));
+        assert_eq!(checker.report().forked, 1);
+        assert!(!checker.report().is_correct());
+        // An ack whose link does not follow from the digest its sender computed breaks the
+        // chain.
+        let mut altered = Checker::new();
+        let mut wrong = chain[1];
+        wrong.digest[0] ^= 1;
+        altered.chained(ROOM, Seq(1), &chain[0]);
+        altered.chained(ROOM, Seq(2), &wrong);
+        let report = altered.report();
+        assert_eq!((report.chain_verified, report.chain_breaks), (1, 1));
+        assert!(!report.is_correct());
     }
 
     #[test]

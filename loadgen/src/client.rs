@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use chat_protocol::positions::Positions;
 use chat_protocol::{
-    Auth, ClientFrame, ContentType, ConversationId, DeviceId, ErrorBody, Event, FrameDecoder,
-    Hello, OpId, Request, RequestId, Response, Resume, SUPPORTED_VERSIONS, SendMessage,
-    ServerFrame, encode_frame,
+    Appended, Auth, Chain, ClientFrame, ContentType, ConversationId, DeviceId, ErrorBody, Event,
+    FrameDecoder, Hello, Message, OpId, Request, RequestId, Response, Resume, SUPPORTED_VERSIONS,
+    SendAck, SendMessage, ServerFrame, UserId, encode_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -533,6 +533,38 @@ fn body(op: OpId, size: usize) -> Vec<u8> {
     body
 }
 
+/// The chain digest of the message this client sent as `op`, stored as `ack` says.
+fn sent_digest(
+    context: &Context,
+    sender: UserId,
+    conversation: ConversationId,
+    op: OpId,
+    ack: &SendAck,
+) -> chat_protocol::Hash {
+    chat_protocol::chain::message_digest(&Message {
+        conversation,
+        seq: ack.seq,
+        ts: ack.ts,
+        sender,
+        op,
+        content_type: ContentType::BINARY,
+        reply_to: None,
+        body: body(op, context.size),
+        edited: None,
+        deleted: None,
+        mentions: Vec::new(),
+        reactions: Vec::new(),
+        chain: Chain::default(),
+    })
+}
+
+/// The first eight bytes of a link: what the checker compares between clients.
+pub(crate) fn link_prefix(link: &chat_protocol::Hash) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&link[..8]);
+    u64::from_le_bytes(prefix)
+}
+
 async fn reader(
     context: &Context,
     shared: &Shared,
@@ -591,10 +623,18 @@ fn handle(
                             record_latency(&mut m.ack, op.0, now);
                         }
                         if context.check {
+                            let sender = UserId(shared.user.load(Ordering::Acquire));
+                            let chain = ack.chain.map(|appended| Appended {
+                                link: appended.link,
+                                // What the sender sent, not what the daemon says it stored:
+                                // the checker finds the chain broken if they differ.
+                                digest: sent_digest(context, sender, conversation, op, &ack),
+                            });
                             m.records.push(Record::Acked {
                                 sender: shared.id,
                                 conversation,
                                 seq: ack.seq,
+                                chain,
                             });
                         }
                     });
@@ -663,6 +703,7 @@ fn event_arrived(
                         shared.id,
                         message.conversation,
                         message.seq,
+                        Some(link_prefix(&message.chain.link)),
                     ));
                 }
             });

@@ -36,9 +36,13 @@ pub(crate) enum Record {
         conversation: ConversationId,
         /// The entry.
         seq: Seq,
+        /// The entry's link from the ack, with the digest the sender computed of what it
+        /// sent (`None`: a repeat answered without them).
+        chain: Option<chat_protocol::Appended>,
     },
-    /// An entry pushed to a client.
-    Delivered(ClientId, ConversationId, Seq),
+    /// An entry pushed to a client, with the first eight bytes of its link (`None` from a
+    /// peer broker, which chains nothing).
+    Delivered(ClientId, ConversationId, Seq, Option<u64>),
 }
 
 /// Everything one thread measured since the last collection.

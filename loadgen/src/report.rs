@@ -336,7 +336,7 @@ impl Summary {
                 Some(r) => {
                     let _ = writeln!(
                         out,
-                        "  check: {} expected, {} delivered; lost {}, duplicated {}, reordered {}, gaps {} ({} unexpected): {}",
+                        "  check: {} expected, {} delivered; lost {}, duplicated {}, reordered {}, gaps {} ({} unexpected); hash chain: {} verified, {} anchored, {} broken, {} forked: {}",
                         r.expected,
                         r.delivered,
                         r.lost,
@@ -344,6 +344,10 @@ impl Summary {
                         r.reordered,
                         r.gaps,
                         r.unexpected,
+                        r.chain_verified,
+                        r.chain_anchored,
+                        r.chain_breaks,
+                        r.forked,
                         if r.is_correct() { "OK" } else { "FAILED" }
                     );
                 }

@@ -602,11 +602,20 @@ impl Run {
                                 sender,
                                 conversation,
                                 seq,
+                                chain,
                             } => {
                                 checker.acked(conversation, seq);
                                 checker.acked_to_sender(sender, conversation, seq);
+                                if let Some(appended) = chain {
+                                    checker.chained(conversation, seq, &appended);
+                                }
                             }
-                            Record::Delivered(client, c, s) => checker.delivered(client, c, s),
+                            Record::Delivered(client, c, s, link) => {
+                                checker.delivered(client, c, s);
+                                if let Some(prefix) = link {
+                                    checker.linked(c, s, prefix);
+                                }
+                            }
                         }
                     }
                 }

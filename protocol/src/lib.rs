@@ -46,8 +46,8 @@ pub use frame::{
 };
 pub use ids::{ConversationId, DeviceId, OpId, RequestId, RoomId, Seq, Timestamp, UserId};
 pub use server::{
-    ConversationPage, ConversationSummary, Deleted, Deletion, Edit, Edited, Entry, Erased,
-    ErrorBody, Event, Gap, Goodbye, HelloOk, HistoryPage, Limits, Member, MemberPage,
+    Appended, Chain, ConversationPage, ConversationSummary, Deleted, Deletion, Edit, Edited, Entry,
+    Erased, ErrorBody, Event, Gap, Goodbye, Hash, HelloOk, HistoryPage, Limits, Member, MemberPage,
     MembershipChange, MembershipEvent, Message, PresenceInfo, PresenceStatus, Reaction, Reactions,
     Receipt, Response, RoomInfo, SendAck, ServerFrame, Session, TokenGrant, TypingEvent, UserInfo,
 };

@@ -252,6 +252,10 @@ pub struct SendAck {
     pub ts: Timestamp,
     /// `true` when this op id was already stored: this is the original ack, repeated.
     pub duplicate: bool,
+    /// The entry's link and digest, so the sender (which gets no event for its own entry)
+    /// can follow the chain over it; `None` when a repeat is answered from the stored op ids
+    /// (the entry itself comes again in a catch-up).
+    pub chain: Option<Appended>,
 }
 
 /// A page of a conversation's log.
@@ -266,6 +270,10 @@ pub struct HistoryPage {
     pub head: Seq,
     /// Whether more entries exist beyond this page in the paging direction.
     pub more: bool,
+    /// The link of the entry just before the page's lowest entry (the chain's start before
+    /// entry 1), so the page can be checked on its own; `None` for a thread page (its
+    /// entries are not consecutive) and for an empty page.
+    pub prior: Option<Hash>,
 }
 
 /// One entry of a conversation's log.
@@ -342,6 +350,31 @@ impl Entry {
         }
     }
 
+    /// The entry's place in the hash chain.
+    #[must_use]
+    pub fn chain(&self) -> &Chain {
+        match self {
+            Entry::Message(m) => &m.chain,
+            Entry::Membership(m) => &m.chain,
+            Entry::Edit(e) => &e.chain,
+            Entry::Deletion(d) => &d.chain,
+            Entry::Erased(e) => &e.chain,
+            Entry::Reaction(r) => &r.chain,
+        }
+    }
+
+    /// The entry's place in the hash chain, to set.
+    pub fn chain_mut(&mut self) -> &mut Chain {
+        match self {
+            Entry::Message(m) => &mut m.chain,
+            Entry::Membership(m) => &mut m.chain,
+            Entry::Edit(e) => &mut e.chain,
+            Entry::Deletion(d) => &mut d.chain,
+            Entry::Erased(e) => &mut e.chain,
+            Entry::Reaction(r) => &mut r.chain,
+        }
+    }
+
     /// The user whose request added the entry and that request's op id, for the entries a
     /// send, an edit, a delete or a reaction adds (the sender's devices recognise their own).
     #[must_use]
@@ -400,6 +433,25 @@ impl Entry {
 }
 
 impl Event {
+    /// The log entry this event announces, or the event itself when it announces none
+    /// ([`Entry::into_event`] gives it back).
+    ///
+    /// # Errors
+    /// The event, when it is no log entry.
+    // Not an error path: the event comes back whole, moved, as it went in.
+    #[allow(clippy::result_large_err)]
+    pub fn into_entry(self) -> Result<Entry, Event> {
+        match self {
+            Event::Message(m) => Ok(Entry::Message(m)),
+            Event::Membership(m) => Ok(Entry::Membership(m)),
+            Event::Edit(e) => Ok(Entry::Edit(e)),
+            Event::Deletion(d) => Ok(Entry::Deletion(d)),
+            Event::Erased(e) => Ok(Entry::Erased(e)),
+            Event::Reaction(r) => Ok(Entry::Reaction(r)),
+            other => Err(other),
+        }
+    }
+
     /// The log entry this event announces, if it announces one.
     #[must_use]
     pub fn entry_position(&self) -> Option<(ConversationId, Seq)> {
@@ -461,6 +513,8 @@ pub struct Message {
         )
     )]
     pub reactions: Vec<Reactions>,
+    /// Its place in the conversation's hash chain (`crate::chain`); always the last field.
+    pub chain: Chain,
 }
 
 impl Message {
@@ -536,6 +590,8 @@ pub struct Edit {
     pub content_type: ContentType,
     /// The new content.
     pub body: Vec<u8>,
+    /// Its place in the conversation's hash chain (`crate::chain`); always the last field.
+    pub chain: Chain,
 }
 
 /// A deletion: the message `target` and its edits lost their content.
@@ -556,6 +612,8 @@ pub struct Deletion {
     pub target: Seq,
     /// The message's edits, now `Entry::Erased`.
     pub erased: Vec<Seq>,
+    /// Its place in the conversation's hash chain (`crate::chain`); always the last field.
+    pub chain: Chain,
 }
 
 /// A reaction added to a message, or taken back, stored at its own sequence number.
@@ -578,6 +636,8 @@ pub struct Reaction {
     pub reaction: String,
     /// `true`: the sender took the reaction back.
     pub removed: bool,
+    /// Its place in the conversation's hash chain (`crate::chain`); always the last field.
+    pub chain: Chain,
 }
 
 /// An edit whose content was erased because its message was deleted.
@@ -592,6 +652,40 @@ pub struct Erased {
     pub target: Seq,
     /// The deletion entry.
     pub deletion: Seq,
+    /// Its place in the conversation's hash chain (`crate::chain`); always the last field.
+    pub chain: Chain,
+}
+
+/// A SHA-256 value of the hash chain: a link or a digest.
+pub type Hash = [u8; 32];
+
+/// Where an entry is in its conversation's hash chain (`crate::chain`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Chain {
+    /// The entry's link: SHA-256 of the link before it and of the entry's digest.
+    pub link: Hash,
+    /// The entry's digest when its appended content was erased (a deleted message, an
+    /// erased edit), since it cannot be computed from what is left; `None` otherwise.
+    pub kept: Option<Hash>,
+}
+
+impl Chain {
+    /// Appends the chain's encoding, as it ends an entry's (33 bytes, 65 with a kept digest).
+    pub fn encode_to(&self, out: &mut Vec<u8>) {
+        // Encoding into a Vec cannot fail for protocol types.
+        let _ = crate::codec::encode_into(self, out);
+    }
+}
+
+/// An acknowledged entry's place in the hash chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Appended {
+    /// The entry's link.
+    pub link: Hash,
+    /// The entry's digest.
+    pub digest: Hash,
 }
 
 /// A membership change, stored in the room's log like a message.
@@ -610,6 +704,8 @@ pub struct MembershipEvent {
     pub subject: UserId,
     /// What changed.
     pub change: MembershipChange,
+    /// Its place in the conversation's hash chain (`crate::chain`); always the last field.
+    pub chain: Chain,
 }
 
 /// What a membership event did.

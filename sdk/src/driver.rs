@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use chat_protocol::chain::{Hash, Tracker};
 use chat_protocol::positions::{Positions, Pushed};
 use chat_protocol::{
     Auth, ClientFrame, ConversationId, Cursor, ErrorCode, Event, FrameDecoder, Goodbye,
@@ -141,7 +142,15 @@ pub(crate) struct Driver {
     /// has read `Lagged`.
     lagged: bool,
     next_id: u32,
+    /// Entries to read for the chain check: own entries acknowledged without their place in
+    /// the chain (a retry answered from the daemon's stored op ids); at most
+    /// [`MAX_FETCHES`], sent after the frame that asked for them.
+    fetches: Vec<(ConversationId, Seq)>,
 }
+
+/// Own entries read back for the chain check at once, at most; beyond, the tracker takes the
+/// chain up again after the hole (`chain::Tracker`).
+const MAX_FETCHES: usize = 64;
 
 /// What the application has taken from its event queue, per conversation: the cursors a
 /// cursor file keeps and [`crate::Client::cursors`] reports, so a later run resumes after
@@ -155,13 +164,29 @@ pub(crate) struct Progress {
     /// queue was full (it got `Lagged` instead): saved cursors stay before it.
     dropped: HashMap<ConversationId, Seq>,
     changed: bool,
+    /// Every conversation's hash chain as received (pushes, acks, history pages), checked
+    /// as it comes; its tips are saved with the cursors.
+    pub(crate) chains: Tracker,
 }
 
 impl Progress {
-    /// Starts from cursors loaded from a cursor file.
-    pub(crate) fn from_cursors(cursors: &[Cursor]) -> Progress {
+    /// Starts from what a cursor file kept. A chain tip before its conversation's cursor is
+    /// dropped: a resume replays only what follows the cursor, so the entries between would
+    /// never come to be checked (the chain is taken up again at the first entry received).
+    pub(crate) fn from_saved(saved: &Saved) -> Progress {
+        let taken: HashMap<ConversationId, Seq> = saved
+            .cursors
+            .iter()
+            .map(|c| (c.conversation, c.seq))
+            .collect();
+        let tips = saved
+            .tips
+            .iter()
+            .filter(|(c, seq, _)| taken.get(c).is_some_and(|cursor| seq >= cursor))
+            .copied();
         Progress {
-            taken: cursors.iter().map(|c| (c.conversation, c.seq)).collect(),
+            chains: Tracker::from_tips(tips),
+            taken,
             ..Progress::default()
         }
     }
@@ -232,6 +257,7 @@ impl Driver {
             progress,
             lagged: false,
             next_id: 1,
+            fetches: Vec::new(),
         }
     }
 
@@ -409,6 +435,26 @@ impl Driver {
             match live.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.frame(frame, &mut pending);
+                    for (conversation, seq) in std::mem::take(&mut self.fetches) {
+                        // Its answer goes through `frame` to the tracker, and nowhere else.
+                        let (reply, _) = oneshot::channel();
+                        let request = Request::History(chat_protocol::HistoryQuery {
+                            conversation,
+                            from: chat_protocol::HistoryFrom::After(Seq(seq.0 - 1)),
+                            limit: 1,
+                            order: chat_protocol::Order::OldestFirst,
+                            thread: None,
+                        });
+                        let id = self.id();
+                        let frame = ClientFrame::Request {
+                            id,
+                            request: request.clone(),
+                        };
+                        pending.push((id, request, reply));
+                        if write_frame(&mut live.send, &frame).await.is_err() {
+                            return (Ended::Lost, unanswered(pending));
+                        }
+                    }
                     continue;
                 }
                 Ok(None) => {}
@@ -474,6 +520,26 @@ impl Driver {
     fn frame(&mut self, frame: ServerFrame, pending: &mut Vec<(RequestId, Request, Reply)>) {
         let (id, answer) = match frame {
             ServerFrame::Response { id, response } => {
+                match &response {
+                    Response::Sent(ack) => match &ack.chain {
+                        Some(appended) => {
+                            let mut progress = self.progress.lock();
+                            progress.chains.acked(ack.conversation, ack.seq, appended);
+                            progress.changed = true;
+                        }
+                        // The entry is read back, so the chain goes on over it.
+                        None if ack.seq.0 > 0 && self.fetches.len() < MAX_FETCHES => {
+                            self.fetches.push((ack.conversation, ack.seq));
+                        }
+                        None => {}
+                    },
+                    Response::History(page) => {
+                        let mut progress = self.progress.lock();
+                        progress.chains.page(page);
+                        progress.changed = true;
+                    }
+                    _ => {}
+                }
                 if let Response::Sent(ack) = &response {
                     let before = self.positions.cursor(ack.conversation);
                     if let Some(after) = self.positions.acked(ack.conversation, ack.seq) {
@@ -543,6 +609,21 @@ impl Driver {
     /// Passes an event to the application, unless it is a log entry at or before the
     /// conversation's cursor (a repeat after a resume); moves the cursor.
     fn event(&mut self, event: Event) {
+        // Every entry is checked against its conversation's chain, repeats included (the
+        // one at the chain's tip must carry the link held for it).
+        let event = match event.into_entry() {
+            Ok(entry) => {
+                let mut progress = self.progress.lock();
+                progress.chains.entry(&entry);
+                progress.changed = true;
+                entry.into_event()
+            }
+            Err(Event::Gap(gap)) => {
+                self.progress.lock().chains.gap(&gap);
+                Event::Gap(gap)
+            }
+            Err(other) => other,
+        };
         let position = event.entry_position();
         if let Some((conversation, seq)) = position {
             match self.positions.pushed(conversation, seq) {
@@ -572,15 +653,18 @@ impl Driver {
         let Some(path) = &self.cursor_file else {
             return;
         };
-        let cursors = {
+        let saved = {
             let mut progress = self.progress.lock();
             if !progress.changed {
                 return;
             }
             progress.changed = false;
-            progress.cursors()
+            Saved {
+                cursors: progress.cursors(),
+                tips: progress.chains.tips(),
+            }
         };
-        if let Err(e) = save_cursor_file(path, &cursors) {
+        if let Err(e) = save_cursor_file(path, &saved) {
             eprintln!("chat-sdk: cannot save cursors to {}: {e}", path.display());
             self.progress.lock().changed = true; // try again at the next save
         }
@@ -622,39 +706,64 @@ async fn send_typing(live: &mut Live, update: TypingUpdate) -> Result<(), Error>
     write_frame(&mut live.send, &ClientFrame::Typing(update)).await
 }
 
-/// The cursors of a cursor file: a JSON list of `{"conversation": .., "seq": ..}`. A missing
-/// file is no cursors.
+/// What a cursor file keeps: the cursors, and the tips of the conversations' hash chains.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Saved {
+    pub(crate) cursors: Vec<Cursor>,
+    pub(crate) tips: Vec<(ConversationId, Seq, Hash)>,
+}
+
+/// The cursors of a cursor file: a JSON list of `{"conversation": .., "seq": ..}`, each with
+/// the conversation's chain tip when it has one (`"chain": {"seq": .., "link": "<hex>"}`). A
+/// missing file is no cursors.
 ///
 /// # Errors
 /// The file exists but cannot be read or parsed.
-pub(crate) fn load_cursor_file(path: &std::path::Path) -> Result<Vec<Cursor>, Error> {
+pub(crate) fn load_cursor_file(path: &std::path::Path) -> Result<Saved, Error> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(e) => return Err(Error::Config(format!("{}: {e}", path.display()))),
     };
-    let saved: Vec<SavedCursor> = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    Ok(saved
-        .into_iter()
-        .map(|c| Cursor {
-            // A hand-edited file may name a direct conversation's pair in either order.
-            conversation: match c.conversation {
-                ConversationId::Direct { low, high } => ConversationId::direct(low, high),
-                other => other,
-            },
+    let invalid = |e: &dyn std::fmt::Display| Error::Config(format!("{}: {e}", path.display()));
+    let saved: Vec<SavedCursor> = serde_json::from_slice(&bytes).map_err(|e| invalid(&e))?;
+    let mut loaded = Saved::default();
+    for c in saved {
+        // A hand-edited file may name a direct conversation's pair in either order.
+        let conversation = match c.conversation {
+            ConversationId::Direct { low, high } => ConversationId::direct(low, high),
+            other => other,
+        };
+        loaded.cursors.push(Cursor {
+            conversation,
             seq: c.seq,
-        })
-        .collect())
+        });
+        if let Some(tip) = c.chain {
+            let mut link = [0u8; 32];
+            hex::decode_to_slice(&tip.link, &mut link).map_err(|e| invalid(&e))?;
+            loaded.tips.push((conversation, tip.seq, link));
+        }
+    }
+    Ok(loaded)
 }
 
-/// Writes a cursor file atomically (a temp file renamed over it).
-fn save_cursor_file(path: &std::path::Path, cursors: &[Cursor]) -> std::io::Result<()> {
-    let saved: Vec<SavedCursor> = cursors
+/// Writes a cursor file atomically (a temp file renamed over it). A tip is kept with its
+/// conversation's cursor.
+fn save_cursor_file(path: &std::path::Path, saved: &Saved) -> std::io::Result<()> {
+    let saved: Vec<SavedCursor> = saved
+        .cursors
         .iter()
         .map(|c| SavedCursor {
             conversation: c.conversation,
             seq: c.seq,
+            chain: saved
+                .tips
+                .iter()
+                .find(|(tip, _, _)| *tip == c.conversation)
+                .map(|(_, seq, link)| SavedTip {
+                    seq: *seq,
+                    link: hex::encode(link),
+                }),
         })
         .collect();
     let json = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
@@ -667,6 +776,14 @@ fn save_cursor_file(path: &std::path::Path, cursors: &[Cursor]) -> std::io::Resu
 struct SavedCursor {
     conversation: ConversationId,
     seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<SavedTip>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedTip {
+    seq: Seq,
+    link: String,
 }
 
 pub(crate) async fn write_frame(
@@ -743,19 +860,33 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chat-sdk-cursors-{}", crate::random_u64()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("cursors.json");
-        assert!(load_cursor_file(&path).unwrap().is_empty());
-        let cursors = vec![
-            Cursor {
-                conversation: ConversationId::direct(UserId(1), UserId(2)),
-                seq: Seq(7),
-            },
-            Cursor {
-                conversation: ConversationId::Room(RoomId(3)),
-                seq: Seq(0),
-            },
-        ];
-        save_cursor_file(&path, &cursors).unwrap();
-        assert_eq!(load_cursor_file(&path).unwrap(), cursors);
+        assert_eq!(load_cursor_file(&path).unwrap(), Saved::default());
+        let room = ConversationId::Room(RoomId(3));
+        let saved = Saved {
+            cursors: vec![
+                Cursor {
+                    conversation: ConversationId::direct(UserId(1), UserId(2)),
+                    seq: Seq(7),
+                },
+                Cursor {
+                    conversation: room,
+                    seq: Seq(4),
+                },
+            ],
+            tips: vec![(room, Seq(5), [0xab; 32])],
+        };
+        save_cursor_file(&path, &saved).unwrap();
+        assert_eq!(load_cursor_file(&path).unwrap(), saved);
+        // A tip at or after its cursor is followed on; one before it is dropped.
+        let progress = Progress::from_saved(&saved);
+        assert_eq!(progress.chains.tips(), saved.tips);
+        let mut behind = saved.clone();
+        behind.tips[0].1 = Seq(3);
+        assert!(Progress::from_saved(&behind).chains.tips().is_empty());
+        // A file from before tips were kept still loads.
+        let direct = r#"[{"conversation":{"room":3},"seq":4}]"#;
+        std::fs::write(&path, direct).unwrap();
+        assert_eq!(load_cursor_file(&path).unwrap().cursors, saved.cursors[1..]);
         std::fs::write(&path, b"not json").unwrap();
         assert!(matches!(load_cursor_file(&path), Err(Error::Config(_))));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -115,6 +115,21 @@ pub enum Error {
     Interrupted,
 }
 
+/// What [`Client::verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Entries checked.
+    pub entries: u64,
+    /// Of them, entries whose content was erased, checked by their kept digest.
+    pub erased: u64,
+    /// The last entry that follows the chain (0: none) ...
+    pub head: Seq,
+    /// ... and its link (the chain's start for 0).
+    pub link: chat_protocol::Hash,
+    /// The first entry that does not, if one does not.
+    pub broken: Option<chat_protocol::chain::Break>,
+}
+
 impl Error {
     /// The wire error code, for errors the daemon sent.
     #[must_use]
@@ -342,10 +357,11 @@ impl Client {
             ));
         config.transport_config(std::sync::Arc::new(transport));
         endpoint.set_default_client_config(config);
-        let stored = match &options.cursor_file {
+        let saved = match &options.cursor_file {
             Some(path) => driver::load_cursor_file(path)?,
-            None => Vec::new(),
+            None => driver::Saved::default(),
         };
+        let stored = saved.cursors.clone();
         let dial = Dial {
             endpoint,
             addr,
@@ -365,9 +381,9 @@ impl Client {
         let (status_tx, status) = watch::channel(Status::Connected);
         let closing = std::sync::Arc::new(tokio::sync::Notify::new());
         let baseline = options.reconnect.is_some() && hello.session.is_some() && stored.is_empty();
-        let progress = std::sync::Arc::new(parking_lot::Mutex::new(
-            driver::Progress::from_cursors(&stored),
-        ));
+        let progress = std::sync::Arc::new(parking_lot::Mutex::new(driver::Progress::from_saved(
+            &saved,
+        )));
         let driver = Driver::new(
             dial,
             options,
@@ -457,6 +473,22 @@ impl Client {
     #[must_use]
     pub fn cursors(&self) -> Vec<Cursor> {
         self.progress.lock().cursors()
+    }
+
+    /// What checking the conversations' hash chains found so far (docs/PROTOCOL.md section
+    /// 8.12): entries checked, chains taken on trust (a conversation's first link seen, or
+    /// after a hole), and the chains that broke — a daemon (or store) that altered, dropped
+    /// or reordered an entry, or gave this client another history than before.
+    #[must_use]
+    pub fn chain_report(&self) -> chat_protocol::chain::Report {
+        self.progress.lock().chains.report().clone()
+    }
+
+    /// The last entry of `conversation` whose chain this client followed, and its link: two
+    /// clients holding the same link for the same entry hold the same history up to it.
+    #[must_use]
+    pub fn chain_tip(&self, conversation: ConversationId) -> Option<(Seq, chat_protocol::Hash)> {
+        self.progress.lock().chains.tip(conversation)
     }
 
     /// Sends any request and waits for its response.
@@ -778,6 +810,63 @@ impl Client {
     ) -> Result<HistoryPage, Error> {
         self.page(conversation, from, limit, order, Some(root))
             .await
+    }
+
+    /// Checks a conversation's whole log, page by page from its first entry, against its hash
+    /// chain (docs/PROTOCOL.md section 8.12), and against the link this client was given
+    /// before for the entry at its chain tip ([`Client::chain_tip`]), if it holds one. The
+    /// head's link is what to compare with other members to show that they were all given
+    /// the same history.
+    ///
+    /// # Errors
+    /// `NOT_MEMBER`, or a connection error.
+    pub async fn verify(&self, conversation: ConversationId) -> Result<Verified, Error> {
+        let held = self.chain_tip(conversation);
+        let mut verifier = chat_protocol::chain::Verifier::new(conversation);
+        let (mut entries, mut erased) = (0, 0);
+        let broken = 'pages: loop {
+            let after = verifier.tip().0;
+            let limit = self.hello.limits.max_page;
+            let page = self
+                .history(
+                    conversation,
+                    HistoryFrom::After(Seq(after)),
+                    limit,
+                    Order::OldestFirst,
+                )
+                .await?;
+            for entry in &page.entries {
+                let seq = entry.seq();
+                let mut checked = verifier.check_entry(entry);
+                if checked.is_ok()
+                    && let Some((held_seq, held_link)) = held
+                    && held_seq == seq
+                    && held_link != entry.chain().link
+                {
+                    checked = Err(chat_protocol::chain::ChainError::Link);
+                }
+                if let Err(error) = checked {
+                    break 'pages Some(chat_protocol::chain::Break {
+                        conversation,
+                        seq,
+                        error,
+                    });
+                }
+                entries += 1;
+                erased += u64::from(chat_protocol::chain::erased(entry));
+            }
+            if !page.more || page.entries.is_empty() {
+                break None;
+            }
+        };
+        let (head, link) = verifier.tip();
+        Ok(Verified {
+            entries,
+            erased,
+            head: Seq(head),
+            link,
+            broken,
+        })
     }
 
     async fn page(

@@ -380,6 +380,11 @@ fn answer(
                     seq: Seq(0),
                     ts,
                     duplicate: false,
+                    // No chain here, but the same bytes on the wire as chatd's ack.
+                    chain: Some(chat_protocol::Appended {
+                        link: [0; 32],
+                        digest: [0; 32],
+                    }),
                 }),
             };
             let event = encode(&ServerFrame::Event(Event::Message(Message {
@@ -395,6 +400,7 @@ fn answer(
                 deleted: None,
                 mentions: Vec::new(),
                 reactions: Vec::new(),
+                chain: chat_protocol::Chain::default(),
             })));
             let all = shared.rooms.read();
             let counts = all.get(&send.conversation).map_or(&[][..], Vec::as_slice);

@@ -103,11 +103,18 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
                     Some(root) => store.thread(c, root, from, limit, order, head)?,
                     None => store.history(c, from, limit, order, head)?,
                 };
+                // A log page is checked from the link before its lowest entry.
+                let lowest = entries.iter().map(chat_protocol::Entry::seq).min();
+                let prior = match (query.thread, lowest) {
+                    (None, Some(first)) => Some(store.prior(c, first)?),
+                    _ => None,
+                };
                 let page = HistoryPage {
                     conversation: query.conversation,
                     entries,
                     head,
                     more,
+                    prior,
                 };
                 Ok(response(to.request, Response::History(page)))
             }),

@@ -1,10 +1,18 @@
-//! Checking the stored hash chains (`chat_protocol::chain`): every entry has its link, an
-//! entry that holds its appended content matches its digest, each link follows from the one
+//! Checking the stored hash chains (`chat_protocol::chain`): every entry has its link (and
+//! carries it), an entry that holds its appended content matches its digest, each link follows from the one
 //! before, and no link is left of an entry the log lost. `chatd verify` runs it over a data
 //! directory. An entry dropped together with its link at the end of a conversation leaves
 //! nothing behind in the store: only a client that holds a later link can tell.
 
 use super::*;
+
+/// Whether `entry` carries the link and, erased, the digest stored for it in `links` (an
+/// erased edit's row holds none: reads take them from `links`).
+pub(crate) fn carries(entry: &Entry, link: &chain::Hash, digest: &chain::Hash) -> bool {
+    let own = entry.chain();
+    matches!(entry, Entry::Erased(_))
+        || (own.link == *link && own.kept == chain::erased(entry).then_some(*digest))
+}
 
 /// What a check of the stored chains found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -61,6 +69,9 @@ impl Store {
                 None => Err("no link".to_owned()),
                 // The kept digest: what an erased entry is checked by, and what any other
                 // must still match.
+                Some((link, digest)) if !carries(&entry, &link, &digest) => {
+                    Err("the entry carries another link than the one stored beside it".to_owned())
+                }
                 Some((link, digest)) => verifier
                     .check(&entry, &link, Some(&digest))
                     .map_err(|e| e.to_string()),

@@ -17,6 +17,8 @@ pub mod writer;
 
 pub use catch_up::{CatchUp, ENTRY_OVERHEAD, MAX_ENTRY_CHARGE, REPLAY_CHUNK, ReplayItem};
 pub use chains::ChainReport;
+#[cfg(test)]
+pub(crate) use chains::carries;
 pub use reads::PAGE_BYTES;
 pub(crate) use records::decode_sender_op;
 pub use records::{
@@ -154,7 +156,9 @@ pub const FORMAT_KEY: &[u8] = b"store.format";
 ///   `threads` index lists the replies to each entry.
 /// - 4: the `links` column family holds every entry's link and digest (its conversation's
 ///   hash chain).
-pub const FORMAT: u32 = 4;
+/// - 5: every entry's encoding ends with its place in the chain (`Chain`), as clients get
+///   it; an erased edit's row holds none (reads take it from `links`).
+pub const FORMAT: u32 = 5;
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
 #[derive(Clone)]
@@ -416,15 +420,33 @@ impl Store {
         if head == Seq(0) {
             return Ok(None);
         }
-        let row = self.get(Cf::Links, &keys::log(c, head))?;
-        let link = row
-            .as_deref()
+        Ok(Some(self.link(c, head)?.0))
+    }
+
+    /// The link and digest of the entry `seq` of `c`.
+    ///
+    /// # Errors
+    /// RocksDB errors, or an entry with no link (a store this chatd did not write).
+    pub fn link(&self, c: ConversationId, seq: Seq) -> Result<(chain::Hash, chain::Hash), Error> {
+        let row = self.get(Cf::Links, &keys::log(c, seq))?;
+        row.as_deref()
             .and_then(records::parse_link)
-            .map(|(link, _)| link);
-        link.map(Some).ok_or_else(|| Error::Corrupt {
-            cf: Cf::Links,
-            message: format!("no link for entry {} of {c:?}", head.0),
-        })
+            .ok_or_else(|| Error::Corrupt {
+                cf: Cf::Links,
+                message: format!("no link for entry {} of {c:?}", seq.0),
+            })
+    }
+
+    /// The link of the entry before `first` (the chain's start before entry 1): what a page
+    /// beginning at `first` is checked from (`HistoryPage::prior`).
+    ///
+    /// # Errors
+    /// As [`Store::link`].
+    pub fn prior(&self, c: ConversationId, first: Seq) -> Result<chain::Hash, Error> {
+        match first.0 {
+            0 | 1 => Ok(chain::genesis(c)),
+            n => Ok(self.link(c, Seq(n - 1))?.0),
+        }
     }
 
     /// The most recent sends of `sender` in `c` (at most `limit`), oldest first: what the

@@ -36,7 +36,7 @@ impl Store {
                     more = true;
                     return Ok(false);
                 }
-                let entry = decode_entry(value)?;
+                let entry = self.served(decode_entry(value)?)?;
                 bytes += entry.charge() + ENTRY_OVERHEAD;
                 if bytes > PAGE_BYTES && !entries.is_empty() {
                     more = true;
@@ -105,7 +105,7 @@ impl Store {
                     ),
                 });
             };
-            let entry = decode_entry(&value)?;
+            let entry = self.served(decode_entry(&value)?)?;
             bytes += entry.charge() + ENTRY_OVERHEAD;
             if bytes > PAGE_BYTES && !entries.is_empty() {
                 more = true;
@@ -117,6 +117,23 @@ impl Store {
             entries.reverse();
         }
         Ok((entries, more))
+    }
+
+    /// An entry as clients get it: an erased edit's row does not hold its place in the chain
+    /// (the delete that wrote it did not read the edit), so it is taken from `links`, with
+    /// the edit's digest kept there.
+    ///
+    /// # Errors
+    /// As [`Store::link`].
+    pub(super) fn served(&self, mut entry: Entry) -> Result<Entry, Error> {
+        if let Entry::Erased(erased) = &mut entry {
+            let (link, digest) = self.link(erased.conversation, erased.seq)?;
+            erased.chain = chat_protocol::Chain {
+                link,
+                kept: Some(digest),
+            };
+        }
+        Ok(entry)
     }
 
     /// Walks `cf` from `start` (forward: from the first key at or after it; backward: from

@@ -26,7 +26,16 @@ pub(super) const UPGRADES: &[Upgrade] = &[
         "chains every conversation's entries (the links column family)",
         chain_every_log,
     ),
+    (
+        4,
+        "rewrites every entry with its place in the chain",
+        links_in_entries,
+    ),
 ];
+
+/// The encoding of a `Chain` not set yet (zero link, no kept digest): what the steps before
+/// format 5 append to a row to read it as today's `Entry`, whose last field is its chain.
+const NO_CHAIN: [u8; 33] = [0; 33];
 
 /// Rows written in one batch while upgrading.
 const BATCH_ROWS: usize = 4096;
@@ -35,8 +44,10 @@ const BATCH_ROWS: usize = 4096;
 /// and `deleted`), so a message stored by version 1 gets their encoding of `None`, two zero
 /// bytes.
 fn messages_in_version_2(store: &Store) -> Result<(), Error> {
-    // Read through today's `Message`, which the next step extends by two empty lists.
-    extend_messages(store, &[0, 0], &[0, 0], |_, _| {})?;
+    // Read through today's `Message`, which the later steps extend by two empty lists and a
+    // chain.
+    let later = [&[0, 0][..], &NO_CHAIN].concat();
+    extend_messages(store, &[0, 0], &later, |_, _| {})?;
     tracing::info!("stored messages rewritten in protocol version 2's encoding");
     Ok(())
 }
@@ -46,7 +57,7 @@ fn messages_in_version_2(store: &Store) -> Result<(), Error> {
 /// in the `threads` index (rewriting one that exists is harmless).
 fn messages_with_reactions(store: &Store) -> Result<(), Error> {
     let threads = store.cf(Cf::Threads)?;
-    extend_messages(store, &[0, 0], &[], |batch, message| {
+    extend_messages(store, &[0, 0], &NO_CHAIN, |batch, message| {
         if let Some(root) = message.reply_to {
             let key = keys::thread(message.conversation, root, message.seq);
             batch.put_cf(threads, key, []);
@@ -63,8 +74,18 @@ fn messages_with_reactions(store: &Store) -> Result<(), Error> {
 fn chain_every_log(store: &Store) -> Result<(), Error> {
     let links = store.cf(Cf::Links)?;
     let mut current: Option<(ConversationId, chain::Hash)> = None;
+    let mut row = Vec::new();
     let chained = each_log_row(store, |batch, key, value| {
-        let entry = decode_entry(value)?;
+        // A row of format 5 already (a store stamped back by hand, or a test) reads as it is.
+        let entry = match Entry::decode_from(value) {
+            Ok(entry) => entry,
+            Err(_) => {
+                row.clear();
+                row.extend_from_slice(value);
+                row.extend_from_slice(&NO_CHAIN);
+                decode_entry(&row)?
+            }
+        };
         let c = entry.conversation();
         let tip = match current {
             Some((at, tip)) if at == c => tip,
@@ -77,6 +98,40 @@ fn chain_every_log(store: &Store) -> Result<(), Error> {
         Ok(())
     })?;
     tracing::info!(chained, "every conversation's entries chained");
+    Ok(())
+}
+
+/// Format 4 to 5: every entry's encoding ends with its `Chain` (its link, and the digest of
+/// an entry whose content was erased), taken from the `links` row written by the step
+/// before. A row that decodes as it is was rewritten by an interrupted run.
+fn links_in_entries(store: &Store) -> Result<(), Error> {
+    let (cf, links) = (store.cf(Cf::Log)?, store.cf(Cf::Links)?);
+    let mut row = Vec::new();
+    let rewritten = each_log_row(store, |batch, key, value| {
+        if Entry::decode_from(value).is_ok() {
+            return Ok(());
+        }
+        row.clear();
+        row.extend_from_slice(value);
+        row.extend_from_slice(&NO_CHAIN);
+        let entry = decode_entry(&row)?;
+        let stored = store.db.get_pinned_cf(links, key)?;
+        let Some((link, digest)) = stored.as_deref().and_then(parse_link) else {
+            return Err(Error::Corrupt {
+                cf: Cf::Links,
+                message: format!("no link for {:?} {:?}", entry.conversation(), entry.seq()),
+            });
+        };
+        let chain = chat_protocol::Chain {
+            link,
+            kept: chain::erased(&entry).then_some(digest),
+        };
+        row.truncate(value.len());
+        chain.encode_to(&mut row);
+        batch.put_cf(cf, key, &row);
+        Ok(())
+    })?;
+    tracing::info!(rewritten, "every entry rewritten with its link");
     Ok(())
 }
 
@@ -121,6 +176,14 @@ fn extend_messages(
     let mut row = Vec::new();
     let mut rewritten = 0u64;
     each_log_row(store, |batch, key, value| {
+        // A row in today's encoding needs nothing (the later steps' rows, when a store is
+        // stamped back by hand, or a test); a shorter one cannot read as today's.
+        if let Ok(entry) = Entry::decode_from(value) {
+            if let Entry::Message(message) = &entry {
+                each(batch, message);
+            }
+            return Ok(());
+        }
         row.clear();
         row.extend_from_slice(value);
         row.extend_from_slice(later);
@@ -173,17 +236,33 @@ mod tests {
             deleted: None,
             mentions: Vec::new(),
             reactions: Vec::new(),
+            chain: chat_protocol::Chain::default(),
         }
     }
 
+    /// Message `seq` as it reads after the upgrade: with its link.
+    fn chained(seq: u64) -> Entry {
+        let c = ConversationId::Room(RoomId(5));
+        let mut link = chat_protocol::chain::genesis(c);
+        for at in 1..=seq {
+            let digest = chat_protocol::chain::digest(&Entry::Message(message(at)));
+            link = chat_protocol::chain::link(&link, &digest);
+        }
+        let mut entry = Entry::Message(message(seq));
+        entry.chain_mut().link = link;
+        entry
+    }
+
     /// Message `seq` in the encoding of format `format` (1: without the last four fields,
-    /// each `None` or empty; 2: without the last two).
+    /// each `None` or empty, and its chain; 2: without the last two and its chain; 3 and 4:
+    /// without its chain; 5: as it reads after the upgrade).
     fn stored(seq: u64, format: u32) -> Vec<u8> {
         let mut bytes = Vec::new();
-        Entry::Message(message(seq)).encode_to(&mut bytes);
+        chained(seq).encode_to(&mut bytes);
         let cut = match format {
-            1 => 4,
-            2 => 2,
+            1 => 4 + NO_CHAIN.len(),
+            2 => 2 + NO_CHAIN.len(),
+            3 | 4 => NO_CHAIN.len(),
             _ => 0,
         };
         bytes.truncate(bytes.len() - cut);
@@ -228,7 +307,7 @@ mod tests {
         assert_eq!(store.format().unwrap(), Some(FORMAT));
         for seq in 1..=3 {
             let entry = store.entry(c, Seq(seq)).unwrap();
-            assert_eq!(entry, Some(Entry::Message(message(seq))));
+            assert_eq!(entry, Some(chained(seq)));
         }
         assert_eq!(thread_of_1(&store), [Seq(2), Seq(3)]);
         drop(store);
@@ -237,26 +316,41 @@ mod tests {
         let store = reopened_at(&path, 2, &[(4, 2), (5, 3)]);
         for seq in 1..=5 {
             let entry = store.entry(c, Seq(seq)).unwrap();
-            assert_eq!(entry, Some(Entry::Message(message(seq))));
+            assert_eq!(entry, Some(chained(seq)));
         }
         assert_eq!(thread_of_1(&store), [Seq(2), Seq(3), Seq(4), Seq(5)]);
+        drop(store);
+        // Format 4 (entries without their chain; links written by the step to format 4,
+        // which this store ran already), seq 7 as an interrupted upgrade to format 5 left it.
+        let store = Store::open(&path).unwrap();
+        let (log, links) = (store.cf(Cf::Log).unwrap(), store.cf(Cf::Links).unwrap());
+        for (seq, written) in [(6, 4), (7, 5)] {
+            let key = keys::log(c, Seq(seq));
+            store.db.put_cf(log, key, stored(seq, written)).unwrap();
+            let digest = chat_protocol::chain::digest(&chained(seq));
+            let link = encode_link(&chained(seq).chain().link, &digest);
+            store.db.put_cf(links, key, link).unwrap();
+        }
+        store.stamp(4).unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        for seq in 1..=7 {
+            let entry = store.entry(c, Seq(seq)).unwrap();
+            assert_eq!(entry, Some(chained(seq)));
+        }
         // Every entry is chained, and the chain holds.
         let report = store.verify_chains(None).unwrap();
-        assert_eq!((report.conversations, report.entries), (1, 5));
+        assert_eq!((report.conversations, report.entries), (1, 7));
         assert_eq!(report.broken, []);
         assert_eq!(store.chain_tip(c, Seq(0)).unwrap(), None);
-        assert_eq!(store.chain_tip(c, Seq(5)).unwrap(), {
-            let mut link = chat_protocol::chain::genesis(c);
-            for seq in 1..=5 {
-                let digest = chat_protocol::chain::digest(&Entry::Message(message(seq)));
-                link = chat_protocol::chain::link(&link, &digest);
-            }
-            Some(link)
-        });
+        assert_eq!(
+            store.chain_tip(c, Seq(7)).unwrap(),
+            Some(chained(7).chain().link)
+        );
         // A row that is no entry in any encoding stops the upgrade.
         store
             .db
-            .put_cf(store.cf(Cf::Log).unwrap(), keys::log(c, Seq(6)), [9, 9])
+            .put_cf(store.cf(Cf::Log).unwrap(), keys::log(c, Seq(8)), [9, 9])
             .unwrap();
         store.stamp(1).unwrap();
         drop(store);

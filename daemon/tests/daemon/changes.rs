@@ -146,8 +146,11 @@ async fn the_author_edits_and_deletes_and_members_see_it_live_and_in_history() {
                 seq: Seq(seq),
                 target: Seq(1),
                 deletion: Seq(4),
+                chain: *entry.chain(),
             })
         );
+        // Checked by the edit's digest, kept.
+        assert!(entry.chain().kept.is_some());
     }
     assert!(matches!(&entries[3], Entry::Deletion(d) if d.target == Seq(1)));
     // Nothing more can happen to it.

@@ -121,6 +121,8 @@ pub(crate) fn acked(context: &Context, shared: &Shared, sent: Sent, confirmed: b
             sender: shared.id,
             conversation: sent.stream,
             seq: Seq(sent.seq),
+            // A broker chains nothing.
+            chain: None,
         });
     });
 }
@@ -148,8 +150,12 @@ pub(crate) fn delivered(context: &Context, shared: &Shared, room: RoomId, body: 
         if context.clock.measured(op) {
             record_latency(&mut m.delivery, op, now);
         }
-        m.records
-            .push(Record::Delivered(shared.id, stream(room, sender), Seq(seq)));
+        m.records.push(Record::Delivered(
+            shared.id,
+            stream(room, sender),
+            Seq(seq),
+            None,
+        ));
     });
 }
 

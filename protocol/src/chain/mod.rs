@@ -11,18 +11,23 @@
 //!   bytes); an edit with its body replaced the same way. Hashing bodies lets a digest stand
 //!   for an entry whose content is later erased.
 //!
-//! The daemon keeps each entry's link and digest; an entry that holds its original content
-//! checks against its digest, and the digest of an erased one (a deleted message, an erased
-//! edit) is taken as kept.
+//! An entry's encoding ends with its [`Chain`] (its link, and the kept digest of an erased
+//! entry); the digest covers the encoding before it. The daemon keeps each entry's link and
+//! digest; an entry that holds its original content checks against its digest, and the
+//! digest of an erased one (a deleted message, an erased edit) is taken as kept.
+//! [`Verifier`] checks a run of entries; [`Tracker`] follows every conversation a client
+//! receives entries of, in whatever order pushes, acks and history pages bring them.
 
 use sha2::{Digest as _, Sha256};
 
 use crate::codec::encode_into;
 use crate::ids::ConversationId;
-use crate::server::{Edit, Entry, Message};
+pub use crate::server::Hash;
+use crate::server::{Chain, Edit, Entry, Message};
 
-/// A SHA-256 value of the chain: a link or a digest.
-pub type Hash = [u8; 32];
+mod tracker;
+
+pub use tracker::{Break, MAX_AHEAD, MAX_BREAKS, Report, Tracker};
 
 /// The link before a conversation's first entry.
 #[must_use]
@@ -40,46 +45,57 @@ pub fn genesis(conversation: ConversationId) -> Hash {
 /// or deleted; a deleted message's body is gone, so its digest must be computed before.
 #[must_use]
 pub fn digest(entry: &Entry) -> Hash {
-    let appended;
-    let entry = match entry {
-        Entry::Message(m) => {
-            appended = Entry::Message(Message {
-                conversation: m.conversation,
-                seq: m.seq,
-                ts: m.ts,
-                sender: m.sender,
-                op: m.op,
-                content_type: m.content_type,
-                reply_to: m.reply_to,
-                body: Sha256::digest(&m.body).to_vec(),
-                edited: None,
-                deleted: None,
-                mentions: m.mentions.clone(),
-                reactions: Vec::new(),
-            });
-            &appended
-        }
-        Entry::Edit(e) => {
-            appended = Entry::Edit(Edit {
-                conversation: e.conversation,
-                seq: e.seq,
-                ts: e.ts,
-                sender: e.sender,
-                op: e.op,
-                target: e.target,
-                content_type: e.content_type,
-                body: Sha256::digest(&e.body).to_vec(),
-            });
-            &appended
-        }
-        other => other,
-    };
-    let mut encoded = Vec::with_capacity(96);
+    match entry {
+        Entry::Message(m) => message_digest(m),
+        Entry::Edit(e) => appended_digest(&Entry::Edit(Edit {
+            conversation: e.conversation,
+            seq: e.seq,
+            ts: e.ts,
+            sender: e.sender,
+            op: e.op,
+            target: e.target,
+            content_type: e.content_type,
+            body: Sha256::digest(&e.body).to_vec(),
+            chain: Chain::default(),
+        })),
+        other => appended_digest(other),
+    }
+}
+
+/// The digest of a message entry ([`digest`]), from the message alone.
+#[must_use]
+pub fn message_digest(m: &Message) -> Hash {
+    appended_digest(&Entry::Message(Message {
+        conversation: m.conversation,
+        seq: m.seq,
+        ts: m.ts,
+        sender: m.sender,
+        op: m.op,
+        content_type: m.content_type,
+        reply_to: m.reply_to,
+        body: Sha256::digest(&m.body).to_vec(),
+        edited: None,
+        deleted: None,
+        mentions: m.mentions.clone(),
+        reactions: Vec::new(),
+        chain: Chain::default(),
+    }))
+}
+
+/// SHA-256 over the prefix and an entry's encoding up to its chain, its last field.
+fn appended_digest(entry: &Entry) -> Hash {
+    let mut encoded = Vec::with_capacity(160);
     entry.encode_to(&mut encoded);
+    encoded.truncate(encoded.len() - encoded_len(entry.chain()));
     let mut hasher = Sha256::new();
     hasher.update(b"chatd-entry-v1");
     hasher.update(&encoded);
     hasher.finalize().into()
+}
+
+/// The length of a chain's encoding: the link, then the kept digest as an option.
+fn encoded_len(chain: &Chain) -> usize {
+    32 + 1 + if chain.kept.is_some() { 32 } else { 0 }
 }
 
 /// The link after `previous` for an entry with `digest`.
@@ -188,6 +204,15 @@ impl Verifier {
         (self.seq, self.tip) = (found, next);
         Ok(())
     }
+
+    /// Checks the next entry against the link and kept digest it carries ([`Entry::chain`]).
+    ///
+    /// # Errors
+    /// [`ChainError`], as [`Verifier::check`].
+    pub fn check_entry(&mut self, entry: &Entry) -> Result<(), ChainError> {
+        let chain = *entry.chain();
+        self.check(entry, &chain.link, chain.kept.as_ref())
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +220,7 @@ mod tests {
     use super::*;
     use crate::client::ContentType;
     use crate::ids::{OpId, RoomId, Seq, Timestamp, UserId};
-    use crate::server::{Deleted, Reactions};
+    use crate::server::{Deleted, Reaction, Reactions};
 
     fn message(body: &[u8]) -> Message {
         Message {
@@ -211,6 +236,7 @@ mod tests {
             deleted: None,
             mentions: vec![UserId(2)],
             reactions: Vec::new(),
+            chain: Chain::default(),
         }
     }
 
@@ -222,8 +248,31 @@ mod tests {
         normalised.body = Sha256::digest(b"hello").to_vec();
         let mut encoded = Vec::new();
         Entry::Message(normalised).encode_to(&mut encoded);
-        let expected: Hash = Sha256::digest([&b"chatd-entry-v1"[..], &encoded].concat()).into();
+        // Without the chain, the last field: a link and an absent kept digest.
+        let appended = &encoded[..encoded.len() - 33];
+        let expected: Hash = Sha256::digest([&b"chatd-entry-v1"[..], appended].concat()).into();
         assert_eq!(first, expected);
+        // So the entry's own place in the chain is not part of it.
+        let mut placed = message(b"hello");
+        placed.chain = Chain {
+            link: [7; 32],
+            kept: Some([9; 32]),
+        };
+        assert_eq!(digest(&Entry::Message(placed)), first);
+        let mut reaction = Reaction {
+            conversation: ConversationId::Room(RoomId(5)),
+            seq: Seq(44),
+            ts: Timestamp(1),
+            sender: UserId(2),
+            op: OpId(1),
+            target: Seq(43),
+            reaction: "👍".into(),
+            removed: false,
+            chain: Chain::default(),
+        };
+        let unplaced = digest(&Entry::Reaction(reaction.clone()));
+        reaction.chain.link = [1; 32];
+        assert_eq!(digest(&Entry::Reaction(reaction)), unplaced);
         // Later changes (edits, reactions, the deletion) are entries of their own: the
         // message's digest does not move with them.
         let mut changed = message(b"hello");

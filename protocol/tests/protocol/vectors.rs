@@ -18,6 +18,56 @@ const TS: Timestamp = Timestamp(1_795_000_000_000);
 const ALICE: UserId = UserId(1);
 const BOB: UserId = UserId(2);
 const ROOM: RoomId = RoomId(5);
+/// A link in vectors that are about encoding, not about the chain (`history-chained` is).
+const LINK: chain::Hash = [0xc4; 32];
+
+/// An entry's place in the chain, as the vectors about encoding show it.
+fn placed() -> Chain {
+    Chain {
+        link: LINK,
+        kept: None,
+    }
+}
+
+/// Entries 1..=3 of room 5 as appended, each with its real link: what `history-chained`
+/// holds.
+fn chained_entries() -> Vec<Entry> {
+    let room = ConversationId::Room(ROOM);
+    let mut entries = vec![
+        Entry::Membership(MembershipEvent {
+            conversation: room,
+            seq: Seq(1),
+            ts: TS,
+            actor: ALICE,
+            subject: ALICE,
+            change: MembershipChange::Created {
+                name: "general".into(),
+                invite_only: false,
+            },
+            chain: Chain::default(),
+        }),
+        Entry::Membership(MembershipEvent {
+            conversation: room,
+            seq: Seq(2),
+            ts: TS,
+            actor: BOB,
+            subject: BOB,
+            change: MembershipChange::Joined,
+            chain: Chain::default(),
+        }),
+        Entry::Message(Message {
+            seq: Seq(3),
+            reply_to: None,
+            ..hello_message()
+        }),
+    ];
+    let mut tip = chain::genesis(room);
+    for entry in &mut entries {
+        tip = chain::link(&tip, &chain::digest(entry));
+        entry.chain_mut().link = tip;
+    }
+    entries
+}
 
 fn request(id: u32, request: Request) -> ClientFrame {
     ClientFrame::Request {
@@ -47,6 +97,22 @@ fn hello_message() -> Message {
         deleted: None,
         mentions: Vec::new(),
         reactions: Vec::new(),
+        chain: placed(),
+    }
+}
+
+/// The edit of `hello_message` (event-edit).
+fn hello_edit() -> Edit {
+    Edit {
+        conversation: ConversationId::Room(ROOM),
+        seq: Seq(45),
+        ts: TS,
+        sender: ALICE,
+        op: OpId(78),
+        target: Seq(43),
+        content_type: ContentType::TEXT,
+        body: b"hello!".to_vec(),
+        chain: placed(),
     }
 }
 
@@ -180,6 +246,10 @@ fn vectors() -> Vec<Vector> {
                     seq: Seq(43),
                     ts: TS,
                     duplicate: false,
+                    chain: Some(Appended {
+                        link: LINK,
+                        digest: chain::message_digest(&hello_message()),
+                    }),
                 }),
             ),
         ),
@@ -207,6 +277,7 @@ fn vectors() -> Vec<Vector> {
                 actor: BOB,
                 subject: BOB,
                 change: MembershipChange::Joined,
+                chain: placed(),
             })),
         ),
         Server(
@@ -235,11 +306,13 @@ fn vectors() -> Vec<Vector> {
                                 name: "general".into(),
                                 invite_only: false,
                             },
+                            chain: placed(),
                         }),
                         Entry::Message(hello_message()),
                     ],
                     head: Seq(44),
                     more: false,
+                    prior: Some(LINK),
                 }),
             ),
         ),
@@ -337,19 +410,7 @@ fn vectors() -> Vec<Vector> {
                 }),
             ),
         ),
-        Server(
-            "event-edit",
-            ServerFrame::Event(Event::Edit(Edit {
-                conversation: ConversationId::Room(ROOM),
-                seq: Seq(45),
-                ts: TS,
-                sender: ALICE,
-                op: OpId(78),
-                target: Seq(43),
-                content_type: ContentType::TEXT,
-                body: b"hello!".to_vec(),
-            })),
-        ),
+        Server("event-edit", ServerFrame::Event(Event::Edit(hello_edit()))),
         Server(
             "event-deletion",
             ServerFrame::Event(Event::Deletion(Deletion {
@@ -360,6 +421,7 @@ fn vectors() -> Vec<Vector> {
                 op: OpId(79),
                 target: Seq(43),
                 erased: vec![Seq(45)],
+                chain: placed(),
             })),
         ),
         Server(
@@ -379,6 +441,7 @@ fn vectors() -> Vec<Vector> {
                     })],
                     head: Seq(45),
                     more: true,
+                    prior: Some(LINK),
                 }),
             ),
         ),
@@ -396,6 +459,10 @@ fn vectors() -> Vec<Vector> {
                                 ts: TS,
                                 by: BOB,
                             }),
+                            chain: Chain {
+                                link: LINK,
+                                kept: Some(chain::message_digest(&hello_message())),
+                            },
                             ..hello_message()
                         }),
                         Entry::Erased(Erased {
@@ -403,10 +470,15 @@ fn vectors() -> Vec<Vector> {
                             seq: Seq(45),
                             target: Seq(43),
                             deletion: Seq(46),
+                            chain: Chain {
+                                link: LINK,
+                                kept: Some(chain::digest(&Entry::Edit(hello_edit()))),
+                            },
                         }),
                     ],
                     head: Seq(46),
                     more: true,
+                    prior: Some(LINK),
                 }),
             ),
         ),
@@ -456,6 +528,7 @@ fn vectors() -> Vec<Vector> {
                 target: Seq(43),
                 reaction: "👍".into(),
                 removed: false,
+                chain: placed(),
             })),
         ),
         Client(
@@ -500,10 +573,52 @@ fn vectors() -> Vec<Vector> {
                     })],
                     head: Seq(48),
                     more: true,
+                    prior: Some(LINK),
+                }),
+            ),
+        ),
+        // The hash chain: a page whose links are real.
+        Server(
+            "history-chained",
+            response(
+                17,
+                Response::History(HistoryPage {
+                    conversation: ConversationId::Room(ROOM),
+                    entries: chained_entries(),
+                    head: Seq(3),
+                    more: false,
+                    prior: Some(chain::genesis(ConversationId::Room(ROOM))),
                 }),
             ),
         ),
     ]
+}
+
+#[test]
+fn the_chained_vector_follows_its_chain() {
+    let room = ConversationId::Room(ROOM);
+    let mut verifier = chain::Verifier::new(room);
+    for entry in chained_entries() {
+        assert_eq!(verifier.check_entry(&entry), Ok(()));
+    }
+    // And what PROTOCOL.md says of it.
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    let (seq, head) = verifier.tip();
+    assert_eq!(seq, 3);
+    let stated = [
+        ("link(0)", hex(&chain::genesis(room))),
+        ("link(3)", hex(&head)),
+    ];
+    for (what, value) in stated {
+        assert!(
+            doc.contains(&format!("`{what}` = `{value}`")),
+            "PROTOCOL.md 13.38 gives {what} as {value}"
+        );
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Vector {

@@ -172,6 +172,12 @@ enum Command {
         #[command(flatten)]
         page: Page,
     },
+    /// Check a conversation's whole history against its hash chain, and print its head's
+    /// link: members who see the same link for the same entry were given the same history.
+    Verify {
+        /// @NAME or #ROOM.
+        target: String,
+    },
     /// Set your read marker: you have read TARGET up to SEQ.
     Read {
         /// @NAME or #ROOM.
@@ -636,6 +642,37 @@ impl App {
             Command::Thread { target, root, page } => {
                 self.page(target, Some(Seq(*root)), page).await?;
             }
+            Command::Verify { target } => {
+                let (client, saved) = self.connect().await?;
+                let conversation = resolve(&client, &saved, target).await?;
+                let verified = client.verify(conversation).await?;
+                client.close().await;
+                if let Some(broken) = verified.broken {
+                    return Err(Failure::from(format!(
+                        "{target}: the hash chain breaks at entry {}: {} (the {} entries before it \
+                         follow it)",
+                        broken.seq.0, broken.error, verified.entries
+                    )));
+                }
+                let link = hex::encode(verified.link);
+                self.print(
+                    json!({
+                        "type": "verified",
+                        "conversation": target,
+                        "entries": verified.entries,
+                        "erased": verified.erased,
+                        "head": verified.head.0,
+                        "link": link,
+                    }),
+                    || {
+                        format!(
+                            "{target}: {} entries follow the hash chain ({} erased); entry {} \
+                             has link {link}",
+                            verified.entries, verified.erased, verified.head.0
+                        )
+                    },
+                );
+            }
             Command::Read { target, seq } => {
                 let (client, saved) = self.connect().await?;
                 let conversation = resolve(&client, &saved, target).await?;
@@ -764,6 +801,7 @@ impl App {
             return Ok(());
         }
         let mut status = client.status_changes();
+        let mut breaks = 0;
         loop {
             let event = tokio::select! {
                 event = client.next_event_unmarked() => match event {
@@ -800,6 +838,7 @@ impl App {
             };
             let is_message = matches!(event, Event::Message(_));
             let handled = chat_sdk::position(&event);
+            self.warn_of_breaks(client, &mut breaks);
             self.print_event(client, &mut names, &label, event).await;
             let _ = std::io::stdout().flush();
             // Only what was printed moves the saved cursors (`listen --resume`).
@@ -820,6 +859,28 @@ impl App {
                 .map(|g| format!(": {}", g.reason))
                 .unwrap_or_default()
         )))
+    }
+
+    /// Says so when a conversation's hash chain broke since `seen` breaks (stderr, or a JSON
+    /// line): the daemon gave this client entries that do not follow the ones before.
+    fn warn_of_breaks(&self, client: &Client, seen: &mut u64) {
+        let report = client.chain_report();
+        let new = usize::try_from(*seen).unwrap_or(usize::MAX);
+        for broken in report.broken.iter().skip(new) {
+            let (c, seq) = (broken.conversation, broken.seq.0);
+            if self.cli.json {
+                let error = broken.error.to_string();
+                let line = json!({ "type": "chain_broken", "conversation": c.to_string(), "seq": seq, "error": error });
+                println!("{line}");
+            } else {
+                eprintln!(
+                    "(warning: the hash chain of {c} breaks at entry {seq}: {}; its entries from \
+                     there are not checked)",
+                    broken.error
+                );
+            }
+        }
+        *seen = report.breaks;
     }
 
     /// Says that the connection was lost or is back (stderr, or a JSON line).

@@ -313,6 +313,20 @@ fn edits_and_deletes_through_the_cli() {
             .collect::<Vec<_>>(),
         ["message", "erased", "deletion"]
     );
+    // Both ends find the whole history following its hash chain, the deleted message and its
+    // erased edit by their kept digests, and print the same head link.
+    let alice_view = run(&daemon, "alice", &["verify", "@bob"]);
+    let bob_view = run(&daemon, "bob", &["verify", "@alice"]);
+    assert_eq!(
+        (
+            alice_view[0]["entries"].as_u64(),
+            alice_view[0]["erased"].as_u64(),
+            alice_view[0]["head"].as_u64()
+        ),
+        (Some(3), Some(2), Some(3))
+    );
+    assert_eq!(alice_view[0]["link"].as_str().map(str::len), Some(64));
+    assert_eq!(alice_view[0]["link"], bob_view[0]["link"]);
 }
 
 #[test]

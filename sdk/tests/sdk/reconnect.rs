@@ -148,6 +148,20 @@ async fn a_daemon_restart_mid_stream_loses_and_repeats_nothing() {
             seq: Seq(MESSAGES + 1)
         }]
     );
+    // Both followed the hash chain over everything, across the restart (alice over her own
+    // entries from their acks, reading back any acked again without them), and hold the
+    // same link for the last entry.
+    let tip = alice.chain_tip(dm);
+    assert_eq!(tip.map(|(seq, _)| seq), Some(Seq(MESSAGES + 1)));
+    assert_eq!(bob.chain_tip(dm), tip);
+    for report in [alice.chain_report(), bob.chain_report()] {
+        assert_eq!(report.breaks, 0, "{report:?}");
+        assert_eq!(report.anchored, 0, "from the chain's start: {report:?}");
+        assert_eq!(report.verified, MESSAGES + 1, "{report:?}");
+    }
+    let verified = bob.verify(dm).await.unwrap();
+    assert_eq!((verified.head, verified.broken), (Seq(MESSAGES + 1), None));
+    assert_eq!(Some((verified.head, verified.link)), tip);
     alice.close().await;
     bob.close().await;
 }
@@ -195,6 +209,10 @@ async fn a_cursor_file_delivers_what_arrived_while_away() {
         }
     }
     assert_eq!(bodies, ["three", "four", "five"]);
+    // The cursor file kept the chain's tip: the second run checked "three" against it.
+    let report = bob.chain_report();
+    assert_eq!((report.verified, report.anchored, report.breaks), (3, 0, 0));
+    assert_eq!(bob.chain_tip(dm), alice.chain_tip(dm));
     bob.close().await;
     alice.close().await;
 }

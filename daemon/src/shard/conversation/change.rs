@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use chat_protocol::limits::{MAX_EDITS, MAX_REACTION_KINDS, MAX_REACTIONS};
 use chat_protocol::{
-    DeleteMessage, Deleted, Deletion, Edit, EditMessage, Edited, Entry, Erased, ErrorCode, Message,
-    OpId, ReactMessage, Reaction, Reactions, Role, Seq, UserId,
+    Chain, DeleteMessage, Deleted, Deletion, Edit, EditMessage, Edited, Entry, Erased, ErrorCode,
+    Message, OpId, ReactMessage, Reaction, Reactions, Role, Seq, UserId, chain,
 };
 
 use super::{Conversation, Ctx, Effect, Op, Pending, ReadError, Refusal, refuse, reply};
@@ -299,6 +299,7 @@ impl Conversation {
                     target,
                     content_type: edit.content_type,
                     body: edit.body,
+                    chain: Chain::default(),
                 });
                 (added, event, Vec::new())
             }
@@ -312,6 +313,8 @@ impl Conversation {
                     .take()
                     .map(|e| e.versions)
                     .unwrap_or_default();
+                // The digest a client checks the deleted message by, kept as its body goes.
+                message.chain.kept = Some(chain::message_digest(message));
                 message.body = Vec::new();
                 message.reactions = Vec::new();
                 message.deleted = Some(Deleted {
@@ -336,6 +339,7 @@ impl Conversation {
                     op: delete.op,
                     target,
                     erased: erased.clone(),
+                    chain: Chain::default(),
                 });
                 (added, event, erased)
             }
@@ -361,6 +365,7 @@ impl Conversation {
                     target,
                     reaction: react.reaction,
                     removed: react.remove,
+                    chain: Chain::default(),
                 });
                 (added, event, Vec::new())
             }
@@ -374,6 +379,7 @@ impl Conversation {
                 seq: version,
                 target,
                 deletion: seq,
+                chain: Chain::default(),
             });
             let mut row = Vec::with_capacity(48);
             erased.encode_to(&mut row);
@@ -391,6 +397,7 @@ impl Conversation {
             audience,
             reply: None,
             waiters: Vec::new(),
+            digest: [0; 32],
         });
     }
 }

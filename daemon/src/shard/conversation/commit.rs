@@ -15,18 +15,20 @@ impl Conversation {
         let mut batch = std::mem::take(&mut self.queued_batch);
         self.changed_rows(&mut batch);
         let mut encoded = Vec::with_capacity(256);
-        for pending in &self.queued {
+        for pending in &mut self.queued {
+            // Its place in the chain, from the entry as appended; its row and its event
+            // carry the link.
+            pending.digest = chain::digest(&pending.entry);
+            self.tip = chain::link(&self.tip, &pending.digest);
+            pending.entry.chain_mut().link = self.tip;
             encoded.clear();
             pending.entry.encode_to(&mut encoded);
             let key = keys::log(self.id, pending.entry.seq());
             batch.put(Cf::Log, key.to_vec(), encoded.clone());
-            // Its place in the chain, from the entry as appended.
-            let digest = chain::digest(&pending.entry);
-            self.tip = chain::link(&self.tip, &digest);
             batch.put(
                 Cf::Links,
                 key.to_vec(),
-                encode_link(&self.tip, &digest).to_vec(),
+                encode_link(&self.tip, &pending.digest).to_vec(),
             );
         }
         self.committing = std::mem::take(&mut self.queued);

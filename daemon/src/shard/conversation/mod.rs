@@ -404,6 +404,8 @@ struct Pending {
     reply: Option<Response>,
     /// Duplicate sends that arrived while this one was pending: they get its ack.
     waiters: Vec<Origin>,
+    /// The entry's digest in the hash chain, set when it is submitted (acks carry it).
+    digest: chain::Hash,
 }
 
 /// One loaded conversation.

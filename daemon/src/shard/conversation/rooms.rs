@@ -7,8 +7,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use chat_protocol::{
-    ConversationId, Entry, ErrorCode, MembershipChange, MembershipEvent, Response, Role, RoomId,
-    RoomInfo, UserId,
+    Chain, ConversationId, Entry, ErrorCode, MembershipChange, MembershipEvent, Response, Role,
+    RoomId, RoomInfo, UserId,
 };
 
 use super::{Conversation, Ctx, Effect, Pending, Refusal, check_page, reply};
@@ -466,6 +466,7 @@ impl Conversation {
             actor: origin.user,
             subject,
             change,
+            chain: Chain::default(),
         });
         let audience = match also_notify {
             Some(extra) if !self.audience.contains(&extra) => {
@@ -479,6 +480,7 @@ impl Conversation {
             audience,
             reply: answer,
             waiters: Vec::new(),
+            digest: [0; 32],
         });
     }
 }

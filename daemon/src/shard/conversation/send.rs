@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use chat_protocol::{
-    ContentType, Entry, ErrorCode, Message, OpId, Response, SendAck, SendMessage, Seq, Timestamp,
-    UserId,
+    Appended, Chain, ContentType, Entry, ErrorCode, Message, OpId, Response, SendAck, SendMessage,
+    Seq, Timestamp, UserId,
 };
 
 use super::change::Change;
@@ -52,6 +52,8 @@ impl Conversation {
                     seq: stored.seq,
                     ts: stored.ts,
                     duplicate: true,
+                    // The op store keeps no links: the entry comes again in a catch-up.
+                    chain: None,
                 };
                 return reply(out, origin, Ok(Response::Sent(ack)));
             }
@@ -153,6 +155,7 @@ impl Conversation {
             deleted: None,
             mentions: message.mentions,
             reactions: Vec::new(),
+            chain: Chain::default(),
         });
         let audience = Arc::clone(&self.audience);
         self.queued.push(Pending {
@@ -161,6 +164,7 @@ impl Conversation {
             audience,
             reply: None,
             waiters: Vec::new(),
+            digest: [0; 32],
         });
     }
 
@@ -246,6 +250,7 @@ pub(super) fn publish(pending: Pending, out: &mut Vec<Effect>) {
         reply: answer,
         audience,
         waiters,
+        digest,
     } = pending;
     // A send, an edit or a delete is acked to its connection, which gets no event for it;
     // membership events go to every connection of the audience, the actor's included, so
@@ -258,6 +263,10 @@ pub(super) fn publish(pending: Pending, out: &mut Vec<Effect>) {
                 seq: entry.seq(),
                 ts,
                 duplicate: false,
+                chain: Some(Appended {
+                    link: entry.chain().link,
+                    digest,
+                }),
             };
             reply(out, origin, Ok(Response::Sent(ack)));
             for waiter in waiters {

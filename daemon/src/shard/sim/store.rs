@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chat_protocol::{ConversationId, Entry, Reactions, Seq, UserId, chain};
 
 use crate::store::writer::Batch;
-use crate::store::{Cf, SenderOp, keys, parse_link};
+use crate::store::{Cf, SenderOp, carries, keys, parse_link};
 
 #[derive(Default)]
 pub(super) struct FakeStore {
@@ -91,6 +91,11 @@ impl FakeStore {
             let (link, digest) = row
                 .and_then(|row| parse_link(row))
                 .unwrap_or_else(|| panic!("{conversation} {:?} has no link", entry.seq()));
+            assert!(
+                carries(entry, &link, &digest),
+                "{conversation} {:?} carries another link than its stored one",
+                entry.seq()
+            );
             if let Err(e) = chained.check(entry, &link, Some(&digest)) {
                 panic!("{conversation} {:?}: {e}", entry.seq());
             }

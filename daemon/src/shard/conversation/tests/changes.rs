@@ -43,6 +43,7 @@ fn stored_message(id: ConversationId, seq: u64, sender: u64) -> Entry {
         deleted: None,
         mentions: Vec::new(),
         reactions: Vec::new(),
+        chain: chat_protocol::Chain::default(),
     })
 }
 
@@ -168,6 +169,7 @@ fn changes_are_checked_against_the_message() {
         seq: Seq(1),
         target: Seq(3),
         deletion: Seq(3),
+        chain: chat_protocol::Chain::default(),
     });
     let out = read_answer(&mut world, id, erased);
     assert_eq!(refusals(&out), [(5, ErrorCode::UNKNOWN_MESSAGE)]);
@@ -227,6 +229,7 @@ fn a_delete_erases_the_message_and_its_edits_in_one_commit() {
                 seq: Seq(2),
                 target: Seq(1),
                 deletion: Seq(3),
+                chain: chat_protocol::Chain::default(),
             })
         )
     );

@@ -34,6 +34,7 @@ fn message(seq: u64, reactions: Vec<Reactions>) -> Entry {
         deleted: None,
         mentions: Vec::new(),
         reactions,
+        chain: chat_protocol::Chain::default(),
     })
 }
 
