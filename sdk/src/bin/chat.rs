@@ -210,7 +210,7 @@ struct Page {
 enum RoomCommand {
     /// Create a room (you become its owner).
     Create {
-        /// Room name (1-64 of a-z 0-9 _ - .).
+        /// Room name (1-64 of a-z 0-9 _ - .; a leading # or room: is left out).
         name: String,
         /// Joining needs an invitation.
         #[arg(long)]
@@ -218,38 +218,38 @@ enum RoomCommand {
     },
     /// Join a room.
     Join {
-        /// Room name.
+        /// Room name (NAME, #NAME or room:NAME).
         name: String,
     },
     /// Leave a room.
     Leave {
-        /// Room name.
+        /// Room name (NAME, #NAME or room:NAME).
         name: String,
     },
     /// Invite a user (admins and the owner).
     Invite {
-        /// Room name.
+        /// Room name (NAME, #NAME or room:NAME).
         name: String,
         /// User name.
         user: String,
     },
     /// Remove a member (admins and the owner).
     Kick {
-        /// Room name.
+        /// Room name (NAME, #NAME or room:NAME).
         name: String,
         /// User name.
         user: String,
     },
     /// Remove a member and bar them (admins and the owner).
     Ban {
-        /// Room name.
+        /// Room name (NAME, #NAME or room:NAME).
         name: String,
         /// User name.
         user: String,
     },
     /// List a room's members.
     Members {
-        /// Room name.
+        /// Room name (NAME, #NAME or room:NAME).
         name: String,
     },
 }
@@ -720,14 +720,12 @@ impl App {
 
     async fn room(&self, client: &Client, command: &RoomCommand) -> Result<(), Failure> {
         let find = |name: &str| {
-            let name = name.trim_start_matches('#').to_owned();
+            let name = room_name(name).to_owned();
             async move { client.find_room(&name).await.map(|r| r.room) }
         };
         let (verb, name, user) = match command {
             RoomCommand::Create { name, invite_only } => {
-                let info = client
-                    .create_room(name.trim_start_matches('#'), *invite_only)
-                    .await?;
+                let info = client.create_room(room_name(name), *invite_only).await?;
                 self.print(json!({ "type": "room", "room": info.room, "name": info.name, "invite_only": info.invite_only }), || {
                     format!("created #{} (id {})", info.name, info.room)
                 });
@@ -1284,6 +1282,13 @@ async fn address(client: &Client, names: &mut Names, c: ConversationId) -> Strin
         ),
         ConversationId::Notes(user) => format!("@{}", names.name(client, user).await),
     }
+}
+
+/// A room's name given as NAME, #NAME or room:NAME (as conversations are addressed).
+fn room_name(given: &str) -> &str {
+    given
+        .strip_prefix("room:")
+        .unwrap_or_else(|| given.trim_start_matches('#'))
 }
 
 /// `@NAME` / `#ROOM` to a conversation id.

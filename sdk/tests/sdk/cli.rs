@@ -69,8 +69,9 @@ fn two_users_chat_through_the_cli() {
     assert_eq!(who[0]["name"], "bob");
 
     run(&daemon, "alice", &["room", "create", "general"]);
-    run(&daemon, "bob", &["room", "join", "general"]);
-    let members = run(&daemon, "bob", &["room", "members", "general"]);
+    // A room command takes the room as conversations are addressed, too.
+    run(&daemon, "bob", &["room", "join", "room:general"]);
+    let members = run(&daemon, "bob", &["room", "members", "#general"]);
     assert_eq!(
         members
             .iter()
