@@ -3,7 +3,7 @@
 #   make run     build (profile `local`) and start the daemon on its embedded default configuration
 #   make test    rustfmt check, clippy -D warnings, module headers, every test in the workspace,
 #                the systemd unit's verify and security checks and the alert rules' promtool
-#                checks (systemd/check.sh)
+#                checks (systemd/check.sh), the TypeScript client's tests (clients/ts)
 #   make lint    only the rustfmt, clippy and module-header checks
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes); the
@@ -26,7 +26,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks deb package-test bench bench-report faults fuzz bootstrap peers-bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test deb package-test bench bench-report faults fuzz bootstrap peers-bootstrap clean
 
 all: test
 
@@ -48,7 +48,7 @@ peers-bootstrap:
 run: bootstrap
 	$(CARGO) run --profile local --locked --bin chatd -- $(CHATD_ARGS)
 
-test: bootstrap peers-bootstrap lint unit unit-checks
+test: bootstrap peers-bootstrap lint unit unit-checks ts-test
 
 lint: fmt-check clippy headers
 
@@ -69,6 +69,13 @@ clippy:
 unit:
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
+
+# The TypeScript client (clients/ts): its codec against every vector of docs/PROTOCOL.md and
+# its hash chain against 13.38, with node's test runner (node 20 or newer, and npm; Debian's
+# nodejs and npm packages when the machine has neither).
+ts-test:
+	@command -v npm >/dev/null || ./.ci/bootstrap nodejs npm
+	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 # The systemd unit: systemd-analyze verify and security, and the packaged config, against
 # the debug chatd that `unit` built.
