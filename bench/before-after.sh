@@ -34,6 +34,9 @@ shift
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(dm rooms10 rooms100)
 
+# Each tree's bench/run.sh measures chatd and the floor only, once (its defaults add the
+# peer brokers and a second round: hours, and nothing this comparison reads).
+export BENCH_TARGETS="${BENCH_TARGETS:-chatd floor}" BENCH_ROUNDS="${BENCH_ROUNDS:-1}"
 key="${BENCH_BA_KEY:-$rev}"
 title="${BENCH_BA_TITLE:-$rev and this tree}"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -63,7 +66,13 @@ if [ -z "${BENCH_BA_REUSE:-}" ]; then
   git worktree remove --force "$tree"
   trap - EXIT
   echo "=== after: $after"
+  # This tree's run.sh records its rows in the summary and RESULTS.md's scenario and peer
+  # sections; a comparison publishes only its own section, so they are put back after it.
+  cp bench/results/summary.json "$out/summary.json.kept"
+  cp bench/RESULTS.md "$out/RESULTS.md.kept"
   bench/run.sh "${scenarios[@]}"
+  cp "$out/summary.json.kept" bench/results/summary.json
+  cp "$out/RESULTS.md.kept" bench/RESULTS.md
   for scenario in "${scenarios[@]}"; do
     cp "bench/results/$scenario"-*.json "$out/after/" 2>/dev/null || true
   done
