@@ -4,7 +4,8 @@
 # other on this machine, each measuring chatd against the floor in the same run. Absolute
 # rates drift on shared machines, so what is compared is each run's chatd/floor ratio of the
 # max sustainable rate. Then both chatd builds run the same load at the same rate (the before
-# run's half rate, with this tree's load generator: the protocol is the same), alternating,
+# run's half rate, each with its own tree's load generator: the wire format may differ between
+# them), alternating,
 # BENCH_BA_ROUNDS times (2 by default), for the server's CPU per delivery at equal load: at
 # each run's own half rate the faster build would be measured at a higher rate, which
 # amortises more.
@@ -86,8 +87,11 @@ echo "=== the same rate for both builds, $rounds rounds"
 source bench/lib.sh
 build_release
 after_chatd="$chatd_bin"
+after_loadgen="$loadgen_bin"
 before_chatd="$before_target/release/chatd"
-[ -x "$before_chatd" ] || { echo "bench: no $before_chatd (run without BENCH_BA_REUSE)" >&2; exit 1; }
+before_loadgen="$before_target/release/chat-loadgen"
+[ -x "$before_chatd" ] && [ -x "$before_loadgen" ] ||
+  { echo "bench: no $before_chatd or $before_loadgen (run without BENCH_BA_REUSE)" >&2; exit 1; }
 rm -rf "$out/same"
 mkdir -p "$out/same"
 trap stop_server EXIT
@@ -97,14 +101,18 @@ for scenario in "${scenarios[@]}"; do
   for round in $(seq 1 "$rounds"); do
     for when in before after; do
       echo "=== $scenario at $rate msg/s, $when, round $round"
-      if [ "$when" = before ]; then chatd_bin="$before_chatd"; else chatd_bin="$after_chatd"; fi
+      if [ "$when" = before ]; then
+        chatd_bin="$before_chatd" loadgen_bin="$before_loadgen"
+      else
+        chatd_bin="$after_chatd" loadgen_bin="$after_loadgen"
+      fi
       start_server chatd
       run_scenario chatd "$scenario" "$out/same/$scenario-$when-$round.json" --rate "$rate" || true
       stop_server
     done
   done
 done
-chatd_bin="$after_chatd"
+chatd_bin="$after_chatd" loadgen_bin="$after_loadgen"
 
 command="bench/before-after.sh $rev ${scenarios[*]}"
 [ "$rounds" = 2 ] || command="BENCH_BA_ROUNDS=$rounds $command"

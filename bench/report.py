@@ -1240,6 +1240,8 @@ def collect_before_after(summary, command, key, title, before, after, names):
     comparisons = before_after_comparisons(summary)
     comparisons[key] = {
         "title": title,
+        # The same-rate runs use each tree's own load generator (bench/before-after.sh).
+        "loadgens": "own",
         "run": run_record(command),
         "before": before,
         "after": after,
@@ -1295,7 +1297,9 @@ def render_before_after(key, section):
                 f"{fmt(cpu_ratio, 2)} |")
     lines += [
         "",
-        "Both chatd builds at the same rate (the before run's half rate), with this tree's load",
+        "Both chatd builds at the same rate (the before run's half rate), " + (
+            "each with its own tree's load" if section.get("loadgens") == "own"
+            else "with this tree's load"),
         "generator, alternating before/after, round after round; the server's CPU per delivery,",
         "mean and range over the rounds (each round's figure in bench/results/summary.json):",
         "",
