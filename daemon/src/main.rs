@@ -50,7 +50,7 @@ enum Command {
     #[command(subcommand)]
     Bridge(BridgeCommand),
     /// Talk to a running daemon through its admin listener (`[admin]`): status,
-    /// connections, kick, disable, enable, revoke, conversation, compact.
+    /// connections, kick, disable, enable, revoke, erase, conversation, compact.
     Admin(AdminArgs),
     /// Have the running daemon write an online backup of its data into DIR (a new folder
     /// the daemon's user can write): a consistent RocksDB checkpoint, the files beside it,
@@ -132,6 +132,14 @@ enum AdminCommand {
     /// Revoke every token of an account issued so far (and close its sessions), without
     /// rotating the signing key; tokens minted from the next second on work.
     Revoke {
+        /// The user name.
+        user: String,
+    },
+    /// Delete every message of a disabled account (a deleted account: `disable` it first),
+    /// in every conversation it wrote in, rooms it left included: each becomes a tombstone
+    /// deleted by the operator (user 0) and its content is erased, as its author's delete
+    /// would. Messages deleted already are left alone; run it again after an interruption.
+    Erase {
         /// The user name.
         user: String,
     },
@@ -607,6 +615,7 @@ fn admin(args: &AdminArgs) -> ExitCode {
         }
         AdminCommand::Enable { user } => ("POST", user_path(user, "enable"), client::render_action),
         AdminCommand::Revoke { user } => ("POST", user_path(user, "revoke"), client::render_action),
+        AdminCommand::Erase { user } => ("POST", user_path(user, "erase"), client::render_erase),
         AdminCommand::Conversation { spec } => {
             let spec = match spec.strip_prefix('#') {
                 Some(room) => format!("room:{room}"),
@@ -630,7 +639,8 @@ fn admin(args: &AdminArgs) -> ExitCode {
         AdminCommand::Kick { user, .. }
         | AdminCommand::Disable { user }
         | AdminCommand::Enable { user }
-        | AdminCommand::Revoke { user } => vec![user.as_str()],
+        | AdminCommand::Revoke { user }
+        | AdminCommand::Erase { user } => vec![user.as_str()],
         AdminCommand::Conversation { spec } => spec
             .trim_start_matches('#')
             .split(':')

@@ -257,6 +257,27 @@ pub fn render_action(v: &Value) -> String {
     out
 }
 
+/// An erasure's answer, for people.
+#[must_use]
+pub fn render_erase(v: &Value) -> String {
+    let mut out = format!(
+        "erased {}: {} message(s) deleted in {} conversation(s), {} deleted already\n",
+        str_of(v, "name"),
+        num(v, "deleted"),
+        num(v, "conversations"),
+        num(v, "already_deleted"),
+    );
+    if num(v, "not_deleted") > 0 || num(v, "conversations_unfinished") > 0 {
+        out += &format!(
+            "{} message(s) not deleted (code {}), {} conversation(s) unfinished: run it again\n",
+            num(v, "not_deleted"),
+            v["failure_code"],
+            num(v, "conversations_unfinished"),
+        );
+    }
+    out
+}
+
 /// `chatd backup`, for people.
 #[must_use]
 pub fn render_backup(v: &Value) -> String {

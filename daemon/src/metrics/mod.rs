@@ -225,8 +225,9 @@ pub struct Metrics {
 }
 
 /// The admin actions counted.
-pub(crate) const ADMIN_ACTIONS: [&str; 6] =
-    ["kick", "disable", "enable", "revoke", "compact", "backup"];
+pub(crate) const ADMIN_ACTIONS: [&str; 7] = [
+    "kick", "disable", "enable", "revoke", "erase", "compact", "backup",
+];
 
 impl Metrics {
     /// Registers every metric of a daemon with `shards` shards.

@@ -18,6 +18,7 @@ pub(crate) mod accounts;
 pub(crate) mod conn;
 pub(crate) mod conversation;
 mod done;
+pub(crate) mod erase;
 mod frames;
 pub(crate) mod owner;
 pub(crate) mod placement;
@@ -62,6 +63,16 @@ pub(crate) type Position = (ConversationId, chat_protocol::Seq);
 /// A connection, unique within its shard for the daemon's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// No connection: where an operator's requests come from ([`erase`]); their answers go
+    /// back to the admin listener.
+    pub(crate) const OPERATOR: ConnId = ConnId(u64::MAX);
+}
+
+/// The user an operator's requests carry: no account has id 0, no session can have it. It
+/// may delete any message of any conversation (`chatd admin erase`), nothing else.
+pub(crate) const OPERATOR: UserId = UserId(0);
 
 /// Where a connection lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -213,6 +224,12 @@ pub(crate) enum AdminOp {
         code: GoodbyeCode,
         reason: &'static str,
         reply: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Delete `messages` of `conversation`, owned by this shard, as the operator ([`erase`]).
+    Erase {
+        conversation: ConversationId,
+        messages: Vec<chat_protocol::Seq>,
+        reply: tokio::sync::oneshot::Sender<erase::Erased>,
     },
 }
 
@@ -369,6 +386,10 @@ pub(crate) struct Shard {
     /// Events for each shard (itself included), sent as one `Publish` per shard at the end
     /// of the loop turn; bounded by what one turn handles.
     publications: RefCell<Vec<Vec<Publication>>>,
+    /// Operators' erasures under way in conversations this shard owns, by the request id
+    /// their deletes carry; one per admin request, which waits for it.
+    pub(crate) erasures: RefCell<std::collections::HashMap<u32, erase::Erasure>>,
+    pub(crate) next_erasure: std::cell::Cell<u32>,
 }
 
 impl Shard {
@@ -567,6 +588,11 @@ impl Shard {
             }) => {
                 let _ = reply.send(conn::close_user(self, user, device, code, reason));
             }
+            ShardMsg::Admin(AdminOp::Erase {
+                conversation,
+                messages,
+                reply,
+            }) => erase::start(self, conversation, messages, reply),
             ShardMsg::Shutdown(deadlines) => conn::shutdown(self, deadlines),
             ShardMsg::ServerConfig { config, done } => {
                 self.endpoint.set_server_config(Some((*config).clone()));

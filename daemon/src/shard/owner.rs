@@ -140,7 +140,10 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
     }
 }
 
-fn answer_request(shard: &Shard, to: &Origin, answer: Answer) {
+fn answer_request(shard: &Rc<Shard>, to: &Origin, answer: Answer) {
+    if to.at.conn == super::ConnId::OPERATOR {
+        return super::erase::answered(shard, to.request, answer);
+    }
     let frame = match answer {
         Ok(answer) => {
             if let Response::Sent(ack) = &answer

@@ -114,6 +114,8 @@ pub(crate) fn run(
             registry: RefCell::new(registry::Registry::default()),
             retry: RefCell::new(VecDeque::new()),
             publications: RefCell::new((0..shared.inboxes.len()).map(|_| Vec::new()).collect()),
+            erasures: RefCell::new(std::collections::HashMap::new()),
+            next_erasure: std::cell::Cell::new(0),
         });
         crate::runtime::spawn_local(conn::accept_loop(Rc::clone(&shard), endpoint.clone()));
         serve_inbox(&shard, &mut inbox).await;

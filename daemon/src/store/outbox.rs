@@ -145,7 +145,7 @@ pub enum Event {
     /// An operator acted (`chatd admin`, `chatd backup`).
     #[serde(rename = "admin.action")]
     AdminAction {
-        /// `kick`, `disable`, `enable`, `revoke`, `compact` or `backup`.
+        /// `kick`, `disable`, `enable`, `revoke`, `erase`, `compact` or `backup`.
         action: String,
         /// The account, for an account's action.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,7 +158,7 @@ pub enum Event {
         device: Option<u64>,
         /// Connections the action closed.
         closed: u32,
-        /// For a backup: the folder.
+        /// For a backup: the folder; for an erasure: what it deleted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },

@@ -1,5 +1,6 @@
 //! Reads of conversations: history pages, a user's conversation list, room counts, who may
-//! follow whose presence, heads, memberships and markers.
+//! follow whose presence, heads, memberships and markers, and what an operator's erasure of
+//! an account reads (the conversations a user wrote in, the user's messages there).
 
 use super::*;
 
@@ -163,6 +164,55 @@ impl Store {
         }
         iter.status()?;
         Ok(())
+    }
+
+    /// The conversations where `user` added an entry of its own (a send, an edit, a delete
+    /// or a reaction: each keeps the user's recent op ids in `sender_ops`, rooms the user
+    /// left included), for an operator's erasure of the account. Reads the whole column
+    /// family.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>, Error> {
+        let mut found: Vec<ConversationId> = Vec::new();
+        let mut iter = self.db.raw_iterator_cf(self.cf(Cf::SenderOps)?);
+        iter.seek_to_first();
+        let sender = user.0.to_be_bytes();
+        while iter.valid() {
+            let Some(key) = iter.key() else { break };
+            let ours = key.get(keys::CONVERSATION_LEN..keys::CONVERSATION_LEN + 8) == Some(&sender);
+            if let Some(c) = keys::parse_conversation(key)
+                && ours
+                && found.last() != Some(&c)
+            {
+                found.push(c);
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(found)
+    }
+
+    /// The messages `user` sent in `c` that are not deleted, oldest first. Reads the whole
+    /// log of `c`.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt entries.
+    pub fn messages_of(&self, c: ConversationId, user: UserId) -> Result<Vec<Seq>, Error> {
+        let mut seqs = Vec::new();
+        self.walk(Cf::Log, &keys::log(c, Seq(1)), true, |key, value| {
+            if keys::log_seq(c, key).is_none() {
+                return Ok(false);
+            }
+            if let Entry::Message(m) = decode_entry(value)?
+                && m.sender == user
+                && m.deleted.is_none()
+            {
+                seqs.push(m.seq);
+            }
+            Ok(true)
+        })?;
+        Ok(seqs)
     }
 
     /// The stored entry `seq` of a conversation, if there is one.

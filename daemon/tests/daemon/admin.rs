@@ -16,7 +16,12 @@ use crate::operations::{Proc, exit_code, login, try_hello};
 
 /// One HTTP/1.1 request, written by hand (so the daemon's own client is not what checks
 /// its server); returns the status and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -30,7 +35,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -
 }
 
 /// Sends `request` as it is; returns the status and the body.
-async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
+pub(crate) async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();

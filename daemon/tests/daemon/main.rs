@@ -15,6 +15,7 @@ mod chain;
 mod changes;
 mod client;
 mod conversations;
+mod erase;
 mod history;
 mod lifecycle;
 mod limits;

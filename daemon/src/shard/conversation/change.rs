@@ -25,7 +25,7 @@ use chat_protocol::{
 };
 
 use super::{Conversation, Ctx, Effect, Op, Pending, ReadError, Refusal, refuse, reply};
-use crate::shard::Origin;
+use crate::shard::{OPERATOR, Origin};
 use crate::store::writer::Batch;
 use crate::store::{Cf, keys, outbox};
 
@@ -230,7 +230,7 @@ impl Conversation {
             return;
         }
         // The member may have left while the change waited.
-        if !self.is_member(origin.user) {
+        if !self.may_post(origin.user, matches!(change, Change::Delete(_))) {
             return reply(out, origin, refuse(ErrorCode::NOT_MEMBER, ""));
         }
         if self.erases_uncommitted_edit(&change) {
@@ -241,11 +241,14 @@ impl Conversation {
             // window read first), it comes back here.
             return self.post(origin, Op::Change(change), ctx, out);
         }
-        let admin = self
-            .room
-            .as_ref()
-            .and_then(|room| room.role(origin.user))
-            .is_some_and(|role| role >= Role::Admin);
+        // A room's admins and owner delete anyone's messages, and so does the operator
+        // (`shard::erase`, which sends nothing but deletes).
+        let admin = origin.user == OPERATOR
+            || self
+                .room
+                .as_ref()
+                .and_then(|room| room.role(origin.user))
+                .is_some_and(|role| role >= Role::Admin);
         let (id, seq, now) = (self.id, self.next_seq(), ctx.now);
         let Some(Target::Known { entry, last }) = self.targets.get_mut(&target) else {
             return;

@@ -567,6 +567,12 @@ impl Conversation {
             && self.after_commit.is_empty()
     }
 
+    /// Whether `user` may post here: a member, or the operator deleting a message
+    /// (`shard::erase`), who is no member and may do nothing else.
+    fn may_post(&self, user: UserId, delete: bool) -> bool {
+        self.is_member(user) || (delete && user == crate::shard::OPERATOR)
+    }
+
     fn is_member(&self, user: UserId) -> bool {
         match &self.room {
             Some(room) => room.role(user).is_some(),

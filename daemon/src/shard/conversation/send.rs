@@ -40,7 +40,7 @@ impl Conversation {
     /// A send, an edit or a delete: the member's op id is looked up first (a retry gets the
     /// first attempt's ack).
     pub(super) fn post(&mut self, origin: Origin, op: Op, ctx: &Ctx<'_>, out: &mut Vec<Effect>) {
-        if !self.is_member(origin.user) {
+        if !self.may_post(origin.user, matches!(op, Op::Change(Change::Delete(_)))) {
             return reply(out, origin, refuse(ErrorCode::NOT_MEMBER, ""));
         }
         let id = op.id();
