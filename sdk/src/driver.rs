@@ -418,13 +418,11 @@ impl Driver {
     ) -> (Ended, Vec<(Request, Reply)>) {
         let mut pending: Vec<(RequestId, Request, Reply)> = Vec::new();
         for (request, reply) in resend {
-            let id = self.id();
-            let frame = ClientFrame::Request {
-                id,
-                request: request.clone(),
-            };
-            pending.push((id, request, reply));
-            if write_frame(&mut live.send, &frame).await.is_err() {
+            if self
+                .write_request(live, &mut pending, request, reply)
+                .await
+                .is_err()
+            {
                 return (Ended::Lost, unanswered(pending));
             }
         }
@@ -445,13 +443,11 @@ impl Driver {
                             order: chat_protocol::Order::OldestFirst,
                             thread: None,
                         });
-                        let id = self.id();
-                        let frame = ClientFrame::Request {
-                            id,
-                            request: request.clone(),
-                        };
-                        pending.push((id, request, reply));
-                        if write_frame(&mut live.send, &frame).await.is_err() {
+                        if self
+                            .write_request(live, &mut pending, request, reply)
+                            .await
+                            .is_err()
+                        {
                             return (Ended::Lost, unanswered(pending));
                         }
                     }
@@ -463,10 +459,7 @@ impl Driver {
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(Command::Request { request, reply }) => {
-                        let id = self.id();
-                        let frame = ClientFrame::Request { id, request: request.clone() };
-                        pending.push((id, request, reply));
-                        if write_frame(&mut live.send, &frame).await.is_err() {
+                        if self.write_request(live, &mut pending, request, reply).await.is_err() {
                             return (Ended::Lost, unanswered(pending));
                         }
                     }
@@ -508,6 +501,23 @@ impl Driver {
                 _ = save.tick(), if self.cursor_file.is_some() => self.save_cursors(),
             }
         }
+    }
+
+    /// Sends `request` under a fresh id and keeps it with `reply` until it is answered.
+    async fn write_request(
+        &mut self,
+        live: &mut Live,
+        pending: &mut Vec<(RequestId, Request, Reply)>,
+        request: Request,
+        reply: Reply,
+    ) -> Result<(), Error> {
+        let id = self.id();
+        let frame = ClientFrame::Request {
+            id,
+            request: request.clone(),
+        };
+        pending.push((id, request, reply));
+        write_frame(&mut live.send, &frame).await
     }
 
     fn id(&mut self) -> RequestId {

@@ -229,6 +229,9 @@ function readAuth(r: Reader): Auth {
   return { token: r.string(), resume: r.option(readResume) };
 }
 
+/** The variant indices of the requests that name a room and a user. */
+const ROOM_USER = { Invite: 9, Kick: 10, Ban: 11, Unban: 12 } as const;
+
 function writeRequest(w: Writer, req: Request): void {
   const room = (room: RoomId, user: UserId) => {
     w.u64(room);
@@ -275,19 +278,10 @@ function writeRequest(w: Writer, req: Request): void {
       w.u64(req.room);
       break;
     case "Invite":
-      w.variant(9);
-      room(req.room, req.user);
-      break;
     case "Kick":
-      w.variant(10);
-      room(req.room, req.user);
-      break;
     case "Ban":
-      w.variant(11);
-      room(req.room, req.user);
-      break;
     case "Unban":
-      w.variant(12);
+      w.variant(ROOM_USER[req.kind]);
       room(req.room, req.user);
       break;
     case "SetRole":

@@ -1,6 +1,6 @@
 //! Checking the stored hash chains (`chat_protocol::chain`): every entry has its link (and
-//! carries it), an entry that holds its appended content matches its digest, each link follows from the one
-//! before, and no link is left of an entry the log lost. `chatd verify` runs it over a data
+//! carries it), an entry that holds its appended content matches its digest, each link
+//! follows from the one before, and no link is left of an entry the log lost. `chatd verify` runs it over a data
 //! directory. An entry dropped together with its link at the end of a conversation leaves
 //! nothing behind in the store: only a client that holds a later link can tell.
 

@@ -29,6 +29,20 @@ fn raw_db(daemon: &TestDaemon) -> rocksdb::DB {
     rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, names).unwrap()
 }
 
+/// Rewrites message `seq` of `c` in the store with another body (its link left as it was).
+fn alter_body(db: &rocksdb::DB, c: ConversationId, seq: Seq) {
+    let log = db.cf_handle("log").unwrap();
+    let key = chatd::store::keys::log(c, seq);
+    let stored = db.get_cf(log, key).unwrap().unwrap();
+    let Entry::Message(mut m) = Entry::decode_from(&stored).unwrap() else {
+        panic!("{c} entry {seq:?} is a message");
+    };
+    m.body = b"TWO".to_vec();
+    let mut altered = Vec::new();
+    Entry::Message(m).encode_to(&mut altered);
+    db.put_cf(log, key, altered).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_whole_chains_and_names_an_altered_or_dropped_entry() {
     let mut daemon = TestDaemon::start();
@@ -93,15 +107,7 @@ async fn verify_finds_whole_chains_and_names_an_altered_or_dropped_entry() {
     // A message's content altered in place: its digest no longer matches.
     let db = raw_db(&daemon);
     let log = db.cf_handle("log").unwrap();
-    let key = chatd::store::keys::log(c, Seq(4));
-    let Entry::Message(mut m) = Entry::decode_from(&db.get_cf(log, key).unwrap().unwrap()).unwrap()
-    else {
-        panic!("room entry 4 is a message");
-    };
-    m.body = b"TWO".to_vec();
-    let mut altered = Vec::new();
-    Entry::Message(m).encode_to(&mut altered);
-    db.put_cf(log, key, altered).unwrap();
+    alter_body(&db, c, Seq(4));
     // An entry dropped: the next one does not follow.
     db.delete_cf(log, chatd::store::keys::log(dm, Seq(3)))
         .unwrap();
@@ -243,18 +249,7 @@ async fn clients_get_every_link_and_find_an_altered_entry() {
     // A body altered in the store behind the daemon's back, its link left as it was: the
     // client's check fails at that entry.
     daemon.stop();
-    let db = raw_db(&daemon);
-    let log = db.cf_handle("log").unwrap();
-    let key = chatd::store::keys::log(dm, Seq(2));
-    let Entry::Message(mut m) = Entry::decode_from(&db.get_cf(log, key).unwrap().unwrap()).unwrap()
-    else {
-        panic!("entry 2 is a message");
-    };
-    m.body = b"TWO".to_vec();
-    let mut altered = Vec::new();
-    Entry::Message(m).encode_to(&mut altered);
-    db.put_cf(log, key, altered).unwrap();
-    drop(db);
+    alter_body(&raw_db(&daemon), dm, Seq(2));
     daemon.restart();
     let (mut alice, _) = Client::login(daemon.addr, &daemon.cert, &daemon.token("alice"), 1).await;
     let tampered = alice.history(dm, HistoryFrom::After(Seq(0)), 100).await;
