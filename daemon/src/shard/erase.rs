@@ -1,9 +1,10 @@
 //! An operator's erasure of an account's messages in one conversation (`chatd admin erase`),
 //! on the conversation's owner shard: each message is deleted as its author could delete it
 //! (a `Deletion` entry, the content erased, the bridge told), by the operator
-//! ([`OPERATOR`]). The deletes go to the conversation a few at a time ([`IN_FLIGHT`]), so they
-//! never crowd out its members' own changes; their answers come back here, not to a
-//! connection, and the last one answers the admin listener.
+//! ([`OPERATOR`]). The deletes go to the conversation a few at a time ([`IN_FLIGHT`]), well
+//! within what a conversation takes waiting at once, so its members' own changes still fit;
+//! their answers come back here, not to a connection, and the last one answers the admin
+//! listener.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -17,7 +18,7 @@ use super::{ConnId, ConnRef, OPERATOR, Origin, Shard, owner};
 pub(crate) const IN_FLIGHT: usize = 16;
 
 /// What an erasure did in one conversation.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Erased {
     /// Messages deleted.
     pub(crate) deleted: usize,
