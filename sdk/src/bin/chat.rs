@@ -1253,6 +1253,10 @@ impl Names {
         if let Some(name) = self.0.get(&user) {
             return name.clone();
         }
+        if user == UserId(0) {
+            // No account: an operator's deletion (docs/PROTOCOL.md 8.10).
+            return "an operator".to_owned();
+        }
         let name = client
             .lookup_users(vec![chat_sdk::protocol::UserRef::Id(user)])
             .await

@@ -408,3 +408,50 @@ fn reactions_mentions_and_threads_through_the_cli() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("lunch? [🎉 1]"), "{text}");
 }
+
+/// `POST /v1/users/NAME/ACTION` to the daemon's admin listener, as `chatd admin` sends it.
+fn admin_action(daemon: &TestDaemon, name: &str, action: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let addr = daemon.admin_addr();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/users/{name}/{action} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+#[test]
+fn an_operators_erasure_shows_as_such() {
+    let daemon = TestDaemon::start();
+    run(
+        &daemon,
+        "alice",
+        &["register", "alice", "--password", "correct horse"],
+    );
+    run(
+        &daemon,
+        "bob",
+        &["register", "bob", "--password", "battery staple"],
+    );
+    run(&daemon, "alice", &["send", "@bob", "my last words"]);
+    admin_action(&daemon, "alice", "disable");
+    let erased = admin_action(&daemon, "alice", "erase");
+    let body: Value = serde_json::from_str(erased.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["deleted"].as_u64(), Some(1), "{erased}");
+    let output = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .env("CHAT_SERVER", daemon.addr.to_string())
+        .env("CHAT_CA", &daemon.cert)
+        .env("CHAT_PROFILE", daemon.path().join("bob"))
+        .args(["history", "@alice"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("an operator deleted #1"), "{text}");
+    assert!(!text.contains("my last words"), "{text}");
+}
