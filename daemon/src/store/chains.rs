@@ -1,8 +1,10 @@
-//! Checking the stored hash chains (`chat_protocol::chain`): every entry has its link (and
-//! carries it), an entry that holds its appended content matches its digest, each link
-//! follows from the one before, and no link is left of an entry the log lost. `chatd verify` runs it over a data
-//! directory. An entry dropped together with its link at the end of a conversation leaves
-//! nothing behind in the store: only a client that holds a later link can tell.
+//! The stored hash chains (`chat_protocol::chain`): the reads of links (a conversation's
+//! tip, an entry's link, the link before a page) and the check of every chain. Every entry
+//! has its link (and carries it), an entry that holds its appended content matches its
+//! digest, each link follows from the one before, and no link is left of an entry the log
+//! lost; `chatd verify` runs the check over a data directory. An entry dropped together with
+//! its link at the end of a conversation leaves nothing behind in the store: only a client
+//! that holds a later link can tell.
 
 use super::*;
 
@@ -29,6 +31,44 @@ pub struct ChainReport {
 }
 
 impl Store {
+    /// The link of the entry `head` of `c`, where the next entry's link starts; `None` when
+    /// `head` is 0 (no entry yet).
+    ///
+    /// # Errors
+    /// RocksDB errors, or an entry with no link (a store this chatd did not write).
+    pub fn chain_tip(&self, c: ConversationId, head: Seq) -> Result<Option<chain::Hash>, Error> {
+        if head == Seq(0) {
+            return Ok(None);
+        }
+        Ok(Some(self.link(c, head)?.0))
+    }
+
+    /// The link and digest of the entry `seq` of `c`.
+    ///
+    /// # Errors
+    /// RocksDB errors, or an entry with no link (a store this chatd did not write).
+    pub fn link(&self, c: ConversationId, seq: Seq) -> Result<(chain::Hash, chain::Hash), Error> {
+        let row = self.get(Cf::Links, &keys::log(c, seq))?;
+        row.as_deref()
+            .and_then(records::parse_link)
+            .ok_or_else(|| Error::Corrupt {
+                cf: Cf::Links,
+                message: format!("no link for entry {} of {c:?}", seq.0),
+            })
+    }
+
+    /// The link of the entry before `first` (the chain's start before entry 1): what a page
+    /// beginning at `first` is checked from (`HistoryPage::prior`).
+    ///
+    /// # Errors
+    /// As [`Store::link`].
+    pub fn prior(&self, c: ConversationId, first: Seq) -> Result<chain::Hash, Error> {
+        match first.0 {
+            0 | 1 => Ok(chain::genesis(c)),
+            n => Ok(self.link(c, Seq(n - 1))?.0),
+        }
+    }
+
     /// Checks the chain of `only`, or of every conversation, entry by entry from its first
     /// ([`chain::Verifier`], with the links and digests kept in `links`).
     ///
