@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 
 use chatd::config::{Config, Overrides};
 
+mod maintenance;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -241,8 +243,8 @@ fn main() -> ExitCode {
         Command::Bridge(BridgeCommand::Replay(args)) => replay(&args).unwrap_or_else(|code| code),
         Command::Admin(args) => admin(&args),
         Command::Backup { conn, dir } => backup(&conn, &dir),
-        Command::Restore { config, dir } => restore(&config, &dir),
-        Command::Verify { config } => verify(&config),
+        Command::Restore { config, dir } => maintenance::restore(&config, &dir),
+        Command::Verify { config } => maintenance::verify(&config),
         Command::Run(args) => serve(&args),
     }
 }
@@ -459,82 +461,6 @@ fn backup(conn: &AdminConn, dir: &std::path::Path) -> ExitCode {
         Some(&body),
         chatd::admin::client::render_backup,
     )
-}
-
-/// `chatd restore DIR`: offline, into the configured (or `--data-dir`) data directory.
-fn restore(args: &ConfigArgs, dir: &std::path::Path) -> ExitCode {
-    let config = match load(args, Overrides::default()) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let data_dir = data_dir(&config);
-    match chatd::backup::restore(dir, &data_dir) {
-        Ok(manifest) => {
-            println!(
-                "restored {} into {}: store format {}, outbox head {}, bridge cursor {} (taken \
-                 by chatd {} at {} ms since the epoch)",
-                dir.display(),
-                data_dir.display(),
-                manifest.format,
-                manifest.outbox_head,
-                manifest.bridge_cursor,
-                manifest.chatd,
-                manifest.taken_at_ms
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("chatd: restore: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
-}
-
-/// `chatd verify`.
-fn verify(args: &ConfigArgs) -> ExitCode {
-    let config = match load(args, Overrides::default()) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let db = data_dir(&config).join("db");
-    let checked =
-        chatd::store::Store::open_read_only(&db).and_then(|store| match store.format()? {
-            Some(format) if format < chatd::store::FORMAT => Ok(Err(format)),
-            _ => store.verify_chains(None).map(Ok),
-        });
-    match checked {
-        Ok(Ok(report)) => {
-            let plural = |n: u64, one: &'static str, many: &'static str| {
-                format!("{n} {}", if n == 1 { one } else { many })
-            };
-            println!(
-                "{}, {} checked ({} erased, checked by their kept digests)",
-                plural(report.conversations, "conversation", "conversations"),
-                plural(report.entries, "entry", "entries"),
-                report.erased
-            );
-            if report.broken.is_empty() {
-                println!("every chain holds");
-                return ExitCode::SUCCESS;
-            }
-            for (conversation, seq, what) in &report.broken {
-                println!("broken: {conversation} entry {}: {what}", seq.0);
-            }
-            ExitCode::from(EXIT_DATA)
-        }
-        Ok(Err(format)) => {
-            eprintln!(
-                "chatd: verify: the store has format {format}; start this chatd once to upgrade \
-                 it to {} (which chains it)",
-                chatd::store::FORMAT
-            );
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-        Err(e) => {
-            eprintln!("chatd: verify: {}: {e}", db.display());
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
 }
 
 /// One request to the admin listener; prints the answer with `render` (or as JSON). Exit
