@@ -3,8 +3,11 @@
 #   make run     build (profile `local`) and start the daemon on its embedded default configuration
 #   make test    rustfmt check, clippy -D warnings, module headers, every test in the workspace,
 #                the systemd unit's verify and security checks and the alert rules' promtool
-#                checks (systemd/check.sh), the TypeScript client's tests (clients/ts)
+#                checks (systemd/check.sh), the TypeScript client's tests (clients/ts), the
+#                web app's build check and its test in a headless chromium (web/)
 #   make lint    only the rustfmt, clippy and module-header checks
+#   make web-build  rebuild web/dist/app.js (the web app chatd embeds) after changing web/src
+#                or clients/ts/src; commit it
 #   make bench   the benchmarks, written up in bench/RESULTS.md (bridge: needs RabbitMQ;
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes); the
 #                figures of each run set go to bench/results/summary.json, the per-run files
@@ -26,7 +29,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test deb package-test bench bench-report faults fuzz bootstrap peers-bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test web-build web-test deb package-test bench bench-report faults fuzz bootstrap peers-bootstrap clean
 
 all: test
 
@@ -48,7 +51,7 @@ peers-bootstrap:
 run: bootstrap
 	$(CARGO) run --profile local --locked --bin chatd -- $(CHATD_ARGS)
 
-test: bootstrap peers-bootstrap lint unit unit-checks ts-test
+test: bootstrap peers-bootstrap lint unit unit-checks ts-test web-test
 
 lint: fmt-check clippy headers
 
@@ -76,6 +79,21 @@ unit:
 ts-test:
 	@command -v npm >/dev/null || ./.ci/bootstrap nodejs npm
 	cd clients/ts && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+# The web app (web/, on clients/ts): esbuild bundles it into web/dist/app.js, which chatd
+# embeds (so building chatd needs no node). web-test checks that the committed bundle is the
+# build of the sources, then runs web/test in a real browser (Debian's chromium, headless,
+# through playwright-core) against the debug chatd and chat that `unit` built.
+WEB_PACKAGES := chromium
+web-build:
+	@command -v npm >/dev/null || ./.ci/bootstrap nodejs npm
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+web-test: web-build
+	@./.ci/bootstrap $(WEB_PACKAGES)
+	@git diff --quiet -- web/dist || { git diff --stat -- web/dist; echo "web/dist is not the build of web/src and clients/ts/src: run make web-build and commit it" >&2; exit 1; }
+	$(CARGO) build --workspace --bins --locked
+	cd web && npm test
 
 # The systemd unit: systemd-analyze verify and security, and the packaged config, against
 # the debug chatd that `unit` built.

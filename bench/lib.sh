@@ -81,7 +81,7 @@ start_server() {
       # benchmarks measure the daemon, not its policy.
       env -u RUST_LOG CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
         CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
-        CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 \
+        CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 CHATD_WEB_ENABLED=false \
         CHATD_LOG='warn,chatd::server=info' "$@" \
         "${pin[@]}" "$chatd_bin" run --listen "127.0.0.1:$port" --data-dir "$server_dir" \
         --shards "$server_shards" >"$server_dir.log" 2>&1 &

@@ -33,6 +33,8 @@ data_dir = "$dir/data"
 [tls]
 cert = "$dir/tls/cert.pem"
 key = "$dir/tls/key.pem"
+[web]
+enabled = false
 TOML
 "$chatd_bin" run --config "$dir/chatd.toml" 2>"$dir/chatd.log" &
 pid=$!

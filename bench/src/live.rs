@@ -66,6 +66,7 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .env("CHATD_LOG", "warn")
             .env("CHATD_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CHATD_WEB_LISTEN", "127.0.0.1:0")
             .env("NO_COLOR", "1")
             .env("CHATD_LIMITS_SEND_RATE", "1000000")
             .env("CHATD_LIMITS_SEND_BURST", "1000000")

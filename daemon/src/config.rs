@@ -57,6 +57,31 @@ pub struct Config {
     pub bridge: BridgeConfig,
     /// The admin listener: metrics, health checks, admin commands.
     pub admin: AdminConfig,
+    /// Browsers: WebTransport on the QUIC endpoint, and the web listener.
+    pub web: WebConfig,
+}
+
+/// `[web]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Whether the QUIC endpoint also takes WebTransport sessions (ALPN `h3`, path
+    /// `/chat/1`).
+    pub webtransport: bool,
+    /// Whether the web listener runs.
+    pub enabled: bool,
+    /// TCP address of the web listener (HTTP/1.1): the web app and `/webtransport.json`.
+    pub listen: SocketAddr,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            webtransport: true,
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+        }
+    }
 }
 
 /// `[admin]`
@@ -311,6 +336,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             bridge: BridgeConfig::default(),
             admin: AdminConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }

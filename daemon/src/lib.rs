@@ -6,8 +6,9 @@
 //! - [`config`]: the one configuration struct, its embedded commented default, layering of
 //!   file, `CHATD_*` environment and flags, and validation before anything is bound.
 //! - [`token`]: HS256 JWT access tokens, minted and verified with the configured keys.
-//! - [`tls`]: the certificate (configured, or a generated development one) and the rustls
-//!   server configuration (TLS 1.3, ALPN `chat/1`, ring).
+//! - [`tls`]: the certificate (configured, or a generated development one, and the
+//!   short-lived one browsers get) and the rustls server configuration (TLS 1.3, ALPN
+//!   `chat/1` and `h3`, ring).
 //!
 //! - [`server`]: [`Daemon::start`] binds the port and starts the `shard-N` threads (one
 //!   pinned thread per core with its own runtime and quinn endpoint), the storage thread
@@ -21,7 +22,9 @@
 //! - [`store`]: RocksDB, its column families and the group-committing writer.
 //! - [`bridge`]: the outbox's publisher to RabbitMQ.
 //! - [`metrics`]: the Prometheus metrics; `admin`: the admin listener (HTTP on TCP) that
-//!   serves them, `/healthz`, `/readyz` and the API of `chatd admin`.
+//!   serves them, `/healthz`, `/readyz` and the API of `chatd admin`; `web`: the web
+//!   listener for browsers (the web app, `/webtransport.json`); `http`: what both listeners
+//!   share.
 //!
 //! Memory is budgeted in bytes per connection, per user and for the whole daemon
 //! (`budget`, configured in `[limits]`).
@@ -36,6 +39,7 @@ mod budget;
 pub mod config;
 mod fsutil;
 pub mod guard;
+mod http;
 mod inbox;
 pub mod logging;
 pub mod metrics;
@@ -47,6 +51,7 @@ mod shard;
 pub mod store;
 pub mod tls;
 pub mod token;
+mod web;
 
 pub use server::{Command, Daemon, Reloaded, Stop, run};
 

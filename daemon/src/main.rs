@@ -258,8 +258,10 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
     if !config.tls.cert.as_os_str().is_empty() {
         // With the paths set nothing is generated: this only reads, and checks that the key
         // belongs to the certificate.
-        let checked = chatd::tls::load_identity(&config.tls, &data_dir(&config))
-            .and_then(|identity| chatd::tls::server_config(&identity).map(drop));
+        let checked =
+            chatd::tls::load_identity(&config.tls, &data_dir(&config)).and_then(|identity| {
+                chatd::tls::server_config(&identity, &chatd::tls::Browsers::default()).map(drop)
+            });
         if let Err(e) = checked {
             problems.push(format!("tls: {e}"));
         }

@@ -5,8 +5,8 @@
 //! token lifetime, the log filter, the shutdown grace, and the limits that guard the
 //! daemon rather than promise something to clients (admission, memory budgets, presence,
 //! replay, queue length). Not reloaded: what is bound or opened at start (`listen`,
-//! `data_dir`, `shards`, `runtime`, `log_format`, `[storage]`, `[bridge]`, the admin listener's address; its token is reloaded) and the limits
-//! announced to clients in `HelloOk`, which connected clients already rely on; a change to
+//! `data_dir`, `shards`, `runtime`, `log_format`, `[storage]`, `[bridge]`, the admin
+//! listener's address (its token is reloaded), `[web]`) and the limits announced to clients in `HelloOk`, which connected clients already rely on; a change to
 //! one of those is named in the log and takes effect at the next restart.
 
 use crate::config::Config;
@@ -35,6 +35,7 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     keep!(bridge);
     keep!(admin.enabled);
     keep!(admin.listen);
+    keep!(web);
     keep!(auth.auth_timeout_secs);
     keep!(limits.max_body);
     keep!(limits.max_in_flight);

@@ -1,8 +1,14 @@
 //! TLS for the QUIC endpoint: the configured certificate, or a self-signed development
-//! certificate generated once into `DATA_DIR/tls/`.
+//! certificate generated once into `DATA_DIR/tls/` (and, for browsers, the short-lived one
+//! of [`browser`]).
 //!
-//! TLS 1.3 only, ALPN `chat/1`, the ring crypto provider (passed explicitly, not left to
-//! whichever provider a dependency happens to enable).
+//! TLS 1.3 only, ALPN `chat/1` (and `h3` for WebTransport when `web.webtransport` is on),
+//! the ring crypto provider (passed explicitly, not left to whichever provider a dependency
+//! happens to enable).
+
+mod browser;
+
+pub use browser::BrowserCert;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +21,10 @@ use crate::config::TlsConfig;
 
 /// The ALPN protocol id of chat protocol v1 ([`chat_protocol::ALPN`]).
 pub const ALPN: &[u8] = chat_protocol::ALPN;
+/// The ALPN protocol id of HTTP/3, which WebTransport sessions run on.
+pub const H3: &[u8] = b"h3";
+/// The URL path of the chat protocol's WebTransport sessions.
+pub const WEBTRANSPORT_PATH: &str = "/chat/1";
 
 /// Why the TLS setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -216,17 +226,71 @@ fn generate_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<(), Err
     Ok(())
 }
 
-/// The rustls server configuration: TLS 1.3 only, ALPN `chat/1`, ring provider.
+/// What the endpoint offers browsers.
+#[derive(Clone, Debug, Default)]
+pub struct Browsers {
+    /// WebTransport sessions (ALPN `h3`) are taken.
+    pub webtransport: bool,
+    /// The certificate browsers get instead of the development one, while it is
+    /// [`BrowserCert::in_use`] (with a configured certificate, browsers check that one like
+    /// any site's).
+    pub cert: Option<Arc<BrowserCert>>,
+}
+
+impl Browsers {
+    /// What a daemon starting with `web` and `identity` offers browsers: with WebTransport
+    /// on, a browser certificate, in use while `identity` is the development certificate.
+    ///
+    /// # Errors
+    /// When the browser certificate cannot be generated.
+    pub fn new(web: &crate::config::WebConfig, identity: &Identity) -> Result<Browsers, Error> {
+        let cert = if web.webtransport {
+            let cert = BrowserCert::generate(std::time::SystemTime::now())?;
+            cert.set_in_use(identity.generated);
+            Some(Arc::new(cert))
+        } else {
+            None
+        };
+        Ok(Browsers {
+            webtransport: web.webtransport,
+            cert,
+        })
+    }
+}
+
+/// The rustls server configuration: TLS 1.3 only, ALPN `chat/1` (and `h3` when
+/// `browsers.webtransport`), ring provider; a browser's handshake gets `browsers.cert` when
+/// there is one.
 ///
 /// # Errors
 /// When rustls refuses the certificate or key.
-pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, Error> {
+pub fn server_config(
+    identity: &Identity,
+    browsers: &Browsers,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
+        .with_no_client_auth();
+    let browser = browsers.cert.as_ref();
+    let mut config = match browser.filter(|b| browsers.webtransport && b.in_use()) {
+        Some(browser) => {
+            let main = rustls::sign::CertifiedKey::from_der(
+                identity.certs.clone(),
+                identity.key.clone_key(),
+                &provider,
+            )?;
+            builder.with_cert_resolver(Arc::new(browser::Resolver {
+                main: Arc::new(main),
+                browser: Arc::clone(browser),
+            }))
+        }
+        None => builder.with_single_cert(identity.certs.clone(), identity.key.clone_key())?,
+    };
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if browsers.webtransport {
+        config.alpn_protocols.push(H3.to_vec());
+    }
     config.max_early_data_size = 0;
     Ok(Arc::new(config))
 }
@@ -244,7 +308,7 @@ mod tests {
         let second = load_identity(&TlsConfig::default(), dir.path()).unwrap();
         assert_eq!(first.fingerprint(), second.fingerprint());
         assert_eq!(first.fingerprint().len(), 64);
-        server_config(&second).unwrap();
+        server_config(&second, &Browsers::default()).unwrap();
     }
 
     #[test]

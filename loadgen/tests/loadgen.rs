@@ -22,6 +22,7 @@ impl Daemon {
         };
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        config.web.listen = "127.0.0.1:0".parse().unwrap();
         config.shutdown_grace_secs = 5;
         let daemon = chatd::Daemon::start(config).unwrap();
         Daemon {

@@ -20,6 +20,7 @@ pub fn test_config(dir: &Path) -> Config {
     };
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.web.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.shutdown_grace_secs = 5;
     config
 }
@@ -113,6 +114,16 @@ impl TestDaemon {
         self.daemon()
             .admin_addr()
             .expect("the admin listener is on")
+    }
+
+    /// The web listener's address.
+    ///
+    /// # Panics
+    /// When the web listener is off.
+    #[must_use]
+    pub fn web_addr(&self) -> SocketAddr {
+        #[allow(clippy::expect_used)] // a test fixture
+        self.daemon().web_addr().expect("the web listener is on")
     }
 
     /// Open connections per shard.

@@ -234,6 +234,7 @@ fn publish_all(dir: &std::path::Path, exchange: &str, payload: Payload, events: 
         ..chatd::config::Config::default()
     };
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.web.enabled = false;
     config.bridge.amqp_url = chatd::config::Secret::inline(URL);
     config.bridge.exchange = exchange.to_owned();
     config.bridge.max_unconfirmed = WINDOW;

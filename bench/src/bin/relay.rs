@@ -122,8 +122,14 @@ fn relay() -> Result<(), String> {
     };
     let identity =
         chatd::tls::load_identity(&config.tls, &data_dir).map_err(|e| format!("tls: {e}"))?;
-    let server_config =
-        chatd::server::quic_server_config(&config, &identity).map_err(|e| e.to_string())?;
+    // The same transport parameters as chatd's (WebTransport's stream credit included); the
+    // floor takes native connections only.
+    let browsers = chatd::tls::Browsers {
+        webtransport: config.web.webtransport,
+        cert: None,
+    };
+    let server_config = chatd::server::quic_server_config(&config, &identity, &browsers)
+        .map_err(|e| e.to_string())?;
     let sockets = chatd::server::bind(listen, threads.max(1)).map_err(|e| e.to_string())?;
     let local = sockets[0].local_addr().map_err(|e| e.to_string())?;
     let limits = chatd::server::wire_limits(&config);

@@ -2,6 +2,7 @@
 // and decoders. Field order is wire order; names are the document's in camelCase. Enums with
 // fields are `{ kind: "Variant", ... }`; enums without are the variant's name.
 
+import type { ErrorCode, GoodbyeCode } from "./codes.js";
 import { DecodeError, Reader, Writer } from "./codec.js";
 
 // --- identifiers (section 4) -----------------------------------------------------------------
@@ -13,8 +14,6 @@ export type Seq = bigint;
 export type OpId = bigint;
 export type Timestamp = bigint;
 export type RequestId = number;
-export type ErrorCode = number;
-export type GoodbyeCode = number;
 export type ContentType = number;
 /** A SHA-256 value of the hash chain (32 bytes, section 8.12). */
 export type Hash = Uint8Array;

@@ -1,5 +1,5 @@
 //! The admin listener: HTTP/1.1 on a private TCP address (`[admin]`), on its own `admin`
-//! thread with a current-thread runtime, served by hyper. It answers:
+//! thread ([`crate::http`]). It answers:
 //!
 //! - `GET /healthz`: 200 while the process lives (and its admin thread answers);
 //! - `GET /readyz`: 200 when the daemon should get new clients: every shard's loop turned in
@@ -11,15 +11,14 @@
 //!
 //! `/metrics` and `/v1/` need `Authorization: Bearer TOKEN` when `admin.token` is set (it
 //! must be, for a non-loopback address); the health checks never do, since load balancers
-//! cannot send headers. Bounded: at most [`MAX_CONNECTIONS`] connections (more wait in the
-//! kernel's backlog), request headers within [`HEADER_TIMEOUT`], bodies of at most
-//! [`MAX_BODY`] bytes.
+//! cannot send headers. Bounded as every listener of [`crate::http`] is, with bodies of at
+//! most [`MAX_BODY`] bytes.
 
 pub(crate) mod api;
 pub mod client;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+pub(crate) use crate::http::{failure, json, reply};
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,10 +35,6 @@ use crate::store::Store;
 /// A shard whose loop has not turned for this long is not ready (it turns at least every
 /// 250 ms).
 pub(crate) const READY_HEARTBEAT: Duration = Duration::from_secs(2);
-/// Admin connections served at once.
-const MAX_CONNECTIONS: usize = 64;
-/// Time a client has to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
 /// How often histogram samples are folded into their buckets.
@@ -55,149 +50,32 @@ pub(crate) struct State {
     pub(crate) actions: tokio::sync::Mutex<()>,
 }
 
-/// The running admin thread.
-pub(crate) struct Admin {
-    stop: Arc<tokio::sync::Notify>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    addr: SocketAddr,
+/// Starts the admin listener's thread serving `listener`.
+pub(crate) fn start(
+    listener: std::net::TcpListener,
+    state: State,
+) -> std::io::Result<crate::http::Listener> {
+    let admin = crate::http::Listener::start("admin", listener, state)?;
+    tracing::info!(addr = %admin.addr(), "admin listener up: /metrics, /healthz, /readyz, /v1/");
+    Ok(admin)
 }
 
-/// Binds the admin address (before the daemon reports ready, so a taken port fails the
-/// start).
-///
-/// # Errors
-/// When the address cannot be bound.
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-impl Admin {
-    /// Starts the admin thread serving `listener`.
-    pub(crate) fn start(listener: std::net::TcpListener, state: State) -> std::io::Result<Admin> {
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                crate::metrics::enter(&state.shared.metrics);
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        return tracing::error!(error = %e, "the admin listener cannot start its runtime");
-                    }
-                };
-                runtime.block_on(serve(listener, Arc::new(state), &stopped));
-                // A compaction or backup still running on the blocking pool is not waited
-                // for: the stop must not hang on it (its thread ends with the process).
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })?;
-        tracing::info!(%addr, "admin listener up: /metrics, /healthz, /readyz, /v1/");
-        Ok(Admin {
-            stop,
-            thread: Some(thread),
-            addr,
-        })
+impl crate::http::Service for State {
+    fn enter(&self) {
+        crate::metrics::enter(&self.shared.metrics);
     }
 
-    /// The bound address.
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        handle(&self, request).await
     }
 
-    /// Stops the listener (requests in progress are dropped).
-    pub(crate) fn stop(mut self) -> Option<std::thread::JoinHandle<()>> {
-        self.stop.notify_one();
-        self.thread.take()
-    }
-}
-
-async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: &tokio::sync::Notify) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => return tracing::error!(error = %e, "the admin listener cannot start"),
-    };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let local = tokio::task::LocalSet::new();
-    // Its own task: it runs while every connection slot is taken too.
-    let metrics = Arc::clone(&state.shared.metrics);
-    local.spawn_local(async move {
+    async fn background(self: Arc<Self>) {
         let mut upkeep = tokio::time::interval(UPKEEP);
         loop {
             upkeep.tick().await;
-            metrics.upkeep();
+            self.shared.metrics.upkeep();
         }
-    });
-    local
-        .run_until(async {
-            loop {
-                let permit = tokio::select! {
-                    permit = Arc::clone(&slots).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                    () = stop.notified() => return,
-                };
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            crate::logging::throttled!(warn, error = %e, "admin accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    () = stop.notified() => return,
-                };
-                let state = Arc::clone(&state);
-                tokio::task::spawn_local(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                    drop(permit);
-                });
-            }
-        })
-        .await;
-}
-
-/// A response with a body.
-pub(crate) fn reply(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
     }
-    response
-}
-
-/// A JSON response.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    body.push(b'\n');
-    reply(status, "application/json", body)
-}
-
-/// A JSON error: `{"error": reason}`.
-pub(crate) fn failure(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": reason }))
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {

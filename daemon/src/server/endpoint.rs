@@ -24,30 +24,42 @@ pub fn wire_limits(config: &Config) -> chat_protocol::Limits {
     }
 }
 
-/// The quinn server configuration of every shard: TLS from `identity`, one bidirectional
-/// stream per connection, the flow-control windows and timeouts of `config`. Public so the
-/// bench relay (the floor) runs on exactly the same QUIC and TLS settings.
+/// The quinn server configuration of every shard: TLS from `identity` (and `browsers`), one
+/// bidirectional stream per connection (two bidirectional and three unidirectional ones with
+/// WebTransport on, see below), the flow-control windows and timeouts of `config`. Public so
+/// the bench relay (the floor) runs on exactly the same QUIC and TLS settings.
 ///
 /// # Errors
 /// When rustls or quinn refuse the certificate or a value.
 pub fn quic_server_config(
     config: &Config,
     identity: &tls::Identity,
+    browsers: &tls::Browsers,
 ) -> Result<Arc<quinn::ServerConfig>, Error> {
-    let rustls = tls::server_config(identity)?;
+    let rustls = tls::server_config(identity, browsers)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls)
         .map_err(|e| Error::Start(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     let idle = Duration::from_secs(config.limits.idle_timeout_secs);
+    // The stream credit of the handshake is the same for every connection, before its ALPN
+    // is known. A WebTransport session needs more than a native one: the CONNECT request and
+    // the session stream (bidirectional), the browser's HTTP/3 control and QPACK streams
+    // (unidirectional). A native connection gets no more credit after its handshake, and
+    // opening a stream beyond its session stream ends it (`conn::io`).
+    let (bidi, uni) = if browsers.webtransport {
+        (2u32, 3u32)
+    } else {
+        (1, 0)
+    };
     transport
         .max_idle_timeout(Some(
             idle.try_into()
                 .map_err(|_| Error::Start("idle timeout too large".into()))?,
         ))
         .keep_alive_interval(Some(Duration::from_secs(config.limits.keep_alive_secs)))
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(bidi.into())
+        .max_concurrent_uni_streams(uni.into())
         .stream_receive_window((256u32 * 1024).into())
         .receive_window((512u32 * 1024).into())
         .send_window(2 * 1024 * 1024)

@@ -64,6 +64,9 @@ pub enum Error {
     /// The admin listener's TCP address could not be bound.
     #[error("cannot bind the admin listener to {0}: {1} (admin.listen)")]
     AdminBind(SocketAddr, std::io::Error),
+    /// The web listener's TCP address could not be bound.
+    #[error("cannot bind the web listener to {0}: {1} (web.listen)")]
+    WebBind(SocketAddr, std::io::Error),
     /// A thread could not be started, or QUIC refused the configuration.
     #[error("start-up: {0}")]
     Start(String),
@@ -119,7 +122,11 @@ pub struct Daemon {
     /// What drives the shards.
     runtime: crate::runtime::Kind,
     /// The admin listener, when enabled.
-    admin: Option<crate::admin::Admin>,
+    admin: Option<crate::http::Listener>,
+    /// What the endpoint offers browsers (a reload keeps it).
+    browsers: tls::Browsers,
+    /// The web listener, when enabled.
+    web: Option<crate::http::Listener>,
 }
 
 /// What a reload changed.
@@ -159,7 +166,8 @@ impl Daemon {
                 identity.cert_path.display()
             );
         }
-        let quic_config = quic_server_config(&config, &identity)?;
+        let browsers = tls::Browsers::new(&config.web, &identity)?;
+        let quic_config = quic_server_config(&config, &identity, &browsers)?;
         let endpoint_config = tls::endpoint_config(&data_dir)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
         let store = Store::open_with(&data_dir.join("db"), config.storage.wal())?;
@@ -175,13 +183,21 @@ impl Daemon {
             .map_err(|e| Error::Bind(config.listen, e))?;
         let admin_listener = if config.admin.enabled {
             Some(
-                crate::admin::bind(config.admin.listen)
+                crate::http::bind(config.admin.listen)
                     .map_err(|e| Error::AdminBind(config.admin.listen, e))?,
             )
         } else {
             None
         };
         let admin_store = store.clone();
+        let web_listener = if config.web.enabled {
+            Some(
+                crate::http::bind(config.web.listen)
+                    .map_err(|e| Error::WebBind(config.web.listen, e))?,
+            )
+        } else {
+            None
+        };
 
         let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
         let outbox = Arc::new(store::writer::OutboxHead::default());
@@ -310,6 +326,8 @@ impl Daemon {
             server_config: quic_config,
             runtime,
             admin: None,
+            browsers,
+            web: None,
         };
         // Every shard reports whether its endpoint is up; one that is not fails the start.
         let failure = (0..shard_count)
@@ -327,11 +345,20 @@ impl Daemon {
                 data_dir: daemon.data_dir.clone(),
                 actions: tokio::sync::Mutex::new(()),
             };
-            match crate::admin::Admin::start(listener, state) {
+            match crate::admin::start(listener, state) {
                 Ok(admin) => daemon.admin = Some(admin),
                 Err(e) => {
                     daemon.stop_fast();
                     return Err(Error::Start(format!("admin listener: {e}")));
+                }
+            }
+        }
+        if let Some(listener) = web_listener {
+            match crate::web::start(listener, &daemon.browsers, local_addr) {
+                Ok(web) => daemon.web = Some(web),
+                Err(e) => {
+                    daemon.stop_fast();
+                    return Err(Error::Start(format!("web listener: {e}")));
                 }
             }
         }
@@ -355,7 +382,13 @@ impl Daemon {
     /// The admin listener's bound TCP address, when it runs.
     #[must_use]
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(crate::admin::Admin::addr)
+        self.admin.as_ref().map(crate::http::Listener::addr)
+    }
+
+    /// The web listener's bound TCP address, when it runs.
+    #[must_use]
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(crate::http::Listener::addr)
     }
 
     /// What drives the shard threads: `"io-uring"` or `"epoll"` (`runtime = "auto"`
@@ -435,9 +468,14 @@ impl Daemon {
             .map_err(|e| Error::Reload(e.to_string()))?;
         let identity = tls::load_identity(&merged.tls, &self.data_dir)?;
         let keys = token::Keys::load(&merged.auth, &self.data_dir)?;
-        let crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)
-                .map_err(|e| Error::Start(e.to_string()))?;
+        if let Some(cert) = &self.browsers.cert {
+            cert.set_in_use(identity.generated);
+        }
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(
+            &identity,
+            &self.browsers,
+        )?)
+        .map_err(|e| Error::Start(e.to_string()))?;
         // The same transport and Retry token key: only the certificate changes.
         let mut server_config = (*self.server_config).clone();
         server_config.crypto = Arc::new(crypto);
@@ -532,8 +570,13 @@ impl Daemon {
         // The admin listener answered `/readyz` with 503 while the shards drained; its
         // reference to the shared state must go before storage can stop.
         let bridge = self.bridge.take().and_then(crate::bridge::Bridge::stop);
-        let admin = self.admin.take().and_then(crate::admin::Admin::stop);
-        if join_by(bridge.into_iter().chain(admin).collect(), deadlines.hard) > 0 {
+        let admin = self.admin.take().and_then(crate::http::Listener::stop);
+        let web = self.web.take().and_then(crate::http::Listener::stop);
+        if join_by(
+            bridge.into_iter().chain(admin).chain(web).collect(),
+            deadlines.hard,
+        ) > 0
+        {
             tracing::warn!(
                 "the bridge or the admin listener did not stop by the stop's hard deadline"
             );

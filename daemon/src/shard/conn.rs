@@ -155,7 +155,9 @@ struct Conn {
     shard: super::ShardId,
     /// When its handshake completed.
     since: Instant,
-    quic: quinn::Connection,
+    /// A native connection (`Session::raw`) or a browser's WebTransport session: the same
+    /// streams, datagrams and close.
+    quic: web_transport_quinn::Session,
     shared: Arc<super::Shared>,
     /// Counted among the unauthenticated connections until the session is set.
     unauthenticated: Unauthenticated,

@@ -14,15 +14,23 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Client {
     pub conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    /// The session stream: a QUIC stream, or a WebTransport session's.
+    send: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    recv: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     decoder: FrameDecoder<ServerFrame>,
     next_id: u32,
     /// Events that arrived while waiting for a response.
     pub events: VecDeque<Event>,
     /// Frames other than responses and events that arrived while waiting.
     pub other: VecDeque<ServerFrame>,
-    _endpoint: quinn::Endpoint,
+    endpoint: Endpoint,
+}
+
+/// What a client's connection lives on.
+enum Endpoint {
+    Native(quinn::Endpoint),
+    /// A WebTransport client and its session.
+    Web(web_transport_quinn::Client, web_transport_quinn::Session),
 }
 
 pub fn client_config(cert: &Path) -> quinn::ClientConfig {
@@ -95,6 +103,20 @@ impl Client {
         recv: quinn::RecvStream,
         endpoint: quinn::Endpoint,
     ) -> Client {
+        Client::on(
+            conn,
+            Box::new(send),
+            Box::new(recv),
+            Endpoint::Native(endpoint),
+        )
+    }
+
+    fn on(
+        conn: quinn::Connection,
+        send: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        recv: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        endpoint: Endpoint,
+    ) -> Client {
         Client {
             conn,
             send,
@@ -103,17 +125,52 @@ impl Client {
             next_id: 1,
             events: VecDeque::new(),
             other: VecDeque::new(),
-            _endpoint: endpoint,
+            endpoint,
+        }
+    }
+
+    /// Connects as a browser does: WebTransport to `url`, trusting the certificate whose
+    /// SHA-256 is `hash` (`serverCertificateHashes`), with its first bidirectional stream
+    /// as the session stream (no hello yet).
+    pub async fn web(url: &str, hash: Vec<u8>) -> Result<Client, web_transport_quinn::ClientError> {
+        let client =
+            web_transport_quinn::ClientBuilder::new().with_server_certificate_hashes(vec![hash])?;
+        let url: url::Url = url.parse().unwrap();
+        let session = client.connect(url).await?;
+        let (send, recv) = session.open_bi().await.unwrap();
+        let conn = quinn::Connection::clone(&session);
+        Ok(Client::on(
+            conn,
+            Box::new(send),
+            Box::new(recv),
+            Endpoint::Web(client, session),
+        ))
+    }
+
+    /// The WebTransport session, for a client of [`Client::web`].
+    pub fn session(&self) -> Option<&web_transport_quinn::Session> {
+        match &self.endpoint {
+            Endpoint::Web(_, session) => Some(session),
+            Endpoint::Native(_) => None,
         }
     }
 
     /// Closes the connection and waits until the daemon was told.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
-        self._endpoint.wait_idle().await;
+        match self.endpoint {
+            Endpoint::Native(endpoint) => {
+                self.conn.close(0u32.into(), b"bye");
+                endpoint.wait_idle().await;
+            }
+            Endpoint::Web(_client, session) => {
+                session.close(0, b"bye");
+                let _ = tokio::time::timeout(WAIT, session.closed()).await;
+            }
+        }
     }
 
     pub async fn write_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
         self.send.write_all(bytes).await.unwrap();
     }
 
@@ -123,6 +180,7 @@ impl Client {
 
     /// Writes a frame; `false` when the stream or connection is closed.
     pub async fn try_write(&mut self, frame: &ClientFrame) -> bool {
+        use tokio::io::AsyncWriteExt as _;
         let bytes = encode_frame_to_vec(frame).unwrap();
         self.send.write_all(&bytes).await.is_ok()
     }
@@ -133,13 +191,14 @@ impl Client {
             if let Some(frame) = self.decoder.next_frame().unwrap() {
                 return Some(frame);
             }
-            let chunk =
-                tokio::time::timeout(WAIT, self.recv.read_chunk(self.decoder.space(), true))
-                    .await
-                    .expect("timed out waiting for a frame");
-            match chunk {
-                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes).unwrap(),
-                Ok(None) | Err(_) => return None,
+            use tokio::io::AsyncReadExt as _;
+            let mut chunk = vec![0; self.decoder.space().min(64 * 1024)];
+            let read = tokio::time::timeout(WAIT, self.recv.read(&mut chunk))
+                .await
+                .expect("timed out waiting for a frame");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.decoder.push(&chunk[..n]).unwrap(),
             }
         }
     }

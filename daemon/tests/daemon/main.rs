@@ -26,6 +26,7 @@ mod receipts;
 mod resume;
 mod robustness;
 mod typing;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,6 +58,7 @@ pub fn spawn_chatd_at(dir: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> std
         .arg(dir)
         .env_remove("RUST_LOG")
         .env("CHATD_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("CHATD_WEB_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -52,6 +52,7 @@ impl Proc {
             .arg(&config)
             .env_remove("RUST_LOG")
             .env("CHATD_ADMIN_LISTEN", admin.to_string())
+            .env("CHATD_WEB_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -67,6 +67,28 @@ pub(super) async fn serve(
         }
     };
     shard.metrics().handshakes.increment(1);
+    let auth_timeout = Duration::from_secs(shard.shared.config().auth.auth_timeout_secs);
+    let auth_deadline = Instant::now() + auth_timeout;
+    // A browser's WebTransport session, or a native connection: from here on, one path.
+    let session = if alpn(&quic).as_deref() == Some(crate::tls::H3) {
+        match tokio::time::timeout_at(auth_deadline.into(), web_session(&quic)).await {
+            Ok(Some(session)) => session,
+            Ok(None) | Err(_) => {
+                quic.close(
+                    close_code(GoodbyeCode::AUTH_TIMEOUT).into(),
+                    b"no WebTransport session",
+                );
+                shard.conns.borrow_mut().address_left(ip);
+                return;
+            }
+        }
+    } else {
+        // No more stream credit than the handshake gave (WebTransport's, when it is on): the
+        // session stream is the one stream a native connection has.
+        quic.set_max_concurrent_bi_streams(1u32.into());
+        quic.set_max_concurrent_uni_streams(0u32.into());
+        web_transport_quinn::Session::raw(quic)
+    };
     let id = {
         let mut conns = shard.conns.borrow_mut();
         let id = ConnId(conns.next);
@@ -77,7 +99,7 @@ pub(super) async fn serve(
         id,
         shard: shard.id,
         since: Instant::now(),
-        quic: quic.clone(),
+        quic: session.clone(),
         shared: Arc::clone(&shard.shared),
         unauthenticated,
         sends: RefCell::new(None),
@@ -88,20 +110,50 @@ pub(super) async fn serve(
     shard.conns.borrow_mut().map.insert(id, Rc::clone(&conn));
     shard.shared.connections[shard.id].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     shard.shared.memory.charge(CONNECTION_COST);
-    let auth_timeout = Duration::from_secs(shard.shared.config().auth.auth_timeout_secs);
-    match tokio::time::timeout(auth_timeout, quic.accept_bi()).await {
+    match tokio::time::timeout_at(auth_deadline.into(), session.accept_bi()).await {
         Ok(Ok((send, recv))) => {
             spawn_local(write_loop(Rc::clone(&shard), Rc::clone(&conn), send));
-            spawn_local(datagram_loop(Rc::clone(&shard), Rc::clone(&conn)));
-            read_loop(&shard, &conn, recv, Instant::now() + auth_timeout).await;
+            spawn_local(lanes(Rc::clone(&shard), Rc::clone(&conn)));
+            read_loop(&shard, &conn, recv, auth_deadline).await;
         }
         Ok(Err(_)) => conn.with(Session::release_all),
         Err(_) => {
             conn.with(Session::release_all);
-            quic.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream");
+            session.close(close_code(GoodbyeCode::AUTH_TIMEOUT), b"no session stream");
         }
     }
     ended(&shard, &conn, ip);
+}
+
+/// The protocol the handshake agreed on.
+fn alpn(quic: &quinn::Connection) -> Option<Vec<u8>> {
+    quic.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The HTTP/3 side of a browser's connection: its settings and its CONNECT request, answered
+/// 200 for the chat protocol's path ([`crate::tls::WEBTRANSPORT_PATH`]) and 404 otherwise.
+async fn web_session(quic: &quinn::Connection) -> Option<web_transport_quinn::Session> {
+    let request = match web_transport_quinn::Request::accept(quic.clone()).await {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebTransport handshake failed");
+            return None;
+        }
+    };
+    if request.url.path() != crate::tls::WEBTRANSPORT_PATH {
+        tracing::debug!(url = %request.url, "WebTransport session for an unknown path refused");
+        let _ = request
+            .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
+            .await;
+        // The answer is written; the client closes once it has read it (or the caller does
+        // at the deadline).
+        let _ = tokio::time::timeout(REFUSAL_GRACE, quic.closed()).await;
+        return None;
+    }
+    request.ok().await.ok()
 }
 
 /// The connection is over: it leaves the shard's tables and counts, its session (if any)
@@ -148,14 +200,16 @@ pub(super) fn deadline_reached(conn: &Conn, auth_deadline: Instant) -> bool {
     conn.with(|s| s.deadline_reached(auth_deadline, Instant::now(), crate::unix_now()))
 }
 
-pub(super) fn close_code(code: GoodbyeCode) -> quinn::VarInt {
-    quinn::VarInt::from_u32(u32::from(code.0))
+/// The close code of a goodbye: the QUIC application error code of a native connection, the
+/// WebTransport session's close code of a browser's.
+pub(super) fn close_code(code: GoodbyeCode) -> u32 {
+    u32::from(code.0)
 }
 
 pub(super) async fn read_loop(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
-    mut recv: quinn::RecvStream,
+    mut recv: web_transport_quinn::RecvStream,
     auth_deadline: Instant,
 ) {
     let mut decoder = FrameDecoder::<ClientFrame>::new();
@@ -244,18 +298,31 @@ pub(super) async fn admit(
                     return Admission::Closed;
                 }
             }
-            _ = conn.quic.closed() => return Admission::Closed,
+            () = closed(conn) => return Admission::Closed,
         }
     }
 }
 
-/// Reads the ephemeral lane: datagrams carry typing updates only; anything else, or a
-/// datagram that does not decode, is dropped (the lane is unreliable by design).
-pub(super) async fn datagram_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
+/// Reads the ephemeral lane, and ends a session that opens a second stream. Datagrams carry
+/// typing updates only; anything else, or a datagram that does not decode, is dropped (the
+/// lane is unreliable by design). A stream beyond the session stream (which the handshake's
+/// stream credit allows when WebTransport is on) is a protocol violation.
+pub(super) async fn lanes(shard: Rc<Shard>, conn: Rc<Conn>) {
     loop {
         let datagram = tokio::select! {
             d = conn.quic.read_datagram() => d,
-            _ = conn.quic.closed() => return,
+            s = conn.quic.accept_bi() => {
+                if s.is_ok() {
+                    conn.goodbye(GoodbyeCode::PROTOCOL_VIOLATION, "a session has one stream");
+                }
+                return;
+            }
+            s = conn.quic.accept_uni() => {
+                if s.is_ok() {
+                    conn.goodbye(GoodbyeCode::PROTOCOL_VIOLATION, "a session has one stream");
+                }
+                return;
+            }
         };
         let Ok(bytes) = datagram else { return };
         if let Ok(ClientFrame::Typing(update)) =
@@ -269,7 +336,11 @@ pub(super) async fn datagram_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
 /// Writes queued frames in batches. Ends after the goodbye (finishing the stream and closing
 /// the connection with its code), or when the stream or connection fails (then it closes the
 /// connection, so nothing lingers).
-pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn::SendStream) {
+pub(super) async fn write_loop(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    mut send: web_transport_quinn::SendStream,
+) {
     let mut batch: Vec<Bytes> = Vec::new();
     let closing = loop {
         let Transmit { bytes, closing } = conn.with(|s| s.transmit(&mut batch, 64));
@@ -289,7 +360,7 @@ pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn
                     resume_parked(&shard, &conn);
                     continue;
                 }
-                _ = conn.quic.closed() => break None,
+                _ = closed(&conn) => break None,
             }
         }
         // Once the connection is closing, what is left gets `GOODBYE_GRACE` to be written: a
@@ -319,6 +390,15 @@ pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut send: quinn
     conn.quic.close(close_code(code), b"goodbye");
     conn.with(Session::release_all);
 }
+
+/// Completes when the QUIC connection is closed, by either side (for a WebTransport session
+/// too: the session's own `closed` waits for its close capsule to be delivered).
+pub(super) async fn closed(conn: &Conn) {
+    let _ = quinn::Connection::closed(&conn.quic).await;
+}
+
+/// How long a refused WebTransport request's answer may take to be read.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a closing connection's last frames (its goodbye) may take to be written.
 pub(super) const GOODBYE_GRACE: Duration = Duration::from_secs(2);
