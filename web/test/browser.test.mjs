@@ -60,6 +60,9 @@ function startDaemon() {
         NO_COLOR: "1",
         CHATD_WEB_LISTEN: `127.0.0.1:${web}`,
         CHATD_ADMIN_LISTEN: "127.0.0.1:0",
+        // The scroll-back test writes a long history at once.
+        CHATD_LIMITS_SEND_RATE: "1000",
+        CHATD_LIMITS_SEND_BURST: "1000",
       },
       stdio: ["ignore", "ignore", "pipe"],
     });
@@ -84,10 +87,21 @@ async function stopDaemon() {
 
 const run = promisify(execFile);
 
+const chatArgs = () => ["--server", `127.0.0.1:${quic}`, "--ca", join(dir, "data/tls/cert.pem"), "--profile", join(dir, "carol")];
+
 /** The `chat` CLI as carol, with her own profile. */
 function chat(...args) {
-  return run(CHAT, ["--server", `127.0.0.1:${quic}`, "--ca", join(dir, "data/tls/cert.pem"), "--profile", join(dir, "carol"), ...args], {
-    timeout: STEP,
+  return run(CHAT, [...chatArgs(), ...args], { timeout: STEP });
+}
+
+/** `chat shell TARGET` as carol, typing `lines` (each is sent and acknowledged in turn). */
+function shell(target, lines) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(CHAT, [...chatArgs(), "shell", target], { stdio: ["pipe", "ignore", "pipe"] });
+    let errors = "";
+    child.stderr.on("data", (chunk) => (errors += chunk));
+    child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`chat shell exited with ${code}: ${errors}`))));
+    child.stdin.end(lines.map((l) => `${l}\n`).join(""));
   });
 }
 
@@ -121,7 +135,7 @@ async function sees(page, text) {
   await page.waitForSelector(`#history .message:has-text("${text}")`, { timeout: STEP });
 }
 
-/** The seqs of the messages the page shows, checked to have no hole. */
+/** The seqs of the entries the page shows, in order. */
 async function contiguous(page) {
   const seqs = (await page.$$eval("#history [data-seq]", (els) => els.map((e) => Number(e.dataset.seq)))).sort((a, b) => a - b);
   return seqs;
@@ -215,4 +229,34 @@ test("two browser users and a terminal user chat, and nothing is missed across a
   for (let i = 1; i < after.length; i++) assert.equal(after[i], after[i - 1] + 1, `a hole in ${after}`);
 
   if (process.env.SCREENSHOT) await ann.screenshot({ path: process.env.SCREENSHOT });
+});
+
+test("scroll-back pages a long history back to its beginning", async () => {
+  const dave = await page("dave");
+  await dave.fill("#new-room", "long");
+  await dave.press("#new-room", "Enter");
+  await dave.waitForSelector('#title:has-text("long")', { timeout: STEP });
+  await chat("room", "join", "long");
+  // 120 messages: more than two pages of the 50 the app loads at a time.
+  await shell("room:long", Array.from({ length: 120 }, (_, i) => `line ${i + 1}`));
+  await sees(dave, "line 120");
+  // Opened again (a reload), the room shows its newest page only.
+  await dave.reload();
+  await online(dave);
+  await openConversation(dave, "long");
+  await sees(dave, "line 120");
+  assert.equal(await dave.locator("#history .start").count(), 0, "the whole history was loaded at once");
+  let shown = (await contiguous(dave)).length;
+  while ((await dave.locator("#history .start").count()) === 0) {
+    await dave.$eval("#history", (h) => (h.scrollTop = 0));
+    await dave.waitForFunction(
+      (n) => document.querySelectorAll("#history [data-seq]").length > n || document.querySelector("#history .start"),
+      shown,
+      { timeout: STEP },
+    );
+    shown = (await contiguous(dave)).length;
+  }
+  // The room's creation, carol's join, 120 messages: every entry, once, in order.
+  const seqs = await contiguous(dave);
+  assert.deepEqual(seqs, Array.from({ length: 122 }, (_, i) => i + 1));
 });

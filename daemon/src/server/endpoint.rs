@@ -65,6 +65,12 @@ pub fn quic_server_config(
         .send_window(2 * 1024 * 1024)
         .datagram_receive_buffer_size(Some(64 * 1024));
     server.transport_config(Arc::new(transport));
+    // No NEW_TOKEN address-validation tokens (a dependency, web-transport-quinn, turns on
+    // quinn's `bloom` feature, whose default sends two per connection and keeps a shared
+    // 10 MiB log of used ones): address validation stays the Retry of `conn::accept_loop`.
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0).log(Arc::new(quinn::NoneTokenLog));
+    server.validation_token_config(tokens);
     // SO_REUSEPORT steers by address: a migrated connection would reach another shard.
     server.migration(false);
     Ok(Arc::new(server))
