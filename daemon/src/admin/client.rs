@@ -197,8 +197,17 @@ pub fn render_status(v: &Value) -> String {
 #[must_use]
 pub fn render_connections(v: &Value) -> String {
     let mut out = format!(
-        "{:<6} {:<8} {:<24} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
-        "SHARD", "CONN", "REMOTE", "STATE", "USER/DEVICE", "AGE_S", "RTT_MS", "QUEUED_B", "LAGGED"
+        "{:<6} {:<8} {:<24} {:<13} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
+        "SHARD",
+        "CONN",
+        "REMOTE",
+        "TRANSPORT",
+        "STATE",
+        "USER/DEVICE",
+        "AGE_S",
+        "RTT_MS",
+        "QUEUED_B",
+        "LAGGED"
     );
     for c in v["connections"].as_array().into_iter().flatten() {
         let who = match (c["name"].as_str(), c["device"].as_u64()) {
@@ -207,10 +216,11 @@ pub fn render_connections(v: &Value) -> String {
             _ => "-".to_owned(),
         };
         out += &format!(
-            "{:<6} {:<8} {:<24} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
+            "{:<6} {:<8} {:<24} {:<13} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
             num(c, "shard"),
             num(c, "id"),
             str_of(c, "remote"),
+            str_of(c, "transport"),
             str_of(c, "state"),
             who,
             num(c, "connected_secs"),

@@ -112,7 +112,28 @@ async fn a_browser_session_chats_with_a_native_client() {
     let native = chatd::tls::load_identity(&Default::default(), &daemon.dir).unwrap();
     assert_ne!(native.fingerprint(), hex::encode(&hash));
 
-    // A goodbye reaches the browser as the session's close code.
+    // An operator sees which connection is a browser's.
+    let (status, body) = http(daemon.admin_addr(), "GET", "/v1/connections", None).await;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut transports: Vec<(String, String)> = listed["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let field = |k: &str| c[k].as_str().unwrap().to_owned();
+            (field("name"), field("transport"))
+        })
+        .collect();
+    transports.sort();
+    assert_eq!(
+        transports,
+        [
+            ("ann".into(), "webtransport".into()),
+            ("bob".into(), "quic".into())
+        ]
+    );
+
     ann.close().await;
     bob.close().await;
 }

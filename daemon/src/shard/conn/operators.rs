@@ -9,6 +9,8 @@ pub(crate) struct ConnInfo {
     pub(crate) shard: usize,
     pub(crate) id: u64,
     pub(crate) remote: std::net::SocketAddr,
+    /// `quic` (a native client) or `webtransport` (a browser).
+    pub(crate) transport: &'static str,
     pub(crate) state: &'static str,
     pub(crate) user: Option<u64>,
     pub(crate) name: Option<String>,
@@ -44,6 +46,11 @@ pub(crate) fn list(shard: &Shard, user: Option<UserId>, limit: usize) -> (usize,
                 shard: shard.id,
                 id: conn.id.0,
                 remote: conn.quic.remote_address(),
+                transport: if conn.quic.request().is_some() {
+                    "webtransport"
+                } else {
+                    "quic"
+                },
                 state: match (auth, session.closing()) {
                     (_, Some(_)) => "closing",
                     (Some(_), None) => "authenticated",
