@@ -129,6 +129,22 @@ function client(d: ReturnType<typeof daemon>, seen: Event[], extra: Partial<Cons
   });
 }
 
+/** A client connected to the scripted daemon: its hello answered with `maxInFlight`. */
+async function connected(
+  d: ReturnType<typeof daemon>,
+  seen: Event[],
+  extra: Partial<ConstructorParameters<typeof Client>[0]> = {},
+  maxInFlight = 8,
+): Promise<{ c: Client; conn: Connection }> {
+  const c = client(d, seen, extra);
+  const started = c.start();
+  const conn = await d.accept();
+  await conn.next();
+  await conn.helloOk(maxInFlight);
+  await started;
+  return { c, conn };
+}
+
 const seqs = (events: Event[]) => events.flatMap((e) => (e.kind === "Entry" ? [e.entry.seq] : []));
 
 test("a reconnect resumes from the cursors, without repeats or its own sends, and resends what was unanswered", async () => {
@@ -186,12 +202,7 @@ test("a reconnect resumes from the cursors, without repeats or its own sends, an
 test("Lagged is answered with a Sync from the cursors, after the catch-up running ends", async () => {
   const d = daemon();
   const seen: Event[] = [];
-  const c = client(d, seen);
-  const started = c.start();
-  const conn = await d.accept();
-  await conn.next();
-  await conn.helloOk();
-  await started;
+  const { c, conn } = await connected(d, seen);
   await conn.send(entry(4n));
   await conn.send({ kind: "Event", event: { kind: "Lagged" } });
   const ping = c.request({ kind: "Ping" });
@@ -206,13 +217,7 @@ test("Lagged is answered with a Sync from the cursors, after the catch-up runnin
 });
 
 test("requests wait for the in-flight limit", async () => {
-  const d = daemon();
-  const c = client(d, []);
-  const started = c.start();
-  const conn = await d.accept();
-  await conn.next();
-  await conn.helloOk(1);
-  await started;
+  const { c, conn } = await connected(daemon(), [], {}, 1);
   const one = c.request({ kind: "Ping" });
   const two = c.request({ kind: "FindRoom", name: "lunch" });
   const first = await conn.request("Ping");
@@ -225,14 +230,8 @@ test("requests wait for the in-flight limit", async () => {
 });
 
 test("REPLACED is final: no reconnect, and what waits is rejected", async () => {
-  const d = daemon();
   const statuses: string[] = [];
-  const c = client(d, [], { onStatus: (s) => statuses.push(s.kind) });
-  const started = c.start();
-  const conn = await d.accept();
-  await conn.next();
-  await conn.helloOk();
-  await started;
+  const { c, conn } = await connected(daemon(), [], { onStatus: (s) => statuses.push(s.kind) });
   const waiting = c.request({ kind: "Ping" });
   await conn.request("Ping");
   await conn.send({ kind: "Goodbye", goodbye: { code: GoodbyeCode.REPLACED, reason: "replaced" } });

@@ -181,23 +181,19 @@ impl Daemon {
         let local_addr = sockets[0]
             .local_addr()
             .map_err(|e| Error::Bind(config.listen, e))?;
-        let admin_listener = if config.admin.enabled {
-            Some(
-                crate::http::bind(config.admin.listen)
-                    .map_err(|e| Error::AdminBind(config.admin.listen, e))?,
-            )
-        } else {
-            None
-        };
+        let admin_listener = config
+            .admin
+            .enabled
+            .then(|| crate::http::bind(config.admin.listen))
+            .transpose()
+            .map_err(|e| Error::AdminBind(config.admin.listen, e))?;
         let admin_store = store.clone();
-        let web_listener = if config.web.enabled {
-            Some(
-                crate::http::bind(config.web.listen)
-                    .map_err(|e| Error::WebBind(config.web.listen, e))?,
-            )
-        } else {
-            None
-        };
+        let web_listener = config
+            .web
+            .enabled
+            .then(|| crate::http::bind(config.web.listen))
+            .transpose()
+            .map_err(|e| Error::WebBind(config.web.listen, e))?;
 
         let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
         let outbox = Arc::new(store::writer::OutboxHead::default());
