@@ -15,6 +15,7 @@ import {
   type Response,
   type Session,
   type Status,
+  chain,
   conversationName,
   direct,
   webTransport,
@@ -230,7 +231,14 @@ class App {
         h(
           "section",
           { class: "chat" },
-          h("header", {}, h("strong", { id: "title" }, "No conversation"), h("span", { id: "presence" })),
+          h(
+            "header",
+            {},
+            h("strong", { id: "title" }, "No conversation"),
+            h("span", { id: "presence" }),
+            h("span", { id: "verified", class: "verified" }),
+            button("Verify", "verify", () => void this.verify()),
+          ),
           history,
           h("div", { id: "typing", class: "typing" }),
           h(
@@ -363,6 +371,7 @@ class App {
 
   private async select(c: Conversation): Promise<void> {
     this.open = c;
+    $("#verified").textContent = "";
     this.renderList();
     this.renderHeader();
     await this.reload(c);
@@ -431,6 +440,41 @@ class App {
     c.read = c.head;
     void this.request({ kind: "Mark", conversation: c.id, marker: "Read", seq: c.head }).catch(() => {});
     this.renderList();
+  }
+
+  /** Reads the open conversation's whole history and checks it against its hash chain
+   *  (docs/PROTOCOL.md 8.12), as `chat verify` does: members shown the same link for the
+   *  same entry were given the same history. */
+  private async verify(): Promise<void> {
+    const c = this.open;
+    if (!c) return;
+    const line = $("#verified");
+    line.className = "verified";
+    line.textContent = "verifying…";
+    try {
+      const verifier = await chain.Verifier.start(c.id);
+      let entries = 0;
+      for (;;) {
+        const response = await this.request({
+          kind: "History",
+          query: { conversation: c.id, from: { kind: "After", seq: verifier.head.seq }, limit: 100, order: "OldestFirst", thread: null },
+        });
+        if (response.kind !== "History") return;
+        for (const entry of response.page.entries) {
+          await verifier.check(entry);
+          entries += 1;
+        }
+        if (!response.page.more || response.page.entries.length === 0) break;
+      }
+      const { seq, link } = verifier.head;
+      const hex = [...link].map((b) => b.toString(16).padStart(2, "0")).join("");
+      line.textContent = `${entries} entries follow the hash chain; #${seq} has link ${hex.slice(0, 12)}…`;
+      line.title = hex;
+    } catch (err) {
+      line.className = "verified broken";
+      line.textContent =
+        err instanceof chain.ChainError ? `the history breaks its hash chain at #${err.seq}: ${err.message}` : String(err);
+    }
   }
 
   // --- events -------------------------------------------------------------------------------

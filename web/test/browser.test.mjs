@@ -228,6 +228,20 @@ test("two browser users and a terminal user chat, and nothing is missed across a
   const after = await contiguous(ann);
   for (let i = 1; i < after.length; i++) assert.equal(after[i], after[i - 1] + 1, `a hole in ${after}`);
 
+  // Both browsers check the room's whole history against its hash chain and are shown the
+  // same link for the same entry: they were given the same history.
+  const verified = async (page) => {
+    await page.click("#verify");
+    await page.waitForSelector('#verified:has-text("entries follow the hash chain")', { timeout: STEP });
+    return page.$eval("#verified", (e) => [e.textContent, e.title]);
+  };
+  const [annSays, annLink] = await verified(ann);
+  const [bobSays, bobLink] = await verified(bob);
+  assert.match(annSays, new RegExp(`^${after.length} entries follow the hash chain; #${after.at(-1)} has link`));
+  assert.equal(bobSays, annSays);
+  assert.equal(bobLink, annLink);
+  assert.equal(annLink.length, 64);
+
   if (process.env.SCREENSHOT) await ann.screenshot({ path: process.env.SCREENSHOT });
 });
 
