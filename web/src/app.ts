@@ -15,6 +15,7 @@ import {
   type Response,
   type Session,
   type Status,
+  type Tip,
   chain,
   conversationName,
   direct,
@@ -121,6 +122,7 @@ class App {
 
   private async enter(stored: Stored): Promise<void> {
     const cursorsKey = `chatd.cursors.${stored.name}`;
+    const tipsKey = `chatd.tips.${stored.name}`;
     const cursors = parseCursors(localStorage.getItem(cursorsKey));
     // One device per tab, kept across reloads of the tab.
     let device = sessionStorage.getItem("chatd.device");
@@ -135,9 +137,19 @@ class App {
       device: BigInt(device),
       client: "chatd web",
       cursors,
+      tips: parseTips(localStorage.getItem(tipsKey)),
       onEvent: (event) => {
         this.event(event);
         localStorage.setItem(cursorsKey, formatCursors(client.cursors()));
+        void client.chainTips().then((tips) => {
+          localStorage.setItem(tipsKey, formatTips(tips));
+          const r = client.chainReport();
+          $("#status").title = `hash chains: ${r.verified} entries verified, ${r.anchored} taken on trust, ${r.breaks} broken`;
+        });
+      },
+      onChainBreak: (broken) => {
+        const c = this.conversations.get(conversationName(broken.conversation));
+        this.notice(`the history of ${c?.title ?? conversationName(broken.conversation)} breaks its hash chain at #${broken.seq} (${broken.rule})`);
       },
       onStatus: (status) => this.status(status),
     });
@@ -709,6 +721,24 @@ function parseCursors(text: string | null): Cursor[] {
 
 function formatCursors(cursors: Cursor[]): string {
   return JSON.stringify(cursors.map((c) => ({ c: conversationName(c.conversation), s: c.seq.toString() })));
+}
+
+function parseTips(text: string | null): Tip[] {
+  if (!text) return [];
+  try {
+    return (JSON.parse(text) as { c: string; s: string; l: string }[]).flatMap(({ c, s, l }) => {
+      const id = parseConversation(c);
+      const link = new Uint8Array((l.match(/../g) ?? []).map((b) => parseInt(b, 16)));
+      return id && link.length === 32 ? [{ conversation: id, seq: BigInt(s), link }] : [];
+    });
+  } catch {
+    return [];
+  }
+}
+
+function formatTips(tips: Tip[]): string {
+  const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return JSON.stringify(tips.map((t) => ({ c: conversationName(t.conversation), s: t.seq.toString(), l: hex(t.link) })));
 }
 
 function parseConversation(name: string): ConversationId | null {

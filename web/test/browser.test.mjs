@@ -242,6 +242,15 @@ test("two browser users and a terminal user chat, and nothing is missed across a
   assert.equal(bobLink, annLink);
   assert.equal(annLink.length, 64);
 
+  // And their sessions followed every entry they received on its chain, with no break.
+  for (const page of [ann, bob]) {
+    const report = await page.$eval("#status", (e) => e.title);
+    const [, verified, broken] = report.match(/(\d+) entries verified, \d+ taken on trust, (\d+) broken/) ?? [];
+    assert.ok(Number(verified) > 0, report);
+    assert.equal(broken, "0", report);
+  }
+  assert.equal(await ann.$eval("#notice", (e) => e.textContent), "");
+
   if (process.env.SCREENSHOT) await ann.screenshot({ path: process.env.SCREENSHOT });
 });
 

@@ -10,12 +10,16 @@
 // - requests unanswered when a connection is lost are sent again on the next one (a send
 //   keeps its op id, so the daemon stores it once: 8.2);
 // - `Lagged` is answered with a `Sync` from the cursors (8.6), after any catch-up running;
+// - every entry received (pushed, replayed, paged) and every ack of its own is followed on
+//   its conversation's hash chain (8.12, `Tracker`); a break is reported to `onChainBreak`,
+//   and the tips can be saved to check the next run against (`chainTips`);
 // - a connection is dialled again with backoff and jitter unless the daemon said not to come
 //   back (`REPLACED`, `PROTOCOL_VIOLATION`) or the token is refused; after `TOKEN_EXPIRED`
 //   the token source is asked for a fresh token.
 
 import { ErrorCode, GoodbyeCode, errorName } from "./codes.js";
 import { FrameDecoder, decodeServerFrame, encodeClientFrame } from "./frame.js";
+import { type Break, type Report, type Tip, Tracker } from "./tracker.js";
 import type {
   ConversationId,
   Cursor,
@@ -79,6 +83,13 @@ export interface ClientOptions {
   client?: string;
   /** Where to resume from: the cursors a previous run saved (`Client.cursors()`). */
   cursors?: Cursor[];
+  /** The hash chains' tips a previous run saved (`Client.chainTips()`), to check what
+   *  follows against them. A tip before its conversation's cursor is dropped: the entries
+   *  between would never come to be checked. */
+  tips?: Tip[];
+  /** A conversation's chain broke: the daemon gave this client a history that does not
+   *  follow from what it gave before (or gives other members). */
+  onChainBreak?: (broken: Break) => void;
   /** Dial again after a lost connection (default), or not. */
   reconnect?: boolean;
   /** Delay before the first redial and its ceiling, doubled per attempt. */
@@ -163,9 +174,36 @@ export class Client {
   private syncAfterCatchUp = false;
   private closed = false;
   private status: Status = { kind: "connecting", attempt: 1 };
+  private readonly tracker: Tracker;
+  /** The chain checks, one after the other (hashing is asynchronous). */
+  private checking: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: ClientOptions) {
-    this.positions = new Positions(options.cursors ?? []);
+    const cursors = options.cursors ?? [];
+    this.positions = new Positions(cursors);
+    const cursorOf = new Map(cursors.map((c) => [conversationName(c.conversation), c.seq]));
+    const tips = (options.tips ?? []).filter((t) => t.seq >= (cursorOf.get(conversationName(t.conversation)) ?? 0n));
+    this.tracker = new Tracker(tips);
+  }
+
+  /** The chains' tips once every check queued so far is done (save them with the cursors). */
+  async chainTips(): Promise<Tip[]> {
+    await this.checking;
+    return this.tracker.tips();
+  }
+
+  /** What the chain checks found so far. */
+  chainReport(): Report {
+    return this.tracker.report;
+  }
+
+  private check(step: (tracker: Tracker) => Promise<Break | null | void>): void {
+    this.checking = this.checking
+      .then(() => step(this.tracker))
+      .then((broken) => {
+        if (broken) this.options.onChainBreak?.(broken);
+      })
+      .catch(() => {});
   }
 
   /** Connects and keeps connecting until `close` (or a final refusal); resolves once the
@@ -355,7 +393,12 @@ export class Client {
         if (frame.id !== null) this.inFlight.delete(frame.id);
         if (frame.kind === "Response") {
           const ack = sendAck(frame.response);
-          if (ack) this.positions.acked(ack.conversation, ack.seq);
+          if (ack) {
+            this.positions.acked(ack.conversation, ack.seq);
+            this.followAck(ack);
+          }
+          const response = frame.response;
+          if (response.kind === "History") this.check((t) => t.page(response.page));
           pending?.resolve(frame.response);
         } else {
           const { code, reason, retryAfterMs } = frame.error;
@@ -375,7 +418,13 @@ export class Client {
 
   private event(event: Event): void {
     if (event.kind === "Entry") {
+      // Every entry is checked, repeats included (the one at a tip must carry its link).
+      const entry = event.entry;
+      this.check((t) => t.entry(entry));
       if (!this.positions.entry(event.entry.conversation, event.entry.seq)) return;
+    } else if (event.kind === "Gap") {
+      const gap = event.gap;
+      this.check((t) => t.gap(gap));
     } else if (event.kind === "CaughtUp") {
       this.catchingUp = false;
       if (this.syncAfterCatchUp) this.sync();
@@ -384,6 +433,19 @@ export class Client {
       else this.sync();
     }
     this.options.onEvent?.(event);
+  }
+
+  /** Follows an own entry's ack on its chain. An ack without its place (a retry answered
+   *  from the daemon's stored op ids) has the entry read back, so the chain has no hole. */
+  private followAck(ack: SendAck): void {
+    const appended = ack.chain;
+    if (appended) {
+      this.check((t) => t.acked(ack.conversation, ack.seq, appended));
+      return;
+    }
+    const from = { kind: "After" as const, seq: ack.seq - 1n };
+    const query = { conversation: ack.conversation, from, limit: 1, order: "OldestFirst" as const, thread: null };
+    this.request({ kind: "History", query }).catch(() => {});
   }
 
   /** Asks for what this connection missed, from the cursors. */

@@ -173,6 +173,15 @@ test("a reconnect resumes from the cursors, without repeats or its own sends, an
     response: { kind: "Sent", ack: { conversation: room, op: 42n, seq: 5n, ts: 0n, duplicate: false, chain: null } },
   });
   await sent;
+  // The ack came without its place in the chain (as a retry's answer does): the client reads
+  // the entry back to follow its chain.
+  const readBack = await first.request("History");
+  assert.deepEqual(readBack.request, {
+    kind: "History",
+    query: { conversation: room, from: { kind: "After", seq: 4n }, limit: 1, order: "OldestFirst", thread: null },
+  });
+  const page = { conversation: room, entries: [], head: 5n, more: false, prior: null };
+  await first.send({ kind: "Response", id: readBack.id, response: { kind: "History", page } });
   const history = c.request({ kind: "Ping" });
   await first.request("Ping");
   await first.end(); // lost before the answer
