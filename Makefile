@@ -121,6 +121,7 @@ bench: bootstrap peers-bootstrap
 	./bench/flood.sh
 	./bench/reload.sh
 	./bench/metrics-cost.sh
+	./bench/metrics-knee.sh
 	./bench/metrics-plot.sh
 	./bench/hops.sh
 

@@ -20,12 +20,15 @@ ignored by git. The generated sections of RESULTS.md (between `<!-- NAME:begin` 
     bench/report.py hops COMMAND LABEL RUNS          after bench/hops.sh; prints its table
     bench/report.py metrics-cost COMMAND DURABILITY FIXED_RATE RUNS
                                                      after bench/metrics-cost.sh; prints its tables
+    bench/report.py metrics-knee COMMAND DURABILITY RUNS
+                                                     after bench/metrics-knee.sh; prints its table
     bench/report.py before-after COMMAND KEY TITLE BEFORE AFTER SCENARIO...
                                                      after bench/before-after.sh (one section
                                                      per KEY, headed "Before and after: TITLE")
     bench/report.py scaling COMMAND RUNS             after bench/scaling.sh
     bench/report.py --from-summary                   every generated section and the plot, again
-    bench/report.py --show hops|metrics-cost         prints those tables from the summary
+    bench/report.py --show hops|metrics-cost|metrics-knee
+                                                     prints those tables from the summary
     bench/report.py --commit                         the commit being measured (BENCH_COMMIT)
 
 The per-run files are read from bench/results (the names the scripts give them). Run from
@@ -1166,6 +1169,68 @@ def render_metrics_cost(section):
     return "\n".join(out)
 
 
+# --- the cost of metrics at the knee (bench/metrics-knee.sh): a table printed ---------------
+
+KNEE_P99_MS = 20.0
+
+
+def knee_crossing(points):
+    """The rate where the median p99 crosses KNEE_P99_MS, interpolated linearly between the
+    highest rate under it and the next rate over it; None when it is never crossed (or from
+    the lowest rate on)."""
+    points = sorted(points)
+    for (r0, p0), (r1, p1) in zip(points, points[1:]):
+        if p0 <= KNEE_P99_MS < p1:
+            return r0 + (KNEE_P99_MS - p0) * (r1 - r0) / (p1 - p0)
+    return None
+
+
+def collect_metrics_knee(summary, command, durability, runs_file):
+    """RUNS holds `ROUND RATE VARIANT P99 DELIVERIES/S CPU_US SCRAPES|-` lines (`none` for a
+    run that produced no figures)."""
+    rows = []
+    for line in open(runs_file):
+        f = line.split()
+        value = (lambda x: None if x in ("none", "null") else float(x))
+        rows.append({"round": int(f[0]), "rate": float(f[1]), "variant": f[2], "p99_ms": value(f[3]),
+                     "deliveries_per_sec": value(f[4]), "cpu_us_per_delivery": value(f[5]),
+                     "scrapes": None if f[6] == "-" else int(f[6])})
+    medians, crossing = {}, {}
+    for variant in ("off", "scraped"):
+        by_rate = {}
+        for r in rows:
+            if r["variant"] == variant and r["p99_ms"] is not None:
+                by_rate.setdefault(r["rate"], []).append(r["p99_ms"])
+        medians[variant] = {str(int(rate)): statistics.median(p) for rate, p in sorted(by_rate.items())}
+        crossing[variant] = knee_crossing([(rate, statistics.median(p)) for rate, p in by_rate.items()])
+    summary.setdefault("metrics-knee", {})[durability] = {
+        "run": run_record(command), "durability": durability, "rows": rows,
+        "median_p99_ms": medians, "max_rate": crossing,
+        "ratio": (crossing["scraped"] / crossing["off"]
+                  if crossing["off"] and crossing["scraped"] else None)}
+
+
+def render_metrics_knee(section):
+    rates = sorted({int(r["rate"]) for r in section["rows"]})
+    out = [f"p99 send -> delivery (ms) by rate, dm, 1000 clients, durability {section['durability']}; "
+           "each cell: the rounds, then their median:",
+           f"{'msg/s':>7}  {'off':<34} {'scraped':<34}"]
+    for rate in rates:
+        cells = []
+        for variant in ("off", "scraped"):
+            runs = [r["p99_ms"] for r in section["rows"] if r["variant"] == variant and int(r["rate"]) == rate]
+            shown = " ".join("-" if p is None else f"{p:.1f}" for p in runs)
+            med = section["median_p99_ms"][variant].get(str(rate))
+            cells.append(f"{shown} | {'-' if med is None else f'{med:.1f}'}")
+        out.append(f"{rate:>7}  {cells[0]:<34} {cells[1]:<34}")
+    for variant in ("off", "scraped"):
+        rate = section["max_rate"][variant]
+        out.append(f"max rate ({variant}): " + ("not crossed within the rates" if rate is None else f"{rate:.0f} msg/s"))
+    if section["ratio"] is not None:
+        out.append(f"scraped / off: {section['ratio']:.3f}")
+    return "\n".join(out)
+
+
 # --- main ----------------------------------------------------------------------------------
 
 # The sections of RESULTS.md, in the order --from-summary renders them.
@@ -1371,6 +1436,9 @@ def main(argv):
     if which == "--show":
         if args[0] == "hops":
             print(render_hops(summary["hops"]))
+        elif args[0] == "metrics-knee":
+            print("\n\n".join(render_metrics_knee(section)
+                                for section in summary["metrics-knee"].values()))
         else:
             print("\n\n".join(render_metrics_cost(section)
                                 for section in summary["metrics-cost"].values()))
@@ -1387,6 +1455,7 @@ def main(argv):
         "bridge": lambda: collect_bridge(summary, args[0], args[1:]),
         "hops": lambda: collect_hops(summary, args[0], args[1], args[2]),
         "metrics-cost": lambda: collect_metrics_cost(summary, args[0], args[1], args[2], args[3]),
+        "metrics-knee": lambda: collect_metrics_knee(summary, args[0], args[1], args[2]),
         "before-after": lambda: collect_before_after(summary, args[0], args[1], args[2], args[3],
                                                      args[4], args[5:]),
         "scaling": lambda: collect_scaling(summary, args[0], args[1]),
@@ -1400,6 +1469,8 @@ def main(argv):
         print(render_hops(summary["hops"]))
     elif which == "metrics-cost":
         print(render_metrics_cost(summary["metrics-cost"][args[1]]))
+    elif which == "metrics-knee":
+        print(render_metrics_knee(summary["metrics-knee"][args[1]]))
     elif which == "before-after":
         render(summary, [which])
         print(render_before_after(args[1], summary["before-after"][args[1]]))
