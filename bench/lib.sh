@@ -231,3 +231,28 @@ preset_option() {
 slow_commit_warnings() {
   grep "group commits took longer" "$server_dir.log" 2>/dev/null || true
 }
+
+# start_scraper PORT FILE: fetches chatd's /metrics from 127.0.0.1:PORT every second (as a
+# 1 s Prometheus would) until stop_scraper, keeping the count of answered scrapes in FILE.
+scraper=""
+start_scraper() {
+  local admin_port="$1" count_file="$2"
+  (
+    n=0
+    while true; do
+      curl -sf -o /dev/null "http://127.0.0.1:$admin_port/metrics" && n=$((n + 1))
+      echo "$n" >"$count_file"
+      sleep 1
+    done
+  ) &
+  scraper=$!
+}
+
+# stop_scraper: stops start_scraper's loop (nothing when none runs).
+stop_scraper() {
+  if [ -n "$scraper" ]; then
+    kill "$scraper" 2>/dev/null || true
+    wait "$scraper" 2>/dev/null || true
+    scraper=""
+  fi
+}

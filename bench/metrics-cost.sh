@@ -29,14 +29,6 @@ durability="${DURABILITY:-fsync}"
 build_release
 out=bench/results/metrics-cost
 mkdir -p "$out"
-scraper=""
-stop_scraper() {
-  if [ -n "$scraper" ]; then
-    kill "$scraper" 2>/dev/null || true
-    wait "$scraper" 2>/dev/null || true
-    scraper=""
-  fi
-}
 trap 'stop_scraper; stop_server' EXIT
 runs="$out/$durability.runs"
 : >"$runs"
@@ -53,15 +45,7 @@ run_variant() {
   fi
   scrapes="-"
   if [ "$variant" = scraped ]; then
-    (
-      n=0
-      while true; do
-        curl -sf -o /dev/null "http://127.0.0.1:$admin_port/metrics" && n=$((n + 1))
-        echo "$n" >"$out/scrapes"
-        sleep 1
-      done
-    ) &
-    scraper=$!
+    start_scraper "$admin_port" "$out/scrapes"
   fi
   echo "=== $mode round $round: $variant"
   if [ "$mode" = max ]; then

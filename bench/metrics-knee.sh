@@ -25,14 +25,6 @@ durability="${DURABILITY:-buffered}"
 build_release
 out=bench/results/metrics-knee
 mkdir -p "$out"
-scraper=""
-stop_scraper() {
-  if [ -n "$scraper" ]; then
-    kill "$scraper" 2>/dev/null || true
-    wait "$scraper" 2>/dev/null || true
-    scraper=""
-  fi
-}
 trap 'stop_scraper; stop_server' EXIT
 runs="$out/$durability.runs"
 : >"$runs"
@@ -45,15 +37,7 @@ for round in $(seq 1 "$rounds"); do
       else
         start_server chatd "CHATD_ADMIN_LISTEN=127.0.0.1:$admin_port" \
           "CHATD_STORAGE_DURABILITY=$durability"
-        (
-          n=0
-          while true; do
-            curl -sf -o /dev/null "http://127.0.0.1:$admin_port/metrics" && n=$((n + 1))
-            echo "$n" >"$out/scrapes"
-            sleep 1
-          done
-        ) &
-        scraper=$!
+        start_scraper "$admin_port" "$out/scrapes"
       fi
       echo "=== round $round, $rate msg/s: $variant"
       json="$out/$durability-$rate-$variant-$round.json"
