@@ -231,9 +231,9 @@ fn generate_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<(), Err
 pub struct Browsers {
     /// WebTransport sessions (ALPN `h3`) are taken.
     pub webtransport: bool,
-    /// The certificate browsers get instead of the development one, while it is
-    /// [`BrowserCert::in_use`] (with a configured certificate, browsers check that one like
-    /// any site's).
+    /// The certificate browsers get instead of the development one, while that is the
+    /// daemon's (with a configured certificate, browsers check that one like any site's);
+    /// [`BrowserCert::in_use`] says which, for the web listener.
     pub cert: Option<Arc<BrowserCert>>,
 }
 
@@ -260,7 +260,7 @@ impl Browsers {
 
 /// The rustls server configuration: TLS 1.3 only, ALPN `chat/1` (and `h3` when
 /// `browsers.webtransport`), ring provider; a browser's handshake gets `browsers.cert` when
-/// there is one.
+/// there is one and `identity` is the development certificate.
 ///
 /// # Errors
 /// When rustls refuses the certificate or key.
@@ -273,7 +273,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth();
     let browser = browsers.cert.as_ref();
-    let mut config = match browser.filter(|b| browsers.webtransport && b.in_use()) {
+    let mut config = match browser.filter(|_| browsers.webtransport && identity.generated) {
         Some(browser) => {
             let main = rustls::sign::CertifiedKey::from_der(
                 identity.certs.clone(),

@@ -464,9 +464,6 @@ impl Daemon {
             .map_err(|e| Error::Reload(e.to_string()))?;
         let identity = tls::load_identity(&merged.tls, &self.data_dir)?;
         let keys = token::Keys::load(&merged.auth, &self.data_dir)?;
-        if let Some(cert) = &self.browsers.cert {
-            cert.set_in_use(identity.generated);
-        }
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(
             &identity,
             &self.browsers,
@@ -479,6 +476,11 @@ impl Daemon {
         drop(running);
 
         self.shared.keys.store(Arc::new(keys));
+        // Set once the reload can no longer fail: the web listener publishes the browser
+        // certificate's hash only while handshakes present it.
+        if let Some(cert) = &self.browsers.cert {
+            cert.set_in_use(identity.generated);
+        }
         self.shared.memory.set_limit(daemon_memory(&merged));
         self.shared.config.store(Arc::new(merged));
         // Bounded as a whole (a stuck shard with a full inbox must not hold the signal loop,

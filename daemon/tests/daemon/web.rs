@@ -12,9 +12,30 @@ use crate::client::Client;
 
 /// `/webtransport.json` of the daemon's web listener.
 async fn endpoint(daemon: &TestDaemon) -> serde_json::Value {
-    let (status, body) = http(daemon.web_addr(), "GET", "/webtransport.json", None).await;
+    endpoint_at(daemon.web_addr()).await
+}
+
+/// `/webtransport.json` of the web listener at `web`.
+async fn endpoint_at(web: std::net::SocketAddr) -> serde_json::Value {
+    let (status, body) = http(web, "GET", "/webtransport.json", None).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
+}
+
+/// A self-signed certificate and its key, written to `dir` as `NAME.pem` and `NAME.key`;
+/// returns the two paths and the certificate's SHA-256.
+fn certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    (cert, key, Sha256::digest(pair.cert.der().as_ref()).to_vec())
 }
 
 /// The published URL and the first certificate hash.
@@ -177,10 +198,7 @@ async fn a_session_for_another_path_is_refused_and_a_second_stream_ends_it() {
 async fn browsers_get_a_configured_certificate_as_it_is_and_nothing_when_webtransport_is_off() {
     // A configured certificate: nothing to pin, the page trusts it as any site's.
     let dir = tempfile::tempdir().unwrap();
-    let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, pair.cert.pem()).unwrap();
-    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let (cert, key, configured) = certificate(dir.path(), "site");
     let daemon = TestDaemon::start_with(|config| {
         config.tls.cert = cert.clone();
         config.tls.key = key.clone();
@@ -188,7 +206,6 @@ async fn browsers_get_a_configured_certificate_as_it_is_and_nothing_when_webtran
     let published = endpoint(&daemon).await;
     assert_eq!(published["serverCertificateHashes"], serde_json::json!([]));
     let url = published["url"].as_str().unwrap();
-    let configured = Sha256::digest(pair.cert.der().as_ref()).to_vec();
     let mut ann = Client::web(url, configured).await.unwrap();
     assert!(
         ann.hello(Some(&daemon.token("ann")), 1)
@@ -210,4 +227,53 @@ async fn browsers_get_a_configured_certificate_as_it_is_and_nothing_when_webtran
         refused.is_err(),
         "a WebTransport session without webtransport"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_browsers_between_certificates_and_a_failed_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let development = crate::test_config(dir.path());
+    let mut daemon = chatd::Daemon::start(development.clone()).unwrap();
+    let web = daemon.web_addr().unwrap();
+    let (url, hash) = url_and_hash(&endpoint_at(web).await);
+    let keys = chatd::token::Keys::load(&Default::default(), dir.path()).unwrap();
+    let now = chatd::unix_now();
+    let token = keys.mint("ann", now, now + 3600);
+    let session = |hash: Vec<u8>| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let mut ann = Client::web(&url, hash).await?;
+            assert!(ann.hello(Some(&token), 1).await.session.is_some());
+            ann.close().await;
+            Ok::<(), web_transport_quinn::ClientError>(())
+        }
+    };
+    session(hash.clone()).await.unwrap();
+
+    // A certificate whose key is another's: the reload fails and nothing changes.
+    let (site, site_key, site_hash) = certificate(dir.path(), "site");
+    let (_, other_key, _) = certificate(dir.path(), "other");
+    let mut broken = development.clone();
+    (broken.tls.cert, broken.tls.key) = (site.clone(), other_key);
+    assert!(daemon.reload(broken).is_err());
+    assert_eq!(url_and_hash(&endpoint_at(web).await).1, hash);
+    session(hash.clone()).await.unwrap();
+
+    // A configured certificate: browsers get it, and nothing is published to pin.
+    let mut configured = development.clone();
+    (configured.tls.cert, configured.tls.key) = (site, site_key);
+    daemon.reload(configured).unwrap();
+    let published = endpoint_at(web).await;
+    assert_eq!(published["serverCertificateHashes"], serde_json::json!([]));
+    session(site_hash).await.unwrap();
+    assert!(
+        session(hash.clone()).await.is_err(),
+        "the browser certificate after the switch"
+    );
+
+    // Back to the development certificate: the browser certificate again.
+    daemon.reload(development).unwrap();
+    assert_eq!(url_and_hash(&endpoint_at(web).await).1, hash);
+    session(hash).await.unwrap();
+    daemon.stop_fast_and_close();
 }
