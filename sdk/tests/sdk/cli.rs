@@ -8,16 +8,37 @@ use serde_json::Value;
 
 use crate::{SdkDaemon as _, TestDaemon};
 
-fn chat(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Command {
+/// `chat ARGS` as `profile` against `daemon`, printing for people.
+fn chat_text(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chat"));
     command
         .env("CHAT_SERVER", daemon.addr.to_string())
         .env("CHAT_CA", &daemon.cert)
         .env("CHAT_PROFILE", daemon.path().join(profile))
         .env_remove("CHAT_PASSWORD")
-        .arg("--json")
         .args(args);
     command
+}
+
+/// `chat --json ARGS` as `profile` against `daemon`.
+fn chat(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Command {
+    let mut command = chat_text(daemon, profile, &["--json"]);
+    command.args(args);
+    command
+}
+
+/// Registers alice and bob, each in a profile of that name.
+fn register_alice_and_bob(daemon: &TestDaemon) {
+    run(
+        daemon,
+        "alice",
+        &["register", "alice", "--password", "correct horse"],
+    );
+    run(
+        daemon,
+        "bob",
+        &["register", "bob", "--password", "battery staple"],
+    );
 }
 
 fn run(daemon: &TestDaemon, profile: &str, args: &[&str]) -> Vec<Value> {
@@ -177,16 +198,7 @@ fn two_users_chat_through_the_cli() {
 #[test]
 fn listen_shows_what_arrived_meanwhile_and_saves_a_cursor_only_for_what_it_printed() {
     let daemon = TestDaemon::start();
-    run(
-        &daemon,
-        "alice",
-        &["register", "alice", "--password", "correct horse"],
-    );
-    run(
-        &daemon,
-        "bob",
-        &["register", "bob", "--password", "battery staple"],
-    );
+    register_alice_and_bob(&daemon);
     run(&daemon, "alice", &["room", "create", "general"]);
     run(&daemon, "bob", &["room", "join", "general"]);
     // Bob's first listen starts at the heads and saves them. `room:` needs no quoting.
@@ -269,16 +281,7 @@ fn the_cli_names_itself_gives_up_on_a_silent_daemon_and_completes() {
 #[test]
 fn edits_and_deletes_through_the_cli() {
     let daemon = TestDaemon::start();
-    run(
-        &daemon,
-        "alice",
-        &["register", "alice", "--password", "correct horse"],
-    );
-    run(
-        &daemon,
-        "bob",
-        &["register", "bob", "--password", "battery staple"],
-    );
+    register_alice_and_bob(&daemon);
     let sent = run(&daemon, "alice", &["send", "@bob", "helo"]);
     let seq = sent[0]["seq"].as_u64().unwrap().to_string();
     let edited = run(&daemon, "alice", &["edit", "@bob", &seq, "hello"]);
@@ -333,16 +336,7 @@ fn edits_and_deletes_through_the_cli() {
 #[test]
 fn reactions_mentions_and_threads_through_the_cli() {
     let daemon = TestDaemon::start();
-    run(
-        &daemon,
-        "alice",
-        &["register", "alice", "--password", "correct horse"],
-    );
-    run(
-        &daemon,
-        "bob",
-        &["register", "bob", "--password", "battery staple"],
-    );
+    register_alice_and_bob(&daemon);
     let sent = run(&daemon, "alice", &["send", "@bob", "lunch?"]);
     let root = sent[0]["seq"].as_u64().unwrap().to_string();
     let reacted = run(&daemon, "bob", &["react", "@alice", &root, "👍"]);
@@ -398,13 +392,13 @@ fn reactions_mentions_and_threads_through_the_cli() {
     assert_eq!(history[0]["reactions"], serde_json::json!([]));
     // The plain output shows the counts.
     run(&daemon, "bob", &["react", "@alice", &root, "🎉"]);
-    let output = Command::new(env!("CARGO_BIN_EXE_chat"))
-        .env("CHAT_SERVER", daemon.addr.to_string())
-        .env("CHAT_CA", &daemon.cert)
-        .env("CHAT_PROFILE", daemon.path().join("alice"))
-        .args(["history", "@bob", "--limit", "1", "--after", "0"])
-        .output()
-        .unwrap();
+    let output = chat_text(
+        &daemon,
+        "alice",
+        &["history", "@bob", "--limit", "1", "--after", "0"],
+    )
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("lunch? [🎉 1]"), "{text}");
 }
@@ -429,26 +423,13 @@ fn admin_action(daemon: &TestDaemon, name: &str, action: &str) -> String {
 #[test]
 fn an_operators_erasure_shows_as_such() {
     let daemon = TestDaemon::start();
-    run(
-        &daemon,
-        "alice",
-        &["register", "alice", "--password", "correct horse"],
-    );
-    run(
-        &daemon,
-        "bob",
-        &["register", "bob", "--password", "battery staple"],
-    );
+    register_alice_and_bob(&daemon);
     run(&daemon, "alice", &["send", "@bob", "my last words"]);
     admin_action(&daemon, "alice", "disable");
     let erased = admin_action(&daemon, "alice", "erase");
     let body: Value = serde_json::from_str(erased.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(body["deleted"].as_u64(), Some(1), "{erased}");
-    let output = Command::new(env!("CARGO_BIN_EXE_chat"))
-        .env("CHAT_SERVER", daemon.addr.to_string())
-        .env("CHAT_CA", &daemon.cert)
-        .env("CHAT_PROFILE", daemon.path().join("bob"))
-        .args(["history", "@alice"])
+    let output = chat_text(&daemon, "bob", &["history", "@alice"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
