@@ -28,7 +28,8 @@ use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{State, failure, json};
+use super::State;
+use crate::http::{failure, json};
 use crate::shard::{AdminOp, Done, ShardMsg};
 use crate::store::writer::Batch;
 use crate::store::{Cf, Restriction, outbox};

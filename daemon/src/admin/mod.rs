@@ -17,7 +17,7 @@
 pub(crate) mod api;
 pub mod client;
 
-pub(crate) use crate::http::{failure, json, reply};
+use crate::http::{failure, reply};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
