@@ -21,7 +21,7 @@ import {
   direct,
   webTransport,
 } from "../../clients/ts/src/index.js";
-import { $, h, clear, randomU64, fromText, toText, time } from "./dom.js";
+import { $, h, clear, hex, randomU64, fromText, toText, time } from "./dom.js";
 
 const connect = webTransport("/webtransport.json");
 const TYPING_EVERY_MS = 3_000;
@@ -479,9 +479,9 @@ class App {
         if (!response.page.more || response.page.entries.length === 0) break;
       }
       const { seq, link } = verifier.head;
-      const hex = [...link].map((b) => b.toString(16).padStart(2, "0")).join("");
-      line.textContent = `${entries} entries follow the hash chain; #${seq} has link ${hex.slice(0, 12)}…`;
-      line.title = hex;
+      const full = hex(link);
+      line.textContent = `${entries} entries follow the hash chain; #${seq} has link ${full.slice(0, 12)}…`;
+      line.title = full;
     } catch (err) {
       line.className = "verified broken";
       line.textContent =
@@ -737,7 +737,6 @@ function parseTips(text: string | null): Tip[] {
 }
 
 function formatTips(tips: Tip[]): string {
-  const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
   return JSON.stringify(tips.map((t) => ({ c: conversationName(t.conversation), s: t.seq.toString(), l: hex(t.link) })));
 }
 

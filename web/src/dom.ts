@@ -51,6 +51,11 @@ export function toText(bytes: Uint8Array): string {
   return decoder.decode(bytes);
 }
 
+/** Bytes as lowercase hex. */
+export function hex(bytes: Uint8Array): string {
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** A timestamp (milliseconds since the epoch) as the time of day. */
 export function time(ts: bigint): string {
   return new Date(Number(ts)).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
