@@ -59,6 +59,22 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Browsers: WebTransport on the QUIC endpoint, and the web listener.
     pub web: WebConfig,
+    /// Several nodes behind one load balancer: routable connection ids, a shared secret.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The QUIC-LB server id connection ids carry (`0x` and 16 lowercase hex digits); empty:
+    /// none. In `CHATD_CLUSTER_SERVER_ID` the digits read as a TOML integer, which is taken
+    /// back as the same id.
+    #[serde(deserialize_with = "server_id_text")]
+    pub server_id: String,
+    /// The secret the nodes share, 64 hex digits (a [`Secret`]); empty: the data directory's
+    /// own `quic/reset-key`.
+    pub secret: Secret,
 }
 
 /// `[web]`
@@ -82,6 +98,26 @@ impl Default for WebConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
         }
     }
+}
+
+/// A server id as written, or as the integer TOML reads `0x…` as when it is unquoted (in
+/// the environment): formatted back as `0x` and 16 hex digits.
+fn server_id_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Written(String),
+        Number(i64),
+    }
+    Ok(match Text::deserialize(deserializer)? {
+        Text::Written(text) => text,
+        Text::Number(n) if n >= 0 => format!("0x{n:016x}"),
+        Text::Number(n) => {
+            return Err(serde::de::Error::custom(format!(
+                "a server id is 0x and 16 hex digits, not {n}"
+            )));
+        }
+    })
 }
 
 /// `[admin]`
@@ -337,6 +373,7 @@ impl Default for Config {
             bridge: BridgeConfig::default(),
             admin: AdminConfig::default(),
             web: WebConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -573,6 +610,9 @@ impl Config {
         }
         if let Err(e) = self.admin.token.resolve(env) {
             problems.push(format!("admin.token: {e}"));
+        }
+        if let Err(e) = self.cluster.secret.resolve(env) {
+            problems.push(format!("cluster.secret: {e}"));
         }
         if problems.is_empty() {
             Ok(())

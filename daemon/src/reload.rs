@@ -46,6 +46,7 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     keep!(limits.max_resume_gap);
     keep!(limits.idle_timeout_secs);
     keep!(limits.keep_alive_secs);
+    keep!(cluster);
     (merged, restart)
 }
 
@@ -66,8 +67,12 @@ mod tests {
         new.listen = "0.0.0.0:9999".parse().unwrap();
         new.limits.max_in_flight = 1;
         new.storage.max_group_commit = 7;
+        new.cluster.server_id = "0x0000000000000001".into();
         let (merged, restart) = merge(&running, new);
-        assert_eq!(restart, ["listen", "storage", "limits.max_in_flight"]);
+        assert_eq!(
+            restart,
+            ["listen", "storage", "limits.max_in_flight", "cluster"]
+        );
         assert_eq!(merged.limits.max_unauthenticated, 5);
         assert_eq!(merged.limits.connection_memory, 8 << 20);
         assert_eq!(merged.auth.token_ttl_secs, 600);

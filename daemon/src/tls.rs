@@ -7,8 +7,10 @@
 //! happens to enable).
 
 mod browser;
+mod cid;
 
 pub use browser::BrowserCert;
+pub use cid::{RoutableCids, ServerId};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,49 +62,72 @@ pub enum Error {
 
 /// The QUIC endpoint configuration of every shard, with what identifies connections kept
 /// across restarts: the key quinn derives stateless reset tokens from (HMAC-SHA256) and the
-/// key its connection ids are signed with, both from the secret in
-/// `DATA_DIR/quic/reset-key` (mode 0600, generated on first start). A restarted daemon
-/// then recognises its predecessor's connection ids as its own and answers their packets
-/// with resets that match the tokens the predecessor gave: a client whose connection died
-/// with the old process learns it from the first packet it sends, instead of waiting for
-/// its idle timeout.
+/// key its connection ids are checked with, both from one secret: `cluster.secret` when set
+/// (every node behind one load balancer has the same), else `DATA_DIR/quic/reset-key` (mode
+/// 0600, generated on first start). A restarted daemon, or another node of the cluster,
+/// then recognises the connection ids as the cluster's and answers their packets with resets
+/// that match the tokens the issuing node gave: a client whose connection died with its
+/// process learns it from the first packet it sends, instead of waiting for its idle
+/// timeout. With `cluster.server_id`, connection ids are QUIC-LB routable ([`RoutableCids`]).
 ///
 /// # Errors
 /// When the file cannot be read or written, or does not hold 32 bytes of hex.
-pub fn endpoint_config(data_dir: &Path) -> Result<quinn::EndpointConfig, Error> {
+pub fn endpoint_config(
+    data_dir: &Path,
+    cluster: &crate::config::ClusterConfig,
+) -> Result<quinn::EndpointConfig, Error> {
     let path = data_dir.join("quic").join("reset-key");
     let fail = |message: String| Error::ResetKey {
         path: path.clone(),
         message,
     };
-    let secret = match std::fs::read_to_string(&path) {
-        Ok(text) => hex::decode(text.trim())
+    let secret = if cluster.secret.is_empty() {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => hex::decode(text.trim())
+                .ok()
+                .filter(|s| s.len() == 32)
+                .ok_or_else(|| fail("expected 64 hex digits".into()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = vec![0u8; 32];
+                getrandom::fill(&mut secret).map_err(|e| fail(e.to_string()))?;
+                crate::fsutil::write_private(&path, hex::encode(&secret).as_bytes())
+                    .map_err(|e| fail(e.to_string()))?;
+                secret
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    } else {
+        // Validated: 64 hex digits.
+        hex::decode(cluster.secret.expose())
             .ok()
             .filter(|s| s.len() == 32)
-            .ok_or_else(|| fail("expected 64 hex digits".into()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = vec![0u8; 32];
-            getrandom::fill(&mut secret).map_err(|e| fail(e.to_string()))?;
-            crate::fsutil::write_private(&path, hex::encode(&secret).as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
-            secret
-        }
-        Err(e) => return Err(fail(e.to_string())),
+            .ok_or_else(|| fail("cluster.secret: expected 64 hex digits".into()))?
     };
     let mac = <ResetKey as hmac::Mac>::new_from_slice(&secret).map_err(|e| fail(e.to_string()))?;
     let reset = ResetKeyMac(mac);
-    // The connection id key: the first 8 bytes of HMAC(secret, "connection ids"), so it
-    // reveals nothing of the reset key.
-    let mut tag = [0u8; 32];
-    quinn::crypto::HmacKey::sign(&reset, b"connection ids", &mut tag);
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&tag[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
+    // The connection id key: HMAC(secret, "connection ids"), so it reveals nothing of the
+    // reset key.
+    let mut cid_key = [0u8; 32];
+    quinn::crypto::HmacKey::sign(&reset, b"connection ids", &mut cid_key);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-    config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-            as Box<dyn quinn::ConnectionIdGenerator>
-    });
+    if cluster.server_id.is_empty() {
+        let mut short = [0u8; 8];
+        short.copy_from_slice(&cid_key[..8]);
+        let short = u64::from_le_bytes(short);
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(short))
+                as Box<dyn quinn::ConnectionIdGenerator>
+        });
+    } else {
+        let server_id: ServerId = cluster
+            .server_id
+            .parse()
+            .map_err(|e: String| fail(format!("cluster.server_id: {e}")))?;
+        config.cid_generator(move || {
+            Box::new(RoutableCids::new(server_id, &cid_key))
+                as Box<dyn quinn::ConnectionIdGenerator>
+        });
+    }
     Ok(config)
 }
 

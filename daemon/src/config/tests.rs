@@ -160,3 +160,36 @@ fn keys_and_the_broker_url_come_from_credentials() {
     .unwrap_err();
     assert!(err.to_string().contains("at least 32 bytes"), "{err}");
 }
+
+#[test]
+fn cluster_server_ids_and_secrets_load_from_file_and_environment() {
+    let secret = "ab".repeat(32);
+    let config = Config::load(
+        None,
+        env(&[
+            ("CHATD_CLUSTER_SERVER_ID", "0x00000000000000a1"),
+            ("CHATD_CLUSTER_SECRET", &secret),
+        ]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    // Unquoted, TOML reads the id as an integer; it comes back as written.
+    assert_eq!(config.cluster.server_id, "0x00000000000000a1");
+    assert_eq!(config.cluster.secret.expose(), secret);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chatd.toml");
+    std::fs::write(
+        &file,
+        "[cluster]\nserver_id = \"0xfedcba9876543210\"\nsecret = \"12\"\n",
+    )
+    .unwrap();
+    match Config::load(Some(&file), Vec::new(), &Overrides::default()) {
+        Err(Error::Invalid(problems)) => assert_eq!(
+            problems,
+            vec!["cluster.secret must be empty or 64 hex digits (32 bytes)".to_owned()]
+        ),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&file, "[cluster]\nserver_id = \"0xFEDCBA9876543210\"\n").unwrap();
+    assert!(Config::load(Some(&file), Vec::new(), &Overrides::default()).is_err());
+}

@@ -194,6 +194,18 @@ impl Config {
             admin.token.is_empty() || admin.token.expose().len() >= 16,
             "admin.token must be at least 16 characters",
         );
+        let cluster = &self.cluster;
+        check(
+            cluster.server_id.is_empty()
+                || cluster.server_id.parse::<crate::tls::ServerId>().is_ok(),
+            "cluster.server_id must be empty or 0x and 16 lowercase hex digits (the load \
+             balancer's QuicServerId)",
+        );
+        check(
+            cluster.secret.is_empty()
+                || hex::decode(cluster.secret.expose()).is_ok_and(|s| s.len() == 32),
+            "cluster.secret must be empty or 64 hex digits (32 bytes)",
+        );
         if problems.is_empty() {
             Ok(())
         } else {

@@ -156,7 +156,7 @@ impl Daemon {
         }
         let browsers = tls::Browsers::new(&config.web, &identity)?;
         let quic_config = quic_server_config(&config, &identity, &browsers)?;
-        let endpoint_config = tls::endpoint_config(&data_dir)?;
+        let endpoint_config = tls::endpoint_config(&data_dir, &config.cluster)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
         let store = Store::open_with(&data_dir.join("db"), config.storage.wal())?;
         let shard_count = match config.shards {

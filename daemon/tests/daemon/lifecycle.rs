@@ -163,7 +163,7 @@ async fn try_connect(addr: std::net::SocketAddr, cert: &std::path::Path) -> Resu
 }
 
 /// Waits until a daemon answers on `addr`; returns a connected client (no hello yet).
-async fn connect_when_up(addr: std::net::SocketAddr, cert: &std::path::Path) -> Client {
+pub(crate) async fn connect_when_up(addr: std::net::SocketAddr, cert: &std::path::Path) -> Client {
     for _ in 0..400 {
         if cert.exists()
             && let Ok(Ok(c)) =

@@ -14,6 +14,7 @@ mod bridge;
 mod chain;
 mod changes;
 mod client;
+mod cluster;
 mod conversations;
 mod erase;
 mod history;

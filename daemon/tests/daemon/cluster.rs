@@ -1,0 +1,197 @@
+//! Nodes behind one load balancer: connection ids carry the node's QUIC-LB server id, and a
+//! node resets the connections of a dead node when they share `cluster.secret`. The load
+//! balancer here is a small UDP router that does what a QUIC-LB load balancer (an AWS NLB's
+//! QUIC listener) does: long-header packets go to a node chosen for the new connection,
+//! short-header packets by the server id in their destination connection id, and packets
+//! whose server id names no live node to another node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use std::time::Duration;
+
+use chat_protocol::*;
+use chatd::tls::{RoutableCids, ServerId};
+use tokio::net::UdpSocket;
+
+use crate::client::{Client, client_config};
+
+const A: &str = "0x00000000000000a1";
+const B: &str = "0x00000000000000b2";
+
+/// What the router saw and where it sends: nodes by server id (removed when they die), the
+/// node new connections go to, and the server ids of the short-header packets it routed.
+#[derive(Default)]
+struct Routes {
+    nodes: HashMap<ServerId, SocketAddr>,
+    first: Option<SocketAddr>,
+    routed: Vec<ServerId>,
+    unroutable: usize,
+}
+
+/// A QUIC-LB router on 127.0.0.1 for one client: returns its address.
+async fn router(routes: Arc<Mutex<Routes>>) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let address = front.local_addr().unwrap();
+    // One upstream socket: the nodes answer it, and their answers go back to the client.
+    let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    {
+        let (front, upstream, client) = (front.clone(), upstream.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65_536];
+            while let Ok((n, from)) = front.recv_from(&mut buffer).await {
+                *client.lock() = Some(from);
+                let packet = &buffer[..n];
+                let to = {
+                    let mut routes = routes.lock();
+                    if packet[0] & 0x80 != 0 {
+                        routes.first
+                    } else {
+                        let id = packet.get(1..17).and_then(RoutableCids::server_id_of);
+                        match id {
+                            Some(id) => {
+                                routes.routed.push(id);
+                                // An unknown server id (a node gone) goes to some live node.
+                                routes
+                                    .nodes
+                                    .get(&id)
+                                    .or_else(|| routes.nodes.values().next())
+                                    .copied()
+                            }
+                            None => {
+                                routes.unroutable += 1;
+                                routes.first
+                            }
+                        }
+                    }
+                };
+                if let Some(to) = to {
+                    let _ = upstream.send_to(packet, to).await;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65_536];
+        while let Ok((n, _)) = upstream.recv_from(&mut buffer).await {
+            let to = *client.lock();
+            if let Some(to) = to {
+                let _ = front.send_to(&buffer[..n], to).await;
+            }
+        }
+    });
+    address
+}
+
+/// Node A and node B (each its own data directory and certificate) with server ids `A` and
+/// `B`, A's secret `secret_a` and B's `secret_b`; a client logged in to A through the
+/// router, with a 3 s idle timeout. A is then killed; the client sends a ping; returns how
+/// its connection ended and what the router saw.
+async fn kill_a_behind_the_router(
+    secret_a: &str,
+    secret_b: &str,
+) -> (quinn::ConnectionError, Arc<Mutex<Routes>>) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, a_addr) = crate::spawn_chatd(
+        dir_a.path(),
+        &[
+            ("CHATD_CLUSTER_SERVER_ID", A),
+            ("CHATD_CLUSTER_SECRET", secret_a),
+        ],
+    );
+    let (mut b, b_addr) = crate::spawn_chatd(
+        dir_b.path(),
+        &[
+            ("CHATD_CLUSTER_SERVER_ID", B),
+            ("CHATD_CLUSTER_SECRET", secret_b),
+        ],
+    );
+    let cert = dir_a.path().join("tls/cert.pem");
+    // Up: a direct connection to each.
+    drop(crate::lifecycle::connect_when_up(a_addr, &cert).await);
+    drop(crate::lifecycle::connect_when_up(b_addr, &dir_b.path().join("tls/cert.pem")).await);
+
+    let routes = Arc::new(Mutex::new(Routes::default()));
+    {
+        let mut r = routes.lock();
+        r.nodes.insert(A.parse().unwrap(), a_addr);
+        r.nodes.insert(B.parse().unwrap(), b_addr);
+        r.first = Some(a_addr);
+    }
+    let via = router(routes.clone()).await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut config = client_config(&cert);
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(via, "localhost").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut client = Client::from_streams(conn, send, recv, endpoint);
+    let keys =
+        chatd::token::Keys::load(&chatd::config::AuthConfig::default(), dir_a.path()).unwrap();
+    let now = chatd::unix_now();
+    client
+        .hello(Some(&keys.mint("alice", now, now + 3600)), 1)
+        .await
+        .session
+        .unwrap();
+    assert!(matches!(
+        client.ok(Request::Ping).await,
+        Response::Pong { .. }
+    ));
+
+    // A dies without a word; the load balancer takes it out of its targets.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    routes.lock().nodes.remove(&A.parse().unwrap());
+    let _ = client
+        .try_write(&ClientFrame::Request {
+            id: RequestId(99),
+            request: Request::Ping,
+        })
+        .await;
+    let closed = tokio::time::timeout(crate::client::WAIT, client.conn.closed())
+        .await
+        .expect("the connection ended");
+    b.kill().unwrap();
+    b.wait().unwrap();
+    (closed, routes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_ids_carry_the_server_id_and_another_node_resets_a_dead_nodes_clients() {
+    let secret = "5e".repeat(32);
+    let (closed, routes) = kill_a_behind_the_router(&secret, &secret).await;
+    // B recognised the cluster's connection id and answered with the reset A's token matches.
+    assert!(
+        matches!(closed, quinn::ConnectionError::Reset),
+        "{closed:?}"
+    );
+    let routes = routes.lock();
+    let a: ServerId = A.parse().unwrap();
+    assert_eq!(
+        routes.unroutable, 0,
+        "every short-header packet carried a server id"
+    );
+    assert!(routes.routed.len() > 2, "{:?}", routes.routed);
+    assert!(
+        routes.routed.iter().all(|id| *id == a),
+        "{:?}",
+        routes.routed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_shared_secret_the_other_node_cannot_reset_and_the_client_times_out() {
+    let (closed, _) = kill_a_behind_the_router(&"5e".repeat(32), &"a7".repeat(32)).await;
+    // B drops a packet whose connection id its key does not check: the client learns only
+    // from its idle timeout.
+    assert!(
+        matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed:?}"
+    );
+}
