@@ -12,6 +12,9 @@
 #                scenarios: chatd against the floor with chat-loadgen, about 30 minutes); the
 #                figures of each run set go to bench/results/summary.json, the per-run files
 #                stay local
+#   make cluster-parts  what the parts a chatd cluster could stand on cost (etcd, RabbitMQ quorum
+#                queues and streams, QUIC between nodes), each engine a cluster of three on
+#                127.0.0.1 (bench/cluster-parts.sh; part of make bench), for docs/SCALING.md
 #   make bench-report  bench/RESULTS.md's generated sections and plot, again, from
 #                bench/results/summary.json alone
 #   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
@@ -35,8 +38,9 @@ all: test
 
 # What a fresh Debian machine lacks for this workspace: libclang for bindgen (rocksdb's
 # build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds, systemd's
-# tools for the unit checks, promtool (Debian's prometheus package) for the alert rules.
-BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus
+# tools for the unit checks, promtool (Debian's prometheus package) for the alert rules,
+# protoc for etcd-client's build (the etcd v3 API's .proto files, compiled by its build script).
+BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus protobuf-compiler
 bootstrap:
 	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
 
@@ -45,6 +49,12 @@ bootstrap:
 PEER_PACKAGES := nats-server mosquitto
 peers-bootstrap:
 	@./.ci/bootstrap $(PEER_PACKAGES)
+
+# The engines a chatd cluster is weighed on (docs/SCALING.md, bench/cluster-parts.sh): etcd;
+# RabbitMQ is already on every machine this runs on.
+CLUSTER_PACKAGES := etcd-server etcd-client
+cluster-bootstrap:
+	@./.ci/bootstrap $(CLUSTER_PACKAGES)
 
 # The `local` profile (Cargo.toml): release optimisations without fat LTO, for a shorter
 # first build; what ships (make deb, make bench) is built with `release`.
@@ -111,7 +121,7 @@ deb: bootstrap
 package-test: deb
 	./systemd/package-test.sh
 
-bench: bootstrap peers-bootstrap
+bench: bootstrap peers-bootstrap cluster-bootstrap
 	./bench/codec.sh
 	./bench/bridge.sh
 	./bench/bridge-outage.sh
@@ -124,6 +134,12 @@ bench: bootstrap peers-bootstrap
 	./bench/metrics-knee.sh
 	./bench/metrics-plot.sh
 	./bench/hops.sh
+	./bench/cluster-parts.sh
+
+# The cluster's candidate parts alone (docs/SCALING.md): etcd and RabbitMQ clusters of three
+# on 127.0.0.1, started and stopped by the script; about 10 minutes.
+cluster-parts: bootstrap cluster-bootstrap
+	./bench/cluster-parts.sh
 
 bench-report:
 	python3 bench/report.py --from-summary

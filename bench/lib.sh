@@ -24,6 +24,7 @@ build_release() {
   nonreader_bin="$target_dir/release/nonreader"
   flood_bin="$target_dir/release/flood"
   faults_bin="$target_dir/release/faults"
+  cluster_parts_bin="$target_dir/release/cluster-parts"
 }
 
 # free_port: a loopback port free for both UDP (chatd, the floor) and TCP (the peers).
