@@ -7,7 +7,7 @@
 //! happens to enable).
 
 mod browser;
-mod cid;
+pub(crate) mod cid;
 
 pub use browser::BrowserCert;
 pub use cid::{RoutableCids, ServerId};
@@ -60,22 +60,24 @@ pub enum Error {
     },
 }
 
-/// The QUIC endpoint configuration of every shard, with what identifies connections kept
-/// across restarts: the key quinn derives stateless reset tokens from (HMAC-SHA256) and the
+/// The QUIC endpoint configurations of the `shards` shards, with what identifies
+/// connections kept across restarts: the key quinn derives stateless reset tokens from (HMAC-SHA256) and the
 /// key its connection ids are checked with, both from one secret: `cluster.secret` when set
 /// (every node behind one load balancer has the same), else `DATA_DIR/quic/reset-key` (mode
 /// 0600, generated on first start). A restarted daemon, or another node of the cluster,
 /// then recognises the connection ids as the cluster's and answers their packets with resets
 /// that match the tokens the issuing node gave: a client whose connection died with its
 /// process learns it from the first packet it sends, instead of waiting for its idle
-/// timeout. With `cluster.server_id`, connection ids are QUIC-LB routable ([`RoutableCids`]).
+/// timeout. With `cluster.server_id`, connection ids are QUIC-LB routable ([`RoutableCids`])
+/// and name the shard that issued them (at most 256 shards then).
 ///
 /// # Errors
 /// When the file cannot be read or written, or does not hold 32 bytes of hex.
-pub fn endpoint_config(
+pub fn endpoint_configs(
     data_dir: &Path,
     cluster: &crate::config::ClusterConfig,
-) -> Result<quinn::EndpointConfig, Error> {
+    shards: usize,
+) -> Result<Vec<quinn::EndpointConfig>, Error> {
     let path = data_dir.join("quic").join("reset-key");
     let fail = |message: String| Error::ResetKey {
         path: path.clone(),
@@ -109,26 +111,42 @@ pub fn endpoint_config(
     // reset key.
     let mut cid_key = [0u8; 32];
     quinn::crypto::HmacKey::sign(&reset, b"connection ids", &mut cid_key);
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-    if cluster.server_id.is_empty() {
-        let mut short = [0u8; 8];
-        short.copy_from_slice(&cid_key[..8]);
-        let short = u64::from_le_bytes(short);
-        config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(short))
-                as Box<dyn quinn::ConnectionIdGenerator>
-        });
+    let reset = Arc::new(reset);
+    let server_id: Option<ServerId> = if cluster.server_id.is_empty() {
+        None
     } else {
-        let server_id: ServerId = cluster
-            .server_id
-            .parse()
-            .map_err(|e: String| fail(format!("cluster.server_id: {e}")))?;
-        config.cid_generator(move || {
-            Box::new(RoutableCids::new(server_id, &cid_key))
-                as Box<dyn quinn::ConnectionIdGenerator>
-        });
-    }
-    Ok(config)
+        Some(
+            cluster
+                .server_id
+                .parse()
+                .map_err(|e: String| fail(format!("cluster.server_id: {e}")))?,
+        )
+    };
+    (0..shards)
+        .map(|shard| {
+            let mut config = quinn::EndpointConfig::new(reset.clone());
+            match server_id {
+                None => {
+                    let mut short = [0u8; 8];
+                    short.copy_from_slice(&cid_key[..8]);
+                    let short = u64::from_le_bytes(short);
+                    config.cid_generator(move || {
+                        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(short))
+                            as Box<dyn quinn::ConnectionIdGenerator>
+                    });
+                }
+                Some(server_id) => {
+                    let shard = u8::try_from(shard)
+                        .map_err(|_| fail("cluster.server_id: at most 256 shards".into()))?;
+                    config.cid_generator(move || {
+                        Box::new(RoutableCids::new(server_id, &cid_key, shard))
+                            as Box<dyn quinn::ConnectionIdGenerator>
+                    });
+                }
+            }
+            Ok(config)
+        })
+        .collect()
 }
 
 type ResetKey = hmac::Hmac<Sha256>;

@@ -202,6 +202,10 @@ impl Config {
              balancer's QuicServerId)",
         );
         check(
+            cluster.server_id.is_empty() || self.shards <= 256,
+            "cluster.server_id allows at most 256 shards (connection ids name their shard)",
+        );
+        check(
             cluster.secret.is_empty()
                 || hex::decode(cluster.secret.expose()).is_ok_and(|s| s.len() == 32),
             "cluster.secret must be empty or 64 hex digits (32 bytes)",

@@ -71,8 +71,9 @@ pub fn quic_server_config(
     let mut tokens = quinn::ValidationTokenConfig::default();
     tokens.sent(0).log(Arc::new(quinn::NoneTokenLog));
     server.validation_token_config(tokens);
-    // SO_REUSEPORT steers by address: a migrated connection would reach another shard.
-    server.migration(false);
+    // SO_REUSEPORT alone steers by address, and a migrated connection would reach another
+    // shard; with routable connection ids the shards' sockets steer by them (`steer`).
+    server.migration(!config.cluster.server_id.is_empty());
     Ok(Arc::new(server))
 }
 

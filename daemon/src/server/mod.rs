@@ -17,6 +17,7 @@ use crate::{inbox, tls, token};
 mod endpoint;
 mod reload;
 mod run;
+mod steer;
 
 pub use crate::shard::StartError;
 pub use endpoint::{bind, quic_server_config, wire_limits};
@@ -156,16 +157,20 @@ impl Daemon {
         }
         let browsers = tls::Browsers::new(&config.web, &identity)?;
         let quic_config = quic_server_config(&config, &identity, &browsers)?;
-        let endpoint_config = tls::endpoint_config(&data_dir, &config.cluster)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
         let store = Store::open_with(&data_dir.join("db"), config.storage.wal())?;
         let shard_count = match config.shards {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         };
+        let endpoint_configs = tls::endpoint_configs(&data_dir, &config.cluster, shard_count)?;
         crate::guard::probe_port(config.listen)?;
         let sockets = bind(config.listen, shard_count)?;
         crate::guard::check_port_exclusive(&sockets)?;
+        if !config.cluster.server_id.is_empty() {
+            // Connection ids name their shard: steer by them, so migration can stay on.
+            steer::by_connection_id(&sockets).map_err(|e| Error::Bind(config.listen, e))?;
+        }
         let local_addr = sockets[0]
             .local_addr()
             .map_err(|e| Error::Bind(config.listen, e))?;
@@ -265,11 +270,11 @@ impl Daemon {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::with_capacity(shard_count);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        for (id, (receiver, socket)) in receivers.into_iter().zip(sockets).enumerate() {
+        let shard_parts = receivers.into_iter().zip(sockets).zip(endpoint_configs);
+        for (id, ((receiver, socket), endpoint_config)) in shard_parts.enumerate() {
             let shared = Arc::clone(&shared);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let quic_config = Arc::clone(&quic_config);
-            let endpoint_config = endpoint_config.clone();
             let started = started_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{id}"))

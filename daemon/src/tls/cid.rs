@@ -5,12 +5,14 @@
 //! ```text
 //! 0      first octet 0x0f: config rotation 0 (3 bits), the length after it, 15 (5 bits)
 //! 1..9   the node's server id (the target's QuicServerId at the load balancer)
-//! 9..12  random
-//! 12..16 check: HMAC-SHA256(key, bytes 0..12), first 4 bytes
+//! 9      the shard that issued it
+//! 10..13 random
+//! 13..16 check: HMAC-SHA256(key, bytes 0..13), first 3 bytes
 //! ```
 //!
-//! The load balancer routes a packet by bytes 1..9 whatever the client's address, so a
-//! client whose address changes still reaches its node. The check lets a node tell the
+//! The load balancer routes a packet by bytes 1..9 whatever the client's address, and the
+//! node's reuseport program (`server::steer`) by byte 9, so a client whose address changes
+//! still reaches its node and its shard. The check lets a node tell the
 //! cluster's connection ids from noise: quinn answers a packet for a connection it does not
 //! hold with a stateless reset only when `validate` accepts its id, and every node shares
 //! the key (derived from `cluster.secret`), so when a node dies, whichever node the load
@@ -27,10 +29,12 @@ pub const CID_LEN: usize = 16;
 pub const SERVER_ID_LEN: usize = 8;
 /// The first octet: config rotation 0 (top 3 bits), then the length of the rest, 15,
 /// self-encoded (low 5 bits).
-const FIRST_OCTET: u8 = 0x0f;
+pub(crate) const FIRST_OCTET: u8 = 0x0f;
 const _: () = assert!(FIRST_OCTET as usize == CID_LEN - 1);
-const RANDOM: std::ops::Range<usize> = 9..12;
-const CHECKED: usize = 12;
+/// Where the issuing shard is.
+pub(crate) const SHARD_BYTE: usize = 1 + SERVER_ID_LEN;
+const RANDOM: std::ops::Range<usize> = SHARD_BYTE + 1..SHARD_BYTE + 4;
+const CHECKED: usize = SHARD_BYTE + 4;
 
 /// A QUIC-LB server id: 8 bytes, written `0x` and 16 lowercase hex digits (as AWS takes a
 /// target's `QuicServerId`).
@@ -63,20 +67,23 @@ impl std::fmt::Display for ServerId {
     }
 }
 
-/// Issues routable connection ids carrying one server id, and accepts any id the cluster's
-/// key checks (whichever node issued it).
+/// Issues routable connection ids carrying one server id and one shard, and accepts any id
+/// the cluster's key checks (whichever node and shard issued it).
 #[derive(Clone)]
 pub struct RoutableCids {
     server_id: ServerId,
+    shard: u8,
     key: hmac::Hmac<Sha256>,
 }
 
 impl RoutableCids {
-    /// Ids for `server_id`, checked with `key` (every node of the cluster has the same).
+    /// Ids for `server_id` and `shard`, checked with `key` (every node of the cluster has
+    /// the same).
     #[must_use]
-    pub fn new(server_id: ServerId, key: &[u8; 32]) -> RoutableCids {
+    pub fn new(server_id: ServerId, key: &[u8; 32], shard: u8) -> RoutableCids {
         RoutableCids {
             server_id,
+            shard,
             key: <hmac::Hmac<Sha256> as Mac>::new_from_slice(key)
                 .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length")),
         }
@@ -108,6 +115,7 @@ impl ConnectionIdGenerator for RoutableCids {
         let mut cid = [0u8; CID_LEN];
         cid[0] = FIRST_OCTET;
         cid[1..=SERVER_ID_LEN].copy_from_slice(&self.server_id.0);
+        cid[SHARD_BYTE] = self.shard;
         // Without randomness no id could be issued at all; the OS source failing is fatal.
         getrandom::fill(&mut cid[RANDOM])
             .unwrap_or_else(|e| panic!("no randomness for a connection id: {e}"));
@@ -152,7 +160,7 @@ mod tests {
         let key = [7u8; 32];
         let a: ServerId = "0x0123456789abcdef".parse().unwrap();
         let b: ServerId = "0xfedcba9876543210".parse().unwrap();
-        let (mut node_a, node_b) = (RoutableCids::new(a, &key), RoutableCids::new(b, &key));
+        let (mut node_a, node_b) = (RoutableCids::new(a, &key, 5), RoutableCids::new(b, &key, 0));
         let cid = node_a.generate_cid();
         assert_eq!(cid.len(), 16);
         assert_eq!(cid[0], 0x0f, "config rotation 0, 15 bytes follow");
@@ -160,20 +168,23 @@ mod tests {
             &cid[1..9],
             &[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
         );
+        assert_eq!(cid[9], 5, "the issuing shard");
         assert_eq!(RoutableCids::server_id_of(&cid), Some(a));
         assert_ne!(node_a.generate_cid(), cid, "the nonce differs");
         // Any node of the cluster accepts the id (and so resets it); another key does not.
         assert!(node_b.validate(&cid).is_ok());
-        assert!(RoutableCids::new(b, &[8u8; 32]).validate(&cid).is_err());
+        assert!(RoutableCids::new(b, &[8u8; 32], 0).validate(&cid).is_err());
         let mut forged = cid;
         forged[15] ^= 1;
         assert!(node_b.validate(&forged).is_err());
-        let mut other_node = cid;
-        other_node[8] ^= 1;
-        assert!(
-            node_b.validate(&other_node).is_err(),
-            "the check covers the server id"
-        );
+        for covered in [8, 9] {
+            let mut changed = cid;
+            changed[covered] ^= 1;
+            assert!(
+                node_b.validate(&changed).is_err(),
+                "the check covers byte {covered}"
+            );
+        }
         assert_eq!(a.to_string(), "0x0123456789abcdef");
     }
 

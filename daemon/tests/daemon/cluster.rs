@@ -195,3 +195,43 @@ async fn without_the_shared_secret_the_other_node_cannot_reset_and_the_client_ti
         "{closed:?}"
     );
 }
+
+/// With routable connection ids, a client whose address changes (a new socket: a new port,
+/// as after a NAT rebinding or a network switch) keeps its connection: the shards' sockets
+/// steer its packets by the shard byte of the connection id, not by its address, and
+/// migration is on. Eight moves over four shards: by address alone, each move would land on
+/// another shard (which resets the connection) three times in four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_address_changes_keeps_its_connection_on_its_shard() {
+    let daemon = crate::TestDaemon::start_with(|config| {
+        config.shards = 4;
+        config.cluster.server_id = A.into();
+    });
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client_config(&daemon.cert));
+    let conn = endpoint
+        .connect(daemon.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let rebinder = endpoint.clone();
+    let mut client = Client::from_streams(conn, send, recv, endpoint);
+    client
+        .hello(Some(&daemon.token("alice")), 1)
+        .await
+        .session
+        .unwrap();
+    let before = daemon.connections_per_shard();
+    for _ in 0..8 {
+        rebinder
+            .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        assert!(matches!(
+            client.ok(Request::Ping).await,
+            Response::Pong { .. }
+        ));
+    }
+    assert_eq!(daemon.connections_per_shard(), before, "still on its shard");
+    assert!(client.conn.close_reason().is_none());
+}
