@@ -173,19 +173,30 @@ fn outbox_event(i: u64) -> chatd::store::outbox::Event {
     }
 }
 
-/// chatd's own commit path: its storage thread, group commit, fsync before the ack.
-async fn commit_chatd(per_writer: u64, writers: u64, histogram: &Arc<Mutex<Histogram<u64>>>) {
-    let dir = tempfile::tempdir_in(".").unwrap();
-    let store = chatd::store::Store::open(&dir.path().join("db")).unwrap();
-    let (writer, thread) = chatd::store::writer::spawn::<Done>(
+/// chatd's storage thread on a store in `dir`, with chatd's default group and queue sizes.
+fn storage(
+    dir: &std::path::Path,
+    durability: chatd::config::Durability,
+) -> (
+    chatd::store::writer::Writer<Done>,
+    std::thread::JoinHandle<()>,
+) {
+    let store = chatd::store::Store::open(&dir.join("db")).unwrap();
+    chatd::store::writer::spawn::<Done>(
         store,
-        chatd::config::Durability::Fsync,
+        durability,
         256,
         16_384,
         Arc::new(chatd::store::writer::OutboxHead::default()),
         Arc::new(chatd::metrics::Metrics::new(1)),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// chatd's own commit path: its storage thread, group commit, fsync before the ack.
+async fn commit_chatd(per_writer: u64, writers: u64, histogram: &Arc<Mutex<Histogram<u64>>>) {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let (writer, thread) = storage(dir.path(), chatd::config::Durability::Fsync);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..writers {
@@ -765,36 +776,21 @@ async fn read_back(url: &str, queue: &str, kind: &str) -> std::collections::Hash
 /// A child: `count` events committed with chatd's buffered durability (in the WAL, not
 /// flushed to tables), then `filled`, then waits to be killed.
 fn fill(dir: &str, count: u64) {
-    let store = chatd::store::Store::open(&std::path::Path::new(dir).join("db")).unwrap();
-    let (writer, _thread) = chatd::store::writer::spawn::<Filled>(
-        store,
+    let (writer, _thread) = storage(
+        std::path::Path::new(dir),
         chatd::config::Durability::Buffered,
-        256,
-        16_384,
-        Arc::new(chatd::store::writer::OutboxHead::default()),
-        Arc::new(chatd::metrics::Metrics::new(1)),
-    )
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    );
     for chunk in (0..count).collect::<Vec<_>>().chunks(64) {
         let mut batch = chatd::store::writer::Batch::default();
         for i in chunk {
             batch.event(outbox_event(*i));
         }
-        assert!(writer.submit(batch, Filled(tx.clone())).is_ok());
-        rx.recv().unwrap();
+        let (tx, rx) = oneshot::channel();
+        assert!(writer.submit(batch, Done(tx)).is_ok());
+        rx.blocking_recv().unwrap();
     }
     println!("filled");
     std::thread::sleep(Duration::from_secs(3600));
-}
-
-struct Filled(std::sync::mpsc::Sender<()>);
-
-impl chatd::store::writer::Completion for Filled {
-    fn complete(self, result: Result<(), chatd::store::writer::WriteError>) {
-        result.expect("commit");
-        let _ = self.0.send(());
-    }
 }
 
 /// A writer killed with `count` events in its WAL; the time the next owner takes to open
