@@ -39,8 +39,9 @@ all: test
 # What a fresh Debian machine lacks for this workspace: libclang for bindgen (rocksdb's
 # build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds, systemd's
 # tools for the unit checks, promtool (Debian's prometheus package) for the alert rules,
-# protoc for etcd-client's build (the etcd v3 API's .proto files, compiled by its build script).
-BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus protobuf-compiler
+# protoc for etcd-client's build (the etcd v3 API's .proto files, compiled by its build script),
+# etcd for the partition-ownership test (it starts its own on free ports).
+BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus protobuf-compiler etcd-server
 bootstrap:
 	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
 
@@ -50,8 +51,8 @@ PEER_PACKAGES := nats-server mosquitto
 peers-bootstrap:
 	@./.ci/bootstrap $(PEER_PACKAGES)
 
-# The engines a chatd cluster is weighed on (docs/SCALING.md, bench/cluster-parts.sh): etcd;
-# RabbitMQ is already on every machine this runs on.
+# The engines a chatd cluster is weighed on (docs/SCALING.md, bench/cluster-parts.sh): etcd and
+# its etcdctl; RabbitMQ is already on every machine this runs on.
 CLUSTER_PACKAGES := etcd-server etcd-client
 cluster-bootstrap:
 	@./.ci/bootstrap $(CLUSTER_PACKAGES)

@@ -21,6 +21,8 @@
 //!   filter) and the throttle for repeated errors.
 //! - [`store`]: RocksDB, its column families and the group-committing writer.
 //! - [`bridge`]: the outbox's publisher to RabbitMQ.
+//! - [`cluster`]: partition ownership through etcd for a cluster of nodes (leases,
+//!   rendezvous assignment, hand-over); the daemon does not run it yet (docs/SCALING.md).
 //! - [`metrics`]: the Prometheus metrics; `admin`: the admin listener (HTTP on TCP) that
 //!   serves them, `/healthz`, `/readyz` and the API of `chatd admin`; `web`: the web
 //!   listener for browsers (the web app, `/webtransport.json`); `http`: what both listeners
@@ -36,6 +38,7 @@ pub mod admin;
 pub mod backup;
 pub mod bridge;
 mod budget;
+pub mod cluster;
 pub mod config;
 mod fsutil;
 pub mod guard;

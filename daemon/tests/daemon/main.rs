@@ -21,6 +21,7 @@ mod history;
 mod lifecycle;
 mod limits;
 mod operations;
+mod ownership;
 mod presence;
 mod reactions;
 mod receipts;

@@ -1,0 +1,320 @@
+//! Partition ownership through etcd (docs/SCALING.md section 3): which node owns each of a
+//! cluster's partitions, and the hand-over when that changes. A node holds a lease and
+//! registers under it; the preferred owner of a partition is the rendezvous hash of the
+//! partition over the live nodes; a node takes a partition by creating its owner key under
+//! its lease when the key is absent (the key's creation revision is the ownership *term*),
+//! and gives one up, when another node is preferred, only after the node has stopped
+//! serving it (`Change::Release` is answered). A dead node's keys go with its lease.
+//!
+//! [`Membership::run`] reconciles on every change etcd reports (and every third of the
+//! lease): it reads the cluster's keys whole and acts on the difference, so a missed or
+//! repeated notification changes nothing. The lease is renewed on a task of its own, every
+//! third of it. A node that cannot renew its lease stops acting as owner before the lease can
+//! have expired at etcd (`Change::Lost`): it counts the lease from when it sent the
+//! keep-alive etcd last answered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where and who: the etcd endpoints, the cluster's name (its key prefix), this node's
+/// name, the number of partitions, the lease.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// etcd client URLs.
+    pub etcd: Vec<String>,
+    /// The cluster's name: keys live under `/chatd/NAME/`.
+    pub cluster: String,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// How many partitions the cluster has (fixed when it is created).
+    pub partitions: u16,
+    /// The lease's time to live.
+    pub lease: Duration,
+}
+
+/// What the node must do.
+#[derive(Debug)]
+pub enum Change {
+    /// The node owns `partition` from now, in ownership term `term`.
+    Acquired {
+        /// The partition.
+        partition: u16,
+        /// The owner key's creation revision: larger for every new owner.
+        term: i64,
+    },
+    /// Another node is preferred: stop serving `partition`, then answer `done`; the owner key
+    /// is deleted after that, and the other node takes it.
+    Release {
+        /// The partition.
+        partition: u16,
+        /// Answered once the node no longer serves it.
+        done: oneshot::Sender<()>,
+    },
+    /// The lease could not be renewed in time: stop serving every partition at once.
+    Lost,
+}
+
+/// What can end [`Membership::run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// etcd refused or could not be reached.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// The lease was not renewed in time (the node has been told: [`Change::Lost`]).
+    #[error("the lease was not renewed in time")]
+    LeaseLost,
+    /// The receiver of the changes is gone.
+    #[error("nobody takes the ownership changes")]
+    Closed,
+    /// etcd ended the watch or the keep-alive stream.
+    #[error("etcd ended the {0} stream")]
+    Ended(&'static str),
+}
+
+/// The rendezvous weight of `node` for `partition`: the first 8 bytes of
+/// SHA-256(partition ‖ node).
+#[must_use]
+pub fn weight(partition: u16, node: &str) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(partition.to_be_bytes());
+    hash.update(node.as_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The preferred owner of `partition` among `nodes`.
+#[must_use]
+pub fn preferred<'a>(partition: u16, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    nodes
+        .into_iter()
+        .max_by_key(|node| (weight(partition, node), *node))
+}
+
+/// An owner key as read: the node named in it, its lease, its term.
+#[derive(Clone, Debug)]
+struct Owner {
+    node: String,
+    lease: i64,
+    term: i64,
+}
+
+/// One node's membership: its lease, its keys, its partitions.
+pub struct Membership {
+    settings: Settings,
+    client: Client,
+    lease: i64,
+    /// The keep-alive last answered was sent at this instant (written by the keep-alive
+    /// task).
+    renewed: Arc<Mutex<Instant>>,
+}
+
+/// Aborts a task when dropped: the keep-alive task ends with the membership.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Membership {
+    fn prefix(&self) -> String {
+        format!("/chatd/{}/", self.settings.cluster)
+    }
+
+    fn owner_key(&self, partition: u16) -> String {
+        format!("{}owners/{partition:05}", self.prefix())
+    }
+
+    /// Joins: connects, takes a lease, registers the node under it.
+    ///
+    /// # Errors
+    /// When etcd cannot be reached or refuses.
+    pub async fn join(settings: Settings) -> Result<Membership, Error> {
+        let mut client = Client::connect(settings.etcd.clone(), None).await?;
+        let ttl = i64::try_from(settings.lease.as_secs().max(2)).unwrap_or(i64::MAX);
+        let renewed = Instant::now();
+        let lease = client.lease_grant(ttl, None).await?.id();
+        let mut membership = Membership {
+            settings,
+            client,
+            lease,
+            renewed: Arc::new(Mutex::new(renewed)),
+        };
+        let key = format!("{}nodes/{}", membership.prefix(), membership.settings.node);
+        membership
+            .client
+            .put(key, "", Some(PutOptions::new().with_lease(lease)))
+            .await?;
+        Ok(membership)
+    }
+
+    /// Keeps the lease and the partitions until an error, telling `changes` what to do.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] after [`Change::Lost`]; etcd's errors; [`Error::Closed`].
+    pub async fn run(mut self, changes: mpsc::Sender<Change>) -> Result<(), Error> {
+        let (mut keeper, mut answers) = self.client.lease_keep_alive(self.lease).await?;
+        let third = self.settings.lease / 3;
+        // The lease is renewed on its own task, so that a long hand-over cannot let it lapse.
+        let keeping: tokio::task::JoinHandle<Result<(), Error>> = {
+            let renewed = Arc::clone(&self.renewed);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(third);
+                loop {
+                    tick.tick().await;
+                    let sent = Instant::now();
+                    keeper.keep_alive().await?;
+                    match answers.message().await? {
+                        Some(answer) if answer.ttl() > 0 => *renewed.lock() = sent,
+                        Some(_) => return Err(Error::LeaseLost),
+                        None => return Err(Error::Ended("keep-alive")),
+                    }
+                }
+            })
+        };
+        let _keeping = AbortOnDrop(keeping.abort_handle());
+        let mut watch = self
+            .client
+            .watch(self.prefix(), Some(WatchOptions::new().with_prefix()))
+            .await?;
+        let mut tick = tokio::time::interval(third);
+        loop {
+            if self.lapsed() || keeping.is_finished() {
+                let _ = changes.send(Change::Lost).await;
+                return Err(Error::LeaseLost);
+            }
+            self.reconcile(&changes).await?;
+            tokio::select! {
+                _ = tick.tick() => {}
+                event = watch.message() => {
+                    if event?.is_none() {
+                        return Err(Error::Ended("watch"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the lease may have expired at etcd, less a margin of a third of it: from then
+    /// on the node must not act as an owner.
+    fn lapsed(&self) -> bool {
+        self.renewed.lock().elapsed() > self.settings.lease - self.settings.lease / 3
+    }
+
+    /// Reads the cluster's keys and acts on them: gives up what another node is preferred
+    /// for, takes what this node is preferred for and nobody holds.
+    async fn reconcile(&mut self, changes: &mpsc::Sender<Change>) -> Result<(), Error> {
+        let prefix = self.prefix();
+        let all = self
+            .client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut nodes = Vec::new();
+        let mut owners: BTreeMap<u16, Owner> = BTreeMap::new();
+        for kv in all.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some(node) = rest.strip_prefix("nodes/") {
+                nodes.push(node.to_owned());
+            } else if let Some(partition) = rest.strip_prefix("owners/")
+                && let (Ok(partition), Ok(node)) = (partition.parse::<u16>(), kv.value_str())
+            {
+                owners.insert(
+                    partition,
+                    Owner {
+                        node: node.to_owned(),
+                        lease: kv.lease(),
+                        term: kv.create_revision(),
+                    },
+                );
+            }
+        }
+        let me = self.settings.node.clone();
+        for partition in 0..self.settings.partitions {
+            let want = preferred(partition, nodes.iter().map(String::as_str));
+            let owner = owners.get(&partition);
+            let mine = owner.filter(|o| o.node == me && o.lease == self.lease);
+            match (mine, want) {
+                (Some(owned), Some(want)) if want != me => {
+                    let (done, stopped) = oneshot::channel();
+                    changes
+                        .send(Change::Release { partition, done })
+                        .await
+                        .map_err(|_| Error::Closed)?;
+                    stopped.await.map_err(|_| Error::Closed)?;
+                    let key = self.owner_key(partition);
+                    self.client
+                        .txn(
+                            Txn::new()
+                                .when([Compare::create_revision(
+                                    key.clone(),
+                                    CompareOp::Equal,
+                                    owned.term,
+                                )])
+                                .and_then([TxnOp::delete(key, None)]),
+                        )
+                        .await?;
+                }
+                (None, Some(want)) if want == me && owner.is_none() && !self.lapsed() => {
+                    let key = self.owner_key(partition);
+                    let taken = self
+                        .client
+                        .txn(
+                            Txn::new()
+                                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                                .and_then([TxnOp::put(
+                                    key,
+                                    me.clone(),
+                                    Some(PutOptions::new().with_lease(self.lease)),
+                                )]),
+                        )
+                        .await?;
+                    if taken.succeeded() {
+                        let term = taken
+                            .header()
+                            .map_or(0, etcd_client::ResponseHeader::revision);
+                        changes
+                            .send(Change::Acquired { partition, term })
+                            .await
+                            .map_err(|_| Error::Closed)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_what_a_joining_node_wins() {
+        let three = ["a", "b", "c"];
+        let four = ["a", "b", "c", "d"];
+        let mut moved = 0;
+        for partition in 0..256 {
+            let before = preferred(partition, three).unwrap();
+            let after = preferred(partition, four).unwrap();
+            if before != after {
+                assert_eq!(after, "d", "a partition moves only to the new node");
+                moved += 1;
+            }
+        }
+        // About a quarter: each node wins its share.
+        assert!((32..=96).contains(&moved), "{moved}");
+    }
+}

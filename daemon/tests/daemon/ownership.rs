@@ -1,0 +1,248 @@
+//! Partition ownership through a real etcd (`chatd::cluster`): nodes join one after
+//! another and hand partitions over, one dies and the others take its partitions after its
+//! lease, one joins and takes its share. The lease is 4 s, roomy enough that a loaded
+//! machine does not miss a renewal (which the log would show as a lost lease). Every change goes into one log, which is replayed
+//! to check that no partition ever had two live owners and that every partition ends with
+//! exactly the owner etcd names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatd::cluster::{Change, Membership, Settings, preferred};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+const PARTITIONS: u16 = 16;
+
+/// A single-member etcd on free loopback ports, in a temporary directory, killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (client, peer): (SocketAddr, SocketAddr) = (port(), port());
+        let dir = tempfile::tempdir().unwrap();
+        let (url, peer_url) = (format!("http://{client}"), format!("http://{peer}"));
+        let child = Command::new("etcd")
+            .args(["--name", "solo", "--data-dir"])
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("solo={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server; make bootstrap installs it)");
+        let etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if let Ok(mut client) = etcd_client::Client::connect([etcd.url.clone()], None).await
+                && client.get("probe", None).await.is_ok()
+            {
+                return etcd;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("etcd did not come up at {}", etcd.url);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Logged {
+    Acquired(&'static str, u16, i64),
+    Released(&'static str, u16),
+    Died(&'static str),
+    Lost(&'static str),
+}
+
+/// Runs `node`'s membership; its changes go to the log. A release is answered (and logged)
+/// after 200 ms, as a node closing a partition's store would: a node taking the partition
+/// before that answer would show in the log.
+/// Aborting the returned task is the node dying: no more keep-alives, nothing revoked.
+async fn node(
+    etcd: &str,
+    node: &'static str,
+    log: Arc<Mutex<Vec<Logged>>>,
+) -> tokio::task::JoinHandle<Result<(), chatd::cluster::Error>> {
+    let membership = Membership::join(Settings {
+        etcd: vec![etcd.to_owned()],
+        cluster: "test".into(),
+        node: node.into(),
+        partitions: PARTITIONS,
+        lease: Duration::from_secs(4),
+    })
+    .await
+    .unwrap();
+    let (changes, mut received) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(change) = received.recv().await {
+            match change {
+                Change::Acquired { partition, term } => {
+                    log.lock().push(Logged::Acquired(node, partition, term));
+                }
+                Change::Release { partition, done } => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    log.lock().push(Logged::Released(node, partition));
+                    done.send(()).unwrap();
+                }
+                Change::Lost => log.lock().push(Logged::Lost(node)),
+            }
+        }
+    });
+    tokio::spawn(membership.run(changes))
+}
+
+/// The owner etcd names for each partition.
+async fn owners(etcd: &str) -> BTreeMap<u16, String> {
+    let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
+    let all = client
+        .get(
+            "/chatd/test/owners/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    all.kvs()
+        .iter()
+        .map(|kv| {
+            let partition = kv.key_str().unwrap().rsplit('/').next().unwrap();
+            (
+                partition.parse().unwrap(),
+                kv.value_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until etcd names, for every partition, its preferred owner among `live`.
+async fn settled(etcd: &str, live: &[&str]) -> BTreeMap<u16, String> {
+    let deadline = Instant::now() + crate::client::WAIT;
+    loop {
+        let now = owners(etcd).await;
+        let want: BTreeMap<u16, String> = (0..PARTITIONS)
+            .map(|p| (p, preferred(p, live.iter().copied()).unwrap().to_owned()))
+            .collect();
+        if now == want {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {now:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Replays the log: no partition is acquired while a live node holds it; returns who holds
+/// what at the end.
+fn replay(log: &[Logged]) -> BTreeMap<u16, &'static str> {
+    let mut holder: BTreeMap<u16, &'static str> = BTreeMap::new();
+    let mut dead: BTreeSet<&'static str> = BTreeSet::new();
+    let mut terms: BTreeMap<u16, i64> = BTreeMap::new();
+    for entry in log {
+        match entry {
+            Logged::Acquired(node, p, term) => {
+                if let Some(previous) = holder.get(p) {
+                    assert!(
+                        dead.contains(previous),
+                        "{node} acquired {p} while {previous} held it: {log:?}"
+                    );
+                }
+                assert!(terms.get(p).is_none_or(|t| term > t), "terms grow: {log:?}");
+                terms.insert(*p, *term);
+                holder.insert(*p, node);
+            }
+            Logged::Released(node, p) => {
+                assert_eq!(holder.remove(p), Some(*node), "{log:?}");
+            }
+            Logged::Died(node) => {
+                dead.insert(node);
+            }
+            Logged::Lost(node) => panic!("{node} lost its lease: {log:?}"),
+        }
+    }
+    holder.retain(|_, node| !dead.contains(node));
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_move_by_hand_over_when_nodes_join_and_after_the_lease_when_one_dies() {
+    let etcd = Etcd::start().await;
+    let log: Arc<Mutex<Vec<Logged>>> = Arc::default();
+    // a alone takes everything; b and c join and take their share from it by hand-over.
+    let a = node(&etcd.url, "a", log.clone()).await;
+    settled(&etcd.url, &["a"]).await;
+    let b = node(&etcd.url, "b", log.clone()).await;
+    let c = node(&etcd.url, "c", log.clone()).await;
+    let three = settled(&etcd.url, &["a", "b", "c"]).await;
+    assert!(
+        log.lock()
+            .iter()
+            .any(|e| matches!(e, Logged::Released("a", _))),
+        "a handed partitions over"
+    );
+    // c dies without a word: its keys stay until its lease expires, then a and b take them.
+    c.abort();
+    log.lock().push(Logged::Died("c"));
+    let died = Instant::now();
+    let two = settled(&etcd.url, &["a", "b"]).await;
+    let failover = died.elapsed();
+    assert!(three.values().any(|n| n == "c"), "c held partitions");
+    // d joins: it takes what it wins, handed over by a and b.
+    let d = node(&etcd.url, "d", log.clone()).await;
+    let four = settled(&etcd.url, &["a", "b", "d"]).await;
+    // etcd's owners are the log's (once the last change has reached the log: a node hears
+    // of its own transaction after etcd has it), and no partition ever had two live owners.
+    let deadline = Instant::now() + crate::client::WAIT;
+    loop {
+        let held = replay(&log.lock());
+        let held: BTreeMap<u16, String> =
+            held.into_iter().map(|(p, n)| (p, n.to_owned())).collect();
+        if held == four {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log says {held:?}, etcd {four:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moved_to_d = four.values().filter(|n| *n == "d").count();
+    assert!(moved_to_d > 0, "d took partitions: {four:?}");
+    assert!(
+        four.iter().all(|(p, n)| n == "d" || two[p] == *n),
+        "only partitions d wins moved: {two:?} -> {four:?}"
+    );
+    eprintln!("c's partitions moved {failover:?} after it died (lease 4 s)");
+    for handle in [a, b, d] {
+        handle.abort();
+    }
+}
