@@ -148,7 +148,7 @@ bench-report:
 faults: bootstrap
 	./bench/faults.sh
 
-fuzz:
+fuzz: bootstrap
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (cargo-fuzz uses -Z flags): rustup toolchain install nightly" >&2; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	mkdir -p fuzz/corpus/decode fuzz/corpus/events fuzz/corpus/token fuzz/corpus/config
