@@ -4,7 +4,7 @@
 # from the machine's own broker, and `cluster-parts` (bench/src/bin/cluster-parts.rs) for
 # - commit: a durable write acknowledged, 1 and 64 writers: chatd's storage thread (fsync,
 #   group commit), an etcd put, a persistent publish confirmed by a quorum queue and by a
-#   stream;
+#   stream; and chatd with 4 and 16 stores on the one disk (partitions on one node);
 # - hop: an event from one node to another and back, over QUIC and through RabbitMQ;
 # - ownership failover: an etcd lease holder SIGKILLed (the standby waits for the lease's
 #   TTL), a RabbitMQ single-active consumer SIGKILLed (its socket closes) and SIGSTOPped
@@ -113,6 +113,10 @@ for round in 1 2; do
   for engine in chatd etcd quorum stream; do
     run commit --engine "$engine" --count 2000 --inflight 1 --etcd "$etcd_urls" --amqp "$(amqp 1)"
     run commit --engine "$engine" --count 32000 --inflight 64 --etcd "$etcd_urls" --amqp "$(amqp 1)"
+  done
+  # A node holding several partitions: a store (a WAL to sync) each, on the one disk.
+  for stores in 4 16; do
+    run commit --engine chatd --stores "$stores" --count 32000 --inflight 64
   done
   run hop --via quic --count 20000
   run hop --via amqp --count 20000 --amqp "$(amqp 1)" --amqp2 "$(amqp 2)"

@@ -1423,7 +1423,7 @@ def render_cluster_parts(section):
            "",
            "| Store | writers | runs | p50 ms | p99 ms | writes/s | p50 / chatd's |",
            "|---|---:|---:|---:|---:|---:|---:|"]
-    commits = by("commit")
+    commits = [c for c in by("commit") if c.get("stores", 1) == 1]
     base = {}
     for w in sorted({c["inflight"] for c in commits}):
         for engine in ["chatd", "etcd", "quorum", "stream"]:
@@ -1437,6 +1437,22 @@ def render_cluster_parts(section):
                 base[w] = p50
             ratio = p50 / base[w] if base.get(w) else None
             out.append(f"| {names[engine]} | {w} | {len(rows)} | {ms(p50)} | {ms(p99)} | {fmt(rate)} | {fmt(ratio, 1)} |")
+    partitioned = [c for c in by("commit") if c["engine"] == "chatd" and c["inflight"] == 64]
+    counts = sorted({c.get("stores", 1) for c in partitioned})
+    if len(counts) > 1:
+        out += ["", "### Partitions on one node: a store each, on the one disk", "",
+                "chatd's commit with 64 writers spread over N stores, each with its storage thread",
+                "and WAL (fsync, group commit): what a node holding N partitions pays. Ratio: writes/s",
+                "over one store's.", "",
+                "| Stores | runs | p50 ms | p99 ms | writes/s | writes/s / one store's |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        one = cluster_median([c["per_sec"] for c in partitioned if c.get("stores", 1) == 1])
+        for n in counts:
+            rows = [c for c in partitioned if c.get("stores", 1) == n]
+            rate = cluster_median([r["per_sec"] for r in rows])
+            out.append(f"| {n} | {len(rows)} | {ms(cluster_median([r['p50_ms'] for r in rows]))} | "
+                       f"{ms(cluster_median([r['p99_ms'] for r in rows]))} | {fmt(rate)} | "
+                       f"{fmt(rate / one if one else None, 2)} |")
     hops = by("hop")
     out += ["", "### One hop between nodes and back", "",
             "| Via | runs | p50 ms | p99 ms | p50 / QUIC's |", "|---|---:|---:|---:|---:|"]

@@ -6,7 +6,7 @@
 //! runs each measurement here and writes bench/RESULTS.md.
 //!
 //! ```text
-//! cluster-parts commit --engine chatd|etcd|quorum|stream --count N --inflight W [--etcd URLS] [--amqp URL]
+//! cluster-parts commit --engine chatd|etcd|quorum|stream --count N --inflight W [--stores S] [--etcd URLS] [--amqp URL]
 //! cluster-parts hop --via quic|amqp --count N [--amqp URL --amqp2 URL]
 //! cluster-parts lease-failover --etcd URLS --ttl SECS --rounds R
 //! cluster-parts sac-failover --amqp URL --rounds R --mode kill|stop --heartbeat SECS
@@ -124,11 +124,14 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 /// `count` writes of `PAYLOAD` bytes from `inflight` concurrent writers, each waiting for its
 /// write's acknowledgement before the next: the latency of one, and the rate of all.
 async fn commit(engine: &str, count: u64, inflight: u64, flags: &HashMap<String, String>) {
+    let stores: u64 = flags
+        .get("stores")
+        .map_or(1, |n| n.parse().expect("--stores N"));
     let histogram = Arc::new(Mutex::new(histogram()));
     let per_writer = count / inflight;
     let started = Instant::now();
     match engine {
-        "chatd" => commit_chatd(per_writer, inflight, &histogram).await,
+        "chatd" => commit_chatd(per_writer, inflight, stores, &histogram).await,
         "etcd" => commit_etcd(&flags["etcd"], per_writer, inflight, &histogram).await,
         "quorum" | "stream" => {
             commit_amqp(&flags["amqp"], engine, per_writer, inflight, &histogram).await;
@@ -138,7 +141,7 @@ async fn commit(engine: &str, count: u64, inflight: u64, flags: &HashMap<String,
     let elapsed = started.elapsed().as_secs_f64();
     let h = histogram.lock();
     println!(
-        "{{\"test\": \"commit\", \"engine\": \"{engine}\", \"inflight\": {inflight}, \"count\": {}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"max_ms\": {:.3}, \"per_sec\": {:.0}}}",
+        "{{\"test\": \"commit\", \"engine\": \"{engine}\", \"stores\": {stores}, \"inflight\": {inflight}, \"count\": {}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"max_ms\": {:.3}, \"per_sec\": {:.0}}}",
         h.len(),
         ms(&h, 0.5),
         ms(&h, 0.99),
@@ -193,14 +196,28 @@ fn storage(
     .unwrap()
 }
 
-/// chatd's own commit path: its storage thread, group commit, fsync before the ack.
-async fn commit_chatd(per_writer: u64, writers: u64, histogram: &Arc<Mutex<Histogram<u64>>>) {
+/// chatd's own commit path: its storage thread, group commit, fsync before the ack. With
+/// `stores` above 1, that many stores on the one disk, each with its storage thread, the
+/// writers spread over them: a node holding that many partitions.
+async fn commit_chatd(
+    per_writer: u64,
+    writers: u64,
+    stores: u64,
+    histogram: &Arc<Mutex<Histogram<u64>>>,
+) {
     let dir = tempfile::tempdir_in(".").unwrap();
-    let (writer, thread) = storage(dir.path(), chatd::config::Durability::Fsync);
+    let (storage_writers, threads): (Vec<_>, Vec<_>) = (0..stores)
+        .map(|n| {
+            let path = dir.path().join(n.to_string());
+            std::fs::create_dir_all(&path).unwrap();
+            storage(&path, chatd::config::Durability::Fsync)
+        })
+        .unzip();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..writers {
-        let (writer, histogram, next) = (writer.clone(), Arc::clone(histogram), Arc::clone(&next));
+    for w in 0..writers {
+        let writer = storage_writers[usize::try_from(w % stores).unwrap()].clone();
+        let (histogram, next) = (Arc::clone(histogram), Arc::clone(&next));
         tasks.spawn(async move {
             for _ in 0..per_writer {
                 let mut batch = chatd::store::writer::Batch::default();
@@ -214,8 +231,10 @@ async fn commit_chatd(per_writer: u64, writers: u64, histogram: &Arc<Mutex<Histo
         });
     }
     while tasks.join_next().await.is_some() {}
-    drop(writer);
-    thread.join().unwrap();
+    drop(storage_writers);
+    for thread in threads {
+        thread.join().unwrap();
+    }
 }
 
 async fn etcd(urls: &str) -> etcd_client::Client {
