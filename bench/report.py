@@ -1040,7 +1040,8 @@ def scaling_threads(sampled):
     return dict(sorted(busy.items(), key=lambda kv: -kv[1]))
 
 
-def scaling_median(rows, pick):
+def median_of(rows, pick=lambda r: r):
+    """The median of `pick(row)` over `rows`, leaving out None; None when nothing is left."""
     values = [v for v in (pick(r) for r in rows) if v is not None]
     return statistics.median(values) if values else None
 
@@ -1069,7 +1070,7 @@ def render_scaling(section):
         rows = [r for r in section["rows"] if r["scenario"] == scenario]
         if not rows:
             continue
-        fixed_rate = scaling_median(rows, lambda r: r["fixed"] and r["fixed"]["offered_rate"])
+        fixed_rate = median_of(rows, lambda r: r["fixed"] and r["fixed"]["offered_rate"])
         lines += ["", f"**{title}** (fixed rate {fmt(fixed_rate)} msg/s):", "",
                   "| Layout | max msg/s | × 1 shard, 1 core | server cores busy | loadgen cores busy "
                   "| CPU-µs per delivery | p99 ms | p99.9 ms | inbox msgs per delivery "
@@ -1079,19 +1080,19 @@ def render_scaling(section):
             mine = [r for r in rows if r["layout"] == layout]
             if not mine:
                 continue
-            rate = scaling_median(mine, lambda r: r["max"] and r["max"]["rate"])
+            rate = median_of(mine, lambda r: r["max"] and r["max"]["rate"])
             reference = "chatd-1s-1c" if layout.startswith("chatd") else "floor-1t-1c"
-            ref_rate = scaling_median([r for r in rows if r["layout"] == reference],
+            ref_rate = median_of([r for r in rows if r["layout"] == reference],
                                       lambda r: r["max"] and r["max"]["rate"])
             ratio = f"{rate / ref_rate:.2f}" if rate and ref_rate else "–"
 
             def cores(who):
-                return scaling_median(mine, lambda r: r["max"] and r["max"].get(f"{who}_cores"))
+                return median_of(mine, lambda r: r["max"] and r["max"].get(f"{who}_cores"))
 
             def fixed(key):
-                return scaling_median(mine, lambda r: r["fixed"] and r["fixed"][key])
+                return median_of(mine, lambda r: r["fixed"] and r["fixed"][key])
 
-            hops = scaling_median(mine, lambda r: r["inbox_messages_per_delivery"])
+            hops = median_of(mine, lambda r: r["inbox_messages_per_delivery"])
             threads = next((r["threads"] for r in mine if r.get("threads")), None)
             busiest = ", ".join(f"{name} {cores:.2f}" for name, cores in list(threads.items())[:4]
                                 if cores >= 0.005) if threads else "–"
@@ -1396,10 +1397,6 @@ def collect_cluster_parts(summary, command):
                                 "lines": load_lines("cluster-parts.jsonl")}
 
 
-def cluster_median(values):
-    return statistics.median(values) if values else None
-
-
 def render_cluster_parts(section):
     run, lines = section["run"], section["lines"]
     by = lambda test: [line for line in lines if line["test"] == test]  # noqa: E731
@@ -1430,9 +1427,9 @@ def render_cluster_parts(section):
             rows = [c for c in commits if c["engine"] == engine and c["inflight"] == w]
             if not rows:
                 continue
-            p50 = cluster_median([r["p50_ms"] for r in rows])
-            p99 = cluster_median([r["p99_ms"] for r in rows])
-            rate = cluster_median([r["per_sec"] for r in rows])
+            p50 = median_of([r["p50_ms"] for r in rows])
+            p99 = median_of([r["p99_ms"] for r in rows])
+            rate = median_of([r["per_sec"] for r in rows])
             if engine == "chatd":
                 base[w] = p50
             ratio = p50 / base[w] if base.get(w) else None
@@ -1446,23 +1443,23 @@ def render_cluster_parts(section):
                 "over one store's.", "",
                 "| Stores | runs | p50 ms | p99 ms | writes/s | writes/s / one store's |",
                 "|---:|---:|---:|---:|---:|---:|"]
-        one = cluster_median([c["per_sec"] for c in partitioned if c.get("stores", 1) == 1])
+        one = median_of([c["per_sec"] for c in partitioned if c.get("stores", 1) == 1])
         for n in counts:
             rows = [c for c in partitioned if c.get("stores", 1) == n]
-            rate = cluster_median([r["per_sec"] for r in rows])
-            out.append(f"| {n} | {len(rows)} | {ms(cluster_median([r['p50_ms'] for r in rows]))} | "
-                       f"{ms(cluster_median([r['p99_ms'] for r in rows]))} | {fmt(rate)} | "
+            rate = median_of([r["per_sec"] for r in rows])
+            out.append(f"| {n} | {len(rows)} | {ms(median_of([r['p50_ms'] for r in rows]))} | "
+                       f"{ms(median_of([r['p99_ms'] for r in rows]))} | {fmt(rate)} | "
                        f"{fmt(rate / one if one else None, 2)} |")
     hops = by("hop")
     out += ["", "### One hop between nodes and back", "",
             "| Via | runs | p50 ms | p99 ms | p50 / QUIC's |", "|---|---:|---:|---:|---:|"]
-    quic = cluster_median([h["p50_ms"] for h in hops if h["via"] == "quic"])
+    quic = median_of([h["p50_ms"] for h in hops if h["via"] == "quic"])
     for via, title in [("quic", "QUIC stream between two endpoints"),
                        ("amqp", "RabbitMQ: queue on node 2, answer on node 1")]:
         rows = [h for h in hops if h["via"] == via]
         if rows:
-            p50 = cluster_median([r["p50_ms"] for r in rows])
-            out.append(f"| {title} | {len(rows)} | {ms(p50)} | {ms(cluster_median([r['p99_ms'] for r in rows]))} | "
+            p50 = median_of([r["p50_ms"] for r in rows])
+            out.append(f"| {title} | {len(rows)} | {ms(p50)} | {ms(median_of([r['p99_ms'] for r in rows]))} | "
                        f"{fmt(p50 / quic if quic else None, 1)} |")
     out += ["", "### Ownership moving when its holder dies", "",
             "Time from the signal until the standby holds it (each round: a fresh holder, the",
@@ -1477,7 +1474,7 @@ def render_cluster_parts(section):
             values = [r["failover_ms"] for r in group]
             label = title.format(**group[0])
             signal = "SIGKILL" if mode == "kill" else "SIGSTOP"
-            out.append(f"| {label} | {signal} | {len(values)} | {fmt(min(values))} | {fmt(cluster_median(values))} | {fmt(max(values))} |")
+            out.append(f"| {label} | {signal} | {len(values)} | {fmt(min(values))} | {fmt(median_of(values))} | {fmt(max(values))} |")
     logs = by("log-failover")
     if logs:
         out += ["", "### The replicated log's leader node killed under writes", "",
