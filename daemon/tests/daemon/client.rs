@@ -185,6 +185,20 @@ impl Client {
         self.send.write_all(&bytes).await.is_ok()
     }
 
+    /// Sends a ping (if the stream still takes it) so that a packet leaves, then waits for
+    /// the connection to end; how it ended. Fails the test after [`WAIT`].
+    pub async fn ended_after_a_packet(&mut self) -> quinn::ConnectionError {
+        let _ = self
+            .try_write(&ClientFrame::Request {
+                id: RequestId(99),
+                request: Request::Ping,
+            })
+            .await;
+        tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .expect("the connection did not end")
+    }
+
     /// The next frame, or `None` when the stream ended.
     pub async fn next_frame(&mut self) -> Option<ServerFrame> {
         loop {

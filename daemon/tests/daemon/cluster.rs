@@ -148,15 +148,7 @@ async fn kill_a_behind_the_router(
     a.kill().unwrap();
     a.wait().unwrap();
     routes.lock().nodes.remove(&A.parse().unwrap());
-    let _ = client
-        .try_write(&ClientFrame::Request {
-            id: RequestId(99),
-            request: Request::Ping,
-        })
-        .await;
-    let closed = tokio::time::timeout(crate::client::WAIT, client.conn.closed())
-        .await
-        .expect("the connection ended");
+    let closed = client.ended_after_a_packet().await;
     b.kill().unwrap();
     b.wait().unwrap();
     (closed, routes)
