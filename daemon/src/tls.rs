@@ -111,6 +111,10 @@ pub fn endpoint_configs(
     // reset key.
     let mut cid_key = [0u8; 32];
     quinn::crypto::HmacKey::sign(&reset, b"connection ids", &mut cid_key);
+    // A node on its own keeps quinn's 8-byte hashed ids, keyed by the first 8 bytes of it.
+    let mut short_key = [0u8; 8];
+    short_key.copy_from_slice(&cid_key[..8]);
+    let short_key = u64::from_le_bytes(short_key);
     let reset = Arc::new(reset);
     let server_id: Option<ServerId> = if cluster.server_id.is_empty() {
         None
@@ -127,12 +131,10 @@ pub fn endpoint_configs(
             let mut config = quinn::EndpointConfig::new(reset.clone());
             match server_id {
                 None => {
-                    let mut short = [0u8; 8];
-                    short.copy_from_slice(&cid_key[..8]);
-                    let short = u64::from_le_bytes(short);
                     config.cid_generator(move || {
-                        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(short))
-                            as Box<dyn quinn::ConnectionIdGenerator>
+                        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(
+                            short_key,
+                        )) as Box<dyn quinn::ConnectionIdGenerator>
                     });
                 }
                 Some(server_id) => {
