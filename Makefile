@@ -39,9 +39,10 @@ all: test
 # What a fresh Debian machine lacks for this workspace: libclang for bindgen (rocksdb's
 # build), a C++ compiler for RocksDB itself, cmake/pkg-config for native builds, systemd's
 # tools for the unit checks, promtool (Debian's prometheus package) for the alert rules,
-# protoc for etcd-client's build (the etcd v3 API's .proto files, compiled by its build script),
+# protoc and the well-known types (libprotobuf-dev: google/protobuf/*.proto) for etcd-client's build
+# (the etcd v3 API's .proto files, compiled by its build script),
 # etcd for the partition-ownership test (it starts its own on free ports).
-BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus protobuf-compiler etcd-server
+BOOTSTRAP_PACKAGES := libclang-dev clang g++ make pkg-config cmake systemd prometheus protobuf-compiler libprotobuf-dev etcd-server
 bootstrap:
 	@./.ci/bootstrap $(BOOTSTRAP_PACKAGES)
 
