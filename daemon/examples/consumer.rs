@@ -6,9 +6,10 @@
 //! ```
 //!
 //! With `--queue NAME` the queue is durable and survives the consumer; with `--state FILE`
-//! the highest processed seq is kept in FILE, so a restarted consumer skips what it already
-//! printed. Events are acknowledged after they are printed (at-least-once). JSON payloads are
-//! printed as they arrive, bincode ones (`[bridge] payload = "bincode"`) decoded with
+//! the highest processed seq (per partition, from a node with `cluster.partitions`) is kept
+//! in FILE, so a restarted consumer skips what it already printed. Events are acknowledged
+//! after they are printed (at-least-once). JSON payloads are printed as they arrive, bincode
+//! ones (`[bridge] payload = "bincode"`) decoded with
 //! `chat_protocol::events`.
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -52,12 +53,9 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let mut highest: u64 = match &args.state {
-        Some(path) => std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0),
-        None => 0,
+    let mut highest = match &args.state {
+        Some(path) => read_state(&std::fs::read_to_string(path).unwrap_or_default()),
+        None => Highest::new(),
     };
     let tls = lapin::tcp::OwnedTLSConfig {
         identity: None,
@@ -119,21 +117,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     eprintln!(
-        "consuming {} from {} (after seq {highest})",
+        "consuming {} from {} (after {})",
         args.patterns.join(", "),
-        args.exchange
+        args.exchange,
+        write_state(&highest).trim().replace('\n', ", "),
     );
     while let Some(delivery) = deliveries.next().await {
         let delivery = delivery?;
-        let seq: u64 = delivery
+        // `SEQ`, or `PARTITION:SEQ` from a node with partitions (each numbers its own).
+        let id = delivery
             .properties
             .message_id()
             .as_ref()
-            .and_then(|id| id.as_str().parse().ok())
-            .unwrap_or(0);
-        // Events arrive in seq order; a seq at or below the highest seen is a redelivery.
-        if seq > highest {
-            highest = seq;
+            .map(|id| id.to_string());
+        let (partition, seq) = match id.as_deref().unwrap_or("").split_once(':') {
+            Some((p, seq)) => (p.parse().ok(), seq.parse().unwrap_or(0)),
+            None => (
+                None,
+                id.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0),
+            ),
+        };
+        // Events arrive in seq order per partition; a seq at or below the highest seen is a
+        // redelivery.
+        let last = highest.entry(partition).or_default();
+        if seq > *last {
+            *last = seq;
             let content_type = delivery
                 .properties
                 .content_type()
@@ -148,12 +156,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 String::from_utf8_lossy(&delivery.data).into_owned()
             };
-            println!("{seq}\t{}\t{body}", delivery.routing_key);
+            let event = partition.map_or(seq.to_string(), |p| format!("{p}:{seq}"));
+            println!("{event}\t{}\t{body}", delivery.routing_key);
             if let Some(path) = &args.state {
-                std::fs::write(path, highest.to_string())?;
+                std::fs::write(path, write_state(&highest))?;
             }
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
+}
+
+/// The highest seq processed, per partition (`None`: a single node's events).
+type Highest = std::collections::BTreeMap<Option<u16>, u64>;
+
+/// The state file: a line `SEQ` for a single node's events, `PARTITION SEQ` per partition.
+fn read_state(text: &str) -> Highest {
+    text.lines()
+        .filter_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [seq] => Some((None, seq.parse().ok()?)),
+                [p, seq] => Some((Some(p.parse().ok()?), seq.parse().ok()?)),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+fn write_state(highest: &Highest) -> String {
+    highest
+        .iter()
+        .map(|(p, seq)| match p {
+            Some(p) => format!("{p} {seq}\n"),
+            None => format!("{seq}\n"),
+        })
+        .collect()
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{self, Store};
+use crate::store::{self, Store, Stores};
 
 /// The manifest file of a backup.
 pub const MANIFEST: &str = "chatd-backup.json";
@@ -48,7 +48,13 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> store::Error {
 /// # Errors
 /// When `dir` exists or cannot be written, or the checkpoint fails; a partial backup is
 /// removed.
-pub fn take(store: &Store, data_dir: &Path, dir: &Path) -> Result<Manifest, store::Error> {
+pub fn take(stores: &Stores, data_dir: &Path, dir: &Path) -> Result<Manifest, store::Error> {
+    // A backup holds one store; a node's partitions would each need their own.
+    let [store] = stores.all() else {
+        return Err(store::Error::Backup(
+            "this node holds several partitions: a backup takes one store".to_owned(),
+        ));
+    };
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| failed("cannot create", parent, e))?;
     }
@@ -210,7 +216,7 @@ mod tests {
     fn a_backup_restores_into_an_empty_dir_only() {
         let temp = tempfile::tempdir().unwrap();
         let data = temp.path().join("data");
-        let store = Store::open(&data.join("db")).unwrap();
+        let store = Stores::single(Store::open(&data.join("db")).unwrap());
         crate::fsutil::write_private(&data.join("auth/secret"), b"secret").unwrap();
         let backup = temp.path().join("backups/one");
         let taken = take(&store, &data, &backup).unwrap();

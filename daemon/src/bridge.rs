@@ -13,7 +13,7 @@
 //! system's CAs and those in `tls_ca`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_protocol::events;
@@ -27,17 +27,29 @@ use lapin::{
 use crate::config::{BridgeConfig, Payload};
 use crate::store::outbox::Record;
 use crate::store::writer::OutboxHead;
-use crate::store::{self, Store};
+use crate::store::{self, Store, Stores};
 
-/// What the bridge reports, for logs, tests and operators.
+/// What the bridge reports, for logs, tests and operators. With partitions, one publisher
+/// per partition adds to the same counters.
 #[derive(Default)]
 pub struct BridgeStats {
-    /// The last event seq the broker confirmed.
+    /// The events the broker confirmed: the last event seq it confirmed, added up over the
+    /// partitions (on a single node, the confirmed cursor).
     pub confirmed: AtomicU64,
-    /// Whether a broker connection is up.
-    pub connected: AtomicBool,
+    /// Publishers whose broker connection is up.
+    connected: AtomicUsize,
+    /// Publishers: one per partition.
+    publishers: AtomicUsize,
     /// Connections made (the first one included).
     pub connections: AtomicU64,
+}
+
+impl BridgeStats {
+    /// Whether every publisher's broker connection is up.
+    pub fn connected(&self) -> bool {
+        let publishers = self.publishers.load(Ordering::Acquire);
+        publishers > 0 && self.connected.load(Ordering::Acquire) == publishers
+    }
 }
 
 /// The running bridge thread.
@@ -48,11 +60,12 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
-    /// Starts the bridge thread.
+    /// Starts the bridge thread: a publisher for each store of `stores`, with its outbox's
+    /// head in `heads`.
     pub(crate) fn start(
-        store: Store,
+        stores: &Stores,
         config: BridgeConfig,
-        head: Arc<OutboxHead>,
+        heads: &[Arc<OutboxHead>],
         stats: Arc<BridgeStats>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> std::io::Result<Bridge> {
@@ -65,7 +78,20 @@ impl Bridge {
         })?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
-        let (stop2, stopping2) = (Arc::clone(&stop), Arc::clone(&stopping));
+        let partitioned = stores.all().len() > 1;
+        let publishers: Vec<_> = (stores.all().iter().zip(heads).enumerate())
+            .map(|(p, (store, head))| Publisher {
+                store: store.clone(),
+                partition: partitioned.then_some(p),
+                config: config.clone(),
+                head: Arc::clone(head),
+                stats: Arc::clone(&stats),
+                metrics: Arc::clone(&metrics),
+                stop: Arc::clone(&stop),
+                stopping: Arc::clone(&stopping),
+            })
+            .collect();
+        stats.publishers.store(publishers.len(), Ordering::Release);
         let thread = std::thread::Builder::new()
             .name("bridge".into())
             .spawn(move || {
@@ -79,16 +105,11 @@ impl Bridge {
                         return;
                     }
                 };
-                let bridge = Publisher {
-                    store,
-                    config,
-                    head,
-                    stats,
-                    metrics,
-                    stop: stop2,
-                    stopping: stopping2,
-                };
-                runtime.block_on(bridge.run());
+                let local = tokio::task::LocalSet::new();
+                for publisher in publishers {
+                    local.spawn_local(publisher.run());
+                }
+                runtime.block_on(local);
             })?;
         Ok(Bridge {
             stop,
@@ -127,6 +148,8 @@ enum Failure {
 
 struct Publisher {
     store: Store,
+    /// The partition whose outbox this publishes (`None`: a single node's).
+    partition: Option<usize>,
     config: BridgeConfig,
     head: Arc<OutboxHead>,
     stats: Arc<BridgeStats>,
@@ -153,7 +176,7 @@ impl Publisher {
                 return;
             }
         };
-        self.stats.confirmed.store(confirmed, Ordering::Release);
+        self.stats.confirmed.fetch_add(confirmed, Ordering::AcqRel);
         let mut delay = FIRST_DELAY;
         let mut reported = Instant::now();
         while !self.stopping.load(Ordering::Acquire) {
@@ -161,14 +184,15 @@ impl Publisher {
                 Ok((connection, channel)) => {
                     let before = confirmed;
                     self.stats.connections.fetch_add(1, Ordering::AcqRel);
-                    self.stats.connected.store(true, Ordering::Release);
+                    self.stats.connected.fetch_add(1, Ordering::AcqRel);
                     tracing::info!(
                         exchange = %self.config.exchange,
+                        partition = self.partition,
                         backlog = self.backlog(confirmed),
                         "bridge connected to the broker"
                     );
                     let ended = self.publish(&connection, &channel, &mut confirmed).await;
-                    self.stats.connected.store(false, Ordering::Release);
+                    self.stats.connected.fetch_sub(1, Ordering::AcqRel);
                     // Back off from scratch only after progress: a broker that accepts the
                     // connection but refuses an event is not retried every 100 ms.
                     if confirmed > before {
@@ -181,6 +205,7 @@ impl Publisher {
                         }
                         Err(e) => tracing::warn!(
                             error = %e,
+                            partition = self.partition,
                             backlog = self.backlog(confirmed),
                             "bridge lost the broker; the backlog waits in the outbox"
                         ),
@@ -191,6 +216,7 @@ impl Publisher {
                         reported = Instant::now();
                         tracing::warn!(
                             error = %e,
+                            partition = self.partition,
                             backlog = self.backlog(confirmed),
                             "bridge backlog: the broker is unreachable"
                         );
@@ -258,7 +284,7 @@ impl Publisher {
             let started = Instant::now();
             // A stop does not wait for a window (what is unconfirmed goes out next time).
             let outcome = tokio::select! {
-                outcome = publish_window(channel, &self.config, &entries, &mut acked) => Some(outcome),
+                outcome = publish_window(channel, &self.config, self.partition, &entries, &mut acked) => Some(outcome),
                 () = self.stop.notified() => None,
             };
             // Everything acknowledged before a nack or a failure counts.
@@ -266,7 +292,9 @@ impl Publisher {
                 self.metrics.bridge.confirmed.increment(acked - before);
                 *confirmed = acked;
                 self.store.set_bridge_cursor(*confirmed)?;
-                self.stats.confirmed.store(*confirmed, Ordering::Release);
+                self.stats
+                    .confirmed
+                    .fetch_add(acked - before, Ordering::AcqRel);
             }
             match outcome {
                 None => return Ok(()),
@@ -376,6 +404,7 @@ fn read_tls_ca(config: &BridgeConfig) -> std::io::Result<Option<String>> {
 async fn publish_window(
     channel: &Channel,
     config: &BridgeConfig,
+    partition: Option<usize>,
     entries: &[(u64, Vec<u8>)],
     acked: &mut u64,
 ) -> Result<(), Failure> {
@@ -400,7 +429,7 @@ async fn publish_window(
             record.event.routing_key().as_str().into(),
             BasicPublishOptions::default(),
             body,
-            properties(&record, config.payload),
+            properties(&record, config.payload, partition),
         );
         let confirm = tokio::time::timeout_at(deadline, publish)
             .await
@@ -427,6 +456,7 @@ async fn publish_window(
 /// The broker or the outbox cannot be read or refuses an event.
 pub fn replay(
     store: &Store,
+    partition: Option<usize>,
     config: &BridgeConfig,
     from: u64,
     to: Option<u64>,
@@ -447,7 +477,7 @@ pub fn replay(
             if entries.is_empty() {
                 break;
             }
-            publish_window(&channel, config, &entries, &mut after)
+            publish_window(&channel, config, partition, &entries, &mut after)
                 .await
                 .map_err(|e| e.to_string())?;
             published += entries.len() as u64;
@@ -458,13 +488,25 @@ pub fn replay(
 }
 
 /// The AMQP properties of an event: persistent, its payload's content type, its seq as
-/// `message_id` and header.
-fn properties(record: &Record, payload: Payload) -> BasicProperties {
+/// `message_id` and header; with partitions, its partition as a header too, and
+/// `message_id` `PARTITION:SEQ` (each partition numbers its own events).
+fn properties(record: &Record, payload: Payload, partition: Option<usize>) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
         ShortString::from("x-chatd-seq"),
         AMQPValue::LongLongInt(i64::try_from(record.seq).unwrap_or(i64::MAX)),
     );
+    let message_id = match partition {
+        Some(p) => {
+            let p16 = u16::try_from(p).unwrap_or(u16::MAX);
+            headers.insert(
+                ShortString::from("x-chatd-partition"),
+                AMQPValue::ShortUInt(p16),
+            );
+            format!("{p}:{}", record.seq)
+        }
+        None => record.seq.to_string(),
+    };
     let kind = record
         .event
         .routing_key()
@@ -481,7 +523,7 @@ fn properties(record: &Record, payload: Payload) -> BasicProperties {
             }
             .into(),
         )
-        .with_message_id(record.seq.to_string().as_str().into())
+        .with_message_id(message_id.as_str().into())
         .with_type(kind.as_str().into())
         .with_app_id("chatd".into())
         .with_timestamp(record.ts.0 / 1000)

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod secret;
 mod validate;
+
+pub use cluster::ClusterConfig;
 pub use secret::{MAX_SECRET_FILE, Secret};
 
 /// The commented default configuration, printed by `chatd generate-config`.
@@ -63,20 +66,6 @@ pub struct Config {
     pub cluster: ClusterConfig,
 }
 
-/// `[cluster]`
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// The QUIC-LB server id connection ids carry (`0x` and 16 lowercase hex digits); empty:
-    /// none. In `CHATD_CLUSTER_SERVER_ID` the digits read as a TOML integer, which is taken
-    /// back as the same id.
-    #[serde(deserialize_with = "server_id_text")]
-    pub server_id: String,
-    /// The secret the nodes share, 64 hex digits (a [`Secret`]); empty: the data directory's
-    /// own `quic/reset-key`.
-    pub secret: Secret,
-}
-
 /// `[web]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -98,26 +87,6 @@ impl Default for WebConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
         }
     }
-}
-
-/// A server id as written, or as the integer TOML reads `0x…` as when it is unquoted (in
-/// the environment): formatted back as `0x` and 16 hex digits.
-fn server_id_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        Written(String),
-        Number(i64),
-    }
-    Ok(match Text::deserialize(deserializer)? {
-        Text::Written(text) => text,
-        Text::Number(n) if n >= 0 => format!("0x{n:016x}"),
-        Text::Number(n) => {
-            return Err(serde::de::Error::custom(format!(
-                "a server id is 0x and 16 hex digits, not {n}"
-            )));
-        }
-    })
 }
 
 /// `[admin]`

@@ -172,6 +172,10 @@ struct ReplayArgs {
     /// Last event seq to publish (default: the newest).
     #[arg(long)]
     to: Option<u64>,
+    /// With `cluster.partitions`: the partition whose outbox to publish (each numbers its
+    /// own events).
+    #[arg(long)]
+    partition: Option<usize>,
 }
 
 /// Where the configuration comes from.
@@ -619,12 +623,26 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, ExitCode> {
         eprintln!("chatd: bridge.amqp_url is not set (CHATD_BRIDGE_AMQP_URL)");
         return Err(ExitCode::from(EXIT_CONFIG));
     }
-    let dir = data_dir(&config).join("db");
+    let dir = match (config.cluster.partitions, args.partition) {
+        (0, None) => data_dir(&config).join("db"),
+        (n, Some(p)) if p < n => chatd::store::layout::partition_dir(&data_dir(&config), p),
+        (0, Some(_)) => {
+            eprintln!("chatd: --partition needs cluster.partitions");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+        (n, _) => {
+            eprintln!(
+                "chatd: cluster.partitions is {n}: name the outbox with --partition 0 to {}",
+                n - 1
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let store = chatd::store::Store::open_read_only(&dir).map_err(|e| {
         eprintln!("chatd: {}: {e}", dir.display());
         ExitCode::from(EXIT_UNAVAILABLE)
     })?;
-    match chatd::bridge::replay(&store, &config.bridge, args.from, args.to) {
+    match chatd::bridge::replay(&store, args.partition, &config.bridge, args.from, args.to) {
         Ok(n) => {
             println!("republished {n} events to {}", config.bridge.exchange);
             Ok(ExitCode::SUCCESS)

@@ -43,12 +43,34 @@ pub(super) fn verify(args: &ConfigArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let db = data_dir(&config).join("db");
-    let checked =
-        chatd::store::Store::open_read_only(&db).and_then(|store| match store.format()? {
-            Some(format) if format < chatd::store::FORMAT => Ok(Err(format)),
-            _ => store.verify_chains(None).map(Ok),
-        });
+    let data_dir = data_dir(&config);
+    // A single node's one store, or every partition's.
+    let dbs: Vec<_> = match config.cluster.partitions {
+        0 => vec![data_dir.join("db")],
+        n => (0..n)
+            .map(|p| chatd::store::layout::partition_dir(&data_dir, p))
+            .collect(),
+    };
+    let mut db = dbs[0].clone();
+    let mut checked = Ok(Ok(chatd::store::ChainReport::default()));
+    for dir in &dbs {
+        db.clone_from(dir);
+        let one =
+            chatd::store::Store::open_read_only(dir).and_then(|store| match store.format()? {
+                Some(format) if format < chatd::store::FORMAT => Ok(Err(format)),
+                _ => store.verify_chains(None).map(Ok),
+            });
+        checked = match (checked, one) {
+            (Ok(Ok(mut all)), Ok(Ok(report))) => {
+                all.add(report);
+                Ok(Ok(all))
+            }
+            (_, other) => other,
+        };
+        if !matches!(checked, Ok(Ok(_))) {
+            break;
+        }
+    }
     match checked {
         Ok(Ok(report)) => {
             let plural = |n: u64, one: &'static str, many: &'static str| {

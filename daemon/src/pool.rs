@@ -11,16 +11,16 @@ use std::any::Any;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
-use crate::store::Store;
+use crate::store::Stores;
 
 /// A job of the pool: run once on a pool thread, or handed back whole when refused.
 pub(crate) trait Job: Send {
-    fn run(self: Box<Self>, store: &Store);
+    fn run(self: Box<Self>, store: &Stores);
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
-impl<F: FnOnce(&Store) + Send + 'static> Job for F {
-    fn run(self: Box<Self>, store: &Store) {
+impl<F: FnOnce(&Stores) + Send + 'static> Job for F {
+    fn run(self: Box<Self>, store: &Stores) {
         self(store);
     }
 
@@ -40,7 +40,7 @@ impl ReadPool {
     /// the errors they encode in `metrics`.
     pub(crate) fn start(
         name: &str,
-        store: &Store,
+        store: &Stores,
         threads: usize,
         depth: usize,
         metrics: &std::sync::Arc<crate::metrics::Metrics>,
@@ -67,7 +67,7 @@ impl ReadPool {
 
     /// Queues a job without blocking. Returns `false` when the queue is full or closed.
     #[must_use]
-    pub(crate) fn submit(&self, job: impl FnOnce(&Store) + Send + 'static) -> bool {
+    pub(crate) fn submit(&self, job: impl FnOnce(&Stores) + Send + 'static) -> bool {
         self.try_submit(job).is_ok()
     }
 

@@ -148,8 +148,7 @@ impl TestDaemon {
     /// Whether the bridge is connected to the broker.
     #[must_use]
     pub fn bridge_connected(&self) -> bool {
-        let stats = self.daemon().bridge_stats();
-        stats.connected.load(std::sync::atomic::Ordering::Acquire)
+        self.daemon().bridge_stats().connected()
     }
 
     /// The admission counters.

@@ -109,7 +109,7 @@ fn status(state: &State) -> Value {
     let shared = &state.shared;
     let config = shared.config();
     let states = shared.connection_states();
-    let head = shared.outbox.seq.load(Ordering::Acquire);
+    let head = shared.outbox_head();
     let confirmed = state.bridge.confirmed.load(Ordering::Acquire);
     let readiness = super::readiness(shared);
     json!({
@@ -142,7 +142,7 @@ fn status(state: &State) -> Value {
         },
         "bridge": {
             "enabled": config.bridge.enabled(),
-            "connected": state.bridge.connected.load(Ordering::Acquire),
+            "connected": state.bridge.connected(),
             "outbox_head": head,
             "confirmed": confirmed,
             "backlog": head.saturating_sub(confirmed),
@@ -234,6 +234,7 @@ async fn close_sessions(
 /// `restriction` (if any) in place, on the storage thread, whether or not this still waits.
 async fn commit(
     state: &State,
+    partition: usize,
     batch: Batch,
     restriction: Option<(UserId, Restriction)>,
 ) -> Result<(), (StatusCode, String)> {
@@ -243,7 +244,7 @@ async fn commit(
         restriction,
         reply: tx,
     };
-    if state.shared.writer.submit(batch, done).is_err() {
+    if state.shared.writer.submit(partition, batch, done).is_err() {
         return Err(unavailable("the storage queue is full or storage stopped"));
     }
     match tokio::time::timeout(WAIT, rx).await {
@@ -321,7 +322,8 @@ async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Ou
         } else {
             batch.put(Cf::Meta, crate::store::restriction_key(id), value);
         }
-        commit(state, batch, Some((id, after))).await?;
+        let partition = state.shared.partitions.of_id(id.0);
+        commit(state, partition, batch, Some((id, after))).await?;
     }
     let (closed, missing) = match code {
         Some(code) => close_sessions(state, id, device, code, reason).await,
@@ -377,13 +379,21 @@ async fn publish(state: &State, event: outbox::Event) {
         return;
     };
     let action = action.clone();
+    // An account's event goes with the account (its partition's stream); others with the
+    // first partition's.
+    let partition = match &event {
+        outbox::Event::AdminAction {
+            user: Some(user), ..
+        } => state.shared.partitions.of_id(user.0),
+        _ => 0,
+    };
     state.shared.metrics.admin_action(&action);
     if !state.shared.config().bridge.enabled() {
         return;
     }
     let mut batch = Batch::default();
     batch.event(event);
-    if let Err((_, e)) = commit(state, batch, None).await {
+    if let Err((_, e)) = commit(state, partition, batch, None).await {
         tracing::error!(target: "chatd::admin", action, error = %e, "the admin event was not written");
     }
 }
@@ -576,10 +586,15 @@ async fn erase(state: &State, name: &str) -> Outcome {
 async fn compact(state: &State) -> Outcome {
     let store = state.store.clone();
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || store.compact())
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
+    tokio::task::spawn_blocking(move || {
+        store
+            .all()
+            .iter()
+            .try_for_each(crate::store::Store::compact)
+    })
+    .await
+    .map_err(unavailable)?
+    .map_err(unavailable)?;
     let took = started.elapsed();
     tracing::info!(target: "chatd::admin", action = "compact", took_ms = took.as_millis(), "admin action");
     publish(

@@ -30,7 +30,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::bridge::BridgeStats;
 use crate::shard::Shared;
-use crate::store::Store;
+use crate::store::Stores;
 
 /// A shard whose loop has not turned for this long is not ready (it turns at least every
 /// 250 ms).
@@ -43,7 +43,7 @@ const UPKEEP: Duration = Duration::from_secs(5);
 /// What the handlers read and act on.
 pub(crate) struct State {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) store: Store,
+    pub(crate) store: Stores,
     pub(crate) bridge: Arc<BridgeStats>,
     pub(crate) data_dir: std::path::PathBuf,
     /// Held by each account action from reading the restriction to its commit.
@@ -216,7 +216,7 @@ impl std::fmt::Display for Readiness {
 pub(crate) fn readiness(shared: &Shared) -> Readiness {
     Readiness {
         stuck_shards: shared.stuck_shards(READY_HEARTBEAT),
-        storage_failing: shared.metrics.storage.failing.load(Ordering::Acquire),
+        storage_failing: shared.metrics.storage.is_failing(),
         draining: shared.shutting_down.load(Ordering::Acquire),
     }
 }
@@ -251,16 +251,15 @@ fn scrape(state: &State) -> String {
     g.storage_queue.set(shared.writer.queued() as f64);
     g.storage_queue_capacity
         .set(shared.writer.capacity() as f64);
-    let failing = shared.metrics.storage.failing.load(Ordering::Acquire);
+    let failing = shared.metrics.storage.is_failing();
     g.storage_failing.set(f64::from(u8::from(failing)));
-    let head = shared.outbox.seq.load(Ordering::Acquire);
+    let head = shared.outbox_head();
     let confirmed = state.bridge.confirmed.load(Ordering::Acquire);
     g.outbox_head.set(head as f64);
     g.bridge_cursor.set(confirmed as f64);
     g.bridge_backlog.set(head.saturating_sub(confirmed) as f64);
-    g.bridge_connected.set(f64::from(u8::from(
-        state.bridge.connected.load(Ordering::Acquire),
-    )));
+    g.bridge_connected
+        .set(f64::from(u8::from(state.bridge.connected())));
     g.bridge_connections
         .absolute(state.bridge.connections.load(Ordering::Acquire));
     g.rss.set(crate::metrics::resident_bytes() as f64);

@@ -193,3 +193,25 @@ fn cluster_server_ids_and_secrets_load_from_file_and_environment() {
     std::fs::write(&file, "[cluster]\nserver_id = \"0xFEDCBA9876543210\"\n").unwrap();
     assert!(Config::load(Some(&file), Vec::new(), &Overrides::default()).is_err());
 }
+
+#[test]
+fn cluster_partitions_are_at_most_256() {
+    let load = |n: &str| {
+        Config::load(
+            None,
+            env(&[("CHATD_CLUSTER_PARTITIONS", n)]),
+            &Overrides::default(),
+        )
+    };
+    assert_eq!(load("256").unwrap().cluster.partitions, 256);
+    match load("257") {
+        Err(Error::Invalid(problems)) => assert_eq!(
+            problems,
+            vec![
+                "cluster.partitions must be at most 256 (a partition is the top byte of an id)"
+                    .to_owned()
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+}

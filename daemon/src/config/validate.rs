@@ -210,6 +210,10 @@ impl Config {
                 || hex::decode(cluster.secret.expose()).is_ok_and(|s| s.len() == 32),
             "cluster.secret must be empty or 64 hex digits (32 bytes)",
         );
+        check(
+            cluster.partitions <= crate::store::MAX_PARTITIONS,
+            "cluster.partitions must be at most 256 (a partition is the top byte of an id)",
+        );
         if problems.is_empty() {
             Ok(())
         } else {

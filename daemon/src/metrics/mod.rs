@@ -169,8 +169,16 @@ pub(crate) struct StorageMetrics {
     pub(crate) write_seconds: Histogram,
     /// RocksDB's WAL write of the group with its fsync (durability `fsync` only).
     pub(crate) fsync_seconds: Histogram,
-    /// Whether the last group commit failed (a full or broken disk): `/readyz` says 503.
-    pub(crate) failing: std::sync::atomic::AtomicBool,
+    /// How many storage threads (one per partition) saw their last group commit fail (a full
+    /// or broken disk): any, and `/readyz` says 503.
+    pub(crate) failing: std::sync::atomic::AtomicUsize,
+}
+
+impl StorageMetrics {
+    /// Whether any storage thread's last group commit failed.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
 }
 
 /// What the bridge records.
@@ -576,7 +584,7 @@ impl Metrics {
             commit_seconds: r.histogram("chatd_storage_commit_seconds"),
             write_seconds: r.histogram("chatd_storage_write_seconds"),
             fsync_seconds: r.histogram("chatd_storage_fsync_seconds"),
-            failing: std::sync::atomic::AtomicBool::new(false),
+            failing: std::sync::atomic::AtomicUsize::new(0),
         };
         let bridge = BridgeMetrics {
             publish_seconds: r.histogram("chatd_bridge_publish_seconds"),

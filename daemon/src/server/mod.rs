@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::shard::{self, ShardMsg, Shared};
-use crate::store::{self, Store};
+use crate::store::{self, Stores};
 use crate::{inbox, tls, token};
 
 mod endpoint;
@@ -110,7 +110,7 @@ pub struct Daemon {
     local_addr: SocketAddr,
     cert_path: std::path::PathBuf,
     shards: Vec<JoinHandle<()>>,
-    storage: Option<JoinHandle<()>>,
+    storage: Vec<JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
     watchdog_stop: Arc<AtomicBool>,
     bridge: Option<crate::bridge::Bridge>,
@@ -158,7 +158,7 @@ impl Daemon {
         let browsers = tls::Browsers::new(&config.web, &identity)?;
         let quic_config = quic_server_config(&config, &identity, &browsers)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
-        let store = Store::open_with(&data_dir.join("db"), config.storage.wal())?;
+        let stores = Stores::open(&data_dir, config.cluster.partitions, config.storage.wal())?;
         let shard_count = match config.shards {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
@@ -180,7 +180,7 @@ impl Daemon {
             .then(|| crate::http::bind(config.admin.listen))
             .transpose()
             .map_err(|e| Error::AdminBind(config.admin.listen, e))?;
-        let admin_store = store.clone();
+        let admin_store = stores.clone();
         let web_listener = config
             .web
             .enabled
@@ -189,24 +189,28 @@ impl Daemon {
             .map_err(|e| Error::WebBind(config.web.listen, e))?;
 
         let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
-        let outbox = Arc::new(store::writer::OutboxHead::default());
-        outbox.seq.store(store.outbox_last()?, Ordering::Release);
-        let (writer, storage) = store::writer::spawn(
-            store.clone(),
+        let mut outboxes = Vec::new();
+        for store in stores.all() {
+            let head = Arc::new(store::writer::OutboxHead::default());
+            head.seq.store(store.outbox_last()?, Ordering::Release);
+            outboxes.push(head);
+        }
+        let (writer, storage) = store::writer::spawn_all(
+            &stores,
             config.storage.durability,
             config.storage.max_group_commit,
             config.storage.queue_depth,
-            Arc::clone(&outbox),
-            Arc::clone(&metrics),
+            &outboxes,
+            &metrics,
         )
         .map_err(|e| Error::Start(e.to_string()))?;
         let bridge_stats = Arc::new(crate::bridge::BridgeStats::default());
         let bridge = if config.bridge.enabled() {
             Some(
                 crate::bridge::Bridge::start(
-                    store.clone(),
+                    &stores,
                     config.bridge.clone(),
-                    Arc::clone(&outbox),
+                    &outboxes,
                     Arc::clone(&bridge_stats),
                     Arc::clone(&metrics),
                 )
@@ -217,7 +221,7 @@ impl Daemon {
         };
         let (reads, readers) = crate::pool::ReadPool::start(
             "storage-read",
-            &store,
+            &stores,
             READ_THREADS,
             config.storage.queue_depth,
             &metrics,
@@ -225,7 +229,7 @@ impl Daemon {
         .map_err(|e| Error::Start(e.to_string()))?;
         let (passwords, hashers) = crate::pool::ReadPool::start(
             "password",
-            &store,
+            &stores,
             PASSWORD_THREADS,
             PASSWORD_QUEUE,
             &metrics,
@@ -239,8 +243,8 @@ impl Daemon {
             .unzip();
         let shared = Arc::new(Shared {
             limits: wire_limits(&config),
-            next_user_id: AtomicU64::new(store.max_user_id()? + 1),
-            next_room_id: AtomicU64::new(store.max_room_id()? + 1),
+            partitions: stores.map(),
+            ids: store::NextIds::after(&stores)?,
             keys: arc_swap::ArcSwap::from_pointee(keys),
             writer,
             reads,
@@ -261,9 +265,9 @@ impl Daemon {
             retries: AtomicU64::new(0),
             memory: Arc::new(crate::budget::Budget::new(daemon_memory(&config))),
             started: Instant::now(),
-            outbox,
+            outboxes,
             placement: crate::shard::placement::Placement::default(),
-            restrictions: store.restrictions()?.into_iter().collect(),
+            restrictions: stores.restrictions()?.into_iter().collect(),
             metrics,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
@@ -305,7 +309,7 @@ impl Daemon {
             local_addr,
             cert_path: identity.cert_path,
             shards,
-            storage: Some(storage),
+            storage,
             readers,
             watchdog_stop,
             bridge,
@@ -396,7 +400,7 @@ impl Daemon {
     /// The outbox's newest event seq (0 when the bridge is off or nothing happened yet).
     #[must_use]
     pub fn outbox_head(&self) -> u64 {
-        self.shared.outbox.seq.load(Ordering::Acquire)
+        self.shared.outbox_head()
     }
 
     /// The bridge's counters: confirmed cursor, connection state.
@@ -509,7 +513,7 @@ impl Daemon {
         }
         // The last references to the writer and the pool go with `shared`; their threads then
         // drain what is queued and exit.
-        let storage = self.storage.take();
+        let storage = std::mem::take(&mut self.storage);
         let readers = std::mem::take(&mut self.readers);
         let lock = self.lock.take();
         drop(self);

@@ -6,7 +6,6 @@
 //! account (without a password): the app backend that minted it vouches for the user.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -43,8 +42,14 @@ pub(crate) enum AccountWrite {
     },
 }
 
-fn new_user_id(shared: &Shared) -> UserId {
-    UserId(shared.next_user_id.fetch_add(1, Ordering::AcqRel))
+impl AccountWrite {
+    /// The account's name: its partition claims it.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            AccountWrite::Register { record, .. } => &record.name,
+            AccountWrite::Provision { name, .. } => name,
+        }
+    }
 }
 
 fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
@@ -125,7 +130,7 @@ fn provision(
 ) {
     let name = claims.user;
     let record = UserRecord {
-        id: new_user_id(shared),
+        id: shared.ids.user(&name),
         name: name.clone(),
         password_hash: None,
         created_at: now_ms(),
@@ -272,7 +277,7 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
             }
         };
         let record = UserRecord {
-            id: new_user_id(&shared),
+            id: shared.ids.user(&name),
             name,
             password_hash: Some(hash),
             created_at: now_ms(),

@@ -51,7 +51,7 @@ use chat_protocol::{
 use crate::config::Config;
 use crate::inbox::{Inbox, Receiver};
 use crate::pool::ReadPool;
-use crate::store::writer::{Completion, WriteError, Writer};
+use crate::store::writer::{Completion, WriteError, Writers};
 use crate::token::Keys;
 
 /// Index of a shard.
@@ -239,13 +239,15 @@ pub(crate) struct Shared {
     pub(crate) config: arc_swap::ArcSwap<Config>,
     /// Token keys; a reload swaps them.
     pub(crate) keys: arc_swap::ArcSwap<Keys>,
-    pub(crate) writer: Writer<Done>,
+    /// The storage threads, one per partition.
+    pub(crate) writer: Writers<Done>,
     pub(crate) reads: ReadPool,
     /// Password hashing and verification.
     pub(crate) passwords: ReadPool,
     pub(crate) inboxes: Vec<Inbox<ShardMsg>>,
-    pub(crate) next_user_id: AtomicU64,
-    pub(crate) next_room_id: AtomicU64,
+    /// Where what is stored, and the next user and room ids of each partition.
+    pub(crate) partitions: crate::store::PartitionMap,
+    pub(crate) ids: crate::store::NextIds,
     pub(crate) limits: chat_protocol::Limits,
     pub(crate) shutting_down: AtomicBool,
     /// Per shard: its thread has left its loop (nothing will drain its inbox again).
@@ -269,8 +271,8 @@ pub(crate) struct Shared {
     /// `outgoing_queue` bound).
     pub(crate) event_queue_peak: Vec<std::sync::atomic::AtomicUsize>,
     pub(crate) started: std::time::Instant,
-    /// The outbox's newest event seq and the bridge's wake-up.
-    pub(crate) outbox: Arc<crate::store::writer::OutboxHead>,
+    /// Per partition: its outbox's newest event seq and the bridge's wake-up.
+    pub(crate) outboxes: Vec<Arc<crate::store::writer::OutboxHead>>,
     /// The shards holding each online user's sessions: where owners send events, and who
     /// is offline for `message.created`. Lock-free from any shard.
     pub(crate) placement: placement::Placement,
@@ -285,6 +287,15 @@ impl Shared {
     /// The running configuration, as of now.
     pub(crate) fn config(&self) -> arc_swap::Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// The newest event seq of every partition's outbox, added up: the events committed
+    /// (on a single node, its outbox's head).
+    pub(crate) fn outbox_head(&self) -> u64 {
+        self.outboxes
+            .iter()
+            .map(|head| head.seq.load(std::sync::atomic::Ordering::Acquire))
+            .sum()
     }
 
     /// The shard that owns a conversation.
@@ -314,7 +325,7 @@ impl Shared {
     /// The shard for a key: FNV-1a modulo the shard count.
     fn place(&self, key: &[u8]) -> ShardId {
         let shards = self.inboxes.len() as u64; // usize always fits in u64
-        usize::try_from(fnv1a(key) % shards).unwrap_or(0)
+        usize::try_from(crate::store::fnv1a(key) % shards).unwrap_or(0)
     }
 
     /// Pushes from a read pool thread: waits for room, since these messages (replies, loaded
@@ -342,12 +353,16 @@ impl Shared {
         batch: crate::store::writer::Batch,
         what: Written,
     ) -> Result<(), CommitRefused> {
+        let partition = match &what {
+            Written::Conversation(c) => self.partitions.of_conversation(*c),
+            Written::Account(write) => self.partitions.of_name(write.name()),
+        };
         let slot = self.inboxes[shard]
             .reserve()
             .ok_or(CommitRefused::InFlight)?;
         // A refused submission drops the slot with it: free again at once.
         self.writer
-            .submit(batch, Done::Shard { slot, what })
+            .submit(partition, batch, Done::Shard { slot, what })
             .map_err(|_| CommitRefused::QueueFull)
     }
 
@@ -365,12 +380,6 @@ impl Shared {
 }
 
 /// FNV-1a: a small, stable hash for placing conversations and users on shards.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The shard's own state, reachable from every task on its thread.
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
@@ -473,7 +482,7 @@ impl Shard {
     pub(crate) fn read(
         &self,
         origin: Origin,
-        job: impl FnOnce(&crate::store::Store) -> Result<Bytes, crate::store::Error> + Send + 'static,
+        job: impl FnOnce(&crate::store::Stores) -> Result<Bytes, crate::store::Error> + Send + 'static,
     ) {
         self.read_then(origin, move |store| job(store).map(Err));
     }
@@ -484,7 +493,7 @@ impl Shard {
     pub(crate) fn read_then(
         &self,
         origin: Origin,
-        job: impl FnOnce(&crate::store::Store) -> Result<Result<(), Bytes>, crate::store::Error>
+        job: impl FnOnce(&crate::store::Stores) -> Result<Result<(), Bytes>, crate::store::Error>
         + Send
         + 'static,
     ) {

@@ -231,7 +231,7 @@ fn read_for<T: Send + 'static>(
     shard: &Rc<Shard>,
     id: ConversationId,
     answer: impl FnOnce(Result<T, ReadError>) -> Input + Clone + Send + 'static,
-    read: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::Error> + Send + 'static,
+    read: impl FnOnce(&crate::store::Stores) -> Result<T, crate::store::Error> + Send + 'static,
 ) {
     let shared = Arc::clone(&shard.shared);
     let at = shard.id;

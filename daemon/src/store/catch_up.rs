@@ -33,7 +33,7 @@ pub(super) fn encoded_bound(entry: &Entry) -> usize {
     entry.charge() + ENTRY_OVERHEAD
 }
 
-/// A catch-up in progress between its pages ([`Store::catch_up_page`]): the device's
+/// A catch-up in progress between its pages ([`Stores::catch_up_page`]): the device's
 /// cursors, what is left of the replay bound, and where the walk through the user's
 /// conversations stands. Small: the cursors (at most 1 024) and one listing page of
 /// conversation ids.
@@ -82,7 +82,7 @@ impl CatchUp {
     }
 }
 
-impl Store {
+impl CatchUp {
     /// The next page of a catch-up: what a device missed, for every conversation of the
     /// user, the entries after its cursor (else the user's delivered marker), oldest first,
     /// at most `per_conversation` entries of one conversation and `total` in all (the older
@@ -93,11 +93,12 @@ impl Store {
     ///
     /// # Errors
     /// RocksDB errors or corrupt entries.
-    pub fn catch_up_page(
-        &self,
-        catch_up: &mut CatchUp,
+    pub(super) fn page(
+        &mut self,
+        stores: &Stores,
         max_bytes: usize,
     ) -> Result<Vec<ReplayItem>, Error> {
+        let catch_up = self;
         let mut items = Vec::new();
         let mut bytes = 0usize;
         while bytes < max_bytes {
@@ -105,7 +106,7 @@ impl Store {
                 let chunk = usize::try_from(last.0 - next.0 + 1)
                     .unwrap_or(usize::MAX)
                     .min(REPLAY_CHUNK);
-                let (entries, _) = self.history(
+                let (entries, _) = stores.history(
                     c,
                     HistoryFrom::After(Seq(next.0 - 1)),
                     chunk,
@@ -125,7 +126,7 @@ impl Store {
                     break;
                 }
                 let (conversations, more) =
-                    self.user_conversations(catch_up.user, catch_up.listed_after, 1024)?;
+                    stores.user_conversations(catch_up.user, catch_up.listed_after, 1024)?;
                 catch_up.listed_all = !more || conversations.is_empty();
                 catch_up.listed_after = conversations.last().copied();
                 catch_up.listing.extend(conversations);
@@ -133,9 +134,9 @@ impl Store {
             };
             let from = match catch_up.cursors.get(&c) {
                 Some(seq) => *seq,
-                None => self.marks(c, catch_up.user)?.0,
+                None => stores.marks(c, catch_up.user)?.0,
             };
-            let head = self.head(c)?;
+            let head = stores.head(c)?;
             if head <= from {
                 continue;
             }

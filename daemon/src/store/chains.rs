@@ -30,6 +30,16 @@ pub struct ChainReport {
     pub broken: Vec<(ConversationId, Seq, String)>,
 }
 
+impl ChainReport {
+    /// Adds another store's report to this one (a node's partitions).
+    pub fn add(&mut self, other: ChainReport) {
+        self.conversations += other.conversations;
+        self.entries += other.entries;
+        self.erased += other.erased;
+        self.broken.extend(other.broken);
+    }
+}
+
 impl Store {
     /// The link of the entry `head` of `c`, where the next entry's link starts; `None` when
     /// `head` is 0 (no entry yet).

@@ -3,12 +3,16 @@
 //! RocksDB on their event loops.
 //!
 //! [`Store`] wraps the database and knows the column families and key layouts ([`keys`]);
-//! its read methods block and are meant for the read pool and for start-up.
+//! its read methods block and are meant for the read pool and for start-up. [`Stores`] holds a
+//! node's partitions (one store on a single node) and routes each read to the store that holds
+//! what it reads.
 
 mod catch_up;
 mod chains;
 pub mod keys;
+pub mod layout;
 pub mod outbox;
+mod partitions;
 mod reads;
 mod records;
 mod upgrade;
@@ -19,6 +23,7 @@ pub use catch_up::{CatchUp, ENTRY_OVERHEAD, MAX_ENTRY_CHARGE, REPLAY_CHUNK, Repl
 pub use chains::ChainReport;
 #[cfg(test)]
 pub(crate) use chains::carries;
+pub use partitions::{ID_BITS, MAX_PARTITIONS, NextIds, PartitionMap, Stores, fnv1a};
 pub use reads::PAGE_BYTES;
 pub(crate) use records::decode_sender_op;
 pub use records::{
@@ -140,6 +145,10 @@ pub enum Error {
     /// A backup could not be taken or restored.
     #[error("{0}")]
     Backup(String),
+    /// The data directory holds another layout of stores than the configuration says
+    /// ([`layout`]).
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// `Cf::Meta` key of the store's format version (4 bytes, big-endian).

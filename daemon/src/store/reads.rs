@@ -272,17 +272,13 @@ impl Store {
         Ok(count)
     }
 
-    /// The first of `others` whose presence `user` may not follow, if any. A user may follow
-    /// themselves, anyone they have a direct conversation with, and the members of the rooms
-    /// they are in (at most `max_rooms_per_user` rooms are looked at per user).
+    /// The rooms whose `user_conversations` rows for `user` this store holds (at most
+    /// `max_rooms_per_user` of them exist per user).
     ///
     /// # Errors
     /// RocksDB errors.
-    pub fn presence_forbidden(
-        &self,
-        user: UserId,
-        others: &[UserId],
-    ) -> Result<Option<UserId>, Error> {
+    pub fn rooms_of(&self, user: UserId) -> Result<Vec<RoomId>, Error> {
+        // Rooms sort after direct and notes conversations: start at the first room key.
         let prefix = keys::id(user.0);
         let start = keys::user_conversation(user, ConversationId::Room(RoomId(0)));
         let mut rooms = Vec::new();
@@ -292,22 +288,17 @@ impl Store {
             }
             Ok(true)
         })?;
-        'others: for &other in others {
-            if other == user {
-                continue;
-            }
-            let direct = keys::user_conversation(user, ConversationId::direct(user, other));
-            if self.get(Cf::UserConversations, &direct)?.is_some() {
-                continue;
-            }
-            for &room in &rooms {
-                if let Some(MemberState::Member(_)) = self.member_state(room, other)? {
-                    continue 'others;
-                }
-            }
-            return Ok(Some(other));
-        }
-        Ok(None)
+        Ok(rooms)
+    }
+
+    /// Whether `c` is in `user`'s conversation index.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn is_in(&self, user: UserId, c: ConversationId) -> Result<bool, Error> {
+        Ok(self
+            .get(Cf::UserConversations, &keys::user_conversation(user, c))?
+            .is_some())
     }
 
     /// The last stored sequence number of a conversation.

@@ -151,6 +151,75 @@ impl<C: Completion> Writer<C> {
     }
 }
 
+/// A node's storage threads, one per partition (a single node's one): a write goes to the
+/// thread of the partition that holds what it writes.
+pub struct Writers<C> {
+    writers: Vec<Writer<C>>,
+}
+
+impl<C> Clone for Writers<C> {
+    fn clone(&self) -> Self {
+        Writers {
+            writers: self.writers.clone(),
+        }
+    }
+}
+
+impl<C: Completion> Writers<C> {
+    /// Queues a batch for partition `partition`'s storage thread without blocking.
+    ///
+    /// # Errors
+    /// Gives the completion back when that queue is full or the thread is gone.
+    pub fn submit(&self, partition: usize, batch: Batch, done: C) -> Result<(), C> {
+        match self.writers.get(partition) {
+            Some(writer) => writer.submit(batch, done),
+            None => Err(done),
+        }
+    }
+
+    /// Requests waiting in every queue now.
+    pub fn queued(&self) -> usize {
+        self.writers.iter().map(Writer::queued).sum()
+    }
+
+    /// The queues' bounds, together.
+    pub fn capacity(&self) -> usize {
+        self.writers
+            .iter()
+            .fold(0usize, |all, w| all.saturating_add(w.capacity()))
+    }
+}
+
+/// Starts a storage thread for every partition of `stores` (named `storage` on a single
+/// node, `storage-P` in a cluster's), each publishing its commits' events to its partition's
+/// head in `outboxes`. They run until every [`Writers`] clone is dropped.
+///
+/// # Errors
+/// When a thread cannot be spawned.
+pub fn spawn_all<C: Completion>(
+    stores: &super::Stores,
+    durability: Durability,
+    max_group: usize,
+    queue_depth: usize,
+    outboxes: &[std::sync::Arc<OutboxHead>],
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> std::io::Result<(Writers<C>, Vec<std::thread::JoinHandle<()>>)> {
+    let single = stores.all().len() == 1;
+    let (mut writers, mut handles) = (Vec::new(), Vec::new());
+    for (p, (store, outbox)) in stores.all().iter().zip(outboxes).enumerate() {
+        let name = if single {
+            "storage".to_owned()
+        } else {
+            format!("storage-{p}")
+        };
+        let options = (durability, max_group, queue_depth);
+        let (writer, handle) = spawn_named(name, store.clone(), options, outbox, metrics)?;
+        writers.push(writer);
+        handles.push(handle);
+    }
+    Ok((Writers { writers }, handles))
+}
+
 /// Starts the storage thread. It runs until every [`Writer`] clone is dropped.
 ///
 /// # Errors
@@ -163,13 +232,27 @@ pub fn spawn<C: Completion>(
     outbox: std::sync::Arc<OutboxHead>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<(Writer<C>, std::thread::JoinHandle<()>)> {
+    let options = (durability, max_group, queue_depth);
+    spawn_named("storage".into(), store, options, &outbox, &metrics)
+}
+
+/// Starts a storage thread named `name`, with its durability, group bound and queue depth.
+fn spawn_named<C: Completion>(
+    name: String,
+    store: Store,
+    (durability, max_group, queue_depth): (Durability, usize, usize),
+    outbox: &std::sync::Arc<OutboxHead>,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> std::io::Result<(Writer<C>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = bounded(queue_depth);
-    let handle = std::thread::Builder::new()
-        .name("storage".into())
-        .spawn(move || {
-            crate::metrics::enter(&metrics);
-            run(&store, durability, max_group, &rx, &outbox, &metrics);
-        })?;
+    let (outbox, metrics) = (
+        std::sync::Arc::clone(outbox),
+        std::sync::Arc::clone(metrics),
+    );
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        crate::metrics::enter(&metrics);
+        run(&store, durability, max_group, &rx, &outbox, &metrics);
+    })?;
     Ok((Writer { tx }, handle))
 }
 
@@ -221,6 +304,7 @@ fn run<C: Completion>(
         let now = Instant::now();
         let oldest = group.iter().map(|r| r.queued).min().unwrap_or(started);
         let wal = Duration::from_nanos(perf.metric(rocksdb::perf::PerfMetric::WriteWalTime));
+        metrics.set_failing(&mut failed.failing, outcome.is_err());
         metrics.record(
             &outcome,
             group.len(),
@@ -274,9 +358,8 @@ fn next_request<C: Completion>(
     failed: &mut FailedWrites,
 ) -> Option<Request<C>> {
     use crossbeam_channel::RecvTimeoutError;
-    use std::sync::atomic::Ordering;
     loop {
-        if !metrics.failing.load(Ordering::Acquire) {
+        if !failed.failing {
             return rx.recv().ok();
         }
         match rx.recv_timeout(PROBE_EVERY) {
@@ -285,7 +368,7 @@ fn next_request<C: Completion>(
                 let outcome = store
                     .probe(options)
                     .map_err(|e| WriteError::Storage(e.to_string()));
-                metrics.failing.store(outcome.is_err(), Ordering::Release);
+                metrics.set_failing(&mut failed.failing, outcome.is_err());
                 report_failures(failed, outcome.as_ref().err(), Instant::now());
             }
             Err(RecvTimeoutError::Disconnected) => return None,
@@ -294,6 +377,20 @@ fn next_request<C: Completion>(
 }
 
 impl crate::metrics::StorageMetrics {
+    /// Counts this storage thread among the failing ones, or no longer, as `now` says;
+    /// `was` is what it last said.
+    fn set_failing(&self, was: &mut bool, now: bool) {
+        use std::sync::atomic::Ordering;
+        if *was != now {
+            if now {
+                self.failing.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.failing.fetch_sub(1, Ordering::AcqRel);
+            }
+            *was = now;
+        }
+    }
+
     /// Records a group commit of `requests` that `outcome` ended: the oldest request waited
     /// `commit` in all, the write took `write`, of which `wal` in the WAL (with its fsync).
     fn record(
@@ -306,8 +403,6 @@ impl crate::metrics::StorageMetrics {
         durability: Durability,
     ) {
         use crate::metrics::seconds;
-        self.failing
-            .store(outcome.is_err(), std::sync::atomic::Ordering::Release);
         if outcome.is_err() {
             self.commits_failed.increment(1);
             return;
@@ -416,6 +511,9 @@ struct FailedWrites {
     total: u64,
     unreported: u64,
     reported: Option<Instant>,
+    /// Whether this thread's last commit (or probe) failed, as counted in
+    /// `StorageMetrics::failing`.
+    failing: bool,
 }
 
 /// What [`FailedWrites::record`] says to report.

@@ -21,13 +21,13 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::{TestDaemon, test_config};
 
-fn amqp_url() -> String {
+pub(crate) fn amqp_url() -> String {
     std::env::var("CHATD_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// A fresh exchange name per test, so runs and tests do not see each other's events.
-fn unique_exchange(test: &str) -> String {
+pub(crate) fn unique_exchange(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -50,17 +50,17 @@ struct Received {
 }
 
 /// A queue bound to everything on an exchange; deliveries are auto-acked.
-struct Consumer {
+pub(crate) struct Consumer {
     _connection: lapin::Connection,
     channel: lapin::Channel,
     exchange: String,
-    deliveries: lapin::Consumer,
+    pub(crate) deliveries: lapin::Consumer,
     /// Deliveries seen, duplicates included.
     received: usize,
 }
 
 impl Consumer {
-    async fn bind(exchange: &str) -> Consumer {
+    pub(crate) async fn bind(exchange: &str) -> Consumer {
         let connection =
             lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
                 .await
@@ -141,7 +141,7 @@ impl Consumer {
     }
 
     /// Deletes the test's exchange (the queue goes with the connection).
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.channel
             .exchange_delete(
                 self.exchange.as_str().into(),
@@ -219,7 +219,7 @@ impl Consumer {
     }
 }
 
-fn with_bridge(exchange: &str) -> impl FnOnce(&mut chatd::config::Config) + '_ {
+pub(crate) fn with_bridge(exchange: &str) -> impl FnOnce(&mut chatd::config::Config) + '_ {
     move |c| {
         c.bridge.amqp_url = Secret::inline(amqp_url());
         c.bridge.exchange = exchange.to_owned();
@@ -229,7 +229,7 @@ fn with_bridge(exchange: &str) -> impl FnOnce(&mut chatd::config::Config) + '_ {
     }
 }
 
-async fn login(daemon: &TestDaemon, name: &str) -> (Client, UserId) {
+pub(crate) async fn login(daemon: &TestDaemon, name: &str) -> (Client, UserId) {
     let (client, session) = Client::login(daemon.addr, &daemon.cert, &daemon.token(name), 1).await;
     (client, session.user)
 }
@@ -785,11 +785,12 @@ async fn a_backlog_survives_sigkill_and_is_published_after_restart() {
     let mut bridge = test_config(temp.path()).bridge;
     bridge.amqp_url = Secret::inline(amqp_url());
     bridge.exchange.clone_from(&exchange);
-    let replayed =
-        tokio::task::spawn_blocking(move || chatd::bridge::replay(&store, &bridge, 5, Some(8)))
-            .await
-            .unwrap()
-            .unwrap();
+    let replayed = tokio::task::spawn_blocking(move || {
+        chatd::bridge::replay(&store, None, &bridge, 5, Some(8))
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(replayed, 4);
     let mut again = Vec::new();
     while again.len() < 4 {

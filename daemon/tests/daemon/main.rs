@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod ownership;
+mod partitions;
 mod presence;
 mod reactions;
 mod receipts;

@@ -77,7 +77,7 @@ struct PageJob {
 }
 
 impl crate::pool::Job for PageJob {
-    fn run(self: Box<Self>, store: &crate::store::Store) {
+    fn run(self: Box<Self>, store: &crate::store::Stores) {
         let PageJob {
             shared,
             shard,

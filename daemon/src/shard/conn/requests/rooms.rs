@@ -16,8 +16,7 @@ pub(super) fn create(asked: &Asked<'_>, name: String, invite_only: bool) {
     if let Err(code) = chat_protocol::names::check_room_name(&name) {
         return asked.fail(code, "");
     }
-    let next = &asked.shard.shared.next_room_id;
-    let room = RoomId(next.fetch_add(1, std::sync::atomic::Ordering::AcqRel));
+    let room = asked.shard.shared.ids.room(&name);
     let origin = asked.origin;
     let input = Input::Create {
         origin,

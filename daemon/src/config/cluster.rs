@@ -1,0 +1,43 @@
+//! `[cluster]`: what a node of a cluster needs (docs/SCALING.md, OPERATIONS.md section 9).
+
+use serde::Deserialize;
+
+use super::Secret;
+
+/// `[cluster]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The QUIC-LB server id connection ids carry (`0x` and 16 lowercase hex digits); empty:
+    /// none. In `CHATD_CLUSTER_SERVER_ID` the digits read as a TOML integer, which is taken
+    /// back as the same id.
+    #[serde(deserialize_with = "server_id_text")]
+    pub server_id: String,
+    /// The secret the nodes share, 64 hex digits (a [`Secret`]); empty: the data directory's
+    /// own `quic/reset-key`.
+    pub secret: Secret,
+    /// How many partitions the cluster's data is split into (at most 256; fixed when the
+    /// cluster is created: docs/SCALING.md). 0: none, the node's one store in `db/`; N: the
+    /// stores in `partitions/000` to `partitions/N-1`, all opened by this node.
+    pub partitions: usize,
+}
+
+/// A server id as written, or as the integer TOML reads `0x…` as when it is unquoted (in
+/// the environment): formatted back as `0x` and 16 hex digits.
+fn server_id_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Written(String),
+        Number(i64),
+    }
+    Ok(match Text::deserialize(deserializer)? {
+        Text::Written(text) => text,
+        Text::Number(n) if n >= 0 => format!("0x{n:016x}"),
+        Text::Number(n) => {
+            return Err(serde::de::Error::custom(format!(
+                "a server id is 0x and 16 hex digits, not {n}"
+            )));
+        }
+    })
+}
