@@ -50,9 +50,10 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> store::Error {
 /// removed.
 pub fn take(stores: &Stores, data_dir: &Path, dir: &Path) -> Result<Manifest, store::Error> {
     // A backup holds one store; a node's partitions would each need their own.
-    let [store] = stores.all() else {
+    let held = stores.held();
+    let ([(_, store)], 1) = (held.as_slice(), stores.map().count()) else {
         return Err(store::Error::Backup(
-            "this node holds several partitions: a backup takes one store".to_owned(),
+            "this node has partitions: a backup takes a single node's one store".to_owned(),
         ));
     };
     if let Some(parent) = dir.parent() {

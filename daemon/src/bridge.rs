@@ -78,13 +78,13 @@ impl Bridge {
         })?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
-        let partitioned = stores.all().len() > 1;
-        let publishers: Vec<_> = (stores.all().iter().zip(heads).enumerate())
-            .map(|(p, (store, head))| Publisher {
-                store: store.clone(),
+        let partitioned = stores.map().count() > 1;
+        let publishers: Vec<_> = (stores.held().into_iter())
+            .map(|(p, store)| Publisher {
+                store,
                 partition: partitioned.then_some(p),
                 config: config.clone(),
-                head: Arc::clone(head),
+                head: Arc::clone(&heads[p]),
                 stats: Arc::clone(&stats),
                 metrics: Arc::clone(&metrics),
                 stop: Arc::clone(&stop),

@@ -36,6 +36,20 @@ pub struct Settings {
     pub partitions: u16,
     /// The lease's time to live.
     pub lease: Duration,
+    /// How partitions are placed: spread over the nodes (rendezvous), or all on one.
+    pub placement: Placement,
+}
+
+/// How a cluster's partitions are placed on its nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Each partition on its rendezvous winner among the live nodes: a joining node takes
+    /// its share by hand-over.
+    Spread,
+    /// Every partition on one node, the others standing by: the node that holds partition 0
+    /// while it lives (a joining node takes nothing), else partition 0's rendezvous winner.
+    /// What a cluster whose nodes cannot forward to each other needs: one node serves it all.
+    One,
 }
 
 /// What the node must do.
@@ -241,8 +255,17 @@ impl Membership {
             }
         }
         let me = self.settings.node.clone();
+        let leader = owners
+            .get(&0)
+            .map(|owner| owner.node.as_str())
+            .filter(|node| nodes.iter().any(|n| n == node))
+            .or_else(|| preferred(0, nodes.iter().map(String::as_str)))
+            .map(str::to_owned);
         for partition in 0..self.settings.partitions {
-            let want = preferred(partition, nodes.iter().map(String::as_str));
+            let want = match self.settings.placement {
+                Placement::Spread => preferred(partition, nodes.iter().map(String::as_str)),
+                Placement::One => leader.as_deref(),
+            };
             let owner = owners.get(&partition);
             let mine = owner.filter(|o| o.node == me && o.lease == self.lease);
             match (mine, want) {

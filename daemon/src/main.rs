@@ -625,7 +625,10 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, ExitCode> {
     }
     let dir = match (config.cluster.partitions, args.partition) {
         (0, None) => data_dir(&config).join("db"),
-        (n, Some(p)) if p < n => chatd::store::layout::partition_dir(&data_dir(&config), p),
+        (n, Some(p)) if p < n => {
+            let dir = config.cluster.partitions_in(&data_dir(&config));
+            chatd::store::layout::partition_dir(&dir, p)
+        }
         (0, Some(_)) => {
             eprintln!("chatd: --partition needs cluster.partitions");
             return Err(ExitCode::from(EXIT_CONFIG));

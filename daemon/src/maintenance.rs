@@ -48,7 +48,9 @@ pub(super) fn verify(args: &ConfigArgs) -> ExitCode {
     let dbs: Vec<_> = match config.cluster.partitions {
         0 => vec![data_dir.join("db")],
         n => (0..n)
-            .map(|p| chatd::store::layout::partition_dir(&data_dir, p))
+            .map(|p| {
+                chatd::store::layout::partition_dir(&config.cluster.partitions_in(&data_dir), p)
+            })
             .collect(),
     };
     let mut db = dbs[0].clone();

@@ -143,7 +143,7 @@ code_table! {
     /// A server-side fault; the request may or may not have taken effect.
     INTERNAL = 900, "internal error";
     /// Storage or a dependency is unavailable; retry later.
-    UNAVAILABLE = 901, "the daemon cannot serve this now (storage unavailable or shutting down)";
+    UNAVAILABLE = 901, "the daemon cannot serve this now (storage unavailable, shutting down, or a node of a cluster that does not hold the data)";
 }
 
 code_table! {

@@ -587,10 +587,11 @@ async fn compact(state: &State) -> Outcome {
     let store = state.store.clone();
     let started = Instant::now();
     tokio::task::spawn_blocking(move || {
+        // The partitions this node holds.
         store
-            .all()
+            .held()
             .iter()
-            .try_for_each(crate::store::Store::compact)
+            .try_for_each(|(_, store)| store.compact())
     })
     .await
     .map_err(unavailable)?

@@ -183,11 +183,17 @@ pub(crate) struct Readiness {
     pub(crate) storage_failing: bool,
     /// A stop began.
     pub(crate) draining: bool,
+    /// Partitions this node does not hold (a cluster's node standing by, or one whose
+    /// partitions are moving): it cannot serve their conversations.
+    pub(crate) partitions_missing: usize,
 }
 
 impl Readiness {
     pub(crate) fn ready(&self) -> bool {
-        self.stuck_shards.is_empty() && !self.storage_failing && !self.draining
+        self.stuck_shards.is_empty()
+            && !self.storage_failing
+            && !self.draining
+            && self.partitions_missing == 0
     }
 }
 
@@ -208,7 +214,11 @@ impl std::fmt::Display for Readiness {
                 "writable"
             }
         )?;
-        writeln!(f, "draining: {}", if self.draining { "yes" } else { "no" })
+        writeln!(f, "draining: {}", if self.draining { "yes" } else { "no" })?;
+        match self.partitions_missing {
+            0 => writeln!(f, "partitions: all held"),
+            n => writeln!(f, "partitions: {n} not held"),
+        }
     }
 }
 
@@ -218,6 +228,7 @@ pub(crate) fn readiness(shared: &Shared) -> Readiness {
         stuck_shards: shared.stuck_shards(READY_HEARTBEAT),
         storage_failing: shared.metrics.storage.is_failing(),
         draining: shared.shutting_down.load(Ordering::Acquire),
+        partitions_missing: shared.partitions.count() - shared.writer.held(),
     }
 }
 
@@ -288,6 +299,7 @@ mod tests {
             stuck_shards: vec![1],
             storage_failing: true,
             draining: false,
+            partitions_missing: 3,
         };
         assert!(!r.ready());
         let text = r.to_string();
@@ -295,12 +307,19 @@ mod tests {
         assert!(text.contains("shards: stuck [1]"), "{text}");
         assert!(text.contains("storage: commits fail"), "{text}");
         assert!(text.contains("draining: no"), "{text}");
+        assert!(text.contains("partitions: 3 not held"), "{text}");
         let ok = Readiness {
             stuck_shards: vec![],
             storage_failing: false,
             draining: false,
+            partitions_missing: 0,
         };
         assert!(ok.ready());
         assert!(ok.to_string().starts_with("ready\n"));
+        let standing_by = Readiness {
+            partitions_missing: 1,
+            ..ok
+        };
+        assert!(!standing_by.ready());
     }
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::Secret;
 
 /// `[cluster]`
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The QUIC-LB server id connection ids carry (`0x` and 16 lowercase hex digits); empty:
@@ -20,6 +20,49 @@ pub struct ClusterConfig {
     /// cluster is created: docs/SCALING.md). 0: none, the node's one store in `db/`; N: the
     /// stores in `partitions/000` to `partitions/N-1`, all opened by this node.
     pub partitions: usize,
+    /// etcd's client URLs. Set: the node joins the cluster `name` as `node`, and holds the
+    /// partitions etcd gives it (docs/SCALING.md section 3); every node of the cluster then
+    /// reaches the partitions' stores in `partitions_dir`. Empty: the node holds all of its
+    /// partitions, alone.
+    pub etcd: Vec<String>,
+    /// The cluster's name: its keys in etcd are under `/chatd/NAME/`.
+    pub name: String,
+    /// This node's name, unique in the cluster (required with `etcd`).
+    pub node: String,
+    /// The node's etcd lease, in seconds: a node that dies loses its partitions this long
+    /// after its last renewal.
+    pub lease_secs: u64,
+    /// Where the partitions' stores are; empty: `DATA_DIR/partitions`. With `etcd`, required:
+    /// an absolute path every node reaches (on loopback, one directory; on EC2, where each
+    /// partition's volume is mounted).
+    pub partitions_dir: std::path::PathBuf,
+}
+
+impl ClusterConfig {
+    /// Where the partitions' stores are, for the node whose data directory is `data_dir`.
+    #[must_use]
+    pub fn partitions_in(&self, data_dir: &std::path::Path) -> std::path::PathBuf {
+        if self.partitions_dir.as_os_str().is_empty() {
+            data_dir.join("partitions")
+        } else {
+            self.partitions_dir.clone()
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            server_id: String::new(),
+            secret: Secret::default(),
+            partitions: 0,
+            etcd: Vec::new(),
+            name: "chatd".to_owned(),
+            node: String::new(),
+            lease_secs: 2,
+            partitions_dir: std::path::PathBuf::new(),
+        }
+    }
 }
 
 /// A server id as written, or as the integer TOML reads `0x…` as when it is unquoted (in

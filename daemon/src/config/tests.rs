@@ -215,3 +215,36 @@ fn cluster_partitions_are_at_most_256() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_cluster_node_needs_partitions_a_name_and_a_shared_directory_and_no_bridge_yet() {
+    let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+    let etcd = ("CHATD_CLUSTER_ETCD", "[\"http://127.0.0.1:2379\"]");
+    match load(&[etcd]) {
+        Err(Error::Invalid(problems)) => assert_eq!(
+            problems,
+            vec![
+                "cluster.etcd needs cluster.partitions (what the nodes share)".to_owned(),
+                "cluster.etcd needs cluster.node, this node's name".to_owned(),
+                "cluster.etcd needs cluster.partitions_dir, an absolute path every node of the \
+                 cluster reaches (DATA_DIR/partitions is this node's alone)"
+                    .to_owned(),
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let node = [
+        etcd,
+        ("CHATD_CLUSTER_PARTITIONS", "4"),
+        ("CHATD_CLUSTER_NODE", "a"),
+        ("CHATD_CLUSTER_PARTITIONS_DIR", "/srv/partitions"),
+    ];
+    let config = load(&node).unwrap();
+    assert_eq!(config.cluster.etcd, ["http://127.0.0.1:2379"]);
+    assert_eq!(
+        (config.cluster.name.as_str(), config.cluster.lease_secs),
+        ("chatd", 2)
+    );
+    let with_bridge = [&node[..], &[("CHATD_BRIDGE_AMQP_URL", "amqp://127.0.0.1")]].concat();
+    assert!(load(&with_bridge).is_err());
+}

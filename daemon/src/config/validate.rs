@@ -214,6 +214,34 @@ impl Config {
             cluster.partitions <= crate::store::MAX_PARTITIONS,
             "cluster.partitions must be at most 256 (a partition is the top byte of an id)",
         );
+        if !cluster.etcd.is_empty() {
+            check(
+                cluster.partitions > 0,
+                "cluster.etcd needs cluster.partitions (what the nodes share)",
+            );
+            check(
+                !cluster.node.is_empty(),
+                "cluster.etcd needs cluster.node, this node's name",
+            );
+            check(
+                !cluster.name.is_empty() && !cluster.name.contains('/'),
+                "cluster.name must be a name without '/' (the etcd key prefix)",
+            );
+            check(
+                cluster.lease_secs >= 2,
+                "cluster.lease_secs must be at least 2",
+            );
+            check(
+                cluster.partitions_dir.is_absolute(),
+                "cluster.etcd needs cluster.partitions_dir, an absolute path every node of the \
+                 cluster reaches (DATA_DIR/partitions is this node's alone)",
+            );
+            check(
+                !self.bridge.enabled(),
+                "cluster.etcd and the bridge together are not built yet: each partition's \
+                 publisher would have to move with the partition",
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {

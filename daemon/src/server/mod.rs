@@ -15,6 +15,8 @@ use crate::store::{self, Stores};
 use crate::{inbox, tls, token};
 
 mod endpoint;
+mod holdings;
+mod member;
 mod reload;
 mod run;
 mod steer;
@@ -110,7 +112,10 @@ pub struct Daemon {
     local_addr: SocketAddr,
     cert_path: std::path::PathBuf,
     shards: Vec<JoinHandle<()>>,
-    storage: Vec<JoinHandle<()>>,
+    /// The partitions held: their stores and storage threads.
+    holdings: Arc<holdings::Holdings>,
+    /// The node's membership of a cluster (with `cluster.etcd`).
+    member: Option<member::Member>,
     readers: Vec<JoinHandle<()>>,
     watchdog_stop: Arc<AtomicBool>,
     bridge: Option<crate::bridge::Bridge>,
@@ -158,7 +163,25 @@ impl Daemon {
         let browsers = tls::Browsers::new(&config.web, &identity)?;
         let quic_config = quic_server_config(&config, &identity, &browsers)?;
         let keys = token::Keys::load(&config.auth, &data_dir)?;
-        let stores = Stores::open(&data_dir, config.cluster.partitions, config.storage.wal())?;
+        let parted = config.cluster.partitions_in(&data_dir);
+        let stores = if config.cluster.etcd.is_empty() {
+            Stores::open(
+                &data_dir.join("db"),
+                &parted,
+                config.cluster.partitions,
+                config.storage.wal(),
+            )?
+        } else if data_dir.join("db/CURRENT").exists() {
+            return Err(store::Error::Layout(format!(
+                "{} holds a single node's store, and cluster.etcd makes this node a cluster's: \
+                 a store does not move into partitions by itself",
+                data_dir.join("db").display()
+            ))
+            .into());
+        } else {
+            // A cluster's node holds what etcd gives it, from `parted`, which it shares.
+            Stores::none(store::PartitionMap::new(config.cluster.partitions))
+        };
         let shard_count = match config.shards {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
@@ -189,21 +212,13 @@ impl Daemon {
             .map_err(|e| Error::WebBind(config.web.listen, e))?;
 
         let metrics = Arc::new(crate::metrics::Metrics::new(shard_count));
-        let mut outboxes = Vec::new();
-        for store in stores.all() {
-            let head = Arc::new(store::writer::OutboxHead::default());
-            head.seq.store(store.outbox_last()?, Ordering::Release);
-            outboxes.push(head);
-        }
-        let (writer, storage) = store::writer::spawn_all(
-            &stores,
-            config.storage.durability,
-            config.storage.max_group_commit,
-            config.storage.queue_depth,
-            &outboxes,
+        let holdings = Arc::new(holdings::Holdings::start(
+            stores.clone(),
+            parted,
+            &config,
             &metrics,
-        )
-        .map_err(|e| Error::Start(e.to_string()))?;
+        )?);
+        let (writer, outboxes) = (holdings.writers(), holdings.outboxes());
         let bridge_stats = Arc::new(crate::bridge::BridgeStats::default());
         let bridge = if config.bridge.enabled() {
             Some(
@@ -267,10 +282,13 @@ impl Daemon {
             started: Instant::now(),
             outboxes,
             placement: crate::shard::placement::Placement::default(),
-            restrictions: stores.restrictions()?.into_iter().collect(),
+            restrictions: papaya::HashMap::new(),
             metrics,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
+        for (p, store) in stores.held() {
+            holdings::load_restrictions(&shared, p, &store)?;
+        }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::with_capacity(shard_count);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -309,7 +327,8 @@ impl Daemon {
             local_addr,
             cert_path: identity.cert_path,
             shards,
-            storage,
+            holdings,
+            member: None,
             readers,
             watchdog_stop,
             bridge,
@@ -352,6 +371,17 @@ impl Daemon {
                 Err(e) => {
                     daemon.stop_fast();
                     return Err(Error::Start(format!("web listener: {e}")));
+                }
+            }
+        }
+        let cluster = daemon.shared.config().cluster.clone();
+        if !cluster.etcd.is_empty() {
+            let holdings = Arc::clone(&daemon.holdings);
+            match member::start(&cluster, Arc::clone(&daemon.shared), holdings) {
+                Ok(member) => daemon.member = Some(member),
+                Err(e) => {
+                    daemon.stop_fast();
+                    return Err(Error::Start(format!("cluster membership: {e}")));
                 }
             }
         }
@@ -486,6 +516,10 @@ impl Daemon {
             grace: now + grace,
             hard: now + grace + STOP_HARD_TIMEOUT,
         };
+        // No partition is taken or given up while the daemon stops.
+        if let Some(member) = self.member.take() {
+            member.stop();
+        }
         self.watchdog_stop.store(true, Ordering::Release);
         self.shared.shutting_down.store(true, Ordering::Release);
         tell_every_shard(
@@ -513,7 +547,7 @@ impl Daemon {
         }
         // The last references to the writer and the pool go with `shared`; their threads then
         // drain what is queued and exit.
-        let storage = std::mem::take(&mut self.storage);
+        let storage = self.holdings.stop();
         let readers = std::mem::take(&mut self.readers);
         let lock = self.lock.take();
         drop(self);

@@ -61,4 +61,7 @@ pub(crate) enum CommitRefused {
     /// The storage thread's queue is full (or storage stopped).
     #[error("the storage queue is full")]
     QueueFull,
+    /// This node does not hold the partition the write belongs to (it moved).
+    #[error("the partition is not held by this node")]
+    NotHere,
 }

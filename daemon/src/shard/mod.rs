@@ -225,6 +225,12 @@ pub(crate) enum AdminOp {
         reason: &'static str,
         reply: tokio::sync::oneshot::Sender<usize>,
     },
+    /// Forget the conversations of `partition`, which this node no longer holds or has just
+    /// taken (answering what waits in them with `UNAVAILABLE`), then answer on `reply`.
+    Evict {
+        partition: usize,
+        reply: std::sync::mpsc::Sender<()>,
+    },
     /// Delete `messages` of `conversation`, owned by this shard, as the operator ([`erase`]).
     Erase {
         conversation: ConversationId,
@@ -363,7 +369,13 @@ impl Shared {
         // A refused submission drops the slot with it: free again at once.
         self.writer
             .submit(partition, batch, Done::Shard { slot, what })
-            .map_err(|_| CommitRefused::QueueFull)
+            .map_err(|(_, held)| {
+                if held {
+                    CommitRefused::QueueFull
+                } else {
+                    CommitRefused::NotHere
+                }
+            })
     }
 
     /// Replies to a request from a non-shard thread.
@@ -596,6 +608,10 @@ impl Shard {
                 reply,
             }) => {
                 let _ = reply.send(conn::close_user(self, user, device, code, reason));
+            }
+            ShardMsg::Admin(AdminOp::Evict { partition, reply }) => {
+                owner::evict(self, partition);
+                let _ = reply.send(());
             }
             ShardMsg::Admin(AdminOp::Erase {
                 conversation,

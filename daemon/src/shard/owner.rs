@@ -42,6 +42,16 @@ pub(crate) fn loaded(
     carry_out(shard, out);
 }
 
+/// Forgets this shard's conversations of `partition` (it left this node, or has just come
+/// back and must be read again from its store), answering what waits in them.
+pub(crate) fn evict(shard: &Rc<Shard>, partition: usize) {
+    let map = shard.shared.partitions;
+    let mut out = Vec::new();
+    let belongs = |c| map.of_conversation(c) == partition;
+    shard.owner.borrow_mut().evict(belongs, &mut out);
+    carry_out(shard, out);
+}
+
 /// Runs `f` with the current time and configuration.
 fn with_ctx(shard: &Shard, f: impl FnOnce(&Ctx<'_>)) {
     let config = shard.shared.config();

@@ -11,32 +11,35 @@ use super::{Cf, Error, Store, Stores, WalOptions};
 /// big-endian).
 const PARTITION_KEY: &[u8] = b"store.partition";
 
-/// The directory of partition `p`.
+/// The directory of partition `p` among the partitions in `dir`.
 #[must_use]
-pub fn partition_dir(data_dir: &Path, p: usize) -> PathBuf {
-    data_dir.join("partitions").join(format!("{p:03}"))
+pub fn partition_dir(dir: &Path, p: usize) -> PathBuf {
+    dir.join(format!("{p:03}"))
 }
 
 impl Stores {
-    /// Opens (creating what is missing) the stores of the node whose data directory is
-    /// `data_dir`: `db/` when `partitions` is 0, else every partition's.
+    /// Opens (creating what is missing) the stores of a node: its one store in `single`
+    /// when `partitions` is 0, else every partition's in `parted`.
     ///
     /// # Errors
     /// When a store cannot be opened, or the directory holds another layout: a single
     /// node's store where partitions are configured, partitions where none are, a partition
     /// stamped with another number or count, or more partitions than configured.
-    pub fn open(data_dir: &Path, partitions: usize, wal: WalOptions) -> Result<Stores, Error> {
-        let single = data_dir.join("db");
-        let parted = data_dir.join("partitions");
+    pub fn open(
+        single: &Path,
+        parted: &Path,
+        partitions: usize,
+        wal: WalOptions,
+    ) -> Result<Stores, Error> {
         let layout = |what: String| Err(Error::Layout(what));
         if partitions == 0 {
-            if has_entries(&parted) {
+            if has_entries(parted) {
                 return layout(format!(
                     "{} holds a cluster's partitions; set cluster.partitions to their count",
                     parted.display()
                 ));
             }
-            return Ok(Stores::single(Store::open_with(&single, wal)?));
+            return Ok(Stores::single(Store::open_with(single, wal)?));
         }
         if single.join("CURRENT").exists() {
             return layout(format!(
@@ -46,7 +49,7 @@ impl Stores {
                 single.display()
             ));
         }
-        let beyond = partition_dir(data_dir, partitions);
+        let beyond = partition_dir(parted, partitions);
         if beyond.exists() {
             return layout(format!(
                 "{} exists: the partitions were created with a larger cluster.partitions \
@@ -56,7 +59,7 @@ impl Stores {
         }
         let mut stores = Vec::with_capacity(partitions);
         for p in 0..partitions {
-            let store = Store::open_with(&partition_dir(data_dir, p), wal)?;
+            let store = Store::open_with(&partition_dir(parted, p), wal)?;
             store.check_partition(p, partitions)?;
             stores.push(store);
         }
@@ -66,7 +69,7 @@ impl Stores {
 
 impl Store {
     /// Stamps a new partition's store with `p` of `count`, or checks the stamp it has.
-    fn check_partition(&self, p: usize, count: usize) -> Result<(), Error> {
+    pub(crate) fn check_partition(&self, p: usize, count: usize) -> Result<(), Error> {
         let stamp = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();
         let mut want = stamp(p).to_vec();
         want.extend(stamp(count));
@@ -101,6 +104,12 @@ fn has_entries(dir: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// A node's stores in `data_dir`, as the daemon opens them.
+    fn open(data_dir: &Path, partitions: usize, wal: WalOptions) -> Result<Stores, Error> {
+        let parted = data_dir.join("partitions");
+        Stores::open(&data_dir.join("db"), &parted, partitions, wal)
+    }
+
     fn refused(result: Result<Stores, Error>) -> String {
         match result {
             Err(Error::Layout(why)) => why,
@@ -113,26 +122,24 @@ mod tests {
     fn a_data_directory_keeps_the_layout_it_was_created_with() {
         let wal = WalOptions::default();
         let single = tempfile::tempdir().unwrap();
-        drop(Stores::open(single.path(), 0, wal).unwrap());
-        assert!(refused(Stores::open(single.path(), 4, wal)).contains("single node's store"));
+        drop(open(single.path(), 0, wal).unwrap());
+        assert!(refused(open(single.path(), 4, wal)).contains("single node's store"));
         let parted = tempfile::tempdir().unwrap();
-        let stores = Stores::open(parted.path(), 4, wal).unwrap();
-        assert_eq!((stores.all().len(), stores.map().count()), (4, 4));
+        let stores = open(parted.path(), 4, wal).unwrap();
+        assert_eq!((stores.all().unwrap().len(), stores.map().count()), (4, 4));
         drop(stores);
-        assert!(partition_dir(parted.path(), 3).join("CURRENT").exists());
-        assert!(refused(Stores::open(parted.path(), 0, wal)).contains("set cluster.partitions"));
-        assert!(refused(Stores::open(parted.path(), 3, wal)).contains("larger"));
+        let dir = parted.path().join("partitions");
+        assert!(partition_dir(&dir, 3).join("CURRENT").exists());
+        assert!(refused(open(parted.path(), 0, wal)).contains("set cluster.partitions"));
+        assert!(refused(open(parted.path(), 3, wal)).contains("larger"));
         // A partition directory put in another's place is recognised by its stamp.
-        let (two, three) = (
-            partition_dir(parted.path(), 2),
-            partition_dir(parted.path(), 3),
-        );
-        std::fs::rename(&two, parted.path().join("aside")).unwrap();
+        let (two, three) = (partition_dir(&dir, 2), partition_dir(&dir, 3));
+        std::fs::rename(&two, dir.join("aside")).unwrap();
         std::fs::rename(&three, &two).unwrap();
-        assert!(refused(Stores::open(parted.path(), 3, wal)).contains("stamped as partition"));
+        assert!(refused(open(parted.path(), 3, wal)).contains("stamped as partition"));
         std::fs::rename(&two, &three).unwrap();
-        std::fs::rename(parted.path().join("aside"), &two).unwrap();
-        assert_eq!(Stores::open(parted.path(), 4, wal).unwrap().all().len(), 4);
-        assert!(refused(Stores::open(parted.path(), 5, wal)).contains("not 0 of 5"));
+        std::fs::rename(dir.join("aside"), &two).unwrap();
+        assert_eq!(open(parted.path(), 4, wal).unwrap().held().len(), 4);
+        assert!(refused(open(parted.path(), 5, wal)).contains("not 0 of 5"));
     }
 }

@@ -149,6 +149,9 @@ pub enum Error {
     /// ([`layout`]).
     #[error("{0}")]
     Layout(String),
+    /// This node does not hold the partition (its owner is another node, or it is moving).
+    #[error("partition {0} is not held by this node")]
+    NotHere(usize),
 }
 
 /// `Cf::Meta` key of the store's format version (4 bytes, big-endian).
@@ -601,6 +604,22 @@ impl Store {
             outbox::key(0),
             outbox::key(seq.saturating_add(1)),
         )?;
+        Ok(())
+    }
+
+    /// Closes the database once nobody else holds it (the reads that hold a clone end),
+    /// waiting at most `within`; gives the store back when others still hold it then.
+    ///
+    /// # Errors
+    /// The store itself, still open, after `within`.
+    pub fn close(self, within: std::time::Duration) -> Result<(), Store> {
+        let deadline = std::time::Instant::now() + within;
+        while Arc::strong_count(&self.db) > 1 {
+            if std::time::Instant::now() >= deadline {
+                return Err(self);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         Ok(())
     }
 

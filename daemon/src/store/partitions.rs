@@ -20,12 +20,13 @@
 //! [`Stores::presence_forbidden`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chat_protocol::{ConversationId, Entry, HistoryFrom, Order, RoomId, Seq, UserId};
 
 use super::{
-    CatchUp, ConversationSnapshot, Error, MemberState, ReplayItem, Restriction, RoomRecord,
-    SenderOp, Store, UserRecord, keys,
+    CatchUp, ConversationSnapshot, Error, MemberState, ReplayItem, RoomRecord, SenderOp, Store,
+    UserRecord, keys,
 };
 
 /// The low bits of an id: its number within its partition. The top byte is the partition.
@@ -107,31 +108,56 @@ impl PartitionMap {
     }
 }
 
-/// A node's stores, one per partition, and the reads that route by what they read. Cheap to
-/// clone.
+/// A node's stores, one per partition it holds, and the reads that route by what they read.
+/// Cheap to clone. A single node holds its one partition; a cluster's node installs and
+/// removes partitions as their ownership moves ([`Stores::install`], [`Stores::remove`]), and
+/// a read of a partition it does not hold fails with [`Error::NotHere`].
 #[derive(Clone)]
 pub struct Stores {
     map: PartitionMap,
-    stores: Arc<[Store]>,
+    slots: Arc<[arc_swap::ArcSwapOption<Store>]>,
 }
 
 impl Stores {
     /// A single node's one store.
     #[must_use]
     pub fn single(store: Store) -> Stores {
+        Stores::partitioned(vec![store])
+    }
+
+    /// The stores of every partition, in partition order, all held.
+    #[must_use]
+    pub fn partitioned(stores: Vec<Store>) -> Stores {
+        let held = Stores::none(PartitionMap::new(stores.len()));
+        for (p, store) in stores.into_iter().enumerate() {
+            held.install(p, store);
+        }
+        held
+    }
+
+    /// `map`'s partitions, none held yet.
+    #[must_use]
+    pub fn none(map: PartitionMap) -> Stores {
         Stores {
-            map: PartitionMap::SINGLE,
-            stores: Arc::from(vec![store]),
+            map,
+            slots: (0..map.count())
+                .map(|_| arc_swap::ArcSwapOption::empty())
+                .collect(),
         }
     }
 
-    /// The stores of every partition, in partition order.
-    #[must_use]
-    pub fn partitioned(stores: Vec<Store>) -> Stores {
-        Stores {
-            map: PartitionMap::new(stores.len()),
-            stores: Arc::from(stores),
+    /// Holds partition `p` in `store` from now on.
+    pub fn install(&self, p: usize, store: Store) {
+        if let Some(slot) = self.slots.get(p) {
+            slot.store(Some(Arc::new(store)));
         }
+    }
+
+    /// Stops holding partition `p`: reads of it fail from now on. Returns its store (which
+    /// closes once the reads that hold a clone of it end).
+    pub fn remove(&self, p: usize) -> Option<Store> {
+        let slot = self.slots.get(p)?.swap(None)?;
+        Some(Arc::unwrap_or_clone(slot))
     }
 
     /// Where what lives.
@@ -140,33 +166,52 @@ impl Stores {
         self.map
     }
 
-    /// Every partition's store, in partition order.
+    /// The partitions held and their stores, in partition order.
     #[must_use]
-    pub fn all(&self) -> &[Store] {
-        &self.stores
+    pub fn held(&self) -> Vec<(usize, Store)> {
+        (self.slots.iter().enumerate())
+            .filter_map(|(p, slot)| Some((p, Store::clone(slot.load().as_deref()?))))
+            .collect()
+    }
+
+    /// Every partition's store, in partition order: what a read that spans partitions needs.
+    ///
+    /// # Errors
+    /// [`Error::NotHere`] with the first partition not held.
+    pub fn all(&self) -> Result<Vec<Store>, Error> {
+        (0..self.slots.len()).map(|p| self.partition(p)).collect()
     }
 
     /// Partition `p`'s store.
-    #[must_use]
-    pub fn partition(&self, p: usize) -> &Store {
-        &self.stores[p % self.stores.len()]
+    ///
+    /// # Errors
+    /// [`Error::NotHere`] when this node does not hold it.
+    pub fn partition(&self, p: usize) -> Result<Store, Error> {
+        let slot = self.slots.get(p).ok_or(Error::NotHere(p))?;
+        slot.load().as_deref().cloned().ok_or(Error::NotHere(p))
     }
 
     /// The store of a conversation.
-    #[must_use]
-    pub fn of_conversation(&self, c: ConversationId) -> &Store {
+    ///
+    /// # Errors
+    /// [`Error::NotHere`] when this node does not hold its partition.
+    pub fn of_conversation(&self, c: ConversationId) -> Result<Store, Error> {
         self.partition(self.map.of_conversation(c))
     }
 
     /// The store of a user or room id.
-    #[must_use]
-    pub fn of_id(&self, id: u64) -> &Store {
+    ///
+    /// # Errors
+    /// [`Error::NotHere`] when this node does not hold its partition.
+    pub fn of_id(&self, id: u64) -> Result<Store, Error> {
         self.partition(self.map.of_id(id))
     }
 
     /// The store that claims a name.
-    #[must_use]
-    pub fn of_name(&self, name: &str) -> &Store {
+    ///
+    /// # Errors
+    /// [`Error::NotHere`] when this node does not hold its partition.
+    pub fn of_name(&self, name: &str) -> Result<Store, Error> {
         self.partition(self.map.of_name(name))
     }
 
@@ -175,7 +220,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, Error> {
-        self.of_id(id.0).user(id)
+        self.of_id(id.0)?.user(id)
     }
 
     /// See [`Store::user_by_name`].
@@ -183,7 +228,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, Error> {
-        self.of_name(name).user_by_name(name)
+        self.of_name(name)?.user_by_name(name)
     }
 
     /// See [`Store::room`].
@@ -191,7 +236,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn room(&self, id: RoomId) -> Result<Option<RoomRecord>, Error> {
-        self.of_id(id.0).room(id)
+        self.of_id(id.0)?.room(id)
     }
 
     /// See [`Store::room_by_name`].
@@ -199,7 +244,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn room_by_name(&self, name: &str) -> Result<Option<RoomRecord>, Error> {
-        self.of_name(name).room_by_name(name)
+        self.of_name(name)?.room_by_name(name)
     }
 
     /// See [`Store::load_conversation`].
@@ -210,7 +255,7 @@ impl Stores {
         &self,
         c: ConversationId,
     ) -> Result<Option<ConversationSnapshot>, Error> {
-        self.of_conversation(c).load_conversation(c)
+        self.of_conversation(c)?.load_conversation(c)
     }
 
     /// See [`Store::sender_ops`].
@@ -223,7 +268,7 @@ impl Stores {
         sender: UserId,
         limit: usize,
     ) -> Result<Vec<SenderOp>, Error> {
-        self.of_conversation(c).sender_ops(c, sender, limit)
+        self.of_conversation(c)?.sender_ops(c, sender, limit)
     }
 
     /// See [`Store::history`].
@@ -238,7 +283,8 @@ impl Stores {
         order: Order,
         head: Seq,
     ) -> Result<(Vec<Entry>, bool), Error> {
-        self.of_conversation(c).history(c, from, limit, order, head)
+        self.of_conversation(c)?
+            .history(c, from, limit, order, head)
     }
 
     /// See [`Store::thread`].
@@ -254,7 +300,7 @@ impl Stores {
         order: Order,
         head: Seq,
     ) -> Result<(Vec<Entry>, bool), Error> {
-        self.of_conversation(c)
+        self.of_conversation(c)?
             .thread(c, root, from, limit, order, head)
     }
 
@@ -267,7 +313,7 @@ impl Stores {
         c: ConversationId,
         first: Seq,
     ) -> Result<chat_protocol::chain::Hash, Error> {
-        self.of_conversation(c).prior(c, first)
+        self.of_conversation(c)?.prior(c, first)
     }
 
     /// See [`Store::entry`].
@@ -275,7 +321,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt entry.
     pub fn entry(&self, c: ConversationId, seq: Seq) -> Result<Option<Entry>, Error> {
-        self.of_conversation(c).entry(c, seq)
+        self.of_conversation(c)?.entry(c, seq)
     }
 
     /// See [`Store::head`].
@@ -283,7 +329,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors.
     pub fn head(&self, c: ConversationId) -> Result<Seq, Error> {
-        self.of_conversation(c).head(c)
+        self.of_conversation(c)?.head(c)
     }
 
     /// See [`Store::marks`].
@@ -291,7 +337,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt marker.
     pub fn marks(&self, c: ConversationId, user: UserId) -> Result<(Seq, Seq), Error> {
-        self.of_conversation(c).marks(c, user)
+        self.of_conversation(c)?.marks(c, user)
     }
 
     /// See [`Store::messages_of`].
@@ -299,7 +345,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or corrupt entries.
     pub fn messages_of(&self, c: ConversationId, user: UserId) -> Result<Vec<Seq>, Error> {
-        self.of_conversation(c).messages_of(c, user)
+        self.of_conversation(c)?.messages_of(c, user)
     }
 
     /// See [`Store::member_state`].
@@ -307,7 +353,7 @@ impl Stores {
     /// # Errors
     /// RocksDB errors.
     pub fn member_state(&self, room: RoomId, user: UserId) -> Result<Option<MemberState>, Error> {
-        self.of_id(room.0).member_state(room, user)
+        self.of_id(room.0)?.member_state(room, user)
     }
 
     /// Every conversation `user` sent in, over every partition ([`Store::conversations_of`]),
@@ -317,7 +363,7 @@ impl Stores {
     /// RocksDB errors.
     pub fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>, Error> {
         let mut all = Vec::new();
-        for store in self.all() {
+        for store in self.all()? {
             all.extend(store.conversations_of(user)?);
         }
         all.sort_by_key(|c| keys::conversation(*c));
@@ -335,12 +381,13 @@ impl Stores {
         after: Option<ConversationId>,
         limit: usize,
     ) -> Result<(Vec<ConversationId>, bool), Error> {
-        if let [store] = self.all() {
+        let stores = self.all()?;
+        if let [store] = stores.as_slice() {
             return store.user_conversations(user, after, limit);
         }
         let mut all = Vec::new();
         let mut more = false;
-        for store in self.all() {
+        for store in &stores {
             let (found, left) = store.user_conversations(user, after, limit)?;
             all.extend(found);
             more |= left;
@@ -359,7 +406,7 @@ impl Stores {
     /// RocksDB errors.
     pub fn room_count(&self, user: UserId, max: u32) -> Result<u32, Error> {
         let mut count = 0;
-        for store in self.all() {
+        for store in self.all()? {
             if count >= max {
                 break;
             }
@@ -381,7 +428,7 @@ impl Stores {
         others: &[UserId],
     ) -> Result<Option<UserId>, Error> {
         let mut rooms = Vec::new();
-        for store in self.all() {
+        for store in self.all()? {
             rooms.extend(store.rooms_of(user)?);
         }
         'others: for &other in others {
@@ -389,7 +436,7 @@ impl Stores {
                 continue;
             }
             let direct = ConversationId::direct(user, other);
-            if self.of_conversation(direct).is_in(user, direct)? {
+            if self.of_conversation(direct)?.is_in(user, direct)? {
                 continue;
             }
             for &room in &rooms {
@@ -400,18 +447,6 @@ impl Stores {
             return Ok(Some(other));
         }
         Ok(None)
-    }
-
-    /// Every account restriction, from every partition.
-    ///
-    /// # Errors
-    /// RocksDB errors or corrupt records.
-    pub fn restrictions(&self) -> Result<Vec<(UserId, Restriction)>, Error> {
-        let mut all = Vec::new();
-        for store in self.all() {
-            all.extend(store.restrictions()?);
-        }
-        Ok(all)
     }
 
     /// See [`CatchUp`]: the next page of a catch-up, over the user's conversations in every
@@ -433,26 +468,39 @@ impl Stores {
 /// single node's ids are 1, 2, 3, ... as they always were.
 pub struct NextIds {
     map: PartitionMap,
-    users: Vec<std::sync::atomic::AtomicU64>,
-    rooms: Vec<std::sync::atomic::AtomicU64>,
+    users: Vec<AtomicU64>,
+    rooms: Vec<AtomicU64>,
 }
 
 impl NextIds {
-    /// The ids after the highest each partition holds.
+    /// The ids after the highest each partition of `stores` holds.
     ///
     /// # Errors
     /// RocksDB errors.
     pub fn after(stores: &Stores) -> Result<NextIds, Error> {
         let map = stores.map();
-        let next = |highest: u64, p: usize| {
-            std::sync::atomic::AtomicU64::new(highest.max(map.first_id(p)) + 1)
+        let zero = || (0..map.count()).map(|_| AtomicU64::new(0)).collect();
+        let ids = NextIds {
+            map,
+            users: zero(),
+            rooms: zero(),
         };
-        let (mut users, mut rooms) = (Vec::new(), Vec::new());
-        for (p, store) in stores.all().iter().enumerate() {
-            users.push(next(store.max_user_id()?, p));
-            rooms.push(next(store.max_room_id()?, p));
+        for (p, store) in stores.held() {
+            ids.load(p, &store)?;
         }
-        Ok(NextIds { map, users, rooms })
+        Ok(ids)
+    }
+
+    /// Continues partition `p`'s ids after the highest `store` holds (when the node takes
+    /// the partition: another node may have handed out ids meanwhile).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn load(&self, p: usize, store: &Store) -> Result<(), Error> {
+        let next = |highest: u64| highest.max(self.map.first_id(p)) + 1;
+        self.users[p].store(next(store.max_user_id()?), Ordering::Release);
+        self.rooms[p].store(next(store.max_room_id()?), Ordering::Release);
+        Ok(())
     }
 
     /// A new user id, in the partition that claims `name`.
@@ -465,8 +513,8 @@ impl NextIds {
         RoomId(Self::take(&self.rooms, self.map.of_name(name)))
     }
 
-    fn take(next: &[std::sync::atomic::AtomicU64], p: usize) -> u64 {
-        next[p].fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+    fn take(next: &[AtomicU64], p: usize) -> u64 {
+        next[p].fetch_add(1, Ordering::AcqRel)
     }
 }
 
@@ -496,7 +544,12 @@ mod tests {
     /// index, in the conversation's partition.
     fn index(stores: &Stores, user: UserId, c: ConversationId) {
         let key = keys::user_conversation(user, c);
-        put(stores.of_conversation(c), Cf::UserConversations, &key, b"");
+        put(
+            &stores.of_conversation(c).unwrap(),
+            Cf::UserConversations,
+            &key,
+            b"",
+        );
     }
 
     fn user_in(map: PartitionMap, p: usize, n: u64) -> UserId {
@@ -603,7 +656,7 @@ mod tests {
         index(&stores, alice, ConversationId::Room(room));
         let member = [MemberState::Member(Role::Member).to_byte()];
         put(
-            stores.of_id(room.0),
+            &stores.of_id(room.0).unwrap(),
             Cf::Members,
             &keys::member(room, carol),
             &member,
@@ -626,7 +679,12 @@ mod tests {
         let (_dir, stores) = open(3);
         let map = stores.map();
         let highest = user_in(map, 1, 41);
-        put(stores.partition(1), Cf::Users, &keys::id(highest.0), b"{}");
+        put(
+            &stores.partition(1).unwrap(),
+            Cf::Users,
+            &keys::id(highest.0),
+            b"{}",
+        );
         let ids = NextIds::after(&stores).unwrap();
         let name_in = |p: usize| {
             (0..)
@@ -640,7 +698,7 @@ mod tests {
         assert_eq!(ids.room(&name_in(2)), RoomId(map.first_id(2) + 1));
         // A single node's ids are 1, 2, 3, ... as before partitions.
         let (_dir, single) = open(1);
-        let ids = NextIds::after(&Stores::single(single.partition(0).clone())).unwrap();
+        let ids = NextIds::after(&Stores::single(single.partition(0).unwrap())).unwrap();
         assert_eq!((ids.user("a"), ids.user("b")), (UserId(1), UserId(2)));
     }
 }

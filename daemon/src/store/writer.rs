@@ -151,73 +151,111 @@ impl<C: Completion> Writer<C> {
     }
 }
 
-/// A node's storage threads, one per partition (a single node's one): a write goes to the
-/// thread of the partition that holds what it writes.
+/// A node's storage threads, one per partition it holds (a single node's one): a write goes
+/// to the thread of the partition that holds what it writes. Cheap to clone; clones share
+/// the threads, which a cluster's node starts and stops as ownership moves.
 pub struct Writers<C> {
-    writers: Vec<Writer<C>>,
+    slots: std::sync::Arc<[arc_swap::ArcSwapOption<Writer<C>>]>,
 }
 
 impl<C> Clone for Writers<C> {
     fn clone(&self) -> Self {
         Writers {
-            writers: self.writers.clone(),
+            slots: std::sync::Arc::clone(&self.slots),
         }
     }
 }
 
 impl<C: Completion> Writers<C> {
+    /// `partitions` slots, no thread yet.
+    #[must_use]
+    pub fn none(partitions: usize) -> Writers<C> {
+        Writers {
+            slots: (0..partitions)
+                .map(|_| arc_swap::ArcSwapOption::empty())
+                .collect(),
+        }
+    }
+
+    /// Sends partition `p`'s writes to `writer` from now on.
+    pub fn install(&self, p: usize, writer: Writer<C>) {
+        if let Some(slot) = self.slots.get(p) {
+            slot.store(Some(std::sync::Arc::new(writer)));
+        }
+    }
+
+    /// Stops taking partition `p`'s writes; its thread ends once the writes queued before
+    /// are committed and every clone of its sender is gone.
+    pub fn remove(&self, p: usize) {
+        if let Some(slot) = self.slots.get(p) {
+            slot.store(None);
+        }
+    }
+
     /// Queues a batch for partition `partition`'s storage thread without blocking.
     ///
     /// # Errors
-    /// Gives the completion back when that queue is full or the thread is gone.
-    pub fn submit(&self, partition: usize, batch: Batch, done: C) -> Result<(), C> {
-        match self.writers.get(partition) {
-            Some(writer) => writer.submit(batch, done),
-            None => Err(done),
+    /// Gives the completion back, with whether the partition is held, when the queue is full,
+    /// the thread is gone or the partition is not held here.
+    pub fn submit(&self, partition: usize, batch: Batch, done: C) -> Result<(), (C, bool)> {
+        let slot = self.slots.get(partition).map(arc_swap::ArcSwapOption::load);
+        match slot.as_ref().and_then(|s| s.as_deref()) {
+            Some(writer) => writer.submit(batch, done).map_err(|done| (done, true)),
+            None => Err((done, false)),
         }
+    }
+
+    /// How many partitions have a storage thread here.
+    pub fn held(&self) -> usize {
+        self.each(|_| 1).sum()
     }
 
     /// Requests waiting in every queue now.
     pub fn queued(&self) -> usize {
-        self.writers.iter().map(Writer::queued).sum()
+        self.each(Writer::queued).sum()
     }
 
     /// The queues' bounds, together.
     pub fn capacity(&self) -> usize {
-        self.writers
+        self.each(Writer::capacity)
+            .fold(0usize, usize::saturating_add)
+    }
+
+    fn each<'a>(
+        &'a self,
+        f: impl Fn(&Writer<C>) -> usize + 'a,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.slots
             .iter()
-            .fold(0usize, |all, w| all.saturating_add(w.capacity()))
+            .filter_map(move |slot| slot.load().as_deref().map(&f))
     }
 }
 
-/// Starts a storage thread for every partition of `stores` (named `storage` on a single
-/// node, `storage-P` in a cluster's), each publishing its commits' events to its partition's
-/// head in `outboxes`. They run until every [`Writers`] clone is dropped.
+/// Starts the storage thread of partition `p` of a node's `partitions` (named `storage` on a
+/// single node, `storage-P` with partitions), publishing its commits' events to `outbox`. It
+/// runs until every clone of its [`Writer`] is dropped.
 ///
 /// # Errors
-/// When a thread cannot be spawned.
-pub fn spawn_all<C: Completion>(
-    stores: &super::Stores,
-    durability: Durability,
-    max_group: usize,
-    queue_depth: usize,
-    outboxes: &[std::sync::Arc<OutboxHead>],
+/// When the thread cannot be spawned.
+pub fn spawn_partition<C: Completion>(
+    (p, partitions): (usize, usize),
+    store: Store,
+    (durability, max_group, queue_depth): (Durability, usize, usize),
+    outbox: &std::sync::Arc<OutboxHead>,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
-) -> std::io::Result<(Writers<C>, Vec<std::thread::JoinHandle<()>>)> {
-    let single = stores.all().len() == 1;
-    let (mut writers, mut handles) = (Vec::new(), Vec::new());
-    for (p, (store, outbox)) in stores.all().iter().zip(outboxes).enumerate() {
-        let name = if single {
-            "storage".to_owned()
-        } else {
-            format!("storage-{p}")
-        };
-        let options = (durability, max_group, queue_depth);
-        let (writer, handle) = spawn_named(name, store.clone(), options, outbox, metrics)?;
-        writers.push(writer);
-        handles.push(handle);
-    }
-    Ok((Writers { writers }, handles))
+) -> std::io::Result<(Writer<C>, std::thread::JoinHandle<()>)> {
+    let name = if partitions == 1 {
+        "storage".to_owned()
+    } else {
+        format!("storage-{p}")
+    };
+    spawn_named(
+        name,
+        store,
+        (durability, max_group, queue_depth),
+        outbox,
+        metrics,
+    )
 }
 
 /// Starts the storage thread. It runs until every [`Writer`] clone is dropped.

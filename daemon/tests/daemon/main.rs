@@ -28,6 +28,7 @@ mod reactions;
 mod receipts;
 mod resume;
 mod robustness;
+mod standby;
 mod typing;
 mod web;
 

@@ -11,21 +11,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatd::cluster::{Change, Membership, Settings, preferred};
+use chatd::cluster::{Change, Membership, Placement, Settings, preferred};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 const PARTITIONS: u16 = 16;
 
 /// A single-member etcd on free loopback ports, in a temporary directory, killed on drop.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
 impl Etcd {
-    async fn start() -> Etcd {
+    pub(crate) async fn start() -> Etcd {
         let port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -98,6 +98,7 @@ async fn node(
         node: node.into(),
         partitions: PARTITIONS,
         lease: Duration::from_secs(4),
+        placement: Placement::Spread,
     })
     .await
     .unwrap();

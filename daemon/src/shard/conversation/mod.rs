@@ -350,6 +350,31 @@ impl Conversations {
         answer_all(&waiting, refusal, out);
     }
 
+    /// Forgets the conversations `belongs` picks (their partition left this node, or came
+    /// back to it), answering every request waiting in them with `UNAVAILABLE`: whoever holds
+    /// the partition next serves them from what is stored. A commit of theirs still in flight
+    /// is acknowledged by nobody; a resend of it is recognised by its op id.
+    pub(crate) fn evict(
+        &mut self,
+        belongs: impl Fn(ConversationId) -> bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let refusal = Refusal {
+            code: ErrorCode::UNAVAILABLE,
+            reason: "the conversation's partition moved",
+        };
+        let gone: Vec<_> = self.slots.keys().copied().filter(|c| belongs(*c)).collect();
+        for c in gone {
+            match self.slots.remove(&c) {
+                Some(Slot::Ready(mut conversation)) => {
+                    conversation.fail_pending(refusal.code, refusal.reason, out);
+                }
+                Some(Slot::Loading(waiting)) => answer_all(&waiting, refusal, out),
+                None => {}
+            }
+        }
+    }
+
     /// Conversations held (loading or ready).
     pub(crate) fn len(&self) -> usize {
         self.slots.len()

@@ -1,0 +1,197 @@
+//! A cluster's node (`cluster.etcd`): a thread `cluster` with its own tokio runtime joins the
+//! cluster through etcd ([`crate::cluster::Membership`]) and takes and gives up partitions
+//! as it is told ([`Holdings`]). Until forwarding between nodes exists, every partition is
+//! placed on one node ([`Placement::One`]): that node serves the whole cluster and the others
+//! stand by, ready to take everything once its lease expires.
+//!
+//! A node that cannot reach etcd, or loses its lease, holds nothing until it has joined
+//! again (with a new lease, after a pause).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::holdings::Holdings;
+use crate::cluster::{Change, Membership, Placement, Settings};
+use crate::config::ClusterConfig;
+use crate::shard::Shared;
+
+/// Between two attempts to join, and between two attempts to take a partition this node
+/// owns but could not open.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The running membership.
+pub(crate) struct Member {
+    stop: Arc<tokio::sync::Notify>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Member {
+    /// Leaves: the thread gives up every partition and ends (its lease then lapses at etcd,
+    /// and the other nodes take the partitions).
+    pub(crate) fn stop(self) {
+        self.stop.notify_one();
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the `cluster` thread.
+///
+/// # Errors
+/// When the thread or its runtime cannot start.
+pub(crate) fn start(
+    cluster: &ClusterConfig,
+    shared: Arc<Shared>,
+    holdings: Arc<Holdings>,
+) -> std::io::Result<Member> {
+    let settings = Settings {
+        etcd: cluster.etcd.clone(),
+        cluster: cluster.name.clone(),
+        node: cluster.node.clone(),
+        partitions: u16::try_from(cluster.partitions).unwrap_or(u16::MAX),
+        lease: Duration::from_secs(cluster.lease_secs),
+        placement: Placement::One,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || {
+            let node = Node {
+                shared,
+                holdings,
+                held: BTreeSet::new(),
+                pending: BTreeSet::new(),
+            };
+            runtime.block_on(node.run(settings, &stopped));
+        })?;
+    Ok(Member { stop, thread })
+}
+
+/// What the thread keeps.
+struct Node {
+    shared: Arc<Shared>,
+    holdings: Arc<Holdings>,
+    /// The partitions this node holds.
+    held: BTreeSet<usize>,
+    /// The partitions this node owns but could not open yet.
+    pending: BTreeSet<usize>,
+}
+
+impl Node {
+    async fn run(mut self, settings: Settings, stop: &tokio::sync::Notify) {
+        loop {
+            let joined = tokio::select! {
+                joined = Membership::join(settings.clone()) => joined,
+                () = stop.notified() => break,
+            };
+            let membership = match joined {
+                Ok(membership) => membership,
+                Err(e) => {
+                    crate::logging::throttled!(warn, error = %e, "cannot join the cluster through etcd; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => continue,
+                        () = stop.notified() => break,
+                    }
+                }
+            };
+            tracing::info!(node = %settings.node, cluster = %settings.cluster, "joined the cluster");
+            let (changes, mut told) = mpsc::channel(16);
+            let mut running = tokio::spawn(membership.run(changes));
+            let mut retry = tokio::time::interval(RETRY);
+            let ended = loop {
+                tokio::select! {
+                    change = told.recv() => match change {
+                        Some(change) => self.apply(change).await,
+                        None => break (&mut running).await,
+                    },
+                    _ = retry.tick(), if !self.pending.is_empty() => self.take_pending().await,
+                    () = stop.notified() => {
+                        running.abort();
+                        self.give_up_all().await;
+                        return;
+                    }
+                };
+            };
+            // The membership ended (its lease lost, etcd gone): hold nothing until joined again.
+            self.give_up_all().await;
+            match ended {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the node left the cluster; joining again")
+                }
+                Ok(Ok(())) => {}
+                Err(e) => tracing::error!(error = %e, "the membership task failed; joining again"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => {}
+                () = stop.notified() => break,
+            }
+        }
+        self.give_up_all().await;
+    }
+
+    async fn apply(&mut self, change: Change) {
+        match change {
+            Change::Acquired { partition, term } => {
+                tracing::info!(partition, term, "this node owns the partition");
+                self.pending.insert(usize::from(partition));
+                self.take_pending().await;
+            }
+            Change::Release { partition, done } => {
+                let p = usize::from(partition);
+                self.pending.remove(&p);
+                self.give_up(p).await;
+                let _ = done.send(());
+            }
+            Change::Lost => {
+                tracing::error!("the node's lease may have expired: it serves no partition");
+                self.give_up_all().await;
+            }
+        }
+    }
+
+    /// Opens what this node owns and has not opened yet.
+    async fn take_pending(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
+            let taken = tokio::task::spawn_blocking(move || holdings.take(&shared, p)).await;
+            match taken {
+                Ok(Ok(())) => {
+                    self.held.insert(p);
+                }
+                Ok(Err(e)) => {
+                    crate::logging::throttled!(error, partition = p, error = %e, "cannot open an owned partition; trying again");
+                    self.pending.insert(p);
+                }
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "taking a partition failed");
+                    self.pending.insert(p);
+                }
+            }
+        }
+    }
+
+    async fn give_up(&mut self, p: usize) {
+        if !self.held.remove(&p) {
+            return;
+        }
+        let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
+        let closed = tokio::task::spawn_blocking(move || holdings.give_up(&shared, p)).await;
+        if !matches!(closed, Ok(true)) {
+            tracing::error!(partition = p, "the partition's store did not close in time");
+        }
+        tracing::info!(partition = p, "this node gave up the partition");
+    }
+
+    async fn give_up_all(&mut self) {
+        self.pending.clear();
+        for p in self.held.clone() {
+            self.give_up(p).await;
+        }
+    }
+}
