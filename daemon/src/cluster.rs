@@ -112,6 +112,46 @@ pub fn preferred<'a>(partition: u16, nodes: impl IntoIterator<Item = &'a str>) -
         .max_by_key(|node| (weight(partition, node), *node))
 }
 
+/// Which partitions' stores were ever created in the cluster. A node that owns a partition
+/// whose store it cannot find, and which etcd says was created, must not create an empty one
+/// in its place (its `partitions_dir` is not the one the other nodes write).
+#[derive(Clone)]
+pub struct Creation {
+    client: Client,
+    prefix: String,
+}
+
+impl Creation {
+    fn key(&self, partition: u16) -> String {
+        format!("{}{partition:05}", self.prefix)
+    }
+
+    /// Whether partition `partition`'s store was created.
+    ///
+    /// # Errors
+    /// etcd's.
+    pub async fn created(&mut self, partition: u16) -> Result<bool, Error> {
+        let key = self.key(partition);
+        Ok(!self.client.get(key, None).await?.kvs().is_empty())
+    }
+
+    /// Records that partition `partition`'s store exists (once: a later call changes nothing).
+    ///
+    /// # Errors
+    /// etcd's.
+    pub async fn record(&mut self, partition: u16, node: &str) -> Result<(), Error> {
+        let key = self.key(partition);
+        self.client
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, node, None)]),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// An owner key as read: the node named in it, its lease, its term.
 #[derive(Clone, Debug)]
 struct Owner {
@@ -146,6 +186,17 @@ impl Membership {
 
     fn owner_key(&self, partition: u16) -> String {
         format!("{}owners/{partition:05}", self.prefix())
+    }
+
+    /// The key that says partition `partition`'s store was created (by whichever node
+    /// first held it), and an etcd client: what a node checks before it creates a store
+    /// that should exist ([`Creation::created`]).
+    #[must_use]
+    pub fn creation(&self) -> Creation {
+        Creation {
+            client: self.client.clone(),
+            prefix: format!("{}created/", self.prefix()),
+        }
     }
 
     /// Joins: connects, takes a lease, registers the node under it.

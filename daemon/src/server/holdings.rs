@@ -111,6 +111,16 @@ impl Holdings {
         Ok(())
     }
 
+    /// Where partition `p`'s store is.
+    pub(crate) fn partition_dir(&self, p: usize) -> PathBuf {
+        layout::partition_dir(&self.dir, p)
+    }
+
+    /// Whether partition `p`'s store exists (was ever created where this node looks).
+    pub(crate) fn has_store(&self, p: usize) -> bool {
+        self.partition_dir(p).join("CURRENT").exists()
+    }
+
     /// Takes partition `p`, which this node now owns: forgets what the shards held of it,
     /// opens its store (waiting up to [`SETTLE`] for its lock, which the last owner's close
     /// or death releases), continues its ids and outbox, starts its storage thread.
@@ -119,7 +129,7 @@ impl Holdings {
     /// When the store does not open or is another partition's.
     pub(crate) fn take(&self, shared: &Shared, p: usize) -> Result<(), super::Error> {
         evict(shared, p);
-        let dir = layout::partition_dir(&self.dir, p);
+        let dir = self.partition_dir(p);
         let deadline = Instant::now() + SETTLE;
         let store = loop {
             match Store::open_with(&dir, self.wal) {

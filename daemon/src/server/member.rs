@@ -67,6 +67,8 @@ pub(crate) fn start(
                 holdings,
                 held: BTreeSet::new(),
                 pending: BTreeSet::new(),
+                creation: None,
+                name: settings.node.clone(),
             };
             runtime.block_on(node.run(settings, &stopped));
         })?;
@@ -81,6 +83,10 @@ struct Node {
     held: BTreeSet<usize>,
     /// The partitions this node owns but could not open yet.
     pending: BTreeSet<usize>,
+    /// Which partitions' stores the cluster created (from the current membership).
+    creation: Option<crate::cluster::Creation>,
+    /// This node's name.
+    name: String,
 }
 
 impl Node {
@@ -101,6 +107,7 @@ impl Node {
                 }
             };
             tracing::info!(node = %settings.node, cluster = %settings.cluster, "joined the cluster");
+            self.creation = Some(membership.creation());
             let (changes, mut told) = mpsc::channel(16);
             let mut running = tokio::spawn(membership.run(changes));
             let mut retry = tokio::time::interval(RETRY);
@@ -158,11 +165,25 @@ impl Node {
     /// Opens what this node owns and has not opened yet.
     async fn take_pending(&mut self) {
         for p in std::mem::take(&mut self.pending) {
+            if let Err(why) = self.may_open(p).await {
+                crate::logging::throttled!(
+                    error,
+                    partition = p,
+                    "cannot take an owned partition: {why}; trying again"
+                );
+                self.pending.insert(p);
+                continue;
+            }
             let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
             let taken = tokio::task::spawn_blocking(move || holdings.take(&shared, p)).await;
             match taken {
                 Ok(Ok(())) => {
                     self.held.insert(p);
+                    if let Some(creation) = &mut self.creation
+                        && let Err(e) = creation.record(partition(p), &self.name).await
+                    {
+                        tracing::warn!(partition = p, error = %e, "cannot record the partition's store in etcd");
+                    }
                 }
                 Ok(Err(e)) => {
                     crate::logging::throttled!(error, partition = p, error = %e, "cannot open an owned partition; trying again");
@@ -173,6 +194,26 @@ impl Node {
                     self.pending.insert(p);
                 }
             }
+        }
+    }
+
+    /// Whether partition `p`'s store may be opened here: it exists in this node's
+    /// `partitions_dir`, or etcd says it was never created (then this node creates it).
+    async fn may_open(&mut self, p: usize) -> Result<(), String> {
+        if self.holdings.has_store(p) {
+            return Ok(());
+        }
+        let Some(creation) = &mut self.creation else {
+            return Err("not joined".into());
+        };
+        match creation.created(partition(p)).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(format!(
+                "etcd says its store was created, and {} holds none: is cluster.partitions_dir \
+                 the directory the other nodes write?",
+                self.holdings.partition_dir(p).display()
+            )),
+            Err(e) => Err(format!("etcd: {e}")),
         }
     }
 
@@ -194,4 +235,9 @@ impl Node {
             self.give_up(p).await;
         }
     }
+}
+
+/// A partition's number as etcd's keys carry it.
+fn partition(p: usize) -> u16 {
+    u16::try_from(p).unwrap_or(u16::MAX)
 }

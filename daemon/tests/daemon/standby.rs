@@ -5,8 +5,9 @@
 //! clients' sends were acknowledged; the other takes every partition once the dead node's
 //! lease expires and serves all of it: every acknowledged message is there, a device
 //! resuming from its cursors gets exactly what it missed, and a resent op id is recognised.
-//! Then the first node comes back as the standby, and the serving one is stopped (SIGTERM):
-//! it gives its partitions up, and the standby takes them once its lease expires.
+//! Then a new node stands by, and the serving one is stopped (SIGTERM): it gives its
+//! partitions up, and the standby takes them once its lease expires. Last, a node whose
+//! partitions directory is not the cluster's owns the partitions and creates no empty store.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -217,4 +218,20 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     let again = alice.send_text(room, 122, "after the failover").await;
     assert!(again.duplicate);
     assert_eq!(again.seq, next.seq);
+
+    // A node whose partitions directory is not the cluster's owns the partitions once c is
+    // gone, and creates no empty store in their place: etcd says they exist.
+    drop((b, alice));
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut d = node(dirs.path(), "d", &etcd.url, &cluster, elsewhere.path());
+    d.wait_log("etcd says its store was created", 1).await;
+    assert_eq!(readyz(&mut d).await.0, 503);
+    assert!(
+        std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
