@@ -122,7 +122,7 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     let room_id = alice.create_room("ops", false).await;
     let room = ConversationId::Room(room_id);
     bob.ok(Request::JoinRoom { room: room_id }).await;
-    let target = |op: u64| if op % 2 == 0 { room } else { dm };
+    let target = |op: u64| if op.is_multiple_of(2) { room } else { dm };
     // Bob reads the first 20 messages (and his join), then his device goes away.
     for op in 1..=20 {
         alice.send_text(target(op), op, "seen").await;
