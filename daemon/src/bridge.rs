@@ -52,16 +52,89 @@ impl BridgeStats {
     }
 }
 
-/// The running bridge thread.
+/// The running bridge thread: a publisher per partition held.
 pub(crate) struct Bridge {
-    stop: Arc<tokio::sync::Notify>,
-    stopping: Arc<AtomicBool>,
+    control: BridgeControl,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the bridge thread is told.
+enum Command {
+    /// Publish partition `partition`'s outbox from `store`, woken by `head`.
+    Add {
+        partition: usize,
+        store: Store,
+        head: Arc<OutboxHead>,
+    },
+    /// Stop publishing partition `partition`; answered once its publisher has ended (and let
+    /// go of the store).
+    Remove {
+        partition: usize,
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// Stop every publisher and end.
+    Stop,
+}
+
+/// Adds and removes the bridge's publishers as partitions come and go. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct BridgeControl {
+    commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+/// How long [`BridgeControl::remove`] waits for a publisher to end.
+const REMOVE_WAIT: Duration = Duration::from_secs(10);
+
+impl BridgeControl {
+    /// Starts publishing partition `partition`'s outbox (from a thread outside the bridge's
+    /// runtime).
+    pub(crate) fn add(&self, partition: usize, store: Store, head: Arc<OutboxHead>) {
+        let command = Command::Add {
+            partition,
+            store,
+            head,
+        };
+        if self.commands.blocking_send(command).is_err() {
+            tracing::error!(
+                partition,
+                "the bridge has stopped: the partition is not published"
+            );
+        }
+    }
+
+    /// Stops publishing partition `partition` and waits (up to 10 s) until its publisher has
+    /// ended; what it had not published waits in the partition's outbox for its next holder.
+    pub(crate) fn remove(&self, partition: usize) {
+        let (done, ended) = std::sync::mpsc::channel();
+        if self
+            .commands
+            .blocking_send(Command::Remove { partition, done })
+            .is_ok()
+            && ended.recv_timeout(REMOVE_WAIT).is_err()
+        {
+            tracing::error!(partition, "the partition's publisher did not end in time");
+        }
+    }
+}
+
+/// A running publisher's switch.
+struct Running {
+    stop: Arc<tokio::sync::Notify>,
+    stopping: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+}
+
 impl Bridge {
-    /// Starts the bridge thread: a publisher for each store of `stores`, with its outbox's
-    /// head in `heads`.
+    /// Starts the bridge thread: a publisher for each partition `stores` holds, with its
+    /// outbox's head in `heads`.
     pub(crate) fn start(
         stores: &Stores,
         config: BridgeConfig,
@@ -76,22 +149,15 @@ impl Bridge {
                 format!("bridge.tls_ca {}: {e}", config.tls_ca.display()),
             )
         })?;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopping = Arc::new(AtomicBool::new(false));
         let partitioned = stores.map().count() > 1;
-        let publishers: Vec<_> = (stores.held().into_iter())
-            .map(|(p, store)| Publisher {
+        let (commands, mut told) = tokio::sync::mpsc::channel(4 * stores.map().count() + 4);
+        let initial: Vec<_> = (stores.held().into_iter())
+            .map(|(p, store)| Command::Add {
+                partition: p,
                 store,
-                partition: partitioned.then_some(p),
-                config: config.clone(),
                 head: Arc::clone(&heads[p]),
-                stats: Arc::clone(&stats),
-                metrics: Arc::clone(&metrics),
-                stop: Arc::clone(&stop),
-                stopping: Arc::clone(&stopping),
             })
             .collect();
-        stats.publishers.store(publishers.len(), Ordering::Release);
         let thread = std::thread::Builder::new()
             .name("bridge".into())
             .spawn(move || {
@@ -106,23 +172,77 @@ impl Bridge {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                for publisher in publishers {
-                    local.spawn_local(publisher.run());
-                }
-                runtime.block_on(local);
+                local.block_on(&runtime, async move {
+                    let mut running = std::collections::BTreeMap::new();
+                    let start = |partition: usize, store: Store, head: Arc<OutboxHead>| {
+                        let (stop, stopping) = (Arc::default(), Arc::default());
+                        let publisher = Publisher {
+                            store,
+                            partition: partitioned.then_some(partition),
+                            config: config.clone(),
+                            head,
+                            stats: Arc::clone(&stats),
+                            metrics: Arc::clone(&metrics),
+                            stop: Arc::clone(&stop),
+                            stopping: Arc::clone(&stopping),
+                        };
+                        stats.publishers.fetch_add(1, Ordering::AcqRel);
+                        let task = tokio::task::spawn_local(publisher.run());
+                        Running {
+                            stop,
+                            stopping,
+                            task,
+                        }
+                    };
+                    let mut pending = initial.into_iter();
+                    loop {
+                        let command = match pending.next() {
+                            Some(command) => command,
+                            None => told.recv().await.unwrap_or(Command::Stop),
+                        };
+                        match command {
+                            Command::Add {
+                                partition,
+                                store,
+                                head,
+                            } => {
+                                if let Some(old) = running.remove(&partition) {
+                                    Running::stop(old).await;
+                                }
+                                running.insert(partition, start(partition, store, head));
+                            }
+                            Command::Remove { partition, done } => {
+                                if let Some(old) = running.remove(&partition) {
+                                    old.stop().await;
+                                }
+                                let _ = done.send(());
+                            }
+                            Command::Stop => break,
+                        }
+                    }
+                    for (_, publisher) in running {
+                        publisher.stop().await;
+                    }
+                });
             })?;
         Ok(Bridge {
-            stop,
-            stopping,
+            control: BridgeControl { commands },
             thread: Some(thread),
         })
+    }
+
+    /// What adds and removes publishers.
+    pub(crate) fn control(&self) -> BridgeControl {
+        self.control.clone()
     }
 
     /// Tells the bridge to stop (what is not confirmed yet goes out after the next start);
     /// returns its thread, to be joined.
     pub(crate) fn stop(mut self) -> Option<std::thread::JoinHandle<()>> {
-        self.stopping.store(true, Ordering::Release);
-        self.stop.notify_one();
+        if self.control.commands.try_send(Command::Stop).is_err() {
+            // A full queue: the thread also stops once every sender is gone.
+            tracing::debug!("the bridge's command queue is full; it stops when it drains");
+        }
         self.thread.take()
     }
 }
@@ -168,12 +288,21 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Publisher {
+    /// Publishes until stopped; then takes its partition out of the stats.
     async fn run(self) {
+        let confirmed = self.publish_all().await;
+        self.stats.confirmed.fetch_sub(confirmed, Ordering::AcqRel);
+        self.stats.publishers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Connects and publishes, again after every failure, until stopped; returns the
+    /// confirmed cursor it added to the stats.
+    async fn publish_all(&self) -> u64 {
         let mut confirmed = match self.store.bridge_cursor() {
             Ok(seq) => seq,
             Err(e) => {
                 tracing::error!(error = %e, "the bridge cannot read its cursor; not publishing");
-                return;
+                return 0;
             }
         };
         self.stats.confirmed.fetch_add(confirmed, Ordering::AcqRel);
@@ -201,7 +330,7 @@ impl Publisher {
                     match ended {
                         Ok(()) => {
                             let _ = connection.close(200, "chatd stopping".into()).await;
-                            return;
+                            return confirmed;
                         }
                         Err(e) => tracing::warn!(
                             error = %e,
@@ -229,6 +358,7 @@ impl Publisher {
             }
             delay = (delay * 2).min(MAX_DELAY);
         }
+        confirmed
     }
 
     /// Committed events not yet confirmed.

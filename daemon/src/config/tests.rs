@@ -217,7 +217,7 @@ fn cluster_partitions_are_at_most_256() {
 }
 
 #[test]
-fn a_cluster_node_needs_partitions_a_name_and_a_shared_directory_and_no_bridge_yet() {
+fn a_cluster_node_needs_partitions_a_name_and_a_shared_directory() {
     let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
     let etcd = ("CHATD_CLUSTER_ETCD", "[\"http://127.0.0.1:2379\"]");
     match load(&[etcd]) {
@@ -245,6 +245,4 @@ fn a_cluster_node_needs_partitions_a_name_and_a_shared_directory_and_no_bridge_y
         (config.cluster.name.as_str(), config.cluster.lease_secs),
         ("chatd", 2)
     );
-    let with_bridge = [&node[..], &[("CHATD_BRIDGE_AMQP_URL", "amqp://127.0.0.1")]].concat();
-    assert!(load(&with_bridge).is_err());
 }

@@ -236,11 +236,6 @@ impl Config {
                 "cluster.etcd needs cluster.partitions_dir, an absolute path every node of the \
                  cluster reaches (DATA_DIR/partitions is this node's alone)",
             );
-            check(
-                !self.bridge.enabled(),
-                "cluster.etcd and the bridge together are not built yet: each partition's \
-                 publisher would have to move with the partition",
-            );
         }
         if problems.is_empty() {
             Ok(())

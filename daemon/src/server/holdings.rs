@@ -3,7 +3,8 @@
 //! them all from start to stop. A cluster's node takes a partition when etcd makes it the
 //! owner ([`Holdings::take`]: the store opened where the last owner left it, the ids and the
 //! outbox continued from it) and gives one up before anyone else may take it
-//! ([`Holdings::give_up`]: no new write, the queued ones committed, the store closed).
+//! ([`Holdings::give_up`]: no new write, its bridge publisher stopped, the queued writes
+//! committed, the store closed).
 //! Around both, every shard forgets the partition's conversations, so that no state read
 //! before another node wrote is used again.
 
@@ -36,6 +37,8 @@ pub(crate) struct Holdings {
     /// Durability, the largest group commit, the queue's depth.
     options: (Durability, usize, usize),
     metrics: Arc<crate::metrics::Metrics>,
+    /// The bridge's publishers, with the bridge on.
+    bridge: std::sync::OnceLock<crate::bridge::BridgeControl>,
 }
 
 impl Holdings {
@@ -64,12 +67,18 @@ impl Holdings {
                 storage.queue_depth,
             ),
             metrics: Arc::clone(metrics),
+            bridge: std::sync::OnceLock::new(),
             stores,
         };
         for (p, store) in holdings.stores.held() {
             holdings.run(p, store)?;
         }
         Ok(holdings)
+    }
+
+    /// Publishes each partition taken from now on, and stops publishing each given up.
+    pub(crate) fn set_bridge(&self, bridge: crate::bridge::BridgeControl) {
+        let _ = self.bridge.set(bridge);
     }
 
     /// Where each partition's writes go.
@@ -144,7 +153,11 @@ impl Holdings {
         store.check_partition(p, self.stores.map().count())?;
         shared.ids.load(p, &store)?;
         load_restrictions(shared, p, &store)?;
-        self.run(p, store)
+        self.run(p, store.clone())?;
+        if let Some(bridge) = self.bridge.get() {
+            bridge.add(p, store, Arc::clone(&self.outboxes[p]));
+        }
+        Ok(())
     }
 
     /// Gives up partition `p`: refuses its new writes and reads, lets its storage thread
@@ -153,6 +166,10 @@ impl Holdings {
     /// node cannot open it until this process lets go).
     pub(crate) fn give_up(&self, shared: &Shared, p: usize) -> bool {
         self.writers.remove(p);
+        // What it has not published waits in the outbox for the partition's next holder.
+        if let Some(bridge) = self.bridge.get() {
+            bridge.remove(p);
+        }
         let store = self.stores.remove(p);
         let thread = self.threads.lock()[p].take();
         let deadline = Instant::now() + SETTLE;

@@ -234,6 +234,9 @@ impl Daemon {
         } else {
             None
         };
+        if let Some(bridge) = &bridge {
+            holdings.set_bridge(bridge.control());
+        }
         let (reads, readers) = crate::pool::ReadPool::start(
             "storage-read",
             &stores,

@@ -35,7 +35,7 @@ fn names_in_every_partition(map: PartitionMap, prefix: &str, count: usize) -> Ve
 /// Receives events until `head` distinct ones arrived; each partition's must come in order,
 /// numbered from 1 with no gap (a redelivery, at or below the highest seen, is skipped).
 /// Returns the count per partition.
-async fn streams(consumer: &mut Consumer, head: u64) -> BTreeMap<u16, u64> {
+pub(crate) async fn streams(consumer: &mut Consumer, head: u64) -> BTreeMap<u16, u64> {
     let mut highest: BTreeMap<u16, u64> = BTreeMap::new();
     while highest.values().sum::<u64>() < head {
         let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.deliveries.next())

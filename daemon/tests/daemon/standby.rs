@@ -21,13 +21,16 @@ use crate::ownership::Etcd;
 const SECRET: &str = "5f3c0a9d1e7b2c4a6f8e0d2b4c6a8e1f3b5d7c9e0a2c4e6f8b1d3f5a7c9e2b4d";
 
 /// Starts node `name` of `cluster` in `dir/name`: 4 partitions in `partitions`, etcd at
-/// `etcd`, a 2 s lease, one token key for every node.
+/// `etcd`, a 2 s lease, one token key for every node, the bridge publishing to the exchange
+/// named as the cluster.
 fn node(dir: &Path, name: &str, etcd: &str, cluster: &str, partitions: &Path) -> Proc {
+    let amqp = crate::bridge::amqp_url();
     let extra = format!(
         "[[auth.keys]]\nid = \"k1\"\nsecret = \"{SECRET}\"\n\n\
          [limits]\nsend_rate = 10000\nsend_burst = 10000\n\n\
          [cluster]\npartitions = 4\netcd = [\"{etcd}\"]\nname = \"{cluster}\"\n\
-         node = \"{name}\"\nlease_secs = 2\npartitions_dir = {partitions:?}\n"
+         node = \"{name}\"\nlease_secs = 2\npartitions_dir = {partitions:?}\n\n\
+         [bridge]\namqp_url = \"{amqp}\"\nexchange = \"{cluster}\"\n"
     );
     Proc::start(&dir.join(name), &extra, None, &[])
 }
@@ -110,7 +113,8 @@ async fn caught_up(client: &mut Client) -> Vec<(ConversationId, u64)> {
 async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_nothing() {
     let etcd = Etcd::start().await;
     let (dirs, partitions) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let cluster = format!("standby{}", std::process::id());
+    let cluster = crate::bridge::unique_exchange("standby");
+    let mut consumer = crate::bridge::Consumer::bind(&cluster).await;
     let start = |name: &str| node(dirs.path(), name, &etcd.url, &cluster, partitions.path());
     let mut a = start("a");
     holding_all(&mut a).await;
@@ -218,6 +222,27 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     let again = alice.send_text(room, 122, "after the failover").await;
     assert!(again.duplicate);
     assert_eq!(again.seq, next.seq);
+
+    // Every event of every partition reached RabbitMQ through three holders, in order with
+    // no gap: what a holder had not published when it went, the next one published.
+    let started = Instant::now();
+    let head = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "c never published its backlog"
+        );
+        let (_, status) = crate::admin::http(c.admin, "GET", "/v1/status", None).await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let bridge = &status["bridge"];
+        if bridge["backlog"] == 0 && bridge["connected"] == true {
+            break bridge["outbox_head"].as_u64().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let per_partition = crate::partitions::streams(&mut consumer, head).await;
+    assert_eq!(per_partition.values().sum::<u64>(), head);
+    assert!(head > 122, "{head} events for 122 sends and more");
+    consumer.finish().await;
 
     // A node whose partitions directory is not the cluster's owns the partitions once c is
     // gone, and creates no empty store in their place: etcd says they exist.
