@@ -15,6 +15,9 @@
 #   make cluster-parts  what the parts a chatd cluster could stand on cost (etcd, RabbitMQ quorum
 #                queues and streams, QUIC between nodes), each engine a cluster of three on
 #                127.0.0.1 (bench/cluster-parts.sh; part of make bench), for docs/SCALING.md
+#   make cluster a chatd cluster on 127.0.0.1 under load: etcd, two nodes (one serving, one
+#                standing by), chat-loadgen over both with its checker; the serving node is
+#                SIGKILLed mid-run (bench/cluster.sh; part of make bench)
 #   make bench-report  bench/RESULTS.md's generated sections and plot, again, from
 #                bench/results/summary.json alone
 #   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
@@ -32,7 +35,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test web-build web-test deb package-test bench bench-report faults fuzz bootstrap peers-bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test web-build web-test deb package-test bench bench-report cluster cluster-parts cluster-bootstrap faults fuzz bootstrap peers-bootstrap clean
 
 all: test
 
@@ -137,11 +140,16 @@ bench: bootstrap peers-bootstrap cluster-bootstrap
 	./bench/metrics-plot.sh
 	./bench/hops.sh
 	./bench/cluster-parts.sh
+	./bench/cluster.sh
 
 # The cluster's candidate parts alone (docs/SCALING.md): etcd and RabbitMQ clusters of three
 # on 127.0.0.1, started and stopped by the script; about 10 minutes.
 cluster-parts: bootstrap cluster-bootstrap
 	./bench/cluster-parts.sh
+
+# A cluster on loopback under load, its serving node killed; about 4 minutes.
+cluster: bootstrap cluster-bootstrap
+	./bench/cluster.sh
 
 bench-report:
 	python3 bench/report.py --from-summary

@@ -82,8 +82,9 @@ pub(crate) enum Command {
 pub(crate) struct Context {
     /// The run clock.
     pub clock: Clock,
-    /// The server.
-    pub server: SocketAddr,
+    /// The server, or a cluster's nodes: each client starts on one (by its id) and moves to
+    /// the next when its connection is lost or refused.
+    pub servers: Vec<SocketAddr>,
     /// The certificate name.
     pub server_name: String,
     /// Message body size.
@@ -158,13 +159,14 @@ pub(crate) async fn run(
     let mut held: Option<Held> = None;
     let mut resume: Option<Resume> = None;
     let mut failures = 0u32;
+    let mut at = usize::try_from(shared.id).unwrap_or(0) % context.servers.len().max(1);
     loop {
         if *stop.borrow() {
             return;
         }
         let device = u64::from(shared.id) + 1;
         let connected = tokio::select! {
-            result = connect(&context, &endpoint, &mut credentials, resume.take(), device) => result,
+            result = connect_any(&context, &endpoint, &mut credentials, resume.take(), device, &mut at) => result,
             _ = stop.changed() => return,
         };
         let (live, user) = match connected {
@@ -238,10 +240,45 @@ pub(crate) async fn run(
                     _ = stop.changed() => return,
                 }
             }
-            Outcome::Lost => metrics::with(|m| m.disconnects += 1),
+            Outcome::Lost => {
+                metrics::with(|m| m.disconnects += 1);
+                // Its node may be gone: the next one first.
+                at = (at + 1) % context.servers.len().max(1);
+            }
         }
         resume = Some(positions.resume());
     }
+}
+
+/// Connects to the servers from `*at` on, the first that takes the client (a cluster's node
+/// standing by refuses it), and leaves `*at` there; the last error when none does.
+async fn connect_any(
+    context: &Context,
+    endpoint: &quinn::Endpoint,
+    credentials: &mut Credentials,
+    resume: Option<Resume>,
+    device: u64,
+    at: &mut usize,
+) -> Result<(Live, u64), String> {
+    let mut error = String::from("no server");
+    for _ in 0..context.servers.len() {
+        let server = context.servers[*at];
+        match connect(
+            context,
+            endpoint,
+            server,
+            credentials,
+            resume.clone(),
+            device,
+        )
+        .await
+        {
+            Ok(connected) => return Ok(connected),
+            Err(e) => error = format!("{server}: {e}"),
+        }
+        *at = (*at + 1) % context.servers.len();
+    }
+    Err(error)
 }
 
 /// Connects, says hello (registering first when asked), and returns the session and the
@@ -249,13 +286,14 @@ pub(crate) async fn run(
 async fn connect(
     context: &Context,
     endpoint: &quinn::Endpoint,
+    server: SocketAddr,
     credentials: &mut Credentials,
     resume: Option<Resume>,
     device: u64,
 ) -> Result<(Live, u64), String> {
     let started = Instant::now();
     let connection = endpoint
-        .connect(context.server, &context.server_name)
+        .connect(server, &context.server_name)
         .map_err(|e| format!("connect: {e}"))?
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -329,6 +329,13 @@ pub struct Options {
     #[arg(long, default_value = "127.0.0.1:4433")]
     pub server: SocketAddr,
 
+    /// More nodes of the same chatd cluster (repeatable): the clients are spread over
+    /// `--server` and these, and a client whose connection is lost or refused (a node that
+    /// stands by answers `UNAVAILABLE`) tries the next one, resuming from its cursors.
+    /// Loopback only.
+    #[arg(long)]
+    pub also: Vec<SocketAddr>,
+
     /// chatd, the bench relay (the floor), or a broker to compare with (NATS, JetStream, an
     /// MQTT broker): the same schedule, latencies and checks over the broker's own protocol.
     #[arg(long, value_enum, default_value = "chatd")]
@@ -424,6 +431,13 @@ pub struct Options {
     /// Milliseconds a churned client stays away before it resumes.
     #[arg(long, default_value_t = 200)]
     pub churn_pause_ms: u64,
+
+    /// Milliseconds a client waits for a silent server before it takes its connection as
+    /// lost (QUIC's idle timeout; keep-alives go every third of it). A short one stands in,
+    /// against a cluster on loopback, for the stateless reset a load balancer's next node
+    /// would send the clients of a dead one.
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
 
     /// The server's process id: its memory (idle) and CPU time per delivered message are
     /// read from /proc.
@@ -550,8 +564,14 @@ impl Options {
         if self.preset.is_some() && !self.preset_applied {
             return fail("--preset was not applied: parse with Options::from_command_line");
         }
-        if !self.server.ip().is_loopback() {
+        if !self.server.ip().is_loopback() || self.also.iter().any(|a| !a.ip().is_loopback()) {
             return fail("--server: load tests only target loopback addresses (127.0.0.1)");
+        }
+        if !self.also.is_empty() && self.target != Target::Chatd {
+            return fail("--also: the nodes of a chatd cluster (--target chatd)");
+        }
+        if self.idle_timeout_ms < 300 {
+            return fail("--idle-timeout-ms: at least 300");
         }
         if self.clients == 0 || self.threads == 0 || self.handshake_concurrency == 0 {
             return fail("--clients, --threads and --handshake-concurrency must be at least 1");

@@ -179,7 +179,9 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let context = Arc::new(Context {
         clock: Clock::new(),
-        server: options.server,
+        servers: std::iter::once(options.server)
+            .chain(options.also.iter().copied())
+            .collect(),
         server_name: options.server_name.clone(),
         size: options.size,
         check: options.target.is_checked(),
@@ -231,11 +233,11 @@ pub async fn run(options: Options) -> Result<Summary, Error> {
 fn client_config(options: &Options) -> Result<quinn::ClientConfig, Error> {
     let mut config = chat_sdk::quic_client_config(&Trust::CaFile(options.ca.clone()))
         .map_err(|e| Error::Config(e.to_string()))?;
+    let idle = Duration::from_millis(options.idle_timeout_ms);
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some((idle / 3).min(Duration::from_secs(5))));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(60))
-            .map_err(|e| Error::Config(e.to_string()))?,
+        quinn::IdleTimeout::try_from(idle).map_err(|e| Error::Config(e.to_string()))?,
     ));
     config.transport_config(Arc::new(transport));
     Ok(config)

@@ -14,6 +14,11 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Daemon {
+        Daemon::start_with(|_, _| {})
+    }
+
+    /// A daemon whose configuration `change` adjusts (given its data directory).
+    fn start_with(change: impl FnOnce(&mut chatd::config::Config, &std::path::Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let mut config = chatd::config::Config {
             data_dir: dir.path().to_owned(),
@@ -24,6 +29,7 @@ impl Daemon {
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.web.listen = "127.0.0.1:0".parse().unwrap();
         config.shutdown_grace_secs = 5;
+        change(&mut config, dir.path());
         let daemon = chatd::Daemon::start(config).unwrap();
         Daemon {
             daemon: Some(daemon),
@@ -114,6 +120,76 @@ async fn clients_that_disconnect_and_resume_miss_nothing() {
     assert_eq!(check.delivered, check.expected, "{check:?}");
     // Clients did go away and come back while messages flowed.
     assert!(step.reconnects > 0, "{} reconnects", step.reconnects);
+}
+
+/// The token key both daemons of [`clients_spread_over_a_cluster_go_to_the_node_that_serves`]
+/// sign with.
+const SHARED_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+fn shared_key(config: &mut chatd::config::Config) {
+    config.auth.keys = vec![chatd::config::KeyConfig {
+        id: "k1".into(),
+        secret: chatd::config::Secret::inline(SHARED_KEY),
+    }];
+}
+
+#[tokio::test]
+async fn clients_spread_over_a_cluster_go_to_the_node_that_serves() {
+    let serving = Daemon::start_with(|config, _| shared_key(config));
+    // A cluster's node that holds no partition (its etcd is unreachable) refuses every
+    // client with UNAVAILABLE, as a standby does; it has the serving node's certificate.
+    let tls = serving.dir.path().join("tls");
+    let standby = Daemon::start_with(|config, dir| {
+        shared_key(config);
+        config.tls.cert = tls.join("cert.pem");
+        config.tls.key = tls.join("key.pem");
+        config.cluster.partitions = 4;
+        config.cluster.etcd = vec!["http://127.0.0.1:9".into()];
+        config.cluster.node = "standby".into();
+        config.cluster.partitions_dir = dir.join("partitions");
+    });
+    let standby_addr = standby.daemon.as_ref().unwrap().local_addr().to_string();
+    let serving_addr = serving.daemon.as_ref().unwrap().local_addr().to_string();
+    let cert = serving
+        .daemon
+        .as_ref()
+        .unwrap()
+        .cert_path()
+        .display()
+        .to_string();
+    // The standby first: half the clients start there, and all end up on the serving node.
+    let options = Options::parse_from([
+        "chat-loadgen",
+        "dm",
+        "--clients",
+        "10",
+        "--rate",
+        "100",
+        "--ramp-up",
+        "0.2",
+        "--warm-up",
+        "0.2",
+        "--duration",
+        "1",
+        "--server",
+        &standby_addr,
+        "--also",
+        &serving_addr,
+        "--ca",
+        &cert,
+        "--token-secret",
+        SHARED_KEY,
+        "--token-key-id",
+        "k1",
+        "--quiet",
+    ]);
+    let summary = run(options).await.unwrap();
+    let step = &summary.steps[0];
+    let check = step.check.unwrap();
+    assert!(summary.correct, "{check:?}");
+    assert!(check.expected >= 2 * 10, "{check:?}");
+    assert_eq!(check.delivered, check.expected);
+    assert_eq!(step.connect_failures, 0);
 }
 
 /// The `chatd` binary of this build (`cargo test --workspace` builds it with the daemon's own

@@ -63,8 +63,8 @@ pub(super) async fn run(
     };
     let mut options = MqttOptions::new(
         format!("{}-{}", settings.prefix, shared.id),
-        context.server.ip().to_string(),
-        context.server.port(),
+        context.servers[0].ip().to_string(),
+        context.servers[0].port(),
     );
     options.set_keep_alive(Duration::from_secs(60));
     options.set_clean_start(true);
@@ -83,7 +83,10 @@ pub(super) async fn run(
             Ok(_) => {}
             Err(e) => {
                 metrics::with(|m| m.connect_failures += 1);
-                let _ = ready.send(Err(format!("connect to MQTT at {}: {e}", context.server)));
+                let _ = ready.send(Err(format!(
+                    "connect to MQTT at {}: {e}",
+                    context.servers[0]
+                )));
                 return;
             }
         }

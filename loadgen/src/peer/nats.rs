@@ -49,9 +49,9 @@ async fn connect(context: &Context, name: String) -> Result<async_nats::Client, 
                 _ => {}
             }
         })
-        .connect(format!("nats://{}", context.server))
+        .connect(format!("nats://{}", context.servers[0]))
         .await
-        .map_err(|e| format!("connect to NATS at {}: {e}", context.server))
+        .map_err(|e| format!("connect to NATS at {}: {e}", context.servers[0]))
 }
 
 /// Creates the run's file stream over `PREFIX.>` (the server decides when a store is

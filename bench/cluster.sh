@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# A chatd cluster on loopback under load, its serving node SIGKILLed (docs/SCALING.md section
+# 9, docs/OPERATIONS.md section 9): a single-member etcd, two chatd nodes sharing one
+# partitions directory (4 partitions; one serves, the other stands by), and chat-loadgen's
+# `dm` preset spreading its clients over both (`--also`) with its checker on. Halfway through
+# the measured window the serving node is SIGKILLed: the standby takes every partition once
+# the node's lease (2 s) expires, and the clients, whose connections are lost (they give a
+# silent server 1 s, `--idle-timeout-ms 1000`, standing in for the stateless reset the next
+# node behind a load balancer sends them), resume on it (their unanswered sends resent with
+# their op ids). The baseline, in the same run, is the
+# same load against one chatd without a cluster. Three rounds, interleaved. Figures go to
+# bench/results/summary.json (`cluster`) and the "Cluster" section of bench/RESULTS.md.
+# Everything it starts, it stops (a trap), and it only targets 127.0.0.1.
+#
+#   bench/cluster.sh              # ~4 minutes after the build; needs etcd (make cluster-bootstrap)
+#   BENCH_RATE=2000 bench/cluster.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+command -v etcd >/dev/null || { echo "cluster: etcd is missing: make cluster-bootstrap" >&2; exit 1; }
+rate="${BENCH_RATE:-1000}"
+results=bench/results
+mkdir -p "$results"
+build_release
+
+work="$(mktemp -d /tmp/chatd-cluster.XXXXXX)"
+cluster_pids=()
+stop_all() {
+  for pid in "${cluster_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  stop_server
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap stop_all EXIT
+
+# etcd, one member on free ports.
+etcd_url="http://127.0.0.1:$(free_port)"
+etcd_peer="http://127.0.0.1:$(free_port)"
+etcd --name solo --data-dir "$work/etcd" --listen-client-urls "$etcd_url" \
+  --advertise-client-urls "$etcd_url" --listen-peer-urls "$etcd_peer" \
+  --initial-advertise-peer-urls "$etcd_peer" --initial-cluster "solo=$etcd_peer" \
+  >"$work/etcd.log" 2>&1 &
+cluster_pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf "$etcd_url/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf "$etcd_url/health" >/dev/null || { cat "$work/etcd.log" >&2; echo "cluster: etcd did not start" >&2; exit 1; }
+
+secret="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+# start_node DIR NAME CLUSTER PARTITIONS_DIR: a chatd node of CLUSTER on a free port, its
+# admin listener on another; sets node_pid, node_port and node_admin. The limits the load
+# generator would hit from one address are lifted, as start_server does.
+start_node() {
+  local dir="$1" name="$2" cluster="$3" parts="$4"
+  mkdir -p "$dir"
+  node_port="$(free_port)"
+  node_admin="127.0.0.1:$(free_port)"
+  cat >"$dir/chatd.toml" <<EOF
+[[auth.keys]]
+id = "k1"
+secret = "$secret"
+
+[cluster]
+partitions = 4
+etcd = ["$etcd_url"]
+name = "$cluster"
+node = "$name"
+lease_secs = 2
+partitions_dir = "$parts"
+EOF
+  env -u RUST_LOG CHATD_CONFIG="$dir/chatd.toml" CHATD_ADMIN_LISTEN="$node_admin" \
+    CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
+    CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
+    CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 CHATD_WEB_ENABLED=false \
+    CHATD_LOG='warn,chatd::server=info' \
+    "$chatd_bin" run --listen "127.0.0.1:$node_port" --data-dir "$dir" \
+    --shards "$server_shards" >"$dir.log" 2>&1 &
+  node_pid=$!
+  cluster_pids+=("$node_pid")
+}
+
+# ready ADMIN: the node's /readyz status code (000 while its admin listener is not up).
+ready() {
+  curl -s -o /dev/null -w '%{http_code}' "http://$1/readyz" || true
+}
+
+# wait_ready ADMIN LOG: waits up to 30 s for the node to hold every partition.
+wait_ready() {
+  for _ in $(seq 1 1500); do
+    [ "$(ready "$1")" = 200 ] && return 0
+    sleep 0.02
+  done
+  cat "$2" >&2
+  echo "cluster: a node never held every partition" >&2
+  exit 1
+}
+
+load=(--clients 200 --rate "$rate")
+warm_up="$(preset_option dm warm_up "${load[@]}")"
+duration="$(preset_option dm duration "${load[@]}")"
+kill_after="$(python3 -c "print($warm_up + $duration / 2)")"
+rm -f "$results"/cluster-*.json "$results"/cluster-*.txt
+: >"$results/cluster-failover.jsonl"
+for round in 1 2 3; do
+  echo "=== round $round: one node"
+  start_server chatd
+  run_scenario chatd dm "$results/cluster-single-$round.json" "${load[@]}" ||
+    echo "cluster: round $round (one node) failed its check" >&2
+  stop_server
+
+  echo "=== round $round: two nodes, the serving one SIGKILLed ${kill_after} s into the run"
+  parts="$work/partitions-$round"
+  mkdir -p "$parts"
+  start_node "$work/a$round" a "bench$round" "$parts"
+  a_pid="$node_pid" a_port="$node_port" a_admin="$node_admin"
+  wait_ready "$a_admin" "$work/a$round.log"
+  # One certificate for both nodes: the clients trust it whichever they reach.
+  mkdir -p "$work/b$round"
+  cp -r "$work/a$round/tls" "$work/b$round/tls"
+  start_node "$work/b$round" b "bench$round" "$parts"
+  b_pid="$node_pid" b_port="$node_port" b_admin="$node_admin"
+  for _ in $(seq 1 500); do
+    grep -q "joined the cluster" "$work/b$round.log" && break
+    sleep 0.02
+  done
+  out="$results/cluster-failover-$round.json"
+  "$loadgen_bin" --preset dm "${load[@]}" --idle-timeout-ms 1000 \
+    --server "127.0.0.1:$a_port" --also "127.0.0.1:$b_port" \
+    --ca "$work/a$round/tls/cert.pem" --token-secret "$secret" --token-key-id k1 \
+    --json-out "$out" --quiet >"${out%.json}.txt" &
+  loadgen_pid=$!
+  sleep "$kill_after"
+  kill -9 "$a_pid"
+  killed="$(date +%s.%N)"
+  wait_ready "$b_admin" "$work/b$round.log"
+  held="$(date +%s.%N)"
+  status=0
+  wait "$loadgen_pid" || status=$?
+  cat "${out%.json}.txt"
+  [ "$status" -eq 0 ] || echo "cluster: round $round (failover) exited $status" >&2
+  python3 -c "import json; print(json.dumps({'round': $round, 'failover_ms': ($held - $killed) * 1000}))" \
+    >>"$results/cluster-failover.jsonl"
+  kill -TERM "$b_pid" 2>/dev/null || true
+  wait "$b_pid" 2>/dev/null || true
+done
+
+python3 bench/report.py cluster bench/cluster.sh "--preset dm ${load[*]}"
