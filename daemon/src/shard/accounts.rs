@@ -93,6 +93,9 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
             Ok(None) => {
                 return provision(&shared, id, conn, request, claims);
             }
+            // A cluster's node that does not hold the name's partition (standing by) refuses
+            // the hello without calling it a failure.
+            Err(crate::store::Error::NotHere(_)) => Err(error_body(ErrorCode::UNAVAILABLE, "")),
             Err(e) => {
                 crate::logging::throttled!(error, error = %e, "account lookup failed");
                 Err(error_body(ErrorCode::UNAVAILABLE, ""))
