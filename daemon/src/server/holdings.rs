@@ -173,15 +173,8 @@ impl Holdings {
         let store = self.stores.remove(p);
         let thread = self.threads.lock()[p].take();
         let deadline = Instant::now() + SETTLE;
-        if let Some(thread) = thread {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                tracing::error!(partition = p, "the partition's storage thread did not stop");
-            }
+        if super::join_by(thread.into_iter().collect(), deadline) > 0 {
+            tracing::error!(partition = p, "the partition's storage thread did not stop");
         }
         evict(shared, p);
         self.outboxes[p]
