@@ -38,6 +38,8 @@ pub struct Settings {
     pub lease: Duration,
     /// How partitions are placed: spread over the nodes (rendezvous), or all on one.
     pub placement: Placement,
+    /// What the node's key holds for the others: its peer address (empty: none).
+    pub peer: String,
 }
 
 /// How a cluster's partitions are placed on its nodes.
@@ -72,6 +74,14 @@ pub enum Change {
     },
     /// The lease could not be renewed in time: stop serving every partition at once.
     Lost,
+    /// The cluster as etcd last said, when it changed: each partition's owner, and every
+    /// live node with what its key holds (its peer address).
+    View {
+        /// The node named in each partition's owner key, in partition order.
+        owners: Vec<Option<String>>,
+        /// The live nodes and their keys' values.
+        nodes: BTreeMap<String, String>,
+    },
 }
 
 /// What can end [`Membership::run`].
@@ -152,6 +162,9 @@ impl Creation {
     }
 }
 
+/// What [`Change::View`] says: each partition's owner, and every node's key's value.
+type View = (Vec<Option<String>>, BTreeMap<String, String>);
+
 /// An owner key as read: the node named in it, its lease, its term.
 #[derive(Clone, Debug)]
 struct Owner {
@@ -168,6 +181,8 @@ pub struct Membership {
     /// The keep-alive last answered was sent at this instant (written by the keep-alive
     /// task).
     renewed: Arc<Mutex<Instant>>,
+    /// The last [`Change::View`] sent.
+    view: Option<View>,
 }
 
 /// Aborts a task when dropped: the keep-alive task ends with the membership.
@@ -213,11 +228,13 @@ impl Membership {
             client,
             lease,
             renewed: Arc::new(Mutex::new(renewed)),
+            view: None,
         };
         let key = format!("{}nodes/{}", membership.prefix(), membership.settings.node);
+        let peer = membership.settings.peer.clone();
         membership
             .client
-            .put(key, "", Some(PutOptions::new().with_lease(lease)))
+            .put(key, peer, Some(PutOptions::new().with_lease(lease)))
             .await?;
         Ok(membership)
     }
@@ -284,6 +301,7 @@ impl Membership {
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
         let mut nodes = Vec::new();
+        let mut peers = BTreeMap::new();
         let mut owners: BTreeMap<u16, Owner> = BTreeMap::new();
         for kv in all.kvs() {
             let Ok(key) = kv.key_str() else { continue };
@@ -292,6 +310,10 @@ impl Membership {
             };
             if let Some(node) = rest.strip_prefix("nodes/") {
                 nodes.push(node.to_owned());
+                peers.insert(
+                    node.to_owned(),
+                    kv.value_str().unwrap_or_default().to_owned(),
+                );
             } else if let Some(partition) = rest.strip_prefix("owners/")
                 && let (Ok(partition), Ok(node)) = (partition.parse::<u16>(), kv.value_str())
             {
@@ -366,6 +388,20 @@ impl Membership {
                 }
                 _ => {}
             }
+        }
+        let view = (
+            (0..self.settings.partitions)
+                .map(|p| owners.get(&p).map(|o| o.node.clone()))
+                .collect(),
+            peers,
+        );
+        if self.view.as_ref() != Some(&view) {
+            self.view = Some(view.clone());
+            let (owners, nodes) = view;
+            changes
+                .send(Change::View { owners, nodes })
+                .await
+                .map_err(|_| Error::Closed)?;
         }
         Ok(())
     }

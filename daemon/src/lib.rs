@@ -46,6 +46,7 @@ mod http;
 mod inbox;
 pub mod logging;
 pub mod metrics;
+mod peer;
 mod pool;
 pub mod reload;
 mod runtime;

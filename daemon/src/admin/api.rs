@@ -148,6 +148,11 @@ fn status(state: &State) -> Value {
             "backlog": head.saturating_sub(confirmed),
         },
         "restricted_accounts": shared.restrictions.len(),
+        "partitions": {
+            "count": shared.partitions.count(),
+            "held": state.store.held().iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            "reached": shared.peers.reached(),
+        },
     })
 }
 

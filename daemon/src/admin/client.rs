@@ -190,6 +190,25 @@ pub fn render_status(v: &Value) -> String {
         "accounts     {} restricted (disabled or tokens revoked)\n",
         num(v, "restricted_accounts")
     );
+    let p = &v["partitions"];
+    let list = |key: &str| {
+        let held: Vec<String> = (p[key].as_array().into_iter().flatten())
+            .map(ToString::to_string)
+            .collect();
+        if held.is_empty() {
+            "none".to_owned()
+        } else {
+            held.join(" ")
+        }
+    };
+    if num(p, "count") > 1 {
+        out += &format!(
+            "partitions   {} in all; held here: {}; reached on links: {}\n",
+            num(p, "count"),
+            list("held"),
+            list("reached")
+        );
+    }
     out
 }
 

@@ -217,7 +217,7 @@ impl std::fmt::Display for Readiness {
         writeln!(f, "draining: {}", if self.draining { "yes" } else { "no" })?;
         match self.partitions_missing {
             0 => writeln!(f, "partitions: all held"),
-            n => writeln!(f, "partitions: {n} not held"),
+            n => writeln!(f, "partitions: {n} not held here or by a linked node"),
         }
     }
 }
@@ -228,7 +228,11 @@ pub(crate) fn readiness(shared: &Shared) -> Readiness {
         stuck_shards: shared.stuck_shards(READY_HEARTBEAT),
         storage_failing: shared.metrics.storage.is_failing(),
         draining: shared.shutting_down.load(Ordering::Acquire),
-        partitions_missing: shared.partitions.count() - shared.writer.held(),
+        partitions_missing: shared
+            .partitions
+            .count()
+            .saturating_sub(shared.writer.held())
+            .saturating_sub(shared.peers.reachable_elsewhere()),
     }
 }
 
@@ -307,7 +311,10 @@ mod tests {
         assert!(text.contains("shards: stuck [1]"), "{text}");
         assert!(text.contains("storage: commits fail"), "{text}");
         assert!(text.contains("draining: no"), "{text}");
-        assert!(text.contains("partitions: 3 not held"), "{text}");
+        assert!(
+            text.contains("partitions: 3 not held here or by a linked node"),
+            "{text}"
+        );
         let ok = Readiness {
             stuck_shards: vec![],
             storage_failing: false,

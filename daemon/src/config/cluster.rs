@@ -36,6 +36,11 @@ pub struct ClusterConfig {
     /// an absolute path every node reaches (on loopback, one directory; on EC2, where each
     /// partition's volume is mounted).
     pub partitions_dir: std::path::PathBuf,
+    /// This node's peer address, `IP:PORT` (UDP), bound and registered in etcd for the other
+    /// nodes. Set (with `etcd` and `secret`): the partitions are spread over the nodes and
+    /// each forwards to the others what their partitions hold (docs/SCALING.md sections 5
+    /// and 6). Empty: one node serves every partition and the others stand by.
+    pub peer: String,
 }
 
 impl ClusterConfig {
@@ -61,6 +66,7 @@ impl Default for ClusterConfig {
             node: String::new(),
             lease_secs: 2,
             partitions_dir: std::path::PathBuf::new(),
+            peer: String::new(),
         }
     }
 }

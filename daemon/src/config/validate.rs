@@ -214,6 +214,17 @@ impl Config {
             cluster.partitions <= crate::store::MAX_PARTITIONS,
             "cluster.partitions must be at most 256 (a partition is the top byte of an id)",
         );
+        if !cluster.peer.is_empty() {
+            check(
+                cluster.peer.parse::<std::net::SocketAddr>().is_ok(),
+                "cluster.peer must be IP:PORT, the address the other nodes reach this one at",
+            );
+            check(
+                !cluster.etcd.is_empty() && !cluster.secret.is_empty(),
+                "cluster.peer needs cluster.etcd (where the nodes find each other) and \
+                 cluster.secret (what they prove to each other)",
+            );
+        }
         if !cluster.etcd.is_empty() {
             check(
                 cluster.partitions > 0,

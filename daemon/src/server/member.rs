@@ -1,6 +1,8 @@
 //! A cluster's node (`cluster.etcd`): a thread `cluster` with its own tokio runtime joins the
 //! cluster through etcd ([`crate::cluster::Membership`]) and takes and gives up partitions
-//! as it is told ([`Holdings`]). Until forwarding between nodes exists, every partition is
+//! as it is told ([`Holdings`]). With `cluster.peer` the partitions are spread over the
+//! nodes ([`Placement::Spread`]) and the `peer` thread forwards to the others
+//! ([`crate::peer`]), which learns from here who holds what. Without it, every partition is
 //! placed on one node ([`Placement::One`]): that node serves the whole cluster and the others
 //! stand by, ready to take everything once its lease expires.
 //!
@@ -26,6 +28,7 @@ const RETRY: Duration = Duration::from_secs(1);
 pub(crate) struct Member {
     stop: Arc<tokio::sync::Notify>,
     thread: std::thread::JoinHandle<()>,
+    peers: Option<crate::peer::PeerThread>,
 }
 
 impl Member {
@@ -34,6 +37,9 @@ impl Member {
     pub(crate) fn stop(self) {
         self.stop.notify_one();
         let _ = self.thread.join();
+        if let Some(peers) = self.peers {
+            peers.stop();
+        }
     }
 }
 
@@ -52,7 +58,19 @@ pub(crate) fn start(
         node: cluster.node.clone(),
         partitions: u16::try_from(cluster.partitions).unwrap_or(u16::MAX),
         lease: Duration::from_secs(cluster.lease_secs),
-        placement: Placement::One,
+        placement: if cluster.peer.is_empty() {
+            Placement::One
+        } else {
+            Placement::Spread
+        },
+        peer: cluster.peer.clone(),
+    };
+    let peers = if cluster.peer.is_empty() {
+        None
+    } else {
+        let listen = cluster.peer.parse().map_err(std::io::Error::other)?;
+        let secret = hex::decode(cluster.secret.expose()).map_err(std::io::Error::other)?;
+        Some(crate::peer::start(Arc::clone(&shared), listen, secret)?)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,7 +90,11 @@ pub(crate) fn start(
             };
             runtime.block_on(node.run(settings, &stopped));
         })?;
-    Ok(Member { stop, thread })
+    Ok(Member {
+        stop,
+        thread,
+        peers,
+    })
 }
 
 /// What the thread keeps.
@@ -158,6 +180,12 @@ impl Node {
             Change::Lost => {
                 tracing::error!("the node's lease may have expired: it serves no partition");
                 self.give_up_all().await;
+            }
+            Change::View { owners, nodes } => {
+                if self.shared.peers.set_view(owners, nodes) {
+                    // Events of a moved partition come from its new node on another link.
+                    self.shared.lag_everyone();
+                }
             }
         }
     }

@@ -285,6 +285,7 @@ impl Daemon {
             started: Instant::now(),
             outboxes,
             placement: crate::shard::placement::Placement::default(),
+            peers: peers(&config, &stores),
             restrictions: papaya::HashMap::new(),
             metrics,
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -674,4 +675,19 @@ fn start_watchdog(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the watchdog thread");
     }
+}
+
+/// The node's peers: with `cluster.peer`, reads of partitions other nodes hold go to them.
+fn peers(config: &Config, stores: &Stores) -> Arc<crate::peer::Peers> {
+    let on = !config.cluster.peer.is_empty();
+    let peers = Arc::new(crate::peer::Peers::new(
+        &config.cluster.node,
+        on,
+        stores.clone(),
+    ));
+    if on {
+        let remote: std::sync::Weak<crate::peer::Peers> = Arc::downgrade(&peers);
+        stores.reach(remote);
+    }
+    peers
 }

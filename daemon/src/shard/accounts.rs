@@ -83,15 +83,27 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
     let shared = Arc::clone(&shard.shared);
     let id = shard.id;
     let submitted = shard.shared.reads.submit(move |store| {
-        let result = match store.user_by_name(&claims.user) {
-            Ok(Some(record)) => Ok(Authenticated {
+        let found = store.user_by_name(&claims.user).and_then(|record| {
+            // The shards know the restrictions of the accounts this node holds; another
+            // node's account has its restriction read there.
+            match record {
+                Some(record) if !store.holds(shared.partitions.of_id(record.id.0)) => {
+                    let restriction = store.restriction(record.id)?;
+                    Ok(Some((record, restriction.refuses(claims.issued_at))))
+                }
+                record => Ok(record.map(|record| (record, None))),
+            }
+        });
+        let result = match found {
+            Ok(Some((_, Some(code)))) => Err(error_body(code, "")),
+            Ok(Some((record, None))) => Ok(Authenticated {
                 user: record.id,
                 name: record.name,
                 expires_at: claims.expires_at,
                 issued_at: claims.issued_at,
             }),
             Ok(None) => {
-                return provision(&shared, id, conn, request, claims);
+                return provision(&shared, store, id, conn, request, claims);
             }
             // A cluster's node that does not hold the name's partition (standing by) refuses
             // the hello without calling it a failure.
@@ -126,12 +138,42 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
 /// Creates the account of a token's user (on the read pool thread).
 fn provision(
     shared: &Arc<Shared>,
+    store: &crate::store::Stores,
     shard: usize,
     conn: ConnId,
     request: Option<RequestId>,
     claims: crate::token::Claims,
 ) {
     let name = claims.user;
+    if shared.peers.claims_elsewhere(&name) {
+        // Created by the node that holds the name's partition.
+        let created = match shared.peers.create_account(&name, None, now_ms()) {
+            // Taken: another connection provisioned it first.
+            Ok(None) => store.user_by_name(&name),
+            created => created,
+        };
+        let result = match created {
+            Ok(Some(record)) => Ok(Authenticated {
+                user: record.id,
+                name: record.name,
+                expires_at: claims.expires_at,
+                issued_at: claims.issued_at,
+            }),
+            Ok(None) => Err(error_body(ErrorCode::UNAVAILABLE, "")),
+            Err(e) => {
+                crate::logging::throttled!(error, error = %e, "account creation on another node failed");
+                Err(error_body(ErrorCode::UNAVAILABLE, ""))
+            }
+        };
+        return shared.push_blocking(
+            shard,
+            ShardMsg::Authenticated {
+                conn,
+                request,
+                result,
+            },
+        );
+    }
     let record = UserRecord {
         id: shared.ids.user(&name),
         name: name.clone(),
@@ -161,7 +203,7 @@ fn provision(
     }
 }
 
-fn account_batch(shared: &Shared, record: &UserRecord) -> Batch {
+pub(crate) fn account_batch(shared: &Shared, record: &UserRecord) -> Batch {
     let mut batch = Batch {
         unless_exists: Some((Cf::UserNames, record.name.clone().into_bytes())),
         ..Batch::default()
@@ -279,6 +321,21 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
                     .reply_blocking(&origin, error(origin.request, ErrorCode::INTERNAL, ""));
             }
         };
+        if shared.peers.claims_elsewhere(&name) {
+            // Created by the node that holds the name's partition.
+            let frame = match shared.peers.create_account(&name, Some(hash), now_ms()) {
+                Ok(Some(record)) => response(
+                    origin.request,
+                    Response::Token(grant(&shared, record.id, &record.name)),
+                ),
+                Ok(None) => error(origin.request, ErrorCode::USERNAME_TAKEN, ""),
+                Err(e) => {
+                    crate::logging::throttled!(error, error = %e, "account creation on another node failed");
+                    error(origin.request, ErrorCode::UNAVAILABLE, "")
+                }
+            };
+            return shared.reply_blocking(&origin, frame);
+        }
         let record = UserRecord {
             id: shared.ids.user(&name),
             name,
@@ -306,10 +363,19 @@ pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: Strin
             Ok(Some(record)) => match record.password_hash.as_deref().map(PasswordHash::new) {
                 // Said only to who knows the password.
                 Some(Ok(hash)) if Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() => {
-                    if shared.restriction(record.id).disabled {
-                        error(origin.request, ErrorCode::ACCOUNT_DISABLED, "")
+                    // Another node's account has its restriction read there.
+                    let restriction = if store.holds(shared.partitions.of_id(record.id.0)) {
+                        Ok(shared.restriction(record.id))
                     } else {
-                        response(origin.request, Response::Token(grant(&shared, record.id, &record.name)))
+                        store.restriction(record.id)
+                    };
+                    match restriction {
+                        Err(e) => {
+                            crate::logging::throttled!(error, error = %e, "account lookup failed");
+                            error(origin.request, ErrorCode::UNAVAILABLE, "")
+                        }
+                        Ok(r) if r.disabled => error(origin.request, ErrorCode::ACCOUNT_DISABLED, ""),
+                        Ok(_) => response(origin.request, Response::Token(grant(&shared, record.id, &record.name))),
                     }
                 }
                 Some(Ok(_)) => error(origin.request, ErrorCode::WRONG_PASSWORD, ""),

@@ -46,7 +46,7 @@ use auth::*;
 pub(crate) use catch_up::replay;
 use catch_up::{catch_up, resume_parked};
 use delivery::*;
-pub(crate) use delivery::{deliver, lag, lag_audiences, publish, reply};
+pub(crate) use delivery::{deliver, lag, lag_all, lag_audiences, publish, reply};
 pub(crate) use io::accept_loop;
 
 pub(crate) use operators::{ConnInfo, close, close_user, finished, list, shutdown, stop_deadlines};

@@ -88,6 +88,7 @@ fn feed(shard: &Rc<Shard>, id: u32) {
     for target in next {
         let origin = Origin {
             at: ConnRef {
+                link: crate::shard::Link::HERE,
                 shard: shard.id,
                 conn: ConnId::OPERATOR,
             },

@@ -24,6 +24,7 @@ pub(crate) mod owner;
 pub(crate) mod placement;
 mod readings;
 pub(crate) mod registry;
+mod route;
 pub(crate) mod session;
 #[cfg(test)]
 mod sim;
@@ -74,9 +75,20 @@ impl ConnId {
 /// may delete any message of any conversation (`chatd admin erase`), nothing else.
 pub(crate) const OPERATOR: UserId = UserId(0);
 
+/// The node a connection is on: this one, or the peer link a forwarded request came in on
+/// (`crate::peer`), whose node knows the connection by its shard and id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Link(pub(crate) u32);
+
+impl Link {
+    /// This node.
+    pub(crate) const HERE: Link = Link(0);
+}
+
 /// Where a connection lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ConnRef {
+    pub(crate) link: Link,
     pub(crate) shard: ShardId,
     pub(crate) conn: ConnId,
 }
@@ -95,6 +107,7 @@ impl Origin {
     pub(crate) fn for_test(user: u64, request: u32) -> Origin {
         Origin {
             at: ConnRef {
+                link: Link::HERE,
                 shard: 0,
                 conn: ConnId(user),
             },
@@ -170,6 +183,9 @@ pub(crate) enum ShardMsg {
     Lag(Vec<(Arc<[UserId]>, Option<ConnRef>)>),
     /// A `Deliver` for these local connections could not be queued: they lag.
     LagConns { conns: Vec<ConnId> },
+    /// Every session of this shard lags: a peer link started or ended, or a partition moved
+    /// between other nodes, so events may have been missed (`crate::peer`).
+    LagAll,
     /// A presence change of a local connection, checked on the read pool.
     Presence {
         origin: Origin,
@@ -282,6 +298,8 @@ pub(crate) struct Shared {
     /// The shards holding each online user's sessions: where owners send events, and who
     /// is offline for `message.created`. Lock-free from any shard.
     pub(crate) placement: placement::Placement,
+    /// The other nodes of the cluster, when this node forwards to them (`cluster.peer`).
+    pub(crate) peers: Arc<crate::peer::Peers>,
     /// The daemon's Prometheus metrics.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// What operators set on accounts (disabled, tokens revoked), as stored; one entry per
@@ -380,6 +398,9 @@ impl Shared {
 
     /// Replies to a request from a non-shard thread.
     pub(crate) fn reply_blocking(&self, origin: &Origin, frame: Bytes) {
+        if origin.at.link != Link::HERE {
+            return self.peers.reply(origin, frame);
+        }
         self.push_blocking(
             origin.at.shard,
             ShardMsg::Reply {
@@ -475,6 +496,9 @@ impl Shard {
 
     /// Replies to a request.
     pub(crate) fn reply(&self, origin: &Origin, frame: Bytes) {
+        if origin.at.link != Link::HERE {
+            return self.shared.peers.reply(origin, frame);
+        }
         self.send(
             origin.at.shard,
             ShardMsg::Reply {
@@ -592,6 +616,7 @@ impl Shard {
             ShardMsg::Publish(publications) => conn::publish(self, publications),
             ShardMsg::Lag(audiences) => conn::lag_audiences(self, &audiences),
             ShardMsg::LagConns { conns } => conn::lag(self, &conns),
+            ShardMsg::LagAll => conn::lag_all(self),
             ShardMsg::Presence {
                 origin,
                 subscribe,

@@ -263,7 +263,7 @@ fn read_for<T: Send + 'static>(
 
 /// Encodes `event` once and queues it for every shard holding a session of someone in
 /// `audience` (one `Publish` per shard at the end of the loop turn), for their connections
-/// except `except`.
+/// except `except`, and for every peer node's feed (`crate::peer`).
 fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option<super::ConnRef>) {
     let live = match (event.entry_position(), &event) {
         (Some(position), _) => Live::Entry(position),
@@ -272,10 +272,15 @@ fn fan_out(shard: &Shard, audience: &Arc<[UserId]>, event: Event, except: Option
     };
     let mut targets = Vec::new();
     shard.shared.placement.shards_of(audience, &mut targets);
-    if targets.is_empty() {
+    let peers = shard.shared.peers.on();
+    if targets.is_empty() && !peers {
         return;
     }
     let frame = encode(&ServerFrame::Event(event));
+    if peers {
+        // Every node that dialed this one delivers it to its own connections of the audience.
+        shard.shared.peers.publish(&frame, audience, except, live);
+    }
     for target in targets {
         shard.publish(
             target,

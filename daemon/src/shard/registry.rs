@@ -484,6 +484,7 @@ mod tests {
 
     fn conn(n: u64) -> ConnRef {
         ConnRef {
+            link: crate::shard::Link::HERE,
             shard: 0,
             conn: ConnId(n),
         }

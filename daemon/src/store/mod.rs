@@ -15,6 +15,7 @@ pub mod outbox;
 mod partitions;
 mod reads;
 mod records;
+mod remote;
 mod upgrade;
 mod wal;
 pub mod writer;
@@ -31,6 +32,7 @@ pub use records::{
     UserRecord, encode_link, encode_marks, parse_link, restriction_key, to_json,
 };
 use records::{decode_entry, parse_marks};
+pub use remote::{Read, Remote};
 use upgrade::UPGRADES;
 pub use wal::WalOptions;
 
@@ -152,6 +154,14 @@ pub enum Error {
     /// This node does not hold the partition (its owner is another node, or it is moving).
     #[error("partition {0} is not held by this node")]
     NotHere(usize),
+    /// The node that holds the partition did not answer a read ([`Remote`]).
+    #[error("partition {partition}'s node: {message}")]
+    Remote {
+        /// Which partition.
+        partition: usize,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// `Cf::Meta` key of the store's format version (4 bytes, big-endian).
@@ -479,6 +489,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A user's restriction (none: the default).
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn restriction(&self, user: UserId) -> Result<Restriction, Error> {
+        Ok(self
+            .get(Cf::Meta, &restriction_key(user))?
+            .map(|v| Self::json(Cf::Meta, &v))
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// Every account restriction.

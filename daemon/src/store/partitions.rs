@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chat_protocol::{ConversationId, Entry, HistoryFrom, Order, RoomId, Seq, UserId};
 
+use super::remote::{Asker, Part};
 use super::{
-    CatchUp, ConversationSnapshot, Error, MemberState, ReplayItem, RoomRecord, SenderOp, Store,
-    UserRecord, keys,
+    CatchUp, ConversationSnapshot, Error, MemberState, Read, Remote, ReplayItem, Restriction,
+    RoomRecord, SenderOp, Store, UserRecord, keys,
 };
 
 /// The low bits of an id: its number within its partition. The top byte is the partition.
@@ -110,12 +111,15 @@ impl PartitionMap {
 
 /// A node's stores, one per partition it holds, and the reads that route by what they read.
 /// Cheap to clone. A single node holds its one partition; a cluster's node installs and
-/// removes partitions as their ownership moves ([`Stores::install`], [`Stores::remove`]), and
-/// a read of a partition it does not hold fails with [`Error::NotHere`].
+/// removes partitions as their ownership moves ([`Stores::install`], [`Stores::remove`]). A
+/// read of a partition it does not hold goes to the node that holds it when the node has
+/// peers ([`Stores::reach`]; only the reads a client's node makes, [`Read`]), and fails with
+/// [`Error::NotHere`] otherwise.
 #[derive(Clone)]
 pub struct Stores {
     map: PartitionMap,
     slots: Arc<[arc_swap::ArcSwapOption<Store>]>,
+    remote: Arc<std::sync::OnceLock<std::sync::Weak<dyn Remote>>>,
 }
 
 impl Stores {
@@ -143,7 +147,43 @@ impl Stores {
             slots: (0..map.count())
                 .map(|_| arc_swap::ArcSwapOption::empty())
                 .collect(),
+            remote: Arc::default(),
         }
+    }
+
+    /// From now on, reads of partitions not held here ask `remote` (set once: the node's
+    /// peers, which hold these stores: a weak reference, so neither keeps the other).
+    pub fn reach(&self, remote: std::sync::Weak<dyn Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Whether this node holds partition `p`.
+    #[must_use]
+    pub fn holds(&self, p: usize) -> bool {
+        self.slots.get(p).is_some_and(|slot| slot.load().is_some())
+    }
+
+    /// Where a read of partition `p` goes: its store here, or the node that holds it.
+    fn part(&self, p: usize) -> Result<Part, Error> {
+        match (
+            self.partition(p),
+            self.remote.get().and_then(std::sync::Weak::upgrade),
+        ) {
+            (Ok(store), _) => Ok(Part::Here(store)),
+            (Err(Error::NotHere(_)), Some(remote)) if p < self.slots.len() => {
+                Ok(Part::There(Asker {
+                    partition: p,
+                    remote,
+                }))
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Every partition, here or elsewhere, in partition order: what a read that spans
+    /// partitions needs.
+    fn parts(&self) -> Result<Vec<Part>, Error> {
+        (0..self.slots.len()).map(|p| self.part(p)).collect()
     }
 
     /// Holds partition `p` in `store` from now on.
@@ -220,7 +260,21 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, Error> {
-        self.of_id(id.0)?.user(id)
+        match self.part(self.map.of_id(id.0))? {
+            Part::Here(store) => store.user(id),
+            Part::There(node) => node.ask(Read::User(id)),
+        }
+    }
+
+    /// See [`Store::restriction`].
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn restriction(&self, user: UserId) -> Result<Restriction, Error> {
+        match self.part(self.map.of_id(user.0))? {
+            Part::Here(store) => store.restriction(user),
+            Part::There(node) => node.ask(Read::Restriction(user)),
+        }
     }
 
     /// See [`Store::user_by_name`].
@@ -228,7 +282,10 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, Error> {
-        self.of_name(name)?.user_by_name(name)
+        match self.part(self.map.of_name(name))? {
+            Part::Here(store) => store.user_by_name(name),
+            Part::There(node) => node.ask(Read::UserByName(name.to_owned())),
+        }
     }
 
     /// See [`Store::room`].
@@ -236,7 +293,10 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn room(&self, id: RoomId) -> Result<Option<RoomRecord>, Error> {
-        self.of_id(id.0)?.room(id)
+        match self.part(self.map.of_id(id.0))? {
+            Part::Here(store) => store.room(id),
+            Part::There(node) => node.ask(Read::Room(id)),
+        }
     }
 
     /// See [`Store::room_by_name`].
@@ -244,7 +304,10 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt record.
     pub fn room_by_name(&self, name: &str) -> Result<Option<RoomRecord>, Error> {
-        self.of_name(name)?.room_by_name(name)
+        match self.part(self.map.of_name(name))? {
+            Part::Here(store) => store.room_by_name(name),
+            Part::There(node) => node.ask(Read::RoomByName(name.to_owned())),
+        }
     }
 
     /// See [`Store::load_conversation`].
@@ -283,8 +346,16 @@ impl Stores {
         order: Order,
         head: Seq,
     ) -> Result<(Vec<Entry>, bool), Error> {
-        self.of_conversation(c)?
-            .history(c, from, limit, order, head)
+        match self.part(self.map.of_conversation(c))? {
+            Part::Here(store) => store.history(c, from, limit, order, head),
+            Part::There(node) => node.ask(Read::History {
+                conversation: c,
+                from,
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                order,
+                head,
+            }),
+        }
     }
 
     /// See [`Store::thread`].
@@ -329,7 +400,10 @@ impl Stores {
     /// # Errors
     /// RocksDB errors.
     pub fn head(&self, c: ConversationId) -> Result<Seq, Error> {
-        self.of_conversation(c)?.head(c)
+        match self.part(self.map.of_conversation(c))? {
+            Part::Here(store) => store.head(c),
+            Part::There(node) => node.ask(Read::Head(c)),
+        }
     }
 
     /// See [`Store::marks`].
@@ -337,7 +411,10 @@ impl Stores {
     /// # Errors
     /// RocksDB errors or a corrupt marker.
     pub fn marks(&self, c: ConversationId, user: UserId) -> Result<(Seq, Seq), Error> {
-        self.of_conversation(c)?.marks(c, user)
+        match self.part(self.map.of_conversation(c))? {
+            Part::Here(store) => store.marks(c, user),
+            Part::There(node) => node.ask(Read::Marks(c, user)),
+        }
     }
 
     /// See [`Store::messages_of`].
@@ -353,7 +430,10 @@ impl Stores {
     /// # Errors
     /// RocksDB errors.
     pub fn member_state(&self, room: RoomId, user: UserId) -> Result<Option<MemberState>, Error> {
-        self.of_id(room.0)?.member_state(room, user)
+        match self.part(self.map.of_id(room.0))? {
+            Part::Here(store) => store.member_state(room, user),
+            Part::There(node) => node.ask(Read::MemberState(room, user)),
+        }
     }
 
     /// Every conversation `user` sent in, over every partition ([`Store::conversations_of`]),
@@ -363,8 +443,13 @@ impl Stores {
     /// RocksDB errors.
     pub fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>, Error> {
         let mut all = Vec::new();
-        for store in self.all()? {
-            all.extend(store.conversations_of(user)?);
+        for part in self.parts()? {
+            all.extend(match part {
+                Part::Here(store) => store.conversations_of(user)?,
+                Part::There(node) => {
+                    node.ask::<Vec<ConversationId>>(Read::ConversationsOf(user))?
+                }
+            });
         }
         all.sort_by_key(|c| keys::conversation(*c));
         Ok(all)
@@ -381,14 +466,23 @@ impl Stores {
         after: Option<ConversationId>,
         limit: usize,
     ) -> Result<(Vec<ConversationId>, bool), Error> {
-        let stores = self.all()?;
-        if let [store] = stores.as_slice() {
+        let parts = self.parts()?;
+        if let [Part::Here(store)] = parts.as_slice() {
             return store.user_conversations(user, after, limit);
         }
         let mut all = Vec::new();
         let mut more = false;
-        for store in &stores {
-            let (found, left) = store.user_conversations(user, after, limit)?;
+        for part in &parts {
+            let (found, left) = match part {
+                Part::Here(store) => store.user_conversations(user, after, limit)?,
+                Part::There(node) => {
+                    node.ask::<(Vec<ConversationId>, bool)>(Read::UserConversations {
+                        user,
+                        after,
+                        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                    })?
+                }
+            };
             all.extend(found);
             more |= left;
         }
@@ -406,11 +500,14 @@ impl Stores {
     /// RocksDB errors.
     pub fn room_count(&self, user: UserId, max: u32) -> Result<u32, Error> {
         let mut count = 0;
-        for store in self.all()? {
+        for part in self.parts()? {
             if count >= max {
                 break;
             }
-            count += store.room_count(user, max - count)?;
+            count += match part {
+                Part::Here(store) => store.room_count(user, max - count)?,
+                Part::There(node) => node.ask::<u32>(Read::RoomCount(user, max - count))?,
+            };
         }
         Ok(count)
     }
@@ -428,15 +525,22 @@ impl Stores {
         others: &[UserId],
     ) -> Result<Option<UserId>, Error> {
         let mut rooms = Vec::new();
-        for store in self.all()? {
-            rooms.extend(store.rooms_of(user)?);
+        for part in self.parts()? {
+            rooms.extend(match part {
+                Part::Here(store) => store.rooms_of(user)?,
+                Part::There(node) => node.ask::<Vec<RoomId>>(Read::RoomsOf(user))?,
+            });
         }
         'others: for &other in others {
             if other == user {
                 continue;
             }
             let direct = ConversationId::direct(user, other);
-            if self.of_conversation(direct)?.is_in(user, direct)? {
+            let is_in = match self.part(self.map.of_conversation(direct))? {
+                Part::Here(store) => store.is_in(user, direct)?,
+                Part::There(node) => node.ask::<bool>(Read::IsIn(user, direct))?,
+            };
+            if is_in {
                 continue;
             }
             for &room in &rooms {

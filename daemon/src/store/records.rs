@@ -4,7 +4,7 @@
 use super::*;
 
 /// An account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct UserRecord {
     /// Its id.
     pub id: UserId,
@@ -27,7 +27,18 @@ pub fn restriction_key(user: UserId) -> Vec<u8> {
 }
 
 /// What an operator set on an account (`chatd admin disable`, `enable`, `revoke`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+)]
 pub struct Restriction {
     /// The account cannot log in or authenticate.
     pub disabled: bool,
@@ -51,7 +62,7 @@ impl Restriction {
 }
 
 /// A room's fixed facts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct RoomRecord {
     /// Its id.
     pub id: RoomId,
@@ -64,7 +75,7 @@ pub struct RoomRecord {
 }
 
 /// A user's standing in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum MemberState {
     /// A member with a role.
     Member(Role),

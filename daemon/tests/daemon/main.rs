@@ -23,6 +23,7 @@ mod limits;
 mod operations;
 mod ownership;
 mod partitions;
+mod peers;
 mod presence;
 mod reactions;
 mod receipts;

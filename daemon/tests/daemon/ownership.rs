@@ -99,6 +99,7 @@ async fn node(
         partitions: PARTITIONS,
         lease: Duration::from_secs(4),
         placement: Placement::Spread,
+        peer: String::new(),
     })
     .await
     .unwrap();
@@ -115,6 +116,7 @@ async fn node(
                     done.send(()).unwrap();
                 }
                 Change::Lost => log.lock().push(Logged::Lost(node)),
+                Change::View { .. } => {}
             }
         }
     });

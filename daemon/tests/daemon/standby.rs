@@ -50,7 +50,7 @@ fn token(user: &str) -> String {
 }
 
 /// A hello with `user`'s token: the session, or the code it was refused with.
-async fn hello(
+pub(crate) async fn hello(
     node: &mut Proc,
     user: &str,
     cursors: Vec<Cursor>,
@@ -72,7 +72,7 @@ async fn hello(
 }
 
 /// `/readyz` of a node, once it is up: its status and body.
-async fn readyz(node: &mut Proc) -> (u16, String) {
+pub(crate) async fn readyz(node: &mut Proc) -> (u16, String) {
     node.ready().await;
     crate::admin::http(node.admin, "GET", "/readyz", None).await
 }
@@ -96,7 +96,7 @@ async fn holding_all(node: &mut Proc) {
 }
 
 /// Events up to `CaughtUp`: each replayed entry as (conversation, seq).
-async fn caught_up(client: &mut Client) -> Vec<(ConversationId, u64)> {
+pub(crate) async fn caught_up(client: &mut Client) -> Vec<(ConversationId, u64)> {
     let mut entries = Vec::new();
     loop {
         match client.event().await {

@@ -43,6 +43,7 @@ pub(super) fn typing_arrived(shard: &Rc<Shard>, conn: &Rc<Conn>, update: TypingU
 fn typing(shard: &Rc<Shard>, conn: &Conn, user: UserId, update: TypingUpdate) {
     let origin = Origin {
         at: ConnRef {
+            link: crate::shard::Link::HERE,
             shard: shard.id,
             conn: conn.id,
         },
@@ -54,10 +55,7 @@ fn typing(shard: &Rc<Shard>, conn: &Conn, user: UserId, update: TypingUpdate) {
         origin,
         active: update.active,
     };
-    shard.send(
-        shard.shared.owner_of(conversation),
-        ShardMsg::Conversation { conversation, op },
-    );
+    shard.to_owner(conversation, op);
 }
 
 pub(super) fn hello_ok(shard: &Shard, session: Option<chat_protocol::Session>) -> Bytes {
@@ -136,6 +134,7 @@ fn start_session(
         expires_at: Timestamp(expires_at.saturating_mul(1000)),
     };
     let at = ConnRef {
+        link: crate::shard::Link::HERE,
         shard: shard.id,
         conn: conn.id,
     };

@@ -69,13 +69,27 @@ pub(crate) fn lag_audiences(shard: &Shard, audiences: &[(Arc<[UserId]>, Option<C
 
 /// The connection id of `at` if it lives on this shard.
 pub(super) fn local(shard: &Shard, at: Option<ConnRef>) -> Option<ConnId> {
-    at.filter(|at| at.shard == shard.id).map(|at| at.conn)
+    at.filter(|at| at.link == crate::shard::Link::HERE && at.shard == shard.id)
+        .map(|at| at.conn)
 }
 
 /// Records the shard's peak of events queued for one connection.
 pub(super) fn record_event_peak(shard: &Shard, conn: &Conn) {
     let queued = conn.session.borrow().events_queued();
     shard.shared.event_queue_peak[shard.id].fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Every session of this shard lags (a peer link started or ended: `crate::peer`).
+pub(crate) fn lag_all(shard: &Shard) {
+    let conns: Vec<ConnId> = shard
+        .conns
+        .borrow()
+        .by_user
+        .values()
+        .flatten()
+        .copied()
+        .collect();
+    lag(shard, &conns);
 }
 
 /// Events for these local connections were lost on the way (a full inbox): they lag.

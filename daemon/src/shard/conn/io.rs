@@ -177,6 +177,7 @@ fn ended(shard: &Rc<Shard>, conn: &Rc<Conn>, ip: std::net::IpAddr) {
             shard.shared.placement.left(user, shard.id);
         }
         let at = ConnRef {
+            link: crate::shard::Link::HERE,
             shard: shard.id,
             conn: id,
         };

@@ -37,7 +37,7 @@ pub(crate) const MAX_WAITING_CHANGES: usize = 1024;
 pub(crate) const MAX_TARGET_READS: usize = 64;
 
 /// A change to a stored message.
-#[derive(Debug)]
+#[derive(Debug, bincode::Encode, bincode::Decode)]
 pub(crate) enum Change {
     Edit(EditMessage),
     Delete(DeleteMessage),

@@ -17,7 +17,7 @@ use crate::store::writer::Batch;
 use crate::store::{Cf, MemberState, RoomRecord, keys, outbox, to_json};
 
 /// Membership operations.
-#[derive(Debug)]
+#[derive(Debug, bincode::Encode, bincode::Decode)]
 pub(crate) enum RoomAction {
     Join,
     Leave,

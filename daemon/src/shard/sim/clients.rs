@@ -86,6 +86,7 @@ impl World {
         let owner = self.owner_of(send.conversation);
         let origin = Origin {
             at: ConnRef {
+                link: crate::shard::Link::HERE,
                 shard: 0,
                 conn: sessions::conn_id(user, generation),
             },

@@ -16,7 +16,7 @@ use chat_protocol::{ConversationId, ErrorCode, Request, RequestId, Response, Use
 
 use super::{Conn, catch_up};
 use crate::shard::conversation::Input;
-use crate::shard::{ConnRef, Origin, Shard, ShardMsg, accounts, error, response};
+use crate::shard::{ConnRef, Origin, Shard, accounts, error, response};
 pub(crate) use presence::presence;
 pub(super) use presence::unwatch;
 
@@ -39,13 +39,7 @@ impl Asked<'_> {
 
     /// Passes `input` to the owner of `conversation`.
     fn to_owner(&self, conversation: ConversationId, input: Input) {
-        self.shard.send(
-            self.shard.shared.owner_of(conversation),
-            ShardMsg::Conversation {
-                conversation,
-                op: input,
-            },
-        );
+        self.shard.to_owner(conversation, input);
     }
 
     fn pong(&self) {
@@ -64,6 +58,7 @@ pub(super) fn arrived(
     user: UserId,
 ) {
     let at = ConnRef {
+        link: crate::shard::Link::HERE,
         shard: shard.id,
         conn: conn.id,
     };

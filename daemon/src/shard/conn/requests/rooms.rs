@@ -9,7 +9,7 @@ use chat_protocol::{ConversationId, ErrorCode, RoomId, UserId};
 use super::Asked;
 use crate::shard::conversation::Input;
 pub(super) use crate::shard::conversation::RoomAction;
-use crate::shard::{Origin, Shard, ShardMsg, error};
+use crate::shard::{Origin, Shard, error};
 
 /// `CreateRoom`: a valid name, a new room id, within the user's room limit.
 pub(super) fn create(asked: &Asked<'_>, name: String, invite_only: bool) {
@@ -65,10 +65,7 @@ pub(super) fn find(asked: &Asked<'_>, name: String) {
                     origin,
                     action: RoomAction::Info,
                 };
-                shared.push_blocking(
-                    shared.owner_of(conversation),
-                    ShardMsg::Conversation { conversation, op },
-                );
+                shared.to_owner_blocking(conversation, op);
                 Ok(())
             }
         })
@@ -90,10 +87,7 @@ fn if_user_exists(asked: &Asked<'_>, user: UserId, room: RoomId, action: RoomAct
         }
         let conversation = ConversationId::Room(room);
         let op = Input::Room { origin, action };
-        shared.push_blocking(
-            shared.owner_of(conversation),
-            ShardMsg::Conversation { conversation, op },
-        );
+        shared.to_owner_blocking(conversation, op);
         Ok(Ok(()))
     });
 }
@@ -107,10 +101,7 @@ fn within_room_limit(shard: &Shard, origin: Origin, conversation: ConversationId
         if store.room_count(origin.user, max)? >= max {
             return Ok(Err(error(origin.request, ErrorCode::TOO_MANY_ROOMS, "")));
         }
-        shared.push_blocking(
-            shared.owner_of(conversation),
-            ShardMsg::Conversation { conversation, op },
-        );
+        shared.to_owner_blocking(conversation, op);
         Ok(Ok(()))
     });
 }

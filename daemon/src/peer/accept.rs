@@ -1,0 +1,259 @@
+//! The links other nodes dialed to this one: each proves itself, is registered for the
+//! answers and the feed ([`super::Inbound`]), and has its forwarded requests given to the
+//! owner shards here and its calls answered.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chat_protocol::{ConversationId, ErrorCode, RequestId};
+use tokio::sync::mpsc;
+
+use super::link::exported;
+use super::wire::{self, Answer, Call, Down, Hello, Refused, Up};
+use super::{Inbound, LINK_QUEUE};
+use crate::shard::conversation::Input;
+use crate::shard::{Link, ShardMsg, Shared, error};
+
+pub(super) async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u8]>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = Arc::clone(&shared);
+        let secret = Arc::clone(&secret);
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(e) => return tracing::debug!(error = %e, "a peer's handshake failed"),
+            };
+            let remote = connection.remote_address();
+            if let Err(e) = serve_accepted(&shared, connection, &secret).await {
+                tracing::warn!(%remote, error = %e, "a peer's link was refused or failed");
+            }
+        });
+    }
+}
+
+/// A link another node dialed, while it is served: registered for the answers and the
+/// feed; unregistered when it ends.
+struct Accepted {
+    shared: Arc<Shared>,
+    link: Arc<Inbound>,
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        let peers = &self.shared.peers;
+        let mut links = Vec::clone(&peers.inbound.load());
+        links.retain(|l| !Arc::ptr_eq(l, &self.link));
+        peers.inbound.store(Arc::new(links));
+    }
+}
+
+async fn serve_accepted(
+    shared: &Arc<Shared>,
+    connection: quinn::Connection,
+    secret: &[u8],
+) -> Result<(), String> {
+    let ekm = exported(&connection)?;
+    let mut up = connection.accept_uni().await.map_err(|e| e.to_string())?;
+    let hello: Hello = wire::read(&mut up).await?.ok_or("no hello")?;
+    if !wire::proven(secret, "dialer", &ekm, &hello.proof) {
+        connection.close(quinn::VarInt::from_u32(2), b"not proven");
+        return Err(format!(
+            "{} did not prove it is of this cluster",
+            hello.node
+        ));
+    }
+    let mut down = connection.open_uni().await.map_err(|e| e.to_string())?;
+    // Registered before the hello goes: the dialing node has its sessions catch up once it
+    // has the hello, and every event from then on is in this link's feed.
+    let (tx, mut rx) = mpsc::channel::<Down>(LINK_QUEUE);
+    let link = Link(shared.peers.next_link.fetch_add(1, Ordering::Relaxed));
+    let accepted = Accepted {
+        shared: Arc::clone(shared),
+        link: Arc::new(Inbound {
+            link,
+            tx,
+            connection: connection.clone(),
+        }),
+    };
+    let mut links = Vec::clone(&shared.peers.inbound.load());
+    links.push(Arc::clone(&accepted.link));
+    shared.peers.inbound.store(Arc::new(links));
+    let mine = Hello {
+        node: shared.peers.me.to_string(),
+        proof: wire::proof(secret, "listener", &ekm),
+    };
+    down.write_all(&wire::encode(&mine)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(node = hello.node, "a peer linked to this node");
+    let writing = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let Ok(bytes) = wire::encode(&message) else {
+                continue;
+            };
+            if down.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let calls = tokio::spawn({
+        let (shared, connection) = (Arc::clone(shared), connection.clone());
+        async move {
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                tokio::spawn(answer_call(Arc::clone(&shared), send, recv));
+            }
+        }
+    });
+    let result = loop {
+        match wire::read::<Up>(&mut up).await {
+            Ok(Some(message)) => arrived(shared, link, &accepted.link, message),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    calls.abort();
+    writing.abort();
+    connection.close(quinn::VarInt::from_u32(0), b"link ended");
+    drop(accepted);
+    result
+}
+
+/// A forwarded request arrived on `link`: to the conversation's owner shard here, or
+/// answered `UNAVAILABLE` when this node does not hold its partition (any more).
+fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
+    let refuse = |from: wire::Whence| {
+        inbound.send(Down::Reply {
+            shard: from.shard,
+            conn: from.conn,
+            request: from.request,
+            frame: error(
+                RequestId(from.request),
+                ErrorCode::UNAVAILABLE,
+                "the conversation's partition moved",
+            )
+            .to_vec(),
+        });
+    };
+    let (conversation, op) = match message {
+        Up::Conversation {
+            conversation,
+            from,
+            asked,
+        } => {
+            if !shared
+                .peers
+                .stores
+                .holds(shared.partitions.of_conversation(conversation))
+            {
+                if !matches!(asked, wire::Asked::Typing(_)) {
+                    refuse(from);
+                }
+                return;
+            }
+            (conversation, asked.input(from.origin(link)))
+        }
+        Up::Create {
+            from,
+            name,
+            invite_only,
+        } => {
+            if !shared.peers.stores.holds(shared.partitions.of_name(&name)) {
+                return refuse(from);
+            }
+            let conversation = ConversationId::Room(shared.ids.room(&name));
+            let origin = from.origin(link);
+            let op = Input::Create {
+                origin,
+                name,
+                invite_only,
+            };
+            (conversation, op)
+        }
+    };
+    shared.push_blocking(
+        shared.owner_of(conversation),
+        ShardMsg::Conversation { conversation, op },
+    );
+}
+
+/// Answers one call.
+async fn answer_call(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Ok(Some(call)) = wire::read::<Call>(&mut recv).await else {
+        return;
+    };
+    let answer: Answer = match call {
+        Call::Read { partition, read } => {
+            let p = usize::try_from(partition).unwrap_or(usize::MAX);
+            if shared.peers.stores.holds(p) {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let submitted = shared.reads.submit(move |stores| {
+                    let _ = tx.send(stores.partition(p).and_then(|store| read.run(&store)));
+                });
+                match (submitted, rx.await) {
+                    (true, Ok(Ok(bytes))) => Ok(bytes),
+                    (true, Ok(Err(crate::store::Error::NotHere(_)))) => Err(Refused::NotHere),
+                    (true, Ok(Err(e))) => Err(Refused::Failed(e.to_string())),
+                    (true, Err(_)) => Err(Refused::Failed("the read was dropped".into())),
+                    (false, _) => Err(Refused::Busy),
+                }
+            } else {
+                Err(Refused::NotHere)
+            }
+        }
+        Call::CreateAccount {
+            name,
+            password_hash,
+            created_at,
+        } => create_account(&shared, name, password_hash, created_at).await,
+    };
+    if let Ok(bytes) = wire::encode(&answer) {
+        let _ = send.write_all(&bytes).await;
+        let _ = send.finish();
+    }
+}
+
+/// Creates an account whose name this node's partition claims, for another node.
+async fn create_account(
+    shared: &Arc<Shared>,
+    name: String,
+    password_hash: Option<String>,
+    created_at: chat_protocol::Timestamp,
+) -> Answer {
+    let p = shared.partitions.of_name(&name);
+    if !shared.peers.stores.holds(p) {
+        return Err(Refused::NotHere);
+    }
+    let record = crate::store::UserRecord {
+        id: shared.ids.user(&name),
+        name,
+        password_hash,
+        created_at,
+    };
+    let batch = crate::shard::accounts::account_batch(shared, &record);
+    let (reply, written) = tokio::sync::oneshot::channel();
+    let done = crate::shard::Done::Admin {
+        shared: Arc::clone(shared),
+        restriction: None,
+        reply,
+    };
+    if let Err((_, held)) = shared.writer.submit(p, batch, done) {
+        return Err(if held {
+            Refused::Busy
+        } else {
+            Refused::NotHere
+        });
+    }
+    match written.await {
+        Ok(Ok(())) => {
+            let encoded = bincode::encode_to_vec(&record, bincode::config::standard());
+            encoded.map_err(|e| Refused::Failed(e.to_string()))
+        }
+        Ok(Err(crate::store::writer::WriteError::Exists)) => Err(Refused::Exists),
+        Ok(Err(crate::store::writer::WriteError::Storage(e))) => Err(Refused::Failed(e)),
+        Err(_) => Err(Refused::Failed("the write was dropped".into())),
+    }
+}

@@ -1,0 +1,470 @@
+//! The `peer` thread: the node's peer endpoint (QUIC, ALPN `chatd-peer/1`) and a link to every
+//! other node it knows from etcd (dialed, and dialed again after a loss); the links the other
+//! nodes dialed to it are [`super::accept`]'s. The protocol is in [`super::wire`].
+//!
+//! Both sides of a link prove they know `cluster.secret` over the TLS session's exported
+//! keying material ([`wire::proof`]): the certificates are generated at start and not
+//! checked, the proofs are what authenticate, and they cannot be replayed on another
+//! session.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::{ErrorCode, RequestId, UserId};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::sync::{Notify, mpsc};
+
+use super::wire::{self, Answer, Call, Down, Hello};
+use super::{LINK_QUEUE, MAX_PENDING, Outbound, ToOwner};
+use crate::shard::{ConnId, ConnRef, Link, Publication, ShardMsg, Shared, error};
+
+/// The longest pause between two attempts to dial a node.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The peer thread, running.
+pub(crate) struct PeerThread {
+    stop: Arc<Notify>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeerThread {
+    /// Closes every link and ends the thread.
+    pub(crate) fn stop(self) {
+        self.stop.notify_one();
+        let _ = self.thread.join();
+    }
+}
+
+/// Binds `listen` and starts the thread.
+///
+/// # Errors
+/// When the address cannot be bound or the thread cannot start.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    secret: Vec<u8>,
+) -> std::io::Result<PeerThread> {
+    let socket = std::net::UdpSocket::bind(listen)?;
+    socket.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(Notify::new());
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("peer".into())
+        .spawn(move || {
+            crate::metrics::enter(&shared.metrics);
+            runtime.block_on(run(shared, socket, secret.into(), stopped));
+        })?;
+    Ok(PeerThread { stop, thread })
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    socket: std::net::UdpSocket,
+    secret: Arc<[u8]>,
+    stop: Arc<Notify>,
+) {
+    let endpoint = match endpoint(socket) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::error!(error = %e, "the peer endpoint did not start: this node forwards nothing");
+            return stop.notified().await;
+        }
+    };
+    let accepting = tokio::spawn(super::accept::accept(
+        Arc::clone(&shared),
+        endpoint.clone(),
+        Arc::clone(&secret),
+    ));
+    let dialing = tokio::spawn(dial_all(Arc::clone(&shared), endpoint.clone(), secret));
+    stop.notified().await;
+    accepting.abort();
+    dialing.abort();
+    endpoint.close(quinn::VarInt::from_u32(0), b"stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// The endpoint: a certificate generated now for the listener, any certificate taken by
+/// the dialer (the proofs authenticate), TLS 1.3, links kept alive and found dead within
+/// 3 s.
+fn endpoint(socket: std::net::UdpSocket) -> Result<quinn::Endpoint, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rcgen::generate_simple_self_signed(vec!["chatd-peer".to_owned()])
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .map_err(|e| e.to_string())?;
+    server.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_millis(500)))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            3_000,
+        ))))
+        .stream_receive_window(quinn::VarInt::from_u32(16 << 20))
+        .receive_window(quinn::VarInt::from_u32(64 << 20))
+        .send_window(64 << 20)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(4));
+    let transport = Arc::new(transport);
+    let server =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| e.to_string())?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(Arc::clone(&transport));
+    let client =
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Takes any certificate, but checks the handshake's signature with it: who is on the
+/// other side is the proof's business ([`wire::proof`]).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The session's exported keying material, which the proofs cover.
+pub(super) fn exported(connection: &quinn::Connection) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    connection
+        .export_keying_material(&mut out, b"chatd peer proof", b"")
+        .map_err(|_| "no keying material to export".to_owned())?;
+    Ok(out)
+}
+
+// ----- The links this node dials -----
+
+/// Keeps a dialer running for every node etcd lists, except this one.
+async fn dial_all(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u8]>) {
+    let mut nodes = shared.peers.nodes.subscribe();
+    let mut dialers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
+    loop {
+        let want = nodes.borrow_and_update().clone();
+        dialers.retain(|node, (addr, task)| {
+            let keep = want.get(node) == Some(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (node, addr) in want {
+            if *node == *shared.peers.me || dialers.contains_key(&node) {
+                continue;
+            }
+            let task = tokio::spawn(dial(
+                Arc::clone(&shared),
+                endpoint.clone(),
+                Arc::clone(&secret),
+                node.clone(),
+                addr.clone(),
+            ));
+            dialers.insert(node, (addr, task.abort_handle()));
+        }
+        if nodes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Dials node `node` at `addr` until it answers, serves the link while it lasts, and
+/// dials again.
+async fn dial(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    secret: Arc<[u8]>,
+    node: String,
+    addr: String,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match connect(&shared, &endpoint, &secret, &node, &addr).await {
+            Ok((connection, up, down)) => {
+                tracing::info!(node, addr, "linked to a peer");
+                backoff = Duration::from_millis(100);
+                serve_dialed(&shared, &node, connection, up, down).await;
+                tracing::warn!(node, addr, "the link to a peer ended");
+            }
+            Err(e) => tracing::debug!(node, addr, error = %e, "could not link to a peer"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Connects and proves itself; returns the connection and its up and down streams.
+async fn connect(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    secret: &[u8],
+    node: &str,
+    addr: &str,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+    let addr: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the address resolves to nothing")?;
+    let connection = endpoint
+        .connect(addr, "chatd-peer")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let ekm = exported(&connection)?;
+    let mut up = connection.open_uni().await.map_err(|e| e.to_string())?;
+    let hello = Hello {
+        node: shared.peers.me.to_string(),
+        proof: wire::proof(secret, "dialer", &ekm),
+    };
+    up.write_all(&wire::encode(&hello)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut down = connection.accept_uni().await.map_err(|e| e.to_string())?;
+    let hello: Hello = wire::read(&mut down).await?.ok_or("no hello")?;
+    if hello.node != node || !wire::proven(secret, "listener", &ekm, &hello.proof) {
+        connection.close(quinn::VarInt::from_u32(2), b"not proven");
+        return Err(format!(
+            "{} did not prove it is {node} of this cluster",
+            addr
+        ));
+    }
+    Ok((connection, up, down))
+}
+
+/// A link this node dialed, while it is served: registered as the way to its node; once
+/// it ends (or its task is aborted), unregistered, what it waited for answered
+/// `UNAVAILABLE`, and every session told it lags.
+struct Dialed {
+    shared: Arc<Shared>,
+    node: Arc<str>,
+    link: Arc<Outbound>,
+    pending: HashSet<(u32, u64, u32)>,
+}
+
+impl Drop for Dialed {
+    fn drop(&mut self) {
+        let peers = &self.shared.peers;
+        let mut links = HashMap::clone(&peers.outbound.load());
+        if links
+            .get(&self.node)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.link))
+        {
+            links.remove(&self.node);
+            peers.outbound.store(Arc::new(links));
+        }
+        for (shard, conn, request) in self.pending.drain() {
+            let frame = error(
+                RequestId(request),
+                ErrorCode::UNAVAILABLE,
+                "the conversation's node was lost",
+            );
+            push_reply(&self.shared, shard, conn, request, frame);
+        }
+        self.shared.lag_everyone();
+    }
+}
+
+fn push_reply(shared: &Shared, shard: u32, conn: u64, request: u32, frame: Bytes) {
+    let shard = usize::try_from(shard).unwrap_or(usize::MAX);
+    if shard < shared.inboxes.len() {
+        shared.push_blocking(
+            shard,
+            ShardMsg::Reply {
+                conn: ConnId(conn),
+                request: RequestId(request),
+                frame,
+            },
+        );
+    }
+}
+
+async fn serve_dialed(
+    shared: &Arc<Shared>,
+    node: &str,
+    connection: quinn::Connection,
+    mut up: quinn::SendStream,
+    mut down: quinn::RecvStream,
+) {
+    let (tx, mut rx) = mpsc::channel(LINK_QUEUE);
+    let mut dialed = Dialed {
+        shared: Arc::clone(shared),
+        node: Arc::from(node),
+        link: Arc::new(Outbound { tx }),
+        pending: HashSet::new(),
+    };
+    let mut links = HashMap::clone(&shared.peers.outbound.load());
+    links.insert(Arc::clone(&dialed.node), Arc::clone(&dialed.link));
+    shared.peers.outbound.store(Arc::new(links));
+    // Events before this link's feed started were not seen here.
+    shared.lag_everyone();
+    let (downs_tx, mut downs) = mpsc::channel(LINK_QUEUE);
+    let reading = tokio::spawn(async move {
+        while let Ok(Some(message)) = wire::read::<Down>(&mut down).await {
+            if downs_tx.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(ToOwner::Up(message)) => {
+                    if let Some(from) = message.waiting() {
+                        if dialed.pending.len() >= MAX_PENDING {
+                            let frame = error(RequestId(from.request), ErrorCode::OVERLOADED, "too many requests wait for the conversation's node");
+                            push_reply(shared, from.shard, from.conn, from.request, frame);
+                            continue;
+                        }
+                        dialed.pending.insert((from.shard, from.conn, from.request));
+                    }
+                    let Ok(bytes) = wire::encode(&message) else { continue };
+                    if up.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ToOwner::Call { call, partition, answer }) => {
+                    tokio::spawn(call_out(connection.clone(), call, partition, answer));
+                }
+                None => break,
+            },
+            message = downs.recv() => match message {
+                Some(Down::Reply { shard, conn, request, frame }) => {
+                    if dialed.pending.remove(&(shard, conn, request)) {
+                        push_reply(shared, shard, conn, request, Bytes::from(frame));
+                    }
+                }
+                Some(Down::Event { frame, audience, except, kind }) => {
+                    deliver(shared, frame, audience, except, kind);
+                }
+                None => break,
+            },
+            _ = connection.closed() => break,
+        }
+    }
+    reading.abort();
+    connection.close(quinn::VarInt::from_u32(0), b"link ended");
+}
+
+/// Delivers an event of another node's feed to this node's connections of its audience.
+fn deliver(
+    shared: &Shared,
+    frame: Vec<u8>,
+    audience: Vec<UserId>,
+    except: Option<(u32, u64)>,
+    kind: wire::Kind,
+) {
+    let audience: Arc<[UserId]> = audience.into();
+    let mut targets = Vec::new();
+    shared.placement.shards_of(&audience, &mut targets);
+    if targets.is_empty() {
+        return;
+    }
+    let frame = Bytes::from(frame);
+    let except = except.map(|(shard, conn)| ConnRef {
+        link: Link::HERE,
+        shard: usize::try_from(shard).unwrap_or(usize::MAX),
+        conn: ConnId(conn),
+    });
+    for target in targets {
+        let publication = Publication {
+            frame: frame.clone(),
+            audience: Arc::clone(&audience),
+            except,
+            live: kind.live(),
+        };
+        shared.push_blocking(target, ShardMsg::Publish(vec![publication]));
+    }
+}
+
+/// One call on its own stream; the answer goes to `answer`.
+async fn call_out(
+    connection: quinn::Connection,
+    call: Call,
+    partition: usize,
+    answer: crossbeam_channel::Sender<Result<Vec<u8>, crate::store::Error>>,
+) {
+    let result = async {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&wire::encode(&call)?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        wire::read::<Answer>(&mut recv)
+            .await?
+            .ok_or_else(|| "no answer".to_owned())
+    }
+    .await;
+    let _ = answer.send(match result {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(refused)) => Err(refused.error(partition)),
+        Err(message) => Err(crate::store::Error::Remote { partition, message }),
+    });
+}

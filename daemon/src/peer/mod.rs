@@ -1,0 +1,355 @@
+//! A cluster's nodes talking to each other (docs/SCALING.md sections 5 and 6), with
+//! `cluster.peer` set: each node serves the partitions etcd gives it and forwards the rest.
+//!
+//! - A client's request for a conversation whose partition another node holds goes to that
+//!   node on the connection this node dialed to it ([`wire::Up`], in order), which gives it
+//!   to the conversation's owner shard as if its client were local (its [`Origin`] names
+//!   the link it came in on, [`Link`]), and the answer comes back the same way.
+//! - Every event an owner publishes goes to every node that dialed it ([`wire::Down`], the
+//!   feed), which delivers it to its own connections of the audience: a broadcast filtered
+//!   where the connections are, with no registry of who is connected where.
+//! - The reads a client's node makes for its clients (its account, a catch-up, the
+//!   listing) go to the partition's node as calls ([`wire::Call`]), through
+//!   [`crate::store::Stores`]' [`Remote`]; so does creating an account whose name another
+//!   node's partition claims.
+//!
+//! The feed has no positions yet: a node whose connection to another node starts, ends, or
+//! whose partitions' owners change tells every session it serves that it lags (`Lagged`),
+//! and the devices catch up from their cursors through the owners' stores. Nothing is
+//! missed; a link that breaks costs a catch-up per device.
+
+mod accept;
+mod link;
+pub(crate) mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::{ConversationId, ErrorCode, UserId};
+
+pub(crate) use link::{PeerThread, start};
+use wire::{Call, Down, Refused, Up};
+
+use crate::shard::conversation::Input;
+use crate::shard::session::Live;
+use crate::shard::{ConnRef, Link, Origin};
+use crate::store::{Error, PartitionMap, Read, Remote, Stores};
+
+/// Messages waiting for one link, each way; a full queue refuses what a shard forwards
+/// (`OVERLOADED`) and closes a link whose feed or answers it cannot take.
+pub(crate) const LINK_QUEUE: usize = 16_384;
+
+/// Requests forwarded on one link and not answered yet; beyond, `OVERLOADED`.
+pub(crate) const MAX_PENDING: usize = 65_536;
+
+/// How long a call (a read, an account creation) waits for the other node.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What goes to the node this one dialed.
+pub(crate) enum ToOwner {
+    Up(Up),
+    Call {
+        call: Call,
+        partition: usize,
+        answer: crossbeam_channel::Sender<Result<Vec<u8>, Error>>,
+    },
+}
+
+/// A connection this node dialed, while it is up.
+pub(crate) struct Outbound {
+    tx: tokio::sync::mpsc::Sender<ToOwner>,
+}
+
+/// A connection another node dialed to this one, while it is up.
+pub(crate) struct Inbound {
+    link: Link,
+    tx: tokio::sync::mpsc::Sender<Down>,
+    connection: quinn::Connection,
+}
+
+impl Inbound {
+    /// Queues `down`; a link that cannot take it is closed (its node fails what it waits
+    /// for and has its sessions catch up).
+    fn send(&self, down: Down) {
+        if self.tx.try_send(down).is_err() {
+            self.connection
+                .close(quinn::VarInt::from_u32(1), b"the link's queue is full");
+        }
+    }
+}
+
+/// Why a request was not forwarded: answer its origin with this code.
+pub(crate) struct NotForwarded {
+    pub(crate) origin: Option<Origin>,
+    pub(crate) code: ErrorCode,
+    pub(crate) reason: &'static str,
+}
+
+/// This node's view of the others, shared by every thread.
+pub(crate) struct Peers {
+    me: Arc<str>,
+    /// Whether the node has peers (`cluster.peer`).
+    on: bool,
+    stores: Stores,
+    map: PartitionMap,
+    /// Which node holds each partition, as etcd says.
+    owners: arc_swap::ArcSwap<Vec<Option<Arc<str>>>>,
+    /// The nodes and their peer addresses, for the dialer.
+    nodes: tokio::sync::watch::Sender<BTreeMap<String, String>>,
+    outbound: arc_swap::ArcSwap<HashMap<Arc<str>, Arc<Outbound>>>,
+    inbound: arc_swap::ArcSwap<Vec<Arc<Inbound>>>,
+    /// The id the next accepted link gets (never reused while the daemon runs, so an
+    /// answer for a link that broke finds no link).
+    next_link: std::sync::atomic::AtomicU32,
+}
+
+impl Peers {
+    /// The peers of node `me` (none when `on` is false: a node alone, or a standby
+    /// cluster's).
+    pub(crate) fn new(me: &str, on: bool, stores: Stores) -> Peers {
+        let map = stores.map();
+        Peers {
+            me: Arc::from(me),
+            on,
+            stores,
+            map,
+            owners: arc_swap::ArcSwap::from_pointee(vec![None; map.count()]),
+            nodes: tokio::sync::watch::Sender::new(BTreeMap::new()),
+            outbound: arc_swap::ArcSwap::default(),
+            inbound: arc_swap::ArcSwap::default(),
+            next_link: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
+
+    /// Whether the node forwards to other nodes.
+    pub(crate) fn on(&self) -> bool {
+        self.on
+    }
+
+    /// etcd's view: the owner of each partition, and every node's peer address. Returns
+    /// whether a partition this node does not hold changed hands (its sessions must then
+    /// catch up: events of the old and new owner come on different links).
+    pub(crate) fn set_view(
+        &self,
+        owners: Vec<Option<String>>,
+        nodes: BTreeMap<String, String>,
+    ) -> bool {
+        let before = self.owners.load();
+        let mut moved = false;
+        let owners: Vec<Option<Arc<str>>> = owners
+            .into_iter()
+            .enumerate()
+            .map(
+                |(p, owner)| match (before.get(p).cloned().flatten(), owner) {
+                    (Some(kept), Some(owner)) if *kept == *owner => Some(kept),
+                    (kept, owner) => {
+                        moved |= kept.is_some_and(|kept| *kept != *self.me);
+                        owner.map(Arc::from)
+                    }
+                },
+            )
+            .collect();
+        self.owners.store(Arc::new(owners));
+        self.nodes.send_if_modified(|known| {
+            let changed = *known != nodes;
+            *known = nodes;
+            changed
+        });
+        moved
+    }
+
+    /// How many partitions this node does not hold and reaches on a link to their node:
+    /// with the ones it holds, what it serves (`/readyz`).
+    pub(crate) fn reachable_elsewhere(&self) -> usize {
+        self.reached().len()
+    }
+
+    /// The partitions this node does not hold and reaches on a link to their node.
+    pub(crate) fn reached(&self) -> Vec<usize> {
+        (0..self.map.count())
+            .filter(|&p| matches!(self.elsewhere(p), Some(Ok(_))))
+            .collect()
+    }
+
+    /// The node holding partition `p` when it is not this one, and the link to it.
+    fn elsewhere(&self, p: usize) -> Option<Result<Arc<Outbound>, Arc<str>>> {
+        if !self.on || self.stores.holds(p) {
+            return None;
+        }
+        let owner = self.owners.load().get(p).cloned().flatten()?;
+        if *owner == *self.me {
+            return None;
+        }
+        Some(self.outbound.load().get(&owner).cloned().ok_or(owner))
+    }
+
+    /// Passes `input` to the node that holds `conversation`'s partition (a room creation:
+    /// its name's partition) when it is not this one: `Ok(None)` once queued, `Ok(Some)`
+    /// with the input back when this node holds it (or nobody is known to).
+    pub(crate) fn forward(
+        &self,
+        conversation: ConversationId,
+        input: Input,
+    ) -> Result<Option<Input>, NotForwarded> {
+        let p = match &input {
+            Input::Create { name, .. } => self.map.of_name(name),
+            _ => self.map.of_conversation(conversation),
+        };
+        let Some(route) = self.elsewhere(p) else {
+            return Ok(Some(input));
+        };
+        let up = Up::of(conversation, input).map_err(|reason| NotForwarded {
+            origin: None,
+            code: ErrorCode::INTERNAL,
+            reason,
+        })?;
+        let origin = up.waiting().map(|from| from.origin(Link::HERE));
+        let link = route.map_err(|_| NotForwarded {
+            origin,
+            code: ErrorCode::UNAVAILABLE,
+            reason: "the conversation's node is not reachable",
+        })?;
+        link.tx
+            .try_send(ToOwner::Up(up))
+            .map_err(|_| NotForwarded {
+                origin,
+                code: ErrorCode::OVERLOADED,
+                reason: "the link to the conversation's node is full",
+            })?;
+        Ok(None)
+    }
+
+    /// Sends `frame`, the answer to a request forwarded over `origin`'s link, back.
+    pub(crate) fn reply(&self, origin: &Origin, frame: Bytes) {
+        let inbound = self.inbound.load();
+        if let Some(link) = inbound.iter().find(|l| l.link == origin.at.link) {
+            link.send(Down::Reply {
+                shard: u32::try_from(origin.at.shard).unwrap_or(u32::MAX),
+                conn: origin.at.conn.0,
+                request: origin.request.0,
+                frame: frame.to_vec(),
+            });
+        }
+        // A link that is gone: its node answered the request UNAVAILABLE when it broke.
+    }
+
+    /// Sends an event this node published to every node that dialed it (the feed), for
+    /// their connections of `audience` except `except`.
+    pub(crate) fn publish(
+        &self,
+        frame: &Bytes,
+        audience: &Arc<[UserId]>,
+        except: Option<ConnRef>,
+        live: Live,
+    ) {
+        let inbound = self.inbound.load();
+        if inbound.is_empty() {
+            return;
+        }
+        let kind = wire::Kind::of(live);
+        for link in inbound.iter() {
+            let except = except
+                .filter(|at| at.link == link.link)
+                .map(|at| (u32::try_from(at.shard).unwrap_or(u32::MAX), at.conn.0));
+            link.send(Down::Event {
+                frame: frame.to_vec(),
+                audience: audience.to_vec(),
+                except,
+                kind,
+            });
+        }
+    }
+
+    /// Sends `call` to the node holding partition `p` and waits for the answer (from a
+    /// pool thread: it blocks).
+    fn call(&self, p: usize, call: Call) -> Result<Vec<u8>, Error> {
+        let link = match self.elsewhere(p) {
+            None => return Err(Error::NotHere(p)),
+            Some(Err(node)) => {
+                return Err(Error::Remote {
+                    partition: p,
+                    message: format!("node {node} is not reachable"),
+                });
+            }
+            Some(Ok(link)) => link,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        link.tx
+            .try_send(ToOwner::Call {
+                call,
+                partition: p,
+                answer: tx,
+            })
+            .map_err(|_| Error::Remote {
+                partition: p,
+                message: "the link is full".into(),
+            })?;
+        rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
+            Err(Error::Remote {
+                partition: p,
+                message: "no answer in time".into(),
+            })
+        })
+    }
+
+    /// Whether an account named `name` is created by another node (its partition is
+    /// held there).
+    pub(crate) fn claims_elsewhere(&self, name: &str) -> bool {
+        self.elsewhere(self.map.of_name(name)).is_some()
+    }
+
+    /// Creates the account `name` on the node holding its partition (from a pool thread):
+    /// its record, or `Ok(None)` when the name is taken.
+    pub(crate) fn create_account(
+        &self,
+        name: &str,
+        password_hash: Option<String>,
+        created_at: chat_protocol::Timestamp,
+    ) -> Result<Option<crate::store::UserRecord>, Error> {
+        let p = self.map.of_name(name);
+        let call = Call::CreateAccount {
+            name: name.to_owned(),
+            password_hash,
+            created_at,
+        };
+        match self.call(p, call) {
+            Ok(bytes) => wire::decode(&bytes)
+                .map(Some)
+                .map_err(|message| Error::Remote {
+                    partition: p,
+                    message,
+                }),
+            Err(Error::Remote { message, .. }) if message == EXISTS => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a refused call's `Refused::Exists` becomes on the way back.
+const EXISTS: &str = "the name is taken";
+
+impl Refused {
+    pub(crate) fn error(self, partition: usize) -> Error {
+        match self {
+            Refused::NotHere => Error::NotHere(partition),
+            Refused::Exists => Error::Remote {
+                partition,
+                message: EXISTS.into(),
+            },
+            Refused::Busy => Error::Remote {
+                partition,
+                message: "the node is busy".into(),
+            },
+            Refused::Failed(message) => Error::Remote { partition, message },
+        }
+    }
+}
+
+impl Remote for Peers {
+    fn read(&self, partition: usize, read: Read) -> Result<Vec<u8>, Error> {
+        let p = u32::try_from(partition).unwrap_or(u32::MAX);
+        self.call(partition, Call::Read { partition: p, read })
+    }
+}

@@ -1,0 +1,345 @@
+//! Three serving chatd processes in one cluster (`cluster.peer`, docs/SCALING.md sections 5
+//! and 6) on a real etcd: the partitions are spread over the nodes, and each forwards to the
+//! others what their partitions hold. Clients on three different nodes chat in a direct
+//! conversation and a room whose partitions are on other nodes than theirs; accounts are
+//! created by the node that holds their name's partition; a device resumes on another node
+//! than the one it left and gets exactly what it missed. Then a node is SIGKILLed: its
+//! partitions move to the other two, every acknowledged message is kept, devices resume on
+//! the survivors with no gap, and a resent op id is recognised.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chat_protocol::*;
+
+use crate::client::Client;
+use crate::operations::Proc;
+use crate::ownership::Etcd;
+use crate::standby::{caught_up, hello, readyz};
+
+const SECRET: &str = "5f3c0a9d1e7b2c4a6f8e0d2b4c6a8e1f3b5d7c9e0a2c4e6f8b1d3f5a7c9e2b4d";
+const PARTITIONS: u16 = 8;
+const NODES: [&str; 3] = ["a", "b", "c"];
+
+/// A free UDP port on loopback.
+fn free_udp() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts node `name`: 8 partitions in `partitions`, etcd at `etcd`, a 2 s lease, a peer
+/// address of its own, the cluster secret and one token key for every node.
+fn node(dir: &Path, name: &str, etcd: &str, cluster: &str, partitions: &Path) -> Proc {
+    let peer = free_udp();
+    let extra = format!(
+        "[[auth.keys]]\nid = \"k1\"\nsecret = \"{SECRET}\"\n\n\
+         [limits]\nsend_rate = 10000\nsend_burst = 10000\n\n\
+         [cluster]\npartitions = {PARTITIONS}\netcd = [\"{etcd}\"]\nname = \"{cluster}\"\n\
+         node = \"{name}\"\nlease_secs = 2\npartitions_dir = {partitions:?}\n\
+         secret = \"{SECRET}\"\npeer = \"{peer}\"\n"
+    );
+    Proc::start(&dir.join(name), &extra, None, &[])
+}
+
+/// The partitions `node` holds, as its `/v1/status` says.
+async fn held(node: &mut Proc) -> Vec<u16> {
+    let (_, status) = crate::admin::http(node.admin, "GET", "/v1/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    (status["partitions"]["held"].as_array().unwrap().iter())
+        .map(|p| u16::try_from(p.as_u64().unwrap()).unwrap())
+        .collect()
+}
+
+/// Waits until etcd names each partition's rendezvous winner among `live` (the names of
+/// `nodes`, in order) as its owner, each node holds what it owns, and every node is ready
+/// (it holds or reaches every partition).
+async fn settled(etcd: &str, cluster: &str, live: &[&str], nodes: &mut [&mut Proc]) {
+    let mut client = etcd_client::Client::connect([etcd.to_owned()], None)
+        .await
+        .unwrap();
+    let prefix = format!("/chatd/{cluster}/owners/");
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cluster never settled:\n{}",
+            nodes
+                .iter()
+                .map(|n| n.log_text())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        let owners = client
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let owners: BTreeMap<u16, String> = (owners.kvs().iter())
+            .map(|kv| {
+                let p = kv.key_str().unwrap().strip_prefix(&prefix).unwrap();
+                (p.parse().unwrap(), kv.value_str().unwrap().to_owned())
+            })
+            .collect();
+        let placed = (0..PARTITIONS).all(|p| {
+            let want = chatd::cluster::preferred(p, live.iter().copied());
+            owners.get(&p).map(String::as_str) == want
+        });
+        let mut ready = placed;
+        for (name, node) in live.iter().zip(nodes.iter_mut()) {
+            let owned: Vec<u16> = (owners.iter())
+                .filter(|(_, owner)| owner == name)
+                .map(|(p, _)| *p)
+                .collect();
+            ready = ready && readyz(node).await.0 == 200 && held(node).await == owned;
+        }
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A session of `user` on `node` from `cursors`; the node's log when it is refused.
+async fn session(node: &mut Proc, user: &str, cursors: Vec<Cursor>) -> (Client, Session) {
+    match hello(node, user, cursors).await {
+        Ok(session) => session,
+        Err(code) => panic!(
+            "{user} refused on {}: {code:?}\n{}",
+            node.addr,
+            node.log_text()
+        ),
+    }
+}
+
+/// The cursors a device holds after `seen`: the last seq of each conversation.
+fn cursors(seen: &BTreeMap<ConversationId, u64>) -> Vec<Cursor> {
+    (seen.iter())
+        .map(|(c, seq)| Cursor {
+            conversation: *c,
+            seq: Seq(*seq),
+        })
+        .collect()
+}
+
+/// Reads events until each conversation in `until` reached its seq; returns the entries
+/// seen, in arrival order.
+async fn until(client: &mut Client, until: &[(ConversationId, u64)]) -> Vec<(ConversationId, u64)> {
+    let mut seen = Vec::new();
+    let mut last: BTreeMap<ConversationId, u64> = BTreeMap::new();
+    while until
+        .iter()
+        .any(|(c, seq)| last.get(c).copied().unwrap_or(0) < *seq)
+    {
+        let (c, seq) = match tokio::time::timeout(Duration::from_secs(20), client.event())
+            .await
+            .expect("an event in time")
+        {
+            Event::Message(m) => (m.conversation, m.seq.0),
+            Event::Membership(m) => (m.conversation, m.seq.0),
+            _ => continue,
+        };
+        seen.push((c, seq));
+        last.insert(c, seq);
+    }
+    seen
+}
+
+/// `(conversation, seq)` for every seq after each cursor up to its conversation's head.
+fn missed(cursors: &[Cursor], heads: &[(ConversationId, u64)]) -> Vec<(ConversationId, u64)> {
+    let mut expected: Vec<_> = (cursors.iter())
+        .flat_map(|cursor| {
+            let head = heads.iter().find(|(c, _)| *c == cursor.conversation);
+            (cursor.seq.0 + 1..=head.unwrap().1).map(move |seq| (cursor.conversation, seq))
+        })
+        .collect();
+    expected.sort();
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
+    let etcd = Etcd::start().await;
+    let (dirs, partitions) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cluster = format!("peers-{}", std::process::id());
+    let start = |name: &str| node(dirs.path(), name, &etcd.url, &cluster, partitions.path());
+    let (mut a, mut b, mut c) = (start("a"), start("b"), start("c"));
+    settled(&etcd.url, &cluster, &NODES, &mut [&mut a, &mut b, &mut c]).await;
+
+    // One user per node; each account is created by its name's partition's node.
+    let (mut alice, alice_session) = session(&mut a, "alice", vec![]).await;
+    assert!(caught_up(&mut alice).await.is_empty());
+    let (mut bob, bob_session) = session(&mut b, "bob", vec![]).await;
+    assert!(caught_up(&mut bob).await.is_empty());
+    let (mut carol, _) = session(&mut c, "carol", vec![]).await;
+    assert!(caught_up(&mut carol).await.is_empty());
+    let dm = ConversationId::direct(alice_session.user, bob_session.user);
+    // A room for each node, so that at least one is held by a node other than its creator's.
+    let mut rooms = Vec::new();
+    for name in ["lobby", "ops", "dev", "qa", "ux", "sales"] {
+        let id = alice.create_room(name, false).await;
+        bob.ok(Request::JoinRoom { room: id }).await;
+        carol.ok(Request::JoinRoom { room: id }).await;
+        rooms.push(ConversationId::Room(id));
+    }
+    let map = chatd::store::PartitionMap::new(usize::from(PARTITIONS));
+    let holders: std::collections::BTreeSet<_> = (rooms.iter().chain([&dm]))
+        .map(|c| {
+            let p = u16::try_from(map.of_conversation(*c)).unwrap();
+            chatd::cluster::preferred(p, NODES).unwrap()
+        })
+        .collect();
+    assert!(
+        holders.len() >= 2,
+        "the conversations sit on one node: {holders:?}"
+    );
+
+    // Live delivery across nodes: each send is acknowledged once and reaches the other
+    // nodes' members in order, once.
+    // Every conversation gets messages: the dm every seventh, the rooms in turn.
+    let target = |op: u64| match usize::try_from(op % 7).unwrap() {
+        0 => dm,
+        n => rooms[n - 1],
+    };
+    let mut heads: BTreeMap<ConversationId, u64> = BTreeMap::new();
+    for op in 1..=60 {
+        let ack = alice.send_text(target(op), op, "across nodes").await;
+        assert!(!ack.duplicate);
+        let head = heads.entry(target(op)).or_default();
+        if *head > 0 {
+            assert_eq!(ack.seq.0, *head + 1, "contiguous in {:?}", target(op));
+        }
+        *head = ack.seq.0;
+    }
+    let bob_wants: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
+    let carol_wants: Vec<_> = bob_wants
+        .iter()
+        .copied()
+        .filter(|(c, _)| *c != dm)
+        .collect();
+    let bob_saw = until(&mut bob, &bob_wants).await;
+    let carol_saw = until(&mut carol, &carol_wants).await;
+    for saw in [&bob_saw, &carol_saw] {
+        let mut per: BTreeMap<ConversationId, Vec<u64>> = BTreeMap::new();
+        for (c, seq) in saw {
+            per.entry(*c).or_default().push(*seq);
+        }
+        for seqs in per.values() {
+            assert!(
+                seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                "in order, once: {seqs:?}"
+            );
+        }
+    }
+    assert!(
+        carol_saw.iter().all(|(c, _)| *c != dm),
+        "carol is not in the dm"
+    );
+
+    // History through another node.
+    let page = bob.history(dm, HistoryFrom::Latest, 5).await;
+    assert_eq!(page.head, Seq(heads[&dm]));
+
+    // Bob leaves b with his cursors; alice sends on; bob resumes on c.
+    let mut bob_seen: BTreeMap<ConversationId, u64> = BTreeMap::new();
+    for (conversation, seq) in &bob_saw {
+        bob_seen.insert(*conversation, *seq);
+    }
+    drop(bob);
+    for op in 61..=90 {
+        let ack = alice.send_text(target(op), op, "while bob is away").await;
+        heads.insert(target(op), ack.seq.0);
+    }
+    let heads_now: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
+    let (mut bob, _) = session(&mut c, "bob", cursors(&bob_seen)).await;
+    let mut got = caught_up(&mut bob).await;
+    got.sort();
+    assert_eq!(
+        got,
+        missed(&cursors(&bob_seen), &heads_now),
+        "exactly what bob missed, once"
+    );
+    drop(bob);
+    for (conversation, seq) in &heads_now {
+        bob_seen.insert(*conversation, *seq);
+    }
+
+    // An operator disables an account on the node that holds it: no node lets it in again.
+    let holder = chatd::cluster::preferred(u16::try_from(map.of_name("dave")).unwrap(), NODES);
+    let (mut nodes, mut others) = (Vec::new(), Vec::new());
+    for (name, node) in NODES.iter().zip([&mut a, &mut b, &mut c]) {
+        if Some(*name) == holder {
+            nodes.push(node)
+        } else {
+            others.push(node)
+        }
+    }
+    let (dave, _) = session(nodes[0], "dave", vec![]).await;
+    let (dave_elsewhere, _) = session(others[0], "dave", vec![]).await;
+    drop((dave, dave_elsewhere));
+    let admin = nodes[0].admin;
+    let request = format!(
+        "POST /v1/users/dave/disable HTTP/1.1\r\nHost: {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = crate::admin::http_raw(admin, &request).await;
+    assert_eq!(status, 200, "{body}");
+    for node in others {
+        assert_eq!(
+            hello(node, "dave", vec![]).await.err(),
+            Some(ErrorCode::ACCOUNT_DISABLED)
+        );
+    }
+
+    // b dies. Its partitions go to a and c once its lease expires; nothing acknowledged is
+    // lost, and the devices resume on the survivors.
+    let carol_seen: BTreeMap<ConversationId, u64> = heads
+        .iter()
+        .filter(|(c, _)| **c != dm)
+        .map(|(c, s)| (*c, *s))
+        .collect();
+    drop(carol);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let killed = Instant::now();
+    settled(&etcd.url, &cluster, &["a", "c"], &mut [&mut a, &mut c]).await;
+    eprintln!(
+        "a and c held b's partitions {:?} after the kill",
+        killed.elapsed()
+    );
+    drop(alice);
+    let (mut alice, _) = session(&mut a, "alice", vec![]).await;
+    caught_up(&mut alice).await;
+    // The last acknowledged send, resent: recognised wherever its conversation now is.
+    let again = alice.send_text(target(90), 90, "while bob is away").await;
+    assert!(again.duplicate);
+    assert_eq!(again.seq.0, heads[&target(90)]);
+    for op in 91..=120 {
+        let ack = alice.send_text(target(op), op, "after the failover").await;
+        assert!(!ack.duplicate);
+        assert_eq!(ack.seq.0, heads[&target(op)] + 1, "numbering goes on");
+        heads.insert(target(op), ack.seq.0);
+    }
+    let heads_now: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
+    let (mut bob, _) = session(&mut a, "bob", cursors(&bob_seen)).await;
+    let mut got = caught_up(&mut bob).await;
+    got.sort();
+    assert_eq!(got, missed(&cursors(&bob_seen), &heads_now));
+    let (mut carol, _) = session(&mut c, "carol", cursors(&carol_seen)).await;
+    let mut got = caught_up(&mut carol).await;
+    got.sort();
+    let carol_heads: Vec<_> = heads_now
+        .iter()
+        .copied()
+        .filter(|(c, _)| *c != dm)
+        .collect();
+    assert_eq!(got, missed(&cursors(&carol_seen), &carol_heads));
+    // And live again, across the two survivors.
+    let ack = alice.send_text(rooms[0], 121, "still live").await;
+    assert_eq!(carol.message().await.seq, ack.seq);
+    assert_eq!(bob.message().await.seq, ack.seq);
+}
