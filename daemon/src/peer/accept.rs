@@ -3,19 +3,38 @@
 //! owner shards here and its calls answered.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chat_protocol::{ConversationId, ErrorCode, RequestId};
 use tokio::sync::mpsc;
 
-use super::link::exported;
+use super::link::{HELLO_TIMEOUT, exported};
 use super::wire::{self, Answer, Call, Down, Hello, Refused, Up};
-use super::{Inbound, LINK_QUEUE};
+use super::{Inbound, LINK_QUEUE, Queued, push};
 use crate::shard::conversation::Input;
 use crate::shard::{Link, ShardMsg, Shared, error};
 
+/// Connections that have not proven themselves yet, at most: beyond, new ones are refused.
+const MAX_UNPROVEN: usize = 64;
+
+/// Counts a connection among the unproven until it proves itself or ends.
+struct Unproven(Arc<AtomicUsize>);
+
+impl Drop for Unproven {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub(super) async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u8]>) {
+    let unproven = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        if unproven.fetch_add(1, Ordering::AcqRel) >= MAX_UNPROVEN {
+            unproven.fetch_sub(1, Ordering::AcqRel);
+            incoming.refuse();
+            continue;
+        }
+        let counted = Unproven(Arc::clone(&unproven));
         let shared = Arc::clone(&shared);
         let secret = Arc::clone(&secret);
         tokio::spawn(async move {
@@ -24,7 +43,7 @@ pub(super) async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, secre
                 Err(e) => return tracing::debug!(error = %e, "a peer's handshake failed"),
             };
             let remote = connection.remote_address();
-            if let Err(e) = serve_accepted(&shared, connection, &secret).await {
+            if let Err(e) = serve_accepted(&shared, connection, &secret, counted).await {
                 tracing::warn!(%remote, error = %e, "a peer's link was refused or failed");
             }
         });
@@ -51,10 +70,20 @@ async fn serve_accepted(
     shared: &Arc<Shared>,
     connection: quinn::Connection,
     secret: &[u8],
+    unproven: Unproven,
 ) -> Result<(), String> {
     let ekm = exported(&connection)?;
-    let mut up = connection.accept_uni().await.map_err(|e| e.to_string())?;
-    let hello: Hello = wire::read(&mut up).await?.ok_or("no hello")?;
+    let hello = async {
+        let mut up = connection.accept_uni().await.map_err(|e| e.to_string())?;
+        let hello: Hello =
+            (wire::read_within(&mut up, wire::MAX_HELLO).await?).ok_or("no hello")?;
+        Ok::<_, String>((up, hello))
+    };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, hello).await;
+    let Ok(Ok((mut up, hello))) = hello else {
+        connection.close(quinn::VarInt::from_u32(2), b"no hello");
+        return Err("no valid hello in time".into());
+    };
     if !wire::proven(secret, "dialer", &ekm, &hello.proof) {
         connection.close(quinn::VarInt::from_u32(2), b"not proven");
         return Err(format!(
@@ -65,13 +94,16 @@ async fn serve_accepted(
     let mut down = connection.open_uni().await.map_err(|e| e.to_string())?;
     // Registered before the hello goes: the dialing node has its sessions catch up once it
     // has the hello, and every event from then on is in this link's feed.
-    let (tx, mut rx) = mpsc::channel::<Down>(LINK_QUEUE);
+    drop(unproven);
+    let (tx, mut rx) = mpsc::channel::<Queued>(LINK_QUEUE);
     let link = Link(shared.peers.next_link.fetch_add(1, Ordering::Relaxed));
+    let queued = Arc::new(AtomicUsize::new(0));
     let accepted = Accepted {
         shared: Arc::clone(shared),
         link: Arc::new(Inbound {
             link,
             tx,
+            queued: Arc::clone(&queued),
             connection: connection.clone(),
         }),
     };
@@ -88,7 +120,8 @@ async fn serve_accepted(
     tracing::info!(node = hello.node, "a peer linked to this node");
     let writing = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
-            let Ok(bytes) = wire::encode(&message) else {
+            queued.fetch_sub(message.bytes(), Ordering::AcqRel);
+            let Ok(bytes) = wire::encode(&message.into_down()) else {
                 continue;
             };
             if down.write_all(&bytes).await.is_err() {
@@ -106,7 +139,7 @@ async fn serve_accepted(
     });
     let result = loop {
         match wire::read::<Up>(&mut up).await {
-            Ok(Some(message)) => arrived(shared, link, &accepted.link, message),
+            Ok(Some(message)) => arrived(shared, link, &accepted.link, message).await,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }
@@ -120,9 +153,9 @@ async fn serve_accepted(
 
 /// A forwarded request arrived on `link`: to the conversation's owner shard here, or
 /// answered `UNAVAILABLE` when this node does not hold its partition (any more).
-fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
+async fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
     let refuse = |from: wire::Whence| {
-        inbound.send(Down::Reply {
+        inbound.send(Queued::Reply(Down::Reply {
             shard: from.shard,
             conn: from.conn,
             request: from.request,
@@ -132,7 +165,7 @@ fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
                 "the conversation's partition moved",
             )
             .to_vec(),
-        });
+        }));
     };
     let (conversation, op) = match message {
         Up::Conversation {
@@ -170,10 +203,8 @@ fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
             (conversation, op)
         }
     };
-    shared.push_blocking(
-        shared.owner_of(conversation),
-        ShardMsg::Conversation { conversation, op },
-    );
+    let owner = shared.owner_of(conversation);
+    push(shared, owner, ShardMsg::Conversation { conversation, op }).await;
 }
 
 /// Answers one call.
@@ -188,20 +219,17 @@ async fn answer_call(
     let answer: Answer = match call {
         Call::Read { partition, read } => {
             let p = usize::try_from(partition).unwrap_or(usize::MAX);
-            if shared.peers.stores.holds(p) {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let submitted = shared.reads.submit(move |stores| {
-                    let _ = tx.send(stores.partition(p).and_then(|store| read.run(&store)));
-                });
-                match (submitted, rx.await) {
-                    (true, Ok(Ok(bytes))) => Ok(bytes),
-                    (true, Ok(Err(crate::store::Error::NotHere(_)))) => Err(Refused::NotHere),
-                    (true, Ok(Err(e))) => Err(Refused::Failed(e.to_string())),
-                    (true, Err(_)) => Err(Refused::Failed("the read was dropped".into())),
-                    (false, _) => Err(Refused::Busy),
-                }
-            } else {
-                Err(Refused::NotHere)
+            // On the peer runtime's blocking threads, not the read pool: its threads may
+            // be waiting for this node's peers themselves.
+            let stores = shared.peers.stores.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                stores.partition(p).and_then(|store| read.run(&store))
+            });
+            match read.await {
+                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Err(crate::store::Error::NotHere(_))) => Err(Refused::NotHere),
+                Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
+                Err(_) => Err(Refused::Failed("the read was dropped".into())),
             }
         }
         Call::CreateAccount {

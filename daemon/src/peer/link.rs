@@ -7,7 +7,7 @@
 //! checked, the proofs are what authenticate, and they cannot be replayed on another
 //! session.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +18,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::sync::{Notify, mpsc};
 
 use super::wire::{self, Answer, Call, Down, Hello};
-use super::{LINK_QUEUE, MAX_PENDING, Outbound, ToOwner};
+use super::{CALL_TIMEOUT, LINK_QUEUE, MAX_PENDING, Outbound, ToOwner, push};
 use crate::shard::{ConnId, ConnRef, Link, Publication, ShardMsg, Shared, error};
 
 /// The longest pause between two attempts to dial a node.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long either side waits for the other's hello.
+pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Threads answering other nodes' reads (the runtime's blocking pool): not the read pool,
+/// whose threads may themselves be waiting on another node's answer.
+const CALL_THREADS: usize = 4;
 
 /// The peer thread, running.
 pub(crate) struct PeerThread {
@@ -51,6 +58,7 @@ pub(crate) fn start(
     socket.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(CALL_THREADS)
         .build()?;
     let stop = Arc::new(Notify::new());
     let stopped = Arc::clone(&stop);
@@ -287,8 +295,15 @@ async fn connect(
     up.write_all(&wire::encode(&hello)?)
         .await
         .map_err(|e| e.to_string())?;
-    let mut down = connection.accept_uni().await.map_err(|e| e.to_string())?;
-    let hello: Hello = wire::read(&mut down).await?.ok_or("no hello")?;
+    let hello = async {
+        let mut down = connection.accept_uni().await.map_err(|e| e.to_string())?;
+        let hello: Hello =
+            (wire::read_within(&mut down, wire::MAX_HELLO).await?).ok_or("no hello")?;
+        Ok::<_, String>((down, hello))
+    };
+    let (down, hello) = tokio::time::timeout(HELLO_TIMEOUT, hello)
+        .await
+        .map_err(|_| "no hello in time".to_owned())??;
     if hello.node != node || !wire::proven(secret, "listener", &ekm, &hello.proof) {
         connection.close(quinn::VarInt::from_u32(2), b"not proven");
         return Err(format!(
@@ -300,17 +315,48 @@ async fn connect(
 }
 
 /// A link this node dialed, while it is served: registered as the way to its node; once
-/// it ends (or its task is aborted), unregistered, what it waited for answered
-/// `UNAVAILABLE`, and every session told it lags.
+/// it ends (or its task is aborted), unregistered, what it waited for and what was still
+/// queued for it answered `UNAVAILABLE`, and every session told it lags.
 struct Dialed {
     shared: Arc<Shared>,
     node: Arc<str>,
     link: Arc<Outbound>,
-    pending: HashSet<(u32, u64, u32)>,
+    rx: mpsc::Receiver<ToOwner>,
+    /// Forwarded requests not answered yet, by (shard, connection, request): how many.
+    pending: HashMap<(u32, u64, u32), u32>,
+    waiting: usize,
+    /// The task reading the link's down stream.
+    reading: Option<tokio::task::AbortHandle>,
+}
+
+impl Dialed {
+    fn wait_for(&mut self, from: wire::Whence) {
+        *self
+            .pending
+            .entry((from.shard, from.conn, from.request))
+            .or_default() += 1;
+        self.waiting += 1;
+    }
+
+    /// Whether a request of `key` waited (and waits no more).
+    fn answered(&mut self, key: (u32, u64, u32)) -> bool {
+        let Some(count) = self.pending.get_mut(&key) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.pending.remove(&key);
+        }
+        self.waiting -= 1;
+        true
+    }
 }
 
 impl Drop for Dialed {
     fn drop(&mut self) {
+        if let Some(reading) = &self.reading {
+            reading.abort();
+        }
         let peers = &self.shared.peers;
         let mut links = HashMap::clone(&peers.outbound.load());
         if links
@@ -320,29 +366,57 @@ impl Drop for Dialed {
             links.remove(&self.node);
             peers.outbound.store(Arc::new(links));
         }
-        for (shard, conn, request) in self.pending.drain() {
-            let frame = error(
-                RequestId(request),
-                ErrorCode::UNAVAILABLE,
-                "the conversation's node was lost",
-            );
-            push_reply(&self.shared, shard, conn, request, frame);
+        // What is still queued (shards may hold the link a little longer: it refuses them).
+        self.rx.close();
+        let mut unanswered: Vec<(u32, u64, u32)> = (self.pending.drain())
+            .flat_map(|(key, count)| std::iter::repeat_n(key, usize::try_from(count).unwrap_or(0)))
+            .collect();
+        while let Ok(queued) = self.rx.try_recv() {
+            match queued {
+                ToOwner::Up(up) => {
+                    if let Some(from) = up.waiting() {
+                        unanswered.push((from.shard, from.conn, from.request));
+                    }
+                }
+                ToOwner::Call {
+                    partition, answer, ..
+                } => {
+                    let _ = answer.send(Err(crate::store::Error::Remote {
+                        partition,
+                        message: "the link ended".into(),
+                    }));
+                }
+            }
         }
-        self.shared.lag_everyone();
+        let shared = Arc::clone(&self.shared);
+        let lost = async move {
+            for (shard, conn, request) in unanswered {
+                let frame = error(
+                    RequestId(request),
+                    ErrorCode::UNAVAILABLE,
+                    "the conversation's node was lost",
+                );
+                push_reply(&shared, shard, conn, request, frame).await;
+            }
+            super::lag_everyone(&shared).await;
+        };
+        // Off this thread's other tasks; at the runtime's end (the daemon stops) there is
+        // nobody left to tell.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(lost);
+        }
     }
 }
 
-fn push_reply(shared: &Shared, shard: u32, conn: u64, request: u32, frame: Bytes) {
+async fn push_reply(shared: &Shared, shard: u32, conn: u64, request: u32, frame: Bytes) {
     let shard = usize::try_from(shard).unwrap_or(usize::MAX);
     if shard < shared.inboxes.len() {
-        shared.push_blocking(
-            shard,
-            ShardMsg::Reply {
-                conn: ConnId(conn),
-                request: RequestId(request),
-                frame,
-            },
-        );
+        let reply = ShardMsg::Reply {
+            conn: ConnId(conn),
+            request: RequestId(request),
+            frame,
+        };
+        push(shared, shard, reply).await;
     }
 }
 
@@ -353,18 +427,7 @@ async fn serve_dialed(
     mut up: quinn::SendStream,
     mut down: quinn::RecvStream,
 ) {
-    let (tx, mut rx) = mpsc::channel(LINK_QUEUE);
-    let mut dialed = Dialed {
-        shared: Arc::clone(shared),
-        node: Arc::from(node),
-        link: Arc::new(Outbound { tx }),
-        pending: HashSet::new(),
-    };
-    let mut links = HashMap::clone(&shared.peers.outbound.load());
-    links.insert(Arc::clone(&dialed.node), Arc::clone(&dialed.link));
-    shared.peers.outbound.store(Arc::new(links));
-    // Events before this link's feed started were not seen here.
-    shared.lag_everyone();
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let (downs_tx, mut downs) = mpsc::channel(LINK_QUEUE);
     let reading = tokio::spawn(async move {
         while let Ok(Some(message)) = wire::read::<Down>(&mut down).await {
@@ -373,17 +436,31 @@ async fn serve_dialed(
             }
         }
     });
+    let mut dialed = Dialed {
+        shared: Arc::clone(shared),
+        node: Arc::from(node),
+        link: Arc::new(Outbound { tx }),
+        rx,
+        pending: HashMap::new(),
+        waiting: 0,
+        reading: Some(reading.abort_handle()),
+    };
+    let mut links = HashMap::clone(&shared.peers.outbound.load());
+    links.insert(Arc::clone(&dialed.node), Arc::clone(&dialed.link));
+    shared.peers.outbound.store(Arc::new(links));
+    // Events before this link's feed started were not seen here.
+    super::lag_everyone(shared).await;
     loop {
         tokio::select! {
-            message = rx.recv() => match message {
+            message = dialed.rx.recv() => match message {
                 Some(ToOwner::Up(message)) => {
                     if let Some(from) = message.waiting() {
-                        if dialed.pending.len() >= MAX_PENDING {
+                        if dialed.waiting >= MAX_PENDING {
                             let frame = error(RequestId(from.request), ErrorCode::OVERLOADED, "too many requests wait for the conversation's node");
-                            push_reply(shared, from.shard, from.conn, from.request, frame);
+                            push_reply(shared, from.shard, from.conn, from.request, frame).await;
                             continue;
                         }
-                        dialed.pending.insert((from.shard, from.conn, from.request));
+                        dialed.wait_for(from);
                     }
                     let Ok(bytes) = wire::encode(&message) else { continue };
                     if up.write_all(&bytes).await.is_err() {
@@ -397,24 +474,23 @@ async fn serve_dialed(
             },
             message = downs.recv() => match message {
                 Some(Down::Reply { shard, conn, request, frame }) => {
-                    if dialed.pending.remove(&(shard, conn, request)) {
-                        push_reply(shared, shard, conn, request, Bytes::from(frame));
+                    if dialed.answered((shard, conn, request)) {
+                        push_reply(shared, shard, conn, request, Bytes::from(frame)).await;
                     }
                 }
                 Some(Down::Event { frame, audience, except, kind }) => {
-                    deliver(shared, frame, audience, except, kind);
+                    deliver(shared, frame, audience, except, kind).await;
                 }
                 None => break,
             },
             _ = connection.closed() => break,
         }
     }
-    reading.abort();
     connection.close(quinn::VarInt::from_u32(0), b"link ended");
 }
 
 /// Delivers an event of another node's feed to this node's connections of its audience.
-fn deliver(
+async fn deliver(
     shared: &Shared,
     frame: Vec<u8>,
     audience: Vec<UserId>,
@@ -440,7 +516,7 @@ fn deliver(
             except,
             live: kind.live(),
         };
-        shared.push_blocking(target, ShardMsg::Publish(vec![publication]));
+        push(shared, target, ShardMsg::Publish(vec![publication])).await;
     }
 }
 
@@ -451,7 +527,7 @@ async fn call_out(
     partition: usize,
     answer: crossbeam_channel::Sender<Result<Vec<u8>, crate::store::Error>>,
 ) {
-    let result = async {
+    let result = tokio::time::timeout(CALL_TIMEOUT, async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&wire::encode(&call)?)
             .await
@@ -460,8 +536,9 @@ async fn call_out(
         wire::read::<Answer>(&mut recv)
             .await?
             .ok_or_else(|| "no answer".to_owned())
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer in time".to_owned()));
     let _ = answer.send(match result {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(refused)) => Err(refused.error(partition)),

@@ -24,6 +24,7 @@ pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,12 +35,16 @@ use wire::{Call, Down, Refused, Up};
 
 use crate::shard::conversation::Input;
 use crate::shard::session::Live;
-use crate::shard::{ConnRef, Link, Origin};
+use crate::shard::{ConnRef, Link, Origin, ShardMsg, Shared};
 use crate::store::{Error, PartitionMap, Read, Remote, Stores};
 
 /// Messages waiting for one link, each way; a full queue refuses what a shard forwards
 /// (`OVERLOADED`) and closes a link whose feed or answers it cannot take.
 pub(crate) const LINK_QUEUE: usize = 16_384;
+
+/// Bytes of answers and events waiting for one link another node dialed; beyond, the link
+/// is closed (its node has its sessions catch up).
+pub(crate) const LINK_BYTES: usize = 64 << 20;
 
 /// Requests forwarded on one link and not answered yet; beyond, `OVERLOADED`.
 pub(crate) const MAX_PENDING: usize = 65_536;
@@ -62,21 +67,94 @@ pub(crate) struct Outbound {
     tx: tokio::sync::mpsc::Sender<ToOwner>,
 }
 
+/// What waits to go down a link another node dialed: an answer, or an event of the feed
+/// (its frame and audience shared by every link, encoded as [`Down`] by the link's writer).
+pub(crate) enum Queued {
+    Reply(Down),
+    Event {
+        frame: Bytes,
+        audience: Arc<[UserId]>,
+        except: Option<(u32, u64)>,
+        kind: wire::Kind,
+    },
+}
+
+impl Queued {
+    /// What it holds, for the link's byte budget.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Queued::Reply(Down::Reply { frame, .. }) => frame.len(),
+            Queued::Reply(Down::Event {
+                frame, audience, ..
+            }) => frame.len() + audience.len() * 8,
+            Queued::Event {
+                frame, audience, ..
+            } => frame.len() + audience.len() * 8,
+        }
+    }
+
+    /// As it goes on the wire.
+    pub(crate) fn into_down(self) -> Down {
+        match self {
+            Queued::Reply(down) => down,
+            Queued::Event {
+                frame,
+                audience,
+                except,
+                kind,
+            } => Down::Event {
+                frame: frame.to_vec(),
+                audience: audience.to_vec(),
+                except,
+                kind,
+            },
+        }
+    }
+}
+
 /// A connection another node dialed to this one, while it is up.
 pub(crate) struct Inbound {
     link: Link,
-    tx: tokio::sync::mpsc::Sender<Down>,
+    tx: tokio::sync::mpsc::Sender<Queued>,
+    /// Bytes in `tx` ([`LINK_BYTES`]), given back by the link's writer.
+    queued: Arc<AtomicUsize>,
     connection: quinn::Connection,
 }
 
 impl Inbound {
-    /// Queues `down`; a link that cannot take it is closed (its node fails what it waits
-    /// for and has its sessions catch up).
-    fn send(&self, down: Down) {
-        if self.tx.try_send(down).is_err() {
+    /// Queues `queued`; a link that cannot take it ([`LINK_QUEUE`], [`LINK_BYTES`]) is
+    /// closed: its node answers what it waits for `UNAVAILABLE` and has its sessions catch
+    /// up.
+    fn send(&self, queued: Queued) {
+        let bytes = queued.bytes();
+        let over = self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > LINK_BYTES;
+        if over || self.tx.try_send(queued).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
             self.connection
                 .close(quinn::VarInt::from_u32(1), b"the link's queue is full");
         }
+    }
+}
+
+/// Pushes `msg` into shard `shard`'s inbox from the peer or cluster thread, waiting without
+/// holding up the thread's other tasks (links, keep-alives, the lease) while it is full.
+pub(crate) async fn push(shared: &Shared, shard: usize, mut msg: ShardMsg) {
+    loop {
+        match shared.inboxes[shard].push(msg) {
+            Ok(()) => return,
+            Err(back) => msg = back,
+        }
+        if shared.exited[shard].load(Ordering::Acquire) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Every shard's sessions lag (see [`push`]).
+pub(crate) async fn lag_everyone(shared: &Shared) {
+    for shard in 0..shared.inboxes.len() {
+        push(shared, shard, ShardMsg::LagAll).await;
     }
 }
 
@@ -193,6 +271,9 @@ impl Peers {
         conversation: ConversationId,
         input: Input,
     ) -> Result<Option<Input>, NotForwarded> {
+        if !self.on {
+            return Ok(Some(input));
+        }
         let p = match &input {
             Input::Create { name, .. } => self.map.of_name(name),
             _ => self.map.of_conversation(conversation),
@@ -211,26 +292,32 @@ impl Peers {
             code: ErrorCode::UNAVAILABLE,
             reason: "the conversation's node is not reachable",
         })?;
-        link.tx
-            .try_send(ToOwner::Up(up))
-            .map_err(|_| NotForwarded {
+        match link.tx.try_send(ToOwner::Up(up)) {
+            Ok(()) => Ok(None),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Err(NotForwarded {
                 origin,
                 code: ErrorCode::OVERLOADED,
                 reason: "the link to the conversation's node is full",
-            })?;
-        Ok(None)
+            }),
+            // The link ended since it was looked up.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(NotForwarded {
+                origin,
+                code: ErrorCode::UNAVAILABLE,
+                reason: "the conversation's node is not reachable",
+            }),
+        }
     }
 
     /// Sends `frame`, the answer to a request forwarded over `origin`'s link, back.
     pub(crate) fn reply(&self, origin: &Origin, frame: Bytes) {
         let inbound = self.inbound.load();
         if let Some(link) = inbound.iter().find(|l| l.link == origin.at.link) {
-            link.send(Down::Reply {
+            link.send(Queued::Reply(Down::Reply {
                 shard: u32::try_from(origin.at.shard).unwrap_or(u32::MAX),
                 conn: origin.at.conn.0,
                 request: origin.request.0,
                 frame: frame.to_vec(),
-            });
+            }));
         }
         // A link that is gone: its node answered the request UNAVAILABLE when it broke.
     }
@@ -253,9 +340,9 @@ impl Peers {
             let except = except
                 .filter(|at| at.link == link.link)
                 .map(|at| (u32::try_from(at.shard).unwrap_or(u32::MAX), at.conn.0));
-            link.send(Down::Event {
-                frame: frame.to_vec(),
-                audience: audience.to_vec(),
+            link.send(Queued::Event {
+                frame: frame.clone(),
+                audience: Arc::clone(audience),
                 except,
                 kind,
             });
@@ -282,9 +369,12 @@ impl Peers {
                 partition: p,
                 answer: tx,
             })
-            .map_err(|_| Error::Remote {
+            .map_err(|e| Error::Remote {
                 partition: p,
-                message: "the link is full".into(),
+                message: match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => "the link is full".into(),
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => "the link ended".into(),
+                },
             })?;
         rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
             Err(Error::Remote {

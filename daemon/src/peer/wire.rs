@@ -31,7 +31,11 @@ use crate::shard::{ConnId, ConnRef, Link, Origin};
 pub(crate) const ALPN: &[u8] = b"chatd-peer/1";
 
 /// The largest message either side reads: a bounded history page or event is far smaller.
+/// Decoding is held to it too, so a length inside a message cannot make it allocate more.
 pub(crate) const MAX_MESSAGE: usize = 16 << 20;
+
+/// The largest hello: a node name and a proof.
+pub(crate) const MAX_HELLO: usize = 1024;
 
 /// Where a forwarded request came from on the node that forwarded it.
 #[derive(Clone, Copy, Debug, Encode, Decode)]
@@ -284,9 +288,11 @@ pub(crate) fn encode<T: Encode>(value: &T) -> Result<Bytes, String> {
     Ok(Bytes::from(out))
 }
 
-/// Decodes one message body (without its length).
+/// Decodes one message body (without its length), allocating no more than
+/// [`MAX_MESSAGE`] whatever lengths it claims.
 pub(crate) fn decode<T: Decode<()>>(body: &[u8]) -> Result<T, String> {
-    bincode::decode_from_slice(body, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<MAX_MESSAGE>();
+    bincode::decode_from_slice(body, config)
         .map(|(value, _)| value)
         .map_err(|e| e.to_string())
 }
@@ -295,6 +301,14 @@ pub(crate) fn decode<T: Decode<()>>(body: &[u8]) -> Result<T, String> {
 pub(crate) async fn read<T: Decode<()>>(
     stream: &mut quinn::RecvStream,
 ) -> Result<Option<T>, String> {
+    read_within(stream, MAX_MESSAGE).await
+}
+
+/// Reads one message of at most `max` bytes from `stream`.
+pub(crate) async fn read_within<T: Decode<()>>(
+    stream: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<T>, String> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(()) => {}
@@ -302,7 +316,7 @@ pub(crate) async fn read<T: Decode<()>>(
         Err(e) => return Err(e.to_string()),
     }
     let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
-    if len > MAX_MESSAGE {
+    if len > max {
         return Err(format!("a peer message of {len} bytes"));
     }
     let mut body = vec![0u8; len];
@@ -325,6 +339,15 @@ mod tests {
         assert!(!proven(&secret, "listener", b"session one", &p));
         assert!(!proven(&secret, "dialer", b"session two", &p));
         assert!(!proven(&[8u8; 32], "dialer", b"session one", &p));
+    }
+
+    #[test]
+    fn a_claimed_length_beyond_the_limit_is_refused_before_it_is_allocated() {
+        // A hello whose proof claims 2^42 bytes, in 10 bytes.
+        let mut body = vec![0u8]; // an empty node name
+        body.push(253); // a u64 length follows (bincode's varint)
+        body.extend_from_slice(&(1u64 << 42).to_le_bytes());
+        assert!(decode::<Hello>(&body).is_err());
     }
 
     #[test]

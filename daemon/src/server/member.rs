@@ -182,9 +182,9 @@ impl Node {
                 self.give_up_all().await;
             }
             Change::View { owners, nodes } => {
-                if self.shared.peers.set_view(owners, nodes) {
-                    // Events of a moved partition come from its new node on another link.
-                    self.shared.lag_everyone();
+                // Events of a moved partition come from its new node on another link.
+                if self.shared.peers.on() && self.shared.peers.set_view(owners, nodes) {
+                    crate::peer::lag_everyone(&self.shared).await;
                 }
             }
         }

@@ -4,13 +4,6 @@
 use super::*;
 
 impl Shared {
-    /// Every shard's sessions lag (from a thread that is not a shard's: it may wait).
-    pub(crate) fn lag_everyone(&self) {
-        for shard in 0..self.inboxes.len() {
-            self.push_blocking(shard, ShardMsg::LagAll);
-        }
-    }
-
     /// Passes `op` to the owner of `conversation` from a pool thread (it may wait for a
     /// full inbox): a shard here, or the node that holds its partition.
     pub(crate) fn to_owner_blocking(&self, conversation: ConversationId, op: conversation::Input) {

@@ -136,7 +136,8 @@ impl Asker {
     /// Sends `read` and decodes its answer.
     pub(super) fn ask<T: Decode<()>>(&self, read: Read) -> Result<T, Error> {
         let bytes = self.remote.read(self.partition, read)?;
-        bincode::decode_from_slice(&bytes, bincode::config::standard())
+        let config = bincode::config::standard().with_limit::<{ 16 << 20 }>();
+        bincode::decode_from_slice(&bytes, config)
             .map(|(value, _)| value)
             .map_err(|e| Error::Remote {
                 partition: self.partition,
