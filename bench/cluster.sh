@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# A chatd cluster on loopback under load, its serving node SIGKILLed (docs/SCALING.md section
-# 9, docs/OPERATIONS.md section 9): a single-member etcd, two chatd nodes sharing one
-# partitions directory (4 partitions; one serves, the other stands by), and chat-loadgen's
-# `dm` preset spreading its clients over both (`--also`) with its checker on. Halfway through
-# the measured window the serving node is SIGKILLed: the standby takes every partition once
-# the node's lease (2 s) expires, and the clients, whose connections are lost (they give a
-# silent server 1 s, `--idle-timeout-ms 1000`, standing in for the stateless reset the next
-# node behind a load balancer sends them), resume on it (their unanswered sends resent with
-# their op ids). The baseline, in the same run, is the
-# same load against one chatd without a cluster. Three rounds, interleaved. Figures go to
+# A chatd cluster on loopback under load, a node SIGKILLed (docs/SCALING.md section 9,
+# docs/OPERATIONS.md section 9): a single-member etcd, chatd nodes sharing one partitions
+# directory, and chat-loadgen's `dm` preset spreading its clients over them (`--also`) with
+# its checker on. Four runs per round, interleaved:
+#
+# - single: one chatd without a cluster (the baseline);
+# - failover: two nodes, 4 partitions, one serving and one standing by; halfway through the
+#   measured window the serving node is SIGKILLed and the standby takes every partition once
+#   the node's lease (2 s) expires;
+# - spread: three serving nodes (`cluster.peer`), 12 partitions spread over them, each
+#   forwarding to the others what their partitions hold, so most direct conversations have
+#   their members on different nodes;
+# - spread-failover: the same, and one of the three is SIGKILLed halfway: its partitions go
+#   to the other two.
+#
+# Clients whose connection is lost give a silent server 1 s (`--idle-timeout-ms 1000`,
+# standing in for the stateless reset the next node behind a load balancer sends them) and
+# resume on the next node, their unanswered sends resent with their op ids. Figures go to
 # bench/results/summary.json (`cluster`) and the "Cluster" section of bench/RESULTS.md.
 # Everything it starts, it stops (a trap), and it only targets 127.0.0.1.
 #
-#   bench/cluster.sh              # ~4 minutes after the build; needs etcd (make cluster-bootstrap)
+#   bench/cluster.sh              # ~9 minutes after the build; needs etcd (make cluster-bootstrap)
 #   BENCH_RATE=2000 bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,11 +58,12 @@ curl -sf "$etcd_url/health" >/dev/null || { cat "$work/etcd.log" >&2; echo "clus
 
 secret="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 
-# start_node DIR NAME CLUSTER PARTITIONS_DIR: a chatd node of CLUSTER on a free port, its
-# admin listener on another; sets node_pid, node_port and node_admin. The limits the load
-# generator would hit from one address are lifted, as start_server does.
+# start_node DIR NAME CLUSTER PARTITIONS_DIR [PARTITIONS PEER]: a chatd node of CLUSTER on a
+# free port, its admin listener on another; with PEER, a serving node of a spread cluster
+# (`cluster.peer`). Sets node_pid, node_port and node_admin. The limits the load generator
+# would hit from one address are lifted, as start_server does.
 start_node() {
-  local dir="$1" name="$2" cluster="$3" parts="$4"
+  local dir="$1" name="$2" cluster="$3" parts="$4" count="${5:-4}" peer="${6:-}"
   mkdir -p "$dir"
   node_port="$(free_port)"
   node_admin="127.0.0.1:$(free_port)"
@@ -64,12 +73,14 @@ id = "k1"
 secret = "$secret"
 
 [cluster]
-partitions = 4
+partitions = $count
 etcd = ["$etcd_url"]
 name = "$cluster"
 node = "$name"
 lease_secs = 2
 partitions_dir = "$parts"
+secret = "$secret"
+peer = "$peer"
 EOF
   env -u RUST_LOG CHATD_CONFIG="$dir/chatd.toml" CHATD_ADMIN_LISTEN="$node_admin" \
     CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
@@ -87,7 +98,15 @@ ready() {
   curl -s -o /dev/null -w '%{http_code}' "http://$1/readyz" || true
 }
 
-# wait_ready ADMIN LOG: waits up to 30 s for the node to hold every partition.
+# held_count ADMIN: how many partitions the node holds (0 while its admin listener is down).
+held_count() {
+  curl -s "http://$1/v1/status" 2>/dev/null |
+    python3 -c 'import json, sys; print(len(json.load(sys.stdin)["partitions"]["held"]))' 2>/dev/null ||
+    echo 0
+}
+
+# wait_ready ADMIN LOG: waits up to 30 s for the node to hold (or, with peers, reach)
+# every partition.
 wait_ready() {
   for _ in $(seq 1 1500); do
     [ "$(ready "$1")" = 200 ] && return 0
@@ -145,6 +164,60 @@ for round in 1 2 3; do
     >>"$results/cluster-failover.jsonl"
   kill -TERM "$b_pid" 2>/dev/null || true
   wait "$b_pid" 2>/dev/null || true
+
+  for mode in spread spread-failover; do
+    echo "=== round $round: three serving nodes ($mode)"
+    parts="$work/partitions-$mode-$round"
+    mkdir -p "$parts"
+    servers=() admins=() pids=()
+    for name in a b c; do
+      dir="$work/$mode-$name$round"
+      if [ "$name" != a ]; then
+        mkdir -p "$dir"
+        cp -r "$work/$mode-a$round/tls" "$dir/tls"
+      fi
+      start_node "$dir" "$name" "$mode$round" "$parts" 12 "127.0.0.1:$(free_port)"
+      servers+=("127.0.0.1:$node_port") admins+=("$node_admin") pids+=("$node_pid")
+      # One certificate for every node (a generates it as it starts): the clients trust it
+      # whichever node they reach.
+      for _ in $(seq 1 500); do
+        [ -f "$work/$mode-a$round/tls/cert.pem" ] && break
+        sleep 0.02
+      done
+    done
+    names=(a b c)
+    # Settled: every partition on its rendezvous winner (a node joining took its share by
+    # hand-over) and every node ready.
+    for i in 0 1 2; do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
+    sleep 3
+    for i in 0 1 2; do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
+    out="$results/cluster-$mode-$round.json"
+    "$loadgen_bin" --preset dm "${load[@]}" --idle-timeout-ms 1000 \
+      --server "${servers[0]}" --also "${servers[1]}" --also "${servers[2]}" \
+      --ca "$work/$mode-a$round/tls/cert.pem" --token-secret "$secret" --token-key-id k1 \
+      --json-out "$out" --quiet >"${out%.json}.txt" &
+    loadgen_pid=$!
+    if [ "$mode" = spread-failover ]; then
+      sleep "$kill_after"
+      kill -9 "${pids[1]}"
+      killed="$(date +%s.%N)"
+      # Until a and c hold every partition between them (b's lease expired and they
+      # opened its partitions), as their /v1/status say.
+      for _ in $(seq 1 1500); do
+        [ "$(( $(held_count "${admins[0]}") + $(held_count "${admins[2]}") ))" -ge 12 ] && break
+        sleep 0.02
+      done
+      held="$(date +%s.%N)"
+      python3 -c "import json; print(json.dumps({'round': $round, 'mode': '$mode', 'failover_ms': ($held - $killed) * 1000}))" \
+        >>"$results/cluster-failover.jsonl"
+    fi
+    status=0
+    wait "$loadgen_pid" || status=$?
+    cat "${out%.json}.txt"
+    [ "$status" -eq 0 ] || echo "cluster: round $round ($mode) exited $status" >&2
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  done
 done
 
 python3 bench/report.py cluster bench/cluster.sh "--preset dm ${load[*]}"

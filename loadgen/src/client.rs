@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use chat_protocol::positions::Positions;
 use chat_protocol::{
-    Appended, Auth, Chain, ClientFrame, ContentType, ConversationId, DeviceId, ErrorBody, Event,
-    FrameDecoder, Hello, Message, OpId, Request, RequestId, Response, Resume, SUPPORTED_VERSIONS,
-    SendAck, SendMessage, ServerFrame, UserId, encode_frame,
+    Appended, Auth, Chain, ClientFrame, ContentType, ConversationId, DeviceId, ErrorBody,
+    ErrorCode, Event, FrameDecoder, Hello, Message, OpId, Request, RequestId, Response, Resume,
+    SUPPORTED_VERSIONS, SendAck, SendMessage, ServerFrame, UserId, encode_frame,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -120,9 +120,18 @@ struct ConnState {
     positions: Positions,
     /// Between a resume (or `Sync`) and `CaughtUp`: deliveries are replays.
     catching_up: bool,
-    /// A `Lagged` arrived: the writer sends `Sync`.
+    /// A `Lagged` arrived: the writer sends `Sync` (once no catch-up runs: a `Sync` during
+    /// one is refused).
     need_sync: bool,
+    /// A `Sync` was refused (a cluster's partition moving, `UNAVAILABLE`): not again before.
+    sync_at: Option<Instant>,
+    /// Sends answered `UNAVAILABLE` (retryable: a cluster's partition moving), resent with
+    /// their op ids when due, as the SDK does.
+    retry: VecDeque<(Instant, ConversationId, OpId)>,
 }
+
+/// How long a refused `Sync` or an `UNAVAILABLE` send waits before it is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl ConnState {
     fn id(&mut self) -> RequestId {
@@ -198,6 +207,8 @@ pub(crate) async fn run(
             positions: std::mem::take(&mut positions),
             catching_up: live.resumed,
             need_sync: false,
+            sync_at: None,
+            retry: VecDeque::new(),
         });
         let outcome = session(
             &context,
@@ -216,6 +227,9 @@ pub(crate) async fn run(
         let mut unanswered: Vec<_> = state.pending.into_iter().collect();
         unanswered.sort_by_key(|(id, _)| id.0);
         let mut first = VecDeque::new();
+        for (_, conversation, op) in state.retry {
+            first.push_back(Command::Send { conversation, op });
+        }
         for (_, pending) in unanswered {
             match pending {
                 Pending::Send(conversation, op) => {
@@ -475,15 +489,28 @@ async fn writer(
     let mut buf = Vec::with_capacity(context.size + 64);
     loop {
         if held.is_none() {
-            let sync = {
+            let now = Instant::now();
+            let (sync, retry, next_due) = {
                 let mut state = state.lock();
-                if state.need_sync {
+                let sync = if state.need_sync
+                    && !state.catching_up
+                    && state.sync_at.is_none_or(|at| at <= now)
+                {
                     state.need_sync = false;
+                    state.sync_at = None;
                     state.catching_up = true;
                     Some(state.positions.resume())
                 } else {
                     None
-                }
+                };
+                let retry = if state.retry.front().is_some_and(|(at, ..)| *at <= now) {
+                    state.retry.pop_front()
+                } else {
+                    None
+                };
+                let sync_due = state.sync_at.filter(|_| state.need_sync);
+                let retry_due = state.retry.front().map(|(at, ..)| *at);
+                (sync, retry, sync_due.into_iter().chain(retry_due).min())
             };
             *held = if let Some(resume) = sync {
                 Some(Held::Sync(resume))
@@ -492,7 +519,13 @@ async fn writer(
                     command,
                     resent: true,
                 })
+            } else if let Some((_, conversation, op)) = retry {
+                Some(Held::Command {
+                    command: Command::Send { conversation, op },
+                    resent: true,
+                })
             } else {
+                let due = next_due.unwrap_or(now);
                 // `recv` is cancel-safe: a command is either taken here or still queued.
                 tokio::select! {
                     command = commands.recv() => match command {
@@ -500,6 +533,7 @@ async fn writer(
                         None => return Outcome::Stop,
                     },
                     () = wake.notified() => None,
+                    () = tokio::time::sleep_until(due.into()), if next_due.is_some() => None,
                 }
             };
             if held.is_none() {
@@ -692,8 +726,26 @@ fn handle(
                     Some(Pending::Request(reply)) => {
                         let _ = reply.send(Err(describe(&error)));
                     }
+                    // Retryable: the send goes again with its op id once due, so it is
+                    // stored once whatever happened to the first attempt.
+                    Some(Pending::Send(conversation, op))
+                        if error.code == ErrorCode::UNAVAILABLE =>
+                    {
+                        let due = Instant::now() + RETRY_PAUSE;
+                        state.lock().retry.push_back((due, conversation, op));
+                        wake.notify_one();
+                    }
                     Some(Pending::Send(..)) => {
                         shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    // A refused `Sync` (a partition moving, or one sent as a catch-up began):
+                    // sent again once due.
+                    Some(Pending::Sync) => {
+                        let mut state = state.lock();
+                        state.catching_up = false;
+                        state.need_sync = true;
+                        state.sync_at = Some(Instant::now() + RETRY_PAUSE);
+                        wake.notify_one();
                     }
                     _ => {}
                 }
@@ -757,7 +809,14 @@ fn event_arrived(
                 state.lock().positions.pushed(conversation, seq);
             }
         }
-        Event::CaughtUp { .. } => state.lock().catching_up = false,
+        Event::CaughtUp { .. } => {
+            let mut state = state.lock();
+            state.catching_up = false;
+            // A `Lagged` during the catch-up: its `Sync` can go now.
+            if state.need_sync {
+                wake.notify_one();
+            }
+        }
         Event::Lagged => {
             metrics::with(|m| m.lagged += 1);
             state.lock().need_sync = true;
