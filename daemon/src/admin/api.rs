@@ -2,7 +2,7 @@
 //!
 //! | Method and path | Does |
 //! |---|---|
-//! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge |
+//! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge, partitions held and reached |
 //! | `GET /v1/connections[?user=NAME][&limit=N]` | the connections (or one user's), from every shard: the count, and up to N (1 000; at most 10 000) listed |
 //! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
 //! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
