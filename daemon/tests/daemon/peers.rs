@@ -16,7 +16,7 @@ use chat_protocol::*;
 use crate::client::Client;
 use crate::operations::Proc;
 use crate::ownership::Etcd;
-use crate::standby::{caught_up, hello, readyz};
+use crate::standby::{caught_up, hello, missed, readyz};
 
 const SECRET: &str = "5f3c0a9d1e7b2c4a6f8e0d2b4c6a8e1f3b5d7c9e0a2c4e6f8b1d3f5a7c9e2b4d";
 const PARTITIONS: u16 = 8;
@@ -147,18 +147,6 @@ async fn until(client: &mut Client, until: &[(ConversationId, u64)]) -> Vec<(Con
         last.insert(c, seq);
     }
     seen
-}
-
-/// `(conversation, seq)` for every seq after each cursor up to its conversation's head.
-fn missed(cursors: &[Cursor], heads: &[(ConversationId, u64)]) -> Vec<(ConversationId, u64)> {
-    let mut expected: Vec<_> = (cursors.iter())
-        .flat_map(|cursor| {
-            let head = heads.iter().find(|(c, _)| *c == cursor.conversation);
-            (cursor.seq.0 + 1..=head.unwrap().1).map(move |seq| (cursor.conversation, seq))
-        })
-        .collect();
-    expected.sort();
-    expected
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,22 @@ async fn holding_all(node: &mut Proc) {
     );
 }
 
+/// `(conversation, seq)` for every seq after each cursor up to its conversation's head, in
+/// order: what a device resuming from `cursors` must get.
+pub(crate) fn missed(
+    cursors: &[Cursor],
+    heads: &[(ConversationId, u64)],
+) -> Vec<(ConversationId, u64)> {
+    let mut expected: Vec<_> = (cursors.iter())
+        .flat_map(|cursor| {
+            let head = heads.iter().find(|(c, _)| *c == cursor.conversation);
+            (cursor.seq.0 + 1..=head.unwrap().1).map(move |seq| (cursor.conversation, seq))
+        })
+        .collect();
+    expected.sort();
+    expected
+}
+
 /// Events up to `CaughtUp`: each replayed entry as (conversation, seq).
 pub(crate) async fn caught_up(client: &mut Client) -> Vec<(ConversationId, u64)> {
     let mut entries = Vec::new();
@@ -187,16 +203,13 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
         killed.elapsed()
     );
     let (mut bob, _) = hello(&mut b, "bob", cursors.clone()).await.unwrap();
-    let mut missed = caught_up(&mut bob).await;
-    missed.sort();
-    let mut expected: Vec<_> = (cursors.iter())
-        .flat_map(|cursor| {
-            let head = heads.iter().find(|(c, _)| *c == cursor.conversation);
-            (cursor.seq.0 + 1..=head.unwrap().1).map(move |seq| (cursor.conversation, seq))
-        })
-        .collect();
-    expected.sort();
-    assert_eq!(missed, expected, "exactly what bob missed, each once");
+    let mut got = caught_up(&mut bob).await;
+    got.sort();
+    assert_eq!(
+        got,
+        missed(&cursors, &heads),
+        "exactly what bob missed, each once"
+    );
     let (mut alice, _) = hello(&mut b, "alice", vec![]).await.unwrap();
     caught_up(&mut alice).await;
     // The last send, resent: recognised by its op id in the moved store.
