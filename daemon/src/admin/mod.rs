@@ -232,7 +232,7 @@ pub(crate) fn readiness(shared: &Shared) -> Readiness {
             .partitions
             .count()
             .saturating_sub(shared.writer.held())
-            .saturating_sub(shared.peers.reachable_elsewhere()),
+            .saturating_sub(shared.peers.reached().len()),
     }
 }
 

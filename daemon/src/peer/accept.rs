@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chat_protocol::{ConversationId, ErrorCode, RequestId};
 use tokio::sync::mpsc;
 
-use super::link::{HELLO_TIMEOUT, exported};
-use super::wire::{self, Answer, Call, Down, Hello, Refused, Up};
+use super::link::{exported, hear_hello, say_hello};
+use super::wire::{self, Answer, Call, Refused, Up};
 use super::{Inbound, LINK_QUEUE, Queued, push};
 use crate::shard::conversation::Input;
 use crate::shard::{Link, ShardMsg, Shared, error};
@@ -73,24 +73,7 @@ async fn serve_accepted(
     unproven: Unproven,
 ) -> Result<(), String> {
     let ekm = exported(&connection)?;
-    let hello = async {
-        let mut up = connection.accept_uni().await.map_err(|e| e.to_string())?;
-        let hello: Hello =
-            (wire::read_within(&mut up, wire::MAX_HELLO).await?).ok_or("no hello")?;
-        Ok::<_, String>((up, hello))
-    };
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, hello).await;
-    let Ok(Ok((mut up, hello))) = hello else {
-        connection.close(quinn::VarInt::from_u32(2), b"no hello");
-        return Err("no valid hello in time".into());
-    };
-    if !wire::proven(secret, "dialer", &ekm, &hello.proof) {
-        connection.close(quinn::VarInt::from_u32(2), b"not proven");
-        return Err(format!(
-            "{} did not prove it is of this cluster",
-            hello.node
-        ));
-    }
+    let (mut up, node) = hear_hello(&connection, secret, "dialer", &ekm).await?;
     let mut down = connection.open_uni().await.map_err(|e| e.to_string())?;
     // Registered before the hello goes: the dialing node has its sessions catch up once it
     // has the hello, and every event from then on is in this link's feed.
@@ -110,14 +93,8 @@ async fn serve_accepted(
     let mut links = Vec::clone(&shared.peers.inbound.load());
     links.push(Arc::clone(&accepted.link));
     shared.peers.inbound.store(Arc::new(links));
-    let mine = Hello {
-        node: shared.peers.me.to_string(),
-        proof: wire::proof(secret, "listener", &ekm),
-    };
-    down.write_all(&wire::encode(&mine)?)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(node = hello.node, "a peer linked to this node");
+    say_hello(shared, &mut down, secret, "listener", &ekm).await?;
+    tracing::info!(node, "a peer linked to this node");
     let writing = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
             queued.fetch_sub(message.bytes(), Ordering::AcqRel);
@@ -155,7 +132,7 @@ async fn serve_accepted(
 /// answered `UNAVAILABLE` when this node does not hold its partition (any more).
 async fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
     let refuse = |from: wire::Whence| {
-        inbound.send(Queued::Reply(Down::Reply {
+        inbound.send(Queued::Reply {
             shard: from.shard,
             conn: from.conn,
             request: from.request,
@@ -163,9 +140,8 @@ async fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
                 RequestId(from.request),
                 ErrorCode::UNAVAILABLE,
                 "the conversation's partition moved",
-            )
-            .to_vec(),
-        }));
+            ),
+        });
     };
     let (conversation, op) = match message {
         Up::Conversation {

@@ -25,7 +25,7 @@ use crate::shard::{ConnId, ConnRef, Link, Publication, ShardMsg, Shared, error};
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How long either side waits for the other's hello.
-pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Threads answering other nodes' reads (the runtime's blocking pool): not the read pool,
 /// whose threads may themselves be waiting on another node's answer.
@@ -209,6 +209,56 @@ pub(super) fn exported(connection: &quinn::Connection) -> Result<[u8; 32], Strin
     Ok(out)
 }
 
+/// Sends this node's hello, as side `role` of the session whose keying material is `ekm`.
+pub(super) async fn say_hello(
+    shared: &Shared,
+    stream: &mut quinn::SendStream,
+    secret: &[u8],
+    role: &str,
+    ekm: &[u8],
+) -> Result<(), String> {
+    let hello = Hello {
+        node: shared.peers.me.to_string(),
+        proof: wire::proof(secret, role, ekm),
+    };
+    stream
+        .write_all(&wire::encode(&hello)?)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Takes the other side's stream and its hello (at most [`wire::MAX_HELLO`], within
+/// [`HELLO_TIMEOUT`]) and checks its proof as side `role`: the stream and the node it names.
+/// On any failure the connection is closed.
+pub(super) async fn hear_hello(
+    connection: &quinn::Connection,
+    secret: &[u8],
+    role: &str,
+    ekm: &[u8],
+) -> Result<(quinn::RecvStream, String), String> {
+    let hello = async {
+        let mut stream = connection.accept_uni().await.map_err(|e| e.to_string())?;
+        let hello: Hello =
+            (wire::read_within(&mut stream, wire::MAX_HELLO).await?).ok_or("no hello")?;
+        Ok::<_, String>((stream, hello))
+    };
+    let heard = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+        Ok(Ok((stream, hello))) if wire::proven(secret, role, ekm, &hello.proof) => {
+            Ok((stream, hello.node))
+        }
+        Ok(Ok((_, hello))) => Err(format!(
+            "{} did not prove it is of this cluster",
+            hello.node
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("no hello in time".to_owned()),
+    };
+    if heard.is_err() {
+        connection.close(quinn::VarInt::from_u32(2), b"no valid hello");
+    }
+    heard
+}
+
 // ----- The links this node dials -----
 
 /// Keeps a dialer running for every node etcd lists, except this one.
@@ -288,28 +338,11 @@ async fn connect(
         .map_err(|e| e.to_string())?;
     let ekm = exported(&connection)?;
     let mut up = connection.open_uni().await.map_err(|e| e.to_string())?;
-    let hello = Hello {
-        node: shared.peers.me.to_string(),
-        proof: wire::proof(secret, "dialer", &ekm),
-    };
-    up.write_all(&wire::encode(&hello)?)
-        .await
-        .map_err(|e| e.to_string())?;
-    let hello = async {
-        let mut down = connection.accept_uni().await.map_err(|e| e.to_string())?;
-        let hello: Hello =
-            (wire::read_within(&mut down, wire::MAX_HELLO).await?).ok_or("no hello")?;
-        Ok::<_, String>((down, hello))
-    };
-    let (down, hello) = tokio::time::timeout(HELLO_TIMEOUT, hello)
-        .await
-        .map_err(|_| "no hello in time".to_owned())??;
-    if hello.node != node || !wire::proven(secret, "listener", &ekm, &hello.proof) {
-        connection.close(quinn::VarInt::from_u32(2), b"not proven");
-        return Err(format!(
-            "{} did not prove it is {node} of this cluster",
-            addr
-        ));
+    say_hello(shared, &mut up, secret, "dialer", &ekm).await?;
+    let (down, named) = hear_hello(&connection, secret, "listener", &ekm).await?;
+    if named != node {
+        connection.close(quinn::VarInt::from_u32(2), b"not the node dialed");
+        return Err(format!("{addr} answered as {named}, not {node}"));
     }
     Ok((connection, up, down))
 }

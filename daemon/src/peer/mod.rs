@@ -35,7 +35,7 @@ use wire::{Call, Down, Refused, Up};
 
 use crate::shard::conversation::Input;
 use crate::shard::session::Live;
-use crate::shard::{ConnRef, Link, Origin, ShardMsg, Shared};
+use crate::shard::{ConnRef, Link, Origin, ShardMsg, Shared, error};
 use crate::store::{Error, PartitionMap, Read, Remote, Stores};
 
 /// Messages waiting for one link, each way; a full queue refuses what a shard forwards
@@ -67,10 +67,16 @@ pub(crate) struct Outbound {
     tx: tokio::sync::mpsc::Sender<ToOwner>,
 }
 
-/// What waits to go down a link another node dialed: an answer, or an event of the feed
-/// (its frame and audience shared by every link, encoded as [`Down`] by the link's writer).
+/// What waits to go down a link another node dialed: the answer to a forwarded request, or
+/// an event of the feed (its frame and audience shared by every link); encoded as [`Down`]
+/// by the link's writer.
 pub(crate) enum Queued {
-    Reply(Down),
+    Reply {
+        shard: u32,
+        conn: u64,
+        request: u32,
+        frame: Bytes,
+    },
     Event {
         frame: Bytes,
         audience: Arc<[UserId]>,
@@ -83,10 +89,7 @@ impl Queued {
     /// What it holds, for the link's byte budget.
     pub(crate) fn bytes(&self) -> usize {
         match self {
-            Queued::Reply(Down::Reply { frame, .. }) => frame.len(),
-            Queued::Reply(Down::Event {
-                frame, audience, ..
-            }) => frame.len() + audience.len() * 8,
+            Queued::Reply { frame, .. } => frame.len(),
             Queued::Event {
                 frame, audience, ..
             } => frame.len() + audience.len() * 8,
@@ -96,7 +99,17 @@ impl Queued {
     /// As it goes on the wire.
     pub(crate) fn into_down(self) -> Down {
         match self {
-            Queued::Reply(down) => down,
+            Queued::Reply {
+                shard,
+                conn,
+                request,
+                frame,
+            } => Down::Reply {
+                shard,
+                conn,
+                request,
+                frame: frame.to_vec(),
+            },
             Queued::Event {
                 frame,
                 audience,
@@ -160,9 +173,17 @@ pub(crate) async fn lag_everyone(shared: &Shared) {
 
 /// Why a request was not forwarded: answer its origin with this code.
 pub(crate) struct NotForwarded {
-    pub(crate) origin: Option<Origin>,
-    pub(crate) code: ErrorCode,
-    pub(crate) reason: &'static str,
+    origin: Option<Origin>,
+    code: ErrorCode,
+    reason: &'static str,
+}
+
+impl NotForwarded {
+    /// Who must be told, and the error frame that tells them (none for typing).
+    pub(crate) fn answer(self) -> Option<(Origin, Bytes)> {
+        let origin = self.origin?;
+        Some((origin, error(origin.request, self.code, self.reason)))
+    }
 }
 
 /// This node's view of the others, shared by every thread.
@@ -238,13 +259,8 @@ impl Peers {
         moved
     }
 
-    /// How many partitions this node does not hold and reaches on a link to their node:
-    /// with the ones it holds, what it serves (`/readyz`).
-    pub(crate) fn reachable_elsewhere(&self) -> usize {
-        self.reached().len()
-    }
-
-    /// The partitions this node does not hold and reaches on a link to their node.
+    /// The partitions this node does not hold and reaches on a link to their node: with the
+    /// ones it holds, what it serves (`/readyz`).
     pub(crate) fn reached(&self) -> Vec<usize> {
         (0..self.map.count())
             .filter(|&p| matches!(self.elsewhere(p), Some(Ok(_))))
@@ -312,12 +328,12 @@ impl Peers {
     pub(crate) fn reply(&self, origin: &Origin, frame: Bytes) {
         let inbound = self.inbound.load();
         if let Some(link) = inbound.iter().find(|l| l.link == origin.at.link) {
-            link.send(Queued::Reply(Down::Reply {
+            link.send(Queued::Reply {
                 shard: u32::try_from(origin.at.shard).unwrap_or(u32::MAX),
                 conn: origin.at.conn.0,
                 request: origin.request.0,
-                frame: frame.to_vec(),
-            }));
+                frame,
+            });
         }
         // A link that is gone: its node answered the request UNAVAILABLE when it broke.
     }

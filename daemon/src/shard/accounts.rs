@@ -52,6 +52,20 @@ impl AccountWrite {
     }
 }
 
+/// An account's restriction, on a pool thread: the shards' copy for an account this node
+/// holds, read from the node that holds it for another.
+fn restriction_of(
+    shared: &Shared,
+    store: &crate::store::Stores,
+    user: UserId,
+) -> Result<crate::store::Restriction, crate::store::Error> {
+    if store.holds(shared.partitions.of_id(user.0)) {
+        Ok(shared.restriction(user))
+    } else {
+        store.restriction(user)
+    }
+}
+
 fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
     // Issued no earlier than the account's revocation, or the token would be refused.
     let now = crate::unix_now().max(shared.restriction(user).tokens_from);
@@ -83,17 +97,18 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
     let shared = Arc::clone(&shard.shared);
     let id = shard.id;
     let submitted = shard.shared.reads.submit(move |store| {
-        let found = store.user_by_name(&claims.user).and_then(|record| {
-            // The shards know the restrictions of the accounts this node holds; another
-            // node's account has its restriction read there.
-            match record {
-                Some(record) if !store.holds(shared.partitions.of_id(record.id.0)) => {
-                    let restriction = store.restriction(record.id)?;
-                    Ok(Some((record, restriction.refuses(claims.issued_at))))
+        // The restriction is checked again on the connection's shard as the session is set
+        // (`conn::authenticated`): an operator's order may come in between.
+        let found = store
+            .user_by_name(&claims.user)
+            .and_then(|record| match record {
+                Some(record) => {
+                    let refused =
+                        restriction_of(&shared, store, record.id)?.refuses(claims.issued_at);
+                    Ok(Some((record, refused)))
                 }
-                record => Ok(record.map(|record| (record, None))),
-            }
-        });
+                None => Ok(None),
+            });
         let result = match found {
             Ok(Some((_, Some(code)))) => Err(error_body(code, "")),
             Ok(Some((record, None))) => Ok(Authenticated {
@@ -363,13 +378,7 @@ pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: Strin
             Ok(Some(record)) => match record.password_hash.as_deref().map(PasswordHash::new) {
                 // Said only to who knows the password.
                 Some(Ok(hash)) if Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() => {
-                    // Another node's account has its restriction read there.
-                    let restriction = if store.holds(shared.partitions.of_id(record.id.0)) {
-                        Ok(shared.restriction(record.id))
-                    } else {
-                        store.restriction(record.id)
-                    };
-                    match restriction {
+                    match restriction_of(&shared, store, record.id) {
                         Err(e) => {
                             crate::logging::throttled!(error, error = %e, "account lookup failed");
                             error(origin.request, ErrorCode::UNAVAILABLE, "")

@@ -26,8 +26,7 @@ impl Shared {
         match self.peers.forward(conversation, op) {
             Ok(op) => op,
             Err(refused) => {
-                if let Some(origin) = refused.origin {
-                    let frame = error(origin.request, refused.code, refused.reason);
+                if let Some((origin, frame)) = refused.answer() {
                     self.reply_blocking(&origin, frame);
                 }
                 None
@@ -44,8 +43,8 @@ impl Shard {
             Ok(Some(op)) => op,
             Ok(None) => return,
             Err(refused) => {
-                if let Some(origin) = refused.origin {
-                    self.reply(&origin, error(origin.request, refused.code, refused.reason));
+                if let Some((origin, frame)) = refused.answer() {
+                    self.reply(&origin, frame);
                 }
                 return;
             }

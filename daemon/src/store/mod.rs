@@ -491,45 +491,6 @@ impl Store {
         Ok(())
     }
 
-    /// A user's restriction (none: the default).
-    ///
-    /// # Errors
-    /// RocksDB errors or a corrupt record.
-    pub fn restriction(&self, user: UserId) -> Result<Restriction, Error> {
-        Ok(self
-            .get(Cf::Meta, &restriction_key(user))?
-            .map(|v| Self::json(Cf::Meta, &v))
-            .transpose()?
-            .unwrap_or_default())
-    }
-
-    /// Every account restriction.
-    ///
-    /// # Errors
-    /// RocksDB errors or corrupt records.
-    pub fn restrictions(&self) -> Result<Vec<(UserId, Restriction)>, Error> {
-        let mut all = Vec::new();
-        self.scan(
-            Cf::Meta,
-            RESTRICTION_PREFIX,
-            RESTRICTION_PREFIX,
-            |user, value| {
-                let user = <[u8; 8]>::try_from(user).map(u64::from_be_bytes);
-                match (user, serde_json::from_slice(value)) {
-                    (Ok(user), Ok(restriction)) => all.push((UserId(user), restriction)),
-                    _ => {
-                        return Err(Error::Corrupt {
-                            cf: Cf::Meta,
-                            message: "bad account restriction".into(),
-                        });
-                    }
-                }
-                Ok(true)
-            },
-        )?;
-        Ok(all)
-    }
-
     /// Compacts every column family completely (`chatd admin compact`): deleted and
     /// overwritten values leave the files. Blocks until done; writes go on meanwhile.
     ///

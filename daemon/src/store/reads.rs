@@ -1,6 +1,7 @@
 //! Reads of conversations: history pages, a user's conversation list, room counts, who may
 //! follow whose presence, heads, memberships and markers, and what an operator's erasure of
-//! an account reads (the conversations a user wrote in, the user's messages there).
+//! an account reads (the conversations a user wrote in, the user's messages there); and the
+//! account restrictions operators set.
 
 use super::*;
 
@@ -10,6 +11,45 @@ use super::*;
 pub const PAGE_BYTES: usize = chat_protocol::limits::MAX_SERVER_FRAME - 64 * 1024;
 
 impl Store {
+    /// A user's restriction (none: the default).
+    ///
+    /// # Errors
+    /// RocksDB errors or a corrupt record.
+    pub fn restriction(&self, user: UserId) -> Result<Restriction, Error> {
+        Ok(self
+            .get(Cf::Meta, &restriction_key(user))?
+            .map(|v| Self::json(Cf::Meta, &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every account restriction.
+    ///
+    /// # Errors
+    /// RocksDB errors or corrupt records.
+    pub fn restrictions(&self) -> Result<Vec<(UserId, Restriction)>, Error> {
+        let mut all = Vec::new();
+        self.scan(
+            Cf::Meta,
+            RESTRICTION_PREFIX,
+            RESTRICTION_PREFIX,
+            |user, value| {
+                let user = <[u8; 8]>::try_from(user).map(u64::from_be_bytes);
+                match (user, serde_json::from_slice(value)) {
+                    (Ok(user), Ok(restriction)) => all.push((UserId(user), restriction)),
+                    _ => {
+                        return Err(Error::Corrupt {
+                            cf: Cf::Meta,
+                            message: "bad account restriction".into(),
+                        });
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(all)
+    }
+
     /// A page of a conversation's log, at most `limit` entries and [`PAGE_BYTES`], none
     /// beyond `head`. Returns the entries in the requested order and whether more exist past
     /// the page.
