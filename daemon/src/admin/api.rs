@@ -14,15 +14,14 @@
 //! | `POST /v1/backup` `{"dir": PATH}` | writes a backup (`crate::backup`) into PATH, which must not exist |
 //!
 //! Every action is logged (target `chatd::admin`), counted (`chatd_admin_actions_total`) and,
-//! with the bridge on, published as an `admin.*` event. An account's restriction is
-//! committed first, then put in place, then the shards close its sessions: from the commit
-//! on, no session of it can start.
+//! with the bridge on, published as an `admin.*` event. The account actions are
+//! [`super::accounts`]'s (on every node of a cluster of serving nodes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat_protocol::{ConversationId, DeviceId, GoodbyeCode, RoomId, UserId};
+use chat_protocol::{ConversationId, RoomId, UserId};
 use http_body_util::Full;
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
@@ -30,12 +29,12 @@ use serde_json::{Value, json};
 
 use super::State;
 use crate::http::{failure, json};
-use crate::shard::{AdminOp, Done, ShardMsg};
+use crate::shard::{AdminOp, Done, ShardMsg, Shared};
 use crate::store::writer::Batch;
-use crate::store::{Cf, Restriction, outbox};
+use crate::store::{Restriction, outbox};
 
 /// How long an action waits for the shards and for its commit.
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -68,7 +67,9 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
             }
         }
         (&Method::POST, ["users", name, "erase"]) => erase(state, name).await,
-        (&Method::POST, ["users", name, action]) => user_action(state, name, action, query).await,
+        (&Method::POST, ["users", name, action]) => {
+            super::accounts::requested(state, name, action, query).await
+        }
         (&Method::GET, ["conversations", spec]) => conversation(state, spec),
         (&Method::POST, ["compact"]) => compact(state).await,
         (&Method::POST, ["backup"]) => backup(state, body).await,
@@ -80,10 +81,10 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
     }
 }
 
-type Outcome = Result<Value, (StatusCode, String)>;
+pub(super) type Outcome = Result<Value, (StatusCode, String)>;
 
 /// The value of `key` in a query string (names and numbers only: nothing to decode).
-fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -91,12 +92,12 @@ fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> (StatusCode, String) {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 /// A user by name.
-fn user(state: &State, name: &str) -> Result<(UserId, String), (StatusCode, String)> {
+pub(super) fn user(state: &State, name: &str) -> Result<(UserId, String), (StatusCode, String)> {
     match state.store.user_by_name(name) {
         Ok(Some(record)) => Ok((record.id, record.name)),
         Ok(None) => Err((StatusCode::NOT_FOUND, format!("no user named {name:?}"))),
@@ -160,14 +161,14 @@ fn status(state: &State) -> Value {
 /// collects the answers; every shard is asked, whatever happens to the others. Returns the
 /// answers and how many shards did not answer (a full inbox, a stopped shard, no answer in
 /// time).
-async fn ask_every_shard<T>(
-    state: &State,
+pub(super) async fn ask_every_shard<T>(
+    shared: &Shared,
     make: impl Fn(tokio::sync::oneshot::Sender<T>) -> AdminOp,
 ) -> (Vec<T>, usize) {
     let deadline = Instant::now() + WAIT;
     let mut answers = Vec::new();
     let mut missing = 0;
-    for inbox in &state.shared.inboxes {
+    for inbox in &shared.inboxes {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut msg = ShardMsg::Admin(make(tx));
         let told = loop {
@@ -202,8 +203,12 @@ const LIST_DEFAULT: usize = 1_000;
 const LIST_MAX: usize = 10_000;
 
 async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outcome {
-    let (lists, missing) =
-        ask_every_shard(state, |reply| AdminOp::Connections { user, limit, reply }).await;
+    let (lists, missing) = ask_every_shard(&state.shared, |reply| AdminOp::Connections {
+        user,
+        limit,
+        reply,
+    })
+    .await;
     let total: usize = lists.iter().map(|(total, _)| total).sum();
     let mut all: Vec<_> = lists.into_iter().flat_map(|(_, list)| list).collect();
     all.truncate(limit);
@@ -215,29 +220,9 @@ async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outco
     }))
 }
 
-/// Closes the sessions of `user` (of `device` only, when given) on every shard; returns how
-/// many closed and how many shards could not be told.
-async fn close_sessions(
-    state: &State,
-    user: UserId,
-    device: Option<DeviceId>,
-    code: GoodbyeCode,
-    reason: &'static str,
-) -> (usize, usize) {
-    let (closed, missing) = ask_every_shard(state, |reply| AdminOp::Close {
-        user,
-        device,
-        code,
-        reason,
-        reply,
-    })
-    .await;
-    (closed.into_iter().sum(), missing)
-}
-
 /// Commits `batch` through the storage thread and waits for it; once it committed, puts
 /// `restriction` (if any) in place, on the storage thread, whether or not this still waits.
-async fn commit(
+pub(super) async fn commit(
     state: &State,
     partition: usize,
     batch: Batch,
@@ -260,126 +245,9 @@ async fn commit(
     }
 }
 
-async fn user_action(state: &State, name: &str, action: &str, query: &str) -> Outcome {
-    let (id, name) = user(state, name)?;
-    let shared = &state.shared;
-    // One account action at a time: each reads the restriction the previous one left.
-    let _serial = state.actions.lock().await;
-    let before = shared.restriction(id);
-    let now = crate::unix_now();
-    // Tokens issued in this second or before are refused from now on.
-    let revoked = Restriction {
-        tokens_from: now + 1,
-        ..before
-    };
-    let (after, code, reason): (Option<Restriction>, Option<GoodbyeCode>, &'static str) =
-        match action {
-            "kick" => (
-                None,
-                Some(GoodbyeCode::KICKED),
-                "an operator closed the session",
-            ),
-            "disable" => (
-                Some(Restriction {
-                    disabled: true,
-                    ..revoked
-                }),
-                Some(GoodbyeCode::ACCOUNT_DISABLED),
-                "the account is disabled",
-            ),
-            "enable" => (
-                Some(Restriction {
-                    disabled: false,
-                    ..before
-                }),
-                None,
-                "",
-            ),
-            "revoke" => (
-                Some(revoked),
-                Some(GoodbyeCode::TOKEN_REVOKED),
-                "the session's token was revoked",
-            ),
-            _ => return Err((StatusCode::NOT_FOUND, format!("no user action {action:?}"))),
-        };
-    let device = match param(query, "device") {
-        Some(d) if action == "kick" => Some(DeviceId(d.parse().map_err(|_| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!("device {d:?} is not a number"),
-            )
-        })?)),
-        Some(_) => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "only kick takes a device".to_owned(),
-            ));
-        }
-        None => None,
-    };
-    // The restriction is durable before it applies (the storage thread puts it in place
-    // after the commit), and applies before sessions close.
-    if let Some(after) = after {
-        let mut batch = Batch::default();
-        let value = serde_json::to_vec(&after).map_err(unavailable)?;
-        if after == Restriction::default() {
-            batch.delete(Cf::Meta, crate::store::restriction_key(id));
-        } else {
-            batch.put(Cf::Meta, crate::store::restriction_key(id), value);
-        }
-        let partition = state.shared.partitions.of_id(id.0);
-        commit(state, partition, batch, Some((id, after))).await?;
-    }
-    let (closed, missing) = match code {
-        Some(code) => close_sessions(state, id, device, code, reason).await,
-        None => (0, 0),
-    };
-    let closed32 = u32::try_from(closed).unwrap_or(u32::MAX);
-    tracing::info!(
-        target: "chatd::admin",
-        action,
-        user = %id,
-        name = %name,
-        device = device.map(|d| d.0),
-        closed,
-        "admin action"
-    );
-    if missing > 0 {
-        tracing::warn!(
-            target: "chatd::admin",
-            action,
-            shards = missing,
-            "some shards could not be told to close the sessions; run the action again"
-        );
-    }
-    publish(
-        state,
-        outbox::Event::AdminAction {
-            action: action.to_owned(),
-            user: Some(id),
-            name: Some(name.clone()),
-            device: device.map(|d| d.0),
-            closed: closed32,
-            detail: None,
-        },
-    )
-    .await;
-    let restriction = shared.restriction(id);
-    Ok(json!({
-        "action": action,
-        "user": id.0,
-        "name": name,
-        "device": device.map(|d| d.0),
-        "closed": closed,
-        "shards_not_answering": missing,
-        "disabled": restriction.disabled,
-        "tokens_from": restriction.tokens_from,
-    }))
-}
-
 /// Counts an action that took effect and, with the bridge on, publishes its event (a failed
 /// write is logged: the action is not undone).
-async fn publish(state: &State, event: outbox::Event) {
+pub(super) async fn publish(state: &State, event: outbox::Event) {
     let outbox::Event::AdminAction { action, .. } = &event else {
         return;
     };

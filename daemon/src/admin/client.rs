@@ -283,6 +283,18 @@ pub fn render_action(v: &Value) -> String {
             num(v, "tokens_from")
         );
     }
+    if let Some(node) = v["node"].as_str() {
+        out += &format!("(taken by node {node}, which holds the account)\n");
+    }
+    let (shards, nodes) = (
+        num(v, "shards_not_answering"),
+        num(v, "nodes_not_answering"),
+    );
+    if shards > 0 || nodes > 0 {
+        out += &format!(
+            "warning: {shards} shard(s) and {nodes} node(s) could not be told to close the sessions: run it again\n"
+        );
+    }
     out
 }
 
@@ -370,6 +382,14 @@ mod tests {
     fn actions_read_as_sentences() {
         let v = serde_json::json!({"action": "kick", "name": "alice", "closed": 2, "device": null});
         assert_eq!(render_action(&v), "kicked alice: 2 connection(s) closed\n");
+        let v = serde_json::json!({"action": "disable", "name": "dave", "closed": 3,
+            "node": "b", "shards_not_answering": 0, "nodes_not_answering": 1});
+        assert_eq!(
+            render_action(&v),
+            "disabled dave: logins and tokens refused, 3 connection(s) closed\n\
+             (taken by node b, which holds the account)\n\
+             warning: 0 shard(s) and 1 node(s) could not be told to close the sessions: run it again\n"
+        );
         let v =
             serde_json::json!({"action": "enable", "name": "bob", "closed": 0, "tokens_from": 7});
         assert_eq!(

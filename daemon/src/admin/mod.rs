@@ -14,6 +14,7 @@
 //! cannot send headers. Bounded as every listener of [`crate::http`] is, with bodies of at
 //! most [`MAX_BODY`] bytes.
 
+pub(crate) mod accounts;
 pub(crate) mod api;
 pub mod client;
 
@@ -71,9 +72,17 @@ impl crate::http::Service for State {
 
     async fn background(self: Arc<Self>) {
         let mut upkeep = tokio::time::interval(UPKEEP);
+        // Account actions other nodes forward (`cluster.peer`), each on a task of its own.
+        let (tx, mut forwarded) = tokio::sync::mpsc::channel(crate::peer::MAX_FORWARDED);
+        self.shared.peers.serve_admin(tx);
         loop {
-            upkeep.tick().await;
-            self.shared.metrics.upkeep();
+            tokio::select! {
+                _ = upkeep.tick() => self.shared.metrics.upkeep(),
+                Some(action) = forwarded.recv() => {
+                    let state = Arc::clone(&self);
+                    tokio::task::spawn_local(async move { accounts::forwarded(&state, action).await });
+                }
+            }
         }
     }
 }

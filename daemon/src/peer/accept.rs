@@ -213,6 +213,17 @@ async fn answer_call(
             password_hash,
             created_at,
         } => create_account(&shared, name, password_hash, created_at).await,
+        Call::Act {
+            name,
+            action,
+            device,
+        } => shared.peers.acted(name, action, device).await,
+        Call::Order {
+            user,
+            action,
+            device,
+            restriction,
+        } => super::Peers::ordered(&shared, user, &action, device, restriction).await,
     };
     if let Ok(bytes) = wire::encode(&answer) {
         let _ = send.write_all(&bytes).await;

@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::sync::{Notify, mpsc};
 
 use super::wire::{self, Answer, Call, Down, Hello};
-use super::{CALL_TIMEOUT, LINK_QUEUE, MAX_PENDING, Outbound, ToOwner, push};
+use super::{LINK_QUEUE, MAX_PENDING, Outbound, ToOwner, push};
 use crate::shard::{ConnId, ConnRef, Link, Publication, ShardMsg, Shared, error};
 
 /// The longest pause between two attempts to dial a node.
@@ -500,8 +500,8 @@ async fn serve_dialed(
                         break;
                     }
                 }
-                Some(ToOwner::Call { call, partition, answer }) => {
-                    tokio::spawn(call_out(connection.clone(), call, partition, answer));
+                Some(ToOwner::Call { call, partition, timeout, answer }) => {
+                    tokio::spawn(call_out(connection.clone(), call, partition, timeout, answer));
                 }
                 None => break,
             },
@@ -558,9 +558,10 @@ async fn call_out(
     connection: quinn::Connection,
     call: Call,
     partition: usize,
+    timeout: std::time::Duration,
     answer: crossbeam_channel::Sender<Result<Vec<u8>, crate::store::Error>>,
 ) {
-    let result = tokio::time::timeout(CALL_TIMEOUT, async {
+    let result = tokio::time::timeout(timeout, async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&wire::encode(&call)?)
             .await

@@ -20,6 +20,7 @@
 
 mod accept;
 mod link;
+mod operator;
 pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,7 @@ use bytes::Bytes;
 use chat_protocol::{ConversationId, ErrorCode, UserId};
 
 pub(crate) use link::{PeerThread, start};
+pub(crate) use operator::{Forwarded, MAX_FORWARDED};
 use wire::{Call, Down, Refused, Up};
 
 use crate::shard::conversation::Input;
@@ -58,6 +60,8 @@ pub(crate) enum ToOwner {
     Call {
         call: Call,
         partition: usize,
+        /// How long the call waits for its answer.
+        timeout: Duration,
         answer: crossbeam_channel::Sender<Result<Vec<u8>, Error>>,
     },
 }
@@ -65,6 +69,31 @@ pub(crate) enum ToOwner {
 /// A connection this node dialed, while it is up.
 pub(crate) struct Outbound {
     tx: tokio::sync::mpsc::Sender<ToOwner>,
+}
+
+/// Where a call's answer comes.
+type Answering = crossbeam_channel::Receiver<Result<Vec<u8>, Error>>;
+
+impl Outbound {
+    /// Queues `call` (about partition `p`, for its errors), answered within `timeout`.
+    fn ask(&self, call: Call, p: usize, timeout: Duration) -> Result<Answering, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .try_send(ToOwner::Call {
+                call,
+                partition: p,
+                timeout,
+                answer: tx,
+            })
+            .map_err(|e| Error::Remote {
+                partition: p,
+                message: match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => "the link is full".into(),
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => "the link ended".into(),
+                },
+            })?;
+        Ok(rx)
+    }
 }
 
 /// What waits to go down a link another node dialed: the answer to a forwarded request, or
@@ -202,6 +231,10 @@ pub(crate) struct Peers {
     /// The id the next accepted link gets (never reused while the daemon runs, so an
     /// answer for a link that broke finds no link).
     next_link: std::sync::atomic::AtomicU32,
+    /// Account restrictions other nodes ordered, for the sessions starting here.
+    pub(crate) orders: operator::Orders,
+    /// The admin listener, for the account actions other nodes forward.
+    admin: std::sync::OnceLock<tokio::sync::mpsc::Sender<operator::Forwarded>>,
 }
 
 impl Peers {
@@ -219,6 +252,8 @@ impl Peers {
             outbound: arc_swap::ArcSwap::default(),
             inbound: arc_swap::ArcSwap::default(),
             next_link: std::sync::atomic::AtomicU32::new(1),
+            orders: operator::Orders::default(),
+            admin: std::sync::OnceLock::new(),
         }
     }
 
@@ -368,6 +403,11 @@ impl Peers {
     /// Sends `call` to the node holding partition `p` and waits for the answer (from a
     /// pool thread: it blocks).
     fn call(&self, p: usize, call: Call) -> Result<Vec<u8>, Error> {
+        self.call_within(p, call, CALL_TIMEOUT)
+    }
+
+    /// [`Peers::call`], waiting up to `timeout`.
+    fn call_within(&self, p: usize, call: Call, timeout: Duration) -> Result<Vec<u8>, Error> {
         let link = match self.elsewhere(p) {
             None => return Err(Error::NotHere(p)),
             Some(Err(node)) => {
@@ -378,21 +418,8 @@ impl Peers {
             }
             Some(Ok(link)) => link,
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        link.tx
-            .try_send(ToOwner::Call {
-                call,
-                partition: p,
-                answer: tx,
-            })
-            .map_err(|e| Error::Remote {
-                partition: p,
-                message: match e {
-                    tokio::sync::mpsc::error::TrySendError::Full(_) => "the link is full".into(),
-                    tokio::sync::mpsc::error::TrySendError::Closed(_) => "the link ended".into(),
-                },
-            })?;
-        rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
+        let answer = link.ask(call, p, timeout)?;
+        answer.recv_timeout(timeout).unwrap_or_else(|_| {
             Err(Error::Remote {
                 partition: p,
                 message: "no answer in time".into(),

@@ -231,6 +231,38 @@ pub(crate) enum Call {
         password_hash: Option<String>,
         created_at: Timestamp,
     },
+    /// An operator's account action (`kick`, `disable`, `enable`, `revoke`) asked of another
+    /// node's admin API, for the node holding the account's partition to take: answered
+    /// with the admin API's status and JSON body ([`Acted`]).
+    Act {
+        name: String,
+        action: String,
+        device: Option<u64>,
+    },
+    /// An account action the node holding the account took, for this node's sessions: the
+    /// restriction it put in place (none for `kick`), then close the account's sessions
+    /// (of `device` only, when given) as `action` does. Answered with how many closed
+    /// ([`Closed`]).
+    Order {
+        user: UserId,
+        action: String,
+        device: Option<u64>,
+        restriction: Option<crate::store::Restriction>,
+    },
+}
+
+/// The answer to [`Call::Act`]: the holding node's admin API status and body.
+#[derive(Debug, Encode, Decode)]
+pub(crate) struct Acted {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+}
+
+/// The answer to [`Call::Order`]: sessions closed, and shards that could not be told.
+#[derive(Debug, Encode, Decode)]
+pub(crate) struct Closed {
+    pub(crate) closed: u64,
+    pub(crate) shards_not_answering: u64,
 }
 
 /// Why a call has no result.

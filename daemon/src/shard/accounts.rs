@@ -25,6 +25,9 @@ pub(crate) struct Authenticated {
     pub(crate) expires_at: u64,
     /// The token's `iat`, checked against the account's restriction when the session is set.
     pub(crate) issued_at: Option<u64>,
+    /// Where this node's orders from other nodes stood before the restriction was read
+    /// (`crate::peer::Peers::orders`): the later ones are checked as the session is set.
+    pub(crate) mark: u64,
 }
 
 /// An account write in flight.
@@ -39,6 +42,7 @@ pub(crate) enum AccountWrite {
         name: String,
         expires_at: u64,
         issued_at: Option<u64>,
+        mark: u64,
     },
 }
 
@@ -96,6 +100,7 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
     };
     let shared = Arc::clone(&shard.shared);
     let id = shard.id;
+    let mark = shared.peers.orders.mark();
     let submitted = shard.shared.reads.submit(move |store| {
         // The restriction is checked again on the connection's shard as the session is set
         // (`conn::authenticated`): an operator's order may come in between.
@@ -116,9 +121,10 @@ pub(crate) fn authenticate(shard: &Shard, conn: ConnId, request: Option<RequestI
                 name: record.name,
                 expires_at: claims.expires_at,
                 issued_at: claims.issued_at,
+                mark,
             }),
             Ok(None) => {
-                return provision(&shared, store, id, conn, request, claims);
+                return provision(&shared, store, id, conn, request, claims, mark);
             }
             // A cluster's node that does not hold the name's partition (standing by) refuses
             // the hello without calling it a failure.
@@ -158,6 +164,7 @@ fn provision(
     conn: ConnId,
     request: Option<RequestId>,
     claims: crate::token::Claims,
+    mark: u64,
 ) {
     let name = claims.user;
     if shared.peers.claims_elsewhere(&name) {
@@ -173,6 +180,7 @@ fn provision(
                 name: record.name,
                 expires_at: claims.expires_at,
                 issued_at: claims.issued_at,
+                mark,
             }),
             Ok(None) => Err(error_body(ErrorCode::UNAVAILABLE, "")),
             Err(e) => {
@@ -203,6 +211,7 @@ fn provision(
         name,
         expires_at: claims.expires_at,
         issued_at: claims.issued_at,
+        mark,
     };
     if let Err(refused) = shared.commit(shard, batch, Written::Account(write)) {
         tracing::debug!(error = %refused, "an account write was refused");
@@ -263,6 +272,7 @@ pub(crate) fn account_written(shard: &Shard, write: AccountWrite, result: Result
             name,
             expires_at,
             issued_at,
+            mark,
         } => {
             let result = match result {
                 Ok(()) | Err(WriteError::Exists) => {
@@ -275,6 +285,7 @@ pub(crate) fn account_written(shard: &Shard, write: AccountWrite, result: Result
                                 name: r.name,
                                 expires_at,
                                 issued_at,
+                                mark,
                             }),
                             _ => Err(error_body(ErrorCode::UNAVAILABLE, "")),
                         };

@@ -22,6 +22,7 @@ pub(crate) mod erase;
 mod frames;
 pub(crate) mod owner;
 pub(crate) mod placement;
+mod presence;
 mod readings;
 pub(crate) mod registry;
 mod route;

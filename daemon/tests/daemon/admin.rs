@@ -382,7 +382,7 @@ fn chatd_admin(chatd: &Proc, args: &[&str]) -> (i32, String) {
 }
 
 /// Reads frames until the goodbye; returns its code.
-async fn goodbye(client: &mut Client) -> GoodbyeCode {
+pub(crate) async fn goodbye(client: &mut Client) -> GoodbyeCode {
     loop {
         match client.next_frame().await {
             Some(ServerFrame::Goodbye(g)) => return g.code,

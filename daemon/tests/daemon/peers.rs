@@ -3,7 +3,8 @@
 //! others what their partitions hold. Clients on three different nodes chat in a direct
 //! conversation and a room whose partitions are on other nodes than theirs; accounts are
 //! created by the node that holds their name's partition; a device resumes on another node
-//! than the one it left and gets exactly what it missed. Then a node is SIGKILLed: its
+//! than the one it left and gets exactly what it missed. An operator's action on an account
+//! through any node closes its sessions on every node. Then a node is SIGKILLed: its
 //! partitions move to the other two, every acknowledged message is kept, devices resume on
 //! the survivors with no gap, and a resent op id is recognised.
 
@@ -16,7 +17,7 @@ use chat_protocol::*;
 use crate::client::Client;
 use crate::operations::Proc;
 use crate::ownership::Etcd;
-use crate::standby::{caught_up, hello, missed, readyz};
+use crate::standby::{caught_up, hello, hello_issued, missed, readyz};
 
 const SECRET: &str = "5f3c0a9d1e7b2c4a6f8e0d2b4c6a8e1f3b5d7c9e0a2c4e6f8b1d3f5a7c9e2b4d";
 const PARTITIONS: u16 = 8;
@@ -57,12 +58,8 @@ async fn held(node: &mut Proc) -> Vec<u16> {
 /// `nodes`, in order) as its owner, each node holds what it owns, and every node is ready
 /// (it holds or reaches every partition).
 async fn settled(etcd: &str, cluster: &str, live: &[&str], nodes: &mut [&mut Proc]) {
-    let mut client = etcd_client::Client::connect([etcd.to_owned()], None)
-        .await
-        .unwrap();
-    let prefix = format!("/chatd/{cluster}/owners/");
     let started = Instant::now();
-    loop {
+    while !is_settled(etcd, cluster, live, nodes).await {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the cluster never settled:\n{}",
@@ -72,36 +69,54 @@ async fn settled(etcd: &str, cluster: &str, live: &[&str], nodes: &mut [&mut Pro
                 .collect::<Vec<_>>()
                 .join("\n----\n")
         );
-        let owners = client
-            .get(
-                prefix.as_str(),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
-        let owners: BTreeMap<u16, String> = (owners.kvs().iter())
-            .map(|kv| {
-                let p = kv.key_str().unwrap().strip_prefix(&prefix).unwrap();
-                (p.parse().unwrap(), kv.value_str().unwrap().to_owned())
-            })
-            .collect();
-        let placed = (0..PARTITIONS).all(|p| {
-            let want = chatd::cluster::preferred(p, live.iter().copied());
-            owners.get(&p).map(String::as_str) == want
-        });
-        let mut ready = placed;
-        for (name, node) in live.iter().zip(nodes.iter_mut()) {
-            let owned: Vec<u16> = (owners.iter())
-                .filter(|(_, owner)| owner == name)
-                .map(|(p, _)| *p)
-                .collect();
-            ready = ready && readyz(node).await.0 == 200 && held(node).await == owned;
-        }
-        if ready {
-            return;
-        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the cluster is settled now (see [`settled`]).
+async fn is_settled(etcd: &str, cluster: &str, live: &[&str], nodes: &mut [&mut Proc]) -> bool {
+    let mut client = etcd_client::Client::connect([etcd.to_owned()], None)
+        .await
+        .unwrap();
+    let prefix = format!("/chatd/{cluster}/owners/");
+    let owners = client
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let owners: BTreeMap<u16, String> = (owners.kvs().iter())
+        .map(|kv| {
+            let p = kv.key_str().unwrap().strip_prefix(&prefix).unwrap();
+            (p.parse().unwrap(), kv.value_str().unwrap().to_owned())
+        })
+        .collect();
+    let placed = (0..PARTITIONS).all(|p| {
+        let want = chatd::cluster::preferred(p, live.iter().copied());
+        owners.get(&p).map(String::as_str) == want
+    });
+    let mut ready = placed;
+    for (name, node) in live.iter().zip(nodes.iter_mut()) {
+        let owned: Vec<u16> = (owners.iter())
+            .filter(|(_, owner)| owner == name)
+            .map(|(p, _)| *p)
+            .collect();
+        ready = ready && readyz(node).await.0 == 200 && held(node).await == owned;
+    }
+    ready
+}
+
+/// `POST /v1/users/NAME/ACTION` on the admin listener at `admin`: its JSON answer, which
+/// must be a success.
+async fn user_action(admin: std::net::SocketAddr, name: &str, action: &str) -> serde_json::Value {
+    let request = format!(
+        "POST /v1/users/{name}/{action} HTTP/1.1\r\nHost: {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = crate::admin::http_raw(admin, &request).await;
+    assert_eq!(status, 200, "{action} {name}: {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// A session of `user` on `node` from `cursors`; the node's log when it is refused.
@@ -256,7 +271,8 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         bob_seen.insert(*conversation, *seq);
     }
 
-    // An operator disables an account on the node that holds it: no node lets it in again.
+    // An operator disables an account through a node that does not hold it: the holder
+    // takes the action, every node closes the account's sessions, and none lets it in again.
     let holder = chatd::cluster::preferred(u16::try_from(map.of_name("dave")).unwrap(), NODES);
     let (mut nodes, mut others) = (Vec::new(), Vec::new());
     for (name, node) in NODES.iter().zip([&mut a, &mut b, &mut c]) {
@@ -266,22 +282,44 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
             others.push(node)
         }
     }
-    let (dave, _) = session(nodes[0], "dave", vec![]).await;
-    let (dave_elsewhere, _) = session(others[0], "dave", vec![]).await;
-    drop((dave, dave_elsewhere));
-    let admin = nodes[0].admin;
-    let request = format!(
-        "POST /v1/users/dave/disable HTTP/1.1\r\nHost: {admin}\r\n\
-         Content-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let (status, body) = crate::admin::http_raw(admin, &request).await;
-    assert_eq!(status, 200, "{body}");
-    for node in others {
+    nodes.append(&mut others);
+    let mut daves = Vec::new();
+    for node in nodes.iter_mut() {
+        daves.push(session(node, "dave", vec![]).await.0);
+    }
+    let disabled = user_action(nodes[1].admin, "dave", "disable").await;
+    assert_eq!(disabled["node"], holder.unwrap(), "{disabled}");
+    assert_eq!(disabled["closed"], 3, "one session per node: {disabled}");
+    assert_eq!(disabled["nodes_not_answering"], 0, "{disabled}");
+    assert_eq!(disabled["disabled"], true);
+    for dave in &mut daves {
+        assert_eq!(
+            crate::admin::goodbye(dave).await,
+            GoodbyeCode::ACCOUNT_DISABLED
+        );
+    }
+    for node in nodes.iter_mut() {
         assert_eq!(
             hello(node, "dave", vec![]).await.err(),
             Some(ErrorCode::ACCOUNT_DISABLED)
         );
     }
+    // Enabled through the third node: a token issued after the disable gets in everywhere
+    // again (the orders a node noted refuse no more than the holder does).
+    let enabled = user_action(nodes[2].admin, "dave", "enable").await;
+    assert_eq!(enabled["disabled"], false, "{enabled}");
+    let from = enabled["tokens_from"].as_u64().unwrap();
+    for node in nodes.iter_mut() {
+        assert!(hello_issued(node, "dave", Some(from), vec![]).await.is_ok());
+        assert_eq!(
+            hello_issued(node, "dave", Some(from - 1), vec![])
+                .await
+                .err(),
+            Some(ErrorCode::TOKEN_REVOKED),
+            "a token issued before the disable stays refused"
+        );
+    }
+    drop(nodes);
 
     // b dies. Its partitions go to a and c once its lease expires; nothing acknowledged is
     // lost, and the devices resume on the survivors.
@@ -330,4 +368,90 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     let ack = alice.send_text(rooms[0], 121, "still live").await;
     assert_eq!(carol.message().await.seq, ack.seq);
     assert_eq!(bob.message().await.seq, ack.seq);
+    heads.insert(rooms[0], ack.seq.0);
+
+    // b joins again while alice sends: it takes the partitions it wins from a and c by
+    // hand-over. A send that meets its partition in hand-over is refused UNAVAILABLE and
+    // sent again with its op id; every send is numbered once, in order.
+    let bob_seen: BTreeMap<ConversationId, u64> = heads.clone();
+    let carol_seen: BTreeMap<ConversationId, u64> = heads
+        .iter()
+        .filter(|(c, _)| **c != dm)
+        .map(|(c, s)| (*c, *s))
+        .collect();
+    drop((bob, carol));
+    let mut b = start("b");
+    let joined = Instant::now();
+    let (mut op, mut resent, mut after) = (122, 0, 0);
+    while after < 20 {
+        let conversation = target(op);
+        let ack = loop {
+            let send = Request::Send(SendMessage {
+                conversation,
+                op: OpId(op),
+                content_type: ContentType::TEXT,
+                reply_to: None,
+                body: b"while b joins".to_vec(),
+                mentions: Vec::new(),
+            });
+            match alice.request(send).await {
+                Ok(Response::Sent(ack)) => break ack,
+                Err(e) if e.code == ErrorCode::UNAVAILABLE => {
+                    resent += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("send {op}: {other:?}"),
+            }
+        };
+        // A resend whose first try was committed is acknowledged with its first seq.
+        assert_eq!(
+            ack.seq.0,
+            heads[&conversation] + 1,
+            "send {op}, once, in order"
+        );
+        heads.insert(conversation, ack.seq.0);
+        op += 1;
+        if after > 0
+            || (op % 5 == 0
+                && is_settled(&etcd.url, &cluster, &NODES, &mut [&mut a, &mut b, &mut c]).await)
+        {
+            after += 1;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "b never took its partitions:\n{}",
+            b.log_text()
+        );
+    }
+    eprintln!(
+        "b took its partitions back {:?} after it started; {} sends before, {resent} refused and resent",
+        joined.elapsed(),
+        op - 122 - 20
+    );
+    let heads_now: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
+    let (mut bob, _) = session(&mut b, "bob", cursors(&bob_seen)).await;
+    let mut got = caught_up(&mut bob).await;
+    got.sort();
+    assert_eq!(
+        got,
+        missed(&cursors(&bob_seen), &heads_now),
+        "bob, on b again"
+    );
+    let (mut carol, _) = session(&mut c, "carol", cursors(&carol_seen)).await;
+    let mut got = caught_up(&mut carol).await;
+    got.sort();
+    let carol_heads: Vec<_> = heads_now
+        .iter()
+        .copied()
+        .filter(|(c, _)| *c != dm)
+        .collect();
+    assert_eq!(got, missed(&cursors(&carol_seen), &carol_heads), "carol");
+    for room in &rooms {
+        let ack = alice
+            .send_text(*room, op, "live on three nodes again")
+            .await;
+        assert_eq!(carol.message().await.seq, ack.seq);
+        assert_eq!(bob.message().await.seq, ack.seq);
+        op += 1;
+    }
 }

@@ -36,7 +36,7 @@ fn node(dir: &Path, name: &str, etcd: &str, cluster: &str, partitions: &Path) ->
 }
 
 /// A token for `user`, signed with the nodes' key.
-fn token(user: &str) -> String {
+fn token(user: &str, issued_at: Option<u64>) -> String {
     let auth = chatd::config::AuthConfig {
         keys: vec![chatd::config::KeyConfig {
             id: "k1".into(),
@@ -46,7 +46,7 @@ fn token(user: &str) -> String {
     };
     let keys = chatd::token::Keys::load(&auth, Path::new("/nonexistent")).unwrap();
     let now = chatd::unix_now();
-    keys.mint(user, now, now + 3600)
+    keys.mint(user, issued_at.unwrap_or(now), now + 3600)
 }
 
 /// A hello with `user`'s token: the session, or the code it was refused with.
@@ -55,10 +55,20 @@ pub(crate) async fn hello(
     user: &str,
     cursors: Vec<Cursor>,
 ) -> Result<(Client, Session), ErrorCode> {
+    hello_issued(node, user, None, cursors).await
+}
+
+/// [`hello`] with a token issued at `issued_at` (seconds since the epoch; now by default).
+pub(crate) async fn hello_issued(
+    node: &mut Proc,
+    user: &str,
+    issued_at: Option<u64>,
+    cursors: Vec<Cursor>,
+) -> Result<(Client, Session), ErrorCode> {
     node.ready().await;
     let mut client = Client::connect(node.addr, &node.dir.join("tls/cert.pem")).await;
     let auth = Auth {
-        token: token(user),
+        token: token(user, issued_at),
         resume: Some(Resume { cursors }),
     };
     let ok = client.hello_with(Some(auth), 1).await;

@@ -80,14 +80,18 @@ pub(crate) fn authenticated(
     };
     // Checked here, on the connection's shard, as the session is set (whichever path read
     // the account): an operator's restriction is in place before the shards are told to
-    // close its sessions, so a session is either refused here or closed by that order.
-    let result =
-        result.and_then(
-            |auth| match shard.shared.restriction(auth.user).refuses(auth.issued_at) {
-                Some(code) => Err(crate::shard::error_body(code, "")),
-                None => Ok(auth),
-            },
-        );
+    // close its sessions, so a session is either refused here or closed by that order. The
+    // same holds for an account another node holds: its orders are noted before they
+    // close sessions here, and those since the restriction was read are checked.
+    let result = result.and_then(|auth| {
+        let shared = &shard.shared;
+        let refused = (shared.restriction(auth.user).refuses(auth.issued_at))
+            .or_else(|| (shared.peers.orders).refuses(auth.user, auth.issued_at, auth.mark));
+        match refused {
+            Some(code) => Err(crate::shard::error_body(code, "")),
+            None => Ok(auth),
+        }
+    });
     match result {
         Ok(auth) => start_session(shard, &conn, request, auth),
         Err(body) => {

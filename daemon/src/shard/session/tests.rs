@@ -112,6 +112,7 @@ fn auth(expires_at: u64) -> Authenticated {
         name: "alice".into(),
         expires_at,
         issued_at: None,
+        mark: 0,
     }
 }
 

@@ -92,6 +92,7 @@ impl World {
             name: format!("user{user}"),
             expires_at: u64::MAX,
             issued_at: None,
+            mark: 0,
         };
         session.started(auth).expect("after the hello");
         session.user_budget(Arc::clone(&client.budget));

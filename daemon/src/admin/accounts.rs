@@ -1,0 +1,239 @@
+//! The account actions of the admin API: `POST /v1/users/NAME/{kick,disable,enable,revoke}`.
+//!
+//! An account's restriction is committed first, then put in place, then the shards close
+//! its sessions: from the commit on, no session of it can start. In a cluster of serving
+//! nodes (`cluster.peer`) any node takes the request: the node holding the account's
+//! partition takes the action (`crate::peer::Peers::act_at_holder`), closes the sessions
+//! it serves, and orders every other node to close theirs
+//! (`crate::peer::Peers::order_everywhere`); the answer counts them all.
+
+use std::sync::Arc;
+
+use chat_protocol::{DeviceId, GoodbyeCode, UserId};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use super::State;
+use super::api::{Outcome, WAIT, ask_every_shard, commit, param, publish, unavailable, user};
+use crate::peer::Forwarded;
+use crate::shard::{AdminOp, Shared};
+use crate::store::writer::Batch;
+use crate::store::{Cf, Restriction, outbox};
+
+/// What account action `action` tells the sessions it closes: their goodbye code and
+/// reason (none for `enable`, which closes none).
+pub(crate) fn goodbye(action: &str) -> Option<(GoodbyeCode, &'static str)> {
+    match action {
+        "kick" => Some((GoodbyeCode::KICKED, "an operator closed the session")),
+        "disable" => Some((GoodbyeCode::ACCOUNT_DISABLED, "the account is disabled")),
+        "revoke" => Some((
+            GoodbyeCode::TOKEN_REVOKED,
+            "the session's token was revoked",
+        )),
+        _ => None,
+    }
+}
+
+/// Closes the sessions of `user` (of `device` only, when given) on every shard of this
+/// node; returns how many closed and how many shards could not be told.
+pub(crate) async fn close_sessions(
+    shared: &Shared,
+    user: UserId,
+    device: Option<DeviceId>,
+    code: GoodbyeCode,
+    reason: &'static str,
+) -> (usize, usize) {
+    let (closed, missing) = ask_every_shard(shared, |reply| AdminOp::Close {
+        user,
+        device,
+        code,
+        reason,
+        reply,
+    })
+    .await;
+    (closed.into_iter().sum(), missing)
+}
+
+/// `POST /v1/users/NAME/ACTION[?device=D]`.
+pub(super) async fn requested(state: &State, name: &str, action: &str, query: &str) -> Outcome {
+    if !matches!(action, "kick" | "disable" | "enable" | "revoke") {
+        return Err((StatusCode::NOT_FOUND, format!("no user action {action:?}")));
+    }
+    let device = match param(query, "device") {
+        Some(d) if action == "kick" => Some(DeviceId(d.parse().map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("device {d:?} is not a number"),
+            )
+        })?)),
+        Some(_) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "only kick takes a device".to_owned(),
+            ));
+        }
+        None => None,
+    };
+    let (id, name) = user(state, name)?;
+    let peers = Arc::clone(&state.shared.peers);
+    if !peers.on() {
+        return act(state, id, name, action, device).await;
+    }
+    let (held, action_name) = (name.clone(), action.to_owned());
+    let elsewhere =
+        tokio::task::spawn_blocking(move || peers.act_at_holder(id, &held, &action_name, device))
+            .await
+            .map_err(unavailable)?;
+    match elsewhere {
+        None => act(state, id, name, action, device).await,
+        Some(Ok(acted)) => {
+            let status = StatusCode::from_u16(acted.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if status.is_success() {
+                serde_json::from_str(&acted.body).map_err(unavailable)
+            } else {
+                let reason: Value = serde_json::from_str(&acted.body).unwrap_or_default();
+                let reason = reason["error"].as_str().unwrap_or(&acted.body);
+                Err((status, reason.to_owned()))
+            }
+        }
+        Some(Err(e)) => Err(unavailable(format!(
+            "the node holding {name}'s partition did not take the action: {e}"
+        ))),
+    }
+}
+
+/// Takes an account action another node forwarded (this node held the account's partition
+/// when it was sent): its status and JSON body.
+pub(super) async fn forwarded(state: &State, forwarded: Forwarded) {
+    let Forwarded {
+        name,
+        action,
+        device,
+        reply,
+    } = forwarded;
+    let result = match user(state, &name) {
+        Ok((id, name)) => {
+            let p = state.shared.partitions.of_id(id.0);
+            if state.store.holds(p) {
+                act(state, id, name, &action, device).await
+            } else {
+                Err(unavailable(format!(
+                    "the partition of {name} moved; ask again"
+                )))
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let answer = match result {
+        Ok(value) => (200, value.to_string()),
+        Err((status, reason)) => (status.as_u16(), json!({ "error": reason }).to_string()),
+    };
+    let _ = reply.send(answer);
+}
+
+/// Takes account action `action` on `id` (named `name`), whose partition this node holds
+/// (or, without peers, whichever node this is).
+async fn act(
+    state: &State,
+    id: UserId,
+    name: String,
+    action: &str,
+    device: Option<DeviceId>,
+) -> Outcome {
+    let shared = &state.shared;
+    // One account action at a time: each reads the restriction the previous one left.
+    let _serial = state.actions.lock().await;
+    let before = shared.restriction(id);
+    let now = crate::unix_now();
+    // Tokens issued in this second or before are refused from now on.
+    let revoked = Restriction {
+        tokens_from: now + 1,
+        ..before
+    };
+    let after = match action {
+        "disable" => Some(Restriction {
+            disabled: true,
+            ..revoked
+        }),
+        "enable" => Some(Restriction {
+            disabled: false,
+            ..before
+        }),
+        "revoke" => Some(revoked),
+        _ => None,
+    };
+    // The restriction is durable before it applies (the storage thread puts it in place
+    // after the commit), and applies before sessions close.
+    if let Some(after) = after {
+        let mut batch = Batch::default();
+        let value = serde_json::to_vec(&after).map_err(unavailable)?;
+        if after == Restriction::default() {
+            batch.delete(Cf::Meta, crate::store::restriction_key(id));
+        } else {
+            batch.put(Cf::Meta, crate::store::restriction_key(id), value);
+        }
+        let partition = state.shared.partitions.of_id(id.0);
+        commit(state, partition, batch, Some((id, after))).await?;
+    }
+    let (mut closed, missing) = match goodbye(action) {
+        Some((code, reason)) => close_sessions(shared, id, device, code, reason).await,
+        None => (0, 0),
+    };
+    // Then every other node: its sessions of the account, and the restriction for those
+    // that are starting.
+    let peers = Arc::clone(&shared.peers);
+    let ordered = action.to_owned();
+    let (elsewhere, nodes_missing) = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || peers.order_everywhere(id, &ordered, device, after)),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or((0, 1));
+    closed += usize::try_from(elsewhere).unwrap_or(usize::MAX);
+    let closed32 = u32::try_from(closed).unwrap_or(u32::MAX);
+    tracing::info!(
+        target: "chatd::admin",
+        action,
+        user = %id,
+        name = %name,
+        device = device.map(|d| d.0),
+        closed,
+        "admin action"
+    );
+    if missing > 0 || nodes_missing > 0 {
+        tracing::warn!(
+            target: "chatd::admin",
+            action,
+            shards = missing,
+            nodes = nodes_missing,
+            "some shards or nodes could not be told to close the sessions; run the action again"
+        );
+    }
+    publish(
+        state,
+        outbox::Event::AdminAction {
+            action: action.to_owned(),
+            user: Some(id),
+            name: Some(name.clone()),
+            device: device.map(|d| d.0),
+            closed: closed32,
+            detail: None,
+        },
+    )
+    .await;
+    let restriction = shared.restriction(id);
+    Ok(json!({
+        "action": action,
+        "user": id.0,
+        "name": name,
+        "device": device.map(|d| d.0),
+        "closed": closed,
+        "shards_not_answering": missing,
+        "nodes_not_answering": nodes_missing,
+        "node": shared.peers.on().then(|| shared.config().cluster.node.clone()),
+        "disabled": restriction.disabled,
+        "tokens_from": restriction.tokens_from,
+    }))
+}

@@ -1,0 +1,301 @@
+//! An operator's account actions across the nodes (docs/OPERATIONS.md section 9):
+//! `kick`, `disable`, `enable` and `revoke` asked of any node's admin API are taken by the
+//! node holding the account's partition ([`wire::Call::Act`]): it commits the restriction
+//! and puts it in place, closes the account's sessions there, and orders every other node
+//! to close theirs ([`wire::Call::Order`]).
+//!
+//! A session another node authenticates reads the restriction from the holding node
+//! before it starts, so an order can arrive between that read and the session's start.
+//! Each node numbers the orders it gets ([`Orders`]); a session is checked, as it starts,
+//! against the orders that arrived since its authentication began, and refused as the
+//! holder's own check would have refused it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_protocol::{DeviceId, ErrorCode, UserId};
+
+use super::wire::{self, Acted, Call, Closed, Refused};
+use super::{CALL_TIMEOUT, Peers};
+use crate::store::{Error, Restriction};
+
+/// Orders remembered at most; a session whose authentication began before the oldest one
+/// remembered is refused `UNAVAILABLE` (its client retries).
+pub(crate) const MAX_ORDERS: usize = 4_096;
+
+/// How long an action asked of another node waits for it: its commit, its shards and the
+/// other nodes' orders each have their own deadline within it.
+pub(crate) const ACT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Account actions forwarded to this node's admin API, waiting at most.
+pub(crate) const MAX_FORWARDED: usize = 64;
+
+/// The restrictions other nodes put in place, numbered as they arrived.
+#[derive(Default)]
+pub(crate) struct Orders {
+    /// The number the next order gets: read without the lock as authentications begin.
+    next: AtomicU64,
+    log: parking_lot::Mutex<Log>,
+}
+
+#[derive(Default)]
+struct Log {
+    /// Orders numbered below this were forgotten.
+    forgotten: u64,
+    orders: VecDeque<(u64, UserId, Restriction)>,
+}
+
+impl Orders {
+    /// The mark an authentication takes as it begins: the orders from here on are checked
+    /// as its session starts ([`Orders::refuses`]).
+    pub(crate) fn mark(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Notes `user`'s restriction, put in place by the node holding it.
+    pub(crate) fn note(&self, user: UserId, restriction: Restriction) {
+        let mut log = self.log.lock();
+        let n = self.next.load(Ordering::Acquire);
+        if log.orders.len() >= MAX_ORDERS
+            && let Some((oldest, ..)) = log.orders.pop_front()
+        {
+            log.forgotten = oldest + 1;
+        }
+        log.orders.push_back((n, user, restriction));
+        self.next.store(n + 1, Ordering::Release);
+    }
+
+    /// Why a session of `user`, with a token issued at `issued_at` and authenticated from
+    /// `mark` on, cannot start: the last order for `user` since then refuses it, or orders
+    /// since then were forgotten.
+    pub(crate) fn refuses(
+        &self,
+        user: UserId,
+        issued_at: Option<u64>,
+        mark: u64,
+    ) -> Option<ErrorCode> {
+        if self.next.load(Ordering::Acquire) <= mark {
+            return None;
+        }
+        let log = self.log.lock();
+        if log.forgotten > mark {
+            return Some(ErrorCode::UNAVAILABLE);
+        }
+        (log.orders.iter().rev())
+            .take_while(|(n, ..)| *n >= mark)
+            .find(|(_, u, _)| *u == user)
+            .and_then(|(_, _, restriction)| restriction.refuses(issued_at))
+    }
+}
+
+/// An account action another node's admin API forwarded, for this node's admin listener.
+pub(crate) struct Forwarded {
+    pub(crate) name: String,
+    pub(crate) action: String,
+    pub(crate) device: Option<DeviceId>,
+    /// The admin API's status and JSON body.
+    pub(crate) reply: tokio::sync::oneshot::Sender<(u16, String)>,
+}
+
+impl Peers {
+    /// The admin listener takes the actions other nodes forward from `tx` on.
+    pub(crate) fn serve_admin(&self, tx: tokio::sync::mpsc::Sender<Forwarded>) {
+        let _ = self.admin.set(tx);
+    }
+
+    /// When another node holds `user`'s partition: has it take account action `action`,
+    /// and returns its admin API's status and body (from a blocking thread: it waits).
+    pub(crate) fn act_at_holder(
+        &self,
+        user: UserId,
+        name: &str,
+        action: &str,
+        device: Option<DeviceId>,
+    ) -> Option<Result<Acted, Error>> {
+        let p = self.map.of_id(user.0);
+        // Held here (or by nobody known): this node takes it.
+        self.elsewhere(p).as_ref()?;
+        let call = Call::Act {
+            name: name.to_owned(),
+            action: action.to_owned(),
+            device: device.map(|d| d.0),
+        };
+        Some(self.call_within(p, call, ACT_TIMEOUT).and_then(|bytes| {
+            wire::decode(&bytes).map_err(|message| Error::Remote {
+                partition: p,
+                message,
+            })
+        }))
+    }
+
+    /// Orders every other node etcd lists to put `restriction` in place for `user` (none
+    /// for a kick) and close its sessions as `action` does (from a blocking thread: it
+    /// waits). Returns how many sessions they closed and how many nodes (or their shards)
+    /// could not be told.
+    pub(crate) fn order_everywhere(
+        &self,
+        user: UserId,
+        action: &str,
+        device: Option<DeviceId>,
+        restriction: Option<Restriction>,
+    ) -> (u64, u64) {
+        if !self.on {
+            return (0, 0);
+        }
+        let p = self.map.of_id(user.0);
+        let others: Vec<String> = (self.nodes.borrow().keys())
+            .filter(|node| **node != *self.me)
+            .cloned()
+            .collect();
+        let outbound = self.outbound.load();
+        let mut missing = 0u64;
+        let mut asked = Vec::new();
+        for node in others {
+            let call = Call::Order {
+                user,
+                action: action.to_owned(),
+                device: device.map(|d| d.0),
+                restriction,
+            };
+            match outbound
+                .get(node.as_str())
+                .map(|link| link.ask(call, p, CALL_TIMEOUT))
+            {
+                Some(Ok(answer)) => asked.push((node, answer)),
+                _ => {
+                    tracing::warn!(target: "chatd::admin", node, "a node could not be told to close an account's sessions");
+                    missing += 1;
+                }
+            }
+        }
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut closed = 0;
+        for (node, answer) in asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let told = (answer.recv_timeout(left).ok())
+                .and_then(Result::ok)
+                .and_then(|bytes| wire::decode::<Closed>(&bytes).ok());
+            match told {
+                Some(told) => {
+                    closed += told.closed;
+                    missing += u64::from(told.shards_not_answering > 0);
+                }
+                None => {
+                    tracing::warn!(target: "chatd::admin", node, "a node did not say it closed an account's sessions");
+                    missing += 1;
+                }
+            }
+        }
+        (closed, missing)
+    }
+
+    /// Answers [`Call::Order`]: notes the restriction, then closes the account's
+    /// sessions here.
+    pub(crate) async fn ordered(
+        shared: &crate::shard::Shared,
+        user: UserId,
+        action: &str,
+        device: Option<u64>,
+        restriction: Option<Restriction>,
+    ) -> Result<Vec<u8>, Refused> {
+        if let Some(restriction) = restriction {
+            shared.peers.orders.note(user, restriction);
+        }
+        let (closed, missing) = match crate::admin::accounts::goodbye(action) {
+            Some((code, reason)) => {
+                let device = device.map(DeviceId);
+                crate::admin::accounts::close_sessions(shared, user, device, code, reason).await
+            }
+            None => (0, 0),
+        };
+        let closed = Closed {
+            closed: u64::try_from(closed).unwrap_or(u64::MAX),
+            shards_not_answering: u64::try_from(missing).unwrap_or(u64::MAX),
+        };
+        bincode::encode_to_vec(closed, bincode::config::standard())
+            .map_err(|e| Refused::Failed(e.to_string()))
+    }
+
+    /// Answers [`Call::Act`]: this node's admin listener takes the action.
+    pub(crate) async fn acted(
+        &self,
+        name: String,
+        action: String,
+        device: Option<u64>,
+    ) -> Result<Vec<u8>, Refused> {
+        let admin = (self.admin.get())
+            .ok_or_else(|| Refused::Failed(format!("node {} has no admin listener", self.me)))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let forwarded = Forwarded {
+            name,
+            action,
+            device: device.map(DeviceId),
+            reply,
+        };
+        admin.try_send(forwarded).map_err(|_| Refused::Busy)?;
+        let (status, body) = answer
+            .await
+            .map_err(|_| Refused::Failed("the admin listener stopped".into()))?;
+        bincode::encode_to_vec(Acted { status, body }, bincode::config::standard())
+            .map_err(|e| Refused::Failed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DISABLED: Restriction = Restriction {
+        disabled: true,
+        tokens_from: 0,
+    };
+
+    #[test]
+    fn a_session_is_checked_against_the_orders_since_its_mark() {
+        let orders = Orders::default();
+        let (dave, erin) = (UserId(4), UserId(5));
+        let before = orders.mark();
+        orders.note(dave, DISABLED);
+        let after = orders.mark();
+        // Read before the order arrived: refused as the holder refuses it.
+        assert_eq!(
+            orders.refuses(dave, Some(10), before),
+            Some(ErrorCode::ACCOUNT_DISABLED)
+        );
+        // Read after: the read saw the restriction itself; the log has nothing newer.
+        assert_eq!(orders.refuses(dave, Some(10), after), None);
+        // Another account is not touched.
+        assert_eq!(orders.refuses(erin, Some(10), before), None);
+        // The last order decides: enabled again (tokens from 20 on).
+        orders.note(
+            dave,
+            Restriction {
+                disabled: false,
+                tokens_from: 20,
+            },
+        );
+        assert_eq!(orders.refuses(dave, Some(20), before), None);
+        assert_eq!(
+            orders.refuses(dave, Some(19), before),
+            Some(ErrorCode::TOKEN_REVOKED)
+        );
+    }
+
+    #[test]
+    fn a_mark_older_than_the_orders_remembered_is_refused_unavailable() {
+        let orders = Orders::default();
+        let old = orders.mark();
+        for n in 0..=MAX_ORDERS {
+            orders.note(UserId(1_000 + n as u64), DISABLED);
+        }
+        assert_eq!(orders.log.lock().orders.len(), MAX_ORDERS);
+        // The order numbered `old` was forgotten: whoever it was for, retry.
+        assert_eq!(
+            orders.refuses(UserId(7), None, old),
+            Some(ErrorCode::UNAVAILABLE)
+        );
+        // A mark taken after it is checked as usual.
+        assert_eq!(orders.refuses(UserId(7), None, old + 1), None);
+    }
+}
