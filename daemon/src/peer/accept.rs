@@ -93,6 +93,12 @@ async fn serve_accepted(
     let mut links = Vec::clone(&shared.peers.inbound.load());
     links.push(Arc::clone(&accepted.link));
     shared.peers.inbound.store(Arc::new(links));
+    // Which users have a device here: each registry shard reports its own, then its
+    // changes follow on the link in order.
+    for shard in 0..shared.inboxes.len() {
+        let report = crate::shard::registry::Op::ReportTo { link };
+        push(shared, shard, ShardMsg::Registry(report)).await;
+    }
     say_hello(shared, &mut down, secret, "listener", &ekm).await?;
     tracing::info!(node, "a peer linked to this node");
     let writing = tokio::spawn(async move {

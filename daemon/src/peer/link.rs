@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::wire::{self, Answer, Call, Down, Hello};
 use super::{LINK_QUEUE, MAX_PENDING, Outbound, ToOwner, push};
+use crate::shard::registry::Op;
 use crate::shard::{ConnId, ConnRef, Link, Publication, ShardMsg, Shared, error};
 
 /// The longest pause between two attempts to dial a node.
@@ -421,7 +422,7 @@ impl Drop for Dialed {
                 }
             }
         }
-        let shared = Arc::clone(&self.shared);
+        let (shared, node) = (Arc::clone(&self.shared), Arc::clone(&self.node));
         let lost = async move {
             for (shard, conn, request) in unanswered {
                 let frame = error(
@@ -432,6 +433,13 @@ impl Drop for Dialed {
                 push_reply(&shared, shard, conn, request, frame).await;
             }
             super::lag_everyone(&shared).await;
+            // The users only that node reported online are offline here now.
+            for shard in 0..shared.inboxes.len() {
+                let gone = Op::NodeGone {
+                    node: Arc::clone(&node),
+                };
+                push(&shared, shard, ShardMsg::Registry(gone)).await;
+            }
         };
         // Off this thread's other tasks; at the runtime's end (the daemon stops) there is
         // nobody left to tell.
@@ -514,6 +522,9 @@ async fn serve_dialed(
                 Some(Down::Event { frame, audience, except, kind }) => {
                     deliver(shared, frame, audience, except, kind).await;
                 }
+                Some(Down::Presence { online, offline }) => {
+                    presence(shared, &dialed.node, online, offline).await;
+                }
                 None => break,
             },
             _ = connection.closed() => break,
@@ -550,6 +561,38 @@ async fn deliver(
             live: kind.live(),
         };
         push(shared, target, ShardMsg::Publish(vec![publication])).await;
+    }
+}
+
+/// Which users of node `node` are online there: to their registry shards here.
+async fn presence(
+    shared: &Shared,
+    node: &Arc<str>,
+    online: Vec<UserId>,
+    offline: Vec<(UserId, chat_protocol::Timestamp)>,
+) {
+    let mut by_shard: HashMap<usize, (Vec<UserId>, Vec<_>)> = HashMap::new();
+    for user in online {
+        by_shard
+            .entry(shared.registry_of(user))
+            .or_default()
+            .0
+            .push(user);
+    }
+    for (user, at) in offline {
+        by_shard
+            .entry(shared.registry_of(user))
+            .or_default()
+            .1
+            .push((user, at));
+    }
+    for (shard, (online, offline)) in by_shard {
+        let op = Op::Remote {
+            node: Arc::clone(node),
+            online,
+            offline,
+        };
+        push(shared, shard, ShardMsg::Registry(op)).await;
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_protocol::{ConversationId, ErrorCode, UserId};
+use chat_protocol::{ConversationId, ErrorCode, Timestamp, UserId};
 
 pub(crate) use link::{PeerThread, start};
 pub(crate) use operator::{Forwarded, MAX_FORWARDED};
@@ -50,6 +50,9 @@ pub(crate) const LINK_BYTES: usize = 64 << 20;
 
 /// Requests forwarded on one link and not answered yet; beyond, `OVERLOADED`.
 pub(crate) const MAX_PENDING: usize = 65_536;
+
+/// Users per presence message when a link starts.
+const PRESENCE_CHUNK: usize = 4_096;
 
 /// How long a call (a read, an account creation) waits for the other node.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,6 +115,10 @@ pub(crate) enum Queued {
         except: Option<(u32, u64)>,
         kind: wire::Kind,
     },
+    Presence {
+        online: Vec<UserId>,
+        offline: Vec<(UserId, Timestamp)>,
+    },
 }
 
 impl Queued {
@@ -122,6 +129,7 @@ impl Queued {
             Queued::Event {
                 frame, audience, ..
             } => frame.len() + audience.len() * 8,
+            Queued::Presence { online, offline } => online.len() * 8 + offline.len() * 16,
         }
     }
 
@@ -150,6 +158,7 @@ impl Queued {
                 except,
                 kind,
             },
+            Queued::Presence { online, offline } => Down::Presence { online, offline },
         }
     }
 }
@@ -396,6 +405,39 @@ impl Peers {
                 audience: Arc::clone(audience),
                 except,
                 kind,
+            });
+        }
+    }
+
+    /// A user's first device connected to this node (`offline_at` is `None`), or its last
+    /// one here left: told to every node that dialed this one (from a registry shard).
+    pub(crate) fn presence_changed(&self, user: UserId, offline_at: Option<Timestamp>) {
+        let inbound = self.inbound.load();
+        for link in inbound.iter() {
+            link.send(match offline_at {
+                None => Queued::Presence {
+                    online: vec![user],
+                    offline: Vec::new(),
+                },
+                Some(at) => Queued::Presence {
+                    online: Vec::new(),
+                    offline: vec![(user, at)],
+                },
+            });
+        }
+    }
+
+    /// Tells the node behind `link`, which just dialed this one, that `online` have a
+    /// device here (from a registry shard, after which its changes follow on the link).
+    pub(crate) fn presence_to(&self, link: Link, online: Vec<UserId>) {
+        let inbound = self.inbound.load();
+        let Some(link) = inbound.iter().find(|l| l.link == link) else {
+            return;
+        };
+        for chunk in online.chunks(PRESENCE_CHUNK) {
+            link.send(Queued::Presence {
+                online: chunk.to_vec(),
+                offline: Vec::new(),
             });
         }
     }

@@ -11,8 +11,8 @@
 //!   [`Answer`].
 //!
 //! The owner opens **down**, one unidirectional stream of [`Down`] in order: the answers to
-//! the forwarded requests and every event it publishes (its feed), which the dialing node
-//! delivers to its own connections. Each message is a big-endian `u32` length and its
+//! the forwarded requests, every event it publishes (its feed), which the dialing node
+//! delivers to its own connections, and which of its users are online there. Each message is a big-endian `u32` length and its
 //! bincode encoding, as client frames are encoded.
 
 use bincode::{Decode, Encode};
@@ -213,6 +213,13 @@ pub(crate) enum Down {
         audience: Vec<UserId>,
         except: Option<(u32, u64)>,
         kind: Kind,
+    },
+    /// Users of the owner's node whose first device connected there (`online`), or whose
+    /// last device there left (`offline`, since when); when the link starts, every user
+    /// with a device there, in `online`.
+    Presence {
+        online: Vec<UserId>,
+        offline: Vec<(UserId, Timestamp)>,
     },
 }
 

@@ -140,6 +140,61 @@ impl PresenceTable {
     }
 }
 
+/// Users other nodes report online at most, per registry shard; beyond, a user another
+/// node reports is not noted (reads offline here unless a device is connected here).
+pub(crate) const MAX_REMOTE_ONLINE: usize = 1_000_000;
+
+/// With serving nodes (`cluster.peer`): the users of this registry shard that other nodes
+/// report online, with those nodes. Each node reports its own users' devices coming and
+/// going (`crate::peer::Peers::presence_changed`), and all of them when a link to it starts;
+/// a node whose link ends is forgotten.
+#[derive(Default)]
+pub(crate) struct RemoteOnline {
+    users: HashMap<UserId, Vec<std::sync::Arc<str>>>,
+}
+
+impl RemoteOnline {
+    /// Whether another node reports `user` online.
+    pub(super) fn contains(&self, user: UserId) -> bool {
+        self.users.contains_key(&user)
+    }
+
+    /// `node` reports `user` online; false when the table is full and `user` was not noted.
+    pub(super) fn online(&mut self, user: UserId, node: &std::sync::Arc<str>) -> bool {
+        if !self.users.contains_key(&user) && self.users.len() >= MAX_REMOTE_ONLINE {
+            return false;
+        }
+        let nodes = self.users.entry(user).or_default();
+        if !nodes.iter().any(|n| n == node) {
+            nodes.push(std::sync::Arc::clone(node));
+        }
+        true
+    }
+
+    /// `node` reports `user` offline.
+    pub(super) fn offline(&mut self, user: UserId, node: &str) {
+        if let Some(nodes) = self.users.get_mut(&user) {
+            nodes.retain(|n| **n != *node);
+            if nodes.is_empty() {
+                self.users.remove(&user);
+            }
+        }
+    }
+
+    /// Forgets `node`: the users it alone reported online.
+    pub(super) fn forget(&mut self, node: &str) -> Vec<UserId> {
+        let mut gone = Vec::new();
+        self.users.retain(|user, nodes| {
+            nodes.retain(|n| **n != *node);
+            if nodes.is_empty() {
+                gone.push(*user);
+            }
+            !nodes.is_empty()
+        });
+        gone
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +304,25 @@ mod tests {
         // Last-seen is still known to a new follower.
         assert_eq!(table.state(bob, false).last_seen, Some(Timestamp(3)));
         assert_eq!(table.state(bob, true).last_seen, None);
+    }
+
+    #[test]
+    fn a_user_is_online_elsewhere_while_any_node_reports_it() {
+        let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("a".into(), "b".into());
+        let (alice, bob) = (UserId(7), UserId(8));
+        let mut remote = RemoteOnline::default();
+        assert!(remote.online(alice, &a));
+        assert!(
+            remote.online(alice, &a),
+            "a repeated report changes nothing"
+        );
+        assert!(remote.online(alice, &b));
+        assert!(remote.online(bob, &b));
+        remote.offline(alice, "a");
+        assert!(remote.contains(alice), "b still reports alice");
+        let mut gone = remote.forget("b");
+        gone.sort();
+        assert_eq!(gone, vec![alice, bob], "the users only b reported");
+        assert!(!remote.contains(alice) && !remote.contains(bob));
     }
 }

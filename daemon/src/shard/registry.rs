@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_protocol::{DeviceId, Event, GoodbyeCode, PresenceInfo, Response, ServerFrame, UserId};
+use chat_protocol::{
+    DeviceId, Event, GoodbyeCode, PresenceInfo, Response, ServerFrame, Timestamp, UserId,
+};
 use crossbeam_queue::ArrayQueue;
 
 use super::{ConnId, ConnRef, Origin, Shard, ShardId, ShardMsg, encode, now_ms, response};
@@ -54,6 +56,18 @@ pub(crate) enum Op {
     },
     /// Connection `at` no longer follows `users`.
     Unwatch { users: Vec<UserId>, at: ConnRef },
+    /// Node `node` reports these users (all owned by this registry) online, and those
+    /// offline since the time given (`cluster.peer`).
+    Remote {
+        node: Arc<str>,
+        online: Vec<UserId>,
+        offline: Vec<(UserId, Timestamp)>,
+    },
+    /// The link to node `node` ended: the users only it reported online are offline.
+    NodeGone { node: Arc<str> },
+    /// A link another node dialed started: report every user of this registry with a
+    /// device here online to it ([`crate::peer::Peers::presence_to`]).
+    ReportTo { link: super::Link },
 }
 
 /// The answer to one `Presence` request, collected from the registry shards of its users:
@@ -171,6 +185,8 @@ pub(crate) struct Registry {
     /// again and can be dropped: entries live `send_burst / send_rate` seconds, at most 60.
     idle_buckets: std::collections::VecDeque<(UserId, Instant)>,
     presence: super::presence::PresenceTable,
+    /// Users other nodes report online (`cluster.peer`).
+    remote: super::presence::RemoteOnline,
 }
 
 /// The longest an offline user's send bucket is kept, in seconds.
@@ -226,7 +242,12 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     registry.drop_full_buckets(now, rate, burst);
                     registry.idle_buckets.push_back((user, now + refill));
                     registry.budgets.remove(&user);
-                    registry.presence.changed(user, Some(now_ms()));
+                    let at = now_ms();
+                    if !registry.remote.contains(user) {
+                        registry.presence.changed(user, Some(at));
+                    }
+                    drop(registry);
+                    shard.shared.peers.presence_changed(user, Some(at));
                 }
             }
         }
@@ -234,7 +255,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             let now = Instant::now();
             let mut infos = Vec::with_capacity(users.len());
             for user in users {
-                let online = registry.users.contains_key(&user);
+                let online = registry.users.contains_key(&user) || registry.remote.contains(user);
                 let info = registry.presence.state(user, online);
                 registry.presence.watch(info, at, now);
                 infos.push(info);
@@ -246,6 +267,55 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
             for user in users {
                 registry.presence.unwatch(user, at);
             }
+        }
+        Op::Remote {
+            node,
+            online,
+            offline,
+        } => {
+            let Registry {
+                users,
+                presence,
+                remote,
+                ..
+            } = &mut *registry;
+            for user in online {
+                let before = users.contains_key(&user) || remote.contains(user);
+                if !remote.online(user, &node) {
+                    crate::logging::throttled!(
+                        warn,
+                        max = super::presence::MAX_REMOTE_ONLINE,
+                        "too many users online on other nodes: some read as offline here"
+                    );
+                } else if !before {
+                    presence.changed(user, None);
+                }
+            }
+            for (user, at) in offline {
+                remote.offline(user, &node);
+                if !users.contains_key(&user) && !remote.contains(user) {
+                    presence.changed(user, Some(at));
+                }
+            }
+        }
+        Op::NodeGone { node } => {
+            let at = now_ms();
+            let Registry {
+                users,
+                presence,
+                remote,
+                ..
+            } = &mut *registry;
+            for user in remote.forget(&node) {
+                if !users.contains_key(&user) {
+                    presence.changed(user, Some(at));
+                }
+            }
+        }
+        Op::ReportTo { link } => {
+            let online: Vec<UserId> = registry.users.keys().copied().collect();
+            drop(registry);
+            shard.shared.peers.presence_to(link, online);
         }
     }
 }
@@ -290,10 +360,13 @@ fn online(shard: &Rc<Shard>, user: UserId, device: DeviceId, at: ConnRef) {
             sends,
         },
     );
-    if came_online {
+    if came_online && !registry.remote.contains(user) {
         registry.presence.changed(user, None);
     }
     drop(registry);
+    if came_online {
+        shard.shared.peers.presence_changed(user, None);
+    }
     for old in replaced {
         shard.send(
             old.shard,
@@ -316,9 +389,14 @@ pub(crate) fn flush_presence(shard: &Rc<Shard>) {
     }
     let interval = Duration::from_millis(shard.shared.config().limits.presence_interval_ms);
     let Registry {
-        users, presence, ..
+        users,
+        presence,
+        remote,
+        ..
     } = &mut *registry;
-    let due = presence.due(Instant::now(), interval, |user| users.contains_key(&user));
+    let due = presence.due(Instant::now(), interval, |user| {
+        users.contains_key(&user) || remote.contains(user)
+    });
     drop(registry);
     for (info, conns) in due {
         let frame = encode(&ServerFrame::Event(Event::Presence(info)));

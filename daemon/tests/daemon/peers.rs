@@ -4,7 +4,8 @@
 //! conversation and a room whose partitions are on other nodes than theirs; accounts are
 //! created by the node that holds their name's partition; a device resumes on another node
 //! than the one it left and gets exactly what it missed. An operator's action on an account
-//! through any node closes its sessions on every node. Then a node is SIGKILLed: its
+//! through any node closes its sessions on every node. A user's presence is followed from
+//! another node than the user's. Then a node is SIGKILLed: its
 //! partitions move to the other two, every acknowledged message is kept, devices resume on
 //! the survivors with no gap, and a resent op id is recognised.
 
@@ -131,6 +132,54 @@ async fn session(node: &mut Proc, user: &str, cursors: Vec<Cursor>) -> (Client, 
     }
 }
 
+/// Follows the presence of `users` from `client`: their states as answered.
+async fn follow(client: &mut Client, users: Vec<UserId>) -> BTreeMap<UserId, PresenceInfo> {
+    try_follow(client, users)
+        .await
+        .unwrap_or_else(|e| panic!("presence refused: {e:?}"))
+}
+
+/// [`follow`], or the error it was refused with.
+async fn try_follow(
+    client: &mut Client,
+    users: Vec<UserId>,
+) -> Result<BTreeMap<UserId, PresenceInfo>, ErrorBody> {
+    let request = Request::Presence {
+        subscribe: users,
+        unsubscribe: Vec::new(),
+    };
+    match client.request(request).await? {
+        Response::Presence(infos) => Ok(infos.into_iter().map(|i| (i.user, i)).collect()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until `client` learns that `user` is `status`: from an event, or, while no event
+/// comes, from following again (a session that lagged gets no live events until it syncs,
+/// and following answers the state now).
+async fn presence_of(client: &mut Client, user: UserId, status: PresenceStatus) -> PresenceInfo {
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never told that {user:?} is {status:?}"
+        );
+        match tokio::time::timeout(Duration::from_millis(200), client.event()).await {
+            Ok(Event::Presence(info)) if info.user == user && info.status == status => {
+                return info;
+            }
+            Ok(_) => {}
+            // While a node is lost, the right to follow may be unreadable: asked again.
+            Err(_) => match try_follow(client, vec![user]).await {
+                Ok(infos) if infos[&user].status == status => return infos[&user],
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::UNAVAILABLE => {}
+                Err(e) => panic!("presence refused: {e:?}"),
+            },
+        }
+    }
+}
+
 /// The cursors a device holds after `seen`: the last seq of each conversation.
 fn cursors(seen: &BTreeMap<ConversationId, u64>) -> Vec<Cursor> {
     (seen.iter())
@@ -247,12 +296,21 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     let page = bob.history(dm, HistoryFrom::Latest, 5).await;
     assert_eq!(page.head, Seq(heads[&dm]));
 
-    // Bob leaves b with his cursors; alice sends on; bob resumes on c.
+    // Presence across nodes: carol, on c, follows alice (on a) and bob (on b).
+    let (alice_id, bob_id) = (alice_session.user, bob_session.user);
+    let states = follow(&mut carol, vec![alice_id, bob_id]).await;
+    assert_eq!(states[&alice_id].status, PresenceStatus::Online);
+    assert_eq!(states[&bob_id].status, PresenceStatus::Online);
+
+    // Bob leaves b with his cursors (carol hears he is offline); alice sends on; bob
+    // resumes on c.
     let mut bob_seen: BTreeMap<ConversationId, u64> = BTreeMap::new();
     for (conversation, seq) in &bob_saw {
         bob_seen.insert(*conversation, *seq);
     }
     drop(bob);
+    let left = presence_of(&mut carol, bob_id, PresenceStatus::Offline).await;
+    assert!(left.last_seen.is_some(), "{left:?}");
     for op in 61..=90 {
         let ack = alice.send_text(target(op), op, "while bob is away").await;
         heads.insert(target(op), ack.seq.0);
@@ -329,9 +387,16 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         .map(|(c, s)| (*c, *s))
         .collect();
     drop(carol);
+    // Bob back on b, followed by alice on a: when b dies, alice hears he is offline.
+    let (mut bob, _) = session(&mut b, "bob", cursors(&bob_seen)).await;
+    caught_up(&mut bob).await;
+    let states = follow(&mut alice, vec![bob_id]).await;
+    assert_eq!(states[&bob_id].status, PresenceStatus::Online);
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let killed = Instant::now();
+    presence_of(&mut alice, bob_id, PresenceStatus::Offline).await;
+    drop(bob);
     settled(&etcd.url, &cluster, &["a", "c"], &mut [&mut a, &mut c]).await;
     eprintln!(
         "a and c held b's partitions {:?} after the kill",
