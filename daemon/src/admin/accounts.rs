@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::State;
 use super::api::{Outcome, WAIT, ask_every_shard, commit, param, publish, unavailable, user};
-use crate::peer::Forwarded;
+use crate::peer::{Forwarded, NO_ANSWER};
 use crate::shard::{AdminOp, Shared};
 use crate::store::writer::Batch;
 use crate::store::{Cf, Restriction, outbox};
@@ -74,18 +74,23 @@ pub(super) async fn requested(state: &State, name: &str, action: &str, query: &s
         }
         None => None,
     };
-    let (id, name) = user(state, name)?;
     let peers = Arc::clone(&state.shared.peers);
-    if !peers.on() {
+    if !peers.holds_elsewhere(name) {
+        let (id, name) = user(state, name)?;
         return act(state, id, name, action, device).await;
     }
-    let (held, action_name) = (name.clone(), action.to_owned());
-    let elsewhere =
-        tokio::task::spawn_blocking(move || peers.act_at_holder(id, &held, &action_name, device))
+    // The node holding the account's partition looks it up and takes the action.
+    let (asked, action_name) = (name.to_owned(), action.to_owned());
+    let acted =
+        tokio::task::spawn_blocking(move || peers.act_at_holder(&asked, &action_name, device))
             .await
             .map_err(unavailable)?;
-    match elsewhere {
-        None => act(state, id, name, action, device).await,
+    match acted {
+        // It moved here meanwhile.
+        None => {
+            let (id, name) = user(state, name)?;
+            act(state, id, name, action, device).await
+        }
         Some(Ok(acted)) => {
             let status = StatusCode::from_u16(acted.status).unwrap_or(StatusCode::BAD_GATEWAY);
             if status.is_success() {
@@ -95,6 +100,12 @@ pub(super) async fn requested(state: &State, name: &str, action: &str, query: &s
                 let reason = reason["error"].as_str().unwrap_or(&acted.body);
                 Err((status, reason.to_owned()))
             }
+        }
+        Some(Err(crate::store::Error::Remote { message, .. })) if message == NO_ANSWER => {
+            Err(unavailable(format!(
+                "the node holding {name}'s partition did not answer in time: the action may \
+                 have been taken; run it again"
+            )))
         }
         Some(Err(e)) => Err(unavailable(format!(
             "the node holding {name}'s partition did not take the action: {e}"
@@ -111,18 +122,15 @@ pub(super) async fn forwarded(state: &State, forwarded: Forwarded) {
         device,
         reply,
     } = forwarded;
-    let result = match user(state, &name) {
-        Ok((id, name)) => {
-            let p = state.shared.partitions.of_id(id.0);
-            if state.store.holds(p) {
-                act(state, id, name, &action, device).await
-            } else {
-                Err(unavailable(format!(
-                    "the partition of {name} moved; ask again"
-                )))
-            }
+    let result = if state.store.holds(state.shared.partitions.of_name(&name)) {
+        match user(state, &name) {
+            Ok((id, name)) => act(state, id, name, &action, device).await,
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
+    } else {
+        Err(unavailable(format!(
+            "the partition of {name} moved; ask again"
+        )))
     };
     let answer = match result {
         Ok(value) => (200, value.to_string()),

@@ -72,19 +72,35 @@ impl crate::http::Service for State {
 
     async fn background(self: Arc<Self>) {
         let mut upkeep = tokio::time::interval(UPKEEP);
-        // Account actions other nodes forward (`cluster.peer`), each on a task of its own.
+        // Account actions other nodes forward (`cluster.peer`), each on a task of its own,
+        // at most MAX_FORWARDED at a time (beyond, the channel fills and the asking node is
+        // answered that this one is busy).
         let (tx, mut forwarded) = tokio::sync::mpsc::channel(crate::peer::MAX_FORWARDED);
         self.shared.peers.serve_admin(tx);
+        let running = Arc::new(tokio::sync::Semaphore::new(crate::peer::MAX_FORWARDED));
         loop {
             tokio::select! {
                 _ = upkeep.tick() => self.shared.metrics.upkeep(),
-                Some(action) = forwarded.recv() => {
+                Some((action, permit)) = next_forwarded(&running, &mut forwarded) => {
                     let state = Arc::clone(&self);
-                    tokio::task::spawn_local(async move { accounts::forwarded(&state, action).await });
+                    tokio::task::spawn_local(async move {
+                        accounts::forwarded(&state, action).await;
+                        drop(permit);
+                    });
                 }
             }
         }
     }
+}
+
+/// The next forwarded action, once a permit to run it is free. Cancelled only at an await
+/// (a permit not yet taken, an action not yet received), so nothing is lost.
+async fn next_forwarded(
+    running: &Arc<tokio::sync::Semaphore>,
+    forwarded: &mut tokio::sync::mpsc::Receiver<crate::peer::Forwarded>,
+) -> Option<(crate::peer::Forwarded, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = Arc::clone(running).acquire_owned().await.ok()?;
+    Some((forwarded.recv().await?, permit))
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {

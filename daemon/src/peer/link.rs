@@ -354,6 +354,8 @@ async fn connect(
 struct Dialed {
     shared: Arc<Shared>,
     node: Arc<str>,
+    /// This link's number among every link of the node (never reused while it runs).
+    id: u32,
     link: Arc<Outbound>,
     rx: mpsc::Receiver<ToOwner>,
     /// Forwarded requests not answered yet, by (shard, connection, request): how many.
@@ -422,7 +424,7 @@ impl Drop for Dialed {
                 }
             }
         }
-        let (shared, node) = (Arc::clone(&self.shared), Arc::clone(&self.node));
+        let (shared, node, id) = (Arc::clone(&self.shared), Arc::clone(&self.node), self.id);
         let lost = async move {
             for (shard, conn, request) in unanswered {
                 let frame = error(
@@ -437,6 +439,7 @@ impl Drop for Dialed {
             for shard in 0..shared.inboxes.len() {
                 let gone = Op::NodeGone {
                     node: Arc::clone(&node),
+                    link: id,
                 };
                 push(&shared, shard, ShardMsg::Registry(gone)).await;
             }
@@ -480,6 +483,7 @@ async fn serve_dialed(
     let mut dialed = Dialed {
         shared: Arc::clone(shared),
         node: Arc::from(node),
+        id: (shared.peers.next_link).fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         link: Arc::new(Outbound { tx }),
         rx,
         pending: HashMap::new(),
@@ -520,10 +524,20 @@ async fn serve_dialed(
                     }
                 }
                 Some(Down::Event { frame, audience, except, kind }) => {
+                    // A log entry only from the node this one sees holding its partition:
+                    // the old holder's last entries and the new one's first come on two
+                    // links in no order, and a device given a later entry first would skip
+                    // the earlier. Those dropped here are caught up after the move (every
+                    // session lags when a partition moves: `Peers::set_view`).
+                    if let wire::Kind::Entry(conversation, _) = kind
+                        && !shared.peers.feeds(conversation, &dialed.node)
+                    {
+                        continue;
+                    }
                     deliver(shared, frame, audience, except, kind).await;
                 }
-                Some(Down::Presence { online, offline }) => {
-                    presence(shared, &dialed.node, online, offline).await;
+                Some(Down::Presence { changes }) => {
+                    presence(shared, &dialed.node, dialed.id, changes).await;
                 }
                 None => break,
             },
@@ -564,33 +578,26 @@ async fn deliver(
     }
 }
 
-/// Which users of node `node` are online there: to their registry shards here.
+/// Which users of node `node` came online there or left (reported on link `link`): to
+/// their registry shards here, each shard's in order.
 async fn presence(
     shared: &Shared,
     node: &Arc<str>,
-    online: Vec<UserId>,
-    offline: Vec<(UserId, chat_protocol::Timestamp)>,
+    link: u32,
+    changes: Vec<(UserId, Option<chat_protocol::Timestamp>)>,
 ) {
-    let mut by_shard: HashMap<usize, (Vec<UserId>, Vec<_>)> = HashMap::new();
-    for user in online {
+    let mut by_shard: HashMap<usize, Vec<_>> = HashMap::new();
+    for change in changes {
         by_shard
-            .entry(shared.registry_of(user))
+            .entry(shared.registry_of(change.0))
             .or_default()
-            .0
-            .push(user);
+            .push(change);
     }
-    for (user, at) in offline {
-        by_shard
-            .entry(shared.registry_of(user))
-            .or_default()
-            .1
-            .push((user, at));
-    }
-    for (shard, (online, offline)) in by_shard {
+    for (shard, changes) in by_shard {
         let op = Op::Remote {
             node: Arc::clone(node),
-            online,
-            offline,
+            link,
+            changes,
         };
         push(shared, shard, ShardMsg::Registry(op)).await;
     }
@@ -615,7 +622,7 @@ async fn call_out(
             .ok_or_else(|| "no answer".to_owned())
     })
     .await
-    .unwrap_or_else(|_| Err("no answer in time".to_owned()));
+    .unwrap_or_else(|_| Err(super::NO_ANSWER.to_owned()));
     let _ = answer.send(match result {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(refused)) => Err(refused.error(partition)),

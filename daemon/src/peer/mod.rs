@@ -14,9 +14,12 @@
 //!   node's partition claims.
 //!
 //! The feed has no positions yet: a node whose connection to another node starts, ends, or
-//! whose partitions' owners change tells every session it serves that it lags (`Lagged`),
-//! and the devices catch up from their cursors through the owners' stores. Nothing is
-//! missed; a link that breaks costs a catch-up per device.
+//! whose partitions' owners change (or which takes a partition) tells every session it
+//! serves that it lags (`Lagged`), before the change lets new events through, and the
+//! devices catch up from their cursors through the owners' stores. A partition's log
+//! entries are delivered only from the node seen holding it ([`Peers::feeds`]), so a device
+//! is never given a moving partition's new entries before its old ones. Nothing is missed;
+//! a link that breaks costs a catch-up per device.
 
 mod accept;
 mod link;
@@ -50,6 +53,9 @@ pub(crate) const LINK_BYTES: usize = 64 << 20;
 
 /// Requests forwarded on one link and not answered yet; beyond, `OVERLOADED`.
 pub(crate) const MAX_PENDING: usize = 65_536;
+
+/// What a call that timed out is refused with.
+pub(crate) const NO_ANSWER: &str = "no answer in time";
 
 /// Users per presence message when a link starts.
 const PRESENCE_CHUNK: usize = 4_096;
@@ -116,8 +122,7 @@ pub(crate) enum Queued {
         kind: wire::Kind,
     },
     Presence {
-        online: Vec<UserId>,
-        offline: Vec<(UserId, Timestamp)>,
+        changes: Arc<[(UserId, Option<Timestamp>)]>,
     },
 }
 
@@ -129,7 +134,7 @@ impl Queued {
             Queued::Event {
                 frame, audience, ..
             } => frame.len() + audience.len() * 8,
-            Queued::Presence { online, offline } => online.len() * 8 + offline.len() * 16,
+            Queued::Presence { changes } => changes.len() * 24,
         }
     }
 
@@ -158,7 +163,9 @@ impl Queued {
                 except,
                 kind,
             },
-            Queued::Presence { online, offline } => Down::Presence { online, offline },
+            Queued::Presence { changes } => Down::Presence {
+                changes: changes.to_vec(),
+            },
         }
     }
 }
@@ -271,26 +278,32 @@ impl Peers {
         self.on
     }
 
-    /// etcd's view: the owner of each partition, and every node's peer address. Returns
-    /// whether a partition this node does not hold changed hands (its sessions must then
-    /// catch up: events of the old and new owner come on different links).
-    pub(crate) fn set_view(
-        &self,
-        owners: Vec<Option<String>>,
-        nodes: BTreeMap<String, String>,
-    ) -> bool {
+    /// Whether etcd's view `owners` moves a partition from the node that held it (this one
+    /// included): every session of this node must then lag, before the view is put in
+    /// place ([`Peers::set_view`]), since events of the partition now come from another
+    /// node, or from none until they do.
+    pub(crate) fn moves(&self, owners: &[Option<String>]) -> bool {
         let before = self.owners.load();
-        let mut moved = false;
+        owners
+            .iter()
+            .enumerate()
+            .any(|(p, owner)| match before.get(p).cloned().flatten() {
+                Some(kept) => owner.as_deref() != Some(&*kept),
+                None => false,
+            })
+    }
+
+    /// Puts etcd's view in place: the owner of each partition, and every node's peer
+    /// address.
+    pub(crate) fn set_view(&self, owners: Vec<Option<String>>, nodes: BTreeMap<String, String>) {
+        let before = self.owners.load();
         let owners: Vec<Option<Arc<str>>> = owners
             .into_iter()
             .enumerate()
             .map(
                 |(p, owner)| match (before.get(p).cloned().flatten(), owner) {
                     (Some(kept), Some(owner)) if *kept == *owner => Some(kept),
-                    (kept, owner) => {
-                        moved |= kept.is_some_and(|kept| *kept != *self.me);
-                        owner.map(Arc::from)
-                    }
+                    (_, owner) => owner.map(Arc::from),
                 },
             )
             .collect();
@@ -300,7 +313,14 @@ impl Peers {
             *known = nodes;
             changed
         });
-        moved
+    }
+
+    /// Whether an entry of `conversation` that came on the link to `node` is delivered:
+    /// only when this node does not hold its partition and sees `node` holding it.
+    pub(crate) fn feeds(&self, conversation: ConversationId, node: &str) -> bool {
+        let p = self.map.of_conversation(conversation);
+        !self.stores.holds(p)
+            && (self.owners.load().get(p)).is_some_and(|owner| owner.as_deref() == Some(node))
     }
 
     /// The partitions this node does not hold and reaches on a link to their node: with the
@@ -409,20 +429,18 @@ impl Peers {
         }
     }
 
-    /// A user's first device connected to this node (`offline_at` is `None`), or its last
-    /// one here left: told to every node that dialed this one (from a registry shard).
-    pub(crate) fn presence_changed(&self, user: UserId, offline_at: Option<Timestamp>) {
+    /// Users whose first device connected to this node (`None`), or whose last one here
+    /// left (since when), in order: told to every node that dialed this one (from a
+    /// registry shard, once per turn of its loop).
+    pub(crate) fn presence_changed(&self, changes: Vec<(UserId, Option<Timestamp>)>) {
         let inbound = self.inbound.load();
+        if inbound.is_empty() || changes.is_empty() {
+            return;
+        }
+        let changes: Arc<[_]> = changes.into();
         for link in inbound.iter() {
-            link.send(match offline_at {
-                None => Queued::Presence {
-                    online: vec![user],
-                    offline: Vec::new(),
-                },
-                Some(at) => Queued::Presence {
-                    online: Vec::new(),
-                    offline: vec![(user, at)],
-                },
+            link.send(Queued::Presence {
+                changes: Arc::clone(&changes),
             });
         }
     }
@@ -436,8 +454,7 @@ impl Peers {
         };
         for chunk in online.chunks(PRESENCE_CHUNK) {
             link.send(Queued::Presence {
-                online: chunk.to_vec(),
-                offline: Vec::new(),
+                changes: chunk.iter().map(|user| (*user, None)).collect(),
             });
         }
     }
@@ -464,7 +481,7 @@ impl Peers {
         answer.recv_timeout(timeout).unwrap_or_else(|_| {
             Err(Error::Remote {
                 partition: p,
-                message: "no answer in time".into(),
+                message: NO_ANSWER.into(),
             })
         })
     }

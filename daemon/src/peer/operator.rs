@@ -24,9 +24,11 @@ use crate::store::{Error, Restriction};
 /// remembered is refused `UNAVAILABLE` (its client retries).
 pub(crate) const MAX_ORDERS: usize = 4_096;
 
-/// How long an action asked of another node waits for it: its commit, its shards and the
-/// other nodes' orders each have their own deadline within it.
-pub(crate) const ACT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an action asked of another node waits for it, within `chatd admin`'s 30 s: its
+/// commit, its shards and the other nodes' orders each have their own deadline (10 s), so
+/// an answer may come too late; the action is then taken all the same, and running it again
+/// does no harm.
+pub(crate) const ACT_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Account actions forwarded to this node's admin API, waiting at most.
 pub(crate) const MAX_FORWARDED: usize = 64;
@@ -99,21 +101,26 @@ pub(crate) struct Forwarded {
 }
 
 impl Peers {
+    /// Whether another node holds the partition of the account named `name`.
+    pub(crate) fn holds_elsewhere(&self, name: &str) -> bool {
+        self.elsewhere(self.map.of_name(name)).is_some()
+    }
+
     /// The admin listener takes the actions other nodes forward from `tx` on.
     pub(crate) fn serve_admin(&self, tx: tokio::sync::mpsc::Sender<Forwarded>) {
         let _ = self.admin.set(tx);
     }
 
-    /// When another node holds `user`'s partition: has it take account action `action`,
-    /// and returns its admin API's status and body (from a blocking thread: it waits).
+    /// When another node holds the partition of the account named `name`: has it take
+    /// account action `action`, and returns its admin API's status and body (from a
+    /// blocking thread: it waits).
     pub(crate) fn act_at_holder(
         &self,
-        user: UserId,
         name: &str,
         action: &str,
         device: Option<DeviceId>,
     ) -> Option<Result<Acted, Error>> {
-        let p = self.map.of_id(user.0);
+        let p = self.map.of_name(name);
         // Held here (or by nobody known): this node takes it.
         self.elsewhere(p).as_ref()?;
         let call = Call::Act {

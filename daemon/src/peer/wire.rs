@@ -125,7 +125,9 @@ impl Up {
                     invite_only,
                 });
             }
-            Input::Committed(_) | Input::Refused => return Err("a commit cannot be forwarded"),
+            Input::Committed(_) | Input::Refused { .. } => {
+                return Err("a commit cannot be forwarded");
+            }
             Input::SenderOps { .. } | Input::EntryRead { .. } => {
                 return Err("a read cannot be forwarded");
             }
@@ -214,12 +216,11 @@ pub(crate) enum Down {
         except: Option<(u32, u64)>,
         kind: Kind,
     },
-    /// Users of the owner's node whose first device connected there (`online`), or whose
-    /// last device there left (`offline`, since when); when the link starts, every user
-    /// with a device there, in `online`.
+    /// Users of the owner's node whose first device connected there (`None`), or whose
+    /// last device there left (since when), in the order it happened; when the link starts,
+    /// every user with a device there.
     Presence {
-        online: Vec<UserId>,
-        offline: Vec<(UserId, Timestamp)>,
+        changes: Vec<(UserId, Option<Timestamp>)>,
     },
 }
 

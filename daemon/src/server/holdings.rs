@@ -161,8 +161,8 @@ impl Holdings {
     }
 
     /// Gives up partition `p`: refuses its new writes and reads, lets its storage thread
-    /// commit what was queued and stop, has the shards forget its conversations, and
-    /// closes its store. Returns whether the store closed within [`SETTLE`] (else another
+    /// commit what was queued and stop, has the shards forget its conversations, forgets
+    /// its accounts' restrictions, and closes its store. Returns whether the store closed within [`SETTLE`] (else another
     /// node cannot open it until this process lets go).
     pub(crate) fn give_up(&self, shared: &Shared, p: usize) -> bool {
         self.writers.remove(p);
@@ -177,6 +177,9 @@ impl Holdings {
             tracing::error!(partition = p, "the partition's storage thread did not stop");
         }
         evict(shared, p);
+        // Its accounts' restrictions are the next holder's to keep: a session starting here
+        // reads them from it, and a stale copy here would refuse what it lifts.
+        (shared.restrictions.pin()).retain(|user, _| shared.partitions.of_id(user.0) != p);
         self.outboxes[p]
             .seq
             .store(0, std::sync::atomic::Ordering::Release);

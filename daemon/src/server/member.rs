@@ -168,6 +168,13 @@ impl Node {
         match change {
             Change::Acquired { partition, term } => {
                 tracing::info!(partition, term, "this node owns the partition");
+                // Its sessions lag before its shards write the partition: a device given
+                // this node's first entries before the last ones of the node that held it
+                // (on their way on another link, and dropped once it is held here) would
+                // skip those.
+                if self.shared.peers.on() {
+                    crate::peer::lag_everyone(&self.shared).await;
+                }
                 self.pending.insert(usize::from(partition));
                 self.take_pending().await;
             }
@@ -182,9 +189,14 @@ impl Node {
                 self.give_up_all().await;
             }
             Change::View { owners, nodes } => {
-                // Events of a moved partition come from its new node on another link.
-                if self.shared.peers.on() && self.shared.peers.set_view(owners, nodes) {
-                    crate::peer::lag_everyone(&self.shared).await;
+                // Events of a moved partition come from its new node on another link: the
+                // sessions lag first (each shard handles that before any event the new view
+                // lets through), then catch up from their cursors.
+                if self.shared.peers.on() {
+                    if self.shared.peers.moves(&owners) {
+                        crate::peer::lag_everyone(&self.shared).await;
+                    }
+                    self.shared.peers.set_view(owners, nodes);
                 }
             }
         }

@@ -70,9 +70,10 @@ fn restriction_of(
     }
 }
 
-fn grant(shared: &Shared, user: UserId, name: &str) -> TokenGrant {
-    // Issued no earlier than the account's revocation, or the token would be refused.
-    let now = crate::unix_now().max(shared.restriction(user).tokens_from);
+/// A token for `user`, issued no earlier than `tokens_from` (the account's revocation, as
+/// its restriction says), or it would be refused.
+fn grant(shared: &Shared, user: UserId, name: &str, tokens_from: u64) -> TokenGrant {
+    let now = crate::unix_now().max(tokens_from);
     let expires_at = now.saturating_add(shared.config().auth.token_ttl_secs);
     TokenGrant {
         user,
@@ -255,7 +256,7 @@ pub(crate) fn account_written(shard: &Shard, write: AccountWrite, result: Result
             let frame = match result {
                 Ok(()) => response(
                     origin.request,
-                    Response::Token(grant(shared, record.id, &record.name)),
+                    Response::Token(grant(shared, record.id, &record.name, 0)),
                 ),
                 Err(WriteError::Exists) => error(origin.request, ErrorCode::USERNAME_TAKEN, ""),
                 Err(WriteError::Storage(e)) => {
@@ -352,7 +353,7 @@ pub(crate) fn register(shard: &Shard, origin: Origin, name: String, password: St
             let frame = match shared.peers.create_account(&name, Some(hash), now_ms()) {
                 Ok(Some(record)) => response(
                     origin.request,
-                    Response::Token(grant(&shared, record.id, &record.name)),
+                    Response::Token(grant(&shared, record.id, &record.name, 0)),
                 ),
                 Ok(None) => error(origin.request, ErrorCode::USERNAME_TAKEN, ""),
                 Err(e) => {
@@ -395,7 +396,7 @@ pub(crate) fn login(shard: &Shard, origin: Origin, name: String, password: Strin
                             error(origin.request, ErrorCode::UNAVAILABLE, "")
                         }
                         Ok(r) if r.disabled => error(origin.request, ErrorCode::ACCOUNT_DISABLED, ""),
-                        Ok(_) => response(origin.request, Response::Token(grant(&shared, record.id, &record.name))),
+                        Ok(r) => response(origin.request, Response::Token(grant(&shared, record.id, &record.name, r.tokens_from))),
                     }
                 }
                 Some(Ok(_)) => error(origin.request, ErrorCode::WRONG_PASSWORD, ""),

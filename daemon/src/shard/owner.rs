@@ -86,11 +86,12 @@ fn carry_out(shard: &Rc<Shard>, effects: Vec<Effect>) {
                 batch,
             } => {
                 let what = Written::Conversation(conversation);
-                if shard.shared.commit(shard.id, batch, what).is_err() {
+                if let Err(refused) = shard.shared.commit(shard.id, batch, what) {
+                    let moved = refused == super::CommitRefused::NotHere;
                     let mut more = Vec::new();
                     with_ctx(shard, |ctx| {
                         let mut owner = shard.owner.borrow_mut();
-                        owner.handle(conversation, Input::Refused, ctx, &mut more);
+                        owner.handle(conversation, Input::Refused { moved }, ctx, &mut more);
                     });
                     queue.extend(more);
                 }

@@ -145,12 +145,13 @@ impl PresenceTable {
 pub(crate) const MAX_REMOTE_ONLINE: usize = 1_000_000;
 
 /// With serving nodes (`cluster.peer`): the users of this registry shard that other nodes
-/// report online, with those nodes. Each node reports its own users' devices coming and
-/// going (`crate::peer::Peers::presence_changed`), and all of them when a link to it starts;
-/// a node whose link ends is forgotten.
+/// report online, with those nodes and the link each report came on. Each node reports its
+/// own users' devices coming and going (`crate::peer::Peers::presence_changed`), and all of
+/// them when a link to it starts; what a link reported is forgotten when it ends (a later
+/// link's reports stay, whichever is told first).
 #[derive(Default)]
 pub(crate) struct RemoteOnline {
-    users: HashMap<UserId, Vec<std::sync::Arc<str>>>,
+    users: HashMap<UserId, Vec<(std::sync::Arc<str>, u32)>>,
 }
 
 impl RemoteOnline {
@@ -159,14 +160,16 @@ impl RemoteOnline {
         self.users.contains_key(&user)
     }
 
-    /// `node` reports `user` online; false when the table is full and `user` was not noted.
-    pub(super) fn online(&mut self, user: UserId, node: &std::sync::Arc<str>) -> bool {
+    /// `node` reports `user` online on link `link`; false when the table is full and
+    /// `user` was not noted.
+    pub(super) fn online(&mut self, user: UserId, node: &std::sync::Arc<str>, link: u32) -> bool {
         if !self.users.contains_key(&user) && self.users.len() >= MAX_REMOTE_ONLINE {
             return false;
         }
         let nodes = self.users.entry(user).or_default();
-        if !nodes.iter().any(|n| n == node) {
-            nodes.push(std::sync::Arc::clone(node));
+        match nodes.iter_mut().find(|(n, _)| n == node) {
+            Some((_, on)) => *on = link,
+            None => nodes.push((std::sync::Arc::clone(node), link)),
         }
         true
     }
@@ -174,18 +177,19 @@ impl RemoteOnline {
     /// `node` reports `user` offline.
     pub(super) fn offline(&mut self, user: UserId, node: &str) {
         if let Some(nodes) = self.users.get_mut(&user) {
-            nodes.retain(|n| **n != *node);
+            nodes.retain(|(n, _)| **n != *node);
             if nodes.is_empty() {
                 self.users.remove(&user);
             }
         }
     }
 
-    /// Forgets `node`: the users it alone reported online.
-    pub(super) fn forget(&mut self, node: &str) -> Vec<UserId> {
+    /// Forgets what `node` reported on link `link`: returns the users no node reports
+    /// online any more.
+    pub(super) fn forget(&mut self, node: &str, link: u32) -> Vec<UserId> {
         let mut gone = Vec::new();
         self.users.retain(|user, nodes| {
-            nodes.retain(|n| **n != *node);
+            nodes.retain(|(n, on)| !(**n == *node && *on == link));
             if nodes.is_empty() {
                 gone.push(*user);
             }
@@ -311,18 +315,33 @@ mod tests {
         let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("a".into(), "b".into());
         let (alice, bob) = (UserId(7), UserId(8));
         let mut remote = RemoteOnline::default();
-        assert!(remote.online(alice, &a));
+        assert!(remote.online(alice, &a, 1));
         assert!(
-            remote.online(alice, &a),
+            remote.online(alice, &a, 1),
             "a repeated report changes nothing"
         );
-        assert!(remote.online(alice, &b));
-        assert!(remote.online(bob, &b));
+        assert!(remote.online(alice, &b, 2));
+        assert!(remote.online(bob, &b, 2));
         remote.offline(alice, "a");
         assert!(remote.contains(alice), "b still reports alice");
-        let mut gone = remote.forget("b");
+        let mut gone = remote.forget("b", 2);
         gone.sort();
         assert_eq!(gone, vec![alice, bob], "the users only b reported");
         assert!(!remote.contains(alice) && !remote.contains(bob));
+    }
+
+    #[test]
+    fn a_link_that_ended_forgets_only_its_own_reports() {
+        let b: std::sync::Arc<str> = "b".into();
+        let (alice, bob) = (UserId(7), UserId(8));
+        let mut remote = RemoteOnline::default();
+        remote.online(alice, &b, 1);
+        remote.online(bob, &b, 1);
+        // b's next link reports alice before the end of its first link is told.
+        remote.online(alice, &b, 3);
+        assert_eq!(remote.forget("b", 1), vec![bob]);
+        assert!(remote.contains(alice), "reported again on the new link");
+        assert!(remote.forget("b", 1).is_empty());
+        assert_eq!(remote.forget("b", 3), vec![alice]);
     }
 }

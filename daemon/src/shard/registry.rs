@@ -56,15 +56,15 @@ pub(crate) enum Op {
     },
     /// Connection `at` no longer follows `users`.
     Unwatch { users: Vec<UserId>, at: ConnRef },
-    /// Node `node` reports these users (all owned by this registry) online, and those
-    /// offline since the time given (`cluster.peer`).
+    /// Node `node` reports, on link `link`, these users (all owned by this registry)
+    /// online (`None`) or offline since the time given, in order (`cluster.peer`).
     Remote {
         node: Arc<str>,
-        online: Vec<UserId>,
-        offline: Vec<(UserId, Timestamp)>,
+        link: u32,
+        changes: Vec<(UserId, Option<Timestamp>)>,
     },
-    /// The link to node `node` ended: the users only it reported online are offline.
-    NodeGone { node: Arc<str> },
+    /// Link `link` to node `node` ended: the users only it reported online are offline.
+    NodeGone { node: Arc<str>, link: u32 },
     /// A link another node dialed started: report every user of this registry with a
     /// device here online to it ([`crate::peer::Peers::presence_to`]).
     ReportTo { link: super::Link },
@@ -187,6 +187,9 @@ pub(crate) struct Registry {
     presence: super::presence::PresenceTable,
     /// Users other nodes report online (`cluster.peer`).
     remote: super::presence::RemoteOnline,
+    /// This shard's users whose first device arrived or last device left since the last
+    /// turn, in order: for the other nodes (`cluster.peer`).
+    outgoing: Vec<(UserId, Option<Timestamp>)>,
 }
 
 /// The longest an offline user's send bucket is kept, in seconds.
@@ -246,8 +249,9 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                     if !registry.remote.contains(user) {
                         registry.presence.changed(user, Some(at));
                     }
-                    drop(registry);
-                    shard.shared.peers.presence_changed(user, Some(at));
+                    if shard.shared.peers.on() {
+                        registry.outgoing.push((user, Some(at)));
+                    }
                 }
             }
         }
@@ -270,8 +274,8 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
         }
         Op::Remote {
             node,
-            online,
-            offline,
+            link,
+            changes,
         } => {
             let Registry {
                 users,
@@ -279,26 +283,26 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 remote,
                 ..
             } = &mut *registry;
-            for user in online {
+            for (user, offline_at) in changes {
                 let before = users.contains_key(&user) || remote.contains(user);
-                if !remote.online(user, &node) {
-                    crate::logging::throttled!(
-                        warn,
-                        max = super::presence::MAX_REMOTE_ONLINE,
-                        "too many users online on other nodes: some read as offline here"
-                    );
-                } else if !before {
-                    presence.changed(user, None);
+                match offline_at {
+                    None if !remote.online(user, &node, link) => {
+                        crate::logging::throttled!(
+                            warn,
+                            max = super::presence::MAX_REMOTE_ONLINE,
+                            "too many users online on other nodes: some read as offline here"
+                        );
+                    }
+                    None => {}
+                    Some(_) => remote.offline(user, &node),
                 }
-            }
-            for (user, at) in offline {
-                remote.offline(user, &node);
-                if !users.contains_key(&user) && !remote.contains(user) {
-                    presence.changed(user, Some(at));
+                let after = users.contains_key(&user) || remote.contains(user);
+                if before != after {
+                    presence.changed(user, offline_at);
                 }
             }
         }
-        Op::NodeGone { node } => {
+        Op::NodeGone { node, link } => {
             let at = now_ms();
             let Registry {
                 users,
@@ -306,15 +310,19 @@ pub(crate) fn handle(shard: &Rc<Shard>, op: Op) {
                 remote,
                 ..
             } = &mut *registry;
-            for user in remote.forget(&node) {
+            for user in remote.forget(&node, link) {
                 if !users.contains_key(&user) {
                     presence.changed(user, Some(at));
                 }
             }
         }
         Op::ReportTo { link } => {
+            // What waits for this turn's end goes first, to every link; then the whole state
+            // to the new one.
+            let changes = std::mem::take(&mut registry.outgoing);
             let online: Vec<UserId> = registry.users.keys().copied().collect();
             drop(registry);
+            shard.shared.peers.presence_changed(changes);
             shard.shared.peers.presence_to(link, online);
         }
     }
@@ -363,10 +371,10 @@ fn online(shard: &Rc<Shard>, user: UserId, device: DeviceId, at: ConnRef) {
     if came_online && !registry.remote.contains(user) {
         registry.presence.changed(user, None);
     }
-    drop(registry);
-    if came_online {
-        shard.shared.peers.presence_changed(user, None);
+    if came_online && shard.shared.peers.on() {
+        registry.outgoing.push((user, None));
     }
+    drop(registry);
     for old in replaced {
         shard.send(
             old.shard,
@@ -379,11 +387,16 @@ fn online(shard: &Rc<Shard>, user: UserId, device: DeviceId, at: ConnRef) {
     }
 }
 
-/// Publishes the presence changes that are due: for each changed watched user last
+/// Sends this turn's arrivals and departures to the other nodes (`cluster.peer`), and
+/// publishes the presence changes that are due: for each changed watched user last
 /// published at least `presence_interval_ms` ago, the new state if it differs from the
 /// published one. Called at every turn of the shard's loop.
 pub(crate) fn flush_presence(shard: &Rc<Shard>) {
     let mut registry = shard.registry.borrow_mut();
+    if !registry.outgoing.is_empty() {
+        let changes = std::mem::take(&mut registry.outgoing);
+        shard.shared.peers.presence_changed(changes);
+    }
     if !registry.presence.pending() {
         return;
     }

@@ -72,8 +72,9 @@ pub(crate) enum Input {
     },
     /// The storage thread finished this conversation's commit.
     Committed(Result<(), WriteError>),
-    /// The storage queue refused the commit of the last [`Effect::Commit`].
-    Refused,
+    /// The storage queue refused the commit of the last [`Effect::Commit`]; `moved`: the
+    /// node no longer holds the conversation's partition (it is being handed over).
+    Refused { moved: bool },
     /// A sender's recent sends (for deduplication), as asked by [`Effect::ReadSenderOps`].
     SenderOps {
         instance: u64,
@@ -125,7 +126,7 @@ impl Input {
             | Input::Room { origin, .. }
             | Input::Mark { origin, .. } => Some(origin),
             Input::Committed(_)
-            | Input::Refused
+            | Input::Refused { .. }
             | Input::Typing { .. }
             | Input::SenderOps { .. }
             | Input::EntryRead { .. } => None,
@@ -259,7 +260,7 @@ impl Conversations {
                     name,
                     invite_only,
                 } => self.create(id, origin, name, invite_only, ctx, out),
-                Input::Committed(_) | Input::Refused => {
+                Input::Committed(_) | Input::Refused { .. } => {
                     tracing::warn!(conversation = %id, "commit result for an unknown conversation");
                 }
                 // The conversation was forgotten (and its waiting requests answered) meanwhile.
@@ -505,8 +506,14 @@ impl Conversation {
     fn handle(&mut self, input: Input, ctx: &Ctx<'_>, out: &mut Vec<Effect>) -> Fate {
         let fate = match input {
             Input::Committed(result) => self.committed(result, ctx, out),
-            Input::Refused => {
+            Input::Refused { moved: false } => {
                 self.fail_pending(ErrorCode::OVERLOADED, "storage queue full", out);
+                Fate::Forget
+            }
+            // Sent again, they reach the partition's next holder.
+            Input::Refused { moved: true } => {
+                let reason = "the conversation's partition moved";
+                self.fail_pending(ErrorCode::UNAVAILABLE, reason, out);
                 Fate::Forget
             }
             Input::Send { origin, message } => {

@@ -407,11 +407,22 @@ fn a_commit_the_storage_queue_refuses_answers_overloaded() {
     world.ready(id, 0, None);
     world.input(id, send(1, 1, id, 1));
     world.input(id, send(2, 2, id, 1));
-    let out = world.input(id, Input::Refused);
+    let out = world.input(id, Input::Refused { moved: false });
     assert_eq!(
         refusals(&out),
         [(1, ErrorCode::OVERLOADED), (2, ErrorCode::OVERLOADED)]
     );
+    assert_eq!(world.conversations.len(), 0);
+}
+
+#[test]
+fn a_commit_refused_because_the_partition_moved_answers_unavailable() {
+    let mut world = World::new();
+    let id = direct();
+    world.ready(id, 0, None);
+    world.input(id, send(1, 1, id, 1));
+    let out = world.input(id, Input::Refused { moved: true });
+    assert_eq!(refusals(&out), [(1, ErrorCode::UNAVAILABLE)]);
     assert_eq!(world.conversations.len(), 0);
 }
 
