@@ -749,6 +749,10 @@ fn handle(
                     }
                     _ => {}
                 }
+            } else if error.code == ErrorCode::UNAVAILABLE && state.lock().catching_up {
+                // A catch-up that failed (a partition moving): it ends lagging, and the
+                // `Sync` its `Lagged` asks for waits a pause rather than failing again at once.
+                state.lock().sync_at = Some(Instant::now() + RETRY_PAUSE);
             }
         }
         ServerFrame::Event(event) => event_arrived(context, shared, event, state, wake),

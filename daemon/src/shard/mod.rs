@@ -165,12 +165,15 @@ pub(crate) enum ShardMsg {
     /// Events for this shard's connections of their audiences, in order.
     Publish(Vec<Publication>),
     /// A page of a catch-up, encoded on the read pool: gaps and entries in order, the number
-    /// of entries in it, and the rest of the catch-up unless it was the last page.
+    /// of entries in it, and the rest of the catch-up unless it was the last page; `failed`:
+    /// the page could not be read (`frames` holds the error), which ends the catch-up with
+    /// the connection lagging.
     Replay {
         conn: ConnId,
         frames: Vec<(Option<Position>, Bytes)>,
         replayed: u32,
         next: Option<Box<crate::store::CatchUp>>,
+        failed: bool,
     },
     /// What a local connection shares with its user's other connections: the memory budget
     /// and the send rate limit.
@@ -590,7 +593,8 @@ impl Shard {
                 frames,
                 replayed,
                 next,
-            } => conn::replay(self, conn, frames, replayed, next),
+                failed,
+            } => conn::replay(self, conn, frames, replayed, next, failed),
             ShardMsg::UserBudget {
                 conn,
                 budget,

@@ -106,6 +106,7 @@ impl crate::pool::Job for PageJob {
                     frames,
                     replayed,
                     next,
+                    failed: false,
                 }
             }
             Err(e) => {
@@ -113,13 +114,14 @@ impl crate::pool::Job for PageJob {
                 let frame = encode(&error_frame(
                     None,
                     ErrorCode::UNAVAILABLE,
-                    "catch-up failed; page history",
+                    "catch-up failed; sync again",
                 ));
                 ShardMsg::Replay {
                     conn,
                     frames: vec![(None, frame)],
                     replayed: 0,
                     next: None,
+                    failed: true,
                 }
             }
         };
@@ -140,15 +142,21 @@ pub(super) fn resume_parked(shard: &Shard, conn: &Conn) {
 
 /// A page of a catch-up arrived: send it; if it was the last, then the live events held
 /// back meanwhile that the replay did not already hold, then `CaughtUp`; else ask for the
-/// next page.
+/// next page. A page that could not be read (`failed`, a partition moving between nodes)
+/// ends the catch-up with the connection lagging: live events would move the device's
+/// cursors past what it did not get, so none come until it syncs again.
 pub(crate) fn replay(
     shard: &Shard,
     conn: ConnId,
     frames: Vec<(Option<Position>, Bytes)>,
     replayed: u32,
     next: Option<Box<CatchUp>>,
+    failed: bool,
 ) {
     let Some(conn) = get(shard, conn) else { return };
+    if failed {
+        conn.lag();
+    }
     let limits = conn.limits();
     let last = next.is_none();
     let page = budget::REPLAY_RESERVATION;
