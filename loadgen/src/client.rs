@@ -503,7 +503,12 @@ async fn writer(
                 } else {
                     None
                 };
-                let retry = if state.retry.front().is_some_and(|(at, ..)| *at <= now) {
+                // Taken only when it goes now: a `Sync` or a resend goes first, and a retry
+                // taken and not sent would never be answered.
+                let retry = if sync.is_none()
+                    && resend.is_empty()
+                    && state.retry.front().is_some_and(|(at, ..)| *at <= now)
+                {
                     state.retry.pop_front()
                 } else {
                     None
