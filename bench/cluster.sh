@@ -2,7 +2,7 @@
 # A chatd cluster on loopback under load, a node SIGKILLed (docs/SCALING.md section 9,
 # docs/OPERATIONS.md section 9): a single-member etcd, chatd nodes sharing one partitions
 # directory, and chat-loadgen's `dm` preset spreading its clients over them (`--also`) with
-# its checker on. Four runs per round, interleaved:
+# its checker on. Five runs per round, interleaved:
 #
 # - single: one chatd without a cluster (the baseline);
 # - failover: two nodes, 4 partitions, one serving and one standing by; halfway through the
@@ -12,7 +12,11 @@
 #   forwarding to the others what their partitions hold, so most direct conversations have
 #   their members on different nodes;
 # - spread-failover: the same, and one of the three is SIGKILLed halfway: its partitions go
-#   to the other two.
+#   to the other two;
+# - spread-join: two serving nodes (a and c) with the clients, and halfway the third (b)
+#   starts and joins: it takes the partitions it wins from the other two by hand-over, under
+#   the load, and the time from its start until it holds them and every node is ready is
+#   the join time.
 #
 # Clients whose connection is lost give a silent server 1 s (`--idle-timeout-ms 1000`,
 # standing in for the stateless reset the next node behind a load balancer sends them) and
@@ -20,7 +24,7 @@
 # bench/results/summary.json (`cluster`) and the "Cluster" section of bench/RESULTS.md.
 # Everything it starts, it stops (a trap), and it only targets 127.0.0.1.
 #
-#   bench/cluster.sh              # ~9 minutes after the build; needs etcd (make cluster-bootstrap)
+#   bench/cluster.sh              # ~12 minutes after the build; needs etcd (make cluster-bootstrap)
 #   BENCH_RATE=2000 bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -165,12 +169,15 @@ for round in 1 2 3; do
   kill -TERM "$b_pid" 2>/dev/null || true
   wait "$b_pid" 2>/dev/null || true
 
-  for mode in spread spread-failover; do
+  for mode in spread spread-failover spread-join; do
     echo "=== round $round: three serving nodes ($mode)"
     parts="$work/partitions-$mode-$round"
     mkdir -p "$parts"
     servers=() admins=() pids=()
-    for name in a b c; do
+    names=(a b c)
+    # In spread-join, b starts halfway through the run (below).
+    [ "$mode" = spread-join ] && names=(a c)
+    for name in "${names[@]}"; do
       dir="$work/$mode-$name$round"
       if [ "$name" != a ]; then
         mkdir -p "$dir"
@@ -185,15 +192,17 @@ for round in 1 2 3; do
         sleep 0.02
       done
     done
-    names=(a b c)
+    last=$(( ${#names[@]} - 1 ))
     # Settled: every partition on its rendezvous winner (a node joining took its share by
     # hand-over) and every node ready.
-    for i in 0 1 2; do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
+    for i in $(seq 0 "$last"); do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
     sleep 3
-    for i in 0 1 2; do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
+    for i in $(seq 0 "$last"); do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
     out="$results/cluster-$mode-$round.json"
+    also=()
+    for server in "${servers[@]:1}"; do also+=(--also "$server"); done
     "$loadgen_bin" --preset dm "${load[@]}" --idle-timeout-ms 1000 \
-      --server "${servers[0]}" --also "${servers[1]}" --also "${servers[2]}" \
+      --server "${servers[0]}" "${also[@]}" \
       --ca "$work/$mode-a$round/tls/cert.pem" --token-secret "$secret" --token-key-id k1 \
       --json-out "$out" --quiet >"${out%.json}.txt" &
     loadgen_pid=$!
@@ -209,6 +218,39 @@ for round in 1 2 3; do
       done
       held="$(date +%s.%N)"
       python3 -c "import json; print(json.dumps({'round': $round, 'mode': '$mode', 'failover_ms': ($held - $killed) * 1000}))" \
+        >>"$results/cluster-failover.jsonl"
+    fi
+    if [ "$mode" = spread-join ]; then
+      sleep "$kill_after"
+      dir="$work/$mode-b$round"
+      mkdir -p "$dir"
+      cp -r "$work/$mode-a$round/tls" "$dir/tls"
+      start_node "$dir" b "$mode$round" "$parts" 12 "127.0.0.1:$(free_port)"
+      started="$(date +%s.%N)"
+      pids+=("$node_pid")
+      # Until b holds the partitions it wins (rendezvous over a, b and c: the first 8 bytes
+      # of SHA-256(partition, node), cluster::weight) and a and c are ready again.
+      share="$(python3 - <<'PY'
+import hashlib
+def weight(p, node):
+    return int.from_bytes(hashlib.sha256(p.to_bytes(2, "big") + node.encode()).digest()[:8], "big")
+print(",".join(str(p) for p in range(12) if max("abc", key=lambda n: (weight(p, n), n)) == "b"))
+PY
+)"
+      joined=0
+      for _ in $(seq 1 1500); do
+        held_b="$(curl -s "http://$node_admin/v1/status" 2>/dev/null |
+          python3 -c 'import json, sys; print(",".join(map(str, json.load(sys.stdin)["partitions"]["held"])))' 2>/dev/null || true)"
+        if [ "$held_b" = "$share" ] && [ "$(ready "$node_admin")" = 200 ] &&
+          [ "$(ready "${admins[0]}")" = 200 ] && [ "$(ready "${admins[1]}")" = 200 ]; then
+          joined=1
+          break
+        fi
+        sleep 0.02
+      done
+      [ "$joined" = 1 ] || echo "cluster: round $round: b never took its partitions ($share)" >&2
+      took="$(date +%s.%N)"
+      python3 -c "import json; print(json.dumps({'round': $round, 'mode': '$mode', 'failover_ms': ($took - $started) * 1000, 'partitions': len('$share'.split(','))}))" \
         >>"$results/cluster-failover.jsonl"
     fi
     status=0

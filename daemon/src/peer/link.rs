@@ -528,7 +528,7 @@ async fn serve_dialed(
                     // the old holder's last entries and the new one's first come on two
                     // links in no order, and a device given a later entry first would skip
                     // the earlier. Those dropped here are caught up after the move (every
-                    // session lags when a partition moves: `Peers::set_view`).
+                    // session lags before a view that moves a partition: `Peers::moves`).
                     if let wire::Kind::Entry(conversation, _) = kind
                         && !shared.peers.feeds(conversation, &dialed.node)
                     {
