@@ -191,6 +191,31 @@ async fn learns(client: &mut Client, user: UserId, status: PresenceStatus) -> Pr
     }
 }
 
+/// `user` resumes on `node` from the cursors `seen`: it must get exactly the entries after
+/// them up to `heads` in those conversations, once (and nothing of others). Returns the
+/// session.
+async fn resumes(
+    node: &mut Proc,
+    user: &str,
+    seen: &BTreeMap<ConversationId, u64>,
+    heads: &BTreeMap<ConversationId, u64>,
+) -> Client {
+    let (mut client, _) = session(node, user, cursors(seen)).await;
+    let mut got = caught_up(&mut client).await;
+    got.sort();
+    let heads: Vec<_> = (heads.iter())
+        .filter(|(c, _)| seen.contains_key(c))
+        .map(|(c, s)| (*c, *s))
+        .collect();
+    assert_eq!(
+        got,
+        missed(&cursors(seen), &heads),
+        "{user} resuming on {}: exactly what it missed, once",
+        node.addr
+    );
+    client
+}
+
 /// The cursors a device holds after `seen`: the last seq of each conversation.
 fn cursors(seen: &BTreeMap<ConversationId, u64>) -> Vec<Cursor> {
     (seen.iter())
@@ -325,17 +350,8 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         let ack = alice.send_text(target(op), op, "while bob is away").await;
         heads.insert(target(op), ack.seq.0);
     }
-    let heads_now: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
-    let (mut bob, _) = session(&mut c, "bob", cursors(&bob_seen)).await;
-    let mut got = caught_up(&mut bob).await;
-    got.sort();
-    assert_eq!(
-        got,
-        missed(&cursors(&bob_seen), &heads_now),
-        "exactly what bob missed, once"
-    );
-    drop(bob);
-    for (conversation, seq) in &heads_now {
+    drop(resumes(&mut c, "bob", &bob_seen, &heads).await);
+    for (conversation, seq) in &heads {
         bob_seen.insert(*conversation, *seq);
     }
 
@@ -424,20 +440,8 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         assert_eq!(ack.seq.0, heads[&target(op)] + 1, "numbering goes on");
         heads.insert(target(op), ack.seq.0);
     }
-    let heads_now: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
-    let (mut bob, _) = session(&mut a, "bob", cursors(&bob_seen)).await;
-    let mut got = caught_up(&mut bob).await;
-    got.sort();
-    assert_eq!(got, missed(&cursors(&bob_seen), &heads_now));
-    let (mut carol, _) = session(&mut c, "carol", cursors(&carol_seen)).await;
-    let mut got = caught_up(&mut carol).await;
-    got.sort();
-    let carol_heads: Vec<_> = heads_now
-        .iter()
-        .copied()
-        .filter(|(c, _)| *c != dm)
-        .collect();
-    assert_eq!(got, missed(&cursors(&carol_seen), &carol_heads));
+    let mut bob = resumes(&mut a, "bob", &bob_seen, &heads).await;
+    let mut carol = resumes(&mut c, "carol", &carol_seen, &heads).await;
     // And live again, across the two survivors.
     let ack = alice.send_text(rooms[0], 121, "still live").await;
     assert_eq!(carol.message().await.seq, ack.seq);
@@ -502,24 +506,8 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         joined.elapsed(),
         op - 122 - 20
     );
-    let heads_now: Vec<_> = heads.iter().map(|(c, s)| (*c, *s)).collect();
-    let (mut bob, _) = session(&mut b, "bob", cursors(&bob_seen)).await;
-    let mut got = caught_up(&mut bob).await;
-    got.sort();
-    assert_eq!(
-        got,
-        missed(&cursors(&bob_seen), &heads_now),
-        "bob, on b again"
-    );
-    let (mut carol, _) = session(&mut c, "carol", cursors(&carol_seen)).await;
-    let mut got = caught_up(&mut carol).await;
-    got.sort();
-    let carol_heads: Vec<_> = heads_now
-        .iter()
-        .copied()
-        .filter(|(c, _)| *c != dm)
-        .collect();
-    assert_eq!(got, missed(&cursors(&carol_seen), &carol_heads), "carol");
+    let mut bob = resumes(&mut b, "bob", &bob_seen, &heads).await;
+    let mut carol = resumes(&mut c, "carol", &carol_seen, &heads).await;
     for room in &rooms {
         let ack = alice
             .send_text(*room, op, "live on three nodes again")
