@@ -3,7 +3,7 @@
 //! | Method and path | Does |
 //! |---|---|
 //! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge, partitions held and reached |
-//! | `GET /v1/connections[?user=NAME][&limit=N]` | the connections (or one user's), from every shard: the count, and up to N (1 000; at most 10 000) listed |
+//! | `GET /v1/connections[?user=NAME][&limit=N]` | the connections (or one user's), from every shard (and every node, with `cluster.peer`): the count, and up to N (1 000; at most 10 000) listed |
 //! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
 //! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
 //! | `POST /v1/users/NAME/enable` | lifts `disable` (tokens revoked stay revoked) |
@@ -202,22 +202,65 @@ pub(super) async fn ask_every_shard<T>(
 const LIST_DEFAULT: usize = 1_000;
 const LIST_MAX: usize = 10_000;
 
+/// `/v1/connections`: this node's, and with serving nodes (`cluster.peer`) every other
+/// node's, each connection with its `node`; at most `limit` listed in all.
 async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outcome {
-    let (lists, missing) = ask_every_shard(&state.shared, |reply| AdminOp::Connections {
-        user,
-        limit,
-        reply,
-    })
-    .await;
+    let shared = &state.shared;
+    let mut here = connections_here(shared, user, limit).await;
+    if !shared.peers.on() {
+        return Ok(here);
+    }
+    let me = shared.config().cluster.node.clone();
+    let peers = Arc::clone(&shared.peers);
+    let elsewhere = tokio::task::spawn_blocking(move || peers.connections_elsewhere(user, limit))
+        .await
+        .map_err(unavailable)?;
+    let mut lists = vec![(me, here.take())];
+    let mut missing = 0;
+    for (node, listed) in elsewhere {
+        match listed.and_then(|listed| serde_json::from_str::<Value>(&listed).ok()) {
+            Some(listed) => lists.push((node, listed)),
+            None => {
+                tracing::warn!(target: "chatd::admin", node, "a node did not list its connections");
+                missing += 1;
+            }
+        }
+    }
+    let (mut count, mut shards_missing, mut all) = (0, 0, Vec::new());
+    for (node, mut listed) in lists {
+        count += listed["count"].as_u64().unwrap_or(0);
+        shards_missing += listed["shards_not_answering"].as_u64().unwrap_or(0);
+        if let Value::Array(conns) = listed["connections"].take() {
+            for mut conn in conns {
+                conn["node"] = json!(node);
+                all.push(conn);
+            }
+        }
+    }
+    all.truncate(limit);
+    Ok(json!({
+        "count": count,
+        "listed": all.len(),
+        "shards_not_answering": shards_missing,
+        "nodes_not_answering": missing,
+        "connections": all,
+    }))
+}
+
+/// This node's connections (of `user` only, when given): how many, and at most `limit`
+/// listed, from every shard.
+pub(crate) async fn connections_here(shared: &Shared, user: Option<UserId>, limit: usize) -> Value {
+    let (lists, missing) =
+        ask_every_shard(shared, |reply| AdminOp::Connections { user, limit, reply }).await;
     let total: usize = lists.iter().map(|(total, _)| total).sum();
     let mut all: Vec<_> = lists.into_iter().flat_map(|(_, list)| list).collect();
     all.truncate(limit);
-    Ok(json!({
+    json!({
         "count": total,
         "listed": all.len(),
         "shards_not_answering": missing,
         "connections": all,
-    }))
+    })
 }
 
 /// Commits `batch` through the storage thread and waits for it; once it committed, puts

@@ -234,9 +234,14 @@ pub fn render_connections(v: &Value) -> String {
             (None, Some(device)) => format!("-/{device}"),
             _ => "-".to_owned(),
         };
+        // With serving nodes, each connection's node too.
+        let shard = match c["node"].as_str() {
+            Some(node) => format!("{node}/{}", num(c, "shard")),
+            None => num(c, "shard").to_string(),
+        };
         out += &format!(
             "{:<6} {:<8} {:<24} {:<13} {:<16} {:<20} {:>8} {:>7} {:>10} {:>6}\n",
-            num(c, "shard"),
+            shard,
             num(c, "id"),
             str_of(c, "remote"),
             str_of(c, "transport"),
@@ -253,6 +258,12 @@ pub fn render_connections(v: &Value) -> String {
         );
     }
     out += &format!("{} connections\n", num(v, "count"));
+    if num(v, "nodes_not_answering") > 0 {
+        out += &format!(
+            "warning: {} node(s) did not list theirs\n",
+            num(v, "nodes_not_answering")
+        );
+    }
     out
 }
 

@@ -230,6 +230,7 @@ async fn answer_call(
             device,
             restriction,
         } => super::Peers::ordered(&shared, user, &action, device, restriction).await,
+        Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
     };
     if let Ok(bytes) = wire::encode(&answer) {
         let _ = send.write_all(&bytes).await;

@@ -147,54 +147,74 @@ impl Peers {
         device: Option<DeviceId>,
         restriction: Option<Restriction>,
     ) -> (u64, u64) {
-        if !self.on {
-            return (0, 0);
-        }
         let p = self.map.of_id(user.0);
-        let others: Vec<String> = (self.nodes.borrow().keys())
-            .filter(|node| **node != *self.me)
-            .cloned()
-            .collect();
-        let outbound = self.outbound.load();
-        let mut missing = 0u64;
-        let mut asked = Vec::new();
-        for node in others {
-            let call = Call::Order {
-                user,
-                action: action.to_owned(),
-                device: device.map(|d| d.0),
-                restriction,
-            };
-            match outbound
-                .get(node.as_str())
-                .map(|link| link.ask(call, p, CALL_TIMEOUT))
-            {
-                Some(Ok(answer)) => asked.push((node, answer)),
-                _ => {
-                    tracing::warn!(target: "chatd::admin", node, "a node could not be told to close an account's sessions");
-                    missing += 1;
-                }
-            }
-        }
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut closed = 0;
-        for (node, answer) in asked {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let told = (answer.recv_timeout(left).ok())
-                .and_then(Result::ok)
-                .and_then(|bytes| wire::decode::<Closed>(&bytes).ok());
-            match told {
+        let answers = self.ask_every_node(p, || Call::Order {
+            user,
+            action: action.to_owned(),
+            device: device.map(|d| d.0),
+            restriction,
+        });
+        let (mut closed, mut missing) = (0, 0);
+        for (node, answer) in answers {
+            match answer.and_then(|bytes| wire::decode::<Closed>(&bytes).ok()) {
                 Some(told) => {
                     closed += told.closed;
                     missing += u64::from(told.shards_not_answering > 0);
                 }
                 None => {
-                    tracing::warn!(target: "chatd::admin", node, "a node did not say it closed an account's sessions");
+                    tracing::warn!(target: "chatd::admin", node, "a node could not be told to close an account's sessions");
                     missing += 1;
                 }
             }
         }
         (closed, missing)
+    }
+
+    /// The connections of every other node etcd lists (of `user` only, when given; at
+    /// most `limit` each), as each one's admin API lists its own (from a blocking thread:
+    /// it waits). `None` for a node that could not be asked or did not answer.
+    pub(crate) fn connections_elsewhere(
+        &self,
+        user: Option<UserId>,
+        limit: usize,
+    ) -> Vec<(String, Option<String>)> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let answers = self.ask_every_node(0, || Call::Connections { user, limit });
+        (answers.into_iter())
+            .map(|(node, answer)| {
+                let listed = answer.and_then(|bytes| wire::decode::<String>(&bytes).ok());
+                (node, listed)
+            })
+            .collect()
+    }
+
+    /// Sends `call()` to every other node etcd lists, on this node's links (about partition
+    /// `p`, for errors), and waits for their answers up to [`CALL_TIMEOUT`] in all (from a
+    /// blocking thread). `None` for a node without a link, or without an answer in time.
+    fn ask_every_node(&self, p: usize, call: impl Fn() -> Call) -> Vec<(String, Option<Vec<u8>>)> {
+        if !self.on {
+            return Vec::new();
+        }
+        let others: Vec<String> = (self.nodes.borrow().keys())
+            .filter(|node| **node != *self.me)
+            .cloned()
+            .collect();
+        let outbound = self.outbound.load();
+        let asked: Vec<_> = (others.into_iter())
+            .map(|node| {
+                let answer = (outbound.get(node.as_str()))
+                    .and_then(|link| link.ask(call(), p, CALL_TIMEOUT).ok());
+                (node, answer)
+            })
+            .collect();
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        (asked.into_iter())
+            .map(|(node, answer)| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let answer = answer.and_then(|rx| rx.recv_timeout(left).ok()?.ok());
+                (node, answer)
+            })
+            .collect()
     }
 
     /// Answers [`Call::Order`]: notes the restriction, then closes the account's
@@ -221,6 +241,18 @@ impl Peers {
             shards_not_answering: u64::try_from(missing).unwrap_or(u64::MAX),
         };
         bincode::encode_to_vec(closed, bincode::config::standard())
+            .map_err(|e| Refused::Failed(e.to_string()))
+    }
+
+    /// Answers [`Call::Connections`]: this node's connections, as its admin API lists them.
+    pub(crate) async fn listed(
+        shared: &crate::shard::Shared,
+        user: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<u8>, Refused> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let listed = crate::admin::api::connections_here(shared, user, limit).await;
+        bincode::encode_to_vec(listed.to_string(), bincode::config::standard())
             .map_err(|e| Refused::Failed(e.to_string()))
     }
 

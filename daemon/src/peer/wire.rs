@@ -257,6 +257,9 @@ pub(crate) enum Call {
         device: Option<u64>,
         restriction: Option<crate::store::Restriction>,
     },
+    /// This node's connections (of `user` only), at most `limit`, as its admin API's
+    /// `/v1/connections` lists them: answered with that JSON.
+    Connections { user: Option<UserId>, limit: u32 },
 }
 
 /// The answer to [`Call::Act`]: the holding node's admin API status and body.

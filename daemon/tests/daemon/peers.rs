@@ -371,6 +371,17 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     for node in nodes.iter_mut() {
         daves.push(session(node, "dave", vec![]).await.0);
     }
+    // Any node lists the account's connections on every node.
+    let (status, listed) =
+        crate::admin::http(nodes[1].admin, "GET", "/v1/connections?user=dave", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["count"], 3, "{listed}");
+    let mut on: Vec<&str> = (listed["connections"].as_array().unwrap().iter())
+        .map(|c| c["node"].as_str().unwrap())
+        .collect();
+    on.sort_unstable();
+    assert_eq!(on, NODES, "one connection per node: {listed}");
     let disabled = user_action(nodes[1].admin, "dave", "disable").await;
     assert_eq!(disabled["node"], holder.unwrap(), "{disabled}");
     assert_eq!(disabled["closed"], 3, "one session per node: {disabled}");
