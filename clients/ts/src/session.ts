@@ -149,6 +149,8 @@ class Positions {
 }
 
 const FINAL_GOODBYES: readonly number[] = [GoodbyeCode.REPLACED, GoodbyeCode.PROTOCOL_VIOLATION];
+/** The pause before a `Sync` after one that could not be served (8.5). */
+const SYNC_PAUSE_MS = 100;
 const REFUSED_TOKENS: readonly number[] = [
   ErrorCode.TOKEN_EXPIRED,
   ErrorCode.TOKEN_INVALID,
@@ -172,6 +174,8 @@ export class Client {
   private limits: Limits | null = null;
   private catchingUp = false;
   private syncAfterCatchUp = false;
+  /** The running catch-up failed for a reason that passes (8.5): its `Sync` waits a pause. */
+  private catchUpFailed = false;
   private closed = false;
   private status: Status = { kind: "connecting", attempt: 1 };
   private readonly tracker: Tracker;
@@ -402,6 +406,9 @@ export class Client {
           pending?.resolve(frame.response);
         } else {
           const { code, reason, retryAfterMs } = frame.error;
+          if (frame.id === null && this.catchingUp && code === ErrorCode.UNAVAILABLE) {
+            this.catchUpFailed = true;
+          }
           pending?.reject(new ChatError(code, reason, retryAfterMs));
         }
         this.pump();
@@ -427,7 +434,17 @@ export class Client {
       this.check((t) => t.gap(gap));
     } else if (event.kind === "CaughtUp") {
       this.catchingUp = false;
-      if (this.syncAfterCatchUp) this.sync();
+      const pause = this.catchUpFailed;
+      this.catchUpFailed = false;
+      if (this.syncAfterCatchUp) {
+        if (pause) {
+          // Not again at once: a partition moving between nodes takes a moment.
+          this.catchingUp = true;
+          setTimeout(() => this.sync(), SYNC_PAUSE_MS);
+        } else {
+          this.sync();
+        }
+      }
     } else if (event.kind === "Lagged") {
       if (this.catchingUp) this.syncAfterCatchUp = true;
       else this.sync();
@@ -448,12 +465,21 @@ export class Client {
     this.request({ kind: "History", query }).catch(() => {});
   }
 
-  /** Asks for what this connection missed, from the cursors. */
+  /** Asks for what this connection missed, from the cursors; a `Sync` refused
+   *  `UNAVAILABLE` (a partition moving between nodes) is sent again after a pause. */
   private sync(): void {
+    if (this.transport === null) {
+      this.catchingUp = false;
+      return;
+    }
     this.syncAfterCatchUp = false;
     this.catchingUp = true;
-    this.request({ kind: "Sync", resume: { cursors: this.positions.cursors() } }).catch(() => {
-      this.catchingUp = false;
+    this.request({ kind: "Sync", resume: { cursors: this.positions.cursors() } }).catch((e) => {
+      if (e instanceof ChatError && e.code === ErrorCode.UNAVAILABLE) {
+        setTimeout(() => this.sync(), SYNC_PAUSE_MS);
+      } else {
+        this.catchingUp = false;
+      }
     });
   }
 

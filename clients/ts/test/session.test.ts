@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { GoodbyeCode } from "../src/codes.js";
+import { ErrorCode, GoodbyeCode } from "../src/codes.js";
 import { FrameDecoder, encodeServerFrame } from "../src/frame.js";
 import { ChatError, Client, ClosedError, type Transport } from "../src/session.js";
 import type { ClientFrame, ConversationId, Entry, Event, Limits, Request, ServerFrame } from "../src/types.js";
@@ -222,6 +222,24 @@ test("Lagged is answered with a Sync from the cursors, after the catch-up runnin
   await conn.send({ kind: "Event", event: { kind: "CaughtUp", replayed: 1 } });
   const sync = await conn.request("Sync");
   assert.deepEqual(sync.request, { kind: "Sync", resume: { cursors: [{ conversation: room, seq: 4n }] } });
+  c.close();
+});
+
+test("a catch-up that failed for a moving partition is synced again after a pause, and so is a refused Sync", async () => {
+  const d = daemon();
+  const { c, conn } = await connected(d, []);
+  await conn.send(entry(4n));
+  await conn.send({ kind: "Event", event: { kind: "Lagged" } });
+  await conn.send({ kind: "Error", id: null, error: { code: ErrorCode.UNAVAILABLE, reason: "catch-up failed; sync again", retryAfterMs: null } });
+  const caughtUp = Date.now();
+  await conn.send({ kind: "Event", event: { kind: "CaughtUp", replayed: 1 } });
+  const sync = await conn.request("Sync");
+  assert.ok(Date.now() - caughtUp >= 90, "the Sync waited its pause");
+  assert.deepEqual(sync.request, { kind: "Sync", resume: { cursors: [{ conversation: room, seq: 4n }] } });
+  // Refused while the partition is still moving: sent again.
+  await conn.send({ kind: "Error", id: sync.id, error: { code: ErrorCode.UNAVAILABLE, reason: "moving", retryAfterMs: null } });
+  const again = await conn.request("Sync");
+  assert.deepEqual(again.request, sync.request);
   c.close();
 });
 

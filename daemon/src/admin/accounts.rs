@@ -35,15 +35,17 @@ pub(crate) fn goodbye(action: &str) -> Option<(GoodbyeCode, &'static str)> {
 }
 
 /// Closes the sessions of `user` (of `device` only, when given) on every shard of this
-/// node; returns how many closed and how many shards could not be told.
+/// node that answers within `wait`; returns how many closed and how many shards could not
+/// be told.
 pub(crate) async fn close_sessions(
     shared: &Shared,
     user: UserId,
     device: Option<DeviceId>,
     code: GoodbyeCode,
     reason: &'static str,
+    wait: std::time::Duration,
 ) -> (usize, usize) {
-    let (closed, missing) = ask_every_shard(shared, |reply| AdminOp::Close {
+    let (closed, missing) = ask_every_shard(shared, wait, |reply| AdminOp::Close {
         user,
         device,
         code,
@@ -184,7 +186,7 @@ async fn act(
         commit(state, partition, batch, Some((id, after))).await?;
     }
     let (mut closed, missing) = match goodbye(action) {
-        Some((code, reason)) => close_sessions(shared, id, device, code, reason).await,
+        Some((code, reason)) => close_sessions(shared, id, device, code, reason, WAIT).await,
         None => (0, 0),
     };
     // Then every other node: its sessions of the account, and the restriction for those

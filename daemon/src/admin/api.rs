@@ -59,7 +59,8 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
             };
             match (limit, param(query, "user")) {
                 (Err(e), _) => Err(e),
-                (Ok(limit), Some(name)) => match user(state, name) {
+                // Off the admin thread: another node may hold the name's partition.
+                (Ok(limit), Some(name)) => match user_off_thread(state, name).await {
                     Ok((id, _)) => connections(state, Some(id), limit).await,
                     Err(e) => Err(e),
                 },
@@ -96,9 +97,28 @@ pub(super) fn unavailable(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// A user by name.
+/// [`user`] on a blocking thread: with serving nodes, the name's partition may be another
+/// node's, and the read waits for it.
+async fn user_off_thread(
+    state: &State,
+    name: &str,
+) -> Result<(UserId, String), (StatusCode, String)> {
+    let (store, name) = (state.store.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || lookup(&store, &name))
+        .await
+        .map_err(unavailable)?
+}
+
+/// A user by name (a point read on this thread).
 pub(super) fn user(state: &State, name: &str) -> Result<(UserId, String), (StatusCode, String)> {
-    match state.store.user_by_name(name) {
+    lookup(&state.store, name)
+}
+
+fn lookup(
+    store: &crate::store::Stores,
+    name: &str,
+) -> Result<(UserId, String), (StatusCode, String)> {
+    match store.user_by_name(name) {
         Ok(Some(record)) => Ok((record.id, record.name)),
         Ok(None) => Err((StatusCode::NOT_FOUND, format!("no user named {name:?}"))),
         Err(e) => Err(unavailable(e)),
@@ -157,15 +177,16 @@ fn status(state: &State) -> Value {
     })
 }
 
-/// Pushes one message to every shard (retrying a full inbox until [`WAIT`] has passed) and
+/// Pushes one message to every shard (retrying a full inbox until `wait` has passed) and
 /// collects the answers; every shard is asked, whatever happens to the others. Returns the
 /// answers and how many shards did not answer (a full inbox, a stopped shard, no answer in
 /// time).
 pub(super) async fn ask_every_shard<T>(
     shared: &Shared,
+    wait: Duration,
     make: impl Fn(tokio::sync::oneshot::Sender<T>) -> AdminOp,
 ) -> (Vec<T>, usize) {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     let mut answers = Vec::new();
     let mut missing = 0;
     for inbox in &shared.inboxes {
@@ -206,7 +227,7 @@ const LIST_MAX: usize = 10_000;
 /// node's, each connection with its `node`; at most `limit` listed in all.
 async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outcome {
     let shared = &state.shared;
-    let mut here = connections_here(shared, user, limit).await;
+    let mut here = connections_here(shared, user, limit, WAIT).await;
     if !shared.peers.on() {
         return Ok(here);
     }
@@ -248,10 +269,19 @@ async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outco
 }
 
 /// This node's connections (of `user` only, when given): how many, and at most `limit`
-/// listed, from every shard.
-pub(crate) async fn connections_here(shared: &Shared, user: Option<UserId>, limit: usize) -> Value {
-    let (lists, missing) =
-        ask_every_shard(shared, |reply| AdminOp::Connections { user, limit, reply }).await;
+/// listed, from every shard that answers within `wait`.
+pub(crate) async fn connections_here(
+    shared: &Shared,
+    user: Option<UserId>,
+    limit: usize,
+    wait: Duration,
+) -> Value {
+    let (lists, missing) = ask_every_shard(shared, wait, |reply| AdminOp::Connections {
+        user,
+        limit,
+        reply,
+    })
+    .await;
     let total: usize = lists.iter().map(|(total, _)| total).sum();
     let mut all: Vec<_> = lists.into_iter().flat_map(|(_, list)| list).collect();
     all.truncate(limit);

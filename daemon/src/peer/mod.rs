@@ -18,7 +18,8 @@
 //! serves that it lags (`Lagged`), before the change lets new events through, and the
 //! devices catch up from their cursors through the owners' stores. A partition's log
 //! entries are delivered only from the node seen holding it ([`Peers::feeds`]), so a device
-//! is never given a moving partition's new entries before its old ones. Nothing is missed;
+//! is never given a moving partition's new entries before its old ones (short of a move
+//! its view never shows, which terms in the feed will catch: docs/SCALING.md section 5);
 //! a link that breaks costs a catch-up per device.
 
 mod accept;

@@ -26,9 +26,15 @@ pub(crate) const MAX_ORDERS: usize = 4_096;
 
 /// How long an action asked of another node waits for it, within `chatd admin`'s 30 s: its
 /// commit, its shards and the other nodes' orders each have their own deadline (10 s), so
-/// an answer may come too late; the action is then taken all the same, and running it again
-/// does no harm.
+/// an answer may come too late; the action is then taken all the same. Running it again
+/// leaves the account as asked (a second `revoke` also revokes tokens issued in between; a
+/// second `kick` closes sessions opened since).
 pub(crate) const ACT_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long a node answering another's order or listing waits for its own shards: less
+/// than the asking node waits for the answer ([`CALL_TIMEOUT`]), so a slow shard is counted
+/// as a shard not answering, not the whole node.
+const PEER_WAIT: Duration = Duration::from_secs(4);
 
 /// Account actions forwarded to this node's admin API, waiting at most.
 pub(crate) const MAX_FORWARDED: usize = 64;
@@ -232,7 +238,9 @@ impl Peers {
         let (closed, missing) = match crate::admin::accounts::goodbye(action) {
             Some((code, reason)) => {
                 let device = device.map(DeviceId);
-                crate::admin::accounts::close_sessions(shared, user, device, code, reason).await
+                let wait = PEER_WAIT;
+                crate::admin::accounts::close_sessions(shared, user, device, code, reason, wait)
+                    .await
             }
             None => (0, 0),
         };
@@ -251,7 +259,7 @@ impl Peers {
         limit: u32,
     ) -> Result<Vec<u8>, Refused> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let listed = crate::admin::api::connections_here(shared, user, limit).await;
+        let listed = crate::admin::api::connections_here(shared, user, limit, PEER_WAIT).await;
         bincode::encode_to_vec(listed.to_string(), bincode::config::standard())
             .map_err(|e| Refused::Failed(e.to_string()))
     }

@@ -166,8 +166,8 @@ pub(crate) enum ShardMsg {
     Publish(Vec<Publication>),
     /// A page of a catch-up, encoded on the read pool: gaps and entries in order, the number
     /// of entries in it, and the rest of the catch-up unless it was the last page; `failed`:
-    /// the page could not be read (`frames` holds the error), which ends the catch-up with
-    /// the connection lagging.
+    /// the page could not be read for a reason that passes (a partition between nodes;
+    /// `frames` holds the error), which ends the catch-up with the connection lagging.
     Replay {
         conn: ConnId,
         frames: Vec<(Option<Position>, Bytes)>,

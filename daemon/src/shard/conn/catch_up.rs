@@ -111,17 +111,25 @@ impl crate::pool::Job for PageJob {
             }
             Err(e) => {
                 crate::logging::throttled!(error, error = %e, "catch-up read failed");
-                let frame = encode(&error_frame(
-                    None,
-                    ErrorCode::UNAVAILABLE,
-                    "catch-up failed; sync again",
-                ));
+                // A partition between nodes (or its node out of reach) passes: the device
+                // syncs again. Anything else (this node's storage) would fail again: the
+                // device pages history instead, and goes live.
+                let passing = matches!(
+                    e,
+                    crate::store::Error::NotHere(_) | crate::store::Error::Remote { .. }
+                );
+                let reason = if passing {
+                    "catch-up failed; sync again"
+                } else {
+                    "catch-up failed; page history"
+                };
+                let frame = encode(&error_frame(None, ErrorCode::UNAVAILABLE, reason));
                 ShardMsg::Replay {
                     conn,
                     frames: vec![(None, frame)],
                     replayed: 0,
                     next: None,
-                    failed: true,
+                    failed: passing,
                 }
             }
         };
@@ -142,9 +150,10 @@ pub(super) fn resume_parked(shard: &Shard, conn: &Conn) {
 
 /// A page of a catch-up arrived: send it; if it was the last, then the live events held
 /// back meanwhile that the replay did not already hold, then `CaughtUp`; else ask for the
-/// next page. A page that could not be read (`failed`, a partition moving between nodes)
-/// ends the catch-up with the connection lagging: live events would move the device's
-/// cursors past what it did not get, so none come until it syncs again.
+/// next page. A page that could not be read because its partition is between nodes or its
+/// node out of reach (`failed`) ends the catch-up with the connection lagging: live events
+/// would move the device's cursors past what it did not get, so none come until it syncs
+/// again.
 pub(crate) fn replay(
     shard: &Shard,
     conn: ConnId,
