@@ -20,17 +20,72 @@ use crate::shard::{AdminOp, Shared};
 use crate::store::writer::Batch;
 use crate::store::{Cf, Restriction, outbox};
 
-/// What account action `action` tells the sessions it closes: their goodbye code and
-/// reason (none for `enable`, which closes none).
-pub(crate) fn goodbye(action: &str) -> Option<(GoodbyeCode, &'static str)> {
-    match action {
-        "kick" => Some((GoodbyeCode::KICKED, "an operator closed the session")),
-        "disable" => Some((GoodbyeCode::ACCOUNT_DISABLED, "the account is disabled")),
-        "revoke" => Some((
-            GoodbyeCode::TOKEN_REVOKED,
-            "the session's token was revoked",
-        )),
-        _ => None,
+/// An account action of the admin API, as it goes between nodes too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub(crate) enum AccountAction {
+    Kick,
+    Disable,
+    Enable,
+    Revoke,
+}
+
+impl AccountAction {
+    /// The action named `name` in `/v1/users/NAME/ACTION`.
+    pub(crate) fn parse(name: &str) -> Option<AccountAction> {
+        Some(match name {
+            "kick" => AccountAction::Kick,
+            "disable" => AccountAction::Disable,
+            "enable" => AccountAction::Enable,
+            "revoke" => AccountAction::Revoke,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AccountAction::Kick => "kick",
+            AccountAction::Disable => "disable",
+            AccountAction::Enable => "enable",
+            AccountAction::Revoke => "revoke",
+        }
+    }
+
+    /// What it tells the sessions it closes: their goodbye code and reason (none for
+    /// `enable`, which closes none).
+    pub(crate) fn goodbye(self) -> Option<(GoodbyeCode, &'static str)> {
+        match self {
+            AccountAction::Kick => Some((GoodbyeCode::KICKED, "an operator closed the session")),
+            AccountAction::Disable => {
+                Some((GoodbyeCode::ACCOUNT_DISABLED, "the account is disabled"))
+            }
+            AccountAction::Revoke => Some((
+                GoodbyeCode::TOKEN_REVOKED,
+                "the session's token was revoked",
+            )),
+            AccountAction::Enable => None,
+        }
+    }
+
+    /// The restriction it leaves on an account whose restriction was `before`, at `now`
+    /// (seconds since the epoch); none for `kick`, which leaves it as it is.
+    fn restriction(self, before: Restriction, now: u64) -> Option<Restriction> {
+        // Tokens issued in this second or before are refused from now on.
+        let revoked = Restriction {
+            tokens_from: now + 1,
+            ..before
+        };
+        match self {
+            AccountAction::Kick => None,
+            AccountAction::Disable => Some(Restriction {
+                disabled: true,
+                ..revoked
+            }),
+            AccountAction::Enable => Some(Restriction {
+                disabled: false,
+                ..before
+            }),
+            AccountAction::Revoke => Some(revoked),
+        }
     }
 }
 
@@ -58,11 +113,11 @@ pub(crate) async fn close_sessions(
 
 /// `POST /v1/users/NAME/ACTION[?device=D]`.
 pub(super) async fn requested(state: &State, name: &str, action: &str, query: &str) -> Outcome {
-    if !matches!(action, "kick" | "disable" | "enable" | "revoke") {
+    let Some(action) = AccountAction::parse(action) else {
         return Err((StatusCode::NOT_FOUND, format!("no user action {action:?}")));
-    }
+    };
     let device = match param(query, "device") {
-        Some(d) if action == "kick" => Some(DeviceId(d.parse().map_err(|_| {
+        Some(d) if action == AccountAction::Kick => Some(DeviceId(d.parse().map_err(|_| {
             (
                 StatusCode::BAD_REQUEST,
                 format!("device {d:?} is not a number"),
@@ -76,19 +131,19 @@ pub(super) async fn requested(state: &State, name: &str, action: &str, query: &s
         }
         None => None,
     };
+    // With serving nodes, the node holding the account's partition looks it up and takes
+    // the action.
     let peers = Arc::clone(&state.shared.peers);
-    if !peers.holds_elsewhere(name) {
-        let (id, name) = user(state, name)?;
-        return act(state, id, name, action, device).await;
-    }
-    // The node holding the account's partition looks it up and takes the action.
-    let (asked, action_name) = (name.to_owned(), action.to_owned());
-    let acted =
-        tokio::task::spawn_blocking(move || peers.act_at_holder(&asked, &action_name, device))
+    let acted = if peers.on() {
+        let asked = name.to_owned();
+        tokio::task::spawn_blocking(move || peers.act_at_holder(&asked, action, device))
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+    } else {
+        None
+    };
     match acted {
-        // It moved here meanwhile.
+        // This node holds it (or no other node is known to).
         None => {
             let (id, name) = user(state, name)?;
             act(state, id, name, action, device).await
@@ -126,7 +181,7 @@ pub(super) async fn forwarded(state: &State, forwarded: Forwarded) {
     } = forwarded;
     let result = if state.store.holds(state.shared.partitions.of_name(&name)) {
         match user(state, &name) {
-            Ok((id, name)) => act(state, id, name, &action, device).await,
+            Ok((id, name)) => act(state, id, name, action, device).await,
             Err(e) => Err(e),
         }
     } else {
@@ -147,31 +202,13 @@ async fn act(
     state: &State,
     id: UserId,
     name: String,
-    action: &str,
+    action: AccountAction,
     device: Option<DeviceId>,
 ) -> Outcome {
     let shared = &state.shared;
     // One account action at a time: each reads the restriction the previous one left.
     let _serial = state.actions.lock().await;
-    let before = shared.restriction(id);
-    let now = crate::unix_now();
-    // Tokens issued in this second or before are refused from now on.
-    let revoked = Restriction {
-        tokens_from: now + 1,
-        ..before
-    };
-    let after = match action {
-        "disable" => Some(Restriction {
-            disabled: true,
-            ..revoked
-        }),
-        "enable" => Some(Restriction {
-            disabled: false,
-            ..before
-        }),
-        "revoke" => Some(revoked),
-        _ => None,
-    };
+    let after = action.restriction(shared.restriction(id), crate::unix_now());
     // The restriction is durable before it applies (the storage thread puts it in place
     // after the commit), and applies before sessions close.
     if let Some(after) = after {
@@ -185,17 +222,16 @@ async fn act(
         let partition = state.shared.partitions.of_id(id.0);
         commit(state, partition, batch, Some((id, after))).await?;
     }
-    let (mut closed, missing) = match goodbye(action) {
+    let (mut closed, missing) = match action.goodbye() {
         Some((code, reason)) => close_sessions(shared, id, device, code, reason, WAIT).await,
         None => (0, 0),
     };
     // Then every other node: its sessions of the account, and the restriction for those
     // that are starting.
     let peers = Arc::clone(&shared.peers);
-    let ordered = action.to_owned();
     let (elsewhere, nodes_missing) = tokio::time::timeout(
         WAIT,
-        tokio::task::spawn_blocking(move || peers.order_everywhere(id, &ordered, device, after)),
+        tokio::task::spawn_blocking(move || peers.order_everywhere(id, action, device, after)),
     )
     .await
     .ok()
@@ -203,6 +239,7 @@ async fn act(
     .unwrap_or((0, 1));
     closed += usize::try_from(elsewhere).unwrap_or(usize::MAX);
     let closed32 = u32::try_from(closed).unwrap_or(u32::MAX);
+    let action = action.name();
     tracing::info!(
         target: "chatd::admin",
         action,

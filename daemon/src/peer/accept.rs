@@ -229,7 +229,7 @@ async fn answer_call(
             action,
             device,
             restriction,
-        } => super::Peers::ordered(&shared, user, &action, device, restriction).await,
+        } => super::Peers::ordered(&shared, user, action, device, restriction).await,
         Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
     };
     if let Ok(bytes) = wire::encode(&answer) {
@@ -270,10 +270,7 @@ async fn create_account(
         });
     }
     match written.await {
-        Ok(Ok(())) => {
-            let encoded = bincode::encode_to_vec(&record, bincode::config::standard());
-            encoded.map_err(|e| Refused::Failed(e.to_string()))
-        }
+        Ok(Ok(())) => wire::answer(&record),
         Ok(Err(crate::store::writer::WriteError::Exists)) => Err(Refused::Exists),
         Ok(Err(crate::store::writer::WriteError::Storage(e))) => Err(Refused::Failed(e)),
         Err(_) => Err(Refused::Failed("the write was dropped".into())),

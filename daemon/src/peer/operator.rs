@@ -18,6 +18,7 @@ use chat_protocol::{DeviceId, ErrorCode, UserId};
 
 use super::wire::{self, Acted, Call, Closed, Refused};
 use super::{CALL_TIMEOUT, Peers};
+use crate::admin::accounts::AccountAction;
 use crate::store::{Error, Restriction};
 
 /// Orders remembered at most; a session whose authentication began before the oldest one
@@ -100,18 +101,13 @@ impl Orders {
 /// An account action another node's admin API forwarded, for this node's admin listener.
 pub(crate) struct Forwarded {
     pub(crate) name: String,
-    pub(crate) action: String,
+    pub(crate) action: AccountAction,
     pub(crate) device: Option<DeviceId>,
     /// The admin API's status and JSON body.
     pub(crate) reply: tokio::sync::oneshot::Sender<(u16, String)>,
 }
 
 impl Peers {
-    /// Whether another node holds the partition of the account named `name`.
-    pub(crate) fn holds_elsewhere(&self, name: &str) -> bool {
-        self.elsewhere(self.map.of_name(name)).is_some()
-    }
-
     /// The admin listener takes the actions other nodes forward from `tx` on.
     pub(crate) fn serve_admin(&self, tx: tokio::sync::mpsc::Sender<Forwarded>) {
         let _ = self.admin.set(tx);
@@ -123,7 +119,7 @@ impl Peers {
     pub(crate) fn act_at_holder(
         &self,
         name: &str,
-        action: &str,
+        action: AccountAction,
         device: Option<DeviceId>,
     ) -> Option<Result<Acted, Error>> {
         let p = self.map.of_name(name);
@@ -131,7 +127,7 @@ impl Peers {
         self.elsewhere(p).as_ref()?;
         let call = Call::Act {
             name: name.to_owned(),
-            action: action.to_owned(),
+            action,
             device: device.map(|d| d.0),
         };
         Some(self.call_within(p, call, ACT_TIMEOUT).and_then(|bytes| {
@@ -149,14 +145,14 @@ impl Peers {
     pub(crate) fn order_everywhere(
         &self,
         user: UserId,
-        action: &str,
+        action: AccountAction,
         device: Option<DeviceId>,
         restriction: Option<Restriction>,
     ) -> (u64, u64) {
         let p = self.map.of_id(user.0);
         let answers = self.ask_every_node(p, || Call::Order {
             user,
-            action: action.to_owned(),
+            action,
             device: device.map(|d| d.0),
             restriction,
         });
@@ -228,14 +224,14 @@ impl Peers {
     pub(crate) async fn ordered(
         shared: &crate::shard::Shared,
         user: UserId,
-        action: &str,
+        action: AccountAction,
         device: Option<u64>,
         restriction: Option<Restriction>,
     ) -> Result<Vec<u8>, Refused> {
         if let Some(restriction) = restriction {
             shared.peers.orders.note(user, restriction);
         }
-        let (closed, missing) = match crate::admin::accounts::goodbye(action) {
+        let (closed, missing) = match action.goodbye() {
             Some((code, reason)) => {
                 let device = device.map(DeviceId);
                 let wait = PEER_WAIT;
@@ -248,8 +244,7 @@ impl Peers {
             closed: u64::try_from(closed).unwrap_or(u64::MAX),
             shards_not_answering: u64::try_from(missing).unwrap_or(u64::MAX),
         };
-        bincode::encode_to_vec(closed, bincode::config::standard())
-            .map_err(|e| Refused::Failed(e.to_string()))
+        wire::answer(closed)
     }
 
     /// Answers [`Call::Connections`]: this node's connections, as its admin API lists them.
@@ -260,15 +255,14 @@ impl Peers {
     ) -> Result<Vec<u8>, Refused> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let listed = crate::admin::api::connections_here(shared, user, limit, PEER_WAIT).await;
-        bincode::encode_to_vec(listed.to_string(), bincode::config::standard())
-            .map_err(|e| Refused::Failed(e.to_string()))
+        wire::answer(listed.to_string())
     }
 
     /// Answers [`Call::Act`]: this node's admin listener takes the action.
     pub(crate) async fn acted(
         &self,
         name: String,
-        action: String,
+        action: AccountAction,
         device: Option<u64>,
     ) -> Result<Vec<u8>, Refused> {
         let admin = (self.admin.get())
@@ -284,8 +278,7 @@ impl Peers {
         let (status, body) = answer
             .await
             .map_err(|_| Refused::Failed("the admin listener stopped".into()))?;
-        bincode::encode_to_vec(Acted { status, body }, bincode::config::standard())
-            .map_err(|e| Refused::Failed(e.to_string()))
+        wire::answer(Acted { status, body })
     }
 }
 

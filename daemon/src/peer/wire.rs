@@ -23,6 +23,7 @@ use chat_protocol::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::admin::accounts::AccountAction;
 use crate::shard::conversation::{Change, Input, RoomAction};
 use crate::shard::session::Live;
 use crate::shard::{ConnId, ConnRef, Link, Origin};
@@ -244,7 +245,7 @@ pub(crate) enum Call {
     /// with the admin API's status and JSON body ([`Acted`]).
     Act {
         name: String,
-        action: String,
+        action: AccountAction,
         device: Option<u64>,
     },
     /// An account action the node holding the account took, for this node's sessions: the
@@ -253,7 +254,7 @@ pub(crate) enum Call {
     /// ([`Closed`]).
     Order {
         user: UserId,
-        action: String,
+        action: AccountAction,
         device: Option<u64>,
         restriction: Option<crate::store::Restriction>,
     },
@@ -291,6 +292,12 @@ pub(crate) enum Refused {
 
 /// The answer to a [`Call`]: the read's encoded result, or the created account.
 pub(crate) type Answer = Result<Vec<u8>, Refused>;
+
+/// A call's result, encoded as its [`Answer`].
+pub(crate) fn answer<T: Encode>(value: T) -> Answer {
+    bincode::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| Refused::Failed(e.to_string()))
+}
 
 /// The hello each side sends first: its node name and its [`proof`].
 #[derive(Debug, Encode, Decode)]
