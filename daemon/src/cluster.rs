@@ -74,11 +74,12 @@ pub enum Change {
     },
     /// The lease could not be renewed in time: stop serving every partition at once.
     Lost,
-    /// The cluster as etcd last said, when it changed: each partition's owner, and every
-    /// live node with what its key holds (its peer address).
+    /// The cluster as etcd last said, when it changed: each partition's owner and term, and
+    /// every live node with what its key holds (its peer address).
     View {
-        /// The node named in each partition's owner key, in partition order.
-        owners: Vec<Option<String>>,
+        /// The node named in each partition's owner key and the key's term, in partition
+        /// order.
+        owners: Vec<Option<(String, i64)>>,
         /// The live nodes and their keys' values.
         nodes: BTreeMap<String, String>,
     },
@@ -162,8 +163,8 @@ impl Creation {
     }
 }
 
-/// What [`Change::View`] says: each partition's owner, and every node's key's value.
-type View = (Vec<Option<String>>, BTreeMap<String, String>);
+/// What [`Change::View`] says: each partition's owner and term, and every node's key's value.
+type View = (Vec<Option<(String, i64)>>, BTreeMap<String, String>);
 
 /// An owner key as read: the node named in it, its lease, its term.
 #[derive(Clone, Debug)]
@@ -328,6 +329,8 @@ impl Membership {
             }
         }
         let me = self.settings.node.clone();
+        // Told together after the pass, so that the node takes them after one lag.
+        let mut acquired = Vec::new();
         let leader = owners
             .get(&0)
             .map(|owner| owner.node.as_str())
@@ -380,18 +383,18 @@ impl Membership {
                         let term = taken
                             .header()
                             .map_or(0, etcd_client::ResponseHeader::revision);
-                        changes
-                            .send(Change::Acquired { partition, term })
-                            .await
-                            .map_err(|_| Error::Closed)?;
+                        acquired.push(Change::Acquired { partition, term });
                     }
                 }
                 _ => {}
             }
         }
+        for change in acquired {
+            changes.send(change).await.map_err(|_| Error::Closed)?;
+        }
         let view = (
             (0..self.settings.partitions)
-                .map(|p| owners.get(&p).map(|o| o.node.clone()))
+                .map(|p| owners.get(&p).map(|o| (o.node.clone(), o.term)))
                 .collect(),
             peers,
         );

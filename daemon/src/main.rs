@@ -28,6 +28,9 @@ const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code when another daemon holds the data directory (sysexits EX_TEMPFAIL: it may be
 /// a predecessor still stopping).
 const EXIT_LOCKED: u8 = 75;
+/// Exit code of `chatd admin` when the daemon did what was asked only in part (sysexits
+/// EX_TEMPFAIL: run it again).
+const EXIT_PARTIAL: u8 = 75;
 
 /// chatd: a sharded QUIC chat daemon.
 #[derive(Parser)]
@@ -470,8 +473,8 @@ fn backup(conn: &AdminConn, dir: &std::path::Path) -> ExitCode {
 }
 
 /// One request to the admin listener; prints the answer with `render` (or as JSON). Exit
-/// code 0 when done, 69 when the daemon cannot be reached or refuses, 64 for a bad
-/// configuration.
+/// code 0 when done, 75 when done in part (some nodes or shards could not be told: run it
+/// again), 69 when the daemon cannot be reached or refuses, 64 for a bad configuration.
 fn admin_call(
     conn: &AdminConn,
     method: &str,
@@ -509,7 +512,11 @@ fn admin_call(
             } else {
                 print!("{}", render(&value));
             }
-            ExitCode::SUCCESS
+            if chatd::admin::client::partial(&value) {
+                ExitCode::from(EXIT_PARTIAL)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("chatd: {e}");

@@ -209,6 +209,7 @@ async fn act(
     // One account action at a time: each reads the restriction the previous one left.
     let _serial = state.actions.lock().await;
     let after = action.restriction(shared.restriction(id), crate::unix_now());
+    let version = shared.peers.version(shared.partitions.of_id(id.0));
     // The restriction is durable before it applies (the storage thread puts it in place
     // after the commit), and applies before sessions close.
     if let Some(after) = after {
@@ -231,7 +232,9 @@ async fn act(
     let peers = Arc::clone(&shared.peers);
     let (elsewhere, nodes_missing) = tokio::time::timeout(
         WAIT,
-        tokio::task::spawn_blocking(move || peers.order_everywhere(id, action, device, after)),
+        tokio::task::spawn_blocking(move || {
+            peers.order_everywhere(id, action, device, after, version)
+        }),
     )
     .await
     .ok()

@@ -267,6 +267,20 @@ pub fn render_connections(v: &Value) -> String {
     out
 }
 
+/// Whether an answer says the request was carried out only in part: some shards or nodes
+/// could not be told, or did not list theirs, or conversations were left unfinished. The
+/// command may be run again (`chatd admin` exits 75).
+#[must_use]
+pub fn partial(v: &Value) -> bool {
+    [
+        "shards_not_answering",
+        "nodes_not_answering",
+        "conversations_unfinished",
+    ]
+    .iter()
+    .any(|field| num(v, field) > 0)
+}
+
 /// An account action's answer, for people.
 #[must_use]
 pub fn render_action(v: &Value) -> String {
@@ -407,5 +421,24 @@ mod tests {
             render_action(&v),
             "enabled bob\n(tokens issued before 7 stay revoked: mint new ones)\n"
         );
+    }
+
+    #[test]
+    fn an_answer_done_in_part_is_partial() {
+        let done = serde_json::json!({"action": "disable", "closed": 3,
+            "shards_not_answering": 0, "nodes_not_answering": 0});
+        assert!(!partial(&done));
+        assert!(!partial(
+            &serde_json::json!({"count": 2, "connections": []})
+        ));
+        for field in [
+            "shards_not_answering",
+            "nodes_not_answering",
+            "conversations_unfinished",
+        ] {
+            let mut v = done.clone();
+            v[field] = serde_json::json!(1);
+            assert!(partial(&v), "{field}");
+        }
     }
 }

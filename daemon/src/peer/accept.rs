@@ -229,7 +229,17 @@ async fn answer_call(
             action,
             device,
             restriction,
-        } => super::Peers::ordered(&shared, user, action, device, restriction).await,
+            version,
+        } => {
+            let order = super::Order {
+                user,
+                action,
+                device,
+                restriction,
+                version,
+            };
+            super::Peers::ordered(&shared, order).await
+        }
         Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
     };
     if let Ok(bytes) = wire::encode(&answer) {

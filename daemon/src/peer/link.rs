@@ -1,4 +1,4 @@
-//! The `peer` thread: the node's peer endpoint (QUIC, ALPN `chatd-peer/1`) and a link to every
+//! The `peer` thread: the node's peer endpoint (QUIC, ALPN `chatd-peer/2`) and a link to every
 //! other node it knows from etcd (dialed, and dialed again after a loss); the links the other
 //! nodes dialed to it are [`super::accept`]'s. The protocol is in [`super::wire`].
 //!
@@ -524,15 +524,16 @@ async fn serve_dialed(
                     }
                 }
                 Some(Down::Event { frame, audience, except, kind }) => {
-                    // A log entry only from the node this one sees holding its partition:
-                    // the old holder's last entries and the new one's first come on two
-                    // links in no order, and a device given a later entry first would skip
-                    // the earlier. Those dropped here are caught up after the move (every
-                    // session lags before a view that moves a partition: `Peers::moves`).
-                    if let wire::Kind::Entry(conversation, _) = kind
-                        && !shared.peers.feeds(conversation, &dialed.node)
-                    {
-                        continue;
+                    // A log entry only from the node this one sees holding its partition,
+                    // and after a lag when it comes from another node or term than the last
+                    // one delivered: a device given a later entry first would skip the
+                    // earlier ones (`super::feed`).
+                    if let wire::Kind::Entry(conversation, _, term) = kind {
+                        match shared.peers.feeds(conversation, &dialed.node, term) {
+                            super::Verdict::Drop => continue,
+                            super::Verdict::LagFirst => super::lag_everyone(shared).await,
+                            super::Verdict::Deliver => {}
+                        }
                     }
                     deliver(shared, frame, audience, except, kind).await;
                 }

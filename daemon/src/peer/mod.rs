@@ -13,30 +13,32 @@
 //!   [`crate::store::Stores`]' [`Remote`]; so does creating an account whose name another
 //!   node's partition claims.
 //!
-//! The feed has no positions yet: a node whose connection to another node starts, ends, or
-//! whose partitions' owners change (or which takes a partition) tells every session it
-//! serves that it lags (`Lagged`), before the change lets new events through, and the
-//! devices catch up from their cursors through the owners' stores. A partition's log
-//! entries are delivered only from the node seen holding it ([`Peers::feeds`]), so a device
-//! is never given a moving partition's new entries before its old ones (short of a move
-//! its view never shows, which terms in the feed will catch: docs/SCALING.md section 5);
+//! The feed has no positions yet: a node whose connection to another node starts or ends,
+//! or whose view moves a partition between nodes (or which takes a partition), tells every
+//! session it serves that it lags (`Lagged`), and the devices catch up from their cursors
+//! through the holders' stores. A partition's log entries are delivered only from the node
+//! seen holding it, and an entry from another node or ownership term than the last one
+//! delivered makes every session lag first ([`feed`]), so a device is never given a moving
+//! partition's new entries before its old ones, even across a move its view never showed;
 //! a link that breaks costs a catch-up per device.
 
 mod accept;
+mod feed;
 mod link;
 mod operator;
 pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chat_protocol::{ConversationId, ErrorCode, Timestamp, UserId};
 
+pub(crate) use feed::Verdict;
 pub(crate) use link::{PeerThread, start};
-pub(crate) use operator::{Forwarded, MAX_FORWARDED};
+pub(crate) use operator::{Forwarded, MAX_FORWARDED, Order};
 use wire::{Call, Down, Refused, Up};
 
 use crate::shard::conversation::Input;
@@ -241,6 +243,11 @@ pub(crate) struct Peers {
     map: PartitionMap,
     /// Which node holds each partition, as etcd says.
     owners: arc_swap::ArcSwap<Vec<Option<Arc<str>>>>,
+    /// Which node's entries of each partition are delivered here, and when sessions lag.
+    feed: feed::Feed,
+    /// The ownership term of each partition this node holds (or last held), which its
+    /// entries carry on the feed.
+    terms: Vec<AtomicI64>,
     /// The nodes and their peer addresses, for the dialer.
     nodes: tokio::sync::watch::Sender<BTreeMap<String, String>>,
     outbound: arc_swap::ArcSwap<HashMap<Arc<str>, Arc<Outbound>>>,
@@ -250,6 +257,8 @@ pub(crate) struct Peers {
     next_link: std::sync::atomic::AtomicU32,
     /// Account restrictions other nodes ordered, for the sessions starting here.
     pub(crate) orders: operator::Orders,
+    /// Account actions this node took, numbered ([`Peers::version`]).
+    actions: std::sync::atomic::AtomicU64,
     /// The admin listener, for the account actions other nodes forward.
     admin: std::sync::OnceLock<tokio::sync::mpsc::Sender<operator::Forwarded>>,
 }
@@ -265,11 +274,14 @@ impl Peers {
             stores,
             map,
             owners: arc_swap::ArcSwap::from_pointee(vec![None; map.count()]),
+            feed: feed::Feed::new(map.count()),
+            terms: (0..map.count()).map(|_| AtomicI64::new(0)).collect(),
             nodes: tokio::sync::watch::Sender::new(BTreeMap::new()),
             outbound: arc_swap::ArcSwap::default(),
             inbound: arc_swap::ArcSwap::default(),
             next_link: std::sync::atomic::AtomicU32::new(1),
             orders: operator::Orders::default(),
+            actions: std::sync::atomic::AtomicU64::new(0),
             admin: std::sync::OnceLock::new(),
         }
     }
@@ -279,49 +291,59 @@ impl Peers {
         self.on
     }
 
-    /// Whether etcd's view `owners` moves a partition from the node that held it (this one
-    /// included): every session of this node must then lag, before the view is put in
-    /// place ([`Peers::set_view`]), since events of the partition now come from another
-    /// node, or from none until they do.
-    pub(crate) fn moves(&self, owners: &[Option<String>]) -> bool {
+    /// Puts etcd's view in place: the holder and term of each partition, and every node's
+    /// peer address. Returns the generation whose lag every shard must be sent, then
+    /// reported ([`Peers::lagged`]), when the view moves a partition this node does not
+    /// hold ([`feed::Feed::set_view`]).
+    pub(crate) fn set_view(
+        &self,
+        owners: Vec<Option<(String, i64)>>,
+        nodes: BTreeMap<String, String>,
+    ) -> Option<u64> {
         let before = self.owners.load();
-        owners
-            .iter()
-            .enumerate()
-            .any(|(p, owner)| match before.get(p).cloned().flatten() {
-                Some(kept) => owner.as_deref() != Some(&*kept),
-                None => false,
-            })
-    }
-
-    /// Puts etcd's view in place: the owner of each partition, and every node's peer
-    /// address.
-    pub(crate) fn set_view(&self, owners: Vec<Option<String>>, nodes: BTreeMap<String, String>) {
-        let before = self.owners.load();
-        let owners: Vec<Option<Arc<str>>> = owners
+        let owners: Vec<Option<feed::Source>> = owners
             .into_iter()
             .enumerate()
-            .map(
-                |(p, owner)| match (before.get(p).cloned().flatten(), owner) {
-                    (Some(kept), Some(owner)) if *kept == *owner => Some(kept),
-                    (_, owner) => owner.map(Arc::from),
-                },
-            )
+            .map(|(p, owner)| {
+                let (node, term) = owner?;
+                let node = match before.get(p).cloned().flatten() {
+                    Some(kept) if *kept == *node => kept,
+                    _ => Arc::from(node),
+                };
+                Some((node, term))
+            })
             .collect();
-        self.owners.store(Arc::new(owners));
+        let generation = self.feed.set_view(&owners, |p| self.stores.holds(p));
+        let names = owners
+            .into_iter()
+            .map(|owner| owner.map(|(node, _)| node))
+            .collect();
+        self.owners.store(Arc::new(names));
         self.nodes.send_if_modified(|known| {
             let changed = *known != nodes;
             *known = nodes;
             changed
         });
+        generation
     }
 
-    /// Whether an entry of `conversation` that came on the link to `node` is delivered:
-    /// only when this node does not hold its partition and sees `node` holding it.
-    pub(crate) fn feeds(&self, conversation: ConversationId, node: &str) -> bool {
+    /// Every shard has been sent the lag of view generation `generation`.
+    pub(crate) fn lagged(&self, generation: u64) {
+        self.feed.lagged(generation);
+    }
+
+    /// This node holds partition `p` in ownership term `term` (before its shards write it).
+    pub(crate) fn hold(&self, p: usize, term: i64) {
+        if let Some(at) = self.terms.get(p) {
+            at.store(term, Ordering::Release);
+        }
+    }
+
+    /// What to do with an entry of `conversation` written in term `term` that came on the
+    /// link to `node` ([`feed::Feed::entry`]).
+    pub(crate) fn feeds(&self, conversation: ConversationId, node: &str, term: i64) -> Verdict {
         let p = self.map.of_conversation(conversation);
-        !self.stores.holds(p)
-            && (self.owners.load().get(p)).is_some_and(|owner| owner.as_deref() == Some(node))
+        self.feed.entry(p, node, term, self.stores.holds(p))
     }
 
     /// The partitions this node does not hold and reaches on a link to their node: with the
@@ -416,7 +438,10 @@ impl Peers {
         if inbound.is_empty() {
             return;
         }
-        let kind = wire::Kind::of(live);
+        let kind = wire::Kind::of(live, |c| {
+            let p = self.map.of_conversation(c);
+            self.terms.get(p).map_or(0, |t| t.load(Ordering::Acquire))
+        });
         for link in inbound.iter() {
             let except = except
                 .filter(|at| at.link == link.link)

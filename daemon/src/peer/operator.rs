@@ -9,6 +9,12 @@
 //! Each node numbers the orders it gets ([`Orders`]); a session is checked, as it starts,
 //! against the orders that arrived since its authentication began, and refused as the
 //! holder's own check would have refused it.
+//!
+//! Orders are versioned (the holder's ownership term, then the number of the action
+//! there): each goes on its own stream, and one the asking node gave up waiting for may be
+//! handled after the next. An order older than one this node remembers for the same
+//! account is ignored, so a late `disable` cannot close the sessions of an account enabled
+//! since, nor refuse its new ones.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +58,25 @@ pub(crate) struct Orders {
 struct Log {
     /// Orders numbered below this were forgotten.
     forgotten: u64,
-    orders: VecDeque<(u64, UserId, Restriction)>,
+    orders: VecDeque<Noted>,
+}
+
+/// An order as noted: its number here, its account, its restriction (none for a kick),
+/// its version.
+struct Noted {
+    n: u64,
+    user: UserId,
+    restriction: Option<Restriction>,
+    version: (i64, u64),
+}
+
+/// An account action the holding node ordered ([`wire::Call::Order`]).
+pub(crate) struct Order {
+    pub(crate) user: UserId,
+    pub(crate) action: AccountAction,
+    pub(crate) device: Option<u64>,
+    pub(crate) restriction: Option<Restriction>,
+    pub(crate) version: (i64, u64),
 }
 
 impl Orders {
@@ -62,22 +86,38 @@ impl Orders {
         self.next.load(Ordering::Acquire)
     }
 
-    /// Notes `user`'s restriction, put in place by the node holding it.
-    pub(crate) fn note(&self, user: UserId, restriction: Restriction) {
+    /// Notes `user`'s order of `version`, with the restriction it puts in place (none for
+    /// a kick). False, and nothing noted, when an order of a later version for `user` is
+    /// remembered: this one came late, and the later one stands.
+    pub(crate) fn note(
+        &self,
+        user: UserId,
+        restriction: Option<Restriction>,
+        version: (i64, u64),
+    ) -> bool {
         let mut log = self.log.lock();
+        if (log.orders.iter()).any(|o| o.user == user && o.version > version) {
+            return false;
+        }
         let n = self.next.load(Ordering::Acquire);
         if log.orders.len() >= MAX_ORDERS
-            && let Some((oldest, ..)) = log.orders.pop_front()
+            && let Some(oldest) = log.orders.pop_front()
         {
-            log.forgotten = oldest + 1;
+            log.forgotten = oldest.n + 1;
         }
-        log.orders.push_back((n, user, restriction));
+        log.orders.push_back(Noted {
+            n,
+            user,
+            restriction,
+            version,
+        });
         self.next.store(n + 1, Ordering::Release);
+        true
     }
 
     /// Why a session of `user`, with a token issued at `issued_at` and authenticated from
-    /// `mark` on, cannot start: the last order for `user` since then refuses it, or orders
-    /// since then were forgotten.
+    /// `mark` on, cannot start: the last restriction ordered for `user` since then refuses
+    /// it, or orders since then were forgotten.
     pub(crate) fn refuses(
         &self,
         user: UserId,
@@ -92,9 +132,10 @@ impl Orders {
             return Some(ErrorCode::UNAVAILABLE);
         }
         (log.orders.iter().rev())
-            .take_while(|(n, ..)| *n >= mark)
-            .find(|(_, u, _)| *u == user)
-            .and_then(|(_, _, restriction)| restriction.refuses(issued_at))
+            .take_while(|o| o.n >= mark)
+            .filter(|o| o.user == user)
+            .find_map(|o| o.restriction)
+            .and_then(|restriction| restriction.refuses(issued_at))
     }
 }
 
@@ -139,8 +180,8 @@ impl Peers {
     }
 
     /// Orders every other node etcd lists to put `restriction` in place for `user` (none
-    /// for a kick) and close its sessions as `action` does (from a blocking thread: it
-    /// waits). Returns how many sessions they closed and how many nodes (or their shards)
+    /// for a kick) and close its sessions as `action` does, as the action numbered
+    /// `version` ([`Peers::version`]; from a blocking thread: it waits). Returns how many sessions they closed and how many nodes (or their shards)
     /// could not be told.
     pub(crate) fn order_everywhere(
         &self,
@@ -148,6 +189,7 @@ impl Peers {
         action: AccountAction,
         device: Option<DeviceId>,
         restriction: Option<Restriction>,
+        version: (i64, u64),
     ) -> (u64, u64) {
         let p = self.map.of_id(user.0);
         let answers = self.ask_every_node(p, || Call::Order {
@@ -155,6 +197,7 @@ impl Peers {
             action,
             device: device.map(|d| d.0),
             restriction,
+            version,
         });
         let (mut closed, mut missing) = (0, 0);
         for (node, answer) in answers {
@@ -219,26 +262,40 @@ impl Peers {
             .collect()
     }
 
-    /// Answers [`Call::Order`]: notes the restriction, then closes the account's
-    /// sessions here.
+    /// The version of the next account action this node takes for an account of
+    /// partition `p` (it holds it), taken one at a time: its term, then a number.
+    pub(crate) fn version(&self, p: usize) -> (i64, u64) {
+        let term = self.terms.get(p).map_or(0, |t| t.load(Ordering::Acquire));
+        (term, self.actions.fetch_add(1, Ordering::AcqRel))
+    }
+
+    /// Answers [`Call::Order`]: notes the order, then closes the account's sessions here;
+    /// an order that came after a later one for the same account is ignored (0 closed).
     pub(crate) async fn ordered(
         shared: &crate::shard::Shared,
-        user: UserId,
-        action: AccountAction,
-        device: Option<u64>,
-        restriction: Option<Restriction>,
+        order: Order,
     ) -> Result<Vec<u8>, Refused> {
-        if let Some(restriction) = restriction {
-            shared.peers.orders.note(user, restriction);
-        }
+        let Order {
+            user,
+            action,
+            device,
+            restriction,
+            version,
+        } = order;
+        let current = shared.peers.orders.note(user, restriction, version);
         let (closed, missing) = match action.goodbye() {
-            Some((code, reason)) => {
+            Some((code, reason)) if current => {
                 let device = device.map(DeviceId);
                 let wait = PEER_WAIT;
                 crate::admin::accounts::close_sessions(shared, user, device, code, reason, wait)
                     .await
             }
-            None => (0, 0),
+            _ => {
+                if !current {
+                    tracing::warn!(target: "chatd::admin", user = %user, action = action.name(), "an account order came after a later one; ignored");
+                }
+                (0, 0)
+            }
         };
         let closed = Closed {
             closed: u64::try_from(closed).unwrap_or(u64::MAX),
@@ -296,7 +353,7 @@ mod tests {
         let orders = Orders::default();
         let (dave, erin) = (UserId(4), UserId(5));
         let before = orders.mark();
-        orders.note(dave, DISABLED);
+        assert!(orders.note(dave, Some(DISABLED), (1, 1)));
         let after = orders.mark();
         // Read before the order arrived: refused as the holder refuses it.
         assert_eq!(
@@ -308,13 +365,11 @@ mod tests {
         // Another account is not touched.
         assert_eq!(orders.refuses(erin, Some(10), before), None);
         // The last order decides: enabled again (tokens from 20 on).
-        orders.note(
-            dave,
-            Restriction {
-                disabled: false,
-                tokens_from: 20,
-            },
-        );
+        let enabled = Restriction {
+            disabled: false,
+            tokens_from: 20,
+        };
+        assert!(orders.note(dave, Some(enabled), (1, 2)));
         assert_eq!(orders.refuses(dave, Some(20), before), None);
         assert_eq!(
             orders.refuses(dave, Some(19), before),
@@ -327,7 +382,7 @@ mod tests {
         let orders = Orders::default();
         let old = orders.mark();
         for n in 0..=MAX_ORDERS {
-            orders.note(UserId(1_000 + n as u64), DISABLED);
+            orders.note(UserId(1_000 + n as u64), Some(DISABLED), (1, n as u64));
         }
         assert_eq!(orders.log.lock().orders.len(), MAX_ORDERS);
         // The order numbered `old` was forgotten: whoever it was for, retry.
@@ -337,5 +392,35 @@ mod tests {
         );
         // A mark taken after it is checked as usual.
         assert_eq!(orders.refuses(UserId(7), None, old + 1), None);
+    }
+
+    #[test]
+    fn an_order_older_than_one_remembered_for_the_account_is_ignored() {
+        let orders = Orders::default();
+        let (dave, erin) = (UserId(4), UserId(5));
+        let before = orders.mark();
+        let enabled = Restriction {
+            disabled: false,
+            tokens_from: 0,
+        };
+        // The enable (action 8 in term 3) arrived first; the disable before it (action 7)
+        // comes late.
+        assert!(orders.note(dave, Some(enabled), (3, 8)));
+        assert!(!orders.note(dave, Some(DISABLED), (3, 7)));
+        assert_eq!(orders.refuses(dave, Some(10), before), None);
+        // A kick is versioned too, and has no restriction: the last restriction still decides.
+        assert!(
+            !orders.note(dave, None, (2, 99)),
+            "an earlier term is older"
+        );
+        assert!(orders.note(dave, None, (3, 9)));
+        assert_eq!(orders.refuses(dave, Some(10), before), None);
+        // Later versions apply; other accounts are not compared.
+        assert!(orders.note(dave, Some(DISABLED), (4, 0)));
+        assert!(orders.note(erin, Some(DISABLED), (1, 0)));
+        assert_eq!(
+            orders.refuses(dave, Some(10), before),
+            Some(ErrorCode::ACCOUNT_DISABLED)
+        );
     }
 }

@@ -29,7 +29,7 @@ use crate::shard::session::Live;
 use crate::shard::{ConnId, ConnRef, Link, Origin};
 
 /// The peer protocol's ALPN id.
-pub(crate) const ALPN: &[u8] = b"chatd-peer/1";
+pub(crate) const ALPN: &[u8] = b"chatd-peer/2";
 
 /// The largest message either side reads: a bounded history page or event is far smaller.
 /// Decoding is held to it too, so a length inside a message cannot make it allocate more.
@@ -173,16 +173,18 @@ impl Asked {
 /// What an event is, for the receiving node's connections ([`Live`]).
 #[derive(Clone, Copy, Debug, Encode, Decode)]
 pub(crate) enum Kind {
-    Entry(ConversationId, Seq),
+    /// A log entry at its position, written in the holder's ownership term.
+    Entry(ConversationId, Seq, i64),
     Presence(UserId),
     Ephemeral,
     Other,
 }
 
 impl Kind {
-    pub(crate) fn of(live: Live) -> Kind {
+    /// `live`'s kind; a log entry's with the term `term_of` gives its conversation.
+    pub(crate) fn of(live: Live, term_of: impl FnOnce(ConversationId) -> i64) -> Kind {
         match live {
-            Live::Entry((c, seq)) => Kind::Entry(c, seq),
+            Live::Entry((c, seq)) => Kind::Entry(c, seq, term_of(c)),
             Live::Presence(user) => Kind::Presence(user),
             Live::Ephemeral => Kind::Ephemeral,
             Live::Other => Kind::Other,
@@ -191,7 +193,7 @@ impl Kind {
 
     pub(crate) fn live(self) -> Live {
         match self {
-            Kind::Entry(c, seq) => Live::Entry((c, seq)),
+            Kind::Entry(c, seq, _) => Live::Entry((c, seq)),
             Kind::Presence(user) => Live::Presence(user),
             Kind::Ephemeral => Live::Ephemeral,
             Kind::Other => Live::Other,
@@ -257,6 +259,9 @@ pub(crate) enum Call {
         action: AccountAction,
         device: Option<u64>,
         restriction: Option<crate::store::Restriction>,
+        /// The holder's ownership term and the number of the action there: an order
+        /// arriving after one of a later version for the same account is ignored.
+        version: (i64, u64),
     },
     /// This node's connections (of `user` only), at most `limit`, as its admin API's
     /// `/v1/connections` lists them: answered with that JSON.

@@ -130,13 +130,13 @@ impl Holdings {
         self.partition_dir(p).join("CURRENT").exists()
     }
 
-    /// Takes partition `p`, which this node now owns: forgets what the shards held of it,
+    /// Takes partition `p`, which this node now owns in term `term`: forgets what the shards held of it,
     /// opens its store (waiting up to [`SETTLE`] for its lock, which the last owner's close
     /// or death releases), continues its ids and outbox, starts its storage thread.
     ///
     /// # Errors
     /// When the store does not open or is another partition's.
-    pub(crate) fn take(&self, shared: &Shared, p: usize) -> Result<(), super::Error> {
+    pub(crate) fn take(&self, shared: &Shared, p: usize, term: i64) -> Result<(), super::Error> {
         evict(shared, p);
         let dir = self.partition_dir(p);
         let deadline = Instant::now() + SETTLE;
@@ -153,6 +153,8 @@ impl Holdings {
         store.check_partition(p, self.stores.map().count())?;
         shared.ids.load(p, &store)?;
         load_restrictions(shared, p, &store)?;
+        // Its entries carry the term on the feed from the first.
+        shared.peers.hold(p, term);
         self.run(p, store.clone())?;
         if let Some(bridge) = self.bridge.get() {
             bridge.add(p, store, Arc::clone(&self.outboxes[p]));

@@ -9,7 +9,7 @@
 //! A node that cannot reach etcd, or loses its lease, holds nothing until it has joined
 //! again (with a new lease, after a pause).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,7 @@ pub(crate) fn start(
                 shared,
                 holdings,
                 held: BTreeSet::new(),
-                pending: BTreeSet::new(),
+                pending: BTreeMap::new(),
                 creation: None,
                 name: settings.node.clone(),
             };
@@ -103,8 +103,8 @@ struct Node {
     holdings: Arc<Holdings>,
     /// The partitions this node holds.
     held: BTreeSet<usize>,
-    /// The partitions this node owns but could not open yet.
-    pending: BTreeSet<usize>,
+    /// The partitions this node owns but could not open yet, with their terms.
+    pending: BTreeMap<usize, i64>,
     /// Which partitions' stores the cluster created (from the current membership).
     creation: Option<crate::cluster::Creation>,
     /// This node's name.
@@ -136,7 +136,12 @@ impl Node {
             let ended = loop {
                 tokio::select! {
                     change = told.recv() => match change {
-                        Some(change) => self.apply(change).await,
+                        Some(change) => {
+                            let mut next = Some(change);
+                            while let Some(change) = next.take() {
+                                next = self.apply(change, &mut told).await;
+                            }
+                        }
                         None => break (&mut running).await,
                     },
                     _ = retry.tick(), if !self.pending.is_empty() => self.take_pending().await,
@@ -164,19 +169,36 @@ impl Node {
         self.give_up_all().await;
     }
 
-    async fn apply(&mut self, change: Change) {
+    /// Carries out `change`; returns the change after it, when it took the partitions etcd
+    /// gave at once (`told`'s next `Acquired` ones) together.
+    async fn apply(&mut self, change: Change, told: &mut mpsc::Receiver<Change>) -> Option<Change> {
         match change {
             Change::Acquired { partition, term } => {
                 tracing::info!(partition, term, "this node owns the partition");
-                // Its sessions lag before its shards write the partition: a device given
-                // this node's first entries before the last ones of the node that held it
+                self.pending.insert(usize::from(partition), term);
+                // Those that came with it, under the same lag.
+                let mut after = None;
+                while let Ok(next) = told.try_recv() {
+                    match next {
+                        Change::Acquired { partition, term } => {
+                            tracing::info!(partition, term, "this node owns the partition");
+                            self.pending.insert(usize::from(partition), term);
+                        }
+                        other => {
+                            after = Some(other);
+                            break;
+                        }
+                    }
+                }
+                // Its sessions lag before its shards write the partitions: a device given
+                // this node's first entries before the last ones of the node that held one
                 // (on their way on another link, and dropped once it is held here) would
                 // skip those.
                 if self.shared.peers.on() {
                     crate::peer::lag_everyone(&self.shared).await;
                 }
-                self.pending.insert(usize::from(partition));
                 self.take_pending().await;
+                return after;
             }
             Change::Release { partition, done } => {
                 let p = usize::from(partition);
@@ -189,33 +211,36 @@ impl Node {
                 self.give_up_all().await;
             }
             Change::View { owners, nodes } => {
-                // Events of a moved partition come from its new node on another link: the
-                // sessions lag first (each shard handles that before any event the new view
-                // lets through), then catch up from their cursors.
-                if self.shared.peers.on() {
-                    if self.shared.peers.moves(&owners) {
-                        crate::peer::lag_everyone(&self.shared).await;
-                    }
-                    self.shared.peers.set_view(owners, nodes);
+                // A moved partition's events come from its new node on another link: once
+                // the view is in place the sessions lag and catch up from their cursors
+                // (what the old holder wrote last, and what the new one wrote before this
+                // node saw it, are in the new holder's store), and its entries are
+                // delivered after that lag (`peer::feed`).
+                if self.shared.peers.on()
+                    && let Some(generation) = self.shared.peers.set_view(owners, nodes)
+                {
+                    crate::peer::lag_everyone(&self.shared).await;
+                    self.shared.peers.lagged(generation);
                 }
             }
         }
+        None
     }
 
     /// Opens what this node owns and has not opened yet.
     async fn take_pending(&mut self) {
-        for p in std::mem::take(&mut self.pending) {
+        for (p, term) in std::mem::take(&mut self.pending) {
             if let Err(why) = self.may_open(p).await {
                 crate::logging::throttled!(
                     error,
                     partition = p,
                     "cannot take an owned partition: {why}; trying again"
                 );
-                self.pending.insert(p);
+                self.pending.insert(p, term);
                 continue;
             }
             let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
-            let taken = tokio::task::spawn_blocking(move || holdings.take(&shared, p)).await;
+            let taken = tokio::task::spawn_blocking(move || holdings.take(&shared, p, term)).await;
             match taken {
                 Ok(Ok(())) => {
                     self.held.insert(p);
@@ -227,11 +252,11 @@ impl Node {
                 }
                 Ok(Err(e)) => {
                     crate::logging::throttled!(error, partition = p, error = %e, "cannot open an owned partition; trying again");
-                    self.pending.insert(p);
+                    self.pending.insert(p, term);
                 }
                 Err(e) => {
                     tracing::error!(partition = p, error = %e, "taking a partition failed");
-                    self.pending.insert(p);
+                    self.pending.insert(p, term);
                 }
             }
         }
