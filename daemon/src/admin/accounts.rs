@@ -1,4 +1,5 @@
-//! The account actions of the admin API: `POST /v1/users/NAME/{kick,disable,enable,revoke}`.
+//! The account actions of the admin API:
+//! `POST /v1/users/NAME/{kick,disable,enable,revoke,erase}` (erase is [`super::erase`]'s).
 //!
 //! An account's restriction is committed first, then put in place, then the shards close
 //! its sessions: from the commit on, no session of it can start. In a cluster of serving
@@ -27,6 +28,8 @@ pub(crate) enum AccountAction {
     Disable,
     Enable,
     Revoke,
+    /// Deletes every message of a disabled account ([`super::erase`]).
+    Erase,
 }
 
 impl AccountAction {
@@ -37,6 +40,7 @@ impl AccountAction {
             "disable" => AccountAction::Disable,
             "enable" => AccountAction::Enable,
             "revoke" => AccountAction::Revoke,
+            "erase" => AccountAction::Erase,
             _ => return None,
         })
     }
@@ -47,6 +51,7 @@ impl AccountAction {
             AccountAction::Disable => "disable",
             AccountAction::Enable => "enable",
             AccountAction::Revoke => "revoke",
+            AccountAction::Erase => "erase",
         }
     }
 
@@ -62,12 +67,12 @@ impl AccountAction {
                 GoodbyeCode::TOKEN_REVOKED,
                 "the session's token was revoked",
             )),
-            AccountAction::Enable => None,
+            AccountAction::Enable | AccountAction::Erase => None,
         }
     }
 
     /// The restriction it leaves on an account whose restriction was `before`, at `now`
-    /// (seconds since the epoch); none for `kick`, which leaves it as it is.
+    /// (seconds since the epoch); none for `kick` and `erase`, which leave it as it is.
     fn restriction(self, before: Restriction, now: u64) -> Option<Restriction> {
         // Tokens issued in this second or before are refused from now on.
         let revoked = Restriction {
@@ -75,7 +80,7 @@ impl AccountAction {
             ..before
         };
         match self {
-            AccountAction::Kick => None,
+            AccountAction::Kick | AccountAction::Erase => None,
             AccountAction::Disable => Some(Restriction {
                 disabled: true,
                 ..revoked
@@ -205,6 +210,9 @@ async fn act(
     action: AccountAction,
     device: Option<DeviceId>,
 ) -> Outcome {
+    if action == AccountAction::Erase {
+        return super::erase::erase(state, id, name).await;
+    }
     let shared = &state.shared;
     // One account action at a time: each reads the restriction the previous one left.
     let _serial = state.actions.lock().await;

@@ -67,7 +67,6 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
                 (Ok(limit), None) => connections(state, None, limit).await,
             }
         }
-        (&Method::POST, ["users", name, "erase"]) => erase(state, name).await,
         (&Method::POST, ["users", name, action]) => {
             super::accounts::requested(state, name, action, query).await
         }
@@ -419,113 +418,6 @@ fn conversation(state: &State, spec: &str) -> Outcome {
         })),
         "members": members,
         "markers": markers,
-    }))
-}
-
-/// How long an erasure waits for one conversation's deletes.
-const ERASE_WAIT: Duration = Duration::from_secs(60);
-
-/// Deletes every message of a disabled account (a deleted account, for its owner): finds
-/// the conversations the user wrote in and the user's messages there (a read of the
-/// `sender_ops` column family and of those logs), then has each conversation's owner delete
-/// them as the operator (`shard::erase`). Messages deleted already are left alone, so it can
-/// run again after an interruption.
-async fn erase(state: &State, name: &str) -> Outcome {
-    let (id, name) = user(state, name)?;
-    let _serial = state.actions.lock().await;
-    if !state.shared.restriction(id).disabled {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "{name} is not disabled: erase takes a disabled account (chatd admin disable {name})"
-            ),
-        ));
-    }
-    let store = state.store.clone();
-    let plan = tokio::task::spawn_blocking(move || {
-        let mut plan = Vec::new();
-        for c in store.conversations_of(id)? {
-            let messages = store.messages_of(c, id)?;
-            if !messages.is_empty() {
-                plan.push((c, messages));
-            }
-        }
-        Ok::<_, crate::store::Error>(plan)
-    })
-    .await
-    .map_err(unavailable)?
-    .map_err(unavailable)?;
-    let conversations = plan.len();
-    let (mut erased, mut unfinished) = (crate::shard::erase::Erased::default(), 0);
-    for (conversation, messages) in plan {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let owner = state.shared.owner_of(conversation);
-        let deadline = Instant::now() + ERASE_WAIT;
-        let mut msg = ShardMsg::Admin(AdminOp::Erase {
-            conversation,
-            messages,
-            reply: tx,
-        });
-        let told = loop {
-            match state.shared.inboxes[owner].push(msg) {
-                Ok(()) => break true,
-                Err(_) if Instant::now() >= deadline => break false,
-                Err(back) => {
-                    msg = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx).await {
-            Ok(Ok(done)) if told => {
-                erased.deleted += done.deleted;
-                erased.already += done.already;
-                erased.failed += done.failed;
-                erased.failure = done.failure.or(erased.failure);
-            }
-            _ => unfinished += 1,
-        }
-    }
-    tracing::info!(
-        target: "chatd::admin",
-        action = "erase",
-        user = %id,
-        name = %name,
-        conversations,
-        deleted = erased.deleted,
-        already = erased.already,
-        failed = erased.failed,
-        unfinished,
-        "admin action"
-    );
-    let detail = format!(
-        "{} messages deleted in {conversations} conversations ({} deleted already, {} not \
-         deleted, {unfinished} conversations unfinished)",
-        erased.deleted, erased.already, erased.failed
-    );
-    publish(
-        state,
-        outbox::Event::AdminAction {
-            action: "erase".to_owned(),
-            user: Some(id),
-            name: Some(name.clone()),
-            device: None,
-            closed: 0,
-            detail: Some(detail),
-        },
-    )
-    .await;
-    Ok(json!({
-        "action": "erase",
-        "user": id.0,
-        "name": name,
-        "conversations": conversations,
-        "deleted": erased.deleted,
-        "already_deleted": erased.already,
-        "not_deleted": erased.failed,
-        "failure_code": erased.failure,
-        "conversations_unfinished": unfinished,
     }))
 }
 

@@ -17,6 +17,7 @@
 pub(crate) mod accounts;
 pub(crate) mod api;
 pub mod client;
+pub(crate) mod erase;
 
 use crate::http::{failure, reply};
 

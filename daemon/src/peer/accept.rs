@@ -241,6 +241,9 @@ async fn answer_call(
             super::Peers::ordered(&shared, order).await
         }
         Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
+        Call::Erase { conversation, user } => {
+            super::Peers::erased(&shared, conversation, user).await
+        }
     };
     if let Ok(bytes) = wire::encode(&answer) {
         let _ = send.write_all(&bytes).await;

@@ -20,11 +20,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_protocol::{DeviceId, ErrorCode, UserId};
+use chat_protocol::{ConversationId, DeviceId, ErrorCode, UserId};
 
 use super::wire::{self, Acted, Call, Closed, Refused};
 use super::{CALL_TIMEOUT, Peers};
 use crate::admin::accounts::AccountAction;
+use crate::shard::erase::Erased;
 use crate::store::{Error, Restriction};
 
 /// Orders remembered at most; a session whose authentication began before the oldest one
@@ -42,6 +43,10 @@ pub(crate) const ACT_TIMEOUT: Duration = Duration::from_secs(25);
 /// than the asking node waits for the answer ([`CALL_TIMEOUT`]), so a slow shard is counted
 /// as a shard not answering, not the whole node.
 const PEER_WAIT: Duration = Duration::from_secs(4);
+
+/// How long an erasure's call to another node waits: its deletes there wait
+/// [`crate::admin::erase::ERASE_WAIT`].
+const ERASE_CALL: Duration = Duration::from_secs(65);
 
 /// Account actions forwarded to this node's admin API, waiting at most.
 pub(crate) const MAX_FORWARDED: usize = 64;
@@ -313,6 +318,50 @@ impl Peers {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let listed = crate::admin::api::connections_here(shared, user, limit, PEER_WAIT).await;
         wire::answer(listed.to_string())
+    }
+
+    /// Has the node holding `conversation`'s partition delete every message of `user`
+    /// there as the operator (an erasure this node takes), within [`ERASE_CALL`] (from a
+    /// blocking thread: it waits).
+    pub(crate) fn erase_at(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Erased, Error> {
+        let p = self.map.of_conversation(conversation);
+        let bytes = self.call_within(p, Call::Erase { conversation, user }, ERASE_CALL)?;
+        wire::decode(&bytes).map_err(|message| Error::Remote {
+            partition: p,
+            message,
+        })
+    }
+
+    /// Answers [`Call::Erase`]: this node finds `user`'s messages in `conversation` and its
+    /// owner shard deletes them as the operator.
+    pub(crate) async fn erased(
+        shared: &crate::shard::Shared,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Vec<u8>, Refused> {
+        let stores = shared.peers.stores.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            stores
+                .of_conversation(conversation)
+                .and_then(|store| store.messages_of(conversation, user))
+        });
+        let messages = match found.await {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(Error::NotHere(_))) => return Err(Refused::NotHere),
+            Ok(Err(e)) => return Err(Refused::Failed(e.to_string())),
+            Err(_) => return Err(Refused::Failed("the read was dropped".into())),
+        };
+        let wait = crate::admin::erase::ERASE_WAIT;
+        match crate::admin::erase::erase_here(shared, conversation, messages, wait).await {
+            Some(done) => wire::answer(done),
+            None => Err(Refused::Failed(
+                "the conversation's deletes did not finish in time".into(),
+            )),
+        }
     }
 
     /// Answers [`Call::Act`]: this node's admin listener takes the action.

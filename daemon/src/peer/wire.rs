@@ -266,6 +266,13 @@ pub(crate) enum Call {
     /// This node's connections (of `user` only), at most `limit`, as its admin API's
     /// `/v1/connections` lists them: answered with that JSON.
     Connections { user: Option<UserId>, limit: u32 },
+    /// An erasure's deletes in a conversation whose partition this node holds (the node
+    /// holding the erased account asks): delete every message of `user` there as the
+    /// operator. Answered with what was done ([`crate::shard::erase::Erased`]).
+    Erase {
+        conversation: ConversationId,
+        user: UserId,
+    },
 }
 
 /// The answer to [`Call::Act`]: the holding node's admin API status and body.

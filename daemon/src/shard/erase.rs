@@ -18,7 +18,7 @@ use super::{ConnId, ConnRef, OPERATOR, Origin, Shard, owner};
 pub(crate) const IN_FLIGHT: usize = 16;
 
 /// What an erasure did in one conversation.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, bincode::Encode, bincode::Decode)]
 pub(crate) struct Erased {
     /// Messages deleted.
     pub(crate) deleted: usize,

@@ -527,4 +527,47 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         assert_eq!(bob.message().await.seq, ack.seq);
         op += 1;
     }
+
+    // An operator erases dave's messages through a node that does not hold his account:
+    // the holder finds them on every partition, and each conversation's node deletes them.
+    let (mut dave, _) = hello_issued(&mut a, "dave", Some(from), vec![])
+        .await
+        .unwrap();
+    for (n, room) in rooms.iter().enumerate() {
+        let ConversationId::Room(id) = room else {
+            unreachable!()
+        };
+        dave.ok(Request::JoinRoom { room: *id }).await;
+        dave.send_text(*room, 1_000 + n as u64, "dave's, to erase")
+            .await;
+    }
+    let asked = NODES.iter().position(|n| Some(*n) != holder).unwrap();
+    let asked = [&a, &b, &c][asked].admin;
+    user_action(asked, "dave", "disable").await;
+    let erased = user_action(asked, "dave", "erase").await;
+    assert_eq!(erased["node"], holder.unwrap(), "{erased}");
+    assert_eq!(erased["conversations"], rooms.len(), "{erased}");
+    assert_eq!(
+        erased["deleted"],
+        rooms.len(),
+        "one message in each room: {erased}"
+    );
+    assert_eq!(erased["not_deleted"], 0, "{erased}");
+    assert_eq!(erased["conversations_unfinished"], 0, "{erased}");
+    // Every room's last entries: dave's message, erased, and its deletion.
+    for room in &rooms {
+        let page = carol.history(*room, HistoryFrom::Latest, 3).await;
+        let dave_said: Vec<_> = (page.entries.iter())
+            .filter_map(|entry| match entry {
+                chat_protocol::Entry::Message(m) if m.sender != alice_id => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dave_said.len(), 1, "{room:?}: {page:?}");
+        assert!(dave_said[0].deleted.is_some(), "erased: {page:?}");
+        assert!(dave_said[0].body.is_empty(), "its content erased: {page:?}");
+    }
+    // Run again: nothing left to delete.
+    let again = user_action(asked, "dave", "erase").await;
+    assert_eq!(again["deleted"], 0, "{again}");
 }
