@@ -2,7 +2,7 @@
 //!
 //! | Method and path | Does |
 //! |---|---|
-//! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge, partitions held and reached |
+//! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge, partitions held and reached; with `cluster.peer`, every node's summary (`nodes`) |
 //! | `GET /v1/connections[?user=NAME][&limit=N]` | the connections (or one user's), from every shard (and every node, with `cluster.peer`): the count, and up to N (1 000; at most 10 000) listed |
 //! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
 //! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
@@ -47,7 +47,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
         .filter(|s| !s.is_empty())
         .collect();
     let result = match (&parts.method, segments.as_slice()) {
-        (&Method::GET, ["status"]) => Ok(status(state)),
+        (&Method::GET, ["status"]) => status(state).await,
         (&Method::GET, ["connections"]) => {
             let limit = match param(query, "limit").map(str::parse::<usize>) {
                 None => Ok(LIST_DEFAULT),
@@ -124,7 +124,54 @@ fn lookup(
     }
 }
 
-fn status(state: &State) -> Value {
+/// This node in a few fields, as every node's `/v1/status` lists it under `nodes`
+/// (answered to the others too: `Call::Status`).
+pub(crate) fn summary(shared: &Shared) -> Value {
+    let states = shared.connection_states();
+    let readiness = super::readiness(shared);
+    json!({
+        "node": shared.config().cluster.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "ready": readiness.ready(),
+        "draining": readiness.draining,
+        "connections": states.authenticated + states.unauthenticated,
+        "memory_used_bytes": shared.memory.used(),
+        "partitions_held": shared.peers.held(),
+    })
+}
+
+/// `GET /v1/status`: this node's, and with serving nodes every node's summary (`nodes`,
+/// with `nodes_not_answering`).
+async fn status(state: &State) -> Outcome {
+    let mut here = status_here(state);
+    let shared = &state.shared;
+    if !shared.peers.on() {
+        return Ok(here);
+    }
+    let peers = Arc::clone(&shared.peers);
+    let elsewhere = tokio::task::spawn_blocking(move || peers.statuses_elsewhere())
+        .await
+        .map_err(unavailable)?;
+    let mut nodes = vec![summary(shared)];
+    let mut missing = 0;
+    for (node, answered) in elsewhere {
+        match answered {
+            Some(summary) => nodes.push(summary),
+            None => {
+                tracing::warn!(target: "chatd::admin", node, "a node did not give its status");
+                nodes.push(json!({ "node": node, "answered": false }));
+                missing += 1;
+            }
+        }
+    }
+    here["nodes"] = json!(nodes);
+    here["nodes_not_answering"] = json!(missing);
+    Ok(here)
+}
+
+/// This node's status.
+fn status_here(state: &State) -> Value {
     use std::sync::atomic::Ordering;
     let shared = &state.shared;
     let config = shared.config();
@@ -170,7 +217,7 @@ fn status(state: &State) -> Value {
         "restricted_accounts": shared.restrictions.len(),
         "partitions": {
             "count": shared.partitions.count(),
-            "held": state.store.held().iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            "held": shared.peers.held(),
             "reached": shared.peers.reached(),
         },
     })
@@ -238,7 +285,7 @@ async fn connections(state: &State, user: Option<UserId>, limit: usize) -> Outco
     let mut lists = vec![(me, here.take())];
     let mut missing = 0;
     for (node, listed) in elsewhere {
-        match listed.and_then(|listed| serde_json::from_str::<Value>(&listed).ok()) {
+        match listed {
             Some(listed) => lists.push((node, listed)),
             None => {
                 tracing::warn!(target: "chatd::admin", node, "a node did not list its connections");

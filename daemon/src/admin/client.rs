@@ -209,6 +209,41 @@ pub fn render_status(v: &Value) -> String {
             list("reached")
         );
     }
+    for (n, node) in (v["nodes"].as_array().into_iter().flatten()).enumerate() {
+        let label = if n == 0 { "nodes" } else { "" };
+        let name = str_of(node, "node");
+        let line = if node["answered"].as_bool() == Some(false) {
+            "NOT ANSWERING".to_owned()
+        } else {
+            let held: Vec<String> = (node["partitions_held"].as_array().into_iter().flatten())
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "{}, {} connections, {} in use, partitions {}, up {}s",
+                if node["ready"].as_bool() == Some(true) {
+                    "ready"
+                } else {
+                    "NOT READY"
+                },
+                num(node, "connections"),
+                mib(num(node, "memory_used_bytes")),
+                if held.is_empty() {
+                    "none".to_owned()
+                } else {
+                    held.join(" ")
+                },
+                num(node, "uptime_secs")
+            )
+        };
+        let asked = if n == 0 { " (asked)" } else { "" };
+        out += &format!("{label:<12} {name}{asked}: {line}\n");
+    }
+    if num(v, "nodes_not_answering") > 0 {
+        out += &format!(
+            "warning: {} node(s) did not give their status\n",
+            num(v, "nodes_not_answering")
+        );
+    }
     out
 }
 
@@ -421,6 +456,41 @@ mod tests {
             render_action(&v),
             "enabled bob\n(tokens issued before 7 stay revoked: mint new ones)\n"
         );
+    }
+
+    #[test]
+    fn status_lists_every_node_and_the_ones_not_answering() {
+        let v = serde_json::json!({
+            "version": "0.1.0", "listen": "127.0.0.1:4433", "uptime_secs": 61, "ready": true,
+            "partitions": {"count": 12, "held": [0, 3], "reached": [1, 2]},
+            "nodes": [
+                {"node": "a", "ready": true, "connections": 2, "memory_used_bytes": 1_048_576,
+                 "partitions_held": [0, 3], "uptime_secs": 61},
+                {"node": "b", "ready": false, "connections": 0, "memory_used_bytes": 0,
+                 "partitions_held": [], "uptime_secs": 1},
+                {"node": "c", "answered": false}
+            ],
+            "nodes_not_answering": 1
+        });
+        let out = render_status(&v);
+        assert!(
+            out.contains(
+                "nodes        a (asked): ready, 2 connections, 1.0 MiB in use, partitions 0 3, up 61s\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "             b: NOT READY, 0 connections, 0.0 MiB in use, partitions none, up 1s\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("             c: NOT ANSWERING\n"), "{out}");
+        assert!(
+            out.ends_with("warning: 1 node(s) did not give their status\n"),
+            "{out}"
+        );
+        assert!(partial(&v));
     }
 
     #[test]

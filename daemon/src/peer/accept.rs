@@ -241,6 +241,7 @@ async fn answer_call(
             super::Peers::ordered(&shared, order).await
         }
         Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
+        Call::Status => wire::answer(crate::admin::api::summary(&shared).to_string()),
         Call::Erase { conversation, user } => {
             super::Peers::erased(&shared, conversation, user).await
         }

@@ -346,6 +346,13 @@ impl Peers {
         self.feed.entry(p, node, term, self.stores.holds(p))
     }
 
+    /// The partitions this node holds.
+    pub(crate) fn held(&self) -> Vec<usize> {
+        (0..self.map.count())
+            .filter(|&p| self.stores.holds(p))
+            .collect()
+    }
+
     /// The partitions this node does not hold and reaches on a link to their node: with the
     /// ones it holds, what it serves (`/readyz`).
     pub(crate) fn reached(&self) -> Vec<usize> {

@@ -227,13 +227,24 @@ impl Peers {
         &self,
         user: Option<UserId>,
         limit: usize,
-    ) -> Vec<(String, Option<String>)> {
+    ) -> Vec<(String, Option<serde_json::Value>)> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        let answers = self.ask_every_node(0, || Call::Connections { user, limit });
-        (answers.into_iter())
+        self.json_elsewhere(|| Call::Connections { user, limit })
+    }
+
+    /// Every other node etcd lists, with its summary as its admin API's `/v1/status` lists
+    /// it (from a blocking thread: it waits); `None` for a node that did not answer.
+    pub(crate) fn statuses_elsewhere(&self) -> Vec<(String, Option<serde_json::Value>)> {
+        self.json_elsewhere(|| Call::Status)
+    }
+
+    /// Asks every other node etcd lists `call()`, answered with JSON.
+    fn json_elsewhere(&self, call: impl Fn() -> Call) -> Vec<(String, Option<serde_json::Value>)> {
+        (self.ask_every_node(0, call).into_iter())
             .map(|(node, answer)| {
-                let listed = answer.and_then(|bytes| wire::decode::<String>(&bytes).ok());
-                (node, listed)
+                let json = (answer.and_then(|bytes| wire::decode::<String>(&bytes).ok()))
+                    .and_then(|text| serde_json::from_str(&text).ok());
+                (node, json)
             })
             .collect()
     }

@@ -266,6 +266,9 @@ pub(crate) enum Call {
     /// This node's connections (of `user` only), at most `limit`, as its admin API's
     /// `/v1/connections` lists them: answered with that JSON.
     Connections { user: Option<UserId>, limit: u32 },
+    /// This node's summary as its admin API's `/v1/status` lists it under `nodes`:
+    /// answered with that JSON.
+    Status,
     /// An erasure's deletes in a conversation whose partition this node holds (the node
     /// holding the erased account asks): delete every message of `user` there as the
     /// operator. Answered with what was done ([`crate::shard::erase::Erased`]).

@@ -258,6 +258,26 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     let (mut a, mut b, mut c) = (start("a"), start("b"), start("c"));
     settled(&etcd.url, &cluster, &NODES, &mut [&mut a, &mut b, &mut c]).await;
 
+    // Any node's status lists every node: together they hold each partition once.
+    let (code, status) = crate::admin::http(c.admin, "GET", "/v1/status", None).await;
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["nodes_not_answering"], 0, "{status}");
+    let nodes = status["nodes"].as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(names, ["c", "a", "b"], "the node asked first: {status}");
+    let mut held: Vec<u64> = (nodes.iter())
+        .flat_map(|n| n["partitions_held"].as_array().unwrap().iter())
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    held.sort_unstable();
+    assert_eq!(
+        held,
+        (0..u64::from(PARTITIONS)).collect::<Vec<_>>(),
+        "{status}"
+    );
+    assert!(nodes.iter().all(|n| n["ready"] == true), "{status}");
+
     // One user per node; each account is created by its name's partition's node.
     let (mut alice, alice_session) = session(&mut a, "alice", vec![]).await;
     assert!(caught_up(&mut alice).await.is_empty());
