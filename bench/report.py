@@ -1524,6 +1524,7 @@ def collect_cluster(summary, command, loadgen):
                 "p50_ms": s["send_to_delivery"]["p50_ms"], "p99_ms": s["send_to_delivery"]["p99_ms"],
                 "max_ms": s["send_to_delivery"]["max_ms"], "ack_max_ms": s["send_to_ack"]["max_ms"],
                 "disconnects": s["disconnects"], "reconnects": s["reconnects"],
+                "lagged": s.get("lagged"),
                 "lost": check.get("lost"), "duplicated": check.get("duplicated"),
                 "reordered": check.get("reordered"),
                 "failover_ms": failovers.get((mode, run)),
@@ -1554,7 +1555,8 @@ def render_cluster(section):
         "",
         "A client gives a silent server 1 s (`--idle-timeout-ms 1000`), standing in for the",
         "stateless reset the next node behind a load balancer sends it, then resumes on the next",
-        "node, resending what was not acknowledged. Every round shown. All the processes share",
+        "node, resending what was not acknowledged. `Lagged` counts the lag events the 200",
+        "clients got (each followed by a catch-up). Every round shown. All the processes share",
         f"the machine's cores. Machine: {machine_text(run['machine'])}. Run: {run['date']}.",
         "",
         '"Failover" is from the SIGKILL until the survivors hold every partition: for the standby,',
@@ -1564,17 +1566,18 @@ def render_cluster(section):
         '"Lost, duplicated, reordered" are the',
         "checker's: every acknowledged message delivered to every member exactly once, in order.",
         "",
-        "| Run | round | acks/s | deliveries/s | p50 delivery ms | p99 delivery ms | max delivery ms | max ack ms | disconnects | failover or join ms | lost, duplicated, reordered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Run | round | acks/s | deliveries/s | p50 delivery ms | p99 delivery ms | max delivery ms | max ack ms | disconnects | `Lagged` | failover or join ms | lost, duplicated, reordered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, label in CLUSTER_MODES:
         for i, r in enumerate(section["runs"].get(mode, []), 1):
             failover = f"{r['failover_ms']:,.0f}" if r["failover_ms"] is not None else "-"
             check = f"{r['lost']}, {r['duplicated']}, {r['reordered']}"
+            lagged = f"{r['lagged']:,}" if r.get("lagged") is not None else "-"
             lines.append(
                 f"| {label} | {i} | {r['acks_per_sec']:,.0f} | {r['deliveries_per_sec']:,.0f} | "
                 f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:,.0f} | {r['ack_max_ms']:,.0f} | "
-                f"{r['disconnects']} | {failover} | {check} |")
+                f"{r['disconnects']} | {lagged} | {failover} | {check} |")
 
     def median(mode, key):
         return statistics.median(r[key] for r in section["runs"][mode])

@@ -31,7 +31,7 @@ use super::State;
 use crate::http::{failure, json};
 use crate::shard::{AdminOp, Done, ShardMsg, Shared};
 use crate::store::writer::Batch;
-use crate::store::{Restriction, outbox};
+use crate::store::{Restriction, Stores, outbox};
 
 /// How long an action waits for the shards and for its commit.
 pub(super) const WAIT: Duration = Duration::from_secs(10);
@@ -70,7 +70,7 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
         (&Method::POST, ["users", name, action]) => {
             super::accounts::requested(state, name, action, query).await
         }
-        (&Method::GET, ["conversations", spec]) => conversation(state, spec),
+        (&Method::GET, ["conversations", spec]) => conversation(state, spec).await,
         (&Method::POST, ["compact"]) => compact(state).await,
         (&Method::POST, ["backup"]) => backup(state, body).await,
         _ => Err((StatusCode::NOT_FOUND, "no such endpoint".to_owned())),
@@ -391,7 +391,7 @@ pub(super) async fn publish(state: &State, event: outbox::Event) {
 }
 
 /// Parses `room:NAME`, `room:ID`, `dm:A:B` or `notes:A` (user names).
-fn conversation_id(state: &State, spec: &str) -> Result<ConversationId, (StatusCode, String)> {
+fn conversation_id(store: &Stores, spec: &str) -> Result<ConversationId, (StatusCode, String)> {
     let bad = || {
         (
             StatusCode::BAD_REQUEST,
@@ -403,31 +403,69 @@ fn conversation_id(state: &State, spec: &str) -> Result<ConversationId, (StatusC
             if let Ok(id) = room.parse() {
                 return Ok(ConversationId::Room(RoomId(id)));
             }
-            match state.store.room_by_name(room) {
+            match store.room_by_name(room) {
                 Ok(Some(record)) => Ok(ConversationId::Room(record.id)),
                 Ok(None) => Err((StatusCode::NOT_FOUND, format!("no room named {room:?}"))),
                 Err(e) => Err(unavailable(e)),
             }
         }
-        ["dm", a, b] => Ok(ConversationId::direct(user(state, a)?.0, user(state, b)?.0)),
-        ["notes", a] => Ok(ConversationId::Notes(user(state, a)?.0)),
+        ["dm", a, b] => Ok(ConversationId::direct(
+            lookup(store, a)?.0,
+            lookup(store, b)?.0,
+        )),
+        ["notes", a] => Ok(ConversationId::Notes(lookup(store, a)?.0)),
         _ => Err(bad()),
     }
 }
 
-fn conversation(state: &State, spec: &str) -> Outcome {
-    let c = conversation_id(state, spec)?;
-    let snapshot = match state.store.load_conversation(c) {
-        Ok(Some(snapshot)) => snapshot,
-        Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no conversation {spec:?}"))),
-        Err(e) => return Err(unavailable(e)),
+/// `GET /v1/conversations/SPEC`: read off the admin thread (names and the conversation may
+/// be other nodes'), by the node holding the conversation's partition.
+async fn conversation(state: &State, spec: &str) -> Outcome {
+    let (store, peers, spec) = (
+        state.store.clone(),
+        Arc::clone(&state.shared.peers),
+        spec.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let c = conversation_id(&store, &spec)?;
+        let mut answer = if peers.on() && !store.holds(store.map().of_conversation(c)) {
+            match peers.conversation_at(c) {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return Err(no_conversation(&spec)),
+                Err(e) => return Err(unavailable(e)),
+            }
+        } else {
+            match conversation_here(&store, c) {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return Err(no_conversation(&spec)),
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
+        answer["conversation"] = json!(spec);
+        Ok(answer)
+    })
+    .await
+    .map_err(unavailable)?
+}
+
+fn no_conversation(spec: &str) -> (StatusCode, String) {
+    (StatusCode::NOT_FOUND, format!("no conversation {spec:?}"))
+}
+
+/// A conversation's head, members and markers, read from the partition this node holds
+/// (and answered to the other nodes: `Call::Conversation`); `None` when it does not exist.
+///
+/// # Errors
+/// The store's.
+pub(crate) fn conversation_here(
+    store: &Stores,
+    c: ConversationId,
+) -> Result<Option<Value>, crate::store::Error> {
+    let Some(snapshot) = store.load_conversation(c)? else {
+        return Ok(None);
     };
     let name_of = |u: UserId| {
-        state
-            .store
-            .user(u)
-            .ok()
-            .flatten()
+        (store.user(u).ok().flatten())
             .map(|r| r.name)
             .unwrap_or_default()
     };
@@ -454,8 +492,7 @@ fn conversation(state: &State, spec: &str) -> Outcome {
             json!({ "user": u.0, "name": name_of(*u), "delivered": delivered.0, "read": read.0 })
         })
         .collect();
-    Ok(json!({
-        "conversation": spec,
+    Ok(Some(json!({
         "head": snapshot.head.0,
         "room": snapshot.room.as_ref().map(|(r, _)| json!({
             "id": r.id.0,
@@ -465,7 +502,7 @@ fn conversation(state: &State, spec: &str) -> Outcome {
         })),
         "members": members,
         "markers": markers,
-    }))
+    })))
 }
 
 async fn compact(state: &State) -> Outcome {

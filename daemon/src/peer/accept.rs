@@ -242,6 +242,18 @@ async fn answer_call(
         }
         Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
         Call::Status => wire::answer(crate::admin::api::summary(&shared).to_string()),
+        Call::Conversation { conversation } => {
+            let stores = shared.peers.stores.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                crate::admin::api::conversation_here(&stores, conversation)
+            });
+            match read.await {
+                Ok(Ok(found)) => wire::answer(found.map(|json| json.to_string())),
+                Ok(Err(crate::store::Error::NotHere(_))) => Err(Refused::NotHere),
+                Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
+                Err(_) => Err(Refused::Failed("the read was dropped".into())),
+            }
+        }
         Call::Erase { conversation, user } => {
             super::Peers::erased(&shared, conversation, user).await
         }

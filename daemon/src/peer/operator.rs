@@ -232,6 +232,28 @@ impl Peers {
         self.json_elsewhere(|| Call::Connections { user, limit })
     }
 
+    /// The admin API's description of `conversation`, read by the node holding its
+    /// partition (from a blocking thread: it waits); `None` when it does not exist.
+    pub(crate) fn conversation_at(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let p = self.map.of_conversation(conversation);
+        let bytes = self.call(p, Call::Conversation { conversation })?;
+        let found: Option<String> = wire::decode(&bytes).map_err(|message| Error::Remote {
+            partition: p,
+            message,
+        })?;
+        found
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| Error::Remote {
+                    partition: p,
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
     /// Every other node etcd lists, with its summary as its admin API's `/v1/status` lists
     /// it (from a blocking thread: it waits); `None` for a node that did not answer.
     pub(crate) fn statuses_elsewhere(&self) -> Vec<(String, Option<serde_json::Value>)> {

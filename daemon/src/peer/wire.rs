@@ -266,6 +266,10 @@ pub(crate) enum Call {
     /// This node's connections (of `user` only), at most `limit`, as its admin API's
     /// `/v1/connections` lists them: answered with that JSON.
     Connections { user: Option<UserId>, limit: u32 },
+    /// A conversation whose partition this node holds, as the admin API's
+    /// `/v1/conversations/SPEC` describes it: answered with that JSON, or `None` when it
+    /// does not exist.
+    Conversation { conversation: ConversationId },
     /// This node's summary as its admin API's `/v1/status` lists it under `nodes`:
     /// answered with that JSON.
     Status,

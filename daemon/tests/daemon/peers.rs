@@ -348,6 +348,23 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         "carol is not in the dm"
     );
 
+    // The admin API describes each room through any node, whichever holds it.
+    for (room, name) in rooms
+        .iter()
+        .zip(["lobby", "ops", "dev", "qa", "ux", "sales"])
+    {
+        let path = format!("/v1/conversations/room:{name}");
+        let (code, body) = crate::admin::http(a.admin, "GET", &path, None).await;
+        assert_eq!(code, 200, "{name}: {body}");
+        let described: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(described["head"], heads[room], "{body}");
+        assert_eq!(described["members"].as_array().unwrap().len(), 3, "{body}");
+        assert_eq!(described["conversation"], format!("room:{name}"), "{body}");
+    }
+    let (code, _) =
+        crate::admin::http(a.admin, "GET", "/v1/conversations/room:999999999", None).await;
+    assert_eq!(code, 404, "a room that does not exist");
+
     // History through another node.
     let page = bob.history(dm, HistoryFrom::Latest, 5).await;
     assert_eq!(page.head, Seq(heads[&dm]));
