@@ -532,7 +532,7 @@ fn admin(args: &AdminArgs) -> ExitCode {
     let (method, path, render): (&str, String, fn(&serde_json::Value) -> String) = match &args
         .command
     {
-        AdminCommand::Status => ("GET", "/v1/status".into(), client::render_status),
+        AdminCommand::Status => ("GET", "/v1/status?nodes=1".into(), client::render_status),
         AdminCommand::Connections { user } => (
             "GET",
             match user {

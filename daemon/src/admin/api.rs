@@ -2,7 +2,7 @@
 //!
 //! | Method and path | Does |
 //! |---|---|
-//! | `GET /v1/status` | version, uptime, shards, connections, budgets, storage, bridge, partitions held and reached; with `cluster.peer`, every node's summary (`nodes`) |
+//! | `GET /v1/status[?nodes=1]` | version, uptime, shards, connections, budgets, storage, bridge, partitions held and reached; with `nodes` and `cluster.peer`, every node's summary (`nodes`) |
 //! | `GET /v1/connections[?user=NAME][&limit=N]` | the connections (or one user's), from every shard (and every node, with `cluster.peer`): the count, and up to N (1 000; at most 10 000) listed |
 //! | `POST /v1/users/NAME/kick[?device=D]` | closes the user's sessions (or one device's) |
 //! | `POST /v1/users/NAME/disable` | refuses the account's logins and tokens, closes its sessions |
@@ -47,7 +47,9 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: &Bytes) -> Reply 
         .filter(|s| !s.is_empty())
         .collect();
     let result = match (&parts.method, segments.as_slice()) {
-        (&Method::GET, ["status"]) => status(state).await,
+        (&Method::GET, ["status"]) => {
+            status(state, matches!(param(query, "nodes"), Some("1" | "true"))).await
+        }
         (&Method::GET, ["connections"]) => {
             let limit = match param(query, "limit").map(str::parse::<usize>) {
                 None => Ok(LIST_DEFAULT),
@@ -141,12 +143,13 @@ pub(crate) fn summary(shared: &Shared) -> Value {
     })
 }
 
-/// `GET /v1/status`: this node's, and with serving nodes every node's summary (`nodes`,
-/// with `nodes_not_answering`).
-async fn status(state: &State) -> Outcome {
+/// `GET /v1/status[?nodes=1]`: this node's status, and when asked with serving nodes
+/// every node's summary (`nodes`, with `nodes_not_answering`; each other node is asked on
+/// its link, so a poller of this node's status does not ask them).
+async fn status(state: &State, nodes: bool) -> Outcome {
     let mut here = status_here(state);
     let shared = &state.shared;
-    if !shared.peers.on() {
+    if !nodes || !shared.peers.on() {
         return Ok(here);
     }
     let peers = Arc::clone(&shared.peers);

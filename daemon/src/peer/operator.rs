@@ -48,6 +48,10 @@ const PEER_WAIT: Duration = Duration::from_secs(4);
 /// [`crate::admin::erase::ERASE_WAIT`].
 const ERASE_CALL: Duration = Duration::from_secs(65);
 
+/// How long a status waits for the other nodes' summaries: a node lost a moment ago keeps
+/// its link until the link's idle timeout (3 s), and a status must not hang on it.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
+
 /// Account actions forwarded to this node's admin API, waiting at most.
 pub(crate) const MAX_FORWARDED: usize = 64;
 
@@ -197,7 +201,7 @@ impl Peers {
         version: (i64, u64),
     ) -> (u64, u64) {
         let p = self.map.of_id(user.0);
-        let answers = self.ask_every_node(p, || Call::Order {
+        let answers = self.ask_every_node(p, CALL_TIMEOUT, || Call::Order {
             user,
             action,
             device: device.map(|d| d.0),
@@ -229,7 +233,7 @@ impl Peers {
         limit: usize,
     ) -> Vec<(String, Option<serde_json::Value>)> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        self.json_elsewhere(|| Call::Connections { user, limit })
+        self.json_elsewhere(CALL_TIMEOUT, || Call::Connections { user, limit })
     }
 
     /// The admin API's description of `conversation`, read by the node holding its
@@ -255,14 +259,19 @@ impl Peers {
     }
 
     /// Every other node etcd lists, with its summary as its admin API's `/v1/status` lists
-    /// it (from a blocking thread: it waits); `None` for a node that did not answer.
+    /// it (from a blocking thread: it waits up to [`STATUS_WAIT`]); `None` for a node that
+    /// did not answer.
     pub(crate) fn statuses_elsewhere(&self) -> Vec<(String, Option<serde_json::Value>)> {
-        self.json_elsewhere(|| Call::Status)
+        self.json_elsewhere(STATUS_WAIT, || Call::Status)
     }
 
-    /// Asks every other node etcd lists `call()`, answered with JSON.
-    fn json_elsewhere(&self, call: impl Fn() -> Call) -> Vec<(String, Option<serde_json::Value>)> {
-        (self.ask_every_node(0, call).into_iter())
+    /// Asks every other node etcd lists `call()`, answered with JSON within `wait`.
+    fn json_elsewhere(
+        &self,
+        wait: Duration,
+        call: impl Fn() -> Call,
+    ) -> Vec<(String, Option<serde_json::Value>)> {
+        (self.ask_every_node(0, wait, call).into_iter())
             .map(|(node, answer)| {
                 let json = (answer.and_then(|bytes| wire::decode::<String>(&bytes).ok()))
                     .and_then(|text| serde_json::from_str(&text).ok());
@@ -272,9 +281,14 @@ impl Peers {
     }
 
     /// Sends `call()` to every other node etcd lists, on this node's links (about partition
-    /// `p`, for errors), and waits for their answers up to [`CALL_TIMEOUT`] in all (from a
-    /// blocking thread). `None` for a node without a link, or without an answer in time.
-    fn ask_every_node(&self, p: usize, call: impl Fn() -> Call) -> Vec<(String, Option<Vec<u8>>)> {
+    /// `p`, for errors), and waits for their answers up to `wait` in all (from a blocking
+    /// thread). `None` for a node without a link, or without an answer in time.
+    fn ask_every_node(
+        &self,
+        p: usize,
+        wait: Duration,
+        call: impl Fn() -> Call,
+    ) -> Vec<(String, Option<Vec<u8>>)> {
         if !self.on {
             return Vec::new();
         }
@@ -285,12 +299,12 @@ impl Peers {
         let outbound = self.outbound.load();
         let asked: Vec<_> = (others.into_iter())
             .map(|node| {
-                let answer = (outbound.get(node.as_str()))
-                    .and_then(|link| link.ask(call(), p, CALL_TIMEOUT).ok());
+                let answer =
+                    (outbound.get(node.as_str())).and_then(|link| link.ask(call(), p, wait).ok());
                 (node, answer)
             })
             .collect();
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        let deadline = Instant::now() + wait;
         (asked.into_iter())
             .map(|(node, answer)| {
                 let left = deadline.saturating_duration_since(Instant::now());

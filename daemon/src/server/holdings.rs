@@ -130,9 +130,10 @@ impl Holdings {
         self.partition_dir(p).join("CURRENT").exists()
     }
 
-    /// Takes partition `p`, which this node now owns in term `term`: forgets what the shards held of it,
-    /// opens its store (waiting up to [`SETTLE`] for its lock, which the last owner's close
-    /// or death releases), continues its ids and outbox, starts its storage thread.
+    /// Takes partition `p`, which this node now owns in term `term`: forgets what the shards
+    /// held of it, opens its store (waiting up to [`SETTLE`] for its lock, which the last
+    /// owner's close or death releases), continues its ids and outbox, starts its storage
+    /// thread.
     ///
     /// # Errors
     /// When the store does not open or is another partition's.

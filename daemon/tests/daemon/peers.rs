@@ -259,7 +259,7 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     settled(&etcd.url, &cluster, &NODES, &mut [&mut a, &mut b, &mut c]).await;
 
     // Any node's status lists every node: together they hold each partition once.
-    let (code, status) = crate::admin::http(c.admin, "GET", "/v1/status", None).await;
+    let (code, status) = crate::admin::http(c.admin, "GET", "/v1/status?nodes=1", None).await;
     assert_eq!(code, 200, "{status}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["nodes_not_answering"], 0, "{status}");
@@ -277,6 +277,10 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         "{status}"
     );
     assert!(nodes.iter().all(|n| n["ready"] == true), "{status}");
+    // Without `nodes`, a status is this node's alone (a poller asks no other node).
+    let (_, alone) = crate::admin::http(c.admin, "GET", "/v1/status", None).await;
+    let alone: serde_json::Value = serde_json::from_str(&alone).unwrap();
+    assert!(alone.get("nodes").is_none(), "{alone}");
 
     // One user per node; each account is created by its name's partition's node.
     let (mut alice, alice_session) = session(&mut a, "alice", vec![]).await;
