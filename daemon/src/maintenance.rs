@@ -15,7 +15,33 @@ pub(super) fn restore(args: &ConfigArgs, dir: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let data_dir = data_dir(&config);
-    match chatd::backup::restore(dir, &data_dir) {
+    let parted = config.cluster.partitions_in(&data_dir);
+    let layout = match config.cluster.partitions {
+        0 => chatd::backup::Layout::Single,
+        count => chatd::backup::Layout::Partitions {
+            dir: &parted,
+            count,
+        },
+    };
+    match chatd::backup::restore(dir, &data_dir, layout) {
+        Ok(manifest) if manifest.partition_count > 0 => {
+            let numbers: Vec<String> = (manifest.partitions.iter())
+                .map(|p| p.partition.to_string())
+                .collect();
+            println!(
+                "restored {} into {}: partitions {} of {} into {}, store format {} (taken by \
+                 chatd {} at {} ms since the epoch)",
+                dir.display(),
+                data_dir.display(),
+                numbers.join(" "),
+                manifest.partition_count,
+                parted.display(),
+                manifest.format,
+                manifest.chatd,
+                manifest.taken_at_ms
+            );
+            ExitCode::SUCCESS
+        }
         Ok(manifest) => {
             println!(
                 "restored {} into {}: store format {}, outbox head {}, bridge cursor {} (taken \

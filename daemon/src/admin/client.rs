@@ -382,13 +382,28 @@ pub fn render_erase(v: &Value) -> String {
 /// `chatd backup`, for people.
 #[must_use]
 pub fn render_backup(v: &Value) -> String {
+    let m = &v["manifest"];
+    if num(m, "partition_count") > 0 {
+        let held: Vec<String> = (m["partitions"].as_array().into_iter().flatten())
+            .map(|p| num(p, "partition").to_string())
+            .collect();
+        return format!(
+            "backup written to {} in {} ms: store format {}, partitions {} of {} (the ones this \
+             node holds; back up every node for the rest)\n",
+            str_of(v, "dir"),
+            num(v, "took_ms"),
+            num(m, "format"),
+            held.join(" "),
+            num(m, "partition_count"),
+        );
+    }
     format!(
         "backup written to {} in {} ms: store format {}, outbox head {}, bridge cursor {}\n",
         str_of(v, "dir"),
         num(v, "took_ms"),
-        num(&v["manifest"], "format"),
-        num(&v["manifest"], "outbox_head"),
-        num(&v["manifest"], "bridge_cursor"),
+        num(m, "format"),
+        num(m, "outbox_head"),
+        num(m, "bridge_cursor"),
     )
 }
 

@@ -68,6 +68,27 @@ impl Stores {
 }
 
 impl Store {
+    /// The partition this store is stamped as, and the partition count: `None` for a single
+    /// node's store.
+    ///
+    /// # Errors
+    /// RocksDB errors or an unreadable stamp.
+    pub fn partition_stamp(&self) -> Result<Option<(usize, usize)>, Error> {
+        match self.get(Cf::Meta, PARTITION_KEY)? {
+            None => Ok(None),
+            Some(found) => match <[u8; 4]>::try_from(found.as_slice()) {
+                Ok([a, b, c, d]) => Ok(Some((
+                    usize::from(u16::from_be_bytes([a, b])),
+                    usize::from(u16::from_be_bytes([c, d])),
+                ))),
+                Err(_) => Err(Error::Layout(format!(
+                    "{}: unreadable partition stamp",
+                    self.db().path().display()
+                ))),
+            },
+        }
+    }
+
     /// Stamps a new partition's store with `p` of `count`, or checks the stamp it has.
     pub(crate) fn check_partition(&self, p: usize, count: usize) -> Result<(), Error> {
         let stamp = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();

@@ -170,3 +170,90 @@ async fn a_node_with_partitions_works_as_one_store_and_publishes_a_stream_per_pa
     assert_eq!(per_partition.values().sum::<u64>(), head);
     consumer.finish().await;
 }
+
+/// A node with partitions backs up each partition it holds (`partitions/NNN/` in the
+/// backup), and a restore into a new data directory with the same partition count serves
+/// every conversation as before; a restore into a single node's layout is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_partitions_is_backed_up_and_restored_partition_by_partition() {
+    use crate::operations::{Proc, exit_code};
+    use std::process::Command;
+    let temp = tempfile::tempdir().unwrap();
+    let extra = "[cluster]\npartitions = 4";
+    let data = temp.path().join("data");
+    let mut chatd = Proc::start(&data, extra, None, &[]);
+    chatd.ready().await;
+    let (mut owner, _) = Client::login(
+        chatd.addr,
+        &data.join("tls/cert.pem"),
+        &chatd.token("owner"),
+        1,
+    )
+    .await;
+    // A room in each partition, three messages in each.
+    let mut heads = BTreeMap::new();
+    let names = names_in_every_partition(PartitionMap::new(PARTITIONS), "kept", 1);
+    for (i, name) in names.iter().enumerate() {
+        let room = ConversationId::Room(owner.create_room(name, false).await);
+        for op in 1..=3 {
+            let ack = owner.send_text(room, (i * 10 + op) as u64, "kept").await;
+            heads.insert(room, ack.seq.0);
+        }
+    }
+    let backup = temp.path().join("backups/all");
+    let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["backup", "--addr", &chatd.admin.to_string()])
+        .arg(&backup)
+        .env_remove("CHATD_CONFIG")
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("partitions 0 1 2 3 of 4"), "{said}");
+    for p in 0..PARTITIONS {
+        let dir = chatd::store::layout::partition_dir(&backup.join("partitions"), p);
+        assert!(dir.join("CURRENT").exists(), "{}", dir.display());
+    }
+    chatd.signal("TERM");
+    assert_eq!(exit_code(&mut chatd.child).await, 0);
+
+    let restored = temp.path().join("restored");
+    let restore = |partitions: &str| {
+        Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("restore")
+            .arg(&backup)
+            .arg("--data-dir")
+            .arg(&restored)
+            .env_remove("CHATD_CONFIG")
+            .env("CHATD_CLUSTER_PARTITIONS", partitions)
+            .output()
+            .unwrap()
+    };
+    let single = restore("0");
+    assert_eq!(single.status.code(), Some(69));
+    let why = String::from_utf8_lossy(&single.stderr);
+    assert!(why.contains("set cluster.partitions = 4"), "{why}");
+    let out = restore("4");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("partitions 0 1 2 3 of 4"), "{said}");
+    // Restored: the same server, every room as it was.
+    let mut again = Proc::start(&restored, extra, None, &[]);
+    again.ready().await;
+    let (mut reader, _) = Client::login(
+        again.addr,
+        &restored.join("tls/cert.pem"),
+        &again.token("owner"),
+        1,
+    )
+    .await;
+    for (room, head) in &heads {
+        let page = reader.history(*room, HistoryFrom::Latest, 10).await;
+        assert_eq!(page.head.0, *head, "{room:?}");
+        assert_eq!(page.entries.len() as u64, *head, "every entry: {room:?}");
+    }
+    again.signal("TERM");
+    assert_eq!(exit_code(&mut again.child).await, 0);
+}
