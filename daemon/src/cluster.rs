@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct Settings {
     /// etcd client URLs.
     pub etcd: Vec<String>,
+    /// The etcd user and password, when etcd has authentication on.
+    pub etcd_user: Option<(String, crate::config::Secret)>,
     /// The cluster's name: keys live under `/chatd/NAME/`.
     pub cluster: String,
     /// This node's name, unique in the cluster.
@@ -220,7 +222,10 @@ impl Membership {
     /// # Errors
     /// When etcd cannot be reached or refuses.
     pub async fn join(settings: Settings) -> Result<Membership, Error> {
-        let mut client = Client::connect(settings.etcd.clone(), None).await?;
+        let options = (settings.etcd_user.clone()).map(|(user, password)| {
+            etcd_client::ConnectOptions::new().with_user(user, password.expose())
+        });
+        let mut client = Client::connect(settings.etcd.clone(), options).await?;
         let ttl = i64::try_from(settings.lease.as_secs().max(2)).unwrap_or(i64::MAX);
         let renewed = Instant::now();
         let lease = client.lease_grant(ttl, None).await?.id();

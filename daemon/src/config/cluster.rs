@@ -25,6 +25,12 @@ pub struct ClusterConfig {
     /// reaches the partitions' stores in `partitions_dir`. Empty: the node holds all of its
     /// partitions, alone.
     pub etcd: Vec<String>,
+    /// The etcd user the node authenticates as, when etcd has authentication on (with
+    /// `etcd_password`); empty: none.
+    pub etcd_user: String,
+    /// That user's password (a [`Secret`]: inline, or from a file, the environment or a
+    /// systemd credential).
+    pub etcd_password: Secret,
     /// The cluster's name: its keys in etcd are under `/chatd/NAME/`.
     pub name: String,
     /// This node's name, unique in the cluster (required with `etcd`).
@@ -62,6 +68,8 @@ impl Default for ClusterConfig {
             secret: Secret::default(),
             partitions: 0,
             etcd: Vec::new(),
+            etcd_user: String::new(),
+            etcd_password: Secret::default(),
             name: "chatd".to_owned(),
             node: String::new(),
             lease_secs: 2,

@@ -245,4 +245,24 @@ fn a_cluster_node_needs_partitions_a_name_and_a_shared_directory() {
         (config.cluster.name.as_str(), config.cluster.lease_secs),
         ("chatd", 2)
     );
+    // etcd's user and password go together; the password is a secret (here from a variable).
+    let user = [&node[..], &[("CHATD_CLUSTER_ETCD_USER", "chatd")]].concat();
+    match load(&user) {
+        Err(Error::Invalid(problems)) => assert_eq!(
+            problems,
+            ["cluster.etcd_user and cluster.etcd_password go together"]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let password = [
+        &user[..],
+        &[
+            ("CHATD_CLUSTER_ETCD_PASSWORD", "{ env = \"ETCD_PASSWORD\" }"),
+            ("ETCD_PASSWORD", "s3cret"),
+        ],
+    ]
+    .concat();
+    let config = load(&password).unwrap();
+    assert_eq!(config.cluster.etcd_password.expose(), "s3cret");
+    assert!(!format!("{config:?}").contains("s3cret"), "never printed");
 }

@@ -243,6 +243,10 @@ impl Config {
                 "cluster.lease_secs must be at least 2",
             );
             check(
+                cluster.etcd_user.is_empty() == cluster.etcd_password.is_empty(),
+                "cluster.etcd_user and cluster.etcd_password go together",
+            );
+            check(
                 cluster.partitions_dir.is_absolute(),
                 "cluster.etcd needs cluster.partitions_dir, an absolute path every node of the \
                  cluster reaches (DATA_DIR/partitions is this node's alone)",

@@ -54,6 +54,8 @@ pub(crate) fn start(
 ) -> std::io::Result<Member> {
     let settings = Settings {
         etcd: cluster.etcd.clone(),
+        etcd_user: (!cluster.etcd_user.is_empty())
+            .then(|| (cluster.etcd_user.clone(), cluster.etcd_password.clone())),
         cluster: cluster.name.clone(),
         node: cluster.node.clone(),
         partitions: u16::try_from(cluster.partitions).unwrap_or(u16::MAX),

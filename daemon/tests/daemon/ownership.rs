@@ -94,6 +94,7 @@ async fn node(
 ) -> tokio::task::JoinHandle<Result<(), chatd::cluster::Error>> {
     let membership = Membership::join(Settings {
         etcd: vec![etcd.to_owned()],
+        etcd_user: None,
         cluster: "test".into(),
         node: node.into(),
         partitions: PARTITIONS,

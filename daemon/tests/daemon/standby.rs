@@ -24,6 +24,18 @@ const SECRET: &str = "5f3c0a9d1e7b2c4a6f8e0d2b4c6a8e1f3b5d7c9e0a2c4e6f8b1d3f5a7c
 /// `etcd`, a 2 s lease, one token key for every node, the bridge publishing to the exchange
 /// named as the cluster.
 fn node(dir: &Path, name: &str, etcd: &str, cluster: &str, partitions: &Path) -> Proc {
+    node_with_env(dir, name, etcd, cluster, partitions, &[])
+}
+
+/// [`node`], with `env` set for it.
+fn node_with_env(
+    dir: &Path,
+    name: &str,
+    etcd: &str,
+    cluster: &str,
+    partitions: &Path,
+    env: &[(&str, &str)],
+) -> Proc {
     let amqp = crate::bridge::amqp_url();
     let extra = format!(
         "[[auth.keys]]\nid = \"k1\"\nsecret = \"{SECRET}\"\n\n\
@@ -32,7 +44,7 @@ fn node(dir: &Path, name: &str, etcd: &str, cluster: &str, partitions: &Path) ->
          node = \"{name}\"\nlease_secs = 2\npartitions_dir = {partitions:?}\n\n\
          [bridge]\namqp_url = \"{amqp}\"\nexchange = \"{cluster}\"\n"
     );
-    Proc::start(&dir.join(name), &extra, None, &[])
+    Proc::start(&dir.join(name), &extra, None, env)
 }
 
 /// A token for `user`, signed with the nodes' key.
@@ -282,4 +294,69 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
             .next()
             .is_none()
     );
+}
+
+/// With authentication on in etcd, a node joins with the user and password it is given
+/// (`cluster.etcd_user`, `cluster.etcd_password` from the environment here) and holds every
+/// partition; a node with a wrong password holds none and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_authenticates_to_an_etcd_that_requires_it() {
+    use etcd_client::Permission;
+    let etcd = Etcd::start().await;
+    let mut admin = etcd_client::Client::connect([etcd.url.clone()], None)
+        .await
+        .unwrap();
+    admin.user_add("root", "root-password", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("chatd").await.unwrap();
+    let keys = Permission::read_write("/chatd/").with_prefix();
+    admin.role_grant_permission("chatd", keys).await.unwrap();
+    admin
+        .user_add("chatd", "node-password", None)
+        .await
+        .unwrap();
+    admin.user_grant_role("chatd", "chatd").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    // Without credentials, etcd now refuses.
+    let mut anonymous = etcd_client::Client::connect([etcd.url.clone()], None)
+        .await
+        .unwrap();
+    assert!(anonymous.put("/chatd/probe", "x", None).await.is_err());
+
+    let (dirs, partitions) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cluster = crate::bridge::unique_exchange("etcd-auth");
+    let mut wrong = node_with_env(
+        dirs.path(),
+        "wrong",
+        &etcd.url,
+        &cluster,
+        partitions.path(),
+        &[
+            ("CHATD_CLUSTER_ETCD_USER", "chatd"),
+            ("CHATD_CLUSTER_ETCD_PASSWORD", "not-it"),
+        ],
+    );
+    wrong
+        .wait_log("cannot join the cluster through etcd", 1)
+        .await;
+    assert!(
+        wrong.log_text().contains("authentication failed"),
+        "{}",
+        wrong.log_text()
+    );
+    assert_eq!(readyz(&mut wrong).await.0, 503);
+    let mut right = node_with_env(
+        dirs.path(),
+        "right",
+        &etcd.url,
+        &cluster,
+        partitions.path(),
+        &[
+            ("CHATD_CLUSTER_ETCD_USER", "chatd"),
+            ("CHATD_CLUSTER_ETCD_PASSWORD", "node-password"),
+        ],
+    );
+    holding_all(&mut right).await;
+    let (mut alice, _) = hello(&mut right, "alice", vec![]).await.unwrap();
+    assert!(caught_up(&mut alice).await.is_empty());
 }
