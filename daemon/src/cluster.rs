@@ -30,6 +30,8 @@ pub struct Settings {
     pub etcd: Vec<String>,
     /// The etcd user and password, when etcd has authentication on.
     pub etcd_user: Option<(String, crate::config::Secret)>,
+    /// TLS to etcd, when its URLs are `https://`.
+    pub etcd_tls: Option<EtcdTls>,
     /// The cluster's name: keys live under `/chatd/NAME/`.
     pub cluster: String,
     /// This node's name, unique in the cluster.
@@ -42,6 +44,24 @@ pub struct Settings {
     pub placement: Placement,
     /// What the node's key holds for the others: its peer address (empty: none).
     pub peer: String,
+}
+
+/// TLS to etcd: the CA its certificate is checked against, and the node's own certificate
+/// and key when etcd checks its clients' (all PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA certificate.
+    pub ca: Vec<u8>,
+    /// The node's certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("identity", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a cluster's partitions are placed on its nodes.
@@ -222,10 +242,19 @@ impl Membership {
     /// # Errors
     /// When etcd cannot be reached or refuses.
     pub async fn join(settings: Settings) -> Result<Membership, Error> {
-        let options = (settings.etcd_user.clone()).map(|(user, password)| {
-            etcd_client::ConnectOptions::new().with_user(user, password.expose())
-        });
-        let mut client = Client::connect(settings.etcd.clone(), options).await?;
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some((user, password)) = &settings.etcd_user {
+            options = options.with_user(user, password.expose());
+        }
+        if let Some(tls) = &settings.etcd_tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
+        let mut client = Client::connect(settings.etcd.clone(), Some(options)).await?;
         let ttl = i64::try_from(settings.lease.as_secs().max(2)).unwrap_or(i64::MAX);
         let renewed = Instant::now();
         let lease = client.lease_grant(ttl, None).await?.id();

@@ -31,6 +31,14 @@ pub struct ClusterConfig {
     /// That user's password (a [`Secret`]: inline, or from a file, the environment or a
     /// systemd credential).
     pub etcd_password: Secret,
+    /// The CA certificate (PEM) etcd's certificate is checked against: set, the node speaks
+    /// TLS to etcd (its URLs are `https://`); empty: plain TCP (`http://`).
+    pub etcd_ca: std::path::PathBuf,
+    /// A client certificate (PEM) the node shows etcd (with `etcd_key`), when etcd checks
+    /// its clients' certificates (`--client-cert-auth`); empty: none.
+    pub etcd_cert: std::path::PathBuf,
+    /// The client certificate's private key (PEM).
+    pub etcd_key: std::path::PathBuf,
     /// The cluster's name: its keys in etcd are under `/chatd/NAME/`.
     pub name: String,
     /// This node's name, unique in the cluster (required with `etcd`).
@@ -70,6 +78,9 @@ impl Default for ClusterConfig {
             etcd: Vec::new(),
             etcd_user: String::new(),
             etcd_password: Secret::default(),
+            etcd_ca: std::path::PathBuf::new(),
+            etcd_cert: std::path::PathBuf::new(),
+            etcd_key: std::path::PathBuf::new(),
             name: "chatd".to_owned(),
             node: String::new(),
             lease_secs: 2,

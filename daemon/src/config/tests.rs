@@ -265,4 +265,39 @@ fn a_cluster_node_needs_partitions_a_name_and_a_shared_directory() {
     let config = load(&password).unwrap();
     assert_eq!(config.cluster.etcd_password.expose(), "s3cret");
     assert!(!format!("{config:?}").contains("s3cret"), "never printed");
+    // TLS: https:// with a CA, http:// without; a client certificate with its key and a CA.
+    let https = ("CHATD_CLUSTER_ETCD", "[\"https://127.0.0.1:2379\"]");
+    let tls = |vars: &[(&str, &str)]| {
+        let all = [&node[1..], &[https], vars].concat();
+        match load(&all) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid(problems)) => problems,
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    let scheme = "cluster.etcd URLs are https:// with cluster.etcd_ca (TLS), http:// without";
+    assert_eq!(tls(&[]), [scheme]);
+    assert!(tls(&[("CHATD_CLUSTER_ETCD_CA", "/etc/chatd/etcd-ca.pem")]).is_empty());
+    let client = "cluster.etcd_cert and cluster.etcd_key go together, and need cluster.etcd_ca";
+    assert_eq!(
+        tls(&[
+            ("CHATD_CLUSTER_ETCD_CA", "/etc/chatd/etcd-ca.pem"),
+            ("CHATD_CLUSTER_ETCD_CERT", "/etc/chatd/etcd.pem"),
+        ]),
+        [client]
+    );
+    assert!(
+        tls(&[
+            ("CHATD_CLUSTER_ETCD_CA", "/etc/chatd/etcd-ca.pem"),
+            ("CHATD_CLUSTER_ETCD_CERT", "/etc/chatd/etcd.pem"),
+            ("CHATD_CLUSTER_ETCD_KEY", "/etc/chatd/etcd-key.pem"),
+        ])
+        .is_empty()
+    );
+    let plain = [
+        &node[..],
+        &[("CHATD_CLUSTER_ETCD_CA", "/etc/chatd/etcd-ca.pem")],
+    ]
+    .concat();
+    assert!(matches!(load(&plain), Err(Error::Invalid(p)) if p == [scheme]));
 }

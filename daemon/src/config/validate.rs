@@ -246,6 +246,19 @@ impl Config {
                 cluster.etcd_user.is_empty() == cluster.etcd_password.is_empty(),
                 "cluster.etcd_user and cluster.etcd_password go together",
             );
+            let tls = !cluster.etcd_ca.as_os_str().is_empty();
+            check(
+                cluster
+                    .etcd
+                    .iter()
+                    .all(|url| url.starts_with("https://") == tls),
+                "cluster.etcd URLs are https:// with cluster.etcd_ca (TLS), http:// without",
+            );
+            check(
+                cluster.etcd_cert.as_os_str().is_empty() == cluster.etcd_key.as_os_str().is_empty()
+                    && (tls || cluster.etcd_cert.as_os_str().is_empty()),
+                "cluster.etcd_cert and cluster.etcd_key go together, and need cluster.etcd_ca",
+            );
             check(
                 cluster.partitions_dir.is_absolute(),
                 "cluster.etcd needs cluster.partitions_dir, an absolute path every node of the \

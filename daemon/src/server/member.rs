@@ -52,10 +52,32 @@ pub(crate) fn start(
     shared: Arc<Shared>,
     holdings: Arc<Holdings>,
 ) -> std::io::Result<Member> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cluster: cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let etcd_tls = if cluster.etcd_ca.as_os_str().is_empty() {
+        None
+    } else {
+        let identity = if cluster.etcd_cert.as_os_str().is_empty() {
+            None
+        } else {
+            Some((read(&cluster.etcd_cert)?, read(&cluster.etcd_key)?))
+        };
+        Some(crate::cluster::EtcdTls {
+            ca: read(&cluster.etcd_ca)?,
+            identity,
+        })
+    };
     let settings = Settings {
         etcd: cluster.etcd.clone(),
         etcd_user: (!cluster.etcd_user.is_empty())
             .then(|| (cluster.etcd_user.clone(), cluster.etcd_password.clone())),
+        etcd_tls,
         cluster: cluster.name.clone(),
         node: cluster.node.clone(),
         partitions: u16::try_from(cluster.partitions).unwrap_or(u16::MAX),

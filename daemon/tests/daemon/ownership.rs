@@ -26,6 +26,44 @@ pub(crate) struct Etcd {
 
 impl Etcd {
     pub(crate) async fn start() -> Etcd {
+        Etcd::launch(None).await
+    }
+
+    /// An etcd serving its clients over TLS (`https://`) with a certificate for 127.0.0.1
+    /// that a CA of its own signed, and taking only clients whose certificate that CA
+    /// signed; returns it, the CA's certificate and a client certificate and key (PEM).
+    pub(crate) async fn start_tls() -> (Etcd, String, (String, String)) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "chatd test etcd CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["chatd-node".to_owned()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        let identity = (client.pem(), client_key.serialize_pem());
+        let tls = Tls {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            ca: ca.pem(),
+            client: identity.clone(),
+        };
+        let etcd = Etcd::launch(Some(tls)).await;
+        (etcd, ca.pem(), identity)
+    }
+
+    /// With `tls`, its client URL is `https://` and it checks its clients' certificates.
+    async fn launch(tls: Option<Tls>) -> Etcd {
         let port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -34,8 +72,10 @@ impl Etcd {
         };
         let (client, peer): (SocketAddr, SocketAddr) = (port(), port());
         let dir = tempfile::tempdir().unwrap();
-        let (url, peer_url) = (format!("http://{client}"), format!("http://{peer}"));
-        let child = Command::new("etcd")
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (url, peer_url) = (format!("{scheme}://{client}"), format!("http://{peer}"));
+        let mut command = Command::new("etcd");
+        command
             .args(["--name", "solo", "--data-dir"])
             .arg(dir.path().join("etcd"))
             .args([
@@ -46,7 +86,31 @@ impl Etcd {
             ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("solo={peer_url}")])
+            .args(["--initial-cluster", &format!("solo={peer_url}")]);
+        let mut options = None;
+        if let Some(tls) = &tls {
+            let file = |name: &str, pem: &str| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, pem).unwrap();
+                path
+            };
+            command
+                .arg("--cert-file")
+                .arg(file("cert.pem", &tls.cert))
+                .arg("--key-file")
+                .arg(file("key.pem", &tls.key))
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(file("ca.pem", &tls.ca));
+            let config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca))
+                .identity(etcd_client::Identity::from_pem(
+                    &tls.client.0,
+                    &tls.client.1,
+                ));
+            options = Some(etcd_client::ConnectOptions::new().with_tls(config));
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -57,7 +121,8 @@ impl Etcd {
             _dir: dir,
         };
         for _ in 0..200 {
-            if let Ok(mut client) = etcd_client::Client::connect([etcd.url.clone()], None).await
+            if let Ok(mut client) =
+                etcd_client::Client::connect([etcd.url.clone()], options.clone()).await
                 && client.get("probe", None).await.is_ok()
             {
                 return etcd;
@@ -66,6 +131,14 @@ impl Etcd {
         }
         panic!("etcd did not come up at {}", etcd.url);
     }
+}
+
+/// An etcd's TLS: its certificate and key, the CA, and a client certificate and key (PEM).
+struct Tls {
+    cert: String,
+    key: String,
+    ca: String,
+    client: (String, String),
 }
 
 impl Drop for Etcd {
@@ -95,6 +168,7 @@ async fn node(
     let membership = Membership::join(Settings {
         etcd: vec![etcd.to_owned()],
         etcd_user: None,
+        etcd_tls: None,
         cluster: "test".into(),
         node: node.into(),
         partitions: PARTITIONS,

@@ -360,3 +360,75 @@ async fn a_node_authenticates_to_an_etcd_that_requires_it() {
     let (mut alice, _) = hello(&mut right, "alice", vec![]).await.unwrap();
     assert!(caught_up(&mut alice).await.is_empty());
 }
+
+/// With etcd serving TLS and checking its clients' certificates, a node given etcd's CA
+/// (`cluster.etcd_ca`), its own certificate and key and `https://` URLs joins and holds
+/// every partition; one given another CA, or no certificate of its own, holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_speaks_tls_to_etcd_and_checks_its_certificate() {
+    let (etcd, ca, (cert, key)) = Etcd::start_tls().await;
+    assert!(etcd.url.starts_with("https://"), "{}", etcd.url);
+    let (dirs, partitions) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cluster = crate::bridge::unique_exchange("etcd-tls");
+    let file = |name: &str, pem: &str| {
+        let path = dirs.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (right_ca, cert, key) = (
+        file("ca.pem", &ca),
+        file("node.pem", &cert),
+        file("node.key", &key),
+    );
+    let (_, another, _) = Etcd::start_tls().await;
+    let other_ca = file("other.pem", &another);
+    let start = |name: &str, env: &[(&str, &str)]| {
+        node_with_env(
+            dirs.path(),
+            name,
+            &etcd.url,
+            &cluster,
+            partitions.path(),
+            env,
+        )
+    };
+    let refused = [
+        (
+            "another CA",
+            vec![
+                ("CHATD_CLUSTER_ETCD_CA", other_ca.as_str()),
+                ("CHATD_CLUSTER_ETCD_CERT", cert.as_str()),
+                ("CHATD_CLUSTER_ETCD_KEY", key.as_str()),
+            ],
+            "invalid peer certificate",
+        ),
+        (
+            "no client certificate",
+            vec![("CHATD_CLUSTER_ETCD_CA", right_ca.as_str())],
+            "cannot join the cluster through etcd",
+        ),
+    ];
+    for (n, (why, env, says)) in refused.iter().enumerate() {
+        let mut wrong = start(&format!("wrong{n}"), env);
+        wrong
+            .wait_log("cannot join the cluster through etcd", 1)
+            .await;
+        assert!(
+            wrong.log_text().contains(says),
+            "{why}: {}",
+            wrong.log_text()
+        );
+        assert_eq!(readyz(&mut wrong).await.0, 503, "{why}");
+    }
+    let mut right = start(
+        "right",
+        &[
+            ("CHATD_CLUSTER_ETCD_CA", right_ca.as_str()),
+            ("CHATD_CLUSTER_ETCD_CERT", cert.as_str()),
+            ("CHATD_CLUSTER_ETCD_KEY", key.as_str()),
+        ],
+    );
+    holding_all(&mut right).await;
+    let (mut alice, _) = hello(&mut right, "alice", vec![]).await.unwrap();
+    assert!(caught_up(&mut alice).await.is_empty());
+}
