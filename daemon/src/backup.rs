@@ -88,14 +88,16 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> store::Error {
 /// When `dir` exists or cannot be written, the node holds nothing, or a checkpoint fails;
 /// a partial backup is removed.
 pub fn take(stores: &Stores, data_dir: &Path, dir: &Path) -> Result<Manifest, store::Error> {
-    let held = stores.held();
-    let Some((_, first)) = held.first() else {
+    let held: Vec<usize> = (0..stores.map().count())
+        .filter(|&p| stores.holds(p))
+        .collect();
+    let Some(first) = held.first() else {
         return Err(store::Error::Backup(
             "this node holds no partition now: back up the nodes that hold them".to_owned(),
         ));
     };
     // A single node's store carries no partition stamp.
-    let single = first.partition_stamp()?.is_none();
+    let single = stores.partition(*first)?.partition_stamp()?.is_none();
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| failed("cannot create", parent, e))?;
     }
@@ -104,7 +106,7 @@ pub fn take(stores: &Stores, data_dir: &Path, dir: &Path) -> Result<Manifest, st
     std::fs::create_dir(dir).map_err(|e| failed("refusing to write into", dir, e))?;
     let taken_at_ms = crate::shard::now_ms().0;
     let count = if single { 0 } else { stores.map().count() };
-    let result = write(&held, count, data_dir, dir, taken_at_ms);
+    let result = write(stores, &held, count, data_dir, dir, taken_at_ms);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -112,7 +114,8 @@ pub fn take(stores: &Stores, data_dir: &Path, dir: &Path) -> Result<Manifest, st
 }
 
 fn write(
-    held: &[(usize, Store)],
+    stores: &Stores,
+    held: &[usize],
     count: usize,
     data_dir: &Path,
     dir: &Path,
@@ -129,12 +132,7 @@ fn write(
         partitions: Vec::new(),
     };
     if count == 0 {
-        let [(_, store)] = held else {
-            return Err(store::Error::Backup(
-                "a single node has one store".to_owned(),
-            ));
-        };
-        store.checkpoint(&dir.join("db"))?;
+        stores.partition(held[0])?.checkpoint(&dir.join("db"))?;
         // Read back from the copy: what the manifest says is what the backup holds.
         let copy = Store::open_read_only(&dir.join("db"))?;
         manifest.format = copy.format()?.unwrap_or(store::FORMAT);
@@ -143,16 +141,27 @@ fn write(
     } else {
         let parted = dir.join("partitions");
         std::fs::create_dir(&parted).map_err(|e| failed("cannot create", &parted, e))?;
-        for (p, store) in held {
-            let to = layout::partition_dir(&parted, *p);
+        for &p in held {
+            // Each store is held only for its own checkpoint: a partition given up meanwhile
+            // closes at once for its next holder, and is left out of this backup.
+            let Ok(store) = stores.partition(p) else {
+                continue;
+            };
+            let to = layout::partition_dir(&parted, p);
             store.checkpoint(&to)?;
+            drop(store);
             let copy = Store::open_read_only(&to)?;
             manifest.format = copy.format()?.unwrap_or(store::FORMAT);
             manifest.partitions.push(PartitionBackup {
-                partition: *p,
+                partition: p,
                 outbox_head: copy.outbox_last()?,
                 bridge_cursor: copy.bridge_cursor()?,
             });
+        }
+        if manifest.partitions.is_empty() {
+            return Err(store::Error::Backup(
+                "this node gave up every partition during the backup".to_owned(),
+            ));
         }
         sync_dir(&parted)?;
     }

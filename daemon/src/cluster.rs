@@ -244,7 +244,11 @@ impl Membership {
     pub async fn join(settings: Settings) -> Result<Membership, Error> {
         let mut options = etcd_client::ConnectOptions::new();
         if let Some((user, password)) = &settings.etcd_user {
-            options = options.with_user(user, password.expose());
+            // etcd's tokens expire (a JWT after its TTL, a simple token when a member
+            // restarts): the client asks for a new one and retries.
+            options = options
+                .with_user(user, password.expose())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &settings.etcd_tls {
             let mut config = etcd_client::TlsOptions::new()

@@ -433,12 +433,15 @@ async fn conversation(state: &State, spec: &str) -> Outcome {
         let c = conversation_id(&store, &spec)?;
         let mut answer = if peers.on() && !store.holds(store.map().of_conversation(c)) {
             match peers.conversation_at(c) {
-                Ok(Some(answer)) => answer,
+                Ok(Some(mut answer)) => {
+                    name_everyone(&store, &mut answer);
+                    answer
+                }
                 Ok(None) => return Err(no_conversation(&spec)),
                 Err(e) => return Err(unavailable(e)),
             }
         } else {
-            match conversation_here(&store, c) {
+            match conversation_here(&store, c, true) {
                 Ok(Some(answer)) => answer,
                 Ok(None) => return Err(no_conversation(&spec)),
                 Err(e) => return Err(unavailable(e)),
@@ -451,23 +454,51 @@ async fn conversation(state: &State, spec: &str) -> Outcome {
     .map_err(unavailable)?
 }
 
+/// Names the members and markers of a conversation another node described that it could
+/// not name itself (their accounts are in other partitions).
+fn name_everyone(store: &Stores, answer: &mut Value) {
+    for list in ["members", "markers"] {
+        let Some(entries) = answer[list].as_array_mut() else {
+            continue;
+        };
+        for entry in entries {
+            if entry["name"].as_str().is_some_and(|name| !name.is_empty()) {
+                continue;
+            }
+            let Some(id) = entry["user"].as_u64() else {
+                continue;
+            };
+            if let Ok(Some(record)) = store.user(UserId(id)) {
+                entry["name"] = json!(record.name);
+            }
+        }
+    }
+}
+
 fn no_conversation(spec: &str) -> (StatusCode, String) {
     (StatusCode::NOT_FOUND, format!("no conversation {spec:?}"))
 }
 
 /// A conversation's head, members and markers, read from the partition this node holds
 /// (and answered to the other nodes: `Call::Conversation`); `None` when it does not exist.
+/// Users are named when `everyone`, else only those whose partition is held here (an
+/// answer to another node reads no third node's store: the asker names the rest,
+/// [`name_everyone`]).
 ///
 /// # Errors
 /// The store's.
 pub(crate) fn conversation_here(
     store: &Stores,
     c: ConversationId,
+    everyone: bool,
 ) -> Result<Option<Value>, crate::store::Error> {
     let Some(snapshot) = store.load_conversation(c)? else {
         return Ok(None);
     };
     let name_of = |u: UserId| {
+        if !everyone && !store.holds(store.map().of_id(u.0)) {
+            return String::new();
+        }
         (store.user(u).ok().flatten())
             .map(|r| r.name)
             .unwrap_or_default()

@@ -303,14 +303,16 @@ pub fn render_connections(v: &Value) -> String {
 }
 
 /// Whether an answer says the request was carried out only in part: some shards or nodes
-/// could not be told, or did not list theirs, or conversations were left unfinished. The
-/// command may be run again (`chatd admin` exits 75).
+/// could not be told, or did not list theirs, or conversations were left unfinished, or
+/// messages of an erasure were not deleted. The command may be run again (`chatd admin`
+/// exits 75).
 #[must_use]
 pub fn partial(v: &Value) -> bool {
     [
         "shards_not_answering",
         "nodes_not_answering",
         "conversations_unfinished",
+        "not_deleted",
     ]
     .iter()
     .any(|field| num(v, field) > 0)
@@ -520,6 +522,7 @@ mod tests {
             "shards_not_answering",
             "nodes_not_answering",
             "conversations_unfinished",
+            "not_deleted",
         ] {
             let mut v = done.clone();
             v[field] = serde_json::json!(1);

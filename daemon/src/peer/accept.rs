@@ -245,7 +245,7 @@ async fn answer_call(
         Call::Conversation { conversation } => {
             let stores = shared.peers.stores.clone();
             let read = tokio::task::spawn_blocking(move || {
-                crate::admin::api::conversation_here(&stores, conversation)
+                crate::admin::api::conversation_here(&stores, conversation, false)
             });
             match read.await {
                 Ok(Ok(found)) => wire::answer(found.map(|json| json.to_string())),

@@ -122,6 +122,9 @@ impl Feed {
             if owner.is_some() && !held(p) {
                 s.moved[p] = generation;
                 moved = true;
+            } else {
+                // No lag for this view: an earlier one's must not cover what comes next.
+                s.moved[p] = 0;
             }
         }
         if moved {
@@ -222,6 +225,12 @@ mod tests {
         // A partition no longer held by anyone: nothing to deliver until someone takes it.
         assert_eq!(feed.set_view(&[None, at("me", 50)], |p| p == 1), None);
         assert_eq!(feed.entry(0, "a", 10, false), Verdict::Drop);
+        // This node gives partition 1 up and the view names b before any lag of a view that
+        // moved it: b's first entry lags (the lag of the view that moved it to this node
+        // long ago covers nothing now).
+        let generation = feed.set_view(&[None, at("b", 70)], |_| false).unwrap();
+        assert_eq!(feed.entry(1, "b", 70, false), Verdict::LagFirst);
+        feed.lagged(generation);
         // Taken by b: a lag, then b's entries.
         let generation = feed.set_view(&[at("b", 60), at("me", 50)], |p| p == 1);
         assert!(generation.is_some());

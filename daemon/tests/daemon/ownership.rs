@@ -26,7 +26,12 @@ pub(crate) struct Etcd {
 
 impl Etcd {
     pub(crate) async fn start() -> Etcd {
-        Etcd::launch(None).await
+        Etcd::launch(None, &[]).await
+    }
+
+    /// An etcd started with `args` besides the usual ones.
+    pub(crate) async fn start_with(args: &[&str]) -> Etcd {
+        Etcd::launch(None, args).await
     }
 
     /// An etcd serving its clients over TLS (`https://`) with a certificate for 127.0.0.1
@@ -58,12 +63,12 @@ impl Etcd {
             ca: ca.pem(),
             client: identity.clone(),
         };
-        let etcd = Etcd::launch(Some(tls)).await;
+        let etcd = Etcd::launch(Some(tls), &[]).await;
         (etcd, ca.pem(), identity)
     }
 
     /// With `tls`, its client URL is `https://` and it checks its clients' certificates.
-    async fn launch(tls: Option<Tls>) -> Etcd {
+    async fn launch(tls: Option<Tls>, args: &[&str]) -> Etcd {
         let port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -86,7 +91,8 @@ impl Etcd {
             ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("solo={peer_url}")]);
+            .args(["--initial-cluster", &format!("solo={peer_url}")])
+            .args(args);
         let mut options = None;
         if let Some(tls) = &tls {
             let file = |name: &str, pem: &str| {

@@ -363,6 +363,12 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         let described: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(described["head"], heads[room], "{body}");
         assert_eq!(described["members"].as_array().unwrap().len(), 3, "{body}");
+        let named = (described["members"].as_array().unwrap().iter())
+            .all(|m| m["name"].as_str().is_some_and(|name| !name.is_empty()));
+        assert!(
+            named,
+            "every member named, whichever node holds the account: {body}"
+        );
         assert_eq!(described["conversation"], format!("room:{name}"), "{body}");
     }
     let (code, _) =

@@ -298,11 +298,22 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
 
 /// With authentication on in etcd, a node joins with the user and password it is given
 /// (`cluster.etcd_user`, `cluster.etcd_password` from the environment here) and holds every
-/// partition; a node with a wrong password holds none and says why.
+/// partition, past the expiry of etcd's tokens (JWTs of 1 s here); a node with a wrong
+/// password holds none and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_authenticates_to_an_etcd_that_requires_it() {
     use etcd_client::Permission;
-    let etcd = Etcd::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let signing = rcgen::KeyPair::generate().unwrap();
+    let (private, public) = (keys.path().join("jwt.key"), keys.path().join("jwt.pub"));
+    std::fs::write(&private, signing.serialize_pem()).unwrap();
+    std::fs::write(&public, signing.public_key_pem()).unwrap();
+    let jwt = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=1s",
+        public.display(),
+        private.display()
+    );
+    let etcd = Etcd::start_with(&[&jwt]).await;
     let mut admin = etcd_client::Client::connect([etcd.url.clone()], None)
         .await
         .unwrap();
@@ -357,6 +368,14 @@ async fn a_node_authenticates_to_an_etcd_that_requires_it() {
         ],
     );
     holding_all(&mut right).await;
+    // Its token expires every second: the node asks for another and keeps its partitions.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(readyz(&mut right).await.0, 200, "{}", right.log_text());
+    assert!(
+        !right.log_text().contains("left the cluster"),
+        "{}",
+        right.log_text()
+    );
     let (mut alice, _) = hello(&mut right, "alice", vec![]).await.unwrap();
     assert!(caught_up(&mut alice).await.is_empty());
 }
