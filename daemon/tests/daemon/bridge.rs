@@ -500,19 +500,8 @@ struct TlsFront {
 impl TlsFront {
     async fn start(upstream: std::net::SocketAddr) -> TlsFront {
         use std::sync::atomic::Ordering;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "chatd test CA");
-        let ca =
-            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
+        let ca = crate::test_ca("chatd test CA");
+        let (leaf, leaf_key) = crate::signed_by(&ca, "127.0.0.1");
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut ca_file, ca.pem().as_bytes()).unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

@@ -70,3 +70,28 @@ pub fn spawn_chatd_at(dir: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> std
         .spawn()
         .unwrap()
 }
+
+/// A certificate authority of the test's own, named `name`, for the TLS of the services a
+/// test puts in front of chatd (a broker, etcd).
+pub fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A certificate for `name` (a host, an IP address, a client's name) that `ca` signed, and
+/// its key.
+pub fn signed_by(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    name: &str,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, ca)
+        .unwrap();
+    (cert, key)
+}

@@ -38,24 +38,9 @@ impl Etcd {
     /// that a CA of its own signed, and taking only clients whose certificate that CA
     /// signed; returns it, the CA's certificate and a client certificate and key (PEM).
     pub(crate) async fn start_tls() -> (Etcd, String, (String, String)) {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "chatd test etcd CA");
-        let ca =
-            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        let client_key = rcgen::KeyPair::generate().unwrap();
-        let client = rcgen::CertificateParams::new(vec!["chatd-node".to_owned()])
-            .unwrap()
-            .signed_by(&client_key, &ca)
-            .unwrap();
+        let ca = crate::test_ca("chatd test etcd CA");
+        let (cert, key) = crate::signed_by(&ca, "127.0.0.1");
+        let (client, client_key) = crate::signed_by(&ca, "chatd-node");
         let identity = (client.pem(), client_key.serialize_pem());
         let tls = Tls {
             cert: cert.pem(),
