@@ -45,6 +45,11 @@ pub struct BridgeStats {
 }
 
 impl BridgeStats {
+    /// How many partitions the bridge publishes (0 on a node holding none).
+    pub fn publishers(&self) -> usize {
+        self.publishers.load(Ordering::Acquire)
+    }
+
     /// Whether every publisher's broker connection is up.
     pub fn connected(&self) -> bool {
         let publishers = self.publishers.load(Ordering::Acquire);

@@ -301,6 +301,7 @@ fn scrape(state: &State) -> String {
     g.bridge_backlog.set(head.saturating_sub(confirmed) as f64);
     g.bridge_connected
         .set(f64::from(u8::from(state.bridge.connected())));
+    g.bridge_publishers.set(state.bridge.publishers() as f64);
     g.bridge_connections
         .absolute(state.bridge.connections.load(Ordering::Acquire));
     g.rss.set(crate::metrics::resident_bytes() as f64);

@@ -212,6 +212,7 @@ pub(crate) struct ScrapeGauges {
     pub(crate) bridge_cursor: Gauge,
     pub(crate) bridge_backlog: Gauge,
     pub(crate) bridge_connected: Gauge,
+    pub(crate) bridge_publishers: Gauge,
     pub(crate) bridge_connections: Counter,
     pub(crate) rss: Gauge,
     pub(crate) uptime: Gauge,
@@ -431,6 +432,11 @@ impl Metrics {
             "1 while the bridge holds a broker connection, else 0.",
         );
         r.describe_gauge(
+            "chatd_bridge_publishers",
+            None,
+            "Partitions the bridge publishes: 1 on a single node, those held on a cluster's node (0 on a standby).",
+        );
+        r.describe_gauge(
             "chatd_process_resident_memory_bytes",
             bytes,
             "The process's resident set size.",
@@ -560,6 +566,7 @@ impl Metrics {
             bridge_cursor: plain("chatd_bridge_cursor"),
             bridge_backlog: plain("chatd_bridge_backlog_events"),
             bridge_connected: plain("chatd_bridge_connected"),
+            bridge_publishers: plain("chatd_bridge_publishers"),
             bridge_connections: r.counter("chatd_bridge_connections_total", &[]),
             rss: plain("chatd_process_resident_memory_bytes"),
             uptime: plain("chatd_uptime_seconds"),

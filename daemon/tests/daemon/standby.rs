@@ -205,6 +205,13 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     let (status, body) = readyz(&mut b).await;
     assert_eq!(status, 503);
     assert!(body.contains("partitions: 4 not held"), "{body}");
+    // The serving node's bridge publishes the 4 partitions; the standby's none, so its
+    // unconnected bridge raises no alert (`chatd_bridge_publishers` in the alert rule).
+    for (node, publishers) in [(&a, 4), (&b, 0)] {
+        let (_, metrics) = crate::admin::http(node.admin, "GET", "/metrics", None).await;
+        let line = format!("chatd_bridge_publishers {publishers}\n");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     let ack = alice.send_text(dm, 121, "a still serves").await;
     assert!(!ack.duplicate);
     let heads = [(dm, ack.seq.0), (room, last.seq.0)];
