@@ -190,8 +190,8 @@ impl Peers {
 
     /// Orders every other node etcd lists to put `restriction` in place for `user` (none
     /// for a kick) and close its sessions as `action` does, as the action numbered
-    /// `version` ([`Peers::version`]; from a blocking thread: it waits). Returns how many sessions they closed and how many nodes (or their shards)
-    /// could not be told.
+    /// `version` ([`Peers::version`]; from a blocking thread: it waits). Returns how many
+    /// sessions they closed and how many nodes (or their shards) could not be told.
     pub(crate) fn order_everywhere(
         &self,
         user: UserId,
