@@ -88,9 +88,7 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> store::Error {
 /// When `dir` exists or cannot be written, the node holds nothing, or a checkpoint fails;
 /// a partial backup is removed.
 pub fn take(stores: &Stores, data_dir: &Path, dir: &Path) -> Result<Manifest, store::Error> {
-    let held: Vec<usize> = (0..stores.map().count())
-        .filter(|&p| stores.holds(p))
-        .collect();
+    let held = stores.holding();
     let Some(first) = held.first() else {
         return Err(store::Error::Backup(
             "this node holds no partition now: back up the nodes that hold them".to_owned(),

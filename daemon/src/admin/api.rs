@@ -226,6 +226,26 @@ fn status_here(state: &State) -> Value {
     })
 }
 
+/// Pushes `msg` into shard `shard`'s inbox, retrying a full inbox until `deadline`: whether
+/// it went in.
+pub(super) async fn push_by(
+    shared: &Shared,
+    shard: usize,
+    mut msg: ShardMsg,
+    deadline: Instant,
+) -> bool {
+    loop {
+        match shared.inboxes[shard].push(msg) {
+            Ok(()) => return true,
+            Err(_) if Instant::now() >= deadline => return false,
+            Err(back) => {
+                msg = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
 /// Pushes one message to every shard (retrying a full inbox until `wait` has passed) and
 /// collects the answers; every shard is asked, whatever happens to the others. Returns the
 /// answers and how many shards did not answer (a full inbox, a stopped shard, no answer in
@@ -238,20 +258,9 @@ pub(super) async fn ask_every_shard<T>(
     let deadline = Instant::now() + wait;
     let mut answers = Vec::new();
     let mut missing = 0;
-    for inbox in &shared.inboxes {
+    for shard in 0..shared.inboxes.len() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut msg = ShardMsg::Admin(make(tx));
-        let told = loop {
-            match inbox.push(msg) {
-                Ok(()) => break true,
-                Err(_) if Instant::now() >= deadline => break false,
-                Err(back) => {
-                    msg = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        };
-        if told {
+        if push_by(shared, shard, ShardMsg::Admin(make(tx)), deadline).await {
             answers.push(rx);
         } else {
             missing += 1;

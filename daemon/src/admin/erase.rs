@@ -140,20 +140,13 @@ pub(crate) async fn erase_here(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let owner = shared.owner_of(conversation);
     let deadline = Instant::now() + wait;
-    let mut msg = ShardMsg::Admin(AdminOp::Erase {
+    let msg = ShardMsg::Admin(AdminOp::Erase {
         conversation,
         messages,
         reply: tx,
     });
-    loop {
-        match shared.inboxes[owner].push(msg) {
-            Ok(()) => break,
-            Err(_) if Instant::now() >= deadline => return None,
-            Err(back) => {
-                msg = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
+    if !super::api::push_by(shared, owner, msg, deadline).await {
+        return None;
     }
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::timeout(left, rx).await.ok()?.ok()

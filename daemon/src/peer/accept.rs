@@ -189,6 +189,22 @@ async fn arrived(shared: &Shared, link: Link, inbound: &Inbound, message: Up) {
     push(shared, owner, ShardMsg::Conversation { conversation, op }).await;
 }
 
+/// Runs `read` of this node's stores on the peer runtime's blocking threads, not the read
+/// pool (its threads may be waiting for this node's peers themselves); a partition not held
+/// here is refused `NotHere`.
+pub(super) async fn read_here<T: Send + 'static>(
+    shared: &Shared,
+    read: impl FnOnce(&crate::store::Stores) -> Result<T, crate::store::Error> + Send + 'static,
+) -> Result<T, Refused> {
+    let stores = shared.peers.stores.clone();
+    match tokio::task::spawn_blocking(move || read(&stores)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(crate::store::Error::NotHere(_))) => Err(Refused::NotHere),
+        Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
+        Err(_) => Err(Refused::Failed("the read was dropped".into())),
+    }
+}
+
 /// Answers one call.
 async fn answer_call(
     shared: Arc<Shared>,
@@ -201,18 +217,10 @@ async fn answer_call(
     let answer: Answer = match call {
         Call::Read { partition, read } => {
             let p = usize::try_from(partition).unwrap_or(usize::MAX);
-            // On the peer runtime's blocking threads, not the read pool: its threads may
-            // be waiting for this node's peers themselves.
-            let stores = shared.peers.stores.clone();
-            let read = tokio::task::spawn_blocking(move || {
+            read_here(&shared, move |stores| {
                 stores.partition(p).and_then(|store| read.run(&store))
-            });
-            match read.await {
-                Ok(Ok(bytes)) => Ok(bytes),
-                Ok(Err(crate::store::Error::NotHere(_))) => Err(Refused::NotHere),
-                Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
-                Err(_) => Err(Refused::Failed("the read was dropped".into())),
-            }
+            })
+            .await
         }
         Call::CreateAccount {
             name,
@@ -224,36 +232,14 @@ async fn answer_call(
             action,
             device,
         } => shared.peers.acted(name, action, device).await,
-        Call::Order {
-            user,
-            action,
-            device,
-            restriction,
-            version,
-        } => {
-            let order = super::Order {
-                user,
-                action,
-                device,
-                restriction,
-                version,
-            };
-            super::Peers::ordered(&shared, order).await
-        }
+        Call::Order(order) => super::Peers::ordered(&shared, order).await,
         Call::Connections { user, limit } => super::Peers::listed(&shared, user, limit).await,
         Call::Status => wire::answer(crate::admin::api::summary(&shared).to_string()),
-        Call::Conversation { conversation } => {
-            let stores = shared.peers.stores.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                crate::admin::api::conversation_here(&stores, conversation, false)
-            });
-            match read.await {
-                Ok(Ok(found)) => wire::answer(found.map(|json| json.to_string())),
-                Ok(Err(crate::store::Error::NotHere(_))) => Err(Refused::NotHere),
-                Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
-                Err(_) => Err(Refused::Failed("the read was dropped".into())),
-            }
-        }
+        Call::Conversation { conversation } => read_here(&shared, move |stores| {
+            crate::admin::api::conversation_here(stores, conversation, false)
+        })
+        .await
+        .and_then(|found| wire::answer(found.map(|json| json.to_string()))),
         Call::Erase { conversation, user } => {
             super::Peers::erased(&shared, conversation, user).await
         }

@@ -348,9 +348,7 @@ impl Peers {
 
     /// The partitions this node holds.
     pub(crate) fn held(&self) -> Vec<usize> {
-        (0..self.map.count())
-            .filter(|&p| self.stores.holds(p))
-            .collect()
+        self.stores.holding()
     }
 
     /// The partitions this node does not hold and reaches on a link to their node: with the

@@ -79,12 +79,17 @@ struct Noted {
     version: (i64, u64),
 }
 
-/// An account action the holding node ordered ([`wire::Call::Order`]).
+/// An account action the holding node ordered ([`wire::Call::Order`]): the restriction it
+/// put in place (none for `kick`), then close the account's sessions (of `device` only,
+/// when given) as `action` does.
+#[derive(Clone, Copy, Debug, bincode::Encode, bincode::Decode)]
 pub(crate) struct Order {
     pub(crate) user: UserId,
     pub(crate) action: AccountAction,
     pub(crate) device: Option<u64>,
     pub(crate) restriction: Option<Restriction>,
+    /// The holder's ownership term and the number of the action there: an order arriving
+    /// after one of a later version for the same account is ignored.
     pub(crate) version: (i64, u64),
 }
 
@@ -201,13 +206,14 @@ impl Peers {
         version: (i64, u64),
     ) -> (u64, u64) {
         let p = self.map.of_id(user.0);
-        let answers = self.ask_every_node(p, CALL_TIMEOUT, || Call::Order {
+        let order = Order {
             user,
             action,
             device: device.map(|d| d.0),
             restriction,
             version,
-        });
+        };
+        let answers = self.ask_every_node(p, CALL_TIMEOUT, || Call::Order(order));
         let (mut closed, mut missing) = (0, 0);
         for (node, answer) in answers {
             match answer.and_then(|bytes| wire::decode::<Closed>(&bytes).ok()) {
@@ -390,18 +396,11 @@ impl Peers {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Vec<u8>, Refused> {
-        let stores = shared.peers.stores.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            stores
-                .of_conversation(conversation)
+        let messages = super::accept::read_here(shared, move |stores| {
+            (stores.of_conversation(conversation))
                 .and_then(|store| store.messages_of(conversation, user))
-        });
-        let messages = match found.await {
-            Ok(Ok(messages)) => messages,
-            Ok(Err(Error::NotHere(_))) => return Err(Refused::NotHere),
-            Ok(Err(e)) => return Err(Refused::Failed(e.to_string())),
-            Err(_) => return Err(Refused::Failed("the read was dropped".into())),
-        };
+        })
+        .await?;
         let wait = crate::admin::erase::ERASE_WAIT;
         match crate::admin::erase::erase_here(shared, conversation, messages, wait).await {
             Some(done) => wire::answer(done),

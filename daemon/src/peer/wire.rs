@@ -250,19 +250,9 @@ pub(crate) enum Call {
         action: AccountAction,
         device: Option<u64>,
     },
-    /// An account action the node holding the account took, for this node's sessions: the
-    /// restriction it put in place (none for `kick`), then close the account's sessions
-    /// (of `device` only, when given) as `action` does. Answered with how many closed
-    /// ([`Closed`]).
-    Order {
-        user: UserId,
-        action: AccountAction,
-        device: Option<u64>,
-        restriction: Option<crate::store::Restriction>,
-        /// The holder's ownership term and the number of the action there: an order
-        /// arriving after one of a later version for the same account is ignored.
-        version: (i64, u64),
-    },
+    /// An account action the node holding the account took, for this node's sessions.
+    /// Answered with how many closed ([`Closed`]).
+    Order(super::Order),
     /// This node's connections (of `user` only), at most `limit`, as its admin API's
     /// `/v1/connections` lists them: answered with that JSON.
     Connections { user: Option<UserId>, limit: u32 },

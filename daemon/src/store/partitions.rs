@@ -206,6 +206,12 @@ impl Stores {
         self.map
     }
 
+    /// The partitions held, in partition order.
+    #[must_use]
+    pub fn holding(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&p| self.holds(p)).collect()
+    }
+
     /// The partitions held and their stores, in partition order.
     #[must_use]
     pub fn held(&self) -> Vec<(usize, Store)> {

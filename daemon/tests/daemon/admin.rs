@@ -628,13 +628,7 @@ async fn a_backup_taken_under_load_restores_every_message_acknowledged_before_it
     again.ready().await;
     // The restored daemon is the same server: the generated token secret and certificate came
     // with the backup.
-    let (mut reader, _) = Client::login(
-        again.addr,
-        &restored.join("tls/cert.pem"),
-        &again.token("owner"),
-        1,
-    )
-    .await;
+    let (mut reader, _) = again.login("owner").await;
     let entries = all_entries(&mut reader, room).await;
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq().0).collect();
     // Contiguous from 1: nothing half-written.

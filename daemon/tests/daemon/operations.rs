@@ -111,6 +111,16 @@ impl Proc {
         let now = chatd::unix_now();
         keys.mint(user, now, now + 3600)
     }
+
+    /// A session of `user` (device 1), with a token from [`Proc::token`] and the daemon's
+    /// generated development certificate.
+    pub(crate) async fn login(
+        &self,
+        user: &str,
+    ) -> (crate::client::Client, chat_protocol::Session) {
+        let cert = self.dir.join("tls/cert.pem");
+        crate::client::Client::login(self.addr, &cert, &self.token(user), 1).await
+    }
 }
 
 impl Drop for Proc {

@@ -183,13 +183,7 @@ async fn a_node_with_partitions_is_backed_up_and_restored_partition_by_partition
     let data = temp.path().join("data");
     let mut chatd = Proc::start(&data, extra, None, &[]);
     chatd.ready().await;
-    let (mut owner, _) = Client::login(
-        chatd.addr,
-        &data.join("tls/cert.pem"),
-        &chatd.token("owner"),
-        1,
-    )
-    .await;
+    let (mut owner, _) = chatd.login("owner").await;
     // A room in each partition, three messages in each.
     let mut heads = BTreeMap::new();
     let names = names_in_every_partition(PartitionMap::new(PARTITIONS), "kept", 1);
@@ -242,13 +236,7 @@ async fn a_node_with_partitions_is_backed_up_and_restored_partition_by_partition
     // Restored: the same server, every room as it was.
     let mut again = Proc::start(&restored, extra, None, &[]);
     again.ready().await;
-    let (mut reader, _) = Client::login(
-        again.addr,
-        &restored.join("tls/cert.pem"),
-        &again.token("owner"),
-        1,
-    )
-    .await;
+    let (mut reader, _) = again.login("owner").await;
     for (room, head) in &heads {
         let page = reader.history(*room, HistoryFrom::Latest, 10).await;
         assert_eq!(page.head.0, *head, "{room:?}");
