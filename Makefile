@@ -15,9 +15,11 @@
 #   make cluster-parts  what the parts a chatd cluster could stand on cost (etcd, RabbitMQ quorum
 #                queues and streams, QUIC between nodes), each engine a cluster of three on
 #                127.0.0.1 (bench/cluster-parts.sh; part of make bench), for docs/SCALING.md
-#   make cluster a chatd cluster on 127.0.0.1 under load: etcd, two nodes (one serving, one
-#                standing by), chat-loadgen over both with its checker; the serving node is
-#                SIGKILLed mid-run (bench/cluster.sh; part of make bench)
+#   make cluster a chatd cluster on 127.0.0.1 under load: etcd, a standby pair and three
+#                serving nodes, chat-loadgen over them with its checker; a node SIGKILLed or
+#                joining mid-run (bench/cluster.sh; part of make bench)
+#   make cluster-knee  the max rate of three serving nodes against one node's, on the same
+#                machine (bench/cluster-knee.sh, about 25 minutes; part of make bench)
 #   make bench-report  bench/RESULTS.md's generated sections and plot, again, from
 #                bench/results/summary.json alone
 #   make faults  the fault suite: SIGKILL loops, SIGSTOP, a full disk, under load, with the
@@ -35,7 +37,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 CHATD_ARGS ?=
 
-.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test web-build web-test deb package-test bench bench-report cluster cluster-parts cluster-bootstrap faults fuzz bootstrap peers-bootstrap clean
+.PHONY: all run test lint fmt-check clippy headers unit unit-checks ts-test web-build web-test deb package-test bench bench-report cluster cluster-knee cluster-parts cluster-bootstrap faults fuzz bootstrap peers-bootstrap clean
 
 all: test
 
@@ -141,15 +143,20 @@ bench: bootstrap peers-bootstrap cluster-bootstrap
 	./bench/hops.sh
 	./bench/cluster-parts.sh
 	./bench/cluster.sh
+	./bench/cluster-knee.sh
 
 # The cluster's candidate parts alone (docs/SCALING.md): etcd and RabbitMQ clusters of three
 # on 127.0.0.1, started and stopped by the script; about 10 minutes.
 cluster-parts: bootstrap cluster-bootstrap
 	./bench/cluster-parts.sh
 
-# A cluster on loopback under load, its serving node killed; about 4 minutes.
+# A cluster on loopback under load, a node killed or joining; about 12 minutes.
 cluster: bootstrap cluster-bootstrap
 	./bench/cluster.sh
+
+# Three serving nodes' max rate against one node's, on one machine; about 25 minutes.
+cluster-knee: bootstrap cluster-bootstrap
+	./bench/cluster-knee.sh
 
 bench-report:
 	python3 bench/report.py --from-summary

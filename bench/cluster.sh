@@ -37,7 +37,8 @@ mkdir -p "$results"
 build_release
 
 work="$(mktemp -d /tmp/chatd-cluster.XXXXXX)"
-cluster_pids=()
+# shellcheck source=bench/cluster-lib.sh
+source bench/cluster-lib.sh
 stop_all() {
   for pid in "${cluster_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   stop_server
@@ -45,81 +46,7 @@ stop_all() {
   rm -rf "$work"
 }
 trap stop_all EXIT
-
-# etcd, one member on free ports.
-etcd_url="http://127.0.0.1:$(free_port)"
-etcd_peer="http://127.0.0.1:$(free_port)"
-etcd --name solo --data-dir "$work/etcd" --listen-client-urls "$etcd_url" \
-  --advertise-client-urls "$etcd_url" --listen-peer-urls "$etcd_peer" \
-  --initial-advertise-peer-urls "$etcd_peer" --initial-cluster "solo=$etcd_peer" \
-  >"$work/etcd.log" 2>&1 &
-cluster_pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "$etcd_url/health" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf "$etcd_url/health" >/dev/null || { cat "$work/etcd.log" >&2; echo "cluster: etcd did not start" >&2; exit 1; }
-
-secret="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-
-# start_node DIR NAME CLUSTER PARTITIONS_DIR [PARTITIONS PEER]: a chatd node of CLUSTER on a
-# free port, its admin listener on another; with PEER, a serving node of a spread cluster
-# (`cluster.peer`). Sets node_pid, node_port and node_admin. The limits the load generator
-# would hit from one address are lifted, as start_server does.
-start_node() {
-  local dir="$1" name="$2" cluster="$3" parts="$4" count="${5:-4}" peer="${6:-}"
-  mkdir -p "$dir"
-  node_port="$(free_port)"
-  node_admin="127.0.0.1:$(free_port)"
-  cat >"$dir/chatd.toml" <<EOF
-[[auth.keys]]
-id = "k1"
-secret = "$secret"
-
-[cluster]
-partitions = $count
-etcd = ["$etcd_url"]
-name = "$cluster"
-node = "$name"
-lease_secs = 2
-partitions_dir = "$parts"
-secret = "$secret"
-peer = "$peer"
-EOF
-  env -u RUST_LOG CHATD_CONFIG="$dir/chatd.toml" CHATD_ADMIN_LISTEN="$node_admin" \
-    CHATD_LIMITS_SEND_RATE=1000000 CHATD_LIMITS_SEND_BURST=1000000 \
-    CHATD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000000 CHATD_LIMITS_RETRY_ABOVE=1000000 \
-    CHATD_LIMITS_MAX_UNAUTHENTICATED=1000000 CHATD_WEB_ENABLED=false \
-    CHATD_LOG='warn,chatd::server=info' \
-    "$chatd_bin" run --listen "127.0.0.1:$node_port" --data-dir "$dir" \
-    --shards "$server_shards" >"$dir.log" 2>&1 &
-  node_pid=$!
-  cluster_pids+=("$node_pid")
-}
-
-# ready ADMIN: the node's /readyz status code (000 while its admin listener is not up).
-ready() {
-  curl -s -o /dev/null -w '%{http_code}' "http://$1/readyz" || true
-}
-
-# held_count ADMIN: how many partitions the node holds (0 while its admin listener is down).
-held_count() {
-  curl -s "http://$1/v1/status" 2>/dev/null |
-    python3 -c 'import json, sys; print(len(json.load(sys.stdin)["partitions"]["held"]))' 2>/dev/null ||
-    echo 0
-}
-
-# wait_ready ADMIN LOG: waits up to 30 s for the node to hold (or, with peers, reach)
-# every partition.
-wait_ready() {
-  for _ in $(seq 1 1500); do
-    [ "$(ready "$1")" = 200 ] && return 0
-    sleep 0.02
-  done
-  cat "$2" >&2
-  echo "cluster: a node never held every partition" >&2
-  exit 1
-}
+start_etcd
 
 load=(--clients 200 --rate "$rate")
 warm_up="$(preset_option dm warm_up "${load[@]}")"
@@ -173,37 +100,19 @@ for round in 1 2 3; do
     echo "=== round $round: three serving nodes ($mode)"
     parts="$work/partitions-$mode-$round"
     mkdir -p "$parts"
-    servers=() admins=() pids=()
-    names=(a b c)
+    prefix="$work/$mode$round"
     # In spread-join, b starts halfway through the run (below).
-    [ "$mode" = spread-join ] && names=(a c)
-    for name in "${names[@]}"; do
-      dir="$work/$mode-$name$round"
-      if [ "$name" != a ]; then
-        mkdir -p "$dir"
-        cp -r "$work/$mode-a$round/tls" "$dir/tls"
-      fi
-      start_node "$dir" "$name" "$mode$round" "$parts" 12 "127.0.0.1:$(free_port)"
-      servers+=("127.0.0.1:$node_port") admins+=("$node_admin") pids+=("$node_pid")
-      # One certificate for every node (a generates it as it starts): the clients trust it
-      # whichever node they reach.
-      for _ in $(seq 1 500); do
-        [ -f "$work/$mode-a$round/tls/cert.pem" ] && break
-        sleep 0.02
-      done
-    done
-    last=$(( ${#names[@]} - 1 ))
-    # Settled: every partition on its rendezvous winner (a node joining took its share by
-    # hand-over) and every node ready.
-    for i in $(seq 0 "$last"); do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
-    sleep 3
-    for i in $(seq 0 "$last"); do wait_ready "${admins[$i]}" "$work/$mode-${names[$i]}$round.log"; done
+    if [ "$mode" = spread-join ]; then
+      start_spread "$prefix" "$mode$round" "$parts" a c
+    else
+      start_spread "$prefix" "$mode$round" "$parts" a b c
+    fi
     out="$results/cluster-$mode-$round.json"
     also=()
     for server in "${servers[@]:1}"; do also+=(--also "$server"); done
     "$loadgen_bin" --preset dm "${load[@]}" --idle-timeout-ms 1000 \
       --server "${servers[0]}" "${also[@]}" \
-      --ca "$work/$mode-a$round/tls/cert.pem" --token-secret "$secret" --token-key-id k1 \
+      --ca "$spread_ca" --token-secret "$secret" --token-key-id k1 \
       --json-out "$out" --quiet >"${out%.json}.txt" &
     loadgen_pid=$!
     if [ "$mode" = spread-failover ]; then
@@ -222,9 +131,9 @@ for round in 1 2 3; do
     fi
     if [ "$mode" = spread-join ]; then
       sleep "$kill_after"
-      dir="$work/$mode-b$round"
+      dir="$prefix-b"
       mkdir -p "$dir"
-      cp -r "$work/$mode-a$round/tls" "$dir/tls"
+      cp -r "$prefix-a/tls" "$dir/tls"
       start_node "$dir" b "$mode$round" "$parts" 12 "127.0.0.1:$(free_port)"
       started="$(date +%s.%N)"
       pids+=("$node_pid")
@@ -257,8 +166,7 @@ PY
     wait "$loadgen_pid" || status=$?
     cat "${out%.json}.txt"
     [ "$status" -eq 0 ] || echo "cluster: round $round ($mode) exited $status" >&2
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_pids
   done
 done
 

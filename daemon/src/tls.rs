@@ -8,6 +8,7 @@
 
 mod browser;
 pub(crate) mod cid;
+mod keys;
 
 pub use browser::BrowserCert;
 pub use cid::{RoutableCids, ServerId};
@@ -69,7 +70,9 @@ pub enum Error {
 /// that match the tokens the issuing node gave: a client whose connection died with its
 /// process learns it from the first packet it sends, instead of waiting for its idle
 /// timeout. With `cluster.server_id`, connection ids are QUIC-LB routable ([`RoutableCids`])
-/// and name the shard that issued them (at most 256 shards then).
+/// and name the shard that issued them (at most 256 shards then). With
+/// `cluster.accepted_secret`, the ids and tokens of that second secret are honoured too,
+/// while the cluster rotates its secret ([`keys`]).
 ///
 /// # Errors
 /// When the file cannot be read or written, or does not hold 32 bytes of hex.
@@ -105,17 +108,17 @@ pub fn endpoint_configs(
             .filter(|s| s.len() == 32)
             .ok_or_else(|| fail("cluster.secret: expected 64 hex digits".into()))?
     };
-    let mac = <ResetKey as hmac::Mac>::new_from_slice(&secret).map_err(|e| fail(e.to_string()))?;
-    let reset = ResetKeyMac(mac);
-    // The connection id key: HMAC(secret, "connection ids"), so it reveals nothing of the
-    // reset key.
-    let mut cid_key = [0u8; 32];
-    quinn::crypto::HmacKey::sign(&reset, b"connection ids", &mut cid_key);
-    // A node on its own keeps quinn's 8-byte hashed ids, keyed by the first 8 bytes of it.
-    let mut short_key = [0u8; 8];
-    short_key.copy_from_slice(&cid_key[..8]);
-    let short_key = u64::from_le_bytes(short_key);
-    let reset = Arc::new(reset);
+    let accepted = if cluster.accepted_secret.is_empty() {
+        None
+    } else {
+        // Validated: 64 hex digits, with `cluster.secret` set.
+        Some(
+            hex::decode(cluster.accepted_secret.expose())
+                .ok()
+                .filter(|s| s.len() == 32)
+                .ok_or_else(|| fail("cluster.accepted_secret: expected 64 hex digits".into()))?,
+        )
+    };
     let server_id: Option<ServerId> = if cluster.server_id.is_empty() {
         None
     } else {
@@ -126,57 +129,21 @@ pub fn endpoint_configs(
                 .map_err(|e: String| fail(format!("cluster.server_id: {e}")))?,
         )
     };
+    let keys = Arc::new(keys::Keys::new(&secret, accepted.as_deref(), server_id));
     (0..shards)
         .map(|shard| {
-            let mut config = quinn::EndpointConfig::new(reset.clone());
-            match server_id {
-                None => {
-                    config.cid_generator(move || {
-                        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(
-                            short_key,
-                        )) as Box<dyn quinn::ConnectionIdGenerator>
-                    });
-                }
-                Some(server_id) => {
-                    let shard = u8::try_from(shard)
-                        .map_err(|_| fail("cluster.server_id: at most 256 shards".into()))?;
-                    config.cid_generator(move || {
-                        Box::new(RoutableCids::new(server_id, &cid_key, shard))
-                            as Box<dyn quinn::ConnectionIdGenerator>
-                    });
-                }
-            }
+            // Hashed ids do not name their shard.
+            let shard = match server_id {
+                None => 0,
+                Some(_) => u8::try_from(shard)
+                    .map_err(|_| fail("cluster.server_id: at most 256 shards".into()))?,
+            };
+            let mut config = quinn::EndpointConfig::new(keys.clone());
+            let keys = Arc::clone(&keys);
+            config.cid_generator(move || keys.ids(shard));
             Ok(config)
         })
         .collect()
-}
-
-type ResetKey = hmac::Hmac<Sha256>;
-
-/// HMAC-SHA256 for quinn's reset tokens, on the `hmac` crate the token code already uses.
-struct ResetKeyMac(ResetKey);
-
-impl quinn::crypto::HmacKey for ResetKeyMac {
-    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
-        use hmac::Mac as _;
-        let mut mac = self.0.clone();
-        mac.update(data);
-        let tag = mac.finalize().into_bytes();
-        let n = signature_out.len().min(tag.len());
-        signature_out[..n].copy_from_slice(&tag[..n]);
-    }
-
-    fn signature_len(&self) -> usize {
-        32
-    }
-
-    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
-        use hmac::Mac as _;
-        let mut mac = self.0.clone();
-        mac.update(data);
-        mac.verify_slice(signature)
-            .map_err(|_| quinn::crypto::CryptoError)
-    }
 }
 
 /// A loaded certificate chain and key, with where they came from.

@@ -16,6 +16,11 @@ pub struct ClusterConfig {
     /// The secret the nodes share, 64 hex digits (a [`Secret`]); empty: the data directory's
     /// own `quic/reset-key`.
     pub secret: Secret,
+    /// A second secret the node accepts but never signs with (64 hex digits, a [`Secret`]),
+    /// while the cluster rotates `secret` (docs/OPERATIONS.md, section 9): the new one until
+    /// every node has it, then the old one until every node signs with the new. Peer proofs,
+    /// connection ids and stateless resets of either are honoured. Empty: none.
+    pub accepted_secret: Secret,
     /// How many partitions the cluster's data is split into (at most 256; fixed when the
     /// cluster is created: docs/SCALING.md). 0: none, the node's one store in `db/`; N: the
     /// stores in `partitions/000` to `partitions/N-1`, all opened by this node.
@@ -74,6 +79,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             server_id: String::new(),
             secret: Secret::default(),
+            accepted_secret: Secret::default(),
             partitions: 0,
             etcd: Vec::new(),
             etcd_user: String::new(),

@@ -195,6 +195,44 @@ fn cluster_server_ids_and_secrets_load_from_file_and_environment() {
 }
 
 #[test]
+fn an_accepted_secret_needs_a_secret_other_than_itself() {
+    let (secret, other) = ("ab".repeat(32), "cd".repeat(32));
+    let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+    let config = load(&[
+        ("CHATD_CLUSTER_SECRET", &secret),
+        ("CHATD_CLUSTER_ACCEPTED_SECRET", &other),
+    ])
+    .unwrap();
+    assert_eq!(config.cluster.accepted_secret.expose(), other);
+    let needs = "cluster.accepted_secret needs cluster.secret, and another secret than it";
+    for (vars, problem) in [
+        (
+            vec![("CHATD_CLUSTER_ACCEPTED_SECRET", other.as_str())],
+            needs,
+        ),
+        (
+            vec![
+                ("CHATD_CLUSTER_SECRET", secret.as_str()),
+                ("CHATD_CLUSTER_ACCEPTED_SECRET", &secret.to_uppercase()),
+            ],
+            needs,
+        ),
+        (
+            vec![
+                ("CHATD_CLUSTER_SECRET", secret.as_str()),
+                ("CHATD_CLUSTER_ACCEPTED_SECRET", "abcd"),
+            ],
+            "cluster.accepted_secret must be empty or 64 hex digits (32 bytes)",
+        ),
+    ] {
+        match load(&vars) {
+            Err(Error::Invalid(problems)) => assert_eq!(problems, vec![problem.to_owned()]),
+            other => panic!("{vars:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn cluster_partitions_are_at_most_256() {
     let load = |n: &str| {
         Config::load(

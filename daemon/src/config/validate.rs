@@ -210,6 +210,20 @@ impl Config {
                 || hex::decode(cluster.secret.expose()).is_ok_and(|s| s.len() == 32),
             "cluster.secret must be empty or 64 hex digits (32 bytes)",
         );
+        if !cluster.accepted_secret.is_empty() {
+            check(
+                hex::decode(cluster.accepted_secret.expose()).is_ok_and(|s| s.len() == 32),
+                "cluster.accepted_secret must be empty or 64 hex digits (32 bytes)",
+            );
+            check(
+                !cluster.secret.is_empty()
+                    && !cluster
+                        .secret
+                        .expose()
+                        .eq_ignore_ascii_case(cluster.accepted_secret.expose()),
+                "cluster.accepted_secret needs cluster.secret, and another secret than it",
+            );
+        }
         check(
             cluster.partitions <= crate::store::MAX_PARTITIONS,
             "cluster.partitions must be at most 256 (a partition is the top byte of an id)",

@@ -26,7 +26,11 @@ impl Drop for Unproven {
     }
 }
 
-pub(super) async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u8]>) {
+pub(super) async fn accept(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    secrets: Arc<wire::Secrets>,
+) {
     let unproven = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
         if unproven.fetch_add(1, Ordering::AcqRel) >= MAX_UNPROVEN {
@@ -36,14 +40,14 @@ pub(super) async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint, secre
         }
         let counted = Unproven(Arc::clone(&unproven));
         let shared = Arc::clone(&shared);
-        let secret = Arc::clone(&secret);
+        let secrets = Arc::clone(&secrets);
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(e) => return tracing::debug!(error = %e, "a peer's handshake failed"),
             };
             let remote = connection.remote_address();
-            if let Err(e) = serve_accepted(&shared, connection, &secret, counted).await {
+            if let Err(e) = serve_accepted(&shared, connection, &secrets, counted).await {
                 tracing::warn!(%remote, error = %e, "a peer's link was refused or failed");
             }
         });
@@ -69,11 +73,11 @@ impl Drop for Accepted {
 async fn serve_accepted(
     shared: &Arc<Shared>,
     connection: quinn::Connection,
-    secret: &[u8],
+    secrets: &wire::Secrets,
     unproven: Unproven,
 ) -> Result<(), String> {
     let ekm = exported(&connection)?;
-    let (mut up, node) = hear_hello(&connection, secret, "dialer", &ekm).await?;
+    let (mut up, node) = hear_hello(&connection, secrets, "dialer", &ekm).await?;
     let mut down = connection.open_uni().await.map_err(|e| e.to_string())?;
     // Registered before the hello goes: the dialing node has its sessions catch up once it
     // has the hello, and every event from then on is in this link's feed.
@@ -99,7 +103,7 @@ async fn serve_accepted(
         let report = crate::shard::registry::Op::ReportTo { link };
         push(shared, shard, ShardMsg::Registry(report)).await;
     }
-    say_hello(shared, &mut down, secret, "listener", &ekm).await?;
+    say_hello(shared, &mut down, secrets, "listener", &ekm).await?;
     tracing::info!(node, "a peer linked to this node");
     let writing = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {

@@ -2,8 +2,9 @@
 //! other node it knows from etcd (dialed, and dialed again after a loss); the links the other
 //! nodes dialed to it are [`super::accept`]'s. The protocol is in [`super::wire`].
 //!
-//! Both sides of a link prove they know `cluster.secret` over the TLS session's exported
-//! keying material ([`wire::proof`]): the certificates are generated at start and not
+//! Both sides of a link prove they know `cluster.secret` (or, while it is rotated,
+//! `cluster.accepted_secret`) over the TLS session's exported keying material
+//! ([`wire::Secrets`]): the certificates are generated at start and not
 //! checked, the proofs are what authenticate, and they cannot be replayed on another
 //! session.
 
@@ -53,7 +54,7 @@ impl PeerThread {
 pub(crate) fn start(
     shared: Arc<Shared>,
     listen: SocketAddr,
-    secret: Vec<u8>,
+    secrets: wire::Secrets,
 ) -> std::io::Result<PeerThread> {
     let socket = std::net::UdpSocket::bind(listen)?;
     socket.set_nonblocking(true)?;
@@ -67,7 +68,7 @@ pub(crate) fn start(
         .name("peer".into())
         .spawn(move || {
             crate::metrics::enter(&shared.metrics);
-            runtime.block_on(run(shared, socket, secret.into(), stopped));
+            runtime.block_on(run(shared, socket, Arc::new(secrets), stopped));
         })?;
     Ok(PeerThread { stop, thread })
 }
@@ -75,7 +76,7 @@ pub(crate) fn start(
 async fn run(
     shared: Arc<Shared>,
     socket: std::net::UdpSocket,
-    secret: Arc<[u8]>,
+    secrets: Arc<wire::Secrets>,
     stop: Arc<Notify>,
 ) {
     let endpoint = match endpoint(socket) {
@@ -88,9 +89,9 @@ async fn run(
     let accepting = tokio::spawn(super::accept::accept(
         Arc::clone(&shared),
         endpoint.clone(),
-        Arc::clone(&secret),
+        Arc::clone(&secrets),
     ));
-    let dialing = tokio::spawn(dial_all(Arc::clone(&shared), endpoint.clone(), secret));
+    let dialing = tokio::spawn(dial_all(Arc::clone(&shared), endpoint.clone(), secrets));
     stop.notified().await;
     accepting.abort();
     dialing.abort();
@@ -214,13 +215,13 @@ pub(super) fn exported(connection: &quinn::Connection) -> Result<[u8; 32], Strin
 pub(super) async fn say_hello(
     shared: &Shared,
     stream: &mut quinn::SendStream,
-    secret: &[u8],
+    secrets: &wire::Secrets,
     role: &str,
     ekm: &[u8],
 ) -> Result<(), String> {
     let hello = Hello {
         node: shared.peers.me.to_string(),
-        proof: wire::proof(secret, role, ekm),
+        proof: secrets.proof(role, ekm),
     };
     stream
         .write_all(&wire::encode(&hello)?)
@@ -233,7 +234,7 @@ pub(super) async fn say_hello(
 /// On any failure the connection is closed.
 pub(super) async fn hear_hello(
     connection: &quinn::Connection,
-    secret: &[u8],
+    secrets: &wire::Secrets,
     role: &str,
     ekm: &[u8],
 ) -> Result<(quinn::RecvStream, String), String> {
@@ -244,7 +245,7 @@ pub(super) async fn hear_hello(
         Ok::<_, String>((stream, hello))
     };
     let heard = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
-        Ok(Ok((stream, hello))) if wire::proven(secret, role, ekm, &hello.proof) => {
+        Ok(Ok((stream, hello))) if secrets.proven(role, ekm, &hello.proof) => {
             Ok((stream, hello.node))
         }
         Ok(Ok((_, hello))) => Err(format!(
@@ -263,7 +264,7 @@ pub(super) async fn hear_hello(
 // ----- The links this node dials -----
 
 /// Keeps a dialer running for every node etcd lists, except this one.
-async fn dial_all(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u8]>) {
+async fn dial_all(shared: Arc<Shared>, endpoint: quinn::Endpoint, secrets: Arc<wire::Secrets>) {
     let mut nodes = shared.peers.nodes.subscribe();
     let mut dialers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
     loop {
@@ -282,7 +283,7 @@ async fn dial_all(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u
             let task = tokio::spawn(dial(
                 Arc::clone(&shared),
                 endpoint.clone(),
-                Arc::clone(&secret),
+                Arc::clone(&secrets),
                 node.clone(),
                 addr.clone(),
             ));
@@ -299,13 +300,13 @@ async fn dial_all(shared: Arc<Shared>, endpoint: quinn::Endpoint, secret: Arc<[u
 async fn dial(
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
-    secret: Arc<[u8]>,
+    secrets: Arc<wire::Secrets>,
     node: String,
     addr: String,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(&shared, &endpoint, &secret, &node, &addr).await {
+        match connect(&shared, &endpoint, &secrets, &node, &addr).await {
             Ok((connection, up, down)) => {
                 tracing::info!(node, addr, "linked to a peer");
                 backoff = Duration::from_millis(100);
@@ -323,7 +324,7 @@ async fn dial(
 async fn connect(
     shared: &Shared,
     endpoint: &quinn::Endpoint,
-    secret: &[u8],
+    secrets: &wire::Secrets,
     node: &str,
     addr: &str,
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
@@ -339,8 +340,8 @@ async fn connect(
         .map_err(|e| e.to_string())?;
     let ekm = exported(&connection)?;
     let mut up = connection.open_uni().await.map_err(|e| e.to_string())?;
-    say_hello(shared, &mut up, secret, "dialer", &ekm).await?;
-    let (down, named) = hear_hello(&connection, secret, "listener", &ekm).await?;
+    say_hello(shared, &mut up, secrets, "dialer", &ekm).await?;
+    let (down, named) = hear_hello(&connection, secrets, "listener", &ekm).await?;
     if named != node {
         connection.close(quinn::VarInt::from_u32(2), b"not the node dialed");
         return Err(format!("{addr} answered as {named}, not {node}"));

@@ -315,10 +315,33 @@ pub(crate) struct Hello {
     pub(crate) proof: Vec<u8>,
 }
 
-/// Proof that the side `role` ("dialer" or "listener") of the TLS session whose exported
-/// keying material is `exported` knows the cluster secret: HMAC-SHA256 over both. Bound to
-/// the session, so it cannot be replayed on another.
-pub(crate) fn proof(secret: &[u8], role: &str, exported: &[u8]) -> Vec<u8> {
+/// The cluster secrets a node proves it belongs with: `cluster.secret`, which its proofs
+/// are made with, and `cluster.accepted_secret` while the cluster rotates it, which the
+/// other side's proofs may be made with too.
+pub(crate) struct Secrets {
+    pub(crate) signs: Vec<u8>,
+    pub(crate) accepted: Option<Vec<u8>>,
+}
+
+impl Secrets {
+    /// Proof that the side `role` ("dialer" or "listener") of the TLS session whose
+    /// exported keying material is `exported` knows the cluster secret: HMAC-SHA256 over
+    /// both, keyed by the signing secret. Bound to the session, so it cannot be replayed on
+    /// another.
+    pub(crate) fn proof(&self, role: &str, exported: &[u8]) -> Vec<u8> {
+        proof(&self.signs, role, exported)
+    }
+
+    /// Whether `proof` is the proof of `role` for `exported` under either secret, compared
+    /// in constant time.
+    pub(crate) fn proven(&self, role: &str, exported: &[u8], proof: &[u8]) -> bool {
+        std::iter::once(&self.signs)
+            .chain(&self.accepted)
+            .any(|secret| proven(secret, role, exported, proof))
+    }
+}
+
+fn proof(secret: &[u8], role: &str, exported: &[u8]) -> Vec<u8> {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
         return Vec::new();
     };
@@ -327,8 +350,7 @@ pub(crate) fn proof(secret: &[u8], role: &str, exported: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// Whether `proof` is the proof of `role` for `exported`, compared in constant time.
-pub(crate) fn proven(secret: &[u8], role: &str, exported: &[u8], proof: &[u8]) -> bool {
+fn proven(secret: &[u8], role: &str, exported: &[u8], proof: &[u8]) -> bool {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
         return false;
     };
@@ -398,6 +420,36 @@ mod tests {
         assert!(!proven(&secret, "listener", b"session one", &p));
         assert!(!proven(&secret, "dialer", b"session two", &p));
         assert!(!proven(&[8u8; 32], "dialer", b"session one", &p));
+    }
+
+    /// While the secret rotates, a node proves with the secret it signs with and accepts
+    /// proofs made with either: so a node on the old secret and one on the new link whenever
+    /// one of them accepts the other's.
+    #[test]
+    fn proofs_of_either_secret_hold_while_it_rotates() {
+        let secrets = |signs: u8, accepted: Option<u8>| Secrets {
+            signs: vec![signs; 32],
+            accepted: accepted.map(|a| vec![a; 32]),
+        };
+        let (before, adding, rotated, done) = (
+            secrets(1, None),
+            secrets(1, Some(2)),
+            secrets(2, Some(1)),
+            secrets(2, None),
+        );
+        let linked = |a: &Secrets, b: &Secrets| {
+            a.proven("dialer", b"s", &b.proof("dialer", b"s"))
+                && b.proven("dialer", b"s", &a.proof("dialer", b"s"))
+        };
+        // Each step of the rotation links with the step before and the step after.
+        for (a, b) in [(&before, &adding), (&adding, &rotated), (&rotated, &done)] {
+            assert!(linked(a, b));
+        }
+        assert!(linked(&adding, &adding) && linked(&rotated, &rotated));
+        // Skipping a step does not.
+        assert!(!linked(&before, &rotated) && !linked(&adding, &done));
+        assert!(!linked(&before, &done));
+        assert!(!rotated.proven("listener", b"s", &before.proof("dialer", b"s")));
     }
 
     #[test]

@@ -93,8 +93,18 @@ pub(crate) fn start(
         None
     } else {
         let listen = cluster.peer.parse().map_err(std::io::Error::other)?;
-        let secret = hex::decode(cluster.secret.expose()).map_err(std::io::Error::other)?;
-        Some(crate::peer::start(Arc::clone(&shared), listen, secret)?)
+        let hex = |secret: &crate::config::Secret| {
+            hex::decode(secret.expose()).map_err(std::io::Error::other)
+        };
+        let secrets = crate::peer::wire::Secrets {
+            signs: hex(&cluster.secret)?,
+            accepted: if cluster.accepted_secret.is_empty() {
+                None
+            } else {
+                Some(hex(&cluster.accepted_secret)?)
+            },
+        };
+        Some(crate::peer::start(Arc::clone(&shared), listen, secrets)?)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,6 +20,9 @@ use crate::client::{Client, client_config};
 
 const A: &str = "0x00000000000000a1";
 const B: &str = "0x00000000000000b2";
+/// A cluster secret, and the one it is rotated to.
+const OLD: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+const NEW: &str = "a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7";
 
 /// What the router saw and where it sends: nodes by server id (removed when they die), the
 /// node new connections go to, and the server ids of the short-header packets it routed.
@@ -87,28 +90,27 @@ async fn router(routes: Arc<Mutex<Routes>>) -> SocketAddr {
 }
 
 /// Node A and node B (each its own data directory and certificate) with server ids `A` and
-/// `B`, A's secret `secret_a` and B's `secret_b`; a client logged in to A through the
-/// router, with a 3 s idle timeout. A is then killed; the client sends a ping; returns how
-/// its connection ended and what the router saw.
+/// `B`, A's secrets `secrets_a` and B's `secrets_b` (each `cluster.secret`, then
+/// `cluster.accepted_secret` or empty); a client logged in to A through the router, with a
+/// 3 s idle timeout. A is then killed; the client sends a ping; returns how its connection
+/// ended and what the router saw.
 async fn kill_a_behind_the_router(
-    secret_a: &str,
-    secret_b: &str,
+    secrets_a: [&'static str; 2],
+    secrets_b: [&'static str; 2],
 ) -> (quinn::ConnectionError, Arc<Mutex<Routes>>) {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut a, a_addr) = crate::spawn_chatd(
-        dir_a.path(),
-        &[
-            ("CHATD_CLUSTER_SERVER_ID", A),
-            ("CHATD_CLUSTER_SECRET", secret_a),
-        ],
-    );
-    let (mut b, b_addr) = crate::spawn_chatd(
-        dir_b.path(),
-        &[
-            ("CHATD_CLUSTER_SERVER_ID", B),
-            ("CHATD_CLUSTER_SECRET", secret_b),
-        ],
-    );
+    let env = |server_id, [secret, accepted]: [&'static str; 2]| {
+        let mut env = vec![
+            ("CHATD_CLUSTER_SERVER_ID", server_id),
+            ("CHATD_CLUSTER_SECRET", secret),
+        ];
+        if !accepted.is_empty() {
+            env.push(("CHATD_CLUSTER_ACCEPTED_SECRET", accepted));
+        }
+        env
+    };
+    let (mut a, a_addr) = crate::spawn_chatd(dir_a.path(), &env(A, secrets_a));
+    let (mut b, b_addr) = crate::spawn_chatd(dir_b.path(), &env(B, secrets_b));
     let cert = dir_a.path().join("tls/cert.pem");
     // Up: a direct connection to each.
     drop(crate::lifecycle::connect_when_up(a_addr, &cert).await);
@@ -156,8 +158,7 @@ async fn kill_a_behind_the_router(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_ids_carry_the_server_id_and_another_node_resets_a_dead_nodes_clients() {
-    let secret = "5e".repeat(32);
-    let (closed, routes) = kill_a_behind_the_router(&secret, &secret).await;
+    let (closed, routes) = kill_a_behind_the_router([OLD, ""], [OLD, ""]).await;
     // B recognised the cluster's connection id and answered with the reset A's token matches.
     assert!(
         matches!(closed, quinn::ConnectionError::Reset),
@@ -179,13 +180,29 @@ async fn connection_ids_carry_the_server_id_and_another_node_resets_a_dead_nodes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_shared_secret_the_other_node_cannot_reset_and_the_client_times_out() {
-    let (closed, _) = kill_a_behind_the_router(&"5e".repeat(32), &"a7".repeat(32)).await;
+    let (closed, _) = kill_a_behind_the_router([OLD, ""], [NEW, ""]).await;
     // B drops a packet whose connection id its key does not check: the client learns only
     // from its idle timeout.
     assert!(
         matches!(closed, quinn::ConnectionError::TimedOut),
         "{closed:?}"
     );
+}
+
+/// While the cluster rotates its secret, a node resets the clients of a dead node that
+/// issued their connection ids under the other secret, with the token their connection was
+/// given: B accepts the old secret and signs with the new one while A is still on the old
+/// one, and the other way round (A already signs with the new one, B has only started to
+/// accept it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_secret_rotates_a_node_resets_the_clients_of_a_node_on_the_other_secret() {
+    for (secrets_a, secrets_b) in [([OLD, ""], [NEW, OLD]), ([NEW, OLD], [OLD, NEW])] {
+        let (closed, _) = kill_a_behind_the_router(secrets_a, secrets_b).await;
+        assert!(
+            matches!(closed, quinn::ConnectionError::Reset),
+            "A {secrets_a:?}, B {secrets_b:?}: {closed:?}"
+        );
+    }
 }
 
 /// With routable connection ids, a client whose address changes (a new socket: a new port,

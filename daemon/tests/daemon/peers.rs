@@ -23,6 +23,9 @@ use crate::standby::{caught_up, hello, hello_issued, missed, readyz};
 const SECRET: &str = "5f3c0a9d1e7b2c4a6f8e0d2b4c6a8e1f3b5d7c9e0a2c4e6f8b1d3f5a7c9e2b4d";
 const PARTITIONS: u16 = 8;
 const NODES: [&str; 3] = ["a", "b", "c"];
+/// The cluster secret the test rotates to: a and c accept it from the start, and b comes
+/// back signing with it (accepting the old one).
+const NEW_SECRET: &str = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
 
 /// A free UDP port on loopback.
 fn free_udp() -> std::net::SocketAddr {
@@ -33,15 +36,23 @@ fn free_udp() -> std::net::SocketAddr {
 }
 
 /// Starts node `name`: 8 partitions in `partitions`, etcd at `etcd`, a 2 s lease, a peer
-/// address of its own, the cluster secret and one token key for every node.
-fn node(dir: &Path, name: &str, etcd: &str, cluster: &str, partitions: &Path) -> Proc {
+/// address of its own, the cluster secrets `secrets` (its `secret` and `accepted_secret`
+/// lines) and one token key for every node.
+fn node(
+    dir: &Path,
+    name: &str,
+    etcd: &str,
+    cluster: &str,
+    partitions: &Path,
+    secrets: &str,
+) -> Proc {
     let peer = free_udp();
     let extra = format!(
         "[[auth.keys]]\nid = \"k1\"\nsecret = \"{SECRET}\"\n\n\
          [limits]\nsend_rate = 10000\nsend_burst = 10000\n\n\
          [cluster]\npartitions = {PARTITIONS}\netcd = [\"{etcd}\"]\nname = \"{cluster}\"\n\
          node = \"{name}\"\nlease_secs = 2\npartitions_dir = {partitions:?}\n\
-         secret = \"{SECRET}\"\npeer = \"{peer}\"\n"
+         {secrets}\npeer = \"{peer}\"\n"
     );
     Proc::start(&dir.join(name), &extra, None, &[])
 }
@@ -254,8 +265,21 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     let etcd = Etcd::start().await;
     let (dirs, partitions) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cluster = format!("peers-{}", std::process::id());
-    let start = |name: &str| node(dirs.path(), name, &etcd.url, &cluster, partitions.path());
-    let (mut a, mut b, mut c) = (start("a"), start("b"), start("c"));
+    // The cluster secret is rotated on the way: a and c accept the new one from the start; b
+    // starts on the old one alone, and comes back below signing with the new one.
+    let start = |name: &str, secrets: &str| {
+        node(
+            dirs.path(),
+            name,
+            &etcd.url,
+            &cluster,
+            partitions.path(),
+            secrets,
+        )
+    };
+    let old = format!("secret = \"{SECRET}\"");
+    let adding = format!("{old}\naccepted_secret = \"{NEW_SECRET}\"");
+    let (mut a, mut b, mut c) = (start("a", &adding), start("b", &old), start("c", &adding));
     settled(&etcd.url, &cluster, &NODES, &mut [&mut a, &mut b, &mut c]).await;
 
     // Any node's status lists every node: together they hold each partition once.
@@ -516,7 +540,12 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         .map(|(c, s)| (*c, *s))
         .collect();
     drop((bob, carol));
-    let mut b = start("b");
+    // b comes back on the new secret: its links to a and c prove it with the new one, and
+    // theirs to b with the old one, which b still accepts.
+    let mut b = start(
+        "b",
+        &format!("secret = \"{NEW_SECRET}\"\naccepted_secret = \"{SECRET}\""),
+    );
     let joined = Instant::now();
     let (mut op, mut resent, mut after) = (122, 0, 0);
     while after < 20 {
@@ -534,6 +563,11 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
                 Ok(Response::Sent(ack)) => break ack,
                 Err(e) if e.code == ErrorCode::UNAVAILABLE => {
                     resent += 1;
+                    assert!(
+                        joined.elapsed() < Duration::from_secs(60),
+                        "send {op} refused for 60 s: no node serves its partition:\n{}",
+                        b.log_text()
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => panic!("send {op}: {other:?}"),
