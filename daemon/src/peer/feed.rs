@@ -140,6 +140,13 @@ impl Feed {
         let mut s = self.inner.lock();
         s.lagged = s.lagged.max(generation);
     }
+
+    /// Whether the view names `node` as the holder of a partition. A link to a node it
+    /// names nowhere carries no entry this node delivers: until a view names it, its entries
+    /// are dropped, and that view lags the sessions. So the link's start or end need not.
+    pub(crate) fn names(&self, node: &str) -> bool {
+        (self.inner.lock().view.iter().flatten()).any(|(holder, _)| **holder == *node)
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +181,22 @@ mod tests {
             Verdict::Drop,
             "nobody holds it"
         );
+    }
+
+    #[test]
+    fn a_node_the_view_names_nowhere_feeds_nothing_delivered() {
+        let feed = feed_held_by("a", 10);
+        assert!(feed.names("a"));
+        assert!(!feed.names("b"), "b holds nothing");
+        // What b writes before a view names it is dropped; the view that does lags.
+        assert_eq!(feed.entry(0, "b", 20, false), Verdict::Drop);
+        assert!(
+            feed.set_view(&[at("a", 10), at("b", 20)], |_| false)
+                .is_some()
+        );
+        assert!(feed.names("b"));
+        assert!(feed.set_view(&[at("a", 10), None], |_| false).is_none());
+        assert!(!feed.names("b"), "b gave its partition up");
     }
 
     #[test]

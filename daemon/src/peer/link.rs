@@ -435,7 +435,11 @@ impl Drop for Dialed {
                 );
                 push_reply(&shared, shard, conn, request, frame).await;
             }
-            super::lag_everyone(&shared).await;
+            // Entries the link carried no further are read by a catch-up, if the node held
+            // a partition.
+            if shared.peers.feeds_from(&node) {
+                super::lag_everyone(&shared).await;
+            }
             // The users only that node reported online are offline here now.
             for shard in 0..shared.inboxes.len() {
                 let gone = Op::NodeGone {
@@ -494,8 +498,12 @@ async fn serve_dialed(
     let mut links = HashMap::clone(&shared.peers.outbound.load());
     links.insert(Arc::clone(&dialed.node), Arc::clone(&dialed.link));
     shared.peers.outbound.store(Arc::new(links));
-    // Events before this link's feed started were not seen here.
-    super::lag_everyone(shared).await;
+    // Events before this link's feed started were not seen here: the sessions lag, unless
+    // the view names the node holder of nothing (a node joining), whose entries are dropped
+    // until a view names it, and that view lags them (`super::feed`).
+    if shared.peers.feeds_from(&dialed.node) {
+        super::lag_everyone(shared).await;
+    }
     loop {
         tokio::select! {
             message = dialed.rx.recv() => match message {

@@ -13,8 +13,8 @@
 //!   [`crate::store::Stores`]' [`Remote`]; so does creating an account whose name another
 //!   node's partition claims.
 //!
-//! The feed has no positions yet: a node whose connection to another node starts or ends,
-//! or whose view moves a partition between nodes (or which takes a partition), tells every
+//! The feed has no positions yet: a node whose connection to another node starts or ends
+//! (one its view names holder of a partition), or whose view moves a partition between nodes (or which takes a partition), tells every
 //! session it serves that it lags (`Lagged`), and the devices catch up from their cursors
 //! through the holders' stores. A partition's log entries are delivered only from the node
 //! seen holding it, and an entry from another node or ownership term than the last one
@@ -330,6 +330,12 @@ impl Peers {
     /// Every shard has been sent the lag of view generation `generation`.
     pub(crate) fn lagged(&self, generation: u64) {
         self.feed.lagged(generation);
+    }
+
+    /// Whether a link to `node` that starts or ends may have missed entries this node
+    /// delivers: when the view names it holder of a partition ([`feed::Feed::names`]).
+    pub(crate) fn feeds_from(&self, node: &str) -> bool {
+        self.feed.names(node)
     }
 
     /// This node holds partition `p` in ownership term `term` (before its shards write it).
