@@ -11,15 +11,15 @@
 # forwarding between nodes costs, not what three machines would hold.
 # The table goes to bench/results/summary.json (`cluster-knee`) and the section "Cluster
 # capacity against one node" of bench/RESULTS.md.
-# Usage: bench/cluster-knee.sh ["RATE RATE ..." [ROUNDS]] (default rates 2000 4000 6000 8000
-# 10000 12000 14000). Needs etcd (make cluster-bootstrap); loopback only; every run stops by
+# Usage: bench/cluster-knee.sh ["RATE RATE ..." [ROUNDS]] (default rates 3000 5000 7000 9000
+# 11000 13000 15000). Needs etcd (make cluster-bootstrap); loopback only; every run stops by
 # itself, and everything it starts it stops (a trap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 command -v etcd >/dev/null || { echo "cluster-knee: etcd is missing: make cluster-bootstrap" >&2; exit 1; }
-rates="${1:-2000 4000 6000 8000 10000 12000 14000}"
+rates="${1:-3000 5000 7000 9000 11000 13000 15000}"
 rounds="${2:-3}"
 build_release
 out=bench/results/cluster-knee
