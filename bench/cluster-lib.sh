@@ -120,9 +120,14 @@ start_spread() {
   for i in "${!spread_names[@]}"; do wait_ready "${admins[$i]}" "$prefix-${spread_names[$i]}.log"; done
 }
 
-# stop_pids: SIGTERM to every node in pids, then waits for them.
+# stop_pids: SIGTERM to every node in pids, then waits for them and drops them from
+# cluster_pids (the trap's kill -9 must not reach a process that reused the number).
 stop_pids() {
-  local pid
+  local pid stopped=" ${pids[*]} " kept=()
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${cluster_pids[@]}"; do
+    [[ "$stopped" == *" $pid "* ]] || kept+=("$pid")
+  done
+  cluster_pids=("${kept[@]}")
 }

@@ -583,6 +583,9 @@ impl Config {
         if let Err(e) = self.cluster.secret.resolve(env) {
             problems.push(format!("cluster.secret: {e}"));
         }
+        if let Err(e) = self.cluster.accepted_secret.resolve(env) {
+            problems.push(format!("cluster.accepted_secret: {e}"));
+        }
         if let Err(e) = self.cluster.etcd_password.resolve(env) {
             problems.push(format!("cluster.etcd_password: {e}"));
         }

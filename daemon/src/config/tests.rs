@@ -204,6 +204,18 @@ fn an_accepted_secret_needs_a_secret_other_than_itself() {
     ])
     .unwrap();
     assert_eq!(config.cluster.accepted_secret.expose(), other);
+    // A secret like the others: here from a variable, and never printed.
+    let config = load(&[
+        ("CHATD_CLUSTER_SECRET", &secret),
+        (
+            "CHATD_CLUSTER_ACCEPTED_SECRET",
+            "{ env = \"OLD_CLUSTER_SECRET\" }",
+        ),
+        ("OLD_CLUSTER_SECRET", &other),
+    ])
+    .unwrap();
+    assert_eq!(config.cluster.accepted_secret.expose(), other);
+    assert!(!format!("{config:?}").contains(&other), "never printed");
     let needs = "cluster.accepted_secret needs cluster.secret, and another secret than it";
     for (vars, problem) in [
         (

@@ -4,8 +4,9 @@
 //! [`Feed::set_view`] each view etcd gives.
 //!
 //! A partition's entries are contiguous on one link under one ownership term: the holder
-//! publishes every entry it commits, in order, and a link that breaks makes every session
-//! lag before the next link's events. So a device can skip an entry only where the entries
+//! publishes every entry it commits, in order, and a link that breaks, to a node the view
+//! names holder of a partition, makes every session lag before the next link's events (a
+//! link to a node it names nowhere carries nothing delivered: [`Feed::names`]). So a device can skip an entry only where the entries
 //! it is given change *source*, the node and term they come from:
 //!
 //! - a partition moves between nodes: the old holder's last entries and the new one's first
@@ -143,7 +144,9 @@ impl Feed {
 
     /// Whether the view names `node` as the holder of a partition. A link to a node it
     /// names nowhere carries no entry this node delivers: until a view names it, its entries
-    /// are dropped, and that view lags the sessions. So the link's start or end need not.
+    /// are dropped; that view lags the sessions (or, for a partition held here when it
+    /// comes, the first entry of a source other than the last delivered does). So the
+    /// link's start or end need not.
     pub(crate) fn names(&self, node: &str) -> bool {
         (self.inner.lock().view.iter().flatten()).any(|(holder, _)| **holder == *node)
     }
