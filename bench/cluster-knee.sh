@@ -25,18 +25,9 @@ build_release
 out=bench/results/cluster-knee
 rm -rf "$out"
 mkdir -p "$out"
-work="$(mktemp -d /tmp/chatd-cluster-knee.XXXXXX)"
 # shellcheck source=bench/cluster-lib.sh
 source bench/cluster-lib.sh
-pids=()
-stop_all() {
-  for pid in "${cluster_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  stop_server
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap stop_all EXIT
-start_etcd
+cluster_begin chatd-cluster-knee
 
 run=(--rate RATE --duration 20 --warm-up 2 --drain 5)
 runs="$out/runs"

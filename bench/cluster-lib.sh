@@ -3,11 +3,27 @@
 # bench/cluster-knee.sh): a single-member etcd, chatd nodes of a cluster sharing one
 # partitions directory, three serving nodes spread over 12 partitions, and their readiness.
 # Source it after bench/lib.sh and build_release, from the repository root. Every process it
-# starts is listed in cluster_pids (the caller's trap kills them) and everything it writes
-# is under $work, which the caller creates and removes.
-# shellcheck disable=SC2154 # work is the caller's; chatd_bin and server_shards are bench/lib.sh's
+# starts is listed in cluster_pids and everything it writes is under $work; cluster_begin
+# sets both up, with the trap that cleans them.
+# shellcheck disable=SC2154 # chatd_bin and server_shards are bench/lib.sh's
 
 cluster_pids=()
+
+# cluster_begin NAME: a work directory ($work, /tmp/NAME.XXXXXX), a trap that on exit kills
+# every process started here, stops start_server's server and removes $work, and etcd.
+cluster_begin() {
+  work="$(mktemp -d "/tmp/$1.XXXXXX")"
+  trap stop_cluster EXIT
+  start_etcd
+}
+
+stop_cluster() {
+  local pid
+  for pid in "${cluster_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  stop_server
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 
 # start_etcd: a single-member etcd on free ports, its data in $work/etcd; sets etcd_url.
 start_etcd() {

@@ -36,17 +36,9 @@ results=bench/results
 mkdir -p "$results"
 build_release
 
-work="$(mktemp -d /tmp/chatd-cluster.XXXXXX)"
 # shellcheck source=bench/cluster-lib.sh
 source bench/cluster-lib.sh
-stop_all() {
-  for pid in "${cluster_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  stop_server
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap stop_all EXIT
-start_etcd
+cluster_begin chatd-cluster
 
 load=(--clients 200 --rate "$rate")
 warm_up="$(preset_option dm warm_up "${load[@]}")"
