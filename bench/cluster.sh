@@ -85,8 +85,9 @@ for round in 1 2 3; do
   [ "$status" -eq 0 ] || echo "cluster: round $round (failover) exited $status" >&2
   python3 -c "import json; print(json.dumps({'round': $round, 'failover_ms': ($held - $killed) * 1000}))" \
     >>"$results/cluster-failover.jsonl"
-  kill -TERM "$b_pid" 2>/dev/null || true
-  wait "$b_pid" 2>/dev/null || true
+  # b stops; a, SIGKILLed, is reaped.
+  pids=("$a_pid" "$b_pid")
+  stop_pids
 
   for mode in spread spread-failover spread-join; do
     echo "=== round $round: three serving nodes ($mode)"
