@@ -231,7 +231,28 @@ pub struct Metrics {
     errors: Vec<Counter>,
     /// Admin actions, by name.
     admin: Vec<(&'static str, Counter)>,
+    /// Lags of every session the cluster caused, by reason (in [`PEER_LAG_REASONS`] order).
+    peer_lags: Vec<Counter>,
 }
+
+/// Why a cluster's node had every session lag (`chatd_peer_lags_total{reason}`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PeerLag {
+    /// A link to a node holding partitions started.
+    LinkStart,
+    /// A link to a node holding partitions ended.
+    LinkEnd,
+    /// A view moved a partition to another node or term.
+    View,
+    /// This node took partitions.
+    Take,
+    /// A partition's entries came from another node or term than the last ones delivered.
+    NewSource,
+}
+
+/// The `reason` labels of [`PeerLag`], in its order.
+pub(crate) const PEER_LAG_REASONS: [&str; 5] =
+    ["link_start", "link_end", "view", "take", "new_source"];
 
 /// The admin actions counted.
 pub(crate) const ADMIN_ACTIONS: [&str; 7] = [
@@ -335,6 +356,13 @@ impl Metrics {
             "chatd_bridge_connections_total",
             count,
             "Broker connections made since start.",
+        );
+        r.describe(
+            "chatd_peer_lags_total",
+            count,
+            "Times a cluster's node told every session it lags, by reason: a link to a node \
+             holding partitions started or ended, a view moved a partition, the node took \
+             partitions, or a partition's entries came from a new node or term.",
         );
         r.describe(
             "chatd_admin_actions_total",
@@ -521,6 +549,10 @@ impl Metrics {
             .chain(["OTHER".to_owned()])
             .map(|name| r.counter("chatd_errors_total", &[("code", name)]))
             .collect();
+        let peer_lags = PEER_LAG_REASONS
+            .iter()
+            .map(|reason| r.counter("chatd_peer_lags_total", &[("reason", (*reason).to_owned())]))
+            .collect();
         let admin = ADMIN_ACTIONS
             .iter()
             .map(|a| {
@@ -606,6 +638,7 @@ impl Metrics {
             scrape,
             errors,
             admin,
+            peer_lags,
         }
     }
 
@@ -627,6 +660,13 @@ impl Metrics {
             .position(|(c, _, _)| *c == code)
             .unwrap_or(ERROR_CODES.len());
         if let Some(counter) = self.errors.get(i) {
+            counter.increment(1);
+        }
+    }
+
+    /// Counts a lag of every session the cluster caused.
+    pub(crate) fn peer_lag(&self, reason: PeerLag) {
+        if let Some(counter) = self.peer_lags.get(reason as usize) {
             counter.increment(1);
         }
     }

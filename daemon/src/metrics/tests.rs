@@ -49,6 +49,25 @@ fn counts_render_as_prometheus_text() {
 }
 
 #[test]
+fn cluster_lags_are_counted_by_reason() {
+    let metrics = Metrics::new(1);
+    metrics.peer_lag(PeerLag::View);
+    metrics.peer_lag(PeerLag::View);
+    metrics.peer_lag(PeerLag::NewSource);
+    let text = metrics.render();
+    for (reason, count) in [
+        ("link_start", 0),
+        ("link_end", 0),
+        ("view", 2),
+        ("take", 0),
+        ("new_source", 1),
+    ] {
+        let line = format!("chatd_peer_lags_total{{reason=\"{reason}\"}} {count}\n");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+}
+
+#[test]
 fn resident_memory_is_read() {
     let rss = resident_bytes();
     assert!(rss > 1 << 20, "{rss}");

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::wire::{self, Answer, Call, Down, Hello};
 use super::{LINK_QUEUE, MAX_PENDING, Outbound, ToOwner, push};
+use crate::metrics::PeerLag;
 use crate::shard::registry::Op;
 use crate::shard::{ConnId, ConnRef, Link, Publication, ShardMsg, Shared, error};
 
@@ -438,7 +439,7 @@ impl Drop for Dialed {
             // Entries the link carried no further are read by a catch-up, if the node held
             // a partition.
             if shared.peers.feeds_from(&node) {
-                super::lag_everyone(&shared).await;
+                super::lag_everyone(&shared, PeerLag::LinkEnd).await;
             }
             // The users only that node reported online are offline here now.
             for shard in 0..shared.inboxes.len() {
@@ -502,7 +503,7 @@ async fn serve_dialed(
     // the view names the node holder of nothing (a node joining), whose entries are dropped
     // until a view names it, and that view lags them (`super::feed`).
     if shared.peers.feeds_from(&dialed.node) {
-        super::lag_everyone(shared).await;
+        super::lag_everyone(shared, PeerLag::LinkStart).await;
     }
     loop {
         tokio::select! {
@@ -540,7 +541,9 @@ async fn serve_dialed(
                     if let wire::Kind::Entry(conversation, _, term) = kind {
                         match shared.peers.feeds(conversation, &dialed.node, term) {
                             super::Verdict::Drop => continue,
-                            super::Verdict::LagFirst => super::lag_everyone(shared).await,
+                            super::Verdict::LagFirst => {
+                                super::lag_everyone(shared, PeerLag::NewSource).await;
+                            }
                             super::Verdict::Deliver => {}
                         }
                     }

@@ -212,8 +212,9 @@ pub(crate) async fn push(shared: &Shared, shard: usize, mut msg: ShardMsg) {
     }
 }
 
-/// Every shard's sessions lag (see [`push`]).
-pub(crate) async fn lag_everyone(shared: &Shared) {
+/// Every shard's sessions lag, for `reason` (counted; see [`push`]).
+pub(crate) async fn lag_everyone(shared: &Shared, reason: crate::metrics::PeerLag) {
+    shared.metrics.peer_lag(reason);
     for shard in 0..shared.inboxes.len() {
         push(shared, shard, ShardMsg::LagAll).await;
     }

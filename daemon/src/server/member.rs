@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::holdings::Holdings;
 use crate::cluster::{Change, Membership, Placement, Settings};
 use crate::config::ClusterConfig;
+use crate::metrics::PeerLag;
 use crate::shard::Shared;
 
 /// Between two attempts to join, and between two attempts to take a partition this node
@@ -229,7 +230,7 @@ impl Node {
                 // (on their way on another link, and dropped once it is held here) would
                 // skip those.
                 if self.shared.peers.on() {
-                    crate::peer::lag_everyone(&self.shared).await;
+                    crate::peer::lag_everyone(&self.shared, PeerLag::Take).await;
                 }
                 self.take_pending().await;
                 return after;
@@ -253,7 +254,7 @@ impl Node {
                 if self.shared.peers.on()
                     && let Some(generation) = self.shared.peers.set_view(owners, nodes)
                 {
-                    crate::peer::lag_everyone(&self.shared).await;
+                    crate::peer::lag_everyone(&self.shared, PeerLag::View).await;
                     self.shared.peers.lagged(generation);
                 }
             }

@@ -598,6 +598,18 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         joined.elapsed(),
         op - 122 - 20
     );
+    // Each node counts why its sessions lagged: b took partitions back, and a and c saw the
+    // view move them to b.
+    for (node, reason) in [(&b, "take"), (&a, "view"), (&c, "view")] {
+        let (_, metrics) = crate::admin::http(node.admin, "GET", "/metrics", None).await;
+        let count = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!("chatd_peer_lags_total{{reason=\"{reason}\"}} "))
+            })
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(count.is_some_and(|n| n >= 1), "{reason}: {count:?}");
+    }
     let mut bob = resumes(&mut b, "bob", &bob_seen, &heads).await;
     let mut carol = resumes(&mut c, "carol", &carol_seen, &heads).await;
     for room in &rooms {
