@@ -402,14 +402,20 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let data = temp.path().join("data");
         let wal = store::WalOptions::default();
-        let all = Stores::open(&data.join("db"), &data.join("partitions"), 4, wal).unwrap();
-        // The node holds partitions 1 and 3.
-        let held = Stores::none(all.map());
-        for (p, store) in all.held() {
-            if p % 2 == 1 {
-                held.install(p, store);
+        // A node of 4 partitions in `dir` that holds those `holds` picks: its stores, and
+        // every store opened (kept open beside them).
+        let node = |dir: &Path, holds: fn(usize) -> bool| {
+            let all = Stores::open(&dir.join("db"), &dir.join("partitions"), 4, wal).unwrap();
+            let held = Stores::none(all.map());
+            for (p, store) in all.held() {
+                if holds(p) {
+                    held.install(p, store);
+                }
             }
-        }
+            (held, all)
+        };
+        // The node holds partitions 1 and 3.
+        let (held, all) = node(&data, |p| p % 2 == 1);
         let backup = temp.path().join("backups/odd");
         let taken = take(&held, &data, &backup).unwrap();
         assert_eq!(taken.partition_count, 4);
@@ -443,13 +449,7 @@ mod tests {
         assert!(!layout::partition_dir(&parts, 0).exists());
         // The other node's partitions go beside them, from its own backup, later.
         let other = temp.path().join("other");
-        let stores = Stores::open(&other.join("db"), &other.join("partitions"), 4, wal).unwrap();
-        let evens = Stores::none(stores.map());
-        for (p, store) in stores.held() {
-            if p % 2 == 0 {
-                evens.install(p, store);
-            }
-        }
+        let (evens, stores) = node(&other, |p| p % 2 == 0);
         let backup = temp.path().join("backups/even");
         take(&evens, &other, &backup).unwrap();
         drop((evens, stores));

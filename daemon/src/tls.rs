@@ -86,12 +86,16 @@ pub fn endpoint_configs(
         path: path.clone(),
         message,
     };
+    // 32 bytes written as hex; `what` names where they came from in the error.
+    let key = |what: &str, text: &str| {
+        hex::decode(text)
+            .ok()
+            .filter(|s| s.len() == 32)
+            .ok_or_else(|| fail(format!("{what}expected 64 hex digits")))
+    };
     let secret = if cluster.secret.is_empty() {
         match std::fs::read_to_string(&path) {
-            Ok(text) => hex::decode(text.trim())
-                .ok()
-                .filter(|s| s.len() == 32)
-                .ok_or_else(|| fail("expected 64 hex digits".into()))?,
+            Ok(text) => key("", text.trim())?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = vec![0u8; 32];
                 getrandom::fill(&mut secret).map_err(|e| fail(e.to_string()))?;
@@ -103,21 +107,16 @@ pub fn endpoint_configs(
         }
     } else {
         // Validated: 64 hex digits.
-        hex::decode(cluster.secret.expose())
-            .ok()
-            .filter(|s| s.len() == 32)
-            .ok_or_else(|| fail("cluster.secret: expected 64 hex digits".into()))?
+        key("cluster.secret: ", cluster.secret.expose())?
     };
     let accepted = if cluster.accepted_secret.is_empty() {
         None
     } else {
         // Validated: 64 hex digits, with `cluster.secret` set.
-        Some(
-            hex::decode(cluster.accepted_secret.expose())
-                .ok()
-                .filter(|s| s.len() == 32)
-                .ok_or_else(|| fail("cluster.accepted_secret: expected 64 hex digits".into()))?,
-        )
+        Some(key(
+            "cluster.accepted_secret: ",
+            cluster.accepted_secret.expose(),
+        )?)
     };
     let server_id: Option<ServerId> = if cluster.server_id.is_empty() {
         None
