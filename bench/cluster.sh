@@ -2,7 +2,7 @@
 # A chatd cluster on loopback under load, a node SIGKILLed (docs/SCALING.md section 9,
 # docs/OPERATIONS.md section 9): a single-member etcd, chatd nodes sharing one partitions
 # directory, and chat-loadgen's `dm` preset spreading its clients over them (`--also`) with
-# its checker on. Five runs per round, interleaved:
+# its checker on. Six runs per round, interleaved:
 #
 # - single: one chatd without a cluster (the baseline);
 # - failover: two nodes, 4 partitions, one serving and one standing by; halfway through the
@@ -13,6 +13,8 @@
 #   their members on different nodes;
 # - spread-failover: the same, and one of the three is SIGKILLed halfway: its partitions go
 #   to the other two;
+# - spread-stop: the same, and one of the three is stopped (SIGTERM) halfway: it hands its
+#   partitions over to the other two, then says goodbye to its clients;
 # - spread-join: two serving nodes (a and c) with the clients, and halfway the third (b)
 #   starts and joins: it takes the partitions it wins from the other two by hand-over, under
 #   the load, and the time from its start until it holds them and every node is ready is
@@ -24,7 +26,7 @@
 # bench/results/summary.json (`cluster`) and the "Cluster" section of bench/RESULTS.md.
 # Everything it starts, it stops (a trap), and it only targets 127.0.0.1.
 #
-#   bench/cluster.sh              # ~12 minutes after the build; needs etcd (make cluster-bootstrap)
+#   bench/cluster.sh              # ~14 minutes after the build; needs etcd (make cluster-bootstrap)
 #   BENCH_RATE=2000 bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,7 +91,7 @@ for round in 1 2 3; do
   pids=("$a_pid" "$b_pid")
   stop_pids
 
-  for mode in spread spread-failover spread-join; do
+  for mode in spread spread-failover spread-stop spread-join; do
     echo "=== round $round: three serving nodes ($mode)"
     parts="$work/partitions-$mode-$round"
     mkdir -p "$parts"
@@ -108,12 +110,12 @@ for round in 1 2 3; do
       --ca "$spread_ca" --token-secret "$secret" --token-key-id k1 \
       --json-out "$out" --quiet >"${out%.json}.txt" &
     loadgen_pid=$!
-    if [ "$mode" = spread-failover ]; then
+    if [ "$mode" = spread-failover ] || [ "$mode" = spread-stop ]; then
       sleep "$kill_after"
-      kill -9 "${pids[1]}"
+      if [ "$mode" = spread-stop ]; then kill -TERM "${pids[1]}"; else kill -9 "${pids[1]}"; fi
       killed="$(date +%s.%N)"
-      # Until a and c hold every partition between them (b's lease expired and they
-      # opened its partitions), as their /v1/status say.
+      # Until a and c hold every partition between them (b handed them over, or its lease
+      # expired, and they opened its partitions), as their /v1/status say.
       for _ in $(seq 1 1500); do
         [ "$(( $(held_count "${admins[0]}") + $(held_count "${admins[2]}") ))" -ge 12 ] && break
         sleep 0.02

@@ -12,8 +12,13 @@
 //! third of it. A node that cannot renew its lease stops acting as owner before the lease can
 //! have expired at etcd (`Change::Lost`): it counts the lease from when it sent the
 //! keep-alive etcd last answered.
+//!
+//! A node that stops on purpose leaves ([`Leaver`]): it says so under its lease, no partition
+//! prefers it from then on, so it gives up each of its partitions by the same hand-over and
+//! the others take them at once; then it revokes its lease, and its keys go without waiting
+//! out the lease's time to live.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,16 +91,20 @@ pub enum Change {
         /// The owner key's creation revision: larger for every new owner.
         term: i64,
     },
-    /// Another node is preferred: stop serving `partition`, then answer `done`; the owner key
-    /// is deleted after that, and the other node takes it.
+    /// Other nodes are preferred: stop serving `partitions`, then answer `done`; their owner
+    /// keys are deleted after that, together (the other nodes see one change, and take
+    /// them in one pass).
     Release {
-        /// The partition.
-        partition: u16,
-        /// Answered once the node no longer serves it.
+        /// The partitions, in order.
+        partitions: Vec<u16>,
+        /// Answered once the node serves none of them.
         done: oneshot::Sender<()>,
     },
     /// The lease could not be renewed in time: stop serving every partition at once.
     Lost,
+    /// The node leaves ([`Leaver::leave`]) and has given up every partition it held, or
+    /// no other node is there to take them: it may stop. Told once.
+    Left,
     /// The cluster as etcd last said, when it changed: each partition's owner and term, and
     /// every live node with what its key holds (its peer address).
     View {
@@ -206,6 +215,43 @@ pub struct Membership {
     renewed: Arc<Mutex<Instant>>,
     /// The last [`Change::View`] sent.
     view: Option<View>,
+    /// Whether [`Change::Left`] was sent.
+    left: bool,
+}
+
+/// What a node that stops on purpose uses to leave: its lease and an etcd client
+/// ([`Membership::leaver`]).
+pub struct Leaver {
+    client: Client,
+    lease: i64,
+    key: String,
+}
+
+impl Leaver {
+    /// Says, under the lease, that the node leaves: no partition prefers it from then on, so
+    /// [`Membership::run`] gives up (`Change::Release`) each one it holds and the other nodes
+    /// take them, and tells [`Change::Left`] once it holds none.
+    ///
+    /// # Errors
+    /// When etcd cannot be reached or refuses.
+    pub async fn leave(&mut self) -> Result<(), Error> {
+        let options = PutOptions::new().with_lease(self.lease);
+        self.client
+            .put(self.key.as_str(), "", Some(options))
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the lease: every key the node holds under it goes at once, and the other nodes
+    /// take its partitions without waiting out the lease's time to live. Only once the node
+    /// serves none of them (its stores closed).
+    ///
+    /// # Errors
+    /// When etcd cannot be reached or refuses.
+    pub async fn revoke(mut self) -> Result<(), Error> {
+        self.client.lease_revoke(self.lease).await?;
+        Ok(())
+    }
 }
 
 /// Aborts a task when dropped: the keep-alive task ends with the membership.
@@ -223,7 +269,17 @@ impl Membership {
     }
 
     fn owner_key(&self, partition: u16) -> String {
-        format!("{}owners/{partition:05}", self.prefix())
+        owner_key(&self.prefix(), partition)
+    }
+
+    /// What the node uses to leave the cluster on purpose.
+    #[must_use]
+    pub fn leaver(&self) -> Leaver {
+        Leaver {
+            client: self.client.clone(),
+            lease: self.lease,
+            key: format!("{}leaving/{}", self.prefix(), self.settings.node),
+        }
     }
 
     /// The key that says partition `partition`'s store was created (by whichever node
@@ -268,6 +324,7 @@ impl Membership {
             lease,
             renewed: Arc::new(Mutex::new(renewed)),
             view: None,
+            left: false,
         };
         let key = format!("{}nodes/{}", membership.prefix(), membership.settings.node);
         let peer = membership.settings.peer.clone();
@@ -332,7 +389,8 @@ impl Membership {
     }
 
     /// Reads the cluster's keys and acts on them: gives up what another node is preferred
-    /// for, takes what this node is preferred for and nobody holds.
+    /// for, takes what this node is preferred for and nobody holds. A node that leaves is
+    /// preferred for nothing.
     async fn reconcile(&mut self, changes: &mpsc::Sender<Change>) -> Result<(), Error> {
         let prefix = self.prefix();
         let all = self
@@ -342,6 +400,7 @@ impl Membership {
         let mut nodes = Vec::new();
         let mut peers = BTreeMap::new();
         let mut owners: BTreeMap<u16, Owner> = BTreeMap::new();
+        let mut leaving = BTreeSet::new();
         for kv in all.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             let Some(rest) = key.strip_prefix(&prefix) else {
@@ -353,6 +412,8 @@ impl Membership {
                     node.to_owned(),
                     kv.value_str().unwrap_or_default().to_owned(),
                 );
+            } else if let Some(node) = rest.strip_prefix("leaving/") {
+                leaving.insert(node.to_owned());
             } else if let Some(partition) = rest.strip_prefix("owners/")
                 && let (Ok(partition), Ok(node)) = (partition.parse::<u16>(), kv.value_str())
             {
@@ -367,42 +428,35 @@ impl Membership {
             }
         }
         let me = self.settings.node.clone();
+        // The nodes a partition may prefer: the live ones that do not leave.
+        let staying: Vec<&str> = (nodes.iter())
+            .filter(|node| !leaving.contains(*node))
+            .map(String::as_str)
+            .collect();
         // Told together after the pass, so that the node takes them after one lag.
         let mut acquired = Vec::new();
         let leader = owners
             .get(&0)
             .map(|owner| owner.node.as_str())
-            .filter(|node| nodes.iter().any(|n| n == node))
-            .or_else(|| preferred(0, nodes.iter().map(String::as_str)))
+            .filter(|node| staying.contains(node))
+            .or_else(|| preferred(0, staying.iter().copied()))
             .map(str::to_owned);
+        // The partitions this node still owns after the pass, and those it gives up (with
+        // their terms).
+        let mut kept = 0;
+        let mut releasing = Vec::new();
         for partition in 0..self.settings.partitions {
             let want = match self.settings.placement {
-                Placement::Spread => preferred(partition, nodes.iter().map(String::as_str)),
+                Placement::Spread => preferred(partition, staying.iter().copied()),
                 Placement::One => leader.as_deref(),
             };
             let owner = owners.get(&partition);
             let mine = owner.filter(|o| o.node == me && o.lease == self.lease);
+            if mine.is_some() && want.is_none_or(|want| want == me) {
+                kept += 1;
+            }
             match (mine, want) {
-                (Some(owned), Some(want)) if want != me => {
-                    let (done, stopped) = oneshot::channel();
-                    changes
-                        .send(Change::Release { partition, done })
-                        .await
-                        .map_err(|_| Error::Closed)?;
-                    stopped.await.map_err(|_| Error::Closed)?;
-                    let key = self.owner_key(partition);
-                    self.client
-                        .txn(
-                            Txn::new()
-                                .when([Compare::create_revision(
-                                    key.clone(),
-                                    CompareOp::Equal,
-                                    owned.term,
-                                )])
-                                .and_then([TxnOp::delete(key, None)]),
-                        )
-                        .await?;
-                }
+                (Some(owned), Some(want)) if want != me => releasing.push((partition, owned.term)),
                 (None, Some(want)) if want == me && owner.is_none() && !self.lapsed() => {
                     let key = self.owner_key(partition);
                     let taken = self
@@ -427,8 +481,19 @@ impl Membership {
                 _ => {}
             }
         }
+        if !releasing.is_empty() {
+            self.release(&releasing, changes).await?;
+        }
         for change in acquired {
             changes.send(change).await.map_err(|_| Error::Closed)?;
+        }
+        // A leaving node is done once it holds nothing, or nobody is left to take the rest.
+        if !self.left && leaving.contains(&me) && (kept == 0 || staying.is_empty()) {
+            self.left = true;
+            changes
+                .send(Change::Left)
+                .await
+                .map_err(|_| Error::Closed)?;
         }
         let view = (
             (0..self.settings.partitions)
@@ -446,7 +511,53 @@ impl Membership {
         }
         Ok(())
     }
+
+    /// Has the node stop serving `partitions` (with their terms), then deletes their owner
+    /// keys: in one transaction per [`RELEASE_CHUNK`], each key only if it is still the
+    /// one this node created.
+    async fn release(
+        &mut self,
+        partitions: &[(u16, i64)],
+        changes: &mpsc::Sender<Change>,
+    ) -> Result<(), Error> {
+        let (done, stopped) = oneshot::channel();
+        let release = Change::Release {
+            partitions: partitions.iter().map(|(p, _)| *p).collect(),
+            done,
+        };
+        changes.send(release).await.map_err(|_| Error::Closed)?;
+        stopped.await.map_err(|_| Error::Closed)?;
+        let prefix = self.prefix();
+        let key = |partition: u16| owner_key(&prefix, partition);
+        let ours = |&(partition, term): &(u16, i64)| {
+            Compare::create_revision(key(partition), CompareOp::Equal, term)
+        };
+        let delete = |&(partition, _): &(u16, i64)| TxnOp::delete(key(partition), None);
+        for chunk in partitions.chunks(RELEASE_CHUNK) {
+            let all = Txn::new()
+                .when(chunk.iter().map(ours).collect::<Vec<_>>())
+                .and_then(chunk.iter().map(delete).collect::<Vec<_>>());
+            if self.client.txn(all).await?.succeeded() {
+                continue;
+            }
+            // One key is not this node's any more: delete the others one by one.
+            for owned in chunk {
+                let one = Txn::new().when([ours(owned)]).and_then([delete(owned)]);
+                self.client.txn(one).await?;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Partition `partition`'s owner key in the cluster whose keys start with `prefix`.
+fn owner_key(prefix: &str, partition: u16) -> String {
+    format!("{prefix}owners/{partition:05}")
+}
+
+/// Owner keys deleted in one transaction, well under etcd's default limit of operations in
+/// one (`--max-txn-ops`, 128).
+const RELEASE_CHUNK: usize = 64;
 
 #[cfg(test)]
 mod tests {

@@ -8,12 +8,19 @@
 //!
 //! A node that cannot reach etcd, or loses its lease, holds nothing until it has joined
 //! again (with a new lease, after a pause).
+//!
+//! A node that stops hands its partitions over first ([`Member::hand_over`]): it leaves, gives
+//! each partition up while its clients are still served (forwarded to the partitions' new
+//! holders when the nodes talk to each other), and the other nodes take them at once. Then
+//! [`Member::stop`] closes what is left and revokes the node's lease, so that even a node
+//! stopped without the hand-over does not leave its partitions unheld for the lease's time
+//! to live.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::holdings::Holdings;
 use crate::cluster::{Change, Membership, Placement, Settings};
@@ -25,16 +32,33 @@ use crate::shard::Shared;
 /// owns but could not open.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long a stopping node waits for etcd to take its word that it leaves, and to revoke
+/// its lease.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The running membership.
 pub(crate) struct Member {
     stop: Arc<tokio::sync::Notify>,
+    /// Asks the thread to hand the partitions over; answered when it has.
+    leave: mpsc::Sender<oneshot::Sender<()>>,
     thread: std::thread::JoinHandle<()>,
     peers: Option<crate::peer::PeerThread>,
 }
 
 impl Member {
-    /// Leaves: the thread gives up every partition and ends (its lease then lapses at etcd,
-    /// and the other nodes take the partitions).
+    /// Leaves the cluster: the node gives up each partition it holds, while it still serves
+    /// its clients, and the other nodes take them at once. The answer comes once the node
+    /// holds none (or no other node is there to take them, or the node is not in the
+    /// cluster); it takes no partition after that.
+    pub(crate) fn hand_over(&self) -> oneshot::Receiver<()> {
+        let (done, handed) = oneshot::channel();
+        // A full queue: a hand-over was asked already; this answer comes at once (dropped).
+        let _ = self.leave.try_send(done);
+        handed
+    }
+
+    /// Stops: the thread gives up every partition it still holds, revokes the node's lease
+    /// once their stores are closed (the other nodes take them at once) and ends.
     pub(crate) fn stop(self) {
         self.stop.notify_one();
         let _ = self.thread.join();
@@ -112,6 +136,7 @@ pub(crate) fn start(
         .build()?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopped = Arc::clone(&stop);
+    let (leave, leaves) = mpsc::channel(1);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || {
@@ -122,11 +147,14 @@ pub(crate) fn start(
                 pending: BTreeMap::new(),
                 creation: None,
                 name: settings.node.clone(),
+                leaving: None,
+                left: false,
             };
-            runtime.block_on(node.run(settings, &stopped));
+            runtime.block_on(node.run(settings, &stopped, leaves));
         })?;
     Ok(Member {
         stop,
+        leave,
         thread,
         peers,
     })
@@ -144,14 +172,37 @@ struct Node {
     creation: Option<crate::cluster::Creation>,
     /// This node's name.
     name: String,
+    /// Answered once the node has handed its partitions over.
+    leaving: Option<oneshot::Sender<()>>,
+    /// Whether the node left: it joins no more.
+    left: bool,
 }
 
 impl Node {
-    async fn run(mut self, settings: Settings, stop: &tokio::sync::Notify) {
+    async fn run(
+        mut self,
+        settings: Settings,
+        stop: &tokio::sync::Notify,
+        mut leaves: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
         loop {
+            if self.left {
+                // Handed over (or never joined since): hold nothing until the stop.
+                tokio::select! {
+                    () = stop.notified() => break,
+                    Some(done) = leaves.recv() => { let _ = done.send(()); }
+                }
+                continue;
+            }
             let joined = tokio::select! {
                 joined = Membership::join(settings.clone()) => joined,
                 () = stop.notified() => break,
+                Some(done) = leaves.recv() => {
+                    // Not in the cluster: nothing to hand over.
+                    self.left = true;
+                    let _ = done.send(());
+                    continue;
+                }
             };
             let membership = match joined {
                 Ok(membership) => membership,
@@ -160,11 +211,17 @@ impl Node {
                     tokio::select! {
                         () = tokio::time::sleep(RETRY) => continue,
                         () = stop.notified() => break,
+                        Some(done) = leaves.recv() => {
+                            self.left = true;
+                            let _ = done.send(());
+                            continue;
+                        }
                     }
                 }
             };
             tracing::info!(node = %settings.node, cluster = %settings.cluster, "joined the cluster");
             self.creation = Some(membership.creation());
+            let mut leaver = membership.leaver();
             let (changes, mut told) = mpsc::channel(16);
             let mut running = tokio::spawn(membership.run(changes));
             let mut retry = tokio::time::interval(RETRY);
@@ -180,15 +237,40 @@ impl Node {
                         None => break (&mut running).await,
                     },
                     _ = retry.tick(), if !self.pending.is_empty() => self.take_pending().await,
+                    Some(done) = leaves.recv() => {
+                        tracing::info!("leaving the cluster: handing the partitions over");
+                        self.left = true;
+                        match tokio::time::timeout(ETCD_TIMEOUT, leaver.leave()).await {
+                            Ok(Ok(())) => self.leaving = Some(done),
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot tell etcd the node leaves; its partitions move when it stops");
+                                let _ = done.send(());
+                            }
+                            Err(_) => {
+                                tracing::warn!("etcd did not answer that the node leaves; its partitions move when it stops");
+                                let _ = done.send(());
+                            }
+                        }
+                    }
                     () = stop.notified() => {
                         running.abort();
-                        self.give_up_all().await;
+                        if self.give_up_all().await {
+                            // Its keys go now: the other nodes need not wait out the lease.
+                            match tokio::time::timeout(ETCD_TIMEOUT, leaver.revoke()).await {
+                                Ok(Ok(())) => tracing::info!("the node's lease is revoked"),
+                                Ok(Err(e)) => tracing::warn!(error = %e, "cannot revoke the node's lease; it expires by itself"),
+                                Err(_) => tracing::warn!("etcd did not revoke the node's lease in time; it expires by itself"),
+                            }
+                        }
                         return;
                     }
                 };
             };
             // The membership ended (its lease lost, etcd gone): hold nothing until joined again.
             self.give_up_all().await;
+            if let Some(done) = self.leaving.take() {
+                let _ = done.send(());
+            }
             match ended {
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "the node left the cluster; joining again")
@@ -235,15 +317,24 @@ impl Node {
                 self.take_pending().await;
                 return after;
             }
-            Change::Release { partition, done } => {
-                let p = usize::from(partition);
-                self.pending.remove(&p);
-                self.give_up(p).await;
+            Change::Release { partitions, done } => {
+                for partition in partitions {
+                    let p = usize::from(partition);
+                    self.pending.remove(&p);
+                    self.give_up(p).await;
+                }
                 let _ = done.send(());
             }
             Change::Lost => {
                 tracing::error!("the node's lease may have expired: it serves no partition");
                 self.give_up_all().await;
+            }
+            Change::Left => {
+                // Those kept: no other node is there to take them.
+                tracing::info!(kept = self.held.len(), "handed the partitions over");
+                if let Some(done) = self.leaving.take() {
+                    let _ = done.send(());
+                }
             }
             Change::View { owners, nodes } => {
                 // A moved partition's events come from its new node on another link: once
@@ -317,23 +408,29 @@ impl Node {
         }
     }
 
-    async fn give_up(&mut self, p: usize) {
+    /// Gives partition `p` up; returns whether its store closed in time (or was not held).
+    async fn give_up(&mut self, p: usize) -> bool {
         if !self.held.remove(&p) {
-            return;
+            return true;
         }
         let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
         let closed = tokio::task::spawn_blocking(move || holdings.give_up(&shared, p)).await;
-        if !matches!(closed, Ok(true)) {
+        let closed = matches!(closed, Ok(true));
+        if !closed {
             tracing::error!(partition = p, "the partition's store did not close in time");
         }
         tracing::info!(partition = p, "this node gave up the partition");
+        closed
     }
 
-    async fn give_up_all(&mut self) {
+    /// Gives every partition up; returns whether every store closed in time.
+    async fn give_up_all(&mut self) -> bool {
         self.pending.clear();
+        let mut closed = true;
         for p in self.held.clone() {
-            self.give_up(p).await;
+            closed &= self.give_up(p).await;
         }
+        closed
     }
 }
 

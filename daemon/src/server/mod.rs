@@ -488,6 +488,14 @@ impl Daemon {
         Duration::from_secs(self.shared.config().shutdown_drain_secs)
     }
 
+    /// A cluster's node leaves: it gives each partition up while it still serves its clients,
+    /// and the other nodes take them at once. The answer comes once it holds none (or no
+    /// other node is there to take them). `None` without `cluster.etcd`.
+    #[must_use]
+    pub fn hand_over(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.member.as_ref().map(member::Member::hand_over)
+    }
+
     /// Fast stop: goodbye to every connection without waiting for them; commits already
     /// with the storage thread still finish and the WAL is synced, within
     /// [`STOP_HARD_TIMEOUT`].
@@ -584,6 +592,10 @@ enum Storage {
 /// close seen (a memtable flush, on a loaded test machine), short of hanging a test binary
 /// whose storage thread cannot finish at all.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a cluster's stopping node waits for its partitions to be handed over
+/// ([`Daemon::hand_over`]) before it says goodbye to its connections.
+pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stop may take beyond `shutdown_grace_secs`: for commits in flight, the QUIC
 /// endpoints' close, the bridge and storage to finish. Whatever is still running then is left

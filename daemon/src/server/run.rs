@@ -6,10 +6,10 @@ use super::*;
 /// How a stop goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// SIGTERM: `/readyz` answers 503 and the daemon serves on for `shutdown_drain_secs`
-    /// (a second `Graceful` ends the wait, a `Fast` stops at once), then says goodbye to
-    /// every connection and waits up to `shutdown_grace_secs` for them
-    /// ([`Daemon::stop`]).
+    /// SIGTERM: `/readyz` answers 503 and the daemon serves on for `shutdown_drain_secs`;
+    /// a cluster's node then hands its partitions over (at most [`HAND_OVER_TIMEOUT`]);
+    /// then it says goodbye to every connection and waits up to `shutdown_grace_secs` for
+    /// them ([`Daemon::stop`]). A second `Graceful` ends a wait, a `Fast` stops at once.
     Graceful,
     /// SIGINT: goodbye to every connection without waiting ([`Daemon::stop_fast`]).
     Fast,
@@ -57,24 +57,25 @@ pub async fn run(
                 seconds = drain.as_secs(),
                 "stopping: /readyz answers 503; serving on before closing connections"
             );
-            let wait = tokio::time::sleep(drain);
-            tokio::pin!(wait);
-            stop = loop {
-                tokio::select! {
-                    () = &mut wait => break Stop::Graceful,
-                    command = commands.recv() => match command {
-                        Some(Command::Stop(stop)) => break stop,
-                        Some(Command::Reload { done, .. }) => {
-                            let _ = done.send(Err(Error::Stopping));
-                        }
-                        None => {
-                            (&mut wait).await;
-                            break Stop::Graceful;
-                        }
-                    },
-                }
-            };
+            stop = wait_stopping(&mut commands, tokio::time::sleep(drain)).await;
         }
+    }
+    // A cluster's node gives its partitions to the other nodes while it still serves its
+    // clients, so that none waits out its lease.
+    if stop == Stop::Graceful
+        && let Some(handed) = daemon.hand_over()
+    {
+        tracing::info!("stopping: handing the partitions over to the other nodes");
+        let handed = async {
+            match tokio::time::timeout(HAND_OVER_TIMEOUT, handed).await {
+                Ok(_) => tracing::info!("stopping: the partitions are handed over"),
+                Err(_) => tracing::warn!(
+                    seconds = HAND_OVER_TIMEOUT.as_secs(),
+                    "stopping: the partitions were not handed over in time; the rest move when the node stops"
+                ),
+            }
+        };
+        stop = wait_stopping(&mut commands, handed).await;
     }
     match stop {
         Stop::Graceful => {
@@ -87,4 +88,28 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Waits for `until` while a stop has begun: a reload is refused, a second graceful stop
+/// ends the wait, a fast one stops at once.
+async fn wait_stopping(
+    commands: &mut tokio::sync::mpsc::Receiver<Command>,
+    until: impl std::future::Future<Output = ()>,
+) -> Stop {
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            () = &mut until => return Stop::Graceful,
+            command = commands.recv() => match command {
+                Some(Command::Stop(stop)) => return stop,
+                Some(Command::Reload { done, .. }) => {
+                    let _ = done.send(Err(Error::Stopping));
+                }
+                None => {
+                    (&mut until).await;
+                    return Stop::Graceful;
+                }
+            },
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Partition ownership through a real etcd (`chatd::cluster`): nodes join one after
 //! another and hand partitions over, one dies and the others take its partitions after its
-//! lease, one joins and takes its share. The lease is 4 s, roomy enough that a loaded
+//! lease, one joins and takes its share; one leaves and hands its partitions over while its
+//! lease lives on, and the last one to leave keeps them. The lease is 4 s, roomy enough that a loaded
 //! machine does not miss a renewal (which the log would show as a lost lease). Every change goes into one log, which is replayed
 //! to check that no partition ever had two live owners and that every partition ends with
 //! exactly the owner etcd names.
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatd::cluster::{Change, Membership, Placement, Settings, preferred};
+use chatd::cluster::{Change, Leaver, Membership, Placement, Settings, preferred};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -145,17 +146,22 @@ enum Logged {
     Released(&'static str, u16),
     Died(&'static str),
     Lost(&'static str),
+    Left(&'static str),
 }
 
 /// Runs `node`'s membership; its changes go to the log. A release is answered (and logged)
 /// after 200 ms, as a node closing a partition's store would: a node taking the partition
 /// before that answer would show in the log.
-/// Aborting the returned task is the node dying: no more keep-alives, nothing revoked.
+/// Aborting the returned task is the node dying: no more keep-alives, nothing revoked. The
+/// node leaves with the returned [`Leaver`].
 async fn node(
     etcd: &str,
     node: &'static str,
     log: Arc<Mutex<Vec<Logged>>>,
-) -> tokio::task::JoinHandle<Result<(), chatd::cluster::Error>> {
+) -> (
+    tokio::task::JoinHandle<Result<(), chatd::cluster::Error>>,
+    Leaver,
+) {
     let membership = Membership::join(Settings {
         etcd: vec![etcd.to_owned()],
         etcd_user: None,
@@ -176,17 +182,21 @@ async fn node(
                 Change::Acquired { partition, term } => {
                     log.lock().push(Logged::Acquired(node, partition, term));
                 }
-                Change::Release { partition, done } => {
+                Change::Release { partitions, done } => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    log.lock().push(Logged::Released(node, partition));
+                    for partition in partitions {
+                        log.lock().push(Logged::Released(node, partition));
+                    }
                     done.send(()).unwrap();
                 }
                 Change::Lost => log.lock().push(Logged::Lost(node)),
+                Change::Left => log.lock().push(Logged::Left(node)),
                 Change::View { .. } => {}
             }
         }
     });
-    tokio::spawn(membership.run(changes))
+    let leaver = membership.leaver();
+    (tokio::spawn(membership.run(changes)), leaver)
 }
 
 /// The owner etcd names for each partition.
@@ -256,6 +266,7 @@ fn replay(log: &[Logged]) -> BTreeMap<u16, &'static str> {
                 dead.insert(node);
             }
             Logged::Lost(node) => panic!("{node} lost its lease: {log:?}"),
+            Logged::Left(_) => {}
         }
     }
     holder.retain(|_, node| !dead.contains(node));
@@ -267,10 +278,10 @@ async fn partitions_move_by_hand_over_when_nodes_join_and_after_the_lease_when_o
     let etcd = Etcd::start().await;
     let log: Arc<Mutex<Vec<Logged>>> = Arc::default();
     // a alone takes everything; b and c join and take their share from it by hand-over.
-    let a = node(&etcd.url, "a", log.clone()).await;
+    let (a, _) = node(&etcd.url, "a", log.clone()).await;
     settled(&etcd.url, &["a"]).await;
-    let b = node(&etcd.url, "b", log.clone()).await;
-    let c = node(&etcd.url, "c", log.clone()).await;
+    let (b, _) = node(&etcd.url, "b", log.clone()).await;
+    let (c, _) = node(&etcd.url, "c", log.clone()).await;
     let three = settled(&etcd.url, &["a", "b", "c"]).await;
     assert!(
         log.lock()
@@ -286,7 +297,7 @@ async fn partitions_move_by_hand_over_when_nodes_join_and_after_the_lease_when_o
     let failover = died.elapsed();
     assert!(three.values().any(|n| n == "c"), "c held partitions");
     // d joins: it takes what it wins, handed over by a and b.
-    let d = node(&etcd.url, "d", log.clone()).await;
+    let (d, _) = node(&etcd.url, "d", log.clone()).await;
     let four = settled(&etcd.url, &["a", "b", "d"]).await;
     // etcd's owners are the log's (once the last change has reached the log: a node hears
     // of its own transaction after etcd has it), and no partition ever had two live owners.
@@ -312,6 +323,86 @@ async fn partitions_move_by_hand_over_when_nodes_join_and_after_the_lease_when_o
     );
     eprintln!("c's partitions moved {failover:?} after it died (lease 4 s)");
     for handle in [a, b, d] {
+        handle.abort();
+    }
+}
+
+/// Waits until the log says `node` left.
+async fn left(log: &Mutex<Vec<Logged>>, node: &str) {
+    let deadline = Instant::now() + crate::client::WAIT;
+    while !log
+        .lock()
+        .iter()
+        .any(|e| matches!(e, Logged::Left(n) if *n == node))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{node} never left: {:?}",
+            log.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether etcd has `node` registered (its lease alive).
+async fn registered(etcd: &str, node: &str) -> bool {
+    let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
+    let key = format!("/chatd/test/nodes/{node}");
+    !client.get(key, None).await.unwrap().kvs().is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_its_partitions_over_and_the_last_one_keeps_them() {
+    let etcd = Etcd::start().await;
+    let log: Arc<Mutex<Vec<Logged>>> = Arc::default();
+    let (a, mut a_leaves) = node(&etcd.url, "a", log.clone()).await;
+    let (b, mut b_leaves) = node(&etcd.url, "b", log.clone()).await;
+    let (c, mut c_leaves) = node(&etcd.url, "c", log.clone()).await;
+    let three = settled(&etcd.url, &["a", "b", "c"]).await;
+    assert!(three.values().any(|n| n == "b"), "b held partitions");
+    // b leaves while its lease lives on (its keep-alives go on): only a hand-over can move
+    // its partitions, and they go to their winners among a and c.
+    b_leaves.leave().await.unwrap();
+    let two = settled(&etcd.url, &["a", "c"]).await;
+    left(&log, "b").await;
+    assert!(registered(&etcd.url, "b").await, "b's lease lives on");
+    assert!(
+        two.iter().all(|(p, n)| three[p] == "b" || three[p] == *n),
+        "only b's partitions moved: {three:?} -> {two:?}"
+    );
+    // b stops and revokes its lease: its keys go at once, and nothing moves.
+    b.abort();
+    b_leaves.revoke().await.unwrap();
+    assert!(!registered(&etcd.url, "b").await);
+    assert_eq!(settled(&etcd.url, &["a", "c"]).await, two);
+    // a leaves: c takes everything. c, the last, leaves: nobody is left to take its
+    // partitions, so it is told at once and keeps them until it stops.
+    a_leaves.leave().await.unwrap();
+    settled(&etcd.url, &["c"]).await;
+    left(&log, "a").await;
+    c_leaves.leave().await.unwrap();
+    left(&log, "c").await;
+    assert_eq!(
+        settled(&etcd.url, &["c"]).await.len(),
+        usize::from(PARTITIONS)
+    );
+    // Every move was a hand-over: no partition had two owners, and the log ends where etcd
+    // does.
+    let held = replay(&log.lock());
+    assert!(held.values().all(|n| *n == "c"), "{held:?}");
+    assert_eq!(held.len(), usize::from(PARTITIONS));
+    let released_by = |node: &str| {
+        log.lock()
+            .iter()
+            .filter(|e| matches!(e, Logged::Released(n, _) if *n == node))
+            .count()
+    };
+    assert_eq!(
+        released_by("b"),
+        three.values().filter(|n| *n == "b").count(),
+        "b released each partition it held"
+    );
+    for handle in [a, c] {
         handle.abort();
     }
 }

@@ -7,7 +7,8 @@
 //! through any node closes its sessions on every node. A user's presence is followed from
 //! another node than the user's. Then a node is SIGKILLed: its
 //! partitions move to the other two, every acknowledged message is kept, devices resume on
-//! the survivors with no gap, and a resent op id is recognised.
+//! the survivors with no gap, and a resent op id is recognised. Last, a node is stopped
+//! (SIGTERM): it hands its partitions over while sends go on, each numbered once, in order.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -225,6 +226,42 @@ async fn resumes(
         node.addr
     );
     client
+}
+
+/// Sends `op` to `conversation`, again after each `UNAVAILABLE` (a partition in hand-over)
+/// for up to 60 s from `since` (then fails with `node`'s log); returns the ack and how many
+/// times it was refused.
+async fn send_retrying(
+    client: &mut Client,
+    conversation: ConversationId,
+    op: u64,
+    since: Instant,
+    node: &Proc,
+) -> (SendAck, usize) {
+    let mut refused = 0;
+    loop {
+        let send = Request::Send(SendMessage {
+            conversation,
+            op: OpId(op),
+            content_type: ContentType::TEXT,
+            reply_to: None,
+            body: b"while a partition moves".to_vec(),
+            mentions: Vec::new(),
+        });
+        match client.request(send).await {
+            Ok(Response::Sent(ack)) => return (ack, refused),
+            Err(e) if e.code == ErrorCode::UNAVAILABLE => {
+                refused += 1;
+                assert!(
+                    since.elapsed() < Duration::from_secs(60),
+                    "send {op} refused for 60 s: no node serves its partition:\n{}",
+                    node.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("send {op}: {other:?}"),
+        }
+    }
 }
 
 /// The cursors a device holds after `seen`: the last seq of each conversation.
@@ -550,29 +587,8 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     let (mut op, mut resent, mut after) = (122, 0, 0);
     while after < 20 {
         let conversation = target(op);
-        let ack = loop {
-            let send = Request::Send(SendMessage {
-                conversation,
-                op: OpId(op),
-                content_type: ContentType::TEXT,
-                reply_to: None,
-                body: b"while b joins".to_vec(),
-                mentions: Vec::new(),
-            });
-            match alice.request(send).await {
-                Ok(Response::Sent(ack)) => break ack,
-                Err(e) if e.code == ErrorCode::UNAVAILABLE => {
-                    resent += 1;
-                    assert!(
-                        joined.elapsed() < Duration::from_secs(60),
-                        "send {op} refused for 60 s: no node serves its partition:\n{}",
-                        b.log_text()
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => panic!("send {op}: {other:?}"),
-            }
-        };
+        let (ack, refused) = send_retrying(&mut alice, conversation, op, joined, &b).await;
+        resent += refused;
         // A resend whose first try was committed is acknowledged with its first seq.
         assert_eq!(
             ack.seq.0,
@@ -663,4 +679,32 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     // Run again: nothing left to delete.
     let again = user_action(asked, "dave", "erase").await;
     assert_eq!(again["deleted"], 0, "{again}");
+
+    // c is stopped (SIGTERM): it hands its partitions over to a and b, then says goodbye.
+    // Sends through a go on meanwhile, each numbered once, in order, and a device of
+    // carol's that had seen every room's head resumes on a with exactly what came after.
+    let mut seen = BTreeMap::new();
+    for room in &rooms {
+        seen.insert(
+            *room,
+            alice.history(*room, HistoryFrom::Latest, 1).await.head.0,
+        );
+    }
+    let mut heads = seen.clone();
+    drop(carol);
+    c.signal("TERM");
+    let stopped = Instant::now();
+    let mut sent = 0;
+    while sent < 10 || !is_settled(&etcd.url, &cluster, &["a", "b"], &mut [&mut a, &mut b]).await {
+        let room = rooms[sent % rooms.len()];
+        let (ack, _) = send_retrying(&mut alice, room, op, stopped, &c).await;
+        assert_eq!(ack.seq.0, heads[&room] + 1, "send {op}, once, in order");
+        heads.insert(room, ack.seq.0);
+        (op, sent) = (op + 1, sent + 1);
+    }
+    c.wait_log("the partitions are handed over", 1).await;
+    assert!(c.child.wait().unwrap().success(), "{}", c.log_text());
+    let log = c.log_text();
+    assert!(log.contains("handed the partitions over kept=0"), "{log}");
+    resumes(&mut a, "carol", &seen, &heads).await;
 }

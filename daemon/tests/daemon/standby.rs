@@ -5,9 +5,11 @@
 //! clients' sends were acknowledged; the other takes every partition once the dead node's
 //! lease expires and serves all of it: every acknowledged message is there, a device
 //! resuming from its cursors gets exactly what it missed, and a resent op id is recognised.
-//! Then a new node stands by, and the serving one is stopped (SIGTERM): it gives its
-//! partitions up, and the standby takes them once its lease expires. Last, a node whose
-//! partitions directory is not the cluster's owns the partitions and creates no empty store.
+//! Then a new node stands by, and the serving one is stopped (SIGTERM): it hands its
+//! partitions over, and the standby takes them at once, long before the stopped node's lease
+//! (60 s) could expire. Last, the standby is stopped at once (SIGINT) and revokes its lease,
+//! and a node whose partitions directory is not the cluster's owns the partitions at once
+//! and creates no empty store.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -184,8 +186,16 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     }
     let last = last.unwrap();
 
-    // The second node joins: it takes nothing and serves nobody.
-    let mut b = start("b");
+    // The second node joins: it takes nothing and serves nobody. Its lease is 60 s: when it
+    // stops (below), only a hand-over can move its partitions in time.
+    let mut b = node_with_env(
+        dirs.path(),
+        "b",
+        &etcd.url,
+        &cluster,
+        partitions.path(),
+        &[("CHATD_CLUSTER_LEASE_SECS", "60")],
+    );
     b.ready().await;
     let mut etcd_client = etcd_client::Client::connect([etcd.url.clone()], None)
         .await
@@ -249,14 +259,26 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     assert_eq!(next.seq, Seq(last.seq.0 + 1));
     assert_eq!(bob.message().await.seq, next.seq);
 
-    // A node comes back and stands by; b is stopped (SIGTERM): it gives its partitions up,
-    // closing their stores, and the new node takes them once b's lease expires.
+    // A node comes back and stands by; b is stopped (SIGTERM): it hands its partitions over,
+    // closing their stores, and the new node takes them at once. Without the hand-over they
+    // would wait for b's lease (60 s), past `holding_all`'s patience (30 s).
     drop((a, alice, bob));
-    let mut c = start("c");
+    let mut c = node_with_env(
+        dirs.path(),
+        "c",
+        &etcd.url,
+        &cluster,
+        partitions.path(),
+        &[("CHATD_CLUSTER_LEASE_SECS", "60")],
+    );
     c.ready().await;
     assert_eq!(readyz(&mut c).await.0, 503);
     b.signal("TERM");
     holding_all(&mut c).await;
+    b.wait_log("the partitions are handed over", 1).await;
+    assert!(b.child.wait().unwrap().success(), "{}", b.log_text());
+    let log = b.log_text();
+    assert!(log.contains("handed the partitions over kept=0"), "{log}");
     let (mut alice, _) = hello(&mut c, "alice", vec![]).await.unwrap();
     caught_up(&mut alice).await;
     let page = alice.history(room, HistoryFrom::Latest, 1).await;
@@ -287,10 +309,14 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     consumer.finish().await;
 
     // A node whose partitions directory is not the cluster's owns the partitions once c is
-    // gone, and creates no empty store in their place: etcd says they exist.
+    // gone, and creates no empty store in their place: etcd says they exist. c stops at
+    // once (SIGINT: no hand-over, nobody to take them yet) and revokes its lease once its
+    // stores are closed, so d owns them without waiting out c's lease (60 s).
     drop((b, alice));
-    c.child.kill().unwrap();
-    c.child.wait().unwrap();
+    c.signal("INT");
+    assert!(c.child.wait().unwrap().success(), "{}", c.log_text());
+    let log = c.log_text();
+    assert!(log.contains("the node's lease is revoked"), "{log}");
     let elsewhere = tempfile::tempdir().unwrap();
     let mut d = node(dirs.path(), "d", &etcd.url, &cluster, elsewhere.path());
     d.wait_log("etcd says its store was created", 1).await;
