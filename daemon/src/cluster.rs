@@ -92,8 +92,8 @@ pub enum Change {
         term: i64,
     },
     /// Other nodes are preferred: stop serving `partitions`, then answer `done`; their owner
-    /// keys are deleted after that, together (the other nodes see one change, and take
-    /// them in one pass).
+    /// keys are deleted after that, together (up to [`RELEASE_CHUNK`] in one transaction,
+    /// which the other nodes see as one change and take in one pass).
     Release {
         /// The partitions, in order.
         partitions: Vec<u16>,
@@ -102,8 +102,9 @@ pub enum Change {
     },
     /// The lease could not be renewed in time: stop serving every partition at once.
     Lost,
-    /// The node leaves ([`Leaver::leave`]) and has given up every partition it held, or
-    /// no other node is there to take them: it may stop. Told once.
+    /// The node leaves ([`Leaver::leave`]), and the other nodes hold every partition (the
+    /// [`Change::View`] before this one says so), or no other node is there to take them: it
+    /// may stop. Told once.
     Left,
     /// The cluster as etcd last said, when it changed: each partition's owner and term, and
     /// every live node with what its key holds (its peer address).
@@ -131,6 +132,9 @@ pub enum Error {
     /// etcd ended the watch or the keep-alive stream.
     #[error("etcd ended the {0} stream")]
     Ended(&'static str),
+    /// etcd did not answer a call in time.
+    #[error("etcd did not answer in time: {0}")]
+    TimedOut(&'static str),
 }
 
 /// The rendezvous weight of `node` for `partition`: the first 8 bytes of
@@ -230,7 +234,7 @@ pub struct Leaver {
 impl Leaver {
     /// Says, under the lease, that the node leaves: no partition prefers it from then on, so
     /// [`Membership::run`] gives up (`Change::Release`) each one it holds and the other nodes
-    /// take them, and tells [`Change::Left`] once it holds none.
+    /// take them, and tells [`Change::Left`] once they hold them all.
     ///
     /// # Errors
     /// When etcd cannot be reached or refuses.
@@ -400,7 +404,9 @@ impl Membership {
         let mut nodes = Vec::new();
         let mut peers = BTreeMap::new();
         let mut owners: BTreeMap<u16, Owner> = BTreeMap::new();
-        let mut leaving = BTreeSet::new();
+        // Each live node's lease, and the nodes that said they leave under theirs.
+        let mut leases = BTreeMap::new();
+        let mut leaving = Vec::new();
         for kv in all.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             let Some(rest) = key.strip_prefix(&prefix) else {
@@ -408,12 +414,13 @@ impl Membership {
             };
             if let Some(node) = rest.strip_prefix("nodes/") {
                 nodes.push(node.to_owned());
+                leases.insert(node.to_owned(), kv.lease());
                 peers.insert(
                     node.to_owned(),
                     kv.value_str().unwrap_or_default().to_owned(),
                 );
             } else if let Some(node) = rest.strip_prefix("leaving/") {
-                leaving.insert(node.to_owned());
+                leaving.push((node.to_owned(), kv.lease()));
             } else if let Some(partition) = rest.strip_prefix("owners/")
                 && let (Ok(partition), Ok(node)) = (partition.parse::<u16>(), kv.value_str())
             {
@@ -427,6 +434,12 @@ impl Membership {
                 );
             }
         }
+        // A node leaves when it said so under the lease it is registered with now: a node
+        // restarted under the same name while its last lease lives is not leaving.
+        let leaving: BTreeSet<String> = (leaving.into_iter())
+            .filter(|(node, lease)| leases.get(node) == Some(lease))
+            .map(|(node, _)| node)
+            .collect();
         let me = self.settings.node.clone();
         // The nodes a partition may prefer: the live ones that do not leave.
         let staying: Vec<&str> = (nodes.iter())
@@ -441,9 +454,7 @@ impl Membership {
             .filter(|node| staying.contains(node))
             .or_else(|| preferred(0, staying.iter().copied()))
             .map(str::to_owned);
-        // The partitions this node still owns after the pass, and those it gives up (with
-        // their terms).
-        let mut kept = 0;
+        // The partitions this node gives up, with their terms.
         let mut releasing = Vec::new();
         for partition in 0..self.settings.partitions {
             let want = match self.settings.placement {
@@ -452,9 +463,6 @@ impl Membership {
             };
             let owner = owners.get(&partition);
             let mine = owner.filter(|o| o.node == me && o.lease == self.lease);
-            if mine.is_some() && want.is_none_or(|want| want == me) {
-                kept += 1;
-            }
             match (mine, want) {
                 (Some(owned), Some(want)) if want != me => releasing.push((partition, owned.term)),
                 (None, Some(want)) if want == me && owner.is_none() && !self.lapsed() => {
@@ -487,14 +495,12 @@ impl Membership {
         for change in acquired {
             changes.send(change).await.map_err(|_| Error::Closed)?;
         }
-        // A leaving node is done once it holds nothing, or nobody is left to take the rest.
-        if !self.left && leaving.contains(&me) && (kept == 0 || staying.is_empty()) {
-            self.left = true;
-            changes
-                .send(Change::Left)
-                .await
-                .map_err(|_| Error::Closed)?;
-        }
+        // A leaving node is done once the others hold every partition (and its view says
+        // so, for its clients' requests to go to them), or once nobody is left to take them.
+        let left = leaving.contains(&me)
+            && (staying.is_empty()
+                || (0..self.settings.partitions)
+                    .all(|p| owners.get(&p).is_some_and(|owner| owner.node != me)));
         let view = (
             (0..self.settings.partitions)
                 .map(|p| owners.get(&p).map(|o| (o.node.clone(), o.term)))
@@ -506,6 +512,13 @@ impl Membership {
             let (owners, nodes) = view;
             changes
                 .send(Change::View { owners, nodes })
+                .await
+                .map_err(|_| Error::Closed)?;
+        }
+        if left && !self.left {
+            self.left = true;
+            changes
+                .send(Change::Left)
                 .await
                 .map_err(|_| Error::Closed)?;
         }
@@ -557,7 +570,7 @@ fn owner_key(prefix: &str, partition: u16) -> String {
 
 /// Owner keys deleted in one transaction, well under etcd's default limit of operations in
 /// one (`--max-txn-ops`, 128).
-const RELEASE_CHUNK: usize = 64;
+pub const RELEASE_CHUNK: usize = 64;
 
 #[cfg(test)]
 mod tests {

@@ -10,11 +10,11 @@
 //! again (with a new lease, after a pause).
 //!
 //! A node that stops hands its partitions over first ([`Member::hand_over`]): it leaves, gives
-//! each partition up while its clients are still served (forwarded to the partitions' new
-//! holders when the nodes talk to each other), and the other nodes take them at once. Then
-//! [`Member::stop`] closes what is left and revokes the node's lease, so that even a node
-//! stopped without the hand-over does not leave its partitions unheld for the lease's time
-//! to live.
+//! each partition up while its clients stay connected, and the other nodes take them at
+//! once; the answer comes once the node's view names them (its clients' requests then go to
+//! them when the nodes talk to each other). Then [`Member::stop`] closes what is left and
+//! revokes the node's lease, so that even a node stopped without the hand-over does not
+//! leave its partitions unheld for the lease's time to live.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,36 +32,53 @@ use crate::shard::Shared;
 /// owns but could not open.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// How long a stopping node waits for etcd to take its word that it leaves, and to revoke
-/// its lease.
+/// How long the thread waits for one call to etcd outside the membership's task: that the
+/// node leaves, the revocation of its lease, what a partition's store creation says.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a hand-over ([`Member::hand_over`]) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// The other nodes hold every partition, and this node's view says so.
+    Done,
+    /// No other node is there to take them: the node keeps these many until it stops.
+    Kept(usize),
+    /// The node is not in the cluster (it could not join): it holds nothing.
+    NotJoined,
+    /// etcd did not take the node's word, or the membership ended: what the node still
+    /// holds moves when it stops.
+    Failed,
+}
 
 /// The running membership.
 pub(crate) struct Member {
     stop: Arc<tokio::sync::Notify>,
     /// Asks the thread to hand the partitions over; answered when it has.
-    leave: mpsc::Sender<oneshot::Sender<()>>,
+    leave: mpsc::Sender<oneshot::Sender<HandOver>>,
     thread: std::thread::JoinHandle<()>,
     peers: Option<crate::peer::PeerThread>,
 }
 
 impl Member {
     /// Leaves the cluster: the node gives up each partition it holds, while it still serves
-    /// its clients, and the other nodes take them at once. The answer comes once the node
-    /// holds none (or no other node is there to take them, or the node is not in the
-    /// cluster); it takes no partition after that.
-    pub(crate) fn hand_over(&self) -> oneshot::Receiver<()> {
+    /// its clients, and the other nodes take them at once. The answer comes once they hold
+    /// them all (or no other node is there to take them, or the node is not in the
+    /// cluster); the node takes no partition after that.
+    pub(crate) fn hand_over(&self) -> oneshot::Receiver<HandOver> {
         let (done, handed) = oneshot::channel();
-        // A full queue: a hand-over was asked already; this answer comes at once (dropped).
+        // A full queue: a hand-over was asked already; this one's answer is dropped.
         let _ = self.leave.try_send(done);
         handed
     }
 
     /// Stops: the thread gives up every partition it still holds, revokes the node's lease
-    /// once their stores are closed (the other nodes take them at once) and ends.
-    pub(crate) fn stop(self) {
+    /// once their stores are closed (the other nodes take them at once) and ends; waited
+    /// for until `deadline`, then left to the process's exit.
+    pub(crate) fn stop(self, deadline: std::time::Instant) {
         self.stop.notify_one();
-        let _ = self.thread.join();
+        if super::join_by(vec![self.thread], deadline) > 0 {
+            tracing::warn!("the cluster thread did not stop by the stop's hard deadline");
+        }
         if let Some(peers) = self.peers {
             peers.stop();
         }
@@ -173,7 +190,7 @@ struct Node {
     /// This node's name.
     name: String,
     /// Answered once the node has handed its partitions over.
-    leaving: Option<oneshot::Sender<()>>,
+    leaving: Option<oneshot::Sender<HandOver>>,
     /// Whether the node left: it joins no more.
     left: bool,
 }
@@ -183,14 +200,14 @@ impl Node {
         mut self,
         settings: Settings,
         stop: &tokio::sync::Notify,
-        mut leaves: mpsc::Receiver<oneshot::Sender<()>>,
+        mut leaves: mpsc::Receiver<oneshot::Sender<HandOver>>,
     ) {
         loop {
             if self.left {
-                // Handed over (or never joined since): hold nothing until the stop.
+                // Left (or asked to while not in the cluster): hold nothing until the stop.
                 tokio::select! {
                     () = stop.notified() => break,
-                    Some(done) = leaves.recv() => { let _ = done.send(()); }
+                    Some(done) = leaves.recv() => { let _ = done.send(HandOver::NotJoined); }
                 }
                 continue;
             }
@@ -200,7 +217,7 @@ impl Node {
                 Some(done) = leaves.recv() => {
                     // Not in the cluster: nothing to hand over.
                     self.left = true;
-                    let _ = done.send(());
+                    let _ = done.send(HandOver::NotJoined);
                     continue;
                 }
             };
@@ -213,7 +230,7 @@ impl Node {
                         () = stop.notified() => break,
                         Some(done) = leaves.recv() => {
                             self.left = true;
-                            let _ = done.send(());
+                            let _ = done.send(HandOver::NotJoined);
                             continue;
                         }
                     }
@@ -244,11 +261,11 @@ impl Node {
                             Ok(Ok(())) => self.leaving = Some(done),
                             Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "cannot tell etcd the node leaves; its partitions move when it stops");
-                                let _ = done.send(());
+                                let _ = done.send(HandOver::Failed);
                             }
                             Err(_) => {
                                 tracing::warn!("etcd did not answer that the node leaves; its partitions move when it stops");
-                                let _ = done.send(());
+                                let _ = done.send(HandOver::Failed);
                             }
                         }
                     }
@@ -256,20 +273,21 @@ impl Node {
                         running.abort();
                         if self.give_up_all().await {
                             // Its keys go now: the other nodes need not wait out the lease.
-                            match tokio::time::timeout(ETCD_TIMEOUT, leaver.revoke()).await {
-                                Ok(Ok(())) => tracing::info!("the node's lease is revoked"),
-                                Ok(Err(e)) => tracing::warn!(error = %e, "cannot revoke the node's lease; it expires by itself"),
-                                Err(_) => tracing::warn!("etcd did not revoke the node's lease in time; it expires by itself"),
-                            }
+                            revoke(leaver).await;
                         }
                         return;
                     }
                 };
             };
             // The membership ended (its lease lost, etcd gone): hold nothing until joined again.
-            self.give_up_all().await;
+            // Unless the lease is gone already, its keys go now (once the stores are closed).
+            if self.give_up_all().await
+                && !matches!(ended, Ok(Err(crate::cluster::Error::LeaseLost)))
+            {
+                revoke(leaver).await;
+            }
             if let Some(done) = self.leaving.take() {
-                let _ = done.send(());
+                let _ = done.send(HandOver::Failed);
             }
             match ended {
                 Ok(Err(e)) => {
@@ -331,9 +349,14 @@ impl Node {
             }
             Change::Left => {
                 // Those kept: no other node is there to take them.
-                tracing::info!(kept = self.held.len(), "handed the partitions over");
+                let kept = self.held.len() + self.pending.len();
+                tracing::info!(kept, "handed the partitions over");
                 if let Some(done) = self.leaving.take() {
-                    let _ = done.send(());
+                    let _ = done.send(if kept == 0 {
+                        HandOver::Done
+                    } else {
+                        HandOver::Kept(kept)
+                    });
                 }
             }
             Change::View { owners, nodes } => {
@@ -371,7 +394,14 @@ impl Node {
                 Ok(Ok(())) => {
                     self.held.insert(p);
                     if let Some(creation) = &mut self.creation
-                        && let Err(e) = creation.record(partition(p), &self.name).await
+                        && let Err(e) = tokio::time::timeout(
+                            ETCD_TIMEOUT,
+                            creation.record(partition(p), &self.name),
+                        )
+                        .await
+                        .unwrap_or(Err(crate::cluster::Error::TimedOut(
+                            "the store creation record",
+                        )))
                     {
                         tracing::warn!(partition = p, error = %e, "cannot record the partition's store in etcd");
                     }
@@ -397,7 +427,10 @@ impl Node {
         let Some(creation) = &mut self.creation else {
             return Err("not joined".into());
         };
-        match creation.created(partition(p)).await {
+        let created = tokio::time::timeout(ETCD_TIMEOUT, creation.created(partition(p))).await;
+        match created.unwrap_or(Err(crate::cluster::Error::TimedOut(
+            "the store creation read",
+        ))) {
             Ok(false) => Ok(()),
             Ok(true) => Err(format!(
                 "etcd says its store was created, and {} holds none: is cluster.partitions_dir \
@@ -431,6 +464,19 @@ impl Node {
             closed &= self.give_up(p).await;
         }
         closed
+    }
+}
+
+/// Revokes the lease `leaver` holds: its keys go at once.
+async fn revoke(leaver: crate::cluster::Leaver) {
+    match tokio::time::timeout(ETCD_TIMEOUT, leaver.revoke()).await {
+        Ok(Ok(())) => tracing::info!("the node's lease is revoked"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot revoke the node's lease; it expires by itself")
+        }
+        Err(_) => {
+            tracing::warn!("etcd did not revoke the node's lease in time; it expires by itself")
+        }
     }
 }
 

@@ -23,6 +23,7 @@ mod steer;
 
 pub use crate::shard::StartError;
 pub use endpoint::{bind, quic_server_config, wire_limits};
+pub use member::HandOver;
 pub use reload::Reloaded;
 pub use run::{Command, Stop, run};
 
@@ -492,7 +493,7 @@ impl Daemon {
     /// and the other nodes take them at once. The answer comes once it holds none (or no
     /// other node is there to take them). `None` without `cluster.etcd`.
     #[must_use]
-    pub fn hand_over(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub fn hand_over(&self) -> Option<tokio::sync::oneshot::Receiver<HandOver>> {
         self.member.as_ref().map(member::Member::hand_over)
     }
 
@@ -530,7 +531,7 @@ impl Daemon {
         };
         // No partition is taken or given up while the daemon stops.
         if let Some(member) = self.member.take() {
-            member.stop();
+            member.stop(deadlines.hard);
         }
         self.watchdog_stop.store(true, Ordering::Release);
         self.shared.shutting_down.store(true, Ordering::Release);

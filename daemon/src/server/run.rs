@@ -68,7 +68,19 @@ pub async fn run(
         tracing::info!("stopping: handing the partitions over to the other nodes");
         let handed = async {
             match tokio::time::timeout(HAND_OVER_TIMEOUT, handed).await {
-                Ok(_) => tracing::info!("stopping: the partitions are handed over"),
+                Ok(Ok(HandOver::Done)) => {
+                    tracing::info!("stopping: the partitions are handed over")
+                }
+                Ok(Ok(HandOver::Kept(kept))) => tracing::info!(
+                    kept,
+                    "stopping: no other node to hand the partitions over to; they stay until the node stops"
+                ),
+                Ok(Ok(HandOver::NotJoined)) => {
+                    tracing::info!("stopping: not in the cluster; no partition to hand over")
+                }
+                Ok(Ok(HandOver::Failed) | Err(_)) => tracing::warn!(
+                    "stopping: the partitions were not handed over; they move when the node stops"
+                ),
                 Err(_) => tracing::warn!(
                     seconds = HAND_OVER_TIMEOUT.as_secs(),
                     "stopping: the partitions were not handed over in time; the rest move when the node stops"

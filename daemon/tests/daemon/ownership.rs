@@ -157,6 +157,7 @@ enum Logged {
 async fn node(
     etcd: &str,
     node: &'static str,
+    partitions: u16,
     log: Arc<Mutex<Vec<Logged>>>,
 ) -> (
     tokio::task::JoinHandle<Result<(), chatd::cluster::Error>>,
@@ -168,7 +169,7 @@ async fn node(
         etcd_tls: None,
         cluster: "test".into(),
         node: node.into(),
-        partitions: PARTITIONS,
+        partitions,
         lease: Duration::from_secs(4),
         placement: Placement::Spread,
         peer: String::new(),
@@ -221,12 +222,12 @@ async fn owners(etcd: &str) -> BTreeMap<u16, String> {
         .collect()
 }
 
-/// Waits until etcd names, for every partition, its preferred owner among `live`.
-async fn settled(etcd: &str, live: &[&str]) -> BTreeMap<u16, String> {
+/// Waits until etcd names, for every one of `partitions`, its preferred owner among `live`.
+async fn settled(etcd: &str, partitions: u16, live: &[&str]) -> BTreeMap<u16, String> {
     let deadline = Instant::now() + crate::client::WAIT;
     loop {
         let now = owners(etcd).await;
-        let want: BTreeMap<u16, String> = (0..PARTITIONS)
+        let want: BTreeMap<u16, String> = (0..partitions)
             .map(|p| (p, preferred(p, live.iter().copied()).unwrap().to_owned()))
             .collect();
         if now == want {
@@ -278,11 +279,11 @@ async fn partitions_move_by_hand_over_when_nodes_join_and_after_the_lease_when_o
     let etcd = Etcd::start().await;
     let log: Arc<Mutex<Vec<Logged>>> = Arc::default();
     // a alone takes everything; b and c join and take their share from it by hand-over.
-    let (a, _) = node(&etcd.url, "a", log.clone()).await;
-    settled(&etcd.url, &["a"]).await;
-    let (b, _) = node(&etcd.url, "b", log.clone()).await;
-    let (c, _) = node(&etcd.url, "c", log.clone()).await;
-    let three = settled(&etcd.url, &["a", "b", "c"]).await;
+    let (a, _) = node(&etcd.url, "a", PARTITIONS, log.clone()).await;
+    settled(&etcd.url, PARTITIONS, &["a"]).await;
+    let (b, _) = node(&etcd.url, "b", PARTITIONS, log.clone()).await;
+    let (c, _) = node(&etcd.url, "c", PARTITIONS, log.clone()).await;
+    let three = settled(&etcd.url, PARTITIONS, &["a", "b", "c"]).await;
     assert!(
         log.lock()
             .iter()
@@ -293,12 +294,12 @@ async fn partitions_move_by_hand_over_when_nodes_join_and_after_the_lease_when_o
     c.abort();
     log.lock().push(Logged::Died("c"));
     let died = Instant::now();
-    let two = settled(&etcd.url, &["a", "b"]).await;
+    let two = settled(&etcd.url, PARTITIONS, &["a", "b"]).await;
     let failover = died.elapsed();
     assert!(three.values().any(|n| n == "c"), "c held partitions");
     // d joins: it takes what it wins, handed over by a and b.
-    let (d, _) = node(&etcd.url, "d", log.clone()).await;
-    let four = settled(&etcd.url, &["a", "b", "d"]).await;
+    let (d, _) = node(&etcd.url, "d", PARTITIONS, log.clone()).await;
+    let four = settled(&etcd.url, PARTITIONS, &["a", "b", "d"]).await;
     // etcd's owners are the log's (once the last change has reached the log: a node hears
     // of its own transaction after etcd has it), and no partition ever had two live owners.
     let deadline = Instant::now() + crate::client::WAIT;
@@ -351,58 +352,90 @@ async fn registered(etcd: &str, node: &str) -> bool {
     !client.get(key, None).await.unwrap().kvs().is_empty()
 }
 
+/// Partitions in the leaving test: a node hands over more than one transaction's worth
+/// (`cluster::RELEASE_CHUNK`).
+const MANY: u16 = 200;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_hands_its_partitions_over_and_the_last_one_keeps_them() {
     let etcd = Etcd::start().await;
     let log: Arc<Mutex<Vec<Logged>>> = Arc::default();
-    let (a, mut a_leaves) = node(&etcd.url, "a", log.clone()).await;
-    let (b, mut b_leaves) = node(&etcd.url, "b", log.clone()).await;
-    let (c, mut c_leaves) = node(&etcd.url, "c", log.clone()).await;
-    let three = settled(&etcd.url, &["a", "b", "c"]).await;
-    assert!(three.values().any(|n| n == "b"), "b held partitions");
+    let (a, mut a_leaves) = node(&etcd.url, "a", MANY, log.clone()).await;
+    let (b, mut b_leaves) = node(&etcd.url, "b", MANY, log.clone()).await;
+    let (c, mut c_leaves) = node(&etcd.url, "c", MANY, log.clone()).await;
+    let three = settled(&etcd.url, MANY, &["a", "b", "c"]).await;
+    let of =
+        |held: &BTreeMap<u16, String>, node: &str| held.values().filter(|n| *n == node).count();
+    assert!(of(&three, "b") > 0, "b held partitions");
     // b leaves while its lease lives on (its keep-alives go on): only a hand-over can move
     // its partitions, and they go to their winners among a and c.
     b_leaves.leave().await.unwrap();
-    let two = settled(&etcd.url, &["a", "c"]).await;
+    let two = settled(&etcd.url, MANY, &["a", "c"]).await;
     left(&log, "b").await;
     assert!(registered(&etcd.url, "b").await, "b's lease lives on");
-    assert!(
-        two.iter().all(|(p, n)| three[p] == "b" || three[p] == *n),
-        "only b's partitions moved: {three:?} -> {two:?}"
+    // Told it left after it released every partition it held.
+    let entries = log.lock().clone();
+    let left_at = entries
+        .iter()
+        .position(|e| matches!(e, Logged::Left("b")))
+        .unwrap();
+    let released = |e: &Logged| matches!(e, Logged::Released("b", _));
+    assert_eq!(
+        entries[..left_at].iter().filter(|e| released(e)).count(),
+        of(&three, "b"),
+        "b released each partition it held before it was told it left: {entries:?}"
     );
     // b stops and revokes its lease: its keys go at once, and nothing moves.
     b.abort();
     b_leaves.revoke().await.unwrap();
     assert!(!registered(&etcd.url, "b").await);
-    assert_eq!(settled(&etcd.url, &["a", "c"]).await, two);
-    // a leaves: c takes everything. c, the last, leaves: nobody is left to take its
-    // partitions, so it is told at once and keeps them until it stops.
+    assert_eq!(settled(&etcd.url, MANY, &["a", "c"]).await, two);
+    // a leaves: c takes everything, more than one transaction's worth from a. c, the last,
+    // leaves: nobody is left to take its partitions, so it is told at once and keeps them
+    // until it stops.
+    assert!(of(&two, "a") > chatd::cluster::RELEASE_CHUNK, "{two:?}");
     a_leaves.leave().await.unwrap();
-    settled(&etcd.url, &["c"]).await;
+    settled(&etcd.url, MANY, &["c"]).await;
     left(&log, "a").await;
     c_leaves.leave().await.unwrap();
     left(&log, "c").await;
-    assert_eq!(
-        settled(&etcd.url, &["c"]).await.len(),
-        usize::from(PARTITIONS)
-    );
     // Every move was a hand-over: no partition had two owners, and the log ends where etcd
-    // does.
+    // does: c holds everything.
     let held = replay(&log.lock());
+    assert_eq!(held.len(), usize::from(MANY), "{held:?}");
     assert!(held.values().all(|n| *n == "c"), "{held:?}");
-    assert_eq!(held.len(), usize::from(PARTITIONS));
-    let released_by = |node: &str| {
-        log.lock()
-            .iter()
-            .filter(|e| matches!(e, Logged::Released(n, _) if *n == node))
-            .count()
-    };
-    assert_eq!(
-        released_by("b"),
-        three.values().filter(|n| *n == "b").count(),
-        "b released each partition it held"
-    );
+    assert_eq!(owners(&etcd.url).await.len(), usize::from(MANY));
     for handle in [a, c] {
         handle.abort();
     }
+}
+
+/// Whether the owner key of each of `partitions` in `cluster` was created while `node` was
+/// still registered (its lease alive): taken by hand-over, not after `node`'s lease ended.
+pub(crate) async fn taken_while_registered(
+    etcd: &str,
+    cluster: &str,
+    partitions: &[u16],
+    node: &str,
+) -> bool {
+    let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
+    let node_key = format!("/chatd/{cluster}/nodes/{node}");
+    for p in partitions {
+        let owner = format!("/chatd/{cluster}/owners/{p:05}");
+        let owner = client.get(owner, None).await.unwrap();
+        let Some(owner) = owner.kvs().first() else {
+            return false;
+        };
+        let then = etcd_client::GetOptions::new().with_revision(owner.create_revision());
+        if client
+            .get(node_key.as_str(), Some(then))
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+        {
+            return false;
+        }
+    }
+    true
 }

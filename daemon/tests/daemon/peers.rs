@@ -691,6 +691,8 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
         );
     }
     let mut heads = seen.clone();
+    let c_held = self::held(&mut c).await;
+    assert!(!c_held.is_empty(), "c holds partitions");
     drop(carol);
     c.signal("TERM");
     let stopped = Instant::now();
@@ -706,5 +708,9 @@ async fn three_serving_nodes_forward_to_each_other_and_survive_losing_one() {
     assert!(c.child.wait().unwrap().success(), "{}", c.log_text());
     let log = c.log_text();
     assert!(log.contains("handed the partitions over kept=0"), "{log}");
+    assert!(
+        crate::ownership::taken_while_registered(&etcd.url, &cluster, &c_held, "c").await,
+        "a and b took c's partitions {c_held:?} by hand-over"
+    );
     resumes(&mut a, "carol", &seen, &heads).await;
 }

@@ -260,8 +260,8 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     assert_eq!(bob.message().await.seq, next.seq);
 
     // A node comes back and stands by; b is stopped (SIGTERM): it hands its partitions over,
-    // closing their stores, and the new node takes them at once. Without the hand-over they
-    // would wait for b's lease (60 s), past `holding_all`'s patience (30 s).
+    // closing their stores, and the new node takes them while b is still registered (etcd's
+    // history says so), before b revokes its lease (or it expires: 60 s).
     drop((a, alice, bob));
     let mut c = node_with_env(
         dirs.path(),
@@ -279,6 +279,10 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     assert!(b.child.wait().unwrap().success(), "{}", b.log_text());
     let log = b.log_text();
     assert!(log.contains("handed the partitions over kept=0"), "{log}");
+    assert!(
+        crate::ownership::taken_while_registered(&etcd.url, &cluster, &[0, 1, 2, 3], "b").await,
+        "c took b's partitions by hand-over"
+    );
     let (mut alice, _) = hello(&mut c, "alice", vec![]).await.unwrap();
     caught_up(&mut alice).await;
     let page = alice.history(room, HistoryFrom::Latest, 1).await;
