@@ -71,7 +71,8 @@ if [ "$mode" = join ]; then
   echo "at the end (a, c, b; b has no clients):"
 else
   echo "at the end (a, c; b stopped):"
-  grep -E "handing the partitions over|handed over|not handed over" "$work/stop-b.log" || true
+  echo "b's stop, from its log:"
+  grep -E "SIGTERM|stopping|leaving the cluster|gave up the partition|handed the partitions|lease is revoked" "$work/stop-b.log" || true
 fi
 lags "${admins[@]}"
 stop_pids

@@ -86,11 +86,23 @@ ready() {
   curl -s -o /dev/null -w '%{http_code}' "http://$1/readyz" || true
 }
 
-# held_count ADMIN: how many partitions the node holds (0 while its admin listener is down).
-held_count() {
-  curl -s "http://$1/v1/status" 2>/dev/null |
-    python3 -c 'import json, sys; print(len(json.load(sys.stdin)["partitions"]["held"]))' 2>/dev/null ||
-    echo 0
+# wait_held COUNT ADMIN...: polls the nodes' /v1/status every 20 ms, from one process (a
+# curl and a python3 per node and poll take hundreds of ms on a loaded machine), until
+# they hold COUNT partitions between them, or 30 s passed.
+wait_held() {
+  python3 - "$@" <<'PY'
+import json, sys, time, urllib.request
+want, admins = int(sys.argv[1]), sys.argv[2:]
+def held(admin):
+    try:
+        with urllib.request.urlopen(f"http://{admin}/v1/status", timeout=2) as answer:
+            return len(json.load(answer)["partitions"]["held"])
+    except Exception:
+        return 0
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and sum(held(a) for a in admins) < want:
+    time.sleep(0.02)
+PY
 }
 
 # wait_ready ADMIN LOG: waits up to 30 s for the node to hold (or, with peers, reach)

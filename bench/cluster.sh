@@ -116,10 +116,7 @@ for round in 1 2 3; do
       killed="$(date +%s.%N)"
       # Until a and c hold every partition between them (b handed them over, or its lease
       # expired, and they opened its partitions), as their /v1/status say.
-      for _ in $(seq 1 1500); do
-        [ "$(( $(held_count "${admins[0]}") + $(held_count "${admins[2]}") ))" -ge 12 ] && break
-        sleep 0.02
-      done
+      wait_held 12 "${admins[0]}" "${admins[2]}"
       held="$(date +%s.%N)"
       python3 -c "import json; print(json.dumps({'round': $round, 'mode': '$mode', 'failover_ms': ($held - $killed) * 1000}))" \
         >>"$results/cluster-failover.jsonl"

@@ -32,6 +32,9 @@ use crate::shard::Shared;
 /// owns but could not open.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Partitions whose stores are opened at once when several are taken together.
+const OPEN_AT_ONCE: usize = 4;
+
 /// How long the thread waits for one call to etcd outside the membership's task: that the
 /// node leaves, the revocation of its lease, what a partition's store creation says.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -378,6 +381,7 @@ impl Node {
 
     /// Opens what this node owns and has not opened yet.
     async fn take_pending(&mut self) {
+        let mut ready = Vec::new();
         for (p, term) in std::mem::take(&mut self.pending) {
             if let Err(why) = self.may_open(p).await {
                 crate::logging::throttled!(
@@ -388,10 +392,40 @@ impl Node {
                 self.pending.insert(p, term);
                 continue;
             }
-            let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
-            let taken = tokio::task::spawn_blocking(move || holdings.take(&shared, p, term)).await;
-            match taken {
-                Ok(Ok(())) => {
+            ready.push((p, term));
+        }
+        // Several at once: each open replays its store's WAL, mostly waiting on the disk.
+        let mut ready = ready.into_iter();
+        let mut opening = tokio::task::JoinSet::new();
+        let mut taking = BTreeMap::new();
+        loop {
+            while opening.len() < OPEN_AT_ONCE
+                && let Some((p, term)) = ready.next()
+            {
+                let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
+                let started = std::time::Instant::now();
+                let task = opening.spawn_blocking(move || {
+                    holdings.take(&shared, p, term).map(|()| started.elapsed())
+                });
+                taking.insert(task.id(), (p, term));
+            }
+            let Some(taken) = opening.join_next_with_id().await else {
+                break;
+            };
+            let id = taken
+                .as_ref()
+                .map_or_else(tokio::task::JoinError::id, |(id, _)| *id);
+            let Some((p, term)) = taking.remove(&id) else {
+                continue;
+            };
+            match taken.map(|(_, taken)| taken) {
+                Ok(Ok(took)) => {
+                    tracing::info!(
+                        partition = p,
+                        term,
+                        ms = took.as_millis(),
+                        "this node serves the partition"
+                    );
                     self.held.insert(p);
                     if let Some(creation) = &mut self.creation
                         && let Err(e) = tokio::time::timeout(
