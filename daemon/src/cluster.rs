@@ -13,7 +13,7 @@
 //! have expired at etcd (`Change::Lost`): it counts the lease from when it sent the
 //! keep-alive etcd last answered.
 //!
-//! A node that stops on purpose leaves ([`Leaver`]): it says so under its lease, no partition
+//! A node that stops on purpose leaves ([`NodeKeys`]): it says so under its lease, no partition
 //! prefers it from then on, so it gives up each of its partitions by the same hand-over and
 //! the others take them at once; then it revokes its lease, and its keys go without waiting
 //! out the lease's time to live.
@@ -102,9 +102,9 @@ pub enum Change {
     },
     /// The lease could not be renewed in time: stop serving every partition at once.
     Lost,
-    /// The node leaves ([`Leaver::leave`]), and the other nodes hold every partition (the
-    /// [`Change::View`] before this one says so), or no other node is there to take them: it
-    /// may stop. Told once.
+    /// The node leaves ([`NodeKeys::leave`]), and the other nodes own and serve every
+    /// partition (the [`Change::View`] before this one names them), or no other node is
+    /// there to take them: it may stop. Told once.
     Left,
     /// The cluster as etcd last said, when it changed: each partition's owner and term, and
     /// every live node with what its key holds (its peer address).
@@ -223,26 +223,42 @@ pub struct Membership {
     left: bool,
 }
 
-/// What a node that stops on purpose uses to leave: its lease and an etcd client
-/// ([`Membership::leaver`]).
-pub struct Leaver {
+/// The keys a node writes under its lease besides the membership's own: that it serves a
+/// partition, that it leaves; and the lease's revocation ([`Membership::keys`]).
+pub struct NodeKeys {
     client: Client,
     lease: i64,
-    key: String,
+    /// The cluster's key prefix.
+    prefix: String,
+    node: String,
 }
 
-impl Leaver {
+impl NodeKeys {
+    /// Says, under the lease, that the node serves `partition` in term `term` (its store is
+    /// open): a leaving node waits for this before it says goodbye to its clients, so that
+    /// they find the partition served wherever they reconnect.
+    ///
+    /// # Errors
+    /// When etcd cannot be reached or refuses.
+    pub async fn serving(&mut self, partition: u16, term: i64) -> Result<(), Error> {
+        let options = PutOptions::new().with_lease(self.lease);
+        let key = serving_key(&self.prefix, partition);
+        self.client
+            .put(key, term.to_string(), Some(options))
+            .await?;
+        Ok(())
+    }
+
     /// Says, under the lease, that the node leaves: no partition prefers it from then on, so
     /// [`Membership::run`] gives up (`Change::Release`) each one it holds and the other nodes
-    /// take them, and tells [`Change::Left`] once they hold them all.
+    /// take them, and tells [`Change::Left`] once they serve them all.
     ///
     /// # Errors
     /// When etcd cannot be reached or refuses.
     pub async fn leave(&mut self) -> Result<(), Error> {
         let options = PutOptions::new().with_lease(self.lease);
-        self.client
-            .put(self.key.as_str(), "", Some(options))
-            .await?;
+        let key = format!("{}leaving/{}", self.prefix, self.node);
+        self.client.put(key, "", Some(options)).await?;
         Ok(())
     }
 
@@ -276,13 +292,14 @@ impl Membership {
         owner_key(&self.prefix(), partition)
     }
 
-    /// What the node uses to leave the cluster on purpose.
+    /// The keys the node writes under its lease: that it serves a partition, that it leaves.
     #[must_use]
-    pub fn leaver(&self) -> Leaver {
-        Leaver {
+    pub fn keys(&self) -> NodeKeys {
+        NodeKeys {
             client: self.client.clone(),
             lease: self.lease,
-            key: format!("{}leaving/{}", self.prefix(), self.settings.node),
+            prefix: self.prefix(),
+            node: self.settings.node.clone(),
         }
     }
 
@@ -407,6 +424,8 @@ impl Membership {
         // Each live node's lease, and the nodes that said they leave under theirs.
         let mut leases = BTreeMap::new();
         let mut leaving = Vec::new();
+        // The term each partition is served in, as its server said.
+        let mut serving: BTreeMap<u16, i64> = BTreeMap::new();
         for kv in all.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             let Some(rest) = key.strip_prefix(&prefix) else {
@@ -421,6 +440,13 @@ impl Membership {
                 );
             } else if let Some(node) = rest.strip_prefix("leaving/") {
                 leaving.push((node.to_owned(), kv.lease()));
+            } else if let Some(partition) = rest.strip_prefix("serving/")
+                && let (Ok(partition), Some(term)) = (
+                    partition.parse::<u16>(),
+                    kv.value_str().ok().and_then(|t| t.parse::<i64>().ok()),
+                )
+            {
+                serving.insert(partition, term);
             } else if let Some(partition) = rest.strip_prefix("owners/")
                 && let (Ok(partition), Ok(node)) = (partition.parse::<u16>(), kv.value_str())
             {
@@ -495,12 +521,15 @@ impl Membership {
         for change in acquired {
             changes.send(change).await.map_err(|_| Error::Closed)?;
         }
-        // A leaving node is done once the others hold every partition (and its view says
-        // so, for its clients' requests to go to them), or once nobody is left to take them.
+        // A leaving node is done once the others serve every partition (and its view says
+        // who, for its clients' requests to go to them), or once nobody is left to take them.
         let left = leaving.contains(&me)
             && (staying.is_empty()
-                || (0..self.settings.partitions)
-                    .all(|p| owners.get(&p).is_some_and(|owner| owner.node != me)));
+                || (0..self.settings.partitions).all(|p| {
+                    owners.get(&p).is_some_and(|owner| {
+                        owner.node != me && serving.get(&p) == Some(&owner.term)
+                    })
+                }));
         let view = (
             (0..self.settings.partitions)
                 .map(|p| owners.get(&p).map(|o| (o.node.clone(), o.term)))
@@ -545,17 +574,23 @@ impl Membership {
         let ours = |&(partition, term): &(u16, i64)| {
             Compare::create_revision(key(partition), CompareOp::Equal, term)
         };
-        let delete = |&(partition, _): &(u16, i64)| TxnOp::delete(key(partition), None);
+        // The owner key, and what this node said of serving it.
+        let delete = |&(partition, _): &(u16, i64)| {
+            [
+                TxnOp::delete(key(partition), None),
+                TxnOp::delete(serving_key(&prefix, partition), None),
+            ]
+        };
         for chunk in partitions.chunks(RELEASE_CHUNK) {
             let all = Txn::new()
                 .when(chunk.iter().map(ours).collect::<Vec<_>>())
-                .and_then(chunk.iter().map(delete).collect::<Vec<_>>());
+                .and_then(chunk.iter().flat_map(delete).collect::<Vec<_>>());
             if self.client.txn(all).await?.succeeded() {
                 continue;
             }
             // One key is not this node's any more: delete the others one by one.
             for owned in chunk {
-                let one = Txn::new().when([ours(owned)]).and_then([delete(owned)]);
+                let one = Txn::new().when([ours(owned)]).and_then(delete(owned));
                 self.client.txn(one).await?;
             }
         }
@@ -568,9 +603,14 @@ fn owner_key(prefix: &str, partition: u16) -> String {
     format!("{prefix}owners/{partition:05}")
 }
 
-/// Owner keys deleted in one transaction, well under etcd's default limit of operations in
-/// one (`--max-txn-ops`, 128).
-pub const RELEASE_CHUNK: usize = 64;
+/// Partition `partition`'s serving key (its term, written by the node that opened it).
+fn serving_key(prefix: &str, partition: u16) -> String {
+    format!("{prefix}serving/{partition:05}")
+}
+
+/// Partitions released in one transaction: two deletions each, under etcd's default limit
+/// of operations in one (`--max-txn-ops`, 128).
+pub const RELEASE_CHUNK: usize = 48;
 
 #[cfg(test)]
 mod tests {

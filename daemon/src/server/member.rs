@@ -168,6 +168,7 @@ pub(crate) fn start(
                 creation: None,
                 name: settings.node.clone(),
                 leaving: None,
+                keys: None,
                 left: false,
             };
             runtime.block_on(node.run(settings, &stopped, leaves));
@@ -194,6 +195,8 @@ struct Node {
     name: String,
     /// Answered once the node has handed its partitions over.
     leaving: Option<oneshot::Sender<HandOver>>,
+    /// The keys the node writes under its current lease (while joined).
+    keys: Option<crate::cluster::NodeKeys>,
     /// Whether the node left: it joins no more.
     left: bool,
 }
@@ -241,7 +244,7 @@ impl Node {
             };
             tracing::info!(node = %settings.node, cluster = %settings.cluster, "joined the cluster");
             self.creation = Some(membership.creation());
-            let mut leaver = membership.leaver();
+            self.keys = Some(membership.keys());
             let (changes, mut told) = mpsc::channel(16);
             let mut running = tokio::spawn(membership.run(changes));
             let mut retry = tokio::time::interval(RETRY);
@@ -260,7 +263,13 @@ impl Node {
                     Some(done) = leaves.recv() => {
                         tracing::info!("leaving the cluster: handing the partitions over");
                         self.left = true;
-                        match tokio::time::timeout(ETCD_TIMEOUT, leaver.leave()).await {
+                        let leave = async {
+                            match &mut self.keys {
+                                Some(keys) => keys.leave().await,
+                                None => Err(crate::cluster::Error::Closed),
+                            }
+                        };
+                        match tokio::time::timeout(ETCD_TIMEOUT, leave).await {
                             Ok(Ok(())) => self.leaving = Some(done),
                             Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "cannot tell etcd the node leaves; its partitions move when it stops");
@@ -274,9 +283,11 @@ impl Node {
                     }
                     () = stop.notified() => {
                         running.abort();
-                        if self.give_up_all().await {
+                        if self.give_up_all().await
+                            && let Some(keys) = self.keys.take()
+                        {
                             // Its keys go now: the other nodes need not wait out the lease.
-                            revoke(leaver).await;
+                            revoke(keys).await;
                         }
                         return;
                     }
@@ -284,10 +295,12 @@ impl Node {
             };
             // The membership ended (its lease lost, etcd gone): hold nothing until joined again.
             // Unless the lease is gone already, its keys go now (once the stores are closed).
+            let keys = self.keys.take();
             if self.give_up_all().await
                 && !matches!(ended, Ok(Err(crate::cluster::Error::LeaseLost)))
+                && let Some(keys) = keys
             {
-                revoke(leaver).await;
+                revoke(keys).await;
             }
             if let Some(done) = self.leaving.take() {
                 let _ = done.send(HandOver::Failed);
@@ -427,6 +440,15 @@ impl Node {
                         "this node serves the partition"
                     );
                     self.held.insert(p);
+                    // A leaving node waits for this before its goodbyes.
+                    if let Some(keys) = &mut self.keys
+                        && let Err(e) =
+                            tokio::time::timeout(ETCD_TIMEOUT, keys.serving(partition(p), term))
+                                .await
+                                .unwrap_or(Err(crate::cluster::Error::TimedOut("the serving key")))
+                    {
+                        tracing::warn!(partition = p, error = %e, "cannot tell etcd the node serves the partition");
+                    }
                     if let Some(creation) = &mut self.creation
                         && let Err(e) = tokio::time::timeout(
                             ETCD_TIMEOUT,
@@ -501,9 +523,9 @@ impl Node {
     }
 }
 
-/// Revokes the lease `leaver` holds: its keys go at once.
-async fn revoke(leaver: crate::cluster::Leaver) {
-    match tokio::time::timeout(ETCD_TIMEOUT, leaver.revoke()).await {
+/// Revokes the lease `keys` are under: they go at once.
+async fn revoke(keys: crate::cluster::NodeKeys) {
+    match tokio::time::timeout(ETCD_TIMEOUT, keys.revoke()).await {
         Ok(Ok(())) => tracing::info!("the node's lease is revoked"),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot revoke the node's lease; it expires by itself")

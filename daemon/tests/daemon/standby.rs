@@ -274,9 +274,12 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
     c.ready().await;
     assert_eq!(readyz(&mut c).await.0, 503);
     b.signal("TERM");
-    holding_all(&mut c).await;
     b.wait_log("the partitions are handed over", 1).await;
     assert!(b.child.wait().unwrap().success(), "{}", b.log_text());
+    // b said goodbye only once c served every partition (not only owned them in etcd):
+    // its clients find them served wherever they reconnect.
+    let (status, body) = readyz(&mut c).await;
+    assert_eq!(status, 200, "c serves everything once b is gone: {body}");
     let log = b.log_text();
     assert!(log.contains("handed the partitions over kept=0"), "{log}");
     assert!(
