@@ -11,8 +11,9 @@
 //!
 //! A node that stops hands its partitions over first ([`Member::hand_over`]): it leaves, gives
 //! each partition up while its clients stay connected, and the other nodes take them at
-//! once; the answer comes once the node's view names them (its clients' requests then go to
-//! them when the nodes talk to each other). Then [`Member::stop`] closes what is left and
+//! once; the answer comes once they serve them (each says so in etcd: `serving/P`) and the
+//! node's view names them (its clients' requests then go to them when the nodes talk to
+//! each other). Then [`Member::stop`] closes what is left and
 //! revokes the node's lease, so that even a node stopped without the hand-over does not
 //! leave its partitions unheld for the lease's time to live.
 
@@ -169,6 +170,7 @@ pub(crate) fn start(
                 name: settings.node.clone(),
                 leaving: None,
                 keys: None,
+                unannounced: BTreeMap::new(),
                 left: false,
             };
             runtime.block_on(node.run(settings, &stopped, leaves));
@@ -197,6 +199,8 @@ struct Node {
     leaving: Option<oneshot::Sender<HandOver>>,
     /// The keys the node writes under its current lease (while joined).
     keys: Option<crate::cluster::NodeKeys>,
+    /// Partitions this node serves that etcd has not been told of yet, with their terms.
+    unannounced: BTreeMap<usize, i64>,
     /// Whether the node left: it joins no more.
     left: bool,
 }
@@ -245,6 +249,7 @@ impl Node {
             tracing::info!(node = %settings.node, cluster = %settings.cluster, "joined the cluster");
             self.creation = Some(membership.creation());
             self.keys = Some(membership.keys());
+            self.unannounced.clear();
             let (changes, mut told) = mpsc::channel(16);
             let mut running = tokio::spawn(membership.run(changes));
             let mut retry = tokio::time::interval(RETRY);
@@ -259,7 +264,9 @@ impl Node {
                         }
                         None => break (&mut running).await,
                     },
-                    _ = retry.tick(), if !self.pending.is_empty() => self.take_pending().await,
+                    _ = retry.tick(), if !self.pending.is_empty() || !self.unannounced.is_empty() => {
+                        self.take_pending().await;
+                    }
                     Some(done) = leaves.recv() => {
                         tracing::info!("leaving the cluster: handing the partitions over");
                         self.left = true;
@@ -392,7 +399,8 @@ impl Node {
         None
     }
 
-    /// Opens what this node owns and has not opened yet.
+    /// Opens what this node owns and has not opened yet (up to [`OPEN_AT_ONCE`] at once), then
+    /// says in etcd what it serves.
     async fn take_pending(&mut self) {
         let mut ready = Vec::new();
         for (p, term) in std::mem::take(&mut self.pending) {
@@ -429,6 +437,7 @@ impl Node {
                 .as_ref()
                 .map_or_else(tokio::task::JoinError::id, |(id, _)| *id);
             let Some((p, term)) = taking.remove(&id) else {
+                tracing::error!("an opened partition's task is unknown");
                 continue;
             };
             match taken.map(|(_, taken)| taken) {
@@ -440,15 +449,6 @@ impl Node {
                         "this node serves the partition"
                     );
                     self.held.insert(p);
-                    // A leaving node waits for this before its goodbyes.
-                    if let Some(keys) = &mut self.keys
-                        && let Err(e) =
-                            tokio::time::timeout(ETCD_TIMEOUT, keys.serving(partition(p), term))
-                                .await
-                                .unwrap_or(Err(crate::cluster::Error::TimedOut("the serving key")))
-                    {
-                        tracing::warn!(partition = p, error = %e, "cannot tell etcd the node serves the partition");
-                    }
                     if let Some(creation) = &mut self.creation
                         && let Err(e) = tokio::time::timeout(
                             ETCD_TIMEOUT,
@@ -461,6 +461,7 @@ impl Node {
                     {
                         tracing::warn!(partition = p, error = %e, "cannot record the partition's store in etcd");
                     }
+                    self.unannounced.insert(p, term);
                 }
                 Ok(Err(e)) => {
                     crate::logging::throttled!(error, partition = p, error = %e, "cannot open an owned partition; trying again");
@@ -470,6 +471,24 @@ impl Node {
                     tracing::error!(partition = p, error = %e, "taking a partition failed");
                     self.pending.insert(p, term);
                 }
+            }
+        }
+        self.announce().await;
+    }
+
+    /// Says in etcd which partitions this node serves, in which term (a leaving node waits
+    /// for it before its goodbyes); what etcd did not take is said again at the next retry.
+    async fn announce(&mut self) {
+        let Some(keys) = &mut self.keys else {
+            return;
+        };
+        for (p, term) in std::mem::take(&mut self.unannounced) {
+            let said = tokio::time::timeout(ETCD_TIMEOUT, keys.serving(partition(p), term))
+                .await
+                .unwrap_or(Err(crate::cluster::Error::TimedOut("the serving key")));
+            if let Err(e) = said {
+                crate::logging::throttled!(warn, partition = p, error = %e, "cannot tell etcd the node serves the partition; trying again");
+                self.unannounced.insert(p, term);
             }
         }
     }
@@ -499,6 +518,7 @@ impl Node {
 
     /// Gives partition `p` up; returns whether its store closed in time (or was not held).
     async fn give_up(&mut self, p: usize) -> bool {
+        self.unannounced.remove(&p);
         if !self.held.remove(&p) {
             return true;
         }

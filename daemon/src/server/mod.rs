@@ -489,9 +489,9 @@ impl Daemon {
         Duration::from_secs(self.shared.config().shutdown_drain_secs)
     }
 
-    /// A cluster's node leaves: it gives each partition up while it still serves its clients,
-    /// and the other nodes take them at once. The answer comes once it holds none (or no
-    /// other node is there to take them). `None` without `cluster.etcd`.
+    /// A cluster's node leaves: it gives each partition up while its clients stay connected,
+    /// and the other nodes take them at once. The answer comes once they serve them all (or
+    /// no other node is there to take them): [`HandOver`]. `None` without `cluster.etcd`.
     #[must_use]
     pub fn hand_over(&self) -> Option<tokio::sync::oneshot::Receiver<HandOver>> {
         self.member.as_ref().map(member::Member::hand_over)
