@@ -95,6 +95,23 @@ pub(crate) async fn hello_issued(
     }
 }
 
+/// Waits (up to 30 s) until `node` of `cluster` is registered in etcd: it joined.
+async fn joined(etcd: &str, cluster: &str, node: &str) {
+    let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
+    let key = format!("/chatd/{cluster}/nodes/{node}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(key.as_str(), None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "{node} never joined the cluster");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `/readyz` of a node, once it is up: its status and body.
 pub(crate) async fn readyz(node: &mut Proc) -> (u16, String) {
     node.ready().await;
@@ -197,19 +214,7 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
         &[("CHATD_CLUSTER_LEASE_SECS", "60")],
     );
     b.ready().await;
-    let mut etcd_client = etcd_client::Client::connect([etcd.url.clone()], None)
-        .await
-        .unwrap();
-    let node_key = format!("/chatd/{cluster}/nodes/b");
-    while etcd_client
-        .get(node_key.as_str(), None)
-        .await
-        .unwrap()
-        .kvs()
-        .is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    joined(&etcd.url, &cluster, "b").await;
     let refused = hello(&mut b, "carol", vec![]).await.err();
     assert_eq!(refused, Some(ErrorCode::UNAVAILABLE));
     let (status, body) = readyz(&mut b).await;
@@ -272,6 +277,8 @@ async fn the_standby_takes_every_partition_when_the_serving_node_dies_and_loses_
         &[("CHATD_CLUSTER_LEASE_SECS", "60")],
     );
     c.ready().await;
+    // b hands over only to a node registered in etcd (else it is the last and keeps all).
+    joined(&etcd.url, &cluster, "c").await;
     assert_eq!(readyz(&mut c).await.0, 503);
     b.signal("TERM");
     b.wait_log("the partitions are handed over", 1).await;
