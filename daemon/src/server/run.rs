@@ -60,8 +60,8 @@ pub async fn run(
             stop = wait_stopping(&mut commands, tokio::time::sleep(drain)).await;
         }
     }
-    // A cluster's node gives its partitions to the other nodes while it still serves its
-    // clients, so that none waits out its lease.
+    // A cluster's node gives its partitions to the other nodes while its clients stay
+    // connected, so that none waits out its lease.
     if stop == Stop::Graceful
         && let Some(handed) = daemon.hand_over()
     {
