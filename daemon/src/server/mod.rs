@@ -20,12 +20,13 @@ mod member;
 mod reload;
 mod run;
 mod steer;
+mod watchdog;
 
 pub use crate::shard::StartError;
 pub use endpoint::{bind, quic_server_config, wire_limits};
 pub use member::HandOver;
 pub use reload::Reloaded;
-pub use run::{Command, Stop, run};
+pub use run::{Command, HAND_OVER_TIMEOUT, Stop, run};
 
 /// Capacity of each shard's inbox.
 const INBOX_CAPACITY: usize = 65_536;
@@ -396,7 +397,7 @@ impl Daemon {
             runtime = runtime.name(),
             "chatd is listening"
         );
-        start_watchdog(&daemon.shared, &daemon.watchdog_stop);
+        watchdog::start(&daemon.shared, &daemon.watchdog_stop);
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         Ok(daemon)
     }
@@ -594,10 +595,6 @@ enum Storage {
 /// whose storage thread cannot finish at all.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long a cluster's stopping node waits for its partitions to be handed over
-/// ([`Daemon::hand_over`]) before it says goodbye to its connections.
-pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a stop may take beyond `shutdown_grace_secs`: for commits in flight, the QUIC
 /// endpoints' close, the bridge and storage to finish. Whatever is still running then is left
 /// to the process's exit.
@@ -653,40 +650,6 @@ fn daemon_memory(config: &Config) -> usize {
     match config.limits.daemon_memory {
         0 => crate::budget::default_daemon_memory(),
         bytes => bytes,
-    }
-}
-
-/// Pings systemd's watchdog at half its interval while every shard's loop keeps turning.
-/// The thread holds only a weak reference, so it never keeps the daemon's state alive.
-fn start_watchdog(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
-    let interval = Duration::from_micros(usec / 2);
-    let shared = Arc::downgrade(shared);
-    let stop = Arc::clone(stop);
-    let spawned = std::thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(interval);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                if stop.load(Ordering::Acquire) {
-                    return;
-                }
-                let limit = interval.max(Duration::from_secs(1));
-                if shared.stuck_shards(limit).is_empty() {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("a shard stopped turning; withholding the watchdog ping");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the watchdog thread");
     }
 }
 

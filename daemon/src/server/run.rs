@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long a cluster's stopping node waits for its partitions to be handed over
+/// ([`Daemon::hand_over`]) before it says goodbye to its connections.
+pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a stop goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
