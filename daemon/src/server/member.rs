@@ -217,7 +217,7 @@ impl Node {
                 // Left (or asked to while not in the cluster): hold nothing until the stop.
                 tokio::select! {
                     () = stop.notified() => break,
-                    Some(done) = leaves.recv() => { let _ = done.send(HandOver::NotJoined); }
+                    Some(done) = leaves.recv() => self.leave_unjoined(done),
                 }
                 continue;
             }
@@ -225,9 +225,7 @@ impl Node {
                 joined = Membership::join(settings.clone()) => joined,
                 () = stop.notified() => break,
                 Some(done) = leaves.recv() => {
-                    // Not in the cluster: nothing to hand over.
-                    self.left = true;
-                    let _ = done.send(HandOver::NotJoined);
+                    self.leave_unjoined(done);
                     continue;
                 }
             };
@@ -239,8 +237,7 @@ impl Node {
                         () = tokio::time::sleep(RETRY) => continue,
                         () = stop.notified() => break,
                         Some(done) = leaves.recv() => {
-                            self.left = true;
-                            let _ = done.send(HandOver::NotJoined);
+                            self.leave_unjoined(done);
                             continue;
                         }
                     }
@@ -276,14 +273,10 @@ impl Node {
                                 None => Err(crate::cluster::Error::Closed),
                             }
                         };
-                        match tokio::time::timeout(ETCD_TIMEOUT, leave).await {
-                            Ok(Ok(())) => self.leaving = Some(done),
-                            Ok(Err(e)) => {
+                        match etcd("the leave", leave).await {
+                            Ok(()) => self.leaving = Some(done),
+                            Err(e) => {
                                 tracing::warn!(error = %e, "cannot tell etcd the node leaves; its partitions move when it stops");
-                                let _ = done.send(HandOver::Failed);
-                            }
-                            Err(_) => {
-                                tracing::warn!("etcd did not answer that the node leaves; its partitions move when it stops");
                                 let _ = done.send(HandOver::Failed);
                             }
                         }
@@ -325,6 +318,12 @@ impl Node {
             }
         }
         self.give_up_all().await;
+    }
+
+    /// Leaves while not in the cluster: nothing to hand over, and no joining again.
+    fn leave_unjoined(&mut self, done: oneshot::Sender<HandOver>) {
+        self.left = true;
+        let _ = done.send(HandOver::NotJoined);
     }
 
     /// Carries out `change`; returns the change after it, when it took the partitions etcd
@@ -450,14 +449,11 @@ impl Node {
                     );
                     self.held.insert(p);
                     if let Some(creation) = &mut self.creation
-                        && let Err(e) = tokio::time::timeout(
-                            ETCD_TIMEOUT,
+                        && let Err(e) = etcd(
+                            "the store creation record",
                             creation.record(partition(p), &self.name),
                         )
                         .await
-                        .unwrap_or(Err(crate::cluster::Error::TimedOut(
-                            "the store creation record",
-                        )))
                     {
                         tracing::warn!(partition = p, error = %e, "cannot record the partition's store in etcd");
                     }
@@ -483,10 +479,7 @@ impl Node {
             return;
         };
         for (p, term) in std::mem::take(&mut self.unannounced) {
-            let said = tokio::time::timeout(ETCD_TIMEOUT, keys.serving(partition(p), term))
-                .await
-                .unwrap_or(Err(crate::cluster::Error::TimedOut("the serving key")));
-            if let Err(e) = said {
+            if let Err(e) = etcd("the serving key", keys.serving(partition(p), term)).await {
                 crate::logging::throttled!(warn, partition = p, error = %e, "cannot tell etcd the node serves the partition; trying again");
                 self.unannounced.insert(p, term);
             }
@@ -502,10 +495,7 @@ impl Node {
         let Some(creation) = &mut self.creation else {
             return Err("not joined".into());
         };
-        let created = tokio::time::timeout(ETCD_TIMEOUT, creation.created(partition(p))).await;
-        match created.unwrap_or(Err(crate::cluster::Error::TimedOut(
-            "the store creation read",
-        ))) {
+        match etcd("the store creation read", creation.created(partition(p))).await {
             Ok(false) => Ok(()),
             Ok(true) => Err(format!(
                 "etcd says its store was created, and {} holds none: is cluster.partitions_dir \
@@ -543,15 +533,22 @@ impl Node {
     }
 }
 
+/// `call` to etcd, given up after [`ETCD_TIMEOUT`] (then `TimedOut(what)`).
+async fn etcd<T>(
+    what: &'static str,
+    call: impl Future<Output = Result<T, crate::cluster::Error>>,
+) -> Result<T, crate::cluster::Error> {
+    tokio::time::timeout(ETCD_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(crate::cluster::Error::TimedOut(what)))
+}
+
 /// Revokes the lease `keys` are under: they go at once.
 async fn revoke(keys: crate::cluster::NodeKeys) {
-    match tokio::time::timeout(ETCD_TIMEOUT, keys.revoke()).await {
-        Ok(Ok(())) => tracing::info!("the node's lease is revoked"),
-        Ok(Err(e)) => {
+    match etcd("the lease's revocation", keys.revoke()).await {
+        Ok(()) => tracing::info!("the node's lease is revoked"),
+        Err(e) => {
             tracing::warn!(error = %e, "cannot revoke the node's lease; it expires by itself")
-        }
-        Err(_) => {
-            tracing::warn!("etcd did not revoke the node's lease in time; it expires by itself")
         }
     }
 }
