@@ -418,7 +418,6 @@ impl Membership {
             .client
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
-        let mut nodes = Vec::new();
         let mut peers = BTreeMap::new();
         let mut owners: BTreeMap<u16, Owner> = BTreeMap::new();
         // Each live node's lease, and the nodes that said they leave under theirs.
@@ -432,7 +431,6 @@ impl Membership {
                 continue;
             };
             if let Some(node) = rest.strip_prefix("nodes/") {
-                nodes.push(node.to_owned());
                 leases.insert(node.to_owned(), kv.lease());
                 peers.insert(
                     node.to_owned(),
@@ -468,7 +466,7 @@ impl Membership {
             .collect();
         let me = self.settings.node.clone();
         // The nodes a partition may prefer: the live ones that do not leave.
-        let staying: Vec<&str> = (nodes.iter())
+        let staying: Vec<&str> = (peers.keys())
             .filter(|node| !leaving.contains(*node))
             .map(String::as_str)
             .collect();

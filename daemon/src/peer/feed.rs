@@ -6,8 +6,9 @@
 //! A partition's entries are contiguous on one link under one ownership term: the holder
 //! publishes every entry it commits, in order, and a link that breaks, to a node the view
 //! names holder of a partition, makes every session lag before the next link's events (a
-//! link to a node it names nowhere carries nothing delivered: [`Feed::names`]). So a device can skip an entry only where the entries
-//! it is given change *source*, the node and term they come from:
+//! link to a node it names nowhere carries nothing delivered: [`Feed::names`]). So a device
+//! can skip an entry only where the entries it is given change *source*, the node and term
+//! they come from:
 //!
 //! - a partition moves between nodes: the old holder's last entries and the new one's first
 //!   come on two links in no order;

@@ -16,11 +16,12 @@
 //! The feed has no positions yet: a node whose connection to another node starts or ends
 //! (one its view names holder of a partition), or whose view moves a partition between
 //! nodes (or which takes a partition), tells every session it serves that it lags
-//! (`Lagged`), and the devices catch up from their cursors through the holders' stores. A partition's log entries are delivered only from the node
-//! seen holding it, and an entry from another node or ownership term than the last one
-//! delivered makes every session lag first ([`feed`]), so a device is never given a moving
-//! partition's new entries before its old ones, even across a move its view never showed;
-//! a link that breaks costs a catch-up per device.
+//! (`Lagged`), and the devices catch up from their cursors through the holders' stores. A
+//! partition's log entries are delivered only from the node seen holding it, and an entry
+//! from another node or ownership term than the last one delivered makes every session lag
+//! first ([`feed`]), so a device is never given a moving partition's new entries before its
+//! old ones, even across a move its view never showed; a link that breaks costs a catch-up
+//! per device.
 
 mod accept;
 mod feed;

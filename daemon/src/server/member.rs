@@ -13,9 +13,9 @@
 //! each partition up while its clients stay connected, and the other nodes take them at
 //! once; the answer comes once they serve them (each says so in etcd: `serving/P`) and the
 //! node's view names them (its clients' requests then go to them when the nodes talk to
-//! each other). Then [`Member::stop`] closes what is left and
-//! revokes the node's lease, so that even a node stopped without the hand-over does not
-//! leave its partitions unheld for the lease's time to live.
+//! each other). Then [`Member::stop`] closes what is left and revokes the node's lease, so
+//! that even a node stopped without the hand-over does not leave its partitions unheld for
+//! the lease's time to live.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How a hand-over ([`Member::hand_over`]) ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandOver {
-    /// The other nodes hold every partition, and this node's view says so.
+    /// The other nodes serve every partition, and this node's view says so.
     Done,
     /// No other node is there to take them: the node keeps these many until it stops.
     Kept(usize),
@@ -64,8 +64,8 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    /// Leaves the cluster: the node gives up each partition it holds, while it still serves
-    /// its clients, and the other nodes take them at once. The answer comes once they hold
+    /// Leaves the cluster: the node gives up each partition it holds, while its clients stay
+    /// connected, and the other nodes take them at once. The answer comes once they serve
     /// them all (or no other node is there to take them, or the node is not in the
     /// cluster); the node takes no partition after that.
     pub(crate) fn hand_over(&self) -> oneshot::Receiver<HandOver> {
