@@ -349,10 +349,10 @@ async fn left(log: &Mutex<Vec<Logged>>, node: &str) {
     }
 }
 
-/// Whether etcd has `node` registered (its lease alive).
-async fn registered(etcd: &str, node: &str) -> bool {
+/// Whether etcd has `node` of `cluster` registered (its lease alive).
+pub(crate) async fn registered(etcd: &str, cluster: &str, node: &str) -> bool {
     let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
-    let key = format!("/chatd/test/nodes/{node}");
+    let key = format!("/chatd/{cluster}/nodes/{node}");
     !client.get(key, None).await.unwrap().kvs().is_empty()
 }
 
@@ -377,7 +377,10 @@ async fn a_leaving_node_hands_its_partitions_over_and_the_last_one_keeps_them() 
     b_leaves.leave().await.unwrap();
     let two = settled(&etcd.url, MANY, &["a", "c"]).await;
     left(&log, "b").await;
-    assert!(registered(&etcd.url, "b").await, "b's lease lives on");
+    assert!(
+        registered(&etcd.url, "test", "b").await,
+        "b's lease lives on"
+    );
     // Told it left after it released every partition it held.
     let entries = log.lock().clone();
     let left_at = entries
@@ -396,7 +399,7 @@ async fn a_leaving_node_hands_its_partitions_over_and_the_last_one_keeps_them() 
     // b stops and revokes its lease: its keys go at once, and nothing moves.
     b.abort();
     b_leaves.revoke().await.unwrap();
-    assert!(!registered(&etcd.url, "b").await);
+    assert!(!registered(&etcd.url, "test", "b").await);
     assert_eq!(settled(&etcd.url, MANY, &["a", "c"]).await, two);
     // a leaves: c takes everything, more than one transaction's worth from a. c, the last,
     // leaves: nobody is left to take its partitions, so it is told at once and keeps them

@@ -97,16 +97,8 @@ pub(crate) async fn hello_issued(
 
 /// Waits (up to 30 s) until `node` of `cluster` is registered in etcd: it joined.
 async fn joined(etcd: &str, cluster: &str, node: &str) {
-    let mut client = etcd_client::Client::connect([etcd], None).await.unwrap();
-    let key = format!("/chatd/{cluster}/nodes/{node}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(key.as_str(), None)
-        .await
-        .unwrap()
-        .kvs()
-        .is_empty()
-    {
+    while !crate::ownership::registered(etcd, cluster, node).await {
         assert!(Instant::now() < deadline, "{node} never joined the cluster");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
