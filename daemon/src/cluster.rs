@@ -92,7 +92,7 @@ pub enum Change {
         term: i64,
     },
     /// Other nodes are preferred: stop serving `partitions`, then answer `done`; their owner
-    /// keys are deleted after that, together (up to [`RELEASE_CHUNK`] in one transaction,
+    /// keys are deleted after that, together (up to [`TXN_CHUNK`] in one transaction,
     /// which the other nodes see as one change and take in one pass).
     Release {
         /// The partitions, in order.
@@ -219,6 +219,8 @@ pub struct Membership {
     renewed: Arc<Mutex<Instant>>,
     /// The last [`Change::View`] sent.
     view: Option<View>,
+    /// Whether the last pass found this node leaving: only then do serving keys matter to it.
+    leaving: bool,
     /// Whether [`Change::Left`] was sent.
     left: bool,
 }
@@ -288,10 +290,6 @@ impl Membership {
         format!("/chatd/{}/", self.settings.cluster)
     }
 
-    fn owner_key(&self, partition: u16) -> String {
-        owner_key(&self.prefix(), partition)
-    }
-
     /// The keys the node writes under its lease: that it serves a partition, that it leaves.
     #[must_use]
     pub fn keys(&self) -> NodeKeys {
@@ -345,6 +343,7 @@ impl Membership {
             lease,
             renewed: Arc::new(Mutex::new(renewed)),
             view: None,
+            leaving: false,
             left: false,
         };
         let key = format!("{}nodes/{}", membership.prefix(), membership.settings.node);
@@ -386,20 +385,31 @@ impl Membership {
             .watch(self.prefix(), Some(WatchOptions::new().with_prefix()))
             .await?;
         let mut tick = tokio::time::interval(third);
+        let serving = format!("{}serving/", self.prefix());
+        let mut changed = true;
         loop {
             if self.lapsed() || keeping.is_finished() {
                 let _ = changes.send(Change::Lost).await;
                 return Err(Error::LeaseLost);
             }
-            self.reconcile(&changes).await?;
-            tokio::select! {
-                _ = tick.tick() => {}
-                event = watch.message() => {
-                    if event?.is_none() {
-                        return Err(Error::Ended("watch"));
-                    }
-                }
+            if changed {
+                self.reconcile(&changes).await?;
             }
+            changed = tokio::select! {
+                _ = tick.tick() => true,
+                event = watch.message() => {
+                    let Some(event) = event? else {
+                        return Err(Error::Ended("watch"));
+                    };
+                    // A node opening a partition says so (a serving key, one a partition):
+                    // only a leaving node waits on those, the others need not read again.
+                    self.leaving
+                        || !(event.events().iter())
+                            .filter_map(|e| e.kv())
+                            .all(|kv| kv.key().starts_with(serving.as_bytes()))
+                        || event.events().is_empty()
+                }
+            };
         }
     }
 
@@ -470,8 +480,9 @@ impl Membership {
             .filter(|node| !leaving.contains(*node))
             .map(String::as_str)
             .collect();
-        // Told together after the pass, so that the node takes them after one lag.
-        let mut acquired = Vec::new();
+        // The partitions this node takes: created together, and told together after the
+        // pass, so that the node takes them after one lag and the others see one view.
+        let mut taking = Vec::new();
         let leader = owners
             .get(&0)
             .map(|owner| owner.node.as_str())
@@ -489,30 +500,15 @@ impl Membership {
             let mine = owner.filter(|o| o.node == me && o.lease == self.lease);
             match (mine, want) {
                 (Some(owned), Some(want)) if want != me => releasing.push((partition, owned.term)),
-                (None, Some(want)) if want == me && owner.is_none() && !self.lapsed() => {
-                    let key = self.owner_key(partition);
-                    let taken = self
-                        .client
-                        .txn(
-                            Txn::new()
-                                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                                .and_then([TxnOp::put(
-                                    key,
-                                    me.clone(),
-                                    Some(PutOptions::new().with_lease(self.lease)),
-                                )]),
-                        )
-                        .await?;
-                    if taken.succeeded() {
-                        let term = taken
-                            .header()
-                            .map_or(0, etcd_client::ResponseHeader::revision);
-                        acquired.push(Change::Acquired { partition, term });
-                    }
-                }
+                (None, Some(want)) if want == me && owner.is_none() => taking.push(partition),
                 _ => {}
             }
         }
+        let acquired = if taking.is_empty() || self.lapsed() {
+            Vec::new()
+        } else {
+            self.acquire(&taking).await?
+        };
         if !releasing.is_empty() {
             self.release(&releasing, changes).await?;
         }
@@ -521,7 +517,8 @@ impl Membership {
         }
         // A leaving node is done once the others serve every partition (and its view says
         // who, for its clients' requests to go to them), or once nobody is left to take them.
-        let left = leaving.contains(&me)
+        self.leaving = leaving.contains(&me);
+        let left = self.leaving
             && (staying.is_empty()
                 || (0..self.settings.partitions).all(|p| {
                     owners.get(&p).is_some_and(|owner| {
@@ -552,8 +549,54 @@ impl Membership {
         Ok(())
     }
 
+    /// Creates the owner keys of `partitions` (held by nobody) under the lease: in one
+    /// transaction per [`TXN_CHUNK`], so that the other nodes see one change (one view, one
+    /// lag) rather than one a partition; each key only if it is still absent. Returns what
+    /// the node took, each with its term (the revision that created it).
+    async fn acquire(&mut self, partitions: &[u16]) -> Result<Vec<Change>, Error> {
+        let prefix = self.prefix();
+        let absent =
+            |&p: &u16| Compare::create_revision(owner_key(&prefix, p), CompareOp::Equal, 0);
+        let put = |&p: &u16| {
+            let options = PutOptions::new().with_lease(self.lease);
+            TxnOp::put(
+                owner_key(&prefix, p),
+                self.settings.node.clone(),
+                Some(options),
+            )
+        };
+        let mut acquired = Vec::new();
+        for chunk in partitions.chunks(TXN_CHUNK) {
+            let all = Txn::new()
+                .when(chunk.iter().map(absent).collect::<Vec<_>>())
+                .and_then(chunk.iter().map(put).collect::<Vec<_>>());
+            let mut taken = vec![(self.client.txn(all).await?, chunk)];
+            if !taken[0].0.succeeded() {
+                // Another node created one of them: take the others one by one.
+                taken.clear();
+                for p in chunk {
+                    let one = Txn::new().when([absent(p)]).and_then([put(p)]);
+                    taken.push((self.client.txn(one).await?, std::slice::from_ref(p)));
+                }
+            }
+            for (answer, partitions) in taken {
+                if answer.succeeded() {
+                    let term = answer
+                        .header()
+                        .map_or(0, etcd_client::ResponseHeader::revision);
+                    acquired.extend(
+                        partitions
+                            .iter()
+                            .map(|&partition| Change::Acquired { partition, term }),
+                    );
+                }
+            }
+        }
+        Ok(acquired)
+    }
+
     /// Has the node stop serving `partitions` (with their terms), then deletes their owner
-    /// keys: in one transaction per [`RELEASE_CHUNK`], each key only if it is still the
+    /// keys: in one transaction per [`TXN_CHUNK`], each key only if it is still the
     /// one this node created.
     async fn release(
         &mut self,
@@ -579,7 +622,7 @@ impl Membership {
                 TxnOp::delete(serving_key(&prefix, partition), None),
             ]
         };
-        for chunk in partitions.chunks(RELEASE_CHUNK) {
+        for chunk in partitions.chunks(TXN_CHUNK) {
             let all = Txn::new()
                 .when(chunk.iter().map(ours).collect::<Vec<_>>())
                 .and_then(chunk.iter().flat_map(delete).collect::<Vec<_>>());
@@ -606,9 +649,10 @@ fn serving_key(prefix: &str, partition: u16) -> String {
     format!("{prefix}serving/{partition:05}")
 }
 
-/// Partitions released in one transaction: two deletions each, under etcd's default limit
-/// of operations in one (`--max-txn-ops`, 128).
-pub const RELEASE_CHUNK: usize = 48;
+/// Partitions taken (a comparison and a put each) or released (a comparison and two
+/// deletions each) in one transaction: under etcd's default limit of operations in one
+/// (`--max-txn-ops`, 128).
+pub const TXN_CHUNK: usize = 48;
 
 #[cfg(test)]
 mod tests {

@@ -357,7 +357,7 @@ pub(crate) async fn registered(etcd: &str, cluster: &str, node: &str) -> bool {
 }
 
 /// Partitions in the leaving test: a node hands over more than one transaction's worth
-/// (`cluster::RELEASE_CHUNK`).
+/// (`cluster::TXN_CHUNK`).
 const MANY: u16 = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,10 +404,25 @@ async fn a_leaving_node_hands_its_partitions_over_and_the_last_one_keeps_them() 
     // a leaves: c takes everything, more than one transaction's worth from a. c, the last,
     // leaves: nobody is left to take its partitions, so it is told at once and keeps them
     // until it stops.
-    assert!(of(&two, "a") > chatd::cluster::RELEASE_CHUNK, "{two:?}");
+    let from_a = of(&two, "a");
+    assert!(from_a > chatd::cluster::TXN_CHUNK, "{two:?}");
+    let asked = log.lock().len();
     a_leaves.leave().await.unwrap();
     settled(&etcd.url, MANY, &["c"]).await;
     left(&log, "a").await;
+    // c took them in as many transactions as a released them in, at most (each term is a
+    // transaction's revision): the other nodes see a few changes, not one a partition.
+    let terms: BTreeSet<i64> = (log.lock()[asked..].iter())
+        .filter_map(|e| match e {
+            Logged::Acquired("c", _, term) => Some(*term),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        terms.len() <= from_a.div_ceil(chatd::cluster::TXN_CHUNK),
+        "c took {from_a} partitions in {} transactions",
+        terms.len()
+    );
     c_leaves.leave().await.unwrap();
     left(&log, "c").await;
     // Every move was a hand-over: no partition had two owners, and the log ends where etcd
