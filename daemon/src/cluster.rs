@@ -509,12 +509,6 @@ impl Membership {
         } else {
             self.acquire(&taking).await?
         };
-        if !releasing.is_empty() {
-            self.release(&releasing, changes).await?;
-        }
-        for change in acquired {
-            changes.send(change).await.map_err(|_| Error::Closed)?;
-        }
         // A leaving node is done once the others serve every partition (and its view says
         // who, for its clients' requests to go to them), or once nobody is left to take them.
         self.leaving = leaving.contains(&me);
@@ -525,6 +519,9 @@ impl Membership {
                         owner.node != me && serving.get(&p) == Some(&owner.term)
                     })
                 }));
+        // The view before the releases: a node that joined is dialed while this one closes
+        // what it gives up, so that its link is up before it holds anything (a link that
+        // starts to a holder lags every session here: docs/SCALING.md section 5).
         let view = (
             (0..self.settings.partitions)
                 .map(|p| owners.get(&p).map(|o| (o.node.clone(), o.term)))
@@ -538,6 +535,12 @@ impl Membership {
                 .send(Change::View { owners, nodes })
                 .await
                 .map_err(|_| Error::Closed)?;
+        }
+        if !releasing.is_empty() {
+            self.release(&releasing, changes).await?;
+        }
+        for change in acquired {
+            changes.send(change).await.map_err(|_| Error::Closed)?;
         }
         if left && !self.left {
             self.left = true;
