@@ -12,6 +12,7 @@
 //! cluster-parts sac-failover --amqp URL --rounds R --mode kill|stop --heartbeat SECS
 //! cluster-parts log-failover --amqp URL --amqp2 URL --queue-type quorum|stream --kill-pid P --secs S
 //! cluster-parts reopen --count N
+//! cluster-parts handover --count N --rounds R
 //! ```
 //!
 //! Each prints one JSON line per result on stdout. Children (`hold`, `sac-hold`, `fill`) are
@@ -95,11 +96,12 @@ fn main() {
             flag("kill-pid").parse().expect("a pid"),
             number("secs"),
         )),
-        "fill" => fill(&flag("dir"), number("count")),
+        "fill" => fill(&flag("dir"), number("count"), &flag("then")),
         "reopen" => reopen(number("count")),
+        "handover" => handover(number("count"), number("rounds")),
         _ => {
             eprintln!(
-                "usage: cluster-parts commit|hop|lease-failover|sac-failover|log-failover|reopen ... (see the source's header)"
+                "usage: cluster-parts commit|hop|lease-failover|sac-failover|log-failover|reopen|handover ... (see the source's header)"
             );
             std::process::exit(2);
         }
@@ -184,7 +186,20 @@ fn storage(
     chatd::store::writer::Writer<Done>,
     std::thread::JoinHandle<()>,
 ) {
-    let store = chatd::store::Store::open(&dir.join("db")).unwrap();
+    storage_on(
+        chatd::store::Store::open(&dir.join("db")).unwrap(),
+        durability,
+    )
+}
+
+/// chatd's storage thread on `store`.
+fn storage_on(
+    store: chatd::store::Store,
+    durability: chatd::config::Durability,
+) -> (
+    chatd::store::writer::Writer<Done>,
+    std::thread::JoinHandle<()>,
+) {
     chatd::store::writer::spawn::<Done>(
         store,
         durability,
@@ -793,12 +808,15 @@ async fn read_back(url: &str, queue: &str, kind: &str) -> std::collections::Hash
 // --- handing a partition over: open a dead owner's RocksDB -------------------------------
 
 /// A child: `count` events committed with chatd's buffered durability (in the WAL, not
-/// flushed to tables), then `filled`, then waits to be killed.
-fn fill(dir: &str, count: u64) {
-    let (writer, _thread) = storage(
-        std::path::Path::new(dir),
-        chatd::config::Durability::Buffered,
-    );
+/// flushed to tables), then as `then` says:
+/// - `kill`: prints `filled` and waits to be killed (a node that dies);
+/// - `close`: stops its storage thread and closes the store (a node handing the partition
+///   over without a flush), prints `closed 0`;
+/// - `flush`: the same, flushing the store's memtables before it closes it (a node handing
+///   the partition over now), prints `closed MS` with the flush's milliseconds.
+fn fill(dir: &str, count: u64, then: &str) {
+    let store = chatd::store::Store::open(&std::path::Path::new(dir).join("db")).unwrap();
+    let (writer, thread) = storage_on(store.clone(), chatd::config::Durability::Buffered);
     for chunk in (0..count).collect::<Vec<_>>().chunks(64) {
         let mut batch = chatd::store::writer::Batch::default();
         for i in chunk {
@@ -808,8 +826,22 @@ fn fill(dir: &str, count: u64) {
         assert!(writer.submit(batch, Done(tx)).is_ok());
         rx.blocking_recv().unwrap();
     }
-    println!("filled");
-    std::thread::sleep(Duration::from_secs(3600));
+    if then == "kill" {
+        println!("filled");
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+    drop(writer);
+    thread.join().unwrap();
+    let started = Instant::now();
+    if then == "flush" {
+        store.flush().unwrap();
+    }
+    let flush_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        store.close(Duration::from_secs(10)).is_ok(),
+        "the store closed"
+    );
+    println!("closed {flush_ms:.1}");
 }
 
 /// A writer killed with `count` events in its WAL; the time the next owner takes to open
@@ -817,7 +849,15 @@ fn fill(dir: &str, count: u64) {
 fn reopen(count: u64) {
     let dir = tempfile::tempdir_in(".").unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
-    let (writer, lines) = child(&["fill", "--dir", &path, "--count", &count.to_string()]);
+    let (writer, lines) = child(&[
+        "fill",
+        "--dir",
+        &path,
+        "--count",
+        &count.to_string(),
+        "--then",
+        "kill",
+    ]);
     let (line, _) = lines.recv_timeout(Duration::from_secs(600)).unwrap();
     assert_eq!(line, "filled");
     signal(&writer, "-KILL");
@@ -837,4 +877,56 @@ fn reopen(count: u64) {
         "{{\"test\": \"reopen\", \"events\": {count}, \"wal_mb\": {:.1}, \"open_ms\": {open_ms:.0}}}",
         wal_bytes as f64 / 1e6
     );
+}
+
+/// Rounds of a partition handed over on a shared disk, three ways in turn: its writer
+/// SIGKILLed (a failover), or stopped and its store closed without a flush or after one (a
+/// hand-over, before and since the flush), each with `count` events written since the
+/// store opened. What the next owner pays: the format check as it was (a read-only open of
+/// every column family), as it is (of the one holding the stamp), and `Store::open` (the
+/// check, then the read-write open: the WAL replayed, what it held flushed).
+fn handover(count: u64, rounds: u64) {
+    for round in 0..rounds {
+        for how in ["kill", "close", "flush"] {
+            let dir = tempfile::tempdir_in(".").unwrap();
+            let path = dir.path().to_str().unwrap().to_owned();
+            let args = [
+                "fill",
+                "--dir",
+                &path,
+                "--count",
+                &count.to_string(),
+                "--then",
+                how,
+            ];
+            let (mut writer, lines) = child(&args);
+            let (line, _) = lines.recv_timeout(Duration::from_secs(600)).unwrap();
+            let flush_ms = if how == "kill" {
+                assert_eq!(line, "filled");
+                signal(&writer, "-KILL");
+                reap(writer);
+                0.0
+            } else {
+                assert!(writer.wait().unwrap().success());
+                let ms = line.strip_prefix("closed ").expect("closed MS");
+                ms.parse::<f64>().unwrap()
+            };
+            let db = dir.path().join("db");
+            let timed = |f: &dyn Fn()| {
+                let started = Instant::now();
+                f();
+                started.elapsed().as_secs_f64() * 1000.0
+            };
+            let check_all_ms = timed(&|| drop(chatd::store::Store::open_read_only(&db).unwrap()));
+            let check_ms = timed(&|| chatd::store::Store::check_format(&db).unwrap());
+            let started = Instant::now();
+            let store = chatd::store::Store::open(&db).unwrap();
+            let open_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let head = store.outbox_after(count - 1, 1).unwrap();
+            assert_eq!(head.len(), 1, "the last event survived");
+            println!(
+                "{{\"test\": \"handover\", \"round\": {round}, \"how\": \"{how}\", \"events\": {count}, \"flush_ms\": {flush_ms:.1}, \"check_all_ms\": {check_all_ms:.1}, \"check_ms\": {check_ms:.1}, \"open_ms\": {open_ms:.1}}}"
+            );
+        }
+    }
 }

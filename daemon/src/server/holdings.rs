@@ -165,9 +165,11 @@ impl Holdings {
 
     /// Gives up partition `p`: refuses its new writes and reads, lets its storage thread
     /// commit what was queued and stop, has the shards forget its conversations, forgets
-    /// its accounts' restrictions, and closes its store. Returns whether the store closed within [`SETTLE`] (else another
-    /// node cannot open it until this process lets go).
-    pub(crate) fn give_up(&self, shared: &Shared, p: usize) -> bool {
+    /// its accounts' restrictions, and closes its store, flushed first when `flush` (a
+    /// hand-over: the next holder then opens it without replaying its WAL). Returns whether
+    /// the store closed within [`SETTLE`] (else another node cannot open it until this
+    /// process lets go).
+    pub(crate) fn give_up(&self, shared: &Shared, p: usize, flush: bool) -> bool {
         self.writers.remove(p);
         // What it has not published waits in the outbox for the partition's next holder.
         if let Some(bridge) = self.bridge.get() {
@@ -186,6 +188,21 @@ impl Holdings {
         self.outboxes[p]
             .seq
             .store(0, std::sync::atomic::Ordering::Release);
+        if flush && let Some(store) = &store {
+            let started = Instant::now();
+            match store.flush() {
+                Ok(()) => tracing::debug!(
+                    partition = p,
+                    ms = started.elapsed().as_millis(),
+                    "flushed the partition's store"
+                ),
+                Err(e) => tracing::warn!(
+                    partition = p,
+                    error = %e,
+                    "cannot flush the partition's store: its next holder replays the WAL"
+                ),
+            }
+        }
         match store.map(|store| store.close(deadline.saturating_duration_since(Instant::now()))) {
             Some(Err(open)) => {
                 tracing::error!(

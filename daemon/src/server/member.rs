@@ -33,8 +33,9 @@ use crate::shard::Shared;
 /// owns but could not open.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Partitions whose stores are opened at once when several are taken together.
-const OPEN_AT_ONCE: usize = 4;
+/// Partitions whose stores are opened (or flushed and closed) at once when several are
+/// taken (or given up) together.
+const AT_ONCE: usize = 4;
 
 /// How long the thread waits for one call to etcd outside the membership's task: that the
 /// node leaves, the revocation of its lease, what a partition's store creation says.
@@ -358,11 +359,8 @@ impl Node {
                 return after;
             }
             Change::Release { partitions, done } => {
-                for partition in partitions {
-                    let p = usize::from(partition);
-                    self.pending.remove(&p);
-                    self.give_up(p).await;
-                }
+                self.give_up(partitions.into_iter().map(usize::from), true)
+                    .await;
                 let _ = done.send(());
             }
             Change::Lost => {
@@ -398,7 +396,7 @@ impl Node {
         None
     }
 
-    /// Opens what this node owns and has not opened yet (up to [`OPEN_AT_ONCE`] at once), then
+    /// Opens what this node owns and has not opened yet (up to [`AT_ONCE`] at once), then
     /// says in etcd what it serves.
     async fn take_pending(&mut self) {
         let mut ready = Vec::new();
@@ -419,7 +417,7 @@ impl Node {
         let mut opening = tokio::task::JoinSet::new();
         let mut taking = BTreeMap::new();
         loop {
-            while opening.len() < OPEN_AT_ONCE
+            while opening.len() < AT_ONCE
                 && let Some((p, term)) = ready.next()
             {
                 let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
@@ -506,30 +504,56 @@ impl Node {
         }
     }
 
-    /// Gives partition `p` up; returns whether its store closed in time (or was not held).
-    async fn give_up(&mut self, p: usize) -> bool {
-        self.unannounced.remove(&p);
-        if !self.held.remove(&p) {
-            return true;
+    /// Gives `partitions` up, [`AT_ONCE`] at a time, their stores flushed first when `flush`
+    /// (a hand-over: each flush mostly waits on the disk); returns whether every store
+    /// closed in time (or was not held).
+    async fn give_up(&mut self, partitions: impl IntoIterator<Item = usize>, flush: bool) -> bool {
+        let mut giving = Vec::new();
+        for p in partitions {
+            self.pending.remove(&p);
+            self.unannounced.remove(&p);
+            if self.held.remove(&p) {
+                giving.push(p);
+            }
         }
-        let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
-        let closed = tokio::task::spawn_blocking(move || holdings.give_up(&shared, p)).await;
-        let closed = matches!(closed, Ok(true));
-        if !closed {
-            tracing::error!(partition = p, "the partition's store did not close in time");
+        let mut giving = giving.into_iter();
+        let mut closing = tokio::task::JoinSet::new();
+        let mut closed = true;
+        loop {
+            while closing.len() < AT_ONCE
+                && let Some(p) = giving.next()
+            {
+                let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
+                closing.spawn_blocking(move || (p, holdings.give_up(&shared, p, flush)));
+            }
+            let Some(given) = closing.join_next().await else {
+                break;
+            };
+            match given {
+                Ok((p, in_time)) => {
+                    if !in_time {
+                        tracing::error!(
+                            partition = p,
+                            "the partition's store did not close in time"
+                        );
+                        closed = false;
+                    }
+                    tracing::info!(partition = p, "this node gave up the partition");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "giving a partition up failed");
+                    closed = false;
+                }
+            }
         }
-        tracing::info!(partition = p, "this node gave up the partition");
         closed
     }
 
-    /// Gives every partition up; returns whether every store closed in time.
+    /// Gives every partition up at once, unflushed; returns whether every store closed in
+    /// time.
     async fn give_up_all(&mut self) -> bool {
         self.pending.clear();
-        let mut closed = true;
-        for p in self.held.clone() {
-            closed &= self.give_up(p).await;
-        }
-        closed
+        self.give_up(self.held.clone(), false).await
     }
 }
 
