@@ -6,9 +6,10 @@
 //! and gives one up, when another node is preferred, only after the node has stopped
 //! serving it (`Change::Release` is answered). A dead node's keys go with its lease.
 //!
-//! [`Membership::run`] reconciles on every change etcd reports (and every third of the
-//! lease): it reads the cluster's keys whole and acts on the difference, so a missed or
-//! repeated notification changes nothing. The lease is renewed on a task of its own, every
+//! [`Membership::run`] reconciles on every change etcd reports (but one of serving keys
+//! alone, which only a leaving node waits on) and every third of the lease: it reads the
+//! cluster's keys whole and acts on the difference, so a missed or repeated notification
+//! changes nothing. The lease is renewed on a task of its own, every
 //! third of it. A node that cannot renew its lease stops acting as owner before the lease can
 //! have expired at etcd (`Change::Lost`): it counts the lease from when it sent the
 //! keep-alive etcd last answered.
@@ -538,6 +539,11 @@ impl Membership {
         }
         if !releasing.is_empty() {
             self.release(&releasing, changes).await?;
+        }
+        if self.lapsed() {
+            // The releases took long enough for the lease to be in doubt: what was taken is
+            // not served (the loop says the lease is lost next).
+            return Ok(());
         }
         for change in acquired {
             changes.send(change).await.map_err(|_| Error::Closed)?;

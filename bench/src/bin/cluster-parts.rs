@@ -811,9 +811,9 @@ async fn read_back(url: &str, queue: &str, kind: &str) -> std::collections::Hash
 /// flushed to tables), then as `then` says:
 /// - `kill`: prints `filled` and waits to be killed (a node that dies);
 /// - `close`: stops its storage thread and closes the store (a node handing the partition
-///   over without a flush), prints `closed 0`;
+///   over without a flush), prints `closed MS` with the close's milliseconds;
 /// - `flush`: the same, flushing the store's memtables before it closes it (a node handing
-///   the partition over now), prints `closed MS` with the flush's milliseconds.
+///   the partition over now), prints `closed MS` with the flush's and the close's.
 fn fill(dir: &str, count: u64, then: &str) {
     let store = chatd::store::Store::open(&std::path::Path::new(dir).join("db")).unwrap();
     let (writer, thread) = storage_on(store.clone(), chatd::config::Durability::Buffered);
@@ -836,29 +836,30 @@ fn fill(dir: &str, count: u64, then: &str) {
     if then == "flush" {
         store.flush().unwrap();
     }
-    let flush_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // The close too: RocksDB's waits for the background work the flush started.
     assert!(
         store.close(Duration::from_secs(10)).is_ok(),
         "the store closed"
     );
-    println!("closed {flush_ms:.1}");
+    let gave_ms = started.elapsed().as_secs_f64() * 1000.0;
+    println!("closed {gave_ms:.1}");
+}
+
+/// A `fill` child writing `count` events into a new store under the working directory,
+/// then doing as `then` says; returns the store's directory, the child and its line.
+fn filler(count: u64, then: &str) -> (tempfile::TempDir, Child, String) {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    let count = count.to_string();
+    let (writer, lines) = child(&["fill", "--dir", &path, "--count", &count, "--then", then]);
+    let (line, _) = lines.recv_timeout(Duration::from_secs(600)).unwrap();
+    (dir, writer, line)
 }
 
 /// A writer killed with `count` events in its WAL; the time the next owner takes to open
 /// the store (WAL replay, format check) — the step a partition handover adds to the lease's.
 fn reopen(count: u64) {
-    let dir = tempfile::tempdir_in(".").unwrap();
-    let path = dir.path().to_str().unwrap().to_owned();
-    let (writer, lines) = child(&[
-        "fill",
-        "--dir",
-        &path,
-        "--count",
-        &count.to_string(),
-        "--then",
-        "kill",
-    ]);
-    let (line, _) = lines.recv_timeout(Duration::from_secs(600)).unwrap();
+    let (dir, writer, line) = filler(count, "kill");
     assert_eq!(line, "filled");
     signal(&writer, "-KILL");
     reap(writer);
@@ -879,29 +880,21 @@ fn reopen(count: u64) {
     );
 }
 
-/// Rounds of a partition handed over on a shared disk, three ways in turn: its writer
-/// SIGKILLed (a failover), or stopped and its store closed without a flush or after one (a
-/// hand-over, before and since the flush), each with `count` events written since the
-/// store opened. What the next owner pays: the format check as it was (a read-only open of
+/// Rounds of a partition handed over on a shared disk, three ways in turn (in another order
+/// each round): its writer SIGKILLed (a failover), or stopped and its store closed without
+/// a flush or after one (a hand-over, before and since the flush; the flush and the close
+/// timed), each with `count` events written since the store opened. What the next owner pays: the format check as it was (a read-only open of
 /// every column family), as it is (of the one holding the stamp), and `Store::open` (the
 /// check, then the read-write open: the WAL replayed, what it held flushed).
 fn handover(count: u64, rounds: u64) {
+    let givers = ["kill", "close", "flush"];
     for round in 0..rounds {
-        for how in ["kill", "close", "flush"] {
-            let dir = tempfile::tempdir_in(".").unwrap();
-            let path = dir.path().to_str().unwrap().to_owned();
-            let args = [
-                "fill",
-                "--dir",
-                &path,
-                "--count",
-                &count.to_string(),
-                "--then",
-                how,
-            ];
-            let (mut writer, lines) = child(&args);
-            let (line, _) = lines.recv_timeout(Duration::from_secs(600)).unwrap();
-            let flush_ms = if how == "kill" {
+        // Each round in another order, and the two checks in turn.
+        let turn = usize::try_from(round).unwrap();
+        for i in 0..givers.len() {
+            let how = givers[(i + turn) % givers.len()];
+            let (dir, mut writer, line) = filler(count, how);
+            let gave_ms = if how == "kill" {
                 assert_eq!(line, "filled");
                 signal(&writer, "-KILL");
                 reap(writer);
@@ -917,15 +910,22 @@ fn handover(count: u64, rounds: u64) {
                 f();
                 started.elapsed().as_secs_f64() * 1000.0
             };
-            let check_all_ms = timed(&|| drop(chatd::store::Store::open_read_only(&db).unwrap()));
-            let check_ms = timed(&|| chatd::store::Store::check_format(&db).unwrap());
+            let check_all = || drop(chatd::store::Store::open_read_only(&db).unwrap());
+            let check = || chatd::store::Store::check_format(&db).unwrap();
+            let (check_all_ms, check_ms) = if turn % 2 == 0 {
+                let all = timed(&check_all);
+                (all, timed(&check))
+            } else {
+                let one = timed(&check);
+                (timed(&check_all), one)
+            };
             let started = Instant::now();
             let store = chatd::store::Store::open(&db).unwrap();
             let open_ms = started.elapsed().as_secs_f64() * 1000.0;
             let head = store.outbox_after(count - 1, 1).unwrap();
             assert_eq!(head.len(), 1, "the last event survived");
             println!(
-                "{{\"test\": \"handover\", \"round\": {round}, \"how\": \"{how}\", \"events\": {count}, \"flush_ms\": {flush_ms:.1}, \"check_all_ms\": {check_all_ms:.1}, \"check_ms\": {check_ms:.1}, \"open_ms\": {open_ms:.1}}}"
+                "{{\"test\": \"handover\", \"round\": {round}, \"how\": \"{how}\", \"events\": {count}, \"gave_ms\": {gave_ms:.1}, \"check_all_ms\": {check_all_ms:.1}, \"check_ms\": {check_ms:.1}, \"open_ms\": {open_ms:.1}}}"
             );
         }
     }

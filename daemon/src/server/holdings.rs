@@ -91,6 +91,12 @@ impl Holdings {
         self.outboxes.clone()
     }
 
+    /// Stops taking writes for partition `p` (what [`Holdings::give_up`] does first): for
+    /// partitions given up together, before the first of them is.
+    pub(crate) fn refuse_writes(&self, p: usize) {
+        self.writers.remove(p);
+    }
+
     /// Stops taking writes and returns the storage threads, for the stop to join: each
     /// ends once what was queued is committed and the shards' clones of its sender are gone
     /// (with `Shared`).
@@ -203,7 +209,8 @@ impl Holdings {
                 ),
             }
         }
-        match store.map(|store| store.close(deadline.saturating_duration_since(Instant::now()))) {
+        // Its own time to close (the reads holding the store end), whatever the flush took.
+        match store.map(|store| store.close(SETTLE)) {
             Some(Err(open)) => {
                 tracing::error!(
                     partition = p,

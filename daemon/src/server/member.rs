@@ -513,6 +513,8 @@ impl Node {
             self.pending.remove(&p);
             self.unannounced.remove(&p);
             if self.held.remove(&p) {
+                // Refused from now, not when its turn to close comes.
+                self.holdings.refuse_writes(p);
                 giving.push(p);
             }
         }

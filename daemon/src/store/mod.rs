@@ -182,6 +182,9 @@ pub const FORMAT_KEY: &[u8] = b"store.format";
 ///   it; an erased edit's row holds none (reads take it from `links`).
 pub const FORMAT: u32 = 5;
 
+/// RocksDB's flush threads in the process, for every store together.
+pub const FLUSH_THREADS: i32 = 4;
+
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
 #[derive(Clone)]
 pub struct Store {
@@ -207,6 +210,12 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_max_background_jobs(2);
+        // The flush threads are the process's (RocksDB's default environment), shared by
+        // every store: as many as the partitions a node flushes at once when it hands them
+        // over, each store still flushing one memtable at a time.
+        let mut env = rocksdb::Env::new()?;
+        env.set_high_priority_background_threads(FLUSH_THREADS);
+        options.set_env(&env);
         options.set_bytes_per_sync(1 << 20);
         // The storage thread is the only writer: no need for RocksDB's writer queue.
         options.set_unordered_write(false);

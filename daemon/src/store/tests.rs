@@ -99,3 +99,30 @@ fn a_flushed_store_has_nothing_left_to_replay_and_keeps_everything() {
         assert_eq!(store.get(*cf, &key).unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
+
+#[test]
+fn a_store_without_a_later_column_family_is_checked_and_opened() {
+    // As a chatd before the `links` family (format 3) left it: the check reads only the
+    // stamp's family, and the open adds the missing one (then the upgrades run).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let names = (Cf::ALL.iter())
+            .filter(|cf| **cf != Cf::Links)
+            .map(|cf| cf.name());
+        let db = DB::open_cf(&options, &path, names).unwrap();
+        (db.put_cf(
+            db.cf_handle(Cf::Meta.name()).unwrap(),
+            FORMAT_KEY,
+            3u32.to_be_bytes(),
+        ))
+        .unwrap();
+    }
+    Store::check_format(&path).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert!(store.cf(Cf::Links).is_ok());
+    assert_eq!(store.format().unwrap(), Some(FORMAT));
+}
