@@ -2,7 +2,7 @@
 # A chatd cluster on loopback under load, a node SIGKILLed (docs/SCALING.md section 9,
 # docs/OPERATIONS.md section 9): a single-member etcd, chatd nodes sharing one partitions
 # directory, and chat-loadgen's `dm` preset spreading its clients over them (`--also`) with
-# its checker on. Six runs per round, interleaved:
+# its checker on. Eight runs per round, interleaved:
 #
 # - single: one chatd without a cluster (the baseline);
 # - failover: two nodes, 4 partitions, one serving and one standing by; halfway through the
@@ -18,7 +18,10 @@
 # - spread-join: two serving nodes (a and c) with the clients, and halfway the third (b)
 #   starts and joins: it takes the partitions it wins from the other two by hand-over, under
 #   the load, and the time from its start until it holds them and every node is ready is
-#   the join time.
+#   the join time;
+# - single-rooms and spread-rooms: the `rooms10` preset (rooms of 10, every message
+#   delivered to the 9 other members) at half the rate, on one chatd and on three serving
+#   nodes: a room's members sit on all three, its partition on one of them.
 #
 # Clients whose connection is lost give a silent server 1 s (`--idle-timeout-ms 1000`,
 # standing in for the stateless reset the next node behind a load balancer sends them) and
@@ -26,8 +29,8 @@
 # bench/results/summary.json (`cluster`) and the "Cluster" section of bench/RESULTS.md.
 # Everything it starts, it stops (a trap), and it only targets 127.0.0.1.
 #
-#   bench/cluster.sh              # ~14 minutes after the build; needs etcd (make cluster-bootstrap)
-#   BENCH_RATE=2000 bench/cluster.sh
+#   bench/cluster.sh              # ~17 minutes after the build; needs etcd (make cluster-bootstrap)
+#   BENCH_RATE=2000 bench/cluster.sh    # (the rooms runs at half of it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -43,6 +46,7 @@ source bench/cluster-lib.sh
 cluster_begin chatd-cluster
 
 load=(--clients 200 --rate "$rate")
+rooms_load=(--clients 200 --rate "$((rate / 2))")
 warm_up="$(preset_option dm warm_up "${load[@]}")"
 duration="$(preset_option dm duration "${load[@]}")"
 kill_after="$(python3 -c "print($warm_up + $duration / 2)")"
@@ -53,6 +57,12 @@ for round in 1 2 3; do
   start_server chatd
   run_scenario chatd dm "$results/cluster-single-$round.json" "${load[@]}" ||
     echo "cluster: round $round (one node) failed its check" >&2
+  stop_server
+
+  echo "=== round $round: one node, rooms of 10"
+  start_server chatd
+  run_scenario chatd rooms10 "$results/cluster-single-rooms-$round.json" "${rooms_load[@]}" ||
+    echo "cluster: round $round (one node, rooms) failed its check" >&2
   stop_server
 
   echo "=== round $round: two nodes, the serving one SIGKILLed ${kill_after} s into the run"
@@ -91,7 +101,7 @@ for round in 1 2 3; do
   pids=("$a_pid" "$b_pid")
   stop_pids
 
-  for mode in spread spread-failover spread-stop spread-join; do
+  for mode in spread spread-failover spread-stop spread-join spread-rooms; do
     echo "=== round $round: three serving nodes ($mode)"
     parts="$work/partitions-$mode-$round"
     mkdir -p "$parts"
@@ -105,7 +115,12 @@ for round in 1 2 3; do
     out="$results/cluster-$mode-$round.json"
     also=()
     for server in "${servers[@]:1}"; do also+=(--also "$server"); done
-    "$loadgen_bin" --preset dm "${load[@]}" --idle-timeout-ms 1000 \
+    if [ "$mode" = spread-rooms ]; then
+      mode_load=(--preset rooms10 "${rooms_load[@]}")
+    else
+      mode_load=(--preset dm "${load[@]}")
+    fi
+    "$loadgen_bin" "${mode_load[@]}" --idle-timeout-ms 1000 \
       --server "${servers[0]}" "${also[@]}" \
       --ca "$spread_ca" --token-secret "$secret" --token-key-id k1 \
       --json-out "$out" --quiet >"${out%.json}.txt" &
@@ -162,4 +177,4 @@ PY
   done
 done
 
-python3 bench/report.py cluster bench/cluster.sh "--preset dm ${load[*]}"
+python3 bench/report.py cluster bench/cluster.sh "--preset dm ${load[*]}" "--preset rooms10 ${rooms_load[*]}"
