@@ -542,8 +542,10 @@ impl Membership {
         }
         if self.lapsed() {
             // The releases took long enough for the lease to be in doubt: what was taken is
-            // not served (the loop says the lease is lost next).
-            return Ok(());
+            // not served, and the membership ends here (a late keep-alive answer must not
+            // leave keys this node created and never told it of).
+            let _ = changes.send(Change::Lost).await;
+            return Err(Error::LeaseLost);
         }
         for change in acquired {
             changes.send(change).await.map_err(|_| Error::Closed)?;

@@ -182,7 +182,8 @@ pub const FORMAT_KEY: &[u8] = b"store.format";
 ///   it; an erased edit's row holds none (reads take it from `links`).
 pub const FORMAT: u32 = 5;
 
-/// RocksDB's flush threads in the process, for every store together.
+/// RocksDB's flush threads in the process, for every store together: as many as the
+/// partitions a cluster's node gives up at once (`server::member`'s `AT_ONCE`, 4).
 pub const FLUSH_THREADS: i32 = 4;
 
 /// The database. Cheap to clone; shared by the storage thread and the read pool.
