@@ -16,8 +16,9 @@
 #                queues and streams, QUIC between nodes), each engine a cluster of three on
 #                127.0.0.1 (bench/cluster-parts.sh; part of make bench), for docs/SCALING.md
 #   make cluster a chatd cluster on 127.0.0.1 under load: etcd, a standby pair and three
-#                serving nodes, chat-loadgen over them with its checker; a node SIGKILLed or
-#                joining mid-run (bench/cluster.sh; part of make bench)
+#                serving nodes, chat-loadgen over them with its checker; a node SIGKILLed,
+#                stopped or joining mid-run, and rooms across the nodes (bench/cluster.sh;
+#                part of make bench)
 #   make cluster-knee  the max rate of three serving nodes against one node's, on the same
 #                machine (bench/cluster-knee.sh, about 25 minutes; part of make bench)
 #   make bench-report  bench/RESULTS.md's generated sections and plot, again, from

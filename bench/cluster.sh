@@ -46,7 +46,7 @@ source bench/cluster-lib.sh
 cluster_begin chatd-cluster
 
 load=(--clients 200 --rate "$rate")
-rooms_load=(--clients 200 --rate "$((rate / 2))")
+rooms_load=(--clients 200 --rate "$(python3 -c "print($rate / 2)")")
 warm_up="$(preset_option dm warm_up "${load[@]}")"
 duration="$(preset_option dm duration "${load[@]}")"
 kill_after="$(python3 -c "print($warm_up + $duration / 2)")"
