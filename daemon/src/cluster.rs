@@ -570,37 +570,23 @@ impl Membership {
             |&p: &u16| Compare::create_revision(owner_key(&prefix, p), CompareOp::Equal, 0);
         let put = |&p: &u16| {
             let options = PutOptions::new().with_lease(self.lease);
-            TxnOp::put(
+            [TxnOp::put(
                 owner_key(&prefix, p),
                 self.settings.node.clone(),
                 Some(options),
-            )
+            )]
         };
         let mut acquired = Vec::new();
-        for chunk in partitions.chunks(TXN_CHUNK) {
-            let all = Txn::new()
-                .when(chunk.iter().map(absent).collect::<Vec<_>>())
-                .and_then(chunk.iter().map(put).collect::<Vec<_>>());
-            let mut taken = vec![(self.client.txn(all).await?, chunk)];
-            if !taken[0].0.succeeded() {
-                // Another node created one of them: take the others one by one.
-                taken.clear();
-                for p in chunk {
-                    let one = Txn::new().when([absent(p)]).and_then([put(p)]);
-                    taken.push((self.client.txn(one).await?, std::slice::from_ref(p)));
-                }
-            }
-            for (answer, partitions) in taken {
-                if answer.succeeded() {
-                    let term = answer
-                        .header()
-                        .map_or(0, etcd_client::ResponseHeader::revision);
-                    acquired.extend(
-                        partitions
-                            .iter()
-                            .map(|&partition| Change::Acquired { partition, term }),
-                    );
-                }
+        for (answer, taken) in in_chunks(&mut self.client, partitions, absent, put).await? {
+            if answer.succeeded() {
+                let term = answer
+                    .header()
+                    .map_or(0, etcd_client::ResponseHeader::revision);
+                acquired.extend(
+                    taken
+                        .iter()
+                        .map(|&partition| Change::Acquired { partition, term }),
+                );
             }
         }
         Ok(acquired)
@@ -633,21 +619,42 @@ impl Membership {
                 TxnOp::delete(serving_key(&prefix, partition), None),
             ]
         };
-        for chunk in partitions.chunks(TXN_CHUNK) {
-            let all = Txn::new()
-                .when(chunk.iter().map(ours).collect::<Vec<_>>())
-                .and_then(chunk.iter().flat_map(delete).collect::<Vec<_>>());
-            if self.client.txn(all).await?.succeeded() {
-                continue;
-            }
-            // One key is not this node's any more: delete the others one by one.
-            for owned in chunk {
-                let one = Txn::new().when([ours(owned)]).and_then(delete(owned));
-                self.client.txn(one).await?;
-            }
-        }
+        // A key that is not this node's any more leaves the others to one by one.
+        in_chunks(&mut self.client, partitions, ours, delete).await?;
         Ok(())
     }
+}
+
+/// For each [`TXN_CHUNK`] of `items`, one transaction of their comparisons (`when`) and
+/// operations (`then`); where one comparison fails, a transaction an item instead. Returns
+/// each transaction's answer with the items it covered.
+async fn in_chunks<'a, T, Ops>(
+    client: &mut Client,
+    items: &'a [T],
+    when: impl Fn(&T) -> Compare,
+    then: impl Fn(&T) -> Ops,
+) -> Result<Vec<(etcd_client::TxnResponse, &'a [T])>, Error>
+where
+    Ops: IntoIterator<Item = TxnOp>,
+{
+    let mut answers = Vec::new();
+    for chunk in items.chunks(TXN_CHUNK) {
+        let all = Txn::new()
+            .when(chunk.iter().map(&when).collect::<Vec<_>>())
+            .and_then(chunk.iter().flat_map(&then).collect::<Vec<_>>());
+        let answer = client.txn(all).await?;
+        if answer.succeeded() {
+            answers.push((answer, chunk));
+            continue;
+        }
+        for item in chunk {
+            let txn = Txn::new()
+                .when([when(item)])
+                .and_then(then(item).into_iter().collect::<Vec<_>>());
+            answers.push((client.txn(txn).await?, std::slice::from_ref(item)));
+        }
+    }
+    Ok(answers)
 }
 
 /// Partition `partition`'s owner key in the cluster whose keys start with `prefix`.

@@ -413,60 +413,41 @@ impl Node {
             ready.push((p, term));
         }
         // Several at once: each open replays its store's WAL, mostly waiting on the disk.
-        let mut ready = ready.into_iter();
-        let mut opening = tokio::task::JoinSet::new();
-        let mut taking = BTreeMap::new();
-        loop {
-            while opening.len() < AT_ONCE
-                && let Some((p, term)) = ready.next()
-            {
-                let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
-                let started = std::time::Instant::now();
-                let task = opening.spawn_blocking(move || {
-                    holdings.take(&shared, p, term).map(|()| started.elapsed())
-                });
-                taking.insert(task.id(), (p, term));
+        let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
+        let open = move |(p, term)| {
+            let started = std::time::Instant::now();
+            holdings.take(&shared, p, term).map(|()| started.elapsed())
+        };
+        at_once(ready, open, async |(p, term), taken| match taken {
+            Ok(Ok(took)) => {
+                tracing::info!(
+                    partition = p,
+                    term,
+                    ms = took.as_millis(),
+                    "this node serves the partition"
+                );
+                self.held.insert(p);
+                if let Some(creation) = &mut self.creation
+                    && let Err(e) = etcd(
+                        "the store creation record",
+                        creation.record(partition(p), &self.name),
+                    )
+                    .await
+                {
+                    tracing::warn!(partition = p, error = %e, "cannot record the partition's store in etcd");
+                }
+                self.unannounced.insert(p, term);
             }
-            let Some(taken) = opening.join_next_with_id().await else {
-                break;
-            };
-            let id = taken
-                .as_ref()
-                .map_or_else(tokio::task::JoinError::id, |(id, _)| *id);
-            let Some((p, term)) = taking.remove(&id) else {
-                tracing::error!("an opened partition's task is unknown");
-                continue;
-            };
-            match taken.map(|(_, taken)| taken) {
-                Ok(Ok(took)) => {
-                    tracing::info!(
-                        partition = p,
-                        term,
-                        ms = took.as_millis(),
-                        "this node serves the partition"
-                    );
-                    self.held.insert(p);
-                    if let Some(creation) = &mut self.creation
-                        && let Err(e) = etcd(
-                            "the store creation record",
-                            creation.record(partition(p), &self.name),
-                        )
-                        .await
-                    {
-                        tracing::warn!(partition = p, error = %e, "cannot record the partition's store in etcd");
-                    }
-                    self.unannounced.insert(p, term);
-                }
-                Ok(Err(e)) => {
-                    crate::logging::throttled!(error, partition = p, error = %e, "cannot open an owned partition; trying again");
-                    self.pending.insert(p, term);
-                }
-                Err(e) => {
-                    tracing::error!(partition = p, error = %e, "taking a partition failed");
-                    self.pending.insert(p, term);
-                }
+            Ok(Err(e)) => {
+                crate::logging::throttled!(error, partition = p, error = %e, "cannot open an owned partition; trying again");
+                self.pending.insert(p, term);
             }
-        }
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "taking a partition failed");
+                self.pending.insert(p, term);
+            }
+        })
+        .await;
         self.announce().await;
     }
 
@@ -518,36 +499,23 @@ impl Node {
                 giving.push(p);
             }
         }
-        let mut giving = giving.into_iter();
-        let mut closing = tokio::task::JoinSet::new();
+        let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
+        let close = move |p| holdings.give_up(&shared, p, flush);
         let mut closed = true;
-        loop {
-            while closing.len() < AT_ONCE
-                && let Some(p) = giving.next()
-            {
-                let (shared, holdings) = (Arc::clone(&self.shared), Arc::clone(&self.holdings));
-                closing.spawn_blocking(move || (p, holdings.give_up(&shared, p, flush)));
-            }
-            let Some(given) = closing.join_next().await else {
-                break;
-            };
-            match given {
-                Ok((p, in_time)) => {
-                    if !in_time {
-                        tracing::error!(
-                            partition = p,
-                            "the partition's store did not close in time"
-                        );
-                        closed = false;
-                    }
-                    tracing::info!(partition = p, "this node gave up the partition");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "giving a partition up failed");
+        at_once(giving, close, async |p, given| match given {
+            Ok(in_time) => {
+                if !in_time {
+                    tracing::error!(partition = p, "the partition's store did not close in time");
                     closed = false;
                 }
+                tracing::info!(partition = p, "this node gave up the partition");
             }
-        }
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "giving a partition up failed");
+                closed = false;
+            }
+        })
+        .await;
         closed
     }
 
@@ -556,6 +524,39 @@ impl Node {
     async fn give_up_all(&mut self) -> bool {
         self.pending.clear();
         self.give_up(self.held.clone(), false).await
+    }
+}
+
+/// Runs `work` on the blocking pool for each of `items`, [`AT_ONCE`] at a time, and hands
+/// each item with what its work gave (or how its task failed) to `done` as each ends.
+async fn at_once<T, R>(
+    items: Vec<T>,
+    work: impl Fn(T) -> R + Clone + Send + 'static,
+    mut done: impl AsyncFnMut(T, Result<R, tokio::task::JoinError>),
+) where
+    T: Copy + Send + 'static,
+    R: Send + 'static,
+{
+    let mut items = items.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut started = BTreeMap::new();
+    loop {
+        while running.len() < AT_ONCE
+            && let Some(item) = items.next()
+        {
+            let work = work.clone();
+            let task = running.spawn_blocking(move || work(item));
+            started.insert(task.id(), item);
+        }
+        let Some(ended) = running.join_next_with_id().await else {
+            return;
+        };
+        let id = ended
+            .as_ref()
+            .map_or_else(tokio::task::JoinError::id, |(id, _)| *id);
+        if let Some(item) = started.remove(&id) {
+            done(item, ended.map(|(_, gave)| gave)).await;
+        }
     }
 }
 

@@ -323,8 +323,12 @@ impl Store {
     pub fn check_format(dir: &Path) -> Result<(), Error> {
         let names = [Cf::Meta.name()];
         let db = DB::open_cf_for_read_only(&Options::default(), dir, names, false)?;
-        let store = Store { db: Arc::new(db) };
-        match store.format()? {
+        Store { db: Arc::new(db) }.refuse_newer()
+    }
+
+    /// [`Error::NewerFormat`] when the stored format is newer than this chatd's.
+    fn refuse_newer(&self) -> Result<(), Error> {
+        match self.format()? {
             Some(found) if found > FORMAT => Err(Error::NewerFormat {
                 found,
                 supported: FORMAT,
@@ -358,14 +362,7 @@ impl Store {
         let names = Cf::ALL.iter().map(|cf| cf.name());
         let db = DB::open_cf_for_read_only(&options, dir, names, false)?;
         let store = Store { db: Arc::new(db) };
-        if let Some(found) = store.format()?
-            && found > FORMAT
-        {
-            return Err(Error::NewerFormat {
-                found,
-                supported: FORMAT,
-            });
-        }
+        store.refuse_newer()?;
         Ok(store)
     }
 
